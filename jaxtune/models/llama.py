@@ -1,0 +1,313 @@
+"""The LLaMA decoder as Flax NNX, in Hugging Face's weight layout, with stacked (scanned) layers and a KV cache.
+
+Parameters keep transformers' ``LlamaForCausalLM`` layout up to transposes and reshapes, so conversion is
+mechanical (see :mod:`jaxtune.convert.hf`):
+
+=================  ======================  ========================================
+parameter          shape                   logical axes
+=================  ======================  ========================================
+embed_tokens       (V, E)                  (vocab, embed)
+layers.attn_norm   (L, E)                  (layers, norm)
+layers.q_proj      (L, E, H, D)            (layers, embed, heads, head_dim)
+layers.k_proj      (L, E, KV, D)           (layers, embed, kv_heads, head_dim)
+layers.v_proj      (L, E, KV, D)           (layers, embed, kv_heads, head_dim)
+layers.o_proj      (L, H, D, E)            (layers, heads, head_dim, embed)
+layers.mlp_norm    (L, E)                  (layers, norm)
+layers.gate_proj   (L, E, M)               (layers, embed, mlp)
+layers.up_proj     (L, E, M)               (layers, embed, mlp)
+layers.down_proj   (L, M, E)               (layers, mlp, embed)
+norm               (E,)                    (norm,)
+lm_head            (E, V)                  (embed, vocab)   absent when embeddings are tied
+=================  ======================  ========================================
+
+V is the padded vocabulary (``ModelConfig.padded_vocab_size``); logits are cut back to ``vocab_size``. The model
+only names axes; :mod:`jaxtune.sharding` maps names to mesh axes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
+
+from jaxtune.config import ModelConfig
+from jaxtune.models.attention import dot_product_attention
+from jaxtune.models.rope import apply_rotary, inverse_frequencies, rotary_cos_sin
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "qkv_proj": jax.checkpoint_policies.save_only_these_names("query_proj", "key_proj", "value_proj"),
+}
+
+# Logical names of the activations; the parameters' names are in the module docstring.
+BATCH, LENGTH, EMBED = "act_batch", "act_length", "act_embed"
+HEADS, KV_HEADS, MLP, VOCAB = "act_heads", "act_kv_heads", "act_mlp", "act_vocab"
+
+LAYER_PARAM_AXES: dict[str, tuple[str, ...]] = {
+    "attn_norm": ("layers", "norm"),
+    "q_proj": ("layers", "embed", "heads", "head_dim"),
+    "k_proj": ("layers", "embed", "kv_heads", "head_dim"),
+    "v_proj": ("layers", "embed", "kv_heads", "head_dim"),
+    "o_proj": ("layers", "heads", "head_dim", "embed"),
+    "mlp_norm": ("layers", "norm"),
+    "gate_proj": ("layers", "embed", "mlp"),
+    "up_proj": ("layers", "embed", "mlp"),
+    "down_proj": ("layers", "mlp", "embed"),
+}
+
+
+def constrain(x: jnp.ndarray, names: tuple[Optional[str], ...]) -> jnp.ndarray:
+    """Name the axes of an activation; a no-op unless jaxtune.sharding has installed its rules and a mesh."""
+    return nn.with_logical_constraint(x, names)
+
+
+class KVCache(NamedTuple):
+    """Keys and values of every layer for a batch of rows, written slot by slot.
+
+    k, v: (layers, B, S, KV, D); segment_ids: (B, S), 0 for slots not yet written (or padding); index: the next slot
+    to write (shared by all rows: prompts are left-padded to a common length).
+    """
+
+    k: jnp.ndarray
+    v: jnp.ndarray
+    segment_ids: jnp.ndarray
+    index: jnp.ndarray
+
+
+def init_cache(cfg: ModelConfig, batch_size: int, max_len: int, dtype: Any = None) -> KVCache:
+    """An empty cache for ``batch_size`` rows of up to ``max_len`` slots (dtype: the compute dtype by default)."""
+    dtype = DTYPES[cfg.compute_dtype] if dtype is None else dtype
+    shape = (cfg.num_layers, batch_size, max_len, cfg.resolved_num_kv_heads(), cfg.resolved_head_dim())
+    return KVCache(
+        k=jnp.zeros(shape, dtype),
+        v=jnp.zeros(shape, dtype),
+        segment_ids=jnp.zeros((batch_size, max_len), jnp.int32),
+        index=jnp.zeros((), jnp.int32),
+    )
+
+
+def rms_norm(x: jnp.ndarray, weight: jnp.ndarray, eps: float) -> jnp.ndarray:
+    """RMSNorm computed in float32 and cast back, as transformers' LlamaRMSNorm."""
+    dtype = x.dtype
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return weight.astype(dtype) * x32.astype(dtype)
+
+
+def _normal(rngs: nnx.Rngs, shape: tuple[int, ...], std: float, dtype: Any) -> jnp.ndarray:
+    return (std * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
+
+
+class DecoderLayers(nnx.Module):
+    """All decoder layers' weights, stacked on a leading ``layers`` axis."""
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        e, m, h, kv, d, n = (cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.resolved_num_kv_heads(),
+                             cfg.resolved_head_dim(), cfg.num_layers)
+        dt, std = DTYPES[cfg.param_dtype], cfg.initializer_range
+        shapes = {
+            "attn_norm": (n, e), "q_proj": (n, e, h, d), "k_proj": (n, e, kv, d), "v_proj": (n, e, kv, d),
+            "o_proj": (n, h, d, e), "mlp_norm": (n, e), "gate_proj": (n, e, m), "up_proj": (n, e, m),
+            "down_proj": (n, m, e),
+        }
+        for name, shape in shapes.items():
+            if name.endswith("norm"):
+                value = jnp.ones(shape, dt)
+            else:
+                value = _normal(rngs, shape, std, dt)
+            setattr(self, name, nnx.Param(value, logical_axes=LAYER_PARAM_AXES[name]))
+
+    def arrays(self) -> dict[str, jnp.ndarray]:
+        """The stacked weights as a dict of arrays (what the scan iterates over)."""
+        return {name: getattr(self, name)[...] for name in LAYER_PARAM_AXES}
+
+
+def decoder_layer(
+    cfg: ModelConfig,
+    params: dict[str, jnp.ndarray],
+    h: jnp.ndarray,
+    *,
+    cos: jnp.ndarray,
+    sin: jnp.ndarray,
+    q_segment_ids: jnp.ndarray,
+    kv_segment_ids: jnp.ndarray,
+    q_slots: jnp.ndarray,
+    kv_slots: jnp.ndarray,
+    cache_kv: Optional[tuple[jnp.ndarray, jnp.ndarray]] = None,
+    cache_index: Optional[jnp.ndarray] = None,
+) -> tuple[jnp.ndarray, Optional[tuple[jnp.ndarray, jnp.ndarray]]]:
+    """One pre-norm decoder layer on the residual stream h (B, T, E). With a cache, writes this step's keys and
+    values at ``cache_index`` and attends over the whole cache; returns the new residual and the updated cache."""
+    cd = DTYPES[cfg.compute_dtype]
+    w = {k: v.astype(cd) for k, v in params.items()}
+
+    x = rms_norm(h, params["attn_norm"], cfg.rms_norm_eps)
+    x = constrain(x, (BATCH, LENGTH, EMBED))
+    q = checkpoint_name(jnp.einsum("bte,ehd->bthd", x, w["q_proj"]), "query_proj")
+    k = checkpoint_name(jnp.einsum("bte,ehd->bthd", x, w["k_proj"]), "key_proj")
+    v = checkpoint_name(jnp.einsum("bte,ehd->bthd", x, w["v_proj"]), "value_proj")
+    q = constrain(apply_rotary(q, cos, sin), (BATCH, LENGTH, HEADS, None))
+    k = constrain(apply_rotary(k, cos, sin), (BATCH, LENGTH, KV_HEADS, None))
+    v = constrain(v, (BATCH, LENGTH, KV_HEADS, None))
+
+    new_cache = None
+    if cache_kv is not None:
+        cache_k, cache_v = cache_kv
+        k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, cache_index, 0, 0))
+        v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, cache_index, 0, 0))
+        new_cache = (k, v)
+        k, v = k.astype(cd), v.astype(cd)
+
+    attn = dot_product_attention(
+        q, k, v, q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids, q_slots=q_slots, kv_slots=kv_slots,
+        impl=cfg.attention_impl, has_cache=cache_kv is not None,
+    )
+    attn = constrain(attn, (BATCH, LENGTH, HEADS, None))
+    h = h + constrain(jnp.einsum("bthd,hde->bte", attn, w["o_proj"]), (BATCH, LENGTH, EMBED))
+
+    x = rms_norm(h, params["mlp_norm"], cfg.rms_norm_eps)
+    x = constrain(x, (BATCH, LENGTH, EMBED))
+    gate = jnp.einsum("bte,em->btm", x, w["gate_proj"])
+    up = jnp.einsum("bte,em->btm", x, w["up_proj"])
+    act = constrain(jax.nn.silu(gate) * up, (BATCH, LENGTH, MLP))
+    h = h + constrain(jnp.einsum("btm,me->bte", act, w["down_proj"]), (BATCH, LENGTH, EMBED))
+    return h, new_cache
+
+
+class Llama(nnx.Module):
+    """LLaMA causal language model (transformers' LlamaForCausalLM), see the module docstring for the layout."""
+
+    def __init__(self, cfg: ModelConfig, rngs: Optional[nnx.Rngs] = None):
+        cfg.validate()
+        rngs = rngs if rngs is not None else nnx.Rngs(0)
+        self.cfg = cfg
+        dt = DTYPES[cfg.param_dtype]
+        vocab = cfg.padded_vocab_size()
+        self.embed_tokens = nnx.Param(
+            _normal(rngs, (vocab, cfg.hidden_size), cfg.initializer_range, dt), logical_axes=("vocab", "embed")
+        )
+        self.layers = DecoderLayers(cfg, rngs)
+        self.norm = nnx.Param(jnp.ones((cfg.hidden_size,), dt), logical_axes=("norm",))
+        if not cfg.tie_word_embeddings:
+            self.lm_head = nnx.Param(
+                _normal(rngs, (cfg.hidden_size, vocab), cfg.initializer_range, dt), logical_axes=("embed", "vocab")
+            )
+
+    def __call__(
+        self,
+        input_ids: jnp.ndarray,
+        positions: Optional[jnp.ndarray] = None,
+        segment_ids: Optional[jnp.ndarray] = None,
+        cache: Optional[KVCache] = None,
+    ) -> tuple[jnp.ndarray, Optional[KVCache]]:
+        """Logits (B, T, vocab_size) in float32 for token ids (B, T).
+
+        positions: rotary positions (B, T); default 0..T-1 (offset by the cache index when decoding).
+        segment_ids: (B, T) ids of packed examples, 0 for padding; default all ones.
+        cache: a KVCache to write this chunk into and attend over; returned updated (None without one).
+        """
+        cfg = self.cfg
+        b, t = input_ids.shape
+        slots = jnp.arange(t, dtype=jnp.int32)
+        if cache is not None:
+            slots = slots + cache.index
+        if positions is None:
+            positions = jnp.broadcast_to(slots[None, :], (b, t))
+        if segment_ids is None:
+            segment_ids = jnp.ones((b, t), jnp.int32)
+
+        cd = DTYPES[cfg.compute_dtype]
+        h = jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(cd)
+        h = constrain(h, (BATCH, LENGTH, EMBED))
+        cos, sin = rotary_cos_sin(positions, inverse_frequencies(cfg))
+
+        if cache is not None:
+            kv_segment_ids = jax.lax.dynamic_update_slice(cache.segment_ids, segment_ids, (0, cache.index))
+            kv_slots = jnp.arange(cache.segment_ids.shape[1], dtype=jnp.int32)
+        else:
+            kv_segment_ids, kv_slots = segment_ids, slots
+        shared = dict(cos=cos, sin=sin, q_segment_ids=segment_ids, kv_segment_ids=kv_segment_ids, q_slots=slots,
+                      kv_slots=kv_slots, cache_index=None if cache is None else cache.index)
+
+        def body(h, xs):
+            layer_params, layer_cache = xs
+            return decoder_layer(cfg, layer_params, h, cache_kv=layer_cache, **shared)
+
+        if cfg.remat_policy != "none":
+            body = jax.checkpoint(body, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
+
+        layer_params = self.layers.arrays()
+        layer_cache = None if cache is None else (cache.k, cache.v)
+        if cfg.scan_layers:
+            h, new_kv = jax.lax.scan(body, h, (layer_params, layer_cache))
+        else:
+            outs = []
+            for i in range(cfg.num_layers):
+                xs = jax.tree.map(lambda a: a[i], (layer_params, layer_cache))
+                h, kv = body(h, xs)
+                outs.append(kv)
+            new_kv = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *outs)
+
+        h = rms_norm(h, self.norm[...], cfg.rms_norm_eps)
+        if cfg.tie_word_embeddings:
+            head = self.embed_tokens[...].astype(cd).T
+        else:
+            head = self.lm_head[...].astype(cd)
+        logits = jnp.einsum("bte,ev->btv", h, head, preferred_element_type=jnp.float32)
+        logits = constrain(logits, (BATCH, LENGTH, VOCAB))
+        if logits.shape[-1] != cfg.vocab_size:
+            logits = logits[..., : cfg.vocab_size]
+
+        new_cache = None
+        if cache is not None:
+            new_cache = KVCache(k=new_kv[0], v=new_kv[1], segment_ids=kv_segment_ids, index=cache.index + t)
+        return logits, new_cache
+
+
+def resize_token_embeddings(model: Llama, new_vocab_size: int, pad_multiple: Optional[int] = None) -> Llama:
+    """Grow (or shrink) the vocabulary in place, as transformers' ``resize_token_embeddings`` does for added tokens.
+
+    New rows of the input embedding and new columns of the LM head are the mean of the old real rows (a neutral
+    start for added special tokens); padding rows up to the next multiple of ``pad_multiple`` are zero.
+    """
+    import dataclasses
+
+    cfg = model.cfg
+    old = cfg.vocab_size
+    new_cfg = dataclasses.replace(
+        cfg, vocab_size=new_vocab_size,
+        vocab_pad_multiple=cfg.vocab_pad_multiple if pad_multiple is None else pad_multiple,
+    )
+    padded = new_cfg.padded_vocab_size()
+    keep = min(old, new_vocab_size)
+
+    def resize_rows(table: jnp.ndarray) -> jnp.ndarray:  # (V, E)
+        mean = jnp.mean(table[:old].astype(jnp.float32), axis=0, keepdims=True).astype(table.dtype)
+        out = jnp.zeros((padded, table.shape[1]), table.dtype)
+        out = out.at[:keep].set(table[:keep])
+        if new_vocab_size > old:
+            out = out.at[old:new_vocab_size].set(jnp.broadcast_to(mean, (new_vocab_size - old, table.shape[1])))
+        return out
+
+    model.embed_tokens = nnx.Param(resize_rows(model.embed_tokens[...]), logical_axes=("vocab", "embed"))
+    if not cfg.tie_word_embeddings:
+        model.lm_head = nnx.Param(resize_rows(model.lm_head[...].T).T, logical_axes=("embed", "vocab"))
+    model.cfg = new_cfg
+    return model
+
+
+def forward(
+    graphdef: nnx.GraphDef, params: Any, input_ids: jnp.ndarray, positions: Optional[jnp.ndarray] = None,
+    segment_ids: Optional[jnp.ndarray] = None, cache: Optional[KVCache] = None,
+) -> tuple[jnp.ndarray, Optional[KVCache]]:
+    """Functional form of ``Llama.__call__`` on a split model (for jit with explicit shardings)."""
+    model = nnx.merge(graphdef, params)
+    return model(input_ids, positions=positions, segment_ids=segment_ids, cache=cache)

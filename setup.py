@@ -1,0 +1,43 @@
+"""jaxtune: JAX/TPU-native instruction tuning for the DoIT and BELLE studies."""
+
+from setuptools import find_packages, setup
+
+# Pinned: versions verified together on Python 3.11 (see README, "Versions").
+CORE = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "grain==0.2.18",
+    "clu==0.0.12",
+    "tensorflow-datasets==4.9.10",
+    "array_record==0.8.6",
+    "transformers==5.23.0",
+    "tokenizers==0.23.3",
+    "sentencepiece==0.2.3",
+    "safetensors==0.8.0",
+    "tensorboardX==2.6.5",
+    "numpy==2.4.6",
+    "PyYAML==6.0.3",
+    "matplotlib==3.11.2",
+]
+HF = ["torch==2.13.0+cpu"]  # the PyTorch reference model (tests, check-hf, legacy .bin checkpoints)
+TEST = HF + ["pytest==9.2.0", "pytest-timeout==2.4.0"]
+
+setup(
+    name="jaxtune",
+    version="0.1.0",
+    description="Instruction-tuning research on JAX: LLaMA fine-tuning on TPU pods or GPUs, evaluated per ability",
+    packages=find_packages(include=["jaxtune", "jaxtune.*"]),
+    package_data={"jaxtune": ["demo/*.json", "demo/**/*"]},
+    python_requires=">=3.11",
+    install_requires=CORE,
+    extras_require={
+        "hf": HF,
+        "test": TEST,
+        "tpu": ["jax[tpu]==0.10.2"],
+        "gpu": ["jax[cuda12]==0.10.2"],
+    },
+    entry_points={"console_scripts": ["jaxtune=jaxtune.cli:main"]},
+)
