@@ -27,8 +27,10 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
+from jaxtune.errors import JaxtuneError
 
-class ConfigError(ValueError):
+
+class ConfigError(JaxtuneError, ValueError):
     """A configuration value is unknown, ill-typed or inconsistent. The message names the dotted key."""
 
 
@@ -425,16 +427,25 @@ def config_from_dict(values: dict, overrides: list[str] | tuple[str, ...] = ()) 
     """Build a validated :class:`Config` from a nested dict and ``key=value`` overrides."""
     tree = _deep_copy(values)
     for text in overrides:
-        key, value = parse_override(text)
-        _check_path(key)
+        try:
+            key, value = parse_override(text)
+            tp = _check_path(key)
+            if not _is_dataclass_type(tp):
+                _coerce(value, tp, key)  # type errors of an override are reported as the override's
+            if key == "model.preset" and value:
+                from jaxtune.models.configs import preset_values
+
+                preset_values(value, key=key)
+        except ConfigError as e:
+            raise ConfigError(f"command-line override {text!r}: {e}") from None
         _set_dotted(tree, key, value)
     config = _build(Config, tree, "")
     config.model.validate("model")
     return config
 
 
-def _check_path(dotted: str) -> None:
-    """Fail early on an override whose key names no field, before it is merged."""
+def _check_path(dotted: str) -> Any:
+    """Fail early on an override whose key names no field, before it is merged; return the field's type."""
     cls: Any = Config
     prefix = ""
     for part in dotted.split("."):
@@ -447,6 +458,7 @@ def _check_path(dotted: str) -> None:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         cls = args[0] if typing.get_origin(tp) in (Union, types.UnionType) and len(args) == 1 else tp
         prefix += part + "."
+    return tp
 
 
 def _deep_copy(values: dict) -> dict:
@@ -475,7 +487,7 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | tuple[str
     try:
         return config_from_dict(values, overrides)
     except ConfigError as e:
-        if path is not None:
+        if path is not None and not str(e).startswith("command-line override"):
             raise ConfigError(f"{path}: {e}") from None
         raise
 

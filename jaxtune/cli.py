@@ -1,0 +1,210 @@
+"""The ``jaxtune`` command. Each subcommand parses its arguments and calls one plain function of the package.
+
+    jaxtune quickstart                     the main job on the embedded default (CPU, demo data, tiny model)
+    jaxtune train CONFIG [key=value ...]   fine-tune (sharded, resumable)
+    jaxtune eval CKPT --suite doit ...     score a checkpoint per ability
+    jaxtune report RUN_DIR ... --out DIR   growth curves and growth-pace tables over many evaluations
+    jaxtune sweep CONFIG --selections ...  the study's grid: train and evaluate at several data volumes
+    jaxtune prepare INPUT OUT --format F   local files -> ArrayRecord dataset (random access, low memory)
+    jaxtune import-hf HF_DIR OUT           Hugging Face LLaMA folder -> jaxtune checkpoint
+    jaxtune export-hf CKPT OUT_DIR         jaxtune checkpoint -> Hugging Face folder
+    jaxtune check-hf HF_DIR                compare jaxtune and transformers on the same checkpoint
+    jaxtune info [CONFIG] [key=value ...]  parameter count, FLOPs per token, memory of a model shape
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Optional, Sequence
+
+from jaxtune.config import load_config
+from jaxtune.errors import JaxtuneError
+
+
+def _config(path: Optional[str], overrides: Sequence[str]):
+    return load_config(path, list(overrides))
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from jaxtune.models.stats import model_info
+
+    overrides = list(args.overrides)
+    path = args.config
+    if path is not None and "=" in path:  # `jaxtune info model.preset=doit-7b`
+        overrides.insert(0, path)
+        path = None
+    if args.preset:
+        overrides.insert(0, f"model.preset={args.preset}")
+    cfg = _config(path, overrides)
+    print(model_info(cfg.model, seq_len=args.seq_len))
+    return 0
+
+
+def _cmd_import_hf(args: argparse.Namespace) -> int:
+    from jaxtune.convert.hf import import_hf
+
+    import_hf(args.hf_dir, args.out, param_dtype=args.dtype, vocab_pad_multiple=args.vocab_pad_multiple)
+    print(f"wrote jaxtune checkpoint {args.out}")
+    return 0
+
+
+def _cmd_export_hf(args: argparse.Namespace) -> int:
+    from jaxtune.convert.hf import export_hf
+
+    export_hf(args.checkpoint, args.out_dir, dtype=args.dtype, max_shard_size=args.max_shard_size)
+    print(f"wrote Hugging Face folder {args.out_dir}")
+    return 0
+
+
+def _cmd_check_hf(args: argparse.Namespace) -> int:
+    from jaxtune.convert.hf import check_hf
+
+    report = check_hf(args.hf_dir, num_tokens=args.tokens, max_new_tokens=args.new_tokens, tolerance=args.tolerance)
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    cfg = _config(args.config, args.overrides)
+    from jaxtune.train.trainer import train
+
+    result = train(cfg)
+    print(result.summary())
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from jaxtune.eval.runner import evaluate
+
+    overrides = list(args.overrides)
+    if args.suite:
+        overrides.append(f"eval.suites={args.suite}")
+    cfg = _config(args.config, overrides)
+    result = evaluate(args.checkpoint, cfg.eval, out_dir=args.out, metadata=dict(kv.split("=", 1) for kv in args.meta))
+    print(result.table())
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from jaxtune.report import report
+
+    outputs = report(args.runs, args.out)
+    print(outputs.summary())
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    cfg = _config(args.config, args.overrides)
+    from jaxtune.sweep import sweep
+
+    outputs = sweep(cfg, selections=args.selections.split(","), epochs_to_eval=args.eval_epochs)
+    print(outputs.summary())
+    return 0
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from jaxtune.data.prepare import prepare_dataset
+
+    out = prepare_dataset(args.input, args.out, format=args.format, on_error=args.on_error)
+    print(out.summary() if hasattr(out, "summary") else f"prepared {args.out}")
+    return 0
+
+
+def _cmd_quickstart(args: argparse.Namespace) -> int:
+    from jaxtune.quickstart import quickstart
+
+    outputs = quickstart(args.out, overrides=args.overrides, selections=args.selections)
+    print(outputs.summary())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``jaxtune`` command."""
+    parser = argparse.ArgumentParser(prog="jaxtune", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name: str, fn: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(fn=fn)
+        return p
+
+    p = add("quickstart", _cmd_quickstart, "train and evaluate a tiny model on generated data at several volumes")
+    p.add_argument("--out", default="runs/quickstart", help="output directory (default: runs/quickstart)")
+    p.add_argument("--selections", default="curated-10,curated-40,curated-160,curated-640",
+                   help="comma-separated data volumes to train at")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides")
+
+    p = add("train", _cmd_train, "fine-tune a model (sharded, checkpointed, resumable)")
+    p.add_argument("config", help="YAML config file")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=3 mesh.fsdp=8")
+
+    p = add("eval", _cmd_eval, "evaluate a jaxtune checkpoint or a Hugging Face folder per ability")
+    p.add_argument("checkpoint")
+    p.add_argument("--suite", help="comma-separated suites: doit, ceval, cmmlu, agieval, belle")
+    p.add_argument("--config", help="YAML config whose eval section to use")
+    p.add_argument("--out", required=True, help="directory for per-item JSON Lines and summaries")
+    p.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
+                   help="metadata recorded with the result (data_volume=160, model_size=7b, source=curated, epoch=10)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides (eval.batch_size=16 ...)")
+
+    p = add("report", _cmd_report, "draw growth curves and growth-pace tables from many evaluations")
+    p.add_argument("runs", nargs="+", help="evaluation directories or summary JSON files")
+    p.add_argument("--out", required=True, help="output directory for PNG/SVG figures and tables")
+
+    p = add("sweep", _cmd_sweep, "train and evaluate at several data selections (the study's grid)")
+    p.add_argument("config")
+    p.add_argument("--selections", required=True, help="e.g. curated-10,curated-40,synthetic-160")
+    p.add_argument("--eval-epochs", default="last", help="'last', 'all' or comma-separated epochs to evaluate")
+    p.add_argument("overrides", nargs="*")
+
+    p = add("prepare", _cmd_prepare, "convert local record files into an ArrayRecord dataset")
+    p.add_argument("input")
+    p.add_argument("out")
+    p.add_argument("--format", required=True,
+                   choices=["doit", "belle", "belle_conversations", "alpaca", "sharegpt", "messages"])
+    p.add_argument("--on-error", default="raise", choices=["raise", "skip"])
+
+    p = add("import-hf", _cmd_import_hf, "convert a Hugging Face LLaMA folder into a jaxtune checkpoint")
+    p.add_argument("hf_dir")
+    p.add_argument("out")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--vocab-pad-multiple", type=int, default=1, help="pad the vocabulary (128 suits TPUs)")
+
+    p = add("export-hf", _cmd_export_hf, "write a jaxtune checkpoint as a Hugging Face folder")
+    p.add_argument("checkpoint")
+    p.add_argument("out_dir")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--max-shard-size", default="5GB")
+
+    p = add("check-hf", _cmd_check_hf, "compare jaxtune's and transformers' logits and greedy output")
+    p.add_argument("hf_dir")
+    p.add_argument("--tokens", type=int, default=32)
+    p.add_argument("--new-tokens", type=int, default=16)
+    p.add_argument("--tolerance", type=float, default=1e-4)
+
+    p = add("info", _cmd_info, "parameter count, FLOPs per token and memory of a model shape")
+    p.add_argument("config", nargs="?", help="YAML config (or a first key=value)")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--preset", help="named shape, e.g. doit-33b")
+    p.add_argument("--seq-len", type=int, default=2048)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``jaxtune`` console command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "fn", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.fn(args)
+    except (JaxtuneError, FileNotFoundError) as e:
+        print(f"jaxtune {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
