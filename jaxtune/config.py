@@ -169,9 +169,12 @@ class DataConfig:
     shuffle_seed: int = 0
     """Seed of grain's per-epoch shuffle."""
     num_workers: int = 0
-    """grain worker processes (0: in the main process)."""
+    """grain worker processes (0: in the main process). Workers start with spawn; the program's entry point must be
+    guarded by ``if __name__ == "__main__":``."""
+    read_threads: int = 1
+    """grain threads building batches in each process (tokenizing is mostly Python, so more than 1-2 rarely helps)."""
     prefetch: int = 2
-    """Batches prefetched per worker."""
+    """Batches prefetched per process (and per worker)."""
 
 
 @dataclass
@@ -185,7 +188,15 @@ class MeshConfig:
     tensor: int = 1
     """Tensor (model) parallelism over heads and MLP width."""
     dcn_data: int = 1
-    """Data parallelism across slices (multi-slice TPU, over the data-centre network)."""
+    """Data parallelism across slices (multi-slice TPU, over the data-centre network). The mesh's ``data`` axis
+    then spans slices: its size is dcn_data x data, and data/fsdp/tensor describe one slice."""
+    coordinator_address: Optional[str] = None
+    """``host:port`` of process 0 for ``jax.distributed.initialize``. None: read the environment (TPU pods,
+    SLURM and ``JAX_COORDINATOR_ADDRESS`` need no settings); a single machine runs as one process."""
+    num_processes: Optional[int] = None
+    """Number of processes (with coordinator_address; None lets JAX read it from the environment)."""
+    process_id: Optional[int] = None
+    """This process's index (with coordinator_address; None lets JAX read it from the environment)."""
 
 
 @dataclass
@@ -206,9 +217,12 @@ class OptimConfig:
     eps: float = 1e-8
     weight_decay: float = 0.1
     decay_norms_and_embeddings: bool = True
-    """Apply weight decay to norms and embeddings too (the study decays all parameters)."""
+    """Apply weight decay to norms and embeddings too (the study decays all parameters). False masks RMSNorm
+    weights and the input embedding out of the decay (the LM head is still decayed unless tied)."""
     max_grad_norm: Optional[float] = 1.0
     """Clip gradients by global norm; None disables clipping."""
+    mu_dtype: Optional[DType] = None
+    """dtype of Adam's first moment; None keeps the master parameters' dtype (model.param_dtype)."""
 
 
 @dataclass
@@ -227,8 +241,13 @@ class TrainConfig:
     eval_every: Optional[int] = None
     """Steps between validation-loss evaluations (also done at each epoch end when valid data is set)."""
     max_consecutive_bad_steps: int = 5
-    """Stop after this many consecutive steps with non-finite loss or gradients."""
+    """Stop after this many consecutive steps with non-finite loss or gradients (each such step is skipped: the
+    parameters and optimizer state are left as they were)."""
     profile: bool = False
+    """Write a JAX profiler trace of a few steps after the first log interval into run_dir/profile."""
+    peak_flops_per_device: Optional[float] = None
+    """Peak FLOP/s of one device for the MFU figure; None looks the device kind up (TPU v4/v5e/v5p/v6e, A100,
+    H100/H200) and omits MFU for unknown devices."""
 
 
 @dataclass
@@ -252,17 +271,39 @@ class EvalConfig:
     """Evaluation suites run on a checkpoint."""
 
     suites: list[str] = field(default_factory=lambda: ["doit"])
+    """Suites to run: ``doit``, ``ceval``, ``cmmlu``, ``agieval``, ``belle``."""
     data_dir: Optional[str] = None
-    """Where suite data lives (a DoIT ``curated/`` folder, CMMLU/C-Eval roots...)."""
+    """Where suite data lives: a folder holding each suite's data under its own name (``doit/`` or ``curated/``,
+    ``ceval/``, ``cmmlu/``, ``agieval/``, ``belle_eval/``), or, with one suite, that suite's folder itself."""
     split: Literal["valid", "test"] = "test"
     batch_size: int = 8
+    """Rows per compiled batch for generation and scoring (a multiple of the mesh's data-parallel size)."""
     max_new_tokens: int = 1024
+    """Most tokens generated per reply (the DoIT study: 1024)."""
     max_prompt_len: int = 2048
     num_shots: int = 5
+    """Few-shot examples for C-Eval and CMMLU (and AGIEval: 0 = zero-shot, otherwise its few-shot setting)."""
     temperature: float = 0.0
+    """0 = greedy decoding (the studies' setting); above 0, sampling at this temperature."""
     top_k: int = 0
+    """Sampling only: keep the k most likely tokens (0 = off)."""
     top_p: float = 1.0
+    """Sampling only: nucleus probability mass (1.0 = off)."""
     repetition_penalty: float = 1.0
+    """transformers' repetition penalty on prompt and reply tokens (1.0 = off; applies to greedy decoding too)."""
+    seed: int = 0
+    """PRNG seed of sampling (unused by greedy decoding)."""
+    tokenizer: Optional[str] = None
+    """Tokenizer folder or SentencePiece ``.model``; None: the checkpoint's own (a jaxtune checkpoint's
+    ``tokenizer/``, or the Hugging Face folder itself)."""
+    template: Literal["doit", "belle", "hf_chat"] = "doit"
+    """Chat template the model was trained with; prompts are rendered with it."""
+    scorer_mode: Literal["study", "corrected"] = "study"
+    """DoIT scorer: the study's per-item decisions, quirks included, or the corrected ones."""
+    bucket_multiple: int = 64
+    """Prompts are padded to powers of two up to this length, then to multiples of it (bounds recompiles)."""
+    compute_dtype: Optional[DType] = None
+    """dtype of the model's matmuls during evaluation; None keeps the checkpoint's model config."""
     judge_base_url: Optional[str] = None
     judge_model: Optional[str] = None
     judge_api_key_env: str = "JUDGE_API_KEY"

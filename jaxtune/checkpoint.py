@@ -1,0 +1,412 @@
+"""jaxtune checkpoints on Orbax: params-only checkpoints (import/export/eval) and, below, the train-state manager.
+
+Params-only checkpoint layout (what ``import-hf`` writes and ``export-hf``/``eval``/``train.init_from`` read)::
+
+    CKPT/
+      params/             Orbax (StandardCheckpointer) tree: {embed_tokens, layers: {q_proj, ...}, norm, lm_head}
+      model_config.json   the ModelConfig fields (jaxtune.config.ModelConfig)
+      tokenizer/          optional: tokenizer files (tokenizer.model, tokenizer.json, tokenizer_config.json, ...)
+                          plus added_tokens.json ({token: id}) for special tokens added on top of the vocabulary
+
+``model_config.json`` is written last: a folder without it is an incomplete checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from jaxtune.config import ConfigError, ModelConfig, model_config_from_dict
+from jaxtune.errors import JaxtuneError
+
+# ====================================================================================================================
+# Params-only checkpoints
+# ====================================================================================================================
+
+PARAMS_DIR = "params"
+MODEL_CONFIG_FILE = "model_config.json"
+TOKENIZER_DIR = "tokenizer"
+ADDED_TOKENS_FILE = "added_tokens.json"
+# Files of a tokenizer folder worth carrying (never weights, model configs or anything executable).
+TOKENIZER_FILE_NAMES = (
+    "tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", ADDED_TOKENS_FILE,
+    "chat_template.jinja", "chat_template.json",
+)
+
+
+class CheckpointError(JaxtuneError, ValueError):
+    """A checkpoint folder is missing, incomplete or inconsistent; the message names the path."""
+
+
+def params_to_pure_dict(params: Any) -> dict:
+    """A nested dict of arrays from an ``nnx.State`` of params (or a nested dict already)."""
+    if isinstance(params, nnx.State):
+        return nnx.to_pure_dict(params)
+    if not isinstance(params, Mapping):
+        raise TypeError(f"expected an nnx.State or a nested dict of arrays, got {type(params).__name__}")
+    return {k: params_to_pure_dict(v) if isinstance(v, (Mapping, nnx.State)) else v for k, v in params.items()}
+
+
+def copy_tokenizer_files(src: str | Path, dst: str | Path) -> list[str]:
+    """Copy the tokenizer files of ``src`` (a folder, or a SentencePiece ``.model`` file) into ``dst``."""
+    src, dst = Path(src), Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    if src.is_file():
+        if src.suffix != ".model":
+            raise CheckpointError(f"{src}: expected a tokenizer folder or a SentencePiece .model file")
+        shutil.copyfile(src, dst / "tokenizer.model")
+        return ["tokenizer.model"]
+    if not src.is_dir():
+        raise CheckpointError(f"{src}: no such tokenizer folder or file")
+    copied = [name for name in TOKENIZER_FILE_NAMES if (src / name).is_file()]
+    if not copied:
+        raise CheckpointError(f"{src}: no tokenizer files (expected one of {', '.join(TOKENIZER_FILE_NAMES)})")
+    for name in copied:
+        shutil.copyfile(src / name, dst / name)
+    return copied
+
+
+def read_added_tokens(directory: str | Path) -> dict[str, int]:
+    """The {token: id} map of ``added_tokens.json`` in a tokenizer folder (empty when absent)."""
+    path = Path(directory) / ADDED_TOKENS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: not valid JSON: {e}") from None
+    if not isinstance(values, dict) or not all(isinstance(v, int) for v in values.values()):
+        raise CheckpointError(f"{path}: expected an object mapping token strings to integer ids")
+    return dict(values)
+
+
+def write_added_tokens(directory: str | Path, added: Mapping[str, int]) -> None:
+    """Merge ``added`` into the folder's ``added_tokens.json``; a token or an id recorded differently is an error."""
+    merged = read_added_tokens(directory)
+    for token, token_id in added.items():
+        if token in merged and merged[token] != token_id:
+            raise CheckpointError(f"{directory}: token {token!r} already has id {merged[token]}, not {token_id}")
+        merged[token] = int(token_id)
+    ids = list(merged.values())
+    if len(set(ids)) != len(ids):
+        raise CheckpointError(f"{directory}: added tokens share ids: {merged}")
+    path = Path(directory) / ADDED_TOKENS_FILE
+    path.write_text(json.dumps(merged, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+
+
+def save_params(
+    path: str | Path,
+    params_state: Any,
+    model_cfg: ModelConfig,
+    tokenizer_dir: Optional[str | Path] = None,
+    added_tokens: Optional[Mapping[str, int]] = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a params-only checkpoint (see the module docstring) and return its path.
+
+    params_state: an ``nnx.State`` of the model's params or the same tree as a nested dict of numpy or jax arrays
+    (numpy arrays are written as they are, without a device copy: import-hf streams into them).
+    tokenizer_dir: a tokenizer folder or SentencePiece ``.model`` file to copy into ``tokenizer/``.
+    added_tokens: {token: id} of special tokens added on top of that tokenizer (DoIT's role tokens), recorded in
+    ``tokenizer/added_tokens.json`` so that export-hf can write them into the Hugging Face tokenizer files.
+    overwrite: replace an existing checkpoint at ``path`` (otherwise that is an error).
+    """
+    path = Path(path).absolute()
+    params = params_to_pure_dict(params_state)
+    _check_params_match_config(params, model_cfg, str(path))
+    if path.exists() and any(path.iterdir()):
+        if not overwrite:
+            raise CheckpointError(f"{path}: already exists and is not empty (choose another path or overwrite)")
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    if tokenizer_dir is not None:
+        copy_tokenizer_files(tokenizer_dir, path / TOKENIZER_DIR)
+    if added_tokens:
+        (path / TOKENIZER_DIR).mkdir(exist_ok=True)
+        write_added_tokens(path / TOKENIZER_DIR, added_tokens)
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(path / PARAMS_DIR, params)
+        checkpointer.wait_until_finished()
+    config = dataclasses.asdict(model_cfg)
+    config["preset"] = None  # the fields are resolved; a preset name would re-apply its values on load
+    (path / MODEL_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def load_model_config(path: str | Path) -> ModelConfig:
+    """The ModelConfig stored beside a params checkpoint."""
+    file = Path(path) / MODEL_CONFIG_FILE
+    if not file.is_file():
+        raise CheckpointError(f"{path}: not a jaxtune params checkpoint (no {MODEL_CONFIG_FILE})")
+    try:
+        return model_config_from_dict(json.loads(file.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, ConfigError) as e:
+        raise CheckpointError(f"{file}: {e}") from None
+
+
+def load_params(
+    path: str | Path,
+    shardings: Any = None,
+    dtype: Optional[str] = None,
+    as_numpy: bool = False,
+) -> tuple[ModelConfig, dict]:
+    """Read a params-only checkpoint: (model config, nested dict of arrays).
+
+    shardings: a ``jax.sharding.Sharding`` for every array, or a tree of them shaped like the params (e.g. from
+    jaxtune.sharding); None places everything on the default device.
+    dtype: cast every array to this dtype while reading (and report it as the config's ``param_dtype``).
+    as_numpy: return host numpy arrays (export-hf: no device memory needed).
+    """
+    path = Path(path).absolute()
+    cfg = load_model_config(path)
+    params_path = path / PARAMS_DIR
+    if not params_path.is_dir():
+        raise CheckpointError(f"{path}: no {PARAMS_DIR}/ folder (incomplete checkpoint)")
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        metadata = checkpointer.metadata(params_path).item_metadata.tree
+        target_dtype = None if dtype is None else np.dtype(_numpy_dtype(dtype))
+        if as_numpy:
+            restore_args = jax.tree.map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray, dtype=target_dtype), metadata)
+        else:
+            if shardings is None:
+                shardings = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+            if isinstance(shardings, jax.sharding.Sharding):
+                shardings = jax.tree.map(lambda _: shardings, metadata)
+            restore_args = jax.tree.map(
+                lambda m, s: ocp.ArrayRestoreArgs(sharding=s, global_shape=tuple(m.shape), dtype=target_dtype),
+                metadata, shardings,
+            )
+        params = checkpointer.restore(params_path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+    if dtype is not None:
+        cfg = dataclasses.replace(cfg, param_dtype=dtype)
+    _check_params_match_config(params, cfg, str(path))
+    return cfg, params
+
+
+def restore_model(path: str | Path, shardings: Any = None, dtype: Optional[str] = None, **cfg_overrides: Any):
+    """A ``jaxtune.models.llama.Llama`` with the parameters of a params-only checkpoint.
+
+    cfg_overrides: ModelConfig fields to change that do not affect parameter shapes (compute_dtype,
+    attention_impl, scan_layers, remat_policy...).
+    """
+    from jaxtune.models.llama import Llama
+
+    cfg, params = load_params(path, shardings=shardings, dtype=dtype)
+    cfg = dataclasses.replace(cfg, **cfg_overrides)
+    model = nnx.eval_shape(lambda: Llama(cfg, nnx.Rngs(0)))
+    state = nnx.state(model, nnx.Param)
+    nnx.replace_by_pure_dict(state, params)
+    nnx.update(model, state)
+    return model
+
+
+def tokenizer_path(path: str | Path) -> Optional[Path]:
+    """The checkpoint's ``tokenizer/`` folder, or None when it carries none."""
+    d = Path(path) / TOKENIZER_DIR
+    return d if d.is_dir() else None
+
+
+def expected_param_shapes(cfg: ModelConfig) -> dict:
+    """The params tree of ``cfg`` as nested dicts of shape tuples (the layout of jaxtune.models.llama)."""
+    e, m, h, kv, d, n = (cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.resolved_num_kv_heads(),
+                         cfg.resolved_head_dim(), cfg.num_layers)
+    v = cfg.padded_vocab_size()
+    shapes: dict = {
+        "embed_tokens": (v, e),
+        "layers": {
+            "attn_norm": (n, e), "q_proj": (n, e, h, d), "k_proj": (n, e, kv, d), "v_proj": (n, e, kv, d),
+            "o_proj": (n, h, d, e), "mlp_norm": (n, e), "gate_proj": (n, e, m), "up_proj": (n, e, m),
+            "down_proj": (n, m, e),
+        },
+        "norm": (e,),
+    }
+    if not cfg.tie_word_embeddings:
+        shapes["lm_head"] = (e, v)
+    return shapes
+
+
+def _check_params_match_config(params: dict, cfg: ModelConfig, where: str) -> None:
+    expected = expected_param_shapes(cfg)
+    flat_expected = {jax.tree_util.keystr(k): s for k, s in
+                     jax.tree_util.tree_flatten_with_path(expected, is_leaf=lambda x: isinstance(x, tuple))[0]}
+    flat_params = {jax.tree_util.keystr(k): tuple(a.shape) for k, a in jax.tree_util.tree_flatten_with_path(params)[0]}
+    missing = sorted(set(flat_expected) - set(flat_params))
+    unexpected = sorted(set(flat_params) - set(flat_expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{where}: params do not match the model config: missing {missing}, unexpected {unexpected}")
+    for key, shape in flat_expected.items():
+        if flat_params[key] != shape:
+            raise CheckpointError(f"{where}: param {key} has shape {flat_params[key]}, the model config needs {shape}")
+
+
+def _numpy_dtype(name: str) -> Any:
+    import jax.numpy as jnp
+
+    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}[name]
+
+
+# ====================================================================================================================
+# Train state
+# ====================================================================================================================
+#
+# A run's checkpoints live in RUN_DIR/checkpoints/<step>/ (Orbax CheckpointManager, one Composite per step):
+#
+#     params/             the parameters, in the same format as a params-only checkpoint's params/
+#     train_state/        optimizer state, step counters and the run's PRNG key
+#     data_iter/          each process's grain iterator state (process_<i>-of-<n>.json)
+#     config/             the resolved run config (JSON)
+#     model_config.json   written by process 0 once the step is finalised, with tokenizer/ when one is known:
+#                         from then on the step folder is also a params-only checkpoint (eval, export-hf,
+#                         train.init_from read it directly)
+#
+# Orbax writes each step into a temporary folder renamed on completion, so a half-written step is never listed.
+
+CHECKPOINTS_DIR = "checkpoints"
+TRAIN_PARAMS_ITEM, TRAIN_STATE_ITEM, DATA_ITER_ITEM, RUN_CONFIG_ITEM = "params", "train_state", "data_iter", "config"
+
+
+def train_checkpoint_dir(run_dir: str | Path) -> Path:
+    """Where a run keeps its train-state checkpoints."""
+    return Path(run_dir).absolute() / CHECKPOINTS_DIR
+
+
+class TrainCheckpointManager:
+    """Saves and restores the whole train state of a run (parameters, optimizer state, counters, RNG, each
+    process's data iterator and the resolved config) with Orbax, asynchronously when configured.
+
+    Every process must make the same calls (Orbax coordinates multi-process saves); files outside Orbax's items
+    are written by process 0 only.
+
+    cfg: the checkpoint section (max_to_keep, keep_epoch_checkpoints, async_save).
+    epoch_steps: the steps that end an epoch; kept regardless of max_to_keep when cfg.keep_epoch_checkpoints.
+    model_cfg, tokenizer_src, added_tokens: written beside each finalised step (model_config.json, tokenizer/ with
+    added_tokens.json) so that the step folder doubles as a params-only checkpoint; tokenizer_src is a tokenizer
+    folder or SentencePiece file, or None.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        cfg: Any,
+        *,
+        model_cfg: ModelConfig,
+        epoch_steps: Any = (),
+        tokenizer_src: Optional[str | Path] = None,
+        added_tokens: Optional[Mapping[str, int]] = None,
+    ):
+        from orbax.checkpoint import checkpoint_managers as policies
+
+        self.directory = train_checkpoint_dir(run_dir)
+        self.model_cfg = model_cfg
+        self.tokenizer_src = None if tokenizer_src is None else Path(tokenizer_src)
+        self.added_tokens = dict(added_tokens or {})
+        if cfg.max_to_keep is not None and cfg.max_to_keep < 1:
+            raise ConfigError(f"checkpoint.max_to_keep must be at least 1 or null, got {cfg.max_to_keep}")
+        keep: list = [policies.LatestN(cfg.max_to_keep)] if cfg.max_to_keep is not None else [policies.PreserveAll()]
+        if cfg.keep_epoch_checkpoints and list(epoch_steps):
+            keep.append(policies.CustomSteps(sorted(int(s) for s in epoch_steps)))
+        options = ocp.CheckpointManagerOptions(
+            enable_async_checkpointing=cfg.async_save,
+            preservation_policy=policies.AnyPreservationPolicy(keep),
+            create=True,
+        )
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        # Complete steps not yet marked as params-only checkpoints (e.g. a crash came between the two).
+        self._unmarked: set[int] = {s for s in self._manager.all_steps()
+                                    if not (self.step_dir(s) / MODEL_CONFIG_FILE).exists()}
+
+    def latest_step(self) -> Optional[int]:
+        """The newest complete checkpoint's step, or None."""
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        """Steps of the complete checkpoints kept on disk, oldest first."""
+        return sorted(self._manager.all_steps())
+
+    def step_dir(self, step: int) -> Path:
+        return self.directory / str(step)
+
+    def save(self, step: int, params: Any, train_fields: Any, data_iter: Any, config: Mapping[str, Any]) -> None:
+        """Start saving step ``step`` (returns once the arrays are copied off the devices when async)."""
+        self._mark_finalised()
+        args = ocp.args.Composite(**{
+            TRAIN_PARAMS_ITEM: ocp.args.StandardSave(params),
+            TRAIN_STATE_ITEM: ocp.args.StandardSave(train_fields),
+            DATA_ITER_ITEM: _grain_save(data_iter),
+            RUN_CONFIG_ITEM: ocp.args.JsonSave(dict(config)),
+        })
+        self._manager.save(step, args=args, force=True)
+        self._unmarked.add(step)
+
+    def restore(self, step: int, abstract_params: Any, abstract_train_fields: Any, data_iter: Any) -> tuple[Any, Any]:
+        """(params, train_fields) of step ``step`` laid out as the abstract trees' shardings say (any mesh), and
+        ``data_iter`` moved to the saved position in place."""
+        if step not in self._manager.all_steps():
+            raise CheckpointError(f"{self.directory}: no complete checkpoint at step {step}")
+        import grain
+
+        args = ocp.args.Composite(**{
+            TRAIN_PARAMS_ITEM: ocp.args.StandardRestore(abstract_params),
+            TRAIN_STATE_ITEM: ocp.args.StandardRestore(abstract_train_fields),
+            DATA_ITER_ITEM: grain.checkpoint.CheckpointRestore(data_iter),
+        })
+        try:
+            restored = self._manager.restore(step, args=args)
+        except (ValueError, KeyError, FileNotFoundError) as e:
+            raise CheckpointError(f"{self.step_dir(step)}: cannot restore the train state: {e}") from e
+        return restored[TRAIN_PARAMS_ITEM], restored[TRAIN_STATE_ITEM]
+
+    def saved_config(self, step: int) -> dict:
+        """The resolved run config stored with step ``step``."""
+        restored = self._manager.restore(step, args=ocp.args.Composite(**{RUN_CONFIG_ITEM: ocp.args.JsonRestore()}))
+        return dict(restored[RUN_CONFIG_ITEM])
+
+    def wait_until_finished(self) -> None:
+        """Block until pending saves are complete, then mark the finalised steps as params-only checkpoints."""
+        self._manager.wait_until_finished()
+        self._mark_finalised()
+
+    def close(self) -> None:
+        self.wait_until_finished()
+        self._manager.close()
+
+    def _mark_finalised(self) -> None:
+        # Orbax writes a step into a temporary folder and renames it to <step> when complete: a folder under the
+        # final name is finalised. Steps the preservation policy has already removed are forgotten.
+        if jax.process_index() != 0:
+            self._unmarked.clear()
+            return
+        kept = set(self._manager.all_steps())
+        for step in sorted(self._unmarked):
+            step_dir = self.step_dir(step)
+            if step not in kept:
+                self._unmarked.discard(step)
+                continue
+            if not step_dir.is_dir():
+                continue  # still being written
+            if self.tokenizer_src is not None and not (step_dir / TOKENIZER_DIR).exists():
+                copy_tokenizer_files(self.tokenizer_src, step_dir / TOKENIZER_DIR)
+                if self.added_tokens:
+                    write_added_tokens(step_dir / TOKENIZER_DIR, self.added_tokens)
+            config = dataclasses.asdict(self.model_cfg)
+            config["preset"] = None  # resolved fields, as save_params writes them
+            tmp = step_dir / (MODEL_CONFIG_FILE + ".tmp")
+            tmp.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+            tmp.replace(step_dir / MODEL_CONFIG_FILE)
+            self._unmarked.discard(step)
+
+
+def _grain_save(data_iter: Any) -> Any:
+    import grain
+
+    if not (hasattr(data_iter, "get_state") and hasattr(data_iter, "set_state")):
+        raise TypeError(f"the data iterator must be a grain iterator with get_state/set_state, got {type(data_iter)}")
+    return grain.checkpoint.CheckpointSave(data_iter)

@@ -1,0 +1,365 @@
+"""Hugging Face LLaMA folders <-> jaxtune checkpoints: ``import-hf``, ``export-hf`` and ``check-hf``.
+
+Import streams: the destination arrays (one per jaxtune param, layers stacked) are allocated once and each stored
+tensor is read, transposed into its slot and dropped before the next is read, so peak host memory stays near the
+checkpoint's size plus the largest tensor. Export streams the other way, one tensor per write, into sharded
+safetensors files that transformers loads (``LlamaForCausalLM.from_pretrained``), with ``config.json``,
+``generation_config.json`` and the tokenizer files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from jaxtune.checkpoint import expected_param_shapes, load_params, save_params, tokenizer_path
+from jaxtune.config import ModelConfig
+from jaxtune.convert.hf_config import model_config_from_hf, read_hf_config, write_hf_config
+from jaxtune.convert.hf_layout import EMBED, LM_HEAD, NORM, hf_tensor, hf_tensor_shapes, is_ignored, place
+from jaxtune.convert.hf_tokenizer import add_special_tokens, has_tokenizer, load_hf_tokenizer, write_hf_tokenizer
+from jaxtune.convert.hf_weights import HFWeightsError, WeightSource
+from jaxtune.convert.safetensors_io import PlannedTensor, SafetensorsWriter
+from jaxtune.models.llama import DTYPES
+
+logger = logging.getLogger(__name__)
+
+FLOAT_DTYPES = {np.dtype(DTYPES[name]): name for name in ("float32", "bfloat16", "float16")}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Import
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _check_tensors(source: WeightSource, cfg: ModelConfig) -> None:
+    """Every expected tensor present with its shape and a float dtype, nothing unexpected (names the tensors)."""
+    infos = source.infos()
+    expected = hf_tensor_shapes(cfg)
+    optional = {LM_HEAD} if cfg.tie_word_embeddings else set()  # older transformers saved the tied copy too
+    missing = [n for n in expected if n not in infos]
+    if missing:
+        more = f" and {len(missing) - 8} more" if len(missing) > 8 else ""
+        raise HFWeightsError(f"{source.hf_dir}: missing tensor(s) {', '.join(missing[:8])}{more}")
+    unexpected = [n for n in infos if n not in expected and n not in optional and not is_ignored(n)]
+    if unexpected:
+        more = f" and {len(unexpected) - 8} more" if len(unexpected) > 8 else ""
+        raise HFWeightsError(
+            f"{source.hf_dir}: unexpected tensor(s) {', '.join(unexpected[:8])}{more} "
+            f"(in {source.file_of(unexpected[0]).name}; not part of a LlamaForCausalLM with this config.json)"
+        )
+    for name, shape in expected.items():
+        info = infos[name]
+        if tuple(info.shape) != tuple(shape):
+            raise HFWeightsError(
+                f"{source.file_of(name)}: tensor {name} has shape {list(info.shape)}, config.json implies "
+                f"{list(shape)}"
+            )
+        if info.dtype not in FLOAT_DTYPES:
+            raise HFWeightsError(
+                f"{source.file_of(name)}: tensor {name} has dtype {info.dtype} (quantized weights are not "
+                "supported; expected float32, bfloat16 or float16)"
+            )
+
+
+def _fill_new_rows(table: np.ndarray, old: int, new: int) -> None:
+    """Rows [old, new) of a (V, E) table (or a transposed view) become the mean of rows [0, old), computed in
+    float32 (transformers' recipe for added tokens); rows from ``new`` on (vocabulary padding) become zero."""
+    if new > old:
+        mean = np.zeros(table.shape[1], np.float64)
+        for start in range(0, old, 4096):  # blockwise: never a float32 copy of the whole table
+            mean += table[start: start + 4096].astype(np.float32).sum(axis=0, dtype=np.float64)
+        table[old:new] = (mean / old).astype(np.float32).astype(table.dtype)
+    table[new:] = 0
+
+
+def load_hf_params(
+    hf_dir: str | Path,
+    param_dtype: Optional[str] = None,
+    vocab_size: Optional[int] = None,
+    vocab_pad_multiple: int = 1,
+) -> tuple[ModelConfig, dict]:
+    """Read a Hugging Face LLaMA folder into (ModelConfig, nested dict of numpy arrays), one tensor at a time.
+
+    param_dtype: dtype of the result (float32, bfloat16, float16); None keeps the stored dtype.
+    vocab_size: grow the vocabulary to this many ids (added tokens): new embedding rows and LM-head columns are the
+    mean of the old ones. vocab_pad_multiple: pad the vocabulary rows to a multiple of this with zeros.
+    Raises a JaxtuneError naming the tensor, file or config field for a missing, unexpected or misshapen tensor, an
+    unsupported architecture or a truncated file.
+    """
+    hf_dir = Path(hf_dir)
+    cfg = model_config_from_hf(read_hf_config(hf_dir), where=str(hf_dir / "config.json"))
+    source = WeightSource(hf_dir)
+    _check_tensors(source, cfg)
+    dtype_name = param_dtype or FLOAT_DTYPES[np.dtype(source.infos()[EMBED].dtype)]
+    if dtype_name not in DTYPES:
+        raise ValueError(f"param_dtype must be one of {', '.join(DTYPES)}, got {dtype_name!r}")
+    new_vocab = cfg.vocab_size if vocab_size is None else int(vocab_size)
+    if new_vocab < cfg.vocab_size:
+        raise ValueError(f"vocab_size={new_vocab} is smaller than the checkpoint's {cfg.vocab_size} (rows would be lost)")
+    out_cfg = dataclasses.replace(
+        cfg, vocab_size=new_vocab, vocab_pad_multiple=max(1, vocab_pad_multiple), param_dtype=dtype_name
+    )
+    dtype = np.dtype(DTYPES[dtype_name])
+    # np.empty: pages are only touched (and counted in RSS) as the streamed tensors fill them.
+    params: dict = {k: np.empty(s, dtype) for k, s in expected_param_shapes(out_cfg).items() if k != "layers"}
+    params["layers"] = {k: np.empty(s, dtype) for k, s in expected_param_shapes(out_cfg)["layers"].items()}
+
+    old = cfg.vocab_size
+    for name, array in source.iter_arrays():
+        if is_ignored(name) or (name == LM_HEAD and cfg.tie_word_embeddings):
+            continue
+        where = place(name, cfg)
+        if where.param == "embed_tokens":
+            params["embed_tokens"][:old] = array
+        elif where.param == "lm_head":
+            params["lm_head"][:, :old] = array.T
+        elif where.param == "norm":
+            params["norm"][...] = array
+        else:
+            params["layers"][where.param][where.layer] = where.spec.to_jaxtune(array, cfg)
+        del array
+    _fill_new_rows(params["embed_tokens"], old, new_vocab)
+    if "lm_head" in params:
+        _fill_new_rows(params["lm_head"].T, old, new_vocab)
+    return out_cfg, params
+
+
+def import_hf(
+    hf_dir: str | Path,
+    out: str | Path,
+    param_dtype: Optional[str] = None,
+    vocab_pad_multiple: int = 1,
+    added_tokens: Sequence[str] = (),
+    tokenizer_dir: Optional[str | Path] = None,
+    overwrite: bool = False,
+) -> ModelConfig:
+    """``jaxtune import-hf HF_DIR OUT``: convert a Hugging Face LLaMA folder into a jaxtune params checkpoint.
+
+    param_dtype: stored dtype of the checkpoint (None keeps the folder's). vocab_pad_multiple: pad vocabulary rows
+    (128 suits TPUs; export strips the padding). tokenizer_dir: tokenizer to carry in the checkpoint (default: the
+    one in HF_DIR, if any). added_tokens: special tokens to append to that tokenizer (DoIT: ``<user>``,
+    ``<assistant>``, ``<eot>``, ``<pad>``); the vocabulary grows to fit them, new rows initialised to the mean of the
+    old ones. Returns the checkpoint's ModelConfig.
+    """
+    hf_dir = Path(hf_dir)
+    tokenizer_src = Path(tokenizer_dir) if tokenizer_dir is not None else (hf_dir if has_tokenizer(hf_dir) else None)
+    added: dict[str, int] = {}
+    vocab_size = None
+    if added_tokens:
+        if tokenizer_src is None:
+            raise HFWeightsError(f"{hf_dir}: added_tokens need a tokenizer, and the folder has none (pass tokenizer_dir)")
+        tokenizer = load_hf_tokenizer(tokenizer_src)
+        added = add_special_tokens(tokenizer, list(added_tokens), str(tokenizer_src))
+        vocab_size = max(read_hf_config(hf_dir).get("vocab_size", 0), len(tokenizer))
+    cfg, params = load_hf_params(hf_dir, param_dtype, vocab_size=vocab_size, vocab_pad_multiple=vocab_pad_multiple)
+    if "<pad>" in added and cfg.pad_token_id is None:
+        cfg.pad_token_id = added["<pad>"]
+    save_params(out, params, cfg, tokenizer_dir=tokenizer_src, added_tokens=added, overwrite=overwrite)
+    logger.info("imported %s -> %s (%s, vocabulary %d)", hf_dir, out, cfg.param_dtype, cfg.vocab_size)
+    return cfg
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Export
+# --------------------------------------------------------------------------------------------------------------------
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
+_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_size(size: int | str) -> int:
+    """Bytes in ``5GB``, ``500MB``, ``2GiB`` or a plain integer (transformers' ``max_shard_size`` spelling)."""
+    if isinstance(size, int):
+        return size
+    m = _SIZE.match(str(size))
+    if not m:
+        raise ValueError(f"max_shard_size: cannot read {size!r} (examples: 5GB, 500MB, 2GiB, 1000000)")
+    return int(float(m.group(1)) * _UNITS[(m.group(2) or "B").upper()])
+
+
+def plan_shards(tensors: list[PlannedTensor], max_bytes: int) -> list[list[PlannedTensor]]:
+    """Consecutive groups of tensors of at most ``max_bytes`` each (a larger tensor gets a shard of its own)."""
+    shards: list[list[PlannedTensor]] = [[]]
+    size = 0
+    for t in tensors:
+        if shards[-1] and size + t.nbytes > max_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(t)
+        size += t.nbytes
+    return shards
+
+
+def export_hf(
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    dtype: Optional[str] = None,
+    max_shard_size: int | str = "5GB",
+    overwrite: bool = False,
+) -> Path:
+    """``jaxtune export-hf CKPT OUT_DIR``: write a params checkpoint as a Hugging Face LLaMA folder.
+
+    Writes ``model.safetensors`` (or ``model-0000i-of-0000n.safetensors`` shards of at most ``max_shard_size`` plus
+    ``model.safetensors.index.json``), ``config.json``, ``generation_config.json`` and, when the checkpoint carries
+    one, the tokenizer files (with its added special tokens). Vocabulary padding is stripped. dtype: cast the
+    weights (default: as stored). Returns OUT_DIR.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{out_dir}: already exists and is not empty (choose another folder or overwrite)")
+        shutil.rmtree(out_dir)
+    cfg, params = load_params(checkpoint, as_numpy=True)
+    stored = np.dtype(params["embed_tokens"].dtype)
+    out_dtype = np.dtype(DTYPES[dtype]) if dtype is not None else stored
+    if out_dtype not in FLOAT_DTYPES:
+        raise ValueError(f"dtype must be float32, bfloat16 or float16, got {out_dtype}")
+    tok_dir = tokenizer_path(checkpoint)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if tok_dir is not None:  # first: a tokenizer that does not fit the model fails before gigabytes are written
+        write_hf_tokenizer(tok_dir, out_dir, vocab_size=cfg.vocab_size)
+
+    planned = [PlannedTensor(name, out_dtype, shape) for name, shape in hf_tensor_shapes(cfg).items()]
+    shards = plan_shards(planned, parse_size(max_shard_size))
+    weight_map: dict[str, str] = {}
+    for i, shard in enumerate(shards):
+        file_name = "model.safetensors" if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        with SafetensorsWriter(out_dir / file_name, shard, metadata={"format": "pt"}) as writer:
+            for t in shard:
+                writer.write(t.name, hf_tensor(t.name, params, cfg).astype(out_dtype, copy=False))
+                weight_map[t.name] = file_name
+    if len(shards) > 1:
+        index = {"metadata": {"total_size": sum(t.nbytes for t in planned)}, "weight_map": weight_map}
+        (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    write_hf_config(cfg, out_dir, FLOAT_DTYPES[out_dtype])
+    logger.info("exported %s -> %s (%d shard(s), %s)", checkpoint, out_dir, len(shards), out_dtype)
+    return out_dir
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Check
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CheckReport:
+    """What ``check-hf`` measured: jaxtune against transformers on the same checkpoint and tokens (float32)."""
+
+    hf_dir: str
+    num_tokens: int
+    max_abs_logit_diff: float
+    tolerance: float
+    jaxtune_tokens: list[int]
+    hf_tokens: list[int]
+
+    @property
+    def logits_ok(self) -> bool:
+        return self.max_abs_logit_diff <= self.tolerance
+
+    @property
+    def greedy_match(self) -> bool:
+        return self.jaxtune_tokens == self.hf_tokens
+
+    @property
+    def ok(self) -> bool:
+        return self.logits_ok and self.greedy_match
+
+    def first_divergence(self) -> Optional[int]:
+        """Index of the first generated token that differs (None when the continuations agree)."""
+        for i, (a, b) in enumerate(zip(self.jaxtune_tokens, self.hf_tokens)):
+            if a != b:
+                return i
+        return None if len(self.jaxtune_tokens) == len(self.hf_tokens) else min(map(len, (self.jaxtune_tokens, self.hf_tokens)))
+
+    def summary(self) -> str:
+        """Human-readable lines for the CLI."""
+        verdict = "OK" if self.ok else "MISMATCH"
+        greedy = (f"agree on all {len(self.hf_tokens)} tokens" if self.greedy_match
+                  else f"differ from token {self.first_divergence()} on\n  jaxtune:      {self.jaxtune_tokens}\n"
+                       f"  transformers: {self.hf_tokens}")
+        return "\n".join([
+            f"check-hf {self.hf_dir}: {verdict}",
+            f"  largest |logit difference| over {self.num_tokens} tokens: {self.max_abs_logit_diff:.3e} "
+            f"(tolerance {self.tolerance:g}) {'ok' if self.logits_ok else 'TOO LARGE'}",
+            f"  greedy continuations: {greedy}",
+        ])
+
+
+def _to_device(params: dict) -> dict:
+    """numpy tree -> jax arrays, releasing each numpy array as soon as its copy exists."""
+    import jax.numpy as jnp
+
+    out = {}
+    for key in list(params):
+        value = params.pop(key)
+        out[key] = _to_device(value) if isinstance(value, dict) else jnp.asarray(value)
+    return out
+
+
+def build_model(cfg: ModelConfig, params: dict):
+    """A jaxtune Llama holding ``params`` (a nested dict of arrays, consumed)."""
+    from flax import nnx
+
+    from jaxtune.models.llama import Llama
+
+    model = nnx.eval_shape(lambda: Llama(cfg, nnx.Rngs(0)))
+    state = nnx.state(model, nnx.Param)
+    nnx.replace_by_pure_dict(state, _to_device(params))
+    nnx.update(model, state)
+    return model
+
+
+def check_hf(
+    hf_dir: str | Path,
+    num_tokens: int = 32,
+    max_new_tokens: int = 16,
+    tolerance: float = 1e-4,
+    prompt_ids: Optional[Sequence[int]] = None,
+    seed: int = 0,
+) -> CheckReport:
+    """``jaxtune check-hf HF_DIR``: convert the folder, run jaxtune's and transformers' model in float32 on the same
+    tokens and compare the largest absolute logit difference and the greedy continuations (KV-cache decoding on
+    both sides, no early stop). prompt_ids default to ``num_tokens`` seeded random ids. Needs torch (jaxtune[hf])
+    and host memory for two float32 copies of the model."""
+    import jax
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from jaxtune.eval.generate import Generator
+
+    hf_dir = Path(hf_dir)
+    cfg, params = load_hf_params(hf_dir, param_dtype="float32")
+    cfg = dataclasses.replace(cfg, compute_dtype="float32")
+    if prompt_ids is None:
+        rng = np.random.default_rng(seed)
+        prompt_ids = rng.integers(0, cfg.vocab_size, size=num_tokens).tolist()
+    ids = np.asarray(prompt_ids, np.int32)[None, :]
+
+    model = build_model(cfg, params)
+    jax_logits = np.asarray(jax.jit(lambda m, x: m(x)[0])(model, ids))[0]
+    jax_tokens = list(Generator(model, batch_size=1).generate([ids[0].tolist()], max_new_tokens, stop_ids=())[0].tokens)
+    del model
+
+    hf_model = LlamaForCausalLM.from_pretrained(hf_dir, dtype=torch.float32, attn_implementation="eager").eval()
+    with torch.no_grad():
+        torch_ids = torch.from_numpy(ids.astype(np.int64))
+        hf_logits = hf_model(torch_ids).logits[0].numpy()
+        out = hf_model.generate(
+            torch_ids, attention_mask=torch.ones_like(torch_ids), max_new_tokens=max_new_tokens, do_sample=False,
+            eos_token_id=None, pad_token_id=cfg.pad_token_id if cfg.pad_token_id is not None else 0,
+        )
+    hf_tokens = out[0, ids.shape[1]:].tolist()
+    return CheckReport(
+        hf_dir=str(hf_dir), num_tokens=int(ids.shape[1]),
+        max_abs_logit_diff=float(np.max(np.abs(jax_logits - hf_logits))), tolerance=tolerance,
+        jaxtune_tokens=[int(t) for t in jax_tokens], hf_tokens=[int(t) for t in hf_tokens],
+    )

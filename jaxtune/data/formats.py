@@ -1,0 +1,628 @@
+"""Instruction-data readers: every supported file format becomes one validated :class:`Record`.
+
+Formats (``DataConfig.format``):
+
+- ``doit``: the DoIT dataset's JSON Lines records ``{messages: [{role, content}], type, question_format, choices,
+  answer, idx}``; ``type`` is the ability (taken from the file name, as the study's ``make_data.py`` did, when absent).
+- ``messages``: any ``{messages: [{role, content}]}`` lines (optional ``id``/``idx`` and ``ability``/``type``).
+- ``belle``: BELLE's ``{instruction, input, output}`` lines; the user turn is ``instruction + input`` concatenated as
+  BELLE's training code did.
+- ``belle_conversations``: BELLE's multi-turn ``{id, conversations: [{from: human|assistant, value}]}`` lines.
+- ``alpaca``: Alpaca's ``{instruction, input, output}`` records; the user turn is the instruction, then a blank line
+  and the input when there is one.
+- ``sharegpt``: ``{conversations: [{from: human|gpt|system, value}]}`` conversations.
+
+A file may hold JSON Lines (one object per line) or a single JSON array of objects; the first non-blank character
+decides. Blank lines hold no record and are passed over. Every record is validated: a malformed line, a missing field,
+an unknown role, an empty assistant turn or a wrong type raises :class:`DataError` naming the file, the line and the
+field, or, with ``on_error="skip"``, the record is left out and listed in a :class:`SkipReport`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Literal, Optional, Union
+
+FormatName = Literal["doit", "belle", "belle_conversations", "alpaca", "sharegpt", "messages"]
+OnError = Literal["raise", "skip"]
+
+FORMATS: tuple[str, ...] = ("doit", "belle", "belle_conversations", "alpaca", "sharegpt", "messages")
+ROLES: tuple[str, ...] = ("system", "user", "assistant")
+DEFAULT_ABILITY = "general"
+"""Ability of records whose format carries none (BELLE, Alpaca, ShareGPT without an ``ability`` key)."""
+DATA_FILE_SUFFIXES: tuple[str, ...] = (".json", ".jsonl")
+
+# Speaker names of the "from"/"value" conversation formats, mapped onto jaxtune's three roles.
+_SPEAKER_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "chatgpt": "assistant",
+    "bard": "assistant",
+    "bing": "assistant",
+    "model": "assistant",
+    "system": "system",
+}
+
+
+class DataError(ValueError):
+    """Bad input data. The message names the file, the line and the field, and says what was expected."""
+
+    def __init__(self, source: str, line: int, field: str, problem: str):
+        self.source = source
+        self.line = line
+        self.field = field
+        self.problem = problem
+        where = f"{source}:{line}" if line else source
+        super().__init__(f"{where}: {field}: {problem}" if field else f"{where}: {problem}")
+
+
+@dataclass(frozen=True)
+class Message:
+    """One turn of a dialogue."""
+
+    role: str
+    """``system``, ``user`` or ``assistant``."""
+    content: str
+
+
+@dataclass(frozen=True)
+class Record:
+    """One validated training or evaluation example, whatever file format it came from."""
+
+    messages: tuple[Message, ...]
+    """The dialogue; it ends with the assistant's reference reply."""
+    ability: str
+    """Ability (DoIT ``type``) the record belongs to; :data:`DEFAULT_ABILITY` when the format has none."""
+    id: str
+    """The record's own id (DoIT ``idx``, BELLE ``id``), else ``<file stem>:<line>``."""
+    source: str = ""
+    """File the record was read from."""
+    line: int = 0
+    """1-based line of the record in ``source`` (for JSON arrays: the line its object starts on)."""
+    question_format: int = 0
+    """DoIT: 1 = three-way likelihood ranking over ``choices`` (``choices[0]`` correct), 0 = free generation."""
+    choices: tuple[str, ...] = ()
+    answer: Optional[str] = None
+    """DoIT: the reference final answer (math)."""
+
+
+@dataclass(frozen=True)
+class SkippedRecord:
+    """A record left out under ``on_error="skip"``."""
+
+    source: str
+    line: int
+    field: str
+    problem: str
+
+    def describe(self) -> str:
+        return str(DataError(self.source, self.line, self.field, self.problem))
+
+
+@dataclass
+class SkipReport:
+    """Counts and first examples of the records left out because they were invalid."""
+
+    max_examples: int = 20
+    seen: int = 0
+    """Records (valid or not) looked at."""
+    skipped: int = 0
+    by_source: Counter = field(default_factory=Counter)
+    by_field: Counter = field(default_factory=Counter)
+    examples: list[SkippedRecord] = field(default_factory=list)
+
+    def add(self, error: DataError) -> None:
+        self.skipped += 1
+        self.by_source[error.source] += 1
+        self.by_field[error.field or "(line)"] += 1
+        if len(self.examples) < self.max_examples:
+            self.examples.append(SkippedRecord(error.source, error.line, error.field, error.problem))
+
+    def merge(self, other: SkipReport) -> None:
+        self.seen += other.seen
+        self.skipped += other.skipped
+        self.by_source.update(other.by_source)
+        self.by_field.update(other.by_field)
+        room = self.max_examples - len(self.examples)
+        self.examples.extend(other.examples[: max(0, room)])
+
+    def summary(self, show: int = 5) -> str:
+        """A human-readable account: how many were skipped, where, why, and the first few in full."""
+        if not self.skipped:
+            return f"all {self.seen} records valid"
+        files = ", ".join(f"{n} in {src}" for src, n in self.by_source.most_common())
+        fields = ", ".join(f"{n} x {f}" for f, n in self.by_field.most_common())
+        lines = [f"skipped {self.skipped} invalid records of {self.seen} ({files}; fields: {fields})"]
+        lines += [f"  {e.describe()}" for e in self.examples[:show]]
+        if self.skipped > show:
+            lines.append(f"  ... and {self.skipped - show} more")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {
+            "seen": self.seen,
+            "skipped": self.skipped,
+            "by_source": dict(self.by_source),
+            "by_field": dict(self.by_field),
+            "examples": [e.describe() for e in self.examples],
+        }
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Raw entries: one JSON object (or the error that stopped it) per line of a file
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RawEntry:
+    """One non-blank line (or JSON-array element) of a data file, parsed or not."""
+
+    source: str
+    line: int
+    value: Any = None
+    error: Optional[DataError] = None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
+def _first_char(path: Path) -> str:
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(4096)
+            if not chunk:
+                return ""
+            text = chunk.decode("utf-8", errors="replace").lstrip("\ufeff \t\r\n")
+            if text:
+                return text[0]
+
+
+def read_raw_entries(path: Union[str, Path]) -> Iterator[RawEntry]:
+    """Yield every record-holding line of a JSON Lines file, or every element of a JSON array file, in order."""
+    path = Path(path)
+    if _first_char(path) == "[":
+        yield from _read_json_array(path)
+    else:
+        yield from _read_json_lines(path)
+
+
+def _read_json_lines(path: Path) -> Iterator[RawEntry]:
+    src = str(path)
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            if not raw.strip():
+                continue
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield RawEntry(src, line_no, error=DataError(src, line_no, "", f"not valid UTF-8 ({e.reason})"))
+                continue
+            try:
+                value = _DECODER.decode(text)
+            except ValueError as e:
+                yield RawEntry(src, line_no, error=DataError(src, line_no, "", f"not valid JSON: {e}"))
+                continue
+            yield RawEntry(src, line_no, value=value)
+
+
+def _read_json_array(path: Path) -> Iterator[RawEntry]:
+    src = str(path)
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise DataError(src, line, "", f"not valid UTF-8 ({e.reason})") from None
+    newlines = [i for i, ch in enumerate(text) if ch == "\n"]
+
+    def line_of(pos: int) -> int:
+        return bisect.bisect_left(newlines, pos) + 1
+
+    pos = len(text) - len(text.lstrip())
+    pos += 1  # the opening "["
+    index = 0
+    while True:
+        while pos < len(text) and text[pos] in " \t\r\n":
+            pos += 1
+        if pos >= len(text):
+            raise DataError(src, line_of(pos), "", "JSON array is not closed with ']'")
+        if text[pos] == "]":
+            rest = text[pos + 1 :].strip()
+            if rest:
+                raise DataError(src, line_of(pos + 1), "", "unexpected text after the closing ']' of the JSON array")
+            return
+        if index > 0:
+            if text[pos] != ",":
+                raise DataError(src, line_of(pos), "", f"expected ',' between array elements, got {text[pos]!r}")
+            pos += 1
+            while pos < len(text) and text[pos] in " \t\r\n":
+                pos += 1
+        start = pos
+        try:
+            value, pos = _DECODER.raw_decode(text, pos)
+        except ValueError as e:
+            # Without a parsed element the array cannot be resynchronised: this error ends the file.
+            raise DataError(src, line_of(start), f"[{index}]", f"not valid JSON: {e}") from None
+        yield RawEntry(src, line_of(start), value=value)
+        index += 1
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Validation per format
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class _Where:
+    """The file and line a value came from, to build errors that name them."""
+
+    __slots__ = ("source", "line")
+
+    def __init__(self, source: str, line: int):
+        self.source = source
+        self.line = line
+
+    def error(self, field_name: str, problem: str) -> DataError:
+        return DataError(self.source, self.line, field_name, problem)
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _require(obj: dict, key: str, where: _Where, expected: type | tuple, what: str) -> Any:
+    if key not in obj:
+        keys = ", ".join(sorted(obj)) or "none"
+        raise where.error(key, f"missing required field (expected {what}; the record has keys: {keys})")
+    value = obj[key]
+    if not isinstance(value, expected) or (isinstance(value, bool) and bool not in _as_tuple(expected)):
+        raise where.error(key, f"expected {what}, got {_type_name(value)}")
+    return value
+
+
+def _as_tuple(tp: type | tuple) -> tuple:
+    return tp if isinstance(tp, tuple) else (tp,)
+
+
+def _optional(obj: dict, key: str, where: _Where, expected: type | tuple, what: str) -> Any:
+    if key not in obj or obj[key] is None:
+        return None
+    return _require(obj, key, where, expected, what)
+
+
+_MISSING = object()
+
+
+def _check_dialogue(messages: list[Message], where: _Where, field_name: str) -> tuple[Message, ...]:
+    if not messages:
+        raise where.error(field_name, "expected at least one turn, got an empty list")
+    for i, m in enumerate(messages):
+        if m.role == "assistant" and not m.content.strip():
+            raise where.error(f"{field_name}[{i}].content", "empty assistant turn (nothing to learn from)")
+    if messages[-1].role != "assistant":
+        raise where.error(
+            f"{field_name}[{len(messages) - 1}]",
+            f"the last turn must be the assistant's reply, got role {messages[-1].role!r}",
+        )
+    return tuple(messages)
+
+
+def _parse_role_messages(obj: dict, where: _Where) -> tuple[Message, ...]:
+    items = _require(obj, "messages", where, list, "a list of {role, content} turns")
+    messages = []
+    for i, item in enumerate(items):
+        name = f"messages[{i}]"
+        if not isinstance(item, dict):
+            raise where.error(name, f"expected an object with 'role' and 'content', got {_type_name(item)}")
+        role = item.get("role", _MISSING)
+        if role is _MISSING:
+            raise where.error(f"{name}.role", f"missing required field (expected one of {', '.join(ROLES)})")
+        if not isinstance(role, str):
+            raise where.error(f"{name}.role", f"expected a string, got {_type_name(role)}")
+        if role not in ROLES:
+            raise where.error(f"{name}.role", f"unknown role {role!r} (expected one of {', '.join(ROLES)})")
+        content = item.get("content", _MISSING)
+        if content is _MISSING:
+            raise where.error(f"{name}.content", "missing required field (expected a string)")
+        if not isinstance(content, str):
+            raise where.error(f"{name}.content", f"expected a string, got {_type_name(content)}")
+        messages.append(Message(role, content))
+    return _check_dialogue(messages, where, "messages")
+
+
+
+def _parse_speaker_turns(obj: dict, where: _Where, key: str = "conversations") -> tuple[Message, ...]:
+    items = _require(obj, key, where, list, "a list of {from, value} turns")
+    messages = []
+    for i, item in enumerate(items):
+        name = f"{key}[{i}]"
+        if not isinstance(item, dict):
+            raise where.error(name, f"expected an object with 'from' and 'value', got {_type_name(item)}")
+        if "from" not in item:
+            raise where.error(f"{name}.from", "missing required field (expected a speaker name such as 'human')")
+        speaker = item["from"]
+        if not isinstance(speaker, str):
+            raise where.error(f"{name}.from", f"expected a string, got {_type_name(speaker)}")
+        role = _SPEAKER_ROLES.get(speaker.lower())
+        if role is None:
+            known = ", ".join(sorted(_SPEAKER_ROLES))
+            raise where.error(f"{name}.from", f"unknown speaker {speaker!r} (expected one of {known})")
+        if "value" not in item:
+            raise where.error(f"{name}.value", "missing required field (expected a string)")
+        value = item["value"]
+        if not isinstance(value, str):
+            raise where.error(f"{name}.value", f"expected a string, got {_type_name(value)}")
+        messages.append(Message(role, value))
+    return _check_dialogue(messages, where, key)
+
+
+def _record_id(obj: dict, where: _Where, keys: tuple[str, ...]) -> str:
+    for key in keys:
+        if key in obj and obj[key] is not None:
+            value = obj[key]
+            if isinstance(value, bool) or not isinstance(value, (str, int)):
+                raise where.error(key, f"expected a string or an integer id, got {_type_name(value)}")
+            return str(value)
+    return f"{Path(where.source).stem}:{where.line}"
+
+
+def ability_from_file_name(path: Union[str, Path]) -> str:
+    """The study's ability name of a data file: its name without the last ``_`` part (``role_play_1000.json`` ->
+    ``role_play``); a name without ``_`` is kept whole (without its suffix)."""
+    stem = Path(path).name
+    for suffix in DATA_FILE_SUFFIXES:
+        if stem.endswith(suffix):
+            stem = stem[: -len(suffix)]
+    parts = stem.split("_")
+    return "_".join(parts[:-1]) if len(parts) > 1 else stem
+
+
+def _parse_doit(obj: dict, where: _Where) -> Record:
+    messages = _parse_role_messages(obj, where)
+    ability = _optional(obj, "type", where, str, "a string (the ability)") or ability_from_file_name(where.source)
+    qf = _optional(obj, "question_format", where, int, "0 (free generation) or 1 (likelihood ranking)")
+    qf = 0 if qf is None else qf
+    if qf not in (0, 1):
+        raise where.error("question_format", f"expected 0 (free generation) or 1 (likelihood ranking), got {qf!r}")
+    choices_raw = _optional(obj, "choices", where, list, "a list of strings")
+    choices: tuple[str, ...] = ()
+    if choices_raw is not None:
+        for i, c in enumerate(choices_raw):
+            if not isinstance(c, str):
+                raise where.error(f"choices[{i}]", f"expected a string, got {_type_name(c)}")
+        choices = tuple(choices_raw)
+    if qf == 1 and len(choices) < 2:
+        raise where.error("choices", f"question_format 1 needs at least 2 choices, got {len(choices)}")
+    answer = _optional(obj, "answer", where, (str, int, float), "a string or a number")
+    if isinstance(answer, float) and not math.isfinite(answer):
+        raise where.error("answer", f"expected a finite number, got {answer!r}")
+    return Record(
+        messages=messages,
+        ability=ability,
+        id=_record_id(obj, where, ("idx", "id")),
+        source=where.source,
+        line=where.line,
+        question_format=qf,
+        choices=choices,
+        answer=None if answer is None else str(answer),
+    )
+
+
+def _generic_ability(obj: dict, where: _Where) -> str:
+    for key in ("ability", "type"):
+        value = _optional(obj, key, where, str, "a string (the ability)")
+        if value:
+            return value
+    return DEFAULT_ABILITY
+
+
+def _parse_messages(obj: dict, where: _Where) -> Record:
+    return Record(
+        messages=_parse_role_messages(obj, where),
+        ability=_generic_ability(obj, where),
+        id=_record_id(obj, where, ("id", "idx")),
+        source=where.source,
+        line=where.line,
+    )
+
+
+def _instruction_turns(obj: dict, where: _Where, joiner: Optional[str]) -> tuple[Message, ...]:
+    instruction = _require(obj, "instruction", where, str, "a string")
+    inp = _optional(obj, "input", where, str, "a string") or ""
+    output = _require(obj, "output", where, str, "a string")
+    if not output.strip():
+        raise where.error("output", "empty assistant turn (nothing to learn from)")
+    if joiner is None:  # BELLE's training code: instruction + input, nothing between
+        human = instruction + inp
+    else:
+        human = joiner.join(p for p in (instruction, inp) if p)
+    return (Message("user", human), Message("assistant", output))
+
+
+def _parse_belle(obj: dict, where: _Where) -> Record:
+    return Record(
+        messages=_instruction_turns(obj, where, joiner=None),
+        ability=_generic_ability(obj, where),
+        id=_record_id(obj, where, ("id",)),
+        source=where.source,
+        line=where.line,
+    )
+
+
+def _parse_alpaca(obj: dict, where: _Where) -> Record:
+    return Record(
+        messages=_instruction_turns(obj, where, joiner="\n\n"),
+        ability=_generic_ability(obj, where),
+        id=_record_id(obj, where, ("id",)),
+        source=where.source,
+        line=where.line,
+    )
+
+
+def _parse_conversations(obj: dict, where: _Where) -> Record:
+    return Record(
+        messages=_parse_speaker_turns(obj, where),
+        ability=_generic_ability(obj, where),
+        id=_record_id(obj, where, ("id",)),
+        source=where.source,
+        line=where.line,
+    )
+
+
+_PARSERS = {
+    "doit": _parse_doit,
+    "messages": _parse_messages,
+    "belle": _parse_belle,
+    "alpaca": _parse_alpaca,
+    "belle_conversations": _parse_conversations,
+    "sharegpt": _parse_conversations,
+}
+
+
+def check_format(format: str) -> None:
+    if format not in _PARSERS:
+        raise ValueError(f"unknown data format {format!r} (expected one of {', '.join(FORMATS)})")
+
+
+def parse_entry(entry: RawEntry, format: str) -> Record:
+    """Validate one raw entry as a record of ``format``; raise :class:`DataError` if it is not one."""
+    if entry.error is not None:
+        raise entry.error
+    where = _Where(entry.source, entry.line)
+    if not isinstance(entry.value, dict):
+        raise where.error("", f"expected a JSON object per record, got {_type_name(entry.value)}")
+    return _PARSERS[format](entry.value, where)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Files and directories
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def list_data_files(path: Union[str, Path]) -> list[Path]:
+    """The data files at ``path``: the file itself, or the ``.json``/``.jsonl`` files directly inside a directory, in
+    sorted file-name order (the order jaxtune gives the study's unsorted file lists)."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.exists():
+        raise FileNotFoundError(f"data path {path} does not exist")
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in DATA_FILE_SUFFIXES)
+    if not files:
+        folders = sorted(p.name + "/" for p in path.iterdir() if p.is_dir())
+        hint = f"; it holds the folders {', '.join(folders)}: point at one of them" if folders else ""
+        raise FileNotFoundError(f"data path {path} holds no .json or .jsonl files{hint}")
+    return files
+
+
+class RecordCollector:
+    """Applies the ``on_error`` policy: raise the first :class:`DataError`, or skip the record and report it."""
+
+    def __init__(self, format: str, on_error: OnError = "raise", report: Optional[SkipReport] = None):
+        check_format(format)
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        self.format = format
+        self.on_error = on_error
+        self.report = report if report is not None else SkipReport()
+
+    def parse(self, entry: RawEntry) -> Optional[Record]:
+        """The record of ``entry``, or None when it was invalid and skipped."""
+        self.report.seen += 1
+        try:
+            return parse_entry(entry, self.format)
+        except DataError as e:
+            if self.on_error == "raise":
+                raise
+            self.report.add(e)
+            return None
+
+    def iter_file(self, path: Union[str, Path]) -> Iterator[Record]:
+        try:
+            for entry in read_raw_entries(path):
+                record = self.parse(entry)
+                if record is not None:
+                    yield record
+        except DataError as e:  # a broken JSON array cannot be read further
+            if self.on_error == "raise":
+                raise
+            self.report.seen += 1
+            self.report.add(e)
+
+
+def iter_records(
+    path: Union[str, Path], format: str, *, on_error: OnError = "raise", report: Optional[SkipReport] = None
+) -> Iterator[Record]:
+    """Stream the validated records of a file or of every data file in a directory (sorted by file name)."""
+    collector = RecordCollector(format, on_error, report)
+    for file in list_data_files(path):
+        yield from collector.iter_file(file)
+
+
+def read_records(path: Union[str, Path], format: str, *, on_error: OnError = "raise") -> tuple[list[Record], SkipReport]:
+    """All validated records at ``path`` and the report of those skipped (always empty with ``on_error="raise"``)."""
+    report = SkipReport()
+    records = list(iter_records(path, format, on_error=on_error, report=report))
+    return records, report
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Serialisation (prepared ArrayRecord datasets store records in this form)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def record_to_json(record: Record) -> str:
+    """The record as one line of JSON (read back by :func:`record_from_json`)."""
+    obj: dict[str, Any] = {
+        "messages": [{"role": m.role, "content": m.content} for m in record.messages],
+        "ability": record.ability,
+        "id": record.id,
+        "source": record.source,
+        "line": record.line,
+    }
+    if record.question_format:
+        obj["question_format"] = record.question_format
+    if record.choices:
+        obj["choices"] = list(record.choices)
+    if record.answer is not None:
+        obj["answer"] = record.answer
+    return json.dumps(obj, ensure_ascii=False)
+
+
+def record_from_json(data: Union[str, bytes]) -> Record:
+    """Inverse of :func:`record_to_json`."""
+    obj = json.loads(data)
+    return Record(
+        messages=tuple(Message(m["role"], m["content"]) for m in obj["messages"]),
+        ability=obj["ability"],
+        id=obj["id"],
+        source=obj.get("source", ""),
+        line=obj.get("line", 0),
+        question_format=obj.get("question_format", 0),
+        choices=tuple(obj.get("choices", ())),
+        answer=obj.get("answer"),
+    )
+
+
+def records_by_ability(records: Iterable[Record]) -> dict[str, list[Record]]:
+    """Group records by ability, abilities in sorted order."""
+    groups: dict[str, list[Record]] = {}
+    for r in records:
+        groups.setdefault(r.ability, []).append(r)
+    return dict(sorted(groups.items()))

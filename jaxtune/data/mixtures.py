@@ -1,0 +1,257 @@
+"""The DoIT study's data constructions (``make_data.py``), reproduced exactly, and the run manifest.
+
+``DataConfig.selection`` names what to train on:
+
+- ``all``: every record at ``data.path`` (a file, or the data files directly inside a folder).
+- ``curated-N`` (N a multiple of 10; the study used 10, 40, 160, 640, 2560, 10000): N/10 records per ability drawn
+  with CPython's ``random.sample`` from ``curated/1000/{ability}_1000.json``, after one ``random.seed(seed)``; the
+  same generator serves every file in turn, files in sorted name order. ``baseline`` is ``curated-10000``.
+- ``synthetic-N``: ``random.sample(lines, N)`` on the synthetic file(s) in ``synthetic/40960/``.
+- ``reconstruct``: the first lines of each ``curated/full`` file: ethics 64, role_play 64, creative_writing 1000,
+  biology all, chinese 1306, every other ability 1305 (10k in all).
+- ``maximum`` (= ``mix-0``): ethics 64, role_play 64, creative_writing 1000, every other ability complete.
+- ``mix-N``: ``maximum`` plus the ``synthetic-N`` sample (the maximum part consumes no randomness).
+- a count map such as ``biology:16,math:64`` (optionally ``others:all`` or ``others:100``): the first k lines of each
+  named ``curated/full`` file, the study's explicit per-ability construction; ``all`` takes the whole file.
+
+The study selections need ``data.path`` to be the dataset root, the folder holding ``curated/`` (and
+``synthetic/``). Blank lines hold no record and are not counted as lines; every other line is part of the population
+that is sampled, so an invalid line is drawn exactly where the study would have drawn it, and then reported.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Optional, Union
+
+from jaxtune.data.formats import (
+    DATA_FILE_SUFFIXES,
+    OnError,
+    RawEntry,
+    Record,
+    RecordCollector,
+    SkipReport,
+    ability_from_file_name,
+    iter_records,
+    read_raw_entries,
+)
+
+STUDY_ABILITIES: tuple[str, ...] = (
+    "biology", "chinese", "code", "creative_writing", "ethics", "history", "math", "reasoning", "role_play",
+    "understanding",
+)
+"""The ten DoIT abilities in sorted file-name order (the order selections consume the random generator)."""
+
+DISPLAY_NAMES: dict[str, str] = {
+    "biology": "STEM - Biology",
+    "history": "Humanity - History",
+    "code": "Code Generation",
+    "creative_writing": "Creative Writing",
+    "chinese": "Chinese",
+    "understanding": "Dialogue Understanding",
+    "role_play": "Role-play Chat",
+    "reasoning": "Logical Reasoning",
+    "math": "COT for Grad-Math",
+    "ethics": "Ethics",
+}
+
+# Per-ability caps of the study's `maximum` construction; None = the whole file.
+_MAXIMUM_SIZES: dict[str, Optional[int]] = {"ethics": 64, "role_play": 64, "creative_writing": 1000}
+_RECONSTRUCT_SIZES: dict[str, Optional[int]] = {**_MAXIMUM_SIZES, "biology": None, "chinese": 1306}
+_RECONSTRUCT_OTHERS = 1305
+
+
+class SelectionError(ValueError):
+    """A selection that cannot be made from the data given (the message says what was expected)."""
+
+
+@dataclass
+class Selection:
+    """The records a run trains on, how they were chosen, and the invalid ones left out."""
+
+    name: str
+    records: list[Record]
+    skipped: SkipReport = field(default_factory=SkipReport)
+
+    def counts(self) -> dict[str, int]:
+        """Records per ability, abilities sorted."""
+        counts: dict[str, int] = {}
+        for r in self.records:
+            counts[r.ability] = counts.get(r.ability, 0) + 1
+        return dict(sorted(counts.items()))
+
+
+def _study_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise SelectionError(f"expected the folder {folder} (DoIT layout), but it does not exist")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in DATA_FILE_SUFFIXES)
+    if not files:
+        raise SelectionError(f"the folder {folder} holds no .json/.jsonl data files")
+    return files
+
+
+def find_doit_root(path: Union[str, Path]) -> Path:
+    """The dataset root holding ``curated/``: ``path`` itself, or its parent when ``path`` is ``curated/``."""
+    p = Path(path)
+    if (p / "curated").is_dir():
+        return p
+    if p.name == "curated" and p.is_dir():
+        return p.parent
+    raise SelectionError(
+        f"study selections need data.path to be the DoIT dataset root (the folder holding curated/ and "
+        f"synthetic/); {p} has no curated/ folder"
+    )
+
+
+class _StudySampler:
+    """Reads study files as raw lines and draws from them with the study's one seeded generator."""
+
+    def __init__(self, format: str, seed: int, on_error: OnError):
+        self.rng = random.Random(seed)  # identical stream to the study's random.seed(seed) + random.sample
+        self.collector = RecordCollector(format, on_error)
+        self.records: list[Record] = []
+
+    def _take(self, entries: list[RawEntry]) -> None:
+        for entry in entries:
+            record = self.collector.parse(entry)
+            if record is not None:
+                self.records.append(record)
+
+    def sample(self, files: list[Path], k: int) -> None:
+        for file in files:
+            entries = list(read_raw_entries(file))
+            if len(entries) < k:
+                raise SelectionError(f"{file}: the selection draws {k} records from this file but it has {len(entries)}")
+            # sample() on a range picks the same positions as sample() on the study's list of parsed lines.
+            self._take([entries[i] for i in self.rng.sample(range(len(entries)), k)])
+
+    def first(self, files: list[Path], sizes: dict[str, Optional[int]], others: Optional[int], use_others: bool) -> None:
+        for file in files:
+            ability = ability_from_file_name(file)
+            if ability in sizes:
+                size = sizes[ability]
+            elif use_others:
+                size = others
+            else:
+                continue
+            entries = list(read_raw_entries(file))
+            self._take(entries if size is None else entries[:size])
+
+
+_NUMBERED = re.compile(r"^(curated|synthetic|mix)-(\d+)$")
+
+
+def parse_count_map(text: str) -> tuple[dict[str, Optional[int]], bool, Optional[int]]:
+    """``biology:16,math:all,others:100`` -> ({biology: 16, math: None}, use_others, others_size)."""
+    sizes: dict[str, Optional[int]] = {}
+    use_others, others = False, None
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if part.count(":") != 1:
+            raise SelectionError(f"selection {text!r}: {part!r} is not of the form ability:count")
+        name, value = (s.strip() for s in part.split(":"))
+        if value == "all":
+            size = None
+        elif value.isdigit():
+            size = int(value)
+        else:
+            raise SelectionError(f"selection {text!r}: count of {name!r} must be a non-negative integer or 'all'")
+        if name == "others":
+            use_others, others = True, size
+        elif name in sizes:
+            raise SelectionError(f"selection {text!r}: {name!r} is given twice")
+        else:
+            sizes[name] = size
+    if not sizes and not use_others:
+        raise SelectionError(f"selection {text!r} names no ability")
+    return sizes, use_others, others
+
+
+def select_records(
+    path: Union[str, Path],
+    selection: str = "all",
+    *,
+    format: str = "doit",
+    seed: int = 0,
+    on_error: OnError = "raise",
+) -> Selection:
+    """The records of ``selection`` (see the module docstring) read from ``path``, validated."""
+    selection = selection.strip()
+    if selection == "all":
+        report = SkipReport()
+        return Selection("all", list(iter_records(path, format, on_error=on_error, report=report)), report)
+    name = {"baseline": "curated-10000", "mix-0": "maximum"}.get(selection, selection)
+    root = find_doit_root(path)
+    sampler = _StudySampler(format, seed, on_error)
+    match = _NUMBERED.match(name)
+    if match:
+        kind, n = match.group(1), int(match.group(2))
+        if n <= 0 and kind != "mix":
+            raise SelectionError(f"selection {selection!r}: the number of records must be positive")
+        if kind == "curated":
+            if n % 10:
+                raise SelectionError(f"selection {selection!r}: curated-N takes N/10 per ability, N must be a multiple of 10")
+            sampler.sample(_study_files(root / "curated" / "1000"), n // 10)
+        elif kind == "synthetic":
+            sampler.sample(_study_files(root / "synthetic" / "40960"), n)
+        else:
+            sampler.first(_study_files(root / "curated" / "full"), _MAXIMUM_SIZES, None, use_others=True)
+            if n:
+                sampler.sample(_study_files(root / "synthetic" / "40960"), n)
+    elif name == "reconstruct":
+        sampler.first(_study_files(root / "curated" / "full"), _RECONSTRUCT_SIZES, _RECONSTRUCT_OTHERS, use_others=True)
+    elif name == "maximum":
+        sampler.first(_study_files(root / "curated" / "full"), _MAXIMUM_SIZES, None, use_others=True)
+    elif ":" in name:
+        sizes, use_others, others = parse_count_map(name)
+        files = _study_files(root / "curated" / "full")
+        available = {ability_from_file_name(f) for f in files}
+        unknown = sorted(set(sizes) - available)
+        if unknown:
+            raise SelectionError(
+                f"selection {selection!r}: no curated/full file for {', '.join(unknown)} "
+                f"(abilities there: {', '.join(sorted(available))})"
+            )
+        sampler.first(files, sizes, others, use_others)
+    else:
+        raise SelectionError(
+            f"unknown selection {selection!r} (expected all, curated-N, synthetic-N, reconstruct, maximum, mix-N, "
+            f"baseline, or a count map like biology:16,math:64)"
+        )
+    return Selection(selection, sampler.records, sampler.collector.report)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Manifest
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def write_manifest(path: Union[str, Path], records: Iterable[Record]) -> int:
+    """Write one JSON line per record trained on (id, ability, source file, line); returns the number written.
+
+    Streams: ``records`` may be a generator over a corpus that does not fit in memory.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps({"id": r.id, "ability": r.ability, "source": r.source, "line": r.line},
+                               ensure_ascii=False))
+            f.write("\n")
+            n += 1
+    tmp.replace(path)
+    return n
+
+
+def read_manifest(path: Union[str, Path]) -> list[dict]:
+    """The entries of a manifest written by :func:`write_manifest`."""
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]

@@ -1,0 +1,542 @@
+"""The grain input pipeline: records -> token rows -> per-host batches, deterministic and resumable.
+
+Source (records in memory, or a prepared ArrayRecord dataset read by random access) -> a first pass that tokenizes
+every example once to learn its length and whether anything in its first ``max_len`` tokens is supervised (examples
+with nothing supervised are counted, reported and left out) -> a row plan (packing: several examples per row of
+``max_len`` with segment ids and positions restarting per example; or one example per row, padded left or right)
+-> a grain ``MapDataset`` over row positions: the rows are reshuffled every epoch (grain's per-epoch shuffle),
+each epoch's last partial batch is completed with empty rows whose ``loss_weights`` are 0, global batch ``b`` is rows
+``b*G .. b*G+G-1`` and host ``h`` of ``P`` takes every P-th of them (``ShardByJaxProcess``) -> rows are tokenized
+and assembled on demand -> batched -> optionally prefetched by worker processes.
+
+Because the plan is fixed before training, the number of steps per epoch is known up front, and the iterator's
+state is one index: ``get_state``/``set_state`` (and ``grain.checkpoint.CheckpointSave``/``CheckpointRestore`` in
+the trainer's Orbax checkpoint) resume exactly the batches an uninterrupted run would have seen.
+
+Packed examples keep their row neighbours across epochs (the plan is made once; the rows' order changes every
+epoch). With attention and positions restarted per segment the neighbours do not affect an example's loss.
+
+Batch (numpy, each [B, L], B = global batch / process count): ``input_ids`` int32, ``targets`` int32 (the next token
+of the same example, 0 where none), ``loss_weights`` float32 (1 where the target is supervised), ``segment_ids``
+int32 (1, 2, ... per example in the row, 0 = padding), ``positions`` int32 (0.. per example), ``ability_ids`` int32
+(index into ``PipelineInfo.ability_names``, -1 on padding).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence, Union
+
+import numpy as np
+
+from jaxtune.config import DataConfig
+from jaxtune.data.formats import DataError, Record, SkipReport
+from jaxtune.data.mixtures import select_records, write_manifest
+from jaxtune.data.packing import RowPlan, one_per_row, pack_rows
+from jaxtune.data.prepare import PreparedRecords, is_prepared_dataset
+from jaxtune.data.templates import ChatTemplate, Encoded, TemplateError, make_template, template_backend
+from jaxtune.data.tokenizer import Tokenizer, load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+BATCH_KEYS: tuple[str, ...] = ("input_ids", "targets", "loss_weights", "segment_ids", "positions", "ability_ids")
+_MEASURE_CHUNK = 512
+
+
+class PipelineError(ValueError):
+    """A pipeline that cannot be built from this configuration (the message names the setting)."""
+
+
+class InMemoryRecords:
+    """Validated records held in memory (a grain ``RandomAccessDataSource``)."""
+
+    def __init__(self, records: Sequence[Record]):
+        self.records = list(records)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> Record:
+        return self.records[int(index)]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[Record]:
+        return [self.records[int(i)] for i in indices]
+
+
+RecordSource = Union[InMemoryRecords, PreparedRecords]
+
+
+@dataclass
+class PipelineInfo:
+    """What the pipeline will feed, known before the first batch."""
+
+    ability_names: tuple[str, ...]
+    """``ability_ids`` index into this tuple."""
+    selection: str
+    num_records: int
+    """Valid records selected."""
+    num_examples: int
+    """Records trained on (something supervised within max_len)."""
+    examples_per_ability: dict[str, int]
+    num_unsupervised: int
+    """Records left out because their first max_len tokens hold no supervised target."""
+    unsupervised_examples: tuple[str, ...]
+    """The first few of those, as ``id (file:line)``."""
+    num_truncated: int
+    """Examples longer than max_len (only their first max_len tokens are used)."""
+    rows_per_epoch: int
+    """Rows with data per epoch (before completing the last batch with empty rows)."""
+    steps_per_epoch: int
+    epochs: int
+    total_steps: int
+    global_batch_size: int
+    host_batch_size: int
+    shard_index: int
+    shard_count: int
+    max_len: int
+    packing: bool
+    tokens_per_epoch: int
+    """Non-padding tokens per epoch."""
+    supervised_tokens_per_epoch: int
+    packing_efficiency: float
+    """Non-padding share of all token slots of an epoch's batches."""
+    special_token_ids: dict[str, int]
+    vocab_size: int
+    """Tokenizer size with added tokens: the model's vocab_size must equal it."""
+    added_tokens: dict[str, int]
+    skipped: SkipReport = field(default_factory=SkipReport)
+    """Invalid records left out (``on_error="skip"``)."""
+
+    def summary(self) -> str:
+        per_ability = ", ".join(f"{k} {v}" for k, v in self.examples_per_ability.items())
+        lines = [
+            f"data: {self.selection}: {self.num_examples} examples ({per_ability})",
+            f"  {self.rows_per_epoch} rows of {self.max_len} per epoch ({'packed' if self.packing else 'padded'}, "
+            f"{100 * self.packing_efficiency:.1f}% non-padding), {self.steps_per_epoch} steps/epoch x {self.epochs} "
+            f"epochs = {self.total_steps} steps of {self.global_batch_size} rows "
+            f"({self.host_batch_size} on each of {self.shard_count} hosts)",
+            f"  vocabulary {self.vocab_size} (added {self.added_tokens or 'none'}); "
+            f"{self.num_truncated} examples truncated to {self.max_len}",
+        ]
+        if self.num_unsupervised:
+            lines.append(f"  left out {self.num_unsupervised} examples with nothing supervised in their first "
+                         f"{self.max_len} tokens: {', '.join(self.unsupervised_examples)}")
+        if self.skipped.skipped:
+            lines.append("  " + self.skipped.summary().replace("\n", "\n  "))
+        return "\n".join(lines)
+
+
+@dataclass
+class _ExampleTable:
+    """The kept examples: their record index in the source, token length (after truncation) and ability."""
+
+    record_index: np.ndarray  # int64 [N]
+    lengths: np.ndarray  # int32 [N]
+    ability: np.ndarray  # int32 [N]
+    supervised: np.ndarray  # int64 [N] supervised targets per example
+
+
+@dataclass
+class _Measured:
+    table: _ExampleTable
+    num_unsupervised: int
+    unsupervised_examples: list[str]
+    num_truncated: int
+
+
+def _describe(record: Record) -> str:
+    return f"{record.id} ({record.source}:{record.line})" if record.source else record.id
+
+
+def _encode_records(
+    template: ChatTemplate, records: Sequence[Record], mask: str
+) -> Sequence[Union[Encoded, DataError]]:
+    """Encode records in one batch; a record the template rejects becomes a DataError naming its file and line."""
+    try:
+        return template.encode_batch([r.messages for r in records], mask)
+    except TemplateError:
+        pass
+    out: list[Union[Encoded, DataError]] = []
+    for r in records:
+        try:
+            out.append(template.encode(r.messages, mask))
+        except TemplateError as e:
+            out.append(DataError(r.source, r.line, "messages", str(e)))
+    return out
+
+
+def _measure(
+    source: RecordSource,
+    template: ChatTemplate,
+    cfg: DataConfig,
+    ability_index: dict[str, int],
+    skipped: SkipReport,
+) -> _Measured:
+    """Tokenize every record once: lengths, supervision, abilities (the first pass)."""
+    n = len(source)
+    keep_idx = np.empty(n, np.int64)
+    lengths = np.empty(n, np.int32)
+    abil = np.empty(n, np.int32)
+    sup = np.empty(n, np.int64)
+    kept = 0
+    unsupervised: list[str] = []
+    num_unsup = 0
+    truncated = 0
+    for start in range(0, n, _MEASURE_CHUNK):
+        indices = list(range(start, min(n, start + _MEASURE_CHUNK)))
+        records = source.__getitems__(indices)
+        for i, record, enc in zip(indices, records, _encode_records(template, records, cfg.mask)):
+            if isinstance(enc, DataError):
+                if cfg.on_error == "raise":
+                    raise enc
+                skipped.add(enc)
+                continue
+            if record.ability not in ability_index:
+                raise PipelineError(f"{_describe(record)}: ability {record.ability!r} is not among "
+                                    f"{sorted(ability_index)}")
+            length = len(enc)
+            if length > cfg.max_len:
+                truncated += 1
+                enc = enc.truncated(cfg.max_len)
+                length = cfg.max_len
+            targets = enc.num_supervised_targets()
+            if targets == 0:
+                num_unsup += 1
+                if len(unsupervised) < 10:
+                    unsupervised.append(_describe(record))
+                continue
+            keep_idx[kept] = i
+            lengths[kept] = length
+            abil[kept] = ability_index[record.ability]
+            sup[kept] = targets
+            kept += 1
+    table = _ExampleTable(keep_idx[:kept].copy(), lengths[:kept].copy(), abil[:kept].copy(), sup[:kept].copy())
+    return _Measured(table, num_unsup, unsupervised, truncated)
+
+
+class _RowBuilder:
+    """Builds the row at a global position (picklable: grain workers rebuild rows on their own)."""
+
+    def __init__(
+        self,
+        source: RecordSource,
+        template: ChatTemplate,
+        table: _ExampleTable,
+        plan: RowPlan,
+        order: Any,
+        cfg: DataConfig,
+        rows_per_epoch_padded: int,
+        global_batch_size: int,
+    ):
+        self.source = source
+        self.template = template
+        self.table = table
+        self.plan = plan
+        self.order = order
+        self.mask = cfg.mask
+        self.max_len = cfg.max_len
+        self.left = (not cfg.packing) and cfg.padding_side == "left"
+        self.pad_multiple = 0 if cfg.packing else cfg.pad_to_multiple
+        self.pad_id = template.pad_id
+        self.rows_padded = rows_per_epoch_padded
+        self.global_batch = global_batch_size
+        self._len_cache: dict[int, int] = {}
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_len_cache"] = {}
+        return state
+
+    def _row_length(self, position: int) -> int:
+        """max_len, or (no packing, pad_to_multiple) the longest example of this global batch rounded up."""
+        if not self.pad_multiple:
+            return self.max_len
+        batch = position // self.global_batch
+        if batch not in self._len_cache:
+            if len(self._len_cache) > 64:
+                self._len_cache.clear()
+            start = batch * self.global_batch
+            longest = 1
+            for p in range(start, start + self.global_batch):
+                row = self.order[p]
+                if row < self.plan.num_rows:
+                    longest = max(longest, int(self.table.lengths[self.plan.row(row)].sum()))
+            m = self.pad_multiple
+            self._len_cache[batch] = -(-longest // m) * m
+        return self._len_cache[batch]
+
+    def __call__(self, position: int, row: int) -> dict[str, np.ndarray]:
+        length = self._row_length(position)
+        input_ids = np.full(length, self.pad_id, np.int32)
+        targets = np.zeros(length, np.int32)
+        weights = np.zeros(length, np.float32)
+        segments = np.zeros(length, np.int32)
+        positions = np.zeros(length, np.int32)
+        abilities = np.full(length, -1, np.int32)
+        if row < self.plan.num_rows:
+            items = self.plan.row(row)
+            records = self.source.__getitems__(self.table.record_index[items])
+            encoded = self.template.encode_batch([r.messages for r in records], self.mask)
+            used = int(self.table.lengths[items].sum())
+            cursor = length - used if self.left else 0
+            for seg, (item, enc, record) in enumerate(zip(items, encoded, records), start=1):
+                enc = enc.truncated(self.max_len)
+                n = len(enc)
+                if n != self.table.lengths[item]:
+                    raise RuntimeError(f"{_describe(record)}: tokenized to {n} tokens, but {self.table.lengths[item]} "
+                                       f"in the first pass (the tokenizer or template changed under the pipeline)")
+                end = cursor + n
+                input_ids[cursor:end] = enc.input_ids
+                targets[cursor : end - 1] = enc.input_ids[1:]
+                weights[cursor : end - 1] = enc.loss_mask[1:]
+                segments[cursor:end] = seg
+                positions[cursor:end] = np.arange(n, dtype=np.int32)
+                abilities[cursor:end] = self.table.ability[item]
+                cursor = end
+        return {
+            "input_ids": input_ids,
+            "targets": targets,
+            "loss_weights": weights,
+            "segment_ids": segments,
+            "positions": positions,
+            "ability_ids": abilities,
+        }
+
+
+@dataclass
+class TrainData:
+    """The training stream: ``iterator`` yields per-host batches; ``dataset`` makes fresh iterators."""
+
+    iterator: Any
+    """grain DatasetIterator: next() -> batch dict; get_state()/set_state(); checkpoint with grain.checkpoint."""
+    dataset: Any
+    """grain IterDataset; ``iter(dataset)`` starts again from the first batch."""
+    info: PipelineInfo
+
+
+@dataclass
+class EvalData:
+    """Validation batches: iterate ``dataset`` (fresh each time) for one deterministic pass."""
+
+    dataset: Any
+    info: PipelineInfo
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return iter(self.dataset)
+
+
+def _shard(shard_options: Any) -> tuple[int, int]:
+    if shard_options is None:
+        import grain
+
+        shard_options = grain.sharding.ShardByJaxProcess()
+    index, count = int(shard_options.shard_index), int(shard_options.shard_count)
+    if not 0 <= index < count:
+        raise PipelineError(f"shard index {index} is not in 0..{count - 1}")
+    return index, count
+
+
+def _load_source(path: Optional[str], cfg: DataConfig, selection: str, key: str):
+    if not path:
+        raise PipelineError(f"data.{key} is not set: give a data file, a folder of data files or a prepared dataset")
+    if is_prepared_dataset(path):
+        if selection != "all":
+            raise PipelineError(f"data.selection={selection!r} applies to a DoIT-layout folder; {path} is a prepared "
+                                f"dataset (prepare the selected records instead, or use selection all)")
+        source = PreparedRecords(path)
+        skipped = SkipReport()
+        skipped.seen = len(source)
+        return source, source.abilities, skipped
+    chosen = select_records(path, selection, format=cfg.format, seed=cfg.selection_seed, on_error=cfg.on_error)
+    return InMemoryRecords(chosen.records), sorted({r.ability for r in chosen.records}), chosen.skipped
+
+
+def _check_cfg(cfg: DataConfig, global_batch_size: int, shard_count: int) -> None:
+    if cfg.max_len < 2:
+        raise PipelineError(f"data.max_len must be at least 2, got {cfg.max_len}")
+    if global_batch_size <= 0 or global_batch_size % shard_count:
+        raise PipelineError(f"the global batch size {global_batch_size} must be a positive multiple of the "
+                            f"{shard_count} processes")
+    if cfg.pad_to_multiple < 0:
+        raise PipelineError(f"data.pad_to_multiple must be >= 0, got {cfg.pad_to_multiple}")
+    if cfg.num_workers < 0 or cfg.prefetch < 1:
+        raise PipelineError("data.num_workers must be >= 0 and data.prefetch >= 1")
+
+
+def _make_tokenizer_and_template(cfg: DataConfig, tokenizer: Optional[Tokenizer]) -> ChatTemplate:
+    if tokenizer is None:
+        if not cfg.tokenizer:
+            raise PipelineError("data.tokenizer is not set: give a SentencePiece .model file or a tokenizer folder")
+        tokenizer = load_tokenizer(cfg.tokenizer, template_backend(cfg.template))
+    return make_template(cfg.template, tokenizer)
+
+
+def _build(
+    cfg: DataConfig,
+    *,
+    path: Optional[str],
+    key: str,
+    selection: str,
+    global_batch_size: int,
+    epochs: int,
+    seed: Optional[int],
+    shard_options: Any,
+    tokenizer: Optional[Tokenizer],
+    ability_names: Optional[Sequence[str]],
+    manifest_path: Optional[Union[str, Path]],
+):
+    import grain
+
+    shard_index, shard_count = _shard(shard_options)
+    _check_cfg(cfg, global_batch_size, shard_count)
+    if epochs < 1:
+        raise PipelineError(f"epochs must be at least 1, got {epochs}")
+    template = _make_tokenizer_and_template(cfg, tokenizer)
+    source, abilities, skipped = _load_source(path, cfg, selection, key)
+    names = tuple(ability_names) if ability_names is not None else tuple(abilities)
+    missing = sorted(set(abilities) - set(names))
+    if missing:
+        raise PipelineError(f"abilities {missing} of data.{key} are not in the given ability names {list(names)}")
+    measured = _measure(source, template, cfg, {a: i for i, a in enumerate(names)}, skipped)
+    table = measured.table
+    n = len(table.lengths)
+    if n == 0:
+        raise PipelineError(f"data.{key}={path}: no example with anything to learn from (of {len(source)} records, "
+                            f"{measured.num_unsupervised} had nothing supervised in their first {cfg.max_len} tokens, "
+                            f"{skipped.skipped} were invalid)")
+    shuffle = seed is not None
+    if cfg.packing:
+        plan = pack_rows(table.lengths, cfg.max_len, seed=seed if shuffle else None)
+    else:
+        plan = one_per_row(n)
+    rows = plan.num_rows
+    steps_per_epoch = -(-rows // global_batch_size)
+    rows_padded = steps_per_epoch * global_batch_size
+
+    row_ids = grain.MapDataset.range(rows)
+    if shuffle:
+        row_ids = row_ids.shuffle(seed=int(seed) % 2**32)
+    parts = [row_ids] + ([grain.MapDataset.range(rows, rows_padded)] if rows_padded > rows else [])
+    order = grain.MapDataset.concatenate(parts) if len(parts) > 1 else parts[0]
+    order = order.repeat(epochs) if epochs > 1 else order
+    builder = _RowBuilder(source, template, table, plan, order, cfg, rows_padded, global_batch_size)
+    host_batch = global_batch_size // shard_count
+    ds = order.map_with_index(builder)
+    ds = ds[shard_index::shard_count] if shard_count > 1 else ds
+    ds = ds.batch(host_batch)
+    iter_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.read_threads, prefetch_buffer_size=cfg.prefetch))
+    if cfg.num_workers > 0:
+        _ensure_absl_flags_parsed()
+        iter_ds = iter_ds.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=cfg.num_workers, per_worker_buffer_size=cfg.prefetch)
+        )
+
+    tokens = int(table.lengths.sum())
+    if cfg.packing or not cfg.pad_to_multiple:
+        slots = rows_padded * cfg.max_len
+    else:  # batch lengths vary with the shuffle; count the slots of the first epoch
+        slots = sum(builder._row_length(b * global_batch_size) for b in range(steps_per_epoch)) * global_batch_size
+    tokenizer_ = template.tokenizer
+    per_ability = np.bincount(table.ability, minlength=len(names))
+    info = PipelineInfo(
+        ability_names=names,
+        selection=selection if not is_prepared_dataset(path) else f"prepared:{path}",
+        num_records=len(source),
+        num_examples=n,
+        examples_per_ability={a: int(c) for a, c in zip(names, per_ability)},
+        num_unsupervised=measured.num_unsupervised,
+        unsupervised_examples=tuple(measured.unsupervised_examples),
+        num_truncated=measured.num_truncated,
+        rows_per_epoch=rows,
+        steps_per_epoch=steps_per_epoch,
+        epochs=epochs,
+        total_steps=steps_per_epoch * epochs,
+        global_batch_size=global_batch_size,
+        host_batch_size=host_batch,
+        shard_index=shard_index,
+        shard_count=shard_count,
+        max_len=cfg.max_len,
+        packing=cfg.packing,
+        tokens_per_epoch=tokens,
+        supervised_tokens_per_epoch=int(table.supervised.sum()),
+        packing_efficiency=tokens / slots if slots else 0.0,
+        special_token_ids=tokenizer_.special_token_ids(),
+        vocab_size=tokenizer_.vocab_size,
+        added_tokens=dict(tokenizer_.added_tokens),
+        skipped=skipped,
+    )
+    if measured.num_unsupervised:
+        logger.warning("left out %d examples with nothing supervised in their first %d tokens: %s",
+                       measured.num_unsupervised, cfg.max_len, ", ".join(measured.unsupervised_examples))
+    if skipped.skipped:
+        logger.warning("%s", skipped.summary())
+    if manifest_path is not None:
+        write_manifest(manifest_path, _kept_records(source, table))
+    return iter_ds, info
+
+
+def _kept_records(source: RecordSource, table: _ExampleTable) -> Iterator[Record]:
+    step = 1024
+    for start in range(0, len(table.record_index), step):
+        yield from source.__getitems__(table.record_index[start : start + step])
+
+
+def _ensure_absl_flags_parsed() -> None:
+    """grain's worker processes read absl flags; mark them parsed when the program did not use absl.app."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def build_train_pipeline(
+    data_cfg: DataConfig,
+    *,
+    global_batch_size: int,
+    epochs: int = 1,
+    seed: Optional[int] = None,
+    shard_options: Any = None,
+    tokenizer: Optional[Tokenizer] = None,
+    manifest_path: Optional[Union[str, Path]] = None,
+) -> TrainData:
+    """The training stream of ``data_cfg`` (``data.path`` with ``data.selection``).
+
+    Args:
+      global_batch_size: rows per step over all processes; each process yields ``global_batch_size / count`` rows.
+      epochs: passes over the data; the stream ends after ``info.total_steps`` batches.
+      seed: shuffle seed (row order each epoch, and the packing order); None uses ``data.shuffle_seed``.
+      shard_options: a ``grain.sharding.ShardOptions``; default ``ShardByJaxProcess()``.
+      tokenizer: an already loaded tokenizer (the template's special tokens are added to it); default loads
+        ``data.tokenizer``.
+      manifest_path: when given, the ids of every record trained on are written there (JSON Lines).
+
+    Raises DataError (invalid record, ``on_error="raise"``), SelectionError, PipelineError or TokenizerError with
+    messages naming the bad file, line or setting.
+    """
+    iter_ds, info = _build(
+        data_cfg, path=data_cfg.path, key="path", selection=data_cfg.selection, global_batch_size=global_batch_size,
+        epochs=epochs, seed=data_cfg.shuffle_seed if seed is None else seed, shard_options=shard_options,
+        tokenizer=tokenizer, ability_names=None, manifest_path=manifest_path,
+    )
+    return TrainData(iter(iter_ds), iter_ds, info)
+
+
+def build_eval_pipeline(
+    data_cfg: DataConfig,
+    *,
+    global_batch_size: int,
+    shard_options: Any = None,
+    tokenizer: Optional[Tokenizer] = None,
+    ability_names: Optional[Sequence[str]] = None,
+) -> EvalData:
+    """One deterministic pass over ``data.valid_path`` (every record, file order, no shuffle), batched like the
+    training stream; ``ability_ids`` per token give the loss per ability. ``ability_names`` (e.g. the training
+    stream's) fixes the ability indices; by default the validation abilities, sorted."""
+    iter_ds, info = _build(
+        data_cfg, path=data_cfg.valid_path, key="valid_path", selection="all", global_batch_size=global_batch_size,
+        epochs=1, seed=None, shard_options=shard_options, tokenizer=tokenizer, ability_names=ability_names,
+        manifest_path=None,
+    )
+    return EvalData(iter_ds, info)

@@ -1,0 +1,172 @@
+"""Batched likelihood scoring with the Flax LLaMA: continuation perplexities and next-token logits.
+
+Every (context, continuation) pair is one row ``context + continuation``; rows of many items and all their choices
+are sorted by length, cut into batches of ``batch_size`` rows and right-padded to a bucket length (see
+:func:`jaxtune.eval.generate.bucket_length`). Padding has segment id 0 and never influences real tokens. A row's
+score is the sum of the token cross-entropies of its continuation tokens, each predicted from everything before it;
+the perplexity is ``exp(sum / count)``, as the DoIT study computed it with ``CrossEntropyLoss`` on labels that mask
+everything but the choice and its ``<eot>``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jax.sharding import Mesh
+
+from jaxtune.eval.generate import bucket_length, check_batch_rows, model_context, put_rows, replicated
+from jaxtune.models.llama import Llama
+
+
+@dataclass(frozen=True)
+class RightPaddedBatch:
+    """Rows padded on the right: (rows, length) arrays; ``weights`` is 1.0 where ``targets`` is scored."""
+
+    input_ids: np.ndarray
+    positions: np.ndarray
+    segment_ids: np.ndarray
+    targets: np.ndarray
+    weights: np.ndarray
+    last_index: np.ndarray
+    """(rows,) slot of each row's last real token (0 for dummy rows)."""
+
+
+def right_pad(
+    contexts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]], length: int, rows: int
+) -> RightPaddedBatch:
+    """Rows ``context + continuation`` padded to ``length``; targets are the next tokens, weighted on the
+    continuation only. Extra rows up to ``rows`` are all padding."""
+    ids = np.zeros((rows, length), np.int32)
+    positions = np.zeros((rows, length), np.int32)
+    segments = np.zeros((rows, length), np.int32)
+    targets = np.zeros((rows, length), np.int32)
+    weights = np.zeros((rows, length), np.float32)
+    last = np.zeros((rows,), np.int32)
+    for r, (context, continuation) in enumerate(zip(contexts, continuations)):
+        row = [*context, *continuation]
+        n = len(row)
+        ids[r, :n] = row
+        positions[r, :n] = np.arange(n)
+        segments[r, :n] = 1
+        targets[r, : n - 1] = row[1:]
+        # The logits at slot t predict token t + 1: continuation tokens sit at slots len(context)..n-1.
+        weights[r, len(context) - 1: n - 1] = 1.0
+        last[r] = n - 1
+    return RightPaddedBatch(ids, positions, segments, targets, weights, last)
+
+
+def _continuation_nll(graphdef, state, input_ids, positions, segment_ids, targets, weights):
+    """Per-row sum of weighted token cross-entropies (rows,), float32."""
+    model = nnx.merge(graphdef, state)
+    logits, _ = model(input_ids, positions=positions, segment_ids=segment_ids)
+    target_logits = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    nll = jax.nn.logsumexp(logits, axis=-1) - target_logits
+    return jnp.sum(nll * weights, axis=-1)
+
+
+def _next_token_logits(graphdef, state, input_ids, positions, segment_ids, last_index, candidates):
+    """Logits (rows, candidates) of the token after each row's last real token."""
+    model = nnx.merge(graphdef, state)
+    logits, _ = model(input_ids, positions=positions, segment_ids=segment_ids)
+    last = jnp.take_along_axis(logits, last_index[:, None, None], axis=1)[:, 0, :]
+    return jnp.take(last, candidates, axis=-1)
+
+
+class LikelihoodScorer:
+    """Teacher-forced scoring of many sequences with one Flax LLaMA, batched across items and choices."""
+
+    def __init__(
+        self,
+        model: Llama,
+        *,
+        batch_size: int = 8,
+        bucket_multiple: int = 64,
+        mesh: Optional[Mesh] = None,
+    ):
+        """model: the Llama to score with (parameters placed on ``mesh`` when one is given).
+        batch_size: rows per compiled batch; bucket_multiple: see :func:`bucket_length`.
+        mesh: run under this mesh with jaxtune.sharding's rules (rows split over 'data' x 'fsdp')."""
+        check_batch_rows(batch_size, mesh)
+        self.cfg = model.cfg
+        self.graphdef, self.state = nnx.split(model)
+        self.batch_size = batch_size
+        self.bucket_multiple = bucket_multiple
+        self.mesh = mesh
+        self._nll = jax.jit(functools.partial(_continuation_nll, self.graphdef), out_shardings=replicated(mesh))
+        self._next = jax.jit(functools.partial(_next_token_logits, self.graphdef), out_shardings=replicated(mesh))
+
+    def _check_ids(self, what: str, i: int, ids: Sequence[int]) -> None:
+        vocab = self.cfg.vocab_size
+        bad = [t for t in ids if not 0 <= int(t) < vocab]
+        if bad:
+            raise ValueError(f"{what} {i} holds token ids outside [0, {vocab}): {bad[:5]}")
+
+    def _batches(self, lengths: Sequence[int]):
+        """Batches of row indices, longest rows first, with the bucket length of each batch."""
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start: start + self.batch_size]
+            yield chunk, bucket_length(max(lengths[i] for i in chunk), self.bucket_multiple)
+
+    def continuation_nll(
+        self, contexts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]]
+    ) -> list[tuple[float, int]]:
+        """(sum of token cross-entropies, number of tokens) of each continuation given its context. Contexts must
+        be non-empty (the first continuation token needs something to be predicted from); an empty continuation
+        gives (0.0, 0). Nothing is truncated."""
+        if len(contexts) != len(continuations):
+            raise ValueError(f"{len(contexts)} contexts but {len(continuations)} continuations")
+        for i, (context, continuation) in enumerate(zip(contexts, continuations)):
+            if len(context) == 0:
+                raise ValueError(f"context {i} is empty: its continuation's first token cannot be scored")
+            self._check_ids("context", i, context)
+            self._check_ids("continuation", i, continuation)
+        scored = [i for i, c in enumerate(continuations) if len(c) > 0]
+        results: list[tuple[float, int]] = [(0.0, 0)] * len(contexts)
+        lengths = [len(contexts[i]) + len(continuations[i]) for i in scored]
+        with model_context(self.mesh):
+            for chunk, length in self._batches(lengths):
+                rows = [scored[j] for j in chunk]
+                batch = right_pad([contexts[i] for i in rows], [continuations[i] for i in rows], length,
+                                  self.batch_size)
+                rows_in = put_rows([batch.input_ids, batch.positions, batch.segment_ids, batch.targets,
+                                    batch.weights], self.mesh)
+                sums = jax.device_get(self._nll(self.state, *rows_in))
+                for r, i in enumerate(rows):
+                    results[i] = (float(sums[r]), len(continuations[i]))
+        return results
+
+    def continuation_perplexities(
+        self, contexts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]]
+    ) -> list[float]:
+        """``exp(mean token cross-entropy)`` of each continuation given its context; NaN for an empty one."""
+        return [math.exp(total / count) if count else math.nan
+                for total, count in self.continuation_nll(contexts, continuations)]
+
+    def next_token_logits(self, prompts: Sequence[Sequence[int]], candidate_ids: Sequence[int]) -> np.ndarray:
+        """float32 (len(prompts), len(candidate_ids)): logits of the candidates for the token after each prompt."""
+        if len(candidate_ids) == 0:
+            raise ValueError("next_token_logits needs at least one candidate id")
+        self._check_ids("candidate list", 0, candidate_ids)
+        for i, prompt in enumerate(prompts):
+            if len(prompt) == 0:
+                raise ValueError(f"prompt {i} is empty: there is no position to read next-token logits from")
+            self._check_ids("prompt", i, prompt)
+        candidates = np.asarray(candidate_ids, np.int32)
+        out = np.zeros((len(prompts), len(candidates)), np.float32)
+        with model_context(self.mesh):
+            for chunk, length in self._batches([len(p) for p in prompts]):
+                batch = right_pad([prompts[i] for i in chunk], [[] for _ in chunk], length, self.batch_size)
+                rows_in = put_rows([batch.input_ids, batch.positions, batch.segment_ids, batch.last_index], self.mesh)
+                logits = jax.device_get(self._next(self.state, *rows_in, candidates))
+                out[chunk] = logits[: len(chunk)]
+        return out

@@ -1,0 +1,210 @@
+"""AGIEval's Chinese single-answer four-option subsets, zero- and few-shot, as the DoIT study ran them
+(``evaluate/agieval`` of its code, adapted from AGIEval's own loader).
+
+Data: AGIEval's public release, ``{root}/{task}.jsonl`` (``data/v1`` of the AGIEval repository), one object per line
+``{"passage": str|null, "question": str, "options": [4 strings], "label": "A" | ["A", ...], "answer": ..., "other": ...}``;
+few-shot exemplars from ``few_shot_prompts.csv`` (a header of task names; data rows 1, 3, 5, 7, 9 hold the five
+exemplars as Python dict literals, the rows between them explanations).
+
+Items whose label has more than one letter (jec-qa and gaokao-physics hold multi-answer questions) are not part of
+the subset: they are counted in ``details.skipped_multi_answer``, never scored.
+
+Zero-shot, one user turn: ``{passage}问题：{question} 选项：{options joined by " "}\\n答案：从A到D, 我们应选择``.
+Few-shot: exemplar turns (user ``问题 {i}.   {passage} {question}\\n从以下选项中选择:    {options}\\n答案：从A到{last
+letter}, 我们应选择``, assistant ``{label}``), added while the running text stays within ``max_len - 48 -`` the
+item's own length, then ``问题 {k+1}.   {passage} {question}\\n从以下选项中选择:    {options}\\n答案：从A到D, 我们应选择``.
+Scored at the bare pieces ``A``..``D``; overall = mean over tasks (macro), micro average in ``details``.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from jaxtune.eval.protocol import ChatCodec, LanguageModel, Message
+from jaxtune.eval.results import RunInfo, SuiteResult
+from jaxtune.eval.suites.mcq import BARE_PIECES, LETTERS, McqDataError, McqItem, evaluate_mcq
+
+AGIEVAL_ZH_TASKS = ("logiqa-zh", "gaokao-chinese", "gaokao-geography", "gaokao-history", "gaokao-biology",
+                    "gaokao-chemistry", "gaokao-mathqa", "jec-qa-kd", "jec-qa-ca", "gaokao-physics")
+"""The study's ten subsets, in its order."""
+FEW_SHOT_ROWS = (0, 2, 4, 6, 8)
+"""Data rows (after the header) holding exemplars: the study read file rows 1, 3, 5, 7, 9."""
+
+Setting = Literal["zero-shot", "few-shot"]
+
+
+@dataclass(frozen=True)
+class AgievalQuestion:
+    task: str
+    passage: str
+    question: str
+    options: tuple[str, ...]
+    label: str
+    where: str
+    index: int
+    """0-based line index in the task file (the study's ``metadata``)."""
+
+
+@dataclass(frozen=True)
+class AgievalTask:
+    name: str
+    questions: list[AgievalQuestion]
+    skipped_multi_answer: int
+
+
+def _single_label(label: Any, where: str) -> str | None:
+    """The one letter of ``label``; None for a multi-answer label (not part of the subset)."""
+    if isinstance(label, str):
+        letters = [label] if len(label) == 1 else None
+    elif isinstance(label, list) and all(isinstance(x, str) for x in label):
+        letters = label if len(label) == 1 else None
+    else:
+        raise McqDataError(f"{where}: field 'label' must be a letter or a list of letters, got {label!r}")
+    if letters is None:
+        if isinstance(label, str) or len(label) == 0:
+            raise McqDataError(f"{where}: field 'label' {label!r} is not a letter")
+        return None
+    return letters[0]
+
+
+def load_agieval_task(root: str | Path, task: str) -> AgievalTask:
+    """Read ``{root}/{task}.jsonl``; every single-answer item must have 4 options and a label in A-D."""
+    path = Path(root) / f"{task}.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"AGIEval task file {path} does not exist")
+    questions, skipped = [], 0
+    with path.open(encoding="utf-8") as f:
+        for index, line in enumerate(f):
+            where = f"{path}:{index + 1}"
+            if not line.strip():
+                raise McqDataError(f"{where}: blank line (the study counted item indices by line)")
+            try:
+                d = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise McqDataError(f"{where}: not valid JSON ({e.msg})") from None
+            if not isinstance(d, dict):
+                raise McqDataError(f"{where}: expected a JSON object")
+            for key in ("question", "options", "label"):
+                if key not in d:
+                    raise McqDataError(f"{where}: missing field '{key}'")
+            label = _single_label(d["label"], where)
+            if label is None:
+                skipped += 1
+                continue
+            options = d["options"]
+            if not (isinstance(options, list) and len(options) == 4 and all(isinstance(o, str) for o in options)):
+                raise McqDataError(f"{where}: a single-answer item needs 'options': a list of 4 strings, got {options!r}")
+            if label not in LETTERS:
+                raise McqDataError(f"{where}: field 'label' must be one of A-D, got {label!r}")
+            if not isinstance(d["question"], str) or not isinstance(d.get("passage") or "", str):
+                raise McqDataError(f"{where}: fields 'question' and 'passage' must be strings (passage may be null)")
+            questions.append(AgievalQuestion(task, d.get("passage") or "", d["question"], tuple(options), label, where,
+                                             index))
+    return AgievalTask(task, questions, skipped)
+
+
+def load_few_shot_demos(path: str | Path, task: str) -> list[tuple[str, str]]:
+    """(user, assistant) exemplar turns of ``task`` from AGIEval's ``few_shot_prompts.csv``; multi-answer
+    exemplars are left out but keep their number (the study numbered ``问题 {i}`` by position)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"AGIEval few-shot file {path} does not exist")
+    with path.open(encoding="utf-8", newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows or task not in rows[0]:
+        raise McqDataError(f"{path}: header has no column {task!r}")
+    col = rows[0].index(task)
+    demos = []
+    for idx, r in enumerate(FEW_SHOT_ROWS):
+        if r + 1 >= len(rows):
+            raise McqDataError(f"{path}: expected exemplar rows 1, 3, 5, 7, 9 but the file has {len(rows) - 1} rows")
+        cell = rows[r + 1][col] if col < len(rows[r + 1]) else ""
+        if not cell:
+            continue
+        where = f"{path}: row {r + 1}, column {task!r}"
+        try:
+            con = ast.literal_eval(cell)
+        except (ValueError, SyntaxError) as e:
+            raise McqDataError(f"{where}: not a Python dict literal ({e})") from None
+        if not isinstance(con, dict) or "question" not in con or "label" not in con:
+            raise McqDataError(f"{where}: exemplar needs 'question' and 'label'")
+        label = con["label"]
+        if label is not None and len(label) > 1:
+            continue
+        if isinstance(label, list):
+            label = label[0]
+        options = con.get("options") or ""
+        count = len(options) if len(options) != 1 else 4
+        user = (f"问题 {idx + 1}.   " + (con.get("passage") or "") + " " + con["question"] + "\n"
+                + "从以下选项中选择:    " + " ".join(options) + "\n" + f"答案：从A到{'ABCDEFG'[count - 1]}, 我们应选择")
+        demos.append((user, f"{label if label is not None else ''}"))
+    return demos
+
+
+def zero_shot_messages(q: AgievalQuestion) -> list[Message]:
+    content = q.passage + "问题：" + q.question + " " + "选项：" + " ".join(q.options) + "\n" + "答案：从A到D, 我们应选择"
+    return [{"role": "user", "content": content}]
+
+
+def few_shot_messages(q: AgievalQuestion, demos: Sequence[tuple[str, str]], count_tokens: Callable[[str], int],
+                      max_len: int = 2048) -> tuple[list[Message], int]:
+    budget = max_len - 48 - count_tokens(q.passage + q.question + " ".join(q.options))
+    messages: list[Message] = []
+    text = ""
+    for user, assistant in demos:
+        text += user + assistant
+        if count_tokens(text) > budget:
+            break
+        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+    n_shots = len(messages) // 2
+    content = (f"问题 {n_shots + 1}.   " + q.passage + " " + q.question + "\n" + "从以下选项中选择:    "
+               + " ".join(q.options) + "\n" + "答案：从A到D, 我们应选择")
+    return messages + [{"role": "user", "content": content}], n_shots
+
+
+def default_few_shot_path(root: str | Path) -> Path:
+    """``{root}/few_shot_prompts.csv``, else the release layout's ``{root}/../few_shot_prompts.csv``."""
+    root = Path(root)
+    inside = root / "few_shot_prompts.csv"
+    return inside if inside.is_file() else root.parent / "few_shot_prompts.csv"
+
+
+def evaluate_agieval(
+    root: str | Path,
+    lm: LanguageModel,
+    codec: ChatCodec,
+    *,
+    setting: Setting = "zero-shot",
+    tasks: Sequence[str] = AGIEVAL_ZH_TASKS,
+    few_shot_path: str | Path | None = None,
+    max_len: int = 2048,
+    run: RunInfo | None = None,
+    chunk_size: int = 32,
+) -> SuiteResult:
+    """Accuracy per task (overall = macro mean), micro average and skipped multi-answer counts in ``details``."""
+    if setting not in ("zero-shot", "few-shot"):
+        raise ValueError(f"AGIEval setting must be 'zero-shot' or 'few-shot', got {setting!r}")
+
+    def count_tokens(text: str) -> int:
+        return len(codec.encode(text)) + 1  # + the BOS the study's tokenizer.encode prepended
+
+    items, skipped = [], {}
+    shots_path = Path(few_shot_path) if few_shot_path is not None else default_few_shot_path(root)
+    for name in tasks:
+        task = load_agieval_task(root, name)
+        skipped[name] = task.skipped_multi_answer
+        demos = load_few_shot_demos(shots_path, name) if setting == "few-shot" else []
+        for q in task.questions:
+            if setting == "zero-shot":
+                messages, n = zero_shot_messages(q), 0
+            else:
+                messages, n = few_shot_messages(q, demos, count_tokens, max_len)
+            items.append(McqItem(name, tuple(messages), q.label, q.where, n))
+    return evaluate_mcq(items, lm, codec, suite="agieval", variant=setting, letter_pieces=BARE_PIECES, run=run,
+                        chunk_size=chunk_size, skipped_multi_answer=skipped)

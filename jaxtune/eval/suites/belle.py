@@ -1,0 +1,194 @@
+"""The BELLE evaluation: generate answers to ``eval_set.json`` with the model's own template, score them with an LLM
+judge (see :mod:`jaxtune.eval.judge`), and report per-class means.
+
+Files (``shared/data/belle_eval``): ``eval_set.json`` (JSON Lines ``{question, std_answer, class}``) and
+``eval_prompt.json`` (JSON Lines ``{class, prompt}``). Class names are matched after normalising (NBSP to space,
+lower case, collapsed spaces: ``open QA`` = ``open qa``, ``closed\\xa0QA`` = ``closed qa``). The judge message is
+reference-free when ``std_answer`` is empty (not by class: 39 rewrite items carry a reference)::
+
+    {prompt} {question}  模型回答： '{answer}'。请针对模型回答给出得分，顺便给出理由：
+    {prompt} {question} 标准回答:{std_answer}  模型回答：' {answer}'。请针对模型回答给出得分，顺便给出理由：
+
+An answer's score is the mean of its parsed judgements (``repeats``, 3 by default); a class's score is the mean over
+its answers; overall = unweighted mean over classes, and also without math and code (the authors found the judge
+unreliable there). Judgements that stay unparseable after the re-asks are left out of the means and reported as the
+parse-failure rate; an answer with none left is counted as unscored. Scores are on the judge's 0-1 scale (unit
+``fraction``); the judge's identity is recorded with the result.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from jaxtune.eval.judge import Judge
+from jaxtune.eval.protocol import ChatCodec, LanguageModel
+from jaxtune.eval.results import RunInfo, SuiteResult, ability_score, make_summary
+
+log = logging.getLogger(__name__)
+
+UNRELIABLE_CLASSES = ("math", "code")
+
+
+class BelleDataError(ValueError):
+    """A BELLE evaluation file is malformed; the message names file and line."""
+
+
+@dataclass(frozen=True)
+class BelleItem:
+    question: str
+    std_answer: str
+    cls: str
+    """Normalised class name."""
+    where: str
+
+
+def normalise_class(name: str) -> str:
+    """``"closed\\xa0QA"`` -> ``"closed qa"``: NBSP to space, lower case, runs of whitespace collapsed."""
+    return re.sub(r"\s+", " ", name.replace("\xa0", " ")).strip().lower()
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"bare {name} is not valid JSON")
+
+
+def read_json_lines(path: str | Path, required: Sequence[str], on_error: Literal["raise", "skip"] = "raise",
+                    problems: list[str] | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """``(file:line, object)`` for each line holding a JSON object with string ``required`` fields. Invalid JSON
+    (including bare NaN) or a missing field raises naming file and line, or with ``on_error="skip"`` is appended to
+    ``problems`` and left out."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    out = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                d = json.loads(line, parse_constant=_reject_constant)
+                if not isinstance(d, dict):
+                    raise ValueError(f"expected a JSON object, got {type(d).__name__}")
+                for key in required:
+                    if not isinstance(d.get(key), str):
+                        raise ValueError(f"field '{key}' must be a string, got {d.get(key)!r}")
+            except ValueError as e:
+                message = f"{where}: {e}"
+                if on_error == "raise":
+                    raise BelleDataError(message) from None
+                log.warning("skipping %s", message)
+                if problems is not None:
+                    problems.append(message)
+                continue
+            out.append((where, d))
+    return out
+
+
+def load_belle_prompts(path: str | Path) -> dict[str, str]:
+    """Judge prompt per normalised class."""
+    prompts: dict[str, str] = {}
+    for where, d in read_json_lines(path, ("class", "prompt")):
+        cls = normalise_class(d["class"])
+        if cls in prompts:
+            raise BelleDataError(f"{where}: a second prompt for class {cls!r}")
+        prompts[cls] = d["prompt"]
+    return prompts
+
+
+def load_belle_eval_set(path: str | Path, prompts: dict[str, str], on_error: Literal["raise", "skip"] = "raise",
+                        problems: list[str] | None = None) -> list[BelleItem]:
+    """The evaluation questions; each class must have a judge prompt."""
+    items = []
+    for where, d in read_json_lines(path, ("question", "std_answer", "class"), on_error, problems):
+        cls = normalise_class(d["class"])
+        if cls not in prompts:
+            message = f"{where}: class {d['class']!r} has no judge prompt (known: {sorted(prompts)})"
+            if on_error == "raise":
+                raise BelleDataError(message)
+            if problems is not None:
+                problems.append(message)
+            continue
+        items.append(BelleItem(d["question"], d["std_answer"], cls, where))
+    if not items:
+        raise BelleDataError(f"{path}: no evaluation items")
+    return items
+
+
+def judge_message(prompt: str, question: str, std_answer: str, answer: str) -> str:
+    """The one user message sent to the judge (spacing and colon widths exactly as BELLE's page wrote them)."""
+    if std_answer.strip() == "":
+        return f"{prompt} {question}  模型回答： '{answer}'。请针对模型回答给出得分，顺便给出理由："
+    return f"{prompt} {question} 标准回答:{std_answer}  模型回答：' {answer}'。请针对模型回答给出得分，顺便给出理由："
+
+
+def generate_answers(items: Sequence[BelleItem], lm: LanguageModel, codec: ChatCodec, *, max_new_tokens: int = 1024,
+                     chunk_size: int = 32, on_progress: Callable[[int, int], None] | None = None) -> list[str]:
+    """Greedy answers, each question as one user turn in the model's template."""
+    answers: list[str] = []
+    for start in range(0, len(items), chunk_size):
+        chunk = items[start : start + chunk_size]
+        outs = lm.generate([codec.prompt_ids([{"role": "user", "content": it.question}]) for it in chunk],
+                           max_new_tokens, codec.stop_ids)
+        answers += [codec.decode([t for t in o.tokens if t not in codec.stop_ids]).strip() for o in outs]
+        if on_progress is not None:
+            on_progress(len(answers), len(items))
+    return answers
+
+
+def score_belle(items: Sequence[BelleItem], answers: Sequence[str], prompts: dict[str, str], judge: Judge, *,
+                run: RunInfo | None = None, variant: str = "eval_set", **details: Any) -> SuiteResult:
+    """Judge every answer ``judge.settings.repeats`` times and aggregate per class."""
+    if len(items) != len(answers):
+        raise ValueError(f"{len(items)} items but {len(answers)} answers")
+    messages = [judge_message(prompts[it.cls], it.question, it.std_answer, a) for it, a in zip(items, answers)]
+    judgements = judge.judge_all(messages)
+
+    records, per_class = [], {}
+    total = failed = asks = 0
+    for it, answer, message, js in zip(items, answers, messages, judgements):
+        scores = [j.score for j in js if j.score is not None]
+        total += len(js)
+        failed += sum(j.failed for j in js)
+        asks += sum(len(j.replies) for j in js)
+        item_score = sum(scores) / len(scores) if scores else None
+        per_class.setdefault(it.cls, []).append((item_score, sum(j.failed for j in js)))
+        records.append({"class": it.cls, "where": it.where, "prompt": it.question, "reply": answer,
+                        "judge_message": message, "judgements": [j.score for j in js],
+                        "judge_replies": [list(j.replies) for j in js], "parsed": item_score, "correct": item_score})
+
+    abilities, unscored = [], []
+    for cls in sorted(per_class):
+        rows = per_class[cls]
+        scored = [s for s, _ in rows if s is not None]
+        if not scored:
+            unscored.append(cls)
+            continue
+        abilities.append(ability_score(cls, scored, unit="fraction", n_items=len(rows),
+                                       n_unscored=len(rows) - len(scored),
+                                       failed_judgements=sum(f for _, f in rows)))
+    if not abilities:
+        raise RuntimeError("the judge produced no parseable score for any answer")
+    reliable = [a.score for a in abilities if a.name not in UNRELIABLE_CLASSES]
+    summary = make_summary(
+        "belle", variant, "judge", abilities, run, unit="fraction",
+        overall_without_math_code=sum(reliable) / len(reliable) if reliable else math.nan,
+        judge=judge.settings.identity(),
+        judgements=total, failed_judgements=failed, parse_failure_rate=failed / total if total else 0.0,
+        judge_requests_per_judgement=asks / total if total else 0.0,
+        unscored_classes=unscored, **details)
+    return SuiteResult(summary, records)
+
+
+def evaluate_belle(items: Sequence[BelleItem], prompts: dict[str, str], lm: LanguageModel, codec: ChatCodec,
+                   judge: Judge, *, max_new_tokens: int = 1024, run: RunInfo | None = None, chunk_size: int = 32,
+                   **details: Any) -> SuiteResult:
+    """Generate and judge: the whole BELLE evaluation of one checkpoint."""
+    answers = generate_answers(items, lm, codec, max_new_tokens=max_new_tokens, chunk_size=chunk_size)
+    return score_belle(items, answers, prompts, judge, run=run, max_new_tokens=max_new_tokens, **details)

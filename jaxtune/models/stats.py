@@ -1,0 +1,129 @@
+"""Size and cost of a model shape: parameter count, FLOPs per token, memory of weights and AdamW state.
+
+Conventions (stated in the output too):
+
+- Parameters are counted as transformers counts ``LlamaForCausalLM`` (real vocabulary); the allocated count adds
+  jaxtune's vocabulary padding rows.
+- A matmul of an (n, k) by (k, m) array costs 2nkm FLOPs. Forward FLOPs per token = 2 x (every weight used in a
+  matmul: attention and MLP projections and the LM head; not the embedding lookup) + the attention scores and
+  weighted sum, 4 x layers x heads x head_dim x context, where a causal token attends to (seq_len + 1) / 2 keys on
+  average. Norms, rotary embeddings and softmax are left out (well under 1%).
+- Training costs 3x the forward (the backward pass computes two matmuls per forward matmul); full
+  rematerialisation adds one more forward.
+- Memory: weights and gradients in ``param_dtype``; AdamW keeps two moments per parameter, in the parameters'
+  dtype (optax's default).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from jaxtune.config import ModelConfig
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Counts for one ModelConfig at one sequence length (see the module docstring for conventions)."""
+
+    name: str
+    num_params: int
+    """Parameters as transformers counts them (real vocabulary)."""
+    num_params_allocated: int
+    """Parameters jaxtune allocates (vocabulary padded to vocab_pad_multiple)."""
+    embedding_params: int
+    """Input embedding plus untied LM head (real vocabulary)."""
+    seq_len: int
+    matmul_flops_per_token: int
+    """Forward FLOPs of the weight matmuls per token (2 x matmul weights)."""
+    attention_flops_per_token: int
+    """Forward FLOPs of causal attention (scores and weighted values) per token at seq_len."""
+    param_bytes: int
+    """Bytes per parameter (param_dtype)."""
+
+    @property
+    def forward_flops_per_token(self) -> int:
+        return self.matmul_flops_per_token + self.attention_flops_per_token
+
+    @property
+    def train_flops_per_token(self) -> int:
+        """Forward plus backward (3x forward), without rematerialisation."""
+        return 3 * self.forward_flops_per_token
+
+    @property
+    def weights_bytes(self) -> int:
+        return self.num_params_allocated * self.param_bytes
+
+    @property
+    def adamw_bytes(self) -> int:
+        """First and second moments, each one value per parameter in param_dtype."""
+        return 2 * self.num_params_allocated * self.param_bytes
+
+    @property
+    def train_state_bytes(self) -> int:
+        """Weights + gradients + AdamW moments (activations not included)."""
+        return self.weights_bytes * 2 + self.adamw_bytes
+
+    def __str__(self) -> str:
+        rows = [
+            ("parameters", f"{self.num_params:,} ({_si(self.num_params)})"),
+            ("  embeddings + LM head", f"{self.embedding_params:,}"),
+            ("  allocated (padded vocab)", f"{self.num_params_allocated:,}"),
+            (f"forward FLOPs/token @ {self.seq_len}", f"{_si(self.forward_flops_per_token)}FLOP "
+                                                      f"(matmuls {_si(self.matmul_flops_per_token)}FLOP, "
+                                                      f"causal attention {_si(self.attention_flops_per_token)}FLOP)"),
+            ("training FLOPs/token", f"{_si(self.train_flops_per_token)}FLOP (3x forward; +1 forward with full remat)"),
+            ("weights", _bytes(self.weights_bytes)),
+            ("gradients", _bytes(self.weights_bytes)),
+            ("AdamW state (2 moments)", _bytes(self.adamw_bytes)),
+            ("train state total", f"{_bytes(self.train_state_bytes)} (before activations, across all devices)"),
+        ]
+        width = max(len(k) for k, _ in rows)
+        return "\n".join([f"model {self.name}"] + [f"  {k:<{width}}  {v}" for k, v in rows])
+
+
+def count_params(cfg: ModelConfig, vocab: int) -> tuple[int, int]:
+    """(total, embedding) parameter counts with ``vocab`` vocabulary rows."""
+    e, m, h, kv, d, n = (cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.resolved_num_kv_heads(),
+                         cfg.resolved_head_dim(), cfg.num_layers)
+    per_layer = e * h * d + 2 * e * kv * d + h * d * e + 3 * e * m + 2 * e
+    embedding = vocab * e * (1 if cfg.tie_word_embeddings else 2)
+    return n * per_layer + e + embedding, embedding
+
+
+def model_info(cfg: ModelConfig, seq_len: int = 2048) -> ModelInfo:
+    """Parameter count, FLOPs per token at ``seq_len`` and memory of ``cfg`` (print it for a table)."""
+    if seq_len <= 0:
+        raise ValueError(f"seq_len must be positive, got {seq_len}")
+    e, m, h, kv, d, n = (cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.resolved_num_kv_heads(),
+                         cfg.resolved_head_dim(), cfg.num_layers)
+    total, embedding = count_params(cfg, cfg.vocab_size)
+    allocated, _ = count_params(cfg, cfg.padded_vocab_size())
+    matmul_weights = n * (e * h * d + 2 * e * kv * d + h * d * e + 3 * e * m) + e * cfg.padded_vocab_size()
+    # Query position t (1-based) attends to t keys: sum over t = 1..T of 4 * n * h * d * t, divided by T tokens.
+    attention = 2 * n * h * d * (seq_len + 1)
+    return ModelInfo(
+        name=cfg.preset or f"{n}x{e}",
+        num_params=total,
+        num_params_allocated=allocated,
+        embedding_params=embedding,
+        seq_len=seq_len,
+        matmul_flops_per_token=2 * matmul_weights,
+        attention_flops_per_token=attention,
+        param_bytes=DTYPE_BYTES[cfg.param_dtype],
+    )
+
+
+def _si(x: float) -> str:
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.2f} {unit}"
+    return f"{x:g} "
+
+
+def _bytes(x: int) -> str:
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if x >= scale:
+            return f"{x / scale:.2f} {unit}"
+    return f"{x} B"

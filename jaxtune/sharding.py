@@ -1,0 +1,333 @@
+"""Device meshes, the one logical-axis rules table, and every sharding derived from it.
+
+The model names the axes of its parameters and activations (see :mod:`jaxtune.models.llama`); :data:`RULES` maps
+those names to the mesh axes ``data``, ``fsdp`` and ``tensor``. Parameter, optimizer-state and batch shardings are
+all derived from this table, never written per tensor. Layouts that cannot work (52 heads on a tensor axis of 8, a
+global batch not divisible by the data-parallel size) fail here, before anything is compiled, naming the dimension,
+the config field and the mesh axis.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from typing import Any, Iterator, Mapping, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from jaxtune.config import MeshConfig, ModelConfig
+from jaxtune.errors import JaxtuneError
+from jaxtune.models.llama import Llama
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_MESH_AXES = ("data", "fsdp")
+"""The mesh axes a batch is split over (the data-parallel size is the product of their sizes)."""
+
+RULES: tuple[tuple[str, Any], ...] = (
+    # Parameters.
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("mlp", "tensor"),
+    ("head_dim", None),
+    ("layers", None),
+    ("norm", None),
+    # Activations.
+    ("act_batch", BATCH_MESH_AXES),
+    ("act_length", None),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_kv_heads", "tensor"),
+    ("act_mlp", "tensor"),
+    ("act_vocab", "tensor"),
+)
+"""Logical axis name -> mesh axis (or axes, or None for replicated). The only place a layout is decided."""
+
+# The config field that sets each parameter dimension, for error messages.
+_DIMENSION_FIELDS = {
+    "vocab": "model.vocab_size (padded to model.vocab_pad_multiple)",
+    "embed": "model.hidden_size",
+    "heads": "model.num_heads",
+    "kv_heads": "model.num_kv_heads (num_heads when unset)",
+    "mlp": "model.intermediate_size",
+}
+
+
+class LayoutError(JaxtuneError):
+    """A mesh or sharding that cannot hold the model or the batch; the message names the dimension and axis."""
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Processes and meshes
+# --------------------------------------------------------------------------------------------------------------------
+
+# Environment variables that mark a multi-process launch JAX's cluster detection understands.
+_CLUSTER_MARKERS = ("JAX_COORDINATOR_ADDRESS", "MEGASCALE_COORDINATOR_ADDRESS")
+
+
+def _multi_process_environment() -> bool:
+    """True when the environment describes several processes (TPU pod slice, SLURM, Open MPI, explicit)."""
+    if any(os.environ.get(name) for name in _CLUSTER_MARKERS):
+        return True
+    if "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):  # a multi-host TPU VM
+        return True
+    for count_var in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
+        value = os.environ.get(count_var, "")
+        if value.isdigit() and int(value) > 1:
+            return True
+    return False
+
+
+def initialize_distributed(cfg: MeshConfig) -> bool:
+    """Call ``jax.distributed.initialize`` when the run spans several processes; returns whether it is initialised.
+
+    With ``mesh.coordinator_address`` set, uses it (with num_processes and process_id, which JAX may also read
+    from the environment). Otherwise initialises with no arguments when the environment describes a multi-process
+    launch (TPU pod slices, SLURM, Open MPI, JAX_COORDINATOR_ADDRESS), and does nothing on a single machine. Must
+    run before anything touches the devices; a second call is a no-op.
+    """
+    if jax.distributed.is_initialized():
+        return True
+    if cfg.coordinator_address:
+        jax.distributed.initialize(
+            coordinator_address=cfg.coordinator_address, num_processes=cfg.num_processes, process_id=cfg.process_id
+        )
+        return True
+    if cfg.num_processes is not None or cfg.process_id is not None:
+        raise LayoutError("mesh.num_processes and mesh.process_id need mesh.coordinator_address")
+    if _multi_process_environment():
+        jax.distributed.initialize()
+        return True
+    return False
+
+
+def resolve_mesh_shape(cfg: MeshConfig, num_devices: int) -> dict[str, int]:
+    """Sizes of ``data``, ``fsdp``, ``tensor`` within one slice (resolving a single -1), checked against the device
+    count. With ``dcn_data`` > 1 each slice holds num_devices / dcn_data devices."""
+    if cfg.dcn_data < 1:
+        raise LayoutError(f"mesh.dcn_data must be at least 1, got {cfg.dcn_data}")
+    if num_devices % cfg.dcn_data:
+        raise LayoutError(f"mesh.dcn_data={cfg.dcn_data} does not divide the {num_devices} devices into slices")
+    per_slice = num_devices // cfg.dcn_data
+    sizes = {name: getattr(cfg, name) for name in MESH_AXES}
+    free = [name for name, size in sizes.items() if size == -1]
+    for name, size in sizes.items():
+        if size == 0 or size < -1:
+            raise LayoutError(f"mesh.{name} must be a positive size or -1 (the rest of the devices), got {size}")
+    if len(free) > 1:
+        raise LayoutError(f"only one mesh size may be -1, got -1 for {', '.join('mesh.' + n for n in free)}")
+    fixed = math.prod(size for size in sizes.values() if size != -1)
+    if free:
+        if per_slice % fixed:
+            raise LayoutError(
+                f"mesh.{free[0]}=-1 cannot take the rest: the other sizes multiply to {fixed}, which does not "
+                f"divide the {per_slice} devices per slice"
+            )
+        sizes[free[0]] = per_slice // fixed
+    elif fixed != per_slice:
+        shown = " x ".join(f"mesh.{n}={sizes[n]}" for n in MESH_AXES)
+        raise LayoutError(
+            f"{shown} = {fixed} devices, but there are {per_slice} devices per slice "
+            f"({num_devices} devices, mesh.dcn_data={cfg.dcn_data}); set one size to -1 to take the rest"
+        )
+    return sizes
+
+
+def build_mesh(cfg: MeshConfig, devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+    """The ("data", "fsdp", "tensor") mesh over ``devices`` (default: all devices of all processes).
+
+    Axis types are Auto (GSPMD propagation with the model's logical constraints). With ``dcn_data`` > 1 the data
+    axis spans slices (TPU multi-slice); on hosts without slices, each process counts as one slice.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = resolve_mesh_shape(cfg, len(devices))
+    ici_shape = tuple(sizes[name] for name in MESH_AXES)
+    axis_types = (AxisType.Auto,) * len(MESH_AXES)
+    if cfg.dcn_data == 1:
+        if len(devices) == len(jax.devices()):
+            return jax.make_mesh(ici_shape, MESH_AXES, axis_types=axis_types, devices=devices)
+        return Mesh(np.asarray(devices).reshape(ici_shape), MESH_AXES, axis_types=axis_types)
+    from jax.experimental import mesh_utils
+
+    has_slices = all(getattr(d, "slice_index", None) is not None for d in devices)
+    num_granules = len({d.slice_index for d in devices}) if has_slices else len({d.process_index for d in devices})
+    if num_granules != cfg.dcn_data:
+        kind = "slices" if has_slices else "processes (no device reports a slice)"
+        raise LayoutError(f"mesh.dcn_data={cfg.dcn_data} but the devices form {num_granules} {kind}")
+    grid = mesh_utils.create_hybrid_device_mesh(
+        ici_shape, (cfg.dcn_data, 1, 1), devices, process_is_granule=not has_slices
+    )
+    return Mesh(grid, MESH_AXES, axis_types=axis_types)
+
+
+def data_parallel_size(mesh: Mesh) -> int:
+    """Number of batch shards (the product of the data and fsdp axes)."""
+    return math.prod(mesh.shape[name] for name in BATCH_MESH_AXES)
+
+
+@contextlib.contextmanager
+def activation_rules(mesh: Mesh) -> Iterator[None]:
+    """Install the mesh and :data:`RULES` so the model's ``with_logical_constraint`` calls take effect while
+    tracing (wrap every jit call that traces the model)."""
+    with jax.set_mesh(mesh), nn.logical_axis_rules(RULES):
+        yield
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Parameters
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def logical_to_spec(logical_axes: Sequence[Optional[str]]) -> P:
+    """PartitionSpec of a tensor whose dimensions carry these logical names, under :data:`RULES`."""
+    unknown = [a for a in logical_axes if a is not None and a not in dict(RULES)]
+    if unknown:
+        raise LayoutError(f"logical axes {unknown} have no entry in jaxtune.sharding.RULES")
+    return nn.logical_to_mesh_axes(tuple(logical_axes), RULES)
+
+
+def abstract_model(cfg: ModelConfig, seed: int = 0) -> tuple[nnx.GraphDef, dict, dict]:
+    """(graphdef, shapes, logical axes) of a model without allocating it: pure-dict trees of ShapeDtypeStruct and of
+    each parameter's logical axis names."""
+    model = nnx.eval_shape(lambda: Llama(cfg, nnx.Rngs(seed)))
+    graphdef, state = nnx.split(model)
+    is_var = lambda x: isinstance(x, nnx.Variable)  # noqa: E731
+    axes = jax.tree.map(lambda v: tuple(v.get_metadata()["logical_axes"]), state, is_leaf=is_var)
+    return graphdef, nnx.to_pure_dict(state), nnx.to_pure_dict(axes)
+
+
+def _path_name(path: Sequence[Any]) -> str:
+    return ".".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+
+
+def validate_param_layout(shapes: Any, axes: Any, mesh: Mesh) -> None:
+    """Raise LayoutError when a mesh axis does not divide the parameter dimension mapped onto it.
+
+    The message lists every offending dimension once (with the first parameter showing it), e.g. 33b's 52 heads on
+    a tensor axis of 8, and the sizes that would divide it.
+    """
+    problems: dict[str, str] = {}
+    flat_shapes = jax.tree_util.tree_flatten_with_path(shapes)[0]
+    flat_axes = jax.tree.leaves(axes, is_leaf=lambda x: isinstance(x, tuple))
+    for (path, shape), names in zip(flat_shapes, flat_axes):
+        spec = logical_to_spec(names)
+        for dim, (logical, mesh_axes) in enumerate(zip(names, tuple(spec) + (None,) * len(names))):
+            if mesh_axes is None or logical in problems:
+                continue
+            mesh_axes = (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes)
+            ways = math.prod(mesh.shape[a] for a in mesh_axes)
+            size = shape.shape[dim]
+            if size % ways:
+                field = _DIMENSION_FIELDS.get(logical, f"dimension '{logical}'")
+                axis_text = " x ".join(f"'{a}' ({mesh.shape[a]})" for a in mesh_axes)
+                fits = [d for d in range(1, size + 1) if size % d == 0]
+                problems[logical] = (
+                    f"{field} = {size} (dimension '{logical}' of parameter {_path_name(path)}, shape "
+                    f"{tuple(shape.shape)}) cannot be split over mesh axis {axis_text}: {ways} does not divide "
+                    f"{size}. Sizes that divide it: {', '.join(map(str, fits[:12]))}"
+                    + ("..." if len(fits) > 12 else "")
+                )
+    if problems:
+        order = [name for name, _ in RULES]
+        raise LayoutError("; ".join(problems[k] for k in sorted(problems, key=order.index)))
+
+
+def param_shardings(axes: Any, mesh: Mesh) -> Any:
+    """NamedSharding of every parameter (same tree as ``axes``)."""
+    return jax.tree.map(
+        lambda names: NamedSharding(mesh, logical_to_spec(names)), axes, is_leaf=lambda x: isinstance(x, tuple)
+    )
+
+
+def with_shardings(shapes: Any, shardings: Any) -> Any:
+    """ShapeDtypeStructs carrying their sharding (the abstract target of a sharded restore)."""
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+
+
+def init_params(cfg: ModelConfig, mesh: Mesh, seed: int = 0) -> tuple[nnx.GraphDef, dict]:
+    """Initialise the model's parameters directly sharded on ``mesh`` (no host ever holds the whole model).
+
+    Returns the graphdef and a pure dict of sharded arrays. The values equal an unsharded ``Llama(cfg,
+    nnx.Rngs(seed))`` (JAX's partitionable threefry makes random draws independent of the layout).
+    """
+    graphdef, shapes, axes = abstract_model(cfg, seed)
+    validate_param_layout(shapes, axes, mesh)
+    shardings = param_shardings(axes, mesh)
+
+    def init() -> dict:
+        return nnx.to_pure_dict(nnx.state(Llama(cfg, nnx.Rngs(seed))))
+
+    with activation_rules(mesh):
+        params = jax.jit(init, out_shardings=shardings)()
+    return graphdef, params
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Batches
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def validate_batch_layout(global_batch_size: int, microbatches: int, mesh: Mesh, process_count: int = 1) -> None:
+    """Raise LayoutError unless the global batch splits into microbatches whose rows divide over the data-parallel
+    devices and over the processes feeding them."""
+    if global_batch_size <= 0 or microbatches <= 0:
+        raise LayoutError(
+            f"train.global_batch_size ({global_batch_size}) and train.microbatches ({microbatches}) must be positive"
+        )
+    if global_batch_size % microbatches:
+        raise LayoutError(
+            f"train.global_batch_size={global_batch_size} is not divisible by train.microbatches={microbatches}"
+        )
+    rows = global_batch_size // microbatches
+    dp = data_parallel_size(mesh)
+    if rows % dp:
+        sizes = " x ".join(f"mesh.{a}={mesh.shape[a]}" for a in BATCH_MESH_AXES)
+        raise LayoutError(
+            f"train.global_batch_size={global_batch_size} / train.microbatches={microbatches} = {rows} rows per "
+            f"microbatch, not divisible by the data-parallel size {dp} ({sizes}, the 'data' and 'fsdp' axes)"
+        )
+    if rows % process_count:
+        raise LayoutError(
+            f"{rows} rows per microbatch (train.global_batch_size={global_batch_size} / train.microbatches="
+            f"{microbatches}) cannot be split evenly over {process_count} processes"
+        )
+
+
+def batch_sharding(mesh: Mesh, microbatched: bool) -> NamedSharding:
+    """Sharding of batch arrays (B, L), or (microbatches, B/microbatches, L) when ``microbatched``: rows are split
+    over the data-parallel axes."""
+    spec = P(None, BATCH_MESH_AXES, None) if microbatched else P(BATCH_MESH_AXES, None)
+    return NamedSharding(mesh, spec)
+
+
+def global_batch(
+    local: Mapping[str, np.ndarray], mesh: Mesh, microbatches: Optional[int] = None
+) -> dict[str, jax.Array]:
+    """Assemble each process's rows (B_local, L) into global arrays sharded over the data-parallel axes.
+
+    With ``microbatches`` M the rows are regrouped as (M, B_local/M, L) (this process's share of every microbatch)
+    and the result is (M, B/M, L). Every process must call this with its own rows of the same global batch.
+    """
+    sharding = batch_sharding(mesh, microbatched=microbatches is not None)
+    procs = jax.process_count()
+    out = {}
+    for name, array in local.items():
+        array = np.asarray(array)
+        if microbatches is not None:
+            if array.shape[0] % microbatches:
+                raise LayoutError(
+                    f"batch '{name}' has {array.shape[0]} rows on this process, not divisible by "
+                    f"train.microbatches={microbatches}"
+                )
+            array = array.reshape(microbatches, array.shape[0] // microbatches, *array.shape[1:])
+            shape = (microbatches, array.shape[1] * procs, *array.shape[2:])
+        else:
+            shape = (array.shape[0] * procs, *array.shape[1:])
+        out[name] = jax.make_array_from_process_local_data(sharding, array, shape)
+    return out

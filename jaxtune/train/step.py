@@ -1,0 +1,232 @@
+"""The jitted train step: token-weighted cross-entropy, gradient accumulation over microbatches, AdamW, and the
+guard that keeps non-finite losses and gradients away from the parameters.
+
+The loss of a step is the mean over every supervised token of the global batch: the sum of per-token
+cross-entropies weighted by ``loss_weights``, divided by the total weight of all microbatches on all hosts (not a
+mean of per-sequence or per-microbatch means).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from jaxtune.models.llama import forward
+from jaxtune.sharding import activation_rules, batch_sharding, param_shardings
+from jaxtune.train.metrics import TrainMetrics
+from jaxtune.train.optim import optimizer_state_shardings
+
+Batch = Mapping[str, jax.Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a run needs to continue exactly (all arrays; checkpointed as a whole)."""
+
+    params: Any
+    """Master parameters (model.param_dtype, float32 by default), a pure dict."""
+    opt_state: Any
+    """optax state (Adam moments mirror the parameters)."""
+    step: jax.Array
+    """Optimizer steps taken = global batches consumed, skipped ones included (int32)."""
+    updates: jax.Array
+    """Updates actually applied: the learning-rate schedule's clock (int32)."""
+    bad_steps: jax.Array
+    """Consecutive steps with a non-finite loss or gradient, up to now (int32)."""
+    skipped_steps: jax.Array
+    """Steps skipped over the whole run (int32)."""
+    rng: jax.Array
+    """The run's PRNG key (raw uint32[2], from train.seed), saved and restored with the rest of the state."""
+
+    def train_fields(self) -> dict[str, Any]:
+        """Everything but the parameters (saved beside them as a separate checkpoint item)."""
+        return {k: getattr(self, k) for k in ("opt_state", "step", "updates", "bad_steps", "skipped_steps", "rng")}
+
+
+def new_train_state(params: Any, tx: optax.GradientTransformation, seed: int) -> TrainState:
+    """A fresh state at step 0 (call under jit to place the optimizer state with the parameters' shardings)."""
+    zero = jnp.zeros((), jnp.int32)
+    return TrainState(
+        params=params, opt_state=tx.init(params), step=zero, updates=zero, bad_steps=zero, skipped_steps=zero,
+        rng=jax.random.PRNGKey(seed),
+    )
+
+
+def train_state_shardings(tx: optax.GradientTransformation, shapes: Any, axes: Any, mesh: Mesh) -> TrainState:
+    """Shardings of the whole train state, derived from the parameters' logical axes: parameters and the
+    optimizer state that mirrors them are sharded alike; counters and the key are replicated."""
+    params = param_shardings(axes, mesh)
+    replicated = NamedSharding(mesh, P())
+    return TrainState(
+        params=params,
+        opt_state=optimizer_state_shardings(tx, shapes, params, replicated),
+        step=replicated, updates=replicated, bad_steps=replicated, skipped_steps=replicated, rng=replicated,
+    )
+
+
+def init_train_state(params: Any, tx: optax.GradientTransformation, seed: int, shardings: TrainState) -> TrainState:
+    """A step-0 state laid out as ``shardings`` (the parameters' buffers are donated to it)."""
+    make = jax.jit(lambda p: new_train_state(p, tx, seed), out_shardings=shardings, donate_argnums=(0,))
+    return make(params)
+
+
+def token_cross_entropy(graphdef: nnx.GraphDef, params: Any, batch: Batch) -> jax.Array:
+    """Per-token cross-entropy (B, L) in float32 of logits(input_ids) against targets (no further shifting)."""
+    logits, _ = forward(
+        graphdef, params, batch["input_ids"], positions=batch["positions"], segment_ids=batch["segment_ids"]
+    )
+    return optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
+
+
+def loss_and_grads(
+    graphdef: nnx.GraphDef, params: Any, batch: Batch, *, grad_shardings: Any = None
+) -> tuple[jax.Array, Any, jax.Array]:
+    """(loss, gradients, supervised-token count) of a global batch laid out as (microbatches, rows, length).
+
+    Gradients of each microbatch's weighted loss sum are accumulated in float32 by a scan and divided by the total
+    weight of the whole batch, so the result equals one pass over the concatenated batch (up to summation order).
+    ``grad_shardings`` keeps the accumulators laid out like the parameters.
+    """
+    total_weight = jnp.sum(batch["loss_weights"].astype(jnp.float32))
+    denominator = jnp.maximum(total_weight, 1.0)  # a batch with nothing supervised has loss 0, not NaN
+
+    def weighted_sum(p: Any, micro: Batch) -> jax.Array:
+        ce = token_cross_entropy(graphdef, p, micro)
+        return jnp.sum(ce * micro["loss_weights"].astype(jnp.float32)) / denominator
+
+    grad_fn = jax.value_and_grad(weighted_sum)
+    num_micro = batch["input_ids"].shape[0]
+    if num_micro == 1:
+        loss, grads = grad_fn(params, jax.tree.map(lambda x: x[0], batch))
+        grads = jax.tree.map(lambda g: g.astype(jnp.float32), grads)
+    else:
+        def constrain(tree: Any) -> Any:
+            if grad_shardings is None:
+                return tree
+            return jax.lax.with_sharding_constraint(tree, grad_shardings)
+
+        def body(carry: tuple[Any, jax.Array], micro: Batch) -> tuple[tuple[Any, jax.Array], None]:
+            acc, loss_acc = carry
+            loss, grads = grad_fn(params, micro)
+            acc = constrain(jax.tree.map(lambda a, g: a + g.astype(jnp.float32), acc, grads))
+            return (acc, loss_acc + loss), None
+
+        zeros = constrain(jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params))
+        (grads, loss), _ = jax.lax.scan(body, (zeros, jnp.zeros((), jnp.float32)), batch)
+    return loss, grads, total_weight
+
+
+def train_step(
+    state: TrainState,
+    batch: Batch,
+    *,
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    grad_shardings: Any = None,
+) -> tuple[TrainState, TrainMetrics]:
+    """One optimizer step on a (microbatches, rows, length) batch. Un-jitted; see :func:`make_train_step`.
+
+    A non-finite loss or gradient norm skips the update entirely: parameters and optimizer state come back
+    unchanged, ``skipped_steps`` and ``bad_steps`` count it, and the learning-rate clock does not advance.
+    """
+    loss, grads, supervised = loss_and_grads(graphdef, state.params, batch, grad_shardings=grad_shardings)
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+
+    def apply(_: None) -> tuple[Any, Any]:
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        return optax.apply_updates(state.params, updates), opt_state
+
+    def skip(_: None) -> tuple[Any, Any]:
+        return state.params, state.opt_state
+
+    params, opt_state = jax.lax.cond(finite, apply, skip, None)
+    bad = jnp.logical_not(finite).astype(jnp.int32)
+    new_state = state.replace(
+        params=params,
+        opt_state=opt_state,
+        step=state.step + 1,
+        updates=state.updates + finite.astype(jnp.int32),
+        bad_steps=jnp.where(finite, 0, state.bad_steps + 1),
+        skipped_steps=state.skipped_steps + bad,
+    )
+    metrics = TrainMetrics.single_from_model_output(
+        loss=loss,
+        grad_norm=grad_norm,
+        learning_rate=jnp.asarray(schedule(state.updates), jnp.float32),
+        finite=finite,
+        tokens=jnp.sum(batch["segment_ids"] > 0),
+        supervised_tokens=supervised,
+        skipped=bad,
+    )
+    return new_state, metrics
+
+
+def make_train_step(
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    *,
+    mesh: Mesh,
+    state_shardings: TrainState,
+) -> Callable[[TrainState, Batch], tuple[TrainState, TrainMetrics]]:
+    """The train step jitted with explicit shardings (state as ``state_shardings``, batch rows over the data
+    axes, metrics replicated) and the state's buffers donated. Call it with the mesh's rules active (it installs
+    them itself for tracing)."""
+    replicated = NamedSharding(mesh, P())
+
+    def step(state: TrainState, batch: Batch) -> tuple[TrainState, TrainMetrics]:
+        return train_step(
+            state, batch, graphdef=graphdef, tx=tx, schedule=schedule, grad_shardings=state_shardings.params
+        )
+
+    jitted = jax.jit(
+        step,
+        in_shardings=(state_shardings, batch_sharding(mesh, microbatched=True)),
+        out_shardings=(state_shardings, replicated),
+        donate_argnums=(0,),
+    )
+
+    def run(state: TrainState, batch: Batch) -> tuple[TrainState, TrainMetrics]:
+        with activation_rules(mesh):
+            return jitted(state, batch)
+
+    run.jitted = jitted  # for ahead-of-time lowering (benchmarks, memory planning)
+    return run
+
+
+def eval_sums(graphdef: nnx.GraphDef, params: Any, batch: Batch, num_abilities: int) -> tuple[jax.Array, jax.Array]:
+    """Per-ability sums of weighted cross-entropy and of weights over a (rows, length) batch: two (num_abilities,)
+    float32 vectors. Tokens with ability id -1 (padding) are dropped."""
+    ce = token_cross_entropy(graphdef, params, batch)
+    weights = batch["loss_weights"].astype(jnp.float32)
+    ability = batch["ability_ids"]
+    bucket = jnp.where(ability < 0, num_abilities, ability).reshape(-1)  # an extra bucket for padding, dropped
+    loss_sums = jax.ops.segment_sum((ce * weights).reshape(-1), bucket, num_segments=num_abilities + 1)
+    weight_sums = jax.ops.segment_sum(weights.reshape(-1), bucket, num_segments=num_abilities + 1)
+    return loss_sums[:num_abilities], weight_sums[:num_abilities]
+
+
+def make_eval_step(
+    graphdef: nnx.GraphDef, num_abilities: int, *, mesh: Mesh, param_shardings: Any
+) -> Callable[[Any, Batch], tuple[jax.Array, jax.Array]]:
+    """:func:`eval_sums` jitted with the parameters' shardings and batch rows over the data axes."""
+    replicated = NamedSharding(mesh, P())
+    jitted = jax.jit(
+        lambda params, batch: eval_sums(graphdef, params, batch, num_abilities),
+        in_shardings=(param_shardings, batch_sharding(mesh, microbatched=False)),
+        out_shardings=(replicated, replicated),
+    )
+
+    def run(params: Any, batch: Batch) -> tuple[jax.Array, jax.Array]:
+        with activation_rules(mesh):
+            return jitted(params, batch)
+
+    return run

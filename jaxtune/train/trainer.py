@@ -1,0 +1,483 @@
+"""The fine-tuning run: ``train(cfg)`` builds the mesh, the data stream and the train state (fresh, from
+``checkpoint.init_from``, or resumed), then loops over steps with logging, validation loss per ability,
+asynchronous Orbax checkpoints, a guard against runs of non-finite steps and a clean stop on SIGTERM.
+
+Every process runs the same loop on its own shard of the data; only process 0 writes files outside Orbax.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh
+
+from jaxtune.checkpoint import TrainCheckpointManager, load_params
+from jaxtune.config import Config, ConfigError, config_to_dict, dump_config
+from jaxtune.errors import JaxtuneError
+from jaxtune.sharding import (
+    abstract_model,
+    build_mesh,
+    global_batch,
+    init_params,
+    initialize_distributed,
+    validate_batch_layout,
+    validate_param_layout,
+    with_shardings,
+)
+from jaxtune.train.metrics import MetricsWriter, ThroughputMeter, TrainMetrics, peak_flops_per_device, progress_line
+from jaxtune.train.optim import build_optimizer
+from jaxtune.train.step import (
+    TrainState,
+    init_train_state,
+    make_eval_step,
+    make_train_step,
+    new_train_state,
+    train_state_shardings,
+)
+
+TRAIN_KEYS = ("input_ids", "targets", "loss_weights", "segment_ids", "positions")
+EVAL_KEYS = TRAIN_KEYS + ("ability_ids",)
+
+
+class TrainingDivergedError(JaxtuneError):
+    """Too many consecutive steps had a non-finite loss or gradient; the run stopped with its checkpoints intact."""
+
+
+@dataclass
+class RunData:
+    """What the loop consumes: this process's rows of every global batch, and optional validation batches.
+
+    iterator: a grain iterator (``next()`` -> dict of (B_local, L) numpy arrays with the keys of
+      :data:`EVAL_KEYS`; ``get_state``/``set_state``) over all epochs, checkpointed with the train state.
+    steps_per_epoch: global batches per epoch.
+    ability_names: ``ability_ids`` index into these.
+    valid: re-iterable validation batches (each ``iter()`` one full pass, this process's rows); None: no
+      evaluation loss.
+    tokenizer_src, added_tokens: the tokenizer trained with, copied beside each checkpoint.
+    summary: a description printed at the start (process 0).
+    """
+
+    iterator: Any
+    steps_per_epoch: int
+    ability_names: Sequence[str]
+    valid: Optional[Iterable[Mapping[str, np.ndarray]]] = None
+    tokenizer_src: Optional[str] = None
+    added_tokens: Mapping[str, int] = field(default_factory=dict)
+    summary: str = ""
+
+
+@dataclass
+class TrainResult:
+    """How a run ended."""
+
+    run_dir: str
+    step: int
+    """Optimizer steps done (the last checkpoint's step)."""
+    total_steps: int
+    stopped: str
+    """``completed`` or ``preempted`` (SIGTERM: saved, resumable)."""
+    resumed_from: Optional[int]
+    last_loss: Optional[float]
+    """Mean training loss of the last logging interval."""
+    last_eval: dict[str, float]
+    """The last evaluation losses (``loss`` and ``loss/<ability>``), empty without validation data."""
+    skipped_steps: int
+    checkpoint_steps: list[int]
+
+    def summary(self) -> str:
+        how = "finished" if self.stopped == "completed" else "stopped on SIGTERM (resumable)"
+        lines = [f"training {how} at step {self.step}/{self.total_steps}; run directory {self.run_dir}"]
+        if self.resumed_from is not None:
+            lines.append(f"  resumed from step {self.resumed_from}")
+        if self.last_loss is not None:
+            lines.append(f"  last training loss {self.last_loss:.4f}")
+        if self.last_eval:
+            lines.append(f"  last evaluation loss {self.last_eval.get('loss', float('nan')):.4f}")
+        if self.skipped_steps:
+            lines.append(f"  {self.skipped_steps} steps skipped (non-finite loss or gradient)")
+        lines.append(f"  checkpoints at steps {self.checkpoint_steps} in {Path(self.run_dir) / 'checkpoints'}")
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def pipeline_data(cfg: Config, eval_batch_size: int) -> RunData:
+    """The training stream (and validation batches when ``data.valid_path`` is set) of ``jaxtune.data.pipeline``,
+    sharded by JAX process."""
+    from jaxtune.data.pipeline import build_eval_pipeline, build_train_pipeline
+
+    def build(epochs: int):
+        return build_train_pipeline(
+            cfg.data, global_batch_size=cfg.train.global_batch_size, epochs=epochs,
+            manifest_path=Path(cfg.run_dir) / "manifest.jsonl" if jax.process_index() == 0 else None,
+        )
+
+    stream = build(cfg.train.epochs)
+    info = stream.info
+    if cfg.train.max_steps is not None and cfg.train.max_steps > info.total_steps:
+        stream = build(math.ceil(cfg.train.max_steps / info.steps_per_epoch))  # enough epochs for max_steps
+        info = stream.info
+    if info.vocab_size != cfg.model.vocab_size:
+        raise ConfigError(
+            f"model.vocab_size={cfg.model.vocab_size}, but the tokenizer {cfg.data.tokenizer} with its added tokens "
+            f"has {info.vocab_size} ids; set model.vocab_size={info.vocab_size}"
+        )
+    valid = None
+    if cfg.data.valid_path:
+        valid = build_eval_pipeline(cfg.data, global_batch_size=eval_batch_size, ability_names=info.ability_names)
+    return RunData(
+        iterator=stream.iterator, steps_per_epoch=info.steps_per_epoch, ability_names=info.ability_names,
+        valid=valid, tokenizer_src=cfg.data.tokenizer, added_tokens=info.added_tokens, summary=info.summary(),
+    )
+
+
+def _check_batch(local: Mapping[str, np.ndarray], keys: Sequence[str], rows: int, what: str) -> dict:
+    missing = [k for k in keys if k not in local]
+    if missing:
+        raise JaxtuneError(f"{what} batch lacks {missing} (has {sorted(local)})")
+    shapes = {k: np.shape(local[k]) for k in keys}
+    if len(set(shapes.values())) != 1 or len(shapes["input_ids"]) != 2:
+        raise JaxtuneError(f"{what} batch arrays must all be (rows, length), got {shapes}")
+    if shapes["input_ids"][0] != rows:
+        raise JaxtuneError(
+            f"{what} batch has {shapes['input_ids'][0]} rows on process {jax.process_index()}, expected {rows} "
+            f"(global batch / {jax.process_count()} processes)"
+        )
+    return {k: local[k] for k in keys}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Signals
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class _StopRequest:
+    """Turns SIGTERM into a flag the loop checks between steps (every process agrees on it)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> "_StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+    def agreed(self) -> bool:
+        """Whether any process was asked to stop (a collective: every process must call it at the same step)."""
+        if jax.process_count() == 1:
+            return self.requested
+        from jax.experimental import multihost_utils
+
+        flags = multihost_utils.process_allgather(np.asarray(self.requested, np.int32))
+        return bool(np.any(flags))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# State
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Layout:
+    mesh: Mesh
+    graphdef: Any
+    shapes: Any
+    axes: Any
+    state_shardings: TrainState
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+
+    def abstract_params(self) -> Any:
+        return with_shardings(self.shapes, self.state_shardings.params)
+
+    def abstract_train_fields(self) -> dict:
+        shapes = jax.eval_shape(lambda p: new_train_state(p, self.tx, 0), self.shapes)
+        return with_shardings(shapes.train_fields(), self.state_shardings.train_fields())
+
+
+def _layout(cfg: Config, mesh: Mesh, total_steps: int) -> _Layout:
+    graphdef, shapes, axes = abstract_model(cfg.model, cfg.train.seed)
+    validate_param_layout(shapes, axes, mesh)
+    tx, schedule = build_optimizer(cfg.optim, total_steps)
+    return _Layout(mesh, graphdef, shapes, axes, train_state_shardings(tx, shapes, axes, mesh), tx, schedule)
+
+
+def _start_state(cfg: Config, layout: _Layout) -> TrainState:
+    """A step-0 state: parameters from checkpoint.init_from or freshly initialised, all born sharded."""
+    if cfg.checkpoint.init_from:
+        loaded_cfg, params = load_params(
+            cfg.checkpoint.init_from, shardings=layout.state_shardings.params, dtype=cfg.model.param_dtype
+        )
+        want = jax.tree.map(lambda s: tuple(s.shape), layout.shapes)
+        got = jax.tree.map(lambda a: tuple(a.shape), params)
+        if want != got:
+            raise ConfigError(
+                f"checkpoint.init_from={cfg.checkpoint.init_from}: its parameters (hidden_size "
+                f"{loaded_cfg.hidden_size}, {loaded_cfg.num_layers} layers, vocabulary {loaded_cfg.vocab_size} padded "
+                f"to {loaded_cfg.padded_vocab_size()}) do not match the model config (hidden_size "
+                f"{cfg.model.hidden_size}, {cfg.model.num_layers} layers, vocabulary {cfg.model.vocab_size} padded to "
+                f"{cfg.model.padded_vocab_size()})"
+            )
+    else:
+        _, params = init_params(cfg.model, layout.mesh, cfg.train.seed)
+    return init_train_state(params, layout.tx, cfg.train.seed, layout.state_shardings)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def total_steps_of(cfg: Config, steps_per_epoch: int) -> int:
+    """Optimizer steps of the run: train.max_steps when set, else epochs x steps per epoch."""
+    if cfg.train.max_steps is not None:
+        if cfg.train.max_steps <= 0:
+            raise ConfigError(f"train.max_steps must be positive, got {cfg.train.max_steps}")
+        return cfg.train.max_steps
+    if cfg.train.epochs <= 0:
+        raise ConfigError(f"train.epochs must be positive, got {cfg.train.epochs}")
+    return cfg.train.epochs * steps_per_epoch
+
+
+def train(cfg: Config, data: Optional[RunData] = None, *, print_fn: Callable[[str], None] = print) -> TrainResult:
+    """Fine-tune ``cfg.model`` on ``data`` (default: the pipeline of ``cfg.data``), sharded over every device of
+    every process; see the module docstring. Returns when the run completes or stops on SIGTERM (after saving);
+    raises TrainingDivergedError after ``train.max_consecutive_bad_steps`` non-finite steps in a row."""
+    tc = cfg.train
+    initialize_distributed(cfg.mesh)
+    mesh = build_mesh(cfg.mesh)
+    validate_batch_layout(tc.global_batch_size, tc.microbatches, mesh, jax.process_count())
+    if tc.log_every <= 0 or (tc.eval_every is not None and tc.eval_every <= 0):
+        raise ConfigError("train.log_every and train.eval_every must be positive")
+    if tc.max_consecutive_bad_steps < 1:
+        raise ConfigError(f"train.max_consecutive_bad_steps must be at least 1, got {tc.max_consecutive_bad_steps}")
+    if cfg.checkpoint.save_every is not None and cfg.checkpoint.save_every <= 0:
+        raise ConfigError(f"checkpoint.save_every must be positive or null, got {cfg.checkpoint.save_every}")
+    # Validate the layout on abstract shapes before any data is read or anything compiled.
+    _, shapes, axes = abstract_model(cfg.model, tc.seed)
+    validate_param_layout(shapes, axes, mesh)
+
+    micro_rows = tc.global_batch_size // tc.microbatches
+    if data is None:
+        data = pipeline_data(cfg, eval_batch_size=micro_rows)
+    if data.steps_per_epoch <= 0:
+        raise JaxtuneError(f"the data has {data.steps_per_epoch} steps per epoch")
+    total_steps = total_steps_of(cfg, data.steps_per_epoch)
+    layout = _layout(cfg, mesh, total_steps)
+    writer = MetricsWriter(cfg.run_dir, enabled=jax.process_index() == 0, print_fn=print_fn)
+    epoch_steps = list(range(data.steps_per_epoch, total_steps + 1, data.steps_per_epoch))
+    manager = TrainCheckpointManager(
+        cfg.run_dir, cfg.checkpoint, model_cfg=cfg.model, epoch_steps=epoch_steps,
+        tokenizer_src=data.tokenizer_src, added_tokens=data.added_tokens,
+    )
+    config_dict = config_to_dict(cfg)
+    try:
+        return _run(cfg, data, layout, manager, writer, config_dict, total_steps, epoch_steps)
+    finally:
+        manager.close()
+        writer.close()
+
+
+def _run(
+    cfg: Config,
+    data: RunData,
+    layout: _Layout,
+    manager: TrainCheckpointManager,
+    writer: MetricsWriter,
+    config_dict: dict,
+    total_steps: int,
+    epoch_steps: list[int],
+) -> TrainResult:
+    tc, mesh = cfg.train, layout.mesh
+    if jax.process_index() == 0:
+        Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+        (Path(cfg.run_dir) / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+    if data.summary:
+        writer.message(data.summary)
+
+    resumed_from = manager.latest_step() if cfg.checkpoint.resume == "auto" else None
+    if resumed_from is not None:
+        params, fields = manager.restore(
+            resumed_from, layout.abstract_params(), layout.abstract_train_fields(), data.iterator
+        )
+        state = TrainState(params=params, **fields)
+        writer.truncate_after(resumed_from)
+        writer.message(f"resuming from step {resumed_from} ({manager.step_dir(resumed_from)})")
+    else:
+        state = _start_state(cfg, layout)
+    step = first_step = int(jax.device_get(state.step))
+    bad_run = int(jax.device_get(state.bad_steps))
+
+    step_fn = make_train_step(layout.graphdef, layout.tx, layout.schedule, mesh=mesh,
+                              state_shardings=layout.state_shardings)
+    eval_fn = None
+    if data.valid is not None:
+        eval_fn = make_eval_step(layout.graphdef, len(data.ability_names), mesh=mesh,
+                                 param_shardings=layout.state_shardings.params)
+    seq_len = None
+    meter: Optional[ThroughputMeter] = None
+    interval: Optional[TrainMetrics] = None
+    last_loss: Optional[float] = None
+    last_eval: dict[str, float] = {}
+    saved_steps = set(manager.all_steps())
+    epoch_ends = set(epoch_steps)
+    local_rows = tc.global_batch_size // jax.process_count()
+    pending: Optional[tuple[int, TrainMetrics]] = None
+    stopped = "completed"
+    profiling_until: Optional[int] = None
+
+    def save(at: int) -> None:
+        if at not in saved_steps:
+            manager.save(at, state.params, state.train_fields(), data.iterator, config_dict)
+            saved_steps.add(at)
+
+    def absorb(done: tuple[int, TrainMetrics]) -> None:
+        """Host-side bookkeeping of a finished step (read one step late so the devices never wait on the host)."""
+        nonlocal interval, bad_run, last_loss
+        at, metrics = done
+        metrics = jax.device_get(metrics)
+        interval = metrics if interval is None else interval.merge(metrics)
+        if float(metrics.skipped_steps.compute()) > 0:
+            bad_run += 1
+            writer.message(f"step {at}: non-finite loss or gradient; update skipped ({bad_run} in a row)")
+            if bad_run >= tc.max_consecutive_bad_steps:
+                manager.wait_until_finished()
+                good = [s for s in manager.all_steps() if s < at - bad_run + 1]
+                where = (f"the last checkpoint before them is step {good[-1]} in {manager.directory}" if good
+                         else "no checkpoint was saved before them")
+                raise TrainingDivergedError(
+                    f"{bad_run} consecutive steps (up to step {at}) had a non-finite loss or gradient "
+                    f"(train.max_consecutive_bad_steps={tc.max_consecutive_bad_steps}); stopped. Those updates were "
+                    f"skipped and {where}. Lower optim.learning_rate, check the data, or use float32 compute."
+                )
+        else:
+            bad_run = 0
+        if at % tc.log_every == 0 or at == total_steps:
+            scalars = {k: float(v) for k, v in interval.compute().items()}
+            scalars.update(meter.measure(at))
+            scalars["epoch"] = at / data.steps_per_epoch
+            last_loss = scalars["loss"]
+            writer.write(at, "train", scalars)
+            writer.message(progress_line(at, total_steps, scalars["epoch"], scalars))
+            interval = None
+
+    with _StopRequest() as stop_request:
+        while step < total_steps:
+            try:
+                local = next(data.iterator)
+            except StopIteration:
+                raise JaxtuneError(
+                    f"the data stream ended after {step} steps; the run needs {total_steps} "
+                    f"({data.steps_per_epoch} per epoch)"
+                ) from None
+            local = _check_batch(local, TRAIN_KEYS, local_rows, "training")
+            if meter is None:
+                seq_len = local["input_ids"].shape[1]
+                meter = _throughput_meter(cfg, mesh, seq_len, total_steps)
+                meter.reset(step)
+            batch = global_batch(local, mesh, microbatches=tc.microbatches)
+            state, metrics = step_fn(state, batch)
+            step += 1
+            if step == first_step + 1:  # time from the end of the first (compiling) step
+                jax.block_until_ready(metrics)
+                meter.reset(step)
+            if pending is not None:
+                absorb(pending)
+            pending = (step, metrics)
+
+            if tc.profile and profiling_until is None and step == min(tc.log_every, total_steps - 1) and step > 0:
+                jax.profiler.start_trace(str(Path(cfg.run_dir) / "profile"))
+                profiling_until = step + 3
+            elif profiling_until is not None and step == profiling_until:
+                jax.block_until_ready(state.params)
+                jax.profiler.stop_trace()
+                profiling_until = -1
+
+            epoch_end = step in epoch_ends
+            if eval_fn is not None and (epoch_end or (tc.eval_every and step % tc.eval_every == 0)):
+                absorb(pending)
+                pending = None
+                last_eval = _evaluate(eval_fn, state.params, data, mesh, writer, step)
+                meter.reset(step)
+            if epoch_end or step == total_steps or (
+                    cfg.checkpoint.save_every and step % cfg.checkpoint.save_every == 0):
+                save(step)
+            if stop_request.agreed():
+                if pending is not None:
+                    absorb(pending)
+                    pending = None
+                save(step)
+                manager.wait_until_finished()
+                writer.message(f"SIGTERM received: saved step {step} in {manager.directory}; exiting. "
+                               f"Start the same command again to resume.")
+                stopped = "preempted"
+                break
+        if pending is not None:
+            absorb(pending)
+        if profiling_until is not None and profiling_until > 0:
+            jax.profiler.stop_trace()
+    manager.wait_until_finished()
+    return TrainResult(
+        run_dir=str(cfg.run_dir), step=step, total_steps=total_steps, stopped=stopped, resumed_from=resumed_from,
+        last_loss=last_loss, last_eval=last_eval, skipped_steps=int(jax.device_get(state.skipped_steps)),
+        checkpoint_steps=manager.all_steps(),
+    )
+
+
+def _throughput_meter(cfg: Config, mesh: Mesh, seq_len: int, total_steps: int) -> ThroughputMeter:
+    from jaxtune.models.stats import model_info
+
+    peak = peak_flops_per_device(mesh.devices.flat[0], cfg.train.peak_flops_per_device)
+    return ThroughputMeter(
+        flops_per_token=model_info(cfg.model, seq_len).train_flops_per_token,
+        tokens_per_step=cfg.train.global_batch_size * seq_len,
+        peak_flops_total=None if peak is None else peak * mesh.devices.size,
+        total_steps=total_steps,
+    )
+
+
+def _evaluate(eval_fn: Callable, params: Any, data: RunData, mesh: Mesh, writer: MetricsWriter,
+              step: int) -> dict[str, float]:
+    """Validation loss over one full pass: overall (token-weighted) and per ability."""
+    num = len(data.ability_names)
+    loss_sums = np.zeros(num, np.float64)
+    weight_sums = np.zeros(num, np.float64)
+    for local in data.valid:
+        local = _check_batch(local, EVAL_KEYS, np.shape(local["input_ids"])[0], "validation")
+        rows = local["input_ids"].shape[0] * jax.process_count()
+        dp = math.prod(mesh.shape[a] for a in ("data", "fsdp"))
+        if rows % dp:
+            raise JaxtuneError(f"validation batches of {rows} rows do not split over the data-parallel size {dp}")
+        sums, weights = jax.device_get(eval_fn(params, global_batch(local, mesh)))
+        loss_sums += sums
+        weight_sums += weights
+    scalars: dict[str, float] = {}
+    total = weight_sums.sum()
+    scalars["loss"] = float(loss_sums.sum() / total) if total else float("nan")
+    for name, s, w in zip(data.ability_names, loss_sums, weight_sums):
+        if w:
+            scalars[f"loss/{name}"] = float(s / w)
+    writer.write(step, "eval", scalars)
+    per_ability = ", ".join(f"{k[5:]} {v:.4f}" for k, v in scalars.items() if k.startswith("loss/"))
+    writer.message(f"step {step} | eval loss {scalars['loss']:.4f} | {per_ability}")
+    return scalars

@@ -1,0 +1,143 @@
+"""The study's selections of jaxtune/data/mixtures.py, checked against a literal re-run of make_data.py's logic."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from doit_fixtures import make_doit_layout, write_jsonl
+from jaxtune.data.formats import DataError
+from jaxtune.data.mixtures import SelectionError, read_manifest, select_records, write_manifest
+
+
+def _study(root: Path, data_type: str) -> list[tuple[str, int]]:
+    """make_data.py's selections written out as the study's code does them (module-level random, json per line,
+    list slicing), over sorted file lists; returns (file ability, idx) in output order."""
+    random.seed(0)
+    out: list[tuple[str, int]] = []
+
+    def files(folder):
+        return sorted((root / folder).glob("*.json"))
+
+    def by_size(folder, size):
+        for f in files(folder):
+            data = [json.loads(line) for line in open(f, encoding="utf8")]
+            name = "_".join(f.name.split("_")[:-1])
+            if isinstance(size, int):
+                assert len(data) >= size
+                chosen = random.sample(data, k=size)
+            else:
+                if name in size:
+                    sz = size[name]
+                elif size["others"] == "uniform":
+                    sz = 1305 if name not in ("biology", "chinese") else (None if name == "biology" else 1306)
+                else:
+                    sz = None
+                chosen = data[:sz]
+            out.extend((name, d["idx"]) for d in chosen)
+
+    small = {"ethics": 64, "role_play": 64, "creative_writing": 1000}
+    if data_type.startswith("curated-"):
+        by_size("curated/1000", int(data_type.split("-")[-1]) // 10)
+    elif data_type.startswith("synthetic-"):
+        by_size("synthetic/40960", int(data_type.split("-")[-1]))
+    elif data_type == "reconstruct":
+        by_size("curated/full", {**small, "others": "uniform"})
+    elif data_type == "maximum":
+        by_size("curated/full", {**small, "others": "max"})
+    elif data_type.startswith("mix-"):
+        by_size("curated/full", {**small, "others": "max"})
+        by_size("synthetic/40960", int(data_type.split("-")[-1]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def big_root(tmp_path_factory) -> Path:
+    # Enough lines that reconstruct's and maximum's caps (64, 1000, 1305, 1306) bite on some abilities.
+    return make_doit_layout(tmp_path_factory.mktemp("doit") / "root", per_1000=40, per_full=1400, per_valid=1,
+                            synthetic=200, user_len=3, reply_len=3)
+
+
+def _ids(selection) -> list[tuple[str, int]]:
+    return [(r.ability, int(r.id)) for r in selection.records]
+
+
+@pytest.mark.parametrize("data_type", ["curated-10", "curated-160", "curated-400", "synthetic-40", "synthetic-200",
+                                       "reconstruct", "maximum", "mix-160"])
+def test_selection_equals_the_study(big_root, data_type):
+    got = _ids(select_records(big_root, data_type))
+    assert got == _study(big_root, data_type)
+    assert len(got) == len(set(got))
+
+
+def test_selection_sizes(big_root):
+    assert select_records(big_root, "curated-160").counts() == {a: 16 for a in select_records(big_root,
+                                                                                               "curated-10").counts()}
+    rec = select_records(big_root, "reconstruct").counts()
+    assert rec["ethics"] == 64 and rec["creative_writing"] == 1000 and rec["chinese"] == 1306
+    assert rec["biology"] == 1400 and rec["math"] == 1305
+    assert select_records(big_root, "mix-0").counts() == select_records(big_root, "maximum").counts()
+    assert select_records(big_root, "synthetic-40").counts() == {"general_instruction_gpt4": 40}
+
+
+def test_baseline_is_curated_10000(tmp_path):
+    root = make_doit_layout(tmp_path / "r", per_1000=1000, per_full=1, per_valid=1, synthetic=1, user_len=1,
+                            reply_len=1)
+    base = select_records(root, "baseline")
+    assert _ids(base) == _study(root, "curated-10000")
+    assert len(base.records) == 10000
+
+
+def test_count_map_takes_first_lines(big_root):
+    sel = select_records(big_root, "biology:3,math:all")
+    assert sel.counts() == {"biology": 3, "math": 1400}
+    assert [int(r.id) for r in sel.records[:3]] == [0, 1, 2]
+    with_others = select_records(big_root, "ethics:2,others:1")
+    assert with_others.counts()["ethics"] == 2 and with_others.counts()["code"] == 1
+    with pytest.raises(SelectionError, match="no curated/full file for physics"):
+        select_records(big_root, "physics:3")
+
+
+def test_selection_errors(doit_root, tmp_path):
+    with pytest.raises(SelectionError, match="multiple of 10"):
+        select_records(doit_root, "curated-15")
+    with pytest.raises(SelectionError, match="draws 100 records from this file but it has 12"):
+        select_records(doit_root, "curated-1000")
+    with pytest.raises(SelectionError, match="unknown selection"):
+        select_records(doit_root, "everything")
+    with pytest.raises(SelectionError, match="has no curated/ folder"):
+        select_records(doit_root / "curated" / "1000", "curated-10")
+    assert select_records(doit_root / "curated", "curated-10").counts()["math"] == 1  # curated/ itself is accepted
+
+
+def test_invalid_line_is_drawn_where_the_study_draws_it(doit_root):
+    path = doit_root / "curated" / "1000" / "biology_1000.json"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    clean = [int(json.loads(line)["idx"]) for line in lines]
+    expected = [clean[i] for i in random.Random(0).sample(range(len(lines)), 5)]
+    bad_position = random.Random(0).sample(range(len(lines)), 5)[2]
+    lines[bad_position] = '{"messages": []}'
+    write_jsonl(path, lines)
+    with pytest.raises(DataError, match=r"biology_1000.json:\d+: messages"):
+        select_records(doit_root, "curated-50")
+    sel = select_records(doit_root, "curated-50", on_error="skip")
+    biology = [int(r.id) for r in sel.records if r.ability == "biology"]
+    assert biology == expected[:2] + expected[3:]
+    assert sel.skipped.skipped == 1 and sel.skipped.seen == 50
+
+
+def test_all_reads_one_split_folder(doit_root):
+    sel = select_records(doit_root / "curated" / "valid", "all")
+    assert len(sel.records) == 30 and sel.name == "all"
+
+
+def test_manifest_roundtrip(doit_root, tmp_path):
+    sel = select_records(doit_root, "curated-20")
+    n = write_manifest(tmp_path / "run" / "manifest.jsonl", sel.records)
+    entries = read_manifest(tmp_path / "run" / "manifest.jsonl")
+    assert n == 20 == len(entries)
+    assert entries[0] == {"id": sel.records[0].id, "ability": "biology", "source": sel.records[0].source,
+                          "line": sel.records[0].line}

@@ -1,0 +1,117 @@
+"""jaxtune.models.attention: masks, grouped-query XLA attention, the splash kernel (interpreted on CPU), fallbacks."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxtune.models import attention
+from jaxtune.models.attention import attention_mask, resolve_impl, splash_attention, xla_attention
+
+
+def reference_attention(q, k, v, mask) -> np.ndarray:
+    """Plain numpy attention, keys/values copied per query head (as transformers' repeat_kv does)."""
+    q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
+    groups = q.shape[2] // k.shape[2]
+    k, v = np.repeat(k, groups, axis=2), np.repeat(v, groups, axis=2)
+    scores = np.einsum("bthd,bshd->bhts", q, k) / np.sqrt(q.shape[-1])
+    scores = np.where(np.asarray(mask)[:, None], scores, -np.inf)
+    scores -= scores.max(-1, keepdims=True)
+    probs = np.exp(scores)
+    probs /= probs.sum(-1, keepdims=True)
+    return np.einsum("bhts,bshd->bthd", probs, v)
+
+
+def packed_segments(length: int) -> np.ndarray:
+    """Two rows: three documents then padding, and one document filling the whole row."""
+    row0 = np.zeros(length, np.int32)
+    row0[:50], row0[50:90], row0[90:120] = 1, 2, 3
+    return np.stack([row0, np.ones(length, np.int32)])
+
+
+def qkv(b: int, t: int, h: int, kv: int, d: int, seed: int = 0):
+    keys = jax.random.split(jax.random.key(seed), 3)
+    return (jax.random.normal(keys[0], (b, t, h, d)), jax.random.normal(keys[1], (b, t, kv, d)),
+            jax.random.normal(keys[2], (b, t, kv, d)))
+
+
+def test_mask_is_causal_within_segments_only() -> None:
+    seg = jnp.array([[1, 1, 2, 2, 0]])
+    slots = jnp.arange(5)
+    mask = np.asarray(attention_mask(seg, seg, slots, slots))[0]
+    expected = np.array([
+        [1, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0],
+        [0, 0, 1, 0, 0],
+        [0, 0, 1, 1, 0],
+        [0, 0, 0, 0, 1],
+    ], bool)
+    np.testing.assert_array_equal(mask, expected)
+
+
+@pytest.mark.parametrize("heads,kv_heads", [(4, 4), (4, 2), (6, 1)])
+def test_xla_attention_matches_reference_with_grouped_heads(heads: int, kv_heads: int) -> None:
+    q, k, v = qkv(2, 16, heads, kv_heads, 8)
+    seg = jnp.asarray(np.array([[1] * 10 + [2] * 6, [1] * 12 + [0] * 4], np.int32))
+    slots = jnp.arange(16)
+    mask = attention_mask(seg, seg, slots, slots)
+    got = np.asarray(xla_attention(q, k, v, mask))
+    want = reference_attention(q, k, v, mask)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("heads,kv_heads", [(2, 2), (4, 2)])
+def test_splash_kernel_matches_xla_on_packed_rows(heads: int, kv_heads: int) -> None:
+    """The TPU splash kernel, run by Pallas' interpreter on CPU, computes the XLA path's function on packed rows."""
+    t = 128
+    q, k, v = qkv(2, t, heads, kv_heads, 64, seed=1)
+    seg = jnp.asarray(packed_segments(t))
+    slots = jnp.arange(t)
+    want = np.asarray(xla_attention(q, k, v, attention_mask(seg, seg, slots, slots)))
+    got = np.asarray(splash_attention(q, k, v, seg, interpret=True))
+    real = np.asarray(seg) > 0  # fully masked padding rows are arbitrary in both: compare real tokens
+    np.testing.assert_allclose(got[real], want[real], atol=2e-5)
+
+
+@pytest.fixture
+def fresh_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Forget which fallback warnings were already given (they are once per process)."""
+    monkeypatch.setattr(attention, "_warned", set())
+
+
+@pytest.mark.parametrize("impl,needs", [("splash", "TPU"), ("cudnn", "GPU")])
+def test_missing_kernel_falls_back_to_xla_with_one_warning(fresh_warnings, impl: str, needs: str) -> None:
+    if jax.default_backend() != "cpu":
+        pytest.skip("the fallback is only observable on a backend without the kernel")
+    with pytest.warns(UserWarning, match=rf"attention_impl='{impl}' needs .*{needs}.*using 'xla'") as record:
+        assert resolve_impl(impl, has_cache=False, seq_len=128) == "xla"
+    assert len(record) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a second warning would raise
+        assert resolve_impl(impl, has_cache=False, seq_len=128) == "xla"
+
+
+def test_unknown_impl_is_an_error() -> None:
+    with pytest.raises(ValueError, match="unknown implementation 'flash'"):
+        resolve_impl("flash", has_cache=False, seq_len=8)
+
+
+def test_model_with_unavailable_kernel_computes_the_same_logits(fresh_warnings) -> None:
+    from flax import nnx
+
+    from jaxtune.models.configs import model_config
+    from jaxtune.models.llama import Llama
+
+    if jax.default_backend() != "cpu":
+        pytest.skip("checks the CPU fallback")
+    cfg = model_config("tiny-gqa")
+    ids = jnp.asarray(np.random.default_rng(0).integers(0, cfg.vocab_size, (1, 8)), jnp.int32)
+    xla_logits = Llama(cfg, nnx.Rngs(3))(ids)[0]
+    with pytest.warns(UserWarning, match="splash"):
+        splash_logits = Llama(dataclasses.replace(cfg, attention_impl="splash"), nnx.Rngs(3))(ids)[0]
+    np.testing.assert_array_equal(np.asarray(splash_logits), np.asarray(xla_logits))

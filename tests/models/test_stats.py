@@ -1,0 +1,82 @@
+"""jaxtune.models.stats against independent counts: transformers' parameter count, XLA's FLOP count of the
+compiled forward, and the size of optax's AdamW state."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from jaxtune.config import ModelConfig
+from jaxtune.models.configs import model_config
+from jaxtune.models.llama import Llama
+from jaxtune.models.stats import model_info
+
+torch = pytest.importorskip("torch", reason="the parameter counts are compared with transformers' PyTorch model")
+from hf_reference import hf_config  # noqa: E402
+
+
+@pytest.mark.parametrize("name", ["doit-7b", "doit-33b", "tiny-gqa", "tiny-tied"])
+def test_parameter_count_matches_transformers(name: str) -> None:
+    import transformers
+
+    cfg = model_config(name)
+    with torch.device("meta"):  # shapes only, no memory
+        hf_model = transformers.LlamaForCausalLM(hf_config(cfg))
+    assert model_info(cfg).num_params == hf_model.num_parameters()
+
+
+def abstract_params(cfg: ModelConfig):
+    return nnx.state(nnx.eval_shape(lambda: Llama(cfg, nnx.Rngs(0))), nnx.Param)
+
+
+def nbytes(tree) -> int:
+    return sum(int(np.prod(x.shape)) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_memory_of_weights_and_adamw_state(dtype: str) -> None:
+    cfg = model_config("doit-7b", param_dtype=dtype, vocab_pad_multiple=128)
+    info = model_info(cfg)
+    params = abstract_params(cfg)
+    assert info.weights_bytes == nbytes(params)
+    opt_state = jax.eval_shape(optax.adamw(1e-5).init, params)
+    assert info.adamw_bytes == nbytes(opt_state) - nbytes([opt_state[0].count])
+    assert info.num_params_allocated > info.num_params  # the padding rows are allocated, not counted by HF
+
+
+def test_forward_flops_match_xla_cost_analysis() -> None:
+    """XLA counts every matmul of the compiled (unrolled) forward; it computes attention over the full square, so
+    the causal term of model_info is (T + 1) / 2T of XLA's attention FLOPs."""
+    seq_len, batch = 128, 2
+    cfg = ModelConfig(vocab_size=1000, hidden_size=256, intermediate_size=512, num_layers=2, num_heads=4,
+                      num_kv_heads=2, scan_layers=False)  # XLA counts a scan's body once: unroll
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: Llama(cfg, nnx.Rngs(0))))
+    forward = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)[0])
+    cost = forward.lower(state, jax.ShapeDtypeStruct((batch, seq_len), jnp.int32)).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    xla_per_token = cost["flops"] / (batch * seq_len)
+
+    info = model_info(cfg, seq_len=seq_len)
+    square_attention = info.attention_flops_per_token * 2 * seq_len / (seq_len + 1)
+    # Norms, softmax and rotary embeddings are the rest (under 2% here).
+    assert xla_per_token == pytest.approx(info.matmul_flops_per_token + square_attention, rel=0.02)
+    assert info.train_flops_per_token == 3 * info.forward_flops_per_token
+
+
+def test_llama_7b_figures_and_table() -> None:
+    info = model_info(model_config("doit-7b"), seq_len=2048)
+    # 6.74B for the 32k LLaMA-7B plus 2 x 17,953 x 4,096 for the Chinese vocabulary rows.
+    assert info.num_params == 6_738_415_616 + 2 * 17953 * 4096
+    assert info.forward_flops_per_token == pytest.approx(2 * (info.num_params - 49953 * 4096), rel=0.05)
+    text = str(info)
+    for label in ("parameters", "forward FLOPs/token @ 2048", "AdamW state", "weights"):
+        assert label in text
+    assert "6,885,486,592" in text
+    with pytest.raises(ValueError, match="seq_len"):
+        model_info(dataclasses.replace(model_config("tiny")), seq_len=0)

@@ -1,0 +1,131 @@
+"""jaxtune.sharding: meshes from config, layout validation before compiling, sharded init, batch placement."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+from jax.sharding import PartitionSpec as P
+
+from jaxtune.config import MeshConfig, config_from_dict
+from jaxtune.models.configs import model_config
+from jaxtune.models.llama import Llama
+from jaxtune.sharding import (
+    LayoutError,
+    RULES,
+    abstract_model,
+    build_mesh,
+    data_parallel_size,
+    global_batch,
+    init_params,
+    resolve_mesh_shape,
+    validate_batch_layout,
+    validate_param_layout,
+)
+
+
+@pytest.fixture(autouse=True)
+def _eight_devices():
+    if jax.device_count() != 8:
+        pytest.skip("needs 8 devices (tests/conftest.py sets XLA_FLAGS for 8 CPU devices)")
+
+
+def test_mesh_shape_takes_the_rest_and_rejects_bad_products():
+    assert resolve_mesh_shape(MeshConfig(data=2, fsdp=-1, tensor=2), 8) == {"data": 2, "fsdp": 2, "tensor": 2}
+    assert resolve_mesh_shape(MeshConfig(data=-1, fsdp=1, tensor=1, dcn_data=2), 8)["data"] == 4
+    with pytest.raises(LayoutError, match=r"mesh.data=2 x mesh.fsdp=3 x mesh.tensor=1 = 6 devices.*8 devices"):
+        resolve_mesh_shape(MeshConfig(data=2, fsdp=3, tensor=1), 8)
+    with pytest.raises(LayoutError, match="only one mesh size may be -1"):
+        resolve_mesh_shape(MeshConfig(data=-1, fsdp=-1), 8)
+    with pytest.raises(LayoutError, match=r"mesh.fsdp=-1 cannot take the rest.*3"):
+        resolve_mesh_shape(MeshConfig(data=3, fsdp=-1), 8)
+
+
+def test_build_mesh_axes_and_sizes():
+    mesh = build_mesh(MeshConfig(data=2, fsdp=-1, tensor=1))
+    assert mesh.axis_names == ("data", "fsdp", "tensor")
+    assert dict(mesh.shape) == {"data": 2, "fsdp": 4, "tensor": 1}
+    assert sorted(d.id for d in mesh.devices.flat) == sorted(d.id for d in jax.devices())
+    assert data_parallel_size(mesh) == 8
+    # One process and no TPU slices: a multi-slice data axis cannot be formed.
+    with pytest.raises(LayoutError, match=r"mesh.dcn_data=2 but the devices form 1 processes"):
+        build_mesh(MeshConfig(data=1, fsdp=-1, dcn_data=2))
+
+
+def test_33b_heads_on_a_tensor_axis_of_8_fail_naming_dimension_and_axis():
+    mesh = build_mesh(MeshConfig(data=1, fsdp=1, tensor=8))
+    _, shapes, axes = abstract_model(model_config("doit-33b", vocab_size=49957, vocab_pad_multiple=128))
+    with pytest.raises(LayoutError) as err:
+        validate_param_layout(shapes, axes, mesh)
+    text = str(err.value)
+    assert text.startswith("model.num_heads = 52 (dimension 'heads' of parameter layers.")
+    assert "mesh axis 'tensor' (8): 8 does not divide 52" in text and "1, 2, 4, 13, 26, 52" in text
+    assert "model.num_kv_heads (num_heads when unset) = 52" in text
+
+
+def test_unpadded_vocabulary_on_a_tensor_axis_fails_naming_the_pad_setting():
+    mesh = build_mesh(MeshConfig(data=1, fsdp=4, tensor=2))
+    _, shapes, axes = abstract_model(model_config("tiny", vocab_size=49957))
+    with pytest.raises(LayoutError, match=r"model.vocab_size \(padded to model.vocab_pad_multiple\) = 49957"):
+        validate_param_layout(shapes, axes, mesh)
+    _, shapes, axes = abstract_model(model_config("tiny", vocab_size=49957, vocab_pad_multiple=128))
+    validate_param_layout(shapes, axes, mesh)  # 50048 rows split fine
+
+
+def test_batch_not_divisible_by_data_parallel_size_fails():
+    mesh = build_mesh(MeshConfig(data=2, fsdp=4, tensor=1))
+    validate_batch_layout(64, 2, mesh)
+    with pytest.raises(LayoutError, match=r"60 rows per microbatch, not divisible by the data-parallel size 8"):
+        validate_batch_layout(60, 1, mesh)
+    with pytest.raises(LayoutError, match=r"not divisible by train.microbatches=3"):
+        validate_batch_layout(64, 3, mesh)
+    with pytest.raises(LayoutError, match="8 rows per microbatch.*3 processes"):
+        validate_batch_layout(8, 1, build_mesh(MeshConfig(data=1, fsdp=-1)), process_count=3)
+
+
+def test_train_rejects_an_impossible_layout_before_reading_data_or_compiling(tmp_path):
+    from jaxtune.train.trainer import train
+
+    cfg = config_from_dict({
+        "run_dir": str(tmp_path), "model": {"preset": "doit-33b", "vocab_size": 49957, "vocab_pad_multiple": 128},
+        "mesh": {"data": 1, "fsdp": 1, "tensor": 8}, "train": {"global_batch_size": 64},
+    })
+    # data.path is unset: reaching the data pipeline would raise a different error.
+    with pytest.raises(LayoutError, match="^model.num_heads = 52"):
+        train(cfg)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_parameters_are_born_sharded_and_equal_an_unsharded_init():
+    cfg = model_config("tiny-gqa")
+    mesh = build_mesh(MeshConfig(data=1, fsdp=4, tensor=2))
+    _, params = init_params(cfg, mesh, seed=3)
+    # The same initialiser jitted on one device: bitwise equal (random draws do not depend on the layout).
+    one_device = jax.jit(lambda: nnx.to_pure_dict(nnx.state(Llama(cfg, nnx.Rngs(3)))))()
+    eager = nnx.to_pure_dict(nnx.state(Llama(cfg, nnx.Rngs(3))))
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    for (path, got), want, close in zip(flat, jax.tree.leaves(one_device), jax.tree.leaves(eager)):
+        name = jax.tree_util.keystr(path)
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=name)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(close), rtol=1e-6, atol=1e-8, err_msg=name)
+    rules = dict(RULES)
+    assert params["layers"]["q_proj"].sharding.spec == P(None, rules["embed"], rules["heads"], None)
+    assert params["lm_head"].sharding.spec == P("fsdp", "tensor")
+    assert params["layers"]["attn_norm"].sharding.is_fully_replicated
+    # Each device holds an eighth of a (fsdp, tensor)-split matrix, not the whole.
+    shard = params["layers"]["gate_proj"].addressable_shards[0].data
+    assert shard.size * 8 == params["layers"]["gate_proj"].size
+
+
+def test_global_batch_splits_rows_and_regroups_microbatches():
+    mesh = build_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
+    rows = np.arange(8 * 4, dtype=np.int32).reshape(8, 4)
+    whole = global_batch({"input_ids": rows}, mesh)["input_ids"]
+    assert whole.shape == (8, 4) and whole.sharding.spec == P(("data", "fsdp"), None)
+    np.testing.assert_array_equal(np.asarray(whole), rows)
+    micro = global_batch({"input_ids": rows}, mesh, microbatches=2)["input_ids"]
+    assert micro.shape == (2, 4, 4) and micro.sharding.spec == P(None, ("data", "fsdp"), None)
+    np.testing.assert_array_equal(np.asarray(micro), rows.reshape(2, 4, 4))
+    with pytest.raises(LayoutError, match="not divisible by train.microbatches=3"):
+        global_batch({"input_ids": rows}, mesh, microbatches=3)

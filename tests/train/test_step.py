@@ -1,0 +1,176 @@
+"""jaxtune.train.step: sharded vs unsharded steps, the token-mean loss, gradient accumulation, the NaN guard and the
+per-ability evaluation sums, each against an independent computation."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxtune.config import MeshConfig, OptimConfig, model_config_from_dict
+from jaxtune.models.llama import Llama
+from jaxtune.sharding import abstract_model, build_mesh, global_batch, init_params
+from jaxtune.train.optim import build_optimizer
+from jaxtune.train.step import (
+    eval_sums,
+    init_train_state,
+    loss_and_grads,
+    make_eval_step,
+    make_train_step,
+    train_state_shardings,
+)
+
+from .synthetic_stream import TINY_MODEL, make_row
+
+SEQ = 32
+KEYS = ("input_ids", "targets", "loss_weights", "segment_ids", "positions")
+
+
+@pytest.fixture(autouse=True)
+def _eight_devices():
+    if jax.device_count() != 8:
+        pytest.skip("needs 8 devices (tests/conftest.py sets XLA_FLAGS for 8 CPU devices)")
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return model_config_from_dict(dict(TINY_MODEL))
+
+
+def _rows(n: int, start: int = 0, keys=KEYS) -> dict[str, np.ndarray]:
+    rows = [make_row(start + i, SEQ, TINY_MODEL["vocab_size"], seed=5) for i in range(n)]
+    return {k: np.stack([r[k] for r in rows]) for k in keys}
+
+
+def _setup(cfg, mesh_cfg: MeshConfig, devices=None, steps: int = 10):
+    mesh = build_mesh(mesh_cfg, devices)
+    tx, schedule = build_optimizer(OptimConfig(learning_rate=1e-2, weight_decay=0.1, max_grad_norm=1.0), steps)
+    graphdef, shapes, axes = abstract_model(cfg)
+    shardings = train_state_shardings(tx, shapes, axes, mesh)
+    _, params = init_params(cfg, mesh, seed=0)
+    state = init_train_state(params, tx, 0, shardings)
+    step = make_train_step(graphdef, tx, schedule, mesh=mesh, state_shardings=shardings)
+    return mesh, graphdef, state, step
+
+
+def _host(tree):
+    return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
+
+
+def test_sharded_and_unsharded_steps_give_the_same_loss_and_update(cfg):
+    batches = [_rows(8, 0), _rows(8, 8)]
+    results = []
+    for mesh_cfg, devices in [(MeshConfig(data=1, fsdp=1, tensor=1), jax.devices()[:1]),
+                              (MeshConfig(data=2, fsdp=2, tensor=2), None)]:
+        mesh, _, state, step = _setup(cfg, mesh_cfg, devices)
+        losses = []
+        for b in batches:
+            state, metrics = step(state, global_batch(b, mesh, microbatches=1))
+            losses.append(float(metrics.compute()["loss"]))
+        results.append((losses, _host(state.params), _host(state.opt_state)))
+    (loss_1, params_1, opt_1), (loss_8, params_8, opt_8) = results
+    np.testing.assert_allclose(loss_8, loss_1, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(params_8) + jax.tree.leaves(opt_8), jax.tree.leaves(params_1) + jax.tree.leaves(opt_1)):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
+    # And the update did something.
+    assert not np.allclose(params_1["layers"]["q_proj"], _host(init_params(cfg, build_mesh(
+        MeshConfig(data=1, fsdp=1, tensor=1), jax.devices()[:1]), seed=0)[1])["layers"]["q_proj"])
+
+
+def _reference_loss(cfg, params, batch) -> float:
+    """Mean cross-entropy over every supervised token, from the unsharded model's logits and numpy."""
+    model = Llama(cfg, nnx.Rngs(0))
+    nnx.update(model, nnx.State(jax.tree.map(jnp.asarray, params)))
+    logits, _ = model(jnp.asarray(batch["input_ids"]), positions=jnp.asarray(batch["positions"]),
+                      segment_ids=jnp.asarray(batch["segment_ids"]))
+    logits = np.asarray(logits, np.float64)
+    logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+    picked = np.take_along_axis(logits, batch["targets"][..., None], axis=-1)[..., 0]
+    w = batch["loss_weights"].astype(np.float64)
+    return float(((logz - picked) * w).sum() / w.sum())
+
+
+def test_loss_is_the_mean_over_all_supervised_tokens_across_microbatches(cfg):
+    batch = _rows(8)
+    # Very different supervised counts per row: a per-sequence mean would differ from the token mean.
+    batch["loss_weights"][:4, : SEQ // 2] = 0.0
+    batch["loss_weights"][4:] = (batch["segment_ids"][4:] > 0).astype(np.float32)
+    batch["loss_weights"][4:, -1] = 0.0
+    mesh, _, state, step = _setup(cfg, MeshConfig(data=2, fsdp=2, tensor=2))
+    before = _host(state.params)
+    _, metrics = step(state, global_batch(batch, mesh, microbatches=2))
+    got = metrics.compute()
+    want = _reference_loss(cfg, before, batch)
+    assert float(got["loss"]) == pytest.approx(want, rel=1e-5)
+    assert float(got["supervised_tokens"]) == batch["loss_weights"].sum()
+    assert float(got["tokens"]) == (batch["segment_ids"] > 0).sum()
+    per_row = [(_reference_loss(cfg, before, {k: v[i:i + 1] for k, v in batch.items()})) for i in range(8)]
+    assert abs(np.mean(per_row) - want) > 1e-3  # the two definitions really differ on this batch
+
+
+def test_four_microbatches_of_two_equal_one_batch_of_eight(cfg):
+    mesh = build_mesh(MeshConfig(data=1, fsdp=2, tensor=2), jax.devices()[:4])
+    graphdef, _, _ = abstract_model(cfg)
+    _, params = init_params(cfg, mesh, seed=1)
+    batch = _rows(8, 40)
+    fn = jax.jit(lambda p, b: loss_and_grads(graphdef, p, b))
+    loss_1, grads_1, n_1 = fn(params, global_batch(batch, mesh, microbatches=1))
+    loss_4, grads_4, n_4 = fn(params, global_batch(batch, mesh, microbatches=4))
+    assert float(n_1) == float(n_4) == batch["loss_weights"].sum()
+    assert float(loss_4) == pytest.approx(float(loss_1), rel=1e-6)
+    for path, a in jax.tree_util.tree_flatten_with_path(grads_4)[0]:
+        b = grads_1
+        for k in path:
+            b = b[k.key]
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7,
+                                   err_msg=jax.tree_util.keystr(path))
+    # A microbatch's own normalisation would give a different gradient: check the test can tell.
+    loss_half, _, _ = fn(params, global_batch({k: v[:2] for k, v in batch.items()}, mesh, microbatches=1))
+    assert abs(float(loss_half) - float(loss_1)) > 1e-4
+
+
+def test_a_non_finite_step_never_reaches_the_parameters(cfg):
+    mesh, _, state, step = _setup(cfg, MeshConfig(data=1, fsdp=4, tensor=2))
+    good = global_batch(_rows(8), mesh, microbatches=1)
+    bad_rows = _rows(8)
+    bad_rows["loss_weights"][3, 5] = np.nan
+    bad = global_batch(bad_rows, mesh, microbatches=1)
+
+    state, _ = step(state, good)
+    before = _host((state.params, state.opt_state))
+    state, metrics = step(state, bad)
+    after = _host((state.params, state.opt_state))
+    for a, b in zip(jax.tree.leaves(after), jax.tree.leaves(before)):
+        np.testing.assert_array_equal(a, b)
+    values = metrics.compute()
+    assert float(values["skipped_steps"]) == 1.0
+    assert int(state.step) == 2 and int(state.updates) == 1 and int(state.bad_steps) == 1
+    state, _ = step(state, bad)
+    assert int(state.bad_steps) == 2 and int(state.skipped_steps) == 2
+    state, metrics = step(state, good)
+    assert int(state.bad_steps) == 0 and int(state.updates) == 2 and int(state.skipped_steps) == 2
+    assert np.isfinite(float(metrics.compute()["loss"]))
+    assert not np.array_equal(_host(state.params)["norm"], before[0]["norm"])
+
+
+def test_eval_sums_split_the_loss_by_ability(cfg):
+    mesh = build_mesh(MeshConfig(data=2, fsdp=4, tensor=1))
+    graphdef, _, _ = abstract_model(cfg)
+    _, params = init_params(cfg, mesh, seed=2)
+    batch = _rows(8, 70, keys=KEYS + ("ability_ids",))
+    loss_sums, weight_sums = make_eval_step(graphdef, 3, mesh=mesh, param_shardings=jax.tree.map(
+        lambda a: a.sharding, params))(params, global_batch(batch, mesh))
+    host = _host(params)
+    for ability in range(3):
+        mask = (batch["ability_ids"] == ability).astype(np.float32)
+        sub = dict(batch, loss_weights=batch["loss_weights"] * mask)
+        if sub["loss_weights"].sum() == 0:
+            continue
+        want = _reference_loss(cfg, host, sub) * sub["loss_weights"].sum()
+        assert float(loss_sums[ability]) == pytest.approx(want, rel=1e-5)
+        assert float(weight_sums[ability]) == sub["loss_weights"].sum()
+    assert float(weight_sums.sum()) == batch["loss_weights"][batch["ability_ids"] >= 0].sum()
+    direct = eval_sums(graphdef, host, {k: jnp.asarray(v) for k, v in batch.items()}, 3)
+    np.testing.assert_allclose(np.asarray(direct[0]), np.asarray(loss_sums), rtol=1e-5)
