@@ -178,6 +178,8 @@ def load_params(
         else:
             if shardings is None:
                 shardings = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+            if isinstance(shardings, nnx.State):
+                shardings = nnx.to_pure_dict(shardings)
             if isinstance(shardings, jax.sharding.Sharding):
                 shardings = jax.tree.map(lambda _: shardings, metadata)
             restore_args = jax.tree.map(
@@ -235,9 +237,9 @@ def expected_param_shapes(cfg: ModelConfig) -> dict:
 
 def _check_params_match_config(params: dict, cfg: ModelConfig, where: str) -> None:
     expected = expected_param_shapes(cfg)
-    flat_expected = {jax.tree_util.keystr(k): s for k, s in
+    flat_expected = {_dotted(k): s for k, s in
                      jax.tree_util.tree_flatten_with_path(expected, is_leaf=lambda x: isinstance(x, tuple))[0]}
-    flat_params = {jax.tree_util.keystr(k): tuple(a.shape) for k, a in jax.tree_util.tree_flatten_with_path(params)[0]}
+    flat_params = {_dotted(k): tuple(a.shape) for k, a in jax.tree_util.tree_flatten_with_path(params)[0]}
     missing = sorted(set(flat_expected) - set(flat_params))
     unexpected = sorted(set(flat_params) - set(flat_expected))
     if missing or unexpected:
@@ -245,6 +247,10 @@ def _check_params_match_config(params: dict, cfg: ModelConfig, where: str) -> No
     for key, shape in flat_expected.items():
         if flat_params[key] != shape:
             raise CheckpointError(f"{where}: param {key} has shape {flat_params[key]}, the model config needs {shape}")
+
+
+def _dotted(path: tuple) -> str:
+    return ".".join(str(getattr(p, "key", getattr(p, "name", p))) for p in path)
 
 
 def _numpy_dtype(name: str) -> Any:

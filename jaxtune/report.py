@@ -8,7 +8,8 @@ size, data source, data volume and epoch. Output, per suite/variant/scorer mode:
   chance level dotted;
 - ``growth_pace.csv`` / ``.md``: per ability and curve, the least-squares slope of score against log4(volume) (score
   points gained per 4x data) and the smallest volume whose score reaches 90% of the curve's best;
-- ``best_epochs.csv``: per run (size, source, volume), the epoch with the best overall score beside the last one;
+- ``best_epochs.csv``: per run (size, source, volume, name; every summary read), the epoch with the best overall
+  score beside the last one;
 - ``report.md``: an index of the above, and the summaries that could not be placed on a curve.
 
 Curves use one epoch per run: the last one evaluated by default, ``epoch=N`` for a fixed epoch (the study evaluated
@@ -127,8 +128,8 @@ def _volume_label(v: int) -> str:
     return f"{v:,}"
 
 
-def plot_group(summaries: Sequence[SuiteSummary], out_stem: Path) -> list[Path]:
-    """Draw one figure (PNG and SVG) for the summaries of one suite/variant/mode."""
+def draw_group(summaries: Sequence[SuiteSummary], title: str) -> Figure:
+    """One figure for the summaries of one suite/variant/mode: a panel per ability and one for the overall mean."""
     data = curves(summaries)
     abilities: list[str] = []
     for s in summaries:
@@ -173,10 +174,16 @@ def plot_group(summaries: Sequence[SuiteSummary], out_stem: Path) -> list[Path]:
                 handles.append(h)
                 labels.append(lab)
     fig.legend(handles, labels, loc="outside lower center", ncols=min(6, len(labels)), fontsize=8)
-    fig.suptitle(f"{out_stem.name} ({summaries[0].scorer_mode} scorer)")
+    fig.suptitle(f"{title} ({summaries[0].scorer_mode} scorer)")
+    return fig
+
+
+def plot_group(summaries: Sequence[SuiteSummary], out_stem: Path) -> list[Path]:
+    """Draw and save one figure as ``{out_stem}.png`` and ``{out_stem}.svg``."""
+    fig = draw_group(summaries, out_stem.name)
     paths = []
     for ext in ("png", "svg"):
-        path = out_stem.with_suffix(f".{ext}")
+        path = out_stem.parent / f"{out_stem.name}.{ext}"
         fig.savefig(path, dpi=130)
         paths.append(path)
     return paths
@@ -237,9 +244,10 @@ def report(run_paths: Sequence[str | Path], out_dir: str | Path, epoch: EpochCho
         raise ReportError(f"no *.summary.json under {[str(p) for p in run_paths]}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    summaries, unplaced = [], []
+    summaries, unplaced, everything = [], [], []
     for f in files:
         s = read_summary(f)
+        everything.append(s)
         if s.run.data_volume is None or s.run.data_volume <= 0:
             unplaced.append(f"{f}: no positive run.data_volume")
             log.warning("not plotting %s: it has no positive run.data_volume", f)
@@ -273,13 +281,13 @@ def report(run_paths: Sequence[str | Path], out_dir: str | Path, epoch: EpochCho
 
     best_rows = []
     by_run: dict[tuple, list[SuiteSummary]] = defaultdict(list)
-    for s in summaries:
+    for s in everything:
         by_run[_run_key(s)].append(s)
     for key in sorted(by_run, key=lambda k: tuple(str(x) for x in k)):
         runs = sorted(by_run[key], key=lambda s: -1 if s.run.epoch is None else s.run.epoch)
         best = max(runs, key=lambda s: s.overall)
         last = runs[-1]
-        best_rows.append([_stem(key[:3]), key[3] or "", key[4] or "", key[5], key[6] or "", _fmt(best.run.epoch),
+        best_rows.append([_stem(key[:3]), key[3] or "", key[4] or "", _fmt(key[5]), key[6] or "", _fmt(best.run.epoch),
                           _fmt(best.overall), _fmt(last.run.epoch), _fmt(last.overall), len(runs)])
     written.append(_write_csv(out / "best_epochs.csv", ["group", "model_size", "source", "data_volume", "run_name",
                                                         "best_epoch", "best_overall", "last_epoch", "last_overall",

@@ -25,8 +25,10 @@ batch rows are split over the data-parallel axes and results come back replicate
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
-from collections.abc import Collection, Sequence
+import json
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -37,6 +39,7 @@ from flax import nnx
 
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jaxtune.config import ModelConfig
 from jaxtune.eval.protocol import Generation
 from jaxtune.eval.sampling import SamplingParams, select_tokens
 from jaxtune.models.llama import DTYPES, Llama, init_cache
@@ -100,6 +103,21 @@ def put_rows(arrays: Sequence[np.ndarray], mesh: Optional[Mesh]) -> list[Any]:
 def replicated(mesh: Optional[Mesh]) -> Optional[NamedSharding]:
     """Output sharding that every process can read whole (None without a mesh: jit decides)."""
     return None if mesh is None else NamedSharding(mesh, P())
+
+
+_JITTED: dict[tuple, Callable] = {}
+
+
+def jitted(fn: Callable, graphdef: nnx.GraphDef, cfg: ModelConfig, mesh: Optional[Mesh],
+           static_argnames: tuple[str, ...] = ()) -> Callable:
+    """``jax.jit(fn)`` with the model's graphdef bound, shared by every caller with an equal model config and mesh,
+    so evaluating many checkpoints of one shape (a sweep) compiles each batch shape once per process."""
+    key = (fn.__module__, fn.__qualname__, json.dumps(dataclasses.asdict(cfg), sort_keys=True), mesh,
+           static_argnames)
+    if key not in _JITTED:
+        _JITTED[key] = jax.jit(functools.partial(fn, graphdef), static_argnames=static_argnames,
+                               out_shardings=replicated(mesh))
+    return _JITTED[key]
 
 
 @dataclass(frozen=True)
@@ -237,10 +255,7 @@ class Generator:
         self.bucket_multiple = bucket_multiple
         self.pad_id = pad_id
         self.mesh = mesh
-        self._decode = jax.jit(
-            functools.partial(_decode, self.graphdef), static_argnames=("max_new_tokens", "sampling"),
-            out_shardings=replicated(mesh),
-        )
+        self._decode = jitted(_decode, self.graphdef, self.cfg, mesh, ("max_new_tokens", "sampling"))
 
     def generate(
         self,

@@ -137,8 +137,16 @@ class JudgeCache:
             self._load()
 
     def _load(self) -> None:
-        lines = self.path.read_text(encoding="utf-8").split("\n")
-        for lineno, line in enumerate(lines, 1):
+        text = self.path.read_text(encoding="utf-8")
+        complete, _, tail = text.rpartition("\n")
+        if tail.strip():
+            # A crash mid-write leaves an unterminated last line: drop it (that judgement is asked again) so that
+            # later entries start on a line of their own.
+            log.warning("%s: dropping an unterminated last cache line", self.path)
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text(complete + "\n" if complete else "", encoding="utf-8")
+            tmp.replace(self.path)
+        for lineno, line in enumerate(complete.split("\n"), 1):
             if not line.strip():
                 continue
             try:
@@ -146,10 +154,6 @@ class JudgeCache:
                 if not isinstance(entry, dict) or "key" not in entry:
                     raise ValueError("no 'key'")
             except ValueError as e:
-                if lineno == len(lines) or all(not rest.strip() for rest in lines[lineno:]):
-                    # A crash mid-write leaves a truncated last line: that judgement is simply asked again.
-                    log.warning("%s:%d: ignoring a truncated last cache line", self.path, lineno)
-                    continue
                 raise ValueError(f"{self.path}:{lineno}: corrupt judge cache line ({e})") from None
             self._entries[entry["key"]] = entry
 

@@ -10,7 +10,6 @@ everything but the choice and its ``<eot>``.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from flax import nnx
 
 from jax.sharding import Mesh
 
-from jaxtune.eval.generate import bucket_length, check_batch_rows, model_context, put_rows, replicated
+from jaxtune.eval.generate import bucket_length, check_batch_rows, jitted, model_context, put_rows
 from jaxtune.models.llama import Llama
 
 
@@ -101,8 +100,8 @@ class LikelihoodScorer:
         self.batch_size = batch_size
         self.bucket_multiple = bucket_multiple
         self.mesh = mesh
-        self._nll = jax.jit(functools.partial(_continuation_nll, self.graphdef), out_shardings=replicated(mesh))
-        self._next = jax.jit(functools.partial(_next_token_logits, self.graphdef), out_shardings=replicated(mesh))
+        self._nll = jitted(_continuation_nll, self.graphdef, self.cfg, mesh)
+        self._next = jitted(_next_token_logits, self.graphdef, self.cfg, mesh)
 
     def _check_ids(self, what: str, i: int, ids: Sequence[int]) -> None:
         vocab = self.cfg.vocab_size

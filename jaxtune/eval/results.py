@@ -101,7 +101,8 @@ class SuiteSummary:
         for a in self.abilities:
             if a.name == name:
                 return a
-        raise KeyError(f"{self.suite}-{self.variant} has no ability {name!r}; it has {[a.name for a in self.abilities]}")
+        names = [a.name for a in self.abilities]
+        raise KeyError(f"{self.suite}-{self.variant} has no ability {name!r}; it has {names}")
 
 
 def summary_stem(suite: str, variant: str, scorer_mode: str) -> str:
@@ -327,7 +328,8 @@ def find_summaries(paths: Iterable[str | Path]) -> list[Path]:
 def format_table(summary: SuiteSummary) -> str:
     """A fixed-width table: one row per ability (N, correct, score, chance) and the overall mean."""
     digits = 2 if summary.unit == "percent" else 4
-    rows = [(a.name, str(a.n), f"{a.correct:g}", f"{a.score:.{digits}f}", _fmt(a.chance, digits)) for a in summary.abilities]
+    rows = [(a.name, str(a.n), f"{a.correct:g}", f"{a.score:.{digits}f}", _fmt(a.chance, digits))
+            for a in summary.abilities]
     rows.append(("overall (mean)", str(sum(a.n for a in summary.abilities)), "", f"{summary.overall:.{digits}f}",
                  _fmt(summary.overall_chance, digits)))
     header = ("ability", "N", "correct", "score", "chance")

@@ -137,7 +137,7 @@ def train_step(
     unchanged, ``skipped_steps`` and ``bad_steps`` count it, and the learning-rate clock does not advance.
     """
     loss, grads, supervised = loss_and_grads(graphdef, state.params, batch, grad_shardings=grad_shardings)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
     def apply(_: None) -> tuple[Any, Any]:

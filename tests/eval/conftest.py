@@ -1,6 +1,6 @@
 """Shared fixtures for the inference tests: a tiny transformers LlamaForCausalLM and the same weights in jaxtune.
 
-The weights are copied by a small independent mapping written here (HF Linear weights are (out, in); jaxtune keeps
+The weights are mapped by a small independent function written here (HF Linear weights are (out, in); jaxtune keeps
 (in, ...) layouts), so the parity tests do not rest on jaxtune's own converter.
 """
 
@@ -15,6 +15,8 @@ import pytest
 torch = pytest.importorskip("torch", reason="the parity tests need PyTorch (pip install jaxtune[test])")
 transformers = pytest.importorskip("transformers")
 
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from jaxtune.models.configs import model_config  # noqa: E402
@@ -43,34 +45,41 @@ def hf_config(cfg: Any) -> Any:
     )
 
 
-def copy_hf_weights(hf_model: Any, model: Llama) -> None:
-    """Write a LlamaForCausalLM's weights into a jaxtune Llama of the same shape."""
-    cfg = model.cfg
+def jaxtune_params_from_hf(hf_model: Any, cfg: Any) -> dict:
+    """A LlamaForCausalLM's weights as jaxtune's parameter tree (nested dict of numpy arrays)."""
     h, kv, d, e = cfg.num_heads, cfg.resolved_num_kv_heads(), cfg.resolved_head_dim(), cfg.hidden_size
     sd = {k: v.detach().float().numpy() for k, v in hf_model.state_dict().items()}
-    layers = range(cfg.num_layers)
 
-    def stack(fn: Callable[[int], np.ndarray]) -> np.ndarray:
-        return np.stack([fn(i) for i in layers])
+    def stack(suffix: str, transform: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        return np.stack([transform(sd[f"model.layers.{i}.{suffix}"]) for i in range(cfg.num_layers)])
 
-    p = "model.layers.{}."
-    weights = {
-        "attn_norm": stack(lambda i: sd[p.format(i) + "input_layernorm.weight"]),
-        "mlp_norm": stack(lambda i: sd[p.format(i) + "post_attention_layernorm.weight"]),
-        "q_proj": stack(lambda i: sd[p.format(i) + "self_attn.q_proj.weight"].T.reshape(e, h, d)),
-        "k_proj": stack(lambda i: sd[p.format(i) + "self_attn.k_proj.weight"].T.reshape(e, kv, d)),
-        "v_proj": stack(lambda i: sd[p.format(i) + "self_attn.v_proj.weight"].T.reshape(e, kv, d)),
-        "o_proj": stack(lambda i: sd[p.format(i) + "self_attn.o_proj.weight"].T.reshape(h, d, e)),
-        "gate_proj": stack(lambda i: sd[p.format(i) + "mlp.gate_proj.weight"].T),
-        "up_proj": stack(lambda i: sd[p.format(i) + "mlp.up_proj.weight"].T),
-        "down_proj": stack(lambda i: sd[p.format(i) + "mlp.down_proj.weight"].T),
+    params = {
+        "embed_tokens": sd["model.embed_tokens.weight"],
+        "norm": sd["model.norm.weight"],
+        "layers": {
+            "attn_norm": stack("input_layernorm.weight", lambda w: w),
+            "mlp_norm": stack("post_attention_layernorm.weight", lambda w: w),
+            "q_proj": stack("self_attn.q_proj.weight", lambda w: w.T.reshape(e, h, d)),
+            "k_proj": stack("self_attn.k_proj.weight", lambda w: w.T.reshape(e, kv, d)),
+            "v_proj": stack("self_attn.v_proj.weight", lambda w: w.T.reshape(e, kv, d)),
+            "o_proj": stack("self_attn.o_proj.weight", lambda w: w.T.reshape(h, d, e)),
+            "gate_proj": stack("mlp.gate_proj.weight", lambda w: w.T),
+            "up_proj": stack("mlp.up_proj.weight", lambda w: w.T),
+            "down_proj": stack("mlp.down_proj.weight", lambda w: w.T),
+        },
     }
-    for name, value in weights.items():
-        getattr(model.layers, name)[...] = value
-    model.embed_tokens[...] = sd["model.embed_tokens.weight"]
-    model.norm[...] = sd["model.norm.weight"]
     if not cfg.tie_word_embeddings:
-        model.lm_head[...] = sd["lm_head.weight"].T
+        params["lm_head"] = sd["lm_head.weight"].T
+    return params
+
+
+def model_from_params(cfg: Any, params: dict) -> Llama:
+    """A jaxtune Llama holding ``params`` (built abstractly: no random initialisation to pay for)."""
+    model = nnx.eval_shape(lambda: Llama(cfg, nnx.Rngs(0)))
+    state = nnx.state(model, nnx.Param)
+    nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, params))
+    nnx.update(model, state)
+    return model
 
 
 def tiny_pair(preset: str = "tiny-gqa", seed: int = 0, init_std: float = 0.2, **overrides: Any) -> tuple[Any, Llama]:
@@ -89,15 +98,17 @@ def tiny_pair(preset: str = "tiny-gqa", seed: int = 0, init_std: float = 0.2, **
         for name, param in hf_model.named_parameters():
             if "norm" in name:
                 param.add_(0.1 * torch.randn_like(param))
-    model = Llama(cfg, rngs=nnx.Rngs(seed))
-    copy_hf_weights(hf_model, model)
-    return hf_model, model
+    return hf_model, model_from_params(cfg, jaxtune_params_from_hf(hf_model, cfg))
+
+
+GQA_VOCAB = 1004
+"""The demo SentencePiece vocabulary (1000 pieces) plus DoIT's <user>, <assistant>, <eot>, <pad>."""
 
 
 @pytest.fixture(scope="session")
 def gqa_pair() -> tuple[Any, Llama]:
-    """A grouped-query tiny model pair (vocab 1000, 2 layers)."""
-    return tiny_pair("tiny-gqa")
+    """A grouped-query tiny model pair (2 layers, vocabulary of the demo tokenizer + DoIT's special tokens)."""
+    return tiny_pair("tiny-gqa", vocab_size=GQA_VOCAB, max_position_embeddings=512)
 
 
 @pytest.fixture(scope="session")

@@ -122,5 +122,6 @@ class ScriptedLM:
 
     def next_token_logits(self, prompts: Sequence[Sequence[int]], candidate_ids: Sequence[int]) -> np.ndarray:
         self.calls.append(("next_token_logits", [list(p) for p in prompts]))
-        rows = [self._logits(self._lookup(self.next_logits, p))[list(candidate_ids)] for p in prompts]  # type: ignore[arg-type]
+        rows = [self._logits(self._lookup(self.next_logits, p))[list(candidate_ids)]  # type: ignore[arg-type]
+                for p in prompts]
         return np.stack(rows)

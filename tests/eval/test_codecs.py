@@ -11,7 +11,8 @@ from jaxtune.eval.codecs import DoitChatCodec
 
 from .fakes import ASSISTANT, EOT, USER, char_codec
 
-TOKENIZER = Path(__file__).parents[2] / ".." / "shared" / "data" / "tokenizers" / "chinese-llama-plus" / "tokenizer.model"
+SHARED = Path(__file__).parents[2] / ".." / "shared" / "data"
+TOKENIZER = SHARED / "tokenizers" / "chinese-llama-plus" / "tokenizer.model"
 
 
 def test_prompt_rendering_turn_by_turn() -> None:

@@ -71,6 +71,14 @@ def test_request_format_and_key_header(server: JudgeServer) -> None:
                            "temperature": 0.0, "max_tokens": 3000}
 
 
+def test_no_key_no_authorization_header(server: JudgeServer, monkeypatch: pytest.MonkeyPatch,
+                                        caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.delenv(ENV)
+    with caplog.at_level(logging.WARNING):
+        Judge(settings(server)).judge(msg("标准"), 0)
+    assert server.requests[0]["auth"] is None and f"{ENV} is not set" in caplog.text
+
+
 def test_reask_after_off_scale_and_failure_after_bounded_reasks(server: JudgeServer, tmp_path: Path) -> None:
     j = Judge(settings(server), tmp_path / "cache.jsonl")
     once = j.judge(msg("[OFFSCALE_ONCE]"), 0)
@@ -129,6 +137,8 @@ def test_cache_makes_a_rerun_ask_nothing(server: JudgeServer, tmp_path: Path) ->
     with path.open("a", encoding="utf-8") as f:
         f.write('{"key": "abc", "sco')
     assert len(JudgeCache(path)) == 10
+    Judge(settings(server), path).judge(msg("新的"), 0)  # appended after the truncated line, on a line of its own
+    assert len(JudgeCache(path)) == 11
     lines = path.read_text(encoding="utf-8").splitlines()
     path.write_text("\n".join([lines[0], "not json", *lines[1:]]) + "\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"cache.jsonl:2: corrupt judge cache line"):

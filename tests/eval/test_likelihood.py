@@ -77,8 +77,8 @@ def test_scores_do_not_depend_on_batch_mates(gqa_pair):
 def test_next_token_logits_match_transformers(gqa_pair):
     hf_model, model = gqa_pair
     rng = np.random.default_rng(4)
-    prompts = [[int(t) for t in rng.integers(3, 1000, size=n)] for n in (3, 40, 18)]
-    candidates = [319 % 1000, 350 % 1000, 315 % 1000, 360 % 1000]
+    prompts = [[int(t) for t in rng.integers(3, model.cfg.vocab_size, size=n)] for n in (3, 40, 18)]
+    candidates = [272, 274, 1002, 3]
     ours = LikelihoodScorer(model, batch_size=2).next_token_logits(prompts, candidates)
     assert ours.shape == (3, 4) and ours.dtype == np.float32
     for prompt, row in zip(prompts, ours):
@@ -96,7 +96,7 @@ def test_empty_and_bad_inputs(gqa_pair):
         scorer.continuation_perplexities([[]], [[5]])
     with pytest.raises(ValueError, match="2 contexts but 1 continuations"):
         scorer.continuation_perplexities([[1], [2]], [[3]])
-    with pytest.raises(ValueError, match=r"continuation 0 holds token ids outside \[0, 1000\)"):
-        scorer.continuation_perplexities([[1]], [[1000]])
+    with pytest.raises(ValueError, match=r"continuation 0 holds token ids outside \[0, 1004\)"):
+        scorer.continuation_perplexities([[1]], [[1004]])
     with pytest.raises(ValueError, match="prompt 0 is empty"):
         scorer.next_token_logits([[]], [1])

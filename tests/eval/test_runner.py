@@ -19,17 +19,15 @@ import numpy as np
 import pytest
 
 import jaxtune.demo
-from jaxtune.checkpoint import save_params
+from jaxtune.checkpoint import expected_param_shapes, save_params
 from jaxtune.config import EvalConfig, MeshConfig
 from jaxtune.demo.abilities import write_demo_dataset
 from jaxtune.eval.codecs import DoitChatCodec
-from jaxtune.eval.runner import EvalSetupError, evaluate, run_info, suite_data_root
+from jaxtune.eval.runner import EvalSetupError, evaluate, load_model, run_info, suite_data_root
 from jaxtune.models.configs import model_config
-from jaxtune.models.llama import Llama
-
-from .conftest import tiny_pair
 
 torch = pytest.importorskip("torch")
+import jax  # noqa: E402
 from flax import nnx  # noqa: E402
 
 DEMO_TOKENIZER = Path(jaxtune.demo.__file__).parent / "tokenizer" / "tokenizer.model"
@@ -43,21 +41,16 @@ MAX_NEW = 6
 
 
 @pytest.fixture(scope="module")
-def model_pair():
-    return tiny_pair("tiny-gqa", seed=3, vocab_size=1004, max_position_embeddings=512)
-
-
-@pytest.fixture(scope="module")
-def jaxtune_checkpoint(model_pair, tmp_path_factory) -> Path:
-    _, model = model_pair
+def jaxtune_checkpoint(gqa_pair, tmp_path_factory) -> Path:
+    _, model = gqa_pair
     path = tmp_path_factory.mktemp("ckpt") / "jaxtune"
     save_params(path, nnx.state(model, nnx.Param), model.cfg, tokenizer_dir=DEMO_TOKENIZER, added_tokens=ADDED)
     return path
 
 
 @pytest.fixture(scope="module")
-def hf_checkpoint(model_pair, tmp_path_factory) -> Path:
-    hf_model, _ = model_pair
+def hf_checkpoint(gqa_pair, tmp_path_factory) -> Path:
+    hf_model, _ = gqa_pair
     path = tmp_path_factory.mktemp("ckpt") / "hf"
     hf_model.save_pretrained(path, safe_serialization=True)
     shutil.copyfile(DEMO_TOKENIZER, path / "tokenizer.model")
@@ -150,7 +143,9 @@ def judge_url():
 
 
 def _eval_cfg(data_dir: Path, suites: list[str], **kw) -> EvalConfig:
-    return EvalConfig(suites=suites, data_dir=str(data_dir), max_new_tokens=MAX_NEW, batch_size=4, **kw)
+    # 16 rows: each fixture suite fits in one or two batches (few compilations); a multiple of the 4-way sharded
+    # data-parallel size below.
+    return EvalConfig(suites=suites, data_dir=str(data_dir), max_new_tokens=MAX_NEW, batch_size=16, **kw)
 
 
 def _items(path: Path) -> list[dict]:
@@ -193,8 +188,8 @@ def _hf_letter_logits(hf_model, codec: DoitChatCodec, messages, pieces) -> np.nd
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def test_doit_end_to_end_matches_transformers(jaxtune_checkpoint, data_dir, model_pair, codec, tmp_path):
-    hf_model, _ = model_pair
+def test_doit_end_to_end_matches_transformers(jaxtune_checkpoint, data_dir, gqa_pair, codec, tmp_path):
+    hf_model, _ = gqa_pair
     out = tmp_path / "out"
     evaluation = evaluate(jaxtune_checkpoint, _eval_cfg(data_dir, ["doit"]), out,
                           metadata={"model_size": "tiny", "data_volume": "10", "epoch": "1"})
@@ -222,8 +217,8 @@ def _raw_records(data_dir: Path) -> list[dict]:
     return out
 
 
-def test_mcq_suites_end_to_end_match_transformers(jaxtune_checkpoint, data_dir, model_pair, codec, tmp_path):
-    hf_model, _ = model_pair
+def test_mcq_suites_end_to_end_match_transformers(jaxtune_checkpoint, data_dir, gqa_pair, codec, tmp_path):
+    hf_model, _ = gqa_pair
     cfg = _eval_cfg(data_dir, ["ceval", "cmmlu", "agieval"], num_shots=0)
     evaluation = evaluate(jaxtune_checkpoint, cfg, tmp_path)
     assert set(evaluation.results) == {"ceval-0-shot", "cmmlu-0-shot", "agieval-zero-shot"}
@@ -238,8 +233,8 @@ def test_mcq_suites_end_to_end_match_transformers(jaxtune_checkpoint, data_dir, 
             assert item["parsed"] == "ABCD"[int(np.argmax(expected))]
 
 
-def test_belle_end_to_end_with_a_local_judge(jaxtune_checkpoint, data_dir, model_pair, codec, judge_url, tmp_path):
-    hf_model, _ = model_pair
+def test_belle_end_to_end_with_a_local_judge(jaxtune_checkpoint, data_dir, gqa_pair, codec, judge_url, tmp_path):
+    hf_model, _ = gqa_pair
     cfg = _eval_cfg(data_dir, ["belle"], judge_base_url=judge_url, judge_model="fake-judge", judge_repeats=2)
     evaluation = evaluate(jaxtune_checkpoint, cfg, tmp_path)
     (result,) = evaluation.results.values()
@@ -252,19 +247,27 @@ def test_belle_end_to_end_with_a_local_judge(jaxtune_checkpoint, data_dir, model
     assert (tmp_path / "judge_cache.jsonl").is_file()
 
 
-def test_hf_folder_and_sharded_runs_give_the_same_results(jaxtune_checkpoint, hf_checkpoint, data_dir):
+def test_hf_folder_loads_the_same_model(jaxtune_checkpoint, hf_checkpoint):
+    from_hf = load_model(hf_checkpoint)
+    from_jaxtune = load_model(jaxtune_checkpoint)
+    assert from_hf.cfg.vocab_size == from_jaxtune.cfg.vocab_size == 1004
+    a, b = (nnx.to_pure_dict(nnx.state(m, nnx.Param)) for m in (from_hf, from_jaxtune))
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_sharded_evaluation_matches_unsharded(jaxtune_checkpoint, data_dir):
     cfg = _eval_cfg(data_dir, ["doit"])
     reference = evaluate(jaxtune_checkpoint, cfg).results["doit-test"]
-    from_hf = evaluate(hf_checkpoint, cfg).results["doit-test"]
     sharded = evaluate(jaxtune_checkpoint, cfg, mesh=MeshConfig(data=2, fsdp=2, tensor=2)).results["doit-test"]
-    for other in (from_hf, sharded):
-        assert len(other.items) == len(reference.items)
-        for a, b in zip(reference.items, other.items):
-            assert a.get("reply") == b.get("reply")
-            if "perplexities" in a:
-                np.testing.assert_allclose(a["perplexities"], b["perplexities"], rtol=1e-4)
-            if a.get("letter_logits") is not None:
-                np.testing.assert_allclose(a["letter_logits"], b["letter_logits"], atol=1e-4)
+    assert len(sharded.items) == len(reference.items) == 20
+    for a, b in zip(reference.items, sharded.items):
+        assert a.get("reply") == b.get("reply")
+        if "perplexities" in a:
+            np.testing.assert_allclose(a["perplexities"], b["perplexities"], rtol=1e-4)
+        if a.get("letter_logits") is not None:
+            np.testing.assert_allclose(a["letter_logits"], b["letter_logits"], atol=1e-4)
 
 
 def test_setup_errors_are_reported_before_loading(jaxtune_checkpoint, data_dir, tmp_path):
@@ -286,8 +289,10 @@ def test_setup_errors_are_reported_before_loading(jaxtune_checkpoint, data_dir, 
 
 def test_template_tokens_beyond_the_model_vocabulary_are_an_error(data_dir, tmp_path):
     # A base model (vocabulary 1000) never resized for DoIT's role tokens, with a tokenizer that lacks them.
-    model = Llama(model_config("tiny-gqa", vocab_size=1000), rngs=nnx.Rngs(0))
+    cfg = model_config("tiny-gqa", vocab_size=1000)
+    params = jax.tree.map(lambda shape: np.zeros(shape, np.float32), expected_param_shapes(cfg),
+                          is_leaf=lambda x: isinstance(x, tuple))
     path = tmp_path / "base-model"
-    save_params(path, nnx.state(model, nnx.Param), model.cfg, tokenizer_dir=DEMO_TOKENIZER)
+    save_params(path, params, cfg, tokenizer_dir=DEMO_TOKENIZER)
     with pytest.raises(EvalSetupError, match=r"template 'doit' needs tokens .*beyond the model's vocabulary of 1000"):
         evaluate(path, _eval_cfg(data_dir, ["doit"]))

@@ -11,7 +11,7 @@ from flax import nnx
 
 from jaxtune.config import MeshConfig, OptimConfig, model_config_from_dict
 from jaxtune.models.llama import Llama
-from jaxtune.sharding import abstract_model, build_mesh, global_batch, init_params
+from jaxtune.sharding import abstract_model, build_mesh, global_batch, param_shardings
 from jaxtune.train.optim import build_optimizer
 from jaxtune.train.step import (
     eval_sums,
@@ -44,13 +44,23 @@ def _rows(n: int, start: int = 0, keys=KEYS) -> dict[str, np.ndarray]:
     return {k: np.stack([r[k] for r in rows]) for k in keys}
 
 
-def _setup(cfg, mesh_cfg: MeshConfig, devices=None, steps: int = 10):
+@pytest.fixture(scope="module")
+def initial_params(cfg):
+    """Host copies of the model's initial parameters (sharded initialisation is tested in test_sharding.py)."""
+    return {seed: _host(nnx.to_pure_dict(nnx.state(Llama(cfg, nnx.Rngs(seed))))) for seed in (0, 1, 2)}
+
+
+def _place(params, mesh, cfg):
+    _, shapes, axes = abstract_model(cfg)
+    return jax.device_put(params, param_shardings(axes, mesh))
+
+
+def _setup(cfg, initial, mesh_cfg: MeshConfig, devices=None, steps: int = 10):
     mesh = build_mesh(mesh_cfg, devices)
     tx, schedule = build_optimizer(OptimConfig(learning_rate=1e-2, weight_decay=0.1, max_grad_norm=1.0), steps)
     graphdef, shapes, axes = abstract_model(cfg)
     shardings = train_state_shardings(tx, shapes, axes, mesh)
-    _, params = init_params(cfg, mesh, seed=0)
-    state = init_train_state(params, tx, 0, shardings)
+    state = init_train_state(_place(initial[0], mesh, cfg), tx, 0, shardings)
     step = make_train_step(graphdef, tx, schedule, mesh=mesh, state_shardings=shardings)
     return mesh, graphdef, state, step
 
@@ -59,12 +69,12 @@ def _host(tree):
     return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
 
 
-def test_sharded_and_unsharded_steps_give_the_same_loss_and_update(cfg):
+def test_sharded_and_unsharded_steps_give_the_same_loss_and_update(cfg, initial_params):
     batches = [_rows(8, 0), _rows(8, 8)]
     results = []
     for mesh_cfg, devices in [(MeshConfig(data=1, fsdp=1, tensor=1), jax.devices()[:1]),
                               (MeshConfig(data=2, fsdp=2, tensor=2), None)]:
-        mesh, _, state, step = _setup(cfg, mesh_cfg, devices)
+        mesh, _, state, step = _setup(cfg, initial_params, mesh_cfg, devices)
         losses = []
         for b in batches:
             state, metrics = step(state, global_batch(b, mesh, microbatches=1))
@@ -73,10 +83,11 @@ def test_sharded_and_unsharded_steps_give_the_same_loss_and_update(cfg):
     (loss_1, params_1, opt_1), (loss_8, params_8, opt_8) = results
     np.testing.assert_allclose(loss_8, loss_1, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(params_8) + jax.tree.leaves(opt_8), jax.tree.leaves(params_1) + jax.tree.leaves(opt_1)):
-        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
-    # And the update did something.
-    assert not np.allclose(params_1["layers"]["q_proj"], _host(init_params(cfg, build_mesh(
-        MeshConfig(data=1, fsdp=1, tensor=1), jax.devices()[:1]), seed=0)[1])["layers"]["q_proj"])
+        # Adam divides by the gradients' root mean square: where they are tiny, the summation order shows a little.
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+    # And the update did something (by about the learning rate).
+    moved = np.abs(params_1["layers"]["q_proj"] - np.asarray(initial_params[0]["layers"]["q_proj"]))
+    assert moved.mean() > 5e-3
 
 
 def _reference_loss(cfg, params, batch) -> float:
@@ -92,13 +103,13 @@ def _reference_loss(cfg, params, batch) -> float:
     return float(((logz - picked) * w).sum() / w.sum())
 
 
-def test_loss_is_the_mean_over_all_supervised_tokens_across_microbatches(cfg):
+def test_loss_is_the_mean_over_all_supervised_tokens_across_microbatches(cfg, initial_params):
     batch = _rows(8)
     # Very different supervised counts per row: a per-sequence mean would differ from the token mean.
     batch["loss_weights"][:4, : SEQ // 2] = 0.0
     batch["loss_weights"][4:] = (batch["segment_ids"][4:] > 0).astype(np.float32)
     batch["loss_weights"][4:, -1] = 0.0
-    mesh, _, state, step = _setup(cfg, MeshConfig(data=2, fsdp=2, tensor=2))
+    mesh, _, state, step = _setup(cfg, initial_params, MeshConfig(data=2, fsdp=2, tensor=2))
     before = _host(state.params)
     _, metrics = step(state, global_batch(batch, mesh, microbatches=2))
     got = metrics.compute()
@@ -110,10 +121,10 @@ def test_loss_is_the_mean_over_all_supervised_tokens_across_microbatches(cfg):
     assert abs(np.mean(per_row) - want) > 1e-3  # the two definitions really differ on this batch
 
 
-def test_four_microbatches_of_two_equal_one_batch_of_eight(cfg):
+def test_four_microbatches_of_two_equal_one_batch_of_eight(cfg, initial_params):
     mesh = build_mesh(MeshConfig(data=1, fsdp=2, tensor=2), jax.devices()[:4])
     graphdef, _, _ = abstract_model(cfg)
-    _, params = init_params(cfg, mesh, seed=1)
+    params = _place(initial_params[1], mesh, cfg)
     batch = _rows(8, 40)
     fn = jax.jit(lambda p, b: loss_and_grads(graphdef, p, b))
     loss_1, grads_1, n_1 = fn(params, global_batch(batch, mesh, microbatches=1))
@@ -131,8 +142,8 @@ def test_four_microbatches_of_two_equal_one_batch_of_eight(cfg):
     assert abs(float(loss_half) - float(loss_1)) > 1e-4
 
 
-def test_a_non_finite_step_never_reaches_the_parameters(cfg):
-    mesh, _, state, step = _setup(cfg, MeshConfig(data=1, fsdp=4, tensor=2))
+def test_a_non_finite_step_never_reaches_the_parameters(cfg, initial_params):
+    mesh, _, state, step = _setup(cfg, initial_params, MeshConfig(data=1, fsdp=4, tensor=2))
     good = global_batch(_rows(8), mesh, microbatches=1)
     bad_rows = _rows(8)
     bad_rows["loss_weights"][3, 5] = np.nan
@@ -155,10 +166,10 @@ def test_a_non_finite_step_never_reaches_the_parameters(cfg):
     assert not np.array_equal(_host(state.params)["norm"], before[0]["norm"])
 
 
-def test_eval_sums_split_the_loss_by_ability(cfg):
+def test_eval_sums_split_the_loss_by_ability(cfg, initial_params):
     mesh = build_mesh(MeshConfig(data=2, fsdp=4, tensor=1))
     graphdef, _, _ = abstract_model(cfg)
-    _, params = init_params(cfg, mesh, seed=2)
+    params = _place(initial_params[2], mesh, cfg)
     batch = _rows(8, 70, keys=KEYS + ("ability_ids",))
     loss_sums, weight_sums = make_eval_step(graphdef, 3, mesh=mesh, param_shardings=jax.tree.map(
         lambda a: a.sharding, params))(params, global_batch(batch, mesh))

@@ -2,7 +2,8 @@
 (``evaluate/agieval`` of its code, adapted from AGIEval's own loader).
 
 Data: AGIEval's public release, ``{root}/{task}.jsonl`` (``data/v1`` of the AGIEval repository), one object per line
-``{"passage": str|null, "question": str, "options": [4 strings], "label": "A" | ["A", ...], "answer": ..., "other": ...}``;
+``{"passage": str|null, "question": str, "options": [4 strings], "label": "A" | ["A", ...], "answer": ...,
+"other": ...}``;
 few-shot exemplars from ``few_shot_prompts.csv`` (a header of task names; data rows 1, 3, 5, 7, 9 hold the five
 exemplars as Python dict literals, the rows between them explanations).
 
@@ -99,7 +100,8 @@ def load_agieval_task(root: str | Path, task: str) -> AgievalTask:
                 continue
             options = d["options"]
             if not (isinstance(options, list) and len(options) == 4 and all(isinstance(o, str) for o in options)):
-                raise McqDataError(f"{where}: a single-answer item needs 'options': a list of 4 strings, got {options!r}")
+                raise McqDataError(f"{where}: a single-answer item needs 'options': a list of 4 strings, "
+                                   f"got {options!r}")
             if label not in LETTERS:
                 raise McqDataError(f"{where}: field 'label' must be one of A-D, got {label!r}")
             if not isinstance(d["question"], str) or not isinstance(d.get("passage") or "", str):
@@ -148,12 +150,15 @@ def load_few_shot_demos(path: str | Path, task: str) -> list[tuple[str, str]]:
 
 
 def zero_shot_messages(q: AgievalQuestion) -> list[Message]:
+    """One user turn: passage, question, options, and the answer cue."""
     content = q.passage + "问题：" + q.question + " " + "选项：" + " ".join(q.options) + "\n" + "答案：从A到D, 我们应选择"
     return [{"role": "user", "content": content}]
 
 
 def few_shot_messages(q: AgievalQuestion, demos: Sequence[tuple[str, str]], count_tokens: Callable[[str], int],
                       max_len: int = 2048) -> tuple[list[Message], int]:
+    """Exemplar turns that fit the study's budget, then the numbered question; returns the messages and the number
+    of exemplars kept."""
     budget = max_len - 48 - count_tokens(q.passage + q.question + " ".join(q.options))
     messages: list[Message] = []
     text = ""

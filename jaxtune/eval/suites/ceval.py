@@ -43,7 +43,8 @@ class CevalSubject:
     scored: list[Question]
 
 
-def load_ceval(root: str | Path, subjects: Sequence[str] | None = STUDY_OOD_SUBJECTS, split: str = "val") -> list[CevalSubject]:
+def load_ceval(root: str | Path, subjects: Sequence[str] | None = STUDY_OOD_SUBJECTS,
+               split: str = "val") -> list[CevalSubject]:
     """C-Eval subjects (the study's three by default; None for every subject with a ``{split}`` file)."""
     root = Path(root)
     mapping_path = root / "subject_mapping.json"
@@ -71,14 +72,17 @@ def load_ceval(root: str | Path, subjects: Sequence[str] | None = STUDY_OOD_SUBJ
 
 
 def question_block(q: Question) -> str:
+    """``{question}\\nA. {A}\\nB. {B}\\nC. {C}\\nD. {D}\\n答案：``"""
     return q.question + "".join(f"\n{letter}. {opt}" for letter, opt in zip("ABCD", q.options)) + "\n答案："
 
 
 def header(name_zh: str) -> str:
+    """The instruction opening the first user turn."""
     return f"以下是中国关于{name_zh}考试的单项选择题，请选出其中的正确答案。\n\n"
 
 
 def build_messages(subject: CevalSubject, q: Question, shots: Sequence[Question]) -> list[Message]:
+    """Shot turns (question block, then the answer letter as the assistant), the question last, the header first."""
     messages: list[Message] = []
     for shot in shots:
         messages.append({"role": "user", "content": question_block(shot)})
@@ -89,14 +93,16 @@ def build_messages(subject: CevalSubject, q: Question, shots: Sequence[Question]
     return messages
 
 
-def ceval_items(subjects: Sequence[CevalSubject], codec: ChatCodec, num_shots: int = 5, max_len: int = 2048) -> list[McqItem]:
+def ceval_items(subjects: Sequence[CevalSubject], codec: ChatCodec, num_shots: int = 5,
+                max_len: int = 2048) -> list[McqItem]:
+    """One chat item per scored question, with up to ``num_shots`` dev exemplars as earlier turns."""
     items = []
     for subject in subjects:
         if num_shots > len(subject.dev):
             raise McqDataError(f"{subject.name}: {num_shots} shots requested but its dev file has {len(subject.dev)}")
+        pool = subject.dev[:num_shots]
+        shots = [(shot, len(codec.prompt_ids(build_messages(subject, shot, [])))) for shot in pool]
         for q in subject.scored:
-            pool = subject.dev[:num_shots]
-            shots = [(shot, len(codec.prompt_ids(build_messages(subject, shot, [])))) for shot in pool]
             kept = drop_longest_shots(  # keeps the shots' order
                 shots, lambda s: len(codec.prompt_ids(build_messages(subject, q, [x for x, _ in s]))) < max_len)
             messages = build_messages(subject, q, kept)

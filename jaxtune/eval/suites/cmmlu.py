@@ -18,6 +18,7 @@ turned all-numeric columns into numbers: ``1`` could print as ``1.0``).
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -78,12 +79,14 @@ def load_cmmlu(root: str | Path, subjects: Sequence[str] | None = None) -> list[
 
 
 def format_question(q: Question, with_answer: bool) -> str:
+    """``题目：{q}\\nA. ...\\nD. {D}\\n答案是：`` and, for a shot, ``{X}\\n\\n``."""
     text = "题目：" + q.question + "".join(f"\n{letter}. {opt}" for letter, opt in zip("ABCD", q.options))
     text += "\n答案是："
     return (text + f"{q.answer}\n\n") if with_answer else text
 
 
 def header(name_zh: str) -> str:
+    """The instruction line that opens every prompt."""
     return f"以下是关于{name_zh}的单项选择题，请直接给出正确答案的选项。\n\n"
 
 
@@ -101,9 +104,11 @@ def build_prompt(subject: CmmluSubject, q: Question, num_shots: int, count_token
     return head + "".join(kept) + end, len(kept)
 
 
-def cmmlu_items(subjects: Sequence[CmmluSubject], codec: ChatCodec, num_shots: int, max_len: int = 2048) -> list[McqItem]:
+def cmmlu_items(subjects: Sequence[CmmluSubject], codec: ChatCodec, num_shots: int,
+                max_len: int = 2048) -> list[McqItem]:
     """One single-turn chat item per test question."""
 
+    @functools.lru_cache(maxsize=4096)  # every question of a subject counts the same shots
     def count_tokens(text: str) -> int:
         return len(codec.encode(text)) + 1  # + the BOS the study's tokenizer.encode prepended
 

@@ -129,6 +129,7 @@ def evaluate_mcq(
             on_progress(min(start + chunk_size, len(items)), len(items))
     abilities = [ability_score(task, flags, [0.25] * len(flags)) for task, flags in per_task.items()]
     all_flags = [f for flags in per_task.values() for f in flags]
-    summary = make_summary(suite, variant, "study", abilities, run, micro_average=100.0 * sum(all_flags) / len(all_flags),
-                           letter_pieces=list(letter_pieces), **details)
+    summary = make_summary(suite, variant, "study", abilities, run,
+                           micro_average=100.0 * sum(all_flags) / len(all_flags), letter_pieces=list(letter_pieces),
+                           **details)
     return SuiteResult(summary, records)

@@ -1,0 +1,112 @@
+"""jaxtune report: figures (log-4 axis, one colour per size, curated solid / synthetic dashed / chance dotted),
+growth-pace tables and best epochs, from summaries written as evaluations write them."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+
+from jaxtune.eval.results import RunInfo, ability_score, make_summary, write_summary
+from jaxtune.report import ReportError, choose_epochs, draw_group, report
+
+VOLUMES = {"curated": [10, 40, 160, 640], "synthetic": [10, 40, 160]}
+
+
+def biology(size: str, source: str, volume: int, epoch: int) -> float:
+    """5 points per 4x data; 13b 10 points higher; synthetic 3 lower; epoch 2 one point better."""
+    return 20 + 5 * math.log(volume / 10, 4) + (10 if size == "13b" else 0) - (3 if source == "synthetic" else 0) \
+        + (1 if epoch == 2 else 0)
+
+
+def ethics(volume: int) -> float:
+    return 50.0 if volume >= 40 else 30.0
+
+
+def summary(size: str, source: str, volume: int, epoch: int, suite: str = "doit"):
+    abilities = [
+        ability_score("biology", [biology(size, source, volume, epoch) / 100] * 1, [0.25]),
+        ability_score("ethics", [ethics(volume) / 100], [0.2]),
+    ]
+    run = RunInfo(run_name=f"{size}-{source}-{volume}", model_size=size, data_source=source, data_volume=volume,
+                  epoch=epoch)
+    return make_summary(suite, "test", "study", abilities, run)
+
+
+def write_runs(root: Path) -> Path:
+    for size in ("7b", "13b"):
+        for source, volumes in VOLUMES.items():
+            for v in volumes:
+                for epoch in (1, 2):
+                    write_summary(root / f"{size}-{source}-{v}" / f"epoch{epoch}" / "doit-test.summary.json",
+                                  summary(size, source, v, epoch))
+    orphan = make_summary("doit", "test", "study", [ability_score("biology", [1.0], [0.25])], RunInfo(epoch=1))
+    write_summary(root / "orphan" / "doit-test.summary.json", orphan)
+    return root
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_report_files_and_tables(tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    paths = report([write_runs(tmp_path / "runs")], out)
+    names = {p.name for p in paths}
+    assert {"doit-test.png", "doit-test.svg", "growth_pace.csv", "growth_pace.md", "best_epochs.csv",
+            "report.md"} <= names
+    assert (out / "doit-test.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "<svg" in (out / "doit-test.svg").read_text(encoding="utf-8")
+
+    pace = {(r["model_size"], r["source"], r["ability"]): r for r in _rows(out / "growth_pace.csv")}
+    assert len(pace) == 2 * 2 * 3  # sizes x sources x (biology, ethics, overall)
+    assert float(pace[("7b", "curated", "biology")]["slope_per_4x_data"]) == pytest.approx(5.0)
+    # best 36 at 640; 90% of it is 32.4, first reached at 640 (31 at 160 falls short)
+    assert pace[("7b", "curated", "biology")]["volume_at_90pct_of_best"] == "640"
+    assert float(pace[("7b", "curated", "biology")]["best_score"]) == pytest.approx(36.0)
+    assert pace[("13b", "synthetic", "ethics")]["volume_at_90pct_of_best"] == "40"  # saturates after 40 examples
+
+    best = _rows(out / "best_epochs.csv")
+    assert len(best) == 14 + 1  # 14 runs with a volume, plus the orphan (volume unknown)
+    assert {r["best_epoch"] for r in best if r["data_volume"]} == {"2"}
+
+    index = (out / "report.md").read_text(encoding="utf-8")
+    assert "orphan" in index and "no positive run.data_volume" in index
+
+
+def test_figure_semantics(tmp_path: Path) -> None:
+    summaries = [summary(size, source, v, 2) for size in ("7b", "13b") for source, vs in VOLUMES.items() for v in vs]
+    fig = draw_group(summaries, "doit-test")
+    ax = fig.axes[0]
+    assert ax.get_title() == "STEM - Biology"
+    assert ax.get_xscale() == "log" and ax.xaxis.get_transform().base == 4
+    styles = {line.get_label(): (line.get_linestyle(), line.get_color()) for line in ax.get_lines()}
+    assert styles["7b curated"][0] == "-" and styles["7b synthetic"][0] == "--"
+    assert styles["7b curated"][1] == styles["7b synthetic"][1] != styles["13b curated"][1]  # colour = size
+    assert styles["chance"][0] == ":"
+    chance_line = next(line for line in ax.get_lines() if line.get_label() == "chance")
+    assert list(chance_line.get_ydata()) == [25.0, 25.0]
+    curated_7b = next(line for line in ax.get_lines() if line.get_label() == "7b curated")
+    assert list(curated_7b.get_xdata()) == [10, 40, 160, 640]
+    assert [round(y, 6) for y in curated_7b.get_ydata()] == [21.0, 26.0, 31.0, 36.0]
+    assert [a.get_title() for a in fig.axes if a.get_visible()] == ["STEM - Biology", "Ethics", "Overall"]
+
+
+def test_epoch_choice() -> None:
+    runs = [summary("7b", "curated", 10, e) for e in (1, 2, 3)]
+    runs[2].overall = 0.0
+    assert choose_epochs(runs, "last")[0].run.epoch == 3
+    assert choose_epochs(runs, "best")[0].run.epoch == 2
+    assert choose_epochs(runs, 1)[0].run.epoch == 1
+    assert choose_epochs(runs, 7) == []
+
+
+def test_nothing_to_report(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ReportError, match="no \\*.summary.json"):
+        report([tmp_path / "empty"], tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match="neither a summary file nor a directory"):
+        report([tmp_path / "missing"], tmp_path / "out")
