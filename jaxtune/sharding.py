@@ -155,14 +155,18 @@ def build_mesh(cfg: MeshConfig, devices: Optional[Sequence[jax.Device]] = None) 
         return Mesh(np.asarray(devices).reshape(ici_shape), MESH_AXES, axis_types=axis_types)
     from jax.experimental import mesh_utils
 
-    has_slices = all(getattr(d, "slice_index", None) is not None for d in devices)
-    num_granules = len({d.slice_index for d in devices}) if has_slices else len({d.process_index for d in devices})
-    if num_granules != cfg.dcn_data:
-        kind = "slices" if has_slices else "processes (no device reports a slice)"
-        raise LayoutError(f"mesh.dcn_data={cfg.dcn_data} but the devices form {num_granules} {kind}")
-    grid = mesh_utils.create_hybrid_device_mesh(
-        ici_shape, (cfg.dcn_data, 1, 1), devices, process_is_granule=not has_slices
-    )
+    slices = {getattr(d, "slice_index", None) for d in devices}
+    processes = {d.process_index for d in devices}
+    if None not in slices and len(slices) == cfg.dcn_data:
+        by_process = False  # TPU slices
+    elif len(processes) == cfg.dcn_data:
+        by_process = True  # hosts without slices (GPU clusters, CPU tests): each process is a granule
+    else:
+        raise LayoutError(
+            f"mesh.dcn_data={cfg.dcn_data} must equal the number of slices ({len(slices)}) or of processes "
+            f"({len(processes)}) the devices form"
+        )
+    grid = mesh_utils.create_hybrid_device_mesh(ici_shape, (cfg.dcn_data, 1, 1), devices, process_is_granule=by_process)
     return Mesh(grid, MESH_AXES, axis_types=axis_types)
 
 

@@ -49,7 +49,7 @@ def test_build_mesh_axes_and_sizes():
     assert sorted(d.id for d in mesh.devices.flat) == sorted(d.id for d in jax.devices())
     assert data_parallel_size(mesh) == 8
     # One process and no TPU slices: a multi-slice data axis cannot be formed.
-    with pytest.raises(LayoutError, match=r"mesh.dcn_data=2 but the devices form 1 processes"):
+    with pytest.raises(LayoutError, match=r"mesh.dcn_data=2 must equal the number of slices \(1\) or of processes \(1\)"):
         build_mesh(MeshConfig(data=1, fsdp=-1, dcn_data=2))
 
 

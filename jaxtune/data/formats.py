@@ -62,6 +62,9 @@ class DataError(ValueError):
         where = f"{source}:{line}" if line else source
         super().__init__(f"{where}: {field}: {problem}" if field else f"{where}: {problem}")
 
+    def __reduce__(self):  # picklable across grain worker processes
+        return (DataError, (self.source, self.line, self.field, self.problem))
+
 
 @dataclass(frozen=True)
 class Message:

@@ -60,25 +60,29 @@ def pack_rows(
     if n and (lengths.max() > capacity or lengths.min() <= 0):
         raise ValueError(f"every length must be in 1..{capacity}; got {lengths.min()}..{lengths.max()}")
     order = np.arange(n) if seed is None else np.random.default_rng(seed).permutation(n)
-    rows: list[list[int]] = []
+    row_of = np.empty(n, np.int32)  # row of the t-th example in packing order
+    num_rows = 0
     open_rows: list[int] = []  # sorted keys (room << 32) | row
     mask = (1 << _SHIFT) - 1
-    for idx, length in zip(order.tolist(), lengths[order].tolist()):
-        k = bisect.bisect_left(open_rows, length << _SHIFT)
-        if k < len(open_rows):
-            key = open_rows.pop(k)
-            row = key & mask
-            room = (key >> _SHIFT) - length
-            rows[row].append(idx)
-        else:
-            if len(open_rows) >= max_open_rows:
-                open_rows.pop(0)  # close the fullest row
-            row = len(rows)
-            rows.append([idx])
-            room = capacity - length
-        if room > 0:
-            bisect.insort(open_rows, (room << _SHIFT) | row)
-    offsets = np.zeros(len(rows) + 1, np.int64)
-    np.cumsum([len(r) for r in rows], out=offsets[1:])
-    items = np.fromiter((i for r in rows for i in r), dtype=np.int64, count=n)
+    chunk = 1 << 16  # Python ints only for a chunk at a time: millions of examples stay in numpy
+    for start in range(0, n, chunk):
+        for t, length in enumerate(lengths[order[start : start + chunk]].tolist(), start=start):
+            k = bisect.bisect_left(open_rows, length << _SHIFT)
+            if k < len(open_rows):
+                key = open_rows.pop(k)
+                row = key & mask
+                room = (key >> _SHIFT) - length
+            else:
+                if len(open_rows) >= max_open_rows:
+                    open_rows.pop(0)  # close the fullest row
+                row = num_rows
+                num_rows += 1
+                room = capacity - length
+            row_of[t] = row
+            if room > 0:
+                bisect.insort(open_rows, (room << _SHIFT) | row)
+    by_row = np.argsort(row_of, kind="stable")  # rows in order, examples in packing order within a row
+    items = order[by_row].astype(np.int64)
+    offsets = np.zeros(num_rows + 1, np.int64)
+    np.cumsum(np.bincount(row_of, minlength=num_rows), out=offsets[1:])
     return RowPlan(offsets, items)

@@ -134,8 +134,8 @@ class _ExampleTable:
 
     record_index: np.ndarray  # int64 [N]
     lengths: np.ndarray  # int32 [N]
-    ability: np.ndarray  # int32 [N]
-    supervised: np.ndarray  # int64 [N] supervised targets per example
+    ability: np.ndarray  # int16 [N]
+    supervised: np.ndarray  # int32 [N] supervised targets per example
 
 
 @dataclass
@@ -167,6 +167,64 @@ def _encode_records(
     return out
 
 
+@dataclass
+class _ChunkMeasure:
+    """First-pass figures of one chunk of records."""
+
+    kept: np.ndarray  # int64 record indices
+    lengths: np.ndarray  # int32
+    ability: np.ndarray  # int16
+    supervised: np.ndarray  # int32
+    errors: list[DataError]
+    num_unsupervised: int
+    unsupervised_examples: list[str]
+    num_truncated: int
+
+
+class _ChunkMeasurer:
+    """Tokenizes the records of chunk ``c`` (picklable: grain workers can run the first pass in parallel)."""
+
+    def __init__(self, source: RecordSource, template: ChatTemplate, cfg: DataConfig, ability_index: dict[str, int]):
+        self.source = source
+        self.template = template
+        self.mask = cfg.mask
+        self.max_len = cfg.max_len
+        self.ability_index = ability_index
+
+    def __call__(self, chunk: int) -> _ChunkMeasure:
+        start = int(chunk) * _MEASURE_CHUNK
+        indices = list(range(start, min(len(self.source), start + _MEASURE_CHUNK)))
+        records = self.source.__getitems__(indices)
+        kept, lengths, abilities, supervised = [], [], [], []
+        errors: list[DataError] = []
+        unsupervised: list[str] = []
+        num_unsupervised = truncated = 0
+        for i, record, enc in zip(indices, records, _encode_records(self.template, records, self.mask)):
+            if isinstance(enc, DataError):
+                errors.append(enc)
+                continue
+            ability = self.ability_index.get(record.ability)
+            if ability is None:
+                raise PipelineError(f"{_describe(record)}: ability {record.ability!r} is not among "
+                                    f"{sorted(self.ability_index)}")
+            if len(enc) > self.max_len:
+                truncated += 1
+                enc = enc.truncated(self.max_len)
+            targets = enc.num_supervised_targets()
+            if targets == 0:
+                num_unsupervised += 1
+                if len(unsupervised) < 10:
+                    unsupervised.append(_describe(record))
+                continue
+            kept.append(i)
+            lengths.append(len(enc))
+            abilities.append(ability)
+            supervised.append(targets)
+        return _ChunkMeasure(np.asarray(kept, np.int64), np.asarray(lengths, np.int32),
+                             np.asarray(abilities, np.int16), np.asarray(supervised, np.int32), errors,
+                             num_unsupervised, unsupervised, truncated)
+
+
 def _measure(
     source: RecordSource,
     template: ChatTemplate,
@@ -174,50 +232,56 @@ def _measure(
     ability_index: dict[str, int],
     skipped: SkipReport,
 ) -> _Measured:
-    """Tokenize every record once: lengths, supervision, abilities (the first pass)."""
+    """The first pass: tokenize every record once for its length, supervision and ability (in ``num_workers``
+    processes when set)."""
+    import grain
+
     n = len(source)
-    keep_idx = np.empty(n, np.int64)
+    measurer = _ChunkMeasurer(source, template, cfg, ability_index)
+    num_chunks = -(-n // _MEASURE_CHUNK)
+    if cfg.num_workers > 0 and num_chunks > 1:
+        _ensure_absl_flags_parsed()
+        chunks: Any = (grain.MapDataset.range(num_chunks).map(measurer)
+                       .to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2))
+                       .mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.num_workers)))
+    else:
+        chunks = (measurer(c) for c in range(num_chunks))
+    record_index = np.empty(n, np.int64)
     lengths = np.empty(n, np.int32)
-    abil = np.empty(n, np.int32)
-    sup = np.empty(n, np.int64)
-    kept = 0
+    ability = np.empty(n, np.int16)
+    supervised = np.empty(n, np.int32)
+    kept = num_unsupervised = truncated = 0
     unsupervised: list[str] = []
-    num_unsup = 0
-    truncated = 0
-    for start in range(0, n, _MEASURE_CHUNK):
-        indices = list(range(start, min(n, start + _MEASURE_CHUNK)))
-        records = source.__getitems__(indices)
-        for i, record, enc in zip(indices, records, _encode_records(template, records, cfg.mask)):
-            if isinstance(enc, DataError):
+    iterator = iter(chunks)
+    try:
+        for part in iterator:
+            for error in part.errors:
                 if cfg.on_error == "raise":
-                    raise enc
-                skipped.add(enc)
-                continue
-            if record.ability not in ability_index:
-                raise PipelineError(f"{_describe(record)}: ability {record.ability!r} is not among "
-                                    f"{sorted(ability_index)}")
-            length = len(enc)
-            if length > cfg.max_len:
-                truncated += 1
-                enc = enc.truncated(cfg.max_len)
-                length = cfg.max_len
-            targets = enc.num_supervised_targets()
-            if targets == 0:
-                num_unsup += 1
-                if len(unsupervised) < 10:
-                    unsupervised.append(_describe(record))
-                continue
-            keep_idx[kept] = i
-            lengths[kept] = length
-            abil[kept] = ability_index[record.ability]
-            sup[kept] = targets
-            kept += 1
-    table = _ExampleTable(keep_idx[:kept].copy(), lengths[:kept].copy(), abil[:kept].copy(), sup[:kept].copy())
-    return _Measured(table, num_unsup, unsupervised, truncated)
+                    raise error
+                skipped.add(error)
+            m = len(part.kept)
+            record_index[kept : kept + m] = part.kept
+            lengths[kept : kept + m] = part.lengths
+            ability[kept : kept + m] = part.ability
+            supervised[kept : kept + m] = part.supervised
+            kept += m
+            num_unsupervised += part.num_unsupervised
+            truncated += part.num_truncated
+            unsupervised.extend(part.unsupervised_examples[: 10 - len(unsupervised)])
+    finally:
+        if hasattr(iterator, "close"):
+            iterator.close()
+    if kept < n:  # copies only when something was left out
+        record_index, lengths, ability, supervised = (a[:kept].copy() for a in (record_index, lengths, ability,
+                                                                              supervised))
+    table = _ExampleTable(record_index, lengths, ability, supervised)
+    return _Measured(table, num_unsupervised, unsupervised, truncated)
 
 
-class _RowBuilder:
-    """Builds the row at a global position (picklable: grain workers rebuild rows on their own)."""
+class _BatchBuilder:
+    """Builds one host batch from its (global position, row) slots; picklable, so grain workers build batches on
+    their own. All records of a batch are read in one call and tokenized in one call (random access to ArrayRecord
+    costs far more per call than per record)."""
 
     def __init__(
         self,
@@ -227,7 +291,6 @@ class _RowBuilder:
         plan: RowPlan,
         order: Any,
         cfg: DataConfig,
-        rows_per_epoch_padded: int,
         global_batch_size: int,
     ):
         self.source = source
@@ -240,7 +303,6 @@ class _RowBuilder:
         self.left = (not cfg.packing) and cfg.padding_side == "left"
         self.pad_multiple = 0 if cfg.packing else cfg.pad_to_multiple
         self.pad_id = template.pad_id
-        self.rows_padded = rows_per_epoch_padded
         self.global_batch = global_batch_size
         self._len_cache: dict[int, int] = {}
 
@@ -249,7 +311,7 @@ class _RowBuilder:
         state["_len_cache"] = {}
         return state
 
-    def _row_length(self, position: int) -> int:
+    def row_length(self, position: int) -> int:
         """max_len, or (no packing, pad_to_multiple) the longest example of this global batch rounded up."""
         if not self.pad_multiple:
             return self.max_len
@@ -267,42 +329,46 @@ class _RowBuilder:
             self._len_cache[batch] = -(-longest // m) * m
         return self._len_cache[batch]
 
-    def __call__(self, position: int, row: int) -> dict[str, np.ndarray]:
-        length = self._row_length(position)
-        input_ids = np.full(length, self.pad_id, np.int32)
-        targets = np.zeros(length, np.int32)
-        weights = np.zeros(length, np.float32)
-        segments = np.zeros(length, np.int32)
-        positions = np.zeros(length, np.int32)
-        abilities = np.full(length, -1, np.int32)
-        if row < self.plan.num_rows:
-            items = self.plan.row(row)
-            records = self.source.__getitems__(self.table.record_index[items])
-            encoded = self.template.encode_batch([r.messages for r in records], self.mask)
-            used = int(self.table.lengths[items].sum())
-            cursor = length - used if self.left else 0
-            for seg, (item, enc, record) in enumerate(zip(items, encoded, records), start=1):
-                enc = enc.truncated(self.max_len)
+    def __call__(self, slots: Sequence[tuple[int, int]]) -> dict[str, np.ndarray]:
+        shape = (len(slots), self.row_length(slots[0][0]))
+        batch = {
+            "input_ids": np.full(shape, self.pad_id, np.int32),
+            "targets": np.zeros(shape, np.int32),
+            "loss_weights": np.zeros(shape, np.float32),
+            "segment_ids": np.zeros(shape, np.int32),
+            "positions": np.zeros(shape, np.int32),
+            "ability_ids": np.full(shape, -1, np.int32),
+        }
+        rows = [self.plan.row(row) if row < self.plan.num_rows else self.plan.items[:0] for _, row in slots]
+        items = np.concatenate(rows)
+        if items.size == 0:
+            return batch
+        records = self.source.__getitems__(self.table.record_index[items])
+        encoded = self.template.encode_batch([r.messages for r in records], self.mask)
+        k = 0
+        for b, row_items in enumerate(rows):
+            used = int(self.table.lengths[row_items].sum())
+            cursor = shape[1] - used if self.left else 0
+            for seg, item in enumerate(row_items, start=1):
+                enc, record = encoded[k].truncated(self.max_len), records[k]
+                k += 1
                 n = len(enc)
                 if n != self.table.lengths[item]:
                     raise RuntimeError(f"{_describe(record)}: tokenized to {n} tokens, but {self.table.lengths[item]} "
                                        f"in the first pass (the tokenizer or template changed under the pipeline)")
                 end = cursor + n
-                input_ids[cursor:end] = enc.input_ids
-                targets[cursor : end - 1] = enc.input_ids[1:]
-                weights[cursor : end - 1] = enc.loss_mask[1:]
-                segments[cursor:end] = seg
-                positions[cursor:end] = np.arange(n, dtype=np.int32)
-                abilities[cursor:end] = self.table.ability[item]
+                batch["input_ids"][b, cursor:end] = enc.input_ids
+                batch["targets"][b, cursor : end - 1] = enc.input_ids[1:]
+                batch["loss_weights"][b, cursor : end - 1] = enc.loss_mask[1:]
+                batch["segment_ids"][b, cursor:end] = seg
+                batch["positions"][b, cursor:end] = np.arange(n, dtype=np.int32)
+                batch["ability_ids"][b, cursor:end] = self.table.ability[item]
                 cursor = end
-        return {
-            "input_ids": input_ids,
-            "targets": targets,
-            "loss_weights": weights,
-            "segment_ids": segments,
-            "positions": positions,
-            "ability_ids": abilities,
-        }
+        return batch
+
+
+def _position_and_row(position: int, row: int) -> tuple[int, int]:
+    return position, int(row)
 
 
 @dataclass
@@ -421,11 +487,11 @@ def _build(
     parts = [row_ids] + ([grain.MapDataset.range(rows, rows_padded)] if rows_padded > rows else [])
     order = grain.MapDataset.concatenate(parts) if len(parts) > 1 else parts[0]
     order = order.repeat(epochs) if epochs > 1 else order
-    builder = _RowBuilder(source, template, table, plan, order, cfg, rows_padded, global_batch_size)
+    builder = _BatchBuilder(source, template, table, plan, order, cfg, global_batch_size)
     host_batch = global_batch_size // shard_count
-    ds = order.map_with_index(builder)
+    ds = order.map_with_index(_position_and_row)
     ds = ds[shard_index::shard_count] if shard_count > 1 else ds
-    ds = ds.batch(host_batch)
+    ds = ds.batch(host_batch, batch_fn=list).map(builder)
     iter_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.read_threads, prefetch_buffer_size=cfg.prefetch))
     if cfg.num_workers > 0:
         _ensure_absl_flags_parsed()
@@ -433,11 +499,11 @@ def _build(
             grain.MultiprocessingOptions(num_workers=cfg.num_workers, per_worker_buffer_size=cfg.prefetch)
         )
 
-    tokens = int(table.lengths.sum())
+    tokens = int(table.lengths.sum(dtype=np.int64))
     if cfg.packing or not cfg.pad_to_multiple:
         slots = rows_padded * cfg.max_len
     else:  # batch lengths vary with the shuffle; count the slots of the first epoch
-        slots = sum(builder._row_length(b * global_batch_size) for b in range(steps_per_epoch)) * global_batch_size
+        slots = sum(builder.row_length(b * global_batch_size) for b in range(steps_per_epoch)) * global_batch_size
     tokenizer_ = template.tokenizer
     per_ability = np.bincount(table.ability, minlength=len(names))
     info = PipelineInfo(
@@ -460,7 +526,7 @@ def _build(
         max_len=cfg.max_len,
         packing=cfg.packing,
         tokens_per_epoch=tokens,
-        supervised_tokens_per_epoch=int(table.supervised.sum()),
+        supervised_tokens_per_epoch=int(table.supervised.sum(dtype=np.int64)),
         packing_efficiency=tokens / slots if slots else 0.0,
         special_token_ids=tokenizer_.special_token_ids(),
         vocab_size=tokenizer_.vocab_size,

@@ -164,23 +164,34 @@ class PreparedRecords:
     def _open(self):
         if self._source is None:
             import tensorflow_datasets as tfds
+            from tensorflow_datasets.core import decode
 
             builder = tfds.builder_from_directory(str(self.path / self.meta["dataset_dir"]))
-            self._source = builder.as_data_source(_SPLIT)
+            # Raw bytes, parsed below: TFDS's generic feature decoding costs ~40 us a record, the proto parse ~1 us.
+            self._source = builder.as_data_source(_SPLIT, deserialize_method=decode.DeserializeMethod.RAW_BYTES)
             if len(self._source) != self._len:
                 raise ValueError(f"{self.path}: {len(self._source)} stored records but {PREPARED_META} says {self._len}")
         return self._source
+
+    @staticmethod
+    def _decode(raw: bytes) -> Record:
+        from tensorflow_datasets.proto import tf_example_pb2
+
+        example = tf_example_pb2.Example.FromString(raw)
+        return record_from_json(example.features.feature["record"].bytes_list.value[0])
 
     def __len__(self) -> int:
         return self._len
 
     def __getitem__(self, index: int) -> Record:
-        return record_from_json(self._open()[int(index)]["record"])
+        return self._decode(self._open()[int(index)])
 
     def __getitems__(self, indices: Sequence[int]) -> list[Record]:
+        """Records at ``indices``; one call reads many records far faster than one call per record."""
+        if len(indices) == 0:
+            return []
         source = self._open()
-        items = source.__getitems__([int(i) for i in indices])
-        return [record_from_json(item["record"]) for item in items]
+        return [self._decode(raw) for raw in source.__getitems__([int(i) for i in indices])]
 
     def __iter__(self) -> Iterator[Record]:
         source = self._open()

@@ -24,11 +24,7 @@ batch rows are split over the data-parallel axes and results come back replicate
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import functools
-import json
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -36,88 +32,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-
-from jaxtune.config import ModelConfig
+from jaxtune.eval.batching import bucket_length, check_batch_rows, jitted, model_context, put_rows
 from jaxtune.eval.protocol import Generation
 from jaxtune.eval.sampling import SamplingParams, select_tokens
-from jaxtune.models.llama import DTYPES, Llama, init_cache
+from jaxtune.models.llama import BATCH, DTYPES, KV_HEADS, LENGTH, Llama, constrain, init_cache
 
 EMPTY_SLOT = -1
 """Value of the token slots after a row stopped (never returned: rows are trimmed to their length)."""
-
-
-def bucket_length(n: int, multiple: int = 64, smallest: int = 16) -> int:
-    """The padded length of a batch whose longest prompt has ``n`` tokens: the next power of two from ``smallest``
-    up to ``multiple``, then the next multiple of ``multiple``. Bounds the number of compiled prompt shapes."""
-    if n <= 0:
-        raise ValueError(f"a prompt length must be positive, got {n}")
-    if multiple <= 0:
-        raise ValueError(f"bucket multiple must be positive, got {multiple}")
-    length = max(1, min(smallest, multiple))
-    while length < n and length < multiple:
-        length *= 2
-    if n <= length:
-        return length
-    return -(-n // multiple) * multiple
-
-
-def model_context(mesh: Optional[Mesh]) -> contextlib.AbstractContextManager:
-    """The context to trace and run the model in: jaxtune.sharding's mesh and logical-axis rules, or nothing."""
-    if mesh is None:
-        return contextlib.nullcontext()
-    from jaxtune.sharding import activation_rules
-
-    return activation_rules(mesh)
-
-
-def check_batch_rows(batch_size: int, mesh: Optional[Mesh]) -> None:
-    """Raise ValueError unless ``batch_size`` rows split evenly over the mesh's data-parallel devices."""
-    if batch_size <= 0:
-        raise ValueError(f"eval batch_size must be positive, got {batch_size}")
-    if mesh is None:
-        return
-    from jaxtune.sharding import data_parallel_size
-
-    dp = data_parallel_size(mesh)
-    if batch_size % dp:
-        raise ValueError(f"eval batch_size={batch_size} is not divisible by the data-parallel size {dp} of the mesh "
-                         f"{dict(mesh.shape)} (the 'data' x 'fsdp' axes)")
-
-
-def put_rows(arrays: Sequence[np.ndarray], mesh: Optional[Mesh]) -> list[Any]:
-    """Host arrays with a leading row axis, as global arrays split by rows over the mesh's data-parallel axes
-    (every process passes the same full arrays and contributes its own rows). Without a mesh: unchanged."""
-    if mesh is None:
-        return list(arrays)
-    from jaxtune.sharding import BATCH_MESH_AXES
-
-    out = []
-    for array in arrays:
-        sharding = NamedSharding(mesh, P(BATCH_MESH_AXES, *([None] * (array.ndim - 1))))
-        out.append(jax.make_array_from_callback(array.shape, sharding, lambda index, a=array: a[index]))
-    return out
-
-
-def replicated(mesh: Optional[Mesh]) -> Optional[NamedSharding]:
-    """Output sharding that every process can read whole (None without a mesh: jit decides)."""
-    return None if mesh is None else NamedSharding(mesh, P())
-
-
-_JITTED: dict[tuple, Callable] = {}
-
-
-def jitted(fn: Callable, graphdef: nnx.GraphDef, cfg: ModelConfig, mesh: Optional[Mesh],
-           static_argnames: tuple[str, ...] = ()) -> Callable:
-    """``jax.jit(fn)`` with the model's graphdef bound, shared by every caller with an equal model config and mesh,
-    so evaluating many checkpoints of one shape (a sweep) compiles each batch shape once per process."""
-    key = (fn.__module__, fn.__qualname__, json.dumps(dataclasses.asdict(cfg), sort_keys=True), mesh,
-           static_argnames)
-    if key not in _JITTED:
-        _JITTED[key] = jax.jit(functools.partial(fn, graphdef), static_argnames=static_argnames,
-                               out_shardings=replicated(mesh))
-    return _JITTED[key]
 
 
 @dataclass(frozen=True)
@@ -173,6 +96,10 @@ def _decode(
     row_keys = jax.vmap(lambda i: jax.random.fold_in(base_key, i))(row_ids)
     vocab = cfg.vocab_size
     cache = init_cache(cfg, rows, prompt_len + max_new_tokens, DTYPES[cfg.compute_dtype])
+    # Shard the cache like the keys and values written into it (rows over data-parallel axes, heads over tensor).
+    kv_names = (None, BATCH, LENGTH, KV_HEADS, None)
+    cache = cache._replace(k=constrain(cache.k, kv_names), v=constrain(cache.v, kv_names),
+                           segment_ids=constrain(cache.segment_ids, (BATCH, LENGTH)))
     logits, cache = model(input_ids, positions=positions, segment_ids=segment_ids, cache=cache)
     logits = logits[:, -1, :]  # left padding puts every row's last prompt token in the last slot
 
@@ -291,10 +218,10 @@ class Generator:
                 length = bucket_length(max(len(prompts[i]) for i in chunk), self.bucket_multiple)
                 batch = left_pad([prompts[i] for i in chunk], length, self.batch_size, self.pad_id)
                 row_ids = np.array(chunk + [0] * (self.batch_size - len(chunk)), np.uint32)
-                rows = put_rows([batch.input_ids, batch.positions, batch.segment_ids, batch.active, row_ids],
-                                self.mesh)
+                inputs = put_rows([batch.input_ids, batch.positions, batch.segment_ids, batch.active, row_ids],
+                                  self.mesh)
                 tokens, lengths, last_logits = jax.device_get(self._decode(
-                    self.state, *rows, np.uint32(seed), stop_table, max_new_tokens=max_new_tokens,
+                    self.state, *inputs, np.uint32(seed), stop_table, max_new_tokens=max_new_tokens,
                     sampling=sampling,
                 ))
                 for r, i in enumerate(chunk):

@@ -2,7 +2,7 @@
 
 Every (context, continuation) pair is one row ``context + continuation``; rows of many items and all their choices
 are sorted by length, cut into batches of ``batch_size`` rows and right-padded to a bucket length (see
-:func:`jaxtune.eval.generate.bucket_length`). Padding has segment id 0 and never influences real tokens. A row's
+:func:`jaxtune.eval.batching.bucket_length`). Padding has segment id 0 and never influences real tokens. A row's
 score is the sum of the token cross-entropies of its continuation tokens, each predicted from everything before it;
 the perplexity is ``exp(sum / count)``, as the DoIT study computed it with ``CrossEntropyLoss`` on labels that mask
 everything but the choice and its ``<eot>``.
@@ -19,10 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-
 from jax.sharding import Mesh
 
-from jaxtune.eval.generate import bucket_length, check_batch_rows, jitted, model_context, put_rows
+from jaxtune.eval.batching import bucket_length, check_batch_rows, jitted, model_context, put_rows
 from jaxtune.models.llama import Llama
 
 

@@ -1,192 +1,32 @@
-"""Evaluation glue: load a checkpoint, wrap it as the suites' language model, run suites, write results.
+"""``jaxtune eval``: load a checkpoint, run the named suites on it, write their results.
 
-``evaluate(checkpoint, eval_cfg, out_dir)`` is what ``jaxtune eval`` calls. The checkpoint is a jaxtune params
-checkpoint (``model_config.json`` + ``params/``, see :mod:`jaxtune.checkpoint`) or a Hugging Face LLaMA folder
-(``config.json`` + safetensors), converted in memory. :class:`JaxLanguageModel` implements
-:class:`jaxtune.eval.protocol.LanguageModel` on the Flax model with :mod:`jaxtune.eval.generate` and
-:mod:`jaxtune.eval.likelihood`.
+``evaluate(checkpoint, eval_cfg, out_dir)`` scores a jaxtune params checkpoint (``model_config.json`` +
+``params/``, see :mod:`jaxtune.checkpoint`) or a Hugging Face LLaMA folder (converted in memory) on
+``eval_cfg.suites``: ``doit`` (the study's per-ability suite), ``ceval``, ``cmmlu``, ``agieval`` (next-token
+multiple choice) and ``belle`` (generation judged by an LLM). Every suite's data, the tokenizer and the judge are
+checked before the model is loaded, so a wrong setting fails in seconds.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import jax
-import jax.numpy as jnp
-import numpy as np
-from flax import nnx
 from jax.sharding import Mesh
 
-from jaxtune.checkpoint import MODEL_CONFIG_FILE
 from jaxtune.config import EvalConfig, MeshConfig
-from jaxtune.errors import JaxtuneError
-from jaxtune.eval.generate import Generator
-from jaxtune.eval.likelihood import LikelihoodScorer
-from jaxtune.eval.protocol import Generation
+from jaxtune.eval.judge import Judge, JudgeSettings
+from jaxtune.eval.language_model import JaxLanguageModel, sampling_from_config
+from jaxtune.eval.loading import EvalSetupError, load_codec, load_model, tokenizer_location
 from jaxtune.eval.results import RunInfo, SuiteResult, format_table, write_result
-from jaxtune.eval.sampling import SamplingParams
 from jaxtune.eval.template_codec import TemplateChatCodec
-from jaxtune.models.llama import Llama
 
 log = logging.getLogger(__name__)
-
-
-class JaxLanguageModel:
-    """The suites' :class:`~jaxtune.eval.protocol.LanguageModel` on a Flax LLaMA: bucketed, batched (and sharded
-    when given a mesh) generation and likelihood scoring."""
-
-    def __init__(
-        self,
-        model: Llama,
-        *,
-        batch_size: int = 8,
-        bucket_multiple: int = 64,
-        sampling: SamplingParams = SamplingParams(),
-        seed: int = 0,
-        mesh: Optional[Mesh] = None,
-    ):
-        """model: parameters already placed on ``mesh`` when one is given (see :func:`shard_model`).
-        batch_size: rows per compiled batch for generation and scoring.
-        sampling: how ``generate`` picks tokens (greedy by default, as the DoIT study decoded).
-        seed: base PRNG seed of sampling (prompt i of a call draws from ``fold_in(key(seed), i)``)."""
-        self.cfg = model.cfg
-        self.sampling = sampling
-        self.seed = seed
-        pad_id = self.cfg.pad_token_id if self.cfg.pad_token_id is not None else 0
-        self.generator = Generator(model, batch_size=batch_size, bucket_multiple=bucket_multiple, pad_id=pad_id,
-                                   mesh=mesh)
-        self.scorer = LikelihoodScorer(model, batch_size=batch_size, bucket_multiple=bucket_multiple, mesh=mesh)
-
-    def generate(
-        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop_ids: Collection[int]
-    ) -> list[Generation]:
-        return self.generator.generate(prompts, max_new_tokens, stop_ids, sampling=self.sampling, seed=self.seed)
-
-    def continuation_perplexities(
-        self, contexts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]]
-    ) -> list[float]:
-        return self.scorer.continuation_perplexities(contexts, continuations)
-
-    def next_token_logits(self, prompts: Sequence[Sequence[int]], candidate_ids: Sequence[int]) -> np.ndarray:
-        return self.scorer.next_token_logits(prompts, candidate_ids)
-
-
-def sampling_from_config(eval_cfg: EvalConfig) -> SamplingParams:
-    """The decoding settings of an :class:`~jaxtune.config.EvalConfig` (temperature 0 = greedy)."""
-    return SamplingParams(temperature=eval_cfg.temperature, top_k=eval_cfg.top_k, top_p=eval_cfg.top_p,
-                          repetition_penalty=eval_cfg.repetition_penalty)
-
-
-def shard_model(model: Llama, mesh: Mesh) -> Llama:
-    """Place an in-memory model's parameters on ``mesh`` by jaxtune.sharding's rules (divisibility checked first)."""
-    state = nnx.state(model, nnx.Param)
-    params = jax.tree.map(np.asarray, nnx.to_pure_dict(state))
-    nnx.replace_by_pure_dict(state, _place(params, model.cfg, mesh))
-    nnx.update(model, state)
-    return model
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Loading a checkpoint
-# --------------------------------------------------------------------------------------------------------------------
-
-
-class EvalSetupError(JaxtuneError, ValueError):
-    """The evaluation cannot start: a checkpoint, tokenizer, suite name, data folder or judge setting is wrong. The
-    message names the path or config field."""
-
-
-def checkpoint_kind(path: str | Path) -> str:
-    """``jaxtune`` (model_config.json + params/) or ``hf`` (config.json + weights); anything else is an error."""
-    p = Path(path)
-    if not p.is_dir():
-        raise EvalSetupError(f"checkpoint {p} is not a directory")
-    if (p / MODEL_CONFIG_FILE).is_file():
-        return "jaxtune"
-    if (p / "config.json").is_file():
-        return "hf"
-    raise EvalSetupError(f"checkpoint {p} is neither a jaxtune params checkpoint ({MODEL_CONFIG_FILE} + params/) nor "
-                         "a Hugging Face model folder (config.json + weights)")
-
-
-def _place(params: dict, cfg, mesh: Optional[Mesh]) -> dict:
-    """Host numpy params on the device(s): sharded by jaxtune.sharding's rules with a mesh (each process supplies
-    its own shards), else on the default device."""
-    if mesh is None:
-        return jax.tree.map(jnp.asarray, params)
-    from jaxtune.sharding import abstract_model, param_shardings, validate_param_layout
-
-    _, shapes, axes = abstract_model(cfg)
-    validate_param_layout(shapes, axes, mesh)
-    shardings = param_shardings(axes, mesh)
-    return jax.tree.map(
-        lambda a, s: jax.make_array_from_callback(a.shape, s, lambda index, a=a: a[index]), params, shardings
-    )
-
-
-def _build(cfg, params: dict) -> Llama:
-    model = nnx.eval_shape(lambda: Llama(cfg, nnx.Rngs(0)))
-    state = nnx.state(model, nnx.Param)
-    nnx.replace_by_pure_dict(state, params)
-    nnx.update(model, state)
-    return model
-
-
-def load_model(
-    checkpoint: str | Path, *, mesh: Optional[Mesh] = None, compute_dtype: Optional[str] = None
-) -> Llama:
-    """The model of a jaxtune params checkpoint or a Hugging Face LLaMA folder (converted in memory), its
-    parameters sharded over ``mesh`` when given. compute_dtype: override the matmul dtype (None keeps the
-    checkpoint's)."""
-    from jaxtune.checkpoint import load_model_config, restore_model
-
-    kind = checkpoint_kind(checkpoint)
-    overrides = {} if compute_dtype is None else {"compute_dtype": compute_dtype}
-    if kind == "jaxtune":
-        shardings = None
-        if mesh is not None:
-            from jaxtune.sharding import abstract_model, param_shardings, validate_param_layout
-
-            _, shapes, axes = abstract_model(load_model_config(checkpoint))
-            validate_param_layout(shapes, axes, mesh)
-            shardings = param_shardings(axes, mesh)
-        return restore_model(checkpoint, shardings=shardings, **overrides)
-    from jaxtune.convert.hf import load_hf_params
-
-    cfg, params = load_hf_params(checkpoint)
-    cfg = dataclasses.replace(cfg, **overrides)
-    return _build(cfg, _place(params, cfg, mesh))
-
-
-def tokenizer_location(checkpoint: str | Path, tokenizer: Optional[str | Path] = None) -> Path:
-    """Where the tokenizer of an evaluation comes from: ``tokenizer`` when given, else the checkpoint's own."""
-    if tokenizer is not None:
-        return Path(tokenizer)
-    from jaxtune.checkpoint import tokenizer_path
-
-    if checkpoint_kind(checkpoint) == "jaxtune":
-        found = tokenizer_path(checkpoint)
-        if found is None:
-            raise EvalSetupError(f"checkpoint {checkpoint} carries no tokenizer/ folder: set eval.tokenizer")
-        return found
-    return Path(checkpoint)
-
-
-def load_codec(location: str | Path, template: str, model_vocab_size: int) -> TemplateChatCodec:
-    """The chat codec of ``template`` on the tokenizer at ``location`` (a folder or a SentencePiece .model)."""
-    from jaxtune.data.templates import template_backend
-    from jaxtune.data.tokenizer import TokenizerError, load_tokenizer
-
-    try:
-        tokenizer = load_tokenizer(location, backend=template_backend(template))
-        return TemplateChatCodec.create(template, tokenizer, model_vocab_size)
-    except (TokenizerError, ValueError) as e:
-        raise EvalSetupError(f"eval.tokenizer / eval.template: {e}") from None
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -230,10 +70,8 @@ def suite_data_root(suite: str, data_dir: Optional[str | Path], split: str = "te
     raise EvalSetupError(f"eval.data_dir: no {suite} data found (looked in {tried})")
 
 
-def judge_settings(eval_cfg: EvalConfig):
+def judge_settings(eval_cfg: EvalConfig) -> JudgeSettings:
     """The BELLE judge of an EvalConfig; an error naming the missing field when it is not configured."""
-    from jaxtune.eval.judge import JudgeSettings
-
     missing = [name for name in ("judge_base_url", "judge_model") if getattr(eval_cfg, name) is None]
     if missing:
         raise EvalSetupError(f"suite 'belle' needs an LLM judge: set {', '.join('eval.' + m for m in missing)}")
@@ -248,8 +86,9 @@ def judge_settings(eval_cfg: EvalConfig):
 def run_suite(
     suite: str, root: Path, lm: JaxLanguageModel, codec: TemplateChatCodec, eval_cfg: EvalConfig, run: RunInfo,
     judge_cache: Optional[Path] = None,
-) -> SuiteResult:
-    """Run one suite on its data folder ``root`` (from :func:`suite_data_root`)."""
+) -> Optional[SuiteResult]:
+    """Run one suite on its data folder ``root`` (from :func:`suite_data_root`). None on processes other than 0
+    for ``belle`` (they generate, process 0 judges)."""
     chunk = 8 * lm.generator.batch_size  # several batches per call, so that length bucketing has room to work
     common = dict(run=run, chunk_size=chunk)
 
@@ -282,13 +121,17 @@ def run_suite(
         return evaluate_agieval(root, lm, codec, setting=setting, tasks=tasks, max_len=eval_cfg.max_prompt_len,
                                 **common)
     if suite == "belle":
-        from jaxtune.eval.judge import Judge
-        from jaxtune.eval.suites.belle import evaluate_belle, load_belle_eval_set, load_belle_prompts
+        from jaxtune.eval.suites.belle import generate_answers, load_belle_eval_set, load_belle_prompts, score_belle
 
         prompts = load_belle_prompts(root / "eval_prompt.json")
         items = load_belle_eval_set(root / "eval_set.json", prompts)
+        # Every process takes part in the (sharded) generation; only process 0 asks the judge.
+        answers = generate_answers(items, lm, codec, max_new_tokens=eval_cfg.max_new_tokens, chunk_size=chunk,
+                                   on_progress=progress)
+        if jax.process_index() != 0:
+            return None
         judge = Judge(judge_settings(eval_cfg), cache=judge_cache)
-        return evaluate_belle(items, prompts, lm, codec, judge, max_new_tokens=eval_cfg.max_new_tokens, **common)
+        return score_belle(items, answers, prompts, judge, run=run, max_new_tokens=eval_cfg.max_new_tokens)
     raise EvalSetupError(f"eval.suites: unknown suite {suite!r} (known: {', '.join(SUITES)})")
 
 
@@ -339,7 +182,8 @@ def evaluate(
 ) -> Evaluation:
     """``jaxtune eval CHECKPOINT``: score a jaxtune params checkpoint or a Hugging Face LLaMA folder on
     ``eval_cfg.suites``, writing ``{suite}-{variant}.summary.json`` and ``.items.jsonl`` per suite into ``out_dir``
-    (process 0 only; nothing is written when out_dir is None).
+    (process 0 only; nothing is written when out_dir is None). With several processes, every process runs the same
+call; ``belle`` results exist on process 0 only (the judge is asked once).
 
     metadata: the training run the checkpoint comes from (see :func:`run_info`), recorded in every summary.
     mesh: a mesh (or a MeshConfig to build one over all devices) to shard the model and batches over; None runs on
@@ -373,6 +217,8 @@ def evaluate(
     for suite in suites:
         judge_cache = Path(out_dir) / "judge_cache.jsonl" if out_dir is not None else None
         result = run_suite(suite, roots[suite], lm, codec, eval_cfg, run, judge_cache=judge_cache)
+        if result is None:
+            continue
         outcome.results[result.summary.stem] = result
         if writes:
             outcome.files[result.summary.stem] = write_result(out_dir, result)

@@ -3,7 +3,9 @@
 The logits pipeline follows transformers' ``generate`` so that settings mean the same thing in both tools: the
 repetition penalty (applied for greedy decoding too), then, only when sampling, temperature, top-k and top-p, in
 that order (``RepetitionPenaltyLogitsProcessor``, ``TemperatureLogitsWarper``, ``TopKLogitsWarper``,
-``TopPLogitsWarper``; one token is always kept).
+``TopPLogitsWarper``; one token is always kept). One deliberate difference: transformers counts a left-padded
+batch's pad tokens as "seen" by the repetition penalty (they are in its ``input_ids``); jaxtune does not, so a
+prompt's result does not depend on how much padding its batch needed.
 """
 
 from __future__ import annotations

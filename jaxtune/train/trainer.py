@@ -315,7 +315,15 @@ def _run(
     if data.summary:
         writer.message(data.summary)
 
+    incomplete = manager.incomplete_steps()
+    if incomplete:
+        writer.message(f"ignoring incomplete checkpoint folders for steps {incomplete} in {manager.directory}")
     resumed_from = manager.latest_step() if cfg.checkpoint.resume == "auto" else None
+    if cfg.checkpoint.resume == "never" and manager.all_steps():
+        raise JaxtuneError(
+            f"{manager.directory} already holds checkpoints (steps {manager.all_steps()}) and checkpoint.resume is "
+            f"never: choose another run_dir, or set checkpoint.resume=auto to continue that run"
+        )
     if resumed_from is not None:
         params, fields = manager.restore(
             resumed_from, layout.abstract_params(), layout.abstract_train_fields(), data.iterator
@@ -351,35 +359,40 @@ def _run(
             manager.save(at, state.params, state.train_fields(), data.iterator, config_dict)
             saved_steps.add(at)
 
+    def log_interval(at: int) -> None:
+        nonlocal interval, last_loss
+        with np.errstate(invalid="ignore"):  # an interval of skipped steps only has no mean loss: NaN
+            scalars = {k: float(v) for k, v in interval.compute().items()}
+        scalars.update(meter.measure(at))
+        scalars["epoch"] = at / data.steps_per_epoch
+        last_loss = scalars["loss"]
+        writer.write(at, "train", scalars)
+        writer.message(progress_line(at, total_steps, scalars["epoch"], scalars))
+        interval = None
+
     def absorb(done: tuple[int, TrainMetrics]) -> None:
         """Host-side bookkeeping of a finished step (read one step late so the devices never wait on the host)."""
-        nonlocal interval, bad_run, last_loss
+        nonlocal interval, bad_run
         at, metrics = done
         metrics = jax.device_get(metrics)
         interval = metrics if interval is None else interval.merge(metrics)
-        if float(metrics.skipped_steps.compute()) > 0:
-            bad_run += 1
+        skipped = float(metrics.skipped_steps.compute()) > 0
+        bad_run = bad_run + 1 if skipped else 0
+        stop = bad_run >= tc.max_consecutive_bad_steps
+        if stop or at % tc.log_every == 0 or at == total_steps:
+            log_interval(at)
+        if skipped:
             writer.message(f"step {at}: non-finite loss or gradient; update skipped ({bad_run} in a row)")
-            if bad_run >= tc.max_consecutive_bad_steps:
-                manager.wait_until_finished()
-                good = [s for s in manager.all_steps() if s < at - bad_run + 1]
-                where = (f"the last checkpoint before them is step {good[-1]} in {manager.directory}" if good
-                         else "no checkpoint was saved before them")
-                raise TrainingDivergedError(
-                    f"{bad_run} consecutive steps (up to step {at}) had a non-finite loss or gradient "
-                    f"(train.max_consecutive_bad_steps={tc.max_consecutive_bad_steps}); stopped. Those updates were "
-                    f"skipped and {where}. Lower optim.learning_rate, check the data, or use float32 compute."
-                )
-        else:
-            bad_run = 0
-        if at % tc.log_every == 0 or at == total_steps:
-            scalars = {k: float(v) for k, v in interval.compute().items()}
-            scalars.update(meter.measure(at))
-            scalars["epoch"] = at / data.steps_per_epoch
-            last_loss = scalars["loss"]
-            writer.write(at, "train", scalars)
-            writer.message(progress_line(at, total_steps, scalars["epoch"], scalars))
-            interval = None
+        if stop:
+            manager.wait_until_finished()
+            good = [s for s in manager.all_steps() if s < at - bad_run + 1]
+            where = (f"the last checkpoint before them is step {good[-1]} in {manager.directory}" if good
+                     else "no checkpoint was saved before them")
+            raise TrainingDivergedError(
+                f"{bad_run} consecutive steps (up to step {at}) had a non-finite loss or gradient "
+                f"(train.max_consecutive_bad_steps={tc.max_consecutive_bad_steps}); stopped. Those updates were "
+                f"skipped and {where}. Lower optim.learning_rate, check the data, or use float32 compute."
+            )
 
     with _StopRequest() as stop_request:
         while step < total_steps:
@@ -414,19 +427,20 @@ def _run(
                 profiling_until = -1
 
             epoch_end = step in epoch_ends
-            if eval_fn is not None and (epoch_end or (tc.eval_every and step % tc.eval_every == 0)):
+            evaluate = eval_fn is not None and (epoch_end or bool(tc.eval_every and step % tc.eval_every == 0))
+            checkpoint = epoch_end or step == total_steps or bool(
+                cfg.checkpoint.save_every and step % cfg.checkpoint.save_every == 0)
+            stop = stop_request.agreed()
+            if evaluate or checkpoint or stop:
+                # Settle this step's metrics first: everything up to a checkpoint is logged before it exists.
                 absorb(pending)
                 pending = None
+            if evaluate:
                 last_eval = _evaluate(eval_fn, state.params, data, mesh, writer, step)
                 meter.reset(step)
-            if epoch_end or step == total_steps or (
-                    cfg.checkpoint.save_every and step % cfg.checkpoint.save_every == 0):
+            if checkpoint or stop:
                 save(step)
-            if stop_request.agreed():
-                if pending is not None:
-                    absorb(pending)
-                    pending = None
-                save(step)
+            if stop:
                 manager.wait_until_finished()
                 writer.message(f"SIGTERM received: saved step {step} in {manager.directory}; exiting. "
                                f"Start the same command again to resume.")

@@ -6,7 +6,10 @@ The weights are mapped by a small independent function written here (HF Linear w
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,6 +22,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
+import jaxtune.demo  # noqa: E402
 from jaxtune.models.configs import model_config  # noqa: E402
 from jaxtune.models.llama import Llama  # noqa: E402
 
@@ -115,3 +119,39 @@ def gqa_pair() -> tuple[Any, Llama]:
 def tied_pair() -> tuple[Any, Llama]:
     """A tiny model pair with tied input/output embeddings."""
     return tiny_pair("tiny-tied", seed=1)
+
+
+DEMO_TOKENIZER = Path(jaxtune.demo.__file__).parent / "tokenizer" / "tokenizer.model"
+"""The demo SentencePiece vocabulary (1000 pieces) shipped with jaxtune."""
+DOIT_ADDED = {"<user>": 1000, "<assistant>": 1001, "<eot>": 1002, "<pad>": 1003}
+"""DoIT's special tokens appended after the demo vocabulary, in the study's order."""
+
+
+@pytest.fixture(scope="session")
+def jaxtune_checkpoint(gqa_pair, tmp_path_factory) -> Path:
+    """The gqa_pair model as a jaxtune params checkpoint carrying the demo tokenizer and DoIT's tokens."""
+    from jaxtune.checkpoint import save_params
+
+    _, model = gqa_pair
+    path = tmp_path_factory.mktemp("ckpt") / "jaxtune"
+    save_params(path, nnx.state(model, nnx.Param), model.cfg, tokenizer_dir=DEMO_TOKENIZER, added_tokens=DOIT_ADDED)
+    return path
+
+
+@pytest.fixture(scope="session")
+def hf_checkpoint(gqa_pair, tmp_path_factory) -> Path:
+    """The gqa_pair model as a Hugging Face folder (safetensors, tokenizer.model, added_tokens.json)."""
+    hf_model, _ = gqa_pair
+    path = tmp_path_factory.mktemp("ckpt") / "hf"
+    hf_model.save_pretrained(path, safe_serialization=True)
+    shutil.copyfile(DEMO_TOKENIZER, path / "tokenizer.model")
+    (path / "added_tokens.json").write_text(json.dumps(DOIT_ADDED), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def doit_codec() -> Any:
+    """The suites helper's reference rendering of DoIT prompts (independent of the runner's template codec)."""
+    from jaxtune.eval.codecs import DoitChatCodec
+
+    return DoitChatCodec.from_sentencepiece(DEMO_TOKENIZER)

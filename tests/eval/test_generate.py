@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jaxtune.eval.generate import Generator, bucket_length, left_pad
+from jaxtune.eval.generate import Generator, left_pad
 from jaxtune.eval.sampling import SamplingParams
 
 torch = pytest.importorskip("torch")
@@ -36,14 +36,6 @@ def _hf_generate(hf_model, prompt, max_new_tokens, stop_ids, **settings):
             tokens = tokens[: i + 1]
             break
     return tokens, out.logits[len(tokens) - 1][0].numpy()
-
-
-def test_bucket_length():
-    assert [bucket_length(n) for n in (1, 16, 17, 33, 64, 65, 128, 129, 2000)] == [
-        16, 16, 32, 64, 64, 128, 128, 192, 2048]
-    assert bucket_length(5, multiple=8) == 8 and bucket_length(9, multiple=8) == 16
-    with pytest.raises(ValueError, match="positive"):
-        bucket_length(0)
 
 
 def test_left_pad_layout():

@@ -55,9 +55,10 @@ def _place(params, mesh, cfg):
     return jax.device_put(params, param_shardings(axes, mesh))
 
 
-def _setup(cfg, initial, mesh_cfg: MeshConfig, devices=None, steps: int = 10):
+def _setup(cfg, initial, mesh_cfg: MeshConfig, devices=None, steps: int = 10, eps: float = 1e-8):
     mesh = build_mesh(mesh_cfg, devices)
-    tx, schedule = build_optimizer(OptimConfig(learning_rate=1e-2, weight_decay=0.1, max_grad_norm=1.0), steps)
+    optim = OptimConfig(learning_rate=1e-2, weight_decay=0.1, max_grad_norm=1.0, eps=eps)
+    tx, schedule = build_optimizer(optim, steps)
     graphdef, shapes, axes = abstract_model(cfg)
     shardings = train_state_shardings(tx, shapes, axes, mesh)
     state = init_train_state(_place(initial[0], mesh, cfg), tx, 0, shardings)
@@ -74,7 +75,9 @@ def test_sharded_and_unsharded_steps_give_the_same_loss_and_update(cfg, initial_
     results = []
     for mesh_cfg, devices in [(MeshConfig(data=1, fsdp=1, tensor=1), jax.devices()[:1]),
                               (MeshConfig(data=2, fsdp=2, tensor=2), None)]:
-        mesh, _, state, step = _setup(cfg, initial_params, mesh_cfg, devices)
+        # Adam's first steps are lr x g / (|g| + eps): with the default eps, gradients near 1e-9 turn summation-order
+        # noise into visible update differences; a larger eps keeps the comparison about the sharding.
+        mesh, _, state, step = _setup(cfg, initial_params, mesh_cfg, devices, eps=1e-5)
         losses = []
         for b in batches:
             state, metrics = step(state, global_batch(b, mesh, microbatches=1))
@@ -83,8 +86,7 @@ def test_sharded_and_unsharded_steps_give_the_same_loss_and_update(cfg, initial_
     (loss_1, params_1, opt_1), (loss_8, params_8, opt_8) = results
     np.testing.assert_allclose(loss_8, loss_1, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(params_8) + jax.tree.leaves(opt_8), jax.tree.leaves(params_1) + jax.tree.leaves(opt_1)):
-        # Adam divides by the gradients' root mean square: where they are tiny, the summation order shows a little.
-        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     # And the update did something (by about the learning rate).
     moved = np.abs(params_1["layers"]["q_proj"] - np.asarray(initial_params[0]["layers"]["q_proj"]))
     assert moved.mean() > 5e-3

@@ -1,0 +1,96 @@
+"""How evaluation batches meet the devices: bucketed shapes, rows split over the mesh, results every process can
+read, and one compiled function per model shape.
+
+Generation (:mod:`jaxtune.eval.generate`) and likelihood scoring (:mod:`jaxtune.eval.likelihood`) both pad batches
+to a few bucket lengths, run under jaxtune.sharding's mesh and logical-axis rules when given a mesh, and share
+compiled functions across model instances of the same configuration (a sweep evaluates many checkpoints of one
+shape and compiles each batch shape once per process).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import json
+from collections.abc import Callable, Sequence
+from typing import Any, Optional
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from jaxtune.config import ModelConfig
+
+
+def bucket_length(n: int, multiple: int = 64, smallest: int = 16) -> int:
+    """The padded length of a batch whose longest prompt has ``n`` tokens: the next power of two from ``smallest``
+    up to ``multiple``, then the next multiple of ``multiple``. Bounds the number of compiled prompt shapes."""
+    if n <= 0:
+        raise ValueError(f"a prompt length must be positive, got {n}")
+    if multiple <= 0:
+        raise ValueError(f"bucket multiple must be positive, got {multiple}")
+    length = max(1, min(smallest, multiple))
+    while length < n and length < multiple:
+        length *= 2
+    if n <= length:
+        return length
+    return -(-n // multiple) * multiple
+
+
+def model_context(mesh: Optional[Mesh]) -> contextlib.AbstractContextManager:
+    """The context to trace and run the model in: jaxtune.sharding's mesh and logical-axis rules, or nothing."""
+    if mesh is None:
+        return contextlib.nullcontext()
+    from jaxtune.sharding import activation_rules
+
+    return activation_rules(mesh)
+
+
+def check_batch_rows(batch_size: int, mesh: Optional[Mesh]) -> None:
+    """Raise ValueError unless ``batch_size`` rows split evenly over the mesh's data-parallel devices."""
+    if batch_size <= 0:
+        raise ValueError(f"eval batch_size must be positive, got {batch_size}")
+    if mesh is None:
+        return
+    from jaxtune.sharding import data_parallel_size
+
+    dp = data_parallel_size(mesh)
+    if batch_size % dp:
+        raise ValueError(f"eval batch_size={batch_size} is not divisible by the data-parallel size {dp} of the mesh "
+                         f"{dict(mesh.shape)} (the 'data' x 'fsdp' axes)")
+
+
+def put_rows(arrays: Sequence[np.ndarray], mesh: Optional[Mesh]) -> list[Any]:
+    """Host arrays with a leading row axis, as global arrays split by rows over the mesh's data-parallel axes
+    (every process passes the same full arrays and contributes its own rows). Without a mesh: unchanged."""
+    if mesh is None:
+        return list(arrays)
+    from jaxtune.sharding import BATCH_MESH_AXES
+
+    out = []
+    for array in arrays:
+        sharding = NamedSharding(mesh, P(BATCH_MESH_AXES, *([None] * (array.ndim - 1))))
+        out.append(jax.make_array_from_callback(array.shape, sharding, lambda index, a=array: a[index]))
+    return out
+
+
+def replicated(mesh: Optional[Mesh]) -> Optional[NamedSharding]:
+    """Output sharding that every process can read whole (None without a mesh: jit decides)."""
+    return None if mesh is None else NamedSharding(mesh, P())
+
+
+_JITTED: dict[tuple, Callable] = {}
+
+
+def jitted(fn: Callable, graphdef: nnx.GraphDef, cfg: ModelConfig, mesh: Optional[Mesh],
+           static_argnames: tuple[str, ...] = ()) -> Callable:
+    """``jax.jit(fn)`` with the model's graphdef bound, shared by every caller with an equal model config and mesh,
+    so evaluating many checkpoints of one shape (a sweep) compiles each batch shape once per process."""
+    key = (fn.__module__, fn.__qualname__, json.dumps(dataclasses.asdict(cfg), sort_keys=True), mesh,
+           static_argnames)
+    if key not in _JITTED:
+        _JITTED[key] = jax.jit(functools.partial(fn, graphdef), static_argnames=static_argnames,
+                               out_shardings=replicated(mesh))
+    return _JITTED[key]

@@ -1,0 +1,123 @@
+"""Loading what an evaluation needs: the model of a jaxtune params checkpoint or a Hugging Face LLaMA folder
+(converted in memory, optionally sharded over a mesh), and the chat codec of its tokenizer and template.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from jaxtune.checkpoint import MODEL_CONFIG_FILE
+from jaxtune.config import ModelConfig
+from jaxtune.errors import JaxtuneError
+from jaxtune.eval.template_codec import TemplateChatCodec
+from jaxtune.models.llama import Llama
+
+
+class EvalSetupError(JaxtuneError, ValueError):
+    """The evaluation cannot start: a checkpoint, tokenizer, suite name, data folder or judge setting is wrong. The
+    message names the path or config field."""
+
+
+def checkpoint_kind(path: str | Path) -> str:
+    """``jaxtune`` (model_config.json + params/) or ``hf`` (config.json + weights); anything else is an error."""
+    p = Path(path)
+    if not p.is_dir():
+        raise EvalSetupError(f"checkpoint {p} is not a directory")
+    if (p / MODEL_CONFIG_FILE).is_file():
+        return "jaxtune"
+    if (p / "config.json").is_file():
+        return "hf"
+    raise EvalSetupError(f"checkpoint {p} is neither a jaxtune params checkpoint ({MODEL_CONFIG_FILE} + params/) nor "
+                         "a Hugging Face model folder (config.json + weights)")
+
+
+def _place(params: dict, cfg: ModelConfig, mesh: Optional[Mesh]) -> dict:
+    """Host numpy params on the device(s): sharded by jaxtune.sharding's rules with a mesh (each process supplies
+    its own shards), else on the default device."""
+    if mesh is None:
+        return jax.tree.map(jnp.asarray, params)
+    from jaxtune.sharding import abstract_model, param_shardings, validate_param_layout
+
+    _, shapes, axes = abstract_model(cfg)
+    validate_param_layout(shapes, axes, mesh)
+    shardings = param_shardings(axes, mesh)
+    return jax.tree.map(
+        lambda a, s: jax.make_array_from_callback(a.shape, s, lambda index, a=a: a[index]), params, shardings
+    )
+
+
+def _build(cfg: ModelConfig, params: dict) -> Llama:
+    model = nnx.eval_shape(lambda: Llama(cfg, nnx.Rngs(0)))
+    state = nnx.state(model, nnx.Param)
+    nnx.replace_by_pure_dict(state, params)
+    nnx.update(model, state)
+    return model
+
+
+def load_model(
+    checkpoint: str | Path, *, mesh: Optional[Mesh] = None, compute_dtype: Optional[str] = None
+) -> Llama:
+    """The model of a jaxtune params checkpoint or a Hugging Face LLaMA folder (converted in memory), its
+    parameters sharded over ``mesh`` when given. compute_dtype: override the matmul dtype (None keeps the
+    checkpoint's)."""
+    from jaxtune.checkpoint import load_model_config, restore_model
+
+    kind = checkpoint_kind(checkpoint)
+    overrides = {} if compute_dtype is None else {"compute_dtype": compute_dtype}
+    if kind == "jaxtune":
+        shardings = None
+        if mesh is not None:
+            from jaxtune.sharding import abstract_model, param_shardings, validate_param_layout
+
+            _, shapes, axes = abstract_model(load_model_config(checkpoint))
+            validate_param_layout(shapes, axes, mesh)
+            shardings = param_shardings(axes, mesh)
+        return restore_model(checkpoint, shardings=shardings, **overrides)
+    from jaxtune.convert.hf import load_hf_params
+
+    cfg, params = load_hf_params(checkpoint)
+    cfg = dataclasses.replace(cfg, **overrides)
+    return _build(cfg, _place(params, cfg, mesh))
+
+
+def tokenizer_location(checkpoint: str | Path, tokenizer: Optional[str | Path] = None) -> Path:
+    """Where the tokenizer of an evaluation comes from: ``tokenizer`` when given, else the checkpoint's own."""
+    if tokenizer is not None:
+        return Path(tokenizer)
+    from jaxtune.checkpoint import tokenizer_path
+
+    if checkpoint_kind(checkpoint) == "jaxtune":
+        found = tokenizer_path(checkpoint)
+        if found is None:
+            raise EvalSetupError(f"checkpoint {checkpoint} carries no tokenizer/ folder: set eval.tokenizer")
+        return found
+    return Path(checkpoint)
+
+
+def load_codec(location: str | Path, template: str, model_vocab_size: int) -> TemplateChatCodec:
+    """The chat codec of ``template`` on the tokenizer at ``location`` (a folder or a SentencePiece .model)."""
+    from jaxtune.data.templates import template_backend
+    from jaxtune.data.tokenizer import TokenizerError, load_tokenizer
+
+    try:
+        tokenizer = load_tokenizer(location, backend=template_backend(template))
+        return TemplateChatCodec.create(template, tokenizer, model_vocab_size)
+    except (TokenizerError, ValueError) as e:
+        raise EvalSetupError(f"eval.tokenizer / eval.template: {e}") from None
+
+
+def shard_model(model: Llama, mesh: Mesh) -> Llama:
+    """Place an in-memory model's parameters on ``mesh`` by jaxtune.sharding's rules (divisibility checked first)."""
+    state = nnx.state(model, nnx.Param)
+    params = jax.tree.map(np.asarray, nnx.to_pure_dict(state))
+    nnx.replace_by_pure_dict(state, _place(params, model.cfg, mesh))
+    nnx.update(model, state)
+    return model

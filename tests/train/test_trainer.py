@@ -1,0 +1,175 @@
+"""jaxtune.train.trainer: a whole run (logging, per-ability evaluation, checkpoints, params export), the guard
+against runs of non-finite steps, exact resume after SIGKILL and the SIGTERM save, on 8 simulated CPU devices."""
+
+from __future__ import annotations
+
+import json
+import signal
+import struct
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxtune.checkpoint import load_params
+from jaxtune.config import load_config
+from jaxtune.errors import JaxtuneError
+from jaxtune.models.llama import Llama
+from jaxtune.train.trainer import TrainingDivergedError, train
+
+from . import subprocess_runs as runs
+from .synthetic_stream import ABILITIES, TINY_MODEL, make_row, synthetic_data, tiny_config
+
+
+@pytest.fixture(autouse=True)
+def _eight_devices():
+    if jax.device_count() != 8:
+        pytest.skip("needs 8 devices (tests/conftest.py sets XLA_FLAGS for 8 CPU devices)")
+
+
+def _event_tags(logdir) -> set[str]:
+    """Scalar tags in TensorBoard event files (TFRecord framing: length, crc, payload, crc)."""
+    from tensorboardX.proto import event_pb2
+
+    tags = set()
+    for path in logdir.rglob("events.out.tfevents.*"):
+        data = path.read_bytes()
+        pos = 0
+        while pos < len(data):
+            (length,) = struct.unpack("<Q", data[pos:pos + 8])
+            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+            tags.update(v.tag for v in event.summary.value)
+            pos += 12 + length + 4
+    return tags
+
+
+def _eval_loss_reference(params, rows: list[dict]) -> dict[str, float]:
+    """Token-weighted validation loss overall and per ability, from the eager unsharded model."""
+    cfg = tiny_config("unused").model
+    model = Llama(cfg, nnx.Rngs(0))
+    nnx.update(model, nnx.State(jax.tree.map(jnp.asarray, params)))
+    batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    logits, _ = model(jnp.asarray(batch["input_ids"]), positions=jnp.asarray(batch["positions"]),
+                      segment_ids=jnp.asarray(batch["segment_ids"]))
+    logits = np.asarray(logits, np.float64)
+    logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+    ce = logz - np.take_along_axis(logits, batch["targets"][..., None], axis=-1)[..., 0]
+    w = batch["loss_weights"].astype(np.float64)
+    out = {"loss": float((ce * w).sum() / w.sum())}
+    for i, name in enumerate(ABILITIES):
+        m = w * (batch["ability_ids"] == i)
+        if m.sum():
+            out[f"loss/{name}"] = float((ce * m).sum() / m.sum())
+    return out
+
+
+def test_a_run_logs_evaluates_checkpoints_and_exports_params(tmp_path):
+    cfg = tiny_config(tmp_path, train=dict(epochs=2, eval_every=2),
+                      checkpoint=dict(save_every=4, max_to_keep=1, keep_epoch_checkpoints=True))
+    data = synthetic_data(num_rows=24, seq_len=32, global_batch=8, epochs=2, valid_rows=16)
+    lines: list[str] = []
+    result = train(cfg, data, print_fn=lines.append)
+
+    assert (result.step, result.total_steps, result.stopped, result.skipped_steps) == (6, 6, "completed", 0)
+    assert result.checkpoint_steps == [3, 6]  # the epoch ends; step 4 fell to max_to_keep=1
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train_recs = [r for r in records if r["kind"] == "train"]
+    assert [r["step"] for r in train_recs] == [1, 2, 3, 4, 5, 6]
+    peak = cfg.optim.learning_rate
+    for r in train_recs:  # the study's schedule: the peak at the first update, then linear to 0 at step 6
+        assert r["learning_rate"] == pytest.approx(peak * (1 - (r["step"] - 1) / 6), rel=1e-6)
+        assert np.isfinite(r["loss"]) and r["grad_norm"] > 0 and r["epoch"] == pytest.approx(r["step"] / 3)
+    assert all("tokens_per_s" in r and "eta_s" in r for r in train_recs[1:])
+    eval_recs = [r for r in records if r["kind"] == "eval"]
+    assert [r["step"] for r in eval_recs] == [2, 3, 4, 6]
+    assert all(f"loss/{a}" in r for r in eval_recs for a in ABILITIES)
+
+    # The last evaluation, recomputed from the final checkpoint read as a params-only checkpoint.
+    model_cfg, params = load_params(tmp_path / "checkpoints" / "6")
+    assert model_cfg.hidden_size == TINY_MODEL["hidden_size"]
+    want = _eval_loss_reference(params, [make_row(10_000 + i, 32, TINY_MODEL["vocab_size"], 0) for i in range(16)])
+    for key, value in want.items():
+        assert eval_recs[-1][key] == pytest.approx(value, rel=1e-5), key
+    assert result.last_eval["loss"] == pytest.approx(want["loss"], rel=1e-5)
+
+    assert {"train/loss", "train/learning_rate", "train/grad_norm", "eval/loss/alpha"} <= _event_tags(
+        tmp_path / "tensorboard")
+    assert load_config(tmp_path / "config.yaml") == cfg  # the resolved config, written at the start
+    progress = [line for line in lines if line.startswith("step 6/6")]
+    assert progress and all(part in progress[0] for part in ("epoch 2.00", "loss", "lr", "grad_norm", "tok/s", "ETA"))
+    assert any(line.startswith("step 6 | eval loss") for line in lines)
+
+    # A finished run resumes as finished; a fresh start into its directory is refused.
+    again = train(cfg, synthetic_data(num_rows=24, seq_len=32, global_batch=8, epochs=2), print_fn=lines.append)
+    assert (again.resumed_from, again.step) == (6, 6)
+    cfg.checkpoint.resume = "never"
+    with pytest.raises(JaxtuneError, match=r"already holds checkpoints \(steps \[3, 6\]\)"):
+        train(cfg, synthetic_data(num_rows=24, seq_len=32, global_batch=8, epochs=2))
+
+
+def test_consecutive_non_finite_steps_stop_the_run_with_checkpoints_intact(tmp_path):
+    cfg = tiny_config(tmp_path, train=dict(epochs=1, max_consecutive_bad_steps=2),
+                      checkpoint=dict(save_every=2, max_to_keep=3))
+    data = synthetic_data(num_rows=80, seq_len=32, global_batch=8, epochs=1, nan_from_step=4)
+    with pytest.raises(TrainingDivergedError) as err:
+        train(cfg, data, print_fn=lambda _: None)
+    message = str(err.value)
+    assert "2 consecutive steps (up to step 5) had a non-finite loss or gradient" in message
+    assert "the last checkpoint before them is step 2" in message
+    records = runs.train_records(tmp_path)
+    assert [r["skipped_steps"] for r in records if r["step"] in (4, 5)] == [1.0, 1.0]
+    # Checkpoint 4 was taken after the first skipped step: the update never reached it.
+    _, at2 = load_params(tmp_path / "checkpoints" / "2")
+    _, at4 = load_params(tmp_path / "checkpoints" / "4")
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves((at2, at4)))
+    assert not (tmp_path / "checkpoints" / "6").exists()
+
+
+def _spec(run_dir, data: dict, overrides=(), **config) -> dict:
+    return {"run_dir": str(run_dir), "data": data, "overrides": list(overrides), "config": config, "devices": 8}
+
+
+def test_resume_after_sigkill_reproduces_the_uninterrupted_run_bitwise(tmp_path, compile_cache):
+    data = dict(num_rows=160, seq_len=32, global_batch=8, epochs=1)
+    config = dict(train=dict(epochs=1), checkpoint=dict(save_every=4, max_to_keep=2, async_save=True))
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+
+    proc = runs.start(_spec(straight, data, **config), compile_cache, tmp_path / "straight.log")
+    assert runs.finish([proc]) == [0], (tmp_path / "straight.log").read_text()[-3000:]
+
+    proc = runs.start(_spec(broken, dict(data, sleep_s=0.03), **config), compile_cache, tmp_path / "killed.log")
+    runs.wait_for(lambda: runs.committed(broken, 12), [proc], "checkpoint 12")
+    runs.send(proc, signal.SIGKILL)
+    assert runs.finish([proc]) == [-signal.SIGKILL]
+    assert not runs.committed(broken, 20)
+
+    proc = runs.start(_spec(broken, data, **config), compile_cache, tmp_path / "resumed.log")
+    assert runs.finish([proc]) == [0], (tmp_path / "resumed.log").read_text()[-3000:]
+    log = (tmp_path / "resumed.log").read_text()
+    assert "resuming from step " in log and "training finished at step 20/20" in log
+
+    a, b = runs.train_records(straight), runs.train_records(broken)
+    assert [r["step"] for r in b] == list(range(1, 21))
+    assert [(r["loss"], r["grad_norm"]) for r in a] == [(r["loss"], r["grad_norm"]) for r in b]
+    _, final_a = load_params(straight / "checkpoints" / "20")
+    _, final_b = load_params(broken / "checkpoints" / "20")
+    for x, y in zip(jax.tree.leaves(final_a), jax.tree.leaves(final_b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_sigterm_finishes_the_step_saves_and_exits_zero(tmp_path, compile_cache):
+    run_dir = tmp_path / "run"
+    spec = _spec(run_dir, dict(num_rows=320, seq_len=32, global_batch=8, epochs=1, sleep_s=0.03),
+                 train=dict(epochs=1), checkpoint=dict(save_every=None, max_to_keep=2))
+    proc = runs.start(spec, compile_cache, tmp_path / "run.log")
+    runs.wait_for(lambda: len(runs.train_records(run_dir)) >= 3, [proc], "three logged steps")
+    runs.send(proc, signal.SIGTERM)
+    assert runs.finish([proc]) == [0]
+    log = (tmp_path / "run.log").read_text()
+    assert "SIGTERM received: saved step " in log and "stopped on SIGTERM (resumable)" in log
+    stopped_at = int(log.split("SIGTERM received: saved step ")[1].split()[0])
+    assert 3 <= stopped_at < 40
+    assert runs.committed(run_dir, stopped_at)
+    assert max(r["step"] for r in runs.train_records(run_dir)) == stopped_at
