@@ -8,6 +8,8 @@ size, data source, data volume and epoch. Output, per suite/variant/scorer mode:
   chance level dotted;
 - ``growth_pace.csv`` / ``.md``: per ability and curve, the least-squares slope of score against log4(volume) (score
   points gained per 4x data) and the smallest volume whose score reaches 90% of the curve's best;
+- ``{stem}.scores.md`` / ``.csv``: the per-ability table, one row per ability (and the overall mean), one column per
+  curve point (model size, source, volume), the chance level beside it;
 - ``best_epochs.csv``: per run (size, source, volume, name; every summary read), the epoch with the best overall
   score beside the last one;
 - ``report.md``: an index of the above, and the summaries that could not be placed on a curve.
@@ -120,6 +122,29 @@ def curves(summaries: Sequence[SuiteSummary]) -> dict[tuple[str | None, str | No
             points.append(Point(volume, scores, chances))
         out[key] = points
     return dict(sorted(out.items(), key=lambda kv: (_size_order(kv[0][0]), str(kv[0][1]))))
+
+
+def score_table(summaries: Sequence[SuiteSummary]) -> tuple[str, list[list[str]]]:
+    """The per-ability table of one suite: rows are abilities (then ``overall``), columns the curve points ordered by
+    model size, source and volume, then the chance level. Returns (Markdown text, CSV rows with a header row)."""
+    columns: list[tuple[str, Point]] = []
+    for (size, source), points in curves(summaries).items():
+        for p in points:
+            label = " ".join(x for x in (size, source, _volume_label(p.volume)) if x)
+            columns.append((label, p))
+    abilities: list[str] = []
+    for s in summaries:  # the suites' own order (the study's ability order), not a set's
+        abilities += [a.name for a in s.abilities if a.name not in abilities]
+    rows = abilities + ["overall"]
+    header = ["ability"] + [label for label, _ in columns] + ["chance"]
+    body = []
+    for name in rows:
+        chance = next((p.chances.get(name) for _, p in columns if p.chances.get(name) is not None), None)
+        body.append([DISPLAY_NAMES.get(name, name)] + [_fmt(p.scores.get(name), 1) for _, p in columns]
+                    + [_fmt(chance, 1)])
+    md = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    md += ["| " + " | ".join(r) + " |" for r in body]
+    return "\n".join(md) + "\n", [header] + body
 
 
 def _volume_label(v: int) -> str:
@@ -268,6 +293,11 @@ def report(run_paths: Sequence[str | Path], out_dir: str | Path, epoch: EpochCho
             continue
         written += plot_group(chosen, out / _stem(key))
         pace_rows += growth_pace(chosen, _stem(key))
+
+        table_md, table_csv = score_table(chosen)
+        (out / f"{_stem(key)}.scores.md").write_text(table_md, encoding="utf-8")
+        written.append(out / f"{_stem(key)}.scores.md")
+        written.append(_write_csv(out / f"{_stem(key)}.scores.csv", table_csv[0], table_csv[1:]))
 
     header = ["group", "model_size", "source", "ability", "points", "slope_per_4x_data", "volume_at_90pct_of_best",
               "best_score", "best_volume"]

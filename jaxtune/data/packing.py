@@ -25,7 +25,7 @@ class RowPlan:
     offsets: np.ndarray
     """int64 [R + 1]"""
     items: np.ndarray
-    """int64 [N]: indices into the example table."""
+    """int32 [N] (int64 beyond 2**31 examples): indices into the example table."""
 
     @property
     def num_rows(self) -> int:
@@ -45,7 +45,8 @@ class RowPlan:
 
 def one_per_row(num_examples: int) -> RowPlan:
     """No packing: row i holds example i."""
-    return RowPlan(np.arange(num_examples + 1, dtype=np.int64), np.arange(num_examples, dtype=np.int64))
+    index_type = np.int32 if num_examples < 2**31 else np.int64
+    return RowPlan(np.arange(num_examples + 1, dtype=np.int64), np.arange(num_examples, dtype=index_type))
 
 
 def pack_rows(
@@ -59,7 +60,9 @@ def pack_rows(
     n = lengths.shape[0]
     if n and (lengths.max() > capacity or lengths.min() <= 0):
         raise ValueError(f"every length must be in 1..{capacity}; got {lengths.min()}..{lengths.max()}")
-    order = np.arange(n) if seed is None else np.random.default_rng(seed).permutation(n)
+    index_type = np.int32 if n < 2**31 else np.int64
+    order = np.arange(n, dtype=index_type) if seed is None else np.random.default_rng(seed).permutation(n)
+    order = order.astype(index_type, copy=False)
     row_of = np.empty(n, np.int32)  # row of the t-th example in packing order
     num_rows = 0
     open_rows: list[int] = []  # sorted keys (room << 32) | row
@@ -82,7 +85,8 @@ def pack_rows(
             if room > 0:
                 bisect.insort(open_rows, (room << _SHIFT) | row)
     by_row = np.argsort(row_of, kind="stable")  # rows in order, examples in packing order within a row
-    items = order[by_row].astype(np.int64)
+    items = order[by_row]
+    del by_row
     offsets = np.zeros(num_rows + 1, np.int64)
     np.cumsum(np.bincount(row_of, minlength=num_rows), out=offsets[1:])
     return RowPlan(offsets, items)

@@ -132,10 +132,10 @@ class PipelineInfo:
 class _ExampleTable:
     """The kept examples: their record index in the source, token length (after truncation) and ability."""
 
-    record_index: np.ndarray  # int64 [N]
+    record_index: np.ndarray  # int32 [N] (int64 beyond 2**31 records)
     lengths: np.ndarray  # int32 [N]
     ability: np.ndarray  # int16 [N]
-    supervised: np.ndarray  # int32 [N] supervised targets per example
+    supervised_tokens: int  # supervised targets over all examples
 
 
 @dataclass
@@ -174,7 +174,7 @@ class _ChunkMeasure:
     kept: np.ndarray  # int64 record indices
     lengths: np.ndarray  # int32
     ability: np.ndarray  # int16
-    supervised: np.ndarray  # int32
+    supervised_tokens: int
     errors: list[DataError]
     num_unsupervised: int
     unsupervised_examples: list[str]
@@ -195,7 +195,8 @@ class _ChunkMeasurer:
         start = int(chunk) * _MEASURE_CHUNK
         indices = list(range(start, min(len(self.source), start + _MEASURE_CHUNK)))
         records = self.source.__getitems__(indices)
-        kept, lengths, abilities, supervised = [], [], [], []
+        kept, lengths, abilities = [], [], []
+        supervised = 0
         errors: list[DataError] = []
         unsupervised: list[str] = []
         num_unsupervised = truncated = 0
@@ -219,10 +220,10 @@ class _ChunkMeasurer:
             kept.append(i)
             lengths.append(len(enc))
             abilities.append(ability)
-            supervised.append(targets)
+            supervised += targets
         return _ChunkMeasure(np.asarray(kept, np.int64), np.asarray(lengths, np.int32),
-                             np.asarray(abilities, np.int16), np.asarray(supervised, np.int32), errors,
-                             num_unsupervised, unsupervised, truncated)
+                             np.asarray(abilities, np.int16), supervised, errors, num_unsupervised, unsupervised,
+                             truncated)
 
 
 def _measure(
@@ -246,11 +247,11 @@ def _measure(
                        .mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.num_workers)))
     else:
         chunks = (measurer(c) for c in range(num_chunks))
-    record_index = np.empty(n, np.int64)
+    # Compact per-example arrays: a 2M-record corpus costs ~20 MB here.
+    record_index = np.empty(n, np.int32 if n < 2**31 else np.int64)
     lengths = np.empty(n, np.int32)
     ability = np.empty(n, np.int16)
-    supervised = np.empty(n, np.int32)
-    kept = num_unsupervised = truncated = 0
+    kept = num_unsupervised = truncated = supervised = 0
     unsupervised: list[str] = []
     iterator = iter(chunks)
     try:
@@ -263,7 +264,7 @@ def _measure(
             record_index[kept : kept + m] = part.kept
             lengths[kept : kept + m] = part.lengths
             ability[kept : kept + m] = part.ability
-            supervised[kept : kept + m] = part.supervised
+            supervised += part.supervised_tokens
             kept += m
             num_unsupervised += part.num_unsupervised
             truncated += part.num_truncated
@@ -272,8 +273,7 @@ def _measure(
         if hasattr(iterator, "close"):
             iterator.close()
     if kept < n:  # copies only when something was left out
-        record_index, lengths, ability, supervised = (a[:kept].copy() for a in (record_index, lengths, ability,
-                                                                              supervised))
+        record_index, lengths, ability = (a[:kept].copy() for a in (record_index, lengths, ability))
     table = _ExampleTable(record_index, lengths, ability, supervised)
     return _Measured(table, num_unsupervised, unsupervised, truncated)
 
@@ -526,7 +526,7 @@ def _build(
         max_len=cfg.max_len,
         packing=cfg.packing,
         tokens_per_epoch=tokens,
-        supervised_tokens_per_epoch=int(table.supervised.sum(dtype=np.int64)),
+        supervised_tokens_per_epoch=table.supervised_tokens,
         packing_efficiency=tokens / slots if slots else 0.0,
         special_token_ids=tokenizer_.special_token_ids(),
         vocab_size=tokenizer_.vocab_size,

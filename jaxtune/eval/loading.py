@@ -14,7 +14,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from jaxtune.checkpoint import MODEL_CONFIG_FILE
+from jaxtune.checkpoint import MODEL_CONFIG_FILE, load_model_config, restore_model, tokenizer_path
 from jaxtune.config import ModelConfig
 from jaxtune.errors import JaxtuneError
 from jaxtune.eval.template_codec import TemplateChatCodec
@@ -39,19 +39,37 @@ def checkpoint_kind(path: str | Path) -> str:
                          "a Hugging Face model folder (config.json + weights)")
 
 
-def _place(params: dict, cfg: ModelConfig, mesh: Optional[Mesh]) -> dict:
-    """Host numpy params on the device(s): sharded by jaxtune.sharding's rules with a mesh (each process supplies
-    its own shards), else on the default device."""
-    if mesh is None:
-        return jax.tree.map(jnp.asarray, params)
+def _param_shardings(cfg: ModelConfig, mesh: Mesh) -> dict:
+    """Each parameter's NamedSharding under jaxtune.sharding's rules, after checking the mesh divides the model."""
     from jaxtune.sharding import abstract_model, param_shardings, validate_param_layout
 
     _, shapes, axes = abstract_model(cfg)
     validate_param_layout(shapes, axes, mesh)
-    shardings = param_shardings(axes, mesh)
-    return jax.tree.map(
-        lambda a, s: jax.make_array_from_callback(a.shape, s, lambda index, a=a: a[index]), params, shardings
-    )
+    return param_shardings(axes, mesh)
+
+
+def _place(params: dict, cfg: ModelConfig, mesh: Optional[Mesh]) -> dict:
+    """Host numpy params (consumed: each host array is dropped once placed, so the model is not held twice) on the
+    device(s): sharded by jaxtune.sharding's rules with a mesh (each process supplies its own shards), else on the
+    default device."""
+    leaves, treedef = jax.tree.flatten(params)
+    params.clear()
+    shardings: list = [None] * len(leaves)
+    if mesh is not None:
+        tree = _param_shardings(cfg, mesh)
+        if jax.tree.structure(tree) != treedef:
+            raise EvalSetupError(f"parameters {treedef} do not match the layout of the model config "
+                                 f"{jax.tree.structure(tree)}")
+        shardings = jax.tree.leaves(tree)
+    placed = []
+    for i, sharding in enumerate(shardings):
+        host, leaves[i] = leaves[i], None
+        if sharding is None:
+            placed.append(jnp.asarray(host))
+        else:
+            placed.append(jax.make_array_from_callback(host.shape, sharding, lambda index, a=host: a[index]))
+        del host
+    return jax.tree.unflatten(treedef, placed)
 
 
 def _build(cfg: ModelConfig, params: dict) -> Llama:
@@ -68,18 +86,10 @@ def load_model(
     """The model of a jaxtune params checkpoint or a Hugging Face LLaMA folder (converted in memory), its
     parameters sharded over ``mesh`` when given. compute_dtype: override the matmul dtype (None keeps the
     checkpoint's)."""
-    from jaxtune.checkpoint import load_model_config, restore_model
-
     kind = checkpoint_kind(checkpoint)
     overrides = {} if compute_dtype is None else {"compute_dtype": compute_dtype}
     if kind == "jaxtune":
-        shardings = None
-        if mesh is not None:
-            from jaxtune.sharding import abstract_model, param_shardings, validate_param_layout
-
-            _, shapes, axes = abstract_model(load_model_config(checkpoint))
-            validate_param_layout(shapes, axes, mesh)
-            shardings = param_shardings(axes, mesh)
+        shardings = None if mesh is None else _param_shardings(load_model_config(checkpoint), mesh)
         return restore_model(checkpoint, shardings=shardings, **overrides)
     from jaxtune.convert.hf import load_hf_params
 
@@ -92,8 +102,6 @@ def tokenizer_location(checkpoint: str | Path, tokenizer: Optional[str | Path] =
     """Where the tokenizer of an evaluation comes from: ``tokenizer`` when given, else the checkpoint's own."""
     if tokenizer is not None:
         return Path(tokenizer)
-    from jaxtune.checkpoint import tokenizer_path
-
     if checkpoint_kind(checkpoint) == "jaxtune":
         found = tokenizer_path(checkpoint)
         if found is None:

@@ -49,7 +49,7 @@ def test_two_processes_stop_resume_and_match_one_process(tmp_path, compile_cache
     assert "SIGTERM received: saved step " in first
     stopped_at = int(first.split("SIGTERM received: saved step ")[1].split()[0])
     assert 4 <= stopped_at < 12 and runs.committed(multi, stopped_at)
-    assert sorted(p.name for p in (multi / "checkpoints" / str(stopped_at) / "data_iter").iterdir()) == [
+    assert sorted(p.name for p in (multi / "checkpoints" / str(stopped_at) / "data_iter").glob("*.json")) == [
         "process_0-of-2.json", "process_1-of-2.json"]
 
     # Run 2: the same command resumes both processes from that checkpoint and finishes.

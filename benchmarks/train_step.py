@@ -1,0 +1,186 @@
+"""Train-step speed on CPU: jaxtune's jitted step (forward, backward, clipping, AdamW) against transformers' PyTorch
+LlamaForCausalLM with torch.optim.AdamW, same model, weights, batch and length, measured in one run.
+
+One random transformers model is saved and imported with jaxtune's converter, so both sides train the same weights;
+the script checks that their first losses agree, then times warm steps of each, interleaved so that other load on
+the machine affects both alike (median of the repeats). It also measures the CPU's own float32 matmul peak with JAX
+in the same run and reports each side's MFU against it:
+
+    MFU = training FLOPs per token x tokens/s / matmul peak FLOP/s,
+
+with training FLOPs per token from jaxtune.models.stats.model_info (3 x forward; forward = 2 x every matmul weight,
+LM head included, embedding lookup excluded, plus causal attention 4 x layers x heads x head_dim x (L + 1) / 2).
+Targets: ratio jaxtune / transformers >= 1.0 and jaxtune's CPU MFU >= 60%.
+
+    .venv/bin/python benchmarks/train_step.py                   # 58M-parameter LLaMA, batch 8 x 256, float32
+    .venv/bin/python benchmarks/train_step.py --batch 4 --length 512 --repeats 7
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--hidden", type=int, default=512)
+    p.add_argument("--layers", type=int, default=8)
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--mlp", type=int, default=1408)
+    p.add_argument("--vocab", type=int, default=32000)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--length", type=int, default=256)
+    p.add_argument("--repeats", type=int, default=5, help="timed steps of each implementation")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads")
+    p.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"], help="transformers attention implementation")
+    p.add_argument("--remat", default="none", help="jaxtune model.remat_policy")
+    return p.parse_args()
+
+
+def seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def matmul_peak_flops(repeats: int = 5) -> tuple[float, int]:
+    """The best float32 matmul throughput JAX reaches on this CPU (FLOP/s) and the size that reached it."""
+    import jax
+    import jax.numpy as jnp
+
+    best, best_n = 0.0, 0
+    for n in (1024, 2048, 3072):
+        a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), jnp.float32)
+        b = jnp.asarray(np.random.default_rng(1).normal(size=(n, n)), jnp.float32)
+        mm = jax.jit(lambda x, y: x @ y)
+        mm(a, b).block_until_ready()
+        t = statistics.median(seconds(lambda: mm(a, b).block_until_ready()) for _ in range(repeats))
+        if 2 * n**3 / t > best:
+            best, best_n = 2 * n**3 / t, n
+    return best, best_n
+
+
+def make_batch(args: argparse.Namespace) -> dict[str, np.ndarray]:
+    """One packed-format batch: every row one example, all targets supervised but the last position."""
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, args.vocab, (args.batch, args.length + 1)).astype(np.int32)
+    weights = np.ones((args.batch, args.length), np.float32)
+    weights[:, -1] = 0.0
+    return {
+        "input_ids": ids[:, :-1], "targets": ids[:, 1:], "loss_weights": weights,
+        "segment_ids": np.ones((args.batch, args.length), np.int32),
+        "positions": np.broadcast_to(np.arange(args.length, dtype=np.int32), (args.batch, args.length)).copy(),
+    }
+
+
+def main() -> int:
+    args = parse_args()
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    import dataclasses
+
+    import jax
+    import torch
+    import transformers
+
+    from jaxtune.config import MeshConfig, OptimConfig
+    from jaxtune.convert.hf import load_hf_params
+    from jaxtune.models.stats import model_info
+    from jaxtune.sharding import abstract_model, build_mesh, global_batch, param_shardings
+    from jaxtune.train.optim import build_optimizer
+    from jaxtune.train.step import init_train_state, make_train_step, train_state_shardings
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    peak, peak_n = matmul_peak_flops()
+
+    hf_cfg = transformers.LlamaConfig(
+        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.mlp, num_hidden_layers=args.layers,
+        num_attention_heads=args.heads, max_position_embeddings=max(2048, args.length), attn_implementation=args.attn,
+    )
+    hf_model = transformers.LlamaForCausalLM(hf_cfg)
+    with tempfile.TemporaryDirectory() as tmp:
+        hf_model.save_pretrained(tmp)
+        cfg, params = load_hf_params(tmp, param_dtype="float32")
+    cfg = dataclasses.replace(cfg, compute_dtype="float32", remat_policy=args.remat)
+    optim = OptimConfig(learning_rate=1e-5, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.1, max_grad_norm=1.0)
+    batch = make_batch(args)
+    tokens = args.batch * args.length
+
+    # jaxtune: the trainer's own step on a one-device mesh.
+    mesh = build_mesh(MeshConfig(data=1, fsdp=1, tensor=1), jax.devices()[:1])
+    tx, schedule = build_optimizer(optim, 1000)
+    graphdef, shapes, axes = abstract_model(cfg)
+    shardings = train_state_shardings(tx, shapes, axes, mesh)
+    state = init_train_state(jax.device_put(params, param_shardings(axes, mesh)), tx, 0, shardings)
+    step = make_train_step(graphdef, tx, schedule, mesh=mesh, state_shardings=shardings)
+    jax_batch = global_batch(batch, mesh, microbatches=1)
+    start = time.perf_counter()
+    state, metrics = step(state, jax_batch)
+    jax_first_loss = float(metrics.compute()["loss"])
+    compile_s = time.perf_counter() - start
+
+    # transformers: the usual PyTorch training step with the same loss, clipping and AdamW.
+    hf_model.train()
+    opt = torch.optim.AdamW(hf_model.parameters(), lr=optim.learning_rate, betas=(optim.b1, optim.b2),
+                            eps=optim.eps, weight_decay=optim.weight_decay)
+    ids = torch.from_numpy(batch["input_ids"].astype(np.int64))
+    targets = torch.from_numpy(batch["targets"].astype(np.int64))
+    weights = torch.from_numpy(batch["loss_weights"])
+
+    def torch_step() -> float:
+        opt.zero_grad(set_to_none=True)
+        logits = hf_model(ids).logits
+        ce = torch.nn.functional.cross_entropy(logits.view(-1, args.vocab), targets.view(-1), reduction="none")
+        loss = (ce * weights.view(-1)).sum() / weights.sum()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(hf_model.parameters(), optim.max_grad_norm)
+        opt.step()
+        return float(loss)
+
+    torch_first_loss = torch_step()
+    diff = abs(jax_first_loss - torch_first_loss)
+
+    jax_times, hf_times = [], []
+    for _ in range(args.repeats):
+        def run_jax():
+            nonlocal state
+            state, m = step(state, jax_batch)
+            jax.block_until_ready(m)
+
+        jax_times.append(seconds(run_jax))
+        hf_times.append(seconds(torch_step))
+    jax_s, hf_s = statistics.median(jax_times), statistics.median(hf_times)
+
+    flops_per_token = model_info(cfg, args.length).train_flops_per_token
+    jax_mfu = flops_per_token * tokens / jax_s / peak
+    hf_mfu = flops_per_token * tokens / hf_s / peak
+    params_m = sum(p.numel() for p in hf_model.parameters()) / 1e6
+    print(f"model: hidden {args.hidden}, {args.layers} layers, {args.heads} heads, mlp {args.mlp}, vocab {args.vocab} "
+          f"({params_m:.1f}M params), float32, CPU ({os.cpu_count()} cores, torch threads {args.threads})")
+    print(f"batch {args.batch} x {args.length} tokens; forward + backward + clip + AdamW; median of {args.repeats} "
+          f"warm steps each, interleaved")
+    print(f"first-step loss: jaxtune {jax_first_loss:.6f}, transformers {torch_first_loss:.6f} (|diff| {diff:.1e})")
+    print(f"CPU float32 matmul peak (JAX, {peak_n}x{peak_n}): {peak / 1e9:.1f} GFLOP/s; "
+          f"training FLOPs/token {flops_per_token / 1e6:.1f} MFLOP")
+    print(f"jaxtune (jit, xla attention):  {tokens / jax_s:9.0f} tokens/s  ({jax_s * 1e3:.0f} ms/step, "
+          f"MFU {100 * jax_mfu:.1f}%; first step with compile {compile_s:.1f} s)")
+    print(f"transformers ({args.attn}, torch {torch.__version__}): {tokens / hf_s:9.0f} tokens/s  "
+          f"({hf_s * 1e3:.0f} ms/step, MFU {100 * hf_mfu:.1f}%)")
+    ratio = hf_s / jax_s
+    print(f"ratio jaxtune / transformers: {ratio:.2f} (target >= 1.0: {'met' if ratio >= 1.0 else 'NOT met'})")
+    print(f"jaxtune CPU MFU: {100 * jax_mfu:.1f}% (target >= 60%: {'met' if jax_mfu >= 0.6 else 'NOT met'})")
+    return 0 if diff < 1e-3 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""The study's grid: fine-tune at several data selections, evaluate the chosen epochs of each run, draw the report.
+
+``jaxtune sweep CONFIG --selections curated-10,curated-40,...`` trains one run per selection under
+``run_dir/<selection>``, evaluates its epoch checkpoints on ``eval.suites`` into ``run_dir/<selection>/eval/
+epoch-<e>``, and writes the growth curves and tables of all runs into ``run_dir/report``. A run that already
+finished is resumed from its checkpoints (nothing is trained twice) and an evaluation that already wrote its
+summaries is read back rather than recomputed, so an interrupted sweep continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from jaxtune.config import Config, ConfigError
+from jaxtune.errors import JaxtuneError
+from jaxtune.eval.results import parse_selection
+
+
+@dataclass
+class SweepRun:
+    """One selection of the sweep: where it trained and where each evaluated epoch's results are."""
+
+    selection: str
+    run_dir: Path
+    eval_dirs: dict[int, Path] = field(default_factory=dict)
+    train_summary: str = ""
+
+
+@dataclass
+class SweepOutputs:
+    """What a sweep produced."""
+
+    runs: list[SweepRun]
+    report_dir: Path
+    report_files: list[Path]
+    table: str
+
+    def summary(self) -> str:
+        figures = [p for p in self.report_files if p.suffix in (".png", ".svg")]
+        lines = [self.table, "", f"report: {self.report_dir}"]
+        lines += [f"  figure: {p}" for p in figures]
+        lines += [f"  table:  {p}" for p in self.report_files if p.suffix in (".csv", ".md")]
+        return "\n".join(lines)
+
+
+def model_size_label(cfg: Config) -> str:
+    """``7b``/``13b``/``33b`` for the study's presets, else the preset name, else a parameter-count label."""
+    preset = cfg.model.preset or ""
+    if preset.startswith(("doit-", "llama2-")):
+        return preset.split("-", 1)[1]
+    if preset:
+        return preset
+    from jaxtune.models.stats import count_params
+
+    n = count_params(cfg.model)
+    return f"{n / 1e9:.1f}b" if n >= 1e9 else f"{n / 1e6:.0f}m"
+
+
+def epochs_to_evaluate(spec: str, epochs: int) -> list[int]:
+    """``last`` -> [epochs]; ``all`` -> 1..epochs; ``1,5,10`` -> those (each within 1..epochs)."""
+    if spec == "last":
+        return [epochs]
+    if spec == "all":
+        return list(range(1, epochs + 1))
+    try:
+        chosen = sorted({int(x) for x in spec.split(",") if x.strip()})
+    except ValueError:
+        raise ConfigError(f"--eval-epochs: expected 'last', 'all' or comma-separated integers, got {spec!r}") from None
+    bad = [e for e in chosen if not 1 <= e <= epochs]
+    if bad or not chosen:
+        raise ConfigError(f"--eval-epochs: epochs {bad or spec} are outside 1..{epochs} (train.epochs={epochs})")
+    return chosen
+
+
+def _has_summaries(eval_dir: Path) -> bool:
+    return eval_dir.is_dir() and any(eval_dir.glob("*.summary.json"))
+
+
+def sweep(
+    cfg: Config,
+    selections: Sequence[str],
+    epochs_to_eval: str = "last",
+    *,
+    print_fn: Callable[[str], None] = print,
+) -> SweepOutputs:
+    """Train, evaluate and report every selection; see the module docstring."""
+    from jaxtune.eval.runner import evaluate
+    from jaxtune.report import report
+    from jaxtune.train.trainer import train
+
+    if cfg.train.max_steps is not None:
+        raise ConfigError("train.max_steps: a sweep trains whole epochs (the study evaluates epoch checkpoints); "
+                          "unset it and choose train.epochs")
+    epochs = epochs_to_evaluate(epochs_to_eval, cfg.train.epochs)
+    root = Path(cfg.run_dir)
+    size = model_size_label(cfg)
+    runs: list[SweepRun] = []
+    started = time.time()
+    for i, selection in enumerate(selections):
+        source, volume = parse_selection(selection)
+        run_dir = root / selection
+        run_cfg = dataclasses.replace(
+            cfg, run_dir=str(run_dir), data=dataclasses.replace(cfg.data, selection=selection)
+        )
+        print_fn(f"[{i + 1}/{len(selections)}] {selection}: training ({_eta(started, i, len(selections))})")
+        result = train(run_cfg, print_fn=print_fn)
+        if result.stopped != "completed":
+            raise JaxtuneError(f"run {run_dir} stopped early ({result.stopped}); rerun the sweep to resume it")
+        steps_per_epoch = result.total_steps // cfg.train.epochs
+        run = SweepRun(selection, run_dir, train_summary=result.summary())
+        for epoch in epochs:
+            step = epoch * steps_per_epoch
+            eval_dir = run_dir / "eval" / f"epoch-{epoch}"
+            if not _has_summaries(eval_dir):
+                print_fn(f"[{i + 1}/{len(selections)}] {selection}: evaluating epoch {epoch} (step {step})")
+                metadata = {"run_name": selection, "model_size": size, "data_source": source, "epoch": str(epoch),
+                            "step": str(step)}
+                if volume is not None:
+                    metadata["data_volume"] = str(volume)
+                evaluation = evaluate(run_dir / "checkpoints" / str(step), cfg.eval, out_dir=eval_dir,
+                                      metadata=metadata)
+                print_fn(evaluation.table())
+            run.eval_dirs[epoch] = eval_dir
+        runs.append(run)
+    report_dir = root / "report"
+    files = report([d for r in runs for d in r.eval_dirs.values()], report_dir)
+    table = _final_table(report_dir)
+    return SweepOutputs(runs=runs, report_dir=report_dir, report_files=list(files), table=table)
+
+
+def _eta(started: float, done: int, total: int) -> str:
+    if done == 0:
+        return "ETA after the first run"
+    per_run = (time.time() - started) / done
+    return f"ETA {per_run * (total - done) / 60:.1f} min"
+
+
+def _final_table(report_dir: Path) -> str:
+    """The report's per-ability tables (Markdown), one per suite, for printing at the end."""
+    parts = []
+    for path in sorted(report_dir.glob("*.scores.md")):
+        parts.append(f"{path.name[: -len('.scores.md')]}:\n{path.read_text(encoding='utf-8')}")
+    return "\n".join(parts)
