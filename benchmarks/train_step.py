@@ -44,6 +44,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads")
     p.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"], help="transformers attention implementation")
     p.add_argument("--remat", default="none", help="jaxtune model.remat_policy")
+    p.add_argument("--matmul-size", type=int, default=2048, help="size of the square matmul timing the CPU peak")
     return p.parse_args()
 
 
@@ -53,21 +54,21 @@ def seconds(fn) -> float:
     return time.perf_counter() - start
 
 
-def matmul_peak_flops(repeats: int = 5) -> tuple[float, int]:
-    """The best float32 matmul throughput JAX reaches on this CPU (FLOP/s) and the size that reached it."""
+def matmul_timer(n: int = 2048):
+    """A function timing one float32 n x n matmul with JAX; returns its FLOP/s (the CPU's matmul peak: the best
+    large-matmul throughput XLA reaches here)."""
     import jax
     import jax.numpy as jnp
 
-    best, best_n = 0.0, 0
-    for n in (1024, 2048, 3072):
-        a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), jnp.float32)
-        b = jnp.asarray(np.random.default_rng(1).normal(size=(n, n)), jnp.float32)
-        mm = jax.jit(lambda x, y: x @ y)
-        mm(a, b).block_until_ready()
-        t = statistics.median(seconds(lambda: mm(a, b).block_until_ready()) for _ in range(repeats))
-        if 2 * n**3 / t > best:
-            best, best_n = 2 * n**3 / t, n
-    return best, best_n
+    a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), jnp.float32)
+    b = jnp.asarray(np.random.default_rng(1).normal(size=(n, n)), jnp.float32)
+    mm = jax.jit(lambda x, y: x @ y)
+    mm(a, b).block_until_ready()
+
+    def flops_per_s() -> float:
+        return 2 * n**3 / min(seconds(lambda: mm(a, b).block_until_ready()) for _ in range(3))
+
+    return flops_per_s
 
 
 def make_batch(args: argparse.Namespace) -> dict[str, np.ndarray]:
@@ -101,7 +102,7 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    peak, peak_n = matmul_peak_flops()
+    matmul_flops = matmul_timer(args.matmul_size)
 
     hf_cfg = transformers.LlamaConfig(
         vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.mlp, num_hidden_layers=args.layers,
@@ -145,13 +146,14 @@ def main() -> int:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(hf_model.parameters(), optim.max_grad_norm)
         opt.step()
-        return float(loss)
+        return float(loss.detach())
 
     torch_first_loss = torch_step()
     diff = abs(jax_first_loss - torch_first_loss)
 
-    jax_times, hf_times = [], []
+    jax_times, hf_times, peaks = [], [], []
     for _ in range(args.repeats):
+        peaks.append(matmul_flops())
         def run_jax():
             nonlocal state
             state, m = step(state, jax_batch)
@@ -159,7 +161,7 @@ def main() -> int:
 
         jax_times.append(seconds(run_jax))
         hf_times.append(seconds(torch_step))
-    jax_s, hf_s = statistics.median(jax_times), statistics.median(hf_times)
+    jax_s, hf_s, peak = statistics.median(jax_times), statistics.median(hf_times), statistics.median(peaks)
 
     flops_per_token = model_info(cfg, args.length).train_flops_per_token
     jax_mfu = flops_per_token * tokens / jax_s / peak
@@ -170,7 +172,7 @@ def main() -> int:
     print(f"batch {args.batch} x {args.length} tokens; forward + backward + clip + AdamW; median of {args.repeats} "
           f"warm steps each, interleaved")
     print(f"first-step loss: jaxtune {jax_first_loss:.6f}, transformers {torch_first_loss:.6f} (|diff| {diff:.1e})")
-    print(f"CPU float32 matmul peak (JAX, {peak_n}x{peak_n}): {peak / 1e9:.1f} GFLOP/s; "
+    print(f"CPU float32 matmul peak (JAX, {args.matmul_size}^2, median of the repeats): {peak / 1e9:.1f} GFLOP/s; "
           f"training FLOPs/token {flops_per_token / 1e6:.1f} MFLOP")
     print(f"jaxtune (jit, xla attention):  {tokens / jax_s:9.0f} tokens/s  ({jax_s * 1e3:.0f} ms/step, "
           f"MFU {100 * jax_mfu:.1f}%; first step with compile {compile_s:.1f} s)")

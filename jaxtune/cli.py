@@ -146,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML config whose eval section to use")
     p.add_argument("--out", required=True, help="directory for per-item JSON Lines and summaries")
     p.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
-                   help="metadata recorded with the result (data_volume=160, model_size=7b, source=curated, epoch=10)")
+                   help="metadata recorded with the result: run_name, model_size, data_source, data_volume, epoch, step "
+                        "(e.g. --meta data_volume=160 --meta data_source=curated)")
     p.add_argument("overrides", nargs="*", help="key=value overrides (eval.batch_size=16 ...)")
 
     p = add("report", _cmd_report, "draw growth curves and growth-pace tables from many evaluations")
@@ -195,7 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``jaxtune`` console command."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may also follow options (`eval CKPT --out D eval.batch_size=4`): argparse leaves them over.
+    stray = [a for a in extra if a.startswith("-") or "=" not in a]
+    if stray or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
     if not getattr(args, "fn", None):
         parser.print_help()
         return 2

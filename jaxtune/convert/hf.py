@@ -69,13 +69,13 @@ def _check_tensors(source: WeightSource, cfg: ModelConfig) -> None:
             )
 
 
-def _fill_new_rows(table: np.ndarray, old: int, new: int) -> None:
+def fill_new_vocab_rows(table: np.ndarray, old: int, new: int) -> None:
     """Rows [old, new) of a (V, E) table (or a transposed view) become the mean of rows [0, old), computed in
     float32 (transformers' recipe for added tokens); rows from ``new`` on (vocabulary padding) become zero."""
     if new > old:
         mean = np.zeros(table.shape[1], np.float64)
         for start in range(0, old, 4096):  # blockwise: never a float32 copy of the whole table
-            mean += table[start: start + 4096].astype(np.float32).sum(axis=0, dtype=np.float64)
+            mean += table[start: min(start + 4096, old)].astype(np.float32).sum(axis=0, dtype=np.float64)
         table[old:new] = (mean / old).astype(np.float32).astype(table.dtype)
     table[new:] = 0
 
@@ -126,9 +126,9 @@ def load_hf_params(
         else:
             params["layers"][where.param][where.layer] = where.spec.to_jaxtune(array, cfg)
         del array
-    _fill_new_rows(params["embed_tokens"], old, new_vocab)
+    fill_new_vocab_rows(params["embed_tokens"], old, new_vocab)
     if "lm_head" in params:
-        _fill_new_rows(params["lm_head"].T, old, new_vocab)
+        fill_new_vocab_rows(params["lm_head"].T, old, new_vocab)
     return out_cfg, params
 
 

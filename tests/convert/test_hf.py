@@ -18,7 +18,16 @@ from safetensors.torch import save_file
 
 from hf_models import hf_logits
 from jaxtune.checkpoint import load_params, restore_model
-from jaxtune.convert.hf import CheckReport, check_hf, export_hf, import_hf, load_hf_params, parse_size, plan_shards
+from jaxtune.convert.hf import (
+    CheckReport,
+    fill_new_vocab_rows,
+    check_hf,
+    export_hf,
+    import_hf,
+    load_hf_params,
+    parse_size,
+    plan_shards,
+)
 from jaxtune.convert.safetensors_io import PlannedTensor
 from jaxtune.errors import JaxtuneError
 
@@ -242,3 +251,21 @@ def test_shard_planning() -> None:
     tensors = [PlannedTensor(str(i), np.float32, (n,)) for i, n in enumerate([10, 10, 30, 5, 5])]
     # 40 + 40 bytes fill the first shard; the 120-byte tensor gets one of its own.
     assert [[t.name for t in g] for g in plan_shards(tensors, 80)] == [["0", "1"], ["2"], ["3", "4"]]
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_new_vocabulary_rows_average_only_the_old_rows(transposed: bool) -> None:
+    """Rows past the old vocabulary are uninitialised (np.empty) while the mean is taken: they must not leak in."""
+    old, new, padded = 5000, 5004, 5120  # more than one 4096-row block
+    rng = np.random.default_rng(0)
+    table = np.full((padded, 3), np.nan, np.float32)
+    table[:old] = rng.standard_normal((old, 3))
+    expected = table[:old].astype(np.float64).mean(0)
+    if transposed:  # the LM head is (E, V): its rows are filled through a transposed view
+        storage = np.ascontiguousarray(table.T)
+        fill_new_vocab_rows(storage.T, old, new)
+        table = storage.T
+    else:
+        fill_new_vocab_rows(table, old, new)
+    np.testing.assert_allclose(table[old:new], np.repeat(expected[None], 4, 0), atol=1e-6)
+    assert not table[new:].any()

@@ -15,20 +15,24 @@ from typing import Any
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch", reason="the parity tests need PyTorch (pip install jaxtune[test])")
-transformers = pytest.importorskip("transformers")
+import jax
+import jax.numpy as jnp
+from flax import nnx
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-from flax import nnx  # noqa: E402
+import jaxtune.demo
+from jaxtune.models.configs import model_config
+from jaxtune.models.llama import Llama
 
-import jaxtune.demo  # noqa: E402
-from jaxtune.models.configs import model_config  # noqa: E402
-from jaxtune.models.llama import Llama  # noqa: E402
+
+def _torch_and_transformers() -> tuple[Any, Any]:
+    """torch and transformers, or a skip (the parity tests need the test extra: pip install jaxtune[test])."""
+    torch = pytest.importorskip("torch", reason="the parity tests need PyTorch (pip install jaxtune[test])")
+    return torch, pytest.importorskip("transformers")
 
 
 def hf_config(cfg: Any) -> Any:
     """A transformers LlamaConfig with the same shape as a jaxtune ModelConfig."""
+    _, transformers = _torch_and_transformers()
     return transformers.LlamaConfig(
         vocab_size=cfg.vocab_size,
         hidden_size=cfg.hidden_size,
@@ -93,6 +97,7 @@ def tiny_pair(preset: str = "tiny-gqa", seed: int = 0, init_std: float = 0.2, **
     ties (parity of argmax then tests the numerics, not float noise).
     """
     cfg = model_config(preset, initializer_range=init_std, **overrides)
+    torch, transformers = _torch_and_transformers()
     torch.manual_seed(seed)
     hf_cfg = hf_config(cfg)
     hf_cfg.initializer_range = init_std
