@@ -83,22 +83,39 @@ def write_corpus(path: Path, n: int, kind: str, seed: int = 0) -> None:
     tmp.replace(path)
 
 
-def ensure_prepared(work: Path, name: str, n: int, kind: str) -> Path:
-    from jaxtune.data.prepare import is_prepared_dataset, prepare_dataset
+def prepare_corpus(work: Path, name: str, n: int, kind: str) -> dict:
+    """Runs in its own process: write the JSON Lines corpus, prepare it, report time and peak RSS."""
+    from jaxtune.data.prepare import prepare_dataset
 
-    out = work / name / "prepared"
-    if is_prepared_dataset(out):
-        return out
     source = work / name / "records.json"
     t = time.time()
     write_corpus(source, n, kind)
-    print(f"[{name}] wrote {n} records in {time.time() - t:.1f}s", flush=True)
+    written = time.time() - t
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t = time.time()
-    prepare_dataset(source, out, "doit", overwrite=True)
-    print(f"[{name}] prepared ArrayRecord dataset in {time.time() - t:.1f}s "
-          f"({n / (time.time() - t):.0f} records/s)", flush=True)
+    prepare_dataset(source, work / name / "prepared", "doit", overwrite=True)
+    seconds = time.time() - t
     source.unlink()
+    return {"write_s": written, "prepare_s": seconds, "records_per_s": n / seconds,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "rss_before_mb": rss_before}
+
+
+def ensure_prepared(work: Path, name: str, n: int, kind: str) -> Path:
+    from jaxtune.data.prepare import is_prepared_dataset
+
+    out = work / name / "prepared"
+    if not is_prepared_dataset(out):
+        r = _child(["--prepare", str(work), name, str(n), kind])
+        print(f"[{name}] wrote {n} records in {r['write_s']:.1f}s; prepared the ArrayRecord dataset in "
+              f"{r['prepare_s']:.1f}s ({r['records_per_s']:.0f} records/s), peak RSS of prepare "
+              f"{r['peak_rss_mb']:.0f} MB", flush=True)
     return out
+
+
+def _child(args: list[str]) -> dict:
+    cmd = [sys.executable, __file__, *args]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def measure(prepared: Path, batches: int, workers: int, batch_size: int) -> dict:
@@ -144,10 +161,8 @@ def measure(prepared: Path, batches: int, workers: int, batch_size: int) -> dict
 
 
 def run_child(prepared: Path, batches: int, workers: int, batch_size: int) -> dict:
-    cmd = [sys.executable, __file__, "--child", str(prepared), "--batches", str(batches), "--workers", str(workers),
-           "--batch-size", str(batch_size)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return _child(["--child", str(prepared), "--batches", str(batches), "--workers", str(workers),
+                   "--batch-size", str(batch_size)])
 
 
 def main() -> None:
@@ -158,7 +173,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--child")
     parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--prepare", nargs=4, metavar=("WORK", "NAME", "N", "KIND"))
     args = parser.parse_args()
+    if args.prepare:
+        work, name, n, kind = args.prepare
+        print(json.dumps(prepare_corpus(Path(work), name, int(n), kind)))
+        return
     if args.child:
         print(json.dumps(measure(Path(args.child), args.batches, args.workers, args.batch_size)))
         return
@@ -171,7 +191,7 @@ def main() -> None:
     results = {}
     for name, n, kind in corpora:
         prepared = ensure_prepared(work, name, n, kind)
-        for workers in ((0, 2) if name == "realistic-20k" else (0,)):
+        for workers in ((0, 2) if name in ("realistic-20k", "small-2m") else (0,)):
             r = run_child(prepared, args.batches, workers, args.batch_size)
             results[(name, workers)] = r
             print(f"[{name}, workers={workers}] first pass {r['first_pass_s']:.1f}s "

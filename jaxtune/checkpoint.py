@@ -26,6 +26,7 @@ from flax import nnx
 
 from jaxtune.config import ConfigError, ModelConfig, model_config_from_dict
 from jaxtune.errors import JaxtuneError
+from jaxtune.models.llama import Llama
 
 # ====================================================================================================================
 # Params-only checkpoints
@@ -125,22 +126,34 @@ def save_params(
     path = Path(path).absolute()
     params = params_to_pure_dict(params_state)
     _check_params_match_config(params, model_cfg, str(path))
-    if path.exists() and any(path.iterdir()):
-        if not overwrite:
-            raise CheckpointError(f"{path}: already exists and is not empty (choose another path or overwrite)")
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
-    if tokenizer_dir is not None:
-        copy_tokenizer_files(tokenizer_dir, path / TOKENIZER_DIR)
-    if added_tokens:
-        (path / TOKENIZER_DIR).mkdir(exist_ok=True)
-        write_added_tokens(path / TOKENIZER_DIR, added_tokens)
+    if path.exists() and any(path.iterdir()) and not overwrite:
+        raise CheckpointError(f"{path}: already exists and is not empty (choose another path or overwrite)")
+    primary = jax.process_index() == 0  # with several processes, one writes the side files; all write arrays
+    if primary:
+        if path.exists():
+            shutil.rmtree(path)
+        path.mkdir(parents=True)
+        if tokenizer_dir is not None:
+            copy_tokenizer_files(tokenizer_dir, path / TOKENIZER_DIR)
+        if added_tokens:
+            (path / TOKENIZER_DIR).mkdir(exist_ok=True)
+            write_added_tokens(path / TOKENIZER_DIR, added_tokens)
+    _sync_processes("jaxtune_save_params_prepared")
     with _params_checkpointer(params, compress) as checkpointer:
         checkpointer.save(path / PARAMS_DIR, args=ocp.args.PyTreeSave(params))
-    config = dataclasses.asdict(model_cfg)
-    config["preset"] = None  # the fields are resolved; a preset name would re-apply its values on load
-    (path / MODEL_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    if primary:
+        config = dataclasses.asdict(model_cfg)
+        config["preset"] = None  # the fields are resolved; a preset name would re-apply its values on load
+        (path / MODEL_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    _sync_processes("jaxtune_save_params_done")
     return path
+
+
+def _sync_processes(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def _params_checkpointer(params: dict, compress: bool) -> ocp.Checkpointer:
@@ -216,21 +229,23 @@ def load_params(
     return cfg, params
 
 
-def restore_model(path: str | Path, shardings: Any = None, dtype: Optional[str] = None, **cfg_overrides: Any):
-    """A ``jaxtune.models.llama.Llama`` with the parameters of a params-only checkpoint.
-
-    cfg_overrides: ModelConfig fields to change that do not affect parameter shapes (compute_dtype,
-    attention_impl, scan_layers, remat_policy...).
-    """
-    from jaxtune.models.llama import Llama
-
-    cfg, params = load_params(path, shardings=shardings, dtype=dtype)
-    cfg = dataclasses.replace(cfg, **cfg_overrides)
+def model_with_params(cfg: ModelConfig, params: dict) -> Llama:
+    """A Llama of ``cfg`` holding ``params`` (a nested dict of jax arrays, used as they are: no initialisation)."""
     model = nnx.eval_shape(lambda: Llama(cfg, nnx.Rngs(0)))
     state = nnx.state(model, nnx.Param)
     nnx.replace_by_pure_dict(state, params)
     nnx.update(model, state)
     return model
+
+
+def restore_model(path: str | Path, shardings: Any = None, dtype: Optional[str] = None, **cfg_overrides: Any) -> Llama:
+    """A ``jaxtune.models.llama.Llama`` with the parameters of a params-only checkpoint.
+
+    cfg_overrides: ModelConfig fields to change that do not affect parameter shapes (compute_dtype,
+    attention_impl, scan_layers, remat_policy...).
+    """
+    cfg, params = load_params(path, shardings=shardings, dtype=dtype)
+    return model_with_params(dataclasses.replace(cfg, **cfg_overrides), params)
 
 
 def tokenizer_path(path: str | Path) -> Optional[Path]:
@@ -240,22 +255,9 @@ def tokenizer_path(path: str | Path) -> Optional[Path]:
 
 
 def expected_param_shapes(cfg: ModelConfig) -> dict:
-    """The params tree of ``cfg`` as nested dicts of shape tuples (the layout of jaxtune.models.llama)."""
-    e, m, h, kv, d, n = (cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.resolved_num_kv_heads(),
-                         cfg.resolved_head_dim(), cfg.num_layers)
-    v = cfg.padded_vocab_size()
-    shapes: dict = {
-        "embed_tokens": (v, e),
-        "layers": {
-            "attn_norm": (n, e), "q_proj": (n, e, h, d), "k_proj": (n, e, kv, d), "v_proj": (n, e, kv, d),
-            "o_proj": (n, h, d, e), "mlp_norm": (n, e), "gate_proj": (n, e, m), "up_proj": (n, e, m),
-            "down_proj": (n, m, e),
-        },
-        "norm": (e,),
-    }
-    if not cfg.tie_word_embeddings:
-        shapes["lm_head"] = (e, v)
-    return shapes
+    """The params tree of ``cfg`` as nested dicts of shape tuples (traced from the model itself, nothing allocated)."""
+    model = nnx.eval_shape(lambda: Llama(cfg, nnx.Rngs(0)))
+    return jax.tree.map(lambda x: tuple(x.shape), nnx.to_pure_dict(nnx.state(model, nnx.Param)))
 
 
 def _check_params_match_config(params: dict, cfg: ModelConfig, where: str) -> None:
@@ -296,7 +298,9 @@ def _numpy_dtype(name: str) -> Any:
 #                         from then on the step folder is also a params-only checkpoint (eval, export-hf,
 #                         train.init_from read it directly)
 #
-# Orbax writes each step into a temporary folder renamed on completion, so a half-written step is never listed.
+# Orbax writes each step into a temporary folder, puts a commit marker in it and renames it on completion; only
+# folders holding the marker count as checkpoints, so a half-written (or half-copied, half-deleted) step is never
+# restored.
 
 CHECKPOINTS_DIR = "checkpoints"
 _COMMIT_MARKER = "commit_success.txt"  # orbax.checkpoint's atomicity_types.COMMIT_SUCCESS_FILE
@@ -376,7 +380,9 @@ class TrainCheckpointManager:
 
     def save(self, step: int, params: Any, train_fields: Any, data_iter: Any, config: Mapping[str, Any]) -> None:
         """Start saving step ``step`` (returns once the arrays are copied off the devices when async)."""
-        self._mark_finalised()
+        # Orbax would wait for the previous save here anyway; waiting first also lets its background finalisation
+        # (renames, deleting old steps) end before the finished steps are marked.
+        self.wait_until_finished()
         args = ocp.args.Composite(**{
             TRAIN_PARAMS_ITEM: ocp.args.StandardSave(params),
             TRAIN_STATE_ITEM: ocp.args.StandardSave(train_fields),
@@ -419,8 +425,8 @@ class TrainCheckpointManager:
         self._manager.close()
 
     def _mark_finalised(self) -> None:
-        # Orbax writes a step into a temporary folder and renames it to <step> when complete: a folder under the
-        # final name is finalised. Steps the preservation policy has already removed are forgotten.
+        # A step is finalised once its commit marker exists (see all_steps). Steps the preservation policy has
+        # already removed are forgotten.
         if jax.process_index() != 0:
             self._unmarked.clear()
             return
@@ -430,7 +436,7 @@ class TrainCheckpointManager:
             if step not in kept:
                 self._unmarked.discard(step)
                 continue
-            if not step_dir.is_dir():
+            if not (step_dir / _COMMIT_MARKER).is_file():
                 continue  # still being written
             if self.tokenizer_src is not None and not (step_dir / TOKENIZER_DIR).exists():
                 copy_tokenizer_files(self.tokenizer_src, step_dir / TOKENIZER_DIR)

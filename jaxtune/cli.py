@@ -106,8 +106,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def _cmd_prepare(args: argparse.Namespace) -> int:
     from jaxtune.data.prepare import prepare_dataset
 
-    out = prepare_dataset(args.input, args.out, format=args.format, on_error=args.on_error)
-    print(out.summary() if hasattr(out, "summary") else f"prepared {args.out}")
+    out = prepare_dataset(args.input, args.out, format=args.format, on_error=args.on_error, overwrite=args.overwrite)
+    print(out.summary())
     return 0
 
 
@@ -165,7 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out")
     p.add_argument("--format", required=True,
                    choices=["doit", "belle", "belle_conversations", "alpaca", "sharegpt", "messages"])
-    p.add_argument("--on-error", default="raise", choices=["raise", "skip"])
+    p.add_argument("--on-error", default="raise", choices=["raise", "skip"],
+                   help="raise on the first bad record, or skip, count and list bad records")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
 
     p = add("import-hf", _cmd_import_hf, "convert a Hugging Face LLaMA folder into a jaxtune checkpoint")
     p.add_argument("hf_dir")

@@ -244,7 +244,7 @@ class TrainConfig:
     """Stop after this many consecutive steps with non-finite loss or gradients (each such step is skipped: the
     parameters and optimizer state are left as they were)."""
     profile: bool = False
-    """Write a JAX profiler trace of a few steps after the first log interval into run_dir/profile."""
+    """Write a JAX profiler trace of the three steps after the first (compiling) one into run_dir/profile."""
     peak_flops_per_device: Optional[float] = None
     """Peak FLOP/s of one device for the MFU figure; None looks the device kind up (TPU v4/v5e/v5p/v6e, A100,
     H100/H200) and omits MFU for unknown devices."""
@@ -255,15 +255,19 @@ class CheckpointConfig:
     """Orbax checkpoints of the train state and data iterator."""
 
     save_every: Optional[int] = 500
-    """Steps between saves (None: only at epoch ends)."""
+    """Steps between saves (None: only at epoch ends). The last step, each epoch end and a SIGTERM always save."""
     max_to_keep: Optional[int] = 3
+    """Newest checkpoints kept (None: all); epoch-end ones are kept besides when keep_epoch_checkpoints."""
     keep_epoch_checkpoints: bool = True
     """Keep every epoch-end checkpoint regardless of max_to_keep (the study evaluates per epoch)."""
     async_save: bool = True
+    """Write checkpoints in the background (training continues once the arrays are copied off the devices)."""
     resume: Literal["auto", "never"] = "auto"
-    """``auto`` continues from the latest complete checkpoint in the run directory."""
+    """``auto`` continues from the latest complete checkpoint in run_dir/checkpoints (a half-written one is never
+    picked); ``never`` starts fresh and refuses a run directory that already holds checkpoints."""
     init_from: Optional[str] = None
-    """Parameters to start from: a jaxtune checkpoint (params) directory; None initialises randomly."""
+    """Parameters to start from when not resuming: a params-only checkpoint (``jaxtune import-hf``) or a train
+    checkpoint's step folder (RUN_DIR/checkpoints/STEP); None initialises randomly from train.seed."""
 
 
 @dataclass

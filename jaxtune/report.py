@@ -34,6 +34,7 @@ from typing import Literal
 import numpy as np
 from matplotlib.figure import Figure
 
+from jaxtune.errors import JaxtuneError
 from jaxtune.eval.results import SuiteSummary, find_summaries, read_summary, summary_stem
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ LINESTYLES = {"curated": "-", "synthetic": "--"}
 OTHER_LINESTYLE = "-."
 
 
-class ReportError(ValueError):
+class ReportError(JaxtuneError, ValueError):
     """Inputs that cannot be reported (no summaries, or nothing placeable on a curve)."""
 
 

@@ -49,7 +49,7 @@ def test_build_mesh_axes_and_sizes():
     assert sorted(d.id for d in mesh.devices.flat) == sorted(d.id for d in jax.devices())
     assert data_parallel_size(mesh) == 8
     # One process and no TPU slices: a multi-slice data axis cannot be formed.
-    with pytest.raises(LayoutError, match=r"mesh.dcn_data=2 must equal the number of slices \(1\) or of processes \(1\)"):
+    with pytest.raises(LayoutError, match=r"dcn_data=2 must equal the number of slices \(1\) or of processes \(1\)"):
         build_mesh(MeshConfig(data=1, fsdp=-1, dcn_data=2))
 
 
@@ -129,3 +129,38 @@ def test_global_batch_splits_rows_and_regroups_microbatches():
     np.testing.assert_array_equal(np.asarray(micro), rows.reshape(2, 4, 4))
     with pytest.raises(LayoutError, match="not divisible by train.microbatches=3"):
         global_batch({"input_ids": rows}, mesh, microbatches=3)
+
+
+@pytest.mark.parametrize(
+    "env, config, expected",
+    [
+        ({}, {}, None),  # one machine: nothing to initialise
+        ({"TPU_WORKER_HOSTNAMES": "t1k-0"}, {}, None),  # a single-host TPU VM
+        ({"TPU_WORKER_HOSTNAMES": "t1k-0,t1k-1"}, {}, {}),  # a pod slice: JAX reads everything itself
+        ({"SLURM_NTASKS": "4"}, {}, {}),
+        ({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"}, {}, {}),
+        ({}, {"coordinator_address": "127.0.0.1:9", "num_processes": 2, "process_id": 1},
+         {"coordinator_address": "127.0.0.1:9", "num_processes": 2, "process_id": 1}),
+    ],
+)
+def test_distributed_initialisation_from_config_or_environment(monkeypatch, env, config, expected):
+    from jaxtune.sharding import initialize_distributed
+
+    for name in ("TPU_WORKER_HOSTNAMES", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "JAX_COORDINATOR_ADDRESS",
+                 "MEGASCALE_COORDINATOR_ADDRESS"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    calls = []
+    # jax.distributed.initialize itself is exercised for real by tests/train/test_multihost.py.
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
+    assert initialize_distributed(MeshConfig(**config)) is (expected is not None)
+    assert calls == ([] if expected is None else [expected])
+
+
+def test_process_settings_without_a_coordinator_are_rejected():
+    from jaxtune.sharding import initialize_distributed
+
+    with pytest.raises(LayoutError, match="need mesh.coordinator_address"):
+        initialize_distributed(MeshConfig(num_processes=2))

@@ -1,0 +1,1 @@
+"""Conversion between Hugging Face LLaMA folders and jaxtune checkpoints (see :mod:`jaxtune.convert.hf`)."""

@@ -16,22 +16,33 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
-from jaxtune.checkpoint import expected_param_shapes, load_params, save_params, tokenizer_path
+from jaxtune.checkpoint import expected_param_shapes, load_params, model_with_params, save_params, tokenizer_path
 from jaxtune.config import ModelConfig
 from jaxtune.convert.hf_config import model_config_from_hf, read_hf_config, write_hf_config
-from jaxtune.convert.hf_layout import EMBED, LM_HEAD, NORM, hf_tensor, hf_tensor_shapes, is_ignored, place
+from jaxtune.convert.hf_layout import EMBED, LM_HEAD, hf_tensor, hf_tensor_shapes, is_ignored, place
 from jaxtune.convert.hf_tokenizer import add_special_tokens, has_tokenizer, load_hf_tokenizer, write_hf_tokenizer
 from jaxtune.convert.hf_weights import HFWeightsError, WeightSource
 from jaxtune.convert.safetensors_io import PlannedTensor, SafetensorsWriter
-from jaxtune.models.llama import DTYPES
+from jaxtune.errors import JaxtuneError
+from jaxtune.models.llama import DTYPES, Llama
 
 logger = logging.getLogger(__name__)
 
 FLOAT_DTYPES = {np.dtype(DTYPES[name]): name for name in ("float32", "bfloat16", "float16")}
+
+
+class ConversionError(JaxtuneError, ValueError):
+    """A conversion option or destination is unusable; the message names it."""
+
+
+def _check_destination(path: Path, overwrite: bool) -> None:
+    """Fail before any work when the destination already holds something and overwriting was not asked for."""
+    if path.exists() and (not path.is_dir() or any(path.iterdir())) and not overwrite:
+        raise ConversionError(f"{path}: already exists and is not empty (choose another path, or overwrite)")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -100,17 +111,20 @@ def load_hf_params(
     _check_tensors(source, cfg)
     dtype_name = param_dtype or FLOAT_DTYPES[np.dtype(source.infos()[EMBED].dtype)]
     if dtype_name not in DTYPES:
-        raise ValueError(f"param_dtype must be one of {', '.join(DTYPES)}, got {dtype_name!r}")
+        raise ConversionError(f"param_dtype must be one of {', '.join(DTYPES)}, got {dtype_name!r}")
     new_vocab = cfg.vocab_size if vocab_size is None else int(vocab_size)
     if new_vocab < cfg.vocab_size:
-        raise ValueError(f"vocab_size={new_vocab} is smaller than the checkpoint's {cfg.vocab_size} (rows would be lost)")
+        raise ConversionError(
+            f"vocab_size={new_vocab} is smaller than the checkpoint's {cfg.vocab_size} (rows would be lost)"
+        )
     out_cfg = dataclasses.replace(
         cfg, vocab_size=new_vocab, vocab_pad_multiple=max(1, vocab_pad_multiple), param_dtype=dtype_name
     )
     dtype = np.dtype(DTYPES[dtype_name])
     # np.empty: pages are only touched (and counted in RSS) as the streamed tensors fill them.
-    params: dict = {k: np.empty(s, dtype) for k, s in expected_param_shapes(out_cfg).items() if k != "layers"}
-    params["layers"] = {k: np.empty(s, dtype) for k, s in expected_param_shapes(out_cfg)["layers"].items()}
+    shapes = expected_param_shapes(out_cfg)
+    params: dict = {k: np.empty(s, dtype) for k, s in shapes.items() if k != "layers"}
+    params["layers"] = {k: np.empty(s, dtype) for k, s in shapes["layers"].items()}
 
     old = cfg.vocab_size
     for name, array in source.iter_arrays():
@@ -150,12 +164,15 @@ def import_hf(
     old ones. Returns the checkpoint's ModelConfig.
     """
     hf_dir = Path(hf_dir)
+    _check_destination(Path(out), overwrite)
     tokenizer_src = Path(tokenizer_dir) if tokenizer_dir is not None else (hf_dir if has_tokenizer(hf_dir) else None)
     added: dict[str, int] = {}
     vocab_size = None
     if added_tokens:
         if tokenizer_src is None:
-            raise HFWeightsError(f"{hf_dir}: added_tokens need a tokenizer, and the folder has none (pass tokenizer_dir)")
+            raise ConversionError(
+                f"{hf_dir}: added_tokens need a tokenizer, and the folder has none (pass tokenizer_dir)"
+            )
         tokenizer = load_hf_tokenizer(tokenizer_src)
         added = add_special_tokens(tokenizer, list(added_tokens), str(tokenizer_src))
         vocab_size = max(read_hf_config(hf_dir).get("vocab_size", 0), len(tokenizer))
@@ -182,7 +199,7 @@ def parse_size(size: int | str) -> int:
         return size
     m = _SIZE.match(str(size))
     if not m:
-        raise ValueError(f"max_shard_size: cannot read {size!r} (examples: 5GB, 500MB, 2GiB, 1000000)")
+        raise ConversionError(f"max_shard_size: cannot read {size!r} (examples: 5GB, 500MB, 2GiB, 1000000)")
     return int(float(m.group(1)) * _UNITS[(m.group(2) or "B").upper()])
 
 
@@ -214,22 +231,21 @@ def export_hf(
     weights (default: as stored). Returns OUT_DIR.
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{out_dir}: already exists and is not empty (choose another folder or overwrite)")
-        shutil.rmtree(out_dir)
+    _check_destination(out_dir, overwrite)
+    if dtype is not None and dtype not in DTYPES:
+        raise ConversionError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    max_bytes = parse_size(max_shard_size)
     cfg, params = load_params(checkpoint, as_numpy=True)
-    stored = np.dtype(params["embed_tokens"].dtype)
-    out_dtype = np.dtype(DTYPES[dtype]) if dtype is not None else stored
-    if out_dtype not in FLOAT_DTYPES:
-        raise ValueError(f"dtype must be float32, bfloat16 or float16, got {out_dtype}")
+    out_dtype = np.dtype(DTYPES[dtype]) if dtype is not None else np.dtype(params["embed_tokens"].dtype)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
     tok_dir = tokenizer_path(checkpoint)
     out_dir.mkdir(parents=True, exist_ok=True)
     if tok_dir is not None:  # first: a tokenizer that does not fit the model fails before gigabytes are written
         write_hf_tokenizer(tok_dir, out_dir, vocab_size=cfg.vocab_size)
 
     planned = [PlannedTensor(name, out_dtype, shape) for name, shape in hf_tensor_shapes(cfg).items()]
-    shards = plan_shards(planned, parse_size(max_shard_size))
+    shards = plan_shards(planned, max_bytes)
     weight_map: dict[str, str] = {}
     for i, shard in enumerate(shards):
         file_name = "model.safetensors" if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
@@ -305,17 +321,9 @@ def _to_device(params: dict) -> dict:
     return out
 
 
-def build_model(cfg: ModelConfig, params: dict):
-    """A jaxtune Llama holding ``params`` (a nested dict of arrays, consumed)."""
-    from flax import nnx
-
-    from jaxtune.models.llama import Llama
-
-    model = nnx.eval_shape(lambda: Llama(cfg, nnx.Rngs(0)))
-    state = nnx.state(model, nnx.Param)
-    nnx.replace_by_pure_dict(state, _to_device(params))
-    nnx.update(model, state)
-    return model
+def build_model(cfg: ModelConfig, params: dict) -> Llama:
+    """A jaxtune Llama holding ``params`` (a nested dict of numpy arrays, consumed: each is released once copied)."""
+    return model_with_params(cfg, _to_device(params))
 
 
 def check_hf(

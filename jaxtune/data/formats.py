@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal, Optional, Union
 
+from jaxtune.errors import JaxtuneError
+
 FormatName = Literal["doit", "belle", "belle_conversations", "alpaca", "sharegpt", "messages"]
 OnError = Literal["raise", "skip"]
 
@@ -51,7 +53,7 @@ _SPEAKER_ROLES = {
 }
 
 
-class DataError(ValueError):
+class DataError(JaxtuneError, ValueError):
     """Bad input data. The message names the file, the line and the field, and says what was expected."""
 
     def __init__(self, source: str, line: int, field: str, problem: str):
@@ -191,20 +193,34 @@ def _first_char(path: Path) -> str:
                 return text[0]
 
 
+def is_json_array_file(path: Union[str, Path]) -> bool:
+    """True when the file holds one JSON array (its first non-blank character is ``[``), not JSON Lines."""
+    return _first_char(Path(path)) == "["
+
+
 def read_raw_entries(path: Union[str, Path]) -> Iterator[RawEntry]:
     """Yield every record-holding line of a JSON Lines file, or every element of a JSON array file, in order."""
     path = Path(path)
-    if _first_char(path) == "[":
+    if is_json_array_file(path):
         yield from _read_json_array(path)
     else:
-        yield from _read_json_lines(path)
+        yield from read_json_lines(path)
 
 
-def _read_json_lines(path: Path) -> Iterator[RawEntry]:
+def read_json_lines(
+    path: Union[str, Path], start: int = 0, stop: Optional[int] = None, first_line: int = 1
+) -> Iterator[RawEntry]:
+    """The non-blank lines of a JSON Lines file from byte ``start`` (a line start, numbered ``first_line``) up to
+    byte ``stop``, parsed."""
     src = str(path)
     with open(path, "rb") as f:
-        for line_no, raw in enumerate(f, start=1):
-            if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
+        f.seek(start)
+        offset = start
+        for line_no, raw in enumerate(f, start=first_line):
+            if stop is not None and offset >= stop:
+                break
+            offset += len(raw)
+            if offset == len(raw) and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]
             if not raw.strip():
                 continue
@@ -557,12 +573,16 @@ class RecordCollector:
             return None
 
     def iter_file(self, path: Union[str, Path]) -> Iterator[Record]:
+        yield from self.iter_entries(read_raw_entries(path))
+
+    def iter_entries(self, entries: Iterable[RawEntry]) -> Iterator[Record]:
+        """The valid records of ``entries``; a broken JSON array (which cannot be read further) ends them."""
         try:
-            for entry in read_raw_entries(path):
+            for entry in entries:
                 record = self.parse(entry)
                 if record is not None:
                     yield record
-        except DataError as e:  # a broken JSON array cannot be read further
+        except DataError as e:
             if self.on_error == "raise":
                 raise
             self.report.seen += 1

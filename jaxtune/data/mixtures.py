@@ -39,6 +39,7 @@ from jaxtune.data.formats import (
     iter_records,
     read_raw_entries,
 )
+from jaxtune.errors import JaxtuneError
 
 STUDY_ABILITIES: tuple[str, ...] = (
     "biology", "chinese", "code", "creative_writing", "ethics", "history", "math", "reasoning", "role_play",
@@ -65,7 +66,7 @@ _RECONSTRUCT_SIZES: dict[str, Optional[int]] = {**_MAXIMUM_SIZES, "biology": Non
 _RECONSTRUCT_OTHERS = 1305
 
 
-class SelectionError(ValueError):
+class SelectionError(JaxtuneError, ValueError):
     """A selection that cannot be made from the data given (the message says what was expected)."""
 
 

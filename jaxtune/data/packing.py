@@ -61,8 +61,9 @@ def pack_rows(
     if n and (lengths.max() > capacity or lengths.min() <= 0):
         raise ValueError(f"every length must be in 1..{capacity}; got {lengths.min()}..{lengths.max()}")
     index_type = np.int32 if n < 2**31 else np.int64
-    order = np.arange(n, dtype=index_type) if seed is None else np.random.default_rng(seed).permutation(n)
-    order = order.astype(index_type, copy=False)
+    order = np.arange(n, dtype=index_type)
+    if seed is not None:
+        np.random.default_rng(seed).shuffle(order)  # in place: no int64 copy of millions of indices
     row_of = np.empty(n, np.int32)  # row of the t-th example in packing order
     num_rows = 0
     open_rows: list[int] = []  # sorted keys (room << 32) | row

@@ -6,8 +6,9 @@ with nothing supervised are counted, reported and left out) -> a row plan (packi
 ``max_len`` with segment ids and positions restarting per example; or one example per row, padded left or right)
 -> a grain ``MapDataset`` over row positions: the rows are reshuffled every epoch (grain's per-epoch shuffle),
 each epoch's last partial batch is completed with empty rows whose ``loss_weights`` are 0, global batch ``b`` is rows
-``b*G .. b*G+G-1`` and host ``h`` of ``P`` takes every P-th of them (``ShardByJaxProcess``) -> rows are tokenized
-and assembled on demand -> batched -> optionally prefetched by worker processes.
+``b*G .. b*G+G-1`` and host ``h`` of ``P`` takes every P-th of them (``ShardByJaxProcess``) -> each host batch is
+built on demand (its records read in one call, tokenized in one call, laid into rows) -> optionally prefetched by
+worker processes (``data.num_workers``, which also parallelise the first pass).
 
 Because the plan is fixed before training, the number of steps per epoch is known up front, and the iterator's
 state is one index: ``get_state``/``set_state`` (and ``grain.checkpoint.CheckpointSave``/``CheckpointRestore`` in
@@ -38,6 +39,7 @@ from jaxtune.data.packing import RowPlan, one_per_row, pack_rows
 from jaxtune.data.prepare import PreparedRecords, is_prepared_dataset
 from jaxtune.data.templates import ChatTemplate, Encoded, TemplateError, make_template, template_backend
 from jaxtune.data.tokenizer import Tokenizer, load_tokenizer
+from jaxtune.errors import JaxtuneError
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +47,7 @@ BATCH_KEYS: tuple[str, ...] = ("input_ids", "targets", "loss_weights", "segment_
 _MEASURE_CHUNK = 512
 
 
-class PipelineError(ValueError):
+class PipelineError(JaxtuneError, ValueError):
     """A pipeline that cannot be built from this configuration (the message names the setting)."""
 
 
@@ -427,8 +429,9 @@ def _check_cfg(cfg: DataConfig, global_batch_size: int, shard_count: int) -> Non
                             f"{shard_count} processes")
     if cfg.pad_to_multiple < 0:
         raise PipelineError(f"data.pad_to_multiple must be >= 0, got {cfg.pad_to_multiple}")
-    if cfg.num_workers < 0 or cfg.prefetch < 1:
-        raise PipelineError("data.num_workers must be >= 0 and data.prefetch >= 1")
+    if cfg.num_workers < 0 or cfg.read_threads < 0 or cfg.prefetch < 1:
+        raise PipelineError(f"data.num_workers ({cfg.num_workers}) and data.read_threads ({cfg.read_threads}) must be "
+                            f">= 0 and data.prefetch ({cfg.prefetch}) >= 1")
 
 
 def _make_tokenizer_and_template(cfg: DataConfig, tokenizer: Optional[Tokenizer]) -> ChatTemplate:
@@ -473,8 +476,10 @@ def _build(
                             f"{measured.num_unsupervised} had nothing supervised in their first {cfg.max_len} tokens, "
                             f"{skipped.skipped} were invalid)")
     shuffle = seed is not None
+    _release_free_memory()
     if cfg.packing:
         plan = pack_rows(table.lengths, cfg.max_len, seed=seed if shuffle else None)
+        _release_free_memory()
     else:
         plan = one_per_row(n)
     rows = plan.num_rows
@@ -549,6 +554,17 @@ def _kept_records(source: RecordSource, table: _ExampleTable) -> Iterator[Record
         yield from source.__getitems__(table.record_index[start : start + step])
 
 
+def _release_free_memory() -> None:
+    """Return freed heap pages to the OS after the first pass (glibc keeps them otherwise, and a long training run
+    would carry the first pass's peak for its whole life). Best effort: a no-op without glibc."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _ensure_absl_flags_parsed() -> None:
     """grain's worker processes read absl flags; mark them parsed when the program did not use absl.app."""
     from absl import flags
@@ -576,7 +592,8 @@ def build_train_pipeline(
       shard_options: a ``grain.sharding.ShardOptions``; default ``ShardByJaxProcess()``.
       tokenizer: an already loaded tokenizer (the template's special tokens are added to it); default loads
         ``data.tokenizer``.
-      manifest_path: when given, the ids of every record trained on are written there (JSON Lines).
+      manifest_path: when given, the id, ability, file and line of every record trained on are written there
+        (JSON Lines); give it on one process only.
 
     Raises DataError (invalid record, ``on_error="raise"``), SelectionError, PipelineError or TokenizerError with
     messages naming the bad file, line or setting.

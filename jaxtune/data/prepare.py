@@ -3,8 +3,13 @@
 A corpus like BELLE's 2M records is validated once, streamed into a tensorflow-datasets builder
 (``GeneratorBasedBuilder`` with ``file_format="array_record"``, no TensorFlow needed), and afterwards read record by
 record through :class:`PreparedRecords`, so it is never loaded into memory. Each stored example is one validated
-:class:`~jaxtune.data.formats.Record` as JSON. Beside the TFDS folder, ``jaxtune_prepared.json`` records the input,
-the format, the record count per ability and the invalid records skipped.
+:class:`~jaxtune.data.formats.Record` as JSON, in input order. Beside the TFDS folder, ``jaxtune_prepared.json``
+records the input, the format, the record count per ability and the invalid records skipped.
+
+The input is written as consecutive TFDS splits ``part0``, ``part1``... of about 64 MB of input each, read back
+as ``part0+part1+...``. TFDS keeps up to 1 GB of a split in memory before spilling to disk buckets, and that spill
+path needs TensorFlow; parts keep every split in memory-sized pieces, so preparing needs neither TensorFlow nor
+memory that grows with the corpus.
 """
 
 from __future__ import annotations
@@ -17,12 +22,80 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
 
-from jaxtune.data.formats import OnError, Record, SkipReport, check_format, iter_records, record_from_json, record_to_json
+from jaxtune.data.formats import (
+    DataError,
+    OnError,
+    RawEntry,
+    Record,
+    RecordCollector,
+    SkipReport,
+    check_format,
+    is_json_array_file,
+    list_data_files,
+    read_json_lines,
+    read_raw_entries,
+    record_from_json,
+    record_to_json,
+)
 
 PREPARED_META = "jaxtune_prepared.json"
 _BUILDER_NAME = "jaxtune_records"
 _VERSION = "1.0.0"
-_SPLIT = "train"
+PART_BYTES = 64 << 20
+"""Input bytes per TFDS split (well under TFDS's 1 GB in-memory limit even after JSON re-encoding)."""
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """Lines [first_line, ...) of a file between two byte offsets (a whole file for a JSON array)."""
+
+    path: Path
+    start: int = 0
+    stop: Optional[int] = None
+    first_line: int = 1
+    max_records: int = 0
+    """An upper bound of the records in the piece: its lines, or (JSON array) its bytes / 16."""
+
+    def entries(self) -> Iterator[RawEntry]:
+        if self.stop is None and self.start == 0 and is_json_array_file(self.path):
+            return read_raw_entries(self.path)
+        return read_json_lines(self.path, self.start, self.stop, self.first_line)
+
+
+def plan_parts(input_path: Union[str, Path], part_bytes: int = PART_BYTES) -> list[list[_Piece]]:
+    """Cut the input into parts of about ``part_bytes``, at line boundaries (one scan of the bytes, no parsing)."""
+    parts: list[list[_Piece]] = [[]]
+    size = 0
+
+    def close_part() -> None:
+        nonlocal size
+        if parts[-1]:
+            parts.append([])
+            size = 0
+
+    for path in list_data_files(input_path):
+        if is_json_array_file(path):  # parsed whole: one piece
+            n = path.stat().st_size
+            parts[-1].append(_Piece(path, max_records=n // 16 + 1))
+            size += n
+            if size >= part_bytes:
+                close_part()
+            continue
+        start, offset, line, first_line = 0, 0, 0, 1
+        with open(path, "rb") as f:
+            for raw in f:
+                offset += len(raw)
+                line += 1
+                size += len(raw)
+                if size >= part_bytes:
+                    parts[-1].append(_Piece(path, start, offset, first_line, line - first_line + 1))
+                    close_part()
+                    start, first_line = offset, line + 1
+        if offset > start:
+            parts[-1].append(_Piece(path, start, None, first_line, line - first_line + 1))
+    if not parts[-1]:
+        parts.pop()
+    return parts
 
 
 @dataclass
@@ -60,8 +133,11 @@ def _builder_class():
 
             return epath.Path(__file__)
 
-        def __init__(self, *, records: Optional[Iterator[Record]] = None, **kwargs):
-            self._records = records
+        def __init__(self, *, parts: Sequence[list[_Piece]] = (), collector: Optional[RecordCollector] = None,
+                     abilities: Optional[Counter] = None, **kwargs):
+            self._parts = list(parts)
+            self._collector = collector
+            self._abilities = abilities
             super().__init__(**kwargs)
 
         def _info(self):
@@ -73,13 +149,25 @@ def _builder_class():
             )
 
         def _split_generators(self, dl_manager):
-            return {_SPLIT: self._generate_examples()}
+            return {f"part{k}": self._generate_examples(k) for k in range(len(self._parts))}
 
-        def _generate_examples(self):
-            if self._records is None:
-                raise RuntimeError("JaxtuneRecords was built without records to write")
-            for i, record in enumerate(self._records):
-                yield i, {"record": record_to_json(record)}
+        def _generate_examples(self, part: int):
+            pieces = self._parts[part]
+            # With shuffling disabled TFDS orders a split by key: keys spread over TFDS's 128-bit key range in input
+            # order.
+            bound = sum(p.max_records for p in pieces)
+            step = 2**128 // max(1, bound)
+            i = 0
+            for piece in pieces:
+                for record in self._collector.iter_entries(piece.entries()):
+                    if i >= bound:
+                        raise RuntimeError(f"more records than the {bound} bounded from the input size")
+                    self._abilities[record.ability] += 1
+                    yield i * step, {"record": record_to_json(record)}
+                    i += 1
+            if i == 0:
+                where = ", ".join(f"{p.path}:{p.first_line}" for p in pieces)
+                raise DataError(where, 0, "", f"no valid record in this part of the input (~{PART_BYTES >> 20} MB)")
 
     return JaxtuneRecords
 
@@ -91,11 +179,12 @@ def prepare_dataset(
     *,
     on_error: OnError = "raise",
     overwrite: bool = False,
+    part_bytes: int = PART_BYTES,
 ) -> PrepareResult:
     """Validate the records at ``input_path`` (a file or a folder of data files) and write them as an ArrayRecord
     dataset in ``output_dir``; ``data.path: <output_dir>`` then trains on it.
 
-    Raises DataError for an invalid record under ``on_error="raise"`` (nothing is written then), and FileExistsError
+    Raises DataError for an invalid record under ``on_error="raise"`` (nothing is kept then), and FileExistsError
     when ``output_dir`` already holds a prepared dataset and ``overwrite`` is False.
     """
     import tensorflow_datasets as tfds
@@ -105,22 +194,20 @@ def prepare_dataset(
     meta_path = output_dir / PREPARED_META
     if (meta_path.exists() or (output_dir / _BUILDER_NAME).exists()) and not overwrite:
         raise FileExistsError(f"{output_dir} already holds a prepared dataset (pass overwrite=True to replace it)")
+    parts = plan_parts(input_path, part_bytes)
+    if not parts:
+        raise DataError(str(input_path), 0, "", "the input holds no data")
     if overwrite:
         if (output_dir / _BUILDER_NAME).exists():
             shutil.rmtree(output_dir / _BUILDER_NAME)
         meta_path.unlink(missing_ok=True)
     output_dir.mkdir(parents=True, exist_ok=True)
 
-    report = SkipReport()
+    collector = RecordCollector(format, on_error)
     abilities: Counter = Counter()
-
-    def counted() -> Iterator[Record]:
-        for record in iter_records(input_path, format, on_error=on_error, report=report):
-            abilities[record.ability] += 1
-            yield record
-
     tfds.disable_progress_bar()
-    builder = _builder_class()(records=counted(), data_dir=str(output_dir), file_format="array_record")
+    builder = _builder_class()(parts=parts, collector=collector, abilities=abilities, data_dir=str(output_dir),
+                               file_format="array_record")
     try:
         builder.download_and_prepare()
     except BaseException:
@@ -132,11 +219,12 @@ def prepare_dataset(
         "format": format,
         "num_records": num,
         "abilities": dict(sorted(abilities.items())),
-        "skipped": report.to_dict(),
+        "skipped": collector.report.to_dict(),
         "dataset_dir": str(Path(builder.data_dir).relative_to(output_dir)),
+        "splits": [f"part{k}" for k in range(len(parts))],
     }
     meta_path.write_text(json.dumps(meta, ensure_ascii=False, indent=1), encoding="utf-8")
-    return PrepareResult(output_dir, num, meta["abilities"], report)
+    return PrepareResult(output_dir, num, meta["abilities"], collector.report)
 
 
 def is_prepared_dataset(path: Union[str, Path, None]) -> bool:
@@ -168,7 +256,8 @@ class PreparedRecords:
 
             builder = tfds.builder_from_directory(str(self.path / self.meta["dataset_dir"]))
             # Raw bytes, parsed below: TFDS's generic feature decoding costs ~40 us a record, the proto parse ~1 us.
-            self._source = builder.as_data_source(_SPLIT, deserialize_method=decode.DeserializeMethod.RAW_BYTES)
+            self._source = builder.as_data_source("+".join(self.meta["splits"]),
+                                                  deserialize_method=decode.DeserializeMethod.RAW_BYTES)
             if len(self._source) != self._len:
                 raise ValueError(f"{self.path}: {len(self._source)} stored records but {PREPARED_META} says {self._len}")
         return self._source
@@ -194,7 +283,6 @@ class PreparedRecords:
         return [self._decode(raw) for raw in source.__getitems__([int(i) for i in indices])]
 
     def __iter__(self) -> Iterator[Record]:
-        source = self._open()
         step = 1024
         for start in range(0, self._len, step):
             yield from self.__getitems__(range(start, min(self._len, start + step)))

@@ -26,13 +26,14 @@ import numpy as np
 
 from jaxtune.data.formats import Message
 from jaxtune.data.tokenizer import HFTokenizer, Tokenizer, TokenizerError
+from jaxtune.errors import JaxtuneError
 
 MaskStrategy = Literal["assistant", "last_assistant", "all"]
 MASK_STRATEGIES: tuple[str, ...] = ("assistant", "last_assistant", "all")
 TEMPLATES: tuple[str, ...] = ("doit", "belle", "hf_chat")
 
 
-class TemplateError(ValueError):
+class TemplateError(JaxtuneError, ValueError):
     """A dialogue the template cannot render (the pipeline adds the record's file and line)."""
 
 

@@ -19,10 +19,12 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Literal, Optional, Sequence, Union
 
+from jaxtune.errors import JaxtuneError
+
 Backend = Literal["auto", "sentencepiece", "hf"]
 
 
-class TokenizerError(ValueError):
+class TokenizerError(JaxtuneError, ValueError):
     """A tokenizer path that cannot be loaded, or a token it does not have."""
 
 

@@ -34,12 +34,14 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
+from jaxtune.errors import JaxtuneError
+
 log = logging.getLogger(__name__)
 
 _SCORE = re.compile(r"得分\s*[:：]\s*(-?\d+(?:\.\d+)?)\s*(?:/\s*(\d+(?:\.\d+)?))?")
 
 
-class JudgeError(RuntimeError):
+class JudgeError(JaxtuneError, RuntimeError):
     """The judge endpoint failed for good (a non-retryable HTTP error, or retries exhausted)."""
 
 

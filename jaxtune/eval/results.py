@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from jaxtune.errors import JaxtuneError
+
 SCHEMA_VERSION = 1
 SUMMARY_SUFFIX = ".summary.json"
 ITEMS_SUFFIX = ".items.jsonl"
@@ -36,7 +38,7 @@ ITEMS_SUFFIX = ".items.jsonl"
 Unit = Literal["percent", "fraction"]
 
 
-class ResultsError(ValueError):
+class ResultsError(JaxtuneError, ValueError):
     """A summary file is missing a field or holds a value of the wrong type; the message names file and field."""
 
 

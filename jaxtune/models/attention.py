@@ -44,14 +44,18 @@ def xla_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndar
     softmax run in float32.
     """
     b, t, h, d = q.shape
-    kv = k.shape[2]
-    q = q.reshape(b, t, kv, h // kv, d)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+    s, kv = k.shape[1], k.shape[2]
+    g = h // kv
+    # Heads first and a group's queries side by side, (B, KV, G*T, D): both matmuls are then plain batched matmuls
+    # over (B, KV), which XLA:CPU runs about 1.5x faster than the same einsums in (B, T, heads, D) layout.
+    qh = q.reshape(b, t, kv, g, d).transpose(0, 2, 3, 1, 4).reshape(b, kv, g * t, d)
+    kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+    scores = jnp.einsum("bkqd,bksd->bkqs", qh, kh, preferred_element_type=jnp.float32).reshape(b, kv, g, t, s)
     scores = scores * (1.0 / np.sqrt(d))
     big_negative = jnp.finfo(jnp.float32).min
     scores = jnp.where(mask[:, None, None, :, :], scores, big_negative)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(b, kv, g * t, s)
+    out = jnp.einsum("bkqs,bksd->bkqd", probs, vh).reshape(b, kv, g, t, d).transpose(0, 3, 1, 2, 4)
     return out.reshape(b, t, h, d)
 
 

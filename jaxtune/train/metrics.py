@@ -172,18 +172,22 @@ class MetricsWriter:
 class ThroughputMeter:
     """Wall-clock throughput over a logging interval: tokens/s, MFU and the ETA of the run."""
 
-    def __init__(self, flops_per_token: float, tokens_per_step: int, peak_flops_total: Optional[float],
-                 total_steps: int):
-        self.flops_per_token = flops_per_token
-        self.tokens_per_step = tokens_per_step
+    def __init__(self, peak_flops_total: Optional[float], total_steps: int):
         self.peak_flops_total = peak_flops_total
         self.total_steps = total_steps
         self.reset(step=0)
 
     def reset(self, step: int) -> None:
-        """Start a new interval at ``step`` (also after pauses such as evaluation or a checkpoint)."""
+        """Start a new interval at ``step`` (also after pauses such as evaluation)."""
         self._t0 = time.perf_counter()
         self._step0 = step
+        self._tokens = 0
+        self._flops = 0.0
+
+    def add_step(self, tokens: int, flops: float) -> None:
+        """Count one step of ``tokens`` row positions costing ``flops`` model FLOPs."""
+        self._tokens += tokens
+        self._flops += flops
 
     def measure(self, step: int) -> dict[str, float]:
         """Figures for the steps since the last reset, then reset; empty when no step has been timed (the
@@ -192,14 +196,13 @@ class ThroughputMeter:
         steps = step - self._step0
         if steps <= 0:
             return {}
-        tokens_per_s = steps * self.tokens_per_step / elapsed
         out = {
-            "tokens_per_s": tokens_per_s,
+            "tokens_per_s": self._tokens / elapsed,
             "step_time_s": elapsed / steps,
             "eta_s": (self.total_steps - step) * elapsed / steps,
         }
         if self.peak_flops_total:
-            out["mfu"] = tokens_per_s * self.flops_per_token / self.peak_flops_total
+            out["mfu"] = self._flops / elapsed / self.peak_flops_total
         self.reset(step)
         return out
 

@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from jaxtune.checkpoint import TrainCheckpointManager, load_params
+from jaxtune.checkpoint import TrainCheckpointManager, expected_param_shapes, load_model_config, load_params
 from jaxtune.config import Config, ConfigError, config_to_dict, dump_config
 from jaxtune.errors import JaxtuneError
+from jaxtune.models.stats import model_info
 from jaxtune.sharding import (
     abstract_model,
     build_mesh,
@@ -216,6 +216,7 @@ class _Layout:
 
 
 def _layout(cfg: Config, mesh: Mesh, total_steps: int) -> _Layout:
+    """Model, optimizer and every sharding of the train state; raises LayoutError for an impossible layout."""
     graphdef, shapes, axes = abstract_model(cfg.model, cfg.train.seed)
     validate_param_layout(shapes, axes, mesh)
     tx, schedule = build_optimizer(cfg.optim, total_steps)
@@ -225,19 +226,18 @@ def _layout(cfg: Config, mesh: Mesh, total_steps: int) -> _Layout:
 def _start_state(cfg: Config, layout: _Layout) -> TrainState:
     """A step-0 state: parameters from checkpoint.init_from or freshly initialised, all born sharded."""
     if cfg.checkpoint.init_from:
-        loaded_cfg, params = load_params(
+        source = load_model_config(cfg.checkpoint.init_from)
+        if expected_param_shapes(source) != expected_param_shapes(cfg.model):
+            raise ConfigError(
+                f"checkpoint.init_from={cfg.checkpoint.init_from}: its parameters (hidden_size {source.hidden_size}, "
+                f"{source.num_layers} layers, {source.num_heads} heads, vocabulary {source.vocab_size} padded to "
+                f"{source.padded_vocab_size()}) do not match the model config (hidden_size {cfg.model.hidden_size}, "
+                f"{cfg.model.num_layers} layers, {cfg.model.num_heads} heads, vocabulary {cfg.model.vocab_size} "
+                f"padded to {cfg.model.padded_vocab_size()})"
+            )
+        _, params = load_params(
             cfg.checkpoint.init_from, shardings=layout.state_shardings.params, dtype=cfg.model.param_dtype
         )
-        want = jax.tree.map(lambda s: tuple(s.shape), layout.shapes)
-        got = jax.tree.map(lambda a: tuple(a.shape), params)
-        if want != got:
-            raise ConfigError(
-                f"checkpoint.init_from={cfg.checkpoint.init_from}: its parameters (hidden_size "
-                f"{loaded_cfg.hidden_size}, {loaded_cfg.num_layers} layers, vocabulary {loaded_cfg.vocab_size} padded "
-                f"to {loaded_cfg.padded_vocab_size()}) do not match the model config (hidden_size "
-                f"{cfg.model.hidden_size}, {cfg.model.num_layers} layers, vocabulary {cfg.model.vocab_size} padded to "
-                f"{cfg.model.padded_vocab_size()})"
-            )
     else:
         _, params = init_params(cfg.model, layout.mesh, cfg.train.seed)
     return init_train_state(params, layout.tx, cfg.train.seed, layout.state_shardings)
@@ -273,7 +273,7 @@ def train(cfg: Config, data: Optional[RunData] = None, *, print_fn: Callable[[st
         raise ConfigError(f"train.max_consecutive_bad_steps must be at least 1, got {tc.max_consecutive_bad_steps}")
     if cfg.checkpoint.save_every is not None and cfg.checkpoint.save_every <= 0:
         raise ConfigError(f"checkpoint.save_every must be positive or null, got {cfg.checkpoint.save_every}")
-    # Validate the layout on abstract shapes before any data is read or anything compiled.
+    # Check the layout on abstract shapes before any data is read or anything compiled.
     _, shapes, axes = abstract_model(cfg.model, tc.seed)
     validate_param_layout(shapes, axes, mesh)
 
@@ -290,184 +290,192 @@ def train(cfg: Config, data: Optional[RunData] = None, *, print_fn: Callable[[st
         cfg.run_dir, cfg.checkpoint, model_cfg=cfg.model, epoch_steps=epoch_steps,
         tokenizer_src=data.tokenizer_src, added_tokens=data.added_tokens,
     )
-    config_dict = config_to_dict(cfg)
     try:
-        return _run(cfg, data, layout, manager, writer, config_dict, total_steps, epoch_steps)
+        if jax.process_index() == 0:
+            Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+            (Path(cfg.run_dir) / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+        if data.summary:
+            writer.message(data.summary)
+        loop = _RunLoop(cfg, data, layout, manager, writer, total_steps, epoch_steps)
+        resumed_from = loop.start()
+        stopped = loop.run()
+        manager.wait_until_finished()
+        return TrainResult(
+            run_dir=str(cfg.run_dir), step=loop.step, total_steps=total_steps, stopped=stopped,
+            resumed_from=resumed_from, last_loss=loop.last_loss, last_eval=loop.last_eval,
+            skipped_steps=int(jax.device_get(loop.state.skipped_steps)), checkpoint_steps=manager.all_steps(),
+        )
     finally:
         manager.close()
         writer.close()
 
 
-def _run(
-    cfg: Config,
-    data: RunData,
-    layout: _Layout,
-    manager: TrainCheckpointManager,
-    writer: MetricsWriter,
-    config_dict: dict,
-    total_steps: int,
-    epoch_steps: list[int],
-) -> TrainResult:
-    tc, mesh = cfg.train, layout.mesh
-    if jax.process_index() == 0:
-        Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
-        (Path(cfg.run_dir) / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
-    if data.summary:
-        writer.message(data.summary)
+class _RunLoop:
+    """The step loop of one ``train`` call, with its host-side bookkeeping."""
 
-    incomplete = manager.incomplete_steps()
-    if incomplete:
-        writer.message(f"ignoring incomplete checkpoint folders for steps {incomplete} in {manager.directory}")
-    resumed_from = manager.latest_step() if cfg.checkpoint.resume == "auto" else None
-    if cfg.checkpoint.resume == "never" and manager.all_steps():
-        raise JaxtuneError(
-            f"{manager.directory} already holds checkpoints (steps {manager.all_steps()}) and checkpoint.resume is "
-            f"never: choose another run_dir, or set checkpoint.resume=auto to continue that run"
-        )
-    if resumed_from is not None:
-        params, fields = manager.restore(
-            resumed_from, layout.abstract_params(), layout.abstract_train_fields(), data.iterator
-        )
-        state = TrainState(params=params, **fields)
-        writer.truncate_after(resumed_from)
-        writer.message(f"resuming from step {resumed_from} ({manager.step_dir(resumed_from)})")
-    else:
-        state = _start_state(cfg, layout)
-    step = first_step = int(jax.device_get(state.step))
-    bad_run = int(jax.device_get(state.bad_steps))
+    def __init__(self, cfg: Config, data: RunData, layout: _Layout, manager: TrainCheckpointManager,
+                 writer: MetricsWriter, total_steps: int, epoch_steps: Sequence[int]):
+        self.cfg, self.tc, self.data, self.layout = cfg, cfg.train, data, layout
+        self.manager, self.writer, self.total_steps = manager, writer, total_steps
+        self.mesh = layout.mesh
+        self.config_dict = config_to_dict(cfg)
+        self.epoch_ends = set(epoch_steps)
+        self.local_rows = cfg.train.global_batch_size // jax.process_count()
+        self.meter = ThroughputMeter(_peak_flops_total(cfg, self.mesh), total_steps)
+        self.flops_per_token: dict[int, float] = {}  # by row length (rows may vary without packing)
+        self.interval: Optional[TrainMetrics] = None
+        self.pending: Optional[tuple[int, TrainMetrics]] = None
+        self.saved_steps = set(manager.all_steps())
+        self.last_loss: Optional[float] = None
+        self.last_eval: dict[str, float] = {}
+        self.profiling_until: Optional[int] = None
+        self.state: Optional[TrainState] = None
+        self.step = 0
+        self.bad_run = 0
 
-    step_fn = make_train_step(layout.graphdef, layout.tx, layout.schedule, mesh=mesh,
-                              state_shardings=layout.state_shardings)
-    eval_fn = None
-    if data.valid is not None:
-        eval_fn = make_eval_step(layout.graphdef, len(data.ability_names), mesh=mesh,
-                                 param_shardings=layout.state_shardings.params)
-    seq_len = None
-    meter: Optional[ThroughputMeter] = None
-    interval: Optional[TrainMetrics] = None
-    last_loss: Optional[float] = None
-    last_eval: dict[str, float] = {}
-    saved_steps = set(manager.all_steps())
-    epoch_ends = set(epoch_steps)
-    local_rows = tc.global_batch_size // jax.process_count()
-    pending: Optional[tuple[int, TrainMetrics]] = None
-    stopped = "completed"
-    profiling_until: Optional[int] = None
+    def start(self) -> Optional[int]:
+        """Resume from the latest complete checkpoint (checkpoint.resume=auto) or build a fresh state; returns the
+        step resumed from."""
+        cfg, manager, writer = self.cfg, self.manager, self.writer
+        incomplete = manager.incomplete_steps()
+        if incomplete:
+            writer.message(f"ignoring incomplete checkpoint folders for steps {incomplete} in {manager.directory}")
+        if cfg.checkpoint.resume == "never" and manager.all_steps():
+            raise JaxtuneError(
+                f"{manager.directory} already holds checkpoints (steps {manager.all_steps()}) and checkpoint.resume "
+                f"is never: choose another run_dir, or set checkpoint.resume=auto to continue that run"
+            )
+        resumed_from = manager.latest_step() if cfg.checkpoint.resume == "auto" else None
+        if resumed_from is not None:
+            params, fields = manager.restore(
+                resumed_from, self.layout.abstract_params(), self.layout.abstract_train_fields(), self.data.iterator
+            )
+            self.state = TrainState(params=params, **fields)
+            writer.truncate_after(resumed_from)
+            writer.message(f"resuming from step {resumed_from} ({manager.step_dir(resumed_from)})")
+        else:
+            self.state = _start_state(cfg, self.layout)
+        self.step = int(jax.device_get(self.state.step))
+        self.bad_run = int(jax.device_get(self.state.bad_steps))
+        return resumed_from
 
-    def save(at: int) -> None:
-        if at not in saved_steps:
-            manager.save(at, state.params, state.train_fields(), data.iterator, config_dict)
-            saved_steps.add(at)
+    def run(self) -> str:
+        """Steps until the end of the run or an agreed SIGTERM; returns ``completed`` or ``preempted``."""
+        layout, tc = self.layout, self.tc
+        step_fn = make_train_step(layout.graphdef, layout.tx, layout.schedule, mesh=self.mesh,
+                                  state_shardings=layout.state_shardings)
+        eval_fn = None
+        if self.data.valid is not None:
+            eval_fn = make_eval_step(layout.graphdef, len(self.data.ability_names), mesh=self.mesh,
+                                     param_shardings=layout.state_shardings.params)
+        first_step = self.step
+        with _StopRequest() as stop_request:
+            try:
+                while self.step < self.total_steps:
+                    self._train_step(step_fn, first_step)
+                    at = self.step
+                    epoch_end = at in self.epoch_ends
+                    evaluate = eval_fn is not None and (epoch_end or bool(tc.eval_every and at % tc.eval_every == 0))
+                    checkpoint = epoch_end or at == self.total_steps or bool(
+                        self.cfg.checkpoint.save_every and at % self.cfg.checkpoint.save_every == 0)
+                    stop = stop_request.agreed()
+                    if evaluate or checkpoint or stop:
+                        # Settle this step's metrics first: everything up to a checkpoint is logged before it exists.
+                        self._settle()
+                    if evaluate:
+                        self.last_eval = _evaluate(eval_fn, self.state.params, self.data, self.mesh, self.writer, at)
+                        self.meter.reset(at)
+                    if checkpoint or stop:
+                        self._save()
+                    if stop:
+                        self.manager.wait_until_finished()
+                        self.writer.message(f"SIGTERM received: saved step {at} in {self.manager.directory}; "
+                                            f"exiting. Start the same command again to resume.")
+                        return "preempted"
+                self._settle()
+                return "completed"
+            finally:
+                if self.profiling_until is not None:  # the run stopped inside the traced steps
+                    jax.profiler.stop_trace()
 
-    def log_interval(at: int) -> None:
-        nonlocal interval, last_loss
-        with np.errstate(invalid="ignore"):  # an interval of skipped steps only has no mean loss: NaN
-            scalars = {k: float(v) for k, v in interval.compute().items()}
-        scalars.update(meter.measure(at))
-        scalars["epoch"] = at / data.steps_per_epoch
-        last_loss = scalars["loss"]
-        writer.write(at, "train", scalars)
-        writer.message(progress_line(at, total_steps, scalars["epoch"], scalars))
-        interval = None
+    def _train_step(self, step_fn: Callable, first_step: int) -> None:
+        tc = self.tc
+        try:
+            local = next(self.data.iterator)
+        except StopIteration:
+            raise JaxtuneError(
+                f"the data stream ended after {self.step} steps; the run needs {self.total_steps} "
+                f"({self.data.steps_per_epoch} per epoch)"
+            ) from None
+        local = _check_batch(local, TRAIN_KEYS, self.local_rows, "training")
+        length = local["input_ids"].shape[1]
+        if length not in self.flops_per_token:
+            self.flops_per_token[length] = model_info(self.cfg.model, length).train_flops_per_token
+        batch = global_batch(local, self.mesh, microbatches=tc.microbatches)
+        self.state, metrics = step_fn(self.state, batch)
+        self.step += 1
+        if self.step == first_step + 1:  # time from the end of the first (compiling) step
+            jax.block_until_ready(metrics)
+            self.meter.reset(self.step)
+            if tc.profile:  # trace the three steps after the compiling one
+                jax.profiler.start_trace(str(Path(self.cfg.run_dir) / "profile"))
+                self.profiling_until = min(self.step + 3, self.total_steps)
+        else:
+            tokens = tc.global_batch_size * length
+            self.meter.add_step(tokens, tokens * self.flops_per_token[length])
+        self._settle()  # the previous step's metrics: read one step late so the devices never wait on the host
+        self.pending = (self.step, metrics)
+        if self.profiling_until is not None and self.step >= self.profiling_until:
+            jax.block_until_ready(self.state.params)
+            jax.profiler.stop_trace()
+            self.profiling_until = None
 
-    def absorb(done: tuple[int, TrainMetrics]) -> None:
-        """Host-side bookkeeping of a finished step (read one step late so the devices never wait on the host)."""
-        nonlocal interval, bad_run
-        at, metrics = done
+    def _save(self) -> None:
+        if self.step not in self.saved_steps:
+            self.manager.save(self.step, self.state.params, self.state.train_fields(), self.data.iterator,
+                              self.config_dict)
+            self.saved_steps.add(self.step)
+
+    def _settle(self) -> None:
+        """Host-side bookkeeping of the pending finished step: metrics, logging, the guard on non-finite steps."""
+        if self.pending is None:
+            return
+        (at, metrics), self.pending = self.pending, None
+        tc = self.tc
         metrics = jax.device_get(metrics)
-        interval = metrics if interval is None else interval.merge(metrics)
+        self.interval = metrics if self.interval is None else self.interval.merge(metrics)
         skipped = float(metrics.skipped_steps.compute()) > 0
-        bad_run = bad_run + 1 if skipped else 0
-        stop = bad_run >= tc.max_consecutive_bad_steps
-        if stop or at % tc.log_every == 0 or at == total_steps:
-            log_interval(at)
+        self.bad_run = self.bad_run + 1 if skipped else 0
+        diverged = self.bad_run >= tc.max_consecutive_bad_steps
+        if diverged or at % tc.log_every == 0 or at == self.total_steps:
+            self._log_interval(at)
         if skipped:
-            writer.message(f"step {at}: non-finite loss or gradient; update skipped ({bad_run} in a row)")
-        if stop:
-            manager.wait_until_finished()
-            good = [s for s in manager.all_steps() if s < at - bad_run + 1]
-            where = (f"the last checkpoint before them is step {good[-1]} in {manager.directory}" if good
+            self.writer.message(f"step {at}: non-finite loss or gradient; update skipped ({self.bad_run} in a row)")
+        if diverged:
+            self.manager.wait_until_finished()
+            good = [s for s in self.manager.all_steps() if s < at - self.bad_run + 1]
+            where = (f"the last checkpoint before them is step {good[-1]} in {self.manager.directory}" if good
                      else "no checkpoint was saved before them")
             raise TrainingDivergedError(
-                f"{bad_run} consecutive steps (up to step {at}) had a non-finite loss or gradient "
+                f"{self.bad_run} consecutive steps (up to step {at}) had a non-finite loss or gradient "
                 f"(train.max_consecutive_bad_steps={tc.max_consecutive_bad_steps}); stopped. Those updates were "
                 f"skipped and {where}. Lower optim.learning_rate, check the data, or use float32 compute."
             )
 
-    with _StopRequest() as stop_request:
-        while step < total_steps:
-            try:
-                local = next(data.iterator)
-            except StopIteration:
-                raise JaxtuneError(
-                    f"the data stream ended after {step} steps; the run needs {total_steps} "
-                    f"({data.steps_per_epoch} per epoch)"
-                ) from None
-            local = _check_batch(local, TRAIN_KEYS, local_rows, "training")
-            if meter is None:
-                seq_len = local["input_ids"].shape[1]
-                meter = _throughput_meter(cfg, mesh, seq_len, total_steps)
-                meter.reset(step)
-            batch = global_batch(local, mesh, microbatches=tc.microbatches)
-            state, metrics = step_fn(state, batch)
-            step += 1
-            if step == first_step + 1:  # time from the end of the first (compiling) step
-                jax.block_until_ready(metrics)
-                meter.reset(step)
-            if pending is not None:
-                absorb(pending)
-            pending = (step, metrics)
-
-            if tc.profile and profiling_until is None and step == min(tc.log_every, total_steps - 1) and step > 0:
-                jax.profiler.start_trace(str(Path(cfg.run_dir) / "profile"))
-                profiling_until = step + 3
-            elif profiling_until is not None and step == profiling_until:
-                jax.block_until_ready(state.params)
-                jax.profiler.stop_trace()
-                profiling_until = -1
-
-            epoch_end = step in epoch_ends
-            evaluate = eval_fn is not None and (epoch_end or bool(tc.eval_every and step % tc.eval_every == 0))
-            checkpoint = epoch_end or step == total_steps or bool(
-                cfg.checkpoint.save_every and step % cfg.checkpoint.save_every == 0)
-            stop = stop_request.agreed()
-            if evaluate or checkpoint or stop:
-                # Settle this step's metrics first: everything up to a checkpoint is logged before it exists.
-                absorb(pending)
-                pending = None
-            if evaluate:
-                last_eval = _evaluate(eval_fn, state.params, data, mesh, writer, step)
-                meter.reset(step)
-            if checkpoint or stop:
-                save(step)
-            if stop:
-                manager.wait_until_finished()
-                writer.message(f"SIGTERM received: saved step {step} in {manager.directory}; exiting. "
-                               f"Start the same command again to resume.")
-                stopped = "preempted"
-                break
-        if pending is not None:
-            absorb(pending)
-        if profiling_until is not None and profiling_until > 0:
-            jax.profiler.stop_trace()
-    manager.wait_until_finished()
-    return TrainResult(
-        run_dir=str(cfg.run_dir), step=step, total_steps=total_steps, stopped=stopped, resumed_from=resumed_from,
-        last_loss=last_loss, last_eval=last_eval, skipped_steps=int(jax.device_get(state.skipped_steps)),
-        checkpoint_steps=manager.all_steps(),
-    )
+    def _log_interval(self, at: int) -> None:
+        with np.errstate(invalid="ignore"):  # an interval of skipped steps only has no mean loss: NaN
+            scalars = {k: float(v) for k, v in self.interval.compute().items()}
+        self.interval = None
+        scalars.update(self.meter.measure(at))
+        scalars["epoch"] = at / self.data.steps_per_epoch
+        self.last_loss = scalars["loss"]
+        self.writer.write(at, "train", scalars)
+        self.writer.message(progress_line(at, self.total_steps, scalars["epoch"], scalars))
 
 
-def _throughput_meter(cfg: Config, mesh: Mesh, seq_len: int, total_steps: int) -> ThroughputMeter:
-    from jaxtune.models.stats import model_info
-
+def _peak_flops_total(cfg: Config, mesh: Mesh) -> Optional[float]:
     peak = peak_flops_per_device(mesh.devices.flat[0], cfg.train.peak_flops_per_device)
-    return ThroughputMeter(
-        flops_per_token=model_info(cfg.model, seq_len).train_flops_per_token,
-        tokens_per_step=cfg.train.global_batch_size * seq_len,
-        peak_flops_total=None if peak is None else peak * mesh.devices.size,
-        total_steps=total_steps,
-    )
+    return None if peak is None else peak * mesh.devices.size
 
 
 def _evaluate(eval_fn: Callable, params: Any, data: RunData, mesh: Mesh, writer: MetricsWriter,

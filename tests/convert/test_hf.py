@@ -223,7 +223,7 @@ def test_existing_checkpoint_is_not_overwritten_silently(untied_dir, tmp_path: P
     with pytest.raises(JaxtuneError, match="already exists"):
         import_hf(untied_dir[1], tmp_path / "ckpt")
     import_hf(untied_dir[1], tmp_path / "ckpt", overwrite=True)
-    with pytest.raises(FileExistsError):
+    with pytest.raises(JaxtuneError, match="already exists"):
         export_hf(tmp_path / "ckpt", tmp_path)
 
 

@@ -9,12 +9,12 @@ import grain
 import numpy as np
 import pytest
 
-from doit_fixtures import write_jsonl
+from doit_fixtures import make_hf_tokenizer_folder, write_jsonl
 from jaxtune.config import DataConfig
 from jaxtune.data.formats import DataError
 from jaxtune.data.mixtures import read_manifest, select_records
 from jaxtune.data.pipeline import BATCH_KEYS, PipelineError, build_eval_pipeline, build_train_pipeline
-from jaxtune.data.templates import make_template
+from jaxtune.data.templates import make_template, template_backend
 from jaxtune.data.tokenizer import load_tokenizer
 
 ONE_HOST = grain.sharding.ShardOptions(shard_index=0, shard_count=1)
@@ -29,7 +29,7 @@ def _cfg(root: Path, tokenizer_path: Path, **kw) -> DataConfig:
 
 def _reference(cfg: DataConfig, tokenizer_path: Path):
     """Every selected record's (truncated) encoding, keyed by its token ids, from the template directly."""
-    template = make_template(cfg.template, load_tokenizer(tokenizer_path))
+    template = make_template(cfg.template, load_tokenizer(tokenizer_path, template_backend(cfg.template)))
     records = select_records(cfg.path, cfg.selection, format=cfg.format, seed=cfg.selection_seed).records
     table = {}
     for r in records:
@@ -162,6 +162,24 @@ def test_unpacked_left_padding_to_a_multiple(doit_root, doit_tokenizer_path):
             assert (batch["input_ids"][row][: length - n] == pad_id).all()
         _check_batch(batch, reference, list(data.info.ability_names), seen)
     assert len(seen) == 40 and data.info.rows_per_epoch == 40
+
+
+def test_hf_chat_template_through_the_pipeline(tmp_path):
+    folder = make_hf_tokenizer_folder(tmp_path / "hf")
+    records = [{"messages": [{"role": "user", "content": f"question {i}: what is {i} plus {i}?"},
+                             {"role": "assistant", "content": f"it is {2 * i}."},
+                             {"role": "user", "content": "and the world?"},
+                             {"role": "assistant", "content": "hello world"}], "id": f"r{i}"} for i in range(10)]
+    write_jsonl(tmp_path / "d" / "chat.jsonl", records)
+    cfg = DataConfig(path=str(tmp_path / "d"), format="messages", tokenizer=str(folder), template="hf_chat",
+                     max_len=256)
+    data = build_train_pipeline(cfg, global_batch_size=2, shard_options=ONE_HOST)
+    assert data.info.vocab_size == len(load_tokenizer(folder).hf) and data.info.added_tokens == {}
+    reference = _reference(cfg, folder)
+    seen: list = []
+    for batch in data.iterator:
+        _check_batch(batch, reference, list(data.info.ability_names), seen)
+    assert sorted(seen) == sorted(f"r{i}@general" for i in range(10))
 
 
 def test_examples_with_nothing_supervised_are_reported_and_left_out(tmp_path, doit_tokenizer_path):

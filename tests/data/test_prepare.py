@@ -13,7 +13,7 @@ from doit_fixtures import write_jsonl
 from jaxtune.config import DataConfig
 from jaxtune.data.formats import DataError, read_records
 from jaxtune.data.pipeline import PipelineError, build_train_pipeline
-from jaxtune.data.prepare import PreparedRecords, is_prepared_dataset, prepare_dataset
+from jaxtune.data.prepare import PreparedRecords, is_prepared_dataset, plan_parts, prepare_dataset
 
 ONE_HOST = grain.sharding.ShardOptions(shard_index=0, shard_count=1)
 
@@ -31,6 +31,16 @@ def test_prepare_keeps_every_record_in_order(doit_root, tmp_path):
     with pytest.raises(FileExistsError):
         prepare_dataset(source, tmp_path / "prepared", "doit")
     assert prepare_dataset(source / "math_full.json", tmp_path / "prepared", "doit", overwrite=True).num_records == 20
+
+
+def test_prepare_in_parts_keeps_input_order_and_lines(doit_root, tmp_path):
+    source = doit_root / "curated" / "full"
+    parts = plan_parts(source, part_bytes=3000)
+    assert len(parts) > 10 and any(p.start > 0 for part in parts for p in part)  # files cut inside
+    prepare_dataset(source, tmp_path / "prepared", "doit", part_bytes=3000)
+    expected, _ = read_records(source, "doit")
+    got = list(PreparedRecords(tmp_path / "prepared"))
+    assert got == expected  # same order, same file and line of every record
 
 
 def test_prepare_invalid_records(tmp_path):

@@ -3,6 +3,7 @@ multi-slice data axis, stop on SIGTERM, resume, and match a one-process 8-device
 
 from __future__ import annotations
 
+import json
 import signal
 
 import jax
@@ -15,8 +16,8 @@ from jaxtune.train.trainer import train
 from . import subprocess_runs as runs
 from .synthetic_stream import synthetic_data, tiny_config
 
-DATA = dict(num_rows=96, seq_len=32, global_batch=8, epochs=1)
-CONFIG = dict(train=dict(epochs=1), checkpoint=dict(save_every=4, max_to_keep=2, async_save=True))
+DATA = dict(num_rows=96, seq_len=32, global_batch=8, epochs=1, valid_rows=16)
+CONFIG = dict(train=dict(epochs=1, eval_every=6), checkpoint=dict(save_every=4, max_to_keep=2, async_save=True))
 
 
 def _specs(run_dir, port: int, sleep_s: float) -> list[dict]:
@@ -37,7 +38,7 @@ def test_two_processes_stop_resume_and_match_one_process(tmp_path, compile_cache
     # Run 1: each process feeds its half of every batch; SIGTERM reaches only process 1, and both must stop
     # together at the same step, process 0 writing the message.
     logs = [tmp_path / f"first_{i}.log" for i in range(2)]
-    procs = [runs.start(spec, compile_cache, log) for spec, log in zip(_specs(multi, runs.free_port(), 0.02), logs)]
+    procs = [runs.start(spec, compile_cache, log) for spec, log in zip(_specs(multi, runs.free_port(), 0.05), logs)]
     try:
         runs.wait_for(lambda: len(runs.train_records(multi)) >= 4, procs, "four logged steps")
         runs.send(procs[1], signal.SIGTERM)
@@ -72,6 +73,14 @@ def test_two_processes_stop_resume_and_match_one_process(tmp_path, compile_cache
     assert [r["step"] for r in b] == list(range(1, 13))
     np.testing.assert_allclose([r["loss"] for r in b], [r["loss"] for r in a], rtol=1e-6)
     np.testing.assert_allclose([r["grad_norm"] for r in b], [r["grad_norm"] for r in a], rtol=1e-5)
+    # Validation loss over both processes' halves of the validation set, per ability.
+    evals = [[json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines() if '"eval"' in line]
+             for d in (single, multi)]
+    assert [r["step"] for r in evals[1]] == [6, 12]
+    for ra, rb in zip(*evals):
+        assert rb.keys() == ra.keys() and {"loss/alpha", "loss/beta", "loss/gamma"} <= rb.keys()
+        for key in (k for k in ra if k.startswith("loss")):
+            assert rb[key] == pytest.approx(ra[key], rel=1e-5), key
     _, final_multi = load_params(multi / "checkpoints" / "12")
     _, final_single = load_params(single / "checkpoints" / "12")
     for x, y in zip(jax.tree.leaves(final_multi), jax.tree.leaves(final_single)):

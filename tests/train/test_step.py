@@ -85,7 +85,7 @@ def test_sharded_and_unsharded_steps_give_the_same_loss_and_update(cfg, initial_
         results.append((losses, _host(state.params), _host(state.opt_state)))
     (loss_1, params_1, opt_1), (loss_8, params_8, opt_8) = results
     np.testing.assert_allclose(loss_8, loss_1, rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(params_8) + jax.tree.leaves(opt_8), jax.tree.leaves(params_1) + jax.tree.leaves(opt_1)):
+    for a, b in zip(jax.tree.leaves((params_8, opt_8)), jax.tree.leaves((params_1, opt_1))):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     # And the update did something (by about the learning rate).
     moved = np.abs(params_1["layers"]["q_proj"] - np.asarray(initial_params[0]["layers"]["q_proj"]))
@@ -187,3 +187,17 @@ def test_eval_sums_split_the_loss_by_ability(cfg, initial_params):
     assert float(weight_sums.sum()) == batch["loss_weights"][batch["ability_ids"] >= 0].sum()
     direct = eval_sums(graphdef, host, {k: jnp.asarray(v) for k, v in batch.items()}, 3)
     np.testing.assert_allclose(np.asarray(direct[0]), np.asarray(loss_sums), rtol=1e-5)
+
+
+def test_bfloat16_compute_keeps_float32_master_weights_and_moments(cfg, initial_params):
+    import dataclasses
+
+    bf16 = dataclasses.replace(cfg, compute_dtype="bfloat16")
+    mesh, _, state, step = _setup(bf16, initial_params, MeshConfig(data=1, fsdp=8, tensor=1))
+    batch = _rows(8, 90)
+    state, metrics = step(state, global_batch(batch, mesh, microbatches=1))
+    assert {x.dtype for x in jax.tree.leaves(state.params)} == {jnp.dtype(jnp.float32)}
+    mu = state.opt_state[1][0].mu
+    assert {x.dtype for x in jax.tree.leaves(mu)} == {jnp.dtype(jnp.float32)}
+    want = _reference_loss(cfg, initial_params[0], batch)  # float32 reference
+    assert float(metrics.compute()["loss"]) == pytest.approx(want, rel=2e-2)

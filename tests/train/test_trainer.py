@@ -3,9 +3,9 @@ against runs of non-finite steps, exact resume after SIGKILL and the SIGTERM sav
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
-import struct
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +20,7 @@ from jaxtune.models.llama import Llama
 from jaxtune.train.trainer import TrainingDivergedError, train
 
 from . import subprocess_runs as runs
+from .event_files import scalar_events
 from .synthetic_stream import ABILITIES, TINY_MODEL, make_row, synthetic_data, tiny_config
 
 
@@ -27,22 +28,6 @@ from .synthetic_stream import ABILITIES, TINY_MODEL, make_row, synthetic_data, t
 def _eight_devices():
     if jax.device_count() != 8:
         pytest.skip("needs 8 devices (tests/conftest.py sets XLA_FLAGS for 8 CPU devices)")
-
-
-def _event_tags(logdir) -> set[str]:
-    """Scalar tags in TensorBoard event files (TFRecord framing: length, crc, payload, crc)."""
-    from tensorboardX.proto import event_pb2
-
-    tags = set()
-    for path in logdir.rglob("events.out.tfevents.*"):
-        data = path.read_bytes()
-        pos = 0
-        while pos < len(data):
-            (length,) = struct.unpack("<Q", data[pos:pos + 8])
-            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
-            tags.update(v.tag for v in event.summary.value)
-            pos += 12 + length + 4
-    return tags
 
 
 def _eval_loss_reference(params, rows: list[dict]) -> dict[str, float]:
@@ -94,8 +79,8 @@ def test_a_run_logs_evaluates_checkpoints_and_exports_params(tmp_path):
         assert eval_recs[-1][key] == pytest.approx(value, rel=1e-5), key
     assert result.last_eval["loss"] == pytest.approx(want["loss"], rel=1e-5)
 
-    assert {"train/loss", "train/learning_rate", "train/grad_norm", "eval/loss/alpha"} <= _event_tags(
-        tmp_path / "tensorboard")
+    tags = {tag for tag, _, _ in scalar_events(tmp_path / "tensorboard")}
+    assert {"train/loss", "train/learning_rate", "train/grad_norm", "eval/loss/alpha"} <= tags
     assert load_config(tmp_path / "config.yaml") == cfg  # the resolved config, written at the start
     progress = [line for line in lines if line.startswith("step 6/6")]
     assert progress and all(part in progress[0] for part in ("epoch 2.00", "loss", "lr", "grad_norm", "tok/s", "ETA"))
@@ -173,3 +158,52 @@ def test_sigterm_finishes_the_step_saves_and_exits_zero(tmp_path, compile_cache)
     assert 3 <= stopped_at < 40
     assert runs.committed(run_dir, stopped_at)
     assert max(r["step"] for r in runs.train_records(run_dir)) == stopped_at
+
+
+def test_train_reads_the_data_pipeline_and_starts_from_init_from(tmp_path):
+    """The default path of ``jaxtune train``: records in the DoIT layout through jaxtune.data.pipeline, parameters
+    from a params-only checkpoint. With a learning rate of 0 the parameters must come out exactly as they went in."""
+    from jaxtune.checkpoint import save_params
+    from jaxtune.config import config_from_dict
+    from jaxtune.demo.abilities import write_demo_dataset
+
+    root = write_demo_dataset(tmp_path / "data", per_ability=4, eval_per_ability=2, synthetic=10)
+    model = dict(vocab_size=1004, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
+                 max_position_embeddings=256)
+    tokenizer = runs.WORKER.parents[2] / "jaxtune" / "demo" / "tokenizer"
+    cfg = config_from_dict({
+        "run_dir": str(tmp_path / "run"), "model": model,
+        "data": dict(format="doit", path=str(root), valid_path=str(root / "curated" / "valid"),
+                     tokenizer=str(tokenizer), template="doit", max_len=64, selection="curated-40"),
+        "optim": dict(learning_rate=0.0),
+        "train": dict(global_batch_size=8, epochs=2, log_every=1, profile=True),
+        "checkpoint": dict(save_every=None, init_from=str(tmp_path / "base")),
+    })
+    source = nnx.to_pure_dict(nnx.state(Llama(cfg.model, nnx.Rngs(7))))
+    save_params(tmp_path / "base", source, cfg.model)
+
+    lines: list[str] = []
+    result = train(cfg, print_fn=lines.append)
+    assert result.stopped == "completed" and result.step == 6  # 21 packed rows of 64 -> 3 steps x 2 epochs
+    assert lines[0].startswith("data: curated-40: 40 examples")
+    evals = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+             if '"eval"' in line]
+    assert [r["step"] for r in evals] == [3, 6] and evals[0]["loss"] == evals[1]["loss"]
+    assert {k[5:] for k in evals[0] if k.startswith("loss/")} == {
+        "biology", "chinese", "code", "creative_writing", "ethics", "history", "math", "reasoning", "role_play",
+        "understanding"}
+    step_dir = tmp_path / "run" / "checkpoints" / "6"
+    _, final = load_params(step_dir)
+    for a, b in zip(jax.tree.leaves(final), jax.tree.leaves(source)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    added = json.loads((step_dir / "tokenizer" / "added_tokens.json").read_text())
+    assert added == {"<user>": 1000, "<assistant>": 1001, "<eot>": 1002, "<pad>": 1003}
+    assert (step_dir / "tokenizer" / "tokenizer.model").is_file()
+    assert len((tmp_path / "run" / "manifest.jsonl").read_text().splitlines()) == 40
+    assert list((tmp_path / "run" / "profile").rglob("*.xplane.pb"))
+
+    wrong = dict(model, hidden_size=64)
+    cfg_wrong = config_from_dict({"run_dir": str(tmp_path / "r2"), "model": wrong, "data": dataclasses.asdict(cfg.data),
+                                  "checkpoint": dict(init_from=str(tmp_path / "base"))})
+    with pytest.raises(JaxtuneError, match="do not match the model config"):
+        train(cfg_wrong, print_fn=lambda _: None)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from jaxtune.errors import JaxtuneError
 from jaxtune.eval.judge import Judge
 from jaxtune.eval.protocol import ChatCodec, LanguageModel
 from jaxtune.eval.results import RunInfo, SuiteResult, ability_score, make_summary
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 UNRELIABLE_CLASSES = ("math", "code")
 
 
-class BelleDataError(ValueError):
+class BelleDataError(JaxtuneError, ValueError):
     """A BELLE evaluation file is malformed; the message names file and line."""
 
 

@@ -27,8 +27,15 @@ from pathlib import Path
 
 from jaxtune.eval.protocol import ChatCodec, LanguageModel, Message
 from jaxtune.eval.results import RunInfo, SuiteResult
-from jaxtune.eval.suites.mcq import PREFIXED_PIECES, McqDataError, McqItem, Question, drop_longest_shots, \
-    evaluate_mcq, read_csv_questions
+from jaxtune.eval.suites.mcq import (
+    PREFIXED_PIECES,
+    McqDataError,
+    McqItem,
+    Question,
+    drop_longest_shots,
+    evaluate_mcq,
+    read_csv_questions,
+)
 
 STUDY_OOD_SUBJECTS = ("physician", "teacher_qualification", "urban_and_rural_planner")
 _COLUMNS = ("question", "A", "B", "C", "D")

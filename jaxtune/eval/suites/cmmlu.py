@@ -26,8 +26,15 @@ from pathlib import Path
 
 from jaxtune.eval.protocol import ChatCodec, LanguageModel
 from jaxtune.eval.results import RunInfo, SuiteResult
-from jaxtune.eval.suites.mcq import BARE_PIECES, McqDataError, McqItem, Question, drop_longest_shots, \
-    evaluate_mcq, read_csv_questions
+from jaxtune.eval.suites.mcq import (
+    BARE_PIECES,
+    McqDataError,
+    McqItem,
+    Question,
+    drop_longest_shots,
+    evaluate_mcq,
+    read_csv_questions,
+)
 
 _COLUMNS = ("Question", "A", "B", "C", "D")
 

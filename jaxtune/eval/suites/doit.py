@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxtune.errors import JaxtuneError
 from jaxtune.eval import parsers
 from jaxtune.eval.math_answers import ScorerMode, extract_math_answer, math_answers_equal
 from jaxtune.eval.protocol import ChatCodec, LanguageModel
@@ -46,7 +47,7 @@ _FOUR_OPTIONS = re.compile(r"\nA\..*\nB\..*\nC\..*\nD\.")
 _THREE_OPTIONS = re.compile(r"\nA\..*\nB\..*\nC\.")
 
 
-class DoitDataError(ValueError):
+class DoitDataError(JaxtuneError, ValueError):
     """A DoIT record is malformed; the message names file, line and field."""
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxtune.errors import JaxtuneError
 from jaxtune.eval.protocol import ChatCodec, LanguageModel, Message
 from jaxtune.eval.results import RunInfo, SuiteResult, ability_score, make_summary
 
@@ -29,7 +30,7 @@ PREFIXED_PIECES = ("▁A", "▁B", "▁C", "▁D")
 """The pieces an answer ``"A"`` becomes after the DoIT template (SentencePiece's dummy prefix)."""
 
 
-class McqDataError(ValueError):
+class McqDataError(JaxtuneError, ValueError):
     """A benchmark file is malformed; the message names file, line or row, and field."""
 
 
