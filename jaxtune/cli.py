@@ -44,7 +44,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_import_hf(args: argparse.Namespace) -> int:
     from jaxtune.convert.hf import import_hf
 
-    import_hf(args.hf_dir, args.out, param_dtype=args.dtype, vocab_pad_multiple=args.vocab_pad_multiple)
+    added = tuple(t for t in (args.added_tokens or "").split(",") if t)
+    import_hf(args.hf_dir, args.out, param_dtype=args.dtype, vocab_pad_multiple=args.vocab_pad_multiple,
+              added_tokens=added, tokenizer_dir=args.tokenizer, overwrite=args.overwrite)
     print(f"wrote jaxtune checkpoint {args.out}")
     return 0
 
@@ -52,7 +54,8 @@ def _cmd_import_hf(args: argparse.Namespace) -> int:
 def _cmd_export_hf(args: argparse.Namespace) -> int:
     from jaxtune.convert.hf import export_hf
 
-    export_hf(args.checkpoint, args.out_dir, dtype=args.dtype, max_shard_size=args.max_shard_size)
+    export_hf(args.checkpoint, args.out_dir, dtype=args.dtype, max_shard_size=args.max_shard_size,
+              overwrite=args.overwrite)
     print(f"wrote Hugging Face folder {args.out_dir}")
     return 0
 
@@ -172,14 +175,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("import-hf", _cmd_import_hf, "convert a Hugging Face LLaMA folder into a jaxtune checkpoint")
     p.add_argument("hf_dir")
     p.add_argument("out")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="parameter dtype of the checkpoint (default: the stored dtype)")
     p.add_argument("--vocab-pad-multiple", type=int, default=1, help="pad the vocabulary (128 suits TPUs)")
+    p.add_argument("--added-tokens", help="special tokens to append and resize for, e.g. "
+                                          "'<user>,<assistant>,<eot>,<pad>' (DoIT)")
+    p.add_argument("--tokenizer", help="tokenizer folder to store with the checkpoint (default: HF_DIR's files)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
     p = add("export-hf", _cmd_export_hf, "write a jaxtune checkpoint as a Hugging Face folder")
     p.add_argument("checkpoint")
     p.add_argument("out_dir")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
     p.add_argument("--max-shard-size", default="5GB")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
 
     p = add("check-hf", _cmd_check_hf, "compare jaxtune's and transformers' logits and greedy output")
     p.add_argument("hf_dir")
