@@ -1,6 +1,6 @@
 """``jaxtune report``: the study's figures and growth-pace tables from many evaluation summaries.
 
-Input: evaluation summaries (``*.summary.json``, schema in :mod:`jaxtune.eval.results`), each carrying the run's model
+Input: evaluation summaries (``*.summary.json``, schema in :mod:`jaxtune.results`), each carrying the run's model
 size, data source, data volume and epoch. Output, per suite/variant/scorer mode:
 
 - ``{stem}.png`` and ``{stem}.svg``: one panel per ability plus the overall mean, score against training examples
@@ -35,7 +35,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from jaxtune.errors import JaxtuneError
-from jaxtune.eval.results import SuiteSummary, find_summaries, read_summary, summary_stem
+from jaxtune.results import SuiteSummary, find_summaries, read_summary, summary_stem
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,8 @@ import flax.linen as nn
 import jax
 import numpy as np
 from flax import nnx
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxtune.config import MeshConfig, ModelConfig
 from jaxtune.errors import JaxtuneError

@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 from jaxtune.config import Config, ConfigError
 from jaxtune.errors import JaxtuneError
-from jaxtune.eval.results import parse_selection
+from jaxtune.results import parse_selection
 
 
 @dataclass

@@ -10,6 +10,7 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
+from train.synthetic_stream import TINY_MODEL, synthetic_data
 
 from jaxtune.checkpoint import CheckpointError, TrainCheckpointManager, load_params
 from jaxtune.config import CheckpointConfig, MeshConfig, OptimConfig, model_config_from_dict
@@ -17,8 +18,6 @@ from jaxtune.models.llama import Llama
 from jaxtune.sharding import abstract_model, build_mesh, with_shardings
 from jaxtune.train.optim import build_optimizer
 from jaxtune.train.step import init_train_state, new_train_state, train_state_shardings
-
-from train.synthetic_stream import TINY_MODEL, synthetic_data
 
 
 @pytest.fixture(autouse=True)

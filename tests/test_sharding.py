@@ -12,8 +12,8 @@ from jaxtune.config import MeshConfig, config_from_dict
 from jaxtune.models.configs import model_config
 from jaxtune.models.llama import Llama
 from jaxtune.sharding import (
-    LayoutError,
     RULES,
+    LayoutError,
     abstract_model,
     build_mesh,
     data_parallel_size,

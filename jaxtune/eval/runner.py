@@ -23,8 +23,8 @@ from jaxtune.config import EvalConfig, MeshConfig
 from jaxtune.eval.judge import Judge, JudgeSettings
 from jaxtune.eval.language_model import JaxLanguageModel, sampling_from_config
 from jaxtune.eval.loading import EvalSetupError, load_codec, load_model, tokenizer_location
-from jaxtune.eval.results import RunInfo, SuiteResult, format_table, write_result
 from jaxtune.eval.template_codec import TemplateChatCodec
+from jaxtune.results import RunInfo, SuiteResult, format_table, write_result
 
 log = logging.getLogger(__name__)
 

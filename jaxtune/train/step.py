@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxtune.models.llama import forward
 from jaxtune.sharding import activation_rules, batch_sharding, param_shardings

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from hf_models import LLAMA3_ROPE, build_hf_model, save_hf_model, torch
 
 

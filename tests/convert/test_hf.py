@@ -13,16 +13,16 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from hf_models import hf_logits
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from hf_models import hf_logits
 from jaxtune.checkpoint import load_params, restore_model
 from jaxtune.convert.hf import (
     CheckReport,
-    fill_new_vocab_rows,
     check_hf,
     export_hf,
+    fill_new_vocab_rows,
     import_hf,
     load_hf_params,
     parse_size,

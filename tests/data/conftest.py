@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from doit_fixtures import DOIT_TOKENIZER, make_doit_layout
 
 

@@ -6,7 +6,6 @@ import json
 import random
 from pathlib import Path
 
-
 SHARED_DATA = Path(__file__).parents[2] / ".." / "shared" / "data"
 DOIT_TOKENIZER = SHARED_DATA / "tokenizers" / "chinese-llama-plus"
 CMMLU = SHARED_DATA / "cmmlu"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from doit_fixtures import write_jsonl
+
 from jaxtune.data.formats import (
     DEFAULT_ABILITY,
     DataError,

@@ -7,8 +7,8 @@ import random
 from pathlib import Path
 
 import pytest
-
 from doit_fixtures import make_doit_layout, write_jsonl
+
 from jaxtune.data.formats import DataError
 from jaxtune.data.mixtures import SelectionError, read_manifest, select_records, write_manifest
 

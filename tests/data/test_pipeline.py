@@ -8,8 +8,8 @@ from pathlib import Path
 import grain
 import numpy as np
 import pytest
-
 from doit_fixtures import make_hf_tokenizer_folder, write_jsonl
+
 from jaxtune.config import DataConfig
 from jaxtune.data.formats import DataError
 from jaxtune.data.mixtures import read_manifest, select_records

@@ -8,8 +8,8 @@ import pickle
 import grain
 import numpy as np
 import pytest
-
 from doit_fixtures import write_jsonl
+
 from jaxtune.config import DataConfig
 from jaxtune.data.formats import DataError, read_records
 from jaxtune.data.pipeline import PipelineError, build_train_pipeline

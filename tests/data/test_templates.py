@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from doit_fixtures import make_hf_tokenizer_folder
+
 from jaxtune.data.formats import Message
 from jaxtune.data.templates import Encoded, TemplateError, make_template
 from jaxtune.data.tokenizer import TokenizerError, load_tokenizer

@@ -8,8 +8,8 @@ import pickle
 import shutil
 
 import pytest
-
 from doit_fixtures import CMMLU, make_hf_tokenizer_folder
+
 from jaxtune.data.tokenizer import HFTokenizer, SentencePieceTokenizer, TokenizerError, load_tokenizer
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from hf_reference import VARIANTS, Pair, make_pair
 
 

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-
 from hf_reference import Pair, hf_logits, hf_weights_to_params, jaxtune_model, make_hf_model, tiny_config, torch
+
 from jaxtune.models.llama import Llama, init_cache, resize_token_embeddings
 
 TOL = 1e-4

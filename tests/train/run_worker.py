@@ -26,7 +26,6 @@ def main(spec: dict) -> int:
     sys.path.insert(0, str(here.parents[2]))
 
     import jax
-
     from synthetic_stream import synthetic_data, tiny_config
 
     from jaxtune.sharding import initialize_distributed

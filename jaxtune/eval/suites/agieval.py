@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from jaxtune.eval.protocol import ChatCodec, LanguageModel, Message
-from jaxtune.eval.results import RunInfo, SuiteResult
 from jaxtune.eval.suites.mcq import BARE_PIECES, LETTERS, McqDataError, McqItem, evaluate_mcq
+from jaxtune.results import RunInfo, SuiteResult
 
 AGIEVAL_ZH_TASKS = ("logiqa-zh", "gaokao-chinese", "gaokao-geography", "gaokao-history", "gaokao-biology",
                     "gaokao-chemistry", "gaokao-mathqa", "jec-qa-kd", "jec-qa-ca", "gaokao-physics")

@@ -30,7 +30,7 @@ from typing import Any, Literal
 from jaxtune.errors import JaxtuneError
 from jaxtune.eval.judge import Judge
 from jaxtune.eval.protocol import ChatCodec, LanguageModel
-from jaxtune.eval.results import RunInfo, SuiteResult, ability_score, make_summary
+from jaxtune.results import RunInfo, SuiteResult, ability_score, make_summary
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jaxtune.eval.protocol import ChatCodec, LanguageModel, Message
-from jaxtune.eval.results import RunInfo, SuiteResult
 from jaxtune.eval.suites.mcq import (
     PREFIXED_PIECES,
     McqDataError,
@@ -36,6 +35,7 @@ from jaxtune.eval.suites.mcq import (
     evaluate_mcq,
     read_csv_questions,
 )
+from jaxtune.results import RunInfo, SuiteResult
 
 STUDY_OOD_SUBJECTS = ("physician", "teacher_qualification", "urban_and_rural_planner")
 _COLUMNS = ("question", "A", "B", "C", "D")

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jaxtune.eval.protocol import ChatCodec, LanguageModel
-from jaxtune.eval.results import RunInfo, SuiteResult
 from jaxtune.eval.suites.mcq import (
     BARE_PIECES,
     McqDataError,
@@ -35,6 +34,7 @@ from jaxtune.eval.suites.mcq import (
     evaluate_mcq,
     read_csv_questions,
 )
+from jaxtune.results import RunInfo, SuiteResult
 
 _COLUMNS = ("Question", "A", "B", "C", "D")
 

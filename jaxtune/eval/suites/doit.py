@@ -31,7 +31,7 @@ from jaxtune.errors import JaxtuneError
 from jaxtune.eval import parsers
 from jaxtune.eval.math_answers import ScorerMode, extract_math_answer, math_answers_equal
 from jaxtune.eval.protocol import ChatCodec, LanguageModel
-from jaxtune.eval.results import RunInfo, SuiteResult, ability_score, make_summary
+from jaxtune.results import RunInfo, SuiteResult, ability_score, make_summary
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from jaxtune.errors import JaxtuneError
 from jaxtune.eval.protocol import ChatCodec, LanguageModel, Message
-from jaxtune.eval.results import RunInfo, SuiteResult, ability_score, make_summary
+from jaxtune.results import RunInfo, SuiteResult, ability_score, make_summary
 
 log = logging.getLogger(__name__)
 

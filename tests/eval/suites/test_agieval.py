@@ -8,8 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from jaxtune.eval.suites.agieval import evaluate_agieval, few_shot_messages, load_agieval_task, load_few_shot_demos, \
-    zero_shot_messages
+from jaxtune.eval.suites.agieval import (
+    evaluate_agieval,
+    few_shot_messages,
+    load_agieval_task,
+    load_few_shot_demos,
+    zero_shot_messages,
+)
 from jaxtune.eval.suites.mcq import McqDataError
 
 from ..fakes import ScriptedLM, char_codec

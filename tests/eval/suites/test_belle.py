@@ -9,9 +9,16 @@ from pathlib import Path
 import pytest
 
 from jaxtune.eval.judge import Judge, JudgeSettings
-from jaxtune.eval.results import write_result
-from jaxtune.eval.suites.belle import BelleDataError, evaluate_belle, judge_message, load_belle_eval_set, \
-    load_belle_prompts, normalise_class, score_belle
+from jaxtune.eval.suites.belle import (
+    BelleDataError,
+    evaluate_belle,
+    judge_message,
+    load_belle_eval_set,
+    load_belle_prompts,
+    normalise_class,
+    score_belle,
+)
+from jaxtune.results import write_result
 
 from ..fakes import ScriptedLM, char_codec
 from ..judge_server import JudgeServer

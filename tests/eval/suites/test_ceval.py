@@ -8,8 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from jaxtune.eval.suites.ceval import STUDY_OOD_SUBJECTS, ceval_items, evaluate_ceval, header, load_ceval, \
-    question_block
+from jaxtune.eval.suites.ceval import (
+    STUDY_OOD_SUBJECTS,
+    ceval_items,
+    evaluate_ceval,
+    header,
+    load_ceval,
+    question_block,
+)
 from jaxtune.eval.suites.mcq import BARE_PIECES
 
 from ..fakes import ScriptedLM, char_codec

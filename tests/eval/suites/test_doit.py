@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from jaxtune.eval.results import format_table, read_summary, write_result
 from jaxtune.eval.suites.doit import DoitDataError, evaluate_doit, load_doit_split, score_doit_item
+from jaxtune.results import format_table, read_summary, write_result
 
 from ..fakes import EOT, ScriptedLM, char_codec
 

@@ -8,8 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from jaxtune.eval.results import ResultsError, RunInfo, ability_score, find_summaries, format_table, make_summary, \
-    parse_selection, read_summary, summary_stem, write_summary
+from jaxtune.results import (
+    ResultsError,
+    RunInfo,
+    ability_score,
+    find_summaries,
+    format_table,
+    make_summary,
+    parse_selection,
+    read_summary,
+    summary_stem,
+    write_summary,
+)
 
 
 def _summary():
