@@ -9,8 +9,9 @@
 #   gcp/tpu.sh stop     NAME ZONE                  SIGTERM the run (it saves a checkpoint and exits; rerun resumes)
 #   gcp/tpu.sh delete   NAME ZONE
 #
-# Checkpoints and run directories should live on GCS (run_dir=gs://bucket/...) so a preempted slice resumes
-# elsewhere: `checkpoint.resume=auto` picks the latest complete checkpoint.
+# Every host must see the same run directory: mount a GCS bucket with gcsfuse on each worker (e.g. at /mnt/gcs,
+# `gcsfuse --implicit-dirs BUCKET /mnt/gcs`) and set run_dir=/mnt/gcs/runs/NAME, so a preempted slice resumes
+# elsewhere: `checkpoint.resume=auto` picks the latest complete checkpoint. (gs:// URLs are not read directly.)
 set -euo pipefail
 cmd="${1:?usage: gcp/tpu.sh create|setup|train|logs|stop|delete NAME ZONE ...}"
 name="${2:?TPU name}"

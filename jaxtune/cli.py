@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("quickstart", _cmd_quickstart, "train and evaluate a tiny model on generated data at several volumes")
     p.add_argument("--out", default="runs/quickstart", help="output directory (default: runs/quickstart)")
-    p.add_argument("--selections", default="curated-10,curated-40,curated-160,curated-640",
+    p.add_argument("--selections", default="curated-10,curated-40,curated-160,curated-640,curated-2560",
                    help="comma-separated data volumes to train at")
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
 

@@ -23,7 +23,7 @@ DEMO_TOKENIZER = DEMO_DIR / "tokenizer"
 def quickstart(
     out: str | Path = "runs/quickstart",
     overrides: Sequence[str] = (),
-    selections: str | Sequence[str] = "curated-10,curated-40,curated-160,curated-640",
+    selections: str | Sequence[str] = "curated-10,curated-40,curated-160,curated-640,curated-2560",
     *,
     print_fn: Callable[[str], None] = print,
 ) -> SweepOutputs:

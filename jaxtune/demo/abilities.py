@@ -176,7 +176,7 @@ def _write_jsonl(path: Path, records: list[dict]) -> None:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
-def write_demo_dataset(out_dir: str | Path, *, per_ability: int = 1000, eval_per_ability: int = 20,
+def write_demo_dataset(out_dir: str | Path, *, per_ability: int = 1000, eval_per_ability: int = 40,
                        synthetic: int = 2000, seed: int = 0) -> Path:
     """Write the generated corpus in the DoIT layout under ``out_dir`` and return that directory.
 
