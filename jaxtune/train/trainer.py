@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import signal
+import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,7 +95,7 @@ class TrainResult:
     checkpoint_steps: list[int]
 
     def summary(self) -> str:
-        how = "finished" if self.stopped == "completed" else "stopped on SIGTERM (resumable)"
+        how = "finished" if self.stopped == "completed" else "stopped on SIGTERM or Ctrl-C (resumable)"
         lines = [f"training {how} at step {self.step}/{self.total_steps}; run directory {self.run_dir}"]
         if self.resumed_from is not None:
             lines.append(f"  resumed from step {self.resumed_from}")
@@ -164,23 +165,32 @@ def _check_batch(local: Mapping[str, np.ndarray], keys: Sequence[str], rows: int
 
 
 class _StopRequest:
-    """Turns SIGTERM into a flag the loop checks between steps (every process agrees on it)."""
+    """Turns SIGTERM (preemption) and a first Ctrl-C into a flag the loop checks between steps (every process agrees
+    on it), so the run saves and exits cleanly; a second Ctrl-C aborts at once."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous: Any = None
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> "_StopRequest":
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT:
+            if self.requested:
+                raise KeyboardInterrupt
+            print("Ctrl-C: finishing this step, saving a checkpoint, then exiting (Ctrl-C again to abort)",
+                  file=sys.stderr, flush=True)
         self.requested = True
 
     def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
     def agreed(self) -> bool:
         """Whether any process was asked to stop (a collective: every process must call it at the same step)."""
@@ -389,8 +399,9 @@ class _RunLoop:
                         self._save()
                     if stop:
                         self.manager.wait_until_finished()
-                        self.writer.message(f"SIGTERM received: saved step {at} in {self.manager.directory}; "
-                                            f"exiting. Start the same command again to resume.")
+                        self.writer.message(f"stop requested (SIGTERM or Ctrl-C): saved step {at} in "
+                                            f"{self.manager.directory}; exiting. Start the same command again to "
+                                            f"resume.")
                         return "preempted"
                 self._settle()
                 return "completed"

@@ -47,8 +47,8 @@ def test_two_processes_stop_resume_and_match_one_process(tmp_path, compile_cache
         runs.kill_all(procs)
     assert codes == [0, 0], "\n".join(log.read_text()[-2000:] for log in logs)
     first = logs[0].read_text()
-    assert "SIGTERM received: saved step " in first
-    stopped_at = int(first.split("SIGTERM received: saved step ")[1].split()[0])
+    assert "stop requested (SIGTERM or Ctrl-C): saved step " in first
+    stopped_at = int(first.split("stop requested (SIGTERM or Ctrl-C): saved step ")[1].split()[0])
     assert 4 <= stopped_at < 12 and runs.committed(multi, stopped_at)
     assert sorted(p.name for p in (multi / "checkpoints" / str(stopped_at) / "data_iter").glob("*.json")) == [
         "process_0-of-2.json", "process_1-of-2.json"]

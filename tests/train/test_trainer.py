@@ -144,17 +144,18 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_run_bitwise(tmp_path,
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-def test_sigterm_finishes_the_step_saves_and_exits_zero(tmp_path, compile_cache):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl_c"])
+def test_sigterm_finishes_the_step_saves_and_exits_zero(tmp_path, compile_cache, sig):
     run_dir = tmp_path / "run"
     spec = _spec(run_dir, dict(num_rows=320, seq_len=32, global_batch=8, epochs=1, sleep_s=0.03),
                  train=dict(epochs=1), checkpoint=dict(save_every=None, max_to_keep=2))
     proc = runs.start(spec, compile_cache, tmp_path / "run.log")
     runs.wait_for(lambda: len(runs.train_records(run_dir)) >= 3, [proc], "three logged steps")
-    runs.send(proc, signal.SIGTERM)
+    runs.send(proc, sig)
     assert runs.finish([proc]) == [0]
     log = (tmp_path / "run.log").read_text()
-    assert "SIGTERM received: saved step " in log and "stopped on SIGTERM (resumable)" in log
-    stopped_at = int(log.split("SIGTERM received: saved step ")[1].split()[0])
+    assert "stop requested (SIGTERM or Ctrl-C): saved step " in log and "stopped on SIGTERM or Ctrl-C (resumable)" in log
+    stopped_at = int(log.split("stop requested (SIGTERM or Ctrl-C): saved step ")[1].split()[0])
     assert 3 <= stopped_at < 40
     assert runs.committed(run_dir, stopped_at)
     assert max(r["step"] for r in runs.train_records(run_dir)) == stopped_at
