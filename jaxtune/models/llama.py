@@ -102,6 +102,22 @@ def rms_norm(x: jnp.ndarray, weight: jnp.ndarray, eps: float) -> jnp.ndarray:
     return weight.astype(dtype) * x32.astype(dtype)
 
 
+def project(x: jnp.ndarray, w: jnp.ndarray, in_dims: int = 1, **dot_kwargs: Any) -> jnp.ndarray:
+    """Contract the last ``in_dims`` axes of an activation (B, T, ...) with the leading ``in_dims`` axes of a weight.
+
+    Done as one plain 2-D matmul on (B*T, in) x (in, out) views (free reshapes of contiguous arrays): XLA:CPU then
+    runs the weight-gradient dots of the backward pass as plain matmuls, where the equivalent einsums over (B, T)
+    cost it transposing copies of the activations first.
+    """
+    lead = x.shape[: x.ndim - in_dims]
+    k = 1
+    for n in w.shape[:in_dims]:
+        k *= n
+    out = w.shape[in_dims:]
+    y = jnp.dot(x.reshape(-1, k), w.reshape(k, -1), **dot_kwargs)
+    return y.reshape(*lead, *out)
+
+
 def _normal(rngs: nnx.Rngs, shape: tuple[int, ...], std: float, dtype: Any) -> jnp.ndarray:
     return (std * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
 
@@ -151,9 +167,9 @@ def decoder_layer(
 
     x = rms_norm(h, params["attn_norm"], cfg.rms_norm_eps)
     x = constrain(x, (BATCH, LENGTH, EMBED))
-    q = checkpoint_name(jnp.einsum("bte,ehd->bthd", x, w["q_proj"]), "query_proj")
-    k = checkpoint_name(jnp.einsum("bte,ehd->bthd", x, w["k_proj"]), "key_proj")
-    v = checkpoint_name(jnp.einsum("bte,ehd->bthd", x, w["v_proj"]), "value_proj")
+    q = checkpoint_name(project(x, w["q_proj"]), "query_proj")
+    k = checkpoint_name(project(x, w["k_proj"]), "key_proj")
+    v = checkpoint_name(project(x, w["v_proj"]), "value_proj")
     q = constrain(apply_rotary(q, cos, sin), (BATCH, LENGTH, HEADS, None))
     k = constrain(apply_rotary(k, cos, sin), (BATCH, LENGTH, KV_HEADS, None))
     v = constrain(v, (BATCH, LENGTH, KV_HEADS, None))
@@ -171,14 +187,14 @@ def decoder_layer(
         impl=cfg.attention_impl, has_cache=cache_kv is not None,
     )
     attn = constrain(attn, (BATCH, LENGTH, HEADS, None))
-    h = h + constrain(jnp.einsum("bthd,hde->bte", attn, w["o_proj"]), (BATCH, LENGTH, EMBED))
+    h = h + constrain(project(attn, w["o_proj"], in_dims=2), (BATCH, LENGTH, EMBED))
 
     x = rms_norm(h, params["mlp_norm"], cfg.rms_norm_eps)
     x = constrain(x, (BATCH, LENGTH, EMBED))
-    gate = jnp.einsum("bte,em->btm", x, w["gate_proj"])
-    up = jnp.einsum("bte,em->btm", x, w["up_proj"])
+    gate = project(x, w["gate_proj"])
+    up = project(x, w["up_proj"])
     act = constrain(jax.nn.silu(gate) * up, (BATCH, LENGTH, MLP))
-    h = h + constrain(jnp.einsum("btm,me->bte", act, w["down_proj"]), (BATCH, LENGTH, EMBED))
+    h = h + constrain(project(act, w["down_proj"]), (BATCH, LENGTH, EMBED))
     return h, new_cache
 
 
@@ -261,7 +277,7 @@ class Llama(nnx.Module):
             head = self.embed_tokens[...].astype(cd).T
         else:
             head = self.lm_head[...].astype(cd)
-        logits = jnp.einsum("bte,ev->btv", h, head, preferred_element_type=jnp.float32)
+        logits = project(h, head, preferred_element_type=jnp.float32)
         logits = constrain(logits, (BATCH, LENGTH, VOCAB))
         if logits.shape[-1] != cfg.vocab_size:
             logits = logits[..., : cfg.vocab_size]
