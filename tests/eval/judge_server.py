@@ -54,11 +54,11 @@ class JudgeServer:
                 with server._lock:
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                self.counted = True
                 try:
                     server._handle(self)
                 finally:
-                    with server._lock:
-                        server.in_flight -= 1
+                    server._release(self)
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
@@ -78,8 +78,17 @@ class JudgeServer:
         self._httpd.server_close()
         self._thread.join(timeout=5)
 
+    def _release(self, h: BaseHTTPRequestHandler) -> None:
+        """A request stops being in flight when its response starts: released before the reply is written, or the
+        client could send its next request before this one is counted out."""
+        if getattr(h, "counted", False):
+            h.counted = False
+            with self._lock:
+                self.in_flight -= 1
+
     def _send(self, h: BaseHTTPRequestHandler, status: int, body: str, headers: dict[str, str] | None = None) -> None:
         data = body.encode("utf-8")
+        self._release(h)
         h.send_response(status)
         for k, v in {"Content-Type": "application/json", "Content-Length": str(len(data)), **(headers or {})}.items():
             h.send_header(k, v)
