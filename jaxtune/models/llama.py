@@ -26,6 +26,7 @@ only names axes; :mod:`jaxtune.sharding` maps names to mesh axes.
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple, Optional
 
 import flax.linen as nn
@@ -110,9 +111,7 @@ def project(x: jnp.ndarray, w: jnp.ndarray, in_dims: int = 1, **dot_kwargs: Any)
     cost it transposing copies of the activations first.
     """
     lead = x.shape[: x.ndim - in_dims]
-    k = 1
-    for n in w.shape[:in_dims]:
-        k *= n
+    k = math.prod(w.shape[:in_dims])
     out = w.shape[in_dims:]
     y = jnp.dot(x.reshape(-1, k), w.reshape(k, -1), **dot_kwargs)
     return y.reshape(*lead, *out)
