@@ -14,7 +14,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from jaxtune.checkpoint import MODEL_CONFIG_FILE, load_model_config, restore_model, tokenizer_path
+from jaxtune.checkpoint import MODEL_CONFIG_FILE, load_model_config, model_with_params, restore_model, tokenizer_path
 from jaxtune.config import ModelConfig
 from jaxtune.errors import JaxtuneError
 from jaxtune.eval.template_codec import TemplateChatCodec
@@ -72,14 +72,6 @@ def _place(params: dict, cfg: ModelConfig, mesh: Optional[Mesh]) -> dict:
     return jax.tree.unflatten(treedef, placed)
 
 
-def _build(cfg: ModelConfig, params: dict) -> Llama:
-    model = nnx.eval_shape(lambda: Llama(cfg, nnx.Rngs(0)))
-    state = nnx.state(model, nnx.Param)
-    nnx.replace_by_pure_dict(state, params)
-    nnx.update(model, state)
-    return model
-
-
 def load_model(
     checkpoint: str | Path, *, mesh: Optional[Mesh] = None, compute_dtype: Optional[str] = None
 ) -> Llama:
@@ -95,7 +87,7 @@ def load_model(
 
     cfg, params = load_hf_params(checkpoint)
     cfg = dataclasses.replace(cfg, **overrides)
-    return _build(cfg, _place(params, cfg, mesh))
+    return model_with_params(cfg, _place(params, cfg, mesh))
 
 
 def tokenizer_location(checkpoint: str | Path, tokenizer: Optional[str | Path] = None) -> Path:
