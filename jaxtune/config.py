@@ -38,7 +38,7 @@ class ConfigError(JaxtuneError, ValueError):
 # Sections
 # --------------------------------------------------------------------------------------------------------------------
 
-RematPolicy = Literal["none", "full", "dots", "dots_no_batch", "qkv_proj"]
+RematPolicy = Literal["none", "full", "dots", "dots_no_batch", "qkv_proj", "projections"]
 AttentionImpl = Literal["xla", "cudnn", "splash"]
 DType = Literal["float32", "bfloat16", "float16"]
 
@@ -97,10 +97,12 @@ class ModelConfig:
     """``xla``: plain einsum attention (works everywhere); ``cudnn``: fused kernel of jax.nn.dot_product_attention on
     NVIDIA GPUs; ``splash``: the Pallas splash-attention kernel on TPU. A kernel the platform lacks falls back to
     ``xla`` with one warning."""
-    remat_policy: RematPolicy = "none"
+    remat_policy: RematPolicy = "projections"
     """Rematerialisation of each decoder layer in the backward pass: ``none`` saves everything, ``full`` saves only
     layer inputs, ``dots`` saves matmul outputs, ``dots_no_batch`` saves matmuls without a batch dimension (weights),
-    ``qkv_proj`` saves the attention projections."""
+    ``projections`` saves those plus attention's output and log-sum-exp (recomputing only norms, RoPE and
+    activations: less memory than ``none`` and, on CPU, a faster step), ``qkv_proj`` saves the attention
+    projections."""
     scan_layers: bool = True
     """Run the stacked layers with jax.lax.scan (compile time independent of depth); False unrolls a Python loop."""
     initializer_range: float = 0.02

@@ -3,6 +3,10 @@
 All implementations compute the same function. A query at slot ``i`` of a row attends to key slot ``j`` when
 ``j <= i`` (causal by slot) and both slots carry the same segment id. Packed rows therefore never attend across
 documents, and padding (segment 0) only ever attends to padding.
+
+The XLA path is written for speed on CPU (where the test suite and the quickstart train): a hand-written
+flash-style backward that stores no (T, S) tensor, an additive mask bias that fuses with the matmuls, and, for
+self-attention, query blocks that skip the key blocks causality masks entirely.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 
 logger = logging.getLogger(__name__)
 
@@ -37,26 +42,111 @@ def attention_mask(
     return same_segment & causal
 
 
-def xla_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
-    """Einsum attention. q (B, T, H, D), k/v (B, S, KV, D) with H a multiple of KV, mask (B, T, S) -> (B, T, H, D).
+def _grouped_layout(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+    """q (B, T, H, D) -> (B, KV, G*T, D) with a group's queries side by side; k, v (B, S, KV, D) -> (B, KV, S, D).
 
-    Grouped-query heads are handled by a reshape, never by copying keys and values per query head. Scores and
-    softmax run in float32.
+    Both attention matmuls are then plain batched matmuls over (B, KV), which XLA:CPU runs about 1.5x faster than the
+    same einsums in (B, T, heads, D) layout, and grouped-query heads never copy keys and values per query head.
     """
     b, t, h, d = q.shape
-    s, kv = k.shape[1], k.shape[2]
-    g = h // kv
-    # Heads first and a group's queries side by side, (B, KV, G*T, D): both matmuls are then plain batched matmuls
-    # over (B, KV), which XLA:CPU runs about 1.5x faster than the same einsums in (B, T, heads, D) layout.
-    qh = q.reshape(b, t, kv, g, d).transpose(0, 2, 3, 1, 4).reshape(b, kv, g * t, d)
-    kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
-    scores = jnp.einsum("bkqd,bksd->bkqs", qh, kh, preferred_element_type=jnp.float32).reshape(b, kv, g, t, s)
-    scores = scores * (1.0 / np.sqrt(d))
-    big_negative = jnp.finfo(jnp.float32).min
-    scores = jnp.where(mask[:, None, None, :, :], scores, big_negative)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(b, kv, g * t, s)
-    out = jnp.einsum("bkqs,bksd->bkqd", probs, vh).reshape(b, kv, g, t, d).transpose(0, 3, 1, 2, 4)
-    return out.reshape(b, t, h, d)
+    kv = k.shape[2]
+    qh = q.reshape(b, t, kv, h // kv, d).transpose(0, 2, 3, 1, 4).reshape(b, kv, h // kv * t, d)
+    return qh, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+
+
+def _from_grouped(x: jnp.ndarray, b: int, t: int, h: int) -> jnp.ndarray:
+    """Inverse of the query layout of :func:`_grouped_layout`: (B, KV, G*T, D) -> (B, T, H, D)."""
+    kv, d = x.shape[1], x.shape[-1]
+    return x.reshape(b, kv, h // kv, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
+
+
+def _masked_scores(qh: jnp.ndarray, kh: jnp.ndarray, bias: jnp.ndarray) -> jnp.ndarray:
+    """Float32 scores (B, KV, G*T, S) of already scaled queries, plus the additive mask bias (B, T, S)."""
+    b, kv, gt, _ = qh.shape
+    t, s = bias.shape[1], bias.shape[2]
+    scores = jnp.einsum("bkqd,bksd->bkqs", qh, kh, preferred_element_type=jnp.float32)
+    # Adding a bias fuses with the matmul and the softmax on XLA:CPU, where a select on a boolean mask does not.
+    scores = scores.reshape(b, kv, gt // t, t, s) + bias[:, None, None, :, :]
+    return scores.reshape(b, kv, gt, s)
+
+
+def _mask_bias(mask: jnp.ndarray) -> jnp.ndarray:
+    """0 where attention is allowed, -1e30 elsewhere (finite: every row keeps at least its own slot)."""
+    return jnp.where(mask, 0.0, -1e30).astype(jnp.float32)
+
+
+def _attention_forward(q, k, v, mask):
+    b, t, h, d = q.shape
+    # Scaling the queries, not the (T, S) scores, keeps constants out of the matmul fusions.
+    qh, kh, vh = _grouped_layout(q * (1.0 / np.sqrt(d)), k, v)
+    scores = _masked_scores(qh, kh, _mask_bias(mask))
+    row_max = jnp.max(scores, axis=-1, keepdims=True)
+    probs = jnp.exp(scores - row_max)  # unnormalised: the division happens on the (T, D) output, not on (T, S)
+    row_sum = jnp.sum(probs, axis=-1, keepdims=True)
+    out = jnp.einsum("bkqs,bksd->bkqd", probs.astype(v.dtype), vh, preferred_element_type=jnp.float32) / row_sum
+    out = checkpoint_name(out.astype(q.dtype), "attention_out")
+    log_sum_exp = checkpoint_name(row_max + jnp.log(row_sum), "attention_lse")
+    return _from_grouped(out, b, t, h), (q, k, v, mask, out, log_sum_exp)
+
+
+@jax.custom_vjp
+def xla_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
+    """Softmax attention in plain XLA. q (B, T, H, D), k/v (B, S, KV, D) with H a multiple of KV, mask (B, T, S)
+    -> (B, T, H, D). Scores and softmax run in float32.
+
+    The backward pass is written out flash-attention style: it keeps only the inputs, the output and each row's
+    log-sum-exp, and recomputes the probabilities from them, so no (T, S) tensor is stored between the passes
+    (saved per layer, those dominated the memory traffic of a training step on CPU).
+    """
+    return _attention_forward(q, k, v, mask)[0]
+
+
+def _attention_vjp_forward(q, k, v, mask):
+    return _attention_forward(q, k, v, mask)
+
+
+def _attention_vjp_backward(residuals, d_out):
+    q, k, v, mask, out, log_sum_exp = residuals
+    b, t, h, d = q.shape
+    scale = 1.0 / np.sqrt(d)
+    qh, kh, vh = _grouped_layout(q * scale, k, v)
+    d_out_h = _grouped_layout(d_out, k, v)[0]
+    probs = jnp.exp(_masked_scores(qh, kh, _mask_bias(mask)) - log_sum_exp)
+    d_v = jnp.einsum("bkqs,bkqd->bksd", probs.astype(v.dtype), d_out_h, preferred_element_type=jnp.float32)
+    d_probs = jnp.einsum("bkqd,bksd->bkqs", d_out_h, vh, preferred_element_type=jnp.float32)
+    row_dot = jnp.sum(d_out_h.astype(jnp.float32) * out.astype(jnp.float32), axis=-1, keepdims=True)
+    d_scores = (probs * (d_probs - row_dot)).astype(q.dtype)  # with respect to the scaled scores
+    d_q = jnp.einsum("bkqs,bksd->bkqd", d_scores, kh, preferred_element_type=jnp.float32) * scale
+    d_k = jnp.einsum("bkqs,bkqd->bksd", d_scores, qh, preferred_element_type=jnp.float32)
+    return (
+        _from_grouped(d_q, b, t, h).astype(q.dtype),
+        d_k.transpose(0, 2, 1, 3).astype(k.dtype),
+        d_v.transpose(0, 2, 1, 3).astype(v.dtype),
+        None,
+    )
+
+
+xla_attention.defvjp(_attention_vjp_forward, _attention_vjp_backward)
+
+
+QUERY_BLOCKS = 4
+"""Query blocks of :func:`causal_blocked_attention`: 4 skips 3/8 of the (T, S) work; on a 2-core CPU at T = 256 it
+beat 1, 2 and 8 blocks (fwd + bwd 33 ms against 48, 40 and 42 ms for one layer of 8 x 8 heads)."""
+
+
+def causal_blocked_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
+    """:func:`xla_attention` over a whole row (self-attention: query slot i is key slot i), skipping the key blocks
+    that causality masks entirely: the queries are cut into :data:`QUERY_BLOCKS` blocks and block i attends only to
+    keys up to its last slot. Same result as :func:`xla_attention`; rows not divisible into blocks use it directly."""
+    t = q.shape[1]
+    if t % QUERY_BLOCKS or t < 2 * QUERY_BLOCKS:
+        return xla_attention(q, k, v, mask)
+    size = t // QUERY_BLOCKS
+    blocks = []
+    for i in range(QUERY_BLOCKS):
+        start, end = i * size, (i + 1) * size
+        blocks.append(xla_attention(q[:, start:end], k[:, :end], v[:, :end], mask[:, start:end, :end]))
+    return jnp.concatenate(blocks, axis=1)
 
 
 def cudnn_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
@@ -151,4 +241,6 @@ def dot_product_attention(
     mask = attention_mask(q_segment_ids, kv_segment_ids, q_slots, kv_slots)
     if chosen == "cudnn":
         return cudnn_attention(q, k, v, mask)
+    if not has_cache:
+        return causal_blocked_attention(q, k, v, mask)
     return xla_attention(q, k, v, mask)

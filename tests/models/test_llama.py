@@ -104,7 +104,7 @@ def loss_and_grads(model: Llama, ids: np.ndarray) -> tuple[float, dict]:
 def test_remat_policies_change_memory_not_results(gqa_pair: Pair) -> None:
     ids = random_ids(gqa_pair.cfg.vocab_size, (2, 12), seed=11)
     base_loss, base_grads = loss_and_grads(gqa_pair.model, ids)
-    for policy in ("full",):  # the other policies only choose which residuals to keep
+    for policy in ("none", "full", "projections"):  # the others only choose other residuals to keep
         model = jaxtune_model(dataclasses.replace(gqa_pair.cfg, remat_policy=policy), gqa_pair.params)
         loss, grads = loss_and_grads(model, ids)
         assert loss == pytest.approx(base_loss, abs=1e-6)
