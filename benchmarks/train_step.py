@@ -3,8 +3,10 @@ LlamaForCausalLM with torch.optim.AdamW, same model, weights, batch and length, 
 
 One random transformers model is saved and imported with jaxtune's converter, so both sides train the same weights;
 the script checks that their first losses agree, then times warm steps of each in alternating blocks of consecutive
-steps, so that other load on the machine affects both alike (median; the first step of each block is not timed). It also measures the CPU's own float32 matmul peak with JAX
-in the same run and reports each side's MFU against it:
+steps, so that other load on the machine affects both alike (median; the first step of each block is not timed).
+jaxtune runs with its default remat policy (``projections``: the backward pass recomputes norms, RoPE and
+activations; ``--remat`` picks another). It also measures the CPU's own float32 matmul peak with JAX in the same run
+and reports each side's MFU against it:
 
     MFU = training FLOPs per token x tokens/s / matmul peak FLOP/s,
 
