@@ -47,6 +47,10 @@ RULES: tuple[tuple[str, Any], ...] = (
     ("act_kv_heads", "tensor"),
     ("act_mlp", "tensor"),
     ("act_vocab", "tensor"),
+    # The input lookup gathers rows from a whole table (gathered like any FSDP weight): XLA cannot turn a lookup into
+    # a vocab-sharded table into batch-sharded activations, and replicated everything instead ("Involuntary full
+    # rematerialization").
+    ("act_lookup_vocab", None),
 )
 """Logical axis name -> mesh axis (or axes, or None for replicated). The only place a layout is decided."""
 

@@ -57,6 +57,7 @@ REMAT_POLICIES = {
 # Logical names of the activations; the parameters' names are in the module docstring.
 BATCH, LENGTH, EMBED = "act_batch", "act_length", "act_embed"
 HEADS, KV_HEADS, MLP, VOCAB = "act_heads", "act_kv_heads", "act_mlp", "act_vocab"
+LOOKUP_VOCAB = "act_lookup_vocab"  # the vocabulary axis of the embedding table as the input lookup reads it
 
 LAYER_PARAM_AXES: dict[str, tuple[str, ...]] = {
     "attn_norm": ("layers", "norm"),
@@ -246,7 +247,8 @@ class Llama(nnx.Module):
             segment_ids = jnp.ones((b, t), jnp.int32)
 
         cd = DTYPES[cfg.compute_dtype]
-        h = jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(cd)
+        table = constrain(self.embed_tokens[...], (LOOKUP_VOCAB, EMBED))
+        h = jnp.take(table, input_ids, axis=0).astype(cd)
         h = constrain(h, (BATCH, LENGTH, EMBED))
         cos, sin = rotary_cos_sin(positions, inverse_frequencies(cfg))
 

@@ -11,7 +11,7 @@ from flax import nnx
 
 from jaxtune.config import MeshConfig, OptimConfig, model_config_from_dict
 from jaxtune.models.llama import Llama
-from jaxtune.sharding import abstract_model, build_mesh, global_batch, param_shardings
+from jaxtune.sharding import activation_rules, abstract_model, build_mesh, global_batch, param_shardings
 from jaxtune.train.optim import build_optimizer
 from jaxtune.train.step import (
     eval_sums,
@@ -201,3 +201,13 @@ def test_bfloat16_compute_keeps_float32_master_weights_and_moments(cfg, initial_
     assert {x.dtype for x in jax.tree.leaves(mu)} == {jnp.dtype(jnp.float32)}
     want = _reference_loss(cfg, initial_params[0], batch)  # float32 reference
     assert float(metrics.compute()["loss"]) == pytest.approx(want, rel=2e-2)
+
+
+def test_tensor_parallel_step_compiles_without_replicating_activations(cfg, initial_params, capfd):
+    """XLA's partitioner logs "Involuntary full rematerialization" when it has to replicate a tensor to reach a
+    sharding (once, the input-embedding lookup into a vocab-sharded table did): the rules must not provoke it."""
+    mesh, _, state, step = _setup(cfg, initial_params, MeshConfig(data=2, fsdp=2, tensor=2))
+    batch = global_batch(_rows(8, 40), mesh, microbatches=2)
+    with activation_rules(mesh):
+        step.jitted.lower(state, batch).compile()
+    assert "Involuntary full rematerialization" not in capfd.readouterr().err
