@@ -13,11 +13,16 @@ from __future__ import annotations
 
 import logging
 import warnings
+from typing import Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.ad_checkpoint import checkpoint_name
+from jax.sharding import PartitionSpec as P
+
+from jaxtune.models.axes import BATCH, HEADS, KV_HEADS, LENGTH
 
 logger = logging.getLogger(__name__)
 
@@ -198,16 +203,48 @@ def splash_attention(
         return kernel(q1, k1, v1, segment_ids=splash.SegmentIds(q=seg1, kv=seg1))
 
     out = jax.vmap(one_row)(qh, kh, vh, segment_ids)
-    return jnp.swapaxes(out, 1, 2)
+    return jnp.swapaxes(out, 1, 2).astype(q.dtype)  # the kernel returns float32 for bfloat16 inputs
+
+
+def on_local_shards(kernel: Callable[..., jnp.ndarray]) -> Callable[..., jnp.ndarray]:
+    """Run an attention kernel ``kernel(q, k, v, segment_ids)`` on each device's shard under the installed mesh.
+
+    A Pallas kernel is opaque to XLA's partitioner, which would gather its inputs onto every device. Rows and heads
+    are independent in attention, so under :func:`jax.shard_map` each device runs the kernel on its own rows and
+    heads, laid out as the sharding rules lay out the activations (no mesh installed: the kernel runs as is).
+    """
+
+    def run(q, k, v, segment_ids):
+        mesh = jax.sharding.get_abstract_mesh()
+        if mesh.empty:
+            return kernel(q, k, v, segment_ids)
+        q_spec = nn.logical_to_mesh_axes((BATCH, LENGTH, HEADS, None))
+        kv_spec = nn.logical_to_mesh_axes((BATCH, LENGTH, KV_HEADS, None))
+        rows_spec = P(q_spec[0], q_spec[1])
+        sharded = jax.shard_map(
+            kernel, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, rows_spec), out_specs=q_spec, check_vma=False
+        )
+        return sharded(q, k, v, segment_ids)
+
+    return run
+
+
+def target_platform() -> str:
+    """The platform being compiled for: the installed mesh's devices (an ahead-of-time compile for a TPU topology runs
+    on a CPU host), else JAX's default backend."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if not mesh.empty and mesh.abstract_device is not None and mesh.abstract_device.platform:
+        return mesh.abstract_device.platform
+    return jax.default_backend()
 
 
 def resolve_impl(impl: str, *, has_cache: bool, seq_len: int) -> str:
     """The implementation actually used: a kernel the platform lacks falls back to ``xla`` with one warning."""
     if impl == "xla":
         return "xla"
-    backend = jax.default_backend()
+    backend = target_platform()
     if impl == "cudnn":
-        if backend != "gpu":
+        if backend not in ("gpu", "cuda"):
             _warn_once(f"attention_impl='cudnn' needs an NVIDIA GPU; the backend is {backend!r}: using 'xla'")
             return "xla"
         return "cudnn"
@@ -237,7 +274,7 @@ def dot_product_attention(
     """Attention of q (B, T, H, D) over k/v (B, S, KV, D) with segment ids and causal slots; see module docs."""
     chosen = resolve_impl(impl, has_cache=has_cache, seq_len=q.shape[1])
     if chosen == "splash":
-        return splash_attention(q, k, v, q_segment_ids)
+        return on_local_shards(splash_attention)(q, k, v, q_segment_ids)
     mask = attention_mask(q_segment_ids, kv_segment_ids, q_slots, kv_slots)
     if chosen == "cudnn":
         return cudnn_attention(q, k, v, mask)

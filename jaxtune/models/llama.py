@@ -29,7 +29,6 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple, Optional
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -37,6 +36,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from jaxtune.config import ModelConfig
 from jaxtune.models.attention import dot_product_attention
+from jaxtune.models.axes import BATCH, EMBED, HEADS, KV_HEADS, LENGTH, LOOKUP_VOCAB, MLP, VOCAB, constrain
 from jaxtune.models.rope import apply_rotary, inverse_frequencies, rotary_cos_sin
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -54,11 +54,6 @@ REMAT_POLICIES = {
     "qkv_proj": jax.checkpoint_policies.save_only_these_names("query_proj", "key_proj", "value_proj"),
 }
 
-# Logical names of the activations; the parameters' names are in the module docstring.
-BATCH, LENGTH, EMBED = "act_batch", "act_length", "act_embed"
-HEADS, KV_HEADS, MLP, VOCAB = "act_heads", "act_kv_heads", "act_mlp", "act_vocab"
-LOOKUP_VOCAB = "act_lookup_vocab"  # the vocabulary axis of the embedding table as the input lookup reads it
-
 LAYER_PARAM_AXES: dict[str, tuple[str, ...]] = {
     "attn_norm": ("layers", "norm"),
     "q_proj": ("layers", "embed", "heads", "head_dim"),
@@ -70,11 +65,7 @@ LAYER_PARAM_AXES: dict[str, tuple[str, ...]] = {
     "up_proj": ("layers", "embed", "mlp"),
     "down_proj": ("layers", "mlp", "embed"),
 }
-
-
-def constrain(x: jnp.ndarray, names: tuple[Optional[str], ...]) -> jnp.ndarray:
-    """Name the axes of an activation; a no-op unless jaxtune.sharding has installed its rules and a mesh."""
-    return nn.with_logical_constraint(x, names)
+"""Logical axes of the stacked layer weights (the activations' names are in :mod:`jaxtune.models.axes`)."""
 
 
 class KVCache(NamedTuple):

@@ -137,6 +137,42 @@ def test_splash_kernel_matches_xla_on_packed_rows(heads: int, kv_heads: int) -> 
     np.testing.assert_allclose(got[real], want[real], atol=2e-5)
 
 
+def test_splash_keeps_bfloat16() -> None:
+    """The kernel returns float32 for bfloat16 inputs; the layer's residual stream must stay bfloat16 (a float32
+    attention output broke the layer scan's carry type)."""
+    t = 128
+    q, k, v = (x.astype(jnp.bfloat16) for x in qkv(1, t, 2, 2, 64, seed=7))
+    out = splash_attention(q, k, v, jnp.ones((1, t), jnp.int32), interpret=True)
+    assert out.dtype == jnp.bfloat16
+
+
+def test_splash_kernel_runs_on_each_devices_rows_and_heads_under_a_mesh() -> None:
+    """Under a data x fsdp x tensor mesh the kernel sees only its device's rows and heads (shard_map), and the
+    result is still the XLA path's attention."""
+    from jaxtune.config import MeshConfig
+    from jaxtune.sharding import activation_rules, build_mesh
+
+    if jax.device_count() < 8:
+        pytest.skip("needs 8 devices (tests/conftest.py sets XLA_FLAGS for 8 CPU devices)")
+    t = 128
+    q, k, v = qkv(4, t, 4, 2, 64, seed=6)
+    seg = jnp.asarray(np.concatenate([packed_segments(t), packed_segments(t)[::-1]]))
+    slots = jnp.arange(t)
+    want = np.asarray(xla_attention(q, k, v, attention_mask(seg, seg, slots, slots)))
+    local_shapes = []
+
+    def kernel(q, k, v, segment_ids):
+        local_shapes.append((q.shape, k.shape, segment_ids.shape))
+        return splash_attention(q, k, v, segment_ids, interpret=True)
+
+    with activation_rules(build_mesh(MeshConfig(data=2, fsdp=2, tensor=2))):
+        got = np.asarray(jax.jit(attention.on_local_shards(kernel))(q, k, v, seg))
+    # 4 rows over data x fsdp = 4 devices, 4 query and 2 key/value heads over tensor = 2.
+    assert local_shapes == [((1, t, 2, 64), (1, t, 1, 64), (1, t))]
+    real = np.asarray(seg) > 0
+    np.testing.assert_allclose(got[real], want[real], atol=2e-5)
+
+
 @pytest.fixture
 def fresh_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
     """Forget which fallback warnings were already given (they are once per process)."""

@@ -1,0 +1,22 @@
+"""Logical names of the model's activation axes, and :func:`constrain`, which attaches them.
+
+The model only names axes; :data:`jaxtune.sharding.RULES` maps every name (these and the parameters' names listed in
+:mod:`jaxtune.models.llama`) to mesh axes.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+BATCH, LENGTH, EMBED = "act_batch", "act_length", "act_embed"
+HEADS, KV_HEADS, MLP, VOCAB = "act_heads", "act_kv_heads", "act_mlp", "act_vocab"
+LOOKUP_VOCAB = "act_lookup_vocab"
+"""The vocabulary axis of the embedding table as the input lookup reads it."""
+
+
+def constrain(x: jnp.ndarray, names: tuple[Optional[str], ...]) -> jnp.ndarray:
+    """Name the axes of an activation; a no-op unless jaxtune.sharding has installed its rules and a mesh."""
+    return nn.with_logical_constraint(x, names)
