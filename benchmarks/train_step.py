@@ -4,9 +4,9 @@ LlamaForCausalLM with torch.optim.AdamW, same model, weights, batch and length, 
 One random transformers model is saved and imported with jaxtune's converter, so both sides train the same weights;
 the script checks that their first losses agree, then times warm steps of each in alternating blocks of consecutive
 steps, so that other load on the machine affects both alike (median; the first step of each block is not timed).
-jaxtune runs with its default remat policy (``projections``: the backward pass recomputes norms, RoPE and
-activations; ``--remat`` picks another). It also measures the CPU's own float32 matmul peak with JAX in the same run
-and reports each side's MFU against it:
+jaxtune runs with the remat policy ``projections`` (the backward pass recomputes norms, RoPE and activations: its
+fastest step on CPU; ``--remat`` picks another). It also measures the CPU's own float32 matmul peak with JAX in the
+same run and reports each side's MFU against it:
 
     MFU = training FLOPs per token x tokens/s / matmul peak FLOP/s,
 
@@ -46,7 +46,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--block", type=int, default=3, help="consecutive steps per block (the first is not timed)")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads")
     p.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"], help="transformers attention implementation")
-    p.add_argument("--remat", default=None, help="jaxtune model.remat_policy (default: ModelConfig's default)")
+    p.add_argument("--remat", default="projections", help="jaxtune model.remat_policy")
     p.add_argument("--matmul-size", type=int, default=2048, help="size of the square matmul timing the CPU peak")
     return p.parse_args()
 
@@ -115,9 +115,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         hf_model.save_pretrained(tmp)
         cfg, params = load_hf_params(tmp, param_dtype="float32")
-    cfg = dataclasses.replace(cfg, compute_dtype="float32")
-    if args.remat is not None:
-        cfg = dataclasses.replace(cfg, remat_policy=args.remat)
+    cfg = dataclasses.replace(cfg, compute_dtype="float32", remat_policy=args.remat)
     optim = OptimConfig(learning_rate=1e-5, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.1, max_grad_norm=1.0)
     batch = make_batch(args)
     tokens = args.batch * args.length

@@ -97,11 +97,11 @@ class ModelConfig:
     """``xla``: plain einsum attention (works everywhere); ``cudnn``: fused kernel of jax.nn.dot_product_attention on
     NVIDIA GPUs; ``splash``: the Pallas splash-attention kernel on TPU. A kernel the platform lacks falls back to
     ``xla`` with one warning."""
-    remat_policy: RematPolicy = "projections"
+    remat_policy: RematPolicy = "none"
     """Rematerialisation of each decoder layer in the backward pass: ``none`` saves everything, ``full`` saves only
     layer inputs, ``dots`` saves matmul outputs, ``dots_no_batch`` saves matmuls without a batch dimension (weights),
     ``projections`` saves those plus attention's output and log-sum-exp (recomputing only norms, RoPE and
-    activations: less memory than ``none`` and, on CPU, a faster step), ``qkv_proj`` saves the attention
+    activations: less memory than ``none`` and the fastest step on one CPU device), ``qkv_proj`` saves the attention
     projections."""
     scan_layers: bool = True
     """Run the stacked layers with jax.lax.scan (compile time independent of depth); False unrolls a Python loop."""
