@@ -10,6 +10,7 @@
     jaxtune export-hf CKPT OUT_DIR         jaxtune checkpoint -> Hugging Face folder
     jaxtune check-hf HF_DIR                compare jaxtune and transformers on the same checkpoint
     jaxtune info [CONFIG] [key=value ...]  parameter count, FLOPs per token, memory of a model shape
+    jaxtune plan CONFIG --accelerator v5p-16  per-chip memory of the train step, compiled for that slice
 """
 
 from __future__ import annotations
@@ -122,6 +123,17 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from jaxtune.plan import GIB, plan
+
+    cfg = _config(args.config, args.overrides)
+    hbm = int(args.hbm_gib * GIB) if args.hbm_gib else None
+    report = plan(cfg, args.accelerator, search=not args.no_search, hbm_bytes=hbm, max_candidates=args.max_candidates,
+                  progress=lambda text: print(f"plan: {text}", file=sys.stderr, flush=True))
+    print(report.table())
+    return 0 if report.fits() else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``jaxtune`` command."""
     parser = argparse.ArgumentParser(prog="jaxtune", description=__doc__.split("\n\n")[0],
@@ -201,6 +213,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*")
     p.add_argument("--preset", help="named shape, e.g. doit-33b")
     p.add_argument("--seq-len", type=int, default=2048)
+
+    p = add("plan", _cmd_plan, "per-chip memory of the train step on an accelerator (compiled ahead of time for "
+                               "TPU slices, estimated for GPUs); when it does not fit, the smallest change that does")
+    p.add_argument("config", help="YAML config")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--accelerator", required=True,
+                   help="v4-32, v5p-16, v5e-64, v6e-16 (TPU; v4/v5p count TensorCores), h100-8, h200-1 (GPU), cpu-N")
+    p.add_argument("--no-search", action="store_true", help="do not compile candidate changes when it does not fit")
+    p.add_argument("--max-candidates", type=int, default=8, help="most candidate changes compiled (default 8)")
+    p.add_argument("--hbm-gib", type=float, default=None, help="plan against this much memory per chip instead")
     return parser
 
 

@@ -1,0 +1,426 @@
+"""``jaxtune plan``: will a config fit an accelerator, per chip, before anything runs?
+
+For a TPU slice (``v4-32``, ``v5p-16``, ``v5e-64``, ``v6e-16``...) the real train step (forward, backward, AdamW,
+jaxtune's shardings, the config's mesh, batch, microbatches, remat and attention) is compiled ahead of time by XLA's
+TPU compiler for that topology on any machine (deviceless; libtpu from the ``tpu`` extra), and its memory analysis
+gives true per-chip bytes. When it does not fit, the smallest change that does is found by compiling candidates
+(remat policy, then more microbatches, then the mesh). For GPUs (``h100-8``, ``h200-1``...) the bytes are an
+analytic estimate, labelled as one. ``cpu-N`` compiles for N simulated CPU devices (for tests: the CPU backend's
+memory analysis upcasts bf16 and is no planning figure).
+
+Per-chip bytes are reported by kind:
+
+- parameters and optimizer state: the per-device shards of the train state (exact, from the shardings);
+- gradients/accumulators: the float32 gradient tree's per-device shards (held within the temporaries);
+- batch: the input arrays' shards;
+- temporaries: XLA's temporary buffers (activations, gathered weights, gradients, ...);
+- peak: arguments + outputs - aliased (donated) + temporaries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+from jaxtune.config import Config, ConfigError
+
+GIB = 1024**3
+
+# --------------------------------------------------------------------------------------------------------------------
+# Accelerators
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Accelerator:
+    """One accelerator slice: how many chips, their memory, and for TPUs the topology the compiler needs."""
+
+    name: str
+    platform: str  # "tpu", "gpu" or "cpu"
+    chips: int
+    hbm_bytes: int  # per chip
+    topology: Optional[str] = None  # "v5:2x2x2"
+    chips_per_host: tuple[int, int, int] = (2, 2, 1)
+
+
+# Per-chip HBM as the TPU compiler reports it (v5p measured: 95.74 GiB) or as the vendor states it.
+_TPU_FAMILIES = {
+    # name prefix: (topology prefix, counts TensorCores (2 per chip), dimensions, HBM bytes per chip)
+    "v4": ("v4", True, 3, 32 * GIB),
+    "v5p": ("v5", True, 3, int(95.74 * GIB)),
+    "v5e": ("v5e", False, 2, 16 * GIB),
+    "v5litepod": ("v5e", False, 2, 16 * GIB),
+    "v6e": ("v6e", False, 2, 32 * GIB),
+}
+_GPUS = {"h100": 80 * 10**9, "h200": 141 * 10**9, "a100": 80 * 10**9}
+
+
+# TPU topologies by chip count, as Cloud TPU lays slices out.
+_TOPOLOGY_3D = {1: "1x1x1", 2: "1x2x1", 4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4",
+                128: "4x4x8", 256: "4x8x8", 512: "8x8x8", 1024: "8x8x16", 2048: "8x16x16", 4096: "16x16x16"}
+_TOPOLOGY_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}
+
+
+def _topology_dims(chips: int, dims: int) -> str:
+    table = _TOPOLOGY_3D if dims == 3 else _TOPOLOGY_2D
+    if chips not in table:
+        raise ConfigError(f"no TPU slice has {chips} chips in a {dims}-D topology; slices have "
+                          f"{', '.join(str(c) for c in table)} chips")
+    return table[chips]
+
+
+def _chips_per_host(topology_dims: str) -> tuple[int, int, int]:
+    """Hosts hold up to 4 chips (2x2) on multi-host slices; a single-host 2x4 holds 8, a 1x1 one."""
+    dims = [int(x) for x in topology_dims.split("x")] + [1]
+    if math.prod(dims) == 8 and len(topology_dims.split("x")) == 2:
+        return (2, 4, 1)
+    return (min(2, dims[0]), min(2, dims[1]), 1)
+
+
+def parse_accelerator(name: str) -> Accelerator:
+    """``v5p-16`` (TPU v4/v5p names count TensorCores: v5p-16 is 8 chips), ``v5e-64``/``v6e-16`` (chips),
+    ``h100-8``/``h200-1`` (GPUs), ``cpu-8`` (simulated CPU devices). Raises ConfigError naming the valid forms."""
+    text = name.strip().lower()
+    m = re.fullmatch(r"([a-z0-9]+)-(\d+)", text)
+    valid = "v4-N, v5p-N, v5e-N, v6e-N (TPU), h100-N, h200-N, a100-N (GPU), cpu-N"
+    if not m:
+        raise ConfigError(f"--accelerator {name!r}: expected one of {valid}")
+    family, count = m.group(1), int(m.group(2))
+    if count < 1:
+        raise ConfigError(f"--accelerator {name!r}: the count must be at least 1")
+    if family in _TPU_FAMILIES:
+        prefix, counts_cores, dims, hbm = _TPU_FAMILIES[family]
+        chips = count // 2 if counts_cores else count
+        if counts_cores and (count % 2 or chips < 1):
+            raise ConfigError(f"--accelerator {name!r}: {family} names count TensorCores (2 per chip): use an even count")
+        try:
+            layout = _topology_dims(chips, dims)
+        except ConfigError as e:
+            raise ConfigError(f"--accelerator {name!r}: {e}") from None
+        return Accelerator(name=text, platform="tpu", chips=chips, hbm_bytes=hbm, topology=f"{prefix}:{layout}",
+                           chips_per_host=_chips_per_host(layout))
+    if family in _GPUS:
+        return Accelerator(name=text, platform="gpu", chips=count, hbm_bytes=_GPUS[family])
+    if family == "cpu":
+        return Accelerator(name=text, platform="cpu", chips=count, hbm_bytes=0)
+    raise ConfigError(f"--accelerator {name!r}: unknown accelerator family {family!r}; expected one of {valid}")
+
+
+def accelerator_devices(acc: Accelerator) -> list:
+    """The devices to compile for: a TPU topology's (deviceless, needs libtpu) or this process's CPU devices."""
+    import jax
+
+    if acc.platform == "tpu":
+        import os
+
+        os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+        try:
+            import libtpu  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                f"planning for {acc.name} compiles with XLA's TPU compiler: install libtpu with "
+                "`pip install -e '.[tpu]'` (in its own venv: a process that loads libtpu locks /tmp/libtpu_lockfile)"
+            ) from None
+        from jax.experimental import topologies
+
+        topology = topologies.get_topology_desc(
+            platform="tpu", topology_name=acc.topology, chip_config_name="default",
+            chips_per_host_bounds=acc.chips_per_host, num_slices=1, wrap=(False, False, False),
+        )
+        return list(topology.devices)
+    if acc.platform == "cpu":
+        devices = jax.devices("cpu")
+        if len(devices) < acc.chips:
+            raise ConfigError(f"--accelerator {acc.name}: this process has {len(devices)} CPU devices; set "
+                              f"XLA_FLAGS=--xla_force_host_platform_device_count={acc.chips}")
+        return devices[: acc.chips]
+    raise ConfigError(f"{acc.name}: no compiler to plan with; GPUs get an analytic estimate")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Measurements
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MemoryEstimate:
+    """Per-chip bytes of one compiled (or estimated) program."""
+
+    label: str  # "train step", "eval: generation"
+    params: int = 0
+    optimizer: int = 0
+    gradients: int = 0  # within temporaries
+    batch: int = 0
+    temporaries: int = 0
+    peak: int = 0
+    analytic: bool = False
+    error: Optional[str] = None  # the compiler's message when it did not fit or did not compile
+
+    def fits(self, hbm_bytes: int) -> bool:
+        return self.error is None and self.peak <= hbm_bytes
+
+
+@dataclass
+class Setting:
+    """The knobs a plan varies: what the config says, or a candidate change."""
+
+    remat: str
+    microbatches: int
+    mesh: tuple[int, int, int]  # data, fsdp, tensor
+
+    def describe(self) -> str:
+        return (f"model.remat_policy={self.remat} train.microbatches={self.microbatches} "
+                f"mesh.data={self.mesh[0]} mesh.fsdp={self.mesh[1]} mesh.tensor={self.mesh[2]}")
+
+
+@dataclass
+class PlanReport:
+    accelerator: Accelerator
+    model: str
+    setting: Setting
+    train: MemoryEstimate
+    evaluation: Optional[MemoryEstimate] = None
+    suggestion: Optional[tuple[Setting, MemoryEstimate]] = None
+    tried: list[tuple[Setting, MemoryEstimate]] = field(default_factory=list)
+    steps_note: Optional[str] = None
+
+    def fits(self) -> bool:
+        ok = self.train.fits(self.accelerator.hbm_bytes) if self.accelerator.hbm_bytes else self.train.error is None
+        if self.evaluation is not None and self.accelerator.hbm_bytes:
+            ok = ok and self.evaluation.fits(self.accelerator.hbm_bytes)
+        return ok
+
+    def table(self) -> str:
+        acc = self.accelerator
+        hbm = acc.hbm_bytes
+        how = ("analytic estimate (no compiler for GPUs)" if self.train.analytic else
+               f"compiled for {acc.topology} ({acc.chips} chips)" if acc.platform == "tpu" else
+               f"compiled for {acc.chips} CPU devices (CPU memory analysis: not a planning figure)")
+        lines = [f"plan: {self.model} on {acc.name}: {how}", f"  {self.setting.describe()}"]
+        rows = [self.train] + ([self.evaluation] if self.evaluation else [])
+        head = f"  {'program':22s} {'params':>9s} {'optimizer':>10s} {'grads*':>9s} {'batch':>8s} {'temps':>9s} {'peak':>9s}"
+        lines.append(head + (f"  of {hbm / GIB:.1f} GiB" if hbm else ""))
+        for r in rows:
+            if r.error and not r.peak:
+                lines.append(f"  {r.label:22s} did not compile: {r.error}")
+                continue
+            verdict = "" if not hbm else ("  fits" if r.fits(hbm) else "  DOES NOT FIT")
+            lines.append(f"  {r.label:22s} {_gib(r.params)} {_gib(r.optimizer, 10)} {_gib(r.gradients)} "
+                         f"{_gib(r.batch, 8)} {_gib(r.temporaries)} {_gib(r.peak)}{verdict}")
+            if r.error:
+                lines.append(f"    compiler: {r.error}")
+        lines.append("  (GiB per chip; grads* = float32 gradients/accumulators, held within temps)")
+        if self.steps_note:
+            lines.append(f"  {self.steps_note}")
+        if self.suggestion:
+            s, est = self.suggestion
+            lines.append(f"  smallest change that fits: {s.describe()} (peak {est.peak / GIB:.1f} GiB)")
+        elif not self.fits() and self.tried:
+            lines.append(f"  no candidate fits ({len(self.tried)} compiled): a larger slice is needed")
+        return "\n".join(lines)
+
+
+def _gib(x: int, width: int = 9) -> str:
+    return f"{x / GIB:{width}.2f}"
+
+
+def _shard_bytes(tree: Any) -> int:
+    """Bytes of one device's shards of a tree of ShapeDtypeStructs carrying shardings."""
+    import jax
+    import numpy as np
+
+    total = 0
+    for leaf in jax.tree.leaves(tree):
+        shape = leaf.sharding.shard_shape(leaf.shape) if getattr(leaf, "sharding", None) is not None else leaf.shape
+        total += math.prod(shape) * np.dtype(leaf.dtype).itemsize
+    return total
+
+
+def _compiler_message(error: Exception) -> str:
+    text = str(error)
+    for line in text.splitlines():
+        if "RESOURCE_EXHAUSTED" in line or "exceeds" in line or "memory" in line.lower():
+            return line.strip()[:400]
+    return text.strip().splitlines()[0][:400] if text.strip() else type(error).__name__
+
+
+def _with_setting(cfg: Config, s: Setting) -> Config:
+    return dataclasses.replace(
+        cfg,
+        model=dataclasses.replace(cfg.model, remat_policy=s.remat),
+        train=dataclasses.replace(cfg.train, microbatches=s.microbatches),
+        mesh=dataclasses.replace(cfg.mesh, data=s.mesh[0], fsdp=s.mesh[1], tensor=s.mesh[2], dcn_data=1),
+    )
+
+
+def compile_train_step(cfg: Config, devices: Sequence[Any], *, total_steps: int = 1000) -> MemoryEstimate:
+    """Compile the real train step for ``devices`` (deviceless for a TPU topology) and measure it per chip."""
+    import jax
+    import numpy as np
+
+    from jaxtune.sharding import (
+        LayoutError, abstract_model, activation_rules, batch_sharding, build_mesh, validate_batch_layout,
+        validate_param_layout, with_shardings,
+    )
+    from jaxtune.train.optim import build_optimizer
+    from jaxtune.train.step import make_train_step, new_train_state, train_state_shardings
+
+    est = MemoryEstimate(label="train step")
+    try:
+        mesh = build_mesh(cfg.mesh, devices)
+        graphdef, shapes, axes = abstract_model(cfg.model)
+        validate_param_layout(shapes, axes, mesh)
+        validate_batch_layout(cfg.train.global_batch_size, cfg.train.microbatches, mesh)
+    except (LayoutError, ConfigError) as e:
+        est.error = str(e)
+        return est
+    tx, schedule = build_optimizer(cfg.optim, total_steps)
+    shardings = train_state_shardings(tx, shapes, axes, mesh)
+    state = with_shardings(jax.eval_shape(lambda p: new_train_state(p, tx, 0), shapes), shardings)
+    micro = cfg.train.microbatches
+    rows = cfg.train.global_batch_size // micro
+    spec = batch_sharding(mesh, microbatched=True)
+    length = cfg.data.max_len
+    batch = {name: jax.ShapeDtypeStruct((micro, rows, length), dtype, sharding=spec)
+             for name, dtype in (("input_ids", np.int32), ("targets", np.int32), ("loss_weights", np.float32),
+                                 ("segment_ids", np.int32), ("positions", np.int32))}
+    est.params = _shard_bytes(state.params)
+    est.optimizer = _shard_bytes(state.opt_state)
+    est.batch = _shard_bytes(batch)
+    grads = with_shardings(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, np.float32), shapes),
+                           shardings.params)
+    est.gradients = _shard_bytes(grads)
+    step = make_train_step(graphdef, tx, schedule, mesh=mesh, state_shardings=shardings)
+    try:
+        with activation_rules(mesh):
+            compiled = step.jitted.trace(state, batch).lower().compile()
+    except Exception as e:  # XLA raises its own error types (RESOURCE_EXHAUSTED among them)
+        est.error = _compiler_message(e)
+        return est
+    _fill_from_compiled(est, compiled)
+    return est
+
+
+def _fill_from_compiled(est: MemoryEstimate, compiled: Any) -> None:
+    memory = compiled.memory_analysis()
+    est.temporaries = int(memory.temp_size_in_bytes)
+    est.peak = int(memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
+                   + memory.temp_size_in_bytes)
+
+
+def estimate_train_step(cfg: Config, acc: Accelerator) -> MemoryEstimate:
+    """An analytic per-GPU estimate: the train state split over fsdp (x tensor), fp32 gradients likewise, saved
+    layer inputs (remat full) or all activations (remat none), one layer's gathered weights, the logits."""
+    from jaxtune.models.stats import model_info
+
+    m = cfg.model
+    info = model_info(m, cfg.data.max_len)
+    shards = max(1, _mesh_sizes(cfg, acc.chips)[1] * _mesh_sizes(cfg, acc.chips)[2])
+    param_bytes = 4 if m.param_dtype == "float32" else 2
+    compute_bytes = 4 if m.compute_dtype == "float32" else 2
+    est = MemoryEstimate(label="train step", analytic=True)
+    est.params = info.num_params * param_bytes // shards
+    mu = param_bytes if cfg.optim.mu_dtype is None else (4 if cfg.optim.mu_dtype == "float32" else 2)
+    est.optimizer = info.num_params * (mu + param_bytes) // shards
+    est.gradients = info.num_params * 4 // shards
+    dp = max(1, _mesh_sizes(cfg, acc.chips)[0] * _mesh_sizes(cfg, acc.chips)[1])
+    rows = max(1, cfg.train.global_batch_size // cfg.train.microbatches // dp)
+    tokens = rows * cfg.data.max_len
+    per_layer_act = tokens * m.hidden_size * compute_bytes
+    if m.remat_policy == "full":
+        saved = per_layer_act * m.num_layers
+    else:  # attention in/out, MLP in/out and the MLP's wide activations per layer
+        saved = m.num_layers * tokens * compute_bytes * (6 * m.hidden_size + 3 * m.intermediate_size)
+    layer_weights = (info.num_params - 2 * m.padded_vocab_size() * m.hidden_size) // max(1, m.num_layers)
+    gathered = layer_weights * compute_bytes * 2  # this layer's and the prefetched next one's
+    logits = tokens * m.padded_vocab_size() * 4 * 2  # float32 logits and their gradient
+    est.temporaries = est.gradients + saved + gathered + logits
+    est.batch = tokens * 4 * 5
+    est.peak = est.params + est.optimizer + est.batch + est.temporaries
+    return est
+
+
+def _mesh_sizes(cfg: Config, chips: int) -> tuple[int, int, int]:
+    from jaxtune.sharding import resolve_mesh_shape
+
+    sizes = resolve_mesh_shape(dataclasses.replace(cfg.mesh, dcn_data=1), chips)
+    return sizes["data"], sizes["fsdp"], sizes["tensor"]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The plan
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def candidate_settings(current: Setting, cfg: Config, chips: int) -> list[Setting]:
+    """Changes to try when the config does not fit, smallest first: remat full, then doubling microbatches (while
+    rows still divide the data-parallel size), then the mesh (all fsdp; fsdp x tensor 2, 4, 8)."""
+    out: list[Setting] = []
+    remats = [current.remat] if current.remat == "full" else [current.remat, "full"]
+    batch = cfg.train.global_batch_size
+    micro_options = [m for m in (current.microbatches * 2**k for k in range(0, 7)) if batch % m == 0]
+    meshes = [current.mesh, (1, chips, 1)] + [(1, chips // t, t) for t in (2, 4, 8) if chips % t == 0 and chips > t]
+    seen = set()
+    for mesh in meshes:
+        for micro in micro_options:
+            for remat in remats:
+                s = Setting(remat=remat, microbatches=micro, mesh=mesh)
+                key = (s.remat, s.microbatches, s.mesh)
+                if key in seen or key == (current.remat, current.microbatches, current.mesh):
+                    continue
+                dp = mesh[0] * mesh[1]
+                if (batch // micro) % dp:
+                    continue
+                seen.add(key)
+                out.append(s)
+    return out
+
+
+def plan(
+    cfg: Config,
+    accelerator: str | Accelerator,
+    *,
+    search: bool = True,
+    hbm_bytes: Optional[int] = None,
+    max_candidates: int = 8,
+    evaluation: Optional[Callable[[Config, Sequence[Any]], MemoryEstimate]] = None,
+    progress: Callable[[str], None] = lambda _: None,
+) -> PlanReport:
+    """Measure ``cfg``'s train step (and, with ``evaluation``, its evaluation program) on ``accelerator``; when it
+    does not fit and ``search``, compile candidate changes until one fits. ``hbm_bytes`` overrides the chip's
+    memory (tests plan against a small budget on CPU devices)."""
+    acc = parse_accelerator(accelerator) if isinstance(accelerator, str) else accelerator
+    if hbm_bytes is not None:
+        acc = dataclasses.replace(acc, hbm_bytes=hbm_bytes)
+    sizes = _mesh_sizes(cfg, acc.chips)
+    current = Setting(remat=cfg.model.remat_policy, microbatches=cfg.train.microbatches, mesh=sizes)
+    cfg = _with_setting(cfg, current)
+    model_name = cfg.model.preset or f"{cfg.model.num_layers}-layer model"
+    if acc.platform == "gpu":
+        report = PlanReport(acc, model_name, current, estimate_train_step(cfg, acc))
+        if search and not report.fits():
+            for s in candidate_settings(current, cfg, acc.chips):
+                est = estimate_train_step(_with_setting(cfg, s), acc)
+                report.tried.append((s, est))
+                if est.fits(acc.hbm_bytes):
+                    report.suggestion = (s, est)
+                    break
+        return report
+    devices = accelerator_devices(acc)
+    progress(f"compiling the train step for {acc.name} ({current.describe()})")
+    report = PlanReport(acc, model_name, current, compile_train_step(cfg, devices))
+    if evaluation is not None:
+        progress("compiling the evaluation program")
+        report.evaluation = evaluation(cfg, devices)
+    if search and acc.hbm_bytes and not report.train.fits(acc.hbm_bytes):
+        for s in candidate_settings(current, cfg, acc.chips)[:max_candidates]:
+            progress(f"does not fit; compiling candidate {s.describe()}")
+            est = compile_train_step(_with_setting(cfg, s), devices)
+            report.tried.append((s, est))
+            if est.fits(acc.hbm_bytes):
+                report.suggestion = (s, est)
+                break
+    return report

@@ -1,0 +1,94 @@
+"""jaxtune.plan: accelerator names, the candidate search, and real compiles for simulated CPU devices (the TPU
+compiler is not in the test venv: a process that loads libtpu locks /tmp/libtpu_lockfile)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jaxtune.config import ConfigError, load_config
+from jaxtune.plan import GIB, Setting, candidate_settings, parse_accelerator, plan
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name, chips, topology", [
+    ("v5p-16", 8, "v5:2x2x2"), ("v5p-8", 4, "v5:2x2x1"), ("v5p-32", 16, "v5:2x2x4"), ("v4-32", 16, "v4:2x2x4"),
+    ("v5e-64", 64, "v5e:8x8"), ("v6e-16", 16, "v6e:4x4"), ("h200-8", 8, None), ("h100-1", 1, None),
+])
+def test_accelerator_names(name, chips, topology):
+    acc = parse_accelerator(name)
+    assert (acc.chips, acc.topology) == (chips, topology)
+    assert acc.hbm_bytes > 10 * GIB
+
+
+@pytest.mark.parametrize("name", ["v5p-15", "tpu", "v5p-0", "x9-8", "v5e-12"])
+def test_bad_accelerator_names_list_the_valid_forms(name):
+    with pytest.raises(ConfigError, match="accelerator"):
+        parse_accelerator(name)
+
+
+def test_gpu_plans_are_labelled_analytic_and_33b_does_not_fit_one_h100():
+    cfg = load_config(REPO / "configs" / "doit-33b.yaml")
+    report = plan(cfg, "h100-1", search=False)
+    assert report.train.analytic and not report.fits()
+    assert "analytic estimate" in report.table()
+    # fp32 master weights + AdamW of ~33B parameters alone are ~390 GB
+    assert report.train.params + report.train.optimizer > 300 * 10**9
+    fits8 = plan(load_config(REPO / "configs" / "doit-7b.yaml"), "h200-8", search=False)
+    assert fits8.fits()
+
+
+def test_candidates_keep_rows_divisible_and_try_remat_and_microbatches_first():
+    cfg = load_config(REPO / "configs" / "doit-33b.yaml")
+    current = Setting(remat="none", microbatches=1, mesh=(1, 8, 1))
+    cands = candidate_settings(current, cfg, 8)
+    assert cands[0] == Setting(remat="full", microbatches=1, mesh=(1, 8, 1))
+    assert all((64 // s.microbatches) % (s.mesh[0] * s.mesh[1]) == 0 for s in cands)
+    assert all(s.mesh[0] * s.mesh[1] * s.mesh[2] == 8 for s in cands)
+
+
+_CPU_PLAN = r"""
+import sys
+from jaxtune.config import load_config
+from jaxtune.plan import GIB, plan
+cfg = load_config(None, ["model.preset=tiny", "model.num_layers=2", "model.hidden_size=64", "model.num_heads=4",
+                         "model.intermediate_size=128", "model.vocab_size=512", "data.max_len=64",
+                         "train.global_batch_size=16", "mesh.fsdp=-1"])
+free = plan(cfg, "cpu-8", search=False)
+print("PEAK", free.train.peak, free.train.params, free.train.optimizer, free.train.temporaries)
+budget = int(free.train.peak * 0.9)
+tight = plan(cfg, "cpu-8", hbm_bytes=budget, max_candidates=4)
+print(tight.table())
+s, est = tight.suggestion
+print("SUGGEST", s.remat, s.microbatches, s.mesh, est.peak, budget)
+"""
+
+
+def test_cpu_plan_compiles_measures_and_finds_a_change_that_fits(tmp_path):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
+               PYTHONPATH=str(REPO))
+    out = subprocess.run([sys.executable, "-c", _CPU_PLAN], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    peak, params, opt, temps = (int(x) for x in out.stdout.split("PEAK")[1].split()[:4])
+    assert params > 0 and 2 * params <= opt <= 2 * params + 64 and temps > 0 and peak > params + opt
+    line = out.stdout.split("SUGGEST")[1].split()
+    assert int(line[-2]) <= int(line[-1])  # the suggested setting's peak is within the budget
+    assert "DOES NOT FIT" in out.stdout and "smallest change that fits" in out.stdout
+
+
+def test_plan_command_without_libtpu_says_how_to_install_it(tmp_path):
+    pytest.importorskip("jax")
+    try:
+        import libtpu  # noqa: F401
+        pytest.skip("libtpu is installed here")
+    except ImportError:
+        pass
+    from jaxtune.cli import main
+
+    code = main(["plan", str(REPO / "configs" / "doit-7b.yaml"), "--accelerator", "v5p-16"])
+    assert code == 2
