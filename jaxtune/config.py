@@ -153,8 +153,13 @@ class DataConfig:
     mask: Literal["assistant", "last_assistant", "all"] = "assistant"
     """Which tokens carry loss: every assistant turn, only the last one, or every token."""
     selection: str = "all"
-    """Records to train on: ``all``, ``curated-N``, ``synthetic-N``, ``reconstruct``, ``maximum``, ``mix-N``, or a
-    per-ability count map like ``biology:16,math:64``."""
+    """Records to train on: ``all``, ``curated-N``, ``synthetic-N``, ``reconstruct``, ``maximum``, ``mix-N``, a
+    per-ability count map like ``biology:16,math:64``, or a BELLE volume (``belle-200k``, ``belle-600k``,
+    ``belle-1m``, ``belle-2m``, ``belle-N``, ``belle-all``; ``+alpaca`` mixes in ``alpaca_path``): nested seeded
+    subsets of the corpus at ``path``, a prepared dataset or JSON Lines (:mod:`jaxtune.data.belle_volumes`)."""
+    alpaca_path: Optional[str] = None
+    """Stanford Alpaca's ``alpaca_data.json`` (``{instruction, input, output}`` records), mixed into a BELLE volume
+    by a ``+alpaca`` selection as the released BELLE models were trained."""
     selection_seed: int = 0
     """Seed of the study's ``random.seed`` before sampling a selection."""
     max_len: int = 2048
