@@ -92,8 +92,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from jaxtune.report import report
 
-    outputs = report(args.runs, args.out)
-    print(outputs.summary())
+    written = report(args.runs, args.out)
+    print("\n".join(f"wrote {p}" for p in written))
     return 0
 
 
