@@ -6,20 +6,24 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from jaxtune.cli import main
 from jaxtune.config import load_config
 from jaxtune.data.mixtures import read_manifest
 from jaxtune.results import read_summary
-from jaxtune.sweep import sweep
 
 from eval.judge_server import JudgeServer, judge_like  # tests/ is on sys.path (rootdir conftest)
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_TOKENIZER = REPO / "jaxtune" / "demo" / "tokenizer"
 RECIPE = REPO / "configs" / "belle-bloomz-7b1-mt.yaml"
+TIMEOUT_S = 300
 
 MODELS = {
     # The demo SentencePiece vocabulary (1000 pieces; the BELLE template adds no tokens).
@@ -59,36 +63,60 @@ def _write_study_data(root: Path) -> dict[str, str]:
     return {"path": str(root / "belle" / "train.json"), "alpaca_path": str(root / "alpaca_data.json")}
 
 
+def _sweep(args: list[str], env_extra: dict[str, str], log: Path) -> int:
+    """`jaxtune sweep` in a child process on one CPU device, bounded in time (a JAX compilation cache shared by its
+    two runs keeps it fast)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_COORDINATOR_ADDRESS")}
+    env.update(env_extra, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]))
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "jaxtune.cli", "sweep", *args], stdout=out,
+                                stderr=subprocess.STDOUT, env=env, cwd=str(REPO))
+        try:
+            return proc.wait(timeout=TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise
+
+
 @pytest.mark.parametrize("model", list(MODELS))
-def test_belle_study_in_miniature(model: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MINI_JUDGE_KEY", "sk-mini")
+def test_belle_study_in_miniature(model: str, tmp_path: Path) -> None:
     data = _write_study_data(tmp_path / "data")
+    runs = tmp_path / "runs"
     with JudgeServer(expected_key="sk-mini") as server:
-        cfg = load_config(RECIPE, [
+        overrides = [
             *MODELS[model], "model.compute_dtype=float32", "model.remat_policy=none",
-            f"run_dir={tmp_path / 'runs'}", f"data.path={data['path']}", f"data.alpaca_path={data['alpaca_path']}",
-            f"data.tokenizer={DEMO_TOKENIZER}", "data.max_len=48", "data.pad_to_multiple=16",
+            f"run_dir={runs}", f"data.path={data['path']}", f"data.alpaca_path={data['alpaca_path']}",
+            f"data.tokenizer={DEMO_TOKENIZER}", "data.max_len=48", "data.pad_to_multiple=0",
             "train.global_batch_size=8", "optim.learning_rate=3e-3", "checkpoint.init_from=null",
-            "checkpoint.save_every=null", "checkpoint.async_save=false", "mesh.fsdp=1", "mesh.data=-1",
+            "checkpoint.save_every=null", "checkpoint.async_save=false",
             f"eval.data_dir={tmp_path / 'data'}", "eval.batch_size=8", "eval.max_new_tokens=8",
             "eval.max_prompt_len=48", "eval.temperature=0", "eval.repetition_penalty=1.0",
             f"eval.judge_base_url={server.url}", "eval.judge_model=judge-mini", "eval.judge_api_key_env=MINI_JUDGE_KEY",
-        ])
+        ]
+        cfg = load_config(RECIPE, overrides)
         assert (cfg.train.epochs, cfg.optim.schedule, cfg.data.template) == (2, "constant", "belle")  # the paper's
-        outputs = sweep(cfg, VOLUMES, print_fn=lambda line: None)
+        env = {"MINI_JUDGE_KEY": "sk-mini", "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+               "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax-cache"),
+               "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+        rc = _sweep([str(RECIPE), "--selections", ",".join(VOLUMES), *overrides], env, tmp_path / "sweep.log")
         judged = len(server.requests)
+    log = (tmp_path / "sweep.log").read_text(encoding="utf-8")
+    assert rc == 0, log[-3000:]
+    assert "belle-eval_set.study.png" in log  # the sweep's report
     assert judged >= 2 * len(EVAL_ITEMS) * 3  # every reply judged three times (re-asks come on top)
+    eval_dirs = [runs / v / "eval" / "epoch-2" for v in VOLUMES]
 
-    manifests = [read_manifest(tmp_path / "runs" / v / "manifest.jsonl") for v in VOLUMES]
+    manifests = [read_manifest(runs / v / "manifest.jsonl") for v in VOLUMES]
     assert [len(m) for m in manifests] == [16 + 4, 48 + 4]
     small, large = ({(e["id"], e["line"]) for e in m if e["ability"] == "belle"} for m in manifests)
     assert small < large  # nested volumes
 
-    for volume, run in zip((16, 48), outputs.runs):
-        summary = read_summary(run.eval_dirs[2] / "belle-eval_set.summary.json")
+    for volume, eval_dir in zip((16, 48), eval_dirs):
+        summary = read_summary(eval_dir / "belle-eval_set.summary.json")
         assert (summary.run.data_source, summary.run.data_volume, summary.run.epoch) == ("belle+alpaca", volume, 2)
         assert summary.details["decoding"]["name"] == "greedy" and summary.details["judge"]["model"] == "judge-mini"
-        items = [json.loads(line) for line in (run.eval_dirs[2] / "belle-eval_set.items.jsonl").open(encoding="utf-8")]
+        items = [json.loads(line) for line in (eval_dir / "belle-eval_set.items.jsonl").open(encoding="utf-8")]
         assert len(items) == len(EVAL_ITEMS)
         for item, spec in zip(items, EVAL_ITEMS):
             # The judge's rule, applied here to the reply the model gave: the mean of three equal judgements.
@@ -101,7 +129,10 @@ def test_belle_study_in_miniature(model: str, tmp_path: Path, monkeypatch: pytes
         assert summary.details["overall_without_math_code"] == pytest.approx(
             sum(v for k, v in scores.items() if k not in ("math", "code")) / 4)
 
-    report = tmp_path / "runs" / "report"
+    # `jaxtune report` over the evaluation folders draws the same figure.
+    report = tmp_path / "report"
+    assert main(["report", *map(str, eval_dirs), "--out", str(report)]) == 0
+    assert (report / "belle-eval_set.study.csv").read_bytes() == (runs / "report" / "belle-eval_set.study.csv").read_bytes()
     with (report / "belle-eval_set.study.csv").open(encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     ours = {(r["use_case"], int(r["volume"])) for r in rows if r["panel"].startswith("this evaluation")}
