@@ -30,6 +30,7 @@ the run's manifest (which lists every record trained on, with its file and line)
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,8 @@ from jaxtune.data.formats import (
 )
 from jaxtune.data.mixtures import SelectionError
 from jaxtune.data.prepare import PreparedRecords, is_prepared_dataset
+
+log = logging.getLogger(__name__)
 
 STUDY_VOLUMES: dict[str, int] = {
     "belle-200k": 200_000,
@@ -200,18 +203,24 @@ def _draw_from_files(path: Union[str, Path], count: Optional[int], seed: int, co
     files = list_data_files(path)
     sizes = [_count_entries(f) for f in files]
     chosen = nested_indices(sum(sizes), count, seed, where)
+    log.info("%s: drawing %d of %d records from %d file(s)", where, len(chosen), sum(sizes), len(files))
     records: list[Record] = []
     cursor, start = 0, 0
     for file, size in zip(files, sizes):
         stop = int(np.searchsorted(chosen, start + size))
-        wanted = set((chosen[cursor:stop] - start).tolist())
+        wanted = chosen[cursor:stop] - start  # sorted positions within this file
         cursor = stop
-        if wanted:
+        k = 0
+        if len(wanted):
             for i, entry in enumerate(read_raw_entries(file)):
-                if i in wanted:
+                if i == wanted[k]:
                     record = collector.parse(entry)
                     if record is not None:
                         records.append(record)
+                    k += 1
+                    if k == len(wanted):
+                        break
+            log.info("%s: %d records drawn", file, k)
         start += size
     return records
 
