@@ -159,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("sweep", _cmd_sweep, "train and evaluate at several data selections (the study's grid)")
     p.add_argument("config")
-    p.add_argument("--selections", required=True, help="e.g. curated-10,curated-40,synthetic-160")
+    p.add_argument("--selections", required=True,
+                   help="e.g. curated-10,curated-40,synthetic-160 or belle-200k+alpaca,belle-600k+alpaca")
     p.add_argument("--eval-epochs", default="last", help="'last', 'all' or comma-separated epochs to evaluate")
     p.add_argument("overrides", nargs="*")
 

@@ -295,7 +295,8 @@ class EvalConfig:
     num_shots: int = 5
     """Few-shot examples for C-Eval and CMMLU (and AGIEval: 0 = zero-shot, otherwise its few-shot setting)."""
     temperature: float = 0.0
-    """0 = greedy decoding (the studies' setting); above 0, sampling at this temperature."""
+    """0 = greedy decoding (DoIT's setting); above 0, sampling at this temperature (the BELLE recipes sample as the
+    BELLE-7B model cards do: see :mod:`jaxtune.eval.suites.belle`)."""
     top_k: int = 0
     """Sampling only: keep the k most likely tokens (0 = off)."""
     top_p: float = 1.0

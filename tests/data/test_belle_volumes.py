@@ -13,7 +13,7 @@ import pytest
 from doit_fixtures import write_jsonl
 
 from jaxtune.config import DataConfig
-from jaxtune.data.belle_volumes import STUDY_VOLUMES, parse_belle_selection, select_belle
+from jaxtune.data.belle_volumes import STUDY_VOLUMES, nested_indices, parse_belle_selection, select_belle
 from jaxtune.data.formats import DataError
 from jaxtune.data.mixtures import SelectionError, read_manifest
 from jaxtune.data.pipeline import BATCH_KEYS, build_train_pipeline
@@ -80,6 +80,14 @@ def test_volumes_are_nested_seeded_and_in_corpus_order(corpus) -> None:
     # The permutation is numpy's frozen legacy stream: the same ids on every numpy version.
     want = np.sort(np.random.RandomState(3).permutation(POPULATION)[:20])
     assert chosen[0] == [f"b{i}" for i in want]
+
+
+def test_the_study_volumes_nest_in_a_2m_corpus() -> None:
+    chosen = [nested_indices(2_000_000, n, seed=0, where="2M") for n in STUDY_VOLUMES.values()]
+    assert [len(c) for c in chosen] == list(STUDY_VOLUMES.values())
+    for small, large in zip(chosen, chosen[1:]):
+        assert np.isin(small, large).all()
+    assert np.array_equal(chosen[-1], np.arange(2_000_000))
 
 
 def test_prepared_dataset_gives_the_same_records(corpus, tmp_path) -> None:
