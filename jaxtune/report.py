@@ -52,7 +52,8 @@ DISPLAY_NAMES = {
     "ceval_urban_and_rural_planner": "Urban & Rural Planner", "overall": "Overall",
 }
 STUDY_FIGURES = {"belle": write_study_figure}
-"""Suites whose study has a figure of its own, drawn besides the growth curves: suite -> (summaries, out stem)."""
+"""Suites whose study has a figure of its own, drawn beside the growth curves: suite -> a function of (the chosen
+summaries, the output stem) returning the files it wrote."""
 LINESTYLES = {"curated": "-", "synthetic": "--"}
 OTHER_LINESTYLE = "-."
 
