@@ -34,6 +34,9 @@ def test_paper_card_and_llama_differ_where_stated() -> None:
     raw = {p: yaml.safe_load(p.read_text(encoding="utf-8")) for p in (PAPER, CARD, LLAMA)}
     assert raw[PAPER]["model"]["preset"] == raw[CARD]["model"]["preset"] == "bloomz-7b1-mt"
     assert raw[LLAMA]["model"]["preset"] == "llama2-7b" and raw[LLAMA]["model"]["rms_norm_eps"] == 1e-6
+    for path in (PAPER, CARD):  # BLOOM's tokenizer has 250,680 ids; its checkpoints 250,880 rows
+        model = load_config(path, ["model.preset=tiny"]).model
+        assert (model.vocab_size, model.padded_vocab_size()) == (250_680, 250_880)
     assert "PAPER's settings" in PAPER.read_text().splitlines()[0]
     assert "MODEL CARDS' settings" in CARD.read_text().splitlines()[0]
     paper, card = load_config(PAPER, ["model.preset=tiny"]), load_config(CARD, ["model.preset=tiny"])
