@@ -161,7 +161,8 @@ class DataConfig:
     """Stanford Alpaca's ``alpaca_data.json`` (``{instruction, input, output}`` records), mixed into a BELLE volume
     by a ``+alpaca`` selection as the released BELLE models were trained."""
     selection_seed: int = 0
-    """Seed of the study's ``random.seed`` before sampling a selection."""
+    """Seed of the study's ``random.seed`` before sampling a selection (BELLE volumes: of the one permutation whose
+    prefixes are the nested volumes)."""
     max_len: int = 2048
     """Tokens per example (longer examples keep their first max_len tokens) and per packed row."""
     packing: bool = True
