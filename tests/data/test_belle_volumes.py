@@ -5,6 +5,7 @@ manifest that lists every record trained on."""
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import grain
@@ -120,6 +121,17 @@ def test_alpaca_mix_and_its_errors(corpus, alpaca) -> None:
         select_belle(corpus, "belle-50+alpaca")
     with pytest.raises(SelectionError, match="draws 31 records but it holds 30"):
         select_belle(corpus, "belle-50+alpaca-31", alpaca_path=alpaca)
+
+
+def test_selections_pickle_for_grain_workers(corpus, alpaca, tmp_path) -> None:
+    prepared = tmp_path / "prepared"
+    prepare_dataset(corpus, prepared, format="belle")
+    for path in (corpus, prepared):
+        source = select_belle(path, "belle-30+alpaca-5", alpaca_path=alpaca).source
+        copy = pickle.loads(pickle.dumps(source))
+        assert copy.__getitems__([0, 29, 30, 34, 3]) == source.__getitems__([0, 29, 30, 34, 3])
+        with pytest.raises(IndexError):
+            copy.__getitems__([35])
 
 
 def test_a_drawn_invalid_line_is_named_or_skipped(tmp_path) -> None:
