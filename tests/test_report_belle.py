@@ -4,7 +4,6 @@ BELLE summaries, overall and overall without math and code, and the paper's Figu
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 
 import numpy as np
 import pytest
