@@ -16,6 +16,7 @@ import pytest
 from jaxtune.cli import main
 from jaxtune.config import load_config
 from jaxtune.data.mixtures import read_manifest
+from jaxtune.eval.suites.belle import MODEL_CARD_DECODING
 from jaxtune.results import read_summary
 
 from eval.judge_server import JudgeServer, judge_like  # tests/ is on sys.path (rootdir conftest)
@@ -94,7 +95,7 @@ def test_belle_study_in_miniature(model: str, tmp_path: Path) -> None:
             "train.global_batch_size=8", "optim.learning_rate=3e-3", "checkpoint.init_from=null",
             "checkpoint.save_every=null", "checkpoint.async_save=false",
             f"eval.data_dir={tmp_path / 'data'}", "eval.batch_size=8", "eval.max_new_tokens=8",
-            "eval.max_prompt_len=48", "eval.temperature=0", "eval.repetition_penalty=1.0",
+            "eval.max_prompt_len=48",
             f"eval.judge_base_url={server.url}", "eval.judge_model=judge-mini", "eval.judge_api_key_env=MINI_JUDGE_KEY",
         ]
         cfg = load_config(RECIPE, overrides)
@@ -118,7 +119,10 @@ def test_belle_study_in_miniature(model: str, tmp_path: Path) -> None:
     for volume, eval_dir in zip((16, 48), eval_dirs):
         summary = read_summary(eval_dir / "belle-eval_set.summary.json")
         assert (summary.run.data_source, summary.run.data_volume, summary.run.epoch) == ("belle+alpaca", volume, 2)
-        assert summary.details["decoding"]["name"] == "greedy" and summary.details["judge"]["model"] == "judge-mini"
+        # The recipe's decoding (the model cards' sampling), with fewer new tokens.
+        assert summary.details["decoding"] == {"name": "custom", **MODEL_CARD_DECODING, "max_new_tokens": 8,
+                                               "seed": 0}
+        assert summary.details["judge"]["model"] == "judge-mini"
         items = [json.loads(line) for line in (eval_dir / "belle-eval_set.items.jsonl").open(encoding="utf-8")]
         assert len(items) == len(EVAL_ITEMS)
         for item, spec in zip(items, EVAL_ITEMS):
