@@ -16,7 +16,7 @@ parse-failure rate; an answer with none left is counted as unscored. Scores are 
 ``fraction``); the judge's identity is recorded with the result.
 
 Generation (the ``eval.*`` decoding keys; :data:`MODEL_CARD_DECODING`): each question is one user turn of the
-model's template (BELLE's: ``Human: {question}\n\nAssistant:``), decoded with the settings of the inference code
+model's template (BELLE's: ``Human: {question}\\n\\nAssistant:``), decoded with the settings of the inference code
 released with the study's models, the BelleGroup/BELLE-7B-0.2M ... 2M model cards::
 
     model.generate(input_ids, max_new_tokens=200, do_sample=True, top_k=30, top_p=0.85, temperature=0.35,
