@@ -30,7 +30,8 @@ setup(
     version="0.1.0",
     description="Instruction-tuning research on JAX: LLaMA fine-tuning on TPU pods or GPUs, evaluated per ability",
     packages=find_packages(include=["jaxtune", "jaxtune.*"]),
-    package_data={"jaxtune": ["demo/tokenizer/tokenizer.model", "demo/quickstart.yaml"]},
+    package_data={"jaxtune": ["demo/tokenizer/tokenizer.model", "demo/quickstart.yaml", "reference/*.csv",
+                              "reference/*.md"]},
     python_requires=">=3.11",
     install_requires=CORE,
     extras_require={

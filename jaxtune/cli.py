@@ -93,8 +93,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from jaxtune.report import report
 
-    outputs = report(args.runs, args.out)
-    print(outputs.summary())
+    written = report(args.runs, args.out)
+    print("\n".join(f"wrote {p}" for p in written))
     return 0
 
 
@@ -171,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("sweep", _cmd_sweep, "train and evaluate at several data selections (the study's grid)")
     p.add_argument("config")
-    p.add_argument("--selections", required=True, help="e.g. curated-10,curated-40,synthetic-160")
+    p.add_argument("--selections", required=True,
+                   help="e.g. curated-10,curated-40,synthetic-160 or belle-200k+alpaca,belle-600k+alpaca")
     p.add_argument("--eval-epochs", default="last", help="'last', 'all' or comma-separated epochs to evaluate")
     p.add_argument("overrides", nargs="*")
 

@@ -153,10 +153,16 @@ class DataConfig:
     mask: Literal["assistant", "last_assistant", "all"] = "assistant"
     """Which tokens carry loss: every assistant turn, only the last one, or every token."""
     selection: str = "all"
-    """Records to train on: ``all``, ``curated-N``, ``synthetic-N``, ``reconstruct``, ``maximum``, ``mix-N``, or a
-    per-ability count map like ``biology:16,math:64``."""
+    """Records to train on: ``all``, ``curated-N``, ``synthetic-N``, ``reconstruct``, ``maximum``, ``mix-N``, a
+    per-ability count map like ``biology:16,math:64``, or a BELLE volume (``belle-200k``, ``belle-600k``,
+    ``belle-1m``, ``belle-2m``, ``belle-N``, ``belle-all``; ``+alpaca`` mixes in ``alpaca_path``): nested seeded
+    subsets of the corpus at ``path``, a prepared dataset or JSON Lines (:mod:`jaxtune.data.belle_volumes`)."""
+    alpaca_path: Optional[str] = None
+    """Stanford Alpaca's ``alpaca_data.json`` (``{instruction, input, output}`` records), mixed into a BELLE volume
+    by a ``+alpaca`` selection as the released BELLE models were trained."""
     selection_seed: int = 0
-    """Seed of the study's ``random.seed`` before sampling a selection."""
+    """Seed of the study's ``random.seed`` before sampling a selection (BELLE volumes: of the one permutation whose
+    prefixes are the nested volumes)."""
     max_len: int = 2048
     """Tokens per example (longer examples keep their first max_len tokens) and per packed row."""
     packing: bool = True
@@ -290,7 +296,8 @@ class EvalConfig:
     num_shots: int = 5
     """Few-shot examples for C-Eval and CMMLU (and AGIEval: 0 = zero-shot, otherwise its few-shot setting)."""
     temperature: float = 0.0
-    """0 = greedy decoding (the studies' setting); above 0, sampling at this temperature."""
+    """0 = greedy decoding (DoIT's setting); above 0, sampling at this temperature (the BELLE recipes sample as the
+    BELLE-7B model cards do: see :mod:`jaxtune.eval.suites.belle`)."""
     top_k: int = 0
     """Sampling only: keep the k most likely tokens (0 = off)."""
     top_p: float = 1.0

@@ -12,7 +12,9 @@ size, data source, data volume and epoch. Output, per suite/variant/scorer mode:
   curve point (model size, source, volume), the chance level beside it;
 - ``best_epochs.csv``: per run (size, source, volume, name; every summary read), the epoch with the best overall
   score beside the last one;
-- ``report.md``: an index of the above, and the summaries that could not be placed on a curve.
+- ``report.md``: an index of the above, and the summaries that could not be placed on a curve;
+- for BELLE summaries, the study's figure ``{stem}.study.png`` / ``.svg`` / ``.csv``: per use case, one bar per data
+  volume, beside the paper's Figure 1 (:mod:`jaxtune.report_belle`).
 
 Curves use one epoch per run: the last one evaluated by default, ``epoch=N`` for a fixed epoch (the study evaluated
 epoch 10), or ``"best"`` (chosen on the same data it reports, so optimistic). Runs sharing size, source and volume
@@ -35,6 +37,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from jaxtune.errors import JaxtuneError
+from jaxtune.report_belle import write_study_figure
 from jaxtune.results import SuiteSummary, find_summaries, read_summary, summary_stem
 
 log = logging.getLogger(__name__)
@@ -48,6 +51,9 @@ DISPLAY_NAMES = {
     "ceval_physician": "Physician Qualification", "ceval_teacher_qualification": "Teacher Qualification",
     "ceval_urban_and_rural_planner": "Urban & Rural Planner", "overall": "Overall",
 }
+STUDY_FIGURES = {"belle": write_study_figure}
+"""Suites whose study has a figure of its own, drawn beside the growth curves: suite -> a function of (the chosen
+summaries, the output stem) returning the files it wrote."""
 LINESTYLES = {"curated": "-", "synthetic": "--"}
 OTHER_LINESTYLE = "-."
 
@@ -293,6 +299,8 @@ def report(run_paths: Sequence[str | Path], out_dir: str | Path, epoch: EpochCho
             unplaced.append(f"{_stem(key)}: no run has epoch {epoch}")
             continue
         written += plot_group(chosen, out / _stem(key))
+        if key[0] in STUDY_FIGURES:
+            written += STUDY_FIGURES[key[0]](chosen, out / _stem(key))
         pace_rows += growth_pace(chosen, _stem(key))
 
         table_md, table_csv = score_table(chosen)

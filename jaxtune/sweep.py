@@ -5,6 +5,11 @@
 epoch-<e>``, and writes the growth curves and tables of all runs into ``run_dir/report``. A run that already
 finished is resumed from its checkpoints (nothing is trained twice) and an evaluation that already wrote its
 summaries is read back rather than recomputed, so an interrupted sweep continues where it stopped.
+
+BELLE volumes (``--selections belle-200k+alpaca,belle-600k+alpaca,belle-1m+alpaca,belle-2m+alpaca``, see
+:mod:`jaxtune.data.belle_volumes`) are recorded as data source ``belle`` or ``belle+alpaca`` with the BELLE record
+count as the data volume (the study's x axis; the Alpaca mix is the same at every volume); ``belle-all`` counts the
+BELLE records of the run's manifest.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from jaxtune.config import Config, ConfigError
+from jaxtune.data.belle_volumes import ALPACA_LABEL, is_belle_selection, parse_belle_selection
+from jaxtune.data.mixtures import read_manifest
 from jaxtune.errors import JaxtuneError
 from jaxtune.results import parse_selection
 
@@ -76,6 +83,19 @@ def epochs_to_evaluate(spec: str, epochs: int) -> list[int]:
     return chosen
 
 
+def selection_source_and_volume(selection: str, run_dir: Path) -> tuple[str, int | None]:
+    """The data source and volume a run's results are plotted under (``belle-600k+alpaca`` -> ("belle+alpaca",
+    600000)); volumes that depend on the data are None, except ``belle-all``'s, counted from the run's manifest."""
+    if not is_belle_selection(selection):
+        return parse_selection(selection)
+    parsed = parse_belle_selection(selection)
+    volume = parsed.belle
+    manifest = run_dir / "manifest.jsonl"
+    if volume is None and manifest.is_file():
+        volume = sum(entry["ability"] != ALPACA_LABEL for entry in read_manifest(manifest))
+    return parsed.source_label, volume
+
+
 def _has_summaries(eval_dir: Path) -> bool:
     return eval_dir.is_dir() and any(eval_dir.glob("*.summary.json"))
 
@@ -96,12 +116,14 @@ def sweep(
         raise ConfigError("train.max_steps: a sweep trains whole epochs (the study evaluates epoch checkpoints); "
                           "unset it and choose train.epochs")
     epochs = epochs_to_evaluate(epochs_to_eval, cfg.train.epochs)
+    for selection in selections:  # a misspelt volume fails now, not after the runs before it
+        if is_belle_selection(selection):
+            parse_belle_selection(selection)
     root = Path(cfg.run_dir)
     size = model_size_label(cfg)
     runs: list[SweepRun] = []
     started = time.time()
     for i, selection in enumerate(selections):
-        source, volume = parse_selection(selection)
         run_dir = root / selection
         run_cfg = dataclasses.replace(
             cfg, run_dir=str(run_dir), data=dataclasses.replace(cfg.data, selection=selection)
@@ -111,6 +133,7 @@ def sweep(
         if result.stopped != "completed":
             raise JaxtuneError(f"run {run_dir} stopped early ({result.stopped}); rerun the sweep to resume it")
         steps_per_epoch = result.total_steps // cfg.train.epochs
+        source, volume = selection_source_and_volume(selection, run_dir)
         run = SweepRun(selection, run_dir, train_summary=result.summary())
         for epoch in epochs:
             step = epoch * steps_per_epoch

@@ -33,6 +33,7 @@ from typing import Any, Iterator, Optional, Sequence, Union
 import numpy as np
 
 from jaxtune.config import DataConfig
+from jaxtune.data.belle_volumes import SelectedRecords, is_belle_selection, select_belle
 from jaxtune.data.formats import DataError, Record, SkipReport
 from jaxtune.data.mixtures import select_records, write_manifest
 from jaxtune.data.packing import RowPlan, one_per_row, pack_rows
@@ -67,7 +68,7 @@ class InMemoryRecords:
         return [self.records[int(i)] for i in indices]
 
 
-RecordSource = Union[InMemoryRecords, PreparedRecords]
+RecordSource = Union[InMemoryRecords, PreparedRecords, SelectedRecords]
 
 
 @dataclass
@@ -409,6 +410,10 @@ def _shard(shard_options: Any) -> tuple[int, int]:
 def _load_source(path: Optional[str], cfg: DataConfig, selection: str, key: str):
     if not path:
         raise PipelineError(f"data.{key} is not set: give a data file, a folder of data files or a prepared dataset")
+    if is_belle_selection(selection):
+        belle = select_belle(path, selection, format=cfg.format, seed=cfg.selection_seed, on_error=cfg.on_error,
+                             alpaca_path=cfg.alpaca_path)
+        return belle.source, belle.abilities, belle.skipped
     if is_prepared_dataset(path):
         if selection != "all":
             raise PipelineError(f"data.selection={selection!r} applies to a DoIT-layout folder; {path} is a prepared "
@@ -513,7 +518,7 @@ def _build(
     per_ability = np.bincount(table.ability, minlength=len(names))
     info = PipelineInfo(
         ability_names=names,
-        selection=selection if not is_prepared_dataset(path) else f"prepared:{path}",
+        selection=f"{selection} of prepared:{path}" if is_prepared_dataset(path) else selection,
         num_records=len(source),
         num_examples=n,
         examples_per_ability={a: int(c) for a, c in zip(names, per_ability)},

@@ -8,7 +8,8 @@ before it). The pipeline shifts ids and mask into ``targets``/``loss_weights``.
   ``<eot>``, never on role tokens; every assistant turn supervised. As in the study's code, any role other than
   ``user`` (a ``system`` turn, say) gets the ``<assistant>`` marker and is supervised.
 - :class:`BelleTemplate` (BELLE): ``[BOS] + tok("Human: {user}\\n\\nAssistant:")`` then ``tok(answer) + [EOS]`` with
-  the answer and its EOS supervised, turn after turn.
+  the answer and its EOS supervised, turn after turn (one BOS per dialogue; see the class for how this follows
+  BELLE's own code).
 - :class:`HFChatTemplate`: the tokenizer's own Hugging Face chat template, with the assistant turns' tokens found by
   rendering each turn's prefix (so no ``{% generation %}`` markers are needed).
 
@@ -166,11 +167,30 @@ class DoitTemplate(ChatTemplate):
 
 
 BELLE_HUMAN = "Human: {content}\n\nAssistant:"
-"""BELLE's prompt, as its model cards give it for training and inference."""
+"""BELLE's prompt, as the paper (arXiv 2303.14742) and the BELLE-7B model cards give it for training and inference."""
 
 
 class BelleTemplate(ChatTemplate):
-    """BELLE's ``Human: ...\\n\\nAssistant:`` template: the answer and its EOS are supervised."""
+    """BELLE's ``Human: ...\\n\\nAssistant:`` template: the answer and its EOS are supervised.
+
+    How it follows BELLE's code (github.com/LianjiaTech/BELLE):
+
+    - BOS: the first released training code, ``train/finetune.py`` @ 8234dd3 (2023-04-02, the week after the
+      paper), builds ``tokenizer.bos_token + "Human: " + instruction + input + "\\n\\nAssistant: "`` and
+      ``output + tokenizer.eos_token``, with loss on the output and its EOS only; its ``train/generate.py`` prepends
+      the same BOS at inference. The later ``train/src/sample_generator.py`` (HEAD) also puts one BOS before each
+      packed dialogue (``batch_grouped_sft_generate``). jaxtune writes that one BOS at the start of every dialogue,
+      in training and in prompts alike (none when the tokenizer has no BOS). Not followed: on LLaMA, finetune.py's
+      ``tokenizer(prompt)`` (special tokens on) could add LlamaTokenizer's own BOS after the ``<s>`` text; jaxtune
+      writes one.
+    - Turns are tokenized one by one (``tokenizer.encode(turn, add_special_tokens=False)``, as
+      ``sft_sample_to_ids`` in sample_generator.py does), an EOS after every reply, so the supervised tokens are
+      exactly the reply's. finetune.py tokenized the whole text at once and masked ``len(tok(prompt))`` tokens,
+      which with its trailing space ("Assistant: ") can leave the reply's first byte-level BPE token (the space
+      merged into it) unsupervised; jaxtune keeps the paper's text without that space and supervises the whole reply.
+    - The model cards' inference, ``'Human: ' + line.strip() + '\\n\\nAssistant:'`` tokenized by BLOOM's
+      tokenizer, has no BOS; a jaxtune model is prompted with the BOS it was trained with.
+    """
 
     name = "belle"
 

@@ -121,7 +121,13 @@ def run_suite(
         return evaluate_agieval(root, lm, codec, setting=setting, tasks=tasks, max_len=eval_cfg.max_prompt_len,
                                 **common)
     if suite == "belle":
-        from jaxtune.eval.suites.belle import generate_answers, load_belle_eval_set, load_belle_prompts, score_belle
+        from jaxtune.eval.suites.belle import (
+            decoding_settings,
+            generate_answers,
+            load_belle_eval_set,
+            load_belle_prompts,
+            score_belle,
+        )
 
         prompts = load_belle_prompts(root / "eval_prompt.json")
         items = load_belle_eval_set(root / "eval_set.json", prompts)
@@ -131,7 +137,10 @@ def run_suite(
         if jax.process_index() != 0:
             return None
         judge = Judge(judge_settings(eval_cfg), cache=judge_cache)
-        return score_belle(items, answers, prompts, judge, run=run, max_new_tokens=eval_cfg.max_new_tokens)
+        decoding = decoding_settings(eval_cfg.max_new_tokens, eval_cfg.temperature, eval_cfg.top_k, eval_cfg.top_p,
+                                     eval_cfg.repetition_penalty, eval_cfg.seed)
+        return score_belle(items, answers, prompts, judge, run=run, max_new_tokens=eval_cfg.max_new_tokens,
+                           decoding=decoding)
     raise EvalSetupError(f"eval.suites: unknown suite {suite!r} (known: {', '.join(SUITES)})")
 
 

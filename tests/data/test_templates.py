@@ -128,3 +128,60 @@ def test_hf_chat_rejects_non_prefix_templates_and_sentencepiece(tmp_path, doit_t
         make_template("hf_chat", load_tokenizer(doit_tokenizer_path))
     with pytest.raises(ValueError, match="unknown mask"):
         make_template("doit", load_tokenizer(doit_tokenizer_path)).encode([_u("q"), _a("a")], "assistants")
+
+
+def _bloom_style_tokenizer_folder(folder):
+    """A byte-level BPE tokenizer shaped like BLOOM's (unk, <s>, </s>, <pad> at ids 0-3; no special tokens added
+    by encoding), saved as a Hugging Face folder."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    corpus = ["Human: 你好\n\nAssistant: 你好！有什么可以帮你？", "Human: 写一首诗\n\nAssistant: 春天来了。",
+              "Human: Give three tips.\n\nAssistant: Eat well, sleep, move."] * 20
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(corpus, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>")
+    folder.mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(str(folder))
+    return folder
+
+
+def _belle_reference(hf, turns):
+    """BELLE's train/src/sample_generator.py sft_sample_to_ids (each turn encoded alone with add_special_tokens=False,
+    human turns unsupervised, EOS after each reply) with the paper's "Human: {input}\\n\\nAssistant:" text, after the
+    one BOS that train/finetune.py @ 8234dd3 and batch_grouped_sft_generate put first. Labels: -100 = no loss."""
+    ids, labels = [hf.bos_token_id], [-100]
+    for role, value in turns:
+        text = "Human: " + value + "\n\nAssistant:" if role == "human" else value
+        piece = hf.encode(text, add_special_tokens=False)
+        ids += piece
+        labels += [-100] * len(piece) if role == "human" else piece
+        if role != "human":
+            ids.append(hf.eos_token_id)
+            labels.append(hf.eos_token_id)
+    return ids, labels
+
+
+def test_belle_template_matches_belles_construction_on_a_byte_level_bpe(tmp_path):
+    from transformers import AutoTokenizer
+
+    folder = _bloom_style_tokenizer_folder(tmp_path / "bloomish")
+    hf = AutoTokenizer.from_pretrained(str(folder))
+    belle = make_template("belle", load_tokenizer(folder, backend="hf"))
+    dialogues = [[("human", "你好"), ("assistant", "你好！有什么可以帮你？")],
+                 [("human", "Give three tips."), ("assistant", "Eat well, sleep, move."), ("human", "写一首诗"),
+                  ("assistant", "春天来了。")]]
+    for turns in dialogues:
+        enc = belle.encode([_u(v) if r == "human" else _a(v) for r, v in turns])
+        ids, labels = _belle_reference(hf, turns)
+        assert enc.input_ids.tolist() == ids
+        # Position 0 (the BOS) predicts nothing either way; every other label is a supervised target.
+        assert enc.loss_mask[1:].tolist() == [lab != -100 for lab in labels[1:]]
+        assert ids[0] == 1 and ids[-1] == 2
+    assert belle.prompt_ids([_u("写一首诗")]) == [1, *hf.encode("Human: 写一首诗\n\nAssistant:", add_special_tokens=False)]
+    assert belle.stop_token_ids() == (2,)

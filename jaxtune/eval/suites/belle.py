@@ -14,6 +14,21 @@ its answers; overall = unweighted mean over classes, and also without math and c
 unreliable there). Judgements that stay unparseable after the re-asks are left out of the means and reported as the
 parse-failure rate; an answer with none left is counted as unscored. Scores are on the judge's 0-1 scale (unit
 ``fraction``); the judge's identity is recorded with the result.
+
+Generation (the ``eval.*`` decoding keys; :data:`MODEL_CARD_DECODING`): each question is one user turn of the
+model's template (BELLE's: ``Human: {question}\\n\\nAssistant:``), decoded with the settings of the inference code
+released with the study's models, the BelleGroup/BELLE-7B-0.2M ... 2M model cards::
+
+    model.generate(input_ids, max_new_tokens=200, do_sample=True, top_k=30, top_p=0.85, temperature=0.35,
+                   repetition_penalty=1.2)
+
+i.e. ``eval.max_new_tokens=200 eval.temperature=0.35 eval.top_k=30 eval.top_p=0.85 eval.repetition_penalty=1.2``
+(the BELLE recipes in ``configs/`` set them). The penalty, temperature, top-k and top-p are applied in
+transformers' order (:mod:`jaxtune.eval.sampling`); sampling draws from ``eval.seed``. BELLE's repository has other
+inference scripts (``train/generate.py`` @ 8234dd3: beam search, 4 beams, at most 512 new tokens;
+``train/src/entry_point/inference.py``: temperature 0.9, top-p 0.6); the paper does not say which produced its
+figure. Greedy decoding instead: ``eval.temperature=0 eval.repetition_penalty=1.0``. Every summary records the
+decoding it was made with (``details.decoding``), named ``model_card``, ``greedy`` or ``custom``.
 """
 
 from __future__ import annotations
@@ -35,6 +50,25 @@ from jaxtune.results import RunInfo, SuiteResult, ability_score, make_summary
 log = logging.getLogger(__name__)
 
 UNRELIABLE_CLASSES = ("math", "code")
+
+MODEL_CARD_DECODING: dict[str, Any] = {"max_new_tokens": 200, "temperature": 0.35, "top_k": 30, "top_p": 0.85,
+                                       "repetition_penalty": 1.2}
+"""Decoding of the BELLE-7B model cards' inference code (``do_sample=True``), as ``eval.*`` settings."""
+
+
+def decoding_settings(max_new_tokens: int, temperature: float, top_k: int, top_p: float, repetition_penalty: float,
+                      seed: int) -> dict[str, Any]:
+    """The decoding a BELLE result was generated with, named ``model_card`` (:data:`MODEL_CARD_DECODING`),
+    ``greedy`` (temperature 0, no penalty) or ``custom``."""
+    values = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p,
+              "repetition_penalty": repetition_penalty}
+    if values == MODEL_CARD_DECODING:
+        name = "model_card"
+    elif temperature == 0 and repetition_penalty == 1.0:
+        name = "greedy"
+    else:
+        name = "custom"
+    return {"name": name, **values, "seed": seed}
 
 
 class BelleDataError(JaxtuneError, ValueError):
@@ -131,7 +165,8 @@ def judge_message(prompt: str, question: str, std_answer: str, answer: str) -> s
 
 def generate_answers(items: Sequence[BelleItem], lm: LanguageModel, codec: ChatCodec, *, max_new_tokens: int = 1024,
                      chunk_size: int = 32, on_progress: Callable[[int, int], None] | None = None) -> list[str]:
-    """Greedy answers, each question as one user turn in the model's template."""
+    """Answers decoded by ``lm`` (greedy or sampled, as it is set up), each question as one user turn in the
+    model's template."""
     answers: list[str] = []
     for start in range(0, len(items), chunk_size):
         chunk = items[start : start + chunk_size]

@@ -121,3 +121,12 @@ def test_real_eval_set_classes_all_match() -> None:
     assert len(rewrite_with_reference) == 39
     with pytest.raises(BelleDataError, match=r"v0_2023-04-03/eval_set.json:156: "):
         load_belle_eval_set(SHARED / "v0_2023-04-03" / "eval_set.json", prompts)
+
+
+def test_decoding_settings_are_named() -> None:
+    from jaxtune.eval.suites.belle import MODEL_CARD_DECODING, decoding_settings
+
+    card = decoding_settings(seed=7, **MODEL_CARD_DECODING)
+    assert card == {"name": "model_card", **MODEL_CARD_DECODING, "seed": 7}
+    assert decoding_settings(200, 0.0, 30, 0.85, 1.0, 0)["name"] == "greedy"
+    assert decoding_settings(200, 0.0, 30, 0.85, 1.2, 0)["name"] == "custom"  # a penalty applies to greedy too
