@@ -141,14 +141,18 @@ def train_step(
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
-    def apply(_: None) -> tuple[Any, Any]:
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        return optax.apply_updates(state.params, updates), opt_state
+    # The update is computed unconditionally and selected per element: a lax.cond between "apply" and "skip" made
+    # XLA keep separate copies of the parameters and optimizer state for its branches (on a v5p-16 compile of a
+    # 6-layer doit-33b, 12.2 -> 9.3 GiB of temporaries per chip); the select fuses into the update in place. A
+    # skipped step still returns the old values bit for bit, whatever the non-finite update holds.
+    updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+    new_params = optax.apply_updates(state.params, updates)
 
-    def skip(_: None) -> tuple[Any, Any]:
-        return state.params, state.opt_state
+    def keep_if_bad(new: Any, old: Any) -> Any:
+        return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
 
-    params, opt_state = jax.lax.cond(finite, apply, skip, None)
+    params = keep_if_bad(new_params, state.params)
+    opt_state = keep_if_bad(new_opt_state, state.opt_state)
     bad = jnp.logical_not(finite).astype(jnp.int32)
     new_state = state.replace(
         params=params,
