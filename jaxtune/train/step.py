@@ -8,7 +8,7 @@ mean of per-sequence or per-microbatch means).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Optional
 
 import flax
 import jax
@@ -85,8 +85,31 @@ def token_cross_entropy(graphdef: nnx.GraphDef, params: Any, batch: Batch) -> ja
     return optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
 
 
+def cast_for_compute(params: Any, compute_dtype: Optional[str]) -> Any:
+    """The weights the model would cast to ``compute_dtype`` anyway, cast once up front (None: unchanged).
+
+    The decoder casts every layer weight to the compute dtype before using it, so casting first changes no value of
+    the forward pass nor of the gradients (the cast's transpose is the same cast of the cotangent). It makes the
+    sharded weights be all-gathered in bf16 and the per-microbatch gradient tree bf16 (half the bytes of float32)
+    before it is added into the float32 accumulator. The input embedding stays as stored: its gradient is a
+    scatter-add over repeated token ids, which must accumulate in the master dtype.
+    """
+    if compute_dtype is None:
+        return params
+    dtype = jnp.dtype(compute_dtype)
+
+    def cast(path: Any, p: Any) -> Any:
+        keys = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+        if "embed_tokens" in keys or not jnp.issubdtype(p.dtype, jnp.floating) or p.dtype == dtype:
+            return p
+        return p.astype(dtype)
+
+    return jax.tree_util.tree_map_with_path(cast, params)
+
+
 def loss_and_grads(
-    graphdef: nnx.GraphDef, params: Any, batch: Batch, *, grad_shardings: Any = None
+    graphdef: nnx.GraphDef, params: Any, batch: Batch, *, grad_shardings: Any = None,
+    compute_dtype: Optional[str] = None,
 ) -> tuple[jax.Array, Any, jax.Array]:
     """(loss, gradients, supervised-token count) of a global batch laid out as (microbatches, rows, length).
 
@@ -102,6 +125,7 @@ def loss_and_grads(
         return jnp.sum(ce * micro["loss_weights"].astype(jnp.float32)) / denominator
 
     grad_fn = jax.value_and_grad(weighted_sum)
+    params = cast_for_compute(params, compute_dtype)
     num_micro = batch["input_ids"].shape[0]
     if num_micro == 1:
         loss, grads = grad_fn(params, jax.tree.map(lambda x: x[0], batch))
@@ -131,13 +155,15 @@ def train_step(
     tx: optax.GradientTransformation,
     schedule: optax.Schedule,
     grad_shardings: Any = None,
+    compute_dtype: Optional[str] = None,
 ) -> tuple[TrainState, TrainMetrics]:
     """One optimizer step on a (microbatches, rows, length) batch. Un-jitted; see :func:`make_train_step`.
 
     A non-finite loss or gradient norm skips the update entirely: parameters and optimizer state come back
     unchanged, ``skipped_steps`` and ``bad_steps`` count it, and the learning-rate clock does not advance.
     """
-    loss, grads, supervised = loss_and_grads(graphdef, state.params, batch, grad_shardings=grad_shardings)
+    loss, grads, supervised = loss_and_grads(graphdef, state.params, batch, grad_shardings=grad_shardings,
+                                             compute_dtype=compute_dtype)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
@@ -181,15 +207,18 @@ def make_train_step(
     *,
     mesh: Mesh,
     state_shardings: TrainState,
+    compute_dtype: Optional[str] = None,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, TrainMetrics]]:
     """The train step jitted with explicit shardings (state as ``state_shardings``, batch rows over the data
     axes, metrics replicated) and the state's buffers donated. Call it with the mesh's rules active (it installs
-    them itself for tracing)."""
+    them itself for tracing). ``compute_dtype`` (model.compute_dtype) casts the weights once before the forward
+    pass (see :func:`cast_for_compute`)."""
     replicated = NamedSharding(mesh, P())
 
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, TrainMetrics]:
         return train_step(
-            state, batch, graphdef=graphdef, tx=tx, schedule=schedule, grad_shardings=state_shardings.params
+            state, batch, graphdef=graphdef, tx=tx, schedule=schedule, grad_shardings=state_shardings.params,
+            compute_dtype=compute_dtype,
         )
 
     jitted = jax.jit(

@@ -373,7 +373,7 @@ class _RunLoop:
         """Steps until the end of the run or an agreed SIGTERM; returns ``completed`` or ``preempted``."""
         layout, tc = self.layout, self.tc
         step_fn = make_train_step(layout.graphdef, layout.tx, layout.schedule, mesh=self.mesh,
-                                  state_shardings=layout.state_shardings)
+                                  state_shardings=layout.state_shardings, compute_dtype=self.cfg.model.compute_dtype)
         eval_fn = None
         if self.data.valid is not None:
             eval_fn = make_eval_step(layout.graphdef, len(self.data.ability_names), mesh=self.mesh,

@@ -203,6 +203,26 @@ def test_bfloat16_compute_keeps_float32_master_weights_and_moments(cfg, initial_
     assert float(metrics.compute()["loss"]) == pytest.approx(want, rel=2e-2)
 
 
+@pytest.mark.parametrize("microbatches", [1, 2])
+def test_casting_weights_before_the_step_changes_no_loss_or_gradient(cfg, initial_params, microbatches):
+    """bf16 compute: weights cast once before the forward (bf16 all-gathers and per-microbatch gradients) give the
+    loss and float32 gradients of the model's own per-use casts, bit for bit."""
+    import dataclasses
+
+    bf16 = dataclasses.replace(cfg, compute_dtype="bfloat16")
+    graphdef, _, _ = abstract_model(bf16)
+    batch = _rows(4, 40)
+    micro = {k: v.reshape(microbatches, 4 // microbatches, SEQ) for k, v in batch.items()}
+    params = jax.tree.map(jnp.asarray, initial_params[1])
+    run = jax.jit(lambda p, b, dt: loss_and_grads(graphdef, p, b, compute_dtype=dt), static_argnums=2)
+    loss_a, grads_a, _ = run(params, micro, None)
+    loss_b, grads_b, _ = run(params, micro, "bfloat16")
+    assert float(loss_a) == float(loss_b)
+    for a, b in zip(jax.tree.leaves(grads_a), jax.tree.leaves(grads_b)):
+        assert b.dtype == jnp.float32
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_tensor_parallel_step_compiles_without_replicating_activations(cfg, initial_params, capfd):
     """XLA's partitioner logs "Involuntary full rematerialization" when it has to replicate a tensor to reach a
     sharding (once, the input-embedding lookup into a vocab-sharded table did): the rules must not provoke it."""
