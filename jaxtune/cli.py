@@ -10,6 +10,8 @@
     jaxtune export-hf CKPT OUT_DIR         jaxtune checkpoint -> Hugging Face folder
     jaxtune check-hf HF_DIR                compare jaxtune and transformers on the same checkpoint
     jaxtune info [CONFIG] [key=value ...]  parameter count, FLOPs per token, memory of a model shape
+    jaxtune select DATA_DIR TYPE OUT_DIR   write one of the study's data types as its make_data.py does
+    jaxtune score PRED_DIR --out DIR       score prediction files (the study's pred_*.json or *.items.jsonl)
 """
 
 from __future__ import annotations
@@ -122,6 +124,21 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_select(args: argparse.Namespace) -> int:
+    from jaxtune.select import select_study_data
+
+    print(select_study_data(args.data_dir, args.data_type, args.out_dir, seed=args.seed).summary())
+    return 0
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from jaxtune.eval.score import score_predictions
+
+    outputs = score_predictions(args.pred_dir, args.out, tokenizer=args.tokenizer, mode=args.scorer_mode)
+    print(outputs.summary())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``jaxtune`` command."""
     parser = argparse.ArgumentParser(prog="jaxtune", description=__doc__.split("\n\n")[0],
@@ -201,6 +218,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*")
     p.add_argument("--preset", help="named shape, e.g. doit-33b")
     p.add_argument("--seq-len", type=int, default=2048)
+
+    p = add("select", _cmd_select, "write one of the study's 19 data types exactly as its make_data.py lays it out")
+    p.add_argument("data_dir", help="the DoIT dataset root (the folder holding curated/ and synthetic/)")
+    p.add_argument("data_type", help="curated-10 ... curated-10000, synthetic-10 ... synthetic-40960, baseline, "
+                                     "reconstruct, maximum, mix-0, mix-2560, mix-40960")
+    p.add_argument("out_dir", help="folder for the output files (one per input file)")
+    p.add_argument("--seed", type=int, default=0, help="the random.seed of the selection (the study: 0)")
+
+    p = add("score", _cmd_score, "score predictions without a model: the study's pred_*.json files (evaluate/pred.py) "
+                                 "or jaxtune's *.items.jsonl")
+    p.add_argument("pred_dir", help="folder of pred_<name>.json files or *.items.jsonl files")
+    p.add_argument("--out", required=True, help="folder for the summaries and study_totals.json")
+    p.add_argument("--tokenizer", help="SentencePiece model (or folder holding tokenizer.model) that gives the ids of "
+                                       "the answer pieces ▁A..▁D (default: LLaMA's ids 319, 350, 315, 360)")
+    p.add_argument("--scorer-mode", default="study", choices=["study", "corrected"],
+                   help="the study's scorer, quirks included, or its errors fixed")
     return parser
 
 
