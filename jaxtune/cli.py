@@ -94,9 +94,19 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from jaxtune.report import report
 
-    outputs = report(args.runs, args.out)
-    print(outputs.summary())
+    written = report(args.runs, args.out, epoch=args.epoch)
+    print(f"wrote {len(written)} files to {args.out} (epoch choice: {args.epoch}):")
+    print("\n".join(f"  {p.name}" for p in written))
     return 0
+
+
+def _epoch_choice(text: str):
+    """``last``, ``best`` or a positive epoch number."""
+    if text in ("last", "best"):
+        return text
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"expected 'last', 'best' or an epoch number (e.g. 10), got {text!r}")
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
@@ -134,7 +144,11 @@ def _cmd_select(args: argparse.Namespace) -> int:
 def _cmd_score(args: argparse.Namespace) -> int:
     from jaxtune.eval.score import score_predictions
 
-    outputs = score_predictions(args.pred_dir, args.out, tokenizer=args.tokenizer, mode=args.scorer_mode)
+    def progress(path, n: int) -> None:
+        print(f"scored {path} ({n} items)", file=sys.stderr, flush=True)
+
+    outputs = score_predictions(args.pred_dir, args.out, tokenizer=args.tokenizer, mode=args.scorer_mode,
+                                on_file=progress)
     print(outputs.summary())
     return 0
 
@@ -173,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("report", _cmd_report, "draw growth curves and growth-pace tables from many evaluations")
     p.add_argument("runs", nargs="+", help="evaluation directories or summary JSON files")
     p.add_argument("--out", required=True, help="output directory for PNG/SVG figures and tables")
+    p.add_argument("--epoch", type=_epoch_choice, default="last",
+                   help="which epoch of each run the curves show: 'last' (default), 'best' (its best overall, chosen "
+                        "on the reported data), or N (the study evaluated epoch 10 of 15; runs without it are listed "
+                        "as not plotted)")
 
     p = add("sweep", _cmd_sweep, "train and evaluate at several data selections (the study's grid)")
     p.add_argument("config")
