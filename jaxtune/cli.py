@@ -48,7 +48,8 @@ def _cmd_import_hf(args: argparse.Namespace) -> int:
 
     added = tuple(t for t in (args.added_tokens or "").split(",") if t)
     import_hf(args.hf_dir, args.out, param_dtype=args.dtype, vocab_pad_multiple=args.vocab_pad_multiple,
-              added_tokens=added, tokenizer_dir=args.tokenizer, overwrite=args.overwrite)
+              added_tokens=added, tokenizer_dir=args.tokenizer, overwrite=args.overwrite,
+              new_token_init=args.new_token_init)
     print(f"wrote jaxtune checkpoint {args.out}")
     return 0
 
@@ -216,6 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--added-tokens", help="special tokens to append and resize for, e.g. "
                                           "'<user>,<assistant>,<eot>,<pad>' (DoIT)")
     p.add_argument("--tokenizer", help="tokenizer folder to store with the checkpoint (default: HF_DIR's files)")
+    p.add_argument("--new-token-init", default="mean", choices=["normal", "mean"],
+                   help="rows of the added tokens: 'normal' draws them from normal(0, initializer_range) as the DoIT "
+                        "study's transformers 4.30 did (its recipes use this); 'mean' copies the mean of the old rows "
+                        "(transformers 5's default)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
     p = add("export-hf", _cmd_export_hf, "write a jaxtune checkpoint as a Hugging Face folder")
