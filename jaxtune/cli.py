@@ -40,6 +40,14 @@ def _cmd_info(args: argparse.Namespace) -> int:
         overrides.insert(0, f"model.preset={args.preset}")
     cfg = _config(path, overrides)
     print(model_info(cfg.model, seq_len=args.seq_len))
+    if cfg.data.path:
+        from jaxtune.data.pipeline import epoch_plan
+        from jaxtune.sharding import build_mesh, data_parallel_size
+
+        # Rows per step (packing counted in examples) round to what this machine's mesh divides.
+        row_multiple = cfg.train.microbatches * data_parallel_size(build_mesh(cfg.mesh))
+        print(epoch_plan(cfg.data, global_batch_size=cfg.train.global_batch_size, batch_unit=cfg.train.batch_unit,
+                         epochs=cfg.train.epochs, row_multiple=row_multiple))
     return 0
 
 
@@ -236,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--new-tokens", type=int, default=16)
     p.add_argument("--tolerance", type=float, default=1e-4)
 
-    p = add("info", _cmd_info, "parameter count, FLOPs per token and memory of a model shape")
+    p = add("info", _cmd_info, "parameter count, FLOPs per token and memory of a model shape; with data.path set, "
+                               "the steps per epoch")
     p.add_argument("config", nargs="?", help="YAML config (or a first key=value)")
     p.add_argument("overrides", nargs="*")
     p.add_argument("--preset", help="named shape, e.g. doit-33b")
