@@ -295,3 +295,30 @@ def test_cli_no_prediction_files(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     code = main(["score", str(tmp_path / "empty"), "--out", str(tmp_path / "o")])
     assert code == 2 and "no prediction files" in capsys.readouterr().err
+
+
+def test_jaxtune_mcq_items_are_rescored_and_belle_is_listed_as_not_scored(tmp_path):
+    """C-Eval/CMMLU/AGIEval items: the argmax of the stored letter logits (ties to A, null read as NaN), run info and
+    the suite's details from the summary beside them; BELLE needs a judge and is named, not skipped silently."""
+    from jaxtune.results import RunInfo, ability_score, make_summary, write_summary
+
+    folder = tmp_path / "eval"
+    folder.mkdir()
+    rows = [("law", [0.1, 2.0, 0.3, 0.0], "B"), ("law", [1.0, 1.0, 0.0, 0.0], "A"), ("law", [None, 5.0, 0.0, 0.0], "B"),
+            ("art", [0.0, 0.0, 0.0, 3.0], "C")]
+    (folder / "agieval-zero-shot.items.jsonl").write_text("".join(
+        json.dumps({"task": t, "where": f"x.jsonl:{i}", "n_shots": 0, "prompt": [], "letter_logits": lg,
+                    "parsed": "?", "label": lab, "correct": None}) + "\n" for i, (t, lg, lab) in enumerate(rows)))
+    old = make_summary("agieval", "zero-shot", "study", [ability_score("law", [1.0])],
+                       RunInfo(model_size="7b", data_source="curated", data_volume=160, epoch=10),
+                       skipped_not_one_letter={"law": 2}, notes=["left out 2 items"])
+    write_summary(folder / "agieval-zero-shot.summary.json", old)
+    (folder / "belle-judge.items.jsonl").write_text('{"class": "math"}\n')
+    out = score_predictions(folder, tmp_path / "out")
+    summary = read_summary(tmp_path / "out" / "agieval-zero-shot.summary.json")
+    # law: B correct, a tie -> A correct, NaN first -> numpy's argmax picks the NaN (A), wrong; art: D != C
+    assert {a.name: a.correct for a in summary.abilities} == {"law": 2.0, "art": 0.0}
+    assert summary.details["micro_average"] == 50.0 and summary.details["skipped_not_one_letter"] == {"law": 2}
+    assert summary.run.epoch == 10 and summary.run.data_volume == 160
+    assert any("belle-judge.items.jsonl" in n and "judge" in n for n in out.not_scored)
+    assert "not scored:" in out.summary() and "left out 2 items" in out.summary()
