@@ -11,6 +11,8 @@
     jaxtune check-hf HF_DIR                compare jaxtune and transformers on the same checkpoint
     jaxtune info [CONFIG] [key=value ...]  parameter count, FLOPs per token, memory of a model shape
     jaxtune plan CONFIG --accelerator v5p-16  per-chip memory of the train step, compiled for that slice
+    jaxtune select DATA_DIR TYPE OUT_DIR   write one of the study's data types as its make_data.py does
+    jaxtune score PRED_DIR --out DIR       score prediction files (the study's pred_*.json or *.items.jsonl)
 """
 
 from __future__ import annotations
@@ -39,6 +41,14 @@ def _cmd_info(args: argparse.Namespace) -> int:
         overrides.insert(0, f"model.preset={args.preset}")
     cfg = _config(path, overrides)
     print(model_info(cfg.model, seq_len=args.seq_len))
+    if cfg.data.path:
+        from jaxtune.data.pipeline import epoch_plan
+        from jaxtune.sharding import build_mesh, data_parallel_size
+
+        # Rows per step (packing counted in examples) round to what this machine's mesh divides.
+        row_multiple = cfg.train.microbatches * data_parallel_size(build_mesh(cfg.mesh))
+        print(epoch_plan(cfg.data, global_batch_size=cfg.train.global_batch_size, batch_unit=cfg.train.batch_unit,
+                         epochs=cfg.train.epochs, row_multiple=row_multiple))
     return 0
 
 
@@ -47,7 +57,8 @@ def _cmd_import_hf(args: argparse.Namespace) -> int:
 
     added = tuple(t for t in (args.added_tokens or "").split(",") if t)
     import_hf(args.hf_dir, args.out, param_dtype=args.dtype, vocab_pad_multiple=args.vocab_pad_multiple,
-              added_tokens=added, tokenizer_dir=args.tokenizer, overwrite=args.overwrite)
+              added_tokens=added, tokenizer_dir=args.tokenizer, overwrite=args.overwrite,
+              new_token_init=args.new_token_init)
     print(f"wrote jaxtune checkpoint {args.out}")
     return 0
 
@@ -93,9 +104,19 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from jaxtune.report import report
 
-    written = report(args.runs, args.out)
-    print("\n".join(f"wrote {p}" for p in written))
+    written = report(args.runs, args.out, epoch=args.epoch)
+    print(f"wrote {len(written)} files to {args.out} (epoch choice: {args.epoch}):")
+    print("\n".join(f"  {p.name}" for p in written))
     return 0
+
+
+def _epoch_choice(text: str):
+    """``last``, ``best`` or a positive epoch number."""
+    if text in ("last", "best"):
+        return text
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"expected 'last', 'best' or an epoch number (e.g. 10), got {text!r}")
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
@@ -134,6 +155,25 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return 0 if report.fits() else 1
 
 
+def _cmd_select(args: argparse.Namespace) -> int:
+    from jaxtune.select import select_study_data
+
+    print(select_study_data(args.data_dir, args.data_type, args.out_dir, seed=args.seed).summary())
+    return 0
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from jaxtune.eval.score import score_predictions
+
+    def progress(path, n: int) -> None:
+        print(f"scored {path} ({n} items)", file=sys.stderr, flush=True)
+
+    outputs = score_predictions(args.pred_dir, args.out, tokenizer=args.tokenizer, mode=args.scorer_mode,
+                                on_file=progress)
+    print(outputs.summary())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``jaxtune`` command."""
     parser = argparse.ArgumentParser(prog="jaxtune", description=__doc__.split("\n\n")[0],
@@ -168,6 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("report", _cmd_report, "draw growth curves and growth-pace tables from many evaluations")
     p.add_argument("runs", nargs="+", help="evaluation directories or summary JSON files")
     p.add_argument("--out", required=True, help="output directory for PNG/SVG figures and tables")
+    p.add_argument("--epoch", type=_epoch_choice, default="last",
+                   help="which epoch of each run the curves show: 'last' (default), 'best' (its best overall, chosen "
+                        "on the reported data), or N (the study evaluated epoch 10 of 15; runs without it are listed "
+                        "as not plotted)")
 
     p = add("sweep", _cmd_sweep, "train and evaluate at several data selections (the study's grid)")
     p.add_argument("config")
@@ -194,6 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--added-tokens", help="special tokens to append and resize for, e.g. "
                                           "'<user>,<assistant>,<eot>,<pad>' (DoIT)")
     p.add_argument("--tokenizer", help="tokenizer folder to store with the checkpoint (default: HF_DIR's files)")
+    p.add_argument("--new-token-init", default="mean", choices=["normal", "mean"],
+                   help="rows of the added tokens: 'normal' draws them from normal(0, initializer_range) as the DoIT "
+                        "study's transformers 4.30 did (its recipes use this); 'mean' copies the mean of the old rows "
+                        "(transformers 5's default)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
     p = add("export-hf", _cmd_export_hf, "write a jaxtune checkpoint as a Hugging Face folder")
@@ -209,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--new-tokens", type=int, default=16)
     p.add_argument("--tolerance", type=float, default=1e-4)
 
-    p = add("info", _cmd_info, "parameter count, FLOPs per token and memory of a model shape")
+    p = add("info", _cmd_info, "parameter count, FLOPs per token and memory of a model shape; with data.path set, "
+                               "the steps per epoch")
     p.add_argument("config", nargs="?", help="YAML config (or a first key=value)")
     p.add_argument("overrides", nargs="*")
     p.add_argument("--preset", help="named shape, e.g. doit-33b")
@@ -224,6 +273,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-search", action="store_true", help="do not compile candidate changes when it does not fit")
     p.add_argument("--max-candidates", type=int, default=8, help="most candidate changes compiled (default 8)")
     p.add_argument("--hbm-gib", type=float, default=None, help="plan against this much memory per chip instead")
+
+    p = add("select", _cmd_select, "write one of the study's 19 data types exactly as its make_data.py lays it out")
+    p.add_argument("data_dir", help="the DoIT dataset root (the folder holding curated/ and synthetic/)")
+    p.add_argument("data_type", help="curated-10 ... curated-10000, synthetic-10 ... synthetic-40960, baseline, "
+                                     "reconstruct, maximum, mix-0, mix-2560, mix-40960")
+    p.add_argument("out_dir", help="folder for the output files (one per input file)")
+    p.add_argument("--seed", type=int, default=0, help="the random.seed of the selection (the study: 0)")
+
+    p = add("score", _cmd_score, "score predictions without a model: the study's pred_*.json files (evaluate/pred.py) "
+                                 "or jaxtune's *.items.jsonl")
+    p.add_argument("pred_dir", help="folder of pred_<name>.json files or *.items.jsonl files")
+    p.add_argument("--out", required=True, help="folder for the summaries and study_totals.json")
+    p.add_argument("--tokenizer", help="SentencePiece model (or folder holding tokenizer.model) that gives the ids of "
+                                       "the answer pieces ▁A..▁D (default: LLaMA's ids 319, 350, 315, 360)")
+    p.add_argument("--scorer-mode", default="study", choices=["study", "corrected"],
+                   help="the study's scorer, quirks included, or its errors fixed")
     return parser
 
 

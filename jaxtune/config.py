@@ -238,7 +238,13 @@ class TrainConfig:
     """The fine-tuning run."""
 
     global_batch_size: int = 64
-    """Rows per optimizer step over all hosts and microbatches."""
+    """Rows (or, with ``batch_unit: examples``, examples) per optimizer step over all hosts and microbatches."""
+    batch_unit: Literal["rows", "examples"] = "rows"
+    """What ``global_batch_size`` counts. Without packing one row holds one example and the two agree (the study:
+    64 examples per step, ``ceil(N / 64)`` steps per epoch). With packing, ``rows`` gives ``ceil(packed rows /
+    global_batch_size)`` steps per epoch; ``examples`` keeps the study's ``ceil(N / global_batch_size)`` steps and
+    deals each epoch's packed rows evenly over them (rows per step rounded up to what the mesh and microbatches
+    divide), so packing stays a speed option that leaves the schedule's length as the study had it."""
     microbatches: int = 1
     """Gradient accumulation steps per optimizer step."""
     epochs: int = 1

@@ -90,7 +90,8 @@ class SuiteSummary:
     """Plain mean of the ability scores."""
     overall_chance: float | None = None
     details: dict[str, Any] = field(default_factory=dict)
-    """Suite-specific extras: micro average, category means, judge identity, parse-failure rate..."""
+    """Suite-specific extras: micro average, category means, judge identity, parse-failure rate...; ``notes`` (a list
+    of strings), when present, is printed under the table."""
     schema_version: int = SCHEMA_VERSION
     created: str = ""
 
@@ -342,7 +343,8 @@ def format_table(summary: SuiteSummary) -> str:
         return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
 
     sep = "-" * len(line(header))
-    return "\n".join([title, line(header), sep, *map(line, rows[:-1]), sep, line(rows[-1])])
+    notes = [f"note: {n}" for n in summary.details.get("notes", ()) if isinstance(n, str)]
+    return "\n".join([title, line(header), sep, *map(line, rows[:-1]), sep, line(rows[-1]), *notes])
 
 
 def _fmt(value: float | None, digits: int) -> str:

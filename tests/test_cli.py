@@ -51,3 +51,26 @@ def test_info_prints_parameter_count_flops_and_memory(capsys, argv):
     assert code == 0
     low = out.lower()
     assert "param" in low and "flop" in low and "adam" in low
+
+
+def test_info_prints_steps_per_epoch_for_a_config_with_data(capsys, tmp_path):
+    """The quickstart's curated-40 packs into a handful of rows of 128: counted in rows that is 2 steps per epoch at
+    batch 8; counted in examples (the study's count, the quickstart's setting) ceil(40 / 8) = 5."""
+    from pathlib import Path
+
+    from jaxtune.demo.abilities import write_demo_dataset
+
+    root = write_demo_dataset(tmp_path / "data", per_ability=4, eval_per_ability=1, synthetic=10)
+    config = Path(__file__).parents[1] / "configs" / "quickstart.yaml"
+    tokenizer = Path(__file__).parents[1] / "jaxtune" / "demo" / "tokenizer"
+    common = ["info", str(config), f"data.path={root}", f"data.tokenizer={tokenizer}", "data.selection=curated-40"]
+    code, out, _ = _run(capsys, *common)
+    assert code == 0 and "steps per epoch: 5 (train.batch_unit=examples, packed)" in out
+    code, out, _ = _run(capsys, *common, "train.batch_unit=rows")
+    rows = int(out.split(" rows of 128 per epoch")[0].rsplit("\n", 1)[-1].strip())
+    assert code == 0 and f"steps per epoch: {-(-rows // 8)} (train.batch_unit=rows, packed)" in out
+    assert "with train.batch_unit=examples: 5 steps/epoch" in out
+    code, out, _ = _run(capsys, *common, "data.packing=false")
+    assert code == 0 and "steps per epoch: 5 (train.batch_unit=examples, one example per row)" in out
+    code, _, err = _run(capsys, *common, "train.batch_unit=tokens")
+    assert code == 2 and "train.batch_unit" in err

@@ -110,3 +110,23 @@ def test_nothing_to_report(tmp_path: Path) -> None:
         report([tmp_path / "empty"], tmp_path / "out")
     with pytest.raises(FileNotFoundError, match="neither a summary file nor a directory"):
         report([tmp_path / "missing"], tmp_path / "out")
+
+
+@pytest.mark.parametrize("choice, biology_7b_curated_10", [("1", 20.0), ("2", 21.0), ("last", 21.0), ("best", 21.0)])
+def test_cli_epoch_choice(tmp_path: Path, capsys, choice: str, biology_7b_curated_10: float) -> None:
+    from jaxtune.cli import main
+
+    code = main(["report", str(write_runs(tmp_path / "runs")), "--out", str(tmp_path / "out"), "--epoch", choice])
+    out = capsys.readouterr().out
+    assert code == 0 and "doit-test.png" in out and f"epoch choice: {choice}" in out
+    rows = _rows(tmp_path / "out" / "doit-test.scores.csv")
+    biology_row = next(r for r in rows if r["ability"] == "STEM - Biology")
+    assert float(biology_row["7b curated 10"]) == pytest.approx(biology_7b_curated_10)
+
+
+def test_cli_epoch_must_be_a_number_or_last_or_best(tmp_path: Path, capsys) -> None:
+    from jaxtune.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["report", str(tmp_path), "--out", str(tmp_path / "out"), "--epoch", "ten"])
+    assert "expected 'last', 'best' or an epoch number" in capsys.readouterr().err

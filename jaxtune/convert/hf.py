@@ -80,14 +80,30 @@ def _check_tensors(source: WeightSource, cfg: ModelConfig) -> None:
             )
 
 
-def fill_new_vocab_rows(table: np.ndarray, old: int, new: int) -> None:
+NEW_TOKEN_INITS = ("normal", "mean")
+"""How import-hf initialises the rows of added tokens: ``normal`` draws them from normal(0, initializer_range), as
+transformers 4.30's ``resize_token_embeddings`` did for the DoIT study (its recipes use this); ``mean`` copies the
+mean of the old rows (transformers 5's default)."""
+NEW_TOKEN_SEED = 0
+"""Seed of the ``normal`` draw (numpy's default generator; embedding rows first, then the LM head's)."""
+
+
+def fill_new_vocab_rows(table: np.ndarray, old: int, new: int, init: str = "mean",
+                        rng: Optional[np.random.Generator] = None, std: float = 0.02) -> None:
     """Rows [old, new) of a (V, E) table (or a transposed view) become the mean of rows [0, old), computed in
-    float32 (transformers' recipe for added tokens); rows from ``new`` on (vocabulary padding) become zero."""
+    float32 (``init="mean"``), or draws from normal(0, ``std``) of ``rng`` (``init="normal"``); rows from ``new`` on
+    (vocabulary padding) become zero."""
+    if init not in NEW_TOKEN_INITS:
+        raise ConversionError(f"new-token init must be one of {', '.join(NEW_TOKEN_INITS)}, got {init!r}")
     if new > old:
-        mean = np.zeros(table.shape[1], np.float64)
-        for start in range(0, old, 4096):  # blockwise: never a float32 copy of the whole table
-            mean += table[start: min(start + 4096, old)].astype(np.float32).sum(axis=0, dtype=np.float64)
-        table[old:new] = (mean / old).astype(np.float32).astype(table.dtype)
+        if init == "normal":
+            rng = rng if rng is not None else np.random.default_rng(NEW_TOKEN_SEED)
+            table[old:new] = rng.normal(0.0, std, (new - old, table.shape[1])).astype(np.float32).astype(table.dtype)
+        else:
+            mean = np.zeros(table.shape[1], np.float64)
+            for start in range(0, old, 4096):  # blockwise: never a float32 copy of the whole table
+                mean += table[start: min(start + 4096, old)].astype(np.float32).sum(axis=0, dtype=np.float64)
+            table[old:new] = (mean / old).astype(np.float32).astype(table.dtype)
     table[new:] = 0
 
 
@@ -96,12 +112,15 @@ def load_hf_params(
     param_dtype: Optional[str] = None,
     vocab_size: Optional[int] = None,
     vocab_pad_multiple: int = 1,
+    new_token_init: str = "mean",
 ) -> tuple[ModelConfig, dict]:
     """Read a Hugging Face LLaMA folder into (ModelConfig, nested dict of numpy arrays), one tensor at a time.
 
     param_dtype: dtype of the result (float32, bfloat16, float16); None keeps the stored dtype.
-    vocab_size: grow the vocabulary to this many ids (added tokens): new embedding rows and LM-head columns are the
-    mean of the old ones. vocab_pad_multiple: pad the vocabulary rows to a multiple of this with zeros.
+    vocab_size: grow the vocabulary to this many ids (added tokens): new embedding rows and LM-head columns are
+    initialised by ``new_token_init`` (:data:`NEW_TOKEN_INITS`: ``mean`` of the old ones, or ``normal``(0, the
+    config's initializer_range) as the DoIT study's transformers 4.30 did). vocab_pad_multiple: pad the vocabulary
+    rows to a multiple of this with zeros.
     Raises a JaxtuneError naming the tensor, file or config field for a missing, unexpected or misshapen tensor, an
     unsupported architecture or a truncated file.
     """
@@ -140,9 +159,11 @@ def load_hf_params(
         else:
             params["layers"][where.param][where.layer] = where.spec.to_jaxtune(array, cfg)
         del array
-    fill_new_vocab_rows(params["embed_tokens"], old, new_vocab)
+    rng = np.random.default_rng(NEW_TOKEN_SEED)
+    std = cfg.initializer_range
+    fill_new_vocab_rows(params["embed_tokens"], old, new_vocab, new_token_init, rng, std)
     if "lm_head" in params:
-        fill_new_vocab_rows(params["lm_head"].T, old, new_vocab)
+        fill_new_vocab_rows(params["lm_head"].T, old, new_vocab, new_token_init, rng, std)
     return out_cfg, params
 
 
@@ -154,14 +175,16 @@ def import_hf(
     added_tokens: Sequence[str] = (),
     tokenizer_dir: Optional[str | Path] = None,
     overwrite: bool = False,
+    new_token_init: str = "mean",
 ) -> ModelConfig:
     """``jaxtune import-hf HF_DIR OUT``: convert a Hugging Face LLaMA folder into a jaxtune params checkpoint.
 
     param_dtype: stored dtype of the checkpoint (None keeps the folder's). vocab_pad_multiple: pad vocabulary rows
     (128 suits TPUs; export strips the padding). tokenizer_dir: tokenizer to carry in the checkpoint (default: the
     one in HF_DIR, if any). added_tokens: special tokens to append to that tokenizer (DoIT: ``<user>``,
-    ``<assistant>``, ``<eot>``, ``<pad>``); the vocabulary grows to fit them, new rows initialised to the mean of the
-    old ones. Returns the checkpoint's ModelConfig.
+    ``<assistant>``, ``<eot>``, ``<pad>``); the vocabulary grows to fit them, new rows initialised by
+    ``new_token_init`` (``mean`` of the old rows, or ``normal`` as the DoIT study). Returns the checkpoint's
+    ModelConfig.
     """
     hf_dir = Path(hf_dir)
     _check_destination(Path(out), overwrite)
@@ -176,7 +199,10 @@ def import_hf(
         tokenizer = load_hf_tokenizer(tokenizer_src)
         added = add_special_tokens(tokenizer, list(added_tokens), str(tokenizer_src))
         vocab_size = max(read_hf_config(hf_dir).get("vocab_size", 0), len(tokenizer))
-    cfg, params = load_hf_params(hf_dir, param_dtype, vocab_size=vocab_size, vocab_pad_multiple=vocab_pad_multiple)
+    if new_token_init not in NEW_TOKEN_INITS:
+        raise ConversionError(f"new-token init must be one of {', '.join(NEW_TOKEN_INITS)}, got {new_token_init!r}")
+    cfg, params = load_hf_params(hf_dir, param_dtype, vocab_size=vocab_size, vocab_pad_multiple=vocab_pad_multiple,
+                                 new_token_init=new_token_init)
     if "<pad>" in added and cfg.pad_token_id is None:
         cfg.pad_token_id = added["<pad>"]
     save_params(out, params, cfg, tokenizer_dir=tokenizer_src, added_tokens=added, overwrite=overwrite)

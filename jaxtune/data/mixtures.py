@@ -108,19 +108,27 @@ def find_doit_root(path: Union[str, Path]) -> Path:
     )
 
 
+@dataclass
+class FileSelection:
+    """The lines a study selection takes from one input file, in the order ``make_data.py`` wrote them."""
+
+    file: Path
+    entries: list[RawEntry]
+
+    @property
+    def output_name(self) -> str:
+        """The file ``make_data.py`` writes them to: the input name without its last ``_`` part
+        (``role_play_full.json`` -> ``role_play.json``, ``general_instruction_gpt4_41k.json`` ->
+        ``general_instruction_gpt4.json``)."""
+        return ability_from_file_name(self.file) + ".json"
+
+
 class _StudySampler:
     """Reads study files as raw lines and draws from them with the study's one seeded generator."""
 
-    def __init__(self, format: str, seed: int, on_error: OnError):
+    def __init__(self, seed: int):
         self.rng = random.Random(seed)  # identical stream to the study's random.seed(seed) + random.sample
-        self.collector = RecordCollector(format, on_error)
-        self.records: list[Record] = []
-
-    def _take(self, entries: list[RawEntry]) -> None:
-        for entry in entries:
-            record = self.collector.parse(entry)
-            if record is not None:
-                self.records.append(record)
+        self.picks: list[FileSelection] = []
 
     def sample(self, files: list[Path], k: int) -> None:
         for file in files:
@@ -128,7 +136,7 @@ class _StudySampler:
             if len(entries) < k:
                 raise SelectionError(f"{file}: the selection draws {k} records from this file but it has {len(entries)}")
             # sample() on a range picks the same positions as sample() on the study's list of parsed lines.
-            self._take([entries[i] for i in self.rng.sample(range(len(entries)), k)])
+            self.picks.append(FileSelection(file, [entries[i] for i in self.rng.sample(range(len(entries)), k)]))
 
     def first(self, files: list[Path], sizes: dict[str, Optional[int]], others: Optional[int], use_others: bool) -> None:
         for file in files:
@@ -140,7 +148,7 @@ class _StudySampler:
             else:
                 continue
             entries = list(read_raw_entries(file))
-            self._take(entries if size is None else entries[:size])
+            self.picks.append(FileSelection(file, entries if size is None else entries[:size]))
 
 
 _NUMBERED = re.compile(r"^(curated|synthetic|mix)-(\d+)$")
@@ -174,22 +182,17 @@ def parse_count_map(text: str) -> tuple[dict[str, Optional[int]], bool, Optional
     return sizes, use_others, others
 
 
-def select_records(
-    path: Union[str, Path],
-    selection: str = "all",
-    *,
-    format: str = "doit",
-    seed: int = 0,
-    on_error: OnError = "raise",
-) -> Selection:
-    """The records of ``selection`` (see the module docstring) read from ``path``, validated."""
+STUDY_ALIASES: dict[str, str] = {"baseline": "curated-10000", "mix-0": "maximum"}
+"""Names ``make_data.py`` accepts for another selection."""
+
+
+def plan_selection(path: Union[str, Path], selection: str, *, seed: int = 0) -> list[FileSelection]:
+    """Which lines of which files a study selection takes (every name of the module docstring but ``all``), in
+    ``make_data.py``'s order: files in sorted name order, lines in the order they were drawn."""
     selection = selection.strip()
-    if selection == "all":
-        report = SkipReport()
-        return Selection("all", list(iter_records(path, format, on_error=on_error, report=report)), report)
-    name = {"baseline": "curated-10000", "mix-0": "maximum"}.get(selection, selection)
+    name = STUDY_ALIASES.get(selection, selection)
     root = find_doit_root(path)
-    sampler = _StudySampler(format, seed, on_error)
+    sampler = _StudySampler(seed)
     match = _NUMBERED.match(name)
     if match:
         kind, n = match.group(1), int(match.group(2))
@@ -225,7 +228,31 @@ def select_records(
             f"unknown selection {selection!r} (expected all, curated-N, synthetic-N, reconstruct, maximum, mix-N, "
             f"baseline, or a count map like biology:16,math:64)"
         )
-    return Selection(selection, sampler.records, sampler.collector.report)
+    return sampler.picks
+
+
+def select_records(
+    path: Union[str, Path],
+    selection: str = "all",
+    *,
+    format: str = "doit",
+    seed: int = 0,
+    on_error: OnError = "raise",
+) -> Selection:
+    """The records of ``selection`` (see the module docstring) read from ``path``, validated. Each keeps its origin
+    (``source`` file and ``line``), which the run's manifest records."""
+    selection = selection.strip()
+    if selection == "all":
+        report = SkipReport()
+        return Selection("all", list(iter_records(path, format, on_error=on_error, report=report)), report)
+    collector = RecordCollector(format, on_error)
+    records = []
+    for pick in plan_selection(path, selection, seed=seed):
+        for entry in pick.entries:
+            record = collector.parse(entry)
+            if record is not None:
+                records.append(record)
+    return Selection(selection, records, collector.report)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -10,6 +10,14 @@ each epoch's last partial batch is completed with empty rows whose ``loss_weight
 built on demand (its records read in one call, tokenized in one call, laid into rows) -> optionally prefetched by
 worker processes (``data.num_workers``, which also parallelise the first pass).
 
+The batch is counted in rows (``batch_unit="rows"``: ``ceil(rows / global batch)`` steps per epoch) or in examples
+(``"examples"``: ``ceil(examples / global batch)`` steps per epoch, the study's count). Without packing the two are
+the same (one example per row; the study's recipe: left padding to a multiple of 8, 64 examples per step, the last
+step holding the remainder). With packing and examples, each epoch's shuffled rows are dealt round-robin over the
+``ceil(examples / global batch)`` steps, every step gets the same number of row slots (``ceil(rows / steps)``,
+rounded up to ``row_multiple``, which the trainer sets so the rows divide over microbatches, devices and processes),
+so a step carries about ``global batch`` examples and the learning-rate schedule spans the study's number of steps.
+
 Because the plan is fixed before training, the number of steps per epoch is known up front, and the iterator's
 state is one index: ``get_state``/``set_state`` (and ``grain.checkpoint.CheckpointSave``/``CheckpointRestore`` in
 the trainer's Orbax checkpoint) resume exactly the batches an uninterrupted run would have seen.
@@ -26,6 +34,7 @@ int32 (1, 2, ... per example in the row, 0 = padding), ``positions`` int32 (0.. 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence, Union
@@ -95,6 +104,7 @@ class PipelineInfo:
     epochs: int
     total_steps: int
     global_batch_size: int
+    """Rows per step over all processes (with packing and ``batch_unit="examples"``: the row slots of a step)."""
     host_batch_size: int
     shard_index: int
     shard_count: int
@@ -111,6 +121,10 @@ class PipelineInfo:
     added_tokens: dict[str, int]
     skipped: SkipReport = field(default_factory=SkipReport)
     """Invalid records left out (``on_error="skip"``)."""
+    batch_unit: str = "rows"
+    """What the configured global batch counts: ``rows`` or ``examples``."""
+    examples_per_step: Optional[int] = None
+    """The configured global batch when it counts examples."""
 
     def summary(self) -> str:
         per_ability = ", ".join(f"{k} {v}" for k, v in self.examples_per_ability.items())
@@ -119,7 +133,9 @@ class PipelineInfo:
             f"  {self.rows_per_epoch} rows of {self.max_len} per epoch ({'packed' if self.packing else 'padded'}, "
             f"{100 * self.packing_efficiency:.1f}% non-padding), {self.steps_per_epoch} steps/epoch x {self.epochs} "
             f"epochs = {self.total_steps} steps of {self.global_batch_size} rows "
-            f"({self.host_batch_size} on each of {self.shard_count} hosts)",
+            f"({self.host_batch_size} on each of {self.shard_count} hosts)"
+            + (f", batch counted in examples: {self.examples_per_step} per step" if self.batch_unit == "examples"
+               else ", batch counted in rows"),
             f"  vocabulary {self.vocab_size} (added {self.added_tokens or 'none'}); "
             f"{self.num_truncated} examples truncated to {self.max_len}",
         ]
@@ -370,6 +386,23 @@ class _BatchBuilder:
         return batch
 
 
+class _DealRows:
+    """Position -> row id when an epoch's rows are dealt round-robin over its steps: slot ``j`` of step ``s`` holds
+    the ``(j * steps + s)``-th row of the epoch's order, or the empty row id ``rows`` past the last one."""
+
+    def __init__(self, row_ids: Any, rows: int, steps: int, step_rows: int, shuffled: bool):
+        self.row_ids, self.rows, self.steps, self.step_rows, self.shuffled = row_ids, rows, steps, step_rows, shuffled
+
+    def __call__(self, position: int) -> int:
+        epoch, p = divmod(int(position), self.steps * self.step_rows)
+        step, slot = divmod(p, self.step_rows)
+        k = slot * self.steps + step
+        if k >= self.rows:
+            return self.rows
+        # a shuffled dataset reshuffles per epoch when indexed past its length
+        return int(self.row_ids[epoch * self.rows + k]) if self.shuffled else k
+
+
 def _position_and_row(position: int, row: int) -> tuple[int, int]:
     return position, int(row)
 
@@ -426,10 +459,16 @@ def _load_source(path: Optional[str], cfg: DataConfig, selection: str, key: str)
     return InMemoryRecords(chosen.records), sorted({r.ability for r in chosen.records}), chosen.skipped
 
 
-def _check_cfg(cfg: DataConfig, global_batch_size: int, shard_count: int) -> None:
+BATCH_UNITS = ("rows", "examples")
+
+
+def _check_cfg(cfg: DataConfig, global_batch_size: int, shard_count: int, dealt: bool) -> None:
     if cfg.max_len < 2:
         raise PipelineError(f"data.max_len must be at least 2, got {cfg.max_len}")
-    if global_batch_size <= 0 or global_batch_size % shard_count:
+    if dealt:  # rows are dealt over steps and rounded up to a multiple of the processes: any positive count works
+        if global_batch_size <= 0:
+            raise PipelineError(f"the global batch size must be a positive number of examples, got {global_batch_size}")
+    elif global_batch_size <= 0 or global_batch_size % shard_count:
         raise PipelineError(f"the global batch size {global_batch_size} must be a positive multiple of the "
                             f"{shard_count} processes")
     if cfg.pad_to_multiple < 0:
@@ -460,11 +499,18 @@ def _build(
     tokenizer: Optional[Tokenizer],
     ability_names: Optional[Sequence[str]],
     manifest_path: Optional[Union[str, Path]],
+    batch_unit: str = "rows",
+    row_multiple: int = 1,
 ):
     import grain
 
+    if batch_unit not in BATCH_UNITS:
+        raise PipelineError(f"train.batch_unit must be one of {', '.join(BATCH_UNITS)}, got {batch_unit!r}")
+    if row_multiple < 1:
+        raise PipelineError(f"row_multiple must be at least 1, got {row_multiple}")
+    dealt = batch_unit == "examples" and cfg.packing
     shard_index, shard_count = _shard(shard_options)
-    _check_cfg(cfg, global_batch_size, shard_count)
+    _check_cfg(cfg, global_batch_size, shard_count, dealt)
     if epochs < 1:
         raise PipelineError(f"epochs must be at least 1, got {epochs}")
     template = _make_tokenizer_and_template(cfg, tokenizer)
@@ -488,15 +534,28 @@ def _build(
     else:
         plan = one_per_row(n)
     rows = plan.num_rows
-    steps_per_epoch = -(-rows // global_batch_size)
-    rows_padded = steps_per_epoch * global_batch_size
-
+    examples_per_step = global_batch_size if batch_unit == "examples" else None
     row_ids = grain.MapDataset.range(rows)
     if shuffle:
         row_ids = row_ids.shuffle(seed=int(seed) % 2**32)
-    parts = [row_ids] + ([grain.MapDataset.range(rows, rows_padded)] if rows_padded > rows else [])
-    order = grain.MapDataset.concatenate(parts) if len(parts) > 1 else parts[0]
-    order = order.repeat(epochs) if epochs > 1 else order
+    if dealt:
+        steps_per_epoch = -(-n // global_batch_size)
+        if rows < steps_per_epoch:
+            raise PipelineError(
+                f"data.{key}: packing puts {n} examples into {rows} rows, fewer than the {steps_per_epoch} steps of "
+                f"an epoch counted in examples ({global_batch_size} per step); lower the global batch, turn packing "
+                f"off (data.packing=false) or count the batch in rows (train.batch_unit=rows)")
+        multiple = math.lcm(row_multiple, shard_count)
+        global_batch_size = -(-(-(-rows // steps_per_epoch)) // multiple) * multiple  # row slots per step
+        rows_padded = steps_per_epoch * global_batch_size
+        order = grain.MapDataset.range(rows_padded * epochs).map(
+            _DealRows(row_ids, rows, steps_per_epoch, global_batch_size, shuffle))
+    else:
+        steps_per_epoch = -(-rows // global_batch_size)
+        rows_padded = steps_per_epoch * global_batch_size
+        parts = [row_ids] + ([grain.MapDataset.range(rows, rows_padded)] if rows_padded > rows else [])
+        order = grain.MapDataset.concatenate(parts) if len(parts) > 1 else parts[0]
+        order = order.repeat(epochs) if epochs > 1 else order
     builder = _BatchBuilder(source, template, table, plan, order, cfg, global_batch_size)
     host_batch = global_batch_size // shard_count
     ds = order.map_with_index(_position_and_row)
@@ -542,6 +601,8 @@ def _build(
         vocab_size=tokenizer_.vocab_size,
         added_tokens=dict(tokenizer_.added_tokens),
         skipped=skipped,
+        batch_unit=batch_unit,
+        examples_per_step=examples_per_step,
     )
     if measured.num_unsupervised:
         logger.warning("left out %d examples with nothing supervised in their first %d tokens: %s",
@@ -587,11 +648,17 @@ def build_train_pipeline(
     shard_options: Any = None,
     tokenizer: Optional[Tokenizer] = None,
     manifest_path: Optional[Union[str, Path]] = None,
+    batch_unit: str = "rows",
+    row_multiple: int = 1,
 ) -> TrainData:
     """The training stream of ``data_cfg`` (``data.path`` with ``data.selection``).
 
     Args:
-      global_batch_size: rows per step over all processes; each process yields ``global_batch_size / count`` rows.
+      global_batch_size: rows (``batch_unit="rows"``) or examples (``"examples"``) per step over all processes;
+        each process yields ``info.global_batch_size / count`` rows.
+      batch_unit: what ``global_batch_size`` counts (see the module docstring).
+      row_multiple: with packing and ``batch_unit="examples"``, the rows per step are rounded up to a multiple of
+        this (and of the process count).
       epochs: passes over the data; the stream ends after ``info.total_steps`` batches.
       seed: shuffle seed (row order each epoch, and the packing order); None uses ``data.shuffle_seed``.
       shard_options: a ``grain.sharding.ShardOptions``; default ``ShardByJaxProcess()``.
@@ -606,9 +673,35 @@ def build_train_pipeline(
     iter_ds, info = _build(
         data_cfg, path=data_cfg.path, key="path", selection=data_cfg.selection, global_batch_size=global_batch_size,
         epochs=epochs, seed=data_cfg.shuffle_seed if seed is None else seed, shard_options=shard_options,
-        tokenizer=tokenizer, ability_names=None, manifest_path=manifest_path,
+        tokenizer=tokenizer, ability_names=None, manifest_path=manifest_path, batch_unit=batch_unit,
+        row_multiple=row_multiple,
     )
     return TrainData(iter(iter_ds), iter_ds, info)
+
+
+def epoch_plan(data_cfg: DataConfig, *, global_batch_size: int, batch_unit: str, epochs: int = 1,
+               row_multiple: int = 1) -> str:
+    """``jaxtune info`` on a config with data: the training stream's plan (examples, rows, steps per epoch) as
+    configured, and with packing the steps per epoch the other batch unit would give. Reads and tokenizes the data
+    once; builds no batch."""
+    import grain
+
+    one = grain.sharding.ShardOptions(shard_index=0, shard_count=1)
+    info = build_train_pipeline(data_cfg, global_batch_size=global_batch_size, epochs=epochs, shard_options=one,
+                                batch_unit=batch_unit, row_multiple=row_multiple).info
+    lines = [info.summary()]
+    if data_cfg.packing:
+        other = "rows" if batch_unit == "examples" else "examples"
+        try:
+            alt = build_train_pipeline(data_cfg, global_batch_size=global_batch_size, epochs=epochs,
+                                       shard_options=one, batch_unit=other, row_multiple=row_multiple).info
+            lines.append(f"  with train.batch_unit={other}: {alt.steps_per_epoch} steps/epoch of "
+                         f"{alt.global_batch_size} rows")
+        except PipelineError as e:
+            lines.append(f"  with train.batch_unit={other}: {e}")
+    lines.append(f"steps per epoch: {info.steps_per_epoch} (train.batch_unit={batch_unit}, "
+                 f"{'packed' if data_cfg.packing else 'one example per row'})")
+    return "\n".join(lines)
 
 
 def build_eval_pipeline(

@@ -27,6 +27,7 @@ from jaxtune.models.stats import model_info
 from jaxtune.sharding import (
     abstract_model,
     build_mesh,
+    data_parallel_size,
     global_batch,
     init_params,
     initialize_distributed,
@@ -74,6 +75,9 @@ class RunData:
     tokenizer_src: Optional[str] = None
     added_tokens: Mapping[str, int] = field(default_factory=dict)
     summary: str = ""
+    rows_per_step: Optional[int] = None
+    """Rows of a global batch; None: ``train.global_batch_size`` (it differs with packing and
+    ``train.batch_unit: examples``)."""
 
 
 @dataclass
@@ -114,15 +118,17 @@ class TrainResult:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def pipeline_data(cfg: Config, eval_batch_size: int) -> RunData:
+def pipeline_data(cfg: Config, eval_batch_size: int, row_multiple: int = 1) -> RunData:
     """The training stream (and validation batches when ``data.valid_path`` is set) of ``jaxtune.data.pipeline``,
-    sharded by JAX process."""
+    sharded by JAX process. ``row_multiple``: what the rows of a step must divide into (packing with
+    ``train.batch_unit: examples`` rounds the rows per step up to it)."""
     from jaxtune.data.pipeline import build_eval_pipeline, build_train_pipeline
 
     def build(epochs: int):
         return build_train_pipeline(
             cfg.data, global_batch_size=cfg.train.global_batch_size, epochs=epochs,
             manifest_path=Path(cfg.run_dir) / "manifest.jsonl" if jax.process_index() == 0 else None,
+            batch_unit=cfg.train.batch_unit, row_multiple=row_multiple,
         )
 
     stream = build(cfg.train.epochs)
@@ -141,6 +147,7 @@ def pipeline_data(cfg: Config, eval_batch_size: int) -> RunData:
     return RunData(
         iterator=stream.iterator, steps_per_epoch=info.steps_per_epoch, ability_names=info.ability_names,
         valid=valid, tokenizer_src=cfg.data.tokenizer, added_tokens=info.added_tokens, summary=info.summary(),
+        rows_per_step=info.global_batch_size,
     )
 
 
@@ -276,7 +283,9 @@ def train(cfg: Config, data: Optional[RunData] = None, *, print_fn: Callable[[st
     tc = cfg.train
     initialize_distributed(cfg.mesh)
     mesh = build_mesh(cfg.mesh)
-    validate_batch_layout(tc.global_batch_size, tc.microbatches, mesh, jax.process_count())
+    dealt_rows = tc.batch_unit == "examples" and cfg.data.packing  # rows per step known once the data is read
+    if not dealt_rows:
+        validate_batch_layout(tc.global_batch_size, tc.microbatches, mesh, jax.process_count())
     if tc.log_every <= 0 or (tc.eval_every is not None and tc.eval_every <= 0):
         raise ConfigError("train.log_every and train.eval_every must be positive")
     if tc.max_consecutive_bad_steps < 1:
@@ -287,9 +296,15 @@ def train(cfg: Config, data: Optional[RunData] = None, *, print_fn: Callable[[st
     _, shapes, axes = abstract_model(cfg.model, tc.seed)
     validate_param_layout(shapes, axes, mesh)
 
+    device_rows = math.lcm(data_parallel_size(mesh), jax.process_count())
+    row_multiple = tc.microbatches * device_rows
     micro_rows = tc.global_batch_size // tc.microbatches
+    if dealt_rows:  # validation batches are rows too: about a microbatch's worth, divisible over the devices
+        micro_rows = max(1, micro_rows // device_rows) * device_rows
     if data is None:
-        data = pipeline_data(cfg, eval_batch_size=micro_rows)
+        data = pipeline_data(cfg, eval_batch_size=micro_rows, row_multiple=row_multiple)
+    if data.rows_per_step is not None and data.rows_per_step != tc.global_batch_size:
+        validate_batch_layout(data.rows_per_step, tc.microbatches, mesh, jax.process_count())
     if data.steps_per_epoch <= 0:
         raise JaxtuneError(f"the data has {data.steps_per_epoch} steps per epoch")
     total_steps = total_steps_of(cfg, data.steps_per_epoch)
@@ -330,7 +345,8 @@ class _RunLoop:
         self.mesh = layout.mesh
         self.config_dict = config_to_dict(cfg)
         self.epoch_ends = set(epoch_steps)
-        self.local_rows = cfg.train.global_batch_size // jax.process_count()
+        self.rows_per_step = data.rows_per_step or cfg.train.global_batch_size
+        self.local_rows = self.rows_per_step // jax.process_count()
         self.meter = ThroughputMeter(_peak_flops_total(cfg, self.mesh), total_steps)
         self.flops_per_token: dict[int, float] = {}  # by row length (rows may vary without packing)
         self.interval: Optional[TrainMetrics] = None
@@ -432,7 +448,7 @@ class _RunLoop:
                 jax.profiler.start_trace(str(Path(self.cfg.run_dir) / "profile"))
                 self.profiling_until = min(self.step + 3, self.total_steps)
         else:
-            tokens = tc.global_batch_size * length
+            tokens = self.rows_per_step * length
             self.meter.add_step(tokens, tokens * self.flops_per_token[length])
         self._settle()  # the previous step's metrics: read one step late so the devices never wait on the host
         self.pending = (self.step, metrics)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import pickle
 import shutil
@@ -269,3 +270,40 @@ def test_new_vocabulary_rows_average_only_the_old_rows(transposed: bool) -> None
         fill_new_vocab_rows(table, old, new)
     np.testing.assert_allclose(table[old:new], np.repeat(expected[None], 4, 0), atol=1e-6)
     assert not table[new:].any()
+
+
+def test_normal_new_token_init_draws_rows_as_transformers_without_mean_resizing(untied_dir, tmp_path: Path) -> None:
+    """``normal``: the study's transformers 4.30 resize (no mean resizing) drew new rows from normal(0,
+    initializer_range); transformers 5 still does with mean_resizing=False. Compare the two draws' statistics."""
+    hf_model, hf_dir = untied_dir
+    old, new = hf_model.config.vocab_size, hf_model.config.vocab_size + 64
+    std = hf_model.config.initializer_range
+    cfg, params = load_hf_params(hf_dir, vocab_size=new, vocab_pad_multiple=128, new_token_init="normal")
+    reference = copy.deepcopy(hf_model)
+    reference.resize_token_embeddings(new, mean_resizing=False)
+    for table, ref in ((params["embed_tokens"], reference.get_input_embeddings().weight),
+                       (params["lm_head"].T, reference.get_output_embeddings().weight)):
+        ref = ref.detach().numpy()
+        np.testing.assert_array_equal(table[:old], ref[:old])
+        drawn, expected = table[old:new].astype(np.float64), ref[old:new].astype(np.float64)
+        assert abs(drawn.mean()) < 0.1 * std and abs(drawn.std() - std) < 0.06 * std
+        assert abs(drawn.std() - expected.std()) < 0.1 * std
+        assert not table[new:].any()
+        mean_row = table[:old].astype(np.float64).mean(0)
+        assert not np.allclose(drawn, mean_row, atol=std / 10)  # not the mean initialisation
+    again = load_hf_params(hf_dir, vocab_size=new, new_token_init="normal")[1]
+    np.testing.assert_array_equal(again["embed_tokens"][old:new], params["embed_tokens"][old:new])  # seeded
+
+
+def test_unknown_new_token_init_is_named(untied_dir, tmp_path: Path) -> None:
+    with pytest.raises(JaxtuneError, match="new-token init must be one of normal, mean"):
+        import_hf(untied_dir[1], tmp_path / "ckpt", new_token_init="zeros")
+
+
+def test_cli_import_hf_new_token_init_flag(untied_dir, tmp_path: Path) -> None:
+    from jaxtune.cli import build_parser
+
+    args = build_parser().parse_args(["import-hf", str(untied_dir[1]), str(tmp_path / "c"), "--new-token-init",
+                                      "normal"])
+    assert args.new_token_init == "normal"
+    assert build_parser().parse_args(["import-hf", "a", "b"]).new_token_init == "mean"

@@ -238,3 +238,62 @@ def test_configuration_errors(doit_root, doit_tokenizer_path):
     with pytest.raises(PipelineError, match="data.valid_path is not set"):
         build_eval_pipeline(_cfg(doit_root, doit_tokenizer_path, valid_path=None), global_batch_size=2,
                             shard_options=ONE_HOST)
+
+
+def test_study_batching_examples_unpacked_left_padded(doit_root, doit_tokenizer_path):
+    """The study's batching: one example per row, left padding to a multiple of 8, 64... here 16 examples per step:
+    ceil(40 / 16) = 3 steps per epoch, the last one holding the 8 left over (its other rows empty, weight 0)."""
+    cfg = _cfg(doit_root, doit_tokenizer_path, packing=False, padding_side="left", pad_to_multiple=8)
+    data = build_train_pipeline(cfg, global_batch_size=16, epochs=2, shard_options=ONE_HOST, batch_unit="examples")
+    info = data.info
+    assert (info.steps_per_epoch, info.total_steps, info.global_batch_size) == (3, 6, 16)
+    assert info.batch_unit == "examples" and info.examples_per_step == 16
+    batches = list(data.iterator)
+    per_step = [int((b["segment_ids"].max(axis=1) > 0).sum()) for b in batches]
+    assert per_step == [16, 16, 8] * 2
+    assert all(b["input_ids"].shape[1] % 8 == 0 for b in batches)
+    rows = build_train_pipeline(cfg, global_batch_size=16, shard_options=ONE_HOST, batch_unit="rows").info
+    assert rows.steps_per_epoch == info.steps_per_epoch  # without packing rows are examples
+
+
+def test_packing_with_the_batch_counted_in_examples(doit_root, doit_tokenizer_path):
+    """Packing as a speed option keeps the study's ceil(N / B) steps: each epoch's rows are dealt over them."""
+    cfg = _cfg(doit_root, doit_tokenizer_path)
+    reference = _reference(cfg, doit_tokenizer_path)
+    rows_info = build_train_pipeline(cfg, global_batch_size=8, shard_options=ONE_HOST).info
+    data = build_train_pipeline(cfg, global_batch_size=8, epochs=2, shard_options=ONE_HOST, batch_unit="examples",
+                                row_multiple=2)
+    info = data.info
+    assert rows_info.steps_per_epoch == -(-rows_info.rows_per_epoch // 8) < 5
+    assert info.steps_per_epoch == 5 and info.rows_per_epoch == rows_info.rows_per_epoch
+    step_rows = -(-(-(-info.rows_per_epoch // 5)) // 2) * 2
+    assert info.global_batch_size == step_rows
+    batches = list(data.iterator)
+    assert len(batches) == 10 and all(b["input_ids"].shape == (step_rows, 128) for b in batches)
+    for epoch in (batches[:5], batches[5:]):
+        seen: list = []
+        for b in epoch:
+            assert (b["segment_ids"] > 0).any()  # every step has something to learn from
+            _check_batch(b, reference, list(info.ability_names), seen)
+        assert sorted(seen) == sorted(f"{r.id}@{r.ability}" for r, _ in reference.values())
+        used = [int((b["segment_ids"].max(axis=1) > 0).sum()) for b in epoch]
+        assert sum(used) == info.rows_per_epoch and max(used) - min(used) <= 1  # dealt evenly
+    assert [b["input_ids"].tolist() for b in batches[:5]] != [b["input_ids"].tolist() for b in batches[5:]]
+    with pytest.raises(PipelineError, match="fewer than the 40 steps"):
+        build_train_pipeline(cfg, global_batch_size=1, shard_options=ONE_HOST, batch_unit="examples")
+    with pytest.raises(PipelineError, match="train.batch_unit must be one of rows, examples"):
+        build_train_pipeline(cfg, global_batch_size=8, shard_options=ONE_HOST, batch_unit="tokens")
+
+
+def test_packing_in_examples_resumes_on_the_same_batches(doit_root, doit_tokenizer_path):
+    cfg = _cfg(doit_root, doit_tokenizer_path)
+    full = [b["input_ids"] for b in build_train_pipeline(cfg, global_batch_size=8, epochs=2, shard_options=ONE_HOST,
+                                                         batch_unit="examples").iterator]
+    data = build_train_pipeline(cfg, global_batch_size=8, epochs=2, shard_options=ONE_HOST, batch_unit="examples")
+    for _ in range(3):
+        next(data.iterator)
+    state = data.iterator.get_state()
+    fresh = build_train_pipeline(cfg, global_batch_size=8, epochs=2, shard_options=ONE_HOST, batch_unit="examples")
+    fresh.iterator.set_state(state)
+    rest = [b["input_ids"] for b in fresh.iterator]
+    assert len(rest) == len(full) - 3 and all(np.array_equal(a, b) for a, b in zip(rest, full[3:]))

@@ -208,3 +208,29 @@ def test_train_reads_the_data_pipeline_and_starts_from_init_from(tmp_path):
                                   "checkpoint": dict(init_from=str(tmp_path / "base"))})
     with pytest.raises(JaxtuneError, match="do not match the model config"):
         train(cfg_wrong, print_fn=lambda _: None)
+
+
+def test_train_counts_the_batch_in_examples_when_packing(tmp_path):
+    """train.batch_unit=examples with packing: ceil(40 / 8) = 5 steps per epoch as the study counted them, the packed
+    rows dealt over the 5 steps (8 row slots each: what 8 devices divide). Without packing the unit changes nothing
+    (tests/data/test_pipeline.py)."""
+    from jaxtune.config import config_from_dict
+    from jaxtune.demo.abilities import write_demo_dataset
+
+    root = write_demo_dataset(tmp_path / "data", per_ability=4, eval_per_ability=2, synthetic=10)
+    tokenizer = runs.WORKER.parents[2] / "jaxtune" / "demo" / "tokenizer"
+    cfg = config_from_dict({
+        "run_dir": str(tmp_path / "run"),
+        "model": dict(vocab_size=1004, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=4,
+                      max_position_embeddings=256),
+        "data": dict(format="doit", path=str(root), tokenizer=str(tokenizer), template="doit", max_len=64,
+                     selection="curated-40", packing=True),
+        "train": dict(global_batch_size=8, batch_unit="examples", epochs=2, log_every=5),
+        "checkpoint": dict(save_every=None, async_save=False),
+    })
+    lines: list[str] = []
+    result = train(cfg, print_fn=lines.append)
+    assert result.stopped == "completed" and result.step == 10 and result.total_steps == 10
+    assert "5 steps/epoch x 2 epochs = 10 steps of 8 rows" in lines[0]
+    assert "batch counted in examples: 8 per step" in lines[0]
+    assert sorted(result.checkpoint_steps)[-1] == 10

@@ -5,10 +5,15 @@ Data: AGIEval's public release, ``{root}/{task}.jsonl`` (``data/v1`` of the AGIE
 ``{"passage": str|null, "question": str, "options": [4 strings], "label": "A" | ["A", ...], "answer": ...,
 "other": ...}``;
 few-shot exemplars from ``few_shot_prompts.csv`` (a header of task names; data rows 1, 3, 5, 7, 9 hold the five
-exemplars as Python dict literals, the rows between them explanations).
+exemplars as Python dict literals, the rows between them explanations). Exemplars are numbered ``问题 {i}`` over the
+non-empty cells of the task's column, as the study's ``dataset_loader.py`` numbers them (a multi-answer exemplar is
+left out but keeps its number).
 
-Items whose label has more than one letter (jec-qa and gaokao-physics hold multi-answer questions) are not part of
-the subset: they are counted in ``details.skipped_multi_answer``, never scored.
+Items whose label is not exactly one letter are not part of the subset, as the study's loader had it (``if
+len(line["label"]) != 1: continue``): multi-answer labels (``"AD"`` in gaokao-mathqa, ``["A", "C"]`` in jec-qa) and
+empty ones (``[]``, jec-qa-kd line 212). They are never scored; ``details.skipped_not_one_letter`` counts them per
+task, ``details.skipped_examples`` names the first few (file:line and label), and the count is logged and printed
+with the table (``details.notes``).
 
 Zero-shot, one user turn: ``{passage}问题：{question} 选项：{options joined by " "}\\n答案：从A到D, 我们应选择``.
 Few-shot: exemplar turns (user ``问题 {i}.   {passage} {question}\\n从以下选项中选择:    {options}\\n答案：从A到{last
@@ -22,6 +27,7 @@ from __future__ import annotations
 import ast
 import csv
 import json
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +44,9 @@ FEW_SHOT_ROWS = (0, 2, 4, 6, 8)
 """Data rows (after the header) holding exemplars: the study read file rows 1, 3, 5, 7, 9."""
 
 Setting = Literal["zero-shot", "few-shot"]
+SKIPPED_EXAMPLES = 10
+"""How many left-out items the summary names."""
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -56,22 +65,21 @@ class AgievalQuestion:
 class AgievalTask:
     name: str
     questions: list[AgievalQuestion]
-    skipped_multi_answer: int
+    skipped: list[str]
+    """Items left out because their label is not exactly one letter, as ``file:line (label ...)``."""
 
 
 def _single_label(label: Any, where: str) -> str | None:
-    """The one letter of ``label``; None for a multi-answer label (not part of the subset)."""
-    if isinstance(label, str):
-        letters = [label] if len(label) == 1 else None
-    elif isinstance(label, list) and all(isinstance(x, str) for x in label):
-        letters = label if len(label) == 1 else None
-    else:
+    """The one letter of ``label`` (``"A"`` or ``["A"]``); None when it does not hold exactly one (the study's
+    ``len(label) != 1``: ``"AD"``, ``["A", "C"]``, ``[]``), which leaves the item out of the subset."""
+    if not isinstance(label, (str, list)):
         raise McqDataError(f"{where}: field 'label' must be a letter or a list of letters, got {label!r}")
-    if letters is None:
-        if isinstance(label, str) or len(label) == 0:
-            raise McqDataError(f"{where}: field 'label' {label!r} is not a letter")
+    if len(label) != 1:
         return None
-    return letters[0]
+    letter = label[0]
+    if not isinstance(letter, str):
+        raise McqDataError(f"{where}: field 'label' must be a letter or a list of letters, got {label!r}")
+    return letter
 
 
 def load_agieval_task(root: str | Path, task: str) -> AgievalTask:
@@ -79,7 +87,8 @@ def load_agieval_task(root: str | Path, task: str) -> AgievalTask:
     path = Path(root) / f"{task}.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"AGIEval task file {path} does not exist")
-    questions, skipped = [], 0
+    questions: list[AgievalQuestion] = []
+    skipped: list[str] = []
     with path.open(encoding="utf-8") as f:
         for index, line in enumerate(f):
             where = f"{path}:{index + 1}"
@@ -96,7 +105,7 @@ def load_agieval_task(root: str | Path, task: str) -> AgievalTask:
                     raise McqDataError(f"{where}: missing field '{key}'")
             label = _single_label(d["label"], where)
             if label is None:
-                skipped += 1
+                skipped.append(f"{where} (label {d['label']!r})")
                 continue
             options = d["options"]
             if not (isinstance(options, list) and len(options) == 4 and all(isinstance(o, str) for o in options)):
@@ -123,12 +132,14 @@ def load_few_shot_demos(path: str | Path, task: str) -> list[tuple[str, str]]:
         raise McqDataError(f"{path}: header has no column {task!r}")
     col = rows[0].index(task)
     demos = []
-    for idx, r in enumerate(FEW_SHOT_ROWS):
+    idx = -1  # the study numbered the exemplars over the non-empty cells only
+    for r in FEW_SHOT_ROWS:
         if r + 1 >= len(rows):
             raise McqDataError(f"{path}: expected exemplar rows 1, 3, 5, 7, 9 but the file has {len(rows) - 1} rows")
         cell = rows[r + 1][col] if col < len(rows[r + 1]) else ""
         if not cell:
             continue
+        idx += 1
         where = f"{path}: row {r + 1}, column {task!r}"
         try:
             con = ast.literal_eval(cell)
@@ -192,18 +203,20 @@ def evaluate_agieval(
     run: RunInfo | None = None,
     chunk_size: int = 32,
 ) -> SuiteResult:
-    """Accuracy per task (overall = macro mean), micro average and skipped multi-answer counts in ``details``."""
+    """Accuracy per task (overall = macro mean); the micro average and the items left out (label not exactly one
+    letter) in ``details``."""
     if setting not in ("zero-shot", "few-shot"):
         raise ValueError(f"AGIEval setting must be 'zero-shot' or 'few-shot', got {setting!r}")
 
     def count_tokens(text: str) -> int:
         return len(codec.encode(text)) + 1  # + the BOS the study's tokenizer.encode prepended
 
-    items, skipped = [], {}
+    items, skipped, examples = [], {}, []
     shots_path = Path(few_shot_path) if few_shot_path is not None else default_few_shot_path(root)
     for name in tasks:
         task = load_agieval_task(root, name)
-        skipped[name] = task.skipped_multi_answer
+        skipped[name] = len(task.skipped)
+        examples += task.skipped[: max(0, SKIPPED_EXAMPLES - len(examples))]
         demos = load_few_shot_demos(shots_path, name) if setting == "few-shot" else []
         for q in task.questions:
             if setting == "zero-shot":
@@ -211,5 +224,11 @@ def evaluate_agieval(
             else:
                 messages, n = few_shot_messages(q, demos, count_tokens, max_len)
             items.append(McqItem(name, tuple(messages), q.label, q.where, n))
+    notes = []
+    if sum(skipped.values()):
+        counts = ", ".join(f"{n} in {task}" for task, n in skipped.items() if n)
+        notes.append(f"left out {sum(skipped.values())} items whose label is not exactly one letter ({counts}), as "
+                     f"the study's loader did")
+        log.warning("AGIEval: %s; first: %s", notes[0], "; ".join(examples))
     return evaluate_mcq(items, lm, codec, suite="agieval", variant=setting, letter_pieces=BARE_PIECES, run=run,
-                        chunk_size=chunk_size, skipped_multi_answer=skipped)
+                        chunk_size=chunk_size, skipped_not_one_letter=skipped, skipped_examples=examples, notes=notes)

@@ -325,8 +325,7 @@ def evaluate_doit(
             replies[generated[k]] = (reply, logits)
         progress(len(chunk))
 
-    items: list[dict[str, Any]] = []
-    per_ability: dict[str, list[tuple[ItemScore, DoitRecord]]] = {a: [] for a in data}
+    scored: list[tuple[DoitRecord, ItemScore, dict[str, Any]]] = []
     for pos, rec in enumerate(records):
         if rec.question_format == 1:
             score = score_doit_item(rec, perplexities=ppls[pos], mode=mode)
@@ -335,22 +334,48 @@ def evaluate_doit(
             reply, logits = replies[pos]
             score = score_doit_item(rec, reply, logits, mode=mode)
             reply_fields = {"reply": reply, "letter_logits": logits}
-        per_ability[rec.ability].append((score, rec))
+        scored.append((rec, score, reply_fields))
+    return summarize_doit(scored, mode=mode, variant=variant, run=run, abilities=list(data),
+                          max_new_tokens=max_new_tokens, max_len=max_len)
+
+
+def study_item_weight(record: DoitRecord) -> float:
+    """What one correct item adds to the study's per-file total (``scorer.py``): 100/40 for a C-Eval item, else 1."""
+    return CEVAL_ITEM_WEIGHT if record.question_format == 0 and _is_ceval(record.type) else 1.0
+
+
+def summarize_doit(
+    scored: Sequence[tuple[DoitRecord, ItemScore, Mapping[str, Any]]],
+    *,
+    mode: ScorerMode,
+    variant: str,
+    run: RunInfo | None = None,
+    abilities: Sequence[str] | None = None,
+    **details: Any,
+) -> SuiteResult:
+    """The summary (one ability per data file, in ``abilities`` order or first-seen order) and per-item records of
+    scored items; ``reply_fields`` (the third element) are what the item was scored from (reply and letter logits,
+    or perplexities)."""
+    items: list[dict[str, Any]] = []
+    per_ability: dict[str, list[tuple[ItemScore, DoitRecord]]] = {a: [] for a in abilities or ()}
+    for rec, score, reply_fields in scored:
+        per_ability.setdefault(rec.ability, []).append((score, rec))
         items.append({
             "ability": rec.ability, "where": rec.where, "idx": rec.idx, "type": rec.type,
-            "question_format": rec.question_format, "prompt": list(rec.messages[:-1]), **reply_fields,
-            "kind": score.kind, "parsed": score.parsed, "label": score.label, "correct": score.correct,
-            "chance": score.chance,
+            "question_format": rec.question_format, "prompt": list(rec.messages[:-1]), "reference": rec.label,
+            "answer": rec.answer, **reply_fields, "kind": score.kind, "parsed": score.parsed, "label": score.label,
+            "correct": score.correct, "chance": score.chance,
         })
 
-    abilities = []
-    for name, scored in per_ability.items():
-        if not scored:
+    results = []
+    for name, pairs in per_ability.items():
+        if not pairs:
             continue
-        weight = CEVAL_ITEM_WEIGHT if all(_is_ceval(r.type) for _, r in scored) else 1.0
-        correct = [1.0 if s.correct else 0.0 for s, _ in scored]
-        chances = [s.chance for s, _ in scored]
-        abilities.append(ability_score(name, correct, chances, study_total=weight * sum(correct),
-                                       study_expected_total=weight * sum(chances)))
-    summary = make_summary("doit", variant, mode, abilities, run, max_new_tokens=max_new_tokens, max_len=max_len)
+        correct = [1.0 if s.correct else 0.0 for s, _ in pairs]
+        chances = [s.chance for s, _ in pairs]
+        results.append(ability_score(
+            name, correct, chances,
+            study_total=sum(study_item_weight(r) * c for (_, r), c in zip(pairs, correct)),
+            study_expected_total=sum(study_item_weight(r) * c for (_, r), c in zip(pairs, chances))))
+    summary = make_summary("doit", variant, mode, results, run, **details)
     return SuiteResult(summary, items)

@@ -19,7 +19,7 @@ import numpy as np
 
 from jaxtune.errors import JaxtuneError
 from jaxtune.eval.protocol import ChatCodec, LanguageModel, Message
-from jaxtune.results import RunInfo, SuiteResult, ability_score, make_summary
+from jaxtune.results import RunInfo, SuiteResult, SuiteSummary, ability_score, make_summary
 
 log = logging.getLogger(__name__)
 
@@ -128,9 +128,15 @@ def evaluate_mcq(
                             "correct": correct})
         if on_progress is not None:
             on_progress(min(start + chunk_size, len(items)), len(items))
+    return SuiteResult(summarize_mcq(per_task, suite=suite, variant=variant, letter_pieces=letter_pieces, run=run,
+                                     **details), records)
+
+
+def summarize_mcq(per_task: dict[str, list[float]], *, suite: str, variant: str, letter_pieces: Sequence[str],
+                  run: RunInfo | None = None, **details: Any) -> SuiteSummary:
+    """Accuracy per task (chance 25%), overall = macro mean, the micro average over all items in ``details``."""
     abilities = [ability_score(task, flags, [0.25] * len(flags)) for task, flags in per_task.items()]
     all_flags = [f for flags in per_task.values() for f in flags]
-    summary = make_summary(suite, variant, "study", abilities, run,
-                           micro_average=100.0 * sum(all_flags) / len(all_flags), letter_pieces=list(letter_pieces),
-                           **details)
-    return SuiteResult(summary, records)
+    return make_summary(suite, variant, "study", abilities, run,
+                        micro_average=100.0 * sum(all_flags) / len(all_flags), letter_pieces=list(letter_pieces),
+                        **details)
