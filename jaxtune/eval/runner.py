@@ -9,6 +9,7 @@ checked before the model is loaded, so a wrong setting fails in seconds.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -142,13 +143,11 @@ def run_suite(
 _RUN_FIELDS = ("run_name", "model_size", "data_source", "data_volume", "epoch", "step")
 
 
-def run_info(
-    checkpoint: str | Path, metadata: Optional[Mapping[str, str]] = None, mesh: Optional[Mesh] = None
-) -> RunInfo:
+def run_info(checkpoint: str | Path, metadata: Optional[Mapping[str, str]] = None) -> RunInfo:
     """Which run a result scores: ``metadata`` (``run_name``, ``model_size``, ``data_source``, ``data_volume``,
-    ``epoch``, ``step``; strings as the command line gives them) plus the checkpoint path, and where it ran (the
-    mesh's axis sizes, the device and process counts)."""
-    values: dict[str, Any] = {"checkpoint": str(checkpoint), **mesh_record(mesh)}
+    ``epoch``, ``step``; strings as the command line gives them) plus the checkpoint path. (Where it ran is added by
+    :func:`evaluate`, once the devices are up.)"""
+    values: dict[str, Any] = {"checkpoint": str(checkpoint)}
     for key, value in (metadata or {}).items():
         if key not in _RUN_FIELDS:
             raise EvalSetupError(f"unknown result metadata {key!r} (known: {', '.join(_RUN_FIELDS)})")
@@ -204,12 +203,13 @@ call; ``belle`` results exist on process 0 only (the judge is asked once).
     roots = {s: suite_data_root(s, eval_cfg.data_dir, eval_cfg.split) for s in suites}
     if "belle" in suites:
         judge_settings(eval_cfg)
-    run_info(checkpoint, metadata)  # bad metadata fails before anything is loaded
+    run = run_info(checkpoint, metadata)
     location = tokenizer_location(checkpoint, eval_cfg.tokenizer)
 
+    # Nothing above touches the devices: jax.distributed must be initialised first.
     if isinstance(mesh, MeshConfig):
         mesh = setup_mesh(mesh)
-    run = run_info(checkpoint, metadata, mesh)
+    run = dataclasses.replace(run, **mesh_record(mesh))
     model = load_model(checkpoint, mesh=mesh, compute_dtype=default_compute_dtype(eval_cfg.compute_dtype))
     codec = load_codec(location, eval_cfg.template, model.cfg.vocab_size)
     lm = JaxLanguageModel(model, batch_size=eval_cfg.batch_size, bucket_multiple=eval_cfg.bucket_multiple,
