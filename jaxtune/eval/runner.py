@@ -19,7 +19,14 @@ from typing import Any, Optional
 from jax.sharding import Mesh
 
 from jaxtune.config import EvalConfig, MeshConfig
-from jaxtune.eval.distributed import barrier, default_compute_dtype, is_writer, mesh_record, setup_mesh
+from jaxtune.eval.distributed import (
+    barrier,
+    check_eval_batch,
+    default_compute_dtype,
+    is_writer,
+    mesh_record,
+    setup_mesh,
+)
 from jaxtune.eval.judge import Judge, JudgeSettings
 from jaxtune.eval.language_model import JaxLanguageModel, sampling_from_config
 from jaxtune.eval.loading import EvalSetupError, load_codec, load_model, tokenizer_location
@@ -209,6 +216,8 @@ call; ``belle`` results exist on process 0 only (the judge is asked once).
     # Nothing above touches the devices: jax.distributed must be initialised first.
     if isinstance(mesh, MeshConfig):
         mesh = setup_mesh(mesh)
+    if mesh is not None:
+        check_eval_batch(eval_cfg.batch_size, mesh)
     run = dataclasses.replace(run, **mesh_record(mesh))
     model = load_model(checkpoint, mesh=mesh, compute_dtype=default_compute_dtype(eval_cfg.compute_dtype))
     codec = load_codec(location, eval_cfg.template, model.cfg.vocab_size)

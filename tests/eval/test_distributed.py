@@ -118,6 +118,11 @@ def test_a_mesh_the_checkpoint_cannot_take_gets_the_layout_error(jaxtune_checkpo
         with pytest.raises(LayoutError, match=r"model.num_heads = 4 \(dimension 'heads' of parameter layers\.\w+, .*"
                                               r"cannot be split over mesh axis 'tensor' \(8\)"):
             evaluate(checkpoint, cfg, mesh=MeshConfig(fsdp=1, tensor=8))
+    # A batch that does not split over the data-parallel devices is refused before the model is loaded.
+    with pytest.raises(LayoutError, match=r"eval.batch_size=6 is not a positive multiple of the data-parallel size 4 "
+                                          r"\(mesh.data=2 x mesh.fsdp=2"):
+        evaluate(jaxtune_checkpoint, EvalConfig(suites=["doit"], data_dir=str(data_dir), batch_size=6),
+                 mesh=MeshConfig(data=2, fsdp=2, tensor=2))
     # The command line takes mesh.* overrides (they were once ignored) and reports the same error.
     code = jaxtune_main(["eval", str(jaxtune_checkpoint), "--suite", "doit", "--out", str(tmp_path / "out"),
                          f"eval.data_dir={data_dir}", "mesh.fsdp=1", "mesh.tensor=8"])
