@@ -67,6 +67,18 @@ def test_parameters_arrive_on_the_mesh_in_the_evaluation_dtype(jaxtune_checkpoin
             np.testing.assert_array_equal(np.asarray(got), want)
 
 
+def test_tied_embeddings_stream_onto_the_mesh(tied_pair, tmp_path):
+    hf_model, model = tied_pair
+    hf_model.save_pretrained(tmp_path / "tied", safe_serialization=True)
+    mesh = build_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
+    loaded = load_model(tmp_path / "tied", mesh=mesh, compute_dtype="float32")
+    params = nnx.to_pure_dict(nnx.state(loaded, nnx.Param))
+    assert "lm_head" not in params and params["embed_tokens"].sharding.spec == jax.sharding.PartitionSpec("tensor",
+                                                                                                          "fsdp")
+    for a, b in zip(_params(loaded), _params(model)):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_codec_of_each_checkpoint_kind_renders_like_the_suites_reference(jaxtune_checkpoint, hf_checkpoint,
                                                                            doit_codec):
     messages = [{"role": "user", "content": "天空是什么颜色？"}]
