@@ -147,7 +147,7 @@ def run_suite(
 # --------------------------------------------------------------------------------------------------------------------
 
 # Fields the caller may set (the rest, where the evaluation ran, are recorded by evaluate itself).
-_RUN_FIELDS = ("run_name", "model_size", "data_source", "data_volume", "epoch", "step")
+_RUN_FIELDS = ("run_name", "model_size", "data_source", "data_volume", "epoch", "step", "checkpoint")
 
 
 def run_info(checkpoint: str | Path, metadata: Optional[Mapping[str, str]] = None) -> RunInfo:
