@@ -97,6 +97,8 @@ def load_model(
     in (None keeps the checkpoint's)."""
     kind = checkpoint_kind(checkpoint)
     overrides = {} if compute_dtype is None else {"compute_dtype": compute_dtype}
+    log.info("loading %s (%s checkpoint) onto %s in %s", checkpoint, kind,
+             "the default device" if mesh is None else f"mesh {dict(mesh.shape)}", compute_dtype or "its dtype")
     if kind == "jaxtune":
         shardings = None if mesh is None else _param_shardings(load_model_config(checkpoint), mesh)
         return restore_model(checkpoint, shardings=shardings, dtype=compute_dtype, **overrides)
