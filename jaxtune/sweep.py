@@ -5,9 +5,6 @@
 epoch-<e>``, and writes the growth curves and tables of all runs into ``run_dir/report``. A run that already
 finished is resumed from its checkpoints (nothing is trained twice) and an evaluation that already wrote its
 summaries is read back rather than recomputed, so an interrupted sweep continues where it stopped.
-
-Evaluation runs on ``eval.mesh`` (or the training ``mesh``) over every process; process 0 writes the results and
-the report.
 """
 
 from __future__ import annotations
@@ -90,7 +87,8 @@ def sweep(
     *,
     print_fn: Callable[[str], None] = print,
 ) -> SweepOutputs:
-    """Train, evaluate and report every selection; see the module docstring."""
+    """Train, evaluate and report every selection; see the module docstring. Evaluation runs on ``eval.mesh`` (or
+    the training ``mesh``) over every process; process 0 writes the results and the report."""
     from jaxtune.eval.distributed import agree, eval_mesh_config, is_writer
     from jaxtune.eval.runner import evaluate
     from jaxtune.report import report
