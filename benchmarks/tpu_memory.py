@@ -6,10 +6,16 @@ HBM the step needs. A config that does not fit fails to compile with RESOURCE_EX
 With ``--attention splash`` the Pallas splash kernel is compiled for the TPU too, inside the shard_map that gives
 each chip its own rows and heads.
 
+With ``--eval`` it compiles evaluation's generation instead (:mod:`jaxtune.eval.generate`: prefill of ``--batch``
+prompts of ``--length`` tokens, then ``--new-tokens`` KV-cache decoding steps in one loop), with the parameters in
+bfloat16 laid out by the same rules and the KV cache sharded (rows over data x fsdp, key/value heads over tensor),
+as ``jaxtune eval`` runs it.
+
 Needs libtpu: ``pip install -e '.[tpu]'`` (about 1.3 GB; or put a libtpu wheel's contents on PYTHONPATH).
 
     .venv/bin/python benchmarks/tpu_memory.py                                    # doit-7b, v5p-16 (8 chips), fsdp 4 x tensor 2
     .venv/bin/python benchmarks/tpu_memory.py --model doit-33b --mesh 1,8,1 --remat full
+    .venv/bin/python benchmarks/tpu_memory.py --eval --model doit-33b --mesh 1,2,4 --batch 32 --new-tokens 1024
 """
 
 from __future__ import annotations
@@ -37,7 +43,41 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--microbatches", type=int, default=1)
     p.add_argument("--remat", default="full", help="model.remat_policy")
     p.add_argument("--attention", default="splash", choices=["splash", "xla"])
+    p.add_argument("--eval", action="store_true",
+                   help="compile evaluation's generation (bf16 parameters, sharded KV cache) instead of the train step")
+    p.add_argument("--new-tokens", type=int, default=1024, help="with --eval: tokens generated after each prompt")
     return p.parse_args()
+
+
+def compile_generation(args: argparse.Namespace, cfg, mesh):
+    """The compiled prefill + decode loop of jaxtune.eval.generate for --batch prompts of --length tokens."""
+    import functools
+
+    import jax
+    import numpy as np
+    from flax import nnx
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from jaxtune.eval.batching import replicated
+    from jaxtune.eval.generate import _decode
+    from jaxtune.eval.sampling import SamplingParams
+    from jaxtune.models.llama import Llama
+    from jaxtune.sharding import BATCH_MESH_AXES, abstract_model, param_shardings, with_shardings
+
+    _, shapes, axes = abstract_model(cfg)
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: Llama(cfg, nnx.Rngs(0))))
+    nnx.replace_by_pure_dict(state, with_shardings(shapes, param_shardings(axes, mesh)))
+    rows = NamedSharding(mesh, P(BATCH_MESH_AXES))
+    rows2d = NamedSharding(mesh, P(BATCH_MESH_AXES, None))
+    b, t = args.batch, args.length
+    inputs = [jax.ShapeDtypeStruct((b, t), np.int32, sharding=rows2d) for _ in range(3)]  # ids, positions, segments
+    inputs += [jax.ShapeDtypeStruct((b,), np.bool_, sharding=rows), jax.ShapeDtypeStruct((b,), np.uint32, sharding=rows),
+               jax.ShapeDtypeStruct((), np.uint32, sharding=replicated(mesh)),
+               jax.ShapeDtypeStruct((8,), np.int32, sharding=replicated(mesh))]
+    decode = jax.jit(functools.partial(_decode, graphdef), static_argnames=("max_new_tokens", "sampling"),
+                     out_shardings=replicated(mesh))
+    return decode.trace(state, *inputs, max_new_tokens=args.new_tokens, sampling=SamplingParams()).lower().compile()
 
 
 def main() -> int:
@@ -71,8 +111,12 @@ def main() -> int:
     from jaxtune.train.step import make_train_step, new_train_state, train_state_shardings
 
     cfg = model_config(args.model)
-    cfg = dataclasses.replace(cfg, compute_dtype="bfloat16", param_dtype="float32", remat_policy=args.remat,
-                              attention_impl=args.attention, vocab_pad_multiple=128)
+    if args.eval:  # parameters restored in the evaluation dtype; decoding with a cache attends with XLA
+        cfg = dataclasses.replace(cfg, compute_dtype="bfloat16", param_dtype="bfloat16", remat_policy="none",
+                                  attention_impl="xla", vocab_pad_multiple=128)
+    else:
+        cfg = dataclasses.replace(cfg, compute_dtype="bfloat16", param_dtype="float32", remat_policy=args.remat,
+                                  attention_impl=args.attention, vocab_pad_multiple=128)
     if args.layers:
         cfg = dataclasses.replace(cfg, num_layers=args.layers)
     topology = topologies.get_topology_desc(
@@ -87,6 +131,16 @@ def main() -> int:
     graphdef, shapes, axes = abstract_model(cfg)
     validate_param_layout(shapes, axes, mesh)
     validate_batch_layout(args.batch, args.microbatches, mesh)
+    if args.eval:
+        with activation_rules(mesh):
+            compiled = compile_generation(args, cfg, mesh)
+        info = model_info(cfg, args.length)
+        print(f"model {args.model}: {cfg.num_layers} layers, {info.num_params / 1e9:.2f}B params; bf16 parameters "
+              f"and compute; generation: {args.batch} prompts x {args.length} tokens + {args.new_tokens} new tokens "
+              f"(KV cache of {args.length + args.new_tokens} slots)")
+        print(f"TPU topology {args.topology}: {len(devices)} devices ({devices[0].device_kind}); mesh data={data} "
+              f"fsdp={fsdp} tensor={tensor}")
+        return _print_memory(compiled.memory_analysis(), ("arguments (params, prompts)", "outputs (tokens, logits)"))
     tx, schedule = build_optimizer(OptimConfig(), 1000)
     shardings = train_state_shardings(tx, shapes, axes, mesh)
     state = with_shardings(jax.eval_shape(lambda p: new_train_state(p, tx, 0), shapes), shardings)
@@ -110,9 +164,12 @@ def main() -> int:
           f"fsdp={fsdp} tensor={tensor}; global batch {args.batch} x {args.length} in {args.microbatches} microbatch(es)")
     kernels = hlo.count('custom_call_target="tpu_custom_call"')
     print(f"Pallas kernels in the compiled step: {kernels}")
-    for label, value in (("arguments (params, AdamW state, batch)", memory.argument_size_in_bytes),
-                         ("outputs", memory.output_size_in_bytes), ("aliased (donated) ", memory.alias_size_in_bytes),
-                         ("temporaries", memory.temp_size_in_bytes)):
+    return _print_memory(memory, ("arguments (params, AdamW state, batch)", "outputs"))
+
+
+def _print_memory(memory, labels: tuple[str, str]) -> int:
+    for label, value in ((labels[0], memory.argument_size_in_bytes), (labels[1], memory.output_size_in_bytes),
+                         ("aliased (donated) ", memory.alias_size_in_bytes), ("temporaries", memory.temp_size_in_bytes)):
         print(f"  {label:40s} {value / GIB:8.2f} GiB per device")
     peak = memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes \
         + memory.temp_size_in_bytes

@@ -90,13 +90,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from jaxtune.eval.distributed import eval_mesh_config
     from jaxtune.eval.runner import evaluate
 
     overrides = list(args.overrides)
     if args.suite:
         overrides.append(f"eval.suites={args.suite}")
     cfg = _config(args.config, overrides)
-    result = evaluate(args.checkpoint, cfg.eval, out_dir=args.out, metadata=dict(kv.split("=", 1) for kv in args.meta))
+    result = evaluate(args.checkpoint, cfg.eval, out_dir=args.out, metadata=dict(kv.split("=", 1) for kv in args.meta),
+                      mesh=eval_mesh_config(cfg))
     print(result.table())
     return 0
 
@@ -203,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
                    help="metadata recorded with the result: run_name, model_size, data_source, data_volume, epoch, step "
                         "(e.g. --meta data_volume=160 --meta data_source=curated)")
-    p.add_argument("overrides", nargs="*", help="key=value overrides (eval.batch_size=16 ...)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides (eval.batch_size=16, mesh.tensor=2 or "
+                                                "eval.mesh.tensor=2 ...)")
 
     p = add("report", _cmd_report, "draw growth curves and growth-pace tables from many evaluations")
     p.add_argument("runs", nargs="+", help="evaluation directories or summary JSON files")

@@ -322,7 +322,12 @@ class EvalConfig:
     bucket_multiple: int = 64
     """Prompts are padded to powers of two up to this length, then to multiples of it (bounds recompiles)."""
     compute_dtype: Optional[DType] = None
-    """dtype of the model's matmuls during evaluation; None keeps the checkpoint's model config."""
+    """dtype the parameters are restored in (cast shard by shard while reading) and the matmuls run in during
+    evaluation; None: bfloat16 on accelerators (TPU, GPU), float32 on CPU."""
+    mesh: Optional[MeshConfig] = None
+    """Device mesh of evaluation when it wants another layout than training (e.g. ``eval.mesh.tensor=8`` for a
+    wide-head model at a small batch); None uses the top-level ``mesh`` section. The process settings
+    (coordinator_address, num_processes, process_id) left unset here are taken from the top-level ``mesh``."""
     judge_base_url: Optional[str] = None
     judge_model: Optional[str] = None
     judge_api_key_env: str = "JUDGE_API_KEY"

@@ -9,12 +9,15 @@ Summary JSON (``schema_version`` 1)::
 
     {"schema_version": 1, "suite": "doit", "variant": "test", "scorer_mode": "study", "unit": "percent",
      "run": {"run_name": ..., "model_size": "7b", "data_source": "curated", "data_volume": 160, "epoch": 10,
-             "step": ..., "checkpoint": ...},
+             "step": ..., "checkpoint": ..., "mesh": {"data": 2, "fsdp": 2, "tensor": 2}, "device_count": 8,
+             "process_count": 2},
      "abilities": [{"name": "biology", "n": 100, "correct": 41, "score": 41.0, "chance": 25.0, "details": {}}, ...],
      "overall": 37.2, "overall_chance": 21.0, "details": {...}, "created": "2025-01-01T00:00:00+00:00"}
 
 ``score`` is ``100 * correct / n`` in unit ``percent`` (judge scores: mean in [0, 1], unit ``fraction``);
 ``overall`` is the plain mean of the ability scores; ``chance`` is the chance level in the same unit, or null.
+``run.mesh`` (axis sizes), ``run.device_count`` and ``run.process_count`` say where the evaluation ran; summaries
+written before they were recorded lack them and read back with null.
 """
 
 from __future__ import annotations
@@ -56,6 +59,13 @@ class RunInfo:
     epoch: int | None = None
     step: int | None = None
     checkpoint: str | None = None
+    mesh: dict[str, int] | None = None
+    """Axis sizes of the device mesh the evaluation ran on (``{"data": 2, "fsdp": 2, "tensor": 2}``); None when it
+    ran on one device without a mesh, or for summaries written before it was recorded."""
+    device_count: int | None = None
+    """Devices the model was spread over."""
+    process_count: int | None = None
+    """Processes (hosts) the evaluation ran on."""
 
 
 @dataclass
@@ -221,6 +231,15 @@ def _field(d: Mapping[str, Any], key: str, types: tuple[type, ...], where: str, 
     return value
 
 
+def _mesh_field(run_d: Mapping[str, Any], where: str) -> dict[str, int] | None:
+    mesh = _field(run_d, "mesh", (dict,), where, optional=True)
+    if mesh is not None:
+        bad = {k: v for k, v in mesh.items() if isinstance(v, bool) or not isinstance(v, int)}
+        if bad:
+            raise ResultsError(f"{where}: field 'mesh' must map axis names to integer sizes, got {bad}")
+    return mesh
+
+
 def summary_from_dict(d: Mapping[str, Any], where: str = "summary") -> SuiteSummary:
     """Validate and build a summary; errors name ``where`` (a file) and the field."""
     if not isinstance(d, Mapping):
@@ -238,6 +257,9 @@ def summary_from_dict(d: Mapping[str, Any], where: str = "summary") -> SuiteSumm
         epoch=_field(run_d, "epoch", (int,), run_where, optional=True),
         step=_field(run_d, "step", (int,), run_where, optional=True),
         checkpoint=_field(run_d, "checkpoint", (str,), run_where, optional=True),
+        mesh=_mesh_field(run_d, run_where),
+        device_count=_field(run_d, "device_count", (int,), run_where, optional=True),
+        process_count=_field(run_d, "process_count", (int,), run_where, optional=True),
     )
     abilities = []
     for i, a in enumerate(_field(d, "abilities", (list,), where)):

@@ -51,6 +51,12 @@ RULES: tuple[tuple[str, Any], ...] = (
     # a vocab-sharded table into batch-sharded activations, and replicated everything instead ("Involuntary full
     # rematerialization").
     ("act_lookup_vocab", None),
+    # The KV cache of generation: rows like the batch, key/value heads like the attention heads they feed.
+    ("cache_layers", None),
+    ("cache_batch", BATCH_MESH_AXES),
+    ("cache_length", None),
+    ("cache_kv_heads", "tensor"),
+    ("cache_head_dim", None),
 )
 """Logical axis name -> mesh axis (or axes, or None for replicated). The only place a layout is decided."""
 

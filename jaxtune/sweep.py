@@ -107,7 +107,9 @@ def sweep(
     *,
     print_fn: Callable[[str], None] = print,
 ) -> SweepOutputs:
-    """Train, evaluate and report every selection; see the module docstring."""
+    """Train, evaluate and report every selection; see the module docstring. Evaluation runs on ``eval.mesh`` (or
+    the training ``mesh``) over every process; process 0 writes the results and the report."""
+    from jaxtune.eval.distributed import agree, eval_mesh_config, is_writer
     from jaxtune.eval.runner import evaluate
     from jaxtune.report import report
     from jaxtune.train.trainer import train
@@ -138,18 +140,21 @@ def sweep(
         for epoch in epochs:
             step = epoch * steps_per_epoch
             eval_dir = run_dir / "eval" / f"epoch-{epoch}"
-            if not _has_summaries(eval_dir):
+            # Process 0's filesystem decides, so that every process enters the same (collective) evaluations.
+            if not agree(_has_summaries(eval_dir)):
                 print_fn(f"[{i + 1}/{len(selections)}] {selection}: evaluating epoch {epoch} (step {step})")
                 metadata = {"run_name": selection, "model_size": size, "data_source": source, "epoch": str(epoch),
                             "step": str(step)}
                 if volume is not None:
                     metadata["data_volume"] = str(volume)
                 evaluation = evaluate(run_dir / "checkpoints" / str(step), cfg.eval, out_dir=eval_dir,
-                                      metadata=metadata)
+                                      metadata=metadata, mesh=eval_mesh_config(cfg))
                 print_fn(evaluation.table())
             run.eval_dirs[epoch] = eval_dir
         runs.append(run)
     report_dir = root / "report"
+    if not is_writer():  # the evaluations' files and the report are process 0's
+        return SweepOutputs(runs=runs, report_dir=report_dir, report_files=[], table="")
     files = report([d for r in runs for d in r.eval_dirs.values()], report_dir)
     table = _final_table(report_dir)
     return SweepOutputs(runs=runs, report_dir=report_dir, report_files=list(files), table=table)

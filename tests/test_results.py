@@ -82,3 +82,22 @@ def test_table() -> None:
     assert lines[0] == "doit test [study scorer, percent]"
     assert lines[3].split() == ["biology", "4", "3", "75.00", "25.00"]
     assert lines[-1].split() == ["overall", "(mean)", "6", "62.50", "12.50"]
+
+
+def test_where_it_ran_round_trips_and_old_summaries_still_read(tmp_path: Path) -> None:
+    summary = _summary()
+    summary.run.mesh, summary.run.device_count, summary.run.process_count = {"data": 2, "fsdp": 2, "tensor": 2}, 8, 2
+    path = write_summary(tmp_path / "new.summary.json", summary)
+    back = read_summary(path)
+    assert (back.run.mesh, back.run.device_count, back.run.process_count) == ({"data": 2, "fsdp": 2, "tensor": 2}, 8, 2)
+    # A summary written before the mesh was recorded has none of the three fields.
+    d = json.loads(path.read_text(encoding="utf-8"))
+    for key in ("mesh", "device_count", "process_count"):
+        del d["run"][key]
+    old = tmp_path / "old.summary.json"
+    old.write_text(json.dumps(d), encoding="utf-8")
+    assert (read_summary(old).run.mesh, read_summary(old).run.process_count) == (None, None)
+    d["run"]["mesh"] = {"data": "2"}
+    old.write_text(json.dumps(d), encoding="utf-8")
+    with pytest.raises(ResultsError, match=r"old.summary.json: run: field 'mesh' must map axis names to integer sizes"):
+        read_summary(old)

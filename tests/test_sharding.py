@@ -164,3 +164,30 @@ def test_process_settings_without_a_coordinator_are_rejected():
 
     with pytest.raises(LayoutError, match="need mesh.coordinator_address"):
         initialize_distributed(MeshConfig(num_processes=2))
+
+
+def test_the_kv_cache_is_sharded_by_the_rules_rows_and_kv_heads():
+    from jaxtune.models.llama import init_cache
+    from jaxtune.sharding import activation_rules
+
+    cfg = model_config("tiny-gqa")  # 2 key/value heads
+    mesh = build_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
+    model = nnx.eval_shape(lambda: Llama(cfg, nnx.Rngs(0)))
+    graphdef, state = nnx.split(model)
+    _, params = init_params(cfg, mesh)
+    nnx.replace_by_pure_dict(state, params)
+    ids = np.ones((8, 4), np.int32)
+
+    def prefill(state, ids):
+        model = nnx.merge(graphdef, state)
+        return model(ids, positions=np.tile(np.arange(4, dtype=np.int32), (8, 1)), cache=init_cache(cfg, 8, 16))[1]
+
+    with activation_rules(mesh):
+        empty = jax.jit(lambda: init_cache(cfg, 8, 16))()
+        filled = jax.jit(prefill)(state, ids)
+    rows = tuple(dict(RULES)["cache_batch"])
+    for cache in (empty, filled):
+        assert cache.k.sharding.spec == P(None, rows, None, "tensor") and cache.v.sharding == cache.k.sharding
+        assert cache.segment_ids.sharding.spec == P(rows)
+        # Each device holds a quarter of the rows and half of the key/value heads.
+        assert cache.k.addressable_shards[0].data.shape == (cfg.num_layers, 2, 16, 1, cfg.resolved_head_dim())

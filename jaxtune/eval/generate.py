@@ -37,7 +37,7 @@ from jax.sharding import Mesh
 from jaxtune.eval.batching import bucket_length, check_batch_rows, jitted, model_context, put_rows
 from jaxtune.eval.protocol import Generation
 from jaxtune.eval.sampling import SamplingParams, select_tokens
-from jaxtune.models.llama import BATCH, DTYPES, KV_HEADS, LENGTH, Llama, constrain, init_cache
+from jaxtune.models.llama import DTYPES, Llama, init_cache
 
 EMPTY_SLOT = -1
 """Value of the token slots after a row stopped (never returned: rows are trimmed to their length)."""
@@ -95,11 +95,8 @@ def _decode(
     base_key = jax.random.key(seed)
     row_keys = jax.vmap(lambda i: jax.random.fold_in(base_key, i))(row_ids)
     vocab = cfg.vocab_size
+    # Sharded by the rules' cache axes (rows over the data-parallel axes, key/value heads over tensor).
     cache = init_cache(cfg, rows, prompt_len + max_new_tokens, DTYPES[cfg.compute_dtype])
-    # Shard the cache like the keys and values written into it (rows over data-parallel axes, heads over tensor).
-    kv_names = (None, BATCH, LENGTH, KV_HEADS, None)
-    cache = cache._replace(k=constrain(cache.k, kv_names), v=constrain(cache.v, kv_names),
-                           segment_ids=constrain(cache.segment_ids, (BATCH, LENGTH)))
     logits, cache = model(input_ids, positions=positions, segment_ids=segment_ids, cache=cache)
     logits = logits[:, -1, :]  # left padding puts every row's last prompt token in the last slot
 

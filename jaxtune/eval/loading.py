@@ -1,10 +1,18 @@
-"""Loading what an evaluation needs: the model of a jaxtune params checkpoint or a Hugging Face LLaMA folder
-(converted in memory, optionally sharded over a mesh), and the chat codec of its tokenizer and template.
+"""Loading what an evaluation needs: the model of a jaxtune params checkpoint or a Hugging Face LLaMA folder, and
+the chat codec of its tokenizer and template.
+
+Parameters go straight onto the mesh, in the evaluation dtype, without any device or host ever holding the whole
+model: a jaxtune checkpoint is restored by Orbax with each parameter's target sharding (every process reads only
+its own shards and casts them as it reads); a Hugging Face folder is streamed one stored tensor at a time, each
+tensor cast on the host, split over the mesh and written into its slot of the (already sharded) stacked
+parameter. A mesh that does not divide the checkpoint's shapes is refused before anything is read, with the layout
+error training gives (naming the dimension, the config field and the mesh axis).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Optional
 
@@ -14,11 +22,20 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from jaxtune.checkpoint import MODEL_CONFIG_FILE, load_model_config, model_with_params, restore_model, tokenizer_path
+from jaxtune.checkpoint import (
+    MODEL_CONFIG_FILE,
+    expected_param_shapes,
+    load_model_config,
+    model_with_params,
+    restore_model,
+    tokenizer_path,
+)
 from jaxtune.config import ModelConfig
 from jaxtune.errors import JaxtuneError
 from jaxtune.eval.template_codec import TemplateChatCodec
 from jaxtune.models.llama import Llama
+
+log = logging.getLogger(__name__)
 
 
 class EvalSetupError(JaxtuneError, ValueError):
@@ -75,19 +92,95 @@ def _place(params: dict, cfg: ModelConfig, mesh: Optional[Mesh]) -> dict:
 def load_model(
     checkpoint: str | Path, *, mesh: Optional[Mesh] = None, compute_dtype: Optional[str] = None
 ) -> Llama:
-    """The model of a jaxtune params checkpoint or a Hugging Face LLaMA folder (converted in memory), its
-    parameters sharded over ``mesh`` when given. compute_dtype: override the matmul dtype (None keeps the
-    checkpoint's)."""
+    """The model of a jaxtune params checkpoint or a Hugging Face LLaMA folder, its parameters sharded over ``mesh``
+    when given (else on the default device). compute_dtype: the dtype parameters are restored in and matmuls run
+    in (None keeps the checkpoint's)."""
     kind = checkpoint_kind(checkpoint)
     overrides = {} if compute_dtype is None else {"compute_dtype": compute_dtype}
+    log.info("loading %s (%s checkpoint) onto %s in %s", checkpoint, kind,
+             "the default device" if mesh is None else f"mesh {dict(mesh.shape)}", compute_dtype or "its dtype")
     if kind == "jaxtune":
         shardings = None if mesh is None else _param_shardings(load_model_config(checkpoint), mesh)
-        return restore_model(checkpoint, shardings=shardings, **overrides)
-    from jaxtune.convert.hf import load_hf_params
+        return restore_model(checkpoint, shardings=shardings, dtype=compute_dtype, **overrides)
+    cfg, params = stream_hf_params(checkpoint, mesh, dtype=compute_dtype)
+    return model_with_params(dataclasses.replace(cfg, **overrides), params)
 
-    cfg, params = load_hf_params(checkpoint)
-    cfg = dataclasses.replace(cfg, **overrides)
-    return model_with_params(cfg, _place(params, cfg, mesh))
+
+def _host_put(host: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
+    """A host array as a global array with ``sharding`` (each process supplies the shards of its own devices)."""
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: np.ascontiguousarray(host[index]))
+
+
+def _fitted(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``array`` zero-padded at the end of each dimension up to ``shape`` (vocabulary padding)."""
+    if tuple(array.shape) == tuple(shape):
+        return array
+    out = np.zeros(shape, array.dtype)
+    out[tuple(slice(0, n) for n in array.shape)] = array
+    return out
+
+
+def stream_hf_params(
+    hf_dir: str | Path, mesh: Optional[Mesh] = None, dtype: Optional[str] = None
+) -> tuple[ModelConfig, dict]:
+    """(ModelConfig, params) of a Hugging Face LLaMA folder, read one stored tensor at a time straight onto ``mesh``
+    (or the default device) in ``dtype`` (None: the stored dtype).
+
+    The stacked layer parameters are allocated sharded (zeros) and filled layer by layer in place; at any moment a
+    host holds one stored tensor and a device its shards of the model plus one layer's shard of one tensor. Missing,
+    unexpected or misshapen tensors are named before any is read (as ``import-hf`` does).
+    """
+    from jaxtune.convert.hf import FLOAT_DTYPES, _check_tensors
+    from jaxtune.convert.hf_config import model_config_from_hf, read_hf_config
+    from jaxtune.convert.hf_layout import EMBED, LM_HEAD, is_ignored, place
+    from jaxtune.convert.hf_weights import WeightSource
+    from jaxtune.models.llama import DTYPES
+
+    hf_dir = Path(hf_dir)
+    cfg = model_config_from_hf(read_hf_config(hf_dir), where=str(hf_dir / "config.json"))
+    source = WeightSource(hf_dir)
+    _check_tensors(source, cfg)
+    dtype = dtype or FLOAT_DTYPES[np.dtype(source.infos()[EMBED].dtype)]
+    cfg = dataclasses.replace(cfg, param_dtype=dtype)
+    target = np.dtype(DTYPES[dtype])
+    shapes = expected_param_shapes(cfg)
+    if mesh is None:
+        one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        shardings = jax.tree.map(lambda _: one, shapes, is_leaf=lambda x: isinstance(x, tuple))
+    else:
+        shardings = _param_shardings(cfg, mesh)
+
+    def zeros(shape: tuple[int, ...], sharding: jax.sharding.Sharding) -> jax.Array:
+        return jax.jit(lambda: jnp.zeros(shape, target), out_shardings=sharding)()
+
+    def layer_writer(sharding: jax.sharding.Sharding):
+        # In place (donated): the stacked parameter is never held twice.
+        return jax.jit(lambda stacked, block, i: jax.lax.dynamic_update_slice_in_dim(stacked, block, i, axis=0),
+                       donate_argnums=0, out_shardings=sharding)
+
+    layers = {name: zeros(shape, shardings["layers"][name]) for name, shape in shapes["layers"].items()}
+    writers = {name: layer_writer(shardings["layers"][name]) for name in layers}
+    params: dict = {}
+    files_done = set()
+    for name, array in source.iter_arrays():
+        if is_ignored(name) or (name == LM_HEAD and cfg.tie_word_embeddings):
+            continue
+        where = place(name, cfg)
+        if where.layer is None:
+            host = array.T if where.param == "lm_head" else array
+            params[where.param] = _host_put(_fitted(host.astype(target), shapes[where.param]),
+                                            shardings[where.param])
+        else:
+            block = where.spec.to_jaxtune(array, cfg)[None].astype(target)
+            block = _host_put(block, shardings["layers"][where.param])
+            layers[where.param] = writers[where.param](layers[where.param], block, np.int32(where.layer))
+        del array
+        path = source.file_of(name)
+        if path not in files_done:
+            files_done.add(path)
+            log.info("streaming %s (%d/%d weight files)", path.name, len(files_done), len(source.files))
+    params["layers"] = layers
+    return cfg, params
 
 
 def tokenizer_location(checkpoint: str | Path, tokenizer: Optional[str | Path] = None) -> Path:

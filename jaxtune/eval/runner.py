@@ -16,10 +16,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-import jax
 from jax.sharding import Mesh
 
 from jaxtune.config import EvalConfig, MeshConfig
+from jaxtune.eval.distributed import (
+    barrier,
+    check_eval_batch,
+    default_compute_dtype,
+    is_writer,
+    mesh_record,
+    setup_mesh,
+)
 from jaxtune.eval.judge import Judge, JudgeSettings
 from jaxtune.eval.language_model import JaxLanguageModel, sampling_from_config
 from jaxtune.eval.loading import EvalSetupError, load_codec, load_model, tokenizer_location
@@ -134,7 +141,7 @@ def run_suite(
         # Every process takes part in the (sharded) generation; only process 0 asks the judge.
         answers = generate_answers(items, lm, codec, max_new_tokens=eval_cfg.max_new_tokens, chunk_size=chunk,
                                    on_progress=progress)
-        if jax.process_index() != 0:
+        if not is_writer():
             return None
         judge = Judge(judge_settings(eval_cfg), cache=judge_cache)
         decoding = decoding_settings(eval_cfg.max_new_tokens, eval_cfg.temperature, eval_cfg.top_k, eval_cfg.top_p,
@@ -148,12 +155,14 @@ def run_suite(
 # evaluate
 # --------------------------------------------------------------------------------------------------------------------
 
-_RUN_FIELDS = {f.name: f.type for f in dataclasses.fields(RunInfo)}
+# Fields the caller may set (the rest, where the evaluation ran, are recorded by evaluate itself).
+_RUN_FIELDS = ("run_name", "model_size", "data_source", "data_volume", "epoch", "step", "checkpoint")
 
 
 def run_info(checkpoint: str | Path, metadata: Optional[Mapping[str, str]] = None) -> RunInfo:
     """Which run a result scores: ``metadata`` (``run_name``, ``model_size``, ``data_source``, ``data_volume``,
-    ``epoch``, ``step``; strings as the command line gives them) plus the checkpoint path."""
+    ``epoch``, ``step``; strings as the command line gives them) plus the checkpoint path. (Where it ran is added by
+    :func:`evaluate`, once the devices are up.)"""
     values: dict[str, Any] = {"checkpoint": str(checkpoint)}
     for key, value in (metadata or {}).items():
         if key not in _RUN_FIELDS:
@@ -195,8 +204,10 @@ def evaluate(
 call; ``belle`` results exist on process 0 only (the judge is asked once).
 
     metadata: the training run the checkpoint comes from (see :func:`run_info`), recorded in every summary.
-    mesh: a mesh (or a MeshConfig to build one over all devices) to shard the model and batches over; None runs on
-    the default device.
+    mesh: a mesh, or a MeshConfig to build one over all devices of all processes (initialising jax.distributed
+    first when the launch spans several processes, see :func:`jaxtune.eval.distributed.setup_mesh`), to restore
+    the parameters onto and shard the batches and KV caches over; None runs on the default device.
+    The parameters are restored in ``eval.compute_dtype`` (see :func:`jaxtune.eval.distributed.default_compute_dtype`).
     Every suite's data folder, the tokenizer and the judge are checked before the model is loaded.
     """
     suites = list(eval_cfg.suites)
@@ -211,17 +222,19 @@ call; ``belle`` results exist on process 0 only (the judge is asked once).
     run = run_info(checkpoint, metadata)
     location = tokenizer_location(checkpoint, eval_cfg.tokenizer)
 
+    # Nothing above touches the devices: jax.distributed must be initialised first.
     if isinstance(mesh, MeshConfig):
-        from jaxtune.sharding import build_mesh
-
-        mesh = build_mesh(mesh)
-    model = load_model(checkpoint, mesh=mesh, compute_dtype=eval_cfg.compute_dtype)
+        mesh = setup_mesh(mesh)
+    if mesh is not None:
+        check_eval_batch(eval_cfg.batch_size, mesh)
+    run = dataclasses.replace(run, **mesh_record(mesh))
+    model = load_model(checkpoint, mesh=mesh, compute_dtype=default_compute_dtype(eval_cfg.compute_dtype))
     codec = load_codec(location, eval_cfg.template, model.cfg.vocab_size)
     lm = JaxLanguageModel(model, batch_size=eval_cfg.batch_size, bucket_multiple=eval_cfg.bucket_multiple,
                           sampling=sampling_from_config(eval_cfg), seed=eval_cfg.seed, mesh=mesh)
     log.info("evaluating %s on %s", checkpoint, ", ".join(suites))
 
-    writes = out_dir is not None and jax.process_index() == 0
+    writes = out_dir is not None and is_writer()
     outcome = Evaluation(results={})
     for suite in suites:
         judge_cache = Path(out_dir) / "judge_cache.jsonl" if out_dir is not None else None
@@ -231,4 +244,5 @@ call; ``belle`` results exist on process 0 only (the judge is asked once).
         outcome.results[result.summary.stem] = result
         if writes:
             outcome.files[result.summary.stem] = write_result(out_dir, result)
+    barrier("jaxtune-evaluate-written")  # nobody reads these results before process 0 has written them
     return outcome

@@ -15,6 +15,10 @@ BATCH, LENGTH, EMBED = "act_batch", "act_length", "act_embed"
 HEADS, KV_HEADS, MLP, VOCAB = "act_heads", "act_kv_heads", "act_mlp", "act_vocab"
 LOOKUP_VOCAB = "act_lookup_vocab"
 """The vocabulary axis of the embedding table as the input lookup reads it."""
+KV_CACHE = ("cache_layers", "cache_batch", "cache_length", "cache_kv_heads", "cache_head_dim")
+"""Axes of the KV cache's keys and values (layers, B, S, KV, D)."""
+CACHE_SEGMENTS = ("cache_batch", "cache_length")
+"""Axes of the KV cache's segment ids (B, S)."""
 
 
 def constrain(x: jnp.ndarray, names: tuple[Optional[str], ...]) -> jnp.ndarray:

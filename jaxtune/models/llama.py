@@ -36,7 +36,19 @@ from jax.ad_checkpoint import checkpoint_name
 
 from jaxtune.config import ModelConfig
 from jaxtune.models.attention import dot_product_attention
-from jaxtune.models.axes import BATCH, EMBED, HEADS, KV_HEADS, LENGTH, LOOKUP_VOCAB, MLP, VOCAB, constrain
+from jaxtune.models.axes import (
+    BATCH,
+    CACHE_SEGMENTS,
+    EMBED,
+    HEADS,
+    KV_CACHE,
+    KV_HEADS,
+    LENGTH,
+    LOOKUP_VOCAB,
+    MLP,
+    VOCAB,
+    constrain,
+)
 from jaxtune.models.rope import apply_rotary, inverse_frequencies, rotary_cos_sin
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -85,12 +97,19 @@ def init_cache(cfg: ModelConfig, batch_size: int, max_len: int, dtype: Any = Non
     """An empty cache for ``batch_size`` rows of up to ``max_len`` slots (dtype: the compute dtype by default)."""
     dtype = DTYPES[cfg.compute_dtype] if dtype is None else dtype
     shape = (cfg.num_layers, batch_size, max_len, cfg.resolved_num_kv_heads(), cfg.resolved_head_dim())
-    return KVCache(
+    return constrain_cache(KVCache(
         k=jnp.zeros(shape, dtype),
         v=jnp.zeros(shape, dtype),
         segment_ids=jnp.zeros((batch_size, max_len), jnp.int32),
         index=jnp.zeros((), jnp.int32),
-    )
+    ))
+
+
+def constrain_cache(cache: KVCache) -> KVCache:
+    """Name the cache's axes (rows over the data-parallel axes, key/value heads over ``tensor`` under
+    jaxtune.sharding's rules; a no-op without them), so that no device holds the whole cache."""
+    return cache._replace(k=constrain(cache.k, KV_CACHE), v=constrain(cache.v, KV_CACHE),
+                          segment_ids=constrain(cache.segment_ids, CACHE_SEGMENTS))
 
 
 def rms_norm(x: jnp.ndarray, weight: jnp.ndarray, eps: float) -> jnp.ndarray:
@@ -282,7 +301,8 @@ class Llama(nnx.Module):
 
         new_cache = None
         if cache is not None:
-            new_cache = KVCache(k=new_kv[0], v=new_kv[1], segment_ids=kv_segment_ids, index=cache.index + t)
+            new_cache = constrain_cache(
+                KVCache(k=new_kv[0], v=new_kv[1], segment_ids=kv_segment_ids, index=cache.index + t))
         return logits, new_cache
 
 

@@ -49,6 +49,36 @@ def test_sharded_loading_places_parameters_by_the_rules(jaxtune_checkpoint, gqa_
     assert placed.embed_tokens[...].sharding.spec == jax.sharding.PartitionSpec("tensor", "fsdp")
 
 
+def test_parameters_arrive_on_the_mesh_in_the_evaluation_dtype(jaxtune_checkpoint, hf_checkpoint, gqa_pair):
+    import jax.numpy as jnp
+
+    mesh = build_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
+    expected = [np.asarray(jnp.asarray(x, jnp.bfloat16)) for x in _params(gqa_pair[1])]
+    for checkpoint in (jaxtune_checkpoint, hf_checkpoint):  # restored by Orbax / streamed tensor by tensor
+        model = load_model(checkpoint, mesh=mesh, compute_dtype="bfloat16")
+        assert model.cfg.compute_dtype == model.cfg.param_dtype == "bfloat16"
+        params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+        assert params["layers"]["down_proj"].sharding.spec == jax.sharding.PartitionSpec(None, "tensor", "fsdp")
+        assert params["embed_tokens"].sharding.spec == jax.sharding.PartitionSpec("tensor", "fsdp")
+        # No device holds a whole (fsdp x tensor)-split matrix: each has a quarter.
+        assert params["layers"]["up_proj"].addressable_shards[0].data.size * 4 == params["layers"]["up_proj"].size
+        for got, want in zip(jax.tree.leaves(params), expected):
+            assert got.dtype == jnp.bfloat16
+            np.testing.assert_array_equal(np.asarray(got), want)
+
+
+def test_tied_embeddings_stream_onto_the_mesh(tied_pair, tmp_path):
+    hf_model, model = tied_pair
+    hf_model.save_pretrained(tmp_path / "tied", safe_serialization=True)
+    mesh = build_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
+    loaded = load_model(tmp_path / "tied", mesh=mesh, compute_dtype="float32")
+    params = nnx.to_pure_dict(nnx.state(loaded, nnx.Param))
+    assert "lm_head" not in params and params["embed_tokens"].sharding.spec == jax.sharding.PartitionSpec("tensor",
+                                                                                                          "fsdp")
+    for a, b in zip(_params(loaded), _params(model)):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_codec_of_each_checkpoint_kind_renders_like_the_suites_reference(jaxtune_checkpoint, hf_checkpoint,
                                                                            doit_codec):
     messages = [{"role": "user", "content": "天空是什么颜色？"}]
