@@ -10,6 +10,8 @@
     jaxtune export-hf CKPT OUT_DIR         jaxtune checkpoint -> Hugging Face folder
     jaxtune check-hf HF_DIR                compare jaxtune and transformers on the same checkpoint
     jaxtune info [CONFIG] [key=value ...]  parameter count, FLOPs per token, memory of a model shape
+    jaxtune validate CONFIG [key=value ...] [--devices N | --accelerator v5p-16]
+                                           every check a run makes before computing, without devices
 """
 
 from __future__ import annotations
@@ -122,6 +124,14 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from jaxtune.validate import validate
+
+    result = validate(args.config, args.overrides, devices=args.devices, accelerator=args.accelerator)
+    print(result.summary())
+    return 0 if result.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``jaxtune`` command."""
     parser = argparse.ArgumentParser(prog="jaxtune", description=__doc__.split("\n\n")[0],
@@ -201,6 +211,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*")
     p.add_argument("--preset", help="named shape, e.g. doit-33b")
     p.add_argument("--seq-len", type=int, default=2048)
+
+    p = add("validate", _cmd_validate, "check a config, the files it names and its layout on a device count, "
+                                       "without devices (all problems together)")
+    p.add_argument("config", help="YAML config file")
+    p.add_argument("overrides", nargs="*", help="key=value overrides")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--devices", type=int, help="check the layout for N devices in one process")
+    where.add_argument("--accelerator", help="check the layout for a TPU slice: v4-8, v5p-16 (8 chips), v5e-8, "
+                                             "v6e-16 ... (default: this machine's devices)")
     return parser
 
 

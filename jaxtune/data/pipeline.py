@@ -422,16 +422,10 @@ def _load_source(path: Optional[str], cfg: DataConfig, selection: str, key: str)
 
 
 def _check_cfg(cfg: DataConfig, global_batch_size: int, shard_count: int) -> None:
-    if cfg.max_len < 2:
-        raise PipelineError(f"data.max_len must be at least 2, got {cfg.max_len}")
+    cfg.validate()  # DataConfig's rules (max_len, pad_to_multiple, workers, prefetch)
     if global_batch_size <= 0 or global_batch_size % shard_count:
         raise PipelineError(f"the global batch size {global_batch_size} must be a positive multiple of the "
                             f"{shard_count} processes")
-    if cfg.pad_to_multiple < 0:
-        raise PipelineError(f"data.pad_to_multiple must be >= 0, got {cfg.pad_to_multiple}")
-    if cfg.num_workers < 0 or cfg.read_threads < 0 or cfg.prefetch < 1:
-        raise PipelineError(f"data.num_workers ({cfg.num_workers}) and data.read_threads ({cfg.read_threads}) must be "
-                            f">= 0 and data.prefetch ({cfg.prefetch}) >= 1")
 
 
 def _make_tokenizer_and_template(cfg: DataConfig, tokenizer: Optional[Tokenizer]) -> ChatTemplate:
@@ -461,7 +455,7 @@ def _build(
     shard_index, shard_count = _shard(shard_options)
     _check_cfg(cfg, global_batch_size, shard_count)
     if epochs < 1:
-        raise PipelineError(f"epochs must be at least 1, got {epochs}")
+        raise PipelineError(f"train.epochs must be at least 1, got {epochs}")
     template = _make_tokenizer_and_template(cfg, tokenizer)
     source, abilities, skipped = _load_source(path, cfg, selection, key)
     names = tuple(ability_names) if ability_names is not None else tuple(abilities)

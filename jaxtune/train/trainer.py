@@ -30,12 +30,12 @@ from jaxtune.sharding import (
     global_batch,
     init_params,
     initialize_distributed,
-    validate_batch_layout,
     validate_param_layout,
     with_shardings,
 )
 from jaxtune.train.metrics import MetricsWriter, ThroughputMeter, TrainMetrics, peak_flops_per_device, progress_line
 from jaxtune.train.optim import build_optimizer
+from jaxtune.validate import check_run
 from jaxtune.train.step import (
     TrainState,
     init_train_state,
@@ -260,12 +260,8 @@ def _start_state(cfg: Config, layout: _Layout) -> TrainState:
 
 def total_steps_of(cfg: Config, steps_per_epoch: int) -> int:
     """Optimizer steps of the run: train.max_steps when set, else epochs x steps per epoch."""
-    if cfg.train.max_steps is not None:
-        if cfg.train.max_steps <= 0:
-            raise ConfigError(f"train.max_steps must be positive, got {cfg.train.max_steps}")
+    if cfg.train.max_steps is not None:  # both at least 1 (TrainConfig's rules)
         return cfg.train.max_steps
-    if cfg.train.epochs <= 0:
-        raise ConfigError(f"train.epochs must be positive, got {cfg.train.epochs}")
     return cfg.train.epochs * steps_per_epoch
 
 
@@ -274,18 +270,11 @@ def train(cfg: Config, data: Optional[RunData] = None, *, print_fn: Callable[[st
     every process; see the module docstring. Returns when the run completes or stops on SIGTERM (after saving);
     raises TrainingDivergedError after ``train.max_consecutive_bad_steps`` non-finite steps in a row."""
     tc = cfg.train
+    cfg.validate()  # a config built in code gets the checks loading applies
     initialize_distributed(cfg.mesh)
     mesh = build_mesh(cfg.mesh)
-    validate_batch_layout(tc.global_batch_size, tc.microbatches, mesh, jax.process_count())
-    if tc.log_every <= 0 or (tc.eval_every is not None and tc.eval_every <= 0):
-        raise ConfigError("train.log_every and train.eval_every must be positive")
-    if tc.max_consecutive_bad_steps < 1:
-        raise ConfigError(f"train.max_consecutive_bad_steps must be at least 1, got {tc.max_consecutive_bad_steps}")
-    if cfg.checkpoint.save_every is not None and cfg.checkpoint.save_every <= 0:
-        raise ConfigError(f"checkpoint.save_every must be positive or null, got {cfg.checkpoint.save_every}")
-    # Check the layout on abstract shapes before any data is read or anything compiled.
-    _, shapes, axes = abstract_model(cfg.model, tc.seed)
-    validate_param_layout(shapes, axes, mesh)
+    # `jaxtune validate`'s layout checks, on abstract shapes, before any data is read or anything compiled.
+    check_run(cfg, mesh, jax.process_count())
 
     micro_rows = tc.global_batch_size // tc.microbatches
     if data is None:
