@@ -122,6 +122,9 @@ class SkipReport:
     by_source: Counter = field(default_factory=Counter)
     by_field: Counter = field(default_factory=Counter)
     examples: list[SkippedRecord] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)
+    """Parts of files that could not be split into records at all (each message names the file, the line and how
+    much was lost); not counted in ``seen`` or ``skipped``."""
 
     def add(self, error: DataError) -> None:
         self.skipped += 1
@@ -137,17 +140,25 @@ class SkipReport:
         self.by_field.update(other.by_field)
         room = self.max_examples - len(self.examples)
         self.examples.extend(other.examples[: max(0, room)])
+        self.unreadable.extend(other.unreadable)
 
     def summary(self, show: int = 5) -> str:
         """A human-readable account: how many were skipped, where, why, and the first few in full."""
-        if not self.skipped:
+        if not self.skipped and not self.unreadable:
             return f"all {self.seen} records valid"
-        files = ", ".join(f"{n} in {src}" for src, n in self.by_source.most_common())
-        fields = ", ".join(f"{n} x {f}" for f, n in self.by_field.most_common())
-        lines = [f"skipped {self.skipped} invalid records of {self.seen} ({files}; fields: {fields})"]
-        lines += [f"  {e.describe()}" for e in self.examples[:show]]
-        if self.skipped > show:
-            lines.append(f"  ... and {self.skipped - show} more")
+        lines = []
+        if self.skipped:
+            files = ", ".join(f"{n} in {src}" for src, n in self.by_source.most_common())
+            fields = ", ".join(f"{n} x {f}" for f, n in self.by_field.most_common())
+            lines = [f"skipped {self.skipped} invalid records of {self.seen} ({files}; fields: {fields})"]
+            lines += [f"  {e.describe()}" for e in self.examples[:show]]
+            if self.skipped > show:
+                lines.append(f"  ... and {self.skipped - show} more")
+        else:
+            lines = [f"all {self.seen} records read were valid"]
+        if self.unreadable:
+            lines.append(f"unreadable parts of {len(self.unreadable)} file(s), not counted above:")
+            lines += [f"  {u}" for u in self.unreadable]
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -157,6 +168,7 @@ class SkipReport:
             "by_source": dict(self.by_source),
             "by_field": dict(self.by_field),
             "examples": [e.describe() for e in self.examples],
+            "unreadable": list(self.unreadable),
         }
 
 
@@ -237,46 +249,153 @@ def read_json_lines(
             yield RawEntry(src, line_no, value=value)
 
 
+_CLOSERS = {"]": "[", "}": "{"}
+_BLANK = " \t\r\n"
+
+
+def _element_end(text: str, start: int) -> int:
+    """Where the (malformed) array element at ``start`` ends: the ``,`` or ``]`` after it at the array's own depth,
+    or len(text) when it never closes. Strings are skipped (a raw newline ends one: JSON strings cannot hold it, so
+    a string left open stops there), and a closer without its opener closes whatever is open inside it."""
+    stack: list[str] = []
+    i, n = start, len(text)
+    in_string = False
+    while i < n:
+        c = text[i]
+        if in_string:
+            if c == "\\":
+                i += 1
+            elif c == '"' or c == "\n":
+                in_string = False
+        elif c == '"':
+            in_string = True
+        elif c in "[{":
+            stack.append(c)
+        elif c in "]}":
+            if _CLOSERS[c] not in stack:
+                return i  # the array's own "]" (the element left brackets open)
+            while stack.pop() != _CLOSERS[c]:
+                pass
+        elif c == "," and not stack:
+            return i
+        i += 1
+    return n
+
+
+def _previous_char(text: str, pos: int) -> str:
+    pos -= 1
+    while pos >= 0 and text[pos] in _BLANK:
+        pos -= 1
+    return text[pos] if pos >= 0 else ""
+
+
+def _column(text: str, pos: int) -> int:
+    return pos - (text.rfind("\n", 0, pos) + 1)
+
+
+def _resync(text: str, start: int, stop: int) -> Optional[int]:
+    """The first element start inside ``text[start:stop]`` that parses as a whole element: on a line of its own at
+    the column the bad element started in, after a ``,``, and followed by ``,`` or ``]``. A bad element that left a
+    bracket open would otherwise swallow the good elements after it."""
+    column = _column(text, start)
+    pos = text.find("\n", start, stop)
+    while pos != -1:
+        candidate = pos + 1
+        while candidate < stop and text[candidate] in " \t\r":
+            candidate += 1
+        if candidate < stop and _column(text, candidate) == column and _previous_char(text, candidate) == ",":
+            try:
+                _, after = _DECODER.raw_decode(text, candidate)
+            except ValueError:
+                pass
+            else:
+                rest = text[after:].lstrip(_BLANK)
+                if rest[:1] in (",", "]"):
+                    return candidate
+        pos = text.find("\n", candidate, stop)
+    return None
+
+
 def _read_json_array(path: Path) -> Iterator[RawEntry]:
+    """The elements of a JSON array file, one entry each. A malformed element becomes an entry holding its error
+    (named by file, line and index) and reading goes on with the next element, so nothing after it is lost;
+    only text that cannot be split into elements at all (an unclosed array, text after the closing ``]``) raises."""
     src = str(path)
     data = path.read_bytes()
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
     try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise DataError(src, line, "", f"not valid UTF-8 ({e.reason})") from None
+        text = data.decode("utf-8")
+        bad_utf8 = False
+    except UnicodeDecodeError:
+        text = data.decode("utf-8", errors="surrogateescape")  # the bad bytes mark their elements below
+        bad_utf8 = True
     newlines = [i for i, ch in enumerate(text) if ch == "\n"]
 
     def line_of(pos: int) -> int:
         return bisect.bisect_left(newlines, pos) + 1
 
-    pos = len(text) - len(text.lstrip())
-    pos += 1  # the opening "["
-    index = 0
-    while True:
-        while pos < len(text) and text[pos] in " \t\r\n":
+    def skip_blank(pos: int) -> int:
+        while pos < len(text) and text[pos] in _BLANK:
             pos += 1
+        return pos
+
+    def bad(index: int, begin: int, problem: str) -> RawEntry:
+        return RawEntry(src, line_of(begin), error=DataError(src, line_of(begin), f"[{index}]", problem))
+
+    pos = skip_blank(0) + 1  # the opening "["
+    index = 0
+    need_comma = False
+    while True:
+        pos = skip_blank(pos)
         if pos >= len(text):
             raise DataError(src, line_of(pos), "", "JSON array is not closed with ']'")
         if text[pos] == "]":
-            rest = text[pos + 1 :].strip()
-            if rest:
+            if text[pos + 1 :].strip():
                 raise DataError(src, line_of(pos + 1), "", "unexpected text after the closing ']' of the JSON array")
             return
-        if index > 0:
-            if text[pos] != ",":
-                raise DataError(src, line_of(pos), "", f"expected ',' between array elements, got {text[pos]!r}")
-            pos += 1
-            while pos < len(text) and text[pos] in " \t\r\n":
-                pos += 1
         start = pos
-        try:
-            value, pos = _DECODER.raw_decode(text, pos)
-        except ValueError as e:
-            # Without a parsed element the array cannot be resynchronised: this error ends the file.
-            raise DataError(src, line_of(start), f"[{index}]", f"not valid JSON: {e}") from None
-        yield RawEntry(src, line_of(start), value=value)
+        problem = None
+        if need_comma:
+            if text[pos] == ",":
+                start = pos = skip_blank(pos + 1)
+                if text[pos : pos + 1] == "]":
+                    raise DataError(src, line_of(pos), "", "a ',' after the last element of the JSON array (every "
+                                                           "element before it was read)")
+            else:
+                problem = f"expected ',' before this array element, got {text[pos]!r}"
+        if problem is None and text[start : start + 1] == ",":
+            yield bad(index, start, "an empty array element (two commas)")
+            pos, index, need_comma = start, index + 1, True
+            continue
+        if problem is None:
+            try:
+                value, end = _DECODER.raw_decode(text, start)
+            except ValueError as e:
+                problem = f"not valid JSON: {e}"
+            else:
+                if bad_utf8 and any("\udc80" <= ch <= "\udcff" for ch in text[start:end]):
+                    problem = "not valid UTF-8"
+                else:
+                    yield RawEntry(src, line_of(start), value=value)
+                    pos, index, need_comma = end, index + 1, True
+                    continue
+        if start >= len(text):
+            raise DataError(src, line_of(start), "", "JSON array is not closed with ']'")
+        # A malformed element: name it, then go on after it.
+        end = _element_end(text, start)
+        resumed = _resync(text, start, end)
+        yield bad(index, start, problem)
         index += 1
+        if resumed is not None:
+            pos, need_comma = resumed, False
+        elif end >= len(text):
+            raise DataError(src, line_of(start), "", f"the JSON array from element [{index - 1}] on cannot be split "
+                                                     f"into elements (a string or bracket left open?); the rest of "
+                                                     f"the file (lines {line_of(start)}-{line_of(len(text))}) is "
+                                                     f"unreadable")
+        else:
+            pos, need_comma = end, True
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -576,7 +695,8 @@ class RecordCollector:
         yield from self.iter_entries(read_raw_entries(path))
 
     def iter_entries(self, entries: Iterable[RawEntry]) -> Iterator[Record]:
-        """The valid records of ``entries``; a broken JSON array (which cannot be read further) ends them."""
+        """The valid records of ``entries``; text that cannot be split into records (the rest of a broken JSON
+        array) ends them, and is listed in the report's ``unreadable``."""
         try:
             for entry in entries:
                 record = self.parse(entry)
@@ -585,8 +705,7 @@ class RecordCollector:
         except DataError as e:
             if self.on_error == "raise":
                 raise
-            self.report.seen += 1
-            self.report.add(e)
+            self.report.unreadable.append(str(e))
 
 
 def iter_records(

@@ -125,7 +125,7 @@ class PipelineInfo:
         if self.num_unsupervised:
             lines.append(f"  left out {self.num_unsupervised} examples with nothing supervised in their first "
                          f"{self.max_len} tokens: {', '.join(self.unsupervised_examples)}")
-        if self.skipped.skipped:
+        if self.skipped.skipped or self.skipped.unreadable:
             lines.append("  " + self.skipped.summary().replace("\n", "\n  "))
         return "\n".join(lines)
 
@@ -535,7 +535,7 @@ def _build(
     if measured.num_unsupervised:
         logger.warning("left out %d examples with nothing supervised in their first %d tokens: %s",
                        measured.num_unsupervised, cfg.max_len, ", ".join(measured.unsupervised_examples))
-    if skipped.skipped:
+    if skipped.skipped or skipped.unreadable:
         logger.warning("%s", skipped.summary())
     if manifest_path is not None:
         write_manifest(manifest_path, _kept_records(source, table))
