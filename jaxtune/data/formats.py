@@ -38,6 +38,7 @@ ROLES: tuple[str, ...] = ("system", "user", "assistant")
 DEFAULT_ABILITY = "general"
 """Ability of records whose format carries none (BELLE, Alpaca, ShareGPT without an ``ability`` key)."""
 DATA_FILE_SUFFIXES: tuple[str, ...] = (".json", ".jsonl")
+"""Suffixes of data files in a folder, matched in any case (``.JSONL`` too)."""
 
 # Speaker names of the "from"/"value" conversation formats, mapped onto jaxtune's three roles.
 _SPEAKER_ROLES = {
@@ -524,9 +525,8 @@ def ability_from_file_name(path: Union[str, Path]) -> str:
     """The study's ability name of a data file: its name without the last ``_`` part (``role_play_1000.json`` ->
     ``role_play``); a name without ``_`` is kept whole (without its suffix)."""
     stem = Path(path).name
-    for suffix in DATA_FILE_SUFFIXES:
-        if stem.endswith(suffix):
-            stem = stem[: -len(suffix)]
+    if is_data_file_name(stem):
+        stem = stem[: -len(Path(stem).suffix)]
     parts = stem.split("_")
     return "_".join(parts[:-1]) if len(parts) > 1 else stem
 
@@ -653,15 +653,20 @@ def parse_entry(entry: RawEntry, format: str) -> Record:
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def is_data_file_name(name: Union[str, Path]) -> bool:
+    """Whether a file name ends in one of :data:`DATA_FILE_SUFFIXES`, in any case (``a.JSONL`` is a data file)."""
+    return Path(name).suffix.lower() in DATA_FILE_SUFFIXES
+
+
 def list_data_files(path: Union[str, Path]) -> list[Path]:
-    """The data files at ``path``: the file itself, or the ``.json``/``.jsonl`` files directly inside a directory, in
-    sorted file-name order (the order jaxtune gives the study's unsorted file lists)."""
+    """The data files at ``path``: the file itself, or the ``.json``/``.jsonl`` files (any case) directly inside a
+    directory, in sorted file-name order (the order jaxtune gives the study's unsorted file lists)."""
     path = Path(path)
     if path.is_file():
         return [path]
     if not path.exists():
         raise FileNotFoundError(f"data path {path} does not exist")
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in DATA_FILE_SUFFIXES)
+    files = sorted(p for p in path.iterdir() if p.is_file() and is_data_file_name(p))
     if not files:
         folders = sorted(p.name + "/" for p in path.iterdir() if p.is_dir())
         hint = f"; it holds the folders {', '.join(folders)}: point at one of them" if folders else ""

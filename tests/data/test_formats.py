@@ -233,3 +233,25 @@ def test_an_array_that_cannot_be_split_names_what_is_unreadable(tmp_path):
                                  f"before it was read)"]
     with pytest.raises(DataError, match=r"trailing.json:3: a ',' after the last element"):
         read_records(trailing, "alpaca")
+
+
+def test_upper_case_suffixes_in_a_folder_are_read(tmp_path):
+    # Before: `.JSONL`/`.JSON` files in a data folder were ignored without a word.
+    write_jsonl(tmp_path / "d" / "a_1.JSONL", [_doit(idx=1, type=None)])
+    write_jsonl(tmp_path / "d" / "b_2.Json", [_doit(idx=2)])
+    write_jsonl(tmp_path / "d" / "role_play_1000.json", [_doit(idx=3, type=None)])
+    (tmp_path / "d" / "notes.txt").write_text("not data")
+    records = list(iter_records(tmp_path / "d", "doit"))
+    assert [(r.id, r.ability) for r in records] == [("1", "a"), ("2", "math"), ("3", "role_play")]
+    assert ability_from_file_name("role_play_full.JSON") == "role_play"
+
+
+def test_study_folders_read_upper_case_suffixes_too(tmp_path):
+    from jaxtune.data.mixtures import select_records
+
+    full = tmp_path / "curated" / "full"
+    write_jsonl(full / "math_full.JSON", [_doit(idx=i, type=None) for i in range(3)])
+    write_jsonl(full / "code_full.jsonl", [_doit(idx=10 + i, type=None) for i in range(2)])
+    chosen = select_records(tmp_path, "math:2,code:all")
+    assert sorted((r.ability, r.id) for r in chosen.records) == [("code", "10"), ("code", "11"), ("math", "0"),
+                                                                 ("math", "1")]
