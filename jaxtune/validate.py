@@ -6,7 +6,9 @@ The checks, in order, with every problem of a stage reported together (each nami
    when any config is loaded).
 2. What the config names on disk: ``data.path`` and ``data.tokenizer`` are set (a run needs both) and, with
    ``data.valid_path``, ``checkpoint.init_from``, ``eval.data_dir`` and ``eval.tokenizer``, exist (local paths only;
-   ``gs://`` and other URLs are not looked up); ``eval.suites`` names known suites.
+   ``gs://`` and other URLs are not looked up); the tokenizer with the template's added tokens has
+   ``model.vocab_size`` ids; ``eval.suites`` names known suites, each with its data under ``eval.data_dir`` (when
+   set) and, for ``belle``, a judge.
 3. The layout, on abstract shapes: the mesh of ``mesh.*`` resolved for a device count (a
    :class:`jax.sharding.AbstractMesh`, so no device is touched), the batch split over it and the processes
    (:func:`jaxtune.sharding.validate_batch_layout`) and every parameter dimension over its mesh axes
@@ -78,11 +80,53 @@ def _local_path_problems(cfg: Config) -> list[str]:
         value = _get(cfg, key)
         if value and "://" not in value and not Path(value).exists():
             problems.append(f"{key}={value}: no such file or folder")
-    from jaxtune.eval.runner import SUITES  # the suites evaluation implements
+    tokenizer = cfg.data.tokenizer
+    if tokenizer and "://" not in tokenizer and Path(tokenizer).exists():
+        problems += _vocabulary_problems(cfg)
+    return problems + _eval_problems(cfg)
+
+
+def _vocabulary_problems(cfg: Config) -> list[str]:
+    from jaxtune.data.templates import make_template, template_backend
+    from jaxtune.data.tokenizer import load_tokenizer
+    from jaxtune.errors import JaxtuneError
+
+    try:
+        tokenizer = load_tokenizer(cfg.data.tokenizer, template_backend(cfg.data.template))
+        make_template(cfg.data.template, tokenizer)  # appends the template's special tokens
+    except (JaxtuneError, ValueError, OSError) as e:
+        return [f"data.tokenizer={cfg.data.tokenizer}: {e}"]
+    problem = vocabulary_problem(cfg, tokenizer.vocab_size)
+    return [problem] if problem else []
+
+
+def vocabulary_problem(cfg: Config, tokenizer_size: int) -> Optional[str]:
+    """The problem of a model whose vocabulary is not the tokenizer's (with the template's added tokens), if any."""
+    if tokenizer_size == cfg.model.vocab_size:
+        return None
+    return (f"model.vocab_size={cfg.model.vocab_size}, but the tokenizer {cfg.data.tokenizer} with its added tokens "
+            f"has {tokenizer_size} ids; set model.vocab_size={tokenizer_size}")
+
+
+def _eval_problems(cfg: Config) -> list[str]:
+    from jaxtune.eval.loading import EvalSetupError
+    from jaxtune.eval.runner import SUITES, judge_settings, suite_data_root  # the suites evaluation implements
 
     unknown = [s for s in cfg.eval.suites if s not in SUITES]
     if unknown:
-        problems.append(f"eval.suites: unknown suite(s) {unknown} (known: {', '.join(SUITES)})")
+        return [f"eval.suites: unknown suite(s) {unknown} (known: {', '.join(SUITES)})"]
+    problems = []
+    if cfg.eval.data_dir and "://" not in cfg.eval.data_dir and Path(cfg.eval.data_dir).exists():
+        for suite in cfg.eval.suites:
+            try:
+                suite_data_root(suite, cfg.eval.data_dir, cfg.eval.split)
+            except EvalSetupError as e:
+                problems.append(str(e))
+    if "belle" in cfg.eval.suites:
+        try:
+            judge_settings(cfg.eval)
+        except EvalSetupError as e:
+            problems.append(str(e))
     return problems
 
 

@@ -43,7 +43,7 @@ def test_unknown_accelerator_names_are_refused(name):
 
 
 def test_a_good_config_passes_for_the_devices_given(tmp_path):
-    path = _config(tmp_path, "model:\n  preset: tiny\ntrain:\n  global_batch_size: 16\n  microbatches: 2\n")
+    path = _config(tmp_path, "model:\n  preset: tiny\n  vocab_size: 1004\ntrain:\n  global_batch_size: 16\n  microbatches: 2\n")
     result = validate(str(path), devices=8)
     assert result.ok, result.problems
     assert result.mesh_shape == {"data": 1, "fsdp": 8, "tensor": 1}
@@ -56,7 +56,7 @@ def test_a_good_config_passes_for_the_devices_given(tmp_path):
 
 
 def test_layout_and_file_problems_are_all_reported_each_naming_its_key(tmp_path):
-    path = _config(tmp_path, "model:\n  preset: doit-33b\n  vocab_size: 49957\nmesh:\n  fsdp: 1\n  tensor: 8\n"
+    path = _config(tmp_path, "model:\n  preset: doit-33b\n  vocab_size: 1004\nmesh:\n  fsdp: 1\n  tensor: 8\n"
                              "train:\n  global_batch_size: 62\n  microbatches: 2\n"
                              f"checkpoint:\n  init_from: {tmp_path / 'no-base'}\neval:\n  suites: [doit, bele]\n")
     result = validate(str(path), accelerator="v5p-16")
@@ -66,17 +66,29 @@ def test_layout_and_file_problems_are_all_reported_each_naming_its_key(tmp_path)
     assert problems[1] == "eval.suites: unknown suite(s) ['bele'] (known: doit, ceval, cmmlu, agieval, belle)"
     assert problems[2] == ("31 rows per microbatch (train.global_batch_size=62 / train.microbatches=2) cannot be split "
                            "evenly over 2 processes")
-    assert problems[3].startswith("model.vocab_size (padded to model.vocab_pad_multiple) = 49957 (dimension 'vocab'")
+    assert problems[3].startswith("model.vocab_size (padded to model.vocab_pad_multiple) = 1004 (dimension 'vocab'")
     assert "; model.num_heads = 52 (dimension 'heads'" in problems[3]
     assert len(problems) == 4
     assert result.summary().startswith("4 problems:\n  checkpoint.init_from=")
 
 
 def test_an_impossible_mesh_is_a_problem_not_a_traceback(tmp_path):
-    path = _config(tmp_path, "model:\n  preset: tiny\nmesh:\n  fsdp: 3\n")
+    path = _config(tmp_path, "model:\n  preset: tiny\n  vocab_size: 1004\nmesh:\n  fsdp: 3\n")
     result = validate(str(path), devices=8)
     assert result.problems == ["mesh.data=1 x mesh.fsdp=3 x mesh.tensor=1 = 3 devices, but there are 8 devices per "
                                "slice (8 devices, mesh.dcn_data=1); set one size to -1 to take the rest"]
+
+
+def test_the_vocabulary_eval_data_and_judge_are_checked_without_devices(tmp_path):
+    path = _config(tmp_path, f"model:\n  preset: tiny\neval:\n  suites: [doit, belle]\n  data_dir: {tmp_path}\n")
+    result = validate(str(path), devices=1)
+    assert result.problems == [
+        f"model.vocab_size=49957, but the tokenizer {TOKENIZER} with its added tokens has 1004 ids; set "
+        f"model.vocab_size=1004",
+        f"eval.data_dir: no doit data found (looked in {tmp_path / 'doit'}, {tmp_path / 'curated'}, {tmp_path})",
+        f"eval.data_dir: no belle data found (looked in {tmp_path / 'belle_eval'}, {tmp_path / 'belle'}, {tmp_path})",
+        "suite 'belle' needs an LLM judge: set eval.judge_base_url, eval.judge_model",
+    ]
 
 
 def test_value_problems_stop_before_the_layout_and_are_listed_together(tmp_path):
@@ -92,12 +104,12 @@ def test_value_problems_stop_before_the_layout_and_are_listed_together(tmp_path)
 
 @pytest.mark.parametrize("overrides", [
     ["train.global_batch_size=12"],
-    ["model.preset=doit-33b", "model.vocab_size=49957", "mesh.fsdp=1", "mesh.tensor=8"],
+    ["model.preset=doit-33b", "model.vocab_size=1004", "mesh.fsdp=1", "mesh.tensor=8"],
     ["mesh.fsdp=2", "mesh.tensor=4", "model.num_heads=2", "train.global_batch_size=5"],
 ])
 def test_train_rejects_what_validate_rejects_with_the_same_problems_before_reading_data(tmp_path, overrides):
     assert jax.device_count() == 8  # tests/conftest.py
-    path = _config(tmp_path, "model:\n  preset: tiny\ntrain:\n  global_batch_size: 16\n")
+    path = _config(tmp_path, "model:\n  preset: tiny\n  vocab_size: 1004\ntrain:\n  global_batch_size: 16\n")
     found = validate(str(path), overrides, devices=8).problems
     assert found
     from jaxtune.config import load_config

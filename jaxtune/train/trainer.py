@@ -35,7 +35,7 @@ from jaxtune.sharding import (
 )
 from jaxtune.train.metrics import MetricsWriter, ThroughputMeter, TrainMetrics, peak_flops_per_device, progress_line
 from jaxtune.train.optim import build_optimizer
-from jaxtune.validate import check_run
+from jaxtune.validate import check_run, vocabulary_problem
 from jaxtune.train.step import (
     TrainState,
     init_train_state,
@@ -130,11 +130,9 @@ def pipeline_data(cfg: Config, eval_batch_size: int) -> RunData:
     if cfg.train.max_steps is not None and cfg.train.max_steps > info.total_steps:
         stream = build(math.ceil(cfg.train.max_steps / info.steps_per_epoch))  # enough epochs for max_steps
         info = stream.info
-    if info.vocab_size != cfg.model.vocab_size:
-        raise ConfigError(
-            f"model.vocab_size={cfg.model.vocab_size}, but the tokenizer {cfg.data.tokenizer} with its added tokens "
-            f"has {info.vocab_size} ids; set model.vocab_size={info.vocab_size}"
-        )
+    problem = vocabulary_problem(cfg, info.vocab_size)
+    if problem:
+        raise ConfigError(problem)
     valid = None
     if cfg.data.valid_path:
         valid = build_eval_pipeline(cfg.data, global_batch_size=eval_batch_size, ability_names=info.ability_names)
