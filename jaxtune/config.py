@@ -289,6 +289,7 @@ class DataConfig(_Section):
         rules.at_least(2, "max_len")
         rules.non_negative("pad_to_multiple", "num_workers", "read_threads")
         rules.at_least(1, "prefetch")
+        rules.check(("shuffle_seed",), lambda v: 0 <= v < 2**32, "in [0, 2**32) (grain's shuffle seeds)")
 
 
 @dataclass

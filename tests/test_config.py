@@ -149,6 +149,7 @@ def test_a_key_repeated_at_any_depth_is_an_error_naming_it_and_its_lines(tmp_pat
     ("checkpoint.max_to_keep=0", "checkpoint.max_to_keep must be at least 1 or null, got 0"),
     ("data.max_len=1", "data.max_len must be at least 2, got 1"),
     ("data.prefetch=0", "data.prefetch must be at least 1, got 0"),
+    ("data.shuffle_seed=-1", "data.shuffle_seed must be in [0, 2**32) (grain's shuffle seeds), got -1"),
     ("mesh.tensor=0", "mesh.tensor must be a positive size or -1 (the rest of the devices), got 0"),
     ("eval.top_p=0", "eval.top_p must be in (0, 1], got 0.0"),
     ("eval.judge_repeats=0", "eval.judge_repeats must be at least 1, got 0"),
