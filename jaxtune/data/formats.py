@@ -13,7 +13,10 @@ Formats (``DataConfig.format``):
 - ``sharegpt``: ``{conversations: [{from: human|gpt|system, value}]}`` conversations.
 
 A file may hold JSON Lines (one object per line) or a single JSON array of objects; the first non-blank character
-decides. Blank lines hold no record and are passed over. Every record is validated: a malformed line, a missing field,
+decides. Blank lines hold no record and are passed over. A malformed element of an array is one bad record (named by
+the line it starts on and its index) and reading goes on after it; only text that cannot be split into elements
+(an unclosed array, text after its ``]``) ends a file, and is listed as unreadable. Folders are read for ``.json``
+and ``.jsonl`` files in any case. Every record is validated: a malformed line, a missing field,
 an unknown role, an empty assistant turn or a wrong type raises :class:`DataError` naming the file, the line and the
 field, or, with ``on_error="skip"``, the record is left out and listed in a :class:`SkipReport`.
 """
