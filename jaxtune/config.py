@@ -24,6 +24,7 @@ import dataclasses
 import difflib
 import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -691,10 +692,10 @@ def config_from_dict(values: dict, overrides: list[str] | tuple[str, ...] = ()) 
 
 
 def _attribute(problem: str, overrides: Sequence[str]) -> str:
-    """A value's problem, marked as the command line's when the last override of its key set it."""
+    """A value's problem, marked as the command line's when an override set a key it names (the last such one)."""
     for text in reversed(overrides):
         key = text.split("=", 1)[0].strip()
-        if key and (problem.startswith(key + " ") or problem.startswith(key + "=")):
+        if key and re.search(rf"(?<![\w.]){re.escape(key)}(?![\w.])", problem):
             return f"{OVERRIDE_PREFIX} {text!r}: {problem}"
     return problem
 

@@ -171,7 +171,7 @@ def test_every_problem_is_collected_and_reported_together(tmp_path: Path) -> Non
         f"{path}: unknown config key 'optim.learning_rat'; did you mean 'optim.learning_rate'?",
         f"{path}: model.hidden_size: expected an integer, got 'wide'",
         f"{path}: model.rms_norm_eps must be positive, got -1.0",
-        f"{path}: only one mesh size may be -1, got -1 for mesh.fsdp, mesh.tensor",
+        "command-line override 'mesh.tensor=-1': only one mesh size may be -1, got -1 for mesh.fsdp, mesh.tensor",
         f"{path}: optim.learning_rate must be a finite number, got inf",
         f"{path}: optim.eps must be positive, got -1.0",
         "command-line override 'train.epochs=0': train.epochs must be at least 1, got 0",
