@@ -26,6 +26,7 @@ from __future__ import annotations
 import bisect
 import json
 import math
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -257,19 +258,33 @@ _CLOSERS = {"]": "[", "}": "{"}
 _BLANK = " \t\r\n"
 
 
-def _element_end(text: str, start: int) -> int:
-    """Where the (malformed) array element at ``start`` ends: the ``,`` or ``]`` after it at the array's own depth,
-    or len(text) when it never closes. Strings are skipped (a raw newline ends one: JSON strings cannot hold it, so
-    a string left open stops there), and a closer without its opener closes whatever is open inside it."""
+_SCAN = re.compile(r'["\\\[\]{},\n]')
+"""The characters that matter when scanning over a malformed element."""
+
+
+def _skip_malformed(text: str, start: int) -> tuple[int, bool]:
+    """Where reading goes on after the malformed array element at ``start``: ``(pos, True)`` when ``pos`` is the
+    ``,`` or ``]`` ending it at the array's own depth, ``(pos, False)`` when ``pos`` starts the next element (see
+    :func:`_element_at`: found while the bad element still had a bracket open, so it would otherwise swallow the good
+    elements after it), ``(len(text), True)`` when neither comes. Strings are skipped (a raw newline ends one: JSON
+    strings cannot hold it, so a string left open stops there); a closer without its opener closes whatever is open
+    inside it."""
     stack: list[str] = []
-    i, n = start, len(text)
+    column = _column(text, start)
     in_string = False
-    while i < n:
-        c = text[i]
-        if in_string:
+    escaped_at = -1
+    for m in _SCAN.finditer(text, start):
+        i, c = m.start(), m.group()
+        if i == escaped_at:
+            continue
+        if c == "\n":
+            in_string = False
+            if _element_at(text, i + 1, column):
+                return _first_non_blank(text, i + 1), False
+        elif in_string:
             if c == "\\":
-                i += 1
-            elif c == '"' or c == "\n":
+                escaped_at = i + 1
+            elif c == '"':
                 in_string = False
         elif c == '"':
             in_string = True
@@ -277,13 +292,18 @@ def _element_end(text: str, start: int) -> int:
             stack.append(c)
         elif c in "]}":
             if _CLOSERS[c] not in stack:
-                return i  # the array's own "]" (the element left brackets open)
+                return i, True  # the array's own "]" (the element left brackets open)
             while stack.pop() != _CLOSERS[c]:
                 pass
         elif c == "," and not stack:
-            return i
-        i += 1
-    return n
+            return i, True
+    return len(text), True
+
+
+def _first_non_blank(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos] in " \t\r":
+        pos += 1
+    return pos
 
 
 def _previous_char(text: str, pos: int) -> str:
@@ -297,27 +317,19 @@ def _column(text: str, pos: int) -> int:
     return pos - (text.rfind("\n", 0, pos) + 1)
 
 
-def _resync(text: str, start: int, stop: int) -> Optional[int]:
-    """The first element start inside ``text[start:stop]`` that parses as a whole element: on a line of its own at
-    the column the bad element started in, after a ``,``, and followed by ``,`` or ``]``. A bad element that left a
-    bracket open would otherwise swallow the good elements after it."""
-    column = _column(text, start)
-    pos = text.find("\n", start, stop)
-    while pos != -1:
-        candidate = pos + 1
-        while candidate < stop and text[candidate] in " \t\r":
-            candidate += 1
-        if candidate < stop and _column(text, candidate) == column and _previous_char(text, candidate) == ",":
-            try:
-                _, after = _DECODER.raw_decode(text, candidate)
-            except ValueError:
-                pass
-            else:
-                rest = text[after:].lstrip(_BLANK)
-                if rest[:1] in (",", "]"):
-                    return candidate
-        pos = text.find("\n", candidate, stop)
-    return None
+def _element_at(text: str, line_start: int, column: int) -> bool:
+    """Whether the line at ``line_start`` begins a whole array element: at ``column`` (where the bad element began),
+    after a ``,``, parsing as JSON and followed by ``,`` or ``]``."""
+    pos = _first_non_blank(text, line_start)
+    if pos - line_start != column or pos >= len(text) or text[pos] not in '{["-0123456789tfn':
+        return False
+    if _previous_char(text, pos) != ",":
+        return False
+    try:
+        _, after = _DECODER.raw_decode(text, pos)
+    except ValueError:
+        return False
+    return text[_first_non_blank(text, after) :].lstrip(_BLANK)[:1] in (",", "]")
 
 
 def _read_json_array(path: Path) -> Iterator[RawEntry]:
@@ -334,7 +346,7 @@ def _read_json_array(path: Path) -> Iterator[RawEntry]:
     except UnicodeDecodeError:
         text = data.decode("utf-8", errors="surrogateescape")  # the bad bytes mark their elements below
         bad_utf8 = True
-    newlines = [i for i, ch in enumerate(text) if ch == "\n"]
+    newlines = [m.start() for m in re.finditer("\n", text)]
 
     def line_of(pos: int) -> int:
         return bisect.bisect_left(newlines, pos) + 1
@@ -387,12 +399,11 @@ def _read_json_array(path: Path) -> Iterator[RawEntry]:
         if start >= len(text):
             raise DataError(src, line_of(start), "", "JSON array is not closed with ']'")
         # A malformed element: name it, then go on after it.
-        end = _element_end(text, start)
-        resumed = _resync(text, start, end)
+        end, at_separator = _skip_malformed(text, start)
         yield bad(index, start, problem)
         index += 1
-        if resumed is not None:
-            pos, need_comma = resumed, False
+        if not at_separator:
+            pos, need_comma = end, False
         elif end >= len(text):
             raise DataError(src, line_of(start), "", f"the JSON array from element [{index - 1}] on cannot be split "
                                                      f"into elements (a string or bracket left open?); the rest of "
