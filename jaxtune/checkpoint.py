@@ -342,8 +342,7 @@ class TrainCheckpointManager:
         self.model_cfg = model_cfg
         self.tokenizer_src = None if tokenizer_src is None else Path(tokenizer_src)
         self.added_tokens = dict(added_tokens or {})
-        if cfg.max_to_keep is not None and cfg.max_to_keep < 1:
-            raise ConfigError(f"checkpoint.max_to_keep must be at least 1 or null, got {cfg.max_to_keep}")
+        cfg.validate()  # CheckpointConfig's rules (max_to_keep, save_every)
         keep: list = [policies.LatestN(cfg.max_to_keep)]  # None keeps every checkpoint
         if cfg.keep_epoch_checkpoints and list(epoch_steps):
             keep.append(policies.CustomSteps(sorted(int(s) for s in epoch_steps)))

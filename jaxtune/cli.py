@@ -13,6 +13,8 @@
     jaxtune plan CONFIG --accelerator v5p-16  per-chip memory of the train step, compiled for that slice
     jaxtune select DATA_DIR TYPE OUT_DIR   write one of the study's data types as its make_data.py does
     jaxtune score PRED_DIR --out DIR       score prediction files (the study's pred_*.json or *.items.jsonl)
+    jaxtune validate CONFIG [key=value ...] [--devices N | --accelerator v5p-16]
+                                           every check a run makes before computing, without devices
 """
 
 from __future__ import annotations
@@ -176,6 +178,14 @@ def _cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from jaxtune.validate import validate
+
+    result = validate(args.config, args.overrides, devices=args.devices, accelerator=args.accelerator)
+    print(result.summary())
+    return 0 if result.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``jaxtune`` command."""
     parser = argparse.ArgumentParser(prog="jaxtune", description=__doc__.split("\n\n")[0],
@@ -292,6 +302,14 @@ def build_parser() -> argparse.ArgumentParser:
                                        "the answer pieces ▁A..▁D (default: LLaMA's ids 319, 350, 315, 360)")
     p.add_argument("--scorer-mode", default="study", choices=["study", "corrected"],
                    help="the study's scorer, quirks included, or its errors fixed")
+    p = add("validate", _cmd_validate, "check a config, the files it names and its layout on a device count, "
+                                       "without devices (all problems together)")
+    p.add_argument("config", help="YAML config file")
+    p.add_argument("overrides", nargs="*", help="key=value overrides")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--devices", type=int, help="check the layout for N devices in one process")
+    where.add_argument("--accelerator", help="check the layout for a TPU slice: v4-8, v5p-16 (8 chips), v5e-8, "
+                                             "v6e-16 ... (default: this machine's devices)")
     return parser
 
 

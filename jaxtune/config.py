@@ -10,20 +10,26 @@ Every stage of jaxtune reads one section of :class:`Config`:
 - ``checkpoint``: Orbax checkpointing (:class:`CheckpointConfig`),
 - ``eval``: evaluation suites (:class:`EvalConfig`).
 
-Loading is strict: an unknown key or a value of the wrong type raises :class:`ConfigError` naming the dotted key
-(and the closest valid key), and the YAML file it came from.
+Loading is strict: a key repeated in one YAML mapping (at any depth), an unknown key, a value of the wrong type and a
+value no run can use (``optim.learning_rate=nan``, ``model.rms_norm_eps=-1``, ``train.epochs=0``...) raise one
+:class:`ConfigError` listing every problem found, each naming its dotted key and the value (and the closest valid
+key, the lines of a repeated one, the YAML file it came from). Each section checks its own values in ``problems``
+(``validate`` raises them); :meth:`Config.problems` gathers every section's, so a section added later only needs its
+own ``_rules``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Callable, Literal, Optional, Sequence, Union
 
 import yaml
 
@@ -31,7 +37,92 @@ from jaxtune.errors import JaxtuneError
 
 
 class ConfigError(JaxtuneError, ValueError):
-    """A configuration value is unknown, ill-typed or inconsistent. The message names the dotted key."""
+    """Configuration values are unknown, ill-typed or unusable. ``problems`` holds one message per problem, each
+    naming its dotted key; the message lists them all."""
+
+    def __init__(self, problems: Union[str, Sequence[str]]):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        if len(self.problems) == 1:
+            text = self.problems[0]
+        else:
+            text = f"{len(self.problems)} problems in the config:\n" + "\n".join(f"  {p}" for p in self.problems)
+        super().__init__(text)
+
+
+def _key(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
+class _Rules:
+    """Collects the problems of one section; every message names the dotted key and the value it got. A field
+    already found wrong (e.g. non-finite) is not reported again by later rules."""
+
+    def __init__(self, section: Any, where: str):
+        self.section, self.where = section, where
+        self.problems: list[str] = []
+        self._reported: set[str] = set()
+
+    def fine(self, *names: str) -> bool:
+        """Whether none of these fields has been reported (rules relating them would only repeat the problem)."""
+        return not self._reported.intersection(names)
+
+    def add(self, message: str, *names: str) -> None:
+        self.problems.append(message)
+        self._reported.update(names)
+
+    def check(self, names: Sequence[str], ok: Callable[[Any], bool], rule: str, optional: bool = False) -> None:
+        for name in names:
+            value = getattr(self.section, name)
+            if name in self._reported or (optional and value is None):
+                continue
+            if not ok(value):
+                self.add(f"{_key(self.where, name)} must be {rule}, got {value!r}", name)
+
+    def at_least(self, low: int, *names: str, optional: bool = False) -> None:
+        self.check(names, lambda v: v >= low, f"at least {low}" + (" or null" if optional else ""), optional)
+
+    def positive(self, *names: str, optional: bool = False) -> None:
+        self.check(names, lambda v: v > 0, "positive" + (" or null" if optional else ""), optional)
+
+    def non_negative(self, *names: str) -> None:
+        self.check(names, lambda v: v >= 0, "at least 0")
+
+    def finite_floats(self) -> None:
+        """Every float field must be a finite number (YAML reads ``.nan``/``.inf``, the command line ``nan``)."""
+        for f in dataclasses.fields(self.section):
+            value = getattr(self.section, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                self.add(f"{_key(self.where, f.name)} must be a finite number, got {value!r}", f.name)
+
+
+class _Section:
+    """A config section that checks its own values. Subclasses add rules in ``_rules``; nested sections are
+    checked under their own dotted prefix."""
+
+    SECTION = ""
+    """The section's key in :class:`Config` (the default ``where`` of its messages)."""
+
+    def _rules(self, rules: _Rules) -> None:
+        pass
+
+    def problems(self, where: Optional[str] = None) -> list[str]:
+        """Every problem of this section's values (and of its nested sections), each naming its dotted key."""
+        where = self.SECTION if where is None else where
+        rules = _Rules(self, where)
+        rules.finite_floats()
+        self._rules(rules)
+        out = list(rules.problems)
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if isinstance(value, _Section):
+                out += value.problems(_key(where, f.name))
+        return out
+
+    def validate(self, where: Optional[str] = None) -> None:
+        """Raise :class:`ConfigError` listing every problem of :meth:`problems`."""
+        problems = self.problems(where)
+        if problems:
+            raise ConfigError(problems)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -44,8 +135,10 @@ DType = Literal["float32", "bfloat16", "float16"]
 
 
 @dataclass
-class RopeScalingConfig:
+class RopeScalingConfig(_Section):
     """RoPE frequency scaling as transformers' ``rope_parameters`` describes it."""
+
+    SECTION = "model.rope_scaling"
 
     rope_type: Literal["default", "llama3", "linear"] = "default"
     """``default``: plain RoPE; ``llama3``: LLaMA-3.1 frequency smoothing; ``linear``: positions divided by factor."""
@@ -58,10 +151,20 @@ class RopeScalingConfig:
     original_max_position_embeddings: int = 8192
     """llama3: the context length the base model was pre-trained with."""
 
+    def _rules(self, rules: _Rules) -> None:
+        rules.positive("factor", "low_freq_factor", "high_freq_factor")
+        rules.at_least(1, "original_max_position_embeddings")
+        if self.rope_type == "llama3" and not self.high_freq_factor > self.low_freq_factor:
+            rules.add(f"{_key(rules.where, 'high_freq_factor')}={self.high_freq_factor!r} must exceed "
+                      f"{_key(rules.where, 'low_freq_factor')}={self.low_freq_factor!r} (llama3 smooths between them)",
+                      "high_freq_factor")
+
 
 @dataclass
-class ModelConfig:
+class ModelConfig(_Section):
     """Shape and numerics of a LLaMA-family decoder (as transformers' ``LlamaConfig`` defines it)."""
+
+    SECTION = "model"
 
     preset: Optional[str] = None
     """Named shape from :mod:`jaxtune.models.configs` (``doit-7b``, ``llama2-7b``, ``tiny``...). Fields set
@@ -118,27 +221,32 @@ class ModelConfig:
         m = max(1, self.vocab_pad_multiple)
         return -(-self.vocab_size // m) * m
 
-    def validate(self, where: str = "model") -> None:
-        """Raise ConfigError for shapes that cannot form a LLaMA model."""
-        positive = ["vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads"]
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{where}.{name} must be positive, got {getattr(self, name)}")
+    def _rules(self, rules: _Rules) -> None:
+        where = rules.where
+        rules.positive("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+                       "rms_norm_eps", "rope_theta", "max_position_embeddings")
+        rules.positive("num_kv_heads", "head_dim", optional=True)
+        rules.at_least(1, "vocab_pad_multiple")
+        rules.non_negative("initializer_range")
+        if not rules.fine("hidden_size", "num_heads", "num_kv_heads", "head_dim"):
+            return  # the shape rules below divide by these
         if self.head_dim is None and self.hidden_size % self.num_heads:
-            raise ConfigError(
-                f"{where}.hidden_size={self.hidden_size} is not divisible by {where}.num_heads={self.num_heads}; "
-                f"set {where}.head_dim explicitly"
-            )
-        if self.resolved_head_dim() % 2:
-            raise ConfigError(f"{where}.head_dim must be even for rotary embeddings, got {self.resolved_head_dim()}")
+            rules.add(f"{where}.hidden_size={self.hidden_size} is not divisible by {where}.num_heads={self.num_heads}; "
+                      f"set {where}.head_dim explicitly", "hidden_size")
+        elif self.resolved_head_dim() % 2:
+            rules.add(f"{where}.head_dim must be even for rotary embeddings, got {self.resolved_head_dim()}",
+                      "head_dim")
         kv = self.resolved_num_kv_heads()
-        if kv <= 0 or self.num_heads % kv:
-            raise ConfigError(f"{where}.num_heads={self.num_heads} must be a multiple of {where}.num_kv_heads={kv}")
+        if self.num_heads % kv:
+            rules.add(f"{where}.num_heads={self.num_heads} must be a multiple of {where}.num_kv_heads={kv}",
+                      "num_kv_heads")
 
 
 @dataclass
-class DataConfig:
+class DataConfig(_Section):
     """Where training records come from and how they become batches of token ids."""
+
+    SECTION = "data"
 
     format: Literal["doit", "belle", "belle_conversations", "alpaca", "sharegpt", "messages"] = "doit"
     """Record format of the input files."""
@@ -184,10 +292,18 @@ class DataConfig:
     prefetch: int = 2
     """Batches prefetched per process (and per worker)."""
 
+    def _rules(self, rules: _Rules) -> None:
+        rules.at_least(2, "max_len")
+        rules.non_negative("pad_to_multiple", "num_workers", "read_threads")
+        rules.at_least(1, "prefetch")
+        rules.check(("shuffle_seed",), lambda v: 0 <= v < 2**32, "in [0, 2**32) (grain's shuffle seeds)")
+
 
 @dataclass
-class MeshConfig:
+class MeshConfig(_Section):
     """Device mesh. Product of the sizes must equal the number of devices; one size may be -1 (the rest)."""
+
+    SECTION = "mesh"
 
     data: int = 1
     """Pure data parallelism (replicated parameters)."""
@@ -206,10 +322,28 @@ class MeshConfig:
     process_id: Optional[int] = None
     """This process's index (with coordinator_address; None lets JAX read it from the environment)."""
 
+    def _rules(self, rules: _Rules) -> None:
+        where = rules.where
+        rules.check(("data", "fsdp", "tensor"), lambda v: v >= 1 or v == -1,
+                    "a positive size or -1 (the rest of the devices)")
+        free = [name for name in ("data", "fsdp", "tensor") if getattr(self, name) == -1]
+        if len(free) > 1:
+            rules.add(f"only one mesh size may be -1, got -1 for {', '.join(_key(where, n) for n in free)}", *free)
+        rules.at_least(1, "dcn_data")
+        rules.at_least(1, "num_processes", optional=True)
+        if (self.num_processes is not None or self.process_id is not None) and not self.coordinator_address:
+            rules.add(f"{where}.num_processes and {where}.process_id need {where}.coordinator_address",
+                      "num_processes", "process_id")
+        if self.process_id is not None and not 0 <= self.process_id < (self.num_processes or self.process_id + 1):
+            rules.add(f"{where}.process_id must be in 0..{where}.num_processes-1, got {self.process_id!r}",
+                      "process_id")
+
 
 @dataclass
-class OptimConfig:
+class OptimConfig(_Section):
     """AdamW, gradient clipping and the learning-rate schedule (optax)."""
+
+    SECTION = "optim"
 
     learning_rate: float = 1e-5
     """Peak learning rate."""
@@ -232,10 +366,19 @@ class OptimConfig:
     mu_dtype: Optional[DType] = None
     """dtype of Adam's first moment; None keeps the master parameters' dtype (model.param_dtype)."""
 
+    def _rules(self, rules: _Rules) -> None:
+        rules.non_negative("learning_rate", "warmup_steps", "weight_decay", "end_learning_rate_ratio")
+        rules.check(("warmup_ratio",), lambda v: 0.0 <= v <= 1.0, "in [0, 1]")
+        rules.check(("b1", "b2"), lambda v: 0.0 <= v < 1.0, "in [0, 1)")
+        rules.positive("eps")
+        rules.positive("max_grad_norm", optional=True)
+
 
 @dataclass
-class TrainConfig:
+class TrainConfig(_Section):
     """The fine-tuning run."""
+
+    SECTION = "train"
 
     global_batch_size: int = 64
     """Rows (or, with ``batch_unit: examples``, examples) per optimizer step over all hosts and microbatches."""
@@ -263,10 +406,20 @@ class TrainConfig:
     """Peak FLOP/s of one device for the MFU figure; None looks the device kind up (TPU v4/v5e/v5p/v6e, A100,
     H100/H200) and omits MFU for unknown devices."""
 
+    def _rules(self, rules: _Rules) -> None:
+        rules.at_least(1, "global_batch_size", "microbatches", "epochs", "log_every", "max_consecutive_bad_steps")
+        rules.at_least(1, "max_steps", "eval_every", optional=True)
+        rules.positive("peak_flops_per_device", optional=True)
+        if rules.fine("global_batch_size", "microbatches") and self.global_batch_size % self.microbatches:
+            rules.add(f"{rules.where}.global_batch_size={self.global_batch_size} is not divisible by "
+                      f"{rules.where}.microbatches={self.microbatches}", "global_batch_size")
+
 
 @dataclass
-class CheckpointConfig:
+class CheckpointConfig(_Section):
     """Orbax checkpoints of the train state and data iterator."""
+
+    SECTION = "checkpoint"
 
     save_every: Optional[int] = 500
     """Steps between saves (None: only at epoch ends). The last step, each epoch end and a SIGTERM always save."""
@@ -283,10 +436,15 @@ class CheckpointConfig:
     """Parameters to start from when not resuming: a params-only checkpoint (``jaxtune import-hf``) or a train
     checkpoint's step folder (RUN_DIR/checkpoints/STEP); None initialises randomly from train.seed."""
 
+    def _rules(self, rules: _Rules) -> None:
+        rules.at_least(1, "save_every", "max_to_keep", optional=True)
+
 
 @dataclass
-class EvalConfig:
+class EvalConfig(_Section):
     """Evaluation suites run on a checkpoint."""
+
+    SECTION = "eval"
 
     suites: list[str] = field(default_factory=lambda: ["doit"])
     """Suites to run: ``doit``, ``ceval``, ``cmmlu``, ``agieval``, ``belle``."""
@@ -335,9 +493,18 @@ class EvalConfig:
     judge_concurrency: int = 4
     judge_repeats: int = 3
 
+    def _rules(self, rules: _Rules) -> None:
+        rules.at_least(1, "batch_size", "max_new_tokens", "max_prompt_len", "bucket_multiple", "judge_concurrency",
+                       "judge_repeats")
+        rules.non_negative("num_shots", "temperature", "top_k")
+        rules.check(("top_p",), lambda v: 0.0 < v <= 1.0, "in (0, 1]")
+        rules.positive("repetition_penalty")
+        rules.check(("judge_base_url",), lambda v: v.startswith(("http://", "https://")),
+                    "an http:// or https:// URL or null", optional=True)
+
 
 @dataclass
-class Config:
+class Config(_Section):
     """A whole jaxtune run."""
 
     run_dir: str = "runs/default"
@@ -349,6 +516,9 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def _rules(self, rules: _Rules) -> None:
+        rules.check(("run_dir",), lambda v: bool(v.strip()), "a directory path")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -373,8 +543,9 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", repr(tp))
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; return it converted (int -> float, str -> Path...)."""
+def _coerce(value: Any, tp: Any, key: str, problems: Optional[list[str]] = None) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it converted (int -> float, str -> Path...). Problems
+    inside a nested section go to ``problems`` (raised at once when it is None)."""
     origin = typing.get_origin(tp)
     if tp is Any:
         return value
@@ -401,7 +572,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             value = [v for v in value.split(",") if v]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
-        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+        return [_coerce(v, item_tp, f"{key}[{i}]", problems) for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
@@ -409,7 +580,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if _is_dataclass_type(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
-        return _build(tp, value, key)
+        if problems is not None:
+            return _build(tp, value, key, problems)
+        inner: list[str] = []
+        built = _build(tp, value, key, inner)
+        if inner:
+            raise ConfigError(inner)
+        return built
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -443,20 +620,34 @@ def _unknown_key_error(cls: type, name: str, prefix: str) -> ConfigError:
     return ConfigError(f"unknown config key '{prefix}{name}'{hint}")
 
 
-def _build(cls: type, values: dict, prefix: str) -> Any:
+def _build(cls: type, values: dict, prefix: str, problems: list[str]) -> Any:
+    """The dataclass ``cls`` from ``values``; each unknown or ill-typed key is appended to ``problems`` (and the
+    field keeps its default, so that the values' own checks can still run and be reported together)."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     pre = f"{prefix}." if prefix else ""
-    for k in values:
-        if k not in names:
-            raise _unknown_key_error(cls, str(k), pre)
-    if cls is ModelConfig and values.get("preset"):
+    known = {}
+    for k, v in values.items():
+        if k in names:
+            known[k] = v
+        else:
+            problems.append(str(_unknown_key_error(cls, str(k), pre)))
+    if cls is ModelConfig and known.get("preset"):
         from jaxtune.models.configs import preset_values  # named shapes live with the model
 
-        merged = dict(preset_values(values["preset"], key=f"{pre}preset"))
-        merged.update(values)
-        values = merged
-    kwargs = {k: _coerce(v, hints[k], f"{pre}{k}") for k, v in values.items()}
+        try:
+            merged = dict(preset_values(known["preset"], key=f"{pre}preset"))
+        except ConfigError as e:
+            problems.extend(e.problems)
+            merged = {}
+        merged.update(known)
+        known = merged
+    kwargs = {}
+    for k, v in known.items():
+        try:
+            kwargs[k] = _coerce(v, hints[k], f"{pre}{k}", problems)
+        except ConfigError as e:
+            problems.extend(e.problems)
     return cls(**kwargs)
 
 
@@ -471,6 +662,10 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
             raise ConfigError(f"{dotted}: '{part}' is a value, not a section")
         node = child
     node[parts[-1]] = value
+
+
+OVERRIDE_PREFIX = "command-line override"
+"""How a problem of a ``key=value`` override starts (it is not the YAML file's)."""
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -489,8 +684,11 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def config_from_dict(values: dict, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Build a validated :class:`Config` from a nested dict and ``key=value`` overrides."""
+    """Build a validated :class:`Config` from a nested dict and ``key=value`` overrides.
+
+    Raises one ConfigError listing every problem: bad overrides, unknown or ill-typed keys, unusable values."""
     tree = _deep_copy(values)
+    problems: list[str] = []
     for text in overrides:
         try:
             key, value = parse_override(text)
@@ -501,12 +699,23 @@ def config_from_dict(values: dict, overrides: list[str] | tuple[str, ...] = ()) 
                 from jaxtune.models.configs import preset_values
 
                 preset_values(value, key=key)
+            _set_dotted(tree, key, value)
         except ConfigError as e:
-            raise ConfigError(f"command-line override {text!r}: {e}") from None
-        _set_dotted(tree, key, value)
-    config = _build(Config, tree, "")
-    config.model.validate("model")
+            problems += [f"{OVERRIDE_PREFIX} {text!r}: {p}" for p in e.problems]
+    config = _build(Config, tree, "", problems)
+    problems += [_attribute(p, overrides) for p in config.problems("")]
+    if problems:
+        raise ConfigError(problems)
     return config
+
+
+def _attribute(problem: str, overrides: Sequence[str]) -> str:
+    """A value's problem, marked as the command line's when an override set a key it names (the last such one)."""
+    for text in reversed(overrides):
+        key = text.split("=", 1)[0].strip()
+        if key and re.search(rf"(?<![\w.]){re.escape(key)}(?![\w.])", problem):
+            return f"{OVERRIDE_PREFIX} {text!r}: {problem}"
+    return problem
 
 
 def _check_path(dotted: str) -> Any:
@@ -530,20 +739,66 @@ def _deep_copy(values: dict) -> dict:
     return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in values.items()}
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader, except that a key repeated in one mapping (at any depth) is an error: PyYAML silently
+    keeps the last one, so a second ``train:`` section would replace the first."""
+
+    def get_single_data(self) -> Any:
+        node = self.get_single_node()
+        if node is None:
+            return None
+        duplicates: list[str] = []
+        _find_duplicate_keys(node, "", duplicates, set())
+        if duplicates:
+            raise ConfigError(sorted(duplicates, key=lambda m: int(m.split("at lines ")[1].split()[0])))
+        return self.construct_document(node)
+
+
+def _find_duplicate_keys(node: yaml.Node, path: str, out: list[str], seen_nodes: set[int]) -> None:
+    if id(node) in seen_nodes:  # an alias of a node already walked
+        return
+    seen_nodes.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first_line: dict[tuple[str, str], int] = {}
+        for key_node, value_node in node.value:
+            child = path
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                ident = (key_node.tag, key_node.value)
+                line = key_node.start_mark.line + 1
+                child = _key(path, key_node.value)
+                if ident in first_line:
+                    out.append(f"duplicate key '{child}' at lines {first_line[ident]} and {line} (YAML would keep "
+                               f"only the last; keep one)")
+                else:
+                    first_line[ident] = line
+            _find_duplicate_keys(value_node, child, out, seen_nodes)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _find_duplicate_keys(item, f"{path}[{i}]", out, seen_nodes)
+
+
+def load_yaml(path: str | os.PathLike) -> Any:
+    """The YAML document of ``path``; ConfigError naming the file for invalid YAML or a repeated key."""
+    p = Path(path)
+    try:
+        return yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    except ConfigError as e:
+        raise ConfigError([f"{p}: {m}" for m in e.problems]) from None
+
+
 def load_config(path: str | os.PathLike | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Load a YAML config file (or the defaults when ``path`` is None) and apply ``key=value`` overrides.
 
-    Raises ConfigError naming the file and the dotted key of any unknown or ill-typed value.
+    Raises one ConfigError listing every problem, each naming the dotted key (and the file, for the file's).
     """
     values: dict = {}
     if path is not None:
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist")
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        loaded = load_yaml(p)
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -552,9 +807,9 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | tuple[str
     try:
         return config_from_dict(values, overrides)
     except ConfigError as e:
-        if path is not None and not str(e).startswith("command-line override"):
-            raise ConfigError(f"{path}: {e}") from None
-        raise
+        if path is None:
+            raise
+        raise ConfigError([p if p.startswith(OVERRIDE_PREFIX) else f"{path}: {p}" for p in e.problems]) from None
 
 
 def config_to_dict(config: Any) -> dict:
@@ -571,6 +826,9 @@ def dump_config(config: Config) -> str:
 
 def model_config_from_dict(values: dict) -> ModelConfig:
     """A :class:`ModelConfig` from a dict (e.g. one stored beside a checkpoint)."""
-    cfg = _build(ModelConfig, dict(values), "model")
-    cfg.validate("model")
+    problems: list[str] = []
+    cfg = _build(ModelConfig, dict(values), "model", problems)
+    problems += cfg.problems("model")
+    if problems:
+        raise ConfigError(problems)
     return cfg

@@ -351,22 +351,41 @@ def find_summaries(paths: Iterable[str | Path]) -> list[Path]:
 
 
 def format_table(summary: SuiteSummary) -> str:
-    """A fixed-width table: one row per ability (N, correct, score, chance) and the overall mean."""
+    """A fixed-width table: one row per ability (N, correct, score, chance) and the overall mean. A judged suite
+    (its details hold ``judgements``) adds an ``unscored`` column and a line with the judge's failure rate."""
     digits = 2 if summary.unit == "percent" else 4
+    judged = "judgements" in summary.details
     rows = [(a.name, str(a.n), f"{a.correct:g}", f"{a.score:.{digits}f}", _fmt(a.chance, digits))
+            + ((str(a.details.get("n_unscored", 0)),) if judged else ())
             for a in summary.abilities]
     rows.append(("overall (mean)", str(sum(a.n for a in summary.abilities)), "", f"{summary.overall:.{digits}f}",
-                 _fmt(summary.overall_chance, digits)))
-    header = ("ability", "N", "correct", "score", "chance")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(5)]
+                 _fmt(summary.overall_chance, digits))
+                + ((str(summary.details.get("unscored_answers", "")),) if judged else ()))
+    header = ("ability", "N", "correct", "score", "chance") + (("unscored",) if judged else ())
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     title = f"{summary.suite} {summary.variant} [{summary.scorer_mode} scorer, {summary.unit}]"
 
     def line(r: Sequence[str]) -> str:
         return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
 
     sep = "-" * len(line(header))
-    notes = [f"note: {n}" for n in summary.details.get("notes", ()) if isinstance(n, str)]
-    return "\n".join([title, line(header), sep, *map(line, rows[:-1]), sep, line(rows[-1]), *notes])
+    out = [title, line(header), sep, *map(line, rows[:-1]), sep, line(rows[-1])]
+    out += [f"note: {n}" for n in summary.details.get("notes", ()) if isinstance(n, str)]
+    if judged:
+        out.append(_judge_line(summary.details))
+    return "\n".join(out)
+
+
+def _judge_line(details: Mapping[str, Any]) -> str:
+    """``judge: 3 of 21 judgements unparseable (14.3%); 1 of 7 answers unscored; no class without a score``."""
+    total, failed = details.get("judgements", 0), details.get("failed_judgements", 0)
+    rate = details.get("parse_failure_rate", failed / total if total else 0.0)
+    text = f"judge: {failed} of {total} judgements unparseable after re-asks ({rate:.1%})"
+    if "unscored_answers" in details:
+        text += f"; {details['unscored_answers']} of {details.get('answers', '?')} answers unscored"
+    classes = details.get("unscored_classes") or []
+    text += f"; classes with no score (left out of the means): {', '.join(classes)}" if classes else ""
+    return text
 
 
 def _fmt(value: float | None, digits: int) -> str:

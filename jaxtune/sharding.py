@@ -110,29 +110,29 @@ def initialize_distributed(cfg: MeshConfig) -> bool:
             coordinator_address=cfg.coordinator_address, num_processes=cfg.num_processes, process_id=cfg.process_id
         )
         return True
-    if cfg.num_processes is not None or cfg.process_id is not None:
-        raise LayoutError("mesh.num_processes and mesh.process_id need mesh.coordinator_address")
+    _check_mesh_config(cfg)  # e.g. num_processes without coordinator_address
     if _multi_process_environment():
         jax.distributed.initialize()
         return True
     return False
 
 
+def _check_mesh_config(cfg: MeshConfig) -> None:
+    """MeshConfig's own rules (sizes, one -1, dcn_data, processes), raised as a LayoutError."""
+    problems = cfg.problems()
+    if problems:
+        raise LayoutError("; ".join(problems))
+
+
 def resolve_mesh_shape(cfg: MeshConfig, num_devices: int) -> dict[str, int]:
     """Sizes of ``data``, ``fsdp``, ``tensor`` within one slice (resolving a single -1), checked against the device
     count. With ``dcn_data`` > 1 each slice holds num_devices / dcn_data devices."""
-    if cfg.dcn_data < 1:
-        raise LayoutError(f"mesh.dcn_data must be at least 1, got {cfg.dcn_data}")
+    _check_mesh_config(cfg)
     if num_devices % cfg.dcn_data:
         raise LayoutError(f"mesh.dcn_data={cfg.dcn_data} does not divide the {num_devices} devices into slices")
     per_slice = num_devices // cfg.dcn_data
     sizes = {name: getattr(cfg, name) for name in MESH_AXES}
     free = [name for name, size in sizes.items() if size == -1]
-    for name, size in sizes.items():
-        if size == 0 or size < -1:
-            raise LayoutError(f"mesh.{name} must be a positive size or -1 (the rest of the devices), got {size}")
-    if len(free) > 1:
-        raise LayoutError(f"only one mesh size may be -1, got -1 for {', '.join('mesh.' + n for n in free)}")
     fixed = math.prod(size for size in sizes.values() if size != -1)
     if free:
         if per_slice % fixed:

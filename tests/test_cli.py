@@ -15,7 +15,7 @@ def test_every_subcommand_is_registered():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     assert set(sub.choices) >= {"quickstart", "train", "eval", "report", "sweep", "prepare", "import-hf",
-                                "export-hf", "check-hf", "info"}
+                                "export-hf", "check-hf", "info", "validate"}
 
 
 def test_unknown_override_key_names_it_and_the_closest_key(capsys, tmp_path):
@@ -74,3 +74,35 @@ def test_info_prints_steps_per_epoch_for_a_config_with_data(capsys, tmp_path):
     assert code == 0 and "steps per epoch: 5 (train.batch_unit=examples, one example per row)" in out
     code, _, err = _run(capsys, *common, "train.batch_unit=tokens")
     assert code == 2 and "train.batch_unit" in err
+
+
+def test_validate_prints_every_problem_with_its_key_and_exits_1(capsys, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model:\n  preset: doit-33b\n  vocab_size: 49957\n  vocab_pad_multiple: 128\n"
+                   "mesh:\n  fsdp: 1\n  tensor: 8\n")
+    code, out, err = _run(capsys, "validate", str(cfg), "train.global_batch_size=63", "--accelerator", "v5p-16")
+    assert code == 1 and "Traceback" not in err
+    assert out.startswith("4 problems:\n  data.path is not set (a training run needs it)\n"
+                          "  data.tokenizer is not set (a training run needs it)\n"
+                          "  63 rows per microbatch (train.global_batch_size=63 / train.microbatches=1) cannot be split "
+                          "evenly over 2 processes\n  model.num_heads = 52")
+    assert "checked for 8 devices in 2 processes: v5p-16 (8 chips, 2 hosts)\n  mesh data=1 x fsdp=1 x tensor=8" in out
+
+
+def test_validate_lists_all_value_problems_and_exits_2(capsys, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("train:\n  epochs: -1\ntrain:\n  seed: 3\n")
+    code, _, err = _run(capsys, "validate", str(cfg), "--devices", "8")
+    assert code == 2 and err.strip() == f"jaxtune validate: error: {cfg}: duplicate key 'train' at lines 1 and 3 " \
+                                        "(YAML would keep only the last; keep one)"
+    cfg.write_text("train:\n  epochs: -1\noptim:\n  learning_rate: .nan\n  eps: 0\n")
+    code, _, err = _run(capsys, "validate", str(cfg), "model.rms_norm_eps=-1")
+    assert code == 2 and err.splitlines() == [
+        "jaxtune validate: error: 4 problems in the config:",
+        "  command-line override 'model.rms_norm_eps=-1': model.rms_norm_eps must be positive, got -1.0",
+        f"  {cfg}: optim.learning_rate must be a finite number, got nan",
+        f"  {cfg}: optim.eps must be positive, got 0.0",
+        f"  {cfg}: train.epochs must be at least 1, got -1",
+    ]
+    with pytest.raises(SystemExit):
+        main(["validate", str(cfg), "--devices", "8", "--accelerator", "v5p-16"])

@@ -115,3 +115,80 @@ def test_shipped_configs_load(path: Path) -> None:
     if preset is not None and preset not in PRESETS:  # the BLOOM recipes before the BLOOM presets are merged
         pytest.skip(f"{path.name} names model preset {preset!r}, which this checkout does not define")
     load_config(path)
+
+
+def test_a_key_repeated_at_any_depth_is_an_error_naming_it_and_its_lines(tmp_path: Path) -> None:
+    # PyYAML keeps the second `train:` silently: the run trained with batch 64 and seed 0 instead of 6 and 17.
+    path = write(tmp_path, "train:\n  global_batch_size: 6\n  seed: 17\nmodel:\n  preset: tiny\n"
+                           "  rope_scaling:\n    factor: 2\n    factor: 3\ntrain:\n  global_batch_size: 64\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.problems == [
+        f"{path}: duplicate key 'train' at lines 1 and 9 (YAML would keep only the last; keep one)",
+        f"{path}: duplicate key 'model.rope_scaling.factor' at lines 7 and 8 (YAML would keep only the last; keep one)",
+    ]
+    listed = write(tmp_path, "eval:\n  suites: [doit]\n  suites: [belle]\n")
+    with pytest.raises(ConfigError, match=r"duplicate key 'eval\.suites' at lines 2 and 3"):
+        load_config(listed)
+    # Distinct keys that merely look alike, and YAML merge keys, are fine.
+    ok = write(tmp_path, "base: &b {seed: 3}\ntrain:\n  <<: *b\n  seed: 4\n")
+    with pytest.raises(ConfigError) as merged:  # loads as YAML, then fails as a config on its extra key only
+        load_config(ok)
+    assert merged.value.problems == [f"{ok}: unknown config key 'base'; valid keys: {', '.join(f.name for f in dataclasses.fields(Config))}"]
+
+
+@pytest.mark.parametrize("override,message", [
+    ("optim.learning_rate=nan", "optim.learning_rate must be a finite number, got nan"),
+    ("optim.learning_rate=inf", "optim.learning_rate must be a finite number, got inf"),
+    ("optim.learning_rate=-1e-5", "optim.learning_rate must be at least 0, got -1e-05"),
+    ("model.rms_norm_eps=-1", "model.rms_norm_eps must be positive, got -1.0"),
+    ("model.rms_norm_eps=0", "model.rms_norm_eps must be positive, got 0.0"),
+    ("train.epochs=-1", "train.epochs must be at least 1, got -1"),
+    ("optim.eps=0", "optim.eps must be positive, got 0.0"),
+    ("optim.b2=1", "optim.b2 must be in [0, 1), got 1.0"),
+    ("optim.max_grad_norm=0", "optim.max_grad_norm must be positive or null, got 0.0"),
+    ("optim.warmup_ratio=1.5", "optim.warmup_ratio must be in [0, 1], got 1.5"),
+    ("train.max_steps=0", "train.max_steps must be at least 1 or null, got 0"),
+    ("train.log_every=0", "train.log_every must be at least 1, got 0"),
+    ("train.max_consecutive_bad_steps=0", "train.max_consecutive_bad_steps must be at least 1, got 0"),
+    ("checkpoint.save_every=0", "checkpoint.save_every must be at least 1 or null, got 0"),
+    ("checkpoint.max_to_keep=0", "checkpoint.max_to_keep must be at least 1 or null, got 0"),
+    ("data.max_len=1", "data.max_len must be at least 2, got 1"),
+    ("data.prefetch=0", "data.prefetch must be at least 1, got 0"),
+    ("data.shuffle_seed=-1", "data.shuffle_seed must be in [0, 2**32) (grain's shuffle seeds), got -1"),
+    ("mesh.tensor=0", "mesh.tensor must be a positive size or -1 (the rest of the devices), got 0"),
+    ("eval.top_p=0", "eval.top_p must be in (0, 1], got 0.0"),
+    ("eval.judge_repeats=0", "eval.judge_repeats must be at least 1, got 0"),
+    ("model.rope_theta=.nan", "model.rope_theta must be a finite number, got nan"),
+])
+def test_unusable_values_are_refused_on_load_naming_key_and_value(override: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert info.value.problems == [f"command-line override {override!r}: {message}"]
+
+
+def test_every_problem_is_collected_and_reported_together(tmp_path: Path) -> None:
+    path = write(tmp_path, "optim:\n  learning_rate: .inf\n  eps: -1\n  learning_rat: 1\nmodel:\n  rms_norm_eps: -1\n"
+                           "  hidden_size: wide\ntrain:\n  global_batch_size: 63\n  microbatches: 2\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, ["train.epochs=0", "mesh.fsdp=-1", "mesh.tensor=-1"])
+    problems = info.value.problems
+    expected = [
+        f"{path}: unknown config key 'optim.learning_rat'; did you mean 'optim.learning_rate'?",
+        f"{path}: model.hidden_size: expected an integer, got 'wide'",
+        f"{path}: model.rms_norm_eps must be positive, got -1.0",
+        "command-line override 'mesh.tensor=-1': only one mesh size may be -1, got -1 for mesh.fsdp, mesh.tensor",
+        f"{path}: optim.learning_rate must be a finite number, got inf",
+        f"{path}: optim.eps must be positive, got -1.0",
+        "command-line override 'train.epochs=0': train.epochs must be at least 1, got 0",
+        f"{path}: train.global_batch_size=63 is not divisible by train.microbatches=2",
+    ]
+    assert sorted(problems) == sorted(expected)
+    assert str(info.value).startswith(f"{len(expected)} problems in the config:\n  ")
+    # Sections validate themselves too (what the run-time code calls on a section it is handed).
+    from jaxtune.config import OptimConfig, TrainConfig
+
+    assert OptimConfig(learning_rate=float("nan"), b1=2.0).problems() == [
+        "optim.learning_rate must be a finite number, got nan", "optim.b1 must be in [0, 1), got 2.0"]
+    with pytest.raises(ConfigError, match=r"^train\.epochs must be at least 1, got -1$"):
+        TrainConfig(epochs=-1).validate()

@@ -13,7 +13,10 @@ Formats (``DataConfig.format``):
 - ``sharegpt``: ``{conversations: [{from: human|gpt|system, value}]}`` conversations.
 
 A file may hold JSON Lines (one object per line) or a single JSON array of objects; the first non-blank character
-decides. Blank lines hold no record and are passed over. Every record is validated: a malformed line, a missing field,
+decides. Blank lines hold no record and are passed over. A malformed element of an array is one bad record (named by
+the line it starts on and its index) and reading goes on after it; only text that cannot be split into elements
+(an unclosed array, text after its ``]``) ends a file, and is listed as unreadable. Folders are read for ``.json``
+and ``.jsonl`` files in any case. Every record is validated: a malformed line, a missing field,
 an unknown role, an empty assistant turn or a wrong type raises :class:`DataError` naming the file, the line and the
 field, or, with ``on_error="skip"``, the record is left out and listed in a :class:`SkipReport`.
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 import bisect
 import json
 import math
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +42,7 @@ ROLES: tuple[str, ...] = ("system", "user", "assistant")
 DEFAULT_ABILITY = "general"
 """Ability of records whose format carries none (BELLE, Alpaca, ShareGPT without an ``ability`` key)."""
 DATA_FILE_SUFFIXES: tuple[str, ...] = (".json", ".jsonl")
+"""Suffixes of data files in a folder, matched in any case (``.JSONL`` too)."""
 
 # Speaker names of the "from"/"value" conversation formats, mapped onto jaxtune's three roles.
 _SPEAKER_ROLES = {
@@ -122,6 +127,9 @@ class SkipReport:
     by_source: Counter = field(default_factory=Counter)
     by_field: Counter = field(default_factory=Counter)
     examples: list[SkippedRecord] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)
+    """Parts of files that could not be split into records at all (each message names the file, the line and how
+    much was lost); not counted in ``seen`` or ``skipped``."""
 
     def add(self, error: DataError) -> None:
         self.skipped += 1
@@ -137,17 +145,25 @@ class SkipReport:
         self.by_field.update(other.by_field)
         room = self.max_examples - len(self.examples)
         self.examples.extend(other.examples[: max(0, room)])
+        self.unreadable.extend(other.unreadable)
 
     def summary(self, show: int = 5) -> str:
         """A human-readable account: how many were skipped, where, why, and the first few in full."""
-        if not self.skipped:
+        if not self.skipped and not self.unreadable:
             return f"all {self.seen} records valid"
-        files = ", ".join(f"{n} in {src}" for src, n in self.by_source.most_common())
-        fields = ", ".join(f"{n} x {f}" for f, n in self.by_field.most_common())
-        lines = [f"skipped {self.skipped} invalid records of {self.seen} ({files}; fields: {fields})"]
-        lines += [f"  {e.describe()}" for e in self.examples[:show]]
-        if self.skipped > show:
-            lines.append(f"  ... and {self.skipped - show} more")
+        lines = []
+        if self.skipped:
+            files = ", ".join(f"{n} in {src}" for src, n in self.by_source.most_common())
+            fields = ", ".join(f"{n} x {f}" for f, n in self.by_field.most_common())
+            lines = [f"skipped {self.skipped} invalid records of {self.seen} ({files}; fields: {fields})"]
+            lines += [f"  {e.describe()}" for e in self.examples[:show]]
+            if self.skipped > show:
+                lines.append(f"  ... and {self.skipped - show} more")
+        else:
+            lines = [f"all {self.seen} records read were valid"]
+        if self.unreadable:
+            lines.append(f"unreadable parts of {len(self.unreadable)} file(s), not counted above:")
+            lines += [f"  {u}" for u in self.unreadable]
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -157,6 +173,7 @@ class SkipReport:
             "by_source": dict(self.by_source),
             "by_field": dict(self.by_field),
             "examples": [e.describe() for e in self.examples],
+            "unreadable": list(self.unreadable),
         }
 
 
@@ -237,46 +254,163 @@ def read_json_lines(
             yield RawEntry(src, line_no, value=value)
 
 
+_CLOSERS = {"]": "[", "}": "{"}
+_BLANK = " \t\r\n"
+
+
+_SCAN = re.compile(r'["\\\[\]{},\n]')
+"""The characters that matter when scanning over a malformed element."""
+
+
+def _skip_malformed(text: str, start: int) -> tuple[int, bool]:
+    """Where reading goes on after the malformed array element at ``start``: ``(pos, True)`` when ``pos`` is the
+    ``,`` or ``]`` ending it at the array's own depth, ``(pos, False)`` when ``pos`` starts the next element (see
+    :func:`_element_at`: found while the bad element still had a bracket open, so it would otherwise swallow the good
+    elements after it), ``(len(text), True)`` when neither comes. Strings are skipped (a raw newline ends one: JSON
+    strings cannot hold it, so a string left open stops there); a closer without its opener closes whatever is open
+    inside it."""
+    stack: list[str] = []
+    column = _column(text, start)
+    in_string = False
+    escaped_at = -1
+    for m in _SCAN.finditer(text, start):
+        i, c = m.start(), m.group()
+        if i == escaped_at:
+            continue
+        if c == "\n":
+            in_string = False
+            if _element_at(text, i + 1, column):
+                return _first_non_blank(text, i + 1), False
+        elif in_string:
+            if c == "\\":
+                escaped_at = i + 1
+            elif c == '"':
+                in_string = False
+        elif c == '"':
+            in_string = True
+        elif c in "[{":
+            stack.append(c)
+        elif c in "]}":
+            if _CLOSERS[c] not in stack:
+                return i, True  # the array's own "]" (the element left brackets open)
+            while stack.pop() != _CLOSERS[c]:
+                pass
+        elif c == "," and not stack:
+            return i, True
+    return len(text), True
+
+
+def _first_non_blank(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos] in " \t\r":
+        pos += 1
+    return pos
+
+
+def _previous_char(text: str, pos: int) -> str:
+    pos -= 1
+    while pos >= 0 and text[pos] in _BLANK:
+        pos -= 1
+    return text[pos] if pos >= 0 else ""
+
+
+def _column(text: str, pos: int) -> int:
+    return pos - (text.rfind("\n", 0, pos) + 1)
+
+
+def _element_at(text: str, line_start: int, column: int) -> bool:
+    """Whether the line at ``line_start`` begins a whole array element: at ``column`` (where the bad element began),
+    after a ``,``, parsing as JSON and followed by ``,`` or ``]``."""
+    pos = _first_non_blank(text, line_start)
+    if pos - line_start != column or pos >= len(text) or text[pos] not in '{["-0123456789tfn':
+        return False
+    if _previous_char(text, pos) != ",":
+        return False
+    try:
+        _, after = _DECODER.raw_decode(text, pos)
+    except ValueError:
+        return False
+    return text[_first_non_blank(text, after) :].lstrip(_BLANK)[:1] in (",", "]")
+
+
 def _read_json_array(path: Path) -> Iterator[RawEntry]:
+    """The elements of a JSON array file, one entry each. A malformed element becomes an entry holding its error
+    (named by file, line and index) and reading goes on with the next element, so nothing after it is lost;
+    only text that cannot be split into elements at all (an unclosed array, text after the closing ``]``) raises."""
     src = str(path)
     data = path.read_bytes()
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
     try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise DataError(src, line, "", f"not valid UTF-8 ({e.reason})") from None
-    newlines = [i for i, ch in enumerate(text) if ch == "\n"]
+        text = data.decode("utf-8")
+        bad_utf8 = False
+    except UnicodeDecodeError:
+        text = data.decode("utf-8", errors="surrogateescape")  # the bad bytes mark their elements below
+        bad_utf8 = True
+    newlines = [m.start() for m in re.finditer("\n", text)]
 
     def line_of(pos: int) -> int:
         return bisect.bisect_left(newlines, pos) + 1
 
-    pos = len(text) - len(text.lstrip())
-    pos += 1  # the opening "["
-    index = 0
-    while True:
-        while pos < len(text) and text[pos] in " \t\r\n":
+    def skip_blank(pos: int) -> int:
+        while pos < len(text) and text[pos] in _BLANK:
             pos += 1
+        return pos
+
+    def bad(index: int, begin: int, problem: str) -> RawEntry:
+        return RawEntry(src, line_of(begin), error=DataError(src, line_of(begin), f"[{index}]", problem))
+
+    pos = skip_blank(0) + 1  # the opening "["
+    index = 0
+    need_comma = False
+    while True:
+        pos = skip_blank(pos)
         if pos >= len(text):
             raise DataError(src, line_of(pos), "", "JSON array is not closed with ']'")
         if text[pos] == "]":
-            rest = text[pos + 1 :].strip()
-            if rest:
+            if text[pos + 1 :].strip():
                 raise DataError(src, line_of(pos + 1), "", "unexpected text after the closing ']' of the JSON array")
             return
-        if index > 0:
-            if text[pos] != ",":
-                raise DataError(src, line_of(pos), "", f"expected ',' between array elements, got {text[pos]!r}")
-            pos += 1
-            while pos < len(text) and text[pos] in " \t\r\n":
-                pos += 1
         start = pos
-        try:
-            value, pos = _DECODER.raw_decode(text, pos)
-        except ValueError as e:
-            # Without a parsed element the array cannot be resynchronised: this error ends the file.
-            raise DataError(src, line_of(start), f"[{index}]", f"not valid JSON: {e}") from None
-        yield RawEntry(src, line_of(start), value=value)
+        problem = None
+        if need_comma:
+            if text[pos] == ",":
+                start = pos = skip_blank(pos + 1)
+                if text[pos : pos + 1] == "]":
+                    raise DataError(src, line_of(pos), "", "a ',' after the last element of the JSON array (every "
+                                                           "element before it was read)")
+            else:
+                problem = f"expected ',' before this array element, got {text[pos]!r}"
+        if problem is None and text[start : start + 1] == ",":
+            yield bad(index, start, "an empty array element (two commas)")
+            pos, index, need_comma = start, index + 1, True
+            continue
+        if problem is None:
+            try:
+                value, end = _DECODER.raw_decode(text, start)
+            except ValueError as e:
+                problem = f"not valid JSON: {e}"
+            else:
+                if bad_utf8 and any("\udc80" <= ch <= "\udcff" for ch in text[start:end]):
+                    problem = "not valid UTF-8"
+                else:
+                    yield RawEntry(src, line_of(start), value=value)
+                    pos, index, need_comma = end, index + 1, True
+                    continue
+        if start >= len(text):
+            raise DataError(src, line_of(start), "", "JSON array is not closed with ']'")
+        # A malformed element: name it, then go on after it.
+        end, at_separator = _skip_malformed(text, start)
+        yield bad(index, start, problem)
         index += 1
+        if not at_separator:
+            pos, need_comma = end, False
+        elif end >= len(text):
+            raise DataError(src, line_of(start), "", f"the JSON array from element [{index - 1}] on cannot be split "
+                                                     f"into elements (a string or bracket left open?); the rest of "
+                                                     f"the file (lines {line_of(start)}-{line_of(len(text))}) is "
+                                                     f"unreadable")
+        else:
+            pos, need_comma = end, True
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -405,9 +539,8 @@ def ability_from_file_name(path: Union[str, Path]) -> str:
     """The study's ability name of a data file: its name without the last ``_`` part (``role_play_1000.json`` ->
     ``role_play``); a name without ``_`` is kept whole (without its suffix)."""
     stem = Path(path).name
-    for suffix in DATA_FILE_SUFFIXES:
-        if stem.endswith(suffix):
-            stem = stem[: -len(suffix)]
+    if is_data_file_name(stem):
+        stem = stem[: -len(Path(stem).suffix)]
     parts = stem.split("_")
     return "_".join(parts[:-1]) if len(parts) > 1 else stem
 
@@ -534,15 +667,20 @@ def parse_entry(entry: RawEntry, format: str) -> Record:
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def is_data_file_name(name: Union[str, Path]) -> bool:
+    """Whether a file name ends in one of :data:`DATA_FILE_SUFFIXES`, in any case (``a.JSONL`` is a data file)."""
+    return Path(name).suffix.lower() in DATA_FILE_SUFFIXES
+
+
 def list_data_files(path: Union[str, Path]) -> list[Path]:
-    """The data files at ``path``: the file itself, or the ``.json``/``.jsonl`` files directly inside a directory, in
-    sorted file-name order (the order jaxtune gives the study's unsorted file lists)."""
+    """The data files at ``path``: the file itself, or the ``.json``/``.jsonl`` files (any case) directly inside a
+    directory, in sorted file-name order (the order jaxtune gives the study's unsorted file lists)."""
     path = Path(path)
     if path.is_file():
         return [path]
     if not path.exists():
         raise FileNotFoundError(f"data path {path} does not exist")
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in DATA_FILE_SUFFIXES)
+    files = sorted(p for p in path.iterdir() if p.is_file() and is_data_file_name(p))
     if not files:
         folders = sorted(p.name + "/" for p in path.iterdir() if p.is_dir())
         hint = f"; it holds the folders {', '.join(folders)}: point at one of them" if folders else ""
@@ -576,7 +714,8 @@ class RecordCollector:
         yield from self.iter_entries(read_raw_entries(path))
 
     def iter_entries(self, entries: Iterable[RawEntry]) -> Iterator[Record]:
-        """The valid records of ``entries``; a broken JSON array (which cannot be read further) ends them."""
+        """The valid records of ``entries``; text that cannot be split into records (the rest of a broken JSON
+        array) ends them, and is listed in the report's ``unreadable``."""
         try:
             for entry in entries:
                 record = self.parse(entry)
@@ -585,8 +724,7 @@ class RecordCollector:
         except DataError as e:
             if self.on_error == "raise":
                 raise
-            self.report.seen += 1
-            self.report.add(e)
+            self.report.unreadable.append(str(e))
 
 
 def iter_records(

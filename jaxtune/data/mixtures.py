@@ -29,13 +29,13 @@ from pathlib import Path
 from typing import Iterable, Optional, Union
 
 from jaxtune.data.formats import (
-    DATA_FILE_SUFFIXES,
     OnError,
     RawEntry,
     Record,
     RecordCollector,
     SkipReport,
     ability_from_file_name,
+    is_data_file_name,
     iter_records,
     read_raw_entries,
 )
@@ -89,7 +89,7 @@ class Selection:
 def _study_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise SelectionError(f"expected the folder {folder} (DoIT layout), but it does not exist")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in DATA_FILE_SUFFIXES)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and is_data_file_name(p))
     if not files:
         raise SelectionError(f"the folder {folder} holds no .json/.jsonl data files")
     return files

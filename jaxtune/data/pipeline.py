@@ -142,7 +142,7 @@ class PipelineInfo:
         if self.num_unsupervised:
             lines.append(f"  left out {self.num_unsupervised} examples with nothing supervised in their first "
                          f"{self.max_len} tokens: {', '.join(self.unsupervised_examples)}")
-        if self.skipped.skipped:
+        if self.skipped.skipped or self.skipped.unreadable:
             lines.append("  " + self.skipped.summary().replace("\n", "\n  "))
         return "\n".join(lines)
 
@@ -463,19 +463,13 @@ BATCH_UNITS = ("rows", "examples")
 
 
 def _check_cfg(cfg: DataConfig, global_batch_size: int, shard_count: int, dealt: bool) -> None:
-    if cfg.max_len < 2:
-        raise PipelineError(f"data.max_len must be at least 2, got {cfg.max_len}")
+    cfg.validate()  # DataConfig's rules (max_len, pad_to_multiple, workers, prefetch)
     if dealt:  # rows are dealt over steps and rounded up to a multiple of the processes: any positive count works
         if global_batch_size <= 0:
             raise PipelineError(f"the global batch size must be a positive number of examples, got {global_batch_size}")
     elif global_batch_size <= 0 or global_batch_size % shard_count:
         raise PipelineError(f"the global batch size {global_batch_size} must be a positive multiple of the "
                             f"{shard_count} processes")
-    if cfg.pad_to_multiple < 0:
-        raise PipelineError(f"data.pad_to_multiple must be >= 0, got {cfg.pad_to_multiple}")
-    if cfg.num_workers < 0 or cfg.read_threads < 0 or cfg.prefetch < 1:
-        raise PipelineError(f"data.num_workers ({cfg.num_workers}) and data.read_threads ({cfg.read_threads}) must be "
-                            f">= 0 and data.prefetch ({cfg.prefetch}) >= 1")
 
 
 def _make_tokenizer_and_template(cfg: DataConfig, tokenizer: Optional[Tokenizer]) -> ChatTemplate:
@@ -512,7 +506,7 @@ def _build(
     shard_index, shard_count = _shard(shard_options)
     _check_cfg(cfg, global_batch_size, shard_count, dealt)
     if epochs < 1:
-        raise PipelineError(f"epochs must be at least 1, got {epochs}")
+        raise PipelineError(f"train.epochs must be at least 1, got {epochs}")
     template = _make_tokenizer_and_template(cfg, tokenizer)
     source, abilities, skipped = _load_source(path, cfg, selection, key)
     names = tuple(ability_names) if ability_names is not None else tuple(abilities)
@@ -607,7 +601,7 @@ def _build(
     if measured.num_unsupervised:
         logger.warning("left out %d examples with nothing supervised in their first %d tokens: %s",
                        measured.num_unsupervised, cfg.max_len, ", ".join(measured.unsupervised_examples))
-    if skipped.skipped:
+    if skipped.skipped or skipped.unreadable:
         logger.warning("%s", skipped.summary())
     if manifest_path is not None:
         write_manifest(manifest_path, _kept_records(source, table))

@@ -2,7 +2,8 @@
 
 - One user message per request, temperature 0 by default; the API key is read from the environment variable named
   in :class:`JudgeSettings` and sent as a Bearer token. It is never logged, cached, returned or put in an error
-  message (a server that echoes it back has it masked).
+  message: wherever a server echoes it back (a reply, an error body, a malformed body) it is replaced by ``***``
+  before anything else sees the text, and cache entries written before are masked when read.
 - Transport failures (HTTP 408, 429 and 5xx, timeouts, dropped connections, malformed bodies) are retried with
   exponential backoff, honouring ``Retry-After``; other HTTP errors fail at once.
 - Scores are parsed from ``得分:`` (either colon width, optional trailing ``分`` or ``/1``); a reply without one, with
@@ -43,6 +44,10 @@ _SCORE = re.compile(r"得分\s*[:：]\s*(-?\d+(?:\.\d+)?)\s*(?:/\s*(\d+(?:\.\d+)
 
 class JudgeError(JaxtuneError, RuntimeError):
     """The judge endpoint failed for good (a non-retryable HTTP error, or retries exhausted)."""
+
+
+class JudgeCacheError(JaxtuneError, ValueError):
+    """A judge cache file holds a line that is not a cache entry; the message names the file and the line."""
 
 
 @dataclass(frozen=True)
@@ -156,7 +161,8 @@ class JudgeCache:
                 if not isinstance(entry, dict) or "key" not in entry:
                     raise ValueError("no 'key'")
             except ValueError as e:
-                raise ValueError(f"{self.path}:{lineno}: corrupt judge cache line ({e})") from None
+                raise JudgeCacheError(f"{self.path}:{lineno}: corrupt judge cache line ({e}); delete the line (its "
+                                      f"judgement is asked again) or the file") from None
             self._entries[entry["key"]] = entry
 
     def __len__(self) -> int:
@@ -212,6 +218,7 @@ class Judge:
     # -- transport --------------------------------------------------------------------------------------------------
 
     def _mask(self, text: str) -> str:
+        """``text`` with the API key replaced (run on whatever the server sent, before it is cut or stored)."""
         return text.replace(self._api_key, "***") if self._api_key else text
 
     def _post_once(self, content: str) -> str:
@@ -230,7 +237,7 @@ class Judge:
             with urllib.request.urlopen(request, timeout=s.timeout_s) as response:
                 raw = response.read()
         except urllib.error.HTTPError as e:
-            detail = self._mask(e.read().decode("utf-8", "replace")[:300])
+            detail = self._mask(e.read().decode("utf-8", "replace"))[:300]
             if e.code in (408, 429) or e.code >= 500:
                 raise _Retryable(f"HTTP {e.code}: {detail}", _retry_after_seconds(e.headers.get("Retry-After")))
             raise JudgeError(f"judge {s.url} answered HTTP {e.code}: {detail}") from None
@@ -242,9 +249,9 @@ class Judge:
             if not isinstance(text, str):
                 raise TypeError("content is not a string")
         except (ValueError, KeyError, IndexError, TypeError) as e:
-            raise _Retryable(f"malformed response body ({type(e).__name__}: {e}): "
-                             f"{self._mask(raw[:200].decode('utf-8', 'replace'))}") from None
-        return text
+            raise _Retryable(self._mask(f"malformed response body ({type(e).__name__}: {e}): "
+                                        f"{raw.decode('utf-8', 'replace')}")[:300]) from None
+        return self._mask(text)
 
     def complete(self, content: str) -> str:
         """The judge's reply text to one user message, retrying transport failures."""
@@ -276,7 +283,8 @@ class Judge:
         if self.cache is not None:
             hit = self.cache.get(key)
             if hit is not None:
-                return Judgement(key, repeat, hit["score"], tuple(hit["replies"]), hit.get("problem"), cached=True)
+                return Judgement(key, repeat, hit["score"], tuple(self._mask(r) for r in hit["replies"]),
+                                 hit.get("problem"), cached=True)
         replies: list[str] = []
         score, problem = None, None
         for _ in range(self.settings.parse_retries + 1):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from jax import process_count
 from jax.sharding import Mesh
 
 from jaxtune.config import EvalConfig, MeshConfig
@@ -27,7 +28,7 @@ from jaxtune.eval.distributed import (
     mesh_record,
     setup_mesh,
 )
-from jaxtune.eval.judge import Judge, JudgeSettings
+from jaxtune.eval.judge import Judge, JudgeCache, JudgeSettings
 from jaxtune.eval.language_model import JaxLanguageModel, sampling_from_config
 from jaxtune.eval.loading import EvalSetupError, load_codec, load_model, tokenizer_location
 from jaxtune.eval.template_codec import TemplateChatCodec
@@ -92,10 +93,11 @@ def judge_settings(eval_cfg: EvalConfig) -> JudgeSettings:
 
 def run_suite(
     suite: str, root: Path, lm: JaxLanguageModel, codec: TemplateChatCodec, eval_cfg: EvalConfig, run: RunInfo,
-    judge_cache: Optional[Path] = None,
+    judge_cache: Optional[Path] = None, answers_dir: Optional[Path] = None,
 ) -> Optional[SuiteResult]:
     """Run one suite on its data folder ``root`` (from :func:`suite_data_root`). None on processes other than 0
-    for ``belle`` (they generate, process 0 judges)."""
+    for ``belle`` (they generate, process 0 judges). ``belle`` keeps its generated answers in ``answers_dir``
+    (before judging) and takes those already there."""
     chunk = 8 * lm.generator.batch_size  # several batches per call, so that length bucketing has room to work
     common = dict(run=run, chunk_size=chunk)
 
@@ -129,6 +131,8 @@ def run_suite(
                                 **common)
     if suite == "belle":
         from jaxtune.eval.suites.belle import (
+            ANSWERS_FILE,
+            AnswerStore,
             decoding_settings,
             generate_answers,
             load_belle_eval_set,
@@ -138,12 +142,30 @@ def run_suite(
 
         prompts = load_belle_prompts(root / "eval_prompt.json")
         items = load_belle_eval_set(root / "eval_set.json", prompts)
+        first = is_writer()
+        # Opened before generating, so that a corrupt cache line is reported before the long part.
+        judge = Judge(judge_settings(eval_cfg), cache=judge_cache) if first else None
+        generation = {"checkpoint": run.checkpoint, "template": eval_cfg.template, **{
+            k: getattr(eval_cfg, k) for k in ("max_new_tokens", "max_prompt_len", "temperature", "top_k", "top_p",
+                                              "repetition_penalty", "seed", "compute_dtype", "tokenizer")}}
+        store = AnswerStore(answers_dir / ANSWERS_FILE, generation, items) if first and answers_dir else None
+        kept = store.saved() if store is not None else []
+        start = len(kept)
+        if process_count() > 1:  # every process takes part in generating the rest: agree on where it starts
+            import numpy as np
+            from jax.experimental import multihost_utils
+
+            start = int(multihost_utils.broadcast_one_to_all(np.int32(start)))
+        if store is not None:
+            if kept:
+                log.info("belle: %d of %d answers taken from %s", start, len(items), store.path)
+            store.start(kept)
         # Every process takes part in the (sharded) generation; only process 0 asks the judge.
-        answers = generate_answers(items, lm, codec, max_new_tokens=eval_cfg.max_new_tokens, chunk_size=chunk,
-                                   on_progress=progress)
-        if not is_writer():
+        answers = kept + generate_answers(
+            items[start:], lm, codec, max_new_tokens=eval_cfg.max_new_tokens, chunk_size=chunk,
+            on_progress=progress, on_answers=store.append if store is not None else None)
+        if judge is None:
             return None
-        judge = Judge(judge_settings(eval_cfg), cache=judge_cache)
         decoding = decoding_settings(eval_cfg.max_new_tokens, eval_cfg.temperature, eval_cfg.top_k, eval_cfg.top_p,
                                      eval_cfg.repetition_penalty, eval_cfg.seed)
         return score_belle(items, answers, prompts, judge, run=run, max_new_tokens=eval_cfg.max_new_tokens,
@@ -219,6 +241,8 @@ call; ``belle`` results exist on process 0 only (the judge is asked once).
     roots = {s: suite_data_root(s, eval_cfg.data_dir, eval_cfg.split) for s in suites}
     if "belle" in suites:
         judge_settings(eval_cfg)
+        if out_dir is not None and is_writer():
+            JudgeCache(Path(out_dir) / "judge_cache.jsonl")  # a corrupt line is named before anything is loaded
     run = run_info(checkpoint, metadata)
     location = tokenizer_location(checkpoint, eval_cfg.tokenizer)
 
@@ -238,7 +262,8 @@ call; ``belle`` results exist on process 0 only (the judge is asked once).
     outcome = Evaluation(results={})
     for suite in suites:
         judge_cache = Path(out_dir) / "judge_cache.jsonl" if out_dir is not None else None
-        result = run_suite(suite, roots[suite], lm, codec, eval_cfg, run, judge_cache=judge_cache)
+        result = run_suite(suite, roots[suite], lm, codec, eval_cfg, run, judge_cache=judge_cache,
+                           answers_dir=Path(out_dir) if out_dir is not None else None)
         if result is None:
             continue
         outcome.results[result.summary.stem] = result

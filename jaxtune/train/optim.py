@@ -18,11 +18,7 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 
 def warmup_steps(cfg: OptimConfig, total_steps: int) -> int:
     """Warmup length: optim.warmup_steps, else optim.warmup_ratio of the run, rounded."""
-    if cfg.warmup_steps < 0 or not 0.0 <= cfg.warmup_ratio <= 1.0:
-        raise ConfigError(
-            f"optim.warmup_steps must be >= 0 and optim.warmup_ratio in [0, 1], got {cfg.warmup_steps} and "
-            f"{cfg.warmup_ratio}"
-        )
+    cfg.validate()
     steps = cfg.warmup_steps if cfg.warmup_steps > 0 else int(round(cfg.warmup_ratio * total_steps))
     if steps > total_steps:
         raise ConfigError(f"optim.warmup_steps={steps} is longer than the run ({total_steps} steps)")
@@ -76,13 +72,7 @@ def build_optimizer(cfg: OptimConfig, total_steps: int) -> tuple[optax.GradientT
 
     optax's AdamW decays as torch.optim.AdamW does (``p -= lr * weight_decay * p`` beside the Adam step).
     """
-    for name in ("b1", "b2"):
-        if not 0.0 <= getattr(cfg, name) < 1.0:
-            raise ConfigError(f"optim.{name} must be in [0, 1), got {getattr(cfg, name)}")
-    if cfg.eps <= 0 or cfg.weight_decay < 0 or cfg.learning_rate < 0:
-        raise ConfigError("optim.eps must be positive; optim.weight_decay and optim.learning_rate non-negative")
-    if cfg.max_grad_norm is not None and cfg.max_grad_norm <= 0:
-        raise ConfigError(f"optim.max_grad_norm must be positive or null, got {cfg.max_grad_norm}")
+    cfg.validate()  # OptimConfig's rules: b1, b2 in [0, 1), eps > 0, finite non-negative rates...
     schedule = learning_rate_schedule(cfg, total_steps)
     adamw = optax.adamw(
         learning_rate=schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,

@@ -37,6 +37,7 @@ from jaxtune.sharding import (
 )
 from jaxtune.train.metrics import MetricsWriter, ThroughputMeter, TrainMetrics, peak_flops_per_device, progress_line
 from jaxtune.train.optim import build_optimizer
+from jaxtune.validate import check_run, vocabulary_problem
 from jaxtune.train.step import (
     TrainState,
     init_train_state,
@@ -136,11 +137,9 @@ def pipeline_data(cfg: Config, eval_batch_size: int, row_multiple: int = 1) -> R
     if cfg.train.max_steps is not None and cfg.train.max_steps > info.total_steps:
         stream = build(math.ceil(cfg.train.max_steps / info.steps_per_epoch))  # enough epochs for max_steps
         info = stream.info
-    if info.vocab_size != cfg.model.vocab_size:
-        raise ConfigError(
-            f"model.vocab_size={cfg.model.vocab_size}, but the tokenizer {cfg.data.tokenizer} with its added tokens "
-            f"has {info.vocab_size} ids; set model.vocab_size={info.vocab_size}"
-        )
+    problem = vocabulary_problem(cfg, info.vocab_size)
+    if problem:
+        raise ConfigError(problem)
     valid = None
     if cfg.data.valid_path:
         valid = build_eval_pipeline(cfg.data, global_batch_size=eval_batch_size, ability_names=info.ability_names)
@@ -267,12 +266,8 @@ def _start_state(cfg: Config, layout: _Layout) -> TrainState:
 
 def total_steps_of(cfg: Config, steps_per_epoch: int) -> int:
     """Optimizer steps of the run: train.max_steps when set, else epochs x steps per epoch."""
-    if cfg.train.max_steps is not None:
-        if cfg.train.max_steps <= 0:
-            raise ConfigError(f"train.max_steps must be positive, got {cfg.train.max_steps}")
+    if cfg.train.max_steps is not None:  # both at least 1 (TrainConfig's rules)
         return cfg.train.max_steps
-    if cfg.train.epochs <= 0:
-        raise ConfigError(f"train.epochs must be positive, got {cfg.train.epochs}")
     return cfg.train.epochs * steps_per_epoch
 
 
@@ -281,21 +276,13 @@ def train(cfg: Config, data: Optional[RunData] = None, *, print_fn: Callable[[st
     every process; see the module docstring. Returns when the run completes or stops on SIGTERM (after saving);
     raises TrainingDivergedError after ``train.max_consecutive_bad_steps`` non-finite steps in a row."""
     tc = cfg.train
+    cfg.validate()  # a config built in code gets the checks loading applies
     initialize_distributed(cfg.mesh)
     mesh = build_mesh(cfg.mesh)
-    dealt_rows = tc.batch_unit == "examples" and cfg.data.packing  # rows per step known once the data is read
-    if not dealt_rows:
-        validate_batch_layout(tc.global_batch_size, tc.microbatches, mesh, jax.process_count())
-    if tc.log_every <= 0 or (tc.eval_every is not None and tc.eval_every <= 0):
-        raise ConfigError("train.log_every and train.eval_every must be positive")
-    if tc.max_consecutive_bad_steps < 1:
-        raise ConfigError(f"train.max_consecutive_bad_steps must be at least 1, got {tc.max_consecutive_bad_steps}")
-    if cfg.checkpoint.save_every is not None and cfg.checkpoint.save_every <= 0:
-        raise ConfigError(f"checkpoint.save_every must be positive or null, got {cfg.checkpoint.save_every}")
-    # Check the layout on abstract shapes before any data is read or anything compiled.
-    _, shapes, axes = abstract_model(cfg.model, tc.seed)
-    validate_param_layout(shapes, axes, mesh)
+    # `jaxtune validate`'s layout checks, on abstract shapes, before any data is read or anything compiled.
+    check_run(cfg, mesh, jax.process_count())
 
+    dealt_rows = tc.batch_unit == "examples" and cfg.data.packing  # rows per step known once the data is read
     device_rows = math.lcm(data_parallel_size(mesh), jax.process_count())
     row_multiple = tc.microbatches * device_rows
     micro_rows = tc.global_batch_size // tc.microbatches

@@ -172,3 +172,86 @@ def test_record_json_roundtrip(tmp_path):
     path = write_jsonl(tmp_path / "code_1000.json", [_doit(question_format=1, choices=["a", "b", "c"])])
     (r,), _ = read_records(path, "doit")
     assert record_from_json(record_to_json(r)) == r
+
+
+def _array_with_one_bad_element(tmp_path, damage, indent):
+    """A JSON array of 30 alpaca records whose element [10] is damaged by ``damage`` (text -> text)."""
+    elements = [json.dumps({"instruction": f"q{i}", "output": f"a{i}", "id": i}, indent=indent, ensure_ascii=False)
+                for i in range(30)]
+    elements[10] = damage(elements[10])
+    sep = ",\n" if indent is None else ",\n"
+    body = sep.join(e if indent is None else "\n".join("  " + ln for ln in e.splitlines()) for e in elements)
+    path = tmp_path / f"arr-{indent}.json"
+    path.write_bytes(("[\n" + body + "\n]\n").encode("utf-8", errors="surrogateescape"))
+    return path
+
+
+@pytest.mark.parametrize("indent", [None, 2])
+@pytest.mark.parametrize("damage", [
+    lambda e: e.replace('"a10"', "nan"),                 # a bare word
+    lambda e: e.replace('"a10"', '"a10'),                # a string left open
+    lambda e: e.replace('"a10"', '["a10"'),              # a bracket left open
+    lambda e: e.rstrip().rstrip("}"),                    # the element's closing brace missing
+    lambda e: e.replace('"q10",', '"q10"'),              # a comma missing inside
+    lambda e: e.replace('"a10"', '"a\udcff10"'),         # invalid UTF-8 inside a string
+    lambda e: "," + e,                                   # an empty element before it
+], ids=["bare-word", "open-string", "open-bracket", "no-closing-brace", "no-comma", "bad-utf8", "empty-element"])
+def test_one_bad_array_element_loses_only_itself(tmp_path, damage, indent):
+    # Before: a bad element ended the file (10 of 29 good records read, "skipped 1 invalid records of 11").
+    path = _array_with_one_bad_element(tmp_path, damage, indent)
+    records, report = read_records(path, "alpaca", on_error="skip")
+    ids = [int(r.id) for r in records]
+    assert report.skipped == 1 and report.seen == len(ids) + 1
+    if ids != [i for i in range(30) if i != 10]:  # an empty element is one more element; record 10 itself survives
+        assert ids == list(range(30))
+    (example,) = report.examples
+    assert example.source == str(path) and example.field in ("[10]", "[11]")
+    text = path.read_bytes().decode("utf-8", errors="surrogateescape")
+    start_line = text[: text.index('"q10"')].count("\n") + 1
+    assert example.line in (start_line, start_line - 1, start_line - 2)  # the element's first line
+    assert f"skipped 1 invalid records of {report.seen}" in report.summary()
+    with pytest.raises(DataError) as info:  # on_error=raise names the same element
+        read_records(path, "alpaca")
+    assert (info.value.line, info.value.field) == (example.line, example.field)
+
+
+def test_an_array_that_cannot_be_split_names_what_is_unreadable(tmp_path):
+    path = tmp_path / "arr.json"
+    path.write_text('[{"instruction": "a", "output": "b"}, {"instruction": "c", "output": {"x": [1, 2}, '
+                    '{"instruction": "d", "output": "e"}', encoding="utf-8")  # one line, never closed
+    records, report = read_records(path, "alpaca", on_error="skip")
+    assert [r.messages[0].content for r in records] == ["a"]
+    assert report.skipped == 1 and report.seen == 2
+    assert report.unreadable == [f"{path}:1: the JSON array from element [1] on cannot be split into elements (a "
+                                 f"string or bracket left open?); the rest of the file (lines 1-1) is unreadable"]
+    assert "unreadable" in report.summary()
+    trailing = tmp_path / "trailing.json"
+    trailing.write_text('[{"instruction": "a", "output": "b"},\n {"instruction": "c", "output": "d"},\n]\n')
+    records, report = read_records(trailing, "alpaca", on_error="skip")
+    assert len(records) == 2 and report.skipped == 0 and report.seen == 2
+    assert report.unreadable == [f"{trailing}:3: a ',' after the last element of the JSON array (every element "
+                                 f"before it was read)"]
+    with pytest.raises(DataError, match=r"trailing.json:3: a ',' after the last element"):
+        read_records(trailing, "alpaca")
+
+
+def test_upper_case_suffixes_in_a_folder_are_read(tmp_path):
+    # Before: `.JSONL`/`.JSON` files in a data folder were ignored without a word.
+    write_jsonl(tmp_path / "d" / "a_1.JSONL", [_doit(idx=1, type=None)])
+    write_jsonl(tmp_path / "d" / "b_2.Json", [_doit(idx=2)])
+    write_jsonl(tmp_path / "d" / "role_play_1000.json", [_doit(idx=3, type=None)])
+    (tmp_path / "d" / "notes.txt").write_text("not data")
+    records = list(iter_records(tmp_path / "d", "doit"))
+    assert [(r.id, r.ability) for r in records] == [("1", "a"), ("2", "math"), ("3", "role_play")]
+    assert ability_from_file_name("role_play_full.JSON") == "role_play"
+
+
+def test_study_folders_read_upper_case_suffixes_too(tmp_path):
+    from jaxtune.data.mixtures import select_records
+
+    full = tmp_path / "curated" / "full"
+    write_jsonl(full / "math_full.JSON", [_doit(idx=i, type=None) for i in range(3)])
+    write_jsonl(full / "code_full.jsonl", [_doit(idx=10 + i, type=None) for i in range(2)])
+    chosen = select_records(tmp_path, "math:2,code:all")
+    assert sorted((r.ability, r.id) for r in chosen.records) == [("code", "10"), ("code", "11"), ("math", "0"),
+                                                                 ("math", "1")]

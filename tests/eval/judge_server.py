@@ -33,7 +33,9 @@ class JudgeServer:
     """Serves ``POST /v1/chat/completions``. First-call misbehaviours (per distinct message) by marker:
     [FLAKY500] HTTP 500, [RATE] HTTP 429 with Retry-After 0, [SLOW] a reply after ``slow_s``, [GARBAGE] a 200 that is
     not JSON, [OFFSCALE_ONCE] an off-scale score; always: [BAD] HTTP 400, [DOWN] HTTP 503. With ``expected_key`` set,
-    a wrong Authorization gets a 401 whose body echoes the header it got (as some APIs do)."""
+    a wrong Authorization gets a 401 whose body echoes the header it got (as some APIs do). Echoing the key: [ECHOKEY]
+    a scored reply quoting the Authorization header, [ECHOKEY_GARBAGE] a 200 that is not JSON with the header near
+    byte 200 (where a cut would leave part of it), [ECHOKEY_BAD] an HTTP 400 with the header near byte 300."""
 
     def __init__(self, delay_s: float = 0.0, slow_s: float = 1.0, expected_key: str | None = None) -> None:
         self.delay_s = delay_s
@@ -112,6 +114,14 @@ class JudgeServer:
             return self._send(h, 401, json.dumps({"error": f"Incorrect API key provided: {auth}"}))
         if self.delay_s:
             time.sleep(self.delay_s)
+        if "[ECHOKEY]" in content:
+            reply = f"得分: 1\n理由：请求头是 {auth}，密钥 {auth.removeprefix('Bearer ') if auth else ''}。"
+            return self._send(h, 200, json.dumps({"choices": [{"message": {"role": "assistant", "content": reply}}]},
+                                                 ensure_ascii=False))
+        if first and "[ECHOKEY_GARBAGE]" in content:
+            return self._send(h, 200, "<html>" + "x" * 190 + f" {auth} </html>")
+        if "[ECHOKEY_BAD]" in content:
+            return self._send(h, 400, json.dumps({"error": "y" * 280 + f" {auth}"}))
         if "[BAD]" in content:
             return self._send(h, 400, '{"error": "bad request"}')
         if "[DOWN]" in content:

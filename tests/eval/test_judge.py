@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from jaxtune.eval.judge import Judge, JudgeCache, JudgeError, JudgeSettings, parse_judge_score
+from jaxtune.eval.judge import Judge, JudgeCache, JudgeCacheError, JudgeError, JudgeSettings, parse_judge_score
 
 from .judge_server import JudgeServer
 
@@ -121,6 +121,34 @@ def test_key_never_leaks(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> No
     assert KEY not in caplog.text
 
 
+def test_a_key_echoed_by_the_endpoint_is_redacted_from_everything_written(tmp_path: Path,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    # Before: an endpoint quoting the key in its reply put it into judge_cache.jsonl and the items file, and an error
+    # body cut at 300 characters could leave part of it.
+    caplog.set_level(logging.DEBUG)
+    cache = tmp_path / "judge_cache.jsonl"
+    with JudgeServer() as server:
+        j = Judge(settings(server), cache)
+        (echoed, garbage) = j.judge_all([msg("[ECHOKEY]"), msg("[ECHOKEY_GARBAGE]")])
+        with pytest.raises(JudgeError) as err:
+            j.judge(msg("[ECHOKEY_BAD]"), 0)
+        assert len(server.requests) == 3 + 3 + 1 + 1  # the garbage reply was retried once
+    assert KEY in server.requests[0]["auth"]  # the key did reach the server, and it sent it back
+    assert [j.score for j in echoed] == [1.0] * 3 and "Bearer ***" in echoed[0].replies[0]
+    assert [j.score for j in garbage] == [0.5] * 3
+    assert "HTTP 400" in str(err.value) and "Bearer *" in str(err.value)
+    written = cache.read_text(encoding="utf-8")
+    for text in (written, caplog.text, str(err.value), json.dumps([list(x.replies) for x in echoed])):
+        assert "SECRET" not in text  # not the key, nor a cut piece of it
+    assert "Bearer ***" in written and "密钥 ***" in written
+    # A cache written by an older version with the key inside is masked when read.
+    entry = next(e for e in map(json.loads, written.splitlines()) if "密钥" in e["replies"][0])
+    entry["replies"] = [f"echo {KEY}"]
+    cache.write_text(json.dumps(entry, ensure_ascii=False) + "\n", encoding="utf-8")
+    hit = Judge(settings(server), cache).judge(msg("[ECHOKEY]"), entry["repeat"])  # the same judge: no request
+    assert hit.cached and hit.replies == ("echo ***",)
+
+
 def test_cache_makes_a_rerun_ask_nothing(server: JudgeServer, tmp_path: Path) -> None:
     path = tmp_path / "cache.jsonl"
     contents = [msg("标准"), msg("别的"), msg("标准", std="")]
@@ -141,7 +169,7 @@ def test_cache_makes_a_rerun_ask_nothing(server: JudgeServer, tmp_path: Path) ->
     assert len(JudgeCache(path)) == 11
     lines = path.read_text(encoding="utf-8").splitlines()
     path.write_text("\n".join([lines[0], "not json", *lines[1:]]) + "\n", encoding="utf-8")
-    with pytest.raises(ValueError, match=r"cache.jsonl:2: corrupt judge cache line"):
+    with pytest.raises(JudgeCacheError, match=r"cache.jsonl:2: corrupt judge cache line"):
         JudgeCache(path)
 
 

@@ -8,6 +8,7 @@ independently with transformers, on prompts rendered by the suites helper's Doit
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 from jaxtune.config import EvalConfig, MeshConfig
 from jaxtune.demo.abilities import write_demo_dataset
 from jaxtune.eval.codecs import DoitChatCodec
+from jaxtune.eval.language_model import JaxLanguageModel
 from jaxtune.eval.loading import EvalSetupError
 from jaxtune.eval.runner import evaluate, run_info, suite_data_root
 
@@ -217,3 +219,59 @@ def test_setup_errors_are_reported_before_loading(jaxtune_checkpoint, data_dir, 
         run_info("ckpt", {"size": "7b"})
     with pytest.raises(EvalSetupError, match="epoch must be an integer"):
         run_info("ckpt", {"epoch": "last"})
+
+
+def test_belle_keeps_its_answers_through_a_judge_failure_and_resumes_judging(jaxtune_checkpoint, data_dir, tmp_path,
+                                                                           monkeypatch, capsys):
+    # Before: a judge failure after the generation phase lost every answer (the rerun generated them all again),
+    # and a corrupt judge-cache line ended the run with a traceback after generating.
+    from jaxtune.cli import main
+    from jaxtune.eval.judge import JudgeCacheError, JudgeError
+    from jaxtune.eval.suites.belle import ANSWERS_FILE
+
+    generated: list[int] = []
+    real_generate = JaxLanguageModel.generate
+
+    def counting_generate(self, prompts, *args, **kwargs):
+        generated.append(len(prompts))
+        return real_generate(self, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(JaxLanguageModel, "generate", counting_generate)
+    monkeypatch.setenv("RUNNER_JUDGE_KEY", "wrong-key")
+    out = tmp_path / "out"
+    with JudgeServer(expected_key="right-key") as judge:
+        cfg = _eval_cfg(data_dir, ["belle"], judge_base_url=judge.url, judge_model="fake-judge", judge_repeats=2,
+                        judge_api_key_env="RUNNER_JUDGE_KEY")
+        with pytest.raises(JudgeError, match="HTTP 401"):
+            evaluate(jaxtune_checkpoint, cfg, out)
+        assert sum(generated) == 2
+        saved = _items(out / ANSWERS_FILE)
+        assert saved[0]["generation"]["checkpoint"] == str(jaxtune_checkpoint)
+        assert [r["question"] for r in saved[1:]] == ["天空是什么颜色？", "改写：你好"]
+
+        monkeypatch.setenv("RUNNER_JUDGE_KEY", "right-key")
+        evaluation = evaluate(jaxtune_checkpoint, cfg, out)
+        assert sum(generated) == 2  # nothing generated again
+        (result,) = evaluation.results.values()
+        assert [item["reply"] for item in result.items] == [r["answer"] for r in saved[1:]]
+        assert {a.name: a.score for a in result.summary.abilities} == {"open qa": 0.8, "rewrite": 0.5}
+        table = evaluation.table()
+        assert "judge: 0 of 4 judgements unparseable after re-asks (0.0%); 0 of 2 answers unscored" in table
+
+        # Other decoding settings: the answers are made again.
+        evaluate(jaxtune_checkpoint, dataclasses.replace(cfg, max_new_tokens=MAX_NEW - 1), out)
+        assert sum(generated) == 4
+
+        # A corrupt cache line is named by file and line before anything is generated (and the CLI prints one line).
+        cache = out / "judge_cache.jsonl"
+        lines = cache.read_text(encoding="utf-8").splitlines()
+        cache.write_text("\n".join([lines[0], '{"key": 1, "score"', *lines[1:]]) + "\n", encoding="utf-8")
+        with pytest.raises(JudgeCacheError, match=rf"{cache}:2: corrupt judge cache line"):
+            evaluate(jaxtune_checkpoint, cfg, out)
+        assert sum(generated) == 4
+        code = main(["eval", str(jaxtune_checkpoint), "--suite", "belle", "--out", str(out),
+                     f"eval.data_dir={data_dir}", f"eval.judge_base_url={judge.url}", "eval.judge_model=fake-judge",
+                     "eval.judge_api_key_env=RUNNER_JUDGE_KEY"])
+        err = capsys.readouterr().err
+        assert code == 2 and "Traceback" not in err
+        assert err.strip().splitlines()[-1].startswith(f"jaxtune eval: error: {cache}:2: corrupt judge cache line")

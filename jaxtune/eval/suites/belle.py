@@ -29,6 +29,12 @@ inference scripts (``train/generate.py`` @ 8234dd3: beam search, 4 beams, at mos
 ``train/src/entry_point/inference.py``: temperature 0.9, top-p 0.6); the paper does not say which produced its
 figure. Greedy decoding instead: ``eval.temperature=0 eval.repetition_penalty=1.0``. Every summary records the
 decoding it was made with (``details.decoding``), named ``model_card``, ``greedy`` or ``custom``.
+
+The generated answers are written before judging (:class:`AnswerStore`, ``belle-answers.jsonl`` in the output
+folder), chunk by chunk as they come, so a rerun after a judge failure or a crash takes them from the file and only
+generates what is missing. Its first line is ``{"generation": {...}}`` (checkpoint, template, decoding settings);
+then one ``{"where", "question", "answer"}`` per item in eval-set order. A file made with other settings or for other
+questions is not reused (a warning says which); a torn last line is dropped.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -43,7 +50,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from jaxtune.errors import JaxtuneError
-from jaxtune.eval.judge import Judge
+from jaxtune.eval.judge import Judge, JudgeError
 from jaxtune.eval.protocol import ChatCodec, LanguageModel
 from jaxtune.results import RunInfo, SuiteResult, ability_score, make_summary
 
@@ -163,16 +170,92 @@ def judge_message(prompt: str, question: str, std_answer: str, answer: str) -> s
     return f"{prompt} {question} 标准回答:{std_answer}  模型回答：' {answer}'。请针对模型回答给出得分，顺便给出理由："
 
 
+ANSWERS_FILE = "belle-answers.jsonl"
+
+
+class AnswerStore:
+    """The generated answers of one evaluation on disk (see the module docstring), written as they come."""
+
+    def __init__(self, path: str | Path, generation: dict[str, Any], items: Sequence[BelleItem]):
+        self.path = Path(path)
+        self.generation = json.loads(json.dumps(generation))  # as it reads back
+        self.items = list(items)
+
+    def saved(self) -> list[str]:
+        """The answers already on disk for the first items, in order (empty when none or made otherwise)."""
+        if not self.path.is_file():
+            return []
+        lines = self.path.read_text(encoding="utf-8").split("\n")
+        try:
+            header = json.loads(lines[0])
+        except ValueError:
+            log.warning("%s:1: not an answers file header; generating every answer again", self.path)
+            return []
+        if not isinstance(header, dict) or header.get("generation") != self.generation:
+            old = header.get("generation") if isinstance(header, dict) else None
+            changed = sorted(k for k in {**(old or {}), **self.generation}
+                             if (old or {}).get(k) != self.generation.get(k))
+            log.warning("%s was made with other settings (%s differ); generating every answer again", self.path,
+                        ", ".join(changed) or "header")
+            return []
+        answers: list[str] = []
+        for lineno, line in enumerate(lines[1:], 2):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+                answer = entry["answer"]
+                if not isinstance(answer, str):
+                    raise TypeError("answer is not a string")
+            except (ValueError, KeyError, TypeError) as e:
+                log.warning("%s:%d: unreadable answer line (%s); generating from item %d on", self.path, lineno, e,
+                            len(answers) + 1)
+                break
+            if len(answers) >= len(self.items):
+                break
+            item = self.items[len(answers)]
+            if entry.get("where") != item.where or entry.get("question") != item.question:
+                log.warning("%s:%d: answers a different question than %s; generating from there on", self.path,
+                            lineno, item.where)
+                break
+            answers.append(answer)
+        return answers
+
+    def start(self, kept: Sequence[str]) -> None:
+        """Rewrite the file (atomically) with the header and the first ``len(kept)`` answers."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with tmp.open("w", encoding="utf-8") as f:
+            f.write(json.dumps({"generation": self.generation}, ensure_ascii=False) + "\n")
+            f.writelines(self._line(it, a) for it, a in zip(self.items, kept))
+        tmp.replace(self.path)
+
+    def append(self, items: Sequence[BelleItem], answers: Sequence[str]) -> None:
+        with self.path.open("a", encoding="utf-8") as f:
+            f.writelines(self._line(it, a) for it, a in zip(items, answers))
+            f.flush()
+            os.fsync(f.fileno())
+
+    @staticmethod
+    def _line(item: BelleItem, answer: str) -> str:
+        return json.dumps({"where": item.where, "question": item.question, "answer": answer}, ensure_ascii=False) + "\n"
+
+
 def generate_answers(items: Sequence[BelleItem], lm: LanguageModel, codec: ChatCodec, *, max_new_tokens: int = 1024,
-                     chunk_size: int = 32, on_progress: Callable[[int, int], None] | None = None) -> list[str]:
+                     chunk_size: int = 32, on_progress: Callable[[int, int], None] | None = None,
+                     on_answers: Callable[[Sequence[BelleItem], Sequence[str]], None] | None = None) -> list[str]:
     """Answers decoded by ``lm`` (greedy or sampled, as it is set up), each question as one user turn in the
-    model's template."""
+    model's template; ``on_answers`` gets each chunk's items and answers as soon as they exist (e.g.
+    :meth:`AnswerStore.append`)."""
     answers: list[str] = []
     for start in range(0, len(items), chunk_size):
         chunk = items[start : start + chunk_size]
         outs = lm.generate([codec.prompt_ids([{"role": "user", "content": it.question}]) for it in chunk],
                            max_new_tokens, codec.stop_ids)
-        answers += [codec.decode([t for t in o.tokens if t not in codec.stop_ids]).strip() for o in outs]
+        new = [codec.decode([t for t in o.tokens if t not in codec.stop_ids]).strip() for o in outs]
+        answers += new
+        if on_answers is not None:
+            on_answers(chunk, new)
         if on_progress is not None:
             on_progress(len(answers), len(items))
     return answers
@@ -210,7 +293,8 @@ def score_belle(items: Sequence[BelleItem], answers: Sequence[str], prompts: dic
                                        n_unscored=len(rows) - len(scored),
                                        failed_judgements=sum(f for _, f in rows)))
     if not abilities:
-        raise RuntimeError("the judge produced no parseable score for any answer")
+        raise JudgeError(f"the judge produced no parseable score for any of the {len(items)} answers "
+                         f"({failed} of {total} judgements unparseable); its replies are in the judge cache")
     reliable = [a.score for a in abilities if a.name not in UNRELIABLE_CLASSES]
     summary = make_summary(
         "belle", variant, "judge", abilities, run, unit="fraction",
@@ -218,7 +302,8 @@ def score_belle(items: Sequence[BelleItem], answers: Sequence[str], prompts: dic
         judge=judge.settings.identity(),
         judgements=total, failed_judgements=failed, parse_failure_rate=failed / total if total else 0.0,
         judge_requests_per_judgement=asks / total if total else 0.0,
-        unscored_classes=unscored, **details)
+        unscored_classes=unscored, answers=len(items),
+        unscored_answers=sum(1 for rows in per_class.values() for s, _ in rows if s is None), **details)
     return SuiteResult(summary, records)
 
 

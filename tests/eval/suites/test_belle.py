@@ -10,7 +10,10 @@ import pytest
 
 from jaxtune.eval.judge import Judge, JudgeSettings
 from jaxtune.eval.suites.belle import (
+    ANSWERS_FILE,
+    AnswerStore,
     BelleDataError,
+    generate_answers,
     evaluate_belle,
     judge_message,
     load_belle_eval_set,
@@ -18,7 +21,7 @@ from jaxtune.eval.suites.belle import (
     normalise_class,
     score_belle,
 )
-from jaxtune.results import write_result
+from jaxtune.results import format_table, write_result
 
 from ..fakes import ScriptedLM, char_codec
 from ..judge_server import JudgeServer
@@ -89,6 +92,52 @@ def test_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         assert KEY not in path.read_text(encoding="utf-8")
     first = json.loads(items_path.read_text(encoding="utf-8").splitlines()[0])
     assert first["reply"] == "答1" and first["judgements"] == [1.0, 1.0, 1.0]
+    # The printed table shows the judge's failures and unscored answers (before: only the JSON had them).
+    table = format_table(summary).splitlines()
+    assert table[1].split() == ["ability", "N", "correct", "score", "chance", "unscored"]
+    assert table[4].split() == ["code", "1", "1", "1.0000", "-", "1"]
+    assert table[-2].split()[-1] == "1"
+    assert table[-1] == "judge: 3 of 21 judgements unparseable after re-asks (14.3%); 1 of 7 answers unscored"
+
+
+def test_an_echoed_key_stays_out_of_the_items_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BELLE_TEST_KEY", KEY)
+    prompts = load_belle_prompts(_jsonl(tmp_path / "eval_prompt.json", PROMPTS))
+    items = load_belle_eval_set(_jsonl(tmp_path / "eval_set.json", EVAL_SET[:2]), prompts)
+    with JudgeServer() as server:
+        s = JudgeSettings(base_url=server.url, model="judge-x", api_key_env="BELLE_TEST_KEY", timeout_s=2.0)
+        result = score_belle(items, ["[ECHOKEY]", "答2"], prompts, Judge(s, tmp_path / "judge_cache.jsonl"))
+    assert KEY in server.requests[0]["auth"]
+    _, items_path = write_result(tmp_path / "out", result)
+    for path in (items_path, tmp_path / "judge_cache.jsonl"):
+        text = path.read_text(encoding="utf-8")
+        assert "SECRET" not in text and "Bearer ***" in text
+
+
+def test_answers_are_kept_as_they_come_and_taken_back_only_when_they_fit(tmp_path: Path) -> None:
+    prompts = load_belle_prompts(_jsonl(tmp_path / "eval_prompt.json", PROMPTS))
+    items = load_belle_eval_set(_jsonl(tmp_path / "eval_set.json", EVAL_SET), prompts)
+    codec = char_codec()
+    lm = ScriptedLM(codec, replies={q: (a, {}) for q, a in ANSWERS.items()})
+    generation = {"checkpoint": "ckpt", "max_new_tokens": 64}
+    store = AnswerStore(tmp_path / ANSWERS_FILE, generation, items)
+    assert store.saved() == []
+    store.start([])
+    answers = generate_answers(items, lm, codec, max_new_tokens=64, chunk_size=3, on_answers=store.append)
+    assert answers == [ANSWERS[it.question] for it in items]
+    assert AnswerStore(tmp_path / ANSWERS_FILE, generation, items).saved() == answers
+    # A crash mid-write leaves a torn last line: the answers before it are kept.
+    text = (tmp_path / ANSWERS_FILE).read_text(encoding="utf-8")
+    (tmp_path / ANSWERS_FILE).write_text(text[: text.rindex('"answer"')], encoding="utf-8")
+    assert AnswerStore(tmp_path / ANSWERS_FILE, generation, items).saved() == answers[:-1]
+    # Other settings, or other questions: nothing is taken.
+    assert AnswerStore(tmp_path / ANSWERS_FILE, {**generation, "max_new_tokens": 32}, items).saved() == []
+    assert AnswerStore(tmp_path / ANSWERS_FILE, generation, items[1:]).saved() == []
+    # start() keeps what it is given, and appending goes on after it.
+    again = AnswerStore(tmp_path / ANSWERS_FILE, generation, items)
+    again.start(answers[:2])
+    again.append(items[2:], answers[2:])
+    assert AnswerStore(tmp_path / ANSWERS_FILE, generation, items).saved() == answers
 
 
 def test_loader_names_bad_lines(tmp_path: Path) -> None:
