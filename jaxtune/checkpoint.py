@@ -27,6 +27,7 @@ from flax import nnx
 from jaxtune.config import ConfigError, ModelConfig, model_config_from_dict
 from jaxtune.errors import JaxtuneError
 from jaxtune.models.llama import Llama
+from jaxtune.paths import as_path, write_text_atomic
 
 # ====================================================================================================================
 # Params-only checkpoints
@@ -309,7 +310,7 @@ TRAIN_PARAMS_ITEM, TRAIN_STATE_ITEM, DATA_ITER_ITEM, RUN_CONFIG_ITEM = "params",
 
 def train_checkpoint_dir(run_dir: str | Path) -> Path:
     """Where a run keeps its train-state checkpoints."""
-    return Path(run_dir).absolute() / CHECKPOINTS_DIR
+    return as_path(run_dir) / CHECKPOINTS_DIR
 
 
 class TrainCheckpointManager:
@@ -319,8 +320,8 @@ class TrainCheckpointManager:
     Every process must make the same calls (Orbax coordinates multi-process saves); files outside Orbax's items
     are written by process 0 only.
 
-    cfg: the checkpoint section (max_to_keep, keep_epoch_checkpoints, async_save).
-    epoch_steps: the steps that end an epoch; kept regardless of max_to_keep when cfg.keep_epoch_checkpoints.
+    cfg: the checkpoint section (max_to_keep, async_save). Epoch ends are kept apart, params only, by
+    :class:`EpochCheckpointManager`.
     model_cfg, tokenizer_src, added_tokens: written beside each finalised step (model_config.json, tokenizer/ with
     added_tokens.json) so that the step folder doubles as a params-only checkpoint; tokenizer_src is a tokenizer
     folder or SentencePiece file, or None.
@@ -332,7 +333,6 @@ class TrainCheckpointManager:
         cfg: Any,
         *,
         model_cfg: ModelConfig,
-        epoch_steps: Any = (),
         tokenizer_src: Optional[str | Path] = None,
         added_tokens: Optional[Mapping[str, int]] = None,
     ):
@@ -344,12 +344,9 @@ class TrainCheckpointManager:
         self.added_tokens = dict(added_tokens or {})
         if cfg.max_to_keep is not None and cfg.max_to_keep < 1:
             raise ConfigError(f"checkpoint.max_to_keep must be at least 1 or null, got {cfg.max_to_keep}")
-        keep: list = [policies.LatestN(cfg.max_to_keep)]  # None keeps every checkpoint
-        if cfg.keep_epoch_checkpoints and list(epoch_steps):
-            keep.append(policies.CustomSteps(sorted(int(s) for s in epoch_steps)))
         options = ocp.CheckpointManagerOptions(
             enable_async_checkpointing=cfg.async_save,
-            preservation_policy=policies.AnyPreservationPolicy(keep),
+            preservation_policy=policies.LatestN(cfg.max_to_keep),  # None keeps every checkpoint
             create=True,
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options)
@@ -438,16 +435,22 @@ class TrainCheckpointManager:
                 continue
             if not (step_dir / _COMMIT_MARKER).is_file():
                 continue  # still being written
-            if self.tokenizer_src is not None and not (step_dir / TOKENIZER_DIR).exists():
-                copy_tokenizer_files(self.tokenizer_src, step_dir / TOKENIZER_DIR)
-                if self.added_tokens:
-                    write_added_tokens(step_dir / TOKENIZER_DIR, self.added_tokens)
-            config = dataclasses.asdict(self.model_cfg)
-            config["preset"] = None  # resolved fields, as save_params writes them
-            tmp = step_dir / (MODEL_CONFIG_FILE + ".tmp")
-            tmp.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-            tmp.replace(step_dir / MODEL_CONFIG_FILE)
+            _write_params_side_files(step_dir, self.model_cfg, self.tokenizer_src, self.added_tokens)
             self._unmarked.discard(step)
+
+
+def _write_params_side_files(step_dir: Any, model_cfg: ModelConfig, tokenizer_src: Any,
+                             added_tokens: Mapping[str, int]) -> None:
+    """Make a finalised Orbax step folder holding a ``params`` item a params-only checkpoint: tokenizer/ (when one
+    is known), then model_config.json, written last and atomically (its presence marks the checkpoint usable)."""
+    step_dir = as_path(step_dir)
+    if tokenizer_src is not None and not (step_dir / TOKENIZER_DIR).exists():
+        copy_tokenizer_files(tokenizer_src, step_dir / TOKENIZER_DIR)
+        if added_tokens:
+            write_added_tokens(step_dir / TOKENIZER_DIR, added_tokens)
+    config = dataclasses.asdict(model_cfg)
+    config["preset"] = None  # resolved fields, as save_params writes them
+    write_text_atomic(step_dir / MODEL_CONFIG_FILE, json.dumps(config, indent=2) + "\n")
 
 
 def _grain_save(data_iter: Any) -> Any:
@@ -456,3 +459,122 @@ def _grain_save(data_iter: Any) -> Any:
     if not (hasattr(data_iter, "get_state") and hasattr(data_iter, "set_state")):
         raise TypeError(f"the data iterator must be a grain iterator with get_state/set_state, got {type(data_iter)}")
     return grain.checkpoint.CheckpointSave(data_iter)
+
+
+# ====================================================================================================================
+# Epoch checkpoints
+# ====================================================================================================================
+#
+# Each kept epoch end is written to RUN_DIR/epochs/<epoch>/ (1-based), parameters only, in checkpoint.epoch_dtype:
+#
+#     params/             the parameters (the same Orbax tree as a params-only checkpoint's params/)
+#     epoch/              JSON: {"epoch": E, "step": S, "dtype": "bfloat16"}
+#     model_config.json   written once the folder is finalised (param_dtype = the epoch dtype), with tokenizer/:
+#                         the folder is then a params-only checkpoint like import-hf's (eval, export-hf,
+#                         checkpoint.init_from and the sweep read it)
+#
+# No optimizer state and no data iterator: an epoch checkpoint is 2 bytes per parameter in bfloat16 where a full
+# train state is 12 (float32 weights and two AdamW moments). Resuming always uses RUN_DIR/checkpoints.
+
+EPOCHS_DIR = "epochs"
+EPOCH_INFO_ITEM = "epoch"
+
+
+def epoch_checkpoint_dir(run_dir: str | Path) -> Any:
+    """Where a run keeps its params-only epoch checkpoints."""
+    return as_path(run_dir) / EPOCHS_DIR
+
+
+class EpochCheckpointManager:
+    """Writes a params-only checkpoint of each epoch end, cast to ``dtype``, with Orbax (asynchronously when
+    ``async_save``); every epoch is kept. Every process must make the same calls.
+
+    model_cfg, tokenizer_src, added_tokens: as for :class:`TrainCheckpointManager`; model_config.json records
+    ``param_dtype=dtype``.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        *,
+        model_cfg: ModelConfig,
+        dtype: str,
+        async_save: bool = True,
+        tokenizer_src: Optional[str | Path] = None,
+        added_tokens: Optional[Mapping[str, int]] = None,
+    ):
+        self.directory = epoch_checkpoint_dir(run_dir)
+        self.dtype = dtype
+        self.model_cfg = dataclasses.replace(model_cfg, param_dtype=dtype)
+        self.tokenizer_src = tokenizer_src
+        self.added_tokens = dict(added_tokens or {})
+        options = ocp.CheckpointManagerOptions(enable_async_checkpointing=async_save, create=True)
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        self._unmarked: set[int] = {e for e in self.all_epochs()
+                                    if not (self.epoch_dir(e) / MODEL_CONFIG_FILE).exists()}
+
+    def all_epochs(self) -> list[int]:
+        """Epochs with a complete (committed) checkpoint, oldest first."""
+        return sorted(e for e in self._manager.all_steps() if (self.epoch_dir(e) / _COMMIT_MARKER).is_file())
+
+    def epoch_dir(self, epoch: int) -> Any:
+        return self.directory / str(epoch)
+
+    def save(self, epoch: int, step: int, params: Any) -> None:
+        """Start writing epoch ``epoch`` (ended at optimizer step ``step``) from the live parameters."""
+        self.wait_until_finished()
+        args = ocp.args.Composite(**{
+            TRAIN_PARAMS_ITEM: ocp.args.StandardSave(cast_params(params, self.dtype)),
+            EPOCH_INFO_ITEM: ocp.args.JsonSave({"epoch": int(epoch), "step": int(step), "dtype": self.dtype}),
+        })
+        self._manager.save(epoch, args=args, force=True)
+        self._unmarked.add(epoch)
+
+    def wait_until_finished(self) -> None:
+        """Block until pending saves are complete, then mark the finalised epochs as params-only checkpoints."""
+        self._manager.wait_until_finished()
+        if jax.process_index() != 0:
+            self._unmarked.clear()
+            return
+        for epoch in sorted(self._unmarked):
+            if (self.epoch_dir(epoch) / _COMMIT_MARKER).is_file():
+                _write_params_side_files(self.epoch_dir(epoch), self.model_cfg, self.tokenizer_src,
+                                         self.added_tokens)
+                self._unmarked.discard(epoch)
+
+    def close(self) -> None:
+        self.wait_until_finished()
+        self._manager.close()
+
+
+def cast_params(params: Any, dtype: str) -> Any:
+    """``params`` (a tree of jax arrays) in ``dtype``, on the same shardings; floating arrays already in ``dtype``
+    are returned as they are (no device copy)."""
+    target = np.dtype(_numpy_dtype(dtype))
+    leaves = jax.tree.leaves(params)
+    if all(np.dtype(x.dtype) == target for x in leaves):
+        return params
+    shardings = jax.tree.map(lambda x: x.sharding, params)
+    return jax.jit(lambda t: jax.tree.map(lambda x: x.astype(target), t), out_shardings=shardings)(params)
+
+
+def epoch_checkpoint_path(run_dir: str | Path, epoch: int, step: int) -> Any:
+    """The checkpoint to evaluate for ``epoch`` of a run: its epoch checkpoint (RUN_DIR/epochs/EPOCH), else the
+    train checkpoint of the step that ended it (RUN_DIR/checkpoints/STEP, e.g. the last epoch when epoch
+    checkpoints are off). Either is a params-only checkpoint; neither present is an error listing what exists."""
+    epoch_dir = epoch_checkpoint_dir(run_dir) / str(epoch)
+    step_dir = train_checkpoint_dir(run_dir) / str(step)
+    for candidate in (epoch_dir, step_dir):
+        if (candidate / MODEL_CONFIG_FILE).is_file() and (candidate / _COMMIT_MARKER).is_file():
+            return candidate
+    epochs = sorted(int(p.name) for p in epoch_checkpoint_dir(run_dir).glob("*")
+                    if p.name.isdigit() and (p / MODEL_CONFIG_FILE).is_file()) \
+        if epoch_checkpoint_dir(run_dir).exists() else []
+    steps = sorted(int(p.name) for p in train_checkpoint_dir(run_dir).glob("*")
+                   if p.name.isdigit() and (p / MODEL_CONFIG_FILE).is_file()) \
+        if train_checkpoint_dir(run_dir).exists() else []
+    raise CheckpointError(
+        f"{run_dir}: no complete checkpoint of epoch {epoch}: neither {epoch_dir} nor {step_dir} (epoch checkpoints "
+        f"there: {epochs or 'none'}; train checkpoints at steps: {steps or 'none'}; checkpoint.keep_epoch_checkpoints "
+        f"writes one per epoch)"
+    )

@@ -12,7 +12,6 @@ import signal
 import sys
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import jax
@@ -20,10 +19,17 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from jaxtune.checkpoint import TrainCheckpointManager, expected_param_shapes, load_model_config, load_params
+from jaxtune.checkpoint import (
+    EpochCheckpointManager,
+    TrainCheckpointManager,
+    expected_param_shapes,
+    load_model_config,
+    load_params,
+)
 from jaxtune.config import Config, ConfigError, config_to_dict, dump_config
 from jaxtune.errors import JaxtuneError
 from jaxtune.models.stats import model_info
+from jaxtune.paths import as_path, write_text_atomic
 from jaxtune.sharding import (
     abstract_model,
     build_mesh,
@@ -93,6 +99,9 @@ class TrainResult:
     """The last evaluation losses (``loss`` and ``loss/<ability>``), empty without validation data."""
     skipped_steps: int
     checkpoint_steps: list[int]
+    """Steps of the full train-state checkpoints kept in run_dir/checkpoints."""
+    epoch_checkpoints: list[int] = field(default_factory=list)
+    """Epochs with a params-only checkpoint in run_dir/epochs."""
 
     def summary(self) -> str:
         how = "finished" if self.stopped == "completed" else "stopped on SIGTERM or Ctrl-C (resumable)"
@@ -105,7 +114,10 @@ class TrainResult:
             lines.append(f"  last evaluation loss {self.last_eval.get('loss', float('nan')):.4f}")
         if self.skipped_steps:
             lines.append(f"  {self.skipped_steps} steps skipped (non-finite loss or gradient)")
-        lines.append(f"  checkpoints at steps {self.checkpoint_steps} in {Path(self.run_dir) / 'checkpoints'}")
+        lines.append(f"  checkpoints at steps {self.checkpoint_steps} in {as_path(self.run_dir) / 'checkpoints'}")
+        if self.epoch_checkpoints:
+            lines.append(f"  epoch checkpoints (params only) {self.epoch_checkpoints} in "
+                         f"{as_path(self.run_dir) / 'epochs'}")
         return "\n".join(lines)
 
 
@@ -122,7 +134,7 @@ def pipeline_data(cfg: Config, eval_batch_size: int) -> RunData:
     def build(epochs: int):
         return build_train_pipeline(
             cfg.data, global_batch_size=cfg.train.global_batch_size, epochs=epochs,
-            manifest_path=Path(cfg.run_dir) / "manifest.jsonl" if jax.process_index() == 0 else None,
+            manifest_path=as_path(cfg.run_dir) / "manifest.jsonl" if jax.process_index() == 0 else None,
         )
 
     stream = build(cfg.train.epochs)
@@ -297,26 +309,37 @@ def train(cfg: Config, data: Optional[RunData] = None, *, print_fn: Callable[[st
     writer = MetricsWriter(cfg.run_dir, enabled=jax.process_index() == 0, print_fn=print_fn)
     epoch_steps = list(range(data.steps_per_epoch, total_steps + 1, data.steps_per_epoch))
     manager = TrainCheckpointManager(
-        cfg.run_dir, cfg.checkpoint, model_cfg=cfg.model, epoch_steps=epoch_steps,
+        cfg.run_dir, cfg.checkpoint, model_cfg=cfg.model,
         tokenizer_src=data.tokenizer_src, added_tokens=data.added_tokens,
     )
+    epochs = None
+    if cfg.checkpoint.keep_epoch_checkpoints:
+        epochs = EpochCheckpointManager(
+            cfg.run_dir, model_cfg=cfg.model, dtype=cfg.checkpoint.epoch_dtype or cfg.model.compute_dtype,
+            async_save=cfg.checkpoint.async_save, tokenizer_src=data.tokenizer_src, added_tokens=data.added_tokens,
+        )
     try:
         if jax.process_index() == 0:
-            Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
-            (Path(cfg.run_dir) / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+            as_path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+            write_text_atomic(as_path(cfg.run_dir) / "config.yaml", dump_config(cfg))
         if data.summary:
             writer.message(data.summary)
-        loop = _RunLoop(cfg, data, layout, manager, writer, total_steps, epoch_steps)
+        loop = _RunLoop(cfg, data, layout, manager, writer, total_steps, epoch_steps, epochs)
         resumed_from = loop.start()
         stopped = loop.run()
         manager.wait_until_finished()
+        if epochs is not None:
+            epochs.wait_until_finished()
         return TrainResult(
             run_dir=str(cfg.run_dir), step=loop.step, total_steps=total_steps, stopped=stopped,
             resumed_from=resumed_from, last_loss=loop.last_loss, last_eval=loop.last_eval,
             skipped_steps=int(jax.device_get(loop.state.skipped_steps)), checkpoint_steps=manager.all_steps(),
+            epoch_checkpoints=[] if epochs is None else epochs.all_epochs(),
         )
     finally:
         manager.close()
+        if epochs is not None:
+            epochs.close()
         writer.close()
 
 
@@ -324,9 +347,11 @@ class _RunLoop:
     """The step loop of one ``train`` call, with its host-side bookkeeping."""
 
     def __init__(self, cfg: Config, data: RunData, layout: _Layout, manager: TrainCheckpointManager,
-                 writer: MetricsWriter, total_steps: int, epoch_steps: Sequence[int]):
+                 writer: MetricsWriter, total_steps: int, epoch_steps: Sequence[int],
+                 epochs: Optional[EpochCheckpointManager] = None):
         self.cfg, self.tc, self.data, self.layout = cfg, cfg.train, data, layout
         self.manager, self.writer, self.total_steps = manager, writer, total_steps
+        self.epochs = epochs
         self.mesh = layout.mesh
         self.config_dict = config_to_dict(cfg)
         self.epoch_ends = set(epoch_steps)
@@ -366,6 +391,8 @@ class _RunLoop:
         else:
             self.state = _start_state(cfg, self.layout)
         self.step = int(jax.device_get(self.state.step))
+        if self.step in self.epoch_ends:  # a stop between the two saves of an epoch end: write the missing one
+            self._save_epoch()
         self.bad_run = int(jax.device_get(self.state.bad_steps))
         return resumed_from
 
@@ -429,7 +456,7 @@ class _RunLoop:
             jax.block_until_ready(metrics)
             self.meter.reset(self.step)
             if tc.profile:  # trace the three steps after the compiling one
-                jax.profiler.start_trace(str(Path(self.cfg.run_dir) / "profile"))
+                jax.profiler.start_trace(str(as_path(self.cfg.run_dir) / "profile"))
                 self.profiling_until = min(self.step + 3, self.total_steps)
         else:
             tokens = tc.global_batch_size * length
@@ -446,6 +473,14 @@ class _RunLoop:
             self.manager.save(self.step, self.state.params, self.state.train_fields(), self.data.iterator,
                               self.config_dict)
             self.saved_steps.add(self.step)
+        if self.step in self.epoch_ends:
+            self._save_epoch()
+
+    def _save_epoch(self) -> None:
+        """The params-only checkpoint of the epoch that ends at this step (once)."""
+        epoch = self.step // self.data.steps_per_epoch
+        if self.epochs is not None and epoch not in self.epochs.all_epochs():
+            self.epochs.save(epoch, self.step, self.state.params)
 
     def _settle(self) -> None:
         """Host-side bookkeeping of the pending finished step: metrics, logging, the guard on non-finite steps."""

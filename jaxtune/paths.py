@@ -1,0 +1,83 @@
+"""User paths that may be local or in an object store (``gs://bucket/...``, ``s3://...``), through etils' epath.
+
+Every file jaxtune writes or reads at a user-given location goes through :func:`as_path`: a local path becomes an
+absolute ``epath.Path`` (pathlib semantics), a URL stays a URL (``pathlib.Path("gs://b/run")`` would silently turn
+into the local folder ``gs:/b/run``). epath reaches Google Cloud Storage with gcsfs (fsspec), and Orbax writes
+arrays there with tensorstore, so no gcsfuse mount is needed.
+
+Object stores have no append, no rename and no empty folders: :func:`append_text` rewrites the object,
+:func:`write_text_atomic` writes it in one upload (an object appears whole or not at all), and folders exist once
+they hold an object.
+
+Pointing the stack at a GCS emulator (tests): ``STORAGE_EMULATOR_HOST=http://127.0.0.1:PORT`` (gcsfs and
+google-cloud-storage), ``FSSPEC_GS_TOKEN=anon`` (gcsfs without credentials), ``TENSORSTORE_GCS_HTTP_URL=
+http://127.0.0.1:PORT`` (Orbax's array store) and ``GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false`` (otherwise gcsfs
+first probes each bucket's storage layout over gRPC/TLS, which an emulator never answers: a 60 s timeout per bucket).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from typing import Union
+
+from etils import epath
+
+PathLike = Union[str, os.PathLike]
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_url(path: PathLike) -> bool:
+    """Whether ``path`` names an object store location (``scheme://...``) rather than a local file."""
+    return bool(_URL.match(os.fspath(path)))
+
+
+def as_path(path: PathLike) -> epath.Path:
+    """An ``epath.Path`` for a user path: URLs as they are, local paths made absolute."""
+    if isinstance(path, epath.Path) and is_url(path):
+        return path
+    text = os.fspath(path)
+    if is_url(text):
+        return epath.Path(text)
+    return epath.Path(os.path.abspath(os.path.expanduser(text)))
+
+
+def is_remote(path: PathLike) -> bool:
+    """Whether ``path`` lives in an object store (after :func:`as_path`)."""
+    return is_url(os.fspath(path))
+
+
+def write_text_atomic(path: PathLike, text: str) -> None:
+    """Write ``text`` so that readers see the old file or the new one, never a torn one."""
+    path = as_path(path)
+    if is_remote(path):
+        path.write_text(text, encoding="utf-8")  # one upload: an object is replaced whole
+        return
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(os.fspath(tmp), os.fspath(path))
+
+
+def append_text(path: PathLike, text: str) -> None:
+    """Append ``text`` to a file (an object store has no append: the object is rewritten with ``text`` added)."""
+    path = as_path(path)
+    if is_remote(path):
+        old = path.read_text(encoding="utf-8") if path.exists() else ""
+        path.write_text(old + text, encoding="utf-8")
+        return
+    with open(os.fspath(path), "a", encoding="utf-8") as f:
+        f.write(text)
+
+
+def copy_file(src: PathLike, dst: PathLike) -> None:
+    """Copy one file between any two locations (local or object store)."""
+    as_path(dst).write_bytes(as_path(src).read_bytes())
+
+
+def local_path(path: PathLike) -> str:
+    """``path`` as a local file name for libraries that only open local files; a URL is an error naming it."""
+    if is_url(path):
+        raise ValueError(f"{os.fspath(path)}: this file must be local (or on a gcsfuse mount), not an object store URL")
+    return os.fspath(as_path(path))
