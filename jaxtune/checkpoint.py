@@ -15,19 +15,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
-from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
 
 from jaxtune.config import ConfigError, ModelConfig, model_config_from_dict
 from jaxtune.errors import JaxtuneError
 from jaxtune.models.llama import Llama
-from jaxtune.paths import as_path, write_text_atomic
+from jaxtune.paths import PathLike, absolute_path, as_path, copy_file, is_remote, local_copy, write_text_atomic
 
 # ====================================================================================================================
 # Params-only checkpoints
@@ -57,14 +56,14 @@ def params_to_pure_dict(params: Any) -> dict:
     return {k: params_to_pure_dict(v) if isinstance(v, (Mapping, nnx.State)) else v for k, v in params.items()}
 
 
-def copy_tokenizer_files(src: str | Path, dst: str | Path) -> list[str]:
+def copy_tokenizer_files(src: PathLike, dst: PathLike) -> list[str]:
     """Copy the tokenizer files of ``src`` (a folder, or a SentencePiece ``.model`` file) into ``dst``."""
-    src, dst = Path(src), Path(dst)
+    src, dst = as_path(src), as_path(dst)
     dst.mkdir(parents=True, exist_ok=True)
     if src.is_file():
         if src.suffix != ".model":
             raise CheckpointError(f"{src}: expected a tokenizer folder or a SentencePiece .model file")
-        shutil.copyfile(src, dst / "tokenizer.model")
+        copy_file(src, dst / "tokenizer.model")
         return ["tokenizer.model"]
     if not src.is_dir():
         raise CheckpointError(f"{src}: no such tokenizer folder or file")
@@ -72,13 +71,13 @@ def copy_tokenizer_files(src: str | Path, dst: str | Path) -> list[str]:
     if not copied:
         raise CheckpointError(f"{src}: no tokenizer files (expected one of {', '.join(TOKENIZER_FILE_NAMES)})")
     for name in copied:
-        shutil.copyfile(src / name, dst / name)
+        copy_file(src / name, dst / name)
     return copied
 
 
-def read_added_tokens(directory: str | Path) -> dict[str, int]:
+def read_added_tokens(directory: PathLike) -> dict[str, int]:
     """The {token: id} map of ``added_tokens.json`` in a tokenizer folder (empty when absent)."""
-    path = Path(directory) / ADDED_TOKENS_FILE
+    path = as_path(directory) / ADDED_TOKENS_FILE
     if not path.is_file():
         return {}
     try:
@@ -90,7 +89,7 @@ def read_added_tokens(directory: str | Path) -> dict[str, int]:
     return dict(values)
 
 
-def write_added_tokens(directory: str | Path, added: Mapping[str, int]) -> None:
+def write_added_tokens(directory: PathLike, added: Mapping[str, int]) -> None:
     """Merge ``added`` into the folder's ``added_tokens.json``; a token or an id recorded differently is an error."""
     merged = read_added_tokens(directory)
     for token, token_id in added.items():
@@ -100,19 +99,18 @@ def write_added_tokens(directory: str | Path, added: Mapping[str, int]) -> None:
     ids = list(merged.values())
     if len(set(ids)) != len(ids):
         raise CheckpointError(f"{directory}: added tokens share ids: {merged}")
-    path = Path(directory) / ADDED_TOKENS_FILE
-    path.write_text(json.dumps(merged, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    write_text_atomic(as_path(directory) / ADDED_TOKENS_FILE, json.dumps(merged, ensure_ascii=False, indent=2) + "\n")
 
 
 def save_params(
-    path: str | Path,
+    path: PathLike,
     params_state: Any,
     model_cfg: ModelConfig,
-    tokenizer_dir: Optional[str | Path] = None,
+    tokenizer_dir: Optional[PathLike] = None,
     added_tokens: Optional[Mapping[str, int]] = None,
     overwrite: bool = False,
     compress: bool = False,
-) -> Path:
+) -> epath.Path:
     """Write a params-only checkpoint (see the module docstring) and return its path.
 
     params_state: an ``nnx.State`` of the model's params or the same tree as a nested dict of numpy or jax arrays
@@ -124,7 +122,7 @@ def save_params(
     compress: zstd-compress the arrays (about 20% smaller on disk for bfloat16 weights, but saving then buffers the
     compressed checkpoint in host memory).
     """
-    path = Path(path).absolute()
+    path = absolute_path(path)
     params = params_to_pure_dict(params_state)
     _check_params_match_config(params, model_cfg, str(path))
     if path.exists() and any(path.iterdir()) and not overwrite:
@@ -132,7 +130,7 @@ def save_params(
     primary = jax.process_index() == 0  # with several processes, one writes the side files; all write arrays
     if primary:
         if path.exists():
-            shutil.rmtree(path)
+            path.rmtree()
         path.mkdir(parents=True)
         if tokenizer_dir is not None:
             copy_tokenizer_files(tokenizer_dir, path / TOKENIZER_DIR)
@@ -145,7 +143,7 @@ def save_params(
     if primary:
         config = dataclasses.asdict(model_cfg)
         config["preset"] = None  # the fields are resolved; a preset name would re-apply its values on load
-        (path / MODEL_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        write_text_atomic(path / MODEL_CONFIG_FILE, json.dumps(config, indent=2) + "\n")
     _sync_processes("jaxtune_save_params_done")
     return path
 
@@ -178,9 +176,9 @@ def _params_checkpointer(params: dict, compress: bool) -> ocp.Checkpointer:
     return ocp.Checkpointer(handler)
 
 
-def load_model_config(path: str | Path) -> ModelConfig:
+def load_model_config(path: PathLike) -> ModelConfig:
     """The ModelConfig stored beside a params checkpoint."""
-    file = Path(path) / MODEL_CONFIG_FILE
+    file = as_path(path) / MODEL_CONFIG_FILE
     if not file.is_file():
         raise CheckpointError(f"{path}: not a jaxtune params checkpoint (no {MODEL_CONFIG_FILE})")
     try:
@@ -190,7 +188,7 @@ def load_model_config(path: str | Path) -> ModelConfig:
 
 
 def load_params(
-    path: str | Path,
+    path: PathLike,
     shardings: Any = None,
     dtype: Optional[str] = None,
     as_numpy: bool = False,
@@ -202,7 +200,7 @@ def load_params(
     dtype: cast every array to this dtype while reading (and report it as the config's ``param_dtype``).
     as_numpy: return host numpy arrays (export-hf: no device memory needed).
     """
-    path = Path(path).absolute()
+    path = absolute_path(path)
     cfg = load_model_config(path)
     params_path = path / PARAMS_DIR
     if not params_path.is_dir():
@@ -239,7 +237,7 @@ def model_with_params(cfg: ModelConfig, params: dict) -> Llama:
     return model
 
 
-def restore_model(path: str | Path, shardings: Any = None, dtype: Optional[str] = None, **cfg_overrides: Any) -> Llama:
+def restore_model(path: PathLike, shardings: Any = None, dtype: Optional[str] = None, **cfg_overrides: Any) -> Llama:
     """A ``jaxtune.models.llama.Llama`` with the parameters of a params-only checkpoint.
 
     cfg_overrides: ModelConfig fields to change that do not affect parameter shapes (compute_dtype,
@@ -249,10 +247,13 @@ def restore_model(path: str | Path, shardings: Any = None, dtype: Optional[str] 
     return model_with_params(dataclasses.replace(cfg, **cfg_overrides), params)
 
 
-def tokenizer_path(path: str | Path) -> Optional[Path]:
-    """The checkpoint's ``tokenizer/`` folder, or None when it carries none."""
-    d = Path(path) / TOKENIZER_DIR
-    return d if d.is_dir() else None
+def tokenizer_path(path: PathLike) -> Optional[epath.Path]:
+    """The checkpoint's ``tokenizer/`` folder, or None when it carries none; from an object store, a local copy
+    (SentencePiece and transformers read local files only)."""
+    d = as_path(path) / TOKENIZER_DIR
+    if not d.is_dir():
+        return None
+    return local_copy(d) if is_remote(d) else d
 
 
 def expected_param_shapes(cfg: ModelConfig) -> dict:
@@ -308,9 +309,9 @@ _COMMIT_MARKER = "commit_success.txt"  # orbax.checkpoint's atomicity_types.COMM
 TRAIN_PARAMS_ITEM, TRAIN_STATE_ITEM, DATA_ITER_ITEM, RUN_CONFIG_ITEM = "params", "train_state", "data_iter", "config"
 
 
-def train_checkpoint_dir(run_dir: str | Path) -> Path:
+def train_checkpoint_dir(run_dir: PathLike) -> epath.Path:
     """Where a run keeps its train-state checkpoints."""
-    return as_path(run_dir) / CHECKPOINTS_DIR
+    return absolute_path(run_dir) / CHECKPOINTS_DIR
 
 
 class TrainCheckpointManager:
@@ -329,18 +330,18 @@ class TrainCheckpointManager:
 
     def __init__(
         self,
-        run_dir: str | Path,
+        run_dir: PathLike,
         cfg: Any,
         *,
         model_cfg: ModelConfig,
-        tokenizer_src: Optional[str | Path] = None,
+        tokenizer_src: Optional[PathLike] = None,
         added_tokens: Optional[Mapping[str, int]] = None,
     ):
         from orbax.checkpoint import checkpoint_managers as policies
 
         self.directory = train_checkpoint_dir(run_dir)
         self.model_cfg = model_cfg
-        self.tokenizer_src = None if tokenizer_src is None else Path(tokenizer_src)
+        self.tokenizer_src = None if tokenizer_src is None else as_path(tokenizer_src)
         self.added_tokens = dict(added_tokens or {})
         if cfg.max_to_keep is not None and cfg.max_to_keep < 1:
             raise ConfigError(f"checkpoint.max_to_keep must be at least 1 or null, got {cfg.max_to_keep}")
@@ -372,7 +373,7 @@ class TrainCheckpointManager:
         complete = set(self.all_steps())
         return sorted(s for s in self._manager.all_steps() if s not in complete)
 
-    def step_dir(self, step: int) -> Path:
+    def step_dir(self, step: int) -> epath.Path:
         return self.directory / str(step)
 
     def save(self, step: int, params: Any, train_fields: Any, data_iter: Any, config: Mapping[str, Any]) -> None:
@@ -480,9 +481,9 @@ EPOCHS_DIR = "epochs"
 EPOCH_INFO_ITEM = "epoch"
 
 
-def epoch_checkpoint_dir(run_dir: str | Path) -> Any:
+def epoch_checkpoint_dir(run_dir: PathLike) -> Any:
     """Where a run keeps its params-only epoch checkpoints."""
-    return as_path(run_dir) / EPOCHS_DIR
+    return absolute_path(run_dir) / EPOCHS_DIR
 
 
 class EpochCheckpointManager:
@@ -495,12 +496,12 @@ class EpochCheckpointManager:
 
     def __init__(
         self,
-        run_dir: str | Path,
+        run_dir: PathLike,
         *,
         model_cfg: ModelConfig,
         dtype: str,
         async_save: bool = True,
-        tokenizer_src: Optional[str | Path] = None,
+        tokenizer_src: Optional[PathLike] = None,
         added_tokens: Optional[Mapping[str, int]] = None,
     ):
         self.directory = epoch_checkpoint_dir(run_dir)
@@ -558,7 +559,7 @@ def cast_params(params: Any, dtype: str) -> Any:
     return jax.jit(lambda t: jax.tree.map(lambda x: x.astype(target), t), out_shardings=shardings)(params)
 
 
-def epoch_checkpoint_path(run_dir: str | Path, epoch: int, step: int) -> Any:
+def epoch_checkpoint_path(run_dir: PathLike, epoch: int, step: int) -> Any:
     """The checkpoint to evaluate for ``epoch`` of a run: its epoch checkpoint (RUN_DIR/epochs/EPOCH), else the
     train checkpoint of the step that ended it (RUN_DIR/checkpoints/STEP, e.g. the last epoch when epoch
     checkpoints are off). Either is a params-only checkpoint; neither present is an error listing what exists."""

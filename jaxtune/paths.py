@@ -1,7 +1,7 @@
 """User paths that may be local or in an object store (``gs://bucket/...``, ``s3://...``), through etils' epath.
 
 Every file jaxtune writes or reads at a user-given location goes through :func:`as_path`: a local path becomes an
-absolute ``epath.Path`` (pathlib semantics), a URL stays a URL (``pathlib.Path("gs://b/run")`` would silently turn
+``epath.Path`` with pathlib semantics, a URL stays a URL (``pathlib.Path("gs://b/run")`` would silently turn
 into the local folder ``gs:/b/run``). epath reaches Google Cloud Storage with gcsfs (fsspec), and Orbax writes
 arrays there with tensorstore, so no gcsfuse mount is needed.
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 import uuid
 from typing import Union
 
@@ -35,13 +36,17 @@ def is_url(path: PathLike) -> bool:
 
 
 def as_path(path: PathLike) -> epath.Path:
-    """An ``epath.Path`` for a user path: URLs as they are, local paths made absolute."""
-    if isinstance(path, epath.Path) and is_url(path):
+    """An ``epath.Path`` for a user path (local, as given, or a URL)."""
+    if isinstance(path, epath.Path):
         return path
-    text = os.fspath(path)
-    if is_url(text):
-        return epath.Path(text)
-    return epath.Path(os.path.abspath(os.path.expanduser(text)))
+    return epath.Path(os.fspath(path))
+
+
+def absolute_path(path: PathLike) -> epath.Path:
+    """:func:`as_path`, with a local path made absolute (Orbax and multi-process runs need absolute ones)."""
+    if is_url(path):
+        return as_path(path)
+    return epath.Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
 
 
 def is_remote(path: PathLike) -> bool:
@@ -81,3 +86,13 @@ def local_path(path: PathLike) -> str:
     if is_url(path):
         raise ValueError(f"{os.fspath(path)}: this file must be local (or on a gcsfuse mount), not an object store URL")
     return os.fspath(as_path(path))
+
+
+def local_copy(folder: PathLike) -> epath.Path:
+    """A local temporary copy of a folder's files (not its subfolders), for readers of local files only."""
+    folder = as_path(folder)
+    dst = epath.Path(tempfile.mkdtemp(prefix="jaxtune-"))
+    for item in folder.iterdir():
+        if item.is_file():
+            copy_file(item, dst / item.name)
+    return dst

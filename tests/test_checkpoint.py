@@ -6,6 +6,7 @@ checkpoints.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -181,8 +182,8 @@ def test_an_epoch_is_found_as_an_epoch_checkpoint_or_the_train_checkpoint_that_e
     epochs = EpochCheckpointManager(tmp_path, model_cfg=cfg, dtype="float32", async_save=False)
     epochs.save(1, 3, _tiny_params(cfg, build_mesh(MeshConfig())))
     epochs.close()
-    assert epoch_checkpoint_path(tmp_path, 1, 3) == tmp_path / "epochs" / "1"
-    assert epoch_checkpoint_path(tmp_path, 2, 6) == tmp_path / "checkpoints" / "6"
+    assert os.fspath(epoch_checkpoint_path(tmp_path, 1, 3)) == os.fspath(tmp_path / "epochs" / "1")
+    assert os.fspath(epoch_checkpoint_path(tmp_path, 2, 6)) == os.fspath(tmp_path / "checkpoints" / "6")
     with pytest.raises(CheckpointError, match=r"no complete checkpoint of epoch 3: .*epoch checkpoints there: \[1\]; "
                                               r"train checkpoints at steps: \[6\]"):
         epoch_checkpoint_path(tmp_path, 3, 9)
