@@ -17,11 +17,13 @@ first probes each bucket's storage layout over gRPC/TLS, which an emulator never
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
 import tempfile
 import uuid
-from typing import Union
+from typing import Iterator, Union
 
 from etils import epath
 
@@ -77,8 +79,13 @@ def append_text(path: PathLike, text: str) -> None:
 
 
 def copy_file(src: PathLike, dst: PathLike) -> None:
-    """Copy one file between any two locations (local or object store)."""
-    as_path(dst).write_bytes(as_path(src).read_bytes())
+    """Copy one file between any two locations (local or object store), streaming (a weights shard never has to
+    fit in memory)."""
+    dst = as_path(dst)
+    if not is_url(dst):
+        dst.parent.mkdir(parents=True, exist_ok=True)
+    with as_path(src).open("rb") as reader, dst.open("wb") as writer:
+        shutil.copyfileobj(reader, writer, 64 * 2**20)
 
 
 def local_path(path: PathLike) -> str:
@@ -96,3 +103,23 @@ def local_copy(folder: PathLike) -> epath.Path:
         if item.is_file():
             copy_file(item, dst / item.name)
     return dst
+
+
+@contextlib.contextmanager
+def staged_folder(dst: PathLike) -> Iterator[str]:
+    """A local folder to write ``dst``'s files into, for writers of local files only (safetensors, transformers'
+    ``save_pretrained``): ``dst`` itself when local; for an object store, a temporary folder whose files (folders
+    included) are uploaded to ``dst`` once the block ends without error, then removed. Needs local disk for it."""
+    if not is_url(dst):
+        yield os.fspath(dst)
+        return
+    stage = tempfile.mkdtemp(prefix="jaxtune-stage-")
+    try:
+        yield stage
+        dst = as_path(dst)
+        for root, _, files in os.walk(stage):
+            for name in files:
+                rel = os.path.relpath(os.path.join(root, name), stage)
+                copy_file(os.path.join(root, name), dst / rel)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
