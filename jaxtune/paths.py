@@ -123,3 +123,18 @@ def staged_folder(dst: PathLike) -> Iterator[str]:
                 copy_file(os.path.join(root, name), dst / rel)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def canonical_path(path: PathLike) -> epath.Path:
+    """One spelling per file, to recognise duplicates: a local path resolved (symlinks too), a URL as it is."""
+    if is_url(path):
+        return as_path(path)
+    return epath.Path(os.path.realpath(os.fspath(path)))
+
+
+def files_under(folder: PathLike, suffix: str) -> list[epath.Path]:
+    """Files under ``folder`` (recursively) whose names end with ``suffix``, sorted (epath has no ``rglob``)."""
+    found = []
+    for parent, _, files in as_path(folder).walk():
+        found += [as_path(parent) / f for f in files if f.endswith(suffix)]
+    return sorted(found, key=str)
