@@ -37,6 +37,7 @@ from jaxtune.data.formats import (
     record_from_json,
     record_to_json,
 )
+from jaxtune.paths import as_path
 
 PREPARED_META = "jaxtune_prepared.json"
 _BUILDER_NAME = "jaxtune_records"
@@ -229,7 +230,7 @@ def prepare_dataset(
 
 def is_prepared_dataset(path: Union[str, Path, None]) -> bool:
     """True when ``path`` is a folder written by :func:`prepare_dataset`."""
-    return path is not None and (Path(path) / PREPARED_META).is_file()
+    return path is not None and (as_path(path) / PREPARED_META).is_file()
 
 
 class PreparedRecords:
