@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 from jaxtune.checkpoint import epoch_checkpoint_path
 from jaxtune.config import Config, ConfigError
 from jaxtune.errors import JaxtuneError
+from jaxtune.paths import as_path
 from jaxtune.results import parse_selection
 
 
@@ -98,7 +99,7 @@ def sweep(
         raise ConfigError("train.max_steps: a sweep trains whole epochs (the study evaluates epoch checkpoints); "
                           "unset it and choose train.epochs")
     epochs = epochs_to_evaluate(epochs_to_eval, cfg.train.epochs)
-    root = Path(cfg.run_dir)
+    root = as_path(cfg.run_dir)
     size = model_size_label(cfg)
     runs: list[SweepRun] = []
     started = time.time()
