@@ -133,8 +133,13 @@ def canonical_path(path: PathLike) -> epath.Path:
 
 
 def files_under(folder: PathLike, suffix: str) -> list[epath.Path]:
-    """Files under ``folder`` (recursively) whose names end with ``suffix``, sorted (epath has no ``rglob``)."""
-    found = []
-    for parent, _, files in as_path(folder).walk():
-        found += [as_path(parent) / f for f in files if f.endswith(suffix)]
+    """Files under ``folder`` (recursively) whose names end with ``suffix``, sorted (epath has no ``rglob``, and
+    its ``walk`` on gs:// yields folders without their ``gs://``)."""
+    found, folders = [], [as_path(folder)]
+    while folders:
+        for item in folders.pop().iterdir():
+            if item.is_dir():
+                folders.append(item)
+            elif item.name.endswith(suffix):
+                found.append(item)
     return sorted(found, key=str)
