@@ -1,4 +1,5 @@
-"""A Google Cloud Storage emulator (the ``gcp-storage-emulator`` package) on 127.0.0.1 for the gs:// tests, and
+"""A Google Cloud Storage emulator (the ``gcp-storage-emulator`` package, with the one header tensorstore needs
+added: see gcs_emulator_server.py) on 127.0.0.1 for the gs:// tests, and
 plain-HTTP access to its objects (JSON API), so the tests check what landed in the bucket without going through
 the code under test.
 
@@ -35,12 +36,13 @@ class GcsEmulator:
     def __init__(self, log_path: Path):
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        exe = Path(sys.executable).with_name("gcp-storage-emulator")
-        if not exe.is_file():
+        try:
+            import gcp_storage_emulator  # noqa: F401
+        except ImportError:
             pytest.skip("gcp-storage-emulator is not installed (pip install -e .[test])")
         self._log = open(log_path, "w")
         self.proc = subprocess.Popen(
-            [str(exe), "start", "--host=127.0.0.1", f"--port={self.port}", "--in-memory"],
+            [sys.executable, str(Path(__file__).with_name("gcs_emulator_server.py")), str(self.port)],
             stdout=self._log, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -65,10 +67,6 @@ class GcsEmulator:
             "GOOGLE_CLOUD_PROJECT": "test",
             # No metadata server: every credential lookup fails at once instead of timing out.
             "GCE_METADATA_HOST": "127.0.0.1:1", "GCE_METADATA_IP": "127.0.0.1:1", "GCE_METADATA_ROOT": "127.0.0.1:1",
-            # One request at a time from tensorstore: under concurrent writes the emulator now and then answers an
-            # OCDBT manifest update with a generation tensorstore rejects ("Malformed StorageGeneration"; 2 of 15
-            # pairs of concurrent Orbax saves here, 0 of 15 with this setting). Real GCS needs no such limit.
-            "TENSORSTORE_GCS_REQUEST_CONCURRENCY": "1",
         }
 
     def stop(self) -> None:

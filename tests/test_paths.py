@@ -69,12 +69,18 @@ def test_local_files(tmp_path):
         assert stage == os.fspath(tmp_path / "out")  # local: written in place, nothing copied
 
 
+def _failure(proc: subprocess.CompletedProcess) -> str:
+    """What a failed child printed: its output's end and every error line of its log."""
+    errors = [line for line in proc.stderr.splitlines() if "Error" in line and "sys.meta_path" not in line]
+    return proc.stdout[-2000:] + "\n".join(errors[:20])
+
+
 def _child(gcs, code: str, timeout: float = CHILD_TIMEOUT_S) -> str:
     """Run ``code`` in a fresh Python pointed at the emulator; its stdout (a failure shows its output)."""
     env = {**os.environ, **gcs.env, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=str(REPO), text=True,
                           capture_output=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    assert proc.returncode == 0, _failure(proc)
     return proc.stdout
 
 
@@ -117,7 +123,7 @@ def test_a_sweep_trains_evaluates_and_reports_in_a_bucket(gcs, tmp_path):
            "train.epochs=2", "train.log_every=1", "checkpoint.keep_epoch_checkpoints=true"]
     env = {**os.environ, **gcs.env, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)}
     proc = subprocess.run(cmd, env=env, cwd=str(REPO), text=True, capture_output=True, timeout=CHILD_TIMEOUT_S)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    assert proc.returncode == 0, _failure(proc)
     assert "report: gs://study/runs/report" in proc.stdout
 
     run = "runs/curated-10"
