@@ -27,6 +27,8 @@ from typing import Iterator, Union
 
 from etils import epath
 
+from jaxtune.errors import JaxtuneError
+
 PathLike = Union[str, os.PathLike]
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -91,7 +93,8 @@ def copy_file(src: PathLike, dst: PathLike) -> None:
 def local_path(path: PathLike) -> str:
     """``path`` as a local file name for libraries that only open local files; a URL is an error naming it."""
     if is_url(path):
-        raise ValueError(f"{os.fspath(path)}: this file must be local (or on a gcsfuse mount), not an object store URL")
+        raise JaxtuneError(f"{os.fspath(path)}: this path must be local (or on a gcsfuse mount of the bucket), not "
+                           f"an object store URL")
     return os.fspath(as_path(path))
 
 

@@ -193,3 +193,16 @@ def test_a_sigterm_save_to_a_bucket_resumes_exactly(gcs, tmp_path, compile_cache
     _, got = load_params(gcs.download_tree("preempt", "run/checkpoints/20", tmp_path / "c20"))
     for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_writers_of_local_files_only_refuse_a_url(tmp_path):
+    from jaxtune.data.prepare import prepare_dataset
+    from jaxtune.errors import JaxtuneError
+    from jaxtune.quickstart import quickstart
+
+    (tmp_path / "a.jsonl").write_text('{"instruction": "q", "output": "a"}\n')
+    with pytest.raises(JaxtuneError, match="gs://bucket/prepared: this path must be local"):
+        prepare_dataset(tmp_path / "a.jsonl", "gs://bucket/prepared", format="alpaca")
+    with pytest.raises(JaxtuneError, match="gs://bucket/qs: this path must be local"):
+        quickstart("gs://bucket/qs")
+    assert not Path("gs:").exists()

@@ -37,7 +37,7 @@ from jaxtune.data.formats import (
     record_from_json,
     record_to_json,
 )
-from jaxtune.paths import as_path
+from jaxtune.paths import as_path, local_path
 
 PREPARED_META = "jaxtune_prepared.json"
 _BUILDER_NAME = "jaxtune_records"
@@ -191,7 +191,7 @@ def prepare_dataset(
     import tensorflow_datasets as tfds
 
     check_format(format)
-    output_dir = Path(output_dir)
+    output_dir = Path(local_path(output_dir))  # ArrayRecord writes local files: a URL is an error naming it
     meta_path = output_dir / PREPARED_META
     if (meta_path.exists() or (output_dir / _BUILDER_NAME).exists()) and not overwrite:
         raise FileExistsError(f"{output_dir} already holds a prepared dataset (pass overwrite=True to replace it)")
