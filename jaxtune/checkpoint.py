@@ -408,6 +408,12 @@ class TrainCheckpointManager:
             raise CheckpointError(f"{self.step_dir(step)}: cannot restore the train state: {e}") from e
         return restored[TRAIN_PARAMS_ITEM], restored[TRAIN_STATE_ITEM]
 
+    def delete_all(self) -> None:
+        """Delete every train checkpoint of the run (every process calls it; Orbax deletes from the primary)."""
+        self.wait_until_finished()
+        for step in self._manager.all_steps():
+            self._manager.delete(step)
+
     def saved_config(self, step: int) -> dict:
         """The resolved run config stored with step ``step``."""
         restored = self._manager.restore(step, args=ocp.args.Composite(**{RUN_CONFIG_ITEM: ocp.args.JsonRestore()}))

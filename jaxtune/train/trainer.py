@@ -7,6 +7,7 @@ Every process runs the same loop on its own shard of the data; only process 0 wr
 
 from __future__ import annotations
 
+import json
 import math
 import signal
 import sys
@@ -51,6 +52,7 @@ from jaxtune.train.step import (
     train_state_shardings,
 )
 
+COMPLETED_FILE = "completed.json"  # {"step": S, "total_steps": S, "epoch_checkpoints": [...]}, once a run completes
 TRAIN_KEYS = ("input_ids", "targets", "loss_weights", "segment_ids", "positions")
 EVAL_KEYS = TRAIN_KEYS + ("ability_ids",)
 
@@ -312,6 +314,13 @@ def train(cfg: Config, data: Optional[RunData] = None, *, print_fn: Callable[[st
         cfg.run_dir, cfg.checkpoint, model_cfg=cfg.model,
         tokenizer_src=data.tokenizer_src, added_tokens=data.added_tokens,
     )
+    if not cfg.checkpoint.keep_train_state_when_done and not (
+            cfg.checkpoint.keep_epoch_checkpoints and total_steps in epoch_steps):
+        raise ConfigError(
+            "checkpoint.keep_train_state_when_done=false deletes the full train states of a finished run, so the "
+            "final parameters must live in an epoch checkpoint: it needs checkpoint.keep_epoch_checkpoints=true and "
+            f"a run of whole epochs (total steps {total_steps}, {data.steps_per_epoch} per epoch)"
+        )
     epochs = None
     if cfg.checkpoint.keep_epoch_checkpoints:
         epochs = EpochCheckpointManager(
@@ -324,12 +333,19 @@ def train(cfg: Config, data: Optional[RunData] = None, *, print_fn: Callable[[st
             write_text_atomic(as_path(cfg.run_dir) / "config.yaml", dump_config(cfg))
         if data.summary:
             writer.message(data.summary)
+        finished = _finished_run(cfg, manager, total_steps)
+        if finished is not None:
+            writer.message(f"the run in {cfg.run_dir} is finished ({COMPLETED_FILE}, train states deleted): nothing "
+                           f"to train")
+            return finished
         loop = _RunLoop(cfg, data, layout, manager, writer, total_steps, epoch_steps, epochs)
         resumed_from = loop.start()
         stopped = loop.run()
         manager.wait_until_finished()
         if epochs is not None:
             epochs.wait_until_finished()
+        if stopped == "completed":
+            _mark_completed(cfg, manager, epochs, loop.step, total_steps, writer)
         return TrainResult(
             run_dir=str(cfg.run_dir), step=loop.step, total_steps=total_steps, stopped=stopped,
             resumed_from=resumed_from, last_loss=loop.last_loss, last_eval=loop.last_eval,
@@ -341,6 +357,39 @@ def train(cfg: Config, data: Optional[RunData] = None, *, print_fn: Callable[[st
         if epochs is not None:
             epochs.close()
         writer.close()
+
+
+def _finished_run(cfg: Config, manager: TrainCheckpointManager, total_steps: int) -> Optional[TrainResult]:
+    """The result of a run that completed and deleted its train states (checkpoint.keep_train_state_when_done),
+    or None when there is a run to start or resume."""
+    done = as_path(cfg.run_dir) / COMPLETED_FILE
+    if cfg.checkpoint.resume != "auto" or manager.all_steps() or not done.is_file():
+        return None
+    record = json.loads(done.read_text(encoding="utf-8"))
+    if record.get("total_steps") != total_steps:
+        raise JaxtuneError(
+            f"{done}: the run finished at step {record.get('total_steps')} and deleted its train states, so it cannot "
+            f"continue to {total_steps} steps; choose another run_dir"
+        )
+    return TrainResult(
+        run_dir=str(cfg.run_dir), step=record["step"], total_steps=total_steps, stopped="completed",
+        resumed_from=record["step"], last_loss=None, last_eval={}, skipped_steps=record.get("skipped_steps", 0),
+        checkpoint_steps=[], epoch_checkpoints=list(record.get("epoch_checkpoints", [])),
+    )
+
+
+def _mark_completed(cfg: Config, manager: TrainCheckpointManager, epochs: Optional[EpochCheckpointManager],
+                    step: int, total_steps: int, writer: MetricsWriter) -> None:
+    """Record the completed run; with keep_train_state_when_done=false, then delete its full train states."""
+    if cfg.checkpoint.keep_train_state_when_done:
+        return
+    record = {"step": step, "total_steps": total_steps,
+              "epoch_checkpoints": [] if epochs is None else epochs.all_epochs()}
+    if jax.process_index() == 0:  # written before anything is deleted: a crash in between leaves a finished run
+        write_text_atomic(as_path(cfg.run_dir) / COMPLETED_FILE, json.dumps(record) + "\n")
+    manager.delete_all()
+    writer.message(f"run complete: deleted the full train states in {manager.directory} "
+                   f"(checkpoint.keep_train_state_when_done=false); the epoch checkpoints remain")
 
 
 class _RunLoop:

@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 
 from jaxtune.checkpoint import load_params
-from jaxtune.config import load_config
+from jaxtune.config import ConfigError, load_config
 from jaxtune.errors import JaxtuneError
 from jaxtune.models.llama import Llama
 from jaxtune.train.trainer import TrainingDivergedError, train
@@ -214,3 +214,28 @@ def test_train_reads_the_data_pipeline_and_starts_from_init_from(tmp_path):
                                   "checkpoint": dict(init_from=str(tmp_path / "base"))})
     with pytest.raises(JaxtuneError, match="do not match the model config"):
         train(cfg_wrong, print_fn=lambda _: None)
+
+
+def test_a_finished_run_can_drop_its_full_train_states(tmp_path):
+    cfg = tiny_config(tmp_path, train=dict(epochs=2),
+                      checkpoint=dict(save_every=None, max_to_keep=1, keep_train_state_when_done=False,
+                                      epoch_dtype="bfloat16"))
+    result = train(cfg, synthetic_data(num_rows=24, seq_len=32, global_batch=8, epochs=2), print_fn=lambda _: None)
+    assert (result.stopped, result.step, result.epoch_checkpoints) == ("completed", 6, [1, 2])
+    assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
+    assert json.loads((tmp_path / "completed.json").read_text())["total_steps"] == 6
+    epoch_cfg, params = load_params(tmp_path / "epochs" / "2")
+    assert epoch_cfg.param_dtype == "bfloat16" and all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(params))
+    records = (tmp_path / "metrics.jsonl").read_text()
+
+    lines: list[str] = []  # a rerun trains nothing
+    again = train(cfg, synthetic_data(num_rows=24, seq_len=32, global_batch=8, epochs=2), print_fn=lines.append)
+    assert (again.stopped, again.step, again.resumed_from) == ("completed", 6, 6)
+    assert any("is finished (completed.json" in line for line in lines)
+    assert (tmp_path / "metrics.jsonl").read_text() == records
+    with pytest.raises(JaxtuneError, match="cannot continue to 9 steps"):
+        train(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=3)),
+              synthetic_data(num_rows=24, seq_len=32, global_batch=8, epochs=3), print_fn=lambda _: None)
+    cfg.checkpoint.keep_epoch_checkpoints = False
+    with pytest.raises(ConfigError, match="needs checkpoint.keep_epoch_checkpoints=true"):
+        train(cfg, synthetic_data(num_rows=24, seq_len=32, global_batch=8, epochs=2), print_fn=lambda _: None)
