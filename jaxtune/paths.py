@@ -34,7 +34,7 @@ PathLike = Union[str, os.PathLike]
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
-def is_url(path: PathLike) -> bool:
+def is_remote(path: PathLike) -> bool:
     """Whether ``path`` names an object store location (``scheme://...``) rather than a local file."""
     return bool(_URL.match(os.fspath(path)))
 
@@ -48,14 +48,9 @@ def as_path(path: PathLike) -> epath.Path:
 
 def absolute_path(path: PathLike) -> epath.Path:
     """:func:`as_path`, with a local path made absolute (Orbax and multi-process runs need absolute ones)."""
-    if is_url(path):
+    if is_remote(path):
         return as_path(path)
     return epath.Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
-
-
-def is_remote(path: PathLike) -> bool:
-    """Whether ``path`` lives in an object store (after :func:`as_path`)."""
-    return is_url(os.fspath(path))
 
 
 def write_text_atomic(path: PathLike, text: str) -> None:
@@ -84,7 +79,7 @@ def copy_file(src: PathLike, dst: PathLike) -> None:
     """Copy one file between any two locations (local or object store), streaming (a weights shard never has to
     fit in memory)."""
     dst = as_path(dst)
-    if not is_url(dst):
+    if not is_remote(dst):
         dst.parent.mkdir(parents=True, exist_ok=True)
     with as_path(src).open("rb") as reader, dst.open("wb") as writer:
         shutil.copyfileobj(reader, writer, 64 * 2**20)
@@ -92,7 +87,7 @@ def copy_file(src: PathLike, dst: PathLike) -> None:
 
 def local_path(path: PathLike) -> str:
     """``path`` as a local file name for libraries that only open local files; a URL is an error naming it."""
-    if is_url(path):
+    if is_remote(path):
         raise JaxtuneError(f"{os.fspath(path)}: this path must be local (or on a gcsfuse mount of the bucket), not "
                            f"an object store URL")
     return os.fspath(as_path(path))
@@ -113,7 +108,7 @@ def staged_folder(dst: PathLike) -> Iterator[str]:
     """A local folder to write ``dst``'s files into, for writers of local files only (safetensors, transformers'
     ``save_pretrained``): ``dst`` itself when local; for an object store, a temporary folder whose files (folders
     included) are uploaded to ``dst`` once the block ends without error, then removed. Needs local disk for it."""
-    if not is_url(dst):
+    if not is_remote(dst):
         yield os.fspath(dst)
         return
     stage = tempfile.mkdtemp(prefix="jaxtune-stage-")
@@ -130,7 +125,7 @@ def staged_folder(dst: PathLike) -> Iterator[str]:
 
 def canonical_path(path: PathLike) -> epath.Path:
     """One spelling per file, to recognise duplicates: a local path resolved (symlinks too), a URL as it is."""
-    if is_url(path):
+    if is_remote(path):
         return as_path(path)
     return epath.Path(os.path.realpath(os.fspath(path)))
 
