@@ -21,9 +21,10 @@ CORE = [
     "numpy==2.4.6",
     "PyYAML==6.0.3",
     "matplotlib==3.11.2",
+    "gcsfs==2026.10.1",  # gs:// paths (etils epath's backend; brings google-cloud-storage for TensorBoard events)
 ]
 HF = ["torch==2.13.0+cpu"]  # the PyTorch reference model (tests, check-hf, legacy .bin checkpoints)
-TEST = HF + ["pytest==9.2.0", "pytest-timeout==2.4.0"]
+TEST = HF + ["pytest==9.2.0", "pytest-timeout==2.4.0", "gcp-storage-emulator==2026.7.19"]
 
 setup(
     name="jaxtune",

@@ -15,18 +15,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
-from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
 
 from jaxtune.config import ConfigError, ModelConfig, model_config_from_dict
 from jaxtune.errors import JaxtuneError
 from jaxtune.models.llama import Llama
+from jaxtune.paths import PathLike, absolute_path, as_path, copy_file, is_remote, local_copy, write_text_atomic
 
 # ====================================================================================================================
 # Params-only checkpoints
@@ -56,14 +56,14 @@ def params_to_pure_dict(params: Any) -> dict:
     return {k: params_to_pure_dict(v) if isinstance(v, (Mapping, nnx.State)) else v for k, v in params.items()}
 
 
-def copy_tokenizer_files(src: str | Path, dst: str | Path) -> list[str]:
+def copy_tokenizer_files(src: PathLike, dst: PathLike) -> list[str]:
     """Copy the tokenizer files of ``src`` (a folder, or a SentencePiece ``.model`` file) into ``dst``."""
-    src, dst = Path(src), Path(dst)
+    src, dst = as_path(src), as_path(dst)
     dst.mkdir(parents=True, exist_ok=True)
     if src.is_file():
         if src.suffix != ".model":
             raise CheckpointError(f"{src}: expected a tokenizer folder or a SentencePiece .model file")
-        shutil.copyfile(src, dst / "tokenizer.model")
+        copy_file(src, dst / "tokenizer.model")
         return ["tokenizer.model"]
     if not src.is_dir():
         raise CheckpointError(f"{src}: no such tokenizer folder or file")
@@ -71,13 +71,13 @@ def copy_tokenizer_files(src: str | Path, dst: str | Path) -> list[str]:
     if not copied:
         raise CheckpointError(f"{src}: no tokenizer files (expected one of {', '.join(TOKENIZER_FILE_NAMES)})")
     for name in copied:
-        shutil.copyfile(src / name, dst / name)
+        copy_file(src / name, dst / name)
     return copied
 
 
-def read_added_tokens(directory: str | Path) -> dict[str, int]:
+def read_added_tokens(directory: PathLike) -> dict[str, int]:
     """The {token: id} map of ``added_tokens.json`` in a tokenizer folder (empty when absent)."""
-    path = Path(directory) / ADDED_TOKENS_FILE
+    path = as_path(directory) / ADDED_TOKENS_FILE
     if not path.is_file():
         return {}
     try:
@@ -89,7 +89,7 @@ def read_added_tokens(directory: str | Path) -> dict[str, int]:
     return dict(values)
 
 
-def write_added_tokens(directory: str | Path, added: Mapping[str, int]) -> None:
+def write_added_tokens(directory: PathLike, added: Mapping[str, int]) -> None:
     """Merge ``added`` into the folder's ``added_tokens.json``; a token or an id recorded differently is an error."""
     merged = read_added_tokens(directory)
     for token, token_id in added.items():
@@ -99,19 +99,18 @@ def write_added_tokens(directory: str | Path, added: Mapping[str, int]) -> None:
     ids = list(merged.values())
     if len(set(ids)) != len(ids):
         raise CheckpointError(f"{directory}: added tokens share ids: {merged}")
-    path = Path(directory) / ADDED_TOKENS_FILE
-    path.write_text(json.dumps(merged, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    write_text_atomic(as_path(directory) / ADDED_TOKENS_FILE, json.dumps(merged, ensure_ascii=False, indent=2) + "\n")
 
 
 def save_params(
-    path: str | Path,
+    path: PathLike,
     params_state: Any,
     model_cfg: ModelConfig,
-    tokenizer_dir: Optional[str | Path] = None,
+    tokenizer_dir: Optional[PathLike] = None,
     added_tokens: Optional[Mapping[str, int]] = None,
     overwrite: bool = False,
     compress: bool = False,
-) -> Path:
+) -> epath.Path:
     """Write a params-only checkpoint (see the module docstring) and return its path.
 
     params_state: an ``nnx.State`` of the model's params or the same tree as a nested dict of numpy or jax arrays
@@ -123,7 +122,7 @@ def save_params(
     compress: zstd-compress the arrays (about 20% smaller on disk for bfloat16 weights, but saving then buffers the
     compressed checkpoint in host memory).
     """
-    path = Path(path).absolute()
+    path = absolute_path(path)
     params = params_to_pure_dict(params_state)
     _check_params_match_config(params, model_cfg, str(path))
     if path.exists() and any(path.iterdir()) and not overwrite:
@@ -131,7 +130,7 @@ def save_params(
     primary = jax.process_index() == 0  # with several processes, one writes the side files; all write arrays
     if primary:
         if path.exists():
-            shutil.rmtree(path)
+            path.rmtree()
         path.mkdir(parents=True)
         if tokenizer_dir is not None:
             copy_tokenizer_files(tokenizer_dir, path / TOKENIZER_DIR)
@@ -144,7 +143,7 @@ def save_params(
     if primary:
         config = dataclasses.asdict(model_cfg)
         config["preset"] = None  # the fields are resolved; a preset name would re-apply its values on load
-        (path / MODEL_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        write_text_atomic(path / MODEL_CONFIG_FILE, json.dumps(config, indent=2) + "\n")
     _sync_processes("jaxtune_save_params_done")
     return path
 
@@ -177,9 +176,9 @@ def _params_checkpointer(params: dict, compress: bool) -> ocp.Checkpointer:
     return ocp.Checkpointer(handler)
 
 
-def load_model_config(path: str | Path) -> ModelConfig:
+def load_model_config(path: PathLike) -> ModelConfig:
     """The ModelConfig stored beside a params checkpoint."""
-    file = Path(path) / MODEL_CONFIG_FILE
+    file = as_path(path) / MODEL_CONFIG_FILE
     if not file.is_file():
         raise CheckpointError(f"{path}: not a jaxtune params checkpoint (no {MODEL_CONFIG_FILE})")
     try:
@@ -189,7 +188,7 @@ def load_model_config(path: str | Path) -> ModelConfig:
 
 
 def load_params(
-    path: str | Path,
+    path: PathLike,
     shardings: Any = None,
     dtype: Optional[str] = None,
     as_numpy: bool = False,
@@ -201,7 +200,7 @@ def load_params(
     dtype: cast every array to this dtype while reading (and report it as the config's ``param_dtype``).
     as_numpy: return host numpy arrays (export-hf: no device memory needed).
     """
-    path = Path(path).absolute()
+    path = absolute_path(path)
     cfg = load_model_config(path)
     params_path = path / PARAMS_DIR
     if not params_path.is_dir():
@@ -238,7 +237,7 @@ def model_with_params(cfg: ModelConfig, params: dict) -> Llama:
     return model
 
 
-def restore_model(path: str | Path, shardings: Any = None, dtype: Optional[str] = None, **cfg_overrides: Any) -> Llama:
+def restore_model(path: PathLike, shardings: Any = None, dtype: Optional[str] = None, **cfg_overrides: Any) -> Llama:
     """A ``jaxtune.models.llama.Llama`` with the parameters of a params-only checkpoint.
 
     cfg_overrides: ModelConfig fields to change that do not affect parameter shapes (compute_dtype,
@@ -248,10 +247,13 @@ def restore_model(path: str | Path, shardings: Any = None, dtype: Optional[str] 
     return model_with_params(dataclasses.replace(cfg, **cfg_overrides), params)
 
 
-def tokenizer_path(path: str | Path) -> Optional[Path]:
-    """The checkpoint's ``tokenizer/`` folder, or None when it carries none."""
-    d = Path(path) / TOKENIZER_DIR
-    return d if d.is_dir() else None
+def tokenizer_path(path: PathLike) -> Optional[epath.Path]:
+    """The checkpoint's ``tokenizer/`` folder, or None when it carries none; from an object store, a local copy
+    (SentencePiece and transformers read local files only)."""
+    d = as_path(path) / TOKENIZER_DIR
+    if not d.is_dir():
+        return None
+    return local_copy(d) if is_remote(d) else d
 
 
 def expected_param_shapes(cfg: ModelConfig) -> dict:
@@ -307,9 +309,9 @@ _COMMIT_MARKER = "commit_success.txt"  # orbax.checkpoint's atomicity_types.COMM
 TRAIN_PARAMS_ITEM, TRAIN_STATE_ITEM, DATA_ITER_ITEM, RUN_CONFIG_ITEM = "params", "train_state", "data_iter", "config"
 
 
-def train_checkpoint_dir(run_dir: str | Path) -> Path:
+def train_checkpoint_dir(run_dir: PathLike) -> epath.Path:
     """Where a run keeps its train-state checkpoints."""
-    return Path(run_dir).absolute() / CHECKPOINTS_DIR
+    return absolute_path(run_dir) / CHECKPOINTS_DIR
 
 
 class TrainCheckpointManager:
@@ -319,8 +321,8 @@ class TrainCheckpointManager:
     Every process must make the same calls (Orbax coordinates multi-process saves); files outside Orbax's items
     are written by process 0 only.
 
-    cfg: the checkpoint section (max_to_keep, keep_epoch_checkpoints, async_save).
-    epoch_steps: the steps that end an epoch; kept regardless of max_to_keep when cfg.keep_epoch_checkpoints.
+    cfg: the checkpoint section (max_to_keep, async_save). Epoch ends are kept apart, params only, by
+    :class:`EpochCheckpointManager`.
     model_cfg, tokenizer_src, added_tokens: written beside each finalised step (model_config.json, tokenizer/ with
     added_tokens.json) so that the step folder doubles as a params-only checkpoint; tokenizer_src is a tokenizer
     folder or SentencePiece file, or None.
@@ -328,27 +330,23 @@ class TrainCheckpointManager:
 
     def __init__(
         self,
-        run_dir: str | Path,
+        run_dir: PathLike,
         cfg: Any,
         *,
         model_cfg: ModelConfig,
-        epoch_steps: Any = (),
-        tokenizer_src: Optional[str | Path] = None,
+        tokenizer_src: Optional[PathLike] = None,
         added_tokens: Optional[Mapping[str, int]] = None,
     ):
         from orbax.checkpoint import checkpoint_managers as policies
 
         self.directory = train_checkpoint_dir(run_dir)
         self.model_cfg = model_cfg
-        self.tokenizer_src = None if tokenizer_src is None else Path(tokenizer_src)
+        self.tokenizer_src = None if tokenizer_src is None else as_path(tokenizer_src)
         self.added_tokens = dict(added_tokens or {})
         cfg.validate()  # CheckpointConfig's rules (max_to_keep, save_every)
-        keep: list = [policies.LatestN(cfg.max_to_keep)]  # None keeps every checkpoint
-        if cfg.keep_epoch_checkpoints and list(epoch_steps):
-            keep.append(policies.CustomSteps(sorted(int(s) for s in epoch_steps)))
         options = ocp.CheckpointManagerOptions(
             enable_async_checkpointing=cfg.async_save,
-            preservation_policy=policies.AnyPreservationPolicy(keep),
+            preservation_policy=policies.LatestN(cfg.max_to_keep),  # None keeps every checkpoint
             create=True,
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options)
@@ -374,7 +372,7 @@ class TrainCheckpointManager:
         complete = set(self.all_steps())
         return sorted(s for s in self._manager.all_steps() if s not in complete)
 
-    def step_dir(self, step: int) -> Path:
+    def step_dir(self, step: int) -> epath.Path:
         return self.directory / str(step)
 
     def save(self, step: int, params: Any, train_fields: Any, data_iter: Any, config: Mapping[str, Any]) -> None:
@@ -409,6 +407,12 @@ class TrainCheckpointManager:
             raise CheckpointError(f"{self.step_dir(step)}: cannot restore the train state: {e}") from e
         return restored[TRAIN_PARAMS_ITEM], restored[TRAIN_STATE_ITEM]
 
+    def delete_all(self) -> None:
+        """Delete every train checkpoint of the run (every process calls it; Orbax deletes from the primary)."""
+        self.wait_until_finished()
+        for step in self._manager.all_steps():
+            self._manager.delete(step)
+
     def saved_config(self, step: int) -> dict:
         """The resolved run config stored with step ``step``."""
         restored = self._manager.restore(step, args=ocp.args.Composite(**{RUN_CONFIG_ITEM: ocp.args.JsonRestore()}))
@@ -437,16 +441,22 @@ class TrainCheckpointManager:
                 continue
             if not (step_dir / _COMMIT_MARKER).is_file():
                 continue  # still being written
-            if self.tokenizer_src is not None and not (step_dir / TOKENIZER_DIR).exists():
-                copy_tokenizer_files(self.tokenizer_src, step_dir / TOKENIZER_DIR)
-                if self.added_tokens:
-                    write_added_tokens(step_dir / TOKENIZER_DIR, self.added_tokens)
-            config = dataclasses.asdict(self.model_cfg)
-            config["preset"] = None  # resolved fields, as save_params writes them
-            tmp = step_dir / (MODEL_CONFIG_FILE + ".tmp")
-            tmp.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-            tmp.replace(step_dir / MODEL_CONFIG_FILE)
+            _write_params_side_files(step_dir, self.model_cfg, self.tokenizer_src, self.added_tokens)
             self._unmarked.discard(step)
+
+
+def _write_params_side_files(step_dir: Any, model_cfg: ModelConfig, tokenizer_src: Any,
+                             added_tokens: Mapping[str, int]) -> None:
+    """Make a finalised Orbax step folder holding a ``params`` item a params-only checkpoint: tokenizer/ (when one
+    is known), then model_config.json, written last and atomically (its presence marks the checkpoint usable)."""
+    step_dir = as_path(step_dir)
+    if tokenizer_src is not None and not (step_dir / TOKENIZER_DIR).exists():
+        copy_tokenizer_files(tokenizer_src, step_dir / TOKENIZER_DIR)
+        if added_tokens:
+            write_added_tokens(step_dir / TOKENIZER_DIR, added_tokens)
+    config = dataclasses.asdict(model_cfg)
+    config["preset"] = None  # resolved fields, as save_params writes them
+    write_text_atomic(step_dir / MODEL_CONFIG_FILE, json.dumps(config, indent=2) + "\n")
 
 
 def _grain_save(data_iter: Any) -> Any:
@@ -455,3 +465,122 @@ def _grain_save(data_iter: Any) -> Any:
     if not (hasattr(data_iter, "get_state") and hasattr(data_iter, "set_state")):
         raise TypeError(f"the data iterator must be a grain iterator with get_state/set_state, got {type(data_iter)}")
     return grain.checkpoint.CheckpointSave(data_iter)
+
+
+# ====================================================================================================================
+# Epoch checkpoints
+# ====================================================================================================================
+#
+# Each kept epoch end is written to RUN_DIR/epochs/<epoch>/ (1-based), parameters only, in checkpoint.epoch_dtype:
+#
+#     params/             the parameters (the same Orbax tree as a params-only checkpoint's params/)
+#     epoch/              JSON: {"epoch": E, "step": S, "dtype": "bfloat16"}
+#     model_config.json   written once the folder is finalised (param_dtype = the epoch dtype), with tokenizer/:
+#                         the folder is then a params-only checkpoint like import-hf's (eval, export-hf,
+#                         checkpoint.init_from and the sweep read it)
+#
+# No optimizer state and no data iterator: an epoch checkpoint is 2 bytes per parameter in bfloat16 where a full
+# train state is 12 (float32 weights and two AdamW moments). Resuming always uses RUN_DIR/checkpoints.
+
+EPOCHS_DIR = "epochs"
+EPOCH_INFO_ITEM = "epoch"
+
+
+def epoch_checkpoint_dir(run_dir: PathLike) -> Any:
+    """Where a run keeps its params-only epoch checkpoints."""
+    return absolute_path(run_dir) / EPOCHS_DIR
+
+
+class EpochCheckpointManager:
+    """Writes a params-only checkpoint of each epoch end, cast to ``dtype``, with Orbax (asynchronously when
+    ``async_save``); every epoch is kept. Every process must make the same calls.
+
+    model_cfg, tokenizer_src, added_tokens: as for :class:`TrainCheckpointManager`; model_config.json records
+    ``param_dtype=dtype``.
+    """
+
+    def __init__(
+        self,
+        run_dir: PathLike,
+        *,
+        model_cfg: ModelConfig,
+        dtype: str,
+        async_save: bool = True,
+        tokenizer_src: Optional[PathLike] = None,
+        added_tokens: Optional[Mapping[str, int]] = None,
+    ):
+        self.directory = epoch_checkpoint_dir(run_dir)
+        self.dtype = dtype
+        self.model_cfg = dataclasses.replace(model_cfg, param_dtype=dtype)
+        self.tokenizer_src = tokenizer_src
+        self.added_tokens = dict(added_tokens or {})
+        options = ocp.CheckpointManagerOptions(enable_async_checkpointing=async_save, create=True)
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        self._unmarked: set[int] = {e for e in self.all_epochs()
+                                    if not (self.epoch_dir(e) / MODEL_CONFIG_FILE).exists()}
+
+    def all_epochs(self) -> list[int]:
+        """Epochs with a complete (committed) checkpoint, oldest first."""
+        return sorted(e for e in self._manager.all_steps() if (self.epoch_dir(e) / _COMMIT_MARKER).is_file())
+
+    def epoch_dir(self, epoch: int) -> Any:
+        return self.directory / str(epoch)
+
+    def save(self, epoch: int, step: int, params: Any) -> None:
+        """Start writing epoch ``epoch`` (ended at optimizer step ``step``) from the live parameters."""
+        self.wait_until_finished()
+        args = ocp.args.Composite(**{
+            TRAIN_PARAMS_ITEM: ocp.args.StandardSave(cast_params(params, self.dtype)),
+            EPOCH_INFO_ITEM: ocp.args.JsonSave({"epoch": int(epoch), "step": int(step), "dtype": self.dtype}),
+        })
+        self._manager.save(epoch, args=args, force=True)
+        self._unmarked.add(epoch)
+
+    def wait_until_finished(self) -> None:
+        """Block until pending saves are complete, then mark the finalised epochs as params-only checkpoints."""
+        self._manager.wait_until_finished()
+        if jax.process_index() != 0:
+            self._unmarked.clear()
+            return
+        for epoch in sorted(self._unmarked):
+            if (self.epoch_dir(epoch) / _COMMIT_MARKER).is_file():
+                _write_params_side_files(self.epoch_dir(epoch), self.model_cfg, self.tokenizer_src,
+                                         self.added_tokens)
+                self._unmarked.discard(epoch)
+
+    def close(self) -> None:
+        self.wait_until_finished()
+        self._manager.close()
+
+
+def cast_params(params: Any, dtype: str) -> Any:
+    """``params`` (a tree of jax arrays) in ``dtype``, on the same shardings; floating arrays already in ``dtype``
+    are returned as they are (no device copy)."""
+    target = np.dtype(_numpy_dtype(dtype))
+    leaves = jax.tree.leaves(params)
+    if all(np.dtype(x.dtype) == target for x in leaves):
+        return params
+    shardings = jax.tree.map(lambda x: x.sharding, params)
+    return jax.jit(lambda t: jax.tree.map(lambda x: x.astype(target), t), out_shardings=shardings)(params)
+
+
+def epoch_checkpoint_path(run_dir: PathLike, epoch: int, step: int) -> Any:
+    """The checkpoint to evaluate for ``epoch`` of a run: its epoch checkpoint (RUN_DIR/epochs/EPOCH), else the
+    train checkpoint of the step that ended it (RUN_DIR/checkpoints/STEP, e.g. the last epoch when epoch
+    checkpoints are off). Either is a params-only checkpoint; neither present is an error listing what exists."""
+    epoch_dir = epoch_checkpoint_dir(run_dir) / str(epoch)
+    step_dir = train_checkpoint_dir(run_dir) / str(step)
+    for candidate in (epoch_dir, step_dir):
+        if (candidate / MODEL_CONFIG_FILE).is_file() and (candidate / _COMMIT_MARKER).is_file():
+            return candidate
+    epochs = sorted(int(p.name) for p in epoch_checkpoint_dir(run_dir).glob("*")
+                    if p.name.isdigit() and (p / MODEL_CONFIG_FILE).is_file()) \
+        if epoch_checkpoint_dir(run_dir).exists() else []
+    steps = sorted(int(p.name) for p in train_checkpoint_dir(run_dir).glob("*")
+                   if p.name.isdigit() and (p / MODEL_CONFIG_FILE).is_file()) \
+        if train_checkpoint_dir(run_dir).exists() else []
+    raise CheckpointError(
+        f"{run_dir}: no complete checkpoint of epoch {epoch}: neither {epoch_dir} nor {step_dir} (epoch checkpoints "
+        f"there: {epochs or 'none'}; train checkpoints at steps: {steps or 'none'}; checkpoint.keep_epoch_checkpoints "
+        f"writes one per epoch)"
+    )

@@ -32,7 +32,7 @@ def _config(path: Optional[str], overrides: Sequence[str]):
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from jaxtune.models.stats import model_info
+    from jaxtune.models.stats import model_info, run_storage
 
     overrides = list(args.overrides)
     path = args.config
@@ -43,6 +43,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         overrides.insert(0, f"model.preset={args.preset}")
     cfg = _config(path, overrides)
     print(model_info(cfg.model, seq_len=args.seq_len))
+    print(run_storage(cfg))
     if cfg.data.path:
         from jaxtune.data.pipeline import epoch_plan
         from jaxtune.sharding import build_mesh, data_parallel_size

@@ -424,17 +424,27 @@ class CheckpointConfig(_Section):
     save_every: Optional[int] = 500
     """Steps between saves (None: only at epoch ends). The last step, each epoch end and a SIGTERM always save."""
     max_to_keep: Optional[int] = 3
-    """Newest checkpoints kept (None: all); epoch-end ones are kept besides when keep_epoch_checkpoints."""
+    """Newest full train-state checkpoints kept in run_dir/checkpoints (None: all)."""
     keep_epoch_checkpoints: bool = True
-    """Keep every epoch-end checkpoint regardless of max_to_keep (the study evaluates per epoch)."""
+    """Write a params-only checkpoint of every epoch end into run_dir/epochs/EPOCH (the study evaluates per epoch);
+    only the newest max_to_keep checkpoints in run_dir/checkpoints hold the full train state and data iterator."""
+    keep_train_state_when_done: bool = True
+    """False: once the run completes, delete its full train states (run_dir/checkpoints) and keep only the epoch
+    checkpoints and run_dir/completed.json, so a finished run holds 2 bytes per parameter per epoch (a doit-33b run
+    of 15 epochs: 916 GiB, not 1.25 TiB or more); a rerun then reports the run as finished, but it can no longer be
+    extended. Needs keep_epoch_checkpoints and a last step that ends an epoch."""
+    epoch_dtype: Optional[DType] = None
+    """dtype of the epoch checkpoints' parameters; None: the model's compute_dtype (bfloat16 for the study's
+    recipes, 2 bytes per parameter); ``float32`` keeps the master weights exactly."""
     async_save: bool = True
     """Write checkpoints in the background (training continues once the arrays are copied off the devices)."""
     resume: Literal["auto", "never"] = "auto"
     """``auto`` continues from the latest complete checkpoint in run_dir/checkpoints (a half-written one is never
     picked); ``never`` starts fresh and refuses a run directory that already holds checkpoints."""
     init_from: Optional[str] = None
-    """Parameters to start from when not resuming: a params-only checkpoint (``jaxtune import-hf``) or a train
-    checkpoint's step folder (RUN_DIR/checkpoints/STEP); None initialises randomly from train.seed."""
+    """Parameters to start from when not resuming: a params-only checkpoint (``jaxtune import-hf``, an epoch
+    checkpoint RUN_DIR/epochs/EPOCH) or a train checkpoint's step folder (RUN_DIR/checkpoints/STEP), local or
+    ``gs://``; None initialises randomly from train.seed."""
 
     def _rules(self, rules: _Rules) -> None:
         rules.at_least(1, "save_every", "max_to_keep", optional=True)

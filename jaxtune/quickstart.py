@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 
 from jaxtune.config import load_config
 from jaxtune.demo.abilities import write_demo_dataset
+from jaxtune.paths import local_path
 from jaxtune.sweep import SweepOutputs, sweep
 
 DEMO_DIR = Path(__file__).resolve().parent / "demo"
@@ -29,7 +30,7 @@ def quickstart(
 ) -> SweepOutputs:
     """Generate the demo corpus under ``out/data``, train and evaluate one tiny model per selection under
     ``out/runs``, and write the report (per-ability table, growth curves) under ``out/runs/report``."""
-    out = Path(out)
+    out = Path(local_path(out))  # the demo corpus is written locally (jaxtune sweep takes gs:// run directories)
     data_dir = out / "data"
     if not (data_dir / "curated").is_dir():
         print_fn(f"writing the generated ten-ability corpus to {data_dir}")

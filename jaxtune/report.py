@@ -24,6 +24,7 @@ epoch 10), or ``"best"`` (chosen on the same data it reports, so optimistic). Ru
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
 import re
@@ -38,6 +39,7 @@ from matplotlib.figure import Figure
 
 from jaxtune.errors import JaxtuneError
 from jaxtune.report_belle import write_study_figure
+from jaxtune.paths import as_path
 from jaxtune.results import SuiteSummary, find_summaries, read_summary, summary_stem
 
 log = logging.getLogger(__name__)
@@ -216,7 +218,8 @@ def plot_group(summaries: Sequence[SuiteSummary], out_stem: Path) -> list[Path]:
     paths = []
     for ext in ("png", "svg"):
         path = out_stem.parent / f"{out_stem.name}.{ext}"
-        fig.savefig(path, dpi=130)
+        with path.open("wb") as f:  # a file object: the report may go to gs://
+            fig.savefig(f, format=ext, dpi=130)
         paths.append(path)
     return paths
 
@@ -261,10 +264,11 @@ def _fmt(v: float | int | None, digits: int = 2) -> str:
 
 
 def _write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[object]]) -> Path:
-    with path.open("w", encoding="utf-8", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
+    buffer = io.StringIO(newline="")
+    w = csv.writer(buffer)
+    w.writerow(header)
+    w.writerows(rows)
+    path.write_text(buffer.getvalue(), encoding="utf-8")
     return path
 
 
@@ -274,7 +278,7 @@ def report(run_paths: Sequence[str | Path], out_dir: str | Path, epoch: EpochCho
     files = find_summaries(run_paths)
     if not files:
         raise ReportError(f"no *.summary.json under {[str(p) for p in run_paths]}")
-    out = Path(out_dir)
+    out = as_path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summaries, unplaced, everything = [], [], []
     for f in files:

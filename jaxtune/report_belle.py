@@ -184,7 +184,8 @@ def write_study_figure(summaries: Sequence[SuiteSummary], out_stem: Path,
     written = []
     for ext in ("png", "svg"):
         path = out_stem.parent / f"{out_stem.name}.study.{ext}"
-        fig.savefig(path, dpi=130)
+        with path.open("wb") as f:  # an epath: local or gs://
+            fig.savefig(f, format=ext, dpi=130)
         written.append(path)
     path = out_stem.parent / f"{out_stem.name}.study.csv"
     with path.open("w", encoding="utf-8", newline="") as f:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from jaxtune.errors import JaxtuneError
+from jaxtune.paths import as_path, canonical_path, files_under, write_text_atomic
 
 SCHEMA_VERSION = 1
 SUMMARY_SUFFIX = ".summary.json"
@@ -296,16 +297,16 @@ def summary_from_dict(d: Mapping[str, Any], where: str = "summary") -> SuiteSumm
 
 
 def write_summary(path: str | Path, summary: SuiteSummary) -> Path:
-    path = Path(path)
+    path = as_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(_json_safe(summary_to_dict(summary)), ensure_ascii=False, indent=1, allow_nan=False)
-    path.write_text(text + "\n", encoding="utf-8")
+    write_text_atomic(path, text + "\n")  # a reader (the sweep, a resumed report) never sees half a summary
     return path
 
 
 def read_summary(path: str | Path) -> SuiteSummary:
     """Read and validate one summary file."""
-    path = Path(path)
+    path = as_path(path)
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
@@ -314,7 +315,7 @@ def read_summary(path: str | Path) -> SuiteSummary:
 
 
 def write_items(path: str | Path, items: Iterable[Mapping[str, Any]]) -> Path:
-    path = Path(path)
+    path = as_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as f:
         for item in items:
@@ -324,7 +325,7 @@ def write_items(path: str | Path, items: Iterable[Mapping[str, Any]]) -> Path:
 
 def write_result(out_dir: str | Path, result: SuiteResult) -> tuple[Path, Path]:
     """Write ``{stem}.summary.json`` and ``{stem}.items.jsonl`` under ``out_dir``; returns both paths."""
-    out = Path(out_dir)
+    out = as_path(out_dir)
     stem = result.summary.stem
     return write_summary(out / f"{stem}{SUMMARY_SUFFIX}", result.summary), write_items(
         out / f"{stem}{ITEMS_SUFFIX}", result.items
@@ -334,12 +335,12 @@ def write_result(out_dir: str | Path, result: SuiteResult) -> tuple[Path, Path]:
 def find_summaries(paths: Iterable[str | Path]) -> list[Path]:
     """Summary files named directly or found (recursively) under directories, sorted, without duplicates."""
     found: dict[Path, None] = {}
-    for p in map(Path, paths):
+    for p in map(as_path, paths):
         if p.is_dir():
-            for f in sorted(p.rglob(f"*{SUMMARY_SUFFIX}")):
-                found[f.resolve()] = None
+            for f in files_under(p, SUMMARY_SUFFIX):
+                found[canonical_path(f)] = None
         elif p.is_file():
-            found[p.resolve()] = None
+            found[canonical_path(p)] = None
         else:
             raise FileNotFoundError(f"{p} is neither a summary file nor a directory")
     return list(found)

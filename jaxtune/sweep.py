@@ -1,8 +1,9 @@
 """The study's grid: fine-tune at several data selections, evaluate the chosen epochs of each run, draw the report.
 
 ``jaxtune sweep CONFIG --selections curated-10,curated-40,...`` trains one run per selection under
-``run_dir/<selection>``, evaluates its epoch checkpoints on ``eval.suites`` into ``run_dir/<selection>/eval/
-epoch-<e>``, and writes the growth curves and tables of all runs into ``run_dir/report``. A run that already
+``run_dir/<selection>``, evaluates its epoch checkpoints (``run_dir/<selection>/epochs/<e>``, params only; without
+``checkpoint.keep_epoch_checkpoints`` the train checkpoint that ended the epoch) on ``eval.suites`` into
+``run_dir/<selection>/eval/epoch-<e>``, and writes the growth curves and tables of all runs into ``run_dir/report``. A run that already
 finished is resumed from its checkpoints (nothing is trained twice) and an evaluation that already wrote its
 summaries is read back rather than recomputed, so an interrupted sweep continues where it stopped.
 
@@ -20,10 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from jaxtune.checkpoint import epoch_checkpoint_path
 from jaxtune.config import Config, ConfigError
 from jaxtune.data.belle_volumes import ALPACA_LABEL, is_belle_selection, parse_belle_selection
 from jaxtune.data.mixtures import read_manifest
 from jaxtune.errors import JaxtuneError
+from jaxtune.paths import as_path
 from jaxtune.results import parse_selection
 
 
@@ -121,7 +124,7 @@ def sweep(
     for selection in selections:  # a misspelt volume fails now, not after the runs before it
         if is_belle_selection(selection):
             parse_belle_selection(selection)
-    root = Path(cfg.run_dir)
+    root = as_path(cfg.run_dir)
     size = model_size_label(cfg)
     runs: list[SweepRun] = []
     started = time.time()
@@ -147,7 +150,7 @@ def sweep(
                             "step": str(step)}
                 if volume is not None:
                     metadata["data_volume"] = str(volume)
-                evaluation = evaluate(run_dir / "checkpoints" / str(step), cfg.eval, out_dir=eval_dir,
+                evaluation = evaluate(epoch_checkpoint_path(run_dir, epoch, step), cfg.eval, out_dir=eval_dir,
                                       metadata=metadata, mesh=eval_mesh_config(cfg))
                 print_fn(evaluation.table())
             run.eval_dirs[epoch] = eval_dir

@@ -13,12 +13,12 @@ import dataclasses
 import json
 import logging
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+from etils import epath
 
 from jaxtune.checkpoint import expected_param_shapes, load_params, model_with_params, save_params, tokenizer_path
 from jaxtune.config import ModelConfig
@@ -29,6 +29,7 @@ from jaxtune.convert.hf_weights import HFWeightsError, WeightSource
 from jaxtune.convert.safetensors_io import PlannedTensor, SafetensorsWriter
 from jaxtune.errors import JaxtuneError
 from jaxtune.models.llama import DTYPES, Llama
+from jaxtune.paths import as_path, staged_folder
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ class ConversionError(JaxtuneError, ValueError):
     """A conversion option or destination is unusable; the message names it."""
 
 
-def _check_destination(path: Path, overwrite: bool) -> None:
+def _check_destination(path: epath.Path, overwrite: bool) -> None:
     """Fail before any work when the destination already holds something and overwriting was not asked for."""
     if path.exists() and (not path.is_dir() or any(path.iterdir())) and not overwrite:
         raise ConversionError(f"{path}: already exists and is not empty (choose another path, or overwrite)")
@@ -187,7 +188,7 @@ def import_hf(
     ModelConfig.
     """
     hf_dir = Path(hf_dir)
-    _check_destination(Path(out), overwrite)
+    _check_destination(as_path(out), overwrite)
     tokenizer_src = Path(tokenizer_dir) if tokenizer_dir is not None else (hf_dir if has_tokenizer(hf_dir) else None)
     added: dict[str, int] = {}
     vocab_size = None
@@ -256,7 +257,7 @@ def export_hf(
     one, the tokenizer files (with its added special tokens). Vocabulary padding is stripped. dtype: cast the
     weights (default: as stored). Returns OUT_DIR.
     """
-    out_dir = Path(out_dir)
+    out_dir = as_path(out_dir)
     _check_destination(out_dir, overwrite)
     if dtype is not None and dtype not in DTYPES:
         raise ConversionError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
@@ -264,8 +265,17 @@ def export_hf(
     cfg, params = load_params(checkpoint, as_numpy=True)
     out_dtype = np.dtype(DTYPES[dtype]) if dtype is not None else np.dtype(params["embed_tokens"].dtype)
     if out_dir.exists():
-        shutil.rmtree(out_dir)
+        out_dir.rmtree()
     tok_dir = tokenizer_path(checkpoint)
+    with staged_folder(out_dir) as stage:
+        _write_hf_folder(cfg, params, tok_dir, stage, out_dtype, max_bytes)
+    logger.info("exported %s -> %s (%s)", checkpoint, out_dir, out_dtype)
+    return out_dir
+
+
+def _write_hf_folder(cfg: ModelConfig, params: dict, tok_dir, out_dir, out_dtype: np.dtype, max_bytes: int) -> None:
+    """The files of a Hugging Face folder, written into the local folder ``out_dir``."""
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if tok_dir is not None:  # first: a tokenizer that does not fit the model fails before gigabytes are written
         write_hf_tokenizer(tok_dir, out_dir, vocab_size=cfg.vocab_size)
@@ -283,8 +293,6 @@ def export_hf(
         index = {"metadata": {"total_size": sum(t.nbytes for t in planned)}, "weight_map": weight_map}
         (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
     write_hf_config(cfg, out_dir, FLOAT_DTYPES[out_dtype])
-    logger.info("exported %s -> %s (%d shard(s), %s)", checkpoint, out_dir, len(shards), out_dtype)
-    return out_dir
 
 
 # --------------------------------------------------------------------------------------------------------------------

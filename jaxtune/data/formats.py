@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal, Optional, Union
 
 from jaxtune.errors import JaxtuneError
+from jaxtune.paths import as_path
 
 FormatName = Literal["doit", "belle", "belle_conversations", "alpaca", "sharegpt", "messages"]
 OnError = Literal["raise", "skip"]
@@ -200,7 +201,7 @@ _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
 def _first_char(path: Path) -> str:
-    with open(path, "rb") as f:
+    with as_path(path).open("rb") as f:
         while True:
             chunk = f.read(4096)
             if not chunk:
@@ -212,12 +213,12 @@ def _first_char(path: Path) -> str:
 
 def is_json_array_file(path: Union[str, Path]) -> bool:
     """True when the file holds one JSON array (its first non-blank character is ``[``), not JSON Lines."""
-    return _first_char(Path(path)) == "["
+    return _first_char(as_path(path)) == "["
 
 
 def read_raw_entries(path: Union[str, Path]) -> Iterator[RawEntry]:
     """Yield every record-holding line of a JSON Lines file, or every element of a JSON array file, in order."""
-    path = Path(path)
+    path = as_path(path)
     if is_json_array_file(path):
         yield from _read_json_array(path)
     else:
@@ -230,7 +231,7 @@ def read_json_lines(
     """The non-blank lines of a JSON Lines file from byte ``start`` (a line start, numbered ``first_line``) up to
     byte ``stop``, parsed."""
     src = str(path)
-    with open(path, "rb") as f:
+    with as_path(path).open("rb") as f:  # a local file or an object (gs://...) alike
         f.seek(start)
         offset = start
         for line_no, raw in enumerate(f, start=first_line):
@@ -675,7 +676,7 @@ def is_data_file_name(name: Union[str, Path]) -> bool:
 def list_data_files(path: Union[str, Path]) -> list[Path]:
     """The data files at ``path``: the file itself, or the ``.json``/``.jsonl`` files (any case) directly inside a
     directory, in sorted file-name order (the order jaxtune gives the study's unsorted file lists)."""
-    path = Path(path)
+    path = as_path(path)
     if path.is_file():
         return [path]
     if not path.exists():

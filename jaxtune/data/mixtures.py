@@ -40,6 +40,7 @@ from jaxtune.data.formats import (
     read_raw_entries,
 )
 from jaxtune.errors import JaxtuneError
+from jaxtune.paths import as_path, is_remote
 
 STUDY_ABILITIES: tuple[str, ...] = (
     "biology", "chinese", "code", "creative_writing", "ethics", "history", "math", "reasoning", "role_play",
@@ -97,7 +98,7 @@ def _study_files(folder: Path) -> list[Path]:
 
 def find_doit_root(path: Union[str, Path]) -> Path:
     """The dataset root holding ``curated/``: ``path`` itself, or its parent when ``path`` is ``curated/``."""
-    p = Path(path)
+    p = as_path(path)
     if (p / "curated").is_dir():
         return p
     if p.name == "curated" and p.is_dir():
@@ -265,21 +266,24 @@ def write_manifest(path: Union[str, Path], records: Iterable[Record]) -> int:
 
     Streams: ``records`` may be a generator over a corpus that does not fit in memory.
     """
-    path = Path(path)
+    path = as_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     n = 0
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    # Local: a temporary file renamed at the end. An object store has no rename, but an object appears only once
+    # its upload completes, so the file is written in place there.
+    tmp = path if is_remote(path) else path.parent / (path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
         for r in records:
             f.write(json.dumps({"id": r.id, "ability": r.ability, "source": r.source, "line": r.line},
                                ensure_ascii=False))
             f.write("\n")
             n += 1
-    tmp.replace(path)
+    if tmp != path:
+        tmp.replace(path)
     return n
 
 
 def read_manifest(path: Union[str, Path]) -> list[dict]:
     """The entries of a manifest written by :func:`write_manifest`."""
-    with open(path, encoding="utf-8") as f:
+    with as_path(path).open(encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]

@@ -50,6 +50,7 @@ from jaxtune.data.prepare import PreparedRecords, is_prepared_dataset
 from jaxtune.data.templates import ChatTemplate, Encoded, TemplateError, make_template, template_backend
 from jaxtune.data.tokenizer import Tokenizer, load_tokenizer
 from jaxtune.errors import JaxtuneError
+from jaxtune.paths import is_remote
 
 logger = logging.getLogger(__name__)
 
@@ -451,6 +452,9 @@ def _load_source(path: Optional[str], cfg: DataConfig, selection: str, key: str)
         if selection != "all":
             raise PipelineError(f"data.selection={selection!r} applies to a DoIT-layout folder; {path} is a prepared "
                                 f"dataset (prepare the selected records instead, or use selection all)")
+        if is_remote(path):  # ArrayRecord's reader opens local files only
+            raise PipelineError(f"data.{key}={path}: a prepared (ArrayRecord) dataset must be on a local disk or a "
+                                f"gcsfuse mount of the bucket (JSON Lines data can be read from gs:// directly)")
         source = PreparedRecords(path)
         skipped = SkipReport()
         skipped.seen = len(source)

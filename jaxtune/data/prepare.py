@@ -37,6 +37,7 @@ from jaxtune.data.formats import (
     record_from_json,
     record_to_json,
 )
+from jaxtune.paths import as_path, local_path
 
 PREPARED_META = "jaxtune_prepared.json"
 _BUILDER_NAME = "jaxtune_records"
@@ -190,7 +191,7 @@ def prepare_dataset(
     import tensorflow_datasets as tfds
 
     check_format(format)
-    output_dir = Path(output_dir)
+    output_dir = Path(local_path(output_dir))  # ArrayRecord writes local files: a URL is an error naming it
     meta_path = output_dir / PREPARED_META
     if (meta_path.exists() or (output_dir / _BUILDER_NAME).exists()) and not overwrite:
         raise FileExistsError(f"{output_dir} already holds a prepared dataset (pass overwrite=True to replace it)")
@@ -229,7 +230,7 @@ def prepare_dataset(
 
 def is_prepared_dataset(path: Union[str, Path, None]) -> bool:
     """True when ``path`` is a folder written by :func:`prepare_dataset`."""
-    return path is not None and (Path(path) / PREPARED_META).is_file()
+    return path is not None and (as_path(path) / PREPARED_META).is_file()
 
 
 class PreparedRecords:

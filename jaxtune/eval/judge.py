@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from jaxtune.errors import JaxtuneError
+from jaxtune.paths import append_text, as_path, is_remote, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +138,7 @@ class JudgeCache:
     """Append-only JSON Lines store of judgements; safe for concurrent writers in one process."""
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
+        self.path = as_path(path)
         self._lock = threading.Lock()
         self._entries: dict[str, dict[str, Any]] = {}
         if self.path.is_file():
@@ -150,9 +151,7 @@ class JudgeCache:
             # A crash mid-write leaves an unterminated last line: drop it (that judgement is asked again) so that
             # later entries start on a line of their own.
             log.warning("%s: dropping an unterminated last cache line", self.path)
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text(complete + "\n" if complete else "", encoding="utf-8")
-            tmp.replace(self.path)
+            write_text_atomic(self.path, complete + "\n" if complete else "")
         for lineno, line in enumerate(complete.split("\n"), 1):
             if not line.strip():
                 continue
@@ -176,10 +175,13 @@ class JudgeCache:
         line = json.dumps(entry, ensure_ascii=False) + "\n"
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a", encoding="utf-8") as f:
-                f.write(line)
-                f.flush()
-                os.fsync(f.fileno())
+            if is_remote(self.path):
+                append_text(self.path, line)  # an object store has no append: the object is rewritten whole
+            else:
+                with open(self.path, "a", encoding="utf-8") as f:
+                    f.write(line)
+                    f.flush()
+                    os.fsync(f.fileno())
             self._entries[entry["key"]] = entry
 
 

@@ -34,6 +34,7 @@ from jaxtune.config import ModelConfig
 from jaxtune.errors import JaxtuneError
 from jaxtune.eval.template_codec import TemplateChatCodec
 from jaxtune.models.llama import Llama
+from jaxtune.paths import as_path
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class EvalSetupError(JaxtuneError, ValueError):
 
 def checkpoint_kind(path: str | Path) -> str:
     """``jaxtune`` (model_config.json + params/) or ``hf`` (config.json + weights); anything else is an error."""
-    p = Path(path)
+    p = as_path(path)
     if not p.is_dir():
         raise EvalSetupError(f"checkpoint {p} is not a directory")
     if (p / MODEL_CONFIG_FILE).is_file():

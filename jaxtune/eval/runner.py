@@ -32,6 +32,7 @@ from jaxtune.eval.judge import Judge, JudgeCache, JudgeSettings
 from jaxtune.eval.language_model import JaxLanguageModel, sampling_from_config
 from jaxtune.eval.loading import EvalSetupError, load_codec, load_model, tokenizer_location
 from jaxtune.eval.template_codec import TemplateChatCodec
+from jaxtune.paths import as_path
 from jaxtune.results import RunInfo, SuiteResult, format_table, write_result
 
 log = logging.getLogger(__name__)
@@ -261,9 +262,9 @@ call; ``belle`` results exist on process 0 only (the judge is asked once).
     writes = out_dir is not None and is_writer()
     outcome = Evaluation(results={})
     for suite in suites:
-        judge_cache = Path(out_dir) / "judge_cache.jsonl" if out_dir is not None else None
+        judge_cache = as_path(out_dir) / "judge_cache.jsonl" if out_dir is not None else None
         result = run_suite(suite, roots[suite], lm, codec, eval_cfg, run, judge_cache=judge_cache,
-                           answers_dir=Path(out_dir) if out_dir is not None else None)
+                           answers_dir=as_path(out_dir) if out_dir is not None else None)
         if result is None:
             continue
         outcome.results[result.summary.stem] = result

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from jaxtune.config import ModelConfig
+from jaxtune.config import Config, ModelConfig
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
@@ -127,3 +127,57 @@ def _bytes(x: int) -> str:
         if x >= scale:
             return f"{x / scale:.2f} {unit}"
     return f"{x} B"
+
+
+@dataclass(frozen=True)
+class RunStorage:
+    """Bytes a run keeps on disk, from the shapes (array data; Orbax's metadata adds kilobytes per checkpoint).
+
+    An epoch checkpoint (run_dir/epochs/EPOCH) holds the parameters in checkpoint.epoch_dtype; a full train-state
+    checkpoint (run_dir/checkpoints/STEP) holds the master parameters, AdamW's two moments (the first in
+    optim.mu_dtype) and a few scalars. A run keeps one epoch checkpoint per epoch and max_to_keep full ones.
+    """
+
+    name: str
+    epoch_checkpoint_bytes: int
+    train_checkpoint_bytes: int
+    epochs: int
+    """Epoch checkpoints kept (train.epochs; 0 without checkpoint.keep_epoch_checkpoints)."""
+    train_checkpoints: int
+    """Full train-state checkpoints kept (checkpoint.max_to_keep; None counts as one per epoch)."""
+
+    @property
+    def epochs_bytes(self) -> int:
+        return self.epochs * self.epoch_checkpoint_bytes
+
+    @property
+    def run_bytes(self) -> int:
+        """Everything the run keeps: its epoch checkpoints and its newest full train states."""
+        return self.epochs_bytes + self.train_checkpoints * self.train_checkpoint_bytes
+
+    def __str__(self) -> str:
+        rows = [
+            ("epoch checkpoint (params only)", _bytes(self.epoch_checkpoint_bytes)),
+            ("full train-state checkpoint", _bytes(self.train_checkpoint_bytes)),
+            (f"{self.epochs} epoch checkpoints", _bytes(self.epochs_bytes)),
+            (f"run total (+ {self.train_checkpoints} full)", _bytes(self.run_bytes)),
+        ]
+        width = max(len(k) for k, _ in rows)
+        return "\n".join([f"checkpoints of {self.name}"] + [f"  {k:<{width}}  {v}" for k, v in rows])
+
+
+def run_storage(cfg: Config) -> RunStorage:
+    """The checkpoint bytes of a run of ``cfg`` (see :class:`RunStorage`)."""
+    m, ck = cfg.model, cfg.checkpoint
+    params, _ = count_params(m, m.padded_vocab_size())
+    epoch_dtype = ck.epoch_dtype or m.compute_dtype
+    mu_dtype = cfg.optim.mu_dtype or m.param_dtype
+    train = params * (2 * DTYPE_BYTES[m.param_dtype] + DTYPE_BYTES[mu_dtype])
+    epochs = cfg.train.epochs if ck.keep_epoch_checkpoints else 0
+    return RunStorage(
+        name=m.preset or f"{m.num_layers}x{m.hidden_size}",
+        epoch_checkpoint_bytes=params * DTYPE_BYTES[epoch_dtype],
+        train_checkpoint_bytes=train,
+        epochs=epochs,
+        train_checkpoints=ck.max_to_keep if ck.max_to_keep is not None else max(cfg.train.epochs, 1),
+    )

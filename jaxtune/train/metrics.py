@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from clu import metrics as clu_metrics
 
+from jaxtune.paths import append_text, as_path, write_text_atomic
+
 # Dense bf16 peak FLOP/s per device (chip), from the vendors' data sheets, by jax's device_kind.
 PEAK_FLOPS_BY_DEVICE_KIND: dict[str, float] = {
     "TPU v4": 275e12,
@@ -126,7 +128,7 @@ class MetricsWriter:
 
     def __init__(self, run_dir: str | Path, enabled: bool, print_fn: Callable[[str], None] = print):
         self.enabled = enabled
-        self.run_dir = Path(run_dir)
+        self.run_dir = as_path(run_dir)
         self.jsonl_path = self.run_dir / "metrics.jsonl"
         self._print = print_fn
         self._tb = None
@@ -134,6 +136,7 @@ class MetricsWriter:
             from tensorboardX import SummaryWriter
 
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            # tensorboardX writes gs:// itself (google-cloud-storage), re-uploading the event file on each flush.
             self._tb = SummaryWriter(logdir=str(self.run_dir / "tensorboard"))
 
     def truncate_after(self, step: int) -> None:
@@ -144,15 +147,14 @@ class MetricsWriter:
         for line in self.jsonl_path.read_text(encoding="utf-8").splitlines():
             if line.strip() and json.loads(line).get("step", 0) <= step:
                 kept.append(line)
-        self.jsonl_path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+        write_text_atomic(self.jsonl_path, "".join(k + "\n" for k in kept))
 
     def write(self, step: int, kind: str, scalars: Mapping[str, Any]) -> None:
         """Record ``scalars`` at ``step`` (TensorBoard tags ``{kind}/{name}``)."""
         if not self.enabled:
             return
         values = {k: _jsonable(v) for k, v in scalars.items()}
-        with self.jsonl_path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps({"step": step, "kind": kind, **values}) + "\n")
+        append_text(self.jsonl_path, json.dumps({"step": step, "kind": kind, **values}) + "\n")
         for name, value in values.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 self._tb.add_scalar(f"{kind}/{name}", value, step)

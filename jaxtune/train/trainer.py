@@ -7,12 +7,12 @@ Every process runs the same loop on its own shard of the data; only process 0 wr
 
 from __future__ import annotations
 
+import json
 import math
 import signal
 import sys
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import jax
@@ -20,10 +20,17 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from jaxtune.checkpoint import TrainCheckpointManager, expected_param_shapes, load_model_config, load_params
+from jaxtune.checkpoint import (
+    EpochCheckpointManager,
+    TrainCheckpointManager,
+    expected_param_shapes,
+    load_model_config,
+    load_params,
+)
 from jaxtune.config import Config, ConfigError, config_to_dict, dump_config
 from jaxtune.errors import JaxtuneError
 from jaxtune.models.stats import model_info
+from jaxtune.paths import as_path, write_text_atomic
 from jaxtune.sharding import (
     abstract_model,
     build_mesh,
@@ -47,6 +54,7 @@ from jaxtune.train.step import (
     train_state_shardings,
 )
 
+COMPLETED_FILE = "completed.json"  # {"step": S, "total_steps": S, "epoch_checkpoints": [...]}, once a run completes
 TRAIN_KEYS = ("input_ids", "targets", "loss_weights", "segment_ids", "positions")
 EVAL_KEYS = TRAIN_KEYS + ("ability_ids",)
 
@@ -98,6 +106,9 @@ class TrainResult:
     """The last evaluation losses (``loss`` and ``loss/<ability>``), empty without validation data."""
     skipped_steps: int
     checkpoint_steps: list[int]
+    """Steps of the full train-state checkpoints kept in run_dir/checkpoints."""
+    epoch_checkpoints: list[int] = field(default_factory=list)
+    """Epochs with a params-only checkpoint in run_dir/epochs."""
 
     def summary(self) -> str:
         how = "finished" if self.stopped == "completed" else "stopped on SIGTERM or Ctrl-C (resumable)"
@@ -110,7 +121,10 @@ class TrainResult:
             lines.append(f"  last evaluation loss {self.last_eval.get('loss', float('nan')):.4f}")
         if self.skipped_steps:
             lines.append(f"  {self.skipped_steps} steps skipped (non-finite loss or gradient)")
-        lines.append(f"  checkpoints at steps {self.checkpoint_steps} in {Path(self.run_dir) / 'checkpoints'}")
+        lines.append(f"  checkpoints at steps {self.checkpoint_steps} in {as_path(self.run_dir) / 'checkpoints'}")
+        if self.epoch_checkpoints:
+            lines.append(f"  epoch checkpoints (params only) {self.epoch_checkpoints} in "
+                         f"{as_path(self.run_dir) / 'epochs'}")
         return "\n".join(lines)
 
 
@@ -128,7 +142,7 @@ def pipeline_data(cfg: Config, eval_batch_size: int, row_multiple: int = 1) -> R
     def build(epochs: int):
         return build_train_pipeline(
             cfg.data, global_batch_size=cfg.train.global_batch_size, epochs=epochs,
-            manifest_path=Path(cfg.run_dir) / "manifest.jsonl" if jax.process_index() == 0 else None,
+            manifest_path=as_path(cfg.run_dir) / "manifest.jsonl" if jax.process_index() == 0 else None,
             batch_unit=cfg.train.batch_unit, row_multiple=row_multiple,
         )
 
@@ -299,36 +313,96 @@ def train(cfg: Config, data: Optional[RunData] = None, *, print_fn: Callable[[st
     writer = MetricsWriter(cfg.run_dir, enabled=jax.process_index() == 0, print_fn=print_fn)
     epoch_steps = list(range(data.steps_per_epoch, total_steps + 1, data.steps_per_epoch))
     manager = TrainCheckpointManager(
-        cfg.run_dir, cfg.checkpoint, model_cfg=cfg.model, epoch_steps=epoch_steps,
+        cfg.run_dir, cfg.checkpoint, model_cfg=cfg.model,
         tokenizer_src=data.tokenizer_src, added_tokens=data.added_tokens,
     )
+    if not cfg.checkpoint.keep_train_state_when_done and not (
+            cfg.checkpoint.keep_epoch_checkpoints and total_steps in epoch_steps):
+        raise ConfigError(
+            "checkpoint.keep_train_state_when_done=false deletes the full train states of a finished run, so the "
+            "final parameters must live in an epoch checkpoint: it needs checkpoint.keep_epoch_checkpoints=true and "
+            f"a run of whole epochs (total steps {total_steps}, {data.steps_per_epoch} per epoch)"
+        )
+    epochs = None
+    if cfg.checkpoint.keep_epoch_checkpoints:
+        epochs = EpochCheckpointManager(
+            cfg.run_dir, model_cfg=cfg.model, dtype=cfg.checkpoint.epoch_dtype or cfg.model.compute_dtype,
+            async_save=cfg.checkpoint.async_save, tokenizer_src=data.tokenizer_src, added_tokens=data.added_tokens,
+        )
     try:
         if jax.process_index() == 0:
-            Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
-            (Path(cfg.run_dir) / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+            as_path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+            write_text_atomic(as_path(cfg.run_dir) / "config.yaml", dump_config(cfg))
         if data.summary:
             writer.message(data.summary)
-        loop = _RunLoop(cfg, data, layout, manager, writer, total_steps, epoch_steps)
+        finished = _finished_run(cfg, manager, total_steps)
+        if finished is not None:
+            writer.message(f"the run in {cfg.run_dir} is finished ({COMPLETED_FILE}, train states deleted): nothing "
+                           f"to train")
+            return finished
+        loop = _RunLoop(cfg, data, layout, manager, writer, total_steps, epoch_steps, epochs)
         resumed_from = loop.start()
         stopped = loop.run()
         manager.wait_until_finished()
+        if epochs is not None:
+            epochs.wait_until_finished()
+        if stopped == "completed":
+            _mark_completed(cfg, manager, epochs, loop.step, total_steps, writer)
         return TrainResult(
             run_dir=str(cfg.run_dir), step=loop.step, total_steps=total_steps, stopped=stopped,
             resumed_from=resumed_from, last_loss=loop.last_loss, last_eval=loop.last_eval,
             skipped_steps=int(jax.device_get(loop.state.skipped_steps)), checkpoint_steps=manager.all_steps(),
+            epoch_checkpoints=[] if epochs is None else epochs.all_epochs(),
         )
     finally:
         manager.close()
+        if epochs is not None:
+            epochs.close()
         writer.close()
+
+
+def _finished_run(cfg: Config, manager: TrainCheckpointManager, total_steps: int) -> Optional[TrainResult]:
+    """The result of a run that completed and deleted its train states (checkpoint.keep_train_state_when_done),
+    or None when there is a run to start or resume."""
+    done = as_path(cfg.run_dir) / COMPLETED_FILE
+    if cfg.checkpoint.resume != "auto" or manager.all_steps() or not done.is_file():
+        return None
+    record = json.loads(done.read_text(encoding="utf-8"))
+    if record.get("total_steps") != total_steps:
+        raise JaxtuneError(
+            f"{done}: the run finished at step {record.get('total_steps')} and deleted its train states, so it cannot "
+            f"continue to {total_steps} steps; choose another run_dir"
+        )
+    return TrainResult(
+        run_dir=str(cfg.run_dir), step=record["step"], total_steps=total_steps, stopped="completed",
+        resumed_from=record["step"], last_loss=None, last_eval={}, skipped_steps=record.get("skipped_steps", 0),
+        checkpoint_steps=[], epoch_checkpoints=list(record.get("epoch_checkpoints", [])),
+    )
+
+
+def _mark_completed(cfg: Config, manager: TrainCheckpointManager, epochs: Optional[EpochCheckpointManager],
+                    step: int, total_steps: int, writer: MetricsWriter) -> None:
+    """Record the completed run; with keep_train_state_when_done=false, then delete its full train states."""
+    if cfg.checkpoint.keep_train_state_when_done:
+        return
+    record = {"step": step, "total_steps": total_steps,
+              "epoch_checkpoints": [] if epochs is None else epochs.all_epochs()}
+    if jax.process_index() == 0:  # written before anything is deleted: a crash in between leaves a finished run
+        write_text_atomic(as_path(cfg.run_dir) / COMPLETED_FILE, json.dumps(record) + "\n")
+    manager.delete_all()
+    writer.message(f"run complete: deleted the full train states in {manager.directory} "
+                   f"(checkpoint.keep_train_state_when_done=false); the epoch checkpoints remain")
 
 
 class _RunLoop:
     """The step loop of one ``train`` call, with its host-side bookkeeping."""
 
     def __init__(self, cfg: Config, data: RunData, layout: _Layout, manager: TrainCheckpointManager,
-                 writer: MetricsWriter, total_steps: int, epoch_steps: Sequence[int]):
+                 writer: MetricsWriter, total_steps: int, epoch_steps: Sequence[int],
+                 epochs: Optional[EpochCheckpointManager] = None):
         self.cfg, self.tc, self.data, self.layout = cfg, cfg.train, data, layout
         self.manager, self.writer, self.total_steps = manager, writer, total_steps
+        self.epochs = epochs
         self.mesh = layout.mesh
         self.config_dict = config_to_dict(cfg)
         self.epoch_ends = set(epoch_steps)
@@ -369,6 +443,8 @@ class _RunLoop:
         else:
             self.state = _start_state(cfg, self.layout)
         self.step = int(jax.device_get(self.state.step))
+        if self.step in self.epoch_ends:  # a stop between the two saves of an epoch end: write the missing one
+            self._save_epoch()
         self.bad_run = int(jax.device_get(self.state.bad_steps))
         return resumed_from
 
@@ -432,7 +508,7 @@ class _RunLoop:
             jax.block_until_ready(metrics)
             self.meter.reset(self.step)
             if tc.profile:  # trace the three steps after the compiling one
-                jax.profiler.start_trace(str(Path(self.cfg.run_dir) / "profile"))
+                jax.profiler.start_trace(str(as_path(self.cfg.run_dir) / "profile"))
                 self.profiling_until = min(self.step + 3, self.total_steps)
         else:
             tokens = self.rows_per_step * length
@@ -449,6 +525,14 @@ class _RunLoop:
             self.manager.save(self.step, self.state.params, self.state.train_fields(), self.data.iterator,
                               self.config_dict)
             self.saved_steps.add(self.step)
+        if self.step in self.epoch_ends:
+            self._save_epoch()
+
+    def _save_epoch(self) -> None:
+        """The params-only checkpoint of the epoch that ends at this step (once)."""
+        epoch = self.step // self.data.steps_per_epoch
+        if self.epochs is not None and epoch not in self.epochs.all_epochs():
+            self.epochs.save(epoch, self.step, self.state.params)
 
     def _settle(self) -> None:
         """Host-side bookkeeping of the pending finished step: metrics, logging, the guard on non-finite steps."""

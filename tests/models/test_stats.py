@@ -84,3 +84,56 @@ def test_llama_7b_figures_and_table() -> None:
     assert "6,885,486,592" in text
     with pytest.raises(ValueError, match="seq_len"):
         model_info(dataclasses.replace(model_config("tiny")), seq_len=0)
+
+
+def _disk_bytes(folder) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def test_checkpoint_bytes_match_saved_checkpoints(tmp_path) -> None:
+    """run_storage's epoch and full train-state bytes against the folders Orbax actually writes for a small model:
+    an upper bound (Orbax's zstd takes about 20% off random bfloat16 weights, less off float32)."""
+    from jaxtune.checkpoint import EpochCheckpointManager, TrainCheckpointManager
+    from jaxtune.config import config_from_dict
+    from jaxtune.models.stats import run_storage
+    from jaxtune.train.optim import build_optimizer
+    from jaxtune.train.step import new_train_state
+    from train.synthetic_stream import synthetic_data
+
+    cfg = config_from_dict({
+        "run_dir": str(tmp_path),
+        "model": dict(vocab_size=2048, hidden_size=256, intermediate_size=512, num_layers=2, num_heads=4,
+                      max_position_embeddings=64, param_dtype="float32", compute_dtype="bfloat16"),
+        "train": dict(epochs=15),
+        "checkpoint": dict(max_to_keep=2, async_save=False),
+    })
+    storage = run_storage(cfg)
+    params = nnx.to_pure_dict(nnx.state(Llama(cfg.model, nnx.Rngs(0)), nnx.Param))
+    tx, _ = build_optimizer(cfg.optim, 10)
+    state = jax.jit(lambda p: new_train_state(p, tx, 0))(params)
+    _, opt_state = tx.update(params, state.opt_state, params)  # one update: moments that are not all zeros
+    state = dataclasses.replace(state, opt_state=opt_state)
+
+    epochs = EpochCheckpointManager(tmp_path, model_cfg=cfg.model, dtype="bfloat16", async_save=False)
+    epochs.save(1, 1, state.params)
+    epochs.close()
+    train = TrainCheckpointManager(tmp_path, cfg.checkpoint, model_cfg=cfg.model)
+    train.save(1, state.params, state.train_fields(), synthetic_data(num_rows=16, seq_len=16, global_batch=8, epochs=1).iterator, {})
+    train.close()
+
+    on_disk = _disk_bytes(tmp_path / "epochs" / "1")
+    assert storage.epoch_checkpoint_bytes == 2 * sum(x.size for x in jax.tree.leaves(params))
+    assert storage.epoch_checkpoint_bytes * 0.7 <= on_disk <= storage.epoch_checkpoint_bytes * 1.03 + 65536
+    on_disk = _disk_bytes(tmp_path / "checkpoints" / "1")
+    assert storage.train_checkpoint_bytes * 0.7 <= on_disk <= storage.train_checkpoint_bytes * 1.03 + 131072
+    assert storage.run_bytes == 15 * storage.epoch_checkpoint_bytes + 2 * storage.train_checkpoint_bytes
+
+
+def test_a_33b_run_of_15_epochs_keeps_its_epochs_within_one_tebibyte() -> None:
+    from jaxtune.config import load_config
+    from jaxtune.models.stats import run_storage
+
+    for name in ("doit-7b", "doit-13b", "doit-33b"):
+        storage = run_storage(load_config(f"configs/{name}.yaml", ["train.epochs=15"]))
+        assert storage.epoch_checkpoint_bytes * 6 == storage.train_checkpoint_bytes  # bf16 vs fp32 + 2 moments
+    assert storage.epochs_bytes <= 2**40

@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 
 from jaxtune.checkpoint import load_params
-from jaxtune.config import load_config
+from jaxtune.config import ConfigError, load_config
 from jaxtune.errors import JaxtuneError
 from jaxtune.models.llama import Llama
 from jaxtune.train.trainer import TrainingDivergedError, train
@@ -58,7 +58,8 @@ def test_a_run_logs_evaluates_checkpoints_and_exports_params(tmp_path):
     result = train(cfg, data, print_fn=lines.append)
 
     assert (result.step, result.total_steps, result.stopped, result.skipped_steps) == (6, 6, "completed", 0)
-    assert result.checkpoint_steps == [3, 6]  # the epoch ends; step 4 fell to max_to_keep=1
+    assert result.checkpoint_steps == [6]  # full train states: steps 3 and 4 fell to max_to_keep=1
+    assert result.epoch_checkpoints == [1, 2]  # params only, in the compute dtype (float32 here)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     train_recs = [r for r in records if r["kind"] == "train"]
     assert [r["step"] for r in train_recs] == [1, 2, 3, 4, 5, 6]
@@ -78,6 +79,11 @@ def test_a_run_logs_evaluates_checkpoints_and_exports_params(tmp_path):
     for key, value in want.items():
         assert eval_recs[-1][key] == pytest.approx(value, rel=1e-5), key
     assert result.last_eval["loss"] == pytest.approx(want["loss"], rel=1e-5)
+    # The last epoch's params-only checkpoint holds the same parameters (float32 compute: stored unchanged).
+    epoch_cfg, epoch_params = load_params(tmp_path / "epochs" / "2")
+    assert epoch_cfg.param_dtype == "float32" and not (tmp_path / "epochs" / "2" / "train_state").exists()
+    for x, y in zip(jax.tree.leaves(params), jax.tree.leaves(epoch_params)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
     tags = {tag for tag, _, _ in scalar_events(tmp_path / "tensorboard")}
     assert {"train/loss", "train/learning_rate", "train/grad_norm", "eval/loss/alpha"} <= tags
@@ -90,7 +96,7 @@ def test_a_run_logs_evaluates_checkpoints_and_exports_params(tmp_path):
     again = train(cfg, synthetic_data(num_rows=24, seq_len=32, global_batch=8, epochs=2), print_fn=lines.append)
     assert (again.resumed_from, again.step) == (6, 6)
     cfg.checkpoint.resume = "never"
-    with pytest.raises(JaxtuneError, match=r"already holds checkpoints \(steps \[3, 6\]\)"):
+    with pytest.raises(JaxtuneError, match=r"already holds checkpoints \(steps \[6\]\)"):
         train(cfg, synthetic_data(num_rows=24, seq_len=32, global_batch=8, epochs=2))
 
 
@@ -234,3 +240,28 @@ def test_train_counts_the_batch_in_examples_when_packing(tmp_path):
     assert "5 steps/epoch x 2 epochs = 10 steps of 8 rows" in lines[0]
     assert "batch counted in examples: 8 per step" in lines[0]
     assert sorted(result.checkpoint_steps)[-1] == 10
+
+
+def test_a_finished_run_can_drop_its_full_train_states(tmp_path):
+    cfg = tiny_config(tmp_path, train=dict(epochs=2),
+                      checkpoint=dict(save_every=None, max_to_keep=1, keep_train_state_when_done=False,
+                                      epoch_dtype="bfloat16"))
+    result = train(cfg, synthetic_data(num_rows=24, seq_len=32, global_batch=8, epochs=2), print_fn=lambda _: None)
+    assert (result.stopped, result.step, result.epoch_checkpoints) == ("completed", 6, [1, 2])
+    assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
+    assert json.loads((tmp_path / "completed.json").read_text())["total_steps"] == 6
+    epoch_cfg, params = load_params(tmp_path / "epochs" / "2")
+    assert epoch_cfg.param_dtype == "bfloat16" and all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(params))
+    records = (tmp_path / "metrics.jsonl").read_text()
+
+    lines: list[str] = []  # a rerun trains nothing
+    again = train(cfg, synthetic_data(num_rows=24, seq_len=32, global_batch=8, epochs=2), print_fn=lines.append)
+    assert (again.stopped, again.step, again.resumed_from) == ("completed", 6, 6)
+    assert any("is finished (completed.json" in line for line in lines)
+    assert (tmp_path / "metrics.jsonl").read_text() == records
+    with pytest.raises(JaxtuneError, match="cannot continue to 9 steps"):
+        train(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=3)),
+              synthetic_data(num_rows=24, seq_len=32, global_batch=8, epochs=3), print_fn=lambda _: None)
+    cfg.checkpoint.keep_epoch_checkpoints = False
+    with pytest.raises(ConfigError, match="needs checkpoint.keep_epoch_checkpoints=true"):
+        train(cfg, synthetic_data(num_rows=24, seq_len=32, global_batch=8, epochs=2), print_fn=lambda _: None)

@@ -1,0 +1,143 @@
+"""User paths that may be local or in an object store (``gs://bucket/...``, ``s3://...``), through etils' epath.
+
+Every file jaxtune writes or reads at a user-given location goes through :func:`as_path`: a local path becomes an
+``epath.Path`` with pathlib semantics, a URL stays a URL (``pathlib.Path("gs://b/run")`` would silently turn
+into the local folder ``gs:/b/run``). epath reaches Google Cloud Storage with gcsfs (fsspec), and Orbax writes
+arrays there with tensorstore, so no gcsfuse mount is needed.
+
+Object stores have no append, no rename and no empty folders: :func:`append_text` rewrites the object,
+:func:`write_text_atomic` writes it in one upload (an object appears whole or not at all), and folders exist once
+they hold an object.
+
+Pointing the stack at a GCS emulator (tests): ``STORAGE_EMULATOR_HOST=http://127.0.0.1:PORT`` (gcsfs and
+google-cloud-storage), ``FSSPEC_GS_TOKEN=anon`` (gcsfs without credentials), ``TENSORSTORE_GCS_HTTP_URL=
+http://127.0.0.1:PORT`` (Orbax's array store) and ``GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false`` (otherwise gcsfs
+first probes each bucket's storage layout over gRPC/TLS, which an emulator never answers: a 60 s timeout per bucket).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from typing import Iterator, Union
+
+from etils import epath
+
+from jaxtune.errors import JaxtuneError
+
+PathLike = Union[str, os.PathLike]
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_remote(path: PathLike) -> bool:
+    """Whether ``path`` names an object store location (``scheme://...``) rather than a local file."""
+    return bool(_URL.match(os.fspath(path)))
+
+
+def as_path(path: PathLike) -> epath.Path:
+    """An ``epath.Path`` for a user path (local, as given, or a URL)."""
+    if isinstance(path, epath.Path):
+        return path
+    return epath.Path(os.fspath(path))
+
+
+def absolute_path(path: PathLike) -> epath.Path:
+    """:func:`as_path`, with a local path made absolute (Orbax and multi-process runs need absolute ones)."""
+    if is_remote(path):
+        return as_path(path)
+    return epath.Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
+
+
+def write_text_atomic(path: PathLike, text: str) -> None:
+    """Write ``text`` so that readers see the old file or the new one, never a torn one."""
+    path = as_path(path)
+    if is_remote(path):
+        path.write_text(text, encoding="utf-8")  # one upload: an object is replaced whole
+        return
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(os.fspath(tmp), os.fspath(path))
+
+
+def append_text(path: PathLike, text: str) -> None:
+    """Append ``text`` to a file (an object store has no append: the object is rewritten with ``text`` added)."""
+    path = as_path(path)
+    if is_remote(path):
+        old = path.read_text(encoding="utf-8") if path.exists() else ""
+        path.write_text(old + text, encoding="utf-8")
+        return
+    with open(os.fspath(path), "a", encoding="utf-8") as f:
+        f.write(text)
+
+
+def copy_file(src: PathLike, dst: PathLike) -> None:
+    """Copy one file between any two locations (local or object store), streaming (a weights shard never has to
+    fit in memory)."""
+    dst = as_path(dst)
+    if not is_remote(dst):
+        dst.parent.mkdir(parents=True, exist_ok=True)
+    with as_path(src).open("rb") as reader, dst.open("wb") as writer:
+        shutil.copyfileobj(reader, writer, 64 * 2**20)
+
+
+def local_path(path: PathLike) -> str:
+    """``path`` as a local file name for libraries that only open local files; a URL is an error naming it."""
+    if is_remote(path):
+        raise JaxtuneError(f"{os.fspath(path)}: this path must be local (or on a gcsfuse mount of the bucket), not "
+                           f"an object store URL")
+    return os.fspath(as_path(path))
+
+
+def local_copy(folder: PathLike) -> epath.Path:
+    """A local temporary copy of a folder's files (not its subfolders), for readers of local files only."""
+    folder = as_path(folder)
+    dst = epath.Path(tempfile.mkdtemp(prefix="jaxtune-"))
+    for item in folder.iterdir():
+        if item.is_file():
+            copy_file(item, dst / item.name)
+    return dst
+
+
+@contextlib.contextmanager
+def staged_folder(dst: PathLike) -> Iterator[str]:
+    """A local folder to write ``dst``'s files into, for writers of local files only (safetensors, transformers'
+    ``save_pretrained``): ``dst`` itself when local; for an object store, a temporary folder whose files (folders
+    included) are uploaded to ``dst`` once the block ends without error, then removed. Needs local disk for it."""
+    if not is_remote(dst):
+        yield os.fspath(dst)
+        return
+    stage = tempfile.mkdtemp(prefix="jaxtune-stage-")
+    try:
+        yield stage
+        dst = as_path(dst)
+        for root, _, files in os.walk(stage):
+            for name in files:
+                rel = os.path.relpath(os.path.join(root, name), stage)
+                copy_file(os.path.join(root, name), dst / rel)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def canonical_path(path: PathLike) -> epath.Path:
+    """One spelling per file, to recognise duplicates: a local path resolved (symlinks too), a URL as it is."""
+    if is_remote(path):
+        return as_path(path)
+    return epath.Path(os.path.realpath(os.fspath(path)))
+
+
+def files_under(folder: PathLike, suffix: str) -> list[epath.Path]:
+    """Files under ``folder`` (recursively) whose names end with ``suffix``, sorted (epath has no ``rglob``, and
+    its ``walk`` on gs:// yields folders without their ``gs://``)."""
+    found, folders = [], [as_path(folder)]
+    while folders:
+        for item in folders.pop().iterdir():
+            if item.is_dir():
+                folders.append(item)
+            elif item.name.endswith(suffix):
+                found.append(item)
+    return sorted(found, key=str)
