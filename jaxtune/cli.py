@@ -27,8 +27,16 @@ from jaxtune.config import load_config
 from jaxtune.errors import JaxtuneError
 
 
+def _config_files(path: Optional[str], overrides: Sequence[str]) -> tuple[object, list[str]]:
+    files = [a for a in overrides if "=" not in a and a.endswith((".yaml", ".yml"))]
+    rest = [a for a in overrides if a not in files]
+    return ([path, *files] if files and path is not None else path), rest
+
+
 def _config(path: Optional[str], overrides: Sequence[str]):
-    return load_config(path, list(overrides))
+    """The config of ``path`` plus any further YAML files among the arguments (a hardware preset:
+    ``train configs/doit-33b.yaml configs/hardware/v5p-16.yaml``), then the key=value overrides."""
+    return load_config(*_config_files(path, overrides))
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -182,7 +190,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
 def _cmd_validate(args: argparse.Namespace) -> int:
     from jaxtune.validate import validate
 
-    result = validate(args.config, args.overrides, devices=args.devices, accelerator=args.accelerator)
+    paths, overrides = _config_files(args.config, args.overrides)
+    result = validate(paths, overrides, devices=args.devices, accelerator=args.accelerator)
     print(result.summary())
     return 0 if result.ok else 1
 

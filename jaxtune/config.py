@@ -798,14 +798,27 @@ def load_yaml(path: str | os.PathLike) -> Any:
         raise ConfigError([f"{p}: {m}" for m in e.problems]) from None
 
 
-def load_config(path: str | os.PathLike | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+def _merge(base: dict, extra: dict) -> dict:
+    """``extra`` laid over ``base``: sections merge key by key, values replace."""
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(
+    path: str | os.PathLike | Sequence[str | os.PathLike] | None, overrides: list[str] | tuple[str, ...] = ()
+) -> Config:
     """Load a YAML config file (or the defaults when ``path`` is None) and apply ``key=value`` overrides.
 
+    ``path`` may be several files, laid over each other in order (a recipe, then a hardware preset such as
+    ``configs/hardware/v5p-16.yaml``): sections merge key by key, later values win, overrides win over all.
     Raises one ConfigError listing every problem, each naming the dotted key (and the file, for the file's).
     """
+    paths = [] if path is None else [path] if isinstance(path, (str, os.PathLike)) else list(path)
     values: dict = {}
-    if path is not None:
-        p = Path(path)
+    for one in paths:
+        p = Path(one)
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist")
         loaded = load_yaml(p)
@@ -813,13 +826,14 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | tuple[str
             loaded = {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: expected a mapping at the top level, got {type(loaded).__name__}")
-        values = loaded
+        values = _merge(values, loaded)
     try:
         return config_from_dict(values, overrides)
     except ConfigError as e:
-        if path is None:
+        if not paths:
             raise
-        raise ConfigError([p if p.startswith(OVERRIDE_PREFIX) else f"{path}: {p}" for p in e.problems]) from None
+        where = str(paths[0]) if len(paths) == 1 else " + ".join(str(p) for p in paths)
+        raise ConfigError([p if p.startswith(OVERRIDE_PREFIX) else f"{where}: {p}" for p in e.problems]) from None
 
 
 def config_to_dict(config: Any) -> dict:

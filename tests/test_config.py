@@ -192,3 +192,26 @@ def test_every_problem_is_collected_and_reported_together(tmp_path: Path) -> Non
         "optim.learning_rate must be a finite number, got nan", "optim.b1 must be in [0, 1), got 2.0"]
     with pytest.raises(ConfigError, match=r"^train\.epochs must be at least 1, got -1$"):
         TrainConfig(epochs=-1).validate()
+
+
+def test_a_hardware_preset_lays_over_a_recipe_and_overrides_win(tmp_path):
+    from jaxtune.cli import _config
+
+    repo = Path(__file__).resolve().parents[1]
+    recipe, preset = repo / "configs" / "doit-33b.yaml", repo / "configs" / "hardware" / "v5p-16.yaml"
+    cfg = _config(str(recipe), [str(preset), "train.microbatches=4"])
+    assert cfg.model.preset is None or cfg.model.num_layers == 60
+    assert (cfg.mesh.fsdp, cfg.train.microbatches, cfg.model.remat_policy) == (8, 4, "full")
+    assert cfg.optim.learning_rate == 1e-5 and cfg.train.global_batch_size == 64  # the recipe's, untouched
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("mesh:\n  fsdp: 0\n")
+    with pytest.raises(ConfigError, match=r"doit-33b.yaml \+ .*bad.yaml: mesh.fsdp"):
+        load_config([recipe, bad])
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs" / "hardware").glob("*.yaml")))
+def test_every_hardware_preset_combines_with_every_doit_recipe(name):
+    repo = Path(__file__).resolve().parents[1]
+    for size in ("7b", "13b", "33b"):
+        cfg = load_config([repo / "configs" / f"doit-{size}.yaml", repo / "configs" / "hardware" / f"{name}.yaml"])
+        assert cfg.train.global_batch_size % cfg.train.microbatches == 0
