@@ -19,6 +19,7 @@ and 2,210 items judged by gpt-3.5-turbo in March 2023, a different item set and 
 from __future__ import annotations
 
 import csv
+import io
 import math
 from collections import defaultdict
 from collections.abc import Sequence
@@ -188,12 +189,13 @@ def write_study_figure(summaries: Sequence[SuiteSummary], out_stem: Path,
             fig.savefig(f, format=ext, dpi=130)
         written.append(path)
     path = out_stem.parent / f"{out_stem.name}.study.csv"
-    with path.open("w", encoding="utf-8", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["panel", "use_case", "volume", "score"])
-        for panel in everything:
-            for name in _order(list(panel.scores)):
-                for volume in sorted(panel.scores[name]):
-                    w.writerow([panel.title, USE_CASES.get(name, name), volume, f"{panel.scores[name][volume]:.4f}"])
+    buffer = io.StringIO(newline="")
+    w = csv.writer(buffer)
+    w.writerow(["panel", "use_case", "volume", "score"])
+    for panel in everything:
+        for name in _order(list(panel.scores)):
+            for volume in sorted(panel.scores[name]):
+                w.writerow([panel.title, USE_CASES.get(name, name), volume, f"{panel.scores[name][volume]:.4f}"])
+    path.write_text(buffer.getvalue(), encoding="utf-8")
     written.append(path)
     return written
