@@ -1,4 +1,4 @@
-"""Loading what an evaluation needs: the model of a jaxtune params checkpoint or a Hugging Face LLaMA folder
+"""Loading what an evaluation needs: the model of a jaxtune params checkpoint or a Hugging Face LLaMA/BLOOM folder
 (converted in memory, optionally sharded over a mesh), and the chat codec of its tokenizer and template.
 """
 
@@ -18,7 +18,6 @@ from jaxtune.checkpoint import MODEL_CONFIG_FILE, load_model_config, model_with_
 from jaxtune.config import ModelConfig
 from jaxtune.errors import JaxtuneError
 from jaxtune.eval.template_codec import TemplateChatCodec
-from jaxtune.models.llama import Llama
 
 
 class EvalSetupError(JaxtuneError, ValueError):
@@ -74,8 +73,8 @@ def _place(params: dict, cfg: ModelConfig, mesh: Optional[Mesh]) -> dict:
 
 def load_model(
     checkpoint: str | Path, *, mesh: Optional[Mesh] = None, compute_dtype: Optional[str] = None
-) -> Llama:
-    """The model of a jaxtune params checkpoint or a Hugging Face LLaMA folder (converted in memory), its
+) -> nnx.Module:
+    """The model of a jaxtune params checkpoint or a Hugging Face LLaMA/BLOOM folder (converted in memory), its
     parameters sharded over ``mesh`` when given. compute_dtype: override the matmul dtype (None keeps the
     checkpoint's)."""
     kind = checkpoint_kind(checkpoint)
@@ -114,7 +113,7 @@ def load_codec(location: str | Path, template: str, model_vocab_size: int) -> Te
         raise EvalSetupError(f"eval.tokenizer / eval.template: {e}") from None
 
 
-def shard_model(model: Llama, mesh: Mesh) -> Llama:
+def shard_model(model: nnx.Module, mesh: Mesh) -> nnx.Module:
     """Place an in-memory model's parameters on ``mesh`` by jaxtune.sharding's rules (divisibility checked first)."""
     state = nnx.state(model, nnx.Param)
     params = jax.tree.map(np.asarray, nnx.to_pure_dict(state))
