@@ -51,15 +51,15 @@ class Alibi(NamedTuple):
 
 
 def alibi_slopes(num_heads: int) -> np.ndarray:
-    """transformers' ``_get_alibi_slopes``: a geometric sequence starting at 2^(-8/n) for the closest power of two n
-    below ``num_heads``, the remaining heads interleaved from the sequence of 2n. float32 (H,)."""
+    """transformers' ``_get_alibi_slopes``: for the closest power of two n at or below ``num_heads``, slopes
+    2^(-8k/n) for k = 1..n; the remaining heads take the odd terms of the sequence for 2n. Computed in float64 and
+    rounded once to float32 (torch's float32 ``pow`` can be 1 ulp away from these)."""
     closest = 2 ** int(np.floor(np.log2(num_heads)))
-    base = np.float32(2.0 ** (-(2.0 ** -(np.log2(closest) - 3))))
-    slopes = base ** np.arange(1, 1 + closest, dtype=np.float32)
+    slopes = 2.0 ** (-8.0 * np.arange(1, 1 + closest, dtype=np.float64) / closest)
     if closest != num_heads:
-        extra_base = np.float32(2.0 ** (-(2.0 ** -(np.log2(2 * closest) - 3))))
         remaining = min(closest, num_heads - closest)
-        slopes = np.concatenate([slopes, extra_base ** np.arange(1, 1 + 2 * remaining, 2, dtype=np.float32)])
+        extra = 2.0 ** (-8.0 * np.arange(1, 1 + 2 * remaining, 2, dtype=np.float64) / (2 * closest))
+        slopes = np.concatenate([slopes, extra])
     return slopes.astype(np.float32)
 
 

@@ -17,6 +17,8 @@ import pytest
 torch = pytest.importorskip("torch", reason="the parity tests need PyTorch (pip install jaxtune[test])")
 transformers = pytest.importorskip("transformers")
 
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from jaxtune.config import ModelConfig  # noqa: E402
@@ -86,7 +88,7 @@ def hf_weights_to_params(hf_model: Any, cfg: ModelConfig) -> dict:
 
 def jaxtune_bloom(cfg: ModelConfig, params: dict) -> Bloom:
     """A Bloom of ``cfg`` holding ``params`` (vocabulary rows beyond the given ones are zero)."""
-    model = Bloom(cfg, nnx.Rngs(0))
+    model = nnx.eval_shape(lambda: Bloom(cfg, nnx.Rngs(0)))  # shapes only: every value is replaced below
     padded = cfg.padded_vocab_size()
 
     def pad_rows(a: np.ndarray) -> np.ndarray:
@@ -96,7 +98,7 @@ def jaxtune_bloom(cfg: ModelConfig, params: dict) -> Bloom:
     if "lm_head" in params:
         params["lm_head"] = pad_rows(params["lm_head"].T).T
     state = nnx.state(model, nnx.Param)
-    nnx.replace_by_pure_dict(state, params)
+    nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, params))
     nnx.update(model, state)
     return model
 
