@@ -37,7 +37,9 @@ ALiBi positions are counted from the segment ids as transformers counts them fro
 for it with its attention mask, and packed documents see distances within their own segment (segments never attend
 across). The ``positions`` argument is accepted for the LLaMA's interface and not used (transformers' BLOOM takes no
 position ids either). The KV cache is the LLaMA's (:class:`jaxtune.models.llama.KVCache`, :func:`init_cache`):
-the decode interface is the same, so :mod:`jaxtune.eval` drives both families alike.
+the decode interface is the same, so :mod:`jaxtune.eval` drives both families alike: ``init_cache(rows, length)``,
+``__call__(ids, positions=, segment_ids=, cache=, logit_slots=)``, and a cache index that may be one slot shared by
+all rows or one slot per row (``index`` of shape () or (B,); keys and values are scattered at each row's slots).
 """
 
 from __future__ import annotations
@@ -51,8 +53,8 @@ from jax.ad_checkpoint import checkpoint_name
 
 from jaxtune.config import ModelConfig
 from jaxtune.models.attention import Alibi, alibi_slopes, dot_product_attention
-from jaxtune.models.axes import BATCH, EMBED, HEADS, LENGTH, LOOKUP_VOCAB, MLP, VOCAB, constrain
-from jaxtune.models.llama import DTYPES, REMAT_POLICIES, KVCache, _normal, project
+from jaxtune.models.axes import BATCH, EMBED, HEADS, KV_HEADS, LENGTH, LOOKUP_VOCAB, MLP, VOCAB, constrain
+from jaxtune.models.llama import DTYPES, REMAT_POLICIES, KVCache, _normal, init_cache, project
 
 LAYER_PARAM_AXES: dict[str, tuple[str, ...]] = {
     "attn_norm": ("layers", "norm"),
@@ -133,10 +135,11 @@ def bloom_layer(
     q_slots: jnp.ndarray,
     kv_slots: jnp.ndarray,
     cache_kv: Optional[tuple[jnp.ndarray, jnp.ndarray]] = None,
-    cache_index: Optional[jnp.ndarray] = None,
+    cache_slots: Optional[jnp.ndarray] = None,
 ) -> tuple[jnp.ndarray, Optional[tuple[jnp.ndarray, jnp.ndarray]]]:
-    """One BLOOM block on the residual stream h (B, T, E); with a cache, writes this step's keys and values at
-    ``cache_index`` and attends over the whole cache. Returns the new residual and the updated cache."""
+    """One BLOOM block on the residual stream h (B, T, E); with a cache, writes this chunk's keys and values at each
+    row's slots ``cache_slots`` (B, T) and attends over the whole cache. Returns the new residual and the updated
+    cache."""
     cd = DTYPES[cfg.compute_dtype]
     eps = cfg.layer_norm_epsilon
     w = {k: v.astype(cd) for k, v in params.items()}
@@ -154,8 +157,9 @@ def bloom_layer(
     new_cache = None
     if cache_kv is not None:
         cache_k, cache_v = cache_kv
-        k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, cache_index, 0, 0))
-        v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, cache_index, 0, 0))
+        rows = jnp.arange(k.shape[0])[:, None]
+        k = cache_k.at[rows, cache_slots].set(k.astype(cache_k.dtype), mode="drop")
+        v = cache_v.at[rows, cache_slots].set(v.astype(cache_v.dtype), mode="drop")
         new_cache = (k, v)
         k, v = k.astype(cd), v.astype(cd)
 
@@ -193,25 +197,38 @@ class Bloom(nnx.Module):
             self.lm_head = nnx.Param(_normal(rngs, (e, vocab), cfg.initializer_range, dt),
                                      logical_axes=("embed", "vocab"))
 
+    def init_cache(self, batch_size: int, max_len: int) -> KVCache:
+        """An empty KV cache in the compute dtype (:func:`jaxtune.models.llama.init_cache`), sharded like the keys
+        and values written into it (rows over the data-parallel axes, heads over tensor) when a mesh is installed."""
+        cache = init_cache(self.cfg, batch_size, max_len)
+        names = (None, BATCH, LENGTH, KV_HEADS, None)
+        return cache._replace(k=constrain(cache.k, names), v=constrain(cache.v, names),
+                              segment_ids=constrain(cache.segment_ids, (BATCH, LENGTH)))
+
     def __call__(
         self,
         input_ids: jnp.ndarray,
         positions: Optional[jnp.ndarray] = None,
         segment_ids: Optional[jnp.ndarray] = None,
         cache: Optional[KVCache] = None,
+        logit_slots: Optional[jnp.ndarray] = None,
     ) -> tuple[jnp.ndarray, Optional[KVCache]]:
         """Logits (B, T, vocab_size) in float32 for token ids (B, T).
 
         positions: accepted for the LLaMA's interface, unused (ALiBi positions come from the segment ids).
         segment_ids: (B, T) ids of packed examples, 0 for padding; default all ones.
-        cache: a KVCache to write this chunk into and attend over; returned updated (None without one).
+        cache: a KVCache to write this chunk into (at its index: one for all rows, or one per row) and attend over;
+            returned updated (None without one).
+        logit_slots: (B, K) slots of the chunk whose logits alone are wanted: the result is (B, K, vocab_size) and
+            the LM head runs on those K positions only.
         """
         del positions
         cfg = self.cfg
         b, t = input_ids.shape
         slots = jnp.arange(t, dtype=jnp.int32)
         if cache is not None:
-            slots = slots + cache.index
+            # (T,) when the rows share one index, (B, T) when each row fills its cache independently.
+            slots = cache.index[..., None] + slots if cache.index.ndim else cache.index + slots
         if segment_ids is None:
             segment_ids = jnp.ones((b, t), jnp.int32)
 
@@ -221,17 +238,19 @@ class Bloom(nnx.Module):
         h = layer_norm(h, self.embed_norm[...], self.embed_norm_bias[...], cfg.layer_norm_epsilon)
         h = constrain(h, (BATCH, LENGTH, EMBED))
 
+        row_slots = jnp.broadcast_to(slots, (b, t))
         if cache is not None:
-            kv_segment_ids = jax.lax.dynamic_update_slice(cache.segment_ids, segment_ids, (0, cache.index))
+            rows = jnp.arange(b)[:, None]
+            kv_segment_ids = cache.segment_ids.at[rows, row_slots].set(segment_ids, mode="drop")
             kv_slots = jnp.arange(cache.segment_ids.shape[1], dtype=jnp.int32)
             kv_positions = alibi_positions(kv_segment_ids)
-            q_positions = jax.lax.dynamic_slice_in_dim(kv_positions, cache.index, t, axis=1)
+            q_positions = jnp.take_along_axis(kv_positions, row_slots, axis=1, mode="clip")
         else:
             kv_segment_ids, kv_slots = segment_ids, slots
             q_positions = kv_positions = alibi_positions(segment_ids)
         alibi = Alibi(jnp.asarray(alibi_slopes(cfg.num_heads)), q_positions, kv_positions)
         shared = dict(alibi=alibi, q_segment_ids=segment_ids, kv_segment_ids=kv_segment_ids, q_slots=slots,
-                      kv_slots=kv_slots, cache_index=None if cache is None else cache.index)
+                      kv_slots=kv_slots, cache_slots=None if cache is None else row_slots)
 
         def body(h, xs):
             layer_params, layer_cache = xs
@@ -252,6 +271,8 @@ class Bloom(nnx.Module):
                 outs.append(kv)
             new_kv = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *outs)
 
+        if logit_slots is not None:
+            h = jnp.take_along_axis(h, logit_slots[:, :, None], axis=1)
         h = layer_norm(h, self.norm[...], self.norm_bias[...], cfg.layer_norm_epsilon)
         if cfg.tie_word_embeddings:
             head = self.embed_tokens[...].astype(cd).T

@@ -130,6 +130,33 @@ def test_cached_decoding_logits_match_full_forward(six_heads: BloomPair) -> None
     np.testing.assert_allclose(np.concatenate(pieces, axis=1), full, atol=TOL, rtol=0)
 
 
+def test_per_row_cache_indices_and_logit_slots(six_heads: BloomPair) -> None:
+    """A cache whose rows fill independently (index (B,)): row 1's prompt is shorter and its decoded tokens overwrite
+    the padding after it; each row gets the logits it gets alone. logit_slots picks the prefill's last positions."""
+    model = six_heads.model
+    vocab = six_heads.cfg.vocab_size
+    rows = [random_ids(vocab, (9,), seed=20), random_ids(vocab, (7,), seed=21)]
+    prompt_len = (6, 4)
+    ids = np.zeros((2, 6), np.int32)
+    segments = np.zeros((2, 6), np.int32)
+    for r, n in enumerate(prompt_len):
+        ids[r, :n], segments[r, :n] = rows[r][:n], 1
+    cache = model.init_cache(2, 12)._replace(index=jnp.zeros((2,), jnp.int32))
+    run = nnx.jit(lambda m, x, s, c, ls: m(x, segment_ids=s, cache=c, logit_slots=ls))
+    last, cache = run(model, jnp.asarray(ids), jnp.asarray(segments), cache, jnp.asarray([[5], [3]]))
+    cache = cache._replace(index=jnp.asarray(prompt_len, jnp.int32))
+    alone = [logits_of(model, row[None])[0] for row in rows]
+    for r, n in enumerate(prompt_len):
+        np.testing.assert_allclose(np.asarray(last)[r, 0], alone[r][n - 1], atol=TOL, rtol=0)
+    step = nnx.jit(lambda m, x, c: m(x, segment_ids=jnp.ones_like(x), cache=c))
+    for i in range(3):
+        token = np.array([[rows[r][prompt_len[r] + i]] for r in range(2)], np.int32)
+        logits, cache = step(model, jnp.asarray(token), cache)
+        for r, n in enumerate(prompt_len):
+            np.testing.assert_allclose(np.asarray(logits)[r, 0], alone[r][n + i], atol=TOL, rtol=0)
+    np.testing.assert_array_equal(np.asarray(cache.index), [9, 7])
+
+
 def test_scanned_and_unscanned_layers_agree(six_heads: BloomPair) -> None:
     unscanned = jaxtune_bloom(dataclasses.replace(six_heads.cfg, scan_layers=False), six_heads.params)
     ids = random_ids(six_heads.cfg.vocab_size, (2, 16), seed=7)
