@@ -25,7 +25,7 @@ from flax import nnx
 
 from jaxtune.config import ConfigError, ModelConfig, model_config_from_dict
 from jaxtune.errors import JaxtuneError
-from jaxtune.models.llama import Llama
+from jaxtune.models.registry import create_model
 from jaxtune.paths import PathLike, absolute_path, as_path, copy_file, is_remote, local_copy, write_text_atomic
 
 # ====================================================================================================================
@@ -228,17 +228,18 @@ def load_params(
     return cfg, params
 
 
-def model_with_params(cfg: ModelConfig, params: dict) -> Llama:
-    """A Llama of ``cfg`` holding ``params`` (a nested dict of jax arrays, used as they are: no initialisation)."""
-    model = nnx.eval_shape(lambda: Llama(cfg, nnx.Rngs(0)))
+def model_with_params(cfg: ModelConfig, params: dict) -> nnx.Module:
+    """A model of ``cfg``'s family holding ``params`` (a nested dict of jax arrays, used as they are: no initialisation)."""
+    model = nnx.eval_shape(lambda: create_model(cfg, nnx.Rngs(0)))
     state = nnx.state(model, nnx.Param)
     nnx.replace_by_pure_dict(state, params)
     nnx.update(model, state)
     return model
 
 
-def restore_model(path: PathLike, shardings: Any = None, dtype: Optional[str] = None, **cfg_overrides: Any) -> Llama:
-    """A ``jaxtune.models.llama.Llama`` with the parameters of a params-only checkpoint.
+def restore_model(path: PathLike, shardings: Any = None, dtype: Optional[str] = None, **cfg_overrides: Any) -> nnx.Module:
+    """A model (of the checkpoint's ``model.family``, see :mod:`jaxtune.models.registry`) with the parameters of a
+    params-only checkpoint.
 
     cfg_overrides: ModelConfig fields to change that do not affect parameter shapes (compute_dtype,
     attention_impl, scan_layers, remat_policy...).
@@ -258,7 +259,7 @@ def tokenizer_path(path: PathLike) -> Optional[epath.Path]:
 
 def expected_param_shapes(cfg: ModelConfig) -> dict:
     """The params tree of ``cfg`` as nested dicts of shape tuples (traced from the model itself, nothing allocated)."""
-    model = nnx.eval_shape(lambda: Llama(cfg, nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: create_model(cfg, nnx.Rngs(0)))
     return jax.tree.map(lambda x: tuple(x.shape), nnx.to_pure_dict(nnx.state(model, nnx.Param)))
 
 

@@ -6,7 +6,7 @@
     jaxtune report RUN_DIR ... --out DIR   growth curves and growth-pace tables over many evaluations
     jaxtune sweep CONFIG --selections ...  the study's grid: train and evaluate at several data volumes
     jaxtune prepare INPUT OUT --format F   local files -> ArrayRecord dataset (random access, low memory)
-    jaxtune import-hf HF_DIR OUT           Hugging Face LLaMA folder -> jaxtune checkpoint
+    jaxtune import-hf HF_DIR OUT           Hugging Face LLaMA or BLOOM folder -> jaxtune checkpoint
     jaxtune export-hf CKPT OUT_DIR         jaxtune checkpoint -> Hugging Face folder
     jaxtune check-hf HF_DIR                compare jaxtune and transformers on the same checkpoint
     jaxtune info [CONFIG] [key=value ...]  parameter count, FLOPs per token, memory of a model shape
@@ -252,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="raise on the first bad record, or skip, count and list bad records")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
 
-    p = add("import-hf", _cmd_import_hf, "convert a Hugging Face LLaMA folder into a jaxtune checkpoint")
+    p = add("import-hf", _cmd_import_hf, "convert a Hugging Face LLaMA or BLOOM folder into a jaxtune checkpoint")
     p.add_argument("hf_dir")
     p.add_argument("out")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],

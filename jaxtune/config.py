@@ -132,6 +132,8 @@ class _Section:
 RematPolicy = Literal["none", "full", "dots", "dots_no_batch", "qkv_proj", "projections"]
 AttentionImpl = Literal["xla", "cudnn", "splash"]
 DType = Literal["float32", "bfloat16", "float16"]
+ModelFamily = Literal["llama", "bloom"]
+"""The model families (architectures); :mod:`jaxtune.models.registry` maps each to its model class."""
 
 
 @dataclass
@@ -162,13 +164,18 @@ class RopeScalingConfig(_Section):
 
 @dataclass
 class ModelConfig(_Section):
-    """Shape and numerics of a LLaMA-family decoder (as transformers' ``LlamaConfig`` defines it)."""
+    """Shape and numerics of a decoder: a LLaMA (transformers' ``LlamaConfig``) or a BLOOM (``BloomConfig``)."""
 
     SECTION = "model"
 
     preset: Optional[str] = None
-    """Named shape from :mod:`jaxtune.models.configs` (``doit-7b``, ``llama2-7b``, ``tiny``...). Fields set
-    explicitly next to ``preset`` override the preset's values."""
+    """Named shape from :mod:`jaxtune.models.configs` (``doit-7b``, ``llama2-7b``, ``bloomz-7b1-mt``, ``tiny``,
+    ``bloom-tiny``...). Fields set explicitly next to ``preset`` override the preset's values."""
+    family: ModelFamily = "llama"
+    """Architecture: ``llama`` (RMSNorm, rotary positions, SwiGLU MLP) or ``bloom`` (transformers'
+    BloomForCausalLM: LayerNorms with biases, ALiBi, fused query/key/value with biases, tanh-GeLU MLP). For bloom,
+    ``intermediate_size`` is the MLP width (4 x hidden_size in every BLOOM checkpoint), ``num_kv_heads`` stays
+    unset, and the rms_norm_eps/rope_* fields are unused. BLOOM presets set it."""
     vocab_size: int = 32000
     """Number of real token ids (the tokenizer's size including added special tokens)."""
     hidden_size: int = 4096
@@ -181,6 +188,9 @@ class ModelConfig(_Section):
     head_dim: Optional[int] = None
     """Per-head width; None means hidden_size // num_heads."""
     rms_norm_eps: float = 1e-6
+    """llama: epsilon of the RMSNorms."""
+    layer_norm_epsilon: float = 1e-5
+    """bloom: epsilon of the LayerNorms (transformers' ``BloomConfig.layer_norm_epsilon``)."""
     rope_theta: float = 10000.0
     rope_scaling: RopeScalingConfig = field(default_factory=RopeScalingConfig)
     max_position_embeddings: int = 2048
@@ -224,7 +234,7 @@ class ModelConfig(_Section):
     def _rules(self, rules: _Rules) -> None:
         where = rules.where
         rules.positive("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
-                       "rms_norm_eps", "rope_theta", "max_position_embeddings")
+                       "rms_norm_eps", "layer_norm_epsilon", "rope_theta", "max_position_embeddings")
         rules.positive("num_kv_heads", "head_dim", optional=True)
         rules.at_least(1, "vocab_pad_multiple")
         rules.non_negative("initializer_range")
@@ -233,9 +243,12 @@ class ModelConfig(_Section):
         if self.head_dim is None and self.hidden_size % self.num_heads:
             rules.add(f"{where}.hidden_size={self.hidden_size} is not divisible by {where}.num_heads={self.num_heads}; "
                       f"set {where}.head_dim explicitly", "hidden_size")
-        elif self.resolved_head_dim() % 2:
+        elif self.family == "llama" and self.resolved_head_dim() % 2:
             rules.add(f"{where}.head_dim must be even for rotary embeddings, got {self.resolved_head_dim()}",
                       "head_dim")
+        if self.family == "bloom" and self.num_kv_heads not in (None, self.num_heads):
+            rules.add(f"{where}.num_kv_heads={self.num_kv_heads}: BLOOM has one key/value head per query head (leave "
+                      "it unset)", "num_kv_heads")
         kv = self.resolved_num_kv_heads()
         if self.num_heads % kv:
             rules.add(f"{where}.num_heads={self.num_heads} must be a multiple of {where}.num_kv_heads={kv}",

@@ -1,6 +1,6 @@
 """Device meshes, the one logical-axis rules table, and every sharding derived from it.
 
-The model names the axes of its parameters and activations (see :mod:`jaxtune.models.llama`); :data:`RULES` maps
+The model names the axes of its parameters and activations (see :mod:`jaxtune.models.llama` and :mod:`jaxtune.models.bloom`); :data:`RULES` maps
 those names to the mesh axes ``data``, ``fsdp`` and ``tensor``. Parameter, optimizer-state and batch shardings are
 all derived from this table, never written per tensor. Layouts that cannot work (52 heads on a tensor axis of 8, a
 global batch not divisible by the data-parallel size) fail here, before anything is compiled, naming the dimension,
@@ -23,7 +23,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxtune.config import MeshConfig, ModelConfig
 from jaxtune.errors import JaxtuneError
-from jaxtune.models.llama import Llama
+from jaxtune.models.registry import create_model
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_MESH_AXES = ("data", "fsdp")
@@ -39,6 +39,8 @@ RULES: tuple[tuple[str, Any], ...] = (
     ("head_dim", None),
     ("layers", None),
     ("norm", None),
+    ("qkv", None),  # BLOOM's fused projection: query, key and value of a head stay together
+    ("embed_bias", None),  # biases over the embedding axis (BLOOM), small: replicated like the norms
     # Activations.
     ("act_batch", BATCH_MESH_AXES),
     ("act_length", None),
@@ -210,7 +212,7 @@ def logical_to_spec(logical_axes: Sequence[Optional[str]]) -> P:
 def abstract_model(cfg: ModelConfig, seed: int = 0) -> tuple[nnx.GraphDef, dict, dict]:
     """(graphdef, shapes, logical axes) of a model without allocating it: pure-dict trees of ShapeDtypeStruct and of
     each parameter's logical axis names."""
-    model = nnx.eval_shape(lambda: Llama(cfg, nnx.Rngs(seed)))
+    model = nnx.eval_shape(lambda: create_model(cfg, nnx.Rngs(seed)))
     graphdef, state = nnx.split(model)
     is_var = lambda x: isinstance(x, nnx.Variable)  # noqa: E731
     axes = jax.tree.map(lambda v: tuple(v.get_metadata()["logical_axes"]), state, is_leaf=is_var)
@@ -268,7 +270,7 @@ def with_shardings(shapes: Any, shardings: Any) -> Any:
 def init_params(cfg: ModelConfig, mesh: Mesh, seed: int = 0) -> tuple[nnx.GraphDef, dict]:
     """Initialise the model's parameters directly sharded on ``mesh`` (no host ever holds the whole model).
 
-    Returns the graphdef and a pure dict of sharded arrays. The values equal an unsharded ``Llama(cfg,
+    Returns the graphdef and a pure dict of sharded arrays. The values equal an unsharded ``create_model(cfg,
     nnx.Rngs(seed))`` (JAX's partitionable threefry makes random draws independent of the layout).
     """
     graphdef, shapes, axes = abstract_model(cfg, seed)
@@ -276,7 +278,7 @@ def init_params(cfg: ModelConfig, mesh: Mesh, seed: int = 0) -> tuple[nnx.GraphD
     shardings = param_shardings(axes, mesh)
 
     def init() -> dict:
-        return nnx.to_pure_dict(nnx.state(Llama(cfg, nnx.Rngs(seed))))
+        return nnx.to_pure_dict(nnx.state(create_model(cfg, nnx.Rngs(seed))))
 
     with activation_rules(mesh):
         params = jax.jit(init, out_shardings=shardings)()

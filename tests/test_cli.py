@@ -45,7 +45,7 @@ def test_no_subcommand_prints_help(capsys):
 
 
 @pytest.mark.parametrize("argv", [["info", "--preset", "doit-33b", "--seq-len", "2048"],
-                                  ["info", "model.preset=doit-7b"]])
+                                  ["info", "model.preset=doit-7b"], ["info", "--preset", "bloomz-7b1-mt"]])
 def test_info_prints_parameter_count_flops_and_memory(capsys, argv):
     code, out, _ = _run(capsys, *argv)
     assert code == 0
@@ -106,3 +106,8 @@ def test_validate_lists_all_value_problems_and_exits_2(capsys, tmp_path):
     ]
     with pytest.raises(SystemExit):
         main(["validate", str(cfg), "--devices", "8", "--accelerator", "v5p-16"])
+
+
+def test_info_on_bloomz_7b1_mt_counts_the_release(capsys):
+    code, out, _ = _run(capsys, "info", "--preset", "bloomz-7b1-mt")
+    assert code == 0 and "model bloomz-7b1-mt" in out and "7,069,016,064" in out

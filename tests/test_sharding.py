@@ -191,3 +191,20 @@ def test_the_kv_cache_is_sharded_by_the_rules_rows_and_kv_heads():
         assert cache.segment_ids.sharding.spec == P(rows)
         # Each device holds a quarter of the rows and half of the key/value heads.
         assert cache.k.addressable_shards[0].data.shape == (cfg.num_layers, 2, 16, 1, cfg.resolved_head_dim())
+
+
+def test_bloom_layouts_split_heads_with_their_fused_qkv():
+    """bloomz-7b1-mt's 32 heads split over a tensor axis of 8 (shapes only); the fused (E, H, 3, D) projection and
+    its bias split by head, E-sized biases are replicated; bloom-tiny's 6 heads on 4 fail naming num_heads."""
+    _, shapes, axes = abstract_model(model_config("bloomz-7b1-mt"))
+    validate_param_layout(shapes, axes, build_mesh(MeshConfig(data=1, fsdp=1, tensor=8)))
+    cfg = model_config("bloom-tiny", vocab_pad_multiple=128)
+    _, params = init_params(cfg, build_mesh(MeshConfig(data=1, fsdp=4, tensor=2)))
+    layers = params["layers"]
+    assert layers["qkv_proj"].sharding.spec == P(None, "fsdp", "tensor", None, None)
+    assert layers["qkv_bias"].sharding.spec == P(None, "tensor", None, None)
+    assert layers["up_bias"].sharding.spec == P(None, "tensor")
+    assert layers["o_bias"].sharding.is_fully_replicated and params["embed_norm_bias"].sharding.is_fully_replicated
+    _, shapes, axes = abstract_model(cfg)
+    with pytest.raises(LayoutError, match=r"model.num_heads = 6 .*mesh axis 'tensor' \(4\): 4 does not divide 6"):
+        validate_param_layout(shapes, axes, build_mesh(MeshConfig(data=1, fsdp=2, tensor=4)))

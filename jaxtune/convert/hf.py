@@ -1,9 +1,13 @@
-"""Hugging Face LLaMA folders <-> jaxtune checkpoints: ``import-hf``, ``export-hf`` and ``check-hf``.
+"""Hugging Face LLaMA and BLOOM folders <-> jaxtune checkpoints: ``import-hf``, ``export-hf`` and ``check-hf``.
+
+The architecture is read from ``config.json`` (``architectures`` / ``model_type``) and looked up in
+:data:`jaxtune.convert.hf_families.FAMILIES`, which supplies the config translation and tensor layout; everything
+below is the same for every family.
 
 Import streams: the destination arrays (one per jaxtune param, layers stacked) are allocated once and each stored
 tensor is read, transposed into its slot and dropped before the next is read, so peak host memory stays near the
 checkpoint's size plus the largest tensor. Export streams the other way, one tensor per write, into sharded
-safetensors files that transformers loads (``LlamaForCausalLM.from_pretrained``), with ``config.json``,
+safetensors files that transformers loads (``LlamaForCausalLM`` / ``BloomForCausalLM.from_pretrained``), with ``config.json``,
 ``generation_config.json`` and the tokenizer files.
 """
 
@@ -22,13 +26,13 @@ from etils import epath
 
 from jaxtune.checkpoint import expected_param_shapes, load_params, model_with_params, save_params, tokenizer_path
 from jaxtune.config import ModelConfig
-from jaxtune.convert.hf_config import model_config_from_hf, read_hf_config, write_hf_config
-from jaxtune.convert.hf_layout import EMBED, LM_HEAD, hf_tensor, hf_tensor_shapes, is_ignored, place
+from jaxtune.convert.hf_config import read_hf_config
+from jaxtune.convert.hf_families import FAMILIES, HFFamily, family_of_hf
 from jaxtune.convert.hf_tokenizer import add_special_tokens, has_tokenizer, load_hf_tokenizer, write_hf_tokenizer
-from jaxtune.convert.hf_weights import HFWeightsError, WeightSource
+from jaxtune.convert.hf_weights import HFWeightsError, WeightInfo, WeightSource
 from jaxtune.convert.safetensors_io import PlannedTensor, SafetensorsWriter
 from jaxtune.errors import JaxtuneError
-from jaxtune.models.llama import DTYPES, Llama
+from jaxtune.models.llama import DTYPES
 from jaxtune.paths import as_path, staged_folder
 
 logger = logging.getLogger(__name__)
@@ -51,32 +55,43 @@ def _check_destination(path: epath.Path, overwrite: bool) -> None:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _check_tensors(source: WeightSource, cfg: ModelConfig) -> None:
+def _canonical_infos(source: WeightSource, family: HFFamily) -> dict[str, tuple[str, WeightInfo]]:
+    """Stored tensors by their canonical name: (stored name, info); two names for one tensor are an error."""
+    out: dict[str, tuple[str, WeightInfo]] = {}
+    for name, info in source.infos().items():
+        canonical = family.canonical_name(name)
+        if canonical in out:
+            raise HFWeightsError(f"{source.hf_dir}: tensors {out[canonical][0]!r} and {name!r} are both {canonical}")
+        out[canonical] = (name, info)
+    return out
+
+
+def _check_tensors(source: WeightSource, cfg: ModelConfig, family: HFFamily) -> None:
     """Every expected tensor present with its shape and a float dtype, nothing unexpected (names the tensors)."""
-    infos = source.infos()
-    expected = hf_tensor_shapes(cfg)
-    optional = {LM_HEAD} if cfg.tie_word_embeddings else set()  # older transformers saved the tied copy too
+    infos = _canonical_infos(source, family)
+    expected = family.hf_tensor_shapes(cfg)
+    optional = {family.lm_head} if cfg.tie_word_embeddings else set()  # older transformers saved the tied copy too
     missing = [n for n in expected if n not in infos]
     if missing:
         more = f" and {len(missing) - 8} more" if len(missing) > 8 else ""
         raise HFWeightsError(f"{source.hf_dir}: missing tensor(s) {', '.join(missing[:8])}{more}")
-    unexpected = [n for n in infos if n not in expected and n not in optional and not is_ignored(n)]
+    unexpected = [infos[n][0] for n in infos if n not in expected and n not in optional and not family.is_ignored(n)]
     if unexpected:
         more = f" and {len(unexpected) - 8} more" if len(unexpected) > 8 else ""
         raise HFWeightsError(
             f"{source.hf_dir}: unexpected tensor(s) {', '.join(unexpected[:8])}{more} "
-            f"(in {source.file_of(unexpected[0]).name}; not part of a LlamaForCausalLM with this config.json)"
+            f"(in {source.file_of(unexpected[0]).name}; not part of a {family.architecture} with this config.json)"
         )
     for name, shape in expected.items():
-        info = infos[name]
+        stored, info = infos[name]
         if tuple(info.shape) != tuple(shape):
             raise HFWeightsError(
-                f"{source.file_of(name)}: tensor {name} has shape {list(info.shape)}, config.json implies "
+                f"{source.file_of(stored)}: tensor {stored} has shape {list(info.shape)}, config.json implies "
                 f"{list(shape)}"
             )
         if info.dtype not in FLOAT_DTYPES:
             raise HFWeightsError(
-                f"{source.file_of(name)}: tensor {name} has dtype {info.dtype} (quantized weights are not "
+                f"{source.file_of(stored)}: tensor {stored} has dtype {info.dtype} (quantized weights are not "
                 "supported; expected float32, bfloat16 or float16)"
             )
 
@@ -115,7 +130,8 @@ def load_hf_params(
     vocab_pad_multiple: int = 1,
     new_token_init: str = "mean",
 ) -> tuple[ModelConfig, dict]:
-    """Read a Hugging Face LLaMA folder into (ModelConfig, nested dict of numpy arrays), one tensor at a time.
+    """Read a Hugging Face LLaMA or BLOOM folder into (ModelConfig, nested dict of numpy arrays), one tensor at a
+    time.
 
     param_dtype: dtype of the result (float32, bfloat16, float16); None keeps the stored dtype.
     vocab_size: grow the vocabulary to this many ids (added tokens): new embedding rows and LM-head columns are
@@ -126,10 +142,12 @@ def load_hf_params(
     unsupported architecture or a truncated file.
     """
     hf_dir = Path(hf_dir)
-    cfg = model_config_from_hf(read_hf_config(hf_dir), where=str(hf_dir / "config.json"))
+    raw, where = read_hf_config(hf_dir), str(hf_dir / "config.json")
+    family = family_of_hf(raw, where)
+    cfg = family.config_from_hf(raw, where)
     source = WeightSource(hf_dir)
-    _check_tensors(source, cfg)
-    dtype_name = param_dtype or FLOAT_DTYPES[np.dtype(source.infos()[EMBED].dtype)]
+    _check_tensors(source, cfg, family)
+    dtype_name = param_dtype or FLOAT_DTYPES[np.dtype(_canonical_infos(source, family)[family.embed][1].dtype)]
     if dtype_name not in DTYPES:
         raise ConversionError(f"param_dtype must be one of {', '.join(DTYPES)}, got {dtype_name!r}")
     new_vocab = cfg.vocab_size if vocab_size is None else int(vocab_size)
@@ -148,15 +166,16 @@ def load_hf_params(
 
     old = cfg.vocab_size
     for name, array in source.iter_arrays():
-        if is_ignored(name) or (name == LM_HEAD and cfg.tie_word_embeddings):
+        name = family.canonical_name(name)
+        if family.is_ignored(name) or (name == family.lm_head and cfg.tie_word_embeddings):
             continue
-        where = place(name, cfg)
+        where = family.place(name, cfg)
         if where.param == "embed_tokens":
             params["embed_tokens"][:old] = array
         elif where.param == "lm_head":
             params["lm_head"][:, :old] = array.T
-        elif where.param == "norm":
-            params["norm"][...] = array
+        elif where.layer is None:  # norms (and BLOOM's norm biases)
+            params[where.param][...] = array
         else:
             params["layers"][where.param][where.layer] = where.spec.to_jaxtune(array, cfg)
         del array
@@ -178,7 +197,8 @@ def import_hf(
     overwrite: bool = False,
     new_token_init: str = "mean",
 ) -> ModelConfig:
-    """``jaxtune import-hf HF_DIR OUT``: convert a Hugging Face LLaMA folder into a jaxtune params checkpoint.
+    """``jaxtune import-hf HF_DIR OUT``: convert a Hugging Face LLaMA or BLOOM folder into a jaxtune params
+    checkpoint.
 
     param_dtype: stored dtype of the checkpoint (None keeps the folder's). vocab_pad_multiple: pad vocabulary rows
     (128 suits TPUs; export strips the padding). tokenizer_dir: tokenizer to carry in the checkpoint (default: the
@@ -250,7 +270,8 @@ def export_hf(
     max_shard_size: int | str = "5GB",
     overwrite: bool = False,
 ) -> Path:
-    """``jaxtune export-hf CKPT OUT_DIR``: write a params checkpoint as a Hugging Face LLaMA folder.
+    """``jaxtune export-hf CKPT OUT_DIR``: write a params checkpoint as a Hugging Face folder of its family
+    (``LlamaForCausalLM`` or ``BloomForCausalLM``).
 
     Writes ``model.safetensors`` (or ``model-0000i-of-0000n.safetensors`` shards of at most ``max_shard_size`` plus
     ``model.safetensors.index.json``), ``config.json``, ``generation_config.json`` and, when the checkpoint carries
@@ -275,24 +296,26 @@ def export_hf(
 
 def _write_hf_folder(cfg: ModelConfig, params: dict, tok_dir, out_dir, out_dtype: np.dtype, max_bytes: int) -> None:
     """The files of a Hugging Face folder, written into the local folder ``out_dir``."""
+    family = FAMILIES[cfg.family]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if tok_dir is not None:  # first: a tokenizer that does not fit the model fails before gigabytes are written
         write_hf_tokenizer(tok_dir, out_dir, vocab_size=cfg.vocab_size)
+    # Next the config, for the same reason (a BLOOM whose MLP is not 4 x hidden_size has no transformers config).
+    family.write_config(cfg, out_dir, FLOAT_DTYPES[out_dtype])
 
-    planned = [PlannedTensor(name, out_dtype, shape) for name, shape in hf_tensor_shapes(cfg).items()]
+    planned = [PlannedTensor(name, out_dtype, shape) for name, shape in family.hf_tensor_shapes(cfg).items()]
     shards = plan_shards(planned, max_bytes)
     weight_map: dict[str, str] = {}
     for i, shard in enumerate(shards):
         file_name = "model.safetensors" if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
         with SafetensorsWriter(out_dir / file_name, shard, metadata={"format": "pt"}) as writer:
             for t in shard:
-                writer.write(t.name, hf_tensor(t.name, params, cfg).astype(out_dtype, copy=False))
+                writer.write(t.name, family.hf_tensor(t.name, params, cfg).astype(out_dtype, copy=False))
                 weight_map[t.name] = file_name
     if len(shards) > 1:
         index = {"metadata": {"total_size": sum(t.nbytes for t in planned)}, "weight_map": weight_map}
         (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
-    write_hf_config(cfg, out_dir, FLOAT_DTYPES[out_dtype])
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -355,8 +378,8 @@ def _to_device(params: dict) -> dict:
     return out
 
 
-def build_model(cfg: ModelConfig, params: dict) -> Llama:
-    """A jaxtune Llama holding ``params`` (a nested dict of numpy arrays, consumed: each is released once copied)."""
+def build_model(cfg: ModelConfig, params: dict):
+    """A jaxtune model of ``cfg``'s family holding ``params`` (a nested dict of numpy arrays, consumed: each is released once copied)."""
     return model_with_params(cfg, _to_device(params))
 
 
@@ -374,7 +397,7 @@ def check_hf(
     and host memory for two float32 copies of the model."""
     import jax
     import torch
-    from transformers import LlamaForCausalLM
+    import transformers
 
     from jaxtune.eval.generate import Generator
 
@@ -391,7 +414,8 @@ def check_hf(
     jax_tokens = list(Generator(model, batch_size=1).generate([ids[0].tolist()], max_new_tokens, stop_ids=())[0].tokens)
     del model
 
-    hf_model = LlamaForCausalLM.from_pretrained(hf_dir, dtype=torch.float32, attn_implementation="eager").eval()
+    hf_class = getattr(transformers, FAMILIES[cfg.family].architecture)
+    hf_model = hf_class.from_pretrained(hf_dir, dtype=torch.float32, attn_implementation="eager").eval()
     with torch.no_grad():
         torch_ids = torch.from_numpy(ids.astype(np.int64))
         hf_logits = hf_model(torch_ids).logits[0].numpy()

@@ -1,5 +1,5 @@
-"""Loading what an evaluation needs: the model of a jaxtune params checkpoint or a Hugging Face LLaMA folder, and
-the chat codec of its tokenizer and template.
+"""Loading what an evaluation needs: the model of a jaxtune params checkpoint or a Hugging Face LLaMA/BLOOM folder,
+and the chat codec of its tokenizer and template.
 
 Parameters go straight onto the mesh, in the evaluation dtype, without any device or host ever holding the whole
 model: a jaxtune checkpoint is restored by Orbax with each parameter's target sharding (every process reads only
@@ -33,7 +33,6 @@ from jaxtune.checkpoint import (
 from jaxtune.config import ModelConfig
 from jaxtune.errors import JaxtuneError
 from jaxtune.eval.template_codec import TemplateChatCodec
-from jaxtune.models.llama import Llama
 from jaxtune.paths import as_path
 
 log = logging.getLogger(__name__)
@@ -92,10 +91,10 @@ def _place(params: dict, cfg: ModelConfig, mesh: Optional[Mesh]) -> dict:
 
 def load_model(
     checkpoint: str | Path, *, mesh: Optional[Mesh] = None, compute_dtype: Optional[str] = None
-) -> Llama:
-    """The model of a jaxtune params checkpoint or a Hugging Face LLaMA folder, its parameters sharded over ``mesh``
-    when given (else on the default device). compute_dtype: the dtype parameters are restored in and matmuls run
-    in (None keeps the checkpoint's)."""
+) -> nnx.Module:
+    """The model of a jaxtune params checkpoint or a Hugging Face LLaMA/BLOOM folder, its parameters sharded over
+    ``mesh`` when given (else on the default device). compute_dtype: the dtype parameters are restored in and matmuls
+    run in (None keeps the checkpoint's)."""
     kind = checkpoint_kind(checkpoint)
     overrides = {} if compute_dtype is None else {"compute_dtype": compute_dtype}
     log.info("loading %s (%s checkpoint) onto %s in %s", checkpoint, kind,
@@ -124,7 +123,7 @@ def _fitted(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 def stream_hf_params(
     hf_dir: str | Path, mesh: Optional[Mesh] = None, dtype: Optional[str] = None
 ) -> tuple[ModelConfig, dict]:
-    """(ModelConfig, params) of a Hugging Face LLaMA folder, read one stored tensor at a time straight onto ``mesh``
+    """(ModelConfig, params) of a Hugging Face LLaMA or BLOOM folder, read one stored tensor at a time straight onto ``mesh``
     (or the default device) in ``dtype`` (None: the stored dtype).
 
     The stacked layer parameters are allocated sharded (zeros) and filled layer by layer in place; at any moment a
@@ -132,16 +131,19 @@ def stream_hf_params(
     unexpected or misshapen tensors are named before any is read (as ``import-hf`` does).
     """
     from jaxtune.convert.hf import FLOAT_DTYPES, _check_tensors
-    from jaxtune.convert.hf_config import model_config_from_hf, read_hf_config
-    from jaxtune.convert.hf_layout import EMBED, LM_HEAD, is_ignored, place
+    from jaxtune.convert.hf_config import read_hf_config
+    from jaxtune.convert.hf_families import family_of_hf
     from jaxtune.convert.hf_weights import WeightSource
     from jaxtune.models.llama import DTYPES
 
     hf_dir = Path(hf_dir)
-    cfg = model_config_from_hf(read_hf_config(hf_dir), where=str(hf_dir / "config.json"))
+    raw = read_hf_config(hf_dir)
+    family = family_of_hf(raw, where=str(hf_dir / "config.json"))
+    cfg = family.config_from_hf(raw, str(hf_dir / "config.json"))
     source = WeightSource(hf_dir)
-    _check_tensors(source, cfg)
-    dtype = dtype or FLOAT_DTYPES[np.dtype(source.infos()[EMBED].dtype)]
+    _check_tensors(source, cfg, family)
+    stored = {family.canonical_name(n): info for n, info in source.infos().items()}
+    dtype = dtype or FLOAT_DTYPES[np.dtype(stored[family.embed].dtype)]
     cfg = dataclasses.replace(cfg, param_dtype=dtype)
     target = np.dtype(DTYPES[dtype])
     shapes = expected_param_shapes(cfg)
@@ -163,10 +165,13 @@ def stream_hf_params(
     writers = {name: layer_writer(shardings["layers"][name]) for name in layers}
     params: dict = {}
     files_done = set()
-    for name, array in source.iter_arrays():
-        if is_ignored(name) or (name == LM_HEAD and cfg.tie_word_embeddings):
+    for stored_name, array in source.iter_arrays():
+        name = family.canonical_name(stored_name)
+        if family.is_ignored(name) or (name == family.lm_head and cfg.tie_word_embeddings):
             continue
-        where = place(name, cfg)
+        where = family.place(name, cfg)
+        if where is None:
+            continue
         if where.layer is None:
             host = array.T if where.param == "lm_head" else array
             params[where.param] = _host_put(_fitted(host.astype(target), shapes[where.param]),
@@ -176,7 +181,7 @@ def stream_hf_params(
             block = _host_put(block, shardings["layers"][where.param])
             layers[where.param] = writers[where.param](layers[where.param], block, np.int32(where.layer))
         del array
-        path = source.file_of(name)
+        path = source.file_of(stored_name)
         if path not in files_done:
             files_done.add(path)
             log.info("streaming %s (%d/%d weight files)", path.name, len(files_done), len(source.files))
@@ -208,7 +213,7 @@ def load_codec(location: str | Path, template: str, model_vocab_size: int) -> Te
         raise EvalSetupError(f"eval.tokenizer / eval.template: {e}") from None
 
 
-def shard_model(model: Llama, mesh: Mesh) -> Llama:
+def shard_model(model: nnx.Module, mesh: Mesh) -> nnx.Module:
     """Place an in-memory model's parameters on ``mesh`` by jaxtune.sharding's rules (divisibility checked first)."""
     state = nnx.state(model, nnx.Param)
     params = jax.tree.map(np.asarray, nnx.to_pure_dict(state))

@@ -4,6 +4,12 @@ All implementations compute the same function. A query at slot ``i`` of a row at
 ``j <= i`` (causal by slot) and both slots carry the same segment id. Packed rows therefore never attend across
 documents, and padding (segment 0) only ever attends to padding.
 
+ALiBi (BLOOM): with an :class:`Alibi`, head ``h`` adds ``slope[h] * (kv_position[j] - q_position[i])`` to the
+scaled scores, a linear penalty on the distance within the row's positions. The bias is built inside the score
+computation from the (H,) slopes and the (B, T) / (B, S) positions, never stored as a (B, H, T, S) tensor, on the
+XLA path and in its hand-written backward; the cuDNN path passes it as ``jax.nn.dot_product_attention``'s
+``bias``; the splash kernel takes no bias, so it falls back to the XLA path with one warning.
+
 The XLA path is written for speed on CPU (where the test suite and the quickstart train): a hand-written
 flash-style backward that stores no (T, S) tensor, an additive mask bias that fuses with the matmuls, and, for
 self-attention, query blocks that skip the key blocks causality masks entirely.
@@ -13,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from typing import Callable
+from typing import Callable, NamedTuple, Optional
 
 import flax.linen as nn
 import jax
@@ -35,15 +41,53 @@ def _warn_once(message: str) -> None:
         warnings.warn(message, stacklevel=3)
 
 
+class Alibi(NamedTuple):
+    """Attention with linear biases: per-head slopes (H,) float32, and the positions of queries (B, T) and keys
+    (B, S) that distances are measured in (int32)."""
+
+    slopes: jnp.ndarray
+    q_positions: jnp.ndarray
+    kv_positions: jnp.ndarray
+
+
+def alibi_slopes(num_heads: int) -> np.ndarray:
+    """transformers' ``_get_alibi_slopes``: for the closest power of two n at or below ``num_heads``, slopes
+    2^(-8k/n) for k = 1..n; the remaining heads take the odd terms of the sequence for 2n. Computed in float64 and
+    rounded once to float32 (torch's float32 ``pow`` can be 1 ulp away from these)."""
+    closest = 2 ** int(np.floor(np.log2(num_heads)))
+    slopes = 2.0 ** (-8.0 * np.arange(1, 1 + closest, dtype=np.float64) / closest)
+    if closest != num_heads:
+        remaining = min(closest, num_heads - closest)
+        extra = 2.0 ** (-8.0 * np.arange(1, 1 + 2 * remaining, 2, dtype=np.float64) / (2 * closest))
+        slopes = np.concatenate([slopes, extra])
+    return slopes.astype(np.float32)
+
+
+def _alibi_bias(alibi: Alibi, kv_heads: int) -> jnp.ndarray:
+    """The ALiBi bias (B, KV, G, T, S) in float32, for scores laid out as :func:`_group_queries` groups them."""
+    distance = (alibi.kv_positions[:, None, :] - alibi.q_positions[:, :, None]).astype(jnp.float32)  # (B, T, S)
+    slopes = alibi.slopes.astype(jnp.float32).reshape(kv_heads, -1)
+    return slopes[None, :, :, None, None] * distance[:, None, None, :, :]
+
+
+def alibi_bias(alibi: Alibi) -> jnp.ndarray:
+    """The ALiBi bias as a dense (B, H, T, S) float32 array (for kernels that take an additive bias)."""
+    bias = _alibi_bias(alibi, alibi.slopes.shape[0])
+    b, h, _, t, s = bias.shape
+    return bias.reshape(b, h, t, s)
+
+
 def attention_mask(
     q_segment_ids: jnp.ndarray, kv_segment_ids: jnp.ndarray, q_slots: jnp.ndarray, kv_slots: jnp.ndarray
 ) -> jnp.ndarray:
     """Boolean (B, T, S) mask: same segment and key slot not after the query slot.
 
-    Segment ids are (B, T) and (B, S); slots are the row positions (T,) and (S,) shared by every row.
+    Segment ids are (B, T) and (B, S); slots are the row positions (T,) and (S,) shared by every row, or query slots
+    (B, T) per row (a KV cache whose rows fill independently).
     """
     same_segment = q_segment_ids[:, :, None] == kv_segment_ids[:, None, :]
-    causal = kv_slots[None, None, :] <= q_slots[None, :, None]
+    q_slots = q_slots if q_slots.ndim == 2 else q_slots[None]
+    causal = kv_slots[None, None, :] <= q_slots[:, :, None]
     return same_segment & causal
 
 
@@ -64,13 +108,18 @@ def _from_grouped(x: jnp.ndarray, b: int, t: int, h: int) -> jnp.ndarray:
     return x.reshape(b, kv, h // kv, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
 
 
-def _masked_scores(qh: jnp.ndarray, kh: jnp.ndarray, bias: jnp.ndarray) -> jnp.ndarray:
-    """Float32 scores (B, KV, G*T, S) of already scaled queries, plus the additive mask bias (B, T, S)."""
+def _masked_scores(
+    qh: jnp.ndarray, kh: jnp.ndarray, bias: jnp.ndarray, alibi: Optional[Alibi] = None
+) -> jnp.ndarray:
+    """Float32 scores (B, KV, G*T, S) of already scaled queries, plus the additive mask bias (B, T, S) and, with
+    ``alibi``, the ALiBi bias (built here, elementwise, so that it fuses with the scores)."""
     b, kv, gt, _ = qh.shape
     t, s = bias.shape[1], bias.shape[2]
     scores = jnp.einsum("bkqd,bksd->bkqs", qh, kh, preferred_element_type=jnp.float32)
     # Adding a bias fuses with the matmul and the softmax on XLA:CPU, where a select on a boolean mask does not.
     scores = scores.reshape(b, kv, gt // t, t, s) + bias[:, None, None, :, :]
+    if alibi is not None:
+        scores = scores + _alibi_bias(alibi, kv)
     return scores.reshape(b, kv, gt, s)
 
 
@@ -79,40 +128,42 @@ def _mask_bias(mask: jnp.ndarray) -> jnp.ndarray:
     return jnp.where(mask, 0.0, -1e30).astype(jnp.float32)
 
 
-def _attention_forward(q, k, v, mask):
+def _attention_forward(q, k, v, mask, alibi=None):
     b, t, h, d = q.shape
     # Scaling the queries, not the (T, S) scores, keeps constants out of the matmul fusions.
     qh, kh, vh = _group_queries(q * (1.0 / np.sqrt(d)), k.shape[2]), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
-    scores = _masked_scores(qh, kh, _mask_bias(mask))
+    scores = _masked_scores(qh, kh, _mask_bias(mask), alibi)
     row_max = jnp.max(scores, axis=-1, keepdims=True)
     probs = jnp.exp(scores - row_max)  # unnormalised: the division happens on the (T, D) output, not on (T, S)
     row_sum = jnp.sum(probs, axis=-1, keepdims=True)
     out = jnp.einsum("bkqs,bksd->bkqd", probs.astype(v.dtype), vh, preferred_element_type=jnp.float32) / row_sum
     out = checkpoint_name(out.astype(q.dtype), "attention_out")
     log_sum_exp = checkpoint_name(row_max + jnp.log(row_sum), "attention_lse")
-    return _from_grouped(out, b, t, h), (q, k, v, mask, out, log_sum_exp)
+    return _from_grouped(out, b, t, h), (q, k, v, mask, alibi, out, log_sum_exp)
 
 
 @jax.custom_vjp
-def xla_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
+def xla_attention(
+    q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndarray, alibi: Optional[Alibi] = None
+) -> jnp.ndarray:
     """Softmax attention in plain XLA. q (B, T, H, D), k/v (B, S, KV, D) with H a multiple of KV, mask (B, T, S)
-    -> (B, T, H, D). Scores and softmax run in float32.
+    -> (B, T, H, D), with an optional ALiBi bias. Scores and softmax run in float32.
 
     The backward pass is written out flash-attention style: it keeps only the inputs, the output and each row's
     log-sum-exp, and recomputes the probabilities from them, so no (T, S) tensor is stored between the passes
     (saved per layer, those dominated the memory traffic of a training step on CPU).
     """
-    return _attention_forward(q, k, v, mask)[0]
+    return _attention_forward(q, k, v, mask, alibi)[0]
 
 
 def _attention_vjp_backward(residuals, d_out):
-    q, k, v, mask, out, log_sum_exp = residuals
+    q, k, v, mask, alibi, out, log_sum_exp = residuals
     b, t, h, d = q.shape
     scale = 1.0 / np.sqrt(d)
     kv = k.shape[2]
     qh, kh, vh = _group_queries(q * scale, kv), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
     d_out_h = _group_queries(d_out, kv)
-    probs = jnp.exp(_masked_scores(qh, kh, _mask_bias(mask)) - log_sum_exp)
+    probs = jnp.exp(_masked_scores(qh, kh, _mask_bias(mask), alibi) - log_sum_exp)
     d_v = jnp.einsum("bkqs,bkqd->bksd", probs.astype(v.dtype), d_out_h, preferred_element_type=jnp.float32)
     d_probs = jnp.einsum("bkqd,bksd->bkqs", d_out_h, vh, preferred_element_type=jnp.float32)
     row_dot = jnp.sum(d_out_h.astype(jnp.float32) * out.astype(jnp.float32), axis=-1, keepdims=True)
@@ -124,6 +175,7 @@ def _attention_vjp_backward(residuals, d_out):
         d_k.transpose(0, 2, 1, 3).astype(k.dtype),
         d_v.transpose(0, 2, 1, 3).astype(v.dtype),
         None,
+        None if alibi is None else jax.tree.map(jnp.zeros_like, alibi),  # slopes and positions are constants
     )
 
 
@@ -135,27 +187,36 @@ QUERY_BLOCKS = 4
 beat 1, 2 and 8 blocks (fwd + bwd 33 ms against 48, 40 and 42 ms for one layer of 8 x 8 heads)."""
 
 
-def causal_blocked_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
+def causal_blocked_attention(
+    q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndarray, alibi: Optional[Alibi] = None
+) -> jnp.ndarray:
     """:func:`xla_attention` over a whole row (self-attention: query slot i is key slot i), skipping the key blocks
     that causality masks entirely: the queries are cut into :data:`QUERY_BLOCKS` blocks and block i attends only to
     keys up to its last slot. Same result as :func:`xla_attention`; rows not divisible into blocks use it directly."""
     t = q.shape[1]
     if t % QUERY_BLOCKS or t < 2 * QUERY_BLOCKS:
-        return xla_attention(q, k, v, mask)
+        return xla_attention(q, k, v, mask, alibi)
     size = t // QUERY_BLOCKS
     blocks = []
     for i in range(QUERY_BLOCKS):
         start, end = i * size, (i + 1) * size
-        blocks.append(xla_attention(q[:, start:end], k[:, :end], v[:, :end], mask[:, start:end, :end]))
+        block_alibi = None if alibi is None else Alibi(
+            alibi.slopes, alibi.q_positions[:, start:end], alibi.kv_positions[:, :end]
+        )
+        blocks.append(xla_attention(q[:, start:end], k[:, :end], v[:, :end], mask[:, start:end, :end], block_alibi))
     return jnp.concatenate(blocks, axis=1)
 
 
-def cudnn_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
-    """cuDNN fused attention through jax.nn.dot_product_attention (NVIDIA GPUs, bf16/fp16 inputs)."""
+def cudnn_attention(
+    q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndarray, alibi: Optional[Alibi] = None
+) -> jnp.ndarray:
+    """cuDNN fused attention through jax.nn.dot_product_attention (NVIDIA GPUs, bf16/fp16 inputs); ALiBi goes in
+    as its additive ``bias`` (B, H, T, S)."""
     dtype = q.dtype
     if dtype not in (jnp.bfloat16, jnp.float16):
         q, k, v = (x.astype(jnp.bfloat16) for x in (q, k, v))
-    out = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None, :, :], implementation="cudnn")
+    bias = None if alibi is None else alibi_bias(alibi).astype(q.dtype)
+    out = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask[:, None, :, :], implementation="cudnn")
     return out.astype(dtype)
 
 
@@ -234,8 +295,9 @@ def target_platform() -> str:
     return jax.default_backend()
 
 
-def resolve_impl(impl: str, *, has_cache: bool, seq_len: int) -> str:
-    """The implementation actually used: a kernel the platform lacks falls back to ``xla`` with one warning."""
+def resolve_impl(impl: str, *, has_cache: bool, seq_len: int, has_bias: bool = False) -> str:
+    """The implementation actually used: a kernel the platform lacks (or that cannot take the ALiBi bias,
+    ``has_bias``) falls back to ``xla`` with one warning."""
     if impl == "xla":
         return "xla"
     backend = target_platform()
@@ -247,6 +309,10 @@ def resolve_impl(impl: str, *, has_cache: bool, seq_len: int) -> str:
     if impl == "splash":
         if backend != "tpu":
             _warn_once(f"attention_impl='splash' needs a TPU; the backend is {backend!r}: using 'xla'")
+            return "xla"
+        if has_bias:
+            _warn_once("attention_impl='splash': the splash kernel takes no additive bias, so ALiBi (BLOOM) "
+                       "attention runs on 'xla'")
             return "xla"
         if has_cache or seq_len % 128:
             # Decoding with a KV cache, or rows not a multiple of the kernel's block: the XLA path serves these.
@@ -266,14 +332,16 @@ def dot_product_attention(
     kv_slots: jnp.ndarray,
     impl: str = "xla",
     has_cache: bool = False,
+    alibi: Optional[Alibi] = None,
 ) -> jnp.ndarray:
-    """Attention of q (B, T, H, D) over k/v (B, S, KV, D) with segment ids and causal slots; see module docs."""
-    chosen = resolve_impl(impl, has_cache=has_cache, seq_len=q.shape[1])
+    """Attention of q (B, T, H, D) over k/v (B, S, KV, D) with segment ids and causal slots, and optionally an
+    ALiBi bias; see module docs."""
+    chosen = resolve_impl(impl, has_cache=has_cache, seq_len=q.shape[1], has_bias=alibi is not None)
     if chosen == "splash":
         return on_local_shards(splash_attention)(q, k, v, q_segment_ids)
     mask = attention_mask(q_segment_ids, kv_segment_ids, q_slots, kv_slots)
     if chosen == "cudnn":
-        return cudnn_attention(q, k, v, mask)
+        return cudnn_attention(q, k, v, mask, alibi)
     if not has_cache:
-        return causal_blocked_attention(q, k, v, mask)
-    return xla_attention(q, k, v, mask)
+        return causal_blocked_attention(q, k, v, mask, alibi)
+    return xla_attention(q, k, v, mask, alibi)

@@ -1,7 +1,7 @@
 """Logical names of the model's activation axes, and :func:`constrain`, which attaches them.
 
 The model only names axes; :data:`jaxtune.sharding.RULES` maps every name (these and the parameters' names listed in
-:mod:`jaxtune.models.llama`) to mesh axes.
+:mod:`jaxtune.models.llama` and :mod:`jaxtune.models.bloom`) to mesh axes.
 """
 
 from __future__ import annotations

@@ -92,7 +92,8 @@ def cast_for_compute(params: Any, compute_dtype: Optional[str]) -> Any:
     the forward pass nor of the gradients (the cast's transpose is the same cast of the cotangent). It makes the
     sharded weights be all-gathered in bf16 and the per-microbatch gradient tree bf16 (half the bytes of float32)
     before it is added into the float32 accumulator. The input embedding stays as stored: its gradient is a
-    scatter-add over repeated token ids, which must accumulate in the master dtype.
+    scatter-add over repeated token ids, which must accumulate in the master dtype. Norm weights and biases (any
+    name with ``norm``) stay too: BLOOM's LayerNorm applies them in float32.
     """
     if compute_dtype is None:
         return params
@@ -100,7 +101,8 @@ def cast_for_compute(params: Any, compute_dtype: Optional[str]) -> Any:
 
     def cast(path: Any, p: Any) -> Any:
         keys = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
-        if "embed_tokens" in keys or not jnp.issubdtype(p.dtype, jnp.floating) or p.dtype == dtype:
+        if "embed_tokens" in keys or any("norm" in k for k in keys) or not jnp.issubdtype(p.dtype, jnp.floating) \
+                or p.dtype == dtype:
             return p
         return p.astype(dtype)
 

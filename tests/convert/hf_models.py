@@ -40,3 +40,20 @@ def save_hf_model(model: Any, path: Path, **save_kwargs: Any) -> Path:
 def hf_logits(model: Any, ids: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         return model(torch.from_numpy(np.asarray(ids, np.int64))).logits.float().numpy()
+
+
+def build_hf_bloom(seed: int = 0, dtype: Any = None, **config: Any) -> Any:
+    """A random BloomForCausalLM (hidden 64, 2 layers, 4 heads unless overridden), every LayerNorm weight and bias
+    jittered away from transformers' 1 / 0 initialisation."""
+    values = dict(vocab_size=97, hidden_size=64, n_layer=2, n_head=4, layer_norm_epsilon=1e-5, initializer_range=0.2,
+                  tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=3)
+    values.update(config)
+    torch.manual_seed(seed)
+    model = transformers.BloomForCausalLM(transformers.BloomConfig(**values)).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "layernorm" in name or "ln_f" in name or name.endswith("bias"):
+                param.add_(0.1 * torch.randn_like(param))
+    if dtype is not None:
+        model = model.to(dtype)
+    return model

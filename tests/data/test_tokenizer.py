@@ -103,3 +103,60 @@ def test_load_errors(tmp_path):
     (tmp_path / "junk.model").write_bytes(b"not a model")
     with pytest.raises(TokenizerError, match="not a SentencePiece model"):
         load_tokenizer(tmp_path / "junk.model")
+
+
+# BLOOM's tokenizer: a byte-level BPE tokenizer.json ---------------------------------------------------------------
+
+BLOOM_SPLIT = r" ?[^(\s|[.,!?…。，、।۔،])]+"
+"""The pre-tokenizer split of bigscience/bloom's tokenizer.json (before its ByteLevel step)."""
+
+_ENGLISH = ("The quick brown fox jumps over the lazy dog. Instruction tuning teaches a language model to follow "
+            "requests; more data usually helps, but not for every ability: math and code improve slowly.")
+_CHINESE = ("我们在不同规模的指令数据上微调模型，并按用途评估。数学和代码的提升较慢，而开放式问答、头脑风暴与写作提升明显。"
+            "请把下面这句话翻译成英文：今天天气很好。")
+BLOOM_SAMPLES = [
+    "Human: Write a short poem about the sea.\n\nAssistant:",
+    "Human: 请用三句话介绍一下长城。\n\nAssistant:",
+    "数学题：一个数的 3 倍加上 5 等于 20，这个数是多少？",
+    "Mixed 中英 text, numbers 12345 and emoji 🙂, tabs\tand  double  spaces.",
+    "生僻字：龘靐齉爩 (never seen while training: bytes)",
+    "",
+]
+
+
+def make_bloom_style_tokenizer(folder, vocab_size: int = 1024):
+    """A small byte-level BPE trained with the ``tokenizers`` library, shaped like BLOOM's tokenizer.json (BLOOM's
+    split regex then ByteLevel without a prefix space, <unk> <s> </s> <pad> at ids 0-3), saved as a Hugging Face
+    folder by transformers' fast tokenizer. Returns the ``tokenizers`` object."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(BLOOM_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([_ENGLISH, _CHINESE] * 20, trainer=trainer)
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                            pad_token="<pad>").save_pretrained(str(folder))
+    return tok
+
+
+def test_bloom_byte_level_bpe_matches_the_tokenizers_library(tmp_path):
+    reference = make_bloom_style_tokenizer(tmp_path / "bloom")
+    tok = load_tokenizer(tmp_path / "bloom")
+    assert isinstance(tok, HFTokenizer)
+    assert (tok.piece_to_id("<unk>"), tok.bos_id, tok.eos_id, tok.pad_id) == (0, 1, 2, 3)
+    assert tok.base_vocab_size == reference.get_vocab_size()
+    texts = [_ENGLISH, _CHINESE] + BLOOM_SAMPLES
+    got = tok.encode_batch(texts)
+    for text, ids in zip(texts, got):
+        assert ids == reference.encode(text, add_special_tokens=False).ids, text
+        assert tok.decode(ids) == text  # byte-level: lossless, no <unk> even for unseen characters
+    assert 0 not in [i for ids in got for i in ids]
+    # Merges were learnt: common Chinese and English text takes fewer tokens than its UTF-8 bytes.
+    assert len(tok.encode(_CHINESE)) < len(_CHINESE.encode("utf-8")) / 2
+    assert len(tok.encode(_ENGLISH)) < len(_ENGLISH) / 2

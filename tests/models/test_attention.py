@@ -211,3 +211,89 @@ def test_model_with_unavailable_kernel_computes_the_same_logits(fresh_warnings) 
     with pytest.warns(UserWarning, match="splash"):
         splash_logits = logits(Llama(dataclasses.replace(cfg, attention_impl="splash"), nnx.Rngs(3)), ids)
     np.testing.assert_array_equal(np.asarray(splash_logits), np.asarray(xla_logits))
+
+
+# ALiBi (BLOOM) -------------------------------------------------------------------------------------------------------
+
+
+def alibi_of(seg: jnp.ndarray, heads: int) -> attention.Alibi:
+    """ALiBi positions counted from the segment ids (padding does not advance them), as the BLOOM model builds it."""
+    real = (seg != 0).astype(jnp.int32)
+    positions = (jnp.cumsum(real, axis=-1) - 1) * real
+    return attention.Alibi(jnp.asarray(attention.alibi_slopes(heads)), positions, positions)
+
+
+def textbook_alibi_attention(q, k, v, mask, alibi) -> jax.Array:
+    """softmax(q k^T / sqrt(d) + slope_h * (j - i) masked) v, as Press et al. write it, differentiated by JAX."""
+    groups = q.shape[2] // k.shape[2]
+    k, v = jnp.repeat(k, groups, axis=2), jnp.repeat(v, groups, axis=2)
+    scores = jnp.einsum("bthd,bshd->bhts", q, k) / np.sqrt(q.shape[-1])
+    distance = alibi.kv_positions[:, None, None, :] - alibi.q_positions[:, None, :, None]
+    scores = scores + alibi.slopes[None, :, None, None] * distance
+    probs = jax.nn.softmax(jnp.where(mask[:, None], scores, -jnp.inf), axis=-1)
+    return jnp.einsum("bhts,bshd->bthd", probs, v)
+
+
+def test_alibi_slopes_are_transformers_slopes() -> None:
+    torch = pytest.importorskip("torch")
+    from transformers.models.bloom.modeling_bloom import _get_alibi_slopes
+
+    for heads in (1, 2, 3, 4, 6, 8, 12, 16, 32, 112):
+        want = _get_alibi_slopes(heads, torch.device("cpu")).numpy()
+        np.testing.assert_allclose(attention.alibi_slopes(heads), want, rtol=1e-6, atol=0, err_msg=f"{heads} heads")
+
+
+@pytest.mark.parametrize("heads,kv_heads", [(4, 4), (6, 6), (4, 2)])
+def test_alibi_forward_and_backward_match_autodiff_of_the_formula(heads: int, kv_heads: int) -> None:
+    """The XLA path with ALiBi, and its flash-style backward, against JAX's derivative of the textbook formula, on
+    packed and left-padded rows (query blocks included: 16 rows split into 4)."""
+    q, k, v = qkv(2, 16, heads, kv_heads, 8, seed=12)
+    seg = jnp.asarray(np.array([[1] * 10 + [2] * 4 + [0] * 2, [0] * 5 + [1] * 11], np.int32))
+    slots = jnp.arange(16)
+    mask = attention_mask(seg, seg, slots, slots)
+    alibi = alibi_of(seg, heads)
+    real = np.asarray(seg) > 0
+    want = textbook_alibi_attention(q, k, v, mask, alibi)
+    for fn in (xla_attention, causal_blocked_attention):
+        np.testing.assert_allclose(np.asarray(fn(q, k, v, mask, alibi))[real], np.asarray(want)[real], atol=1e-5)
+    # Padding rows are fully masked in the formula (NaN); weight only real rows' outputs.
+    weights = jax.random.normal(jax.random.key(3), q.shape) * jnp.asarray(real)[:, :, None, None]
+
+    def grads(fn):
+        def loss(q, k, v):
+            out = fn(q, k, v, mask, alibi)
+            return jnp.sum(jnp.where(jnp.asarray(real)[:, :, None, None], out, 0.0) * weights)
+        return jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
+
+    reference = grads(textbook_alibi_attention)
+    for fn in (xla_attention, causal_blocked_attention):
+        for name, g, w in zip("qkv", grads(fn), reference):
+            np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=2e-5, err_msg=f"{fn.__name__} d{name}")
+    # The bias matters: without it the result differs.
+    assert np.max(np.abs(np.asarray(xla_attention(q, k, v, mask)) - np.asarray(want))[real]) > 1e-2
+
+
+def test_alibi_as_a_dense_bias_of_jax_dot_product_attention() -> None:
+    """The (B, H, T, S) bias the cuDNN path hands to jax.nn.dot_product_attention gives the XLA path's result (run
+    here with JAX's own XLA implementation of the same call)."""
+    q, k, v = qkv(2, 12, 4, 4, 8, seed=13)
+    seg = jnp.asarray(np.array([[1] * 7 + [2] * 5, [0] * 3 + [1] * 9], np.int32))
+    slots = jnp.arange(12)
+    mask = attention_mask(seg, seg, slots, slots)
+    alibi = alibi_of(seg, 4)
+    got = jax.nn.dot_product_attention(q, k, v, bias=attention.alibi_bias(alibi), mask=mask[:, None],
+                                       implementation="xla")
+    real = np.asarray(seg) > 0
+    np.testing.assert_allclose(np.asarray(got)[real], np.asarray(xla_attention(q, k, v, mask, alibi))[real],
+                               atol=1e-5)
+
+
+def test_splash_cannot_take_alibi_and_falls_back_with_one_warning(fresh_warnings, monkeypatch) -> None:
+    monkeypatch.setattr(attention, "target_platform", lambda: "tpu")
+    assert resolve_impl("splash", has_cache=False, seq_len=128) == "splash"
+    with pytest.warns(UserWarning, match="splash.*no additive bias.*ALiBi.*'xla'") as record:
+        assert resolve_impl("splash", has_cache=False, seq_len=128, has_bias=True) == "xla"
+    assert len(record) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert resolve_impl("splash", has_cache=False, seq_len=128, has_bias=True) == "xla"

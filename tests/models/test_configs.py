@@ -9,7 +9,7 @@ from flax import nnx
 
 from jaxtune.config import ConfigError, load_config
 from jaxtune.models.configs import PRESETS, model_config
-from jaxtune.models.llama import Llama
+from jaxtune.models.registry import create_model
 from jaxtune.models.stats import model_info
 
 # The table of doit.md (hidden, layers, heads, ffn, vocab).
@@ -26,7 +26,7 @@ def test_every_preset_is_a_valid_model(name: str) -> None:
     cfg.validate()
     assert cfg.preset == name
     # Shapes only (no memory): the parameter count of the built model is the one model_info reports.
-    model = nnx.eval_shape(lambda: Llama(cfg, nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: create_model(cfg, nnx.Rngs(0)))
     allocated = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
     assert allocated == model_info(cfg).num_params_allocated
 
@@ -58,3 +58,29 @@ def test_preset_fields_can_be_overridden() -> None:
 def test_unknown_preset_names_the_closest() -> None:
     with pytest.raises(ConfigError, match=r"unknown model preset 'doit-7B'.*did you mean 'doit-7b'"):
         model_config("doit-7B")
+
+
+# bigscience's config.json files (hidden, layers, heads, vocab) and transformers' parameter counts of the releases.
+BLOOM_SHAPES = {
+    "bloom-560m": (1024, 24, 16, 250880, 559_214_592),
+    "bloom-1b1": (1536, 24, 16, 250880, 1_065_314_304),
+    "bloomz-7b1-mt": (4096, 30, 32, 250880, 7_069_016_064),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BLOOM_SHAPES))
+def test_bloom_presets_follow_the_releases(name: str) -> None:
+    cfg = model_config(name)
+    hidden, layers, heads, vocab, params = BLOOM_SHAPES[name]
+    assert cfg.family == "bloom"
+    assert (cfg.hidden_size, cfg.num_layers, cfg.num_heads, cfg.vocab_size) == (hidden, layers, heads, vocab)
+    assert cfg.intermediate_size == 4 * hidden and cfg.tie_word_embeddings and cfg.layer_norm_epsilon == 1e-5
+    assert model_info(cfg).num_params == params
+
+
+def test_a_bloom_preset_alone_selects_the_bloom_family() -> None:
+    loaded = load_config(None, ["model.preset=bloom-tiny"])
+    assert loaded.model.family == "bloom"
+    assert type(create_model(loaded.model)).__name__ == "Bloom"
+    with pytest.raises(ConfigError, match="model.family"):
+        load_config(None, ["model.family=gpt2"])

@@ -32,6 +32,18 @@ def test_parameter_count_matches_transformers(name: str) -> None:
     assert model_info(cfg).num_params == hf_model.num_parameters()
 
 
+@pytest.mark.parametrize("name", ["bloom-560m", "bloom-tiny"])
+def test_bloom_parameter_count_matches_transformers(name: str) -> None:
+    import transformers
+
+    cfg = model_config(name)
+    hf = transformers.BloomConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, n_layer=cfg.num_layers,
+                                  n_head=cfg.num_heads)
+    with torch.device("meta"):
+        hf_model = transformers.BloomForCausalLM(hf)
+    assert model_info(cfg).num_params == hf_model.num_parameters()
+
+
 def abstract_params(cfg: ModelConfig):
     return nnx.state(nnx.eval_shape(lambda: Llama(cfg, nnx.Rngs(0))), nnx.Param)
 
@@ -71,6 +83,23 @@ def test_forward_flops_match_xla_cost_analysis() -> None:
     # Norms, softmax and rotary embeddings are the rest (under 2% here).
     assert xla_per_token == pytest.approx(info.matmul_flops_per_token + xla_attention, rel=0.02)
     assert info.train_flops_per_token == 3 * info.forward_flops_per_token
+
+
+def test_bloom_forward_flops_match_xla_cost_analysis() -> None:
+    """As above for BLOOM: fused QKV, dense, 4h MLP and the tied head are the matmuls; ALiBi, biases and LayerNorms
+    are the (small) rest."""
+    from jaxtune.models.bloom import Bloom
+
+    seq_len, batch = 128, 2
+    cfg = model_config("bloom-tiny", hidden_size=256, num_heads=4, scan_layers=False)
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: Bloom(cfg, nnx.Rngs(0))))
+    forward = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)[0])
+    cost = forward.lower(state, jax.ShapeDtypeStruct((batch, seq_len), jnp.int32)).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    info = model_info(cfg, seq_len=seq_len)
+    blocks = attention.QUERY_BLOCKS
+    xla_attention = info.attention_flops_per_token * 2 * seq_len / (seq_len + 1) * (blocks + 1) / (2 * blocks)
+    assert cost["flops"] / (batch * seq_len) == pytest.approx(info.matmul_flops_per_token + xla_attention, rel=0.03)
 
 
 def test_llama_7b_figures_and_table() -> None:
