@@ -33,8 +33,9 @@ MODELS = {
     "tiny-bloom": ["model.preset=bloom-tiny", "model.vocab_size=1000"],
 }
 """Model overrides of the miniature, by name."""
-MINIATURE_MODELS = ["tiny-llama"]
-"""The models the miniature runs (``tiny-bloom`` once the BLOOM presets are merged; each run takes ~30-60 s)."""
+MINIATURE_MODELS = ["tiny-bloom"]
+"""The models the miniature runs: the study's family, BLOOM (``tiny-llama`` runs the same study on a LLaMA; each
+run takes ~30-60 s)."""
 
 ANIMALS = {"老虎": "哺乳动物", "海豚": "哺乳动物", "企鹅": "鸟类", "麻雀": "鸟类", "鲨鱼": "鱼类", "金鱼": "鱼类",
            "蜜蜂": "昆虫", "蝴蝶": "昆虫"}
