@@ -44,6 +44,7 @@ class Accelerator:
     hbm_bytes: int  # per chip
     topology: Optional[str] = None  # "v5:2x2x2"
     chips_per_host: tuple[int, int, int] = (2, 2, 1)
+    chip_config: str = "default"  # v4 runs its two TensorCores as one device: "megacore"
 
 
 # Per-chip HBM as the TPU compiler reports it (v5p measured: 95.74 GiB) or as the vendor states it.
@@ -101,7 +102,7 @@ def parse_accelerator(name: str) -> Accelerator:
         except ConfigError as e:
             raise ConfigError(f"--accelerator {name!r}: {e}") from None
         return Accelerator(name=text, platform="tpu", chips=chips, hbm_bytes=hbm, topology=f"{prefix}:{layout}",
-                           chips_per_host=_chips_per_host(layout))
+                           chips_per_host=_chips_per_host(layout), chip_config="megacore" if family == "v4" else "default")
     if family in _GPUS:
         return Accelerator(name=text, platform="gpu", chips=count, hbm_bytes=_GPUS[family])
     if family == "cpu":
@@ -127,7 +128,7 @@ def accelerator_devices(acc: Accelerator) -> list:
         from jax.experimental import topologies
 
         topology = topologies.get_topology_desc(
-            platform="tpu", topology_name=acc.topology, chip_config_name="default",
+            platform="tpu", topology_name=acc.topology, chip_config_name=acc.chip_config,
             chips_per_host_bounds=acc.chips_per_host, num_slices=1, wrap=(False, False, False),
         )
         return list(topology.devices)
