@@ -25,17 +25,13 @@ this command rejects.
 
 from __future__ import annotations
 
-import re
+import math
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from jaxtune.config import Config, ConfigError, load_config
-
-_ACCELERATOR = re.compile(r"^(v4|v5p|v5e|v5litepod|v6e)-(\d+)$")
-_CORES_PER_CHIP = {"v4": 2, "v5p": 2, "v5e": 1, "v5litepod": 1, "v6e": 1}
-"""What the number in an accelerator name counts: TensorCores (two per chip on v4/v5p) or chips."""
-
 
 class ValidationError(ConfigError):
     """``jaxtune validate`` (or a run's first check) found problems; ``problems`` lists every one."""
@@ -52,19 +48,17 @@ class Topology:
 
 
 def accelerator_topology(name: str, slices: int = 1) -> Topology:
-    """The chips and hosts of an accelerator name such as ``v5p-16`` (8 chips, 2 hosts) times ``slices``."""
-    m = _ACCELERATOR.match(name.strip().lower())
-    if not m:
-        raise ValidationError(f"--accelerator {name!r}: expected a name like v4-8, v5p-16, v5e-8, v5litepod-16 or "
-                              f"v6e-16 (the family, then TensorCores for v4/v5p or chips for v5e/v6e)")
-    family, count = m.group(1), int(m.group(2))
-    cores = _CORES_PER_CHIP[family]
-    if count < 1 or count % cores or (cores == 2 and count % 8):
-        raise ValidationError(f"--accelerator {name!r}: {family} slices count TensorCores in multiples of 8 "
-                              f"(v5p-8 is 4 chips, v5p-16 is 8 chips)" if cores == 2 else
-                              f"--accelerator {name!r}: expected a positive chip count")
-    chips = count // cores
-    hosts = 1 if chips <= (4 if cores == 2 else 8) else -(-chips // 4)
+    """The chips and hosts of an accelerator name such as ``v5p-16`` (8 chips, 2 hosts) times ``slices``; the names
+    are those of :func:`jaxtune.plan.parse_accelerator` (TensorCores for v4/v5p, chips for v5e/v6e, GPUs)."""
+    from jaxtune.plan import parse_accelerator
+
+    try:
+        acc = parse_accelerator(name)
+    except ConfigError as e:
+        raise ValidationError(str(e)) from None
+    chips = acc.chips
+    per_host = math.prod(acc.chips_per_host) if acc.platform == "tpu" else 8
+    hosts = max(1, -(-chips // per_host))
     per = f"{chips} chips, {hosts} host{'s' if hosts > 1 else ''}"
     across = f" x {slices} slices" if slices > 1 else ""
     return Topology(chips * slices, hosts * slices, f"{name} ({per}){across}")
