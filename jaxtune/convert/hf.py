@@ -216,6 +216,18 @@ def plan_shards(tensors: list[PlannedTensor], max_bytes: int) -> list[list[Plann
     return shards
 
 
+def _finite(name: str, tensor: np.ndarray, dtype: np.dtype, checkpoint: str | Path) -> np.ndarray:
+    """``tensor`` cast to ``dtype``, refused when the cast leaves NaN or inf (values beyond float16's range: load_params
+    has already refused non-finite values in the checkpoint itself)."""
+    with np.errstate(over="ignore"):
+        out = tensor.astype(dtype, copy=False)
+    bad = out.size - np.count_nonzero(np.isfinite(out))
+    if bad:
+        raise ConversionError(f"{checkpoint}: {name} has {bad} values that are not finite in {dtype} (beyond its "
+                              f"range); export with a wider dtype (bfloat16 or float32). Nothing was written.")
+    return out
+
+
 def export_hf(
     checkpoint: str | Path,
     out_dir: str | Path,
@@ -247,12 +259,16 @@ def export_hf(
     planned = [PlannedTensor(name, out_dtype, shape) for name, shape in hf_tensor_shapes(cfg).items()]
     shards = plan_shards(planned, max_bytes)
     weight_map: dict[str, str] = {}
-    for i, shard in enumerate(shards):
-        file_name = "model.safetensors" if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        with SafetensorsWriter(out_dir / file_name, shard, metadata={"format": "pt"}) as writer:
-            for t in shard:
-                writer.write(t.name, hf_tensor(t.name, params, cfg).astype(out_dtype, copy=False))
-                weight_map[t.name] = file_name
+    try:
+        for i, shard in enumerate(shards):
+            file_name = "model.safetensors" if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            with SafetensorsWriter(out_dir / file_name, shard, metadata={"format": "pt"}) as writer:
+                for t in shard:
+                    writer.write(t.name, _finite(t.name, hf_tensor(t.name, params, cfg), out_dtype, checkpoint))
+                    weight_map[t.name] = file_name
+    except ConversionError:
+        shutil.rmtree(out_dir)  # never leave a folder holding a non-finite tensor behind
+        raise
     if len(shards) > 1:
         index = {"metadata": {"total_size": sum(t.nbytes for t in planned)}, "weight_map": weight_map}
         (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
