@@ -20,10 +20,18 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from jaxtune.checkpoint import TrainCheckpointManager, expected_param_shapes, load_model_config, load_params
+from jaxtune.checkpoint import (
+    CheckpointError,
+    TrainCheckpointManager,
+    expected_param_shapes,
+    load_model_config,
+    load_params,
+    saved_run_config,
+)
 from jaxtune.config import Config, ConfigError, config_to_dict, dump_config
 from jaxtune.errors import JaxtuneError
 from jaxtune.models.stats import model_info
+from jaxtune.train.config_guard import archive_config, check_resume_config, record_changes
 from jaxtune.sharding import (
     abstract_model,
     build_mesh,
@@ -173,9 +181,11 @@ class _StopRequest:
     def __init__(self) -> None:
         self.requested = False
         self._previous: dict[int, Any] = {}
+        self._depth = 0  # entered by train() for the whole start-up, and again by the step loop
 
     def __enter__(self) -> "_StopRequest":
-        if threading.current_thread() is threading.main_thread():
+        self._depth += 1
+        if self._depth == 1 and threading.current_thread() is threading.main_thread():
             for sig in self.SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
@@ -189,8 +199,11 @@ class _StopRequest:
         self.requested = True
 
     def __exit__(self, *exc: Any) -> None:
-        for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
+        self._depth -= 1
+        if self._depth == 0:
+            for sig, previous in self._previous.items():
+                signal.signal(sig, previous)
+            self._previous.clear()
 
     def agreed(self) -> bool:
         """Whether any process was asked to stop (a collective: every process must call it at the same step)."""
@@ -272,7 +285,16 @@ def total_steps_of(cfg: Config, steps_per_epoch: int) -> int:
 def train(cfg: Config, data: Optional[RunData] = None, *, print_fn: Callable[[str], None] = print) -> TrainResult:
     """Fine-tune ``cfg.model`` on ``data`` (default: the pipeline of ``cfg.data``), sharded over every device of
     every process; see the module docstring. Returns when the run completes or stops on SIGTERM (after saving);
-    raises TrainingDivergedError after ``train.max_consecutive_bad_steps`` non-finite steps in a row."""
+    raises TrainingDivergedError after ``train.max_consecutive_bad_steps`` non-finite steps in a row.
+
+    SIGTERM and Ctrl-C are caught from here on: one arriving during start-up (data, restore, compilation) stops the
+    run before its first step, as cleanly as one arriving later."""
+    with _StopRequest() as stop_request:
+        return _train(cfg, data, print_fn, stop_request)
+
+
+def _train(cfg: Config, data: Optional[RunData], print_fn: Callable[[str], None],
+           stop_request: "_StopRequest") -> TrainResult:
     tc = cfg.train
     initialize_distributed(cfg.mesh)
     mesh = build_mesh(cfg.mesh)
@@ -286,6 +308,11 @@ def train(cfg: Config, data: Optional[RunData] = None, *, print_fn: Callable[[st
     # Check the layout on abstract shapes before any data is read or anything compiled.
     _, shapes, axes = abstract_model(cfg.model, tc.seed)
     validate_param_layout(shapes, axes, mesh)
+    # A resume must apply its saved data position and schedule to the data and batch they belong to: compare
+    # before anything is built or written (the manifest, config.yaml).
+    saved = saved_run_config(cfg.run_dir) if cfg.checkpoint.resume == "auto" else None
+    changes = {} if saved is None else check_resume_config(
+        saved[0], saved[1], config_to_dict(cfg), cfg.checkpoint.allow_config_change, cfg.run_dir)
 
     micro_rows = tc.global_batch_size // tc.microbatches
     if data is None:
@@ -303,10 +330,15 @@ def train(cfg: Config, data: Optional[RunData] = None, *, print_fn: Callable[[st
     try:
         if jax.process_index() == 0:
             Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
-            (Path(cfg.run_dir) / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+            archived = archive_config(cfg.run_dir, dump_config(cfg))
+            if changes:
+                record_changes(cfg.run_dir, saved[0], archived, changes)
+                writer.message(f"checkpoint.allow_config_change: resuming from step {saved[0]} with changed "
+                               f"{', '.join(f'{k} ({old!r} -> {new!r})' for k, (old, new) in changes.items())}; "
+                               f"recorded in {Path(cfg.run_dir) / 'configs'}")
         if data.summary:
             writer.message(data.summary)
-        loop = _RunLoop(cfg, data, layout, manager, writer, total_steps, epoch_steps)
+        loop = _RunLoop(cfg, data, layout, manager, writer, total_steps, epoch_steps, stop_request)
         resumed_from = loop.start()
         stopped = loop.run()
         manager.wait_until_finished()
@@ -324,8 +356,9 @@ class _RunLoop:
     """The step loop of one ``train`` call, with its host-side bookkeeping."""
 
     def __init__(self, cfg: Config, data: RunData, layout: _Layout, manager: TrainCheckpointManager,
-                 writer: MetricsWriter, total_steps: int, epoch_steps: Sequence[int]):
+                 writer: MetricsWriter, total_steps: int, epoch_steps: Sequence[int], stop_request: _StopRequest):
         self.cfg, self.tc, self.data, self.layout = cfg, cfg.train, data, layout
+        self.stop_request = stop_request
         self.manager, self.writer, self.total_steps = manager, writer, total_steps
         self.mesh = layout.mesh
         self.config_dict = config_to_dict(cfg)
@@ -355,19 +388,46 @@ class _RunLoop:
                 f"{manager.directory} already holds checkpoints (steps {manager.all_steps()}) and checkpoint.resume "
                 f"is never: choose another run_dir, or set checkpoint.resume=auto to continue that run"
             )
-        resumed_from = manager.latest_step() if cfg.checkpoint.resume == "auto" else None
+        resumed_from = self._restore_newest() if cfg.checkpoint.resume == "auto" else None
         if resumed_from is not None:
-            params, fields = manager.restore(
-                resumed_from, self.layout.abstract_params(), self.layout.abstract_train_fields(), self.data.iterator
-            )
-            self.state = TrainState(params=params, **fields)
-            writer.truncate_after(resumed_from)
             writer.message(f"resuming from step {resumed_from} ({manager.step_dir(resumed_from)})")
         else:
             self.state = _start_state(cfg, self.layout)
+        writer.start_at(resumed_from or 0)  # metrics of the steps this run re-does are dropped
+        self.saved_steps = set(manager.all_steps())
         self.step = int(jax.device_get(self.state.step))
         self.bad_run = int(jax.device_get(self.state.bad_steps))
         return resumed_from
+
+    def _restore_newest(self) -> Optional[int]:
+        """Restore the newest checkpoint that restores completely (finite values included) into ``self.state``;
+        the step, or None without checkpoints. A step that does not restore is named with its damage, moved to
+        RUN_DIR/checkpoints_damaged/ (kept, never deleted) and the next older one is tried."""
+        manager, writer = self.manager, self.writer
+        set_aside: list[int] = []
+        for step in reversed(manager.all_steps()):
+            error: Optional[CheckpointError] = None
+            try:
+                params, fields = manager.restore(
+                    step, self.layout.abstract_params(), self.layout.abstract_train_fields(), self.data.iterator
+                )
+            except CheckpointError as e:
+                error = e
+            if _on_every_process(error is None):
+                self.state = TrainState(params=params, **fields)
+                return step
+            where = manager.set_aside(step)
+            reason = str(error) if error is not None else "another process could not restore it"
+            writer.message(f"skipping checkpoint step {step}, it does not restore: {reason}. The folder is kept as "
+                           f"{where}; trying the previous checkpoint")
+            set_aside.append(step)
+        if set_aside:
+            raise CheckpointError(
+                f"{manager.directory}: no checkpoint of this run restores (steps {sorted(set_aside)} were moved to "
+                f"{manager.directory.parent / 'checkpoints_damaged'}); start again to train from scratch, or put "
+                f"back a good copy of a step folder"
+            )
+        return None
 
     def run(self) -> str:
         """Steps until the end of the run or an agreed SIGTERM; returns ``completed`` or ``preempted``."""
@@ -379,8 +439,13 @@ class _RunLoop:
             eval_fn = make_eval_step(layout.graphdef, len(self.data.ability_names), mesh=self.mesh,
                                      param_shardings=layout.state_shardings.params)
         first_step = self.step
-        with _StopRequest() as stop_request:
+        with self.stop_request as stop_request:
             try:
+                if self.step < self.total_steps and stop_request.agreed():  # a signal during start-up
+                    self.writer.message(f"stop requested (SIGTERM or Ctrl-C) during start-up, before step "
+                                        f"{self.step + 1}: nothing new to save; exiting. Start the same command "
+                                        f"again to resume.")
+                    return "preempted"
                 while self.step < self.total_steps:
                     self._train_step(step_fn, first_step)
                     at = self.step
@@ -397,6 +462,7 @@ class _RunLoop:
                         self.meter.reset(at)
                     if checkpoint or stop:
                         self._save()
+                        self.meter.reset(at)  # the save's pause is not training throughput
                     if stop:
                         self.manager.wait_until_finished()
                         self.writer.message(f"stop requested (SIGTERM or Ctrl-C): saved step {at} in "
@@ -425,6 +491,10 @@ class _RunLoop:
         batch = global_batch(local, self.mesh, microbatches=tc.microbatches)
         self.state, metrics = step_fn(self.state, batch)
         self.step += 1
+        # The previous step's metrics, read one step late so the devices never wait on the host; before this
+        # step's tokens are counted, which belong to the next interval (else a step settled at once, as before a
+        # checkpoint, reads 0 tokens/s).
+        self._settle()
         if self.step == first_step + 1:  # time from the end of the first (compiling) step
             jax.block_until_ready(metrics)
             self.meter.reset(self.step)
@@ -434,7 +504,6 @@ class _RunLoop:
         else:
             tokens = tc.global_batch_size * length
             self.meter.add_step(tokens, tokens * self.flops_per_token[length])
-        self._settle()  # the previous step's metrics: read one step late so the devices never wait on the host
         self.pending = (self.step, metrics)
         if self.profiling_until is not None and self.step >= self.profiling_until:
             jax.block_until_ready(self.state.params)
@@ -482,6 +551,15 @@ class _RunLoop:
         self.last_loss = scalars["loss"]
         self.writer.write(at, "train", scalars)
         self.writer.message(progress_line(at, self.total_steps, scalars["epoch"], scalars))
+
+
+def _on_every_process(ok: bool) -> bool:
+    """Whether ``ok`` holds on every process (a collective: every process must call it)."""
+    if jax.process_count() == 1:
+        return ok
+    from jax.experimental import multihost_utils
+
+    return bool(np.all(multihost_utils.process_allgather(np.asarray(ok, np.int32))))
 
 
 def _peak_flops_total(cfg: Config, mesh: Mesh) -> Optional[float]:
