@@ -150,7 +150,9 @@ class MetricsWriter:
 
         if self._tb is not None:
             self._tb.close()
-        self._tb = SummaryWriter(logdir=str(self.run_dir / "tensorboard"), purge_step=purge_step)
+        # Event files are named by the second they were opened in: the suffix keeps a quick restart from reusing a name.
+        self._tb = SummaryWriter(logdir=str(self.run_dir / "tensorboard"), purge_step=purge_step,
+                                 filename_suffix=f".{os.getpid()}.{purge_step or 0}")
 
     def truncate_after(self, step: int) -> None:
         """Drop records after ``step`` from metrics.jsonl (a resumed run re-does those steps), rewriting the file
