@@ -410,6 +410,11 @@ def _numpy_dtype(name: str) -> Any:
 # Orbax writes each step into a temporary folder, puts a commit marker in it and renames it on completion; only
 # folders holding the marker count as checkpoints, so a half-written (or half-copied, half-deleted) step is never
 # restored.
+#
+# A complete step can still be damaged afterwards (a file truncated or deleted, flipped bytes): every read goes
+# through restore_boundary, which turns Orbax's and TensorStore's errors into one CheckpointError naming the step
+# folder, and restored values are checked finite. The trainer then moves the step to RUN_DIR/checkpoints_damaged/
+# (TrainCheckpointManager.set_aside) and resumes from the previous one.
 
 CHECKPOINTS_DIR = "checkpoints"
 DAMAGED_DIR = "checkpoints_damaged"  # RUN_DIR/checkpoints_damaged/<step>: steps set aside because they did not restore
