@@ -131,12 +131,21 @@ def nonfinite_counts(tree: Any) -> dict[str, int]:
         return {}
     on_device = [(k, x) for k, x in flat if isinstance(x, jax.Array)]
     on_host = [(k, x) for k, x in flat if not isinstance(x, jax.Array)]
-    counts = {_dotted(k): int(np.size(x) - np.count_nonzero(np.isfinite(x))) for k, x in on_host}
+    counts = {_dotted(k): _host_nonfinite(x) for k, x in on_host}
     if on_device:
         leaves = [x for _, x in on_device]
         device_counts = np.asarray(jax.device_get(_nonfinite_counter(jax.tree.structure(leaves))(leaves)))
         counts.update({_dotted(k): int(c) for (k, _), c in zip(on_device, device_counts)})
     return {k: c for k, c in counts.items() if c}
+
+
+_HOST_CHUNK = 1 << 24  # elements per np.isfinite pass: bounds the temporary mask to 16 MB on any model size
+
+
+def _host_nonfinite(x: Any) -> int:
+    flat = np.asarray(x).reshape(-1)
+    return sum(int(chunk.size - np.count_nonzero(np.isfinite(chunk)))
+               for chunk in (flat[i:i + _HOST_CHUNK] for i in range(0, flat.size, _HOST_CHUNK)))
 
 
 def check_finite(tree: Any, where: str | Path, what: str = "params") -> None:

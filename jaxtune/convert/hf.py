@@ -219,6 +219,8 @@ def plan_shards(tensors: list[PlannedTensor], max_bytes: int) -> list[list[Plann
 def _finite(name: str, tensor: np.ndarray, dtype: np.dtype, checkpoint: str | Path) -> np.ndarray:
     """``tensor`` cast to ``dtype``, refused when the cast leaves NaN or inf (values beyond float16's range: load_params
     has already refused non-finite values in the checkpoint itself)."""
+    if tensor.dtype == dtype:
+        return tensor  # checked finite when the checkpoint was read
     with np.errstate(over="ignore"):
         out = tensor.astype(dtype, copy=False)
     bad = out.size - np.count_nonzero(np.isfinite(out))

@@ -328,7 +328,11 @@ def _train(cfg: Config, data: Optional[RunData], print_fn: Callable[[str], None]
         tokenizer_src=data.tokenizer_src, added_tokens=data.added_tokens,
     )
     try:
-        if jax.process_index() == 0:
+        if data.summary:
+            writer.message(data.summary)
+        loop = _RunLoop(cfg, data, layout, manager, writer, total_steps, epoch_steps, stop_request)
+        resumed_from = loop.start()
+        if jax.process_index() == 0:  # once the start is accepted (resume or not): a refused one changes nothing
             Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
             archived = archive_config(cfg.run_dir, dump_config(cfg))
             if changes:
@@ -336,10 +340,6 @@ def _train(cfg: Config, data: Optional[RunData], print_fn: Callable[[str], None]
                 writer.message(f"checkpoint.allow_config_change: resuming from step {saved[0]} with changed "
                                f"{', '.join(f'{k} ({old!r} -> {new!r})' for k, (old, new) in changes.items())}; "
                                f"recorded in {Path(cfg.run_dir) / 'configs'}")
-        if data.summary:
-            writer.message(data.summary)
-        loop = _RunLoop(cfg, data, layout, manager, writer, total_steps, epoch_steps, stop_request)
-        resumed_from = loop.start()
         stopped = loop.run()
         manager.wait_until_finished()
         return TrainResult(

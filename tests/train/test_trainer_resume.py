@@ -120,8 +120,8 @@ def test_sigterm_during_start_up_stops_cleanly(tmp_path, compile_cache):
     spec = {"run_dir": str(run_dir), "data": dict(DATA, sleep_s=0.05), "overrides": [], "config": SECTIONS,
             "devices": 8}
     proc = runs.start(spec, compile_cache, tmp_path / "run.log")
-    # config.yaml is written at the start of train(), before the state is built and the step compiled.
-    runs.wait_for(lambda: (run_dir / "config.yaml").exists(), [proc], "the start of the run")
+    # train() creates the checkpoint folder early in its start-up, before the state is built and the step compiled.
+    runs.wait_for(lambda: (run_dir / "checkpoints").is_dir(), [proc], "the start of the run")
     runs.send(proc, signal.SIGTERM)
     assert runs.finish([proc]) == [0], (tmp_path / "run.log").read_text()[-3000:]
     log = (tmp_path / "run.log").read_text()
