@@ -21,6 +21,7 @@ import optax
 from jax.sharding import Mesh
 
 from jaxtune.checkpoint import (
+    DAMAGED_DIR,
     CheckpointError,
     TrainCheckpointManager,
     expected_param_shapes,
@@ -31,7 +32,6 @@ from jaxtune.checkpoint import (
 from jaxtune.config import Config, ConfigError, config_to_dict, dump_config
 from jaxtune.errors import JaxtuneError
 from jaxtune.models.stats import model_info
-from jaxtune.train.config_guard import archive_config, check_resume_config, record_changes
 from jaxtune.sharding import (
     abstract_model,
     build_mesh,
@@ -42,6 +42,7 @@ from jaxtune.sharding import (
     validate_param_layout,
     with_shardings,
 )
+from jaxtune.train.config_guard import archive_config, check_resume_config, record_changes
 from jaxtune.train.metrics import MetricsWriter, ThroughputMeter, TrainMetrics, peak_flops_per_device, progress_line
 from jaxtune.train.optim import build_optimizer
 from jaxtune.train.step import (
@@ -424,7 +425,7 @@ class _RunLoop:
         if set_aside:
             raise CheckpointError(
                 f"{manager.directory}: no checkpoint of this run restores (steps {sorted(set_aside)} were moved to "
-                f"{manager.directory.parent / 'checkpoints_damaged'}); start again to train from scratch, or put "
+                f"{manager.directory.parent / DAMAGED_DIR}); start again to train from scratch, or put "
                 f"back a good copy of a step folder"
             )
         return None
