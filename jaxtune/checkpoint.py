@@ -13,9 +13,12 @@ Params-only checkpoint layout (what ``import-hf`` writes and ``export-hf``/``eva
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import json
-from typing import Any, Mapping, Optional
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Optional
 
 import jax
 import numpy as np
@@ -45,6 +48,114 @@ TOKENIZER_FILE_NAMES = (
 
 class CheckpointError(JaxtuneError, ValueError):
     """A checkpoint folder is missing, incomplete or inconsistent; the message names the path."""
+
+
+class NonFiniteParamsError(CheckpointError):
+    """A checkpoint holds NaN or infinite values; the message names the folder and each affected array."""
+
+
+def _damage(error: BaseException) -> str:
+    """One line saying why Orbax or TensorStore could not read a checkpoint (their messages run to pages)."""
+    lines = str(error).split(" See full TensorStore details")[0].strip().splitlines()
+    text = lines[0].strip() if lines else ""
+    if type(error) is not Exception:  # a bare Exception's name says nothing
+        text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    cause = error.__cause__ or error.__context__
+    if cause is not None and type(error) is Exception:  # Orbax wraps TensorStore's error, which names the file
+        text = f"{text} ({_damage(cause)})"
+    return text if len(text) <= 400 else text[:400] + " ..."
+
+
+@contextlib.contextmanager
+def restore_boundary(folder: str | Path, what: str) -> Iterator[None]:
+    """Turn whatever Orbax raises while reading ``folder`` into one CheckpointError naming the folder.
+
+    Orbax and TensorStore report a truncated or missing file with bare ``Exception``s, ``ValueError``s or worse
+    (a ``None`` metadata tree); a damaged checkpoint must end in one line, not five tracebacks.
+    """
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- Orbax raises bare Exception for damaged files
+        raise CheckpointError(
+            f"{folder}: damaged checkpoint, cannot read {what}: {_damage(e)}{complete_step_hint(folder)}"
+        ) from e
+
+
+def complete_step_hint(folder: str | Path) -> str:
+    """For a step folder of a run (RUN/checkpoints/STEP), a sentence offering the newest other complete step;
+    empty for any other folder."""
+    folder = absolute_path(folder)
+    for candidate in (folder, *folder.parents):
+        if candidate.parent.name == CHECKPOINTS_DIR and candidate.name.isdigit():
+            step_dir = candidate
+            break
+    else:
+        return ""
+    others = [s for s in complete_steps(step_dir.parent) if s != int(step_dir.name)]
+    if not others:
+        return f" (no other complete step in {step_dir.parent})"
+    older = [s for s in others if s < int(step_dir.name)]
+    offer = older[-1] if older else others[-1]
+    return f"; the {'previous' if older else 'newest'} complete step is {step_dir.parent / str(offer)}"
+
+
+def complete_steps(checkpoints_dir: str | Path) -> list[int]:
+    """Steps in a run's checkpoints folder whose Orbax commit marker and params-only marker both exist."""
+    d = as_path(checkpoints_dir)
+    if not d.is_dir():
+        return []
+    return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit() and (p / _COMMIT_MARKER).is_file()
+                  and (p / MODEL_CONFIG_FILE).is_file())
+
+
+@functools.lru_cache(maxsize=None)
+def _nonfinite_counter(treedef: Any) -> Any:
+    import jax.numpy as jnp
+
+    def count(leaves: list) -> Any:  # one program over the whole tree: a vector of per-array counts
+        return jnp.stack([jnp.sum(~jnp.isfinite(x)).astype(jnp.int32) for x in leaves])
+
+    return jax.jit(count)
+
+
+def nonfinite_counts(tree: Any) -> dict[str, int]:
+    """{dotted name: count} of the floating-point arrays of ``tree`` holding NaN or inf values.
+
+    Device arrays are checked by one jitted reduction over the tree (one small transfer back), on whatever devices
+    and shardings they live; host numpy arrays array by array (no device memory needed).
+    """
+    flat = [(k, x) for k, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+            if jax.numpy.issubdtype(x.dtype, jax.numpy.inexact)]  # numpy's issubdtype misses bfloat16
+    if not flat:
+        return {}
+    on_device = [(k, x) for k, x in flat if isinstance(x, jax.Array)]
+    on_host = [(k, x) for k, x in flat if not isinstance(x, jax.Array)]
+    counts = {_dotted(k): _host_nonfinite(x) for k, x in on_host}
+    if on_device:
+        leaves = [x for _, x in on_device]
+        device_counts = np.asarray(jax.device_get(_nonfinite_counter(jax.tree.structure(leaves))(leaves)))
+        counts.update({_dotted(k): int(c) for (k, _), c in zip(on_device, device_counts)})
+    return {k: c for k, c in counts.items() if c}
+
+
+_HOST_CHUNK = 1 << 24  # elements per np.isfinite pass: bounds the temporary mask to 16 MB on any model size
+
+
+def _host_nonfinite(x: Any) -> int:
+    flat = np.asarray(x).reshape(-1)
+    return sum(int(chunk.size - np.count_nonzero(np.isfinite(chunk)))
+               for chunk in (flat[i:i + _HOST_CHUNK] for i in range(0, flat.size, _HOST_CHUNK)))
+
+
+def check_finite(tree: Any, where: str | Path, what: str = "params") -> None:
+    """Raise NonFiniteParamsError naming ``where`` and each array of ``tree`` that holds NaN or inf."""
+    bad = nonfinite_counts(tree)
+    if bad:
+        listed = ", ".join(f"{what}.{k} ({c} values)" for k, c in sorted(bad.items()))
+        raise NonFiniteParamsError(f"{where}: non-finite values (NaN or inf) in {listed}: the checkpoint is damaged "
+                                   f"or the run diverged before it was saved{complete_step_hint(where)}")
 
 
 def params_to_pure_dict(params: Any) -> dict:
@@ -179,12 +290,15 @@ def _params_checkpointer(params: dict, compress: bool) -> ocp.Checkpointer:
 def load_model_config(path: PathLike) -> ModelConfig:
     """The ModelConfig stored beside a params checkpoint."""
     file = as_path(path) / MODEL_CONFIG_FILE
+    if not as_path(path).is_dir():
+        raise CheckpointError(f"{path}: no such checkpoint folder{complete_step_hint(path)}")
     if not file.is_file():
-        raise CheckpointError(f"{path}: not a jaxtune params checkpoint (no {MODEL_CONFIG_FILE})")
+        raise CheckpointError(f"{path}: not a jaxtune params checkpoint, or an incomplete step (no "
+                              f"{MODEL_CONFIG_FILE}){complete_step_hint(path)}")
     try:
         return model_config_from_dict(json.loads(file.read_text(encoding="utf-8")))
     except (json.JSONDecodeError, ConfigError) as e:
-        raise CheckpointError(f"{file}: {e}") from None
+        raise CheckpointError(f"{file}: {e}{complete_step_hint(path)}") from None
 
 
 def load_params(
@@ -204,9 +318,13 @@ def load_params(
     cfg = load_model_config(path)
     params_path = path / PARAMS_DIR
     if not params_path.is_dir():
-        raise CheckpointError(f"{path}: no {PARAMS_DIR}/ folder (incomplete checkpoint)")
-    with ocp.PyTreeCheckpointer() as checkpointer:
-        metadata = checkpointer.metadata(params_path).item_metadata.tree
+        raise CheckpointError(f"{path}: no {PARAMS_DIR}/ folder (incomplete checkpoint){complete_step_hint(path)}")
+    with ocp.PyTreeCheckpointer() as checkpointer, restore_boundary(path, f"{PARAMS_DIR}/"):
+        item_metadata = checkpointer.metadata(params_path).item_metadata
+        if item_metadata is None or item_metadata.tree is None:  # Orbax returns None for a missing or cut _METADATA
+            raise CheckpointError(f"{path}: damaged checkpoint: the metadata of {PARAMS_DIR}/ is unreadable (_METADATA "
+                                  f"or manifest.ocdbt missing or cut){complete_step_hint(path)}")
+        metadata = item_metadata.tree
         target_dtype = None if dtype is None else np.dtype(_numpy_dtype(dtype))
         if as_numpy:
             restore_args = jax.tree.map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray, dtype=target_dtype), metadata)
@@ -225,6 +343,7 @@ def load_params(
     if dtype is not None:
         cfg = dataclasses.replace(cfg, param_dtype=dtype)
     _check_params_match_config(params, cfg, str(path))
+    check_finite(params, path)
     return cfg, params
 
 
@@ -304,8 +423,14 @@ def _numpy_dtype(name: str) -> Any:
 # Orbax writes each step into a temporary folder, puts a commit marker in it and renames it on completion; only
 # folders holding the marker count as checkpoints, so a half-written (or half-copied, half-deleted) step is never
 # restored.
+#
+# A complete step can still be damaged afterwards (a file truncated or deleted, flipped bytes): every read goes
+# through restore_boundary, which turns Orbax's and TensorStore's errors into one CheckpointError naming the step
+# folder, and restored values are checked finite. The trainer then moves the step to RUN_DIR/checkpoints_damaged/
+# (TrainCheckpointManager.set_aside) and resumes from the previous one.
 
 CHECKPOINTS_DIR = "checkpoints"
+DAMAGED_DIR = "checkpoints_damaged"  # RUN_DIR/checkpoints_damaged/<step>: steps set aside because they did not restore
 _COMMIT_MARKER = "commit_success.txt"  # orbax.checkpoint's atomicity_types.COMMIT_SUCCESS_FILE
 TRAIN_PARAMS_ITEM, TRAIN_STATE_ITEM, DATA_ITER_ITEM, RUN_CONFIG_ITEM = "params", "train_state", "data_iter", "config"
 
@@ -402,11 +527,28 @@ class TrainCheckpointManager:
             TRAIN_STATE_ITEM: ocp.args.StandardRestore(abstract_train_fields),
             DATA_ITER_ITEM: grain.checkpoint.CheckpointRestore(data_iter),
         })
-        try:
+        with restore_boundary(self.step_dir(step), "the train state"):
             restored = self._manager.restore(step, args=args)
-        except (ValueError, KeyError, FileNotFoundError) as e:
-            raise CheckpointError(f"{self.step_dir(step)}: cannot restore the train state: {e}") from e
-        return restored[TRAIN_PARAMS_ITEM], restored[TRAIN_STATE_ITEM]
+        params, fields = restored[TRAIN_PARAMS_ITEM], restored[TRAIN_STATE_ITEM]
+        check_finite(params, self.step_dir(step), TRAIN_PARAMS_ITEM)
+        check_finite(fields, self.step_dir(step), TRAIN_STATE_ITEM)
+        return params, fields
+
+    def set_aside(self, step: int) -> Path:
+        """Move the step folder of a checkpoint that did not restore to RUN_DIR/checkpoints_damaged/ (kept for
+        inspection, never deleted; the run saves that step afresh when it gets there again). Returns where it went."""
+        target = self.directory.parent / DAMAGED_DIR / str(step)
+        n = 1
+        while target.exists():
+            n += 1
+            target = self.directory.parent / DAMAGED_DIR / f"{step}-{n}"
+        if jax.process_index() == 0:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self.step_dir(step).rename(target)
+        _sync_processes(f"jaxtune_set_aside_{step}")
+        self._manager.reload()
+        self._unmarked.discard(step)
+        return target
 
     def delete_all(self) -> None:
         """Delete every train checkpoint of the run (every process calls it; Orbax deletes from the primary)."""
@@ -416,7 +558,8 @@ class TrainCheckpointManager:
 
     def saved_config(self, step: int) -> dict:
         """The resolved run config stored with step ``step``."""
-        restored = self._manager.restore(step, args=ocp.args.Composite(**{RUN_CONFIG_ITEM: ocp.args.JsonRestore()}))
+        with restore_boundary(self.step_dir(step), f"{RUN_CONFIG_ITEM}/"):
+            restored = self._manager.restore(step, args=ocp.args.Composite(**{RUN_CONFIG_ITEM: ocp.args.JsonRestore()}))
         return dict(restored[RUN_CONFIG_ITEM])
 
     def wait_until_finished(self) -> None:
@@ -458,6 +601,24 @@ def _write_params_side_files(step_dir: Any, model_cfg: ModelConfig, tokenizer_sr
     config = dataclasses.asdict(model_cfg)
     config["preset"] = None  # resolved fields, as save_params writes them
     write_text_atomic(step_dir / MODEL_CONFIG_FILE, json.dumps(config, indent=2) + "\n")
+
+
+def saved_run_config(run_dir: str | Path) -> Optional[tuple[int, dict]]:
+    """(step, resolved run config) of the newest complete checkpoint of a run whose config item reads, or None
+    (read without opening a CheckpointManager: the trainer compares configs before it builds anything)."""
+    directory = train_checkpoint_dir(run_dir)
+    if not directory.is_dir():
+        return None
+    steps = sorted((int(p.name) for p in directory.iterdir() if p.name.isdigit() and (p / _COMMIT_MARKER).is_file()),
+                   reverse=True)
+    for step in steps:
+        try:
+            with restore_boundary(directory / str(step), f"{RUN_CONFIG_ITEM}/"), \
+                    ocp.Checkpointer(ocp.JsonCheckpointHandler()) as checkpointer:
+                return step, dict(checkpointer.restore(directory / str(step) / RUN_CONFIG_ITEM))
+        except CheckpointError:
+            continue  # the resume itself names a damaged step and falls back
+    return None
 
 
 def _grain_save(data_iter: Any) -> Any:

@@ -458,6 +458,11 @@ class CheckpointConfig(_Section):
     """Parameters to start from when not resuming: a params-only checkpoint (``jaxtune import-hf``, an epoch
     checkpoint RUN_DIR/epochs/EPOCH) or a train checkpoint's step folder (RUN_DIR/checkpoints/STEP), local or
     ``gs://``; None initialises randomly from train.seed."""
+    allow_config_change: bool = False
+    """Resume even though the config changes keys that decide the data order, the batch or the schedule (data.*
+    except its worker/thread/prefetch counts and valid_path, optim.*, train.global_batch_size/epochs/max_steps/seed).
+    False refuses such a resume, naming each changed key; true allows it and records the changes in
+    RUN_DIR/configs/changes.jsonl (the saved data position and schedule are then applied to the new settings)."""
 
     def _rules(self, rules: _Rules) -> None:
         rules.at_least(1, "save_every", "max_to_keep", optional=True)

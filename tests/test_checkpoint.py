@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from damage import DAMAGES
 from flax import nnx
 from train.synthetic_stream import TINY_MODEL, synthetic_data
 
@@ -21,6 +23,7 @@ import jaxtune
 from jaxtune.checkpoint import (
     CheckpointError,
     EpochCheckpointManager,
+    NonFiniteParamsError,
     TrainCheckpointManager,
     epoch_checkpoint_path,
     load_params,
@@ -187,3 +190,43 @@ def test_an_epoch_is_found_as_an_epoch_checkpoint_or_the_train_checkpoint_that_e
     with pytest.raises(CheckpointError, match=r"no complete checkpoint of epoch 3: .*epoch checkpoints there: \[1\]; "
                                               r"train checkpoints at steps: \[6\]"):
         epoch_checkpoint_path(tmp_path, 3, 9)
+
+
+_ABSTRACT = ({"w": jax.ShapeDtypeStruct((2,), np.float32)}, {"step": jax.ShapeDtypeStruct((), np.int32)})
+
+
+@pytest.mark.parametrize("item", ["params", "train_state"])
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+def test_a_damaged_step_is_one_checkpoint_error_naming_its_folder(tmp_path, damage, item):
+    cfg = model_config_from_dict(dict(TINY_MODEL))
+    data = synthetic_data(num_rows=16, seq_len=16, global_batch=8, epochs=1)
+    manager = TrainCheckpointManager(tmp_path, CheckpointConfig(max_to_keep=None, async_save=False), model_cfg=cfg)
+    big = jax.ShapeDtypeStruct((4096,), np.float32)  # random: its compressed bytes fill a data file of their own
+    values = {step: np.random.default_rng(step).normal(size=(2, 4096)).astype(np.float32) for step in (2, 3)}
+    for step in (2, 3):
+        manager.save(step, {"w": values[step][0]}, {"m": values[step][1]}, data.iterator, {})
+    manager.wait_until_finished()
+    DAMAGES[damage](manager.step_dir(3) / item)
+    # Orbax raises bare Exceptions, ValueErrors or fails on a None metadata tree: all end up as one error.
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(manager.step_dir(3)))}: damaged checkpoint.*; the "
+                                              rf"previous complete step is {re.escape(str(manager.step_dir(2)))}"):
+        manager.restore(3, {"w": big}, {"m": big}, data.iterator)
+    params, fields = manager.restore(2, {"w": big}, {"m": big}, data.iterator)
+    np.testing.assert_array_equal(np.stack([params["w"], fields["m"]]), values[2])
+    manager.close()
+
+
+def test_restore_refuses_non_finite_values_naming_the_array(tmp_path):
+    cfg = model_config_from_dict(dict(TINY_MODEL))
+    data = synthetic_data(num_rows=16, seq_len=16, global_batch=8, epochs=1)
+    manager = TrainCheckpointManager(tmp_path, CheckpointConfig(max_to_keep=None, async_save=False), model_cfg=cfg)
+    manager.save(4, {"w": np.array([1.0, np.nan], np.float32)}, {"step": np.int32(4)}, data.iterator, {})
+    manager.save(5, {"w": np.ones(2, np.float32)}, {"step": np.int32(5), "mu": np.array([np.inf], np.float32)},
+                 data.iterator, {})
+    manager.wait_until_finished()
+    with pytest.raises(NonFiniteParamsError, match=r"checkpoints/4: non-finite values \(NaN or inf\) in params\.w "
+                                                   r"\(1 values\)"):
+        manager.restore(4, *_ABSTRACT, data.iterator)
+    with pytest.raises(NonFiniteParamsError, match=r"in train_state\.mu \(1 values\)"):
+        manager.restore(5, _ABSTRACT[0], dict(_ABSTRACT[1], mu=jax.ShapeDtypeStruct((1,), np.float32)), data.iterator)
+    manager.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import jax
@@ -13,10 +14,14 @@ import pytest
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from damage import DAMAGES
+
 from jaxtune.checkpoint import (
     CheckpointError,
+    NonFiniteParamsError,
     load_model_config,
     load_params,
+    nonfinite_counts,
     restore_model,
     save_params,
     tokenizer_path,
@@ -113,3 +118,54 @@ def test_errors_name_the_problem(model: Llama, tmp_path: Path) -> None:
     (tmp_path / "ck" / "model_config.json").write_text('{"hidden": 64}')
     with pytest.raises(CheckpointError, match=r"model_config\.json: unknown config key 'model\.hidden'"):
         load_params(tmp_path / "ck")
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+def test_a_damaged_params_folder_is_one_error_naming_the_folder(model: Llama, tmp_path: Path, damage: str) -> None:
+    path = save_params(tmp_path / "ck", nnx.state(model, nnx.Param), model.cfg)
+    DAMAGES[damage](path / "params")
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(path))}: damaged checkpoint"):
+        load_params(path)
+
+
+def _with_values(model: Llama, name: str, values: list[float]) -> dict:
+    params = jax.tree.map(np.asarray, params_of(model))
+    table = params[name].copy()
+    table.reshape(-1)[:len(values)] = values
+    params[name] = table
+    return params
+
+
+def test_non_finite_values_are_refused_naming_the_array(model: Llama, tmp_path: Path) -> None:
+    params = _with_values(model, "lm_head", [np.nan, np.inf, 2.5e38])
+    path = save_params(tmp_path / "ck", params, model.cfg)
+    for as_numpy in (False, True):  # on device (one jitted reduction) and on the host (export-hf)
+        with pytest.raises(NonFiniteParamsError,
+                           match=rf"^{re.escape(str(path))}: non-finite values .* in params\.lm_head \(2 values\): "):
+            load_params(path, as_numpy=as_numpy)
+    bf16 = save_params(tmp_path / "bf16", jax.tree.map(lambda a: a.astype(jnp.bfloat16), params),
+                       dataclasses.replace(model.cfg, param_dtype="bfloat16"))
+    with pytest.raises(NonFiniteParamsError, match=r"params\.lm_head \(2 values\)"):  # numpy misses bfloat16's NaN
+        load_params(bf16, as_numpy=True)
+    assert nonfinite_counts({"a": jnp.ones(3), "b": {"c": jnp.array([1.0, np.nan])}, "i": jnp.arange(3)}) == {"b.c": 1}
+
+
+def test_a_missing_or_partial_step_offers_the_previous_complete_one(model: Llama, tmp_path: Path) -> None:
+    root = tmp_path / "run" / "checkpoints"
+    for step in (4, 8):
+        save_params(root / str(step), nnx.state(model, nnx.Param), model.cfg)
+        (root / str(step) / "commit_success.txt").write_text("done")
+    partial = root / "12"
+    save_params(partial, nnx.state(model, nnx.Param), model.cfg)
+    (partial / "model_config.json").unlink()  # a step whose save never finished
+    def at(step: int) -> str:
+        return re.escape(str(root / str(step)))
+
+    with pytest.raises(CheckpointError, match=rf"^{at(12)}: .*incomplete step .*; the previous complete step is {at(8)}$"):
+        load_params(partial)
+    with pytest.raises(CheckpointError, match=rf"^{at(16)}: no such checkpoint folder; the previous complete step is "
+                                              rf"{at(8)}$"):
+        load_params(root / "16")
+    with pytest.raises(CheckpointError, match=rf"^{at(2)}: no such checkpoint folder; the newest complete step is "
+                                              rf"{at(8)}$"):
+        load_params(root / "2")

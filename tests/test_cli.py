@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+import jaxtune
 from jaxtune.cli import build_parser, main
 
 
@@ -111,3 +114,46 @@ def test_validate_lists_all_value_problems_and_exits_2(capsys, tmp_path):
 def test_info_on_bloomz_7b1_mt_counts_the_release(capsys):
     code, out, _ = _run(capsys, "info", "--preset", "bloomz-7b1-mt")
     assert code == 0 and "model bloomz-7b1-mt" in out and "7,069,016,064" in out
+
+
+@pytest.fixture(scope="module")
+def damaged_run(tmp_path_factory):
+    """RUN/checkpoints/{4,8}: a tiny model with the demo tokenizer as a run's complete steps, step 8's params
+    file truncated."""
+    from damage import truncate_data_file
+    from flax import nnx
+
+    from jaxtune.checkpoint import save_params
+    from jaxtune.config import model_config_from_dict
+    from jaxtune.demo.abilities import write_demo_dataset
+    from jaxtune.models.llama import Llama
+
+    root = tmp_path_factory.mktemp("damaged")
+    cfg = model_config_from_dict(dict(vocab_size=1004, hidden_size=32, intermediate_size=64, num_layers=2,
+                                      num_heads=4, max_position_embeddings=256))
+    tokenizer = Path(jaxtune.__file__).parent / "demo" / "tokenizer" / "tokenizer.model"
+    added = {"<user>": 1000, "<assistant>": 1001, "<eot>": 1002, "<pad>": 1003}
+    for step in (4, 8):
+        # random weights: their compressed bytes fill data files of their own
+        path = save_params(root / "run" / "checkpoints" / str(step), nnx.state(Llama(cfg, nnx.Rngs(step)), nnx.Param),
+                           cfg, tokenizer_dir=tokenizer, added_tokens=added)
+        (path / "commit_success.txt").write_text("done")
+    truncate_data_file(root / "run" / "checkpoints" / "8" / "params")
+    write_demo_dataset(root / "data" / "doit", per_ability=1, eval_per_ability=1, synthetic=1)
+    return root
+
+
+@pytest.mark.parametrize("command", ["export-hf", "eval"])
+def test_a_damaged_step_ends_in_one_line_naming_the_folder_and_the_damage(capsys, damaged_run, command):
+    step = damaged_run / "run" / "checkpoints" / "8"
+    out = damaged_run / f"out-{command}"
+    args = [command, str(step), str(out)] if command == "export-hf" else [
+        command, str(step), "--out", str(out), f"eval.data_dir={damaged_run / 'data'}", "eval.max_new_tokens=2"]
+    code, _, err = _run(capsys, *args)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith(f"jaxtune {command}: error: {step}: damaged checkpoint, cannot read params/: ")
+    assert "Requested byte range" in lines[0] or "Truncated" in lines[0] or "OUT_OF_RANGE" in lines[0]
+    assert lines[0].endswith(f"; the previous complete step is {damaged_run / 'run' / 'checkpoints' / '4'}")
+    assert not (out / "model.safetensors").exists()

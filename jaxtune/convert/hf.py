@@ -17,6 +17,7 @@ import dataclasses
 import json
 import logging
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -263,6 +264,20 @@ def plan_shards(tensors: list[PlannedTensor], max_bytes: int) -> list[list[Plann
     return shards
 
 
+def _finite(name: str, tensor: np.ndarray, dtype: np.dtype, checkpoint: str | Path) -> np.ndarray:
+    """``tensor`` cast to ``dtype``, refused when the cast leaves NaN or inf (values beyond float16's range: load_params
+    has already refused non-finite values in the checkpoint itself)."""
+    if tensor.dtype == dtype:
+        return tensor  # checked finite when the checkpoint was read
+    with np.errstate(over="ignore"):
+        out = tensor.astype(dtype, copy=False)
+    bad = out.size - np.count_nonzero(np.isfinite(out))
+    if bad:
+        raise ConversionError(f"{checkpoint}: {name} has {bad} values that are not finite in {dtype} (beyond its "
+                              f"range); export with a wider dtype (bfloat16 or float32). Nothing was written.")
+    return out
+
+
 def export_hf(
     checkpoint: str | Path,
     out_dir: str | Path,
@@ -289,12 +304,13 @@ def export_hf(
         out_dir.rmtree()
     tok_dir = tokenizer_path(checkpoint)
     with staged_folder(out_dir) as stage:
-        _write_hf_folder(cfg, params, tok_dir, stage, out_dtype, max_bytes)
+        _write_hf_folder(cfg, params, tok_dir, stage, out_dtype, max_bytes, source=checkpoint)
     logger.info("exported %s -> %s (%s)", checkpoint, out_dir, out_dtype)
     return out_dir
 
 
-def _write_hf_folder(cfg: ModelConfig, params: dict, tok_dir, out_dir, out_dtype: np.dtype, max_bytes: int) -> None:
+def _write_hf_folder(cfg: ModelConfig, params: dict, tok_dir, out_dir, out_dtype: np.dtype, max_bytes: int, *,
+                     source: str | Path) -> None:
     """The files of a Hugging Face folder, written into the local folder ``out_dir``."""
     family = FAMILIES[cfg.family]
     out_dir = Path(out_dir)
@@ -307,12 +323,16 @@ def _write_hf_folder(cfg: ModelConfig, params: dict, tok_dir, out_dir, out_dtype
     planned = [PlannedTensor(name, out_dtype, shape) for name, shape in family.hf_tensor_shapes(cfg).items()]
     shards = plan_shards(planned, max_bytes)
     weight_map: dict[str, str] = {}
-    for i, shard in enumerate(shards):
-        file_name = "model.safetensors" if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        with SafetensorsWriter(out_dir / file_name, shard, metadata={"format": "pt"}) as writer:
-            for t in shard:
-                writer.write(t.name, family.hf_tensor(t.name, params, cfg).astype(out_dtype, copy=False))
-                weight_map[t.name] = file_name
+    try:
+        for i, shard in enumerate(shards):
+            file_name = "model.safetensors" if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            with SafetensorsWriter(out_dir / file_name, shard, metadata={"format": "pt"}) as writer:
+                for t in shard:
+                    writer.write(t.name, _finite(t.name, family.hf_tensor(t.name, params, cfg), out_dtype, source))
+                    weight_map[t.name] = file_name
+    except ConversionError:
+        shutil.rmtree(out_dir, ignore_errors=True)  # never leave a folder holding a non-finite tensor behind
+        raise
     if len(shards) > 1:
         index = {"metadata": {"total_size": sum(t.nbytes for t in planned)}, "weight_map": weight_map}
         (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")

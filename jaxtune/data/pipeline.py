@@ -35,6 +35,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence, Union
@@ -264,7 +267,8 @@ def _measure(
         _ensure_absl_flags_parsed()
         chunks: Any = (grain.MapDataset.range(num_chunks).map(measurer)
                        .to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2))
-                       .mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.num_workers)))
+                       .mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.num_workers),
+                                    worker_init_fn=exit_with_parent))
     else:
         chunks = (measurer(c) for c in range(num_chunks))
     # Compact per-example arrays: a 2M-record corpus costs ~20 MB here.
@@ -563,7 +567,8 @@ def _build(
     if cfg.num_workers > 0:
         _ensure_absl_flags_parsed()
         iter_ds = iter_ds.mp_prefetch(
-            grain.MultiprocessingOptions(num_workers=cfg.num_workers, per_worker_buffer_size=cfg.prefetch)
+            grain.MultiprocessingOptions(num_workers=cfg.num_workers, per_worker_buffer_size=cfg.prefetch),
+            worker_init_fn=exit_with_parent,
         )
 
     tokens = int(table.lengths.sum(dtype=np.int64))
@@ -627,6 +632,26 @@ def _release_free_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+_PARENT_POLL_S = 0.5
+
+
+def exit_with_parent(worker_index: int = 0, worker_count: int = 1) -> None:
+    """grain's ``worker_init_fn``: end this worker process as soon as the process that started it is gone.
+
+    A trainer killed outright (SIGKILL, the OOM killer) runs no cleanup, and its workers would live on, reparented,
+    each holding its own copy of the data. A daemon thread polls the parent's pid (prctl's PR_SET_PDEATHSIG would
+    fire when the *thread* that spawned the worker ends, which in grain need not be the trainer's main thread).
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(_PARENT_POLL_S)
+        os._exit(1)  # no cleanup to run: the parent that would read this worker's output is gone
+
+    threading.Thread(target=watch, name=f"jaxtune-exit-with-parent-{worker_index}", daemon=True).start()
 
 
 def _ensure_absl_flags_parsed() -> None:

@@ -24,6 +24,7 @@ from jax.sharding import Mesh
 
 from jaxtune.checkpoint import (
     MODEL_CONFIG_FILE,
+    complete_step_hint,
     expected_param_shapes,
     load_model_config,
     model_with_params,
@@ -47,13 +48,13 @@ def checkpoint_kind(path: str | Path) -> str:
     """``jaxtune`` (model_config.json + params/) or ``hf`` (config.json + weights); anything else is an error."""
     p = as_path(path)
     if not p.is_dir():
-        raise EvalSetupError(f"checkpoint {p} is not a directory")
+        raise EvalSetupError(f"checkpoint {p} is not a directory{complete_step_hint(p)}")
     if (p / MODEL_CONFIG_FILE).is_file():
         return "jaxtune"
     if (p / "config.json").is_file():
         return "hf"
     raise EvalSetupError(f"checkpoint {p} is neither a jaxtune params checkpoint ({MODEL_CONFIG_FILE} + params/) nor "
-                         "a Hugging Face model folder (config.json + weights)")
+                         f"a Hugging Face model folder (config.json + weights){complete_step_hint(p)}")
 
 
 def _param_shardings(cfg: ModelConfig, mesh: Mesh) -> dict:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
@@ -23,6 +24,7 @@ import numpy as np
 from clu import metrics as clu_metrics
 
 from jaxtune.paths import append_text, as_path, write_text_atomic
+from jaxtune.errors import JaxtuneError
 
 # Dense bf16 peak FLOP/s per device (chip), from the vendors' data sheets, by jax's device_kind.
 PEAK_FLOPS_BY_DEVICE_KIND: dict[str, float] = {
@@ -133,19 +135,52 @@ class MetricsWriter:
         self._print = print_fn
         self._tb = None
         if enabled:
-            from tensorboardX import SummaryWriter
-
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            # tensorboardX writes gs:// itself (google-cloud-storage), re-uploading the event file on each flush.
-            self._tb = SummaryWriter(logdir=str(self.run_dir / "tensorboard"))
+
+    def start_at(self, step: int) -> None:
+        """Begin (or resume) a run at ``step``: drop the records after it from metrics.jsonl and open the
+        TensorBoard writer with ``purge_step=step + 1``, so TensorBoard discards the events of the steps the run
+        re-does instead of showing them twice."""
+        if not self.enabled:
+            return
+        self.truncate_after(step)
+        self._open_tensorboard(purge_step=step + 1 if step > 0 else None)
+
+    def _open_tensorboard(self, purge_step: Optional[int]) -> None:
+        from tensorboardX import SummaryWriter
+
+        if self._tb is not None:
+            self._tb.close()
+        # tensorboardX writes gs:// itself (google-cloud-storage), re-uploading the event file on each flush.
+        # Event files are named by the second they were opened in: the suffix keeps a quick restart from reusing a name.
+        self._tb = SummaryWriter(logdir=str(self.run_dir / "tensorboard"), purge_step=purge_step,
+                                 filename_suffix=f".{os.getpid()}.{purge_step or 0}")
 
     def truncate_after(self, step: int) -> None:
-        """Drop records after ``step`` from metrics.jsonl (a resumed run re-does those steps)."""
+        """Drop records after ``step`` from metrics.jsonl (a resumed run re-does those steps), rewriting the file
+        atomically (a temporary file, then os.replace). A torn last line (a kill during a write) is dropped and
+        named; an unreadable line elsewhere is an error naming its line."""
         if not self.enabled or not self.jsonl_path.exists():
             return
+        lines = self.jsonl_path.read_text(encoding="utf-8", errors="replace").split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()  # the newline ending the last record
         kept = []
-        for line in self.jsonl_path.read_text(encoding="utf-8").splitlines():
-            if line.strip() and json.loads(line).get("step", 0) <= step:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict):
+                    raise ValueError(f"expected an object, got {type(record).__name__}")
+            except ValueError as e:
+                if number == len(lines):
+                    self.message(f"{self.jsonl_path}: dropped the torn last line {number} (a write cut short: {e}): "
+                                 f"{line[:80]!r}")
+                    continue
+                raise JaxtuneError(f"{self.jsonl_path}, line {number}: not a JSON object ({e}); fix or remove that "
+                                   f"line before resuming") from None
+            if record.get("step", 0) <= step:
                 kept.append(line)
         write_text_atomic(self.jsonl_path, "".join(k + "\n" for k in kept))
 
@@ -155,6 +190,8 @@ class MetricsWriter:
             return
         values = {k: _jsonable(v) for k, v in scalars.items()}
         append_text(self.jsonl_path, json.dumps({"step": step, "kind": kind, **values}) + "\n")
+        if self._tb is None:
+            self._open_tensorboard(purge_step=None)
         for name, value in values.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 self._tb.add_scalar(f"{kind}/{name}", value, step)

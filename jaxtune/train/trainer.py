@@ -22,10 +22,13 @@ from jax.sharding import Mesh
 
 from jaxtune.checkpoint import (
     EpochCheckpointManager,
+    DAMAGED_DIR,
+    CheckpointError,
     TrainCheckpointManager,
     expected_param_shapes,
     load_model_config,
     load_params,
+    saved_run_config,
 )
 from jaxtune.config import Config, ConfigError, config_to_dict, dump_config
 from jaxtune.errors import JaxtuneError
@@ -42,6 +45,7 @@ from jaxtune.sharding import (
     validate_param_layout,
     with_shardings,
 )
+from jaxtune.train.config_guard import archive_config, check_resume_config, record_changes
 from jaxtune.train.metrics import MetricsWriter, ThroughputMeter, TrainMetrics, peak_flops_per_device, progress_line
 from jaxtune.train.optim import build_optimizer
 from jaxtune.validate import check_run, vocabulary_problem
@@ -193,9 +197,11 @@ class _StopRequest:
     def __init__(self) -> None:
         self.requested = False
         self._previous: dict[int, Any] = {}
+        self._depth = 0  # entered by train() for the whole start-up, and again by the step loop
 
     def __enter__(self) -> "_StopRequest":
-        if threading.current_thread() is threading.main_thread():
+        self._depth += 1
+        if self._depth == 1 and threading.current_thread() is threading.main_thread():
             for sig in self.SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
@@ -209,8 +215,11 @@ class _StopRequest:
         self.requested = True
 
     def __exit__(self, *exc: Any) -> None:
-        for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
+        self._depth -= 1
+        if self._depth == 0:
+            for sig, previous in self._previous.items():
+                signal.signal(sig, previous)
+            self._previous.clear()
 
     def agreed(self) -> bool:
         """Whether any process was asked to stop (a collective: every process must call it at the same step)."""
@@ -288,13 +297,27 @@ def total_steps_of(cfg: Config, steps_per_epoch: int) -> int:
 def train(cfg: Config, data: Optional[RunData] = None, *, print_fn: Callable[[str], None] = print) -> TrainResult:
     """Fine-tune ``cfg.model`` on ``data`` (default: the pipeline of ``cfg.data``), sharded over every device of
     every process; see the module docstring. Returns when the run completes or stops on SIGTERM (after saving);
-    raises TrainingDivergedError after ``train.max_consecutive_bad_steps`` non-finite steps in a row."""
+    raises TrainingDivergedError after ``train.max_consecutive_bad_steps`` non-finite steps in a row.
+
+    SIGTERM and Ctrl-C are caught from here on: one arriving during start-up (data, restore, compilation) stops the
+    run before its first step, as cleanly as one arriving later."""
+    with _StopRequest() as stop_request:
+        return _train(cfg, data, print_fn, stop_request)
+
+
+def _train(cfg: Config, data: Optional[RunData], print_fn: Callable[[str], None],
+           stop_request: "_StopRequest") -> TrainResult:
     tc = cfg.train
     cfg.validate()  # a config built in code gets the checks loading applies
     initialize_distributed(cfg.mesh)
     mesh = build_mesh(cfg.mesh)
     # `jaxtune validate`'s layout checks, on abstract shapes, before any data is read or anything compiled.
     check_run(cfg, mesh, jax.process_count())
+    # A resume must apply its saved data position and schedule to the data and batch they belong to: compare
+    # before anything is built or written (the manifest, config.yaml).
+    saved = saved_run_config(cfg.run_dir) if cfg.checkpoint.resume == "auto" else None
+    changes = {} if saved is None else check_resume_config(
+        saved[0], saved[1], config_to_dict(cfg), cfg.checkpoint.allow_config_change, cfg.run_dir)
 
     dealt_rows = tc.batch_unit == "examples" and cfg.data.packing  # rows per step known once the data is read
     device_rows = math.lcm(data_parallel_size(mesh), jax.process_count())
@@ -330,9 +353,6 @@ def train(cfg: Config, data: Optional[RunData] = None, *, print_fn: Callable[[st
             async_save=cfg.checkpoint.async_save, tokenizer_src=data.tokenizer_src, added_tokens=data.added_tokens,
         )
     try:
-        if jax.process_index() == 0:
-            as_path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
-            write_text_atomic(as_path(cfg.run_dir) / "config.yaml", dump_config(cfg))
         if data.summary:
             writer.message(data.summary)
         finished = _finished_run(cfg, manager, total_steps)
@@ -340,8 +360,16 @@ def train(cfg: Config, data: Optional[RunData] = None, *, print_fn: Callable[[st
             writer.message(f"the run in {cfg.run_dir} is finished ({COMPLETED_FILE}, train states deleted): nothing "
                            f"to train")
             return finished
-        loop = _RunLoop(cfg, data, layout, manager, writer, total_steps, epoch_steps, epochs)
+        loop = _RunLoop(cfg, data, layout, manager, writer, total_steps, epoch_steps, stop_request, epochs)
         resumed_from = loop.start()
+        if jax.process_index() == 0:  # once the start is accepted (resume or not): a refused one changes nothing
+            as_path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+            archived = archive_config(cfg.run_dir, dump_config(cfg))
+            if changes:
+                record_changes(cfg.run_dir, saved[0], archived, changes)
+                writer.message(f"checkpoint.allow_config_change: resuming from step {saved[0]} with changed "
+                               f"{', '.join(f'{k} ({old!r} -> {new!r})' for k, (old, new) in changes.items())}; "
+                               f"recorded in {as_path(cfg.run_dir) / 'configs'}")
         stopped = loop.run()
         manager.wait_until_finished()
         if epochs is not None:
@@ -398,9 +426,10 @@ class _RunLoop:
     """The step loop of one ``train`` call, with its host-side bookkeeping."""
 
     def __init__(self, cfg: Config, data: RunData, layout: _Layout, manager: TrainCheckpointManager,
-                 writer: MetricsWriter, total_steps: int, epoch_steps: Sequence[int],
+                 writer: MetricsWriter, total_steps: int, epoch_steps: Sequence[int], stop_request: _StopRequest,
                  epochs: Optional[EpochCheckpointManager] = None):
         self.cfg, self.tc, self.data, self.layout = cfg, cfg.train, data, layout
+        self.stop_request = stop_request
         self.manager, self.writer, self.total_steps = manager, writer, total_steps
         self.epochs = epochs
         self.mesh = layout.mesh
@@ -432,21 +461,48 @@ class _RunLoop:
                 f"{manager.directory} already holds checkpoints (steps {manager.all_steps()}) and checkpoint.resume "
                 f"is never: choose another run_dir, or set checkpoint.resume=auto to continue that run"
             )
-        resumed_from = manager.latest_step() if cfg.checkpoint.resume == "auto" else None
+        resumed_from = self._restore_newest() if cfg.checkpoint.resume == "auto" else None
         if resumed_from is not None:
-            params, fields = manager.restore(
-                resumed_from, self.layout.abstract_params(), self.layout.abstract_train_fields(), self.data.iterator
-            )
-            self.state = TrainState(params=params, **fields)
-            writer.truncate_after(resumed_from)
             writer.message(f"resuming from step {resumed_from} ({manager.step_dir(resumed_from)})")
         else:
             self.state = _start_state(cfg, self.layout)
+        writer.start_at(resumed_from or 0)  # metrics of the steps this run re-does are dropped
+        self.saved_steps = set(manager.all_steps())
         self.step = int(jax.device_get(self.state.step))
         if self.step in self.epoch_ends:  # a stop between the two saves of an epoch end: write the missing one
             self._save_epoch()
         self.bad_run = int(jax.device_get(self.state.bad_steps))
         return resumed_from
+
+    def _restore_newest(self) -> Optional[int]:
+        """Restore the newest checkpoint that restores completely (finite values included) into ``self.state``;
+        the step, or None without checkpoints. A step that does not restore is named with its damage, moved to
+        RUN_DIR/checkpoints_damaged/ (kept, never deleted) and the next older one is tried."""
+        manager, writer = self.manager, self.writer
+        set_aside: list[int] = []
+        for step in reversed(manager.all_steps()):
+            error: Optional[CheckpointError] = None
+            try:
+                params, fields = manager.restore(
+                    step, self.layout.abstract_params(), self.layout.abstract_train_fields(), self.data.iterator
+                )
+            except CheckpointError as e:
+                error = e
+            if _on_every_process(error is None):
+                self.state = TrainState(params=params, **fields)
+                return step
+            where = manager.set_aside(step)
+            reason = str(error) if error is not None else "another process could not restore it"
+            writer.message(f"skipping checkpoint step {step}, it does not restore: {reason}. The folder is kept as "
+                           f"{where}; trying the previous checkpoint")
+            set_aside.append(step)
+        if set_aside:
+            raise CheckpointError(
+                f"{manager.directory}: no checkpoint of this run restores (steps {sorted(set_aside)} were moved to "
+                f"{manager.directory.parent / DAMAGED_DIR}); start again to train from scratch, or put "
+                f"back a good copy of a step folder"
+            )
+        return None
 
     def run(self) -> str:
         """Steps until the end of the run or an agreed SIGTERM; returns ``completed`` or ``preempted``."""
@@ -458,8 +514,13 @@ class _RunLoop:
             eval_fn = make_eval_step(layout.graphdef, len(self.data.ability_names), mesh=self.mesh,
                                      param_shardings=layout.state_shardings.params)
         first_step = self.step
-        with _StopRequest() as stop_request:
+        with self.stop_request as stop_request:
             try:
+                if self.step < self.total_steps and stop_request.agreed():  # a signal during start-up
+                    self.writer.message(f"stop requested (SIGTERM or Ctrl-C) during start-up, before step "
+                                        f"{self.step + 1}: nothing new to save; exiting. Start the same command "
+                                        f"again to resume.")
+                    return "preempted"
                 while self.step < self.total_steps:
                     self._train_step(step_fn, first_step)
                     at = self.step
@@ -476,6 +537,7 @@ class _RunLoop:
                         self.meter.reset(at)
                     if checkpoint or stop:
                         self._save()
+                        self.meter.reset(at)  # the save's pause is not training throughput
                     if stop:
                         self.manager.wait_until_finished()
                         self.writer.message(f"stop requested (SIGTERM or Ctrl-C): saved step {at} in "
@@ -504,6 +566,10 @@ class _RunLoop:
         batch = global_batch(local, self.mesh, microbatches=tc.microbatches)
         self.state, metrics = step_fn(self.state, batch)
         self.step += 1
+        # The previous step's metrics, read one step late so the devices never wait on the host; before this
+        # step's tokens are counted, which belong to the next interval (else a step settled at once, as before a
+        # checkpoint, reads 0 tokens/s).
+        self._settle()
         if self.step == first_step + 1:  # time from the end of the first (compiling) step
             jax.block_until_ready(metrics)
             self.meter.reset(self.step)
@@ -513,7 +579,6 @@ class _RunLoop:
         else:
             tokens = self.rows_per_step * length
             self.meter.add_step(tokens, tokens * self.flops_per_token[length])
-        self._settle()  # the previous step's metrics: read one step late so the devices never wait on the host
         self.pending = (self.step, metrics)
         if self.profiling_until is not None and self.step >= self.profiling_until:
             jax.block_until_ready(self.state.params)
@@ -569,6 +634,15 @@ class _RunLoop:
         self.last_loss = scalars["loss"]
         self.writer.write(at, "train", scalars)
         self.writer.message(progress_line(at, self.total_steps, scalars["epoch"], scalars))
+
+
+def _on_every_process(ok: bool) -> bool:
+    """Whether ``ok`` holds on every process (a collective: every process must call it)."""
+    if jax.process_count() == 1:
+        return ok
+    from jax.experimental import multihost_utils
+
+    return bool(np.all(multihost_utils.process_allgather(np.asarray(ok, np.int32))))
 
 
 def _peak_flops_total(cfg: Config, mesh: Mesh) -> Optional[float]:

@@ -307,3 +307,29 @@ def test_cli_import_hf_new_token_init_flag(untied_dir, tmp_path: Path) -> None:
                                       "normal"])
     assert args.new_token_init == "normal"
     assert build_parser().parse_args(["import-hf", "a", "b"]).new_token_init == "mean"
+
+
+def _imported_with(hf_dir: Path, where: Path, name: str, values: list[float]) -> Path:
+    """The imported checkpoint of ``hf_dir`` with ``values`` written at the start of jaxtune param ``name``."""
+    from jaxtune.checkpoint import save_params
+
+    cfg = import_hf(hf_dir, where / "clean")
+    _, params = load_params(where / "clean", as_numpy=True)
+    params[name] = params[name].copy()
+    params[name].reshape(-1)[:len(values)] = values
+    return save_params(where / "bad", params, cfg)
+
+
+def test_export_never_writes_a_non_finite_tensor(untied_dir, tmp_path: Path) -> None:
+    _, hf_dir = untied_dir
+    nan = _imported_with(hf_dir, tmp_path / "nan", "lm_head", [np.nan, 2.5e38])
+    with pytest.raises(JaxtuneError, match=r"non-finite values \(NaN or inf\) in params\.lm_head \(1 values\)"):
+        export_hf(nan, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    # Finite in float32, beyond float16's range: refused at the cast, and the folder begun is removed.
+    big = _imported_with(hf_dir, tmp_path / "big", "lm_head", [1e5])
+    with pytest.raises(JaxtuneError, match=r"lm_head.weight has 1 values that are not finite in float16"):
+        export_hf(big, tmp_path / "out16", dtype="float16")
+    assert not (tmp_path / "out16").exists()
+    export_hf(big, tmp_path / "out32")  # float32 holds it
+    assert stored_tensors(tmp_path / "out32")["lm_head.weight"].flatten()[0].item() == 1e5

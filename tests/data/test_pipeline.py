@@ -297,3 +297,79 @@ def test_packing_in_examples_resumes_on_the_same_batches(doit_root, doit_tokeniz
     fresh.iterator.set_state(state)
     rest = [b["input_ids"] for b in fresh.iterator]
     assert len(rest) == len(full) - 3 and all(np.array_equal(a, b) for a, b in zip(rest, full[3:]))
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the process ended meanwhile
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has exited and waits only to be reaped by its new parent
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc (Linux)")
+def test_grain_workers_exit_when_the_trainer_is_killed(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    from jaxtune.demo.abilities import write_demo_dataset
+
+    root = write_demo_dataset(tmp_path / "data", per_ability=4, eval_per_ability=1, synthetic=10)
+    tokenizer = Path(__file__).resolve().parents[2] / "jaxtune" / "demo" / "tokenizer"
+    config = {
+        "run_dir": str(tmp_path / "run"),
+        "model": dict(vocab_size=1004, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
+                      max_position_embeddings=256),
+        "data": dict(format="doit", path=str(root), tokenizer=str(tokenizer), template="doit", max_len=64,
+                     selection="curated-40", num_workers=1),
+        "train": dict(global_batch_size=8, epochs=1000, log_every=1),
+        "checkpoint": dict(save_every=None),
+        "mesh": dict(fsdp=1),
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    with open(tmp_path / "train.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "jaxtune.cli", "train", str(tmp_path / "config.yaml")],
+                                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(tokenizer.parents[2]))
+    try:
+        deadline = time.monotonic() + 180
+        while not (tmp_path / "run" / "metrics.jsonl").exists():  # training steps: the workers are running
+            assert proc.poll() is None, (tmp_path / "train.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "timed out waiting for the first logged step"
+            time.sleep(0.1)
+        workers = _children(proc.pid)
+        assert workers, "no grain worker process found"
+        proc.send_signal(signal.SIGKILL)  # as the OOM killer does: no cleanup runs in the trainer
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        left = [w for w in workers if _alive(w)]
+        assert not left, f"worker processes {left} outlived the killed trainer"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for w in _children(proc.pid) + [w for w in locals().get("workers", []) if _alive(w)]:
+            try:
+                os.kill(w, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

@@ -10,6 +10,7 @@ import jax
 import numpy as np
 import pytest
 
+from jaxtune.errors import JaxtuneError
 from jaxtune.train import metrics as tm
 from jaxtune.train.metrics import MetricsWriter, ThroughputMeter, TrainMetrics, progress_line
 
@@ -54,6 +55,62 @@ def test_writer_appends_json_lines_and_tensorboard_scalars_and_truncates(tmp_pat
     writer.truncate_after(2)  # a run resumed from step 2 redoes step 3
     assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2]
     writer.close()
+
+
+def _steps_in(path) -> list[int]:
+    return [json.loads(line)["step"] for line in path.read_text().splitlines()]
+
+
+def test_resume_drops_a_torn_last_line_and_rewrites_atomically(tmp_path, monkeypatch):
+    writer = MetricsWriter(tmp_path, enabled=True)
+    for step in (1, 2, 3):
+        writer.write(step, "train", {"loss": 1.0})
+    writer.close()
+    path = tmp_path / "metrics.jsonl"
+    with path.open("a") as f:
+        f.write('{"step": 4, "kind": "tr')  # a kill during the write of step 4
+    printed: list[str] = []
+    writer = MetricsWriter(tmp_path, enabled=True, print_fn=printed.append)
+    writer.start_at(3)
+    assert _steps_in(path) == [1, 2, 3]
+    assert len(printed) == 1 and f"{path}: dropped the torn last line 4" in printed[0]
+    writer.write(4, "train", {"loss": 0.5})
+    writer.close()
+    assert _steps_in(path) == [1, 2, 3, 4]
+
+    # The rewrite goes through a temporary file and os.replace: failing there leaves the file as it was.
+    before = path.read_text()
+
+    def failing_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(tm.os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk full"):
+        MetricsWriter(tmp_path, enabled=True).truncate_after(1)
+    assert path.read_text() == before
+    monkeypatch.undo()
+
+    # A damaged line elsewhere is not guessed at: it is named.
+    path.write_text(before.replace('{"step": 2', '{"step": 2,,', 1))
+    with pytest.raises(JaxtuneError, match=rf"metrics.jsonl, line 2: not a JSON object"):
+        MetricsWriter(tmp_path, enabled=True).truncate_after(3)
+
+
+def test_resume_purges_the_redone_steps_from_tensorboard(tmp_path):
+    writer = MetricsWriter(tmp_path, enabled=True)
+    writer.start_at(0)
+    for step in (1, 2, 3, 4):
+        writer.write(step, "train", {"loss": float(step)})
+    writer.close()
+    writer = MetricsWriter(tmp_path, enabled=True)
+    writer.start_at(2)  # resumed from the checkpoint of step 2: steps 3 and 4 are done again
+    for step in (3, 4):
+        writer.write(step, "train", {"loss": 10.0 * step})
+    writer.close()
+    seen = [(step, value) for tag, step, value in scalar_events(tmp_path / "tensorboard", purge=True)
+            if tag == "train/loss"]
+    assert seen == [(1, 1.0), (2, 2.0), (3, 30.0), (4, 40.0)]
+    assert len(scalar_events(tmp_path / "tensorboard")) == 6  # without the purge TensorBoard would show both
 
 
 def test_a_disabled_writer_writes_nothing(tmp_path):
