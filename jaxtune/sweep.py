@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 
 from jaxtune.config import Config, ConfigError
 from jaxtune.data.belle_volumes import ALPACA_LABEL, is_belle_selection, parse_belle_selection
-from jaxtune.data.mixtures import read_manifest
+from jaxtune.data.mixtures import SELECTION_ALIASES, read_manifest
 from jaxtune.errors import JaxtuneError
 from jaxtune.results import parse_selection
 
@@ -85,18 +85,28 @@ def epochs_to_evaluate(spec: str, epochs: int) -> list[int]:
 
 def selection_source_and_volume(selection: str, run_dir: Path) -> tuple[str, int | None]:
     """The data source and volume a run's results are plotted under (``belle-600k+alpaca`` -> ("belle+alpaca",
-    600000)); volumes that depend on the data are None, except ``belle-all``'s, counted from the run's manifest."""
+    600000)); a volume that depends on the data (``maximum``, ``reconstruct``, ``mix-N``, ``belle-all``) is the
+    number of records in the run's manifest (None before the run wrote one)."""
+    manifest = run_dir / "manifest.jsonl"
     if not is_belle_selection(selection):
-        return parse_selection(selection)
+        source, volume = parse_selection(SELECTION_ALIASES.get(selection, selection))
+        if volume is None and manifest.is_file():
+            volume = len(read_manifest(manifest))
+        return source, volume
     parsed = parse_belle_selection(selection)
     volume = parsed.belle
-    manifest = run_dir / "manifest.jsonl"
     if volume is None and manifest.is_file():
         volume = sum(entry["ability"] != ALPACA_LABEL for entry in read_manifest(manifest))
     return parsed.source_label, volume
 
 
-def _has_summaries(eval_dir: Path) -> bool:
+def eval_dir_of(run_dir: Path, epoch: int) -> Path:
+    """Where the sweep writes (and looks for) the evaluation of a run's epoch checkpoint."""
+    return run_dir / "eval" / f"epoch-{epoch}"
+
+
+def has_summaries(eval_dir: Path) -> bool:
+    """Whether an evaluation already wrote its summaries there (the sweep then reads them instead of evaluating)."""
     return eval_dir.is_dir() and any(eval_dir.glob("*.summary.json"))
 
 
@@ -106,8 +116,12 @@ def sweep(
     epochs_to_eval: str = "last",
     *,
     print_fn: Callable[[str], None] = print,
+    model_size: str | None = None,
+    write_report: bool = True,
 ) -> SweepOutputs:
-    """Train, evaluate and report every selection; see the module docstring."""
+    """Train, evaluate and report every selection; see the module docstring. ``model_size`` labels the results
+    (default :func:`model_size_label`); ``write_report=False`` leaves the report to the caller (the grid draws one
+    over all its models)."""
     from jaxtune.eval.runner import evaluate
     from jaxtune.report import report
     from jaxtune.train.trainer import train
@@ -120,7 +134,7 @@ def sweep(
         if is_belle_selection(selection):
             parse_belle_selection(selection)
     root = Path(cfg.run_dir)
-    size = model_size_label(cfg)
+    size = model_size or model_size_label(cfg)
     runs: list[SweepRun] = []
     started = time.time()
     for i, selection in enumerate(selections):
@@ -137,8 +151,8 @@ def sweep(
         run = SweepRun(selection, run_dir, train_summary=result.summary())
         for epoch in epochs:
             step = epoch * steps_per_epoch
-            eval_dir = run_dir / "eval" / f"epoch-{epoch}"
-            if not _has_summaries(eval_dir):
+            eval_dir = eval_dir_of(run_dir, epoch)
+            if not has_summaries(eval_dir):
                 print_fn(f"[{i + 1}/{len(selections)}] {selection}: evaluating epoch {epoch} (step {step})")
                 metadata = {"run_name": selection, "model_size": size, "data_source": source, "epoch": str(epoch),
                             "step": str(step)}
@@ -150,8 +164,10 @@ def sweep(
             run.eval_dirs[epoch] = eval_dir
         runs.append(run)
     report_dir = root / "report"
+    if not write_report:
+        return SweepOutputs(runs=runs, report_dir=report_dir, report_files=[], table="")
     files = report([d for r in runs for d in r.eval_dirs.values()], report_dir)
-    table = _final_table(report_dir)
+    table = final_table(report_dir)
     return SweepOutputs(runs=runs, report_dir=report_dir, report_files=list(files), table=table)
 
 
@@ -162,7 +178,7 @@ def _eta(started: float, done: int, total: int) -> str:
     return f"ETA {per_run * (total - done) / 60:.1f} min"
 
 
-def _final_table(report_dir: Path) -> str:
+def final_table(report_dir: Path) -> str:
     """The report's per-ability tables (Markdown), one per suite, for printing at the end."""
     parts = []
     for path in sorted(report_dir.glob("*.scores.md")):
