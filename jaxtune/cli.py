@@ -161,10 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(fn=fn)
         return p
 
-    p = add("quickstart", _cmd_quickstart, "train and evaluate a tiny model on generated data at several volumes")
+    p = add("quickstart", _cmd_quickstart, "the study's grid in miniature: two tiny models x curated and synthetic "
+                                           "generated data at several volumes, then the best exported to HF")
     p.add_argument("--out", default="runs/quickstart", help="output directory (default: runs/quickstart)")
-    p.add_argument("--selections", default="curated-10,curated-40,curated-160,curated-640,curated-2560",
-                   help="comma-separated data volumes to train at")
+    p.add_argument("--selections", default=None,
+                   help="comma-separated data types of the demo grid (default: those of jaxtune/demo/sweep.yaml)")
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
 
     p = add("train", _cmd_train, "fine-tune a model (sharded, checkpointed, resumable)")

@@ -63,7 +63,7 @@ def model_size_label(cfg: Config) -> str:
         return preset
     from jaxtune.models.stats import count_params
 
-    n = count_params(cfg.model)
+    n, _ = count_params(cfg.model, cfg.model.vocab_size)
     return f"{n / 1e9:.1f}b" if n >= 1e9 else f"{n / 1e6:.0f}m"
 
 
