@@ -70,9 +70,15 @@ def quickstart(
 ) -> QuickstartOutputs:
     """Generate the demo data under ``out/data``, run the demo grid under ``out/runs`` (``selections``: its data
     types, default the sweep file's), export the best checkpoint to ``out/hf``; ``overrides`` apply to every run."""
+    import jax
+
     from jaxtune.convert.hf import export_hf
 
     out = Path(out)
+    if not jax.config.jax_compilation_cache_dir:
+        # The runs of one size compile the same evaluation programs: compile them once for the whole grid.
+        jax.config.update("jax_compilation_cache_dir", str((out / "jax-cache").absolute()))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     data_dir = out / "data"
     if not (data_dir / "curated").is_dir():
         print_fn(f"writing the generated ten-ability corpus to {data_dir}")
