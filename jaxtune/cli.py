@@ -190,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="a sweep file (top-level key 'sweep': models x data types, e.g. "
                                   "configs/sweeps/doit.yaml) or a run config with --selections")
     p.add_argument("--selections",
-                   help="run config only: e.g. curated-10,curated-40,synthetic-160 or belle-200k+alpaca,belle-600k+alpaca")
+                   help="run config only: e.g. curated-10,curated-40,synthetic-160 or "
+                        "belle-200k+alpaca,belle-600k+alpaca")
     p.add_argument("--eval-epochs", default=None,
                    help="run config only: 'last' (default), 'all' or comma-separated epochs to evaluate")
     p.add_argument("--dry-run", action="store_true",

@@ -88,7 +88,6 @@ def quickstart(
         write_demo_ceval(data_dir / "ceval")
     defaults = [
         f"data.path={data_dir}",
-        f"data.valid_path={data_dir / 'curated' / 'valid'}",
         f"data.tokenizer={DEMO_TOKENIZER}",
         f"eval.data_dir={data_dir}",
     ]
