@@ -190,7 +190,7 @@ def construction_table(summaries: Sequence[SuiteSummary]) -> tuple[str, list[lis
     for s in summaries:
         abilities += [a.name for a in s.abilities if a.name not in abilities]
     header = ["ability"] + [" ".join(x for x in k if x) for k in keys]
-    body = [["training examples"] + [_volume_label(cells[k][0].run.data_volume or 0) for k in keys]]
+    body = [["training examples"] + [f"{cells[k][0].run.data_volume or 0:,}" for k in keys]]
     for name in [*abilities, "overall"]:
         row = [DISPLAY_NAMES.get(name, name)]
         for k in keys:
