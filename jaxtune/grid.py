@@ -35,7 +35,7 @@ import yaml
 
 from jaxtune.checkpoint import train_checkpoint_dir
 from jaxtune.config import Config, ConfigError, load_config
-from jaxtune.data.mixtures import SELECTION_ALIASES
+from jaxtune.data.mixtures import STUDY_ALIASES
 from jaxtune.errors import JaxtuneError
 
 DATA_TYPES: tuple[str, ...] = (
@@ -261,7 +261,7 @@ def load_grid(path: str | Path) -> GridSpec:
 
 def cells(spec: GridSpec) -> list[Cell]:
     """Every (model, data type) in the file's order: models outer, data types inner."""
-    return [Cell(m, d, SELECTION_ALIASES.get(d, d), spec.run_dir / m.label / SELECTION_ALIASES.get(d, d))
+    return [Cell(m, d, STUDY_ALIASES.get(d, d), spec.run_dir / m.label / STUDY_ALIASES.get(d, d))
             for m in spec.models for d in spec.data_types]
 
 

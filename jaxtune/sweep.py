@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 
 from jaxtune.config import Config, ConfigError
 from jaxtune.data.belle_volumes import ALPACA_LABEL, is_belle_selection, parse_belle_selection
-from jaxtune.data.mixtures import SELECTION_ALIASES, read_manifest
+from jaxtune.data.mixtures import STUDY_ALIASES, read_manifest
 from jaxtune.errors import JaxtuneError
 from jaxtune.results import parse_selection
 
@@ -89,7 +89,7 @@ def selection_source_and_volume(selection: str, run_dir: Path) -> tuple[str, int
     number of records in the run's manifest (None before the run wrote one)."""
     manifest = run_dir / "manifest.jsonl"
     if not is_belle_selection(selection):
-        source, volume = parse_selection(SELECTION_ALIASES.get(selection, selection))
+        source, volume = parse_selection(STUDY_ALIASES.get(selection, selection))
         if volume is None and manifest.is_file():
             volume = len(read_manifest(manifest))
         return source, volume

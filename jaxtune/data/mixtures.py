@@ -144,8 +144,8 @@ class _StudySampler:
 
 
 _NUMBERED = re.compile(r"^(curated|synthetic|mix)-(\d+)$")
-SELECTION_ALIASES: dict[str, str] = {"baseline": "curated-10000", "mix-0": "maximum"}
-"""The study's other names for two selections (``make_data.py`` prints the equivalence)."""
+STUDY_ALIASES: dict[str, str] = {"baseline": "curated-10000", "mix-0": "maximum"}
+"""Names ``make_data.py`` accepts for another selection."""
 
 
 def parse_count_map(text: str) -> tuple[dict[str, Optional[int]], bool, Optional[int]]:
@@ -189,7 +189,7 @@ def select_records(
     if selection == "all":
         report = SkipReport()
         return Selection("all", list(iter_records(path, format, on_error=on_error, report=report)), report)
-    name = SELECTION_ALIASES.get(selection, selection)
+    name = STUDY_ALIASES.get(selection, selection)
     root = find_doit_root(path)
     sampler = _StudySampler(format, seed, on_error)
     match = _NUMBERED.match(name)
