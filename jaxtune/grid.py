@@ -27,9 +27,10 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import yaml
 
@@ -80,7 +81,7 @@ class GridSpec:
     """As listed (aliases kept: they are shown, and share their target's run)."""
     eval_epochs: str = "last"
     """``last``, ``all`` or comma-separated epochs (:func:`jaxtune.sweep.epochs_to_evaluate`)."""
-    suites: Optional[tuple[str, ...]] = None
+    suites: tuple[str, ...] | None = None
     """eval.suites of every cell; None keeps each config's own."""
     overrides: tuple[str, ...] = ()
     """key=value overrides applied to every model's config."""
@@ -112,7 +113,7 @@ class CellState:
     """Of those, the ones with summaries on disk."""
     checkpoint_steps: list[int]
     """Complete checkpoints on disk."""
-    steps_per_epoch: Optional[int] = None
+    steps_per_epoch: int | None = None
     total_epochs: int = 0
     plan_error: str = ""
     """Why the planned steps could not be measured (e.g. the data is missing)."""
@@ -324,7 +325,7 @@ def cell_states(spec: GridSpec, *, measure: bool = True, progress: Callable[[str
     out: list[CellState] = []
     configs = {m.label: model_config(spec, m) for m in spec.models}
     epochs_of = {m.label: _check_model_config(spec, m, configs[m.label]) for m in spec.models}
-    measured: dict[tuple, tuple[Optional[int], str]] = {}
+    measured: dict[tuple, tuple[int | None, str]] = {}
     for cell in cells(spec):
         cfg = configs[cell.model.label]
         epochs = epochs_of[cell.model.label]

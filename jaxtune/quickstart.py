@@ -12,9 +12,9 @@ loads it. Rerunning continues where it stopped: finished runs and evaluations ar
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
 
 from jaxtune.demo.abilities import write_demo_dataset
 from jaxtune.demo.ceval_ood import write_demo_ceval
@@ -64,7 +64,7 @@ def best_checkpoint(eval_dirs: Sequence[Path], stem: str = BEST_OF) -> tuple[Pat
 def quickstart(
     out: str | Path = "runs/quickstart",
     overrides: Sequence[str] = (),
-    selections: Optional[str | Sequence[str]] = None,
+    selections: str | Sequence[str] | None = None,
     *,
     print_fn: Callable[[str], None] = print,
 ) -> QuickstartOutputs:

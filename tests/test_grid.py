@@ -11,7 +11,16 @@ from pathlib import Path
 import pytest
 
 from jaxtune.cli import main
-from jaxtune.grid import DATA_TYPES, GridError, cell_states, cells, format_states, is_sweep_file, load_grid, run_grid
+from jaxtune.grid import (
+    DATA_TYPES,
+    GridError,
+    cell_states,
+    cells,
+    format_states,
+    is_sweep_file,
+    load_grid,
+    run_grid,
+)
 from jaxtune.results import read_summary
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,8 +13,8 @@ from __future__ import annotations
 import csv
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from jaxtune.demo.abilities import _ANIMALS, _DYNASTIES, LETTERS
 
