@@ -4,7 +4,8 @@
     jaxtune train CONFIG [key=value ...]   fine-tune (sharded, resumable)
     jaxtune eval CKPT --suite doit ...     score a checkpoint per ability
     jaxtune report RUN_DIR ... --out DIR   growth curves and growth-pace tables over many evaluations
-    jaxtune sweep CONFIG --selections ...  the study's grid: train and evaluate at several data volumes
+    jaxtune sweep SWEEP.yaml [--dry-run]   the study's grid: models x data types, idempotent (jaxtune/grid.py)
+    jaxtune sweep CONFIG --selections ...  train and evaluate one config at several data volumes
     jaxtune prepare INPUT OUT --format F   local files -> ArrayRecord dataset (random access, low memory)
     jaxtune import-hf HF_DIR OUT           Hugging Face LLaMA or BLOOM folder -> jaxtune checkpoint
     jaxtune export-hf CKPT OUT_DIR         jaxtune checkpoint -> Hugging Face folder
@@ -133,10 +134,25 @@ def _epoch_choice(text: str):
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
+    from jaxtune.grid import cell_states, format_states, is_sweep_file, load_grid, run_grid
+
+    if is_sweep_file(args.config):
+        if args.selections or args.overrides or args.eval_epochs is not None:
+            raise JaxtuneError(f"{args.config} is a sweep file: its models, data_types and eval_epochs say what to "
+                               f"run (--selections, --eval-epochs and key=value are for a run config)")
+        spec = load_grid(args.config)
+        if args.dry_run:
+            print(format_states(spec, cell_states(spec, progress=lambda t: print(t, file=sys.stderr, flush=True))))
+        else:
+            print(run_grid(spec).summary())
+        return 0
+    if not args.selections or args.dry_run:
+        raise JaxtuneError(f"{args.config} is a run config: give --selections (a sweep file, with the top-level key "
+                           f"'sweep', lists its grid and supports --dry-run)")
     cfg = _config(args.config, args.overrides)
     from jaxtune.sweep import sweep
 
-    outputs = sweep(cfg, selections=args.selections.split(","), epochs_to_eval=args.eval_epochs)
+    outputs = sweep(cfg, selections=args.selections.split(","), epochs_to_eval=args.eval_epochs or "last")
     print(outputs.summary())
     return 0
 
@@ -207,10 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(fn=fn)
         return p
 
-    p = add("quickstart", _cmd_quickstart, "train and evaluate a tiny model on generated data at several volumes")
+    p = add("quickstart", _cmd_quickstart, "the study's grid in miniature: two tiny models x curated and synthetic "
+                                           "generated data at several volumes, then the best exported to HF")
     p.add_argument("--out", default="runs/quickstart", help="output directory (default: runs/quickstart)")
-    p.add_argument("--selections", default="curated-10,curated-40,curated-160,curated-640,curated-2560",
-                   help="comma-separated data volumes to train at")
+    p.add_argument("--selections", default=None,
+                   help="comma-separated data types of the demo grid (default: those of jaxtune/demo/sweep.yaml)")
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
 
     p = add("train", _cmd_train, "fine-tune a model (sharded, checkpointed, resumable)")
@@ -237,10 +254,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "as not plotted)")
 
     p = add("sweep", _cmd_sweep, "train and evaluate at several data selections (the study's grid)")
-    p.add_argument("config")
-    p.add_argument("--selections", required=True,
-                   help="e.g. curated-10,curated-40,synthetic-160 or belle-200k+alpaca,belle-600k+alpaca")
-    p.add_argument("--eval-epochs", default="last", help="'last', 'all' or comma-separated epochs to evaluate")
+    p.add_argument("config", help="a sweep file (top-level key 'sweep': models x data types, e.g. "
+                                  "configs/sweeps/doit.yaml) or a run config with --selections")
+    p.add_argument("--selections",
+                   help="run config only: e.g. curated-10,curated-40,synthetic-160 or "
+                        "belle-200k+alpaca,belle-600k+alpaca")
+    p.add_argument("--eval-epochs", default=None,
+                   help="run config only: 'last' (default), 'all' or comma-separated epochs to evaluate")
+    p.add_argument("--dry-run", action="store_true",
+                   help="sweep file only: list each cell's state and planned steps, run nothing")
     p.add_argument("overrides", nargs="*")
 
     p = add("prepare", _cmd_prepare, "convert local record files into an ArrayRecord dataset")

@@ -1,49 +1,105 @@
-"""``jaxtune quickstart``: the main job on the embedded default, end to end on a CPU in minutes.
+"""``jaxtune quickstart``: the DoIT study's grid in miniature, end to end on a CPU in minutes.
 
-It writes the generated ten-ability corpus (:mod:`jaxtune.demo.abilities`) in the DoIT layout, then runs the
-study's grid in miniature (:mod:`jaxtune.sweep`): a tiny LLaMA (``jaxtune/demo/quickstart.yaml``) fine-tuned at
-several curated data volumes, each run scored per ability with the DoIT scorers, and the growth curves drawn.
-Rerunning continues where it stopped: finished runs and evaluations are reused.
+It writes the generated ten-ability corpus (:mod:`jaxtune.demo.abilities`: curated abilities and a "synthetic"
+general-instruction file) and a generated C-Eval-format out-of-domain suite (:mod:`jaxtune.demo.ceval_ood`) under
+``out/data``, then runs the grid of ``jaxtune/demo/sweep.yaml`` (:mod:`jaxtune.grid`): two tiny LLaMA sizes x
+curated and synthetic data at several volumes, each run scored per ability and on the OOD suite, and the report
+drawn under ``out/runs/report`` (curated solid, synthetic dashed, one colour per size). It ends by exporting the run
+with the best overall ability score to a Hugging Face folder ``out/hf`` and printing the transformers code that
+loads it. Rerunning continues where it stopped: finished runs and evaluations are reused.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
-from jaxtune.config import load_config
 from jaxtune.demo.abilities import write_demo_dataset
 from jaxtune.paths import local_path
-from jaxtune.sweep import SweepOutputs, sweep
+from jaxtune.demo.ceval_ood import write_demo_ceval
+from jaxtune.grid import GridOutputs, load_grid, run_grid
+from jaxtune.results import find_summaries, read_summary
 
 DEMO_DIR = Path(__file__).resolve().parent / "demo"
 QUICKSTART_CONFIG = DEMO_DIR / "quickstart.yaml"
+QUICKSTART_SWEEP = DEMO_DIR / "sweep.yaml"
 DEMO_TOKENIZER = DEMO_DIR / "tokenizer"
+BEST_OF = "doit-test"
+"""The summary stem whose overall score picks the checkpoint the quickstart exports."""
+
+
+@dataclass
+class QuickstartOutputs:
+    grid: GridOutputs
+    best_checkpoint: Path
+    best_label: str
+    hf_dir: Path
+
+    def summary(self) -> str:
+        return "\n".join([
+            self.grid.summary(), "",
+            f"best run: {self.best_label}; exported {self.best_checkpoint} to the Hugging Face folder {self.hf_dir}",
+            "load it with transformers:",
+            "    from transformers import AutoModelForCausalLM",
+            f"    model = AutoModelForCausalLM.from_pretrained({str(self.hf_dir)!r})",
+        ])
+
+
+def best_checkpoint(eval_dirs: Sequence[Path], stem: str = BEST_OF) -> tuple[Path, str]:
+    """The checkpoint whose ``{stem}`` summary has the best overall score, and a label of its run."""
+    best = None
+    for path in find_summaries(eval_dirs):
+        if not path.name.startswith(f"{stem}."):
+            continue
+        s = read_summary(path)
+        if best is None or s.overall > best[0].overall:
+            best = (s, path)
+    if best is None or not best[0].run.checkpoint:
+        raise FileNotFoundError(f"no {stem} summary with a checkpoint under {[str(d) for d in eval_dirs]}")
+    s = best[0]
+    return Path(s.run.checkpoint), f"{s.run.model_size} {s.run.run_name} (overall {s.overall:.1f})"
 
 
 def quickstart(
     out: str | Path = "runs/quickstart",
     overrides: Sequence[str] = (),
-    selections: str | Sequence[str] = "curated-10,curated-40,curated-160,curated-640,curated-2560",
+    selections: str | Sequence[str] | None = None,
     *,
     print_fn: Callable[[str], None] = print,
-) -> SweepOutputs:
-    """Generate the demo corpus under ``out/data``, train and evaluate one tiny model per selection under
-    ``out/runs``, and write the report (per-ability table, growth curves) under ``out/runs/report``."""
-    out = Path(local_path(out))  # the demo corpus is written locally (jaxtune sweep takes gs:// run directories)
+) -> QuickstartOutputs:
+    """Generate the demo data under ``out/data``, run the demo grid under ``out/runs`` (``selections``: its data
+    types, default the sweep file's), export the best checkpoint to ``out/hf``; ``overrides`` apply to every run."""
+    import jax
+
+    from jaxtune.convert.hf import export_hf
+
+    out = Path(local_path(out))  # the demo data is written locally (the runs could take gs:// directories)
+    if not jax.config.jax_compilation_cache_dir:
+        # The runs of one size compile the same evaluation programs: compile them once for the whole grid.
+        jax.config.update("jax_compilation_cache_dir", str((out / "jax-cache").absolute()))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     data_dir = out / "data"
     if not (data_dir / "curated").is_dir():
         print_fn(f"writing the generated ten-ability corpus to {data_dir}")
         write_demo_dataset(data_dir)
+    if not (data_dir / "ceval").is_dir():
+        print_fn(f"writing the generated C-Eval-format out-of-domain suite to {data_dir / 'ceval'}")
+        write_demo_ceval(data_dir / "ceval")
     defaults = [
-        f"run_dir={out / 'runs'}",
         f"data.path={data_dir}",
-        f"data.valid_path={data_dir / 'curated' / 'valid'}",
         f"data.tokenizer={DEMO_TOKENIZER}",
         f"eval.data_dir={data_dir}",
     ]
-    cfg = load_config(QUICKSTART_CONFIG, [*defaults, *overrides])
+    spec = load_grid(QUICKSTART_SWEEP)
     if isinstance(selections, str):
         selections = [s for s in selections.split(",") if s]
-    outputs = sweep(cfg, selections, print_fn=print_fn)
-    return outputs
+    spec = dataclasses.replace(spec, run_dir=out / "runs", overrides=(*spec.overrides, *defaults, *overrides),
+                               data_types=tuple(selections) if selections else spec.data_types)
+    grid = run_grid(spec, print_fn=print_fn)
+    checkpoint, label = best_checkpoint(grid.eval_dirs)
+    hf_dir = out / "hf"
+    print_fn(f"exporting the best run ({label}) to {hf_dir}")
+    export_hf(checkpoint, hf_dir, overwrite=True)
+    return QuickstartOutputs(grid=grid, best_checkpoint=checkpoint, best_label=label, hf_dir=hf_dir)

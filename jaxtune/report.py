@@ -10,6 +10,11 @@ size, data source, data volume and epoch. Output, per suite/variant/scorer mode:
   points gained per 4x data) and the smallest volume whose score reaches 90% of the curve's best;
 - ``{stem}.scores.md`` / ``.csv``: the per-ability table, one row per ability (and the overall mean), one column per
   curve point (model size, source, volume), the chance level beside it;
+- ``{stem}.constructions.md`` / ``.csv``: the study's data-construction table, when a run of ``reconstruct``,
+  ``maximum`` or ``mix-N`` is among the summaries: one column per model size and construction (``baseline`` =
+  curated at 10,000 examples, ``reconstruct``, ``maximum``, ``mix-N``), one row per ability, the overall mean and
+  the number of training examples. These constructions are single runs, not volume series, so they are tabled here
+  rather than drawn as curves;
 - ``best_epochs.csv``: per run (size, source, volume, name; every summary read), the epoch with the best overall
   score beside the last one;
 - ``report.md``: an index of the above, and the summaries that could not be placed on a curve;
@@ -56,6 +61,11 @@ DISPLAY_NAMES = {
 STUDY_FIGURES = {"belle": write_study_figure}
 """Suites whose study has a figure of its own, drawn beside the growth curves: suite -> a function of (the chosen
 summaries, the output stem) returning the files it wrote."""
+CONSTRUCTION_SOURCES = ("reconstruct", "maximum", "mix")
+"""Data sources that are one construction each (their volume comes from the data): the construction table, not
+curves."""
+BASELINE = ("curated", 10000)
+"""The study's ``baseline`` construction: curated data at 10,000 examples."""
 LINESTYLES = {"curated": "-", "synthetic": "--"}
 OTHER_LINESTYLE = "-."
 
@@ -151,6 +161,44 @@ def score_table(summaries: Sequence[SuiteSummary]) -> tuple[str, list[list[str]]
         chance = next((p.chances.get(name) for _, p in columns if p.chances.get(name) is not None), None)
         body.append([DISPLAY_NAMES.get(name, name)] + [_fmt(p.scores.get(name), 1) for _, p in columns]
                     + [_fmt(chance, 1)])
+    md = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    md += ["| " + " | ".join(r) + " |" for r in body]
+    return "\n".join(md) + "\n", [header] + body
+
+
+def construction_name(s: SuiteSummary) -> str | None:
+    """``baseline``, ``reconstruct``, ``maximum`` or ``mix-N`` (from the run name) for a construction's run."""
+    r = s.run
+    if (r.data_source, r.data_volume) == BASELINE:
+        return "baseline"
+    if r.data_source == "mix":
+        return r.run_name if r.run_name and re.fullmatch(r"mix-\d+", r.run_name) else f"mix ({r.data_volume:,})"
+    return r.data_source if r.data_source in CONSTRUCTION_SOURCES else None
+
+
+def construction_table(summaries: Sequence[SuiteSummary]) -> tuple[str, list[list[str]]] | None:
+    """The data-construction table of one suite (see the module docstring); None when no summary is a
+    ``reconstruct``, ``maximum`` or ``mix-N`` run. Runs sharing size and construction are averaged."""
+    if not any(s.run.data_source in CONSTRUCTION_SOURCES for s in summaries):
+        return None
+    cells: dict[tuple[str | None, str], list[SuiteSummary]] = defaultdict(list)
+    for s in summaries:
+        name = construction_name(s)
+        if name is not None:
+            cells[(s.run.model_size, name)].append(s)
+    rank = {"baseline": 0, "reconstruct": 1, "maximum": 2}
+    keys = sorted(cells, key=lambda k: (_size_order(k[0]), rank.get(k[1], 3), cells[k][0].run.data_volume or 0))
+    abilities: list[str] = []
+    for s in summaries:
+        abilities += [a.name for a in s.abilities if a.name not in abilities]
+    header = ["ability"] + [" ".join(x for x in k if x) for k in keys]
+    body = [["training examples"] + [f"{cells[k][0].run.data_volume or 0:,}" for k in keys]]
+    for name in [*abilities, "overall"]:
+        row = [DISPLAY_NAMES.get(name, name)]
+        for k in keys:
+            values = [_scores(s)[name] for s in cells[k] if name in _scores(s)]
+            row.append(_fmt(float(np.mean(values)), 1) if values else "")
+        body.append(row)
     md = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     md += ["| " + " | ".join(r) + " |" for r in body]
     return "\n".join(md) + "\n", [header] + body
@@ -301,6 +349,15 @@ def report(run_paths: Sequence[str | Path], out_dir: str | Path, epoch: EpochCho
         chosen = choose_epochs(groups[key], epoch)
         if not chosen:
             unplaced.append(f"{_stem(key)}: no run has epoch {epoch}")
+            continue
+        constructions = construction_table(chosen)
+        if constructions is not None:
+            (out / f"{_stem(key)}.constructions.md").write_text(constructions[0], encoding="utf-8")
+            written.append(out / f"{_stem(key)}.constructions.md")
+            written.append(_write_csv(out / f"{_stem(key)}.constructions.csv", constructions[1][0],
+                                      constructions[1][1:]))
+        chosen = [s for s in chosen if s.run.data_source not in CONSTRUCTION_SOURCES]
+        if not chosen:
             continue
         written += plot_group(chosen, out / _stem(key))
         if key[0] in STUDY_FIGURES:

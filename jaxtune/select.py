@@ -16,14 +16,7 @@ from pathlib import Path
 from typing import Union
 
 from jaxtune.data.formats import is_json_array_file
-from jaxtune.data.mixtures import STUDY_ALIASES, FileSelection, SelectionError, plan_selection
-
-STUDY_DATA_TYPES: tuple[str, ...] = (
-    "curated-10", "curated-40", "curated-160", "curated-640", "curated-2560", "curated-10000",
-    "synthetic-10", "synthetic-40", "synthetic-160", "synthetic-640", "synthetic-2560", "synthetic-10000",
-    "synthetic-40960", "baseline", "reconstruct", "maximum", "mix-0", "mix-2560", "mix-40960",
-)
-"""The ``--data_type`` choices of the study's ``make_data.py``, in its order."""
+from jaxtune.data.mixtures import STUDY_ALIASES, STUDY_DATA_TYPES, FileSelection, SelectionError, plan_selection
 
 _BOM = b"\xef\xbb\xbf"
 

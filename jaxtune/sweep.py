@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 from jaxtune.checkpoint import epoch_checkpoint_path
 from jaxtune.config import Config, ConfigError
 from jaxtune.data.belle_volumes import ALPACA_LABEL, is_belle_selection, parse_belle_selection
-from jaxtune.data.mixtures import read_manifest
+from jaxtune.data.mixtures import STUDY_ALIASES, read_manifest
 from jaxtune.errors import JaxtuneError
 from jaxtune.paths import as_path
 from jaxtune.results import parse_selection
@@ -66,7 +66,7 @@ def model_size_label(cfg: Config) -> str:
         return preset
     from jaxtune.models.stats import count_params
 
-    n = count_params(cfg.model)
+    n, _ = count_params(cfg.model, cfg.model.vocab_size)
     return f"{n / 1e9:.1f}b" if n >= 1e9 else f"{n / 1e6:.0f}m"
 
 
@@ -88,18 +88,28 @@ def epochs_to_evaluate(spec: str, epochs: int) -> list[int]:
 
 def selection_source_and_volume(selection: str, run_dir: Path) -> tuple[str, int | None]:
     """The data source and volume a run's results are plotted under (``belle-600k+alpaca`` -> ("belle+alpaca",
-    600000)); volumes that depend on the data are None, except ``belle-all``'s, counted from the run's manifest."""
+    600000)); a volume that depends on the data (``maximum``, ``reconstruct``, ``mix-N``, ``belle-all``) is the
+    number of records in the run's manifest (None before the run wrote one)."""
+    manifest = run_dir / "manifest.jsonl"
     if not is_belle_selection(selection):
-        return parse_selection(selection)
+        source, volume = parse_selection(STUDY_ALIASES.get(selection, selection))
+        if volume is None and manifest.is_file():
+            volume = len(read_manifest(manifest))
+        return source, volume
     parsed = parse_belle_selection(selection)
     volume = parsed.belle
-    manifest = run_dir / "manifest.jsonl"
     if volume is None and manifest.is_file():
         volume = sum(entry["ability"] != ALPACA_LABEL for entry in read_manifest(manifest))
     return parsed.source_label, volume
 
 
-def _has_summaries(eval_dir: Path) -> bool:
+def eval_dir_of(run_dir: Path, epoch: int) -> Path:
+    """Where the sweep writes (and looks for) the evaluation of a run's epoch checkpoint."""
+    return run_dir / "eval" / f"epoch-{epoch}"
+
+
+def has_summaries(eval_dir: Path) -> bool:
+    """Whether an evaluation already wrote its summaries there (the sweep then reads them instead of evaluating)."""
     return eval_dir.is_dir() and any(eval_dir.glob("*.summary.json"))
 
 
@@ -109,9 +119,13 @@ def sweep(
     epochs_to_eval: str = "last",
     *,
     print_fn: Callable[[str], None] = print,
+    model_size: str | None = None,
+    write_report: bool = True,
 ) -> SweepOutputs:
     """Train, evaluate and report every selection; see the module docstring. Evaluation runs on ``eval.mesh`` (or
-    the training ``mesh``) over every process; process 0 writes the results and the report."""
+    the training ``mesh``) over every process; process 0 writes the results and the report. ``model_size`` labels
+    the results (default :func:`model_size_label`); ``write_report=False`` leaves the report to the caller (the grid
+    draws one over all its models)."""
     from jaxtune.eval.distributed import agree, eval_mesh_config, is_writer
     from jaxtune.eval.runner import evaluate
     from jaxtune.report import report
@@ -125,7 +139,7 @@ def sweep(
         if is_belle_selection(selection):
             parse_belle_selection(selection)
     root = as_path(cfg.run_dir)
-    size = model_size_label(cfg)
+    size = model_size or model_size_label(cfg)
     runs: list[SweepRun] = []
     started = time.time()
     for i, selection in enumerate(selections):
@@ -142,9 +156,9 @@ def sweep(
         run = SweepRun(selection, run_dir, train_summary=result.summary())
         for epoch in epochs:
             step = epoch * steps_per_epoch
-            eval_dir = run_dir / "eval" / f"epoch-{epoch}"
+            eval_dir = eval_dir_of(run_dir, epoch)
             # Process 0's filesystem decides, so that every process enters the same (collective) evaluations.
-            if not agree(_has_summaries(eval_dir)):
+            if not agree(has_summaries(eval_dir)):
                 print_fn(f"[{i + 1}/{len(selections)}] {selection}: evaluating epoch {epoch} (step {step})")
                 metadata = {"run_name": selection, "model_size": size, "data_source": source, "epoch": str(epoch),
                             "step": str(step)}
@@ -156,10 +170,10 @@ def sweep(
             run.eval_dirs[epoch] = eval_dir
         runs.append(run)
     report_dir = root / "report"
-    if not is_writer():  # the evaluations' files and the report are process 0's
+    if not write_report or not is_writer():  # the evaluations' files and the report are process 0's
         return SweepOutputs(runs=runs, report_dir=report_dir, report_files=[], table="")
     files = report([d for r in runs for d in r.eval_dirs.values()], report_dir)
-    table = _final_table(report_dir)
+    table = final_table(report_dir)
     return SweepOutputs(runs=runs, report_dir=report_dir, report_files=list(files), table=table)
 
 
@@ -170,7 +184,7 @@ def _eta(started: float, done: int, total: int) -> str:
     return f"ETA {per_run * (total - done) / 60:.1f} min"
 
 
-def _final_table(report_dir: Path) -> str:
+def final_table(report_dir: Path) -> str:
     """The report's per-ability tables (Markdown), one per suite, for printing at the end."""
     parts = []
     for path in sorted(report_dir.glob("*.scores.md")):

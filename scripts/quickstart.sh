@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# README command 1: set up, then run the main job on the embedded default (CPU, generated ten-ability data, a
-# tiny model): train at several data volumes, evaluate each ability, print the table and draw the growth plot.
+# README command 1: set up, then run the main job on the embedded default (CPU, generated ten-ability data, two
+# tiny models): the study's grid in miniature (jaxtune/demo/sweep.yaml), its report, the best run exported to HF.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

@@ -57,8 +57,8 @@ def test_info_prints_parameter_count_flops_and_memory(capsys, argv):
 
 
 def test_info_prints_steps_per_epoch_for_a_config_with_data(capsys, tmp_path):
-    """The quickstart's curated-40 packs into a handful of rows of 128: counted in rows that is 2 steps per epoch at
-    batch 8; counted in examples (the study's count, the quickstart's setting) ceil(40 / 8) = 5."""
+    """The quickstart's curated-40 packs into a handful of rows of 128: counted in rows (the quickstart's setting,
+    for speed) that is 2 steps per epoch at batch 8; counted in examples (the study's count) ceil(40 / 8) = 5."""
     from pathlib import Path
 
     from jaxtune.demo.abilities import write_demo_dataset
@@ -66,7 +66,8 @@ def test_info_prints_steps_per_epoch_for_a_config_with_data(capsys, tmp_path):
     root = write_demo_dataset(tmp_path / "data", per_ability=4, eval_per_ability=1, synthetic=10)
     config = Path(__file__).parents[1] / "configs" / "quickstart.yaml"
     tokenizer = Path(__file__).parents[1] / "jaxtune" / "demo" / "tokenizer"
-    common = ["info", str(config), f"data.path={root}", f"data.tokenizer={tokenizer}", "data.selection=curated-40"]
+    common = ["info", str(config), f"data.path={root}", f"data.tokenizer={tokenizer}", "data.selection=curated-40",
+              "train.batch_unit=examples"]
     code, out, _ = _run(capsys, *common)
     assert code == 0 and "steps per epoch: 5 (train.batch_unit=examples, packed)" in out
     code, out, _ = _run(capsys, *common, "train.batch_unit=rows")

@@ -130,3 +130,29 @@ def test_cli_epoch_must_be_a_number_or_last_or_best(tmp_path: Path, capsys) -> N
     with pytest.raises(SystemExit):
         main(["report", str(tmp_path), "--out", str(tmp_path / "out"), "--epoch", "ten"])
     assert "expected 'last', 'best' or an epoch number" in capsys.readouterr().err
+
+
+def test_the_data_construction_table_covers_every_construction_at_each_size(tmp_path: Path) -> None:
+    """baseline (curated at 10k), reconstruct, maximum and mix-N per size, in the study's order; the constructions
+    are tabled, not drawn as one-point curves."""
+    runs = tmp_path / "runs"
+    constructions = [("curated", 10000, "curated-10000"), ("mix", 39564 + 40960, "mix-40960"),
+                     ("maximum", 39564, "maximum"), ("reconstruct", 10000, "reconstruct"),
+                     ("mix", 39564 + 2560, "mix-2560"), ("curated", 640, "curated-640")]
+    for size, bonus in (("33b", 20.0), ("7b", 0.0)):
+        for i, (source, volume, name) in enumerate(constructions):
+            score = 40.0 + i + bonus
+            s = make_summary("doit", "test", "study", [ability_score("biology", [score / 100], [0.25])],
+                             RunInfo(run_name=name, model_size=size, data_source=source, data_volume=volume, epoch=10))
+            write_summary(runs / size / name / "doit-test.summary.json", s)
+    paths = report([runs], tmp_path / "report")
+    table = list(csv.reader((tmp_path / "report" / "doit-test.constructions.csv").open(encoding="utf-8")))
+    assert table[0] == ["ability"] + [f"{size} {c}" for size in ("7b", "33b")
+                                      for c in ("baseline", "reconstruct", "maximum", "mix-2560", "mix-40960")]
+    assert table[1] == ["training examples"] + ["10,000", "10,000", "39,564", "42,124", "80,524"] * 2
+    assert table[2] == ["STEM - Biology"] + [f"{v:.1f}" for v in (40, 43, 42, 44, 41, 60, 63, 62, 64, 61)]
+    assert table[3][0] == "Overall" and table[3][1:] == table[2][1:]
+    # The curves hold the curated runs only (both volumes), not the constructions.
+    scores = list(csv.reader((tmp_path / "report" / "doit-test.scores.csv").open(encoding="utf-8")))
+    assert scores[0][1:-1] == ["7b curated 640", "7b curated 10k", "33b curated 640", "33b curated 10k"]
+    assert tmp_path / "report" / "doit-test.constructions.md" in paths

@@ -153,6 +153,15 @@ class _StudySampler:
 
 
 _NUMBERED = re.compile(r"^(curated|synthetic|mix)-(\d+)$")
+STUDY_ALIASES: dict[str, str] = {"baseline": "curated-10000", "mix-0": "maximum"}
+"""Names ``make_data.py`` accepts for another selection."""
+
+STUDY_DATA_TYPES: tuple[str, ...] = (
+    "curated-10", "curated-40", "curated-160", "curated-640", "curated-2560", "curated-10000",
+    "synthetic-10", "synthetic-40", "synthetic-160", "synthetic-640", "synthetic-2560", "synthetic-10000",
+    "synthetic-40960", "baseline", "reconstruct", "maximum", "mix-0", "mix-2560", "mix-40960",
+)
+"""The ``--data_type`` choices of the study's ``make_data.py``, in its order."""
 
 
 def parse_count_map(text: str) -> tuple[dict[str, Optional[int]], bool, Optional[int]]:
@@ -183,8 +192,6 @@ def parse_count_map(text: str) -> tuple[dict[str, Optional[int]], bool, Optional
     return sizes, use_others, others
 
 
-STUDY_ALIASES: dict[str, str] = {"baseline": "curated-10000", "mix-0": "maximum"}
-"""Names ``make_data.py`` accepts for another selection."""
 
 
 def plan_selection(path: Union[str, Path], selection: str, *, seed: int = 0) -> list[FileSelection]:
