@@ -206,7 +206,12 @@ class PlanReport:
         lines.append(head + (f"  of {hbm / GIB:.1f} GiB" if hbm else ""))
         for r in rows:
             if r.error and not r.peak:
-                lines.append(f"  {r.label:22s} did not compile: {r.error}")
+                if "RESOURCE_EXHAUSTED" in r.error:  # the compiler's own verdict: it does not fit
+                    lines.append(f"  {r.label:22s} {_gib(r.params)} {_gib(r.optimizer, 10)} {_gib(r.gradients)} "
+                                 f"{_gib(r.batch, 8)} {'?':>9s} {'?':>9s}  DOES NOT FIT")
+                    lines.append(f"    compiler: {r.error}")
+                else:
+                    lines.append(f"  {r.label:22s} did not compile: {r.error}")
                 continue
             verdict = "" if not hbm else ("  fits" if r.fits(hbm) else "  DOES NOT FIT")
             lines.append(f"  {r.label:22s} {_gib(r.params)} {_gib(r.optimizer, 10)} {_gib(r.gradients)} "
