@@ -344,7 +344,10 @@ class MeshConfig(_Section):
             rules.add(f"only one mesh size may be -1, got -1 for {', '.join(_key(where, n) for n in free)}", *free)
         rules.at_least(1, "dcn_data")
         rules.at_least(1, "num_processes", optional=True)
-        if (self.num_processes is not None or self.process_id is not None) and not self.coordinator_address:
+        # eval.mesh takes the process settings it leaves unset from the training mesh (eval_mesh_config).
+        inherits = where.endswith("eval.mesh")
+        if (self.num_processes is not None or self.process_id is not None) and not self.coordinator_address \
+                and not inherits:
             rules.add(f"{where}.num_processes and {where}.process_id need {where}.coordinator_address",
                       "num_processes", "process_id")
         if self.process_id is not None and not 0 <= self.process_id < (self.num_processes or self.process_id + 1):
