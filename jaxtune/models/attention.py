@@ -40,10 +40,12 @@ def attention_mask(
 ) -> jnp.ndarray:
     """Boolean (B, T, S) mask: same segment and key slot not after the query slot.
 
-    Segment ids are (B, T) and (B, S); slots are the row positions (T,) and (S,) shared by every row.
+    Segment ids are (B, T) and (B, S); slots are the row positions (T,) and (S,) shared by every row, or query slots
+    (B, T) per row (a KV cache whose rows fill independently).
     """
     same_segment = q_segment_ids[:, :, None] == kv_segment_ids[:, None, :]
-    causal = kv_slots[None, None, :] <= q_slots[None, :, None]
+    q_slots = q_slots if q_slots.ndim == 2 else q_slots[None]
+    causal = kv_slots[None, None, :] <= q_slots[:, :, None]
     return same_segment & causal
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jaxtune.eval.generate import Generator, left_pad
+from jaxtune.eval.generate import Generator, cache_length
 from jaxtune.eval.sampling import SamplingParams
 
 torch = pytest.importorskip("torch")
@@ -38,12 +38,9 @@ def _hf_generate(hf_model, prompt, max_new_tokens, stop_ids, **settings):
     return tokens, out.logits[len(tokens) - 1][0].numpy()
 
 
-def test_left_pad_layout():
-    batch = left_pad([[7, 8, 9], [5]], length=4, rows=3, pad_id=0)
-    np.testing.assert_array_equal(batch.input_ids, [[0, 7, 8, 9], [0, 0, 0, 5], [0, 0, 0, 0]])
-    np.testing.assert_array_equal(batch.positions, [[0, 0, 1, 2], [0, 0, 0, 0], [0, 0, 0, 0]])
-    np.testing.assert_array_equal(batch.segment_ids, [[0, 1, 1, 1], [0, 0, 0, 1], [0, 0, 0, 0]])
-    np.testing.assert_array_equal(batch.active, [True, True, False])
+def test_cache_lengths_grow_by_halves_and_thirds():
+    assert [cache_length(n) for n in (1, 64, 65, 96, 97, 129, 193, 257, 385, 1500)] == [
+        64, 64, 96, 96, 128, 192, 256, 384, 512, 1536]
 
 
 def test_greedy_matches_transformers(gqa_pair):
