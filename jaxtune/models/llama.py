@@ -96,6 +96,10 @@ class KVCache(NamedTuple):
         return KVCache(jnp.pad(self.k, kv_pad), jnp.pad(self.v, kv_pad), jnp.pad(self.segment_ids, ((0, 0), (0, pad))),
                        self.index)
 
+    def take_rows(self, rows: jnp.ndarray) -> "KVCache":
+        """A cache of rows ``rows`` (R,) of this one (a row may be taken several times)."""
+        return KVCache(self.k[:, rows], self.v[:, rows], self.segment_ids[rows], self.index[rows])
+
     def insert_rows(self, rows: jnp.ndarray, other: "KVCache") -> "KVCache":
         """Rows ``rows`` (R,) replaced by the R rows of ``other`` (slots 0..other.length-1; later slots emptied).
         A row index out of range (e.g. B for a dummy row) is dropped."""
