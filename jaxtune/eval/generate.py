@@ -35,7 +35,7 @@ every process).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from typing import Any, NamedTuple, Optional
 
 import jax
@@ -275,13 +275,11 @@ class Generator:
         stop_ids: Collection[int],
         sampling: SamplingParams = SamplingParams(),
         seed: int = 0,
-        progress: Optional[Callable[[int, int], None]] = None,
     ) -> list[Generation]:
         """Decode every prompt (never truncated) for at most ``max_new_tokens`` tokens, ending a reply after the
         first token in ``stop_ids``. Returns one :class:`Generation` per prompt, in the given order; its tokens
         include the stop token when one ended the reply. Sampling is reproducible: prompt ``i`` draws from
-        ``fold_in(key(seed), i)`` whatever its batch. ``progress(prompts_done, tokens_generated)`` is called as
-        replies complete."""
+        ``fold_in(key(seed), i)`` whatever its batch."""
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
         vocab = self.cfg.vocab_size
@@ -303,7 +301,6 @@ class Generator:
         waiting = deque(sorted(range(len(prompts)), key=lambda i: -len(prompts[i])))
         assigned = [-1] * b  # prompt index held by each row, -1 for a free row
         seed_in = np.uint32(seed)
-        finished_tokens = 0
         with model_context(self.mesh):
             rows = self._empty(self.state, rows=b, length=cache_length(len(prompts[waiting[0]])),
                                max_new_tokens=max_new_tokens, uses_penalty=sampling.uses_penalty)
@@ -334,10 +331,7 @@ class Generator:
                         n = int(count[r])
                         results[assigned[r]] = Generation(tokens=tuple(int(t) for t in tokens[k, :n]),
                                                           last_logits=np.asarray(last_logits[k]))
-                        finished_tokens += n
                         assigned[r] = -1
-                    if progress is not None:
-                        progress(sum(g is not None for g in results), finished_tokens)
         return [r for r in results if r is not None]
 
     def _fit(self, rows: Rows, length: int, shrink: bool = False) -> Rows:

@@ -191,6 +191,7 @@ def evaluate_agieval(
     max_len: int = 2048,
     run: RunInfo | None = None,
     chunk_size: int = 32,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> SuiteResult:
     """Accuracy per task (overall = macro mean), micro average and skipped multi-answer counts in ``details``."""
     if setting not in ("zero-shot", "few-shot"):
@@ -212,4 +213,4 @@ def evaluate_agieval(
                 messages, n = few_shot_messages(q, demos, count_tokens, max_len)
             items.append(McqItem(name, tuple(messages), q.label, q.where, n))
     return evaluate_mcq(items, lm, codec, suite="agieval", variant=setting, letter_pieces=BARE_PIECES, run=run,
-                        chunk_size=chunk_size, skipped_multi_answer=skipped)
+                        chunk_size=chunk_size, on_progress=on_progress, skipped_multi_answer=skipped)
