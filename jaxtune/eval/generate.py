@@ -261,7 +261,7 @@ class Generator:
                                                                           "uses_penalty"), out_shardings=None)
         self._prefill = jitted(_prefill, self.graphdef, self.cfg, mesh, statics, ("rows",), device_state)
         self._steps = jitted(_decode_steps, self.graphdef, self.cfg, mesh, statics, ("rows",), device_state)
-        self._resize = jax.jit(_resize, static_argnames=("length",), donate_argnames=("rows",))
+        self._resize = jax.jit(_resize, static_argnames=("length",))
         self._take = jax.jit(_take, out_shardings=replicated(mesh))
 
     def _group(self, n: int) -> int:
