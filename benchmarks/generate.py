@@ -8,7 +8,7 @@ The workload is DoIT-like: prompts of ``--min-len`` to ``--max-len`` tokens (8 t
 after one token to a few hundred. Replies of a random model do not end by themselves, so the script calibrates
 them with transformers: it decodes a pool of candidate prompts without stopping, picks a set of stop ids (the first
 reply token of a share of the candidates, which then stop at once, plus a random sample of the vocabulary, where
-the others stop later) and keeps prompts so that reply lengths cover the bins 1, 2-8, 9-32, 33-128 and 129-320 (see
+the others stop later) and keeps prompts so that reply lengths cover the bins 1, 2-8, 9-32, 33-100 and 101-240 (see
 ``LENGTH_BINS``). ``--workload FILE`` stores the chosen prompts and stop ids (and reuses them when the file exists),
 so runs on different code see the same workload.
 
@@ -40,15 +40,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-LENGTH_BINS = ((1, 1, 0.3), (2, 8, 0.15), (9, 32, 0.2), (33, 128, 0.2), (129, 320, 0.15))
+LENGTH_BINS = ((1, 1, 0.3), (2, 8, 0.15), (9, 32, 0.2), (33, 100, 0.2), (101, 240, 0.15))
 """(shortest, longest reply, share of the prompts): most replies short (a letter, a number, one sentence), some
 long (an explanation), as in DoIT's test split."""
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--prompts", type=int, default=48, help="number of prompts in the workload")
-    p.add_argument("--candidates", type=int, default=160, help="calibration pool (prompts decoded to pick from)")
+    p.add_argument("--prompts", type=int, default=40, help="number of prompts in the workload")
+    p.add_argument("--candidates", type=int, default=128, help="calibration pool (prompts decoded to pick from)")
     p.add_argument("--batch-size", type=int, default=16, help="rows per batch, for both implementations")
     p.add_argument("--min-len", type=int, default=8, help="shortest prompt (tokens)")
     p.add_argument("--max-len", type=int, default=400, help="longest prompt (tokens)")
@@ -121,7 +121,7 @@ def calibrate(args, hf_model, vocab: int) -> dict:
     print(f"calibrating the workload: {len(candidates)} candidate prompts decoded {longest} tokens by transformers ...",
           flush=True)
     start = time.perf_counter()
-    streams = hf_generate(hf_model, candidates, args.batch_size, longest, [])
+    streams = hf_generate(hf_model, candidates, 2 * args.batch_size, longest, [])
     print(f"  done in {time.perf_counter() - start:.0f} s", flush=True)
     # A share of the candidates stop at their first token; a random sample of the vocabulary ends the others.
     immediate = rng.choice(len(candidates), size=int(len(candidates) * LENGTH_BINS[0][2]), replace=False)

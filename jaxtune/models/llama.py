@@ -280,7 +280,7 @@ class Llama(nnx.Module):
         if cache is not None:
             slots = cache.index[:, None] + slots[None, :]  # (B, T): rows fill their caches independently
         if positions is None:
-            positions = jnp.broadcast_to(slots[None, :], (b, t))
+            positions = jnp.broadcast_to(slots if slots.ndim == 2 else slots[None, :], (b, t))
         if segment_ids is None:
             segment_ids = jnp.ones((b, t), jnp.int32)
 
