@@ -300,6 +300,7 @@ class Generator:
         results: list[Optional[Generation]] = [None] * len(prompts)
         waiting = deque(sorted(range(len(prompts)), key=lambda i: -len(prompts[i])))
         assigned = [-1] * b  # prompt index held by each row, -1 for a free row
+        index = np.zeros((b,), np.int32)  # each row's next cache slot, as of the last device call
         seed_in = np.uint32(seed)
         with model_context(self.mesh):
             rows = self._empty(self.state, rows=b, length=cache_length(len(prompts[waiting[0]])),
