@@ -50,7 +50,9 @@ def parse_args() -> argparse.Namespace:
 
 
 def compile_generation(args: argparse.Namespace, cfg, mesh):
-    """The compiled prefill + decode loop of jaxtune.eval.generate for --batch prompts of --length tokens."""
+    """The compiled generation program of jaxtune.eval.generate at its largest: --batch prompts of --length tokens
+    prefilled into rows whose KV cache holds --length + --new-tokens slots, then a chunk of decoding steps (the
+    cache, rows and parameters all sharded by the rules, as ``jaxtune eval`` runs it)."""
     import functools
 
     import jax
@@ -60,24 +62,35 @@ def compile_generation(args: argparse.Namespace, cfg, mesh):
     from jax.sharding import PartitionSpec as P
 
     from jaxtune.eval.batching import replicated
-    from jaxtune.eval.generate import _decode
+    from jaxtune.eval.generate import _decode_steps, _empty_rows, _prefill
     from jaxtune.eval.sampling import SamplingParams
-    from jaxtune.models.llama import Llama
+    from jaxtune.models.registry import create_model
     from jaxtune.sharding import BATCH_MESH_AXES, abstract_model, param_shardings, with_shardings
 
     _, shapes, axes = abstract_model(cfg)
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: Llama(cfg, nnx.Rngs(0))))
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: create_model(cfg, nnx.Rngs(0))))
     nnx.replace_by_pure_dict(state, with_shardings(shapes, param_shardings(axes, mesh)))
-    rows = NamedSharding(mesh, P(BATCH_MESH_AXES))
+    rows1d = NamedSharding(mesh, P(BATCH_MESH_AXES))
     rows2d = NamedSharding(mesh, P(BATCH_MESH_AXES, None))
-    b, t = args.batch, args.length
-    inputs = [jax.ShapeDtypeStruct((b, t), np.int32, sharding=rows2d) for _ in range(3)]  # ids, positions, segments
-    inputs += [jax.ShapeDtypeStruct((b,), np.bool_, sharding=rows), jax.ShapeDtypeStruct((b,), np.uint32, sharding=rows),
+    b, t, new = args.batch, args.length, args.new_tokens
+    sampling = SamplingParams()
+
+    def generate(state, input_ids, segment_ids, last_index, prompt_ids, seed, stop_ids):
+        rows = _empty_rows(graphdef, state, rows=b, length=t + new, max_new_tokens=new,
+                           uses_penalty=sampling.uses_penalty)
+        slots = jax.numpy.arange(b, dtype=np.int32)
+        rows, _ = _prefill(graphdef, state, rows, slots, input_ids, segment_ids, last_index, prompt_ids, seed,
+                           stop_ids, max_new_tokens=new, sampling=sampling)
+        rows, view = _decode_steps(graphdef, state, rows, seed, stop_ids, jax.numpy.bool_(False),
+                                   max_new_tokens=new, sampling=sampling)
+        return view
+
+    inputs = [jax.ShapeDtypeStruct((b, t), np.int32, sharding=rows2d) for _ in range(2)]  # ids, segments
+    inputs += [jax.ShapeDtypeStruct((b,), np.int32, sharding=rows1d), jax.ShapeDtypeStruct((b,), np.uint32, sharding=rows1d),
                jax.ShapeDtypeStruct((), np.uint32, sharding=replicated(mesh)),
                jax.ShapeDtypeStruct((8,), np.int32, sharding=replicated(mesh))]
-    decode = jax.jit(functools.partial(_decode, graphdef), static_argnames=("max_new_tokens", "sampling"),
-                     out_shardings=replicated(mesh))
-    return decode.trace(state, *inputs, max_new_tokens=args.new_tokens, sampling=SamplingParams()).lower().compile()
+    program = jax.jit(functools.partial(generate), out_shardings=replicated(mesh))
+    return program.trace(state, *inputs).lower().compile()
 
 
 def main() -> int:

@@ -86,12 +86,17 @@ _JITTED: dict[tuple, Callable] = {}
 
 
 def jitted(fn: Callable, graphdef: nnx.GraphDef, cfg: ModelConfig, mesh: Optional[Mesh],
-           static_argnames: tuple[str, ...] = ()) -> Callable:
+           static_argnames: tuple[str, ...] = (), donate_argnames: tuple[str, ...] = (),
+           out_shardings: Any = "replicated") -> Callable:
     """``jax.jit(fn)`` with the model's graphdef bound, shared by every caller with an equal model config and mesh,
-    so evaluating many checkpoints of one shape (a sweep) compiles each batch shape once per process."""
+    so evaluating many checkpoints of one shape (a sweep) compiles each batch shape once per process.
+
+    Outputs are replicated (readable by every process) unless ``out_shardings`` says otherwise (a pytree prefix of
+    the outputs, None leaves left to XLA: a decoding loop's state stays sharded between calls)."""
+    shardings = replicated(mesh) if out_shardings == "replicated" else out_shardings
     key = (fn.__module__, fn.__qualname__, json.dumps(dataclasses.asdict(cfg), sort_keys=True), mesh,
-           static_argnames)
+           static_argnames, donate_argnames, repr(shardings))
     if key not in _JITTED:
         _JITTED[key] = jax.jit(functools.partial(fn, graphdef), static_argnames=static_argnames,
-                               out_shardings=replicated(mesh))
+                               donate_argnames=donate_argnames, out_shardings=shardings)
     return _JITTED[key]

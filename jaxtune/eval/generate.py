@@ -1,32 +1,42 @@
-"""Batched text generation with the Flax LLaMA: left-padded prefill, then KV-cache decoding in one jitted loop.
+"""Batched text generation with the Flax LLaMA: continuous batching over a KV cache that grows with its rows.
 
-How a batch is decoded:
+How prompts are decoded:
 
-- Prompts are sorted by length and cut into batches of ``batch_size`` rows; each batch is left-padded to a bucket
-  length (powers of two up to ``bucket_multiple``, then multiples of it) so that only a few shapes are compiled.
-  A short last batch is filled with inactive dummy rows (same compiled shape; they never hold up the loop).
-- Padding slots carry segment id 0, so real tokens never attend to them; the real tokens of a row have positions
-  0, 1, ... wherever they sit, as transformers' ``generate`` derives position ids from the attention mask. A row's
-  result therefore does not depend on the padding or on its batch mates.
-- The prompt is prefilled into a cache of ``bucket + max_new_tokens`` slots, then a ``jax.lax.while_loop`` writes
-  one token per step and exits as soon as every row has stopped (a stop id was produced) or ``max_new_tokens`` were
-  produced.
+- Prompts are sorted by length (longest first) and wait in a queue. A batch of ``batch_size`` rows decodes them;
+  every row has its own slots in the KV cache (a row's tokens sit at slots 0, 1, ..., see
+  :class:`jaxtune.models.llama.KVCache`), so rows start and end independently.
+- A free row takes the next waiting prompt: the prompts of all free rows are prefilled together (right-padded to a
+  bucket length, powers of two up to ``bucket_multiple`` then multiples of it, so few shapes are compiled; padding
+  has segment id 0 and real tokens have positions 0, 1, ..., as transformers derives them from the attention mask)
+  and written into their rows of the cache. Their first token comes from the prefill's last-prompt-token logits.
+- A jitted ``jax.lax.while_loop`` then decodes one token per row per step. It returns to the host as soon as a
+  row finishes (a stop id was produced, or ``max_new_tokens`` were) while prompts still wait, so the row is
+  refilled at once: finished rows stop costing. Rows that are done and wait for a prompt are carried along inert.
+- The cache holds only as many slots as the rows in flight need for the next steps (``CHUNK_STEPS``), rounded up
+  to one of a few sizes (:func:`cache_length`), and is grown or cut between loops, so a step's attention reads
+  about the filled part of the cache, whatever ``max_new_tokens`` is.
+- A row's result does not depend on the padding, on its batch mates or on when it entered the batch.
 - Per row, the tokens produced (the stop token included) and the float32 logits of the last decoding step are kept:
   the raw model logits (before any repetition penalty or temperature) at the step that produced the row's final
   token. This is what the DoIT study kept (``outputs.scores[-1]`` of ``generate`` with batch size 1 and greedy
   decoding, where scores equal the raw logits): for a reply ending in ``<eot>`` they are the logits that chose
   ``<eot>``; the multiple-choice fallback reads ``▁A``..``▁D`` from them.
 
+The model provides the cache and the step: any model with ``init_cache(rows, length)`` and ``__call__(ids,
+positions=, segment_ids=, cache=, logit_slots=)`` (see :class:`jaxtune.models.llama.Llama`) decodes here.
+
 With a mesh, decoding runs under jaxtune.sharding's mesh and logical-axis rules, so the model's activation
 constraints shard the batch and the heads as in training; parameters are expected already placed on the mesh,
-batch rows are split over the data-parallel axes and results come back replicated (readable by every process).
+batch rows are split over the data-parallel axes, the KV cache stays sharded between loops (rows over the
+data-parallel axes, key/value heads over ``tensor``) and what the host reads comes back replicated (readable by
+every process).
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -34,127 +44,182 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from jaxtune.eval.batching import bucket_length, check_batch_rows, jitted, model_context, put_rows
+from jaxtune.eval.batching import bucket_length, check_batch_rows, jitted, model_context, put_rows, replicated
+from jaxtune.eval.likelihood import right_pad
 from jaxtune.eval.protocol import Generation
 from jaxtune.eval.sampling import SamplingParams, select_tokens
-from jaxtune.models.llama import DTYPES, Llama, init_cache
+from jaxtune.models.llama import Llama
 
 EMPTY_SLOT = -1
-"""Value of the token slots after a row stopped (never returned: rows are trimmed to their length)."""
+"""Value of the token slots a row has not produced (never returned: rows are trimmed to their length)."""
+
+CHUNK_STEPS = 32
+"""Decoding steps per device loop at most: the cache is sized for the rows' next CHUNK_STEPS tokens."""
 
 
-@dataclass(frozen=True)
-class PaddedBatch:
-    """One batch of prompts, left-padded: every array is (rows, length) except ``active`` (rows,)."""
-
-    input_ids: np.ndarray
-    positions: np.ndarray
-    segment_ids: np.ndarray
-    active: np.ndarray
-    """False for dummy rows that only fill the batch up to its compiled size."""
+def cache_length(n: int, smallest: int = 64) -> int:
+    """Slots of a cache that must hold ``n``: the next of ``smallest`` x 1, 1.5, 2, 3, 4, 6, 8, ... (powers of two
+    and halfway between), so a long decode compiles a dozen cache sizes and wastes at most a third of its slots."""
+    length = smallest
+    while length < n:
+        length = length * 3 // 2 if length & (length - 1) == 0 else length * 4 // 3
+    return length
 
 
-def left_pad(prompts: Sequence[Sequence[int]], length: int, rows: int, pad_id: int = 0) -> PaddedBatch:
-    """Left-pad ``prompts`` to ``length`` tokens in a batch of ``rows`` rows (extra rows are inactive dummies)."""
-    if len(prompts) > rows:
-        raise ValueError(f"{len(prompts)} prompts do not fit in a batch of {rows} rows")
-    ids = np.full((rows, length), pad_id, np.int32)
-    positions = np.zeros((rows, length), np.int32)
-    segments = np.zeros((rows, length), np.int32)
-    active = np.zeros((rows,), bool)
-    for r, prompt in enumerate(prompts):
-        n = len(prompt)
-        if n > length:
-            raise ValueError(f"prompt of {n} tokens is longer than the padded length {length}")
-        ids[r, length - n:] = np.asarray(prompt, np.int32)
-        positions[r, length - n:] = np.arange(n, dtype=np.int32)
-        segments[r, length - n:] = 1
-        active[r] = True
-    return PaddedBatch(ids, positions, segments, active)
+class Rows(NamedTuple):
+    """Device state of the decoding batch (B rows; V the vocabulary)."""
+
+    cache: Any
+    """The model's KV cache (B rows)."""
+    tokens: jnp.ndarray
+    """(B, max_new_tokens) int32: each row's reply so far, EMPTY_SLOT after its end."""
+    count: jnp.ndarray
+    """(B,) int32: tokens produced by each row."""
+    last_logits: jnp.ndarray
+    """(B, V) float32: the raw logits of each row's latest step."""
+    done: jnp.ndarray
+    """(B,) bool: the row stopped (or holds no prompt)."""
+    previous: jnp.ndarray
+    """(B,) int32: each row's latest token (the next step's input)."""
+    prompt_ids: jnp.ndarray
+    """(B,) uint32: index of each row's prompt in the call (its sampling key is fold_in(key(seed), index))."""
+    seen: Optional[jnp.ndarray]
+    """(B, V) bool: tokens of the prompt and the reply (only with a repetition penalty)."""
 
 
-def _decode(
-    graphdef: nnx.GraphDef,
-    state: Any,
-    input_ids: jnp.ndarray,
-    positions: jnp.ndarray,
-    segment_ids: jnp.ndarray,
-    active: jnp.ndarray,
-    row_ids: jnp.ndarray,
-    seed: jnp.ndarray,
-    stop_ids: jnp.ndarray,
-    *,
-    max_new_tokens: int,
-    sampling: SamplingParams,
-) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
-    """Prefill then decode; returns tokens (B, max_new_tokens) (EMPTY_SLOT after a row's end), lengths (B,) and the
-    last-step logits (B, V)."""
+class HostView(NamedTuple):
+    """What the host reads after each device call (small, replicated)."""
+
+    done: jnp.ndarray
+    count: jnp.ndarray
+    index: jnp.ndarray
+
+
+def _view(rows: Rows) -> HostView:
+    return HostView(rows.done, rows.count, rows.cache.index)
+
+
+def _is_stop(tokens: jnp.ndarray, stop_ids: jnp.ndarray) -> jnp.ndarray:
+    return jnp.any(tokens[:, None] == stop_ids[None, :], axis=-1)
+
+
+def _row_keys(seed: jnp.ndarray, prompt_ids: jnp.ndarray) -> jnp.ndarray:
+    base = jax.random.key(seed)
+    return jax.vmap(lambda i: jax.random.fold_in(base, i))(prompt_ids)
+
+
+def _empty_rows(graphdef: nnx.GraphDef, state: Any, *, rows: int, length: int, max_new_tokens: int,
+                uses_penalty: bool) -> Rows:
     model = nnx.merge(graphdef, state)
-    cfg = model.cfg
-    rows, prompt_len = input_ids.shape
-    base_key = jax.random.key(seed)
-    row_keys = jax.vmap(lambda i: jax.random.fold_in(base_key, i))(row_ids)
-    vocab = cfg.vocab_size
-    # Sharded by the rules' cache axes (rows over the data-parallel axes, key/value heads over tensor).
-    cache = init_cache(cfg, rows, prompt_len + max_new_tokens, DTYPES[cfg.compute_dtype])
-    logits, cache = model(input_ids, positions=positions, segment_ids=segment_ids, cache=cache)
-    logits = logits[:, -1, :]  # left padding puts every row's last prompt token in the last slot
+    vocab = model.cfg.vocab_size
+    return Rows(
+        cache=model.init_cache(rows, length),
+        tokens=jnp.full((rows, max_new_tokens), EMPTY_SLOT, jnp.int32),
+        count=jnp.zeros((rows,), jnp.int32),
+        last_logits=jnp.zeros((rows, vocab), jnp.float32),
+        done=jnp.ones((rows,), bool),
+        previous=jnp.zeros((rows,), jnp.int32),
+        prompt_ids=jnp.zeros((rows,), jnp.uint32),
+        seen=jnp.zeros((rows, vocab), bool) if uses_penalty else None,
+    )
 
+
+def _prefill(
+    graphdef: nnx.GraphDef, state: Any, rows: Rows, slots: jnp.ndarray, input_ids: jnp.ndarray,
+    segment_ids: jnp.ndarray, last_index: jnp.ndarray, prompt_ids: jnp.ndarray, seed: jnp.ndarray,
+    stop_ids: jnp.ndarray, *, max_new_tokens: int, sampling: SamplingParams,
+) -> tuple[Rows, HostView]:
+    """Prompts (R, T), right-padded, into rows ``slots`` (R,) of the batch (B for a dummy row: dropped), each with
+    its first token."""
+    model = nnx.merge(graphdef, state)
+    n, t = input_ids.shape
+    vocab = model.cfg.vocab_size
+    positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32)[None, :], (n, t))
+    logits, cache = model(input_ids, positions=positions, segment_ids=segment_ids, cache=model.init_cache(n, t),
+                          logit_slots=last_index[:, None])
+    logits = logits[:, 0, :]
+    cache = cache._replace(index=last_index + 1)  # the next slot to write: right after the prompt
     seen = None
     if sampling.uses_penalty:
         # Prompt tokens count as seen (padding does not: its ids are sent past the end and dropped).
         marked = jnp.where(segment_ids > 0, input_ids, vocab)
-        seen = jnp.zeros((rows, vocab), bool).at[jnp.arange(rows)[:, None], marked].set(True, mode="drop")
-
-    def is_stop(tokens: jnp.ndarray) -> jnp.ndarray:
-        return jnp.any(tokens[:, None] == stop_ids[None, :], axis=-1)
-
-    def record(step, token, logits, carry):
-        tokens, lengths, last_logits, done, seen = carry
-        alive = ~done
-        tokens = jax.lax.dynamic_update_slice(
-            tokens, jnp.where(alive, token, EMPTY_SLOT)[:, None], (0, step)
-        )
-        lengths = lengths + alive.astype(jnp.int32)
-        last_logits = jnp.where(alive[:, None], logits, last_logits)
-        done = done | (alive & is_stop(token))
-        if seen is not None:
-            seen = seen.at[jnp.arange(rows), token].set(True)
-        return tokens, lengths, last_logits, done, seen
-
-    first = select_tokens(logits, seen, row_keys, jnp.int32(0), sampling)
-    carry = (
-        jnp.full((rows, max_new_tokens), EMPTY_SLOT, jnp.int32),
-        jnp.zeros((rows,), jnp.int32),
-        jnp.zeros((rows, vocab), jnp.float32),
-        ~active,
-        seen,
+        seen = jnp.zeros((n, vocab), bool).at[jnp.arange(n)[:, None], marked].set(True, mode="drop")
+    first = select_tokens(logits, seen, _row_keys(seed, prompt_ids), jnp.zeros((n,), jnp.int32), sampling)
+    done = _is_stop(first, stop_ids) | (max_new_tokens == 1)
+    if seen is not None:
+        seen = rows.seen.at[slots].set(seen.at[jnp.arange(n), first].set(True), mode="drop")
+    tokens = jnp.full((n, max_new_tokens), EMPTY_SLOT, jnp.int32).at[:, 0].set(first)
+    rows = Rows(
+        cache=rows.cache.insert_rows(slots, cache),
+        tokens=rows.tokens.at[slots].set(tokens, mode="drop"),
+        count=rows.count.at[slots].set(1, mode="drop"),
+        last_logits=rows.last_logits.at[slots].set(logits, mode="drop"),
+        done=rows.done.at[slots].set(done, mode="drop"),
+        previous=rows.previous.at[slots].set(first, mode="drop"),
+        prompt_ids=rows.prompt_ids.at[slots].set(prompt_ids, mode="drop"),
+        seen=seen,
     )
-    carry = record(0, first, logits, carry)
-    next_positions = positions[:, -1] + 1
+    return rows, _view(rows)
+
+
+def _decode_steps(
+    graphdef: nnx.GraphDef, state: Any, rows: Rows, seed: jnp.ndarray, stop_ids: jnp.ndarray,
+    exit_on_finish: jnp.ndarray, *, max_new_tokens: int, sampling: SamplingParams,
+) -> tuple[Rows, HostView]:
+    """Up to CHUNK_STEPS decoding steps; stops early when every row is done, when a row would outgrow the cache, or
+    (``exit_on_finish``) as soon as a row finishes, so the host can refill it."""
+    model = nnx.merge(graphdef, state)
+    b = rows.done.shape[0]
+    keys = _row_keys(seed, rows.prompt_ids)
+    started_done = rows.done
+    every_row = jnp.arange(b)
 
     def cond(loop):
-        step, _, _, _, carry = loop
-        return (step < max_new_tokens) & ~jnp.all(carry[3])
+        step, r = loop
+        alive = ~r.done
+        room = jnp.all(jnp.where(alive, r.cache.index < r.cache.length, True))
+        finished = jnp.any(r.done & ~started_done)
+        return (step < CHUNK_STEPS) & jnp.any(alive) & room & ~(exit_on_finish & finished)
 
     def body(loop):
-        step, cache, previous, next_positions, carry = loop
-        logits, cache = model(
-            previous[:, None], positions=next_positions[:, None], segment_ids=jnp.ones((rows, 1), jnp.int32),
-            cache=cache,
-        )
+        step, r = loop
+        alive = ~r.done
+        logits, cache = model(r.previous[:, None], positions=r.cache.index[:, None],
+                              segment_ids=jnp.ones((b, 1), jnp.int32), cache=r.cache)
         logits = logits[:, 0, :]
-        token = select_tokens(logits, carry[4], row_keys, step, sampling)
-        carry = record(step, token, logits, carry)
-        return step + 1, cache, token, next_positions + 1, carry
+        token = select_tokens(logits, r.seen, keys, r.count, sampling)
+        token = jnp.where(alive, token, r.previous)
+        # Done rows write nothing: their slot index points past the tokens (dropped).
+        tokens = r.tokens.at[every_row, jnp.where(alive, r.count, max_new_tokens)].set(token, mode="drop")
+        count = r.count + alive.astype(jnp.int32)
+        done = r.done | (alive & (_is_stop(token, stop_ids) | (count >= max_new_tokens)))
+        seen = None if r.seen is None else r.seen.at[every_row, token].set(True)
+        return step + 1, Rows(
+            cache=cache._replace(index=jnp.where(alive, cache.index, r.cache.index)),
+            tokens=tokens,
+            count=count,
+            last_logits=jnp.where(alive[:, None], logits, r.last_logits),
+            done=done,
+            previous=token,
+            prompt_ids=r.prompt_ids,
+            seen=seen,
+        )
 
-    loop = (jnp.int32(1), cache, first, next_positions, carry)
-    _, _, _, _, (tokens, lengths, last_logits, _, _) = jax.lax.while_loop(cond, body, loop)
-    return tokens, lengths, last_logits
+    _, rows = jax.lax.while_loop(cond, body, (jnp.int32(0), rows))
+    return rows, _view(rows)
+
+
+def _take(rows: Rows, slots: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Replies (R, max_new_tokens) and last-step logits (R, V) of rows ``slots``."""
+    return rows.tokens[slots], rows.last_logits[slots]
+
+
+def _resize(rows: Rows, *, length: int) -> Rows:
+    return rows._replace(cache=rows.cache.resized(length))
 
 
 class Generator:
-    """Batched generation with one Flax LLaMA (bucketed shapes, compiled once per bucket and setting)."""
+    """Continuous-batching generation with one model (bucketed shapes, compiled once per shape and setting)."""
 
     def __init__(
         self,
@@ -165,8 +230,9 @@ class Generator:
         pad_id: int = 0,
         mesh: Optional[Mesh] = None,
     ):
-        """model: the Llama to decode with (its parameters already placed on ``mesh`` when one is given).
-        batch_size: rows per compiled batch (a multiple of the mesh's data-parallel size when sharded).
+        """model: the Llama (or any model with the same cache interface, see the module docstring) to decode with,
+        its parameters already placed on ``mesh`` when one is given.
+        batch_size: rows decoded together (a multiple of the mesh's data-parallel size when sharded).
         bucket_multiple: prompt lengths are padded to powers of two up to this, then multiples of it.
         pad_id: token id written into padding slots (masked out; any valid id).
         mesh: decode under this mesh with jaxtune.sharding's rules (rows split over 'data' x 'fsdp')."""
@@ -179,7 +245,28 @@ class Generator:
         self.bucket_multiple = bucket_multiple
         self.pad_id = pad_id
         self.mesh = mesh
-        self._decode = jitted(_decode, self.graphdef, self.cfg, mesh, ("max_new_tokens", "sampling"))
+        dp = 1
+        if mesh is not None:
+            from jaxtune.sharding import data_parallel_size
+
+            dp = data_parallel_size(mesh)
+        # Prefill and result batches: the batch halved while it stays a whole multiple of the data-parallel size.
+        sizes = {batch_size}
+        while sizes and min(sizes) % 2 == 0 and (min(sizes) // 2) % dp == 0:
+            sizes.add(min(sizes) // 2)
+        self._group_sizes = sorted(sizes)
+        device_state = (None, replicated(mesh)) if mesh is not None else None
+        statics = ("max_new_tokens", "sampling")
+        self._empty = jitted(_empty_rows, self.graphdef, self.cfg, mesh, ("rows", "length", "max_new_tokens",
+                                                                          "uses_penalty"), out_shardings=None)
+        self._prefill = jitted(_prefill, self.graphdef, self.cfg, mesh, statics, ("rows",), device_state)
+        self._steps = jitted(_decode_steps, self.graphdef, self.cfg, mesh, statics, ("rows",), device_state)
+        self._resize = jax.jit(_resize, static_argnames=("length",))
+        self._take = jax.jit(_take, out_shardings=replicated(mesh))
+
+    def _group(self, n: int) -> int:
+        """Rows of a prefill or result batch holding ``n`` real rows."""
+        return next(size for size in self._group_sizes if size >= n)
 
     def generate(
         self,
@@ -206,24 +293,66 @@ class Generator:
         # A fixed-size stop table (-1 never matches a token) keeps one compiled shape for small stop sets.
         stop_table = np.full((max(8, len(stops)),), -1, np.int32)
         stop_table[: len(stops)] = stops
+        if not prompts:
+            return []
 
+        b = self.batch_size
         results: list[Optional[Generation]] = [None] * len(prompts)
-        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+        waiting = deque(sorted(range(len(prompts)), key=lambda i: -len(prompts[i])))
+        assigned = [-1] * b  # prompt index held by each row, -1 for a free row
+        index = np.zeros((b,), np.int32)  # each row's next cache slot, as of the last device call
+        seed_in = np.uint32(seed)
         with model_context(self.mesh):
-            for start in range(0, len(order), self.batch_size):
-                chunk = order[start: start + self.batch_size]
-                length = bucket_length(max(len(prompts[i]) for i in chunk), self.bucket_multiple)
-                batch = left_pad([prompts[i] for i in chunk], length, self.batch_size, self.pad_id)
-                row_ids = np.array(chunk + [0] * (self.batch_size - len(chunk)), np.uint32)
-                inputs = put_rows([batch.input_ids, batch.positions, batch.segment_ids, batch.active, row_ids],
-                                  self.mesh)
-                tokens, lengths, last_logits = jax.device_get(self._decode(
-                    self.state, *inputs, np.uint32(seed), stop_table, max_new_tokens=max_new_tokens,
-                    sampling=sampling,
-                ))
-                for r, i in enumerate(chunk):
-                    n = int(lengths[r])
-                    results[i] = Generation(
-                        tokens=tuple(int(t) for t in tokens[r, :n]), last_logits=np.asarray(last_logits[r])
-                    )
+            rows = self._empty(self.state, rows=b, length=cache_length(len(prompts[waiting[0]])),
+                               max_new_tokens=max_new_tokens, uses_penalty=sampling.uses_penalty)
+            while waiting or any(i >= 0 for i in assigned):
+                free = [r for r in range(b) if assigned[r] < 0]
+                if waiting and free:
+                    take = [waiting.popleft() for _ in range(min(len(free), len(waiting)))]
+                    slots = free[: len(take)]
+                    rows = self._fit(rows, bucket_length(max(len(prompts[i]) for i in take), self.bucket_multiple))
+                    rows, view = self._fill(rows, prompts, take, slots, seed_in, stop_table, max_new_tokens,
+                                            sampling)
+                    for r, i in zip(slots, take):
+                        assigned[r] = i
+                else:
+                    alive = [r for r in range(b) if assigned[r] >= 0]
+                    need = max(min(int(index[r]) + CHUNK_STEPS, len(prompts[assigned[r]]) + max_new_tokens - 1)
+                               for r in alive)
+                    rows = self._fit(rows, cache_length(need), shrink=True)
+                    rows, view = self._steps(self.state, rows, seed_in, stop_table, np.bool_(bool(waiting)),
+                                             max_new_tokens=max_new_tokens, sampling=sampling)
+                done, count, index = (np.asarray(a) for a in jax.device_get(view))
+                ended = [r for r in range(b) if assigned[r] >= 0 and done[r]]
+                if ended:
+                    group = self._group(len(ended))
+                    picked = np.array(ended + [ended[0]] * (group - len(ended)), np.int32)
+                    tokens, last_logits = jax.device_get(self._take(rows, picked))
+                    for k, r in enumerate(ended):
+                        n = int(count[r])
+                        results[assigned[r]] = Generation(tokens=tuple(int(t) for t in tokens[k, :n]),
+                                                          last_logits=np.asarray(last_logits[k]))
+                        assigned[r] = -1
         return [r for r in results if r is not None]
+
+    def _fit(self, rows: Rows, length: int, shrink: bool = False) -> Rows:
+        """The batch in a cache of ``length`` slots when it holds fewer (or, with ``shrink``, more)."""
+        current = rows.cache.length
+        if length > current or (shrink and length < current):
+            rows = self._resize(rows, length=length)
+        return rows
+
+    def _fill(self, rows: Rows, prompts, take: list[int], slots: list[int], seed, stop_table, max_new_tokens: int,
+              sampling: SamplingParams) -> tuple[Rows, HostView]:
+        """Prefill prompts ``take`` into free rows ``slots``."""
+        group = self._group(len(take))
+        length = bucket_length(max(len(prompts[i]) for i in take), self.bucket_multiple)
+        batch = right_pad([prompts[i] for i in take], [[] for _ in take], length, group)
+        if self.pad_id:
+            batch.input_ids[batch.segment_ids == 0] = self.pad_id
+        dummy = group - len(take)
+        slot_ids = np.array(slots + [self.batch_size] * dummy, np.int32)  # out of range: a dummy row is dropped
+        prompt_ids = np.array(take + [0] * dummy, np.uint32)
+        inputs = put_rows([slot_ids, batch.input_ids, batch.segment_ids, batch.last_index, prompt_ids], self.mesh)
+        return self._prefill(self.state, rows, *inputs, seed, stop_table, max_new_tokens=max_new_tokens,
+                             sampling=sampling)

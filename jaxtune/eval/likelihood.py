@@ -1,11 +1,16 @@
 """Batched likelihood scoring with the Flax LLaMA: continuation perplexities and next-token logits.
 
-Every (context, continuation) pair is one row ``context + continuation``; rows of many items and all their choices
-are sorted by length, cut into batches of ``batch_size`` rows and right-padded to a bucket length (see
-:func:`jaxtune.eval.batching.bucket_length`). Padding has segment id 0 and never influences real tokens. A row's
-score is the sum of the token cross-entropies of its continuation tokens, each predicted from everything before it;
-the perplexity is ``exp(sum / count)``, as the DoIT study computed it with ``CrossEntropyLoss`` on labels that mask
-everything but the choice and its ``<eot>``.
+A context shared by several continuations (a DoIT format-1 item and its three choices) is computed once: the
+distinct contexts are sorted by length, cut into batches of ``batch_size`` and prefilled, right-padded to a bucket
+length (see :func:`jaxtune.eval.batching.bucket_length`), into a KV cache; the logits of each context's last token
+score the first token of its continuations. Every continuation then runs on top of a copy of its context's cached
+keys and values (one row per continuation, right-padded to a small bucket), and its later tokens are scored from
+there. Padding has segment id 0 and never influences real tokens. A continuation's score is the sum of the token
+cross-entropies of its tokens, each predicted from everything before it; the perplexity is ``exp(sum / count)``,
+as the DoIT study computed it with ``CrossEntropyLoss`` on labels that mask everything but the choice and its
+``<eot>``. The study cut ``context + choice`` to its first 2048 tokens before scoring (see
+:func:`jaxtune.eval.suites.doit.truncate_pair`): a context that fills the window leaves an empty continuation,
+which scores NaN here.
 """
 
 from __future__ import annotations
@@ -62,21 +67,39 @@ def right_pad(
     return RightPaddedBatch(ids, positions, segments, targets, weights, last)
 
 
-def _continuation_nll(graphdef, state, input_ids, positions, segment_ids, targets, weights):
-    """Per-row sum of weighted token cross-entropies (rows,), float32."""
+CONTINUATION_BUCKET = 8
+"""Smallest padded length of a continuation batch (choices are short: a letter, a word, a sentence)."""
+
+PAIRS_PER_CONTEXT = 4
+"""A scoring batch takes contexts while their continuations fill at most this many times ``batch_size`` rows."""
+
+
+def _prefix_nll(graphdef, state, ctx_ids, ctx_segment_ids, ctx_last, pair_context, first_target, cont_ids,
+                cont_segment_ids, cont_targets, cont_weights):
+    """Per-continuation sum of token cross-entropies (P,), float32: contexts (C, Tc) prefilled once, continuations
+    (P, Tk) run on their context's cached keys and values (``pair_context`` (P,) indexes the contexts)."""
     model = nnx.merge(graphdef, state)
-    logits, _ = model(input_ids, positions=positions, segment_ids=segment_ids)
-    target_logits = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    n, tc = ctx_ids.shape
+    tk = cont_ids.shape[1]
+    positions = jnp.broadcast_to(jnp.arange(tc, dtype=jnp.int32)[None, :], (n, tc))
+    last, cache = model(ctx_ids, positions=positions, segment_ids=ctx_segment_ids, cache=model.init_cache(n, tc),
+                        logit_slots=ctx_last[:, None])
+    last = last[:, 0, :][pair_context]
+    first = jax.nn.logsumexp(last, axis=-1) - jnp.take_along_axis(last, first_target[:, None], axis=-1)[:, 0]
+    # Each continuation writes from right after its context's last token (over the context's padding).
+    cache = cache._replace(index=ctx_last + 1).resized(tc + tk).take_rows(pair_context)
+    positions = cache.index[:, None] + jnp.arange(tk, dtype=jnp.int32)[None, :]
+    logits, _ = model(cont_ids, positions=positions, segment_ids=cont_segment_ids, cache=cache)
+    target_logits = jnp.take_along_axis(logits, cont_targets[..., None], axis=-1)[..., 0]
     nll = jax.nn.logsumexp(logits, axis=-1) - target_logits
-    return jnp.sum(nll * weights, axis=-1)
+    return first + jnp.sum(nll * cont_weights, axis=-1)
 
 
 def _next_token_logits(graphdef, state, input_ids, positions, segment_ids, last_index, candidates):
     """Logits (rows, candidates) of the token after each row's last real token."""
     model = nnx.merge(graphdef, state)
-    logits, _ = model(input_ids, positions=positions, segment_ids=segment_ids)
-    last = jnp.take_along_axis(logits, last_index[:, None, None], axis=1)[:, 0, :]
-    return jnp.take(last, candidates, axis=-1)
+    logits, _ = model(input_ids, positions=positions, segment_ids=segment_ids, logit_slots=last_index[:, None])
+    return jnp.take(logits[:, 0, :], candidates, axis=-1)
 
 
 class LikelihoodScorer:
@@ -99,7 +122,7 @@ class LikelihoodScorer:
         self.batch_size = batch_size
         self.bucket_multiple = bucket_multiple
         self.mesh = mesh
-        self._nll = jitted(_continuation_nll, self.graphdef, self.cfg, mesh)
+        self._nll = jitted(_prefix_nll, self.graphdef, self.cfg, mesh)
         self._next = jitted(_next_token_logits, self.graphdef, self.cfg, mesh)
 
     def _check_ids(self, what: str, i: int, ids: Sequence[int]) -> None:
@@ -130,18 +153,51 @@ class LikelihoodScorer:
             self._check_ids("continuation", i, continuation)
         scored = [i for i, c in enumerate(continuations) if len(c) > 0]
         results: list[tuple[float, int]] = [(0.0, 0)] * len(contexts)
-        lengths = [len(contexts[i]) + len(continuations[i]) for i in scored]
+        by_context: dict[tuple[int, ...], list[int]] = {}
+        for i in scored:
+            by_context.setdefault(tuple(int(t) for t in contexts[i]), []).append(i)
         with model_context(self.mesh):
-            for chunk, length in self._batches(lengths):
-                rows = [scored[j] for j in chunk]
-                batch = right_pad([contexts[i] for i in rows], [continuations[i] for i in rows], length,
-                                  self.batch_size)
-                rows_in = put_rows([batch.input_ids, batch.positions, batch.segment_ids, batch.targets,
-                                    batch.weights], self.mesh)
-                sums = jax.device_get(self._nll(self.state, *rows_in))
-                for r, i in enumerate(rows):
-                    results[i] = (float(sums[r]), len(continuations[i]))
+            for group in self._context_batches(list(by_context.items())):
+                sums = self._score_group(group, continuations)
+                for total, i in zip(sums, (i for _, pairs in group for i in pairs)):
+                    results[i] = (float(total), len(continuations[i]))
         return results
+
+    def _context_batches(self, items: list[tuple[tuple[int, ...], list[int]]]):
+        """Batches of (context, its pair indices): longest contexts first, at most ``batch_size`` contexts and (but
+        for a lone context with more) PAIRS_PER_CONTEXT x ``batch_size`` continuations each."""
+        items = sorted(items, key=lambda item: -len(item[0]))
+        batch: list[tuple[tuple[int, ...], list[int]]] = []
+        pairs = 0
+        for item in items:
+            if batch and (len(batch) == self.batch_size or pairs + len(item[1]) > PAIRS_PER_CONTEXT * self.batch_size):
+                yield batch
+                batch, pairs = [], 0
+            batch.append(item)
+            pairs += len(item[1])
+        if batch:
+            yield batch
+
+    def _score_group(self, group: list[tuple[tuple[int, ...], list[int]]],
+                     continuations: Sequence[Sequence[int]]) -> np.ndarray:
+        """Continuation NLL sums of one batch of contexts, in the order of their pair lists."""
+        contexts = [list(context) for context, _ in group]
+        ctx = right_pad(contexts, [[] for _ in contexts],
+                        bucket_length(max(len(c) for c in contexts), self.bucket_multiple), self.batch_size)
+        pair_context = [j for j, (_, pairs) in enumerate(group) for _ in pairs]
+        conts = [list(continuations[i]) for _, pairs in group for i in pairs]
+        rows = -(-len(conts) // self.batch_size) * self.batch_size
+        length = bucket_length(max(len(c) for c in conts), self.bucket_multiple, smallest=CONTINUATION_BUCKET)
+        # Rows ``continuation``, each scoring its tokens after the first (the first is scored from the context).
+        cont = right_pad([c[:1] for c in conts], [c[1:] for c in conts], length, rows)
+        first_target = np.zeros((rows,), np.int32)
+        first_target[: len(conts)] = [c[0] for c in conts]
+        pair_index = np.zeros((rows,), np.int32)
+        pair_index[: len(conts)] = pair_context
+        ctx_in = put_rows([ctx.input_ids, ctx.segment_ids, ctx.last_index], self.mesh)
+        cont_in = put_rows([pair_index, first_target, cont.input_ids, cont.segment_ids, cont.targets, cont.weights],
+                           self.mesh)
+        return jax.device_get(self._nll(self.state, *ctx_in, *cont_in))[: len(conts)]
 
     def continuation_perplexities(
         self, contexts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -31,6 +31,7 @@ from jaxtune.eval.distributed import (
 from jaxtune.eval.judge import Judge, JudgeCache, JudgeSettings
 from jaxtune.eval.language_model import JaxLanguageModel, sampling_from_config
 from jaxtune.eval.loading import EvalSetupError, load_codec, load_model, tokenizer_location
+from jaxtune.eval.progress import SuiteProgress
 from jaxtune.eval.template_codec import TemplateChatCodec
 from jaxtune.paths import as_path
 from jaxtune.results import RunInfo, SuiteResult, format_table, write_result
@@ -95,22 +96,19 @@ def judge_settings(eval_cfg: EvalConfig) -> JudgeSettings:
 def run_suite(
     suite: str, root: Path, lm: JaxLanguageModel, codec: TemplateChatCodec, eval_cfg: EvalConfig, run: RunInfo,
     judge_cache: Optional[Path] = None, answers_dir: Optional[Path] = None,
+    progress: Optional[Callable[[int, int], None]] = None,
 ) -> Optional[SuiteResult]:
     """Run one suite on its data folder ``root`` (from :func:`suite_data_root`). None on processes other than 0
     for ``belle`` (they generate, process 0 judges). ``belle`` keeps its generated answers in ``answers_dir``
-    (before judging) and takes those already there."""
+    (before judging) and takes those already there. ``progress(done, total)`` hears of finished items."""
     chunk = 8 * lm.generator.batch_size  # several batches per call, so that length bucketing has room to work
-    common = dict(run=run, chunk_size=chunk)
-
-    def progress(done: int, total: int) -> None:
-        log.info("%s: %d/%d items", suite, done, total)
+    common = dict(run=run, chunk_size=chunk, on_progress=progress)
 
     if suite == "doit":
         from jaxtune.eval.suites.doit import evaluate_doit, load_doit_split
 
         return evaluate_doit(load_doit_split(root), lm, codec, mode=eval_cfg.scorer_mode, variant=eval_cfg.split,
-                             max_new_tokens=eval_cfg.max_new_tokens, max_len=eval_cfg.max_prompt_len,
-                             on_progress=progress, **common)
+                             max_new_tokens=eval_cfg.max_new_tokens, max_len=eval_cfg.max_prompt_len, **common)
     if suite == "ceval":
         from jaxtune.eval.suites.ceval import evaluate_ceval, load_ceval
 
@@ -263,8 +261,10 @@ call; ``belle`` results exist on process 0 only (the judge is asked once).
     outcome = Evaluation(results={})
     for suite in suites:
         judge_cache = as_path(out_dir) / "judge_cache.jsonl" if out_dir is not None else None
+        meter = SuiteProgress(suite, tokens=lambda: lm.generated_tokens)
         result = run_suite(suite, roots[suite], lm, codec, eval_cfg, run, judge_cache=judge_cache,
-                           answers_dir=as_path(out_dir) if out_dir is not None else None)
+                           answers_dir=as_path(out_dir) if out_dir is not None else None, progress=meter.update)
+        meter.finish()
         if result is None:
             continue
         outcome.results[result.summary.stem] = result

@@ -99,10 +99,12 @@ def select_tokens(
     """One token id per row (B,) int32 from float32 logits (B, V).
 
     row_keys: (B,) typed PRNG keys, one per prompt (so a prompt's sample does not depend on its batch mates);
-    the key of a step is ``fold_in(row_key, step)``. Unused when greedy.
+    the key of a step is ``fold_in(row_key, step)``, step being the index of the token in the row's reply (a
+    scalar, or (B,) when rows started at different times). Unused when greedy.
     """
     processed = process_logits(logits, seen, params)
     if params.greedy:
         return jnp.argmax(processed, axis=-1).astype(jnp.int32)
-    step_keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(row_keys)
+    steps = jnp.broadcast_to(step, row_keys.shape)
+    step_keys = jax.vmap(jax.random.fold_in)(row_keys, steps)
     return jax.vmap(jax.random.categorical)(step_keys, processed).astype(jnp.int32)

@@ -83,14 +83,46 @@ LAYER_PARAM_AXES: dict[str, tuple[str, ...]] = {
 class KVCache(NamedTuple):
     """Keys and values of every layer for a batch of rows, written slot by slot.
 
-    k, v: (layers, B, S, KV, D); segment_ids: (B, S), 0 for slots not yet written (or padding); index: the next slot
-    to write (shared by all rows: prompts are left-padded to a common length).
+    k, v: (layers, B, S, KV, D); segment_ids: (B, S), 0 for slots not yet written (or padding); index: (B,) the next
+    slot to write in each row. Rows fill independently (a row's tokens sit at slots 0, 1, ... in order), so a
+    decoding loop can give a finished row a new prompt while the others go on; a token at slot i attends to the
+    slots j <= i of its row that carry its segment id.
     """
 
     k: jnp.ndarray
     v: jnp.ndarray
     segment_ids: jnp.ndarray
     index: jnp.ndarray
+
+    @property
+    def length(self) -> int:
+        """Slots per row (S)."""
+        return self.segment_ids.shape[1]
+
+    def resized(self, length: int) -> "KVCache":
+        """The same rows in ``length`` slots: cut at the end, or padded with empty slots (segment 0)."""
+        if length <= self.length:
+            return KVCache(self.k[:, :, :length], self.v[:, :, :length], self.segment_ids[:, :length], self.index)
+        pad = length - self.length
+        kv_pad = ((0, 0), (0, 0), (0, pad), (0, 0), (0, 0))
+        return KVCache(jnp.pad(self.k, kv_pad), jnp.pad(self.v, kv_pad), jnp.pad(self.segment_ids, ((0, 0), (0, pad))),
+                       self.index)
+
+    def take_rows(self, rows: jnp.ndarray) -> "KVCache":
+        """A cache of rows ``rows`` (R,) of this one (a row may be taken several times)."""
+        return KVCache(self.k[:, rows], self.v[:, rows], self.segment_ids[rows], self.index[rows])
+
+    def insert_rows(self, rows: jnp.ndarray, other: "KVCache") -> "KVCache":
+        """Rows ``rows`` (R,) replaced by the R rows of ``other`` (slots 0..other.length-1; later slots emptied).
+        A row index out of range (e.g. B for a dummy row) is dropped."""
+        n = other.length
+        segments = self.segment_ids.at[rows].set(0, mode="drop").at[rows, :n].set(other.segment_ids, mode="drop")
+        return KVCache(
+            k=self.k.at[:, rows, :n].set(other.k.astype(self.k.dtype), mode="drop"),
+            v=self.v.at[:, rows, :n].set(other.v.astype(self.v.dtype), mode="drop"),
+            segment_ids=segments,
+            index=self.index.at[rows].set(other.index, mode="drop"),
+        )
 
 
 def init_cache(cfg: ModelConfig, batch_size: int, max_len: int, dtype: Any = None) -> KVCache:
@@ -101,7 +133,7 @@ def init_cache(cfg: ModelConfig, batch_size: int, max_len: int, dtype: Any = Non
         k=jnp.zeros(shape, dtype),
         v=jnp.zeros(shape, dtype),
         segment_ids=jnp.zeros((batch_size, max_len), jnp.int32),
-        index=jnp.zeros((), jnp.int32),
+        index=jnp.zeros((batch_size,), jnp.int32),
     ))
 
 
@@ -174,10 +206,10 @@ def decoder_layer(
     q_slots: jnp.ndarray,
     kv_slots: jnp.ndarray,
     cache_kv: Optional[tuple[jnp.ndarray, jnp.ndarray]] = None,
-    cache_index: Optional[jnp.ndarray] = None,
 ) -> tuple[jnp.ndarray, Optional[tuple[jnp.ndarray, jnp.ndarray]]]:
-    """One pre-norm decoder layer on the residual stream h (B, T, E). With a cache, writes this step's keys and
-    values at ``cache_index`` and attends over the whole cache; returns the new residual and the updated cache."""
+    """One pre-norm decoder layer on the residual stream h (B, T, E). With a cache, writes this chunk's keys and
+    values at each row's slots ``q_slots`` (B, T) and attends over the whole cache; returns the new residual and the
+    updated cache."""
     cd = DTYPES[cfg.compute_dtype]
     w = {k: v.astype(cd) for k, v in params.items()}
 
@@ -193,8 +225,9 @@ def decoder_layer(
     new_cache = None
     if cache_kv is not None:
         cache_k, cache_v = cache_kv
-        k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, cache_index, 0, 0))
-        v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, cache_index, 0, 0))
+        rows = jnp.arange(k.shape[0])[:, None]
+        k = cache_k.at[rows, q_slots].set(k.astype(cache_k.dtype), mode="drop")
+        v = cache_v.at[rows, q_slots].set(v.astype(cache_v.dtype), mode="drop")
         new_cache = (k, v)
         k, v = k.astype(cd), v.astype(cd)
 
@@ -233,26 +266,37 @@ class Llama(nnx.Module):
                 _normal(rngs, (cfg.hidden_size, vocab), cfg.initializer_range, dt), logical_axes=("embed", "vocab")
             )
 
+    def init_cache(self, batch_size: int, max_len: int) -> KVCache:
+        """An empty KV cache in the compute dtype, sharded like the keys and values written into it (rows over the
+        data-parallel axes, heads over tensor) when a mesh is installed. The decoding loops of jaxtune.eval take
+        their cache from the model, so any model with this method and ``__call__(..., cache=, logit_slots=)``
+        decodes with them."""
+        return init_cache(self.cfg, batch_size, max_len)
+
     def __call__(
         self,
         input_ids: jnp.ndarray,
         positions: Optional[jnp.ndarray] = None,
         segment_ids: Optional[jnp.ndarray] = None,
         cache: Optional[KVCache] = None,
+        logit_slots: Optional[jnp.ndarray] = None,
     ) -> tuple[jnp.ndarray, Optional[KVCache]]:
         """Logits (B, T, vocab_size) in float32 for token ids (B, T).
 
-        positions: rotary positions (B, T); default 0..T-1 (offset by the cache index when decoding).
+        positions: rotary positions (B, T); default 0..T-1 (offset by each row's cache index when decoding).
         segment_ids: (B, T) ids of packed examples, 0 for padding; default all ones.
-        cache: a KVCache to write this chunk into and attend over; returned updated (None without one).
+        cache: a KVCache to write this chunk into (at each row's index) and attend over; returned updated (None
+            without one).
+        logit_slots: (B, K) slots of the chunk whose logits alone are wanted: the result is (B, K, vocab_size) and
+            the LM head runs on those K positions only (a prefill wants the last prompt token's).
         """
         cfg = self.cfg
         b, t = input_ids.shape
         slots = jnp.arange(t, dtype=jnp.int32)
         if cache is not None:
-            slots = slots + cache.index
+            slots = cache.index[:, None] + slots[None, :]  # (B, T): rows fill their caches independently
         if positions is None:
-            positions = jnp.broadcast_to(slots[None, :], (b, t))
+            positions = jnp.broadcast_to(slots if slots.ndim == 2 else slots[None, :], (b, t))
         if segment_ids is None:
             segment_ids = jnp.ones((b, t), jnp.int32)
 
@@ -263,12 +307,12 @@ class Llama(nnx.Module):
         cos, sin = rotary_cos_sin(positions, inverse_frequencies(cfg))
 
         if cache is not None:
-            kv_segment_ids = jax.lax.dynamic_update_slice(cache.segment_ids, segment_ids, (0, cache.index))
-            kv_slots = jnp.arange(cache.segment_ids.shape[1], dtype=jnp.int32)
+            kv_segment_ids = cache.segment_ids.at[jnp.arange(b)[:, None], slots].set(segment_ids, mode="drop")
+            kv_slots = jnp.arange(cache.length, dtype=jnp.int32)
         else:
             kv_segment_ids, kv_slots = segment_ids, slots
         shared = dict(cos=cos, sin=sin, q_segment_ids=segment_ids, kv_segment_ids=kv_segment_ids, q_slots=slots,
-                      kv_slots=kv_slots, cache_index=None if cache is None else cache.index)
+                      kv_slots=kv_slots)
 
         def body(h, xs):
             layer_params, layer_cache = xs
@@ -289,6 +333,8 @@ class Llama(nnx.Module):
                 outs.append(kv)
             new_kv = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *outs)
 
+        if logit_slots is not None:
+            h = jnp.take_along_axis(h, logit_slots[:, :, None], axis=1)
         h = rms_norm(h, self.norm[...], cfg.rms_norm_eps)
         if cfg.tie_word_embeddings:
             head = self.embed_tokens[...].astype(cd).T

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jaxtune.eval.generate import Generator, left_pad
+from jaxtune.eval.generate import Generator, cache_length
 from jaxtune.eval.sampling import SamplingParams
 
 torch = pytest.importorskip("torch")
@@ -38,12 +38,9 @@ def _hf_generate(hf_model, prompt, max_new_tokens, stop_ids, **settings):
     return tokens, out.logits[len(tokens) - 1][0].numpy()
 
 
-def test_left_pad_layout():
-    batch = left_pad([[7, 8, 9], [5]], length=4, rows=3, pad_id=0)
-    np.testing.assert_array_equal(batch.input_ids, [[0, 7, 8, 9], [0, 0, 0, 5], [0, 0, 0, 0]])
-    np.testing.assert_array_equal(batch.positions, [[0, 0, 1, 2], [0, 0, 0, 0], [0, 0, 0, 0]])
-    np.testing.assert_array_equal(batch.segment_ids, [[0, 1, 1, 1], [0, 0, 0, 1], [0, 0, 0, 0]])
-    np.testing.assert_array_equal(batch.active, [True, True, False])
+def test_cache_lengths_grow_by_halves_and_thirds():
+    assert [cache_length(n) for n in (1, 64, 65, 96, 97, 129, 193, 257, 385, 1500)] == [
+        64, 64, 96, 96, 128, 192, 256, 384, 512, 1536]
 
 
 def test_greedy_matches_transformers(gqa_pair):
@@ -106,3 +103,29 @@ def test_bad_inputs_are_rejected(gqa_pair):
         generator.generate([[5, 1004]], 4, [1])
     with pytest.raises(ValueError, match="max_new_tokens"):
         generator.generate([[5]], 0, [1])
+
+
+def test_continuous_batching_on_a_mesh_matches_one_device(gqa_pair):
+    """More prompts than rows, replies of different lengths (rows refilled mid-loop, the cache grown and cut), on
+    8 simulated devices (data 2 x fsdp 2 x tensor 2) and on one: the same replies and last-step logits."""
+    import copy
+
+    from jaxtune.config import MeshConfig
+    from jaxtune.eval.loading import shard_model
+    from jaxtune.sharding import build_mesh
+
+    hf_model, model = gqa_pair
+    prompts = _prompts(model.cfg.vocab_size, lengths=(70, 5, 33, 2, 12, 9, 50, 4, 18), seed=3)
+    free_run, _ = _hf_generate(hf_model, prompts[1], 40, stop_ids=[])
+    stop_ids = [free_run[2], free_run[9]]
+    plain = Generator(model, batch_size=4, bucket_multiple=32).generate(prompts, 40, stop_ids)
+    assert len({len(g.tokens) for g in plain}) >= 3  # rows end at different steps
+    mesh = build_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
+    sharded = Generator(shard_model(copy.deepcopy(model), mesh), batch_size=4, bucket_multiple=32, mesh=mesh)
+    for a, b, prompt in zip(plain, sharded.generate(prompts, 40, stop_ids), prompts):
+        assert a.tokens == b.tokens
+        np.testing.assert_allclose(a.last_logits, b.last_logits, atol=1e-4)
+    for prompt, result in zip(prompts[:3], plain[:3]):
+        expected, expected_logits = _hf_generate(hf_model, prompt, 40, stop_ids)
+        assert list(result.tokens) == expected
+        np.testing.assert_allclose(result.last_logits, expected_logits, atol=1e-4, rtol=1e-4)

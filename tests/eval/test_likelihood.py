@@ -100,3 +100,36 @@ def test_empty_and_bad_inputs(gqa_pair):
         scorer.continuation_perplexities([[1]], [[1004]])
     with pytest.raises(ValueError, match="prompt 0 is empty"):
         scorer.next_token_logits([[]], [1])
+
+
+def _row_nll(model, context: list[int], continuation: list[int]) -> float:
+    """The scoring before prefix caching: one unpadded forward pass over ``context + continuation``."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    row = context + continuation
+    logits = np.asarray(nnx.jit(lambda m, x: m(x)[0])(model, jnp.asarray([row])))[0].astype(np.float64)
+    logp = logits - np.log(np.sum(np.exp(logits - logits.max(-1, keepdims=True)), -1, keepdims=True)) \
+        - logits.max(-1, keepdims=True)
+    return -sum(logp[t - 1, row[t]] for t in range(len(context), len(row)))
+
+
+def test_shared_contexts_are_scored_once_and_match_per_row_scoring(gqa_pair):
+    """Three choices per context (and a context repeated across items) scored from one cached prefix equal a full
+    forward pass per row within 1e-5 on the log-perplexity; an empty continuation (the 2048-token cut) is NaN."""
+    _, model = gqa_pair
+    items = _format1_items(model.cfg.vocab_size, seed=2)
+    contexts = [context for context, choices in items for _ in choices] + [items[0][0]]
+    continuations = [choice for _, choices in items for choice in choices] + [[]]
+    contexts.append(items[1][0])
+    continuations.append(items[1][1][0])  # the same pair twice
+    scorer = LikelihoodScorer(model, batch_size=2, bucket_multiple=32)
+    got = scorer.continuation_nll(contexts, continuations)
+    assert got[12] == (0.0, 0)
+    for (total, count), context, continuation in zip(got, contexts, continuations):
+        assert count == len(continuation)
+        if count:
+            want = _row_nll(model, context, continuation)
+            assert abs(total / count - want / count) < 1e-5
+    assert got[13] == got[3]
+    assert math.isnan(scorer.continuation_perplexities(contexts, continuations)[12])

@@ -202,6 +202,7 @@ def evaluate_agieval(
     max_len: int = 2048,
     run: RunInfo | None = None,
     chunk_size: int = 32,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> SuiteResult:
     """Accuracy per task (overall = macro mean); the micro average and the items left out (label not exactly one
     letter) in ``details``."""
@@ -231,4 +232,5 @@ def evaluate_agieval(
                      f"the study's loader did")
         log.warning("AGIEval: %s; first: %s", notes[0], "; ".join(examples))
     return evaluate_mcq(items, lm, codec, suite="agieval", variant=setting, letter_pieces=BARE_PIECES, run=run,
-                        chunk_size=chunk_size, skipped_not_one_letter=skipped, skipped_examples=examples, notes=notes)
+                        chunk_size=chunk_size, on_progress=on_progress, skipped_not_one_letter=skipped,
+                        skipped_examples=examples, notes=notes)

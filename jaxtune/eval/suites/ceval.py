@@ -21,7 +21,7 @@ and reads the next-token logits of ``▁A``..``▁D`` (how an answer ``"A"`` is 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,8 +127,9 @@ def evaluate_ceval(
     letter_pieces: Sequence[str] = PREFIXED_PIECES,
     run: RunInfo | None = None,
     chunk_size: int = 32,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> SuiteResult:
     """Accuracy per subject; overall = mean over subjects."""
     return evaluate_mcq(ceval_items(subjects, codec, num_shots, max_len), lm, codec, suite="ceval",
                         variant=f"{num_shots}-shot", letter_pieces=letter_pieces, run=run, chunk_size=chunk_size,
-                        num_shots=num_shots)
+                        on_progress=on_progress, num_shots=num_shots)

@@ -136,11 +136,12 @@ def evaluate_cmmlu(
     max_len: int = 2048,
     run: RunInfo | None = None,
     chunk_size: int = 32,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> SuiteResult:
     """Accuracy per subject (overall = mean over subjects), with per-category means in ``details``."""
     result = evaluate_mcq(cmmlu_items(subjects, codec, num_shots, max_len), lm, codec, suite="cmmlu",
                           variant=f"{num_shots}-shot", letter_pieces=BARE_PIECES, run=run, chunk_size=chunk_size,
-                          num_shots=num_shots)
+                          on_progress=on_progress, num_shots=num_shots)
     scores = {a.name: a.score for a in result.summary.abilities}
     by_category: dict[str, list[float]] = {}
     for s in subjects:
