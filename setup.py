@@ -24,15 +24,16 @@ CORE = [
     "gcsfs==2026.10.1",  # gs:// paths (etils epath's backend; brings google-cloud-storage for TensorBoard events)
 ]
 HF = ["torch==2.13.0+cpu"]  # the PyTorch reference model (tests, check-hf, legacy .bin checkpoints)
-TEST = HF + ["pytest==9.2.0", "pytest-timeout==2.4.0", "gcp-storage-emulator==2026.7.19"]
+TEST = HF + ["pytest==9.2.0", "pytest-timeout==2.4.0", "gcp-storage-emulator==2026.7.19", "ruff==0.17.5"]
 
 setup(
     name="jaxtune",
     version="0.1.0",
     description="Instruction-tuning research on JAX: LLaMA fine-tuning on TPU pods or GPUs, evaluated per ability",
     packages=find_packages(include=["jaxtune", "jaxtune.*"]),
-    package_data={"jaxtune": ["demo/tokenizer/tokenizer.model", "demo/quickstart.yaml", "reference/*.csv",
-                              "reference/*.md"]},
+    package_data={
+        "jaxtune": ["demo/tokenizer/tokenizer.model", "demo/quickstart.yaml", "reference/*.csv", "reference/*.md"]
+    },
     python_requires=">=3.11",
     install_requires=CORE,
     extras_require={

@@ -32,18 +32,24 @@ def peak_rss():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
 """
-CHILD_IMPORT = PEAK_RSS + """
+CHILD_IMPORT = (
+    PEAK_RSS
+    + """
 import json, sys, time
 from jaxtune.convert.hf import import_hf
 start = time.perf_counter()
 import_hf(sys.argv[1], sys.argv[2], param_dtype=sys.argv[3])
 print(json.dumps({"seconds": time.perf_counter() - start, "peak_rss": peak_rss()}))
 """
-CHILD_BASELINE = PEAK_RSS + """
+)
+CHILD_BASELINE = (
+    PEAK_RSS
+    + """
 import json
 import jaxtune.convert.hf
 print(json.dumps({"peak_rss": peak_rss()}))
 """
+)
 
 
 def parse_args() -> argparse.Namespace:
@@ -69,8 +75,13 @@ def write_random_hf_folder(out: Path, args: argparse.Namespace) -> int:
     from jaxtune.convert.safetensors_io import PlannedTensor, SafetensorsWriter
     from jaxtune.models.llama import DTYPES
 
-    cfg = ModelConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.mlp,
-                      num_layers=args.layers, num_heads=args.heads)
+    cfg = ModelConfig(
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=args.mlp,
+        num_layers=args.layers,
+        num_heads=args.heads,
+    )
     dtype = np.dtype(DTYPES[args.dtype])
     out.mkdir(parents=True)
     planned = [PlannedTensor(n, dtype, s) for n, s in hf_tensor_shapes(cfg).items()]
@@ -85,7 +96,8 @@ def write_random_hf_folder(out: Path, args: argparse.Namespace) -> int:
                 weight_map[t.name] = name
     total = sum(t.nbytes for t in planned)
     (out / "model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map})
+    )
     write_hf_config(cfg, out, args.dtype)
     return total
 
@@ -114,16 +126,22 @@ def main() -> int:
         result = run_child(CHILD_IMPORT, str(hf_dir), str(work / "ckpt"), args.dtype)
         peak, seconds = result["peak_rss"], result["seconds"]
         ckpt_bytes = sum(f.stat().st_size for f in (work / "ckpt").rglob("*") if f.is_file())
-        params = size // np.dtype({"bfloat16": np.uint16, "float16": np.float16, "float32": np.float32}[args.dtype]).itemsize
+        params = (
+            size // np.dtype({"bfloat16": np.uint16, "float16": np.float16, "float32": np.float32}[args.dtype]).itemsize
+        )
         gib = 2**30
-        print(f"model: hidden {args.hidden}, {args.layers} layers, mlp {args.mlp}, vocab {args.vocab}: "
-              f"{params / 1e9:.2f}B params, {args.dtype}, {size / gib:.2f} GiB of tensors")
+        print(
+            f"model: hidden {args.hidden}, {args.layers} layers, mlp {args.mlp}, vocab {args.vocab}: "
+            f"{params / 1e9:.2f}B params, {args.dtype}, {size / gib:.2f} GiB of tensors"
+        )
         print(f"import-hf: {seconds:.0f} s, checkpoint on disk {ckpt_bytes / gib:.2f} GiB")
         print(f"peak RSS of import-hf:        {peak / gib:.2f} GiB")
         print(f"  of which baseline (imports): {baseline / gib:.2f} GiB")
         ratio = peak / size
-        print(f"peak RSS / model size: {ratio:.2f} (target <= 1.3: {'met' if ratio <= 1.3 else 'NOT met'}); "
-              f"excluding the baseline: {(peak - baseline) / size:.2f}")
+        print(
+            f"peak RSS / model size: {ratio:.2f} (target <= 1.3: {'met' if ratio <= 1.3 else 'NOT met'}); "
+            f"excluding the baseline: {(peak - baseline) / size:.2f}"
+        )
         return 0 if ratio <= 1.3 else 1
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -35,8 +35,18 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO / ".." / "shared" / "data"
 TOKENIZER = SHARED / "tokenizers" / "chinese-llama-plus"
 CMMLU = SHARED / "cmmlu"
-ABILITIES = ("biology", "chinese", "code", "creative_writing", "ethics", "history", "math", "reasoning",
-             "role_play", "understanding")
+ABILITIES = (
+    "biology",
+    "chinese",
+    "code",
+    "creative_writing",
+    "ethics",
+    "history",
+    "math",
+    "reasoning",
+    "role_play",
+    "understanding",
+)
 
 
 def _sentences() -> list[str]:
@@ -76,8 +86,11 @@ def write_corpus(path: Path, n: int, kind: str, seed: int = 0) -> None:
             else:
                 user = _text(rng, sentences, rng.randint(10, 60))
                 reply = _text(rng, sentences, rng.randint(5, 80))
-            rec = {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": reply}],
-                   "type": ABILITIES[i % len(ABILITIES)], "idx": i}
+            rec = {
+                "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": reply}],
+                "type": ABILITIES[i % len(ABILITIES)],
+                "idx": i,
+            }
             f.write(json.dumps(rec, ensure_ascii=False))
             f.write("\n")
     tmp.replace(path)
@@ -96,8 +109,13 @@ def prepare_corpus(work: Path, name: str, n: int, kind: str) -> dict:
     prepare_dataset(source, work / name / "prepared", "doit", overwrite=True)
     seconds = time.time() - t
     source.unlink()
-    return {"write_s": written, "prepare_s": seconds, "records_per_s": n / seconds,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "rss_before_mb": rss_before}
+    return {
+        "write_s": written,
+        "prepare_s": seconds,
+        "records_per_s": n / seconds,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_before_mb": rss_before,
+    }
 
 
 def ensure_prepared(work: Path, name: str, n: int, kind: str) -> Path:
@@ -106,9 +124,12 @@ def ensure_prepared(work: Path, name: str, n: int, kind: str) -> Path:
     out = work / name / "prepared"
     if not is_prepared_dataset(out):
         r = _child(["--prepare", str(work), name, str(n), kind])
-        print(f"[{name}] wrote {n} records in {r['write_s']:.1f}s; prepared the ArrayRecord dataset in "
-              f"{r['prepare_s']:.1f}s ({r['records_per_s']:.0f} records/s), peak RSS of prepare "
-              f"{r['peak_rss_mb']:.0f} MB", flush=True)
+        print(
+            f"[{name}] wrote {n} records in {r['write_s']:.1f}s; prepared the ArrayRecord dataset in "
+            f"{r['prepare_s']:.1f}s ({r['records_per_s']:.0f} records/s), peak RSS of prepare "
+            f"{r['peak_rss_mb']:.0f} MB",
+            flush=True,
+        )
     return out
 
 
@@ -125,11 +146,13 @@ def measure(prepared: Path, batches: int, workers: int, batch_size: int) -> dict
     from jaxtune.config import DataConfig
     from jaxtune.data.pipeline import build_train_pipeline
 
-    cfg = DataConfig(path=str(prepared), tokenizer=str(TOKENIZER), max_len=2048, packing=True, num_workers=workers,
-                     prefetch=4)
+    cfg = DataConfig(
+        path=str(prepared), tokenizer=str(TOKENIZER), max_len=2048, packing=True, num_workers=workers, prefetch=4
+    )
     t0 = time.perf_counter()
-    data = build_train_pipeline(cfg, global_batch_size=batch_size, epochs=1,
-                                shard_options=grain.sharding.ShardOptions(0, 1))
+    data = build_train_pipeline(
+        cfg, global_batch_size=batch_size, epochs=1, shard_options=grain.sharding.ShardOptions(0, 1)
+    )
     setup = time.perf_counter() - t0
     info = data.info
     it = data.iterator
@@ -161,8 +184,18 @@ def measure(prepared: Path, batches: int, workers: int, batch_size: int) -> dict
 
 
 def run_child(prepared: Path, batches: int, workers: int, batch_size: int) -> dict:
-    return _child(["--child", str(prepared), "--batches", str(batches), "--workers", str(workers),
-                   "--batch-size", str(batch_size)])
+    return _child(
+        [
+            "--child",
+            str(prepared),
+            "--batches",
+            str(batches),
+            "--workers",
+            str(workers),
+            "--batch-size",
+            str(batch_size),
+        ]
+    )
 
 
 def main() -> None:
@@ -191,14 +224,17 @@ def main() -> None:
     results = {}
     for name, n, kind in corpora:
         prepared = ensure_prepared(work, name, n, kind)
-        for workers in ((0, 2) if name in ("realistic-20k", "small-2m") else (0,)):
+        for workers in (0, 2) if name in ("realistic-20k", "small-2m") else (0,):
             r = run_child(prepared, args.batches, workers, args.batch_size)
             results[(name, workers)] = r
-            print(f"[{name}, workers={workers}] first pass {r['first_pass_s']:.1f}s "
-                  f"({r['first_pass_records_per_s']:.0f} records/s, {r['first_pass_tokens_per_s']:.0f} tokens/s; "
-                  f"{r['mean_tokens_per_example']:.0f} tokens/example) | iterate {r['tokens_per_s']:.0f} packed "
-                  f"tokens/s over {r['batches']} batches of {args.batch_size}x2048 | packing efficiency "
-                  f"{100 * r['packing_efficiency']:.2f}% | peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+            print(
+                f"[{name}, workers={workers}] first pass {r['first_pass_s']:.1f}s "
+                f"({r['first_pass_records_per_s']:.0f} records/s, {r['first_pass_tokens_per_s']:.0f} tokens/s; "
+                f"{r['mean_tokens_per_example']:.0f} tokens/example) | iterate {r['tokens_per_s']:.0f} packed "
+                f"tokens/s over {r['batches']} batches of {args.batch_size}x2048 | packing efficiency "
+                f"{100 * r['packing_efficiency']:.2f}% | peak RSS {r['peak_rss_mb']:.0f} MB",
+                flush=True,
+            )
     print("\nsummary (targets: >= 150k tokens/s, >= 95% packing at 2048, 2M-20k RSS difference < 200 MB)")
     best = max(r["tokens_per_s"] for (name, _), r in results.items() if name == "realistic-20k")
     eff = results[("realistic-20k", 0)]["packing_efficiency"]
@@ -206,8 +242,10 @@ def main() -> None:
     print(f"  packing efficiency (realistic, max_len 2048): {100 * eff:.2f}%")
     if ("small-2m", 0) in results:
         diff = results[("small-2m", 0)]["peak_rss_mb"] - results[("small-20k", 0)]["peak_rss_mb"]
-        print(f"  peak RSS small-20k {results[('small-20k', 0)]['peak_rss_mb']:.0f} MB, small-2m "
-              f"{results[('small-2m', 0)]['peak_rss_mb']:.0f} MB: difference {diff:.0f} MB (target < 200)")
+        print(
+            f"  peak RSS small-20k {results[('small-20k', 0)]['peak_rss_mb']:.0f} MB, small-2m "
+            f"{results[('small-2m', 0)]['peak_rss_mb']:.0f} MB: difference {diff:.0f} MB (target < 200)"
+        )
 
 
 if __name__ == "__main__":

@@ -57,9 +57,14 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     hf_cfg = transformers.LlamaConfig(
-        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.mlp, num_hidden_layers=args.layers,
-        num_attention_heads=args.heads, num_key_value_heads=args.kv_heads or args.heads,
-        max_position_embeddings=max(2048, args.length), attn_implementation=args.attn,
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=args.mlp,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.kv_heads or args.heads,
+        max_position_embeddings=max(2048, args.length),
+        attn_implementation=args.attn,
     )
     hf_model = transformers.LlamaForCausalLM(hf_cfg).eval()
     with tempfile.TemporaryDirectory() as tmp:
@@ -89,14 +94,20 @@ def main() -> int:
     jax_s, hf_s = statistics.median(jax_times), statistics.median(hf_times)
 
     params_m = sum(p.numel() for p in hf_model.parameters()) / 1e6
-    print(f"model: hidden {args.hidden}, {args.layers} layers, {args.heads} heads, mlp {args.mlp}, vocab {args.vocab} "
-          f"({params_m:.1f}M params), float32, CPU ({os.cpu_count()} cores, torch threads {args.threads})")
+    print(
+        f"model: hidden {args.hidden}, {args.layers} layers, {args.heads} heads, mlp {args.mlp}, vocab {args.vocab} "
+        f"({params_m:.1f}M params), float32, CPU ({os.cpu_count()} cores, torch threads {args.threads})"
+    )
     print(f"batch {args.batch} x {args.length} tokens; median of {args.repeats} warm forwards each")
     print(f"largest |logit difference| jaxtune vs transformers: {diff:.2e}")
-    print(f"jaxtune (jit, xla attention):       {tokens / jax_s:10.0f} tokens/s  ({jax_s * 1e3:.0f} ms/forward; "
-          f"first call with compile {compile_s:.1f} s)")
-    print(f"transformers ({args.attn}, torch {torch.__version__}): {tokens / hf_s:10.0f} tokens/s  "
-          f"({hf_s * 1e3:.0f} ms/forward)")
+    print(
+        f"jaxtune (jit, xla attention):       {tokens / jax_s:10.0f} tokens/s  ({jax_s * 1e3:.0f} ms/forward; "
+        f"first call with compile {compile_s:.1f} s)"
+    )
+    print(
+        f"transformers ({args.attn}, torch {torch.__version__}): {tokens / hf_s:10.0f} tokens/s  "
+        f"({hf_s * 1e3:.0f} ms/forward)"
+    )
     ratio = hf_s / jax_s
     print(f"ratio jaxtune / transformers: {ratio:.2f} (target >= 1.0: {'met' if ratio >= 1.0 else 'NOT met'})")
     return 0 if diff < 1e-3 else 1

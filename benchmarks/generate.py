@@ -65,9 +65,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--heads", type=int, default=8)
     p.add_argument("--kv-heads", type=int, default=None, help="grouped-query heads (default: heads)")
     p.add_argument("--mlp", type=int, default=688)
-    p.add_argument("--init-std", type=float, default=0.2,
-                   help="weight init std; larger than 0.02 so random logits are peaked and greedy choices are not "
-                        "decided by float noise (speed does not depend on the values)")
+    p.add_argument(
+        "--init-std",
+        type=float,
+        default=0.2,
+        help="weight init std; larger than 0.02 so random logits are peaked and greedy choices are not "
+        "decided by float noise (speed does not depend on the values)",
+    )
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args()
@@ -95,16 +99,22 @@ def hf_generate(hf_model, prompts, batch_size: int, max_new_tokens: int, stop_id
     out: list[list[int]] = [[] for _ in prompts]
     stops = set(stop_ids)
     for start in range(0, len(order), batch_size):
-        chunk = order[start: start + batch_size]
+        chunk = order[start : start + batch_size]
         width = max(len(prompts[i]) for i in chunk)
         ids = torch.zeros((len(chunk), width), dtype=torch.long)
         mask = torch.zeros((len(chunk), width), dtype=torch.long)
         for r, i in enumerate(chunk):
-            ids[r, width - len(prompts[i]):] = torch.tensor(prompts[i])
-            mask[r, width - len(prompts[i]):] = 1
+            ids[r, width - len(prompts[i]) :] = torch.tensor(prompts[i])
+            mask[r, width - len(prompts[i]) :] = 1
         with torch.no_grad():
-            seq = hf_model.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                                    eos_token_id=list(stop_ids) or None, pad_token_id=0)
+            seq = hf_model.generate(
+                ids,
+                attention_mask=mask,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=list(stop_ids) or None,
+                pad_token_id=0,
+            )
         for r, i in enumerate(chunk):
             out[i] = trim(seq[r, width:].tolist(), stops)
     return out
@@ -118,8 +128,10 @@ def calibrate(args, hf_model, vocab: int) -> dict:
     lengths = np.exp(rng.uniform(np.log(args.min_len), np.log(args.max_len + 1), size=args.candidates)).astype(int)
     lengths = np.clip(lengths, args.min_len, args.max_len)
     candidates = [[int(t) for t in rng.integers(3, vocab, size=n)] for n in lengths]
-    print(f"calibrating the workload: {len(candidates)} candidate prompts decoded {longest} tokens by transformers ...",
-          flush=True)
+    print(
+        f"calibrating the workload: {len(candidates)} candidate prompts decoded {longest} tokens by transformers ...",
+        flush=True,
+    )
     start = time.perf_counter()
     streams = hf_generate(hf_model, candidates, 2 * args.batch_size, longest, [])
     print(f"  done in {time.perf_counter() - start:.0f} s", flush=True)
@@ -138,8 +150,11 @@ def calibrate(args, hf_model, vocab: int) -> dict:
     spare = [i for i, n in enumerate(reply_len) if n is not None and i not in chosen]
     chosen += spare[: max(0, args.prompts - len(chosen))]
     chosen = chosen[: args.prompts]
-    return {"prompts": [candidates[i] for i in chosen], "stop_ids": sorted(stop_ids),
-            "reply_lengths": [reply_len[i] for i in chosen]}
+    return {
+        "prompts": [candidates[i] for i in chosen],
+        "stop_ids": sorted(stop_ids),
+        "reply_lengths": [reply_len[i] for i in chosen],
+    }
 
 
 def alternate(runs: dict, repeats: int, block: int) -> dict[str, list[float]]:
@@ -167,16 +182,31 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     cfg = ModelConfig(
-        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.mlp, num_layers=args.layers,
-        num_heads=args.heads, num_kv_heads=args.kv_heads, max_position_embeddings=4096, rms_norm_eps=1e-6,
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=args.mlp,
+        num_layers=args.layers,
+        num_heads=args.heads,
+        num_kv_heads=args.kv_heads,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-6,
         initializer_range=args.init_std,
     )
     hf_cfg = transformers.LlamaConfig(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
-        num_key_value_heads=cfg.resolved_num_kv_heads(), max_position_embeddings=cfg.max_position_embeddings,
-        rms_norm_eps=cfg.rms_norm_eps, rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
-        tie_word_embeddings=False, initializer_range=args.init_std, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.resolved_num_kv_heads(),
+        max_position_embeddings=cfg.max_position_embeddings,
+        rms_norm_eps=cfg.rms_norm_eps,
+        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
+        tie_word_embeddings=False,
+        initializer_range=args.init_std,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
     )
     torch.manual_seed(args.seed)
     hf_model = transformers.LlamaForCausalLM(hf_cfg).eval()
@@ -193,13 +223,17 @@ def main() -> int:
     prompts, stop_ids, reply_lengths = workload["prompts"], workload["stop_ids"], workload["reply_lengths"]
     prompt_lengths = [len(p) for p in prompts]
     print(f"jaxtune from {Path(jaxtune.__file__).parent}")
-    print(f"model: {params / 1e6:.1f}M parameters ({cfg.num_layers} layers, hidden {cfg.hidden_size}, vocabulary "
-          f"{cfg.vocab_size}); batch {args.batch_size}, greedy, float32, CPU (jax {jax.__version__} on "
-          f"{jax.device_count()} device(s), torch {torch.__version__} with {torch.get_num_threads()} threads); "
-          f"load average {os.getloadavg()[0]:.2f} at start")
-    print(f"workload: {len(prompts)} prompts of {min(prompt_lengths)}..{max(prompt_lengths)} tokens (median "
-          f"{int(np.median(prompt_lengths))}), replies of {min(reply_lengths)}..{max(reply_lengths)} tokens (median "
-          f"{int(np.median(reply_lengths))}, {sum(reply_lengths)} in all), {len(stop_ids)} stop ids")
+    print(
+        f"model: {params / 1e6:.1f}M parameters ({cfg.num_layers} layers, hidden {cfg.hidden_size}, vocabulary "
+        f"{cfg.vocab_size}); batch {args.batch_size}, greedy, float32, CPU (jax {jax.__version__} on "
+        f"{jax.device_count()} device(s), torch {torch.__version__} with {torch.get_num_threads()} threads); "
+        f"load average {os.getloadavg()[0]:.2f} at start"
+    )
+    print(
+        f"workload: {len(prompts)} prompts of {min(prompt_lengths)}..{max(prompt_lengths)} tokens (median "
+        f"{int(np.median(prompt_lengths))}), replies of {min(reply_lengths)}..{max(reply_lengths)} tokens (median "
+        f"{int(np.median(reply_lengths))}, {sum(reply_lengths)} in all), {len(stop_ids)} stop ids"
+    )
 
     generator = Generator(model, batch_size=args.batch_size)
 
@@ -211,18 +245,29 @@ def main() -> int:
         n = args.new_tokens
         jax_first, jax_out = seconds(lambda: run_jax(prompts, n))
         hf_first, hf_out = seconds(lambda: hf_generate(hf_model, prompts, args.batch_size, n, stop_ids))
-        times = alternate({"jaxtune": lambda: run_jax(prompts, n),
-                           "transformers": lambda: hf_generate(hf_model, prompts, args.batch_size, n, stop_ids)},
-                          args.repeats, args.block)
+        times = alternate(
+            {
+                "jaxtune": lambda: run_jax(prompts, n),
+                "transformers": lambda: hf_generate(hf_model, prompts, args.batch_size, n, stop_ids),
+            },
+            args.repeats,
+            args.block,
+        )
         jax_s, hf_s = statistics.median(times["jaxtune"]), statistics.median(times["transformers"])
         tokens = sum(len(t) for t in jax_out)
         identical = sum(a == b for a, b in zip(jax_out, hf_out))
-        print(f"\n1. jaxtune vs transformers, max_new_tokens {n}: median of {args.repeats} x {args.block} runs in "
-              f"alternating blocks, {tokens} generated tokens per run")
-        print(f"jaxtune:      {tokens / jax_s:8.1f} tokens/s  ({jax_s:.2f} s; first call with compilation "
-              f"{jax_first:.2f} s; all runs {' '.join(f'{t:.2f}' for t in times['jaxtune'])})")
-        print(f"transformers: {tokens / hf_s:8.1f} tokens/s  ({hf_s:.2f} s; first call {hf_first:.2f} s; all runs "
-              f"{' '.join(f'{t:.2f}' for t in times['transformers'])})")
+        print(
+            f"\n1. jaxtune vs transformers, max_new_tokens {n}: median of {args.repeats} x {args.block} runs in "
+            f"alternating blocks, {tokens} generated tokens per run"
+        )
+        print(
+            f"jaxtune:      {tokens / jax_s:8.1f} tokens/s  ({jax_s:.2f} s; first call with compilation "
+            f"{jax_first:.2f} s; all runs {' '.join(f'{t:.2f}' for t in times['jaxtune'])})"
+        )
+        print(
+            f"transformers: {tokens / hf_s:8.1f} tokens/s  ({hf_s:.2f} s; first call {hf_first:.2f} s; all runs "
+            f"{' '.join(f'{t:.2f}' for t in times['transformers'])})"
+        )
         ratio = hf_s / jax_s
         print(f"speed ratio jaxtune / transformers: {ratio:.2f}x (target >= 2x: {'met' if ratio >= 2 else 'NOT met'})")
         print(f"identical greedy replies: {identical}/{len(prompts)}")
@@ -236,17 +281,24 @@ def main() -> int:
         lo, hi = args.short_max, args.long_max
         first_lo, out_lo = seconds(lambda: run_jax(short, lo))
         first_hi, out_hi = seconds(lambda: run_jax(short, hi))
-        times = alternate({"lo": lambda: run_jax(short, lo), "hi": lambda: run_jax(short, hi)},
-                          args.repeats, args.block)
+        times = alternate(
+            {"lo": lambda: run_jax(short, lo), "hi": lambda: run_jax(short, hi)}, args.repeats, args.block
+        )
         lo_s, hi_s = statistics.median(times["lo"]), statistics.median(times["hi"])
         same = sum(a == b for a, b in zip(out_lo, out_hi))
-        print(f"\n2. jaxtune, max_new_tokens {hi} vs {lo} on the {len(short)} prompts whose replies end within {lo} "
-              f"tokens ({sum(len(t) for t in out_lo)} tokens): median of {args.repeats} x {args.block} runs in "
-              f"alternating blocks")
-        print(f"max_new_tokens {lo:5d}: {lo_s:.2f} s (first call {first_lo:.2f} s; all runs "
-              f"{' '.join(f'{t:.2f}' for t in times['lo'])})")
-        print(f"max_new_tokens {hi:5d}: {hi_s:.2f} s (first call {first_hi:.2f} s; all runs "
-              f"{' '.join(f'{t:.2f}' for t in times['hi'])})")
+        print(
+            f"\n2. jaxtune, max_new_tokens {hi} vs {lo} on the {len(short)} prompts whose replies end within {lo} "
+            f"tokens ({sum(len(t) for t in out_lo)} tokens): median of {args.repeats} x {args.block} runs in "
+            f"alternating blocks"
+        )
+        print(
+            f"max_new_tokens {lo:5d}: {lo_s:.2f} s (first call {first_lo:.2f} s; all runs "
+            f"{' '.join(f'{t:.2f}' for t in times['lo'])})"
+        )
+        print(
+            f"max_new_tokens {hi:5d}: {hi_s:.2f} s (first call {first_hi:.2f} s; all runs "
+            f"{' '.join(f'{t:.2f}' for t in times['hi'])})"
+        )
         ratio = hi_s / lo_s
         print(f"time ratio {hi} / {lo}: {ratio:.2f}x (target <= 1.2x: {'met' if ratio <= 1.2 else 'NOT met'})")
         print(f"identical replies: {same}/{len(short)}")

@@ -61,8 +61,14 @@ def main() -> int:
     from jaxtune.eval.likelihood import LikelihoodScorer, right_pad
     from jaxtune.models.llama import Llama
 
-    cfg = ModelConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.mlp,
-                      num_layers=args.layers, num_heads=args.heads, max_position_embeddings=4096)
+    cfg = ModelConfig(
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=args.mlp,
+        num_layers=args.layers,
+        num_heads=args.heads,
+        max_position_embeddings=4096,
+    )
     model = Llama(cfg, rngs=nnx.Rngs(args.seed))
     rng = np.random.default_rng(args.seed)
     contexts, choices = [], []
@@ -87,11 +93,12 @@ def main() -> int:
         order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
         out = [0.0] * len(lengths)
         for start in range(0, len(order), args.batch_size):
-            chunk = order[start: start + args.batch_size]
+            chunk = order[start : start + args.batch_size]
             length = bucket_length(max(lengths[i] for i in chunk))
             batch = right_pad([contexts[i] for i in chunk], [choices[i] for i in chunk], length, args.batch_size)
-            sums = jax.device_get(row_nll(state, batch.input_ids, batch.positions, batch.segment_ids, batch.targets,
-                                          batch.weights))
+            sums = jax.device_get(
+                row_nll(state, batch.input_ids, batch.positions, batch.segment_ids, batch.targets, batch.weights)
+            )
             for r, i in enumerate(chunk):
                 out[i] = float(sums[r]) / len(choices[i])
         return out
@@ -107,17 +114,27 @@ def main() -> int:
         times["prefix"].append(seconds(prefix_cached)[0])
     old_s, new_s = statistics.median(times["per_row"]), statistics.median(times["prefix"])
     worst = max(abs(a - b) for a, b in zip(old, new))
-    print(f"model: {sum(x.size for x in jax.tree.leaves(state)) / 1e6:.1f}M parameters, float32, CPU "
-          f"({jax.device_count()} device(s)); load average {os.getloadavg()[0]:.2f}")
-    print(f"{args.items} format-1 items x 3 choices: contexts {args.min_context}..{args.max_context} tokens, choices "
-          f"1..{args.max_choice - 1}; batch {args.batch_size}; median of {args.repeats} runs in alternating blocks")
-    print(f"per-row (before):      {args.items / old_s:7.1f} items/s ({old_s:.2f} s; first call {first_old:.2f} s; "
-          f"runs {' '.join(f'{t:.2f}' for t in times['per_row'])})")
-    print(f"prefix-cached (after): {args.items / new_s:7.1f} items/s ({new_s:.2f} s; first call {first_new:.2f} s; "
-          f"runs {' '.join(f'{t:.2f}' for t in times['prefix'])})")
+    print(
+        f"model: {sum(x.size for x in jax.tree.leaves(state)) / 1e6:.1f}M parameters, float32, CPU "
+        f"({jax.device_count()} device(s)); load average {os.getloadavg()[0]:.2f}"
+    )
+    print(
+        f"{args.items} format-1 items x 3 choices: contexts {args.min_context}..{args.max_context} tokens, choices "
+        f"1..{args.max_choice - 1}; batch {args.batch_size}; median of {args.repeats} runs in alternating blocks"
+    )
+    print(
+        f"per-row (before):      {args.items / old_s:7.1f} items/s ({old_s:.2f} s; first call {first_old:.2f} s; "
+        f"runs {' '.join(f'{t:.2f}' for t in times['per_row'])})"
+    )
+    print(
+        f"prefix-cached (after): {args.items / new_s:7.1f} items/s ({new_s:.2f} s; first call {first_new:.2f} s; "
+        f"runs {' '.join(f'{t:.2f}' for t in times['prefix'])})"
+    )
     ratio = old_s / new_s
-    print(f"speed-up: {ratio:.2f}x (target >= 2x: {'met' if ratio >= 2 else 'NOT met'}); largest log-perplexity "
-          f"difference {worst:.1e} (must be < 1e-5)")
+    print(
+        f"speed-up: {ratio:.2f}x (target >= 2x: {'met' if ratio >= 2 else 'NOT met'}); largest log-perplexity "
+        f"difference {worst:.1e} (must be < 1e-5)"
+    )
     return 0 if worst < 1e-5 else 1
 
 

@@ -43,8 +43,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--microbatches", type=int, default=1)
     p.add_argument("--remat", default="full", help="model.remat_policy")
     p.add_argument("--attention", default="splash", choices=["splash", "xla"])
-    p.add_argument("--eval", action="store_true",
-                   help="compile evaluation's generation (bf16 parameters, sharded KV cache) instead of the train step")
+    p.add_argument(
+        "--eval",
+        action="store_true",
+        help="compile evaluation's generation (bf16 parameters, sharded KV cache) instead of the train step",
+    )
     p.add_argument("--new-tokens", type=int, default=1024, help="with --eval: tokens generated after each prompt")
     return p.parse_args()
 
@@ -76,19 +79,36 @@ def compile_generation(args: argparse.Namespace, cfg, mesh):
     sampling = SamplingParams()
 
     def generate(state, input_ids, segment_ids, last_index, prompt_ids, seed, stop_ids):
-        rows = _empty_rows(graphdef, state, rows=b, length=t + new, max_new_tokens=new,
-                           uses_penalty=sampling.uses_penalty)
+        rows = _empty_rows(
+            graphdef, state, rows=b, length=t + new, max_new_tokens=new, uses_penalty=sampling.uses_penalty
+        )
         slots = jax.numpy.arange(b, dtype=np.int32)
-        rows, _ = _prefill(graphdef, state, rows, slots, input_ids, segment_ids, last_index, prompt_ids, seed,
-                           stop_ids, max_new_tokens=new, sampling=sampling)
-        rows, view = _decode_steps(graphdef, state, rows, seed, stop_ids, jax.numpy.bool_(False),
-                                   max_new_tokens=new, sampling=sampling)
+        rows, _ = _prefill(
+            graphdef,
+            state,
+            rows,
+            slots,
+            input_ids,
+            segment_ids,
+            last_index,
+            prompt_ids,
+            seed,
+            stop_ids,
+            max_new_tokens=new,
+            sampling=sampling,
+        )
+        rows, view = _decode_steps(
+            graphdef, state, rows, seed, stop_ids, jax.numpy.bool_(False), max_new_tokens=new, sampling=sampling
+        )
         return view
 
     inputs = [jax.ShapeDtypeStruct((b, t), np.int32, sharding=rows2d) for _ in range(2)]  # ids, segments
-    inputs += [jax.ShapeDtypeStruct((b,), np.int32, sharding=rows1d), jax.ShapeDtypeStruct((b,), np.uint32, sharding=rows1d),
-               jax.ShapeDtypeStruct((), np.uint32, sharding=replicated(mesh)),
-               jax.ShapeDtypeStruct((8,), np.int32, sharding=replicated(mesh))]
+    inputs += [
+        jax.ShapeDtypeStruct((b,), np.int32, sharding=rows1d),
+        jax.ShapeDtypeStruct((b,), np.uint32, sharding=rows1d),
+        jax.ShapeDtypeStruct((), np.uint32, sharding=replicated(mesh)),
+        jax.ShapeDtypeStruct((8,), np.int32, sharding=replicated(mesh)),
+    ]
     program = jax.jit(functools.partial(generate), out_shardings=replicated(mesh))
     return program.trace(state, *inputs).lower().compile()
 
@@ -106,7 +126,6 @@ def main() -> int:
         return 2
     import numpy as np
     from jax.experimental import topologies
-    from jax.sharding import NamedSharding
 
     from jaxtune.config import MeshConfig, OptimConfig
     from jaxtune.models.configs import model_config
@@ -125,16 +144,31 @@ def main() -> int:
 
     cfg = model_config(args.model)
     if args.eval:  # parameters restored in the evaluation dtype; decoding with a cache attends with XLA
-        cfg = dataclasses.replace(cfg, compute_dtype="bfloat16", param_dtype="bfloat16", remat_policy="none",
-                                  attention_impl="xla", vocab_pad_multiple=128)
+        cfg = dataclasses.replace(
+            cfg,
+            compute_dtype="bfloat16",
+            param_dtype="bfloat16",
+            remat_policy="none",
+            attention_impl="xla",
+            vocab_pad_multiple=128,
+        )
     else:
-        cfg = dataclasses.replace(cfg, compute_dtype="bfloat16", param_dtype="float32", remat_policy=args.remat,
-                                  attention_impl=args.attention, vocab_pad_multiple=128)
+        cfg = dataclasses.replace(
+            cfg,
+            compute_dtype="bfloat16",
+            param_dtype="float32",
+            remat_policy=args.remat,
+            attention_impl=args.attention,
+            vocab_pad_multiple=128,
+        )
     if args.layers:
         cfg = dataclasses.replace(cfg, num_layers=args.layers)
     topology = topologies.get_topology_desc(
-        platform="tpu", topology_name=args.topology, chip_config_name="default",
-        chips_per_host_bounds=tuple(int(x) for x in args.chips_per_host.split(",")), num_slices=1,
+        platform="tpu",
+        topology_name=args.topology,
+        chip_config_name="default",
+        chips_per_host_bounds=tuple(int(x) for x in args.chips_per_host.split(",")),
+        num_slices=1,
         wrap=(False, False, False),
     )
     devices = topology.devices
@@ -148,11 +182,15 @@ def main() -> int:
         with activation_rules(mesh):
             compiled = compile_generation(args, cfg, mesh)
         info = model_info(cfg, args.length)
-        print(f"model {args.model}: {cfg.num_layers} layers, {info.num_params / 1e9:.2f}B params; bf16 parameters "
-              f"and compute; generation: {args.batch} prompts x {args.length} tokens + {args.new_tokens} new tokens "
-              f"(KV cache of {args.length + args.new_tokens} slots)")
-        print(f"TPU topology {args.topology}: {len(devices)} devices ({devices[0].device_kind}); mesh data={data} "
-              f"fsdp={fsdp} tensor={tensor}")
+        print(
+            f"model {args.model}: {cfg.num_layers} layers, {info.num_params / 1e9:.2f}B params; bf16 parameters "
+            f"and compute; generation: {args.batch} prompts x {args.length} tokens + {args.new_tokens} new tokens "
+            f"(KV cache of {args.length + args.new_tokens} slots)"
+        )
+        print(
+            f"TPU topology {args.topology}: {len(devices)} devices ({devices[0].device_kind}); mesh data={data} "
+            f"fsdp={fsdp} tensor={tensor}"
+        )
         return _print_memory(compiled.memory_analysis(), ("arguments (params, prompts)", "outputs (tokens, logits)"))
     tx, schedule = build_optimizer(OptimConfig(), 1000)
     shardings = train_state_shardings(tx, shapes, axes, mesh)
@@ -161,8 +199,13 @@ def main() -> int:
     batch_spec = batch_sharding(mesh, microbatched=True)
     batch = {
         name: jax.ShapeDtypeStruct((args.microbatches, rows, args.length), dtype, sharding=batch_spec)
-        for name, dtype in (("input_ids", np.int32), ("targets", np.int32), ("loss_weights", np.float32),
-                            ("segment_ids", np.int32), ("positions", np.int32))
+        for name, dtype in (
+            ("input_ids", np.int32),
+            ("targets", np.int32),
+            ("loss_weights", np.float32),
+            ("segment_ids", np.int32),
+            ("positions", np.int32),
+        )
     }
     step = make_train_step(graphdef, tx, schedule, mesh=mesh, state_shardings=shardings)
     with activation_rules(mesh):
@@ -171,21 +214,33 @@ def main() -> int:
     hlo = compiled.as_text()
 
     info = model_info(cfg, args.length)
-    print(f"model {args.model}: {cfg.num_layers} layers, {info.num_params / 1e9:.2f}B params; bf16 compute, fp32 "
-          f"master weights and AdamW; remat {cfg.remat_policy}; attention {cfg.attention_impl}")
-    print(f"TPU topology {args.topology}: {len(devices)} devices ({devices[0].device_kind}); mesh data={data} "
-          f"fsdp={fsdp} tensor={tensor}; global batch {args.batch} x {args.length} in {args.microbatches} microbatch(es)")
+    print(
+        f"model {args.model}: {cfg.num_layers} layers, {info.num_params / 1e9:.2f}B params; bf16 compute, fp32 "
+        f"master weights and AdamW; remat {cfg.remat_policy}; attention {cfg.attention_impl}"
+    )
+    print(
+        f"TPU topology {args.topology}: {len(devices)} devices ({devices[0].device_kind}); mesh data={data} "
+        f"fsdp={fsdp} tensor={tensor}; global batch {args.batch} x {args.length} in {args.microbatches} microbatch(es)"
+    )
     kernels = hlo.count('custom_call_target="tpu_custom_call"')
     print(f"Pallas kernels in the compiled step: {kernels}")
     return _print_memory(memory, ("arguments (params, AdamW state, batch)", "outputs"))
 
 
 def _print_memory(memory, labels: tuple[str, str]) -> int:
-    for label, value in ((labels[0], memory.argument_size_in_bytes), (labels[1], memory.output_size_in_bytes),
-                         ("aliased (donated) ", memory.alias_size_in_bytes), ("temporaries", memory.temp_size_in_bytes)):
+    for label, value in (
+        (labels[0], memory.argument_size_in_bytes),
+        (labels[1], memory.output_size_in_bytes),
+        ("aliased (donated) ", memory.alias_size_in_bytes),
+        ("temporaries", memory.temp_size_in_bytes),
+    ):
         print(f"  {label:40s} {value / GIB:8.2f} GiB per device")
-    peak = memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes \
+    peak = (
+        memory.argument_size_in_bytes
+        + memory.output_size_in_bytes
+        - memory.alias_size_in_bytes
         + memory.temp_size_in_bytes
+    )
     print(f"  {'peak (args + outputs - aliased + temps)':40s} {peak / GIB:8.2f} GiB per device")
     return 0
 

@@ -81,7 +81,9 @@ def make_batch(args: argparse.Namespace) -> dict[str, np.ndarray]:
     weights = np.ones((args.batch, args.length), np.float32)
     weights[:, -1] = 0.0
     return {
-        "input_ids": ids[:, :-1], "targets": ids[:, 1:], "loss_weights": weights,
+        "input_ids": ids[:, :-1],
+        "targets": ids[:, 1:],
+        "loss_weights": weights,
         "segment_ids": np.ones((args.batch, args.length), np.int32),
         "positions": np.broadcast_to(np.arange(args.length, dtype=np.int32), (args.batch, args.length)).copy(),
     }
@@ -108,8 +110,13 @@ def main() -> int:
     matmul_flops = matmul_timer(args.matmul_size)
 
     hf_cfg = transformers.LlamaConfig(
-        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.mlp, num_hidden_layers=args.layers,
-        num_attention_heads=args.heads, max_position_embeddings=max(2048, args.length), attn_implementation=args.attn,
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=args.mlp,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        max_position_embeddings=max(2048, args.length),
+        attn_implementation=args.attn,
     )
     hf_model = transformers.LlamaForCausalLM(hf_cfg)
     with tempfile.TemporaryDirectory() as tmp:
@@ -135,8 +142,13 @@ def main() -> int:
 
     # transformers: the usual PyTorch training step with the same loss, clipping and AdamW.
     hf_model.train()
-    opt = torch.optim.AdamW(hf_model.parameters(), lr=optim.learning_rate, betas=(optim.b1, optim.b2),
-                            eps=optim.eps, weight_decay=optim.weight_decay)
+    opt = torch.optim.AdamW(
+        hf_model.parameters(),
+        lr=optim.learning_rate,
+        betas=(optim.b1, optim.b2),
+        eps=optim.eps,
+        weight_decay=optim.weight_decay,
+    )
     ids = torch.from_numpy(batch["input_ids"].astype(np.int64))
     targets = torch.from_numpy(batch["targets"].astype(np.int64))
     weights = torch.from_numpy(batch["loss_weights"])
@@ -174,17 +186,27 @@ def main() -> int:
     jax_mfu = flops_per_token * tokens / jax_s / peak
     hf_mfu = flops_per_token * tokens / hf_s / peak
     params_m = sum(p.numel() for p in hf_model.parameters()) / 1e6
-    print(f"model: hidden {args.hidden}, {args.layers} layers, {args.heads} heads, mlp {args.mlp}, vocab {args.vocab} "
-          f"({params_m:.1f}M params), float32, CPU ({os.cpu_count()} cores, torch threads {args.threads})")
-    print(f"batch {args.batch} x {args.length} tokens; forward + backward + clip + AdamW; median of "
-          f"{args.repeats} x {args.block - 1} consecutive warm steps each, in alternating blocks")
+    print(
+        f"model: hidden {args.hidden}, {args.layers} layers, {args.heads} heads, mlp {args.mlp}, vocab {args.vocab} "
+        f"({params_m:.1f}M params), float32, CPU ({os.cpu_count()} cores, torch threads {args.threads})"
+    )
+    print(
+        f"batch {args.batch} x {args.length} tokens; forward + backward + clip + AdamW; median of "
+        f"{args.repeats} x {args.block - 1} consecutive warm steps each, in alternating blocks"
+    )
     print(f"first-step loss: jaxtune {jax_first_loss:.6f}, transformers {torch_first_loss:.6f} (|diff| {diff:.1e})")
-    print(f"CPU float32 matmul peak (JAX, {args.matmul_size}^2, median of the repeats): {peak / 1e9:.1f} GFLOP/s; "
-          f"training FLOPs/token {flops_per_token / 1e6:.1f} MFLOP")
-    print(f"jaxtune (jit, xla attention, remat {cfg.remat_policy}): {tokens / jax_s:9.0f} tokens/s  ({jax_s * 1e3:.0f} ms/step, "
-          f"MFU {100 * jax_mfu:.1f}%; first step with compile {compile_s:.1f} s)")
-    print(f"transformers ({args.attn}, torch {torch.__version__}): {tokens / hf_s:9.0f} tokens/s  "
-          f"({hf_s * 1e3:.0f} ms/step, MFU {100 * hf_mfu:.1f}%)")
+    print(
+        f"CPU float32 matmul peak (JAX, {args.matmul_size}^2, median of the repeats): {peak / 1e9:.1f} GFLOP/s; "
+        f"training FLOPs/token {flops_per_token / 1e6:.1f} MFLOP"
+    )
+    print(
+        f"jaxtune (jit, xla attention, remat {cfg.remat_policy}): {tokens / jax_s:9.0f} tokens/s  ({jax_s * 1e3:.0f} ms/step, "
+        f"MFU {100 * jax_mfu:.1f}%; first step with compile {compile_s:.1f} s)"
+    )
+    print(
+        f"transformers ({args.attn}, torch {torch.__version__}): {tokens / hf_s:9.0f} tokens/s  "
+        f"({hf_s * 1e3:.0f} ms/step, MFU {100 * hf_mfu:.1f}%)"
+    )
     ratio = hf_s / jax_s
     print(f"ratio jaxtune / transformers: {ratio:.2f} (target >= 1.0: {'met' if ratio >= 1.0 else 'NOT met'})")
     print(f"jaxtune CPU MFU: {100 * jax_mfu:.1f}% (target >= 60%: {'met' if jax_mfu >= 0.6 else 'NOT met'})")

@@ -41,8 +41,13 @@ TOKENIZER_DIR = "tokenizer"
 ADDED_TOKENS_FILE = "added_tokens.json"
 # Files of a tokenizer folder worth carrying (never weights, model configs or anything executable).
 TOKENIZER_FILE_NAMES = (
-    "tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", ADDED_TOKENS_FILE,
-    "chat_template.jinja", "chat_template.json",
+    "tokenizer.model",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    ADDED_TOKENS_FILE,
+    "chat_template.jinja",
+    "chat_template.json",
 )
 
 
@@ -106,8 +111,11 @@ def complete_steps(checkpoints_dir: str | Path) -> list[int]:
     d = as_path(checkpoints_dir)
     if not d.is_dir():
         return []
-    return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit() and (p / _COMMIT_MARKER).is_file()
-                  and (p / MODEL_CONFIG_FILE).is_file())
+    return sorted(
+        int(p.name)
+        for p in d.iterdir()
+        if p.name.isdigit() and (p / _COMMIT_MARKER).is_file() and (p / MODEL_CONFIG_FILE).is_file()
+    )
 
 
 @functools.lru_cache(maxsize=None)
@@ -126,8 +134,11 @@ def nonfinite_counts(tree: Any) -> dict[str, int]:
     Device arrays are checked by one jitted reduction over the tree (one small transfer back), on whatever devices
     and shardings they live; host numpy arrays array by array (no device memory needed).
     """
-    flat = [(k, x) for k, x in jax.tree_util.tree_flatten_with_path(tree)[0]
-            if jax.numpy.issubdtype(x.dtype, jax.numpy.inexact)]  # numpy's issubdtype misses bfloat16
+    flat = [
+        (k, x)
+        for k, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+        if jax.numpy.issubdtype(x.dtype, jax.numpy.inexact)
+    ]  # numpy's issubdtype misses bfloat16
     if not flat:
         return {}
     on_device = [(k, x) for k, x in flat if isinstance(x, jax.Array)]
@@ -145,8 +156,10 @@ _HOST_CHUNK = 1 << 24  # elements per np.isfinite pass: bounds the temporary mas
 
 def _host_nonfinite(x: Any) -> int:
     flat = np.asarray(x).reshape(-1)
-    return sum(int(chunk.size - np.count_nonzero(np.isfinite(chunk)))
-               for chunk in (flat[i:i + _HOST_CHUNK] for i in range(0, flat.size, _HOST_CHUNK)))
+    return sum(
+        int(chunk.size - np.count_nonzero(np.isfinite(chunk)))
+        for chunk in (flat[i : i + _HOST_CHUNK] for i in range(0, flat.size, _HOST_CHUNK))
+    )
 
 
 def check_finite(tree: Any, where: str | Path, what: str = "params") -> None:
@@ -154,8 +167,10 @@ def check_finite(tree: Any, where: str | Path, what: str = "params") -> None:
     bad = nonfinite_counts(tree)
     if bad:
         listed = ", ".join(f"{what}.{k} ({c} values)" for k, c in sorted(bad.items()))
-        raise NonFiniteParamsError(f"{where}: non-finite values (NaN or inf) in {listed}: the checkpoint is damaged "
-                                   f"or the run diverged before it was saved{complete_step_hint(where)}")
+        raise NonFiniteParamsError(
+            f"{where}: non-finite values (NaN or inf) in {listed}: the checkpoint is damaged "
+            f"or the run diverged before it was saved{complete_step_hint(where)}"
+        )
 
 
 def params_to_pure_dict(params: Any) -> dict:
@@ -293,8 +308,10 @@ def load_model_config(path: PathLike) -> ModelConfig:
     if not as_path(path).is_dir():
         raise CheckpointError(f"{path}: no such checkpoint folder{complete_step_hint(path)}")
     if not file.is_file():
-        raise CheckpointError(f"{path}: not a jaxtune params checkpoint, or an incomplete step (no "
-                              f"{MODEL_CONFIG_FILE}){complete_step_hint(path)}")
+        raise CheckpointError(
+            f"{path}: not a jaxtune params checkpoint, or an incomplete step (no "
+            f"{MODEL_CONFIG_FILE}){complete_step_hint(path)}"
+        )
     try:
         return model_config_from_dict(json.loads(file.read_text(encoding="utf-8")))
     except (json.JSONDecodeError, ConfigError) as e:
@@ -322,12 +339,16 @@ def load_params(
     with ocp.PyTreeCheckpointer() as checkpointer, restore_boundary(path, f"{PARAMS_DIR}/"):
         item_metadata = checkpointer.metadata(params_path).item_metadata
         if item_metadata is None or item_metadata.tree is None:  # Orbax returns None for a missing or cut _METADATA
-            raise CheckpointError(f"{path}: damaged checkpoint: the metadata of {PARAMS_DIR}/ is unreadable (_METADATA "
-                                  f"or manifest.ocdbt missing or cut){complete_step_hint(path)}")
+            raise CheckpointError(
+                f"{path}: damaged checkpoint: the metadata of {PARAMS_DIR}/ is unreadable (_METADATA "
+                f"or manifest.ocdbt missing or cut){complete_step_hint(path)}"
+            )
         metadata = item_metadata.tree
         target_dtype = None if dtype is None else np.dtype(_numpy_dtype(dtype))
         if as_numpy:
-            restore_args = jax.tree.map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray, dtype=target_dtype), metadata)
+            restore_args = jax.tree.map(
+                lambda m: ocp.RestoreArgs(restore_type=np.ndarray, dtype=target_dtype), metadata
+            )
         else:
             if shardings is None:
                 shardings = jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -337,7 +358,8 @@ def load_params(
                 shardings = jax.tree.map(lambda _: shardings, metadata)
             restore_args = jax.tree.map(
                 lambda m, s: ocp.ArrayRestoreArgs(sharding=s, global_shape=tuple(m.shape), dtype=target_dtype),
-                metadata, shardings,
+                metadata,
+                shardings,
             )
         params = checkpointer.restore(params_path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
     if dtype is not None:
@@ -356,7 +378,9 @@ def model_with_params(cfg: ModelConfig, params: dict) -> nnx.Module:
     return model
 
 
-def restore_model(path: PathLike, shardings: Any = None, dtype: Optional[str] = None, **cfg_overrides: Any) -> nnx.Module:
+def restore_model(
+    path: PathLike, shardings: Any = None, dtype: Optional[str] = None, **cfg_overrides: Any
+) -> nnx.Module:
     """A model (of the checkpoint's ``model.family``, see :mod:`jaxtune.models.registry`) with the parameters of a
     params-only checkpoint.
 
@@ -384,13 +408,17 @@ def expected_param_shapes(cfg: ModelConfig) -> dict:
 
 def _check_params_match_config(params: dict, cfg: ModelConfig, where: str) -> None:
     expected = expected_param_shapes(cfg)
-    flat_expected = {_dotted(k): s for k, s in
-                     jax.tree_util.tree_flatten_with_path(expected, is_leaf=lambda x: isinstance(x, tuple))[0]}
+    flat_expected = {
+        _dotted(k): s
+        for k, s in jax.tree_util.tree_flatten_with_path(expected, is_leaf=lambda x: isinstance(x, tuple))[0]
+    }
     flat_params = {_dotted(k): tuple(a.shape) for k, a in jax.tree_util.tree_flatten_with_path(params)[0]}
     missing = sorted(set(flat_expected) - set(flat_params))
     unexpected = sorted(set(flat_params) - set(flat_expected))
     if missing or unexpected:
-        raise CheckpointError(f"{where}: params do not match the model config: missing {missing}, unexpected {unexpected}")
+        raise CheckpointError(
+            f"{where}: params do not match the model config: missing {missing}, unexpected {unexpected}"
+        )
     for key, shape in flat_expected.items():
         if flat_params[key] != shape:
             raise CheckpointError(f"{where}: param {key} has shape {flat_params[key]}, the model config needs {shape}")
@@ -477,8 +505,7 @@ class TrainCheckpointManager:
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options)
         # Complete steps not yet marked as params-only checkpoints (e.g. a crash came between the two).
-        self._unmarked: set[int] = {s for s in self.all_steps()
-                                    if not (self.step_dir(s) / MODEL_CONFIG_FILE).exists()}
+        self._unmarked: set[int] = {s for s in self.all_steps() if not (self.step_dir(s) / MODEL_CONFIG_FILE).exists()}
 
     def latest_step(self) -> Optional[int]:
         """The newest complete checkpoint's step, or None."""
@@ -506,12 +533,14 @@ class TrainCheckpointManager:
         # Orbax would wait for the previous save here anyway; waiting first also lets its background finalisation
         # (renames, deleting old steps) end before the finished steps are marked.
         self.wait_until_finished()
-        args = ocp.args.Composite(**{
-            TRAIN_PARAMS_ITEM: ocp.args.StandardSave(params),
-            TRAIN_STATE_ITEM: ocp.args.StandardSave(train_fields),
-            DATA_ITER_ITEM: _grain_save(data_iter),
-            RUN_CONFIG_ITEM: ocp.args.JsonSave(dict(config)),
-        })
+        args = ocp.args.Composite(
+            **{
+                TRAIN_PARAMS_ITEM: ocp.args.StandardSave(params),
+                TRAIN_STATE_ITEM: ocp.args.StandardSave(train_fields),
+                DATA_ITER_ITEM: _grain_save(data_iter),
+                RUN_CONFIG_ITEM: ocp.args.JsonSave(dict(config)),
+            }
+        )
         self._manager.save(step, args=args, force=True)
         self._unmarked.add(step)
 
@@ -522,11 +551,13 @@ class TrainCheckpointManager:
             raise CheckpointError(f"{self.directory}: no complete checkpoint at step {step}")
         import grain
 
-        args = ocp.args.Composite(**{
-            TRAIN_PARAMS_ITEM: ocp.args.StandardRestore(abstract_params),
-            TRAIN_STATE_ITEM: ocp.args.StandardRestore(abstract_train_fields),
-            DATA_ITER_ITEM: grain.checkpoint.CheckpointRestore(data_iter),
-        })
+        args = ocp.args.Composite(
+            **{
+                TRAIN_PARAMS_ITEM: ocp.args.StandardRestore(abstract_params),
+                TRAIN_STATE_ITEM: ocp.args.StandardRestore(abstract_train_fields),
+                DATA_ITER_ITEM: grain.checkpoint.CheckpointRestore(data_iter),
+            }
+        )
         with restore_boundary(self.step_dir(step), "the train state"):
             restored = self._manager.restore(step, args=args)
         params, fields = restored[TRAIN_PARAMS_ITEM], restored[TRAIN_STATE_ITEM]
@@ -589,8 +620,9 @@ class TrainCheckpointManager:
             self._unmarked.discard(step)
 
 
-def _write_params_side_files(step_dir: Any, model_cfg: ModelConfig, tokenizer_src: Any,
-                             added_tokens: Mapping[str, int]) -> None:
+def _write_params_side_files(
+    step_dir: Any, model_cfg: ModelConfig, tokenizer_src: Any, added_tokens: Mapping[str, int]
+) -> None:
     """Make a finalised Orbax step folder holding a ``params`` item a params-only checkpoint: tokenizer/ (when one
     is known), then model_config.json, written last and atomically (its presence marks the checkpoint usable)."""
     step_dir = as_path(step_dir)
@@ -609,12 +641,15 @@ def saved_run_config(run_dir: str | Path) -> Optional[tuple[int, dict]]:
     directory = train_checkpoint_dir(run_dir)
     if not directory.is_dir():
         return None
-    steps = sorted((int(p.name) for p in directory.iterdir() if p.name.isdigit() and (p / _COMMIT_MARKER).is_file()),
-                   reverse=True)
+    steps = sorted(
+        (int(p.name) for p in directory.iterdir() if p.name.isdigit() and (p / _COMMIT_MARKER).is_file()), reverse=True
+    )
     for step in steps:
         try:
-            with restore_boundary(directory / str(step), f"{RUN_CONFIG_ITEM}/"), \
-                    ocp.Checkpointer(ocp.JsonCheckpointHandler()) as checkpointer:
+            with (
+                restore_boundary(directory / str(step), f"{RUN_CONFIG_ITEM}/"),
+                ocp.Checkpointer(ocp.JsonCheckpointHandler()) as checkpointer,
+            ):
                 return step, dict(checkpointer.restore(directory / str(step) / RUN_CONFIG_ITEM))
         except CheckpointError:
             continue  # the resume itself names a damaged step and falls back
@@ -678,8 +713,9 @@ class EpochCheckpointManager:
         self.added_tokens = dict(added_tokens or {})
         options = ocp.CheckpointManagerOptions(enable_async_checkpointing=async_save, create=True)
         self._manager = ocp.CheckpointManager(self.directory, options=options)
-        self._unmarked: set[int] = {e for e in self.all_epochs()
-                                    if not (self.epoch_dir(e) / MODEL_CONFIG_FILE).exists()}
+        self._unmarked: set[int] = {
+            e for e in self.all_epochs() if not (self.epoch_dir(e) / MODEL_CONFIG_FILE).exists()
+        }
 
     def all_epochs(self) -> list[int]:
         """Epochs with a complete (committed) checkpoint, oldest first."""
@@ -691,10 +727,12 @@ class EpochCheckpointManager:
     def save(self, epoch: int, step: int, params: Any) -> None:
         """Start writing epoch ``epoch`` (ended at optimizer step ``step``) from the live parameters."""
         self.wait_until_finished()
-        args = ocp.args.Composite(**{
-            TRAIN_PARAMS_ITEM: ocp.args.StandardSave(cast_params(params, self.dtype)),
-            EPOCH_INFO_ITEM: ocp.args.JsonSave({"epoch": int(epoch), "step": int(step), "dtype": self.dtype}),
-        })
+        args = ocp.args.Composite(
+            **{
+                TRAIN_PARAMS_ITEM: ocp.args.StandardSave(cast_params(params, self.dtype)),
+                EPOCH_INFO_ITEM: ocp.args.JsonSave({"epoch": int(epoch), "step": int(step), "dtype": self.dtype}),
+            }
+        )
         self._manager.save(epoch, args=args, force=True)
         self._unmarked.add(epoch)
 
@@ -706,8 +744,7 @@ class EpochCheckpointManager:
             return
         for epoch in sorted(self._unmarked):
             if (self.epoch_dir(epoch) / _COMMIT_MARKER).is_file():
-                _write_params_side_files(self.epoch_dir(epoch), self.model_cfg, self.tokenizer_src,
-                                         self.added_tokens)
+                _write_params_side_files(self.epoch_dir(epoch), self.model_cfg, self.tokenizer_src, self.added_tokens)
                 self._unmarked.discard(epoch)
 
     def close(self) -> None:
@@ -735,12 +772,24 @@ def epoch_checkpoint_path(run_dir: PathLike, epoch: int, step: int) -> Any:
     for candidate in (epoch_dir, step_dir):
         if (candidate / MODEL_CONFIG_FILE).is_file() and (candidate / _COMMIT_MARKER).is_file():
             return candidate
-    epochs = sorted(int(p.name) for p in epoch_checkpoint_dir(run_dir).glob("*")
-                    if p.name.isdigit() and (p / MODEL_CONFIG_FILE).is_file()) \
-        if epoch_checkpoint_dir(run_dir).exists() else []
-    steps = sorted(int(p.name) for p in train_checkpoint_dir(run_dir).glob("*")
-                   if p.name.isdigit() and (p / MODEL_CONFIG_FILE).is_file()) \
-        if train_checkpoint_dir(run_dir).exists() else []
+    epochs = (
+        sorted(
+            int(p.name)
+            for p in epoch_checkpoint_dir(run_dir).glob("*")
+            if p.name.isdigit() and (p / MODEL_CONFIG_FILE).is_file()
+        )
+        if epoch_checkpoint_dir(run_dir).exists()
+        else []
+    )
+    steps = (
+        sorted(
+            int(p.name)
+            for p in train_checkpoint_dir(run_dir).glob("*")
+            if p.name.isdigit() and (p / MODEL_CONFIG_FILE).is_file()
+        )
+        if train_checkpoint_dir(run_dir).exists()
+        else []
+    )
     raise CheckpointError(
         f"{run_dir}: no complete checkpoint of epoch {epoch}: neither {epoch_dir} nor {step_dir} (epoch checkpoints "
         f"there: {epochs or 'none'}; train checkpoints at steps: {steps or 'none'}; checkpoint.keep_epoch_checkpoints "

@@ -157,9 +157,11 @@ class RopeScalingConfig(_Section):
         rules.positive("factor", "low_freq_factor", "high_freq_factor")
         rules.at_least(1, "original_max_position_embeddings")
         if self.rope_type == "llama3" and not self.high_freq_factor > self.low_freq_factor:
-            rules.add(f"{_key(rules.where, 'high_freq_factor')}={self.high_freq_factor!r} must exceed "
-                      f"{_key(rules.where, 'low_freq_factor')}={self.low_freq_factor!r} (llama3 smooths between them)",
-                      "high_freq_factor")
+            rules.add(
+                f"{_key(rules.where, 'high_freq_factor')}={self.high_freq_factor!r} must exceed "
+                f"{_key(rules.where, 'low_freq_factor')}={self.low_freq_factor!r} (llama3 smooths between them)",
+                "high_freq_factor",
+            )
 
 
 @dataclass
@@ -233,26 +235,43 @@ class ModelConfig(_Section):
 
     def _rules(self, rules: _Rules) -> None:
         where = rules.where
-        rules.positive("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
-                       "rms_norm_eps", "layer_norm_epsilon", "rope_theta", "max_position_embeddings")
+        rules.positive(
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_layers",
+            "num_heads",
+            "rms_norm_eps",
+            "layer_norm_epsilon",
+            "rope_theta",
+            "max_position_embeddings",
+        )
         rules.positive("num_kv_heads", "head_dim", optional=True)
         rules.at_least(1, "vocab_pad_multiple")
         rules.non_negative("initializer_range")
         if not rules.fine("hidden_size", "num_heads", "num_kv_heads", "head_dim"):
             return  # the shape rules below divide by these
         if self.head_dim is None and self.hidden_size % self.num_heads:
-            rules.add(f"{where}.hidden_size={self.hidden_size} is not divisible by {where}.num_heads={self.num_heads}; "
-                      f"set {where}.head_dim explicitly", "hidden_size")
+            rules.add(
+                f"{where}.hidden_size={self.hidden_size} is not divisible by {where}.num_heads={self.num_heads}; "
+                f"set {where}.head_dim explicitly",
+                "hidden_size",
+            )
         elif self.family == "llama" and self.resolved_head_dim() % 2:
-            rules.add(f"{where}.head_dim must be even for rotary embeddings, got {self.resolved_head_dim()}",
-                      "head_dim")
+            rules.add(
+                f"{where}.head_dim must be even for rotary embeddings, got {self.resolved_head_dim()}", "head_dim"
+            )
         if self.family == "bloom" and self.num_kv_heads not in (None, self.num_heads):
-            rules.add(f"{where}.num_kv_heads={self.num_kv_heads}: BLOOM has one key/value head per query head (leave "
-                      "it unset)", "num_kv_heads")
+            rules.add(
+                f"{where}.num_kv_heads={self.num_kv_heads}: BLOOM has one key/value head per query head (leave "
+                "it unset)",
+                "num_kv_heads",
+            )
         kv = self.resolved_num_kv_heads()
         if self.num_heads % kv:
-            rules.add(f"{where}.num_heads={self.num_heads} must be a multiple of {where}.num_kv_heads={kv}",
-                      "num_kv_heads")
+            rules.add(
+                f"{where}.num_heads={self.num_heads} must be a multiple of {where}.num_kv_heads={kv}", "num_kv_heads"
+            )
 
 
 @dataclass
@@ -337,8 +356,9 @@ class MeshConfig(_Section):
 
     def _rules(self, rules: _Rules) -> None:
         where = rules.where
-        rules.check(("data", "fsdp", "tensor"), lambda v: v >= 1 or v == -1,
-                    "a positive size or -1 (the rest of the devices)")
+        rules.check(
+            ("data", "fsdp", "tensor"), lambda v: v >= 1 or v == -1, "a positive size or -1 (the rest of the devices)"
+        )
         free = [name for name in ("data", "fsdp", "tensor") if getattr(self, name) == -1]
         if len(free) > 1:
             rules.add(f"only one mesh size may be -1, got -1 for {', '.join(_key(where, n) for n in free)}", *free)
@@ -346,13 +366,20 @@ class MeshConfig(_Section):
         rules.at_least(1, "num_processes", optional=True)
         # eval.mesh takes the process settings it leaves unset from the training mesh (eval_mesh_config).
         inherits = where.endswith("eval.mesh")
-        if (self.num_processes is not None or self.process_id is not None) and not self.coordinator_address \
-                and not inherits:
-            rules.add(f"{where}.num_processes and {where}.process_id need {where}.coordinator_address",
-                      "num_processes", "process_id")
+        if (
+            (self.num_processes is not None or self.process_id is not None)
+            and not self.coordinator_address
+            and not inherits
+        ):
+            rules.add(
+                f"{where}.num_processes and {where}.process_id need {where}.coordinator_address",
+                "num_processes",
+                "process_id",
+            )
         if self.process_id is not None and not 0 <= self.process_id < (self.num_processes or self.process_id + 1):
-            rules.add(f"{where}.process_id must be in 0..{where}.num_processes-1, got {self.process_id!r}",
-                      "process_id")
+            rules.add(
+                f"{where}.process_id must be in 0..{where}.num_processes-1, got {self.process_id!r}", "process_id"
+            )
 
 
 @dataclass
@@ -427,8 +454,11 @@ class TrainConfig(_Section):
         rules.at_least(1, "max_steps", "eval_every", optional=True)
         rules.positive("peak_flops_per_device", optional=True)
         if rules.fine("global_batch_size", "microbatches") and self.global_batch_size % self.microbatches:
-            rules.add(f"{rules.where}.global_batch_size={self.global_batch_size} is not divisible by "
-                      f"{rules.where}.microbatches={self.microbatches}", "global_batch_size")
+            rules.add(
+                f"{rules.where}.global_batch_size={self.global_batch_size} is not divisible by "
+                f"{rules.where}.microbatches={self.microbatches}",
+                "global_batch_size",
+            )
 
 
 @dataclass
@@ -525,13 +555,18 @@ class EvalConfig(_Section):
     judge_repeats: int = 3
 
     def _rules(self, rules: _Rules) -> None:
-        rules.at_least(1, "batch_size", "max_new_tokens", "max_prompt_len", "bucket_multiple", "judge_concurrency",
-                       "judge_repeats")
+        rules.at_least(
+            1, "batch_size", "max_new_tokens", "max_prompt_len", "bucket_multiple", "judge_concurrency", "judge_repeats"
+        )
         rules.non_negative("num_shots", "temperature", "top_k")
         rules.check(("top_p",), lambda v: 0.0 < v <= 1.0, "in (0, 1]")
         rules.positive("repetition_penalty")
-        rules.check(("judge_base_url",), lambda v: v.startswith(("http://", "https://")),
-                    "an http:// or https:// URL or null", optional=True)
+        rules.check(
+            ("judge_base_url",),
+            lambda v: v.startswith(("http://", "https://")),
+            "an http:// or https:// URL or null",
+            optional=True,
+        )
 
 
 @dataclass
@@ -798,8 +833,10 @@ def _find_duplicate_keys(node: yaml.Node, path: str, out: list[str], seen_nodes:
                 line = key_node.start_mark.line + 1
                 child = _key(path, key_node.value)
                 if ident in first_line:
-                    out.append(f"duplicate key '{child}' at lines {first_line[ident]} and {line} (YAML would keep "
-                               f"only the last; keep one)")
+                    out.append(
+                        f"duplicate key '{child}' at lines {first_line[ident]} and {line} (YAML would keep "
+                        f"only the last; keep one)"
+                    )
                 else:
                     first_line[ident] = line
             _find_duplicate_keys(value_node, child, out, seen_nodes)

@@ -35,11 +35,11 @@ from typing import Any
 
 import yaml
 
-from jaxtune.paths import as_path
 from jaxtune.checkpoint import train_checkpoint_dir
 from jaxtune.config import Config, ConfigError, load_config
 from jaxtune.data.mixtures import STUDY_ALIASES, STUDY_DATA_TYPES
 from jaxtune.errors import JaxtuneError
+from jaxtune.paths import as_path
 
 DATA_TYPES = STUDY_DATA_TYPES
 """The study's 19 data types (the choices of its ``make_data.py``), in its order."""
@@ -195,8 +195,10 @@ def _data_type(name: str, where: Path) -> str:
 
         parse_belle_selection(name)
         return name
-    raise GridError(f"{where}: sweep.data_types: unknown data type {name!r}; the study's are {', '.join(DATA_TYPES)} "
-                    f"(or 'all' for those 19)")
+    raise GridError(
+        f"{where}: sweep.data_types: unknown data type {name!r}; the study's are {', '.join(DATA_TYPES)} "
+        f"(or 'all' for those 19)"
+    )
 
 
 def load_grid(path: str | Path) -> GridSpec:
@@ -245,9 +247,11 @@ def load_grid(path: str | Path) -> GridSpec:
         raise GridError(f"{where}: sweep.eval_epochs: expected 'last', 'all', or epochs like '5,10' or [5, 10]")
     suites = body.get("suites")
     return GridSpec(
-        path=where, run_dir=as_path(body["run_dir"]),
+        path=where,
+        run_dir=as_path(body["run_dir"]),
         models=tuple(_model(label, value, where) for label, value in models.items()),
-        data_types=data_types, eval_epochs=epochs,
+        data_types=data_types,
+        eval_epochs=epochs,
         suites=None if suites is None else _strings(suites, "sweep.suites", where),
         overrides=_strings(body.get("overrides", []), "sweep.overrides", where),
     )
@@ -260,8 +264,11 @@ def load_grid(path: str | Path) -> GridSpec:
 
 def cells(spec: GridSpec) -> list[Cell]:
     """Every (model, data type) in the file's order: models outer, data types inner."""
-    return [Cell(m, d, STUDY_ALIASES.get(d, d), spec.run_dir / m.label / STUDY_ALIASES.get(d, d))
-            for m in spec.models for d in spec.data_types]
+    return [
+        Cell(m, d, STUDY_ALIASES.get(d, d), spec.run_dir / m.label / STUDY_ALIASES.get(d, d))
+        for m in spec.models
+        for d in spec.data_types
+    ]
 
 
 def model_config(spec: GridSpec, model: GridModel, extra: Sequence[str] = ()) -> Config:
@@ -282,15 +289,19 @@ def _check_model_config(spec: GridSpec, model: GridModel, cfg: Config) -> list[i
 
     where = f"{spec.path}: sweep.models.{model.label} ({model.config})"
     if cfg.train.max_steps is not None:
-        raise GridError(f"{where}: train.max_steps is set; a grid trains whole epochs (the study evaluates epoch "
-                        f"checkpoints), unset it")
+        raise GridError(
+            f"{where}: train.max_steps is set; a grid trains whole epochs (the study evaluates epoch "
+            f"checkpoints), unset it"
+        )
     try:
         epochs = epochs_to_evaluate(spec.eval_epochs, cfg.train.epochs)
     except ConfigError as e:
         raise GridError(f"{spec.path}: sweep.eval_epochs: {e}") from None
     if epochs != [cfg.train.epochs] and not cfg.checkpoint.keep_epoch_checkpoints:
-        raise GridError(f"{where}: sweep.eval_epochs {spec.eval_epochs!r} evaluates epochs before the last, so the "
-                        f"run must keep them: set checkpoint.keep_epoch_checkpoints: true")
+        raise GridError(
+            f"{where}: sweep.eval_epochs {spec.eval_epochs!r} evaluates epochs before the last, so the "
+            f"run must keep them: set checkpoint.keep_epoch_checkpoints: true"
+        )
     return epochs
 
 
@@ -298,8 +309,7 @@ def _complete_steps(run_dir: Path) -> list[int]:
     directory = train_checkpoint_dir(run_dir)
     if not directory.is_dir():
         return []
-    return sorted(int(p.name) for p in directory.iterdir()
-                  if p.name.isdigit() and (p / _COMMIT_MARKER).is_file())
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and (p / _COMMIT_MARKER).is_file())
 
 
 def _evaluated(run_dir: Path, epochs: Sequence[int]) -> list[int]:
@@ -317,8 +327,12 @@ def _steps_per_epoch(cfg: Config, selection: str) -> int:
     return stream.info.steps_per_epoch
 
 
-def cell_states(spec: GridSpec, *, measure: bool = True, progress: Callable[[str], None] = lambda _: None,
-                ) -> list[CellState]:
+def cell_states(
+    spec: GridSpec,
+    *,
+    measure: bool = True,
+    progress: Callable[[str], None] = lambda _: None,
+) -> list[CellState]:
     """The state of every cell; ``measure`` also builds each run's data pipeline for its steps per epoch."""
     out: list[CellState] = []
     configs = {m.label: model_config(spec, m) for m in spec.models}
@@ -327,8 +341,9 @@ def cell_states(spec: GridSpec, *, measure: bool = True, progress: Callable[[str
     for cell in cells(spec):
         cfg = configs[cell.model.label]
         epochs = epochs_of[cell.model.label]
-        state = CellState(cell, epochs, _evaluated(cell.run_dir, epochs), _complete_steps(cell.run_dir),
-                          total_epochs=cfg.train.epochs)
+        state = CellState(
+            cell, epochs, _evaluated(cell.run_dir, epochs), _complete_steps(cell.run_dir), total_epochs=cfg.train.epochs
+        )
         if measure:
             # Models sharing data settings and batch share the measurement.
             key = (repr(cfg.data), cfg.train.global_batch_size, cell.selection)
@@ -346,9 +361,11 @@ def cell_states(spec: GridSpec, *, measure: bool = True, progress: Callable[[str
 def format_states(spec: GridSpec, states: Sequence[CellState]) -> str:
     """The dry run's listing: one line per cell (state and planned steps), then the totals."""
     runs = {s.cell.run_dir for s in states}
-    header = (f"grid {spec.path}: {len(spec.models)} models x {len(spec.data_types)} data types = {len(states)} cells "
-              f"({len(runs)} runs), evaluating epochs {spec.eval_epochs}, suites "
-              f"{','.join(spec.suites) if spec.suites else 'from each config'}; runs under {spec.run_dir}")
+    header = (
+        f"grid {spec.path}: {len(spec.models)} models x {len(spec.data_types)} data types = {len(states)} cells "
+        f"({len(runs)} runs), evaluating epochs {spec.eval_epochs}, suites "
+        f"{','.join(spec.suites) if spec.suites else 'from each config'}; runs under {spec.run_dir}"
+    )
     rows = [("model", "data type", "state", "planned steps")]
     for s in states:
         if s.cell.alias:
@@ -360,9 +377,12 @@ def format_states(spec: GridSpec, states: Sequence[CellState]) -> str:
     unique = [s for s in states if not s.cell.alias]
     counts = {k: sum(s.state == k for s in unique) for k in ("done", "partial", "not started")}
     total = sum(s.steps_per_epoch * s.total_epochs for s in unique if s.steps_per_epoch is not None)
-    lines += ["", f"{counts['done']} done, {counts['partial']} partial, {counts['not started']} not started; "
-                  f"{total} optimizer steps planned in all"
-              + (" (some cells unmeasured)" if any(s.steps_per_epoch is None for s in unique) else "")]
+    lines += [
+        "",
+        f"{counts['done']} done, {counts['partial']} partial, {counts['not started']} not started; "
+        f"{total} optimizer steps planned in all"
+        + (" (some cells unmeasured)" if any(s.steps_per_epoch is None for s in unique) else ""),
+    ]
     return "\n".join(lines)
 
 
@@ -406,8 +426,14 @@ def run_grid(spec: GridSpec, *, print_fn: Callable[[str], None] = print) -> Grid
     for i, s in enumerate(todo):
         eta = "" if i == 0 else f", ETA {(time.time() - started) / i * (len(todo) - i) / 60:.1f} min"
         print_fn(f"[grid {i + 1}/{len(todo)}{eta}] {s.cell.model.label} {s.cell.selection}: {s.describe()}")
-        sweep(model_config(spec, s.cell.model), [s.cell.selection], spec.eval_epochs, print_fn=print_fn,
-              model_size=s.cell.model.label, write_report=False)
+        sweep(
+            model_config(spec, s.cell.model),
+            [s.cell.selection],
+            spec.eval_epochs,
+            print_fn=print_fn,
+            model_size=s.cell.model.label,
+            write_report=False,
+        )
     eval_dirs = [eval_dir_of(s.cell.run_dir, e) for s in runs for e in s.epochs]
     report_dir = spec.run_dir / "report"
     files = report(eval_dirs, report_dir)

@@ -88,8 +88,9 @@ def copy_file(src: PathLike, dst: PathLike) -> None:
 def local_path(path: PathLike) -> str:
     """``path`` as a local file name for libraries that only open local files; a URL is an error naming it."""
     if is_remote(path):
-        raise JaxtuneError(f"{os.fspath(path)}: this path must be local (or on a gcsfuse mount of the bucket), not "
-                           f"an object store URL")
+        raise JaxtuneError(
+            f"{os.fspath(path)}: this path must be local (or on a gcsfuse mount of the bucket), not an object store URL"
+        )
     return os.fspath(as_path(path))
 
 

@@ -60,16 +60,31 @@ _GPUS = {"h100": 80 * 10**9, "h200": 141 * 10**9, "a100": 80 * 10**9}
 
 
 # TPU topologies by chip count, as Cloud TPU lays slices out.
-_TOPOLOGY_3D = {1: "1x1x1", 2: "1x2x1", 4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4",
-                128: "4x4x8", 256: "4x8x8", 512: "8x8x8", 1024: "8x8x16", 2048: "8x16x16", 4096: "16x16x16"}
+_TOPOLOGY_3D = {
+    1: "1x1x1",
+    2: "1x2x1",
+    4: "2x2x1",
+    8: "2x2x2",
+    16: "2x2x4",
+    32: "2x4x4",
+    64: "4x4x4",
+    128: "4x4x8",
+    256: "4x8x8",
+    512: "8x8x8",
+    1024: "8x8x16",
+    2048: "8x16x16",
+    4096: "16x16x16",
+}
 _TOPOLOGY_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}
 
 
 def _topology_dims(chips: int, dims: int) -> str:
     table = _TOPOLOGY_3D if dims == 3 else _TOPOLOGY_2D
     if chips not in table:
-        raise ConfigError(f"no TPU slice has {chips} chips in a {dims}-D topology; slices have "
-                          f"{', '.join(str(c) for c in table)} chips")
+        raise ConfigError(
+            f"no TPU slice has {chips} chips in a {dims}-D topology; slices have "
+            f"{', '.join(str(c) for c in table)} chips"
+        )
     return table[chips]
 
 
@@ -96,13 +111,22 @@ def parse_accelerator(name: str) -> Accelerator:
         prefix, counts_cores, dims, hbm = _TPU_FAMILIES[family]
         chips = count // 2 if counts_cores else count
         if counts_cores and (count % 2 or chips < 1):
-            raise ConfigError(f"--accelerator {name!r}: {family} names count TensorCores (2 per chip): use an even count")
+            raise ConfigError(
+                f"--accelerator {name!r}: {family} names count TensorCores (2 per chip): use an even count"
+            )
         try:
             layout = _topology_dims(chips, dims)
         except ConfigError as e:
             raise ConfigError(f"--accelerator {name!r}: {e}") from None
-        return Accelerator(name=text, platform="tpu", chips=chips, hbm_bytes=hbm, topology=f"{prefix}:{layout}",
-                           chips_per_host=_chips_per_host(layout), chip_config="megacore" if family == "v4" else "default")
+        return Accelerator(
+            name=text,
+            platform="tpu",
+            chips=chips,
+            hbm_bytes=hbm,
+            topology=f"{prefix}:{layout}",
+            chips_per_host=_chips_per_host(layout),
+            chip_config="megacore" if family == "v4" else "default",
+        )
     if family in _GPUS:
         return Accelerator(name=text, platform="gpu", chips=count, hbm_bytes=_GPUS[family])
     if family == "cpu":
@@ -128,15 +152,21 @@ def accelerator_devices(acc: Accelerator) -> list:
         from jax.experimental import topologies
 
         topology = topologies.get_topology_desc(
-            platform="tpu", topology_name=acc.topology, chip_config_name=acc.chip_config,
-            chips_per_host_bounds=acc.chips_per_host, num_slices=1, wrap=(False, False, False),
+            platform="tpu",
+            topology_name=acc.topology,
+            chip_config_name=acc.chip_config,
+            chips_per_host_bounds=acc.chips_per_host,
+            num_slices=1,
+            wrap=(False, False, False),
         )
         return list(topology.devices)
     if acc.platform == "cpu":
         devices = jax.devices("cpu")
         if len(devices) < acc.chips:
-            raise ConfigError(f"--accelerator {acc.name}: this process has {len(devices)} CPU devices; set "
-                              f"XLA_FLAGS=--xla_force_host_platform_device_count={acc.chips}")
+            raise ConfigError(
+                f"--accelerator {acc.name}: this process has {len(devices)} CPU devices; set "
+                f"XLA_FLAGS=--xla_force_host_platform_device_count={acc.chips}"
+            )
         return devices[: acc.chips]
     raise ConfigError(f"{acc.name}: no compiler to plan with; GPUs get an analytic estimate")
 
@@ -173,8 +203,10 @@ class Setting:
     mesh: tuple[int, int, int]  # data, fsdp, tensor
 
     def describe(self) -> str:
-        return (f"model.remat_policy={self.remat} train.microbatches={self.microbatches} "
-                f"mesh.data={self.mesh[0]} mesh.fsdp={self.mesh[1]} mesh.tensor={self.mesh[2]}")
+        return (
+            f"model.remat_policy={self.remat} train.microbatches={self.microbatches} "
+            f"mesh.data={self.mesh[0]} mesh.fsdp={self.mesh[1]} mesh.tensor={self.mesh[2]}"
+        )
 
 
 @dataclass
@@ -197,9 +229,13 @@ class PlanReport:
     def table(self) -> str:
         acc = self.accelerator
         hbm = acc.hbm_bytes
-        how = ("analytic estimate (no compiler for GPUs)" if self.train.analytic else
-               f"compiled for {acc.topology} ({acc.chips} chips)" if acc.platform == "tpu" else
-               f"compiled for {acc.chips} CPU devices (CPU memory analysis: not a planning figure)")
+        how = (
+            "analytic estimate (no compiler for GPUs)"
+            if self.train.analytic
+            else f"compiled for {acc.topology} ({acc.chips} chips)"
+            if acc.platform == "tpu"
+            else f"compiled for {acc.chips} CPU devices (CPU memory analysis: not a planning figure)"
+        )
         lines = [f"plan: {self.model} on {acc.name}: {how}", f"  {self.setting.describe()}"]
         rows = [self.train] + ([self.evaluation] if self.evaluation else [])
         head = f"  {'program':22s} {'params':>9s} {'optimizer':>10s} {'grads*':>9s} {'batch':>8s} {'temps':>9s} {'peak':>9s}"
@@ -207,15 +243,19 @@ class PlanReport:
         for r in rows:
             if r.error and not r.peak:
                 if "RESOURCE_EXHAUSTED" in r.error:  # the compiler's own verdict: it does not fit
-                    lines.append(f"  {r.label:22s} {_gib(r.params)} {_gib(r.optimizer, 10)} {_gib(r.gradients)} "
-                                 f"{_gib(r.batch, 8)} {'?':>9s} {'?':>9s}  DOES NOT FIT")
+                    lines.append(
+                        f"  {r.label:22s} {_gib(r.params)} {_gib(r.optimizer, 10)} {_gib(r.gradients)} "
+                        f"{_gib(r.batch, 8)} {'?':>9s} {'?':>9s}  DOES NOT FIT"
+                    )
                     lines.append(f"    compiler: {r.error}")
                 else:
                     lines.append(f"  {r.label:22s} did not compile: {r.error}")
                 continue
             verdict = "" if not hbm else ("  fits" if r.fits(hbm) else "  DOES NOT FIT")
-            lines.append(f"  {r.label:22s} {_gib(r.params)} {_gib(r.optimizer, 10)} {_gib(r.gradients)} "
-                         f"{_gib(r.batch, 8)} {_gib(r.temporaries)} {_gib(r.peak)}{verdict}")
+            lines.append(
+                f"  {r.label:22s} {_gib(r.params)} {_gib(r.optimizer, 10)} {_gib(r.gradients)} "
+                f"{_gib(r.batch, 8)} {_gib(r.temporaries)} {_gib(r.peak)}{verdict}"
+            )
             if r.error:
                 lines.append(f"    compiler: {r.error}")
         lines.append("  (GiB per chip; grads* = float32 gradients/accumulators, held within temps)")
@@ -268,8 +308,14 @@ def compile_train_step(cfg: Config, devices: Sequence[Any], *, total_steps: int 
     import numpy as np
 
     from jaxtune.sharding import (
-        LayoutError, abstract_model, activation_rules, batch_sharding, build_mesh, validate_batch_layout,
-        validate_param_layout, with_shardings,
+        LayoutError,
+        abstract_model,
+        activation_rules,
+        batch_sharding,
+        build_mesh,
+        validate_batch_layout,
+        validate_param_layout,
+        with_shardings,
     )
     from jaxtune.train.optim import build_optimizer
     from jaxtune.train.step import make_train_step, new_train_state, train_state_shardings
@@ -290,17 +336,24 @@ def compile_train_step(cfg: Config, devices: Sequence[Any], *, total_steps: int 
     rows = cfg.train.global_batch_size // micro
     spec = batch_sharding(mesh, microbatched=True)
     length = cfg.data.max_len
-    batch = {name: jax.ShapeDtypeStruct((micro, rows, length), dtype, sharding=spec)
-             for name, dtype in (("input_ids", np.int32), ("targets", np.int32), ("loss_weights", np.float32),
-                                 ("segment_ids", np.int32), ("positions", np.int32))}
+    batch = {
+        name: jax.ShapeDtypeStruct((micro, rows, length), dtype, sharding=spec)
+        for name, dtype in (
+            ("input_ids", np.int32),
+            ("targets", np.int32),
+            ("loss_weights", np.float32),
+            ("segment_ids", np.int32),
+            ("positions", np.int32),
+        )
+    }
     est.params = _shard_bytes(state.params)
     est.optimizer = _shard_bytes(state.opt_state)
     est.batch = _shard_bytes(batch)
-    grads = with_shardings(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, np.float32), shapes),
-                           shardings.params)
+    grads = with_shardings(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, np.float32), shapes), shardings.params)
     est.gradients = _shard_bytes(grads)
-    step = make_train_step(graphdef, tx, schedule, mesh=mesh, state_shardings=shardings,
-                           compute_dtype=cfg.model.compute_dtype)
+    step = make_train_step(
+        graphdef, tx, schedule, mesh=mesh, state_shardings=shardings, compute_dtype=cfg.model.compute_dtype
+    )
     try:
         with activation_rules(mesh):
             compiled = step.jitted.trace(state, batch).lower().compile()
@@ -314,8 +367,12 @@ def compile_train_step(cfg: Config, devices: Sequence[Any], *, total_steps: int 
 def _fill_from_compiled(est: MemoryEstimate, compiled: Any) -> None:
     memory = compiled.memory_analysis()
     est.temporaries = int(memory.temp_size_in_bytes)
-    est.peak = int(memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
-                   + memory.temp_size_in_bytes)
+    est.peak = int(
+        memory.argument_size_in_bytes
+        + memory.output_size_in_bytes
+        - memory.alias_size_in_bytes
+        + memory.temp_size_in_bytes
+    )
 
 
 def estimate_train_step(cfg: Config, acc: Accelerator) -> MemoryEstimate:

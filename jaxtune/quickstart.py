@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jaxtune.demo.abilities import write_demo_dataset
-from jaxtune.paths import local_path
 from jaxtune.demo.ceval_ood import write_demo_ceval
 from jaxtune.grid import GridOutputs, load_grid, run_grid
+from jaxtune.paths import local_path
 from jaxtune.results import find_summaries, read_summary
 
 DEMO_DIR = Path(__file__).resolve().parent / "demo"
@@ -38,13 +38,16 @@ class QuickstartOutputs:
     hf_dir: Path
 
     def summary(self) -> str:
-        return "\n".join([
-            self.grid.summary(), "",
-            f"best run: {self.best_label}; exported {self.best_checkpoint} to the Hugging Face folder {self.hf_dir}",
-            "load it with transformers:",
-            "    from transformers import AutoModelForCausalLM",
-            f"    model = AutoModelForCausalLM.from_pretrained({str(self.hf_dir)!r})",
-        ])
+        return "\n".join(
+            [
+                self.grid.summary(),
+                "",
+                f"best run: {self.best_label}; exported {self.best_checkpoint} to the Hugging Face folder {self.hf_dir}",
+                "load it with transformers:",
+                "    from transformers import AutoModelForCausalLM",
+                f"    model = AutoModelForCausalLM.from_pretrained({str(self.hf_dir)!r})",
+            ]
+        )
 
 
 def best_checkpoint(eval_dirs: Sequence[Path], stem: str = BEST_OF) -> tuple[Path, str]:
@@ -95,8 +98,12 @@ def quickstart(
     spec = load_grid(QUICKSTART_SWEEP)
     if isinstance(selections, str):
         selections = [s for s in selections.split(",") if s]
-    spec = dataclasses.replace(spec, run_dir=out / "runs", overrides=(*spec.overrides, *defaults, *overrides),
-                               data_types=tuple(selections) if selections else spec.data_types)
+    spec = dataclasses.replace(
+        spec,
+        run_dir=out / "runs",
+        overrides=(*spec.overrides, *defaults, *overrides),
+        data_types=tuple(selections) if selections else spec.data_types,
+    )
     grid = run_grid(spec, print_fn=print_fn)
     checkpoint, label = best_checkpoint(grid.eval_dirs)
     hf_dir = out / "hf"

@@ -43,8 +43,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from jaxtune.errors import JaxtuneError
-from jaxtune.report_belle import write_study_figure
 from jaxtune.paths import as_path
+from jaxtune.report_belle import write_study_figure
 from jaxtune.results import SuiteSummary, find_summaries, read_summary, summary_stem
 
 log = logging.getLogger(__name__)
@@ -52,11 +52,20 @@ log = logging.getLogger(__name__)
 EpochChoice = int | Literal["last", "best"]
 
 DISPLAY_NAMES = {
-    "biology": "STEM - Biology", "history": "Humanity - History", "code": "Code Generation",
-    "creative_writing": "Creative Writing", "chinese": "Chinese", "understanding": "Dialogue Understanding",
-    "role_play": "Role-play Chat", "reasoning": "Logical Reasoning", "math": "COT for Grad-Math", "ethics": "Ethics",
-    "ceval_physician": "Physician Qualification", "ceval_teacher_qualification": "Teacher Qualification",
-    "ceval_urban_and_rural_planner": "Urban & Rural Planner", "overall": "Overall",
+    "biology": "STEM - Biology",
+    "history": "Humanity - History",
+    "code": "Code Generation",
+    "creative_writing": "Creative Writing",
+    "chinese": "Chinese",
+    "understanding": "Dialogue Understanding",
+    "role_play": "Role-play Chat",
+    "reasoning": "Logical Reasoning",
+    "math": "COT for Grad-Math",
+    "ethics": "Ethics",
+    "ceval_physician": "Physician Qualification",
+    "ceval_teacher_qualification": "Teacher Qualification",
+    "ceval_urban_and_rural_planner": "Urban & Rural Planner",
+    "overall": "Overall",
 }
 STUDY_FIGURES = {"belle": write_study_figure}
 """Suites whose study has a figure of its own, drawn beside the growth curves: suite -> a function of (the chosen
@@ -159,8 +168,9 @@ def score_table(summaries: Sequence[SuiteSummary]) -> tuple[str, list[list[str]]
     body = []
     for name in rows:
         chance = next((p.chances.get(name) for _, p in columns if p.chances.get(name) is not None), None)
-        body.append([DISPLAY_NAMES.get(name, name)] + [_fmt(p.scores.get(name), 1) for _, p in columns]
-                    + [_fmt(chance, 1)])
+        body.append(
+            [DISPLAY_NAMES.get(name, name)] + [_fmt(p.scores.get(name), 1) for _, p in columns] + [_fmt(chance, 1)]
+        )
     md = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     md += ["| " + " | ".join(r) + " |" for r in body]
     return "\n".join(md) + "\n", [header] + body
@@ -232,10 +242,21 @@ def draw_group(summaries: Sequence[SuiteSummary], title: str) -> Figure:
             ys = [p.scores[name] for p in pts if name in p.scores]
             if not xs:
                 continue
-            ax.plot(xs, ys, color=colours[size], linestyle=LINESTYLES.get(source or "", OTHER_LINESTYLE),
-                    marker="o", markersize=3, linewidth=1.3, label=f"{size or '?'} {source or '?'}")
-            chance = chance if chance is not None else next((p.chances.get(name) for p in pts
-                                                             if p.chances.get(name) is not None), None)
+            ax.plot(
+                xs,
+                ys,
+                color=colours[size],
+                linestyle=LINESTYLES.get(source or "", OTHER_LINESTYLE),
+                marker="o",
+                markersize=3,
+                linewidth=1.3,
+                label=f"{size or '?'} {source or '?'}",
+            )
+            chance = (
+                chance
+                if chance is not None
+                else next((p.chances.get(name) for p in pts if p.chances.get(name) is not None), None)
+            )
         if chance is not None:
             ax.axhline(chance, color="grey", linestyle=":", linewidth=1.5, label="chance")
         ax.set_xscale("log", base=4)
@@ -243,7 +264,7 @@ def draw_group(summaries: Sequence[SuiteSummary], title: str) -> Figure:
         ax.minorticks_off()
         ax.set_title(DISPLAY_NAMES.get(name, name), fontsize=10)
         ax.grid(True, alpha=0.3)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
     for ax in axes[:, 0]:
         ax.set_ylabel("score (%)" if unit == "percent" else "score")
@@ -354,8 +375,9 @@ def report(run_paths: Sequence[str | Path], out_dir: str | Path, epoch: EpochCho
         if constructions is not None:
             (out / f"{_stem(key)}.constructions.md").write_text(constructions[0], encoding="utf-8")
             written.append(out / f"{_stem(key)}.constructions.md")
-            written.append(_write_csv(out / f"{_stem(key)}.constructions.csv", constructions[1][0],
-                                      constructions[1][1:]))
+            written.append(
+                _write_csv(out / f"{_stem(key)}.constructions.csv", constructions[1][0], constructions[1][1:])
+            )
         chosen = [s for s in chosen if s.run.data_source not in CONSTRUCTION_SOURCES]
         if not chosen:
             continue
@@ -369,10 +391,31 @@ def report(run_paths: Sequence[str | Path], out_dir: str | Path, epoch: EpochCho
         written.append(out / f"{_stem(key)}.scores.md")
         written.append(_write_csv(out / f"{_stem(key)}.scores.csv", table_csv[0], table_csv[1:]))
 
-    header = ["group", "model_size", "source", "ability", "points", "slope_per_4x_data", "volume_at_90pct_of_best",
-              "best_score", "best_volume"]
-    table = [[p.group, p.model_size or "", p.source or "", p.ability, p.n_points, _fmt(p.slope_per_log4),
-              _fmt(p.volume_at_90), _fmt(p.best_score), p.best_volume] for p in pace_rows]
+    header = [
+        "group",
+        "model_size",
+        "source",
+        "ability",
+        "points",
+        "slope_per_4x_data",
+        "volume_at_90pct_of_best",
+        "best_score",
+        "best_volume",
+    ]
+    table = [
+        [
+            p.group,
+            p.model_size or "",
+            p.source or "",
+            p.ability,
+            p.n_points,
+            _fmt(p.slope_per_log4),
+            _fmt(p.volume_at_90),
+            _fmt(p.best_score),
+            p.best_volume,
+        ]
+        for p in pace_rows
+    ]
     written.append(_write_csv(out / "growth_pace.csv", header, table))
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(str(c) for c in row) + " |" for row in table]
@@ -387,14 +430,47 @@ def report(run_paths: Sequence[str | Path], out_dir: str | Path, epoch: EpochCho
         runs = sorted(by_run[key], key=lambda s: -1 if s.run.epoch is None else s.run.epoch)
         best = max(runs, key=lambda s: s.overall)
         last = runs[-1]
-        best_rows.append([_stem(key[:3]), key[3] or "", key[4] or "", _fmt(key[5]), key[6] or "", _fmt(best.run.epoch),
-                          _fmt(best.overall), _fmt(last.run.epoch), _fmt(last.overall), len(runs)])
-    written.append(_write_csv(out / "best_epochs.csv", ["group", "model_size", "source", "data_volume", "run_name",
-                                                        "best_epoch", "best_overall", "last_epoch", "last_overall",
-                                                        "epochs_evaluated"], best_rows))
+        best_rows.append(
+            [
+                _stem(key[:3]),
+                key[3] or "",
+                key[4] or "",
+                _fmt(key[5]),
+                key[6] or "",
+                _fmt(best.run.epoch),
+                _fmt(best.overall),
+                _fmt(last.run.epoch),
+                _fmt(last.overall),
+                len(runs),
+            ]
+        )
+    written.append(
+        _write_csv(
+            out / "best_epochs.csv",
+            [
+                "group",
+                "model_size",
+                "source",
+                "data_volume",
+                "run_name",
+                "best_epoch",
+                "best_overall",
+                "last_epoch",
+                "last_overall",
+                "epochs_evaluated",
+            ],
+            best_rows,
+        )
+    )
 
-    index = [f"# jaxtune report", "", f"{len(files)} summaries read, {len(summaries)} placed on curves "
-             f"(epoch choice: {epoch}).", "", "## Files", ""]
+    index = [
+        "# jaxtune report",
+        "",
+        f"{len(files)} summaries read, {len(summaries)} placed on curves (epoch choice: {epoch}).",
+        "",
+        "## Files",
+        "",
+    ]
     index += [f"- {p.name}" for p in written]
     if unplaced:
         index += ["", "## Not plotted", ""] + [f"- {u}" for u in unplaced]

@@ -39,10 +39,20 @@ OVERALL_RELIABLE = "overall w/o math & code"
 EXCLUDED_FROM_RELIABLE = ("math", "code")
 
 USE_CASES: dict[str, str] = {
-    "math": "Math", "code": "Code", "cot": "COT", "classification": "Classification", "extract": "Extraction",
-    "rewrite": "Rewrite", "open qa": "Open QA", "closed qa": "Closed QA", "generation": "Generation",
-    "brainstorming": "Brainstorming", "translation": "Translation", "summarization": "Summarization",
-    OVERALL: "Overall", OVERALL_RELIABLE: "Overall w/o math & code",
+    "math": "Math",
+    "code": "Code",
+    "cot": "COT",
+    "classification": "Classification",
+    "extract": "Extraction",
+    "rewrite": "Rewrite",
+    "open qa": "Open QA",
+    "closed qa": "Closed QA",
+    "generation": "Generation",
+    "brainstorming": "Brainstorming",
+    "translation": "Translation",
+    "summarization": "Summarization",
+    OVERALL: "Overall",
+    OVERALL_RELIABLE: "Overall w/o math & code",
 }
 """Use-case keys (the evaluation's normalised class names) in the paper's order, with the paper's display names."""
 
@@ -81,7 +91,7 @@ def read_paper_scores(path: str | Path = PAPER_FIG1) -> Panel:
     volumes: dict[int, int] = {}  # column -> volume
     for col, name in enumerate(header):
         if name.startswith("BELLE-7B-"):
-            label = name[len("BELLE-7B-"):]
+            label = name[len("BELLE-7B-") :]
             try:
                 volumes[col] = int(round(float(label.rstrip("M")) * 1e6)) if label.endswith("M") else int(label)
             except ValueError:
@@ -94,16 +104,20 @@ def read_paper_scores(path: str | Path = PAPER_FIG1) -> Panel:
             continue
         key = _PAPER_NAMES.get(row[0].strip().lower())
         if key is None:
-            raise BelleReportError(f"{path}:{lineno}: unknown use case {row[0]!r} (known: "
-                                   f"{', '.join(USE_CASES.values())})")
+            raise BelleReportError(
+                f"{path}:{lineno}: unknown use case {row[0]!r} (known: {', '.join(USE_CASES.values())})"
+            )
         try:
             scores[key] = {v: float(row[col]) for col, v in volumes.items()}
         except (ValueError, IndexError):
             raise BelleReportError(f"{path}:{lineno}: expected a score in every BELLE-7B column") from None
     reliable = [k for k in scores if k not in (OVERALL, *EXCLUDED_FROM_RELIABLE)]
     scores[OVERALL_RELIABLE] = {v: float(np.mean([scores[k][v] for k in reliable])) for v in volumes.values()}
-    return Panel("paper, Figure 1 (arXiv 2303.14742): 12 use cases, 2,210 items, gpt-3.5-turbo judge of March 2023"
-                 " - a different item set and judge, not comparable score for score", scores)
+    return Panel(
+        "paper, Figure 1 (arXiv 2303.14742): 12 use cases, 2,210 items, gpt-3.5-turbo judge of March 2023"
+        " - a different item set and judge, not comparable score for score",
+        scores,
+    )
 
 
 def _summary_scores(s: SuiteSummary) -> dict[str, float]:
@@ -134,8 +148,9 @@ def evaluation_panels(summaries: Sequence[SuiteSummary]) -> list[Panel]:
             for name in set().union(*runs):
                 scores[name][volume] = float(np.mean([r[name] for r in runs if name in r]))
         judge = ", ".join(sorted(judges[key])) or "unrecorded"
-        panels.append(Panel(f"this evaluation: {key[0]} {key[1]} (released eval_set.json, judge {judge})",
-                            dict(scores)))
+        panels.append(
+            Panel(f"this evaluation: {key[0]} {key[1]} (released eval_set.json, judge {judge})", dict(scores))
+        )
     return panels
 
 
@@ -173,8 +188,9 @@ def draw_study(panels: Sequence[Panel], title: str) -> Figure:
     return fig
 
 
-def write_study_figure(summaries: Sequence[SuiteSummary], out_stem: Path,
-                       paper_scores: str | Path = PAPER_FIG1) -> list[Path]:
+def write_study_figure(
+    summaries: Sequence[SuiteSummary], out_stem: Path, paper_scores: str | Path = PAPER_FIG1
+) -> list[Path]:
     """Draw and write ``{out_stem}.study.png``, ``.svg`` and ``.csv`` (see the module docstring); returns them."""
     panels = evaluation_panels(summaries)
     if not panels:

@@ -356,12 +356,21 @@ def format_table(summary: SuiteSummary) -> str:
     (its details hold ``judgements``) adds an ``unscored`` column and a line with the judge's failure rate."""
     digits = 2 if summary.unit == "percent" else 4
     judged = "judgements" in summary.details
-    rows = [(a.name, str(a.n), f"{a.correct:g}", f"{a.score:.{digits}f}", _fmt(a.chance, digits))
-            + ((str(a.details.get("n_unscored", 0)),) if judged else ())
-            for a in summary.abilities]
-    rows.append(("overall (mean)", str(sum(a.n for a in summary.abilities)), "", f"{summary.overall:.{digits}f}",
-                 _fmt(summary.overall_chance, digits))
-                + ((str(summary.details.get("unscored_answers", "")),) if judged else ()))
+    rows = [
+        (a.name, str(a.n), f"{a.correct:g}", f"{a.score:.{digits}f}", _fmt(a.chance, digits))
+        + ((str(a.details.get("n_unscored", 0)),) if judged else ())
+        for a in summary.abilities
+    ]
+    rows.append(
+        (
+            "overall (mean)",
+            str(sum(a.n for a in summary.abilities)),
+            "",
+            f"{summary.overall:.{digits}f}",
+            _fmt(summary.overall_chance, digits),
+        )
+        + ((str(summary.details.get("unscored_answers", "")),) if judged else ())
+    )
     header = ("ability", "N", "correct", "score", "chance") + (("unscored",) if judged else ())
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     title = f"{summary.suite} {summary.variant} [{summary.scorer_mode} scorer, {summary.unit}]"

@@ -32,8 +32,9 @@ class SelectOutputs:
 
     def summary(self) -> str:
         width = max(len(n) for n in self.counts)
-        lines = [f"{self.data_type}: {sum(self.counts.values())} records in {len(self.counts)} files under "
-                 f"{self.out_dir}"]
+        lines = [
+            f"{self.data_type}: {sum(self.counts.values())} records in {len(self.counts)} files under {self.out_dir}"
+        ]
         if self.data_type in STUDY_ALIASES:
             lines.append(f"  (type {self.data_type!r} is equivalent to {STUDY_ALIASES[self.data_type]!r})")
         lines += [f"  {name.ljust(width)}  {n}" for name, n in self.counts.items()]
@@ -46,31 +47,36 @@ def _line_bytes(pick: FileSelection) -> list[bytes]:
         raise SelectionError(f"{pick.file}: holds one JSON array; make_data.py reads JSON Lines (one object per line)")
     for entry in pick.entries:
         if entry.error is not None:
-            raise SelectionError(f"{entry.source}:{entry.line}: the selection takes this line, but it is "
-                                 f"{entry.error.problem}")
+            raise SelectionError(
+                f"{entry.source}:{entry.line}: the selection takes this line, but it is {entry.error.problem}"
+            )
     wanted = {entry.line for entry in pick.entries}
     found: dict[int, bytes] = {}
     with open(pick.file, "rb") as f:
         for number, raw in enumerate(f, start=1):
             if number in wanted:
                 if number == 1 and raw.startswith(_BOM):
-                    raw = raw[len(_BOM):]
+                    raw = raw[len(_BOM) :]
                 found[number] = raw if raw.endswith(b"\n") else raw + b"\n"
     return [found[entry.line] for entry in pick.entries]
 
 
-def select_study_data(data_dir: Union[str, Path], data_type: str, out_dir: Union[str, Path], *,
-                      seed: int = 0) -> SelectOutputs:
+def select_study_data(
+    data_dir: Union[str, Path], data_type: str, out_dir: Union[str, Path], *, seed: int = 0
+) -> SelectOutputs:
     """Write ``data_type`` (one of :data:`STUDY_DATA_TYPES`) drawn from the DoIT dataset root ``data_dir``."""
     if data_type not in STUDY_DATA_TYPES:
-        raise SelectionError(f"unknown data type {data_type!r}; make_data.py's data types are: "
-                             f"{', '.join(STUDY_DATA_TYPES)}")
+        raise SelectionError(
+            f"unknown data type {data_type!r}; make_data.py's data types are: {', '.join(STUDY_DATA_TYPES)}"
+        )
     picks = plan_selection(data_dir, data_type, seed=seed)
     names: dict[str, Path] = {}
     for pick in picks:
         if pick.output_name in names:
-            raise SelectionError(f"{pick.file} and {names[pick.output_name]} would both be written to "
-                                 f"{pick.output_name} (make_data.py keeps only the last)")
+            raise SelectionError(
+                f"{pick.file} and {names[pick.output_name]} would both be written to "
+                f"{pick.output_name} (make_data.py keeps only the last)"
+            )
         names[pick.output_name] = pick.file
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

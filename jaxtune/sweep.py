@@ -132,8 +132,10 @@ def sweep(
     from jaxtune.train.trainer import train
 
     if cfg.train.max_steps is not None:
-        raise ConfigError("train.max_steps: a sweep trains whole epochs (the study evaluates epoch checkpoints); "
-                          "unset it and choose train.epochs")
+        raise ConfigError(
+            "train.max_steps: a sweep trains whole epochs (the study evaluates epoch checkpoints); "
+            "unset it and choose train.epochs"
+        )
     epochs = epochs_to_evaluate(epochs_to_eval, cfg.train.epochs)
     for selection in selections:  # a misspelt volume fails now, not after the runs before it
         if is_belle_selection(selection):
@@ -160,12 +162,22 @@ def sweep(
             # Process 0's filesystem decides, so that every process enters the same (collective) evaluations.
             if not agree(has_summaries(eval_dir)):
                 print_fn(f"[{i + 1}/{len(selections)}] {selection}: evaluating epoch {epoch} (step {step})")
-                metadata = {"run_name": selection, "model_size": size, "data_source": source, "epoch": str(epoch),
-                            "step": str(step)}
+                metadata = {
+                    "run_name": selection,
+                    "model_size": size,
+                    "data_source": source,
+                    "epoch": str(epoch),
+                    "step": str(step),
+                }
                 if volume is not None:
                     metadata["data_volume"] = str(volume)
-                evaluation = evaluate(epoch_checkpoint_path(run_dir, epoch, step), cfg.eval, out_dir=eval_dir,
-                                      metadata=metadata, mesh=eval_mesh_config(cfg))
+                evaluation = evaluate(
+                    epoch_checkpoint_path(run_dir, epoch, step),
+                    cfg.eval,
+                    out_dir=eval_dir,
+                    metadata=metadata,
+                    mesh=eval_mesh_config(cfg),
+                )
                 print_fn(evaluation.table())
             run.eval_dirs[epoch] = eval_dir
         runs.append(run)

@@ -26,12 +26,12 @@ this command rejects.
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from jaxtune.config import Config, ConfigError, load_config
+
 
 class ValidationError(ConfigError):
     """``jaxtune validate`` (or a run's first check) found problems; ``problems`` lists every one."""
@@ -69,8 +69,14 @@ def _local_path_problems(cfg: Config) -> list[str]:
     for key in ("data.path", "data.tokenizer"):
         if not _get(cfg, key):
             problems.append(f"{key} is not set (a training run needs it)")
-    for key in ("data.path", "data.valid_path", "data.tokenizer", "checkpoint.init_from", "eval.data_dir",
-                "eval.tokenizer"):
+    for key in (
+        "data.path",
+        "data.valid_path",
+        "data.tokenizer",
+        "checkpoint.init_from",
+        "eval.data_dir",
+        "eval.tokenizer",
+    ):
         value = _get(cfg, key)
         if value and "://" not in value and not Path(value).exists():
             problems.append(f"{key}={value}: no such file or folder")
@@ -98,8 +104,10 @@ def vocabulary_problem(cfg: Config, tokenizer_size: int) -> Optional[str]:
     """The problem of a model whose vocabulary is not the tokenizer's (with the template's added tokens), if any."""
     if tokenizer_size == cfg.model.vocab_size:
         return None
-    return (f"model.vocab_size={cfg.model.vocab_size}, but the tokenizer {cfg.data.tokenizer} with its added tokens "
-            f"has {tokenizer_size} ids; set model.vocab_size={tokenizer_size}")
+    return (
+        f"model.vocab_size={cfg.model.vocab_size}, but the tokenizer {cfg.data.tokenizer} with its added tokens "
+        f"has {tokenizer_size} ids; set model.vocab_size={tokenizer_size}"
+    )
 
 
 def _eval_problems(cfg: Config) -> list[str]:
@@ -196,12 +204,14 @@ class Validation:
 
         mesh = " x ".join(f"{k}={v}" for k, v in self.mesh_shape.items()) or "(not resolved)"
         tc = self.config.train
-        lines = [f"checked for {self.topology.devices} devices in {self.topology.processes} process"
-                 f"{'es' if self.topology.processes > 1 else ''}: {self.topology.described_as}",
-                 f"  mesh {mesh}",
-                 f"  batch {tc.global_batch_size} rows = {tc.microbatches} microbatch(es) of "
-                 f"{tc.global_batch_size // max(1, tc.microbatches)} rows",
-                 f"  model {count_params(self.config.model, self.config.model.vocab_size)[0]:,} parameters"]
+        lines = [
+            f"checked for {self.topology.devices} devices in {self.topology.processes} process"
+            f"{'es' if self.topology.processes > 1 else ''}: {self.topology.described_as}",
+            f"  mesh {mesh}",
+            f"  batch {tc.global_batch_size} rows = {tc.microbatches} microbatch(es) of "
+            f"{tc.global_batch_size // max(1, tc.microbatches)} rows",
+            f"  model {count_params(self.config.model, self.config.model.vocab_size)[0]:,} parameters",
+        ]
         if self.ok:
             lines.insert(0, "config OK: every check a run makes before computing passed")
         else:
@@ -210,8 +220,13 @@ class Validation:
         return "\n".join(lines)
 
 
-def validate(path: Optional[str], overrides: Sequence[str] = (), *, devices: Optional[int] = None,
-             accelerator: Optional[str] = None) -> Validation:
+def validate(
+    path: Optional[str],
+    overrides: Sequence[str] = (),
+    *,
+    devices: Optional[int] = None,
+    accelerator: Optional[str] = None,
+) -> Validation:
     """``jaxtune validate``: load ``path`` with ``overrides`` (ConfigError listing every problem of the values),
     then check the files it names and the layout for the devices given (see the module docstring). Returns the
     result; its ``problems`` lists what failed."""

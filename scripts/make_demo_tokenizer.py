@@ -21,10 +21,25 @@ def main() -> None:
     text = "\n".join(t.replace("\n", " ") for t in demo_corpus_text())  # SentencePiece trains on lines
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(text.splitlines()), model_writer=model, vocab_size=1000, model_type="bpe",
-        character_coverage=1.0, byte_fallback=True, split_digits=True, add_dummy_prefix=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
-        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, num_threads=1, seed_sentencepiece_size=100000,
-        input_sentence_size=0, shuffle_input_sentence=False, minloglevel=2,
+        sentence_iterator=iter(text.splitlines()),
+        model_writer=model,
+        vocab_size=1000,
+        model_type="bpe",
+        character_coverage=1.0,
+        byte_fallback=True,
+        split_digits=True,
+        add_dummy_prefix=True,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        num_threads=1,
+        seed_sentencepiece_size=100000,
+        input_sentence_size=0,
+        shuffle_input_sentence=False,
+        minloglevel=2,
     )
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "tokenizer.model").write_bytes(model.getvalue())

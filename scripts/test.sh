@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# README command 2: set up (with the test extra), then run the whole test suite on CPU.
+# README command 2: set up (with the test extra), then check formatting and lint (ruff) and run the whole test
+# suite on CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
 export JAX_PLATFORMS=cpu
+# Formatting and lint (ruff.toml) first: a change that breaks either fails in seconds.
+.venv/bin/ruff format --check --quiet . || { echo "ruff format: files above need formatting (.venv/bin/ruff format .)" >&2; exit 1; }
+.venv/bin/ruff check --quiet . || { echo "ruff check: fix the problems above (.venv/bin/ruff check --fix .)" >&2; exit 1; }
 set +e
 .venv/bin/python -m pytest tests -q -p no:cacheprovider --timeout=600 "$@"
 status=$?

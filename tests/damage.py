@@ -13,7 +13,7 @@ def _largest_data_file(item: Path) -> Path:
 
 def _cut(path: Path) -> None:
     data = path.read_bytes()
-    path.write_bytes(data[:len(data) // 2])
+    path.write_bytes(data[: len(data) // 2])
 
 
 def truncate_data_file(item: Path) -> None:

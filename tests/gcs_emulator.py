@@ -43,7 +43,8 @@ class GcsEmulator:
         self._log = open(log_path, "w")
         self.proc = subprocess.Popen(
             [sys.executable, str(Path(__file__).with_name("gcs_emulator_server.py")), str(self.port)],
-            stdout=self._log, stderr=subprocess.STDOUT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
@@ -66,7 +67,9 @@ class GcsEmulator:
             "TENSORSTORE_GCS_HTTP_URL": self.url,  # Orbax's arrays
             "GOOGLE_CLOUD_PROJECT": "test",
             # No metadata server: every credential lookup fails at once instead of timing out.
-            "GCE_METADATA_HOST": "127.0.0.1:1", "GCE_METADATA_IP": "127.0.0.1:1", "GCE_METADATA_ROOT": "127.0.0.1:1",
+            "GCE_METADATA_HOST": "127.0.0.1:1",
+            "GCE_METADATA_IP": "127.0.0.1:1",
+            "GCE_METADATA_ROOT": "127.0.0.1:1",
         }
 
     def stop(self) -> None:
@@ -83,8 +86,9 @@ class GcsEmulator:
             return r.read()
 
     def make_bucket(self, name: str) -> None:
-        req = urllib.request.Request(f"{self.url}/storage/v1/b?project=test", method="POST",
-                                     data=json.dumps({"name": name}).encode())
+        req = urllib.request.Request(
+            f"{self.url}/storage/v1/b?project=test", method="POST", data=json.dumps({"name": name}).encode()
+        )
         req.add_header("Content-Type", "application/json")
         urllib.request.urlopen(req, timeout=30).read()
 
@@ -115,7 +119,7 @@ class GcsEmulator:
     def download_tree(self, bucket: str, prefix: str, local: Path) -> Path:
         """Copy every object under ``prefix/`` into ``local`` (e.g. an Orbax checkpoint, to read it directly)."""
         for name in self.names(bucket, prefix.rstrip("/") + "/"):
-            dst = local / name[len(prefix.rstrip("/")) + 1:]
+            dst = local / name[len(prefix.rstrip("/")) + 1 :]
             if name.endswith("/"):  # a folder placeholder object
                 dst.mkdir(parents=True, exist_ok=True)
                 continue

@@ -21,8 +21,12 @@ PAPER, CARD, LLAMA = (CONFIGS / f"belle-{n}.yaml" for n in ("bloomz-7b1-mt", "bl
 def test_recipe_is_valid_and_shares_the_study_settings(path: Path) -> None:
     cfg = load_config(path, ["model.preset=tiny"])
     assert (cfg.train.global_batch_size, cfg.optim.learning_rate, cfg.optim.weight_decay) == (64, 3e-6, 0.001)
-    assert (cfg.data.format, cfg.data.template, cfg.data.mask, cfg.eval.template) == ("belle", "belle", "assistant",
-                                                                                      "belle")
+    assert (cfg.data.format, cfg.data.template, cfg.data.mask, cfg.eval.template) == (
+        "belle",
+        "belle",
+        "assistant",
+        "belle",
+    )
     assert not cfg.data.packing and cfg.data.padding_side == "left"  # a batch is 64 examples, as BELLE's collator
     assert parse_belle_selection(cfg.data.selection).alpaca and cfg.data.alpaca_path
     assert cfg.eval.suites == ["belle"] and cfg.eval.judge_repeats == 3

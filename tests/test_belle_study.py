@@ -12,14 +12,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from eval.judge_server import JudgeServer, judge_like  # tests/ is on sys.path (rootdir conftest)
 
 from jaxtune.cli import main
 from jaxtune.config import load_config
 from jaxtune.data.mixtures import read_manifest
 from jaxtune.eval.suites.belle import MODEL_CARD_DECODING
 from jaxtune.results import read_summary
-
-from eval.judge_server import JudgeServer, judge_like  # tests/ is on sys.path (rootdir conftest)
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_TOKENIZER = REPO / "jaxtune" / "demo" / "tokenizer"
@@ -28,8 +27,15 @@ TIMEOUT_S = 300
 
 MODELS = {
     # vocab_size: the demo SentencePiece vocabulary's 1000 pieces (the BELLE template adds no tokens).
-    "tiny-llama": ["model.preset=tiny", "model.vocab_size=1000", "model.hidden_size=64", "model.num_layers=2",
-                   "model.num_heads=4", "model.intermediate_size=128", "model.max_position_embeddings=128"],
+    "tiny-llama": [
+        "model.preset=tiny",
+        "model.vocab_size=1000",
+        "model.hidden_size=64",
+        "model.num_layers=2",
+        "model.num_heads=4",
+        "model.intermediate_size=128",
+        "model.max_position_embeddings=128",
+    ],
     "tiny-bloom": ["model.preset=bloom-tiny", "model.vocab_size=1000"],
 }
 """Model overrides of the miniature, by name."""
@@ -37,8 +43,16 @@ MINIATURE_MODELS = ["tiny-bloom"]
 """The models the miniature runs: the study's family, BLOOM (``tiny-llama`` runs the same study on a LLaMA; each
 run takes ~30-60 s)."""
 
-ANIMALS = {"老虎": "哺乳动物", "海豚": "哺乳动物", "企鹅": "鸟类", "麻雀": "鸟类", "鲨鱼": "鱼类", "金鱼": "鱼类",
-           "蜜蜂": "昆虫", "蝴蝶": "昆虫"}
+ANIMALS = {
+    "老虎": "哺乳动物",
+    "海豚": "哺乳动物",
+    "企鹅": "鸟类",
+    "麻雀": "鸟类",
+    "鲨鱼": "鱼类",
+    "金鱼": "鱼类",
+    "蜜蜂": "昆虫",
+    "蝴蝶": "昆虫",
+}
 VOLUMES = ("belle-16+alpaca", "belle-48+alpaca")
 EVAL_ITEMS = [
     {"question": "老虎属于哪一类动物？", "std_answer": "哺乳动物", "class": "open qa"},
@@ -48,23 +62,34 @@ EVAL_ITEMS = [
     {"question": "2加3等于几？", "std_answer": "5", "class": "math"},
     {"question": "写一个返回两数之和的函数。", "std_answer": "def f(a, b): return a + b", "class": "code"},
 ]
-PROMPTS = [{"class": c, "prompt": f"请为{c}类回答打分。"} for c in
-           ("open QA", "closed qa", "classification", "generation", "math", "code")]
+PROMPTS = [
+    {"class": c, "prompt": f"请为{c}类回答打分。"}
+    for c in ("open QA", "closed qa", "classification", "generation", "math", "code")
+]
 
 
 def _write_study_data(root: Path) -> dict[str, str]:
     names = list(ANIMALS)
-    records = [{"instruction": f"{names[i % len(names)]}属于哪一类动物？", "input": "",
-                "output": ANIMALS[names[i % len(names)]], "id": f"zh{i}"} for i in range(60)]
+    records = [
+        {
+            "instruction": f"{names[i % len(names)]}属于哪一类动物？",
+            "input": "",
+            "output": ANIMALS[names[i % len(names)]],
+            "id": f"zh{i}",
+        }
+        for i in range(60)
+    ]
     (root / "belle").mkdir(parents=True)
     (root / "belle" / "train.json").write_text(
-        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8"
+    )
     alpaca = [{"instruction": "Give example 3.", "input": "", "output": "Example 3."}] * 4
     (root / "alpaca_data.json").write_text(json.dumps(alpaca), encoding="utf-8")
     (root / "belle_eval").mkdir()
     for name, rows in (("eval_set.json", EVAL_ITEMS), ("eval_prompt.json", PROMPTS)):
-        (root / "belle_eval" / name).write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows),
-                                                encoding="utf-8")
+        (root / "belle_eval" / name).write_text(
+            "\n".join(json.dumps(r, ensure_ascii=False) for r in rows), encoding="utf-8"
+        )
     return {"path": str(root / "belle" / "train.json"), "alpaca_path": str(root / "alpaca_data.json")}
 
 
@@ -74,8 +99,13 @@ def _sweep(args: list[str], env_extra: dict[str, str], log: Path) -> int:
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_COORDINATOR_ADDRESS")}
     env.update(env_extra, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]))
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "jaxtune.cli", "sweep", *args], stdout=out,
-                                stderr=subprocess.STDOUT, env=env, cwd=str(REPO))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "jaxtune.cli", "sweep", *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=str(REPO),
+        )
         try:
             return proc.wait(timeout=TIMEOUT_S)
         except subprocess.TimeoutExpired:
@@ -90,20 +120,37 @@ def test_belle_study_in_miniature(model: str, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     with JudgeServer(expected_key="sk-mini") as server:
         overrides = [
-            *MODELS[model], "model.compute_dtype=float32", "model.remat_policy=none",
-            f"run_dir={runs}", f"data.path={data['path']}", f"data.alpaca_path={data['alpaca_path']}",
-            f"data.tokenizer={DEMO_TOKENIZER}", "data.max_len=48", "data.pad_to_multiple=0",
-            "train.global_batch_size=8", "optim.learning_rate=3e-3", "checkpoint.init_from=null",
-            "checkpoint.save_every=null", "checkpoint.async_save=false",
-            f"eval.data_dir={tmp_path / 'data'}", "eval.batch_size=8", "eval.max_new_tokens=8",
+            *MODELS[model],
+            "model.compute_dtype=float32",
+            "model.remat_policy=none",
+            f"run_dir={runs}",
+            f"data.path={data['path']}",
+            f"data.alpaca_path={data['alpaca_path']}",
+            f"data.tokenizer={DEMO_TOKENIZER}",
+            "data.max_len=48",
+            "data.pad_to_multiple=0",
+            "train.global_batch_size=8",
+            "optim.learning_rate=3e-3",
+            "checkpoint.init_from=null",
+            "checkpoint.save_every=null",
+            "checkpoint.async_save=false",
+            f"eval.data_dir={tmp_path / 'data'}",
+            "eval.batch_size=8",
+            "eval.max_new_tokens=8",
             "eval.max_prompt_len=48",
-            f"eval.judge_base_url={server.url}", "eval.judge_model=judge-mini", "eval.judge_api_key_env=MINI_JUDGE_KEY",
+            f"eval.judge_base_url={server.url}",
+            "eval.judge_model=judge-mini",
+            "eval.judge_api_key_env=MINI_JUDGE_KEY",
         ]
         cfg = load_config(RECIPE, overrides)
         assert (cfg.train.epochs, cfg.optim.schedule, cfg.data.template) == (2, "constant", "belle")  # the paper's
-        env = {"MINI_JUDGE_KEY": "sk-mini", "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
-               "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax-cache"),
-               "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+        env = {
+            "MINI_JUDGE_KEY": "sk-mini",
+            "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+            "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax-cache"),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+        }
         rc = _sweep([str(RECIPE), "--selections", ",".join(VOLUMES), *overrides], env, tmp_path / "sweep.log")
         judged = len(server.requests)
     log = (tmp_path / "sweep.log").read_text(encoding="utf-8")
@@ -121,26 +168,34 @@ def test_belle_study_in_miniature(model: str, tmp_path: Path) -> None:
         summary = read_summary(eval_dir / "belle-eval_set.summary.json")
         assert (summary.run.data_source, summary.run.data_volume, summary.run.epoch) == ("belle+alpaca", volume, 2)
         # The recipe's decoding (the model cards' sampling), with fewer new tokens.
-        assert summary.details["decoding"] == {"name": "custom", **MODEL_CARD_DECODING, "max_new_tokens": 8,
-                                               "seed": 0}
+        assert summary.details["decoding"] == {"name": "custom", **MODEL_CARD_DECODING, "max_new_tokens": 8, "seed": 0}
         assert summary.details["judge"]["model"] == "judge-mini"
         items = [json.loads(line) for line in (eval_dir / "belle-eval_set.items.jsonl").open(encoding="utf-8")]
         assert len(items) == len(EVAL_ITEMS)
         for item, spec in zip(items, EVAL_ITEMS):
             # The judge's rule, applied here to the reply the model gave: the mean of three equal judgements.
-            want = float(judge_like(item["judge_message"]).split("得分")[1].lstrip(":： ").split("/")[0]
-                         .split("分")[0].split()[0])
+            want = float(
+                judge_like(item["judge_message"])
+                .split("得分")[1]
+                .lstrip(":： ")
+                .split("/")[0]
+                .split("分")[0]
+                .split()[0]
+            )
             assert item["judgements"] == [want] * 3 and item["parsed"] == pytest.approx(want)
             assert ("标准回答" in item["judge_message"]) == bool(spec["std_answer"])
         scores = {a.name: a.score for a in summary.abilities}
         assert set(scores) == {"open qa", "closed qa", "classification", "generation", "math", "code"}
         assert summary.details["overall_without_math_code"] == pytest.approx(
-            sum(v for k, v in scores.items() if k not in ("math", "code")) / 4)
+            sum(v for k, v in scores.items() if k not in ("math", "code")) / 4
+        )
 
     # `jaxtune report` over the evaluation folders draws the same figure.
     report = tmp_path / "report"
     assert main(["report", *map(str, eval_dirs), "--out", str(report)]) == 0
-    assert (report / "belle-eval_set.study.csv").read_bytes() == (runs / "report" / "belle-eval_set.study.csv").read_bytes()
+    assert (report / "belle-eval_set.study.csv").read_bytes() == (
+        runs / "report" / "belle-eval_set.study.csv"
+    ).read_bytes()
     with (report / "belle-eval_set.study.csv").open(encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     ours = {(r["use_case"], int(r["volume"])) for r in rows if r["panel"].startswith("this evaluation")}

@@ -47,8 +47,13 @@ def _layout(cfg, mesh_cfg):
     _, shapes, axes = abstract_model(cfg)
     shardings = train_state_shardings(tx, shapes, axes, mesh)
     abstract = jax.eval_shape(lambda p: new_train_state(p, tx, 0), shapes)
-    return mesh, tx, shardings, with_shardings(shapes, shardings.params), with_shardings(
-        abstract.train_fields(), shardings.train_fields())
+    return (
+        mesh,
+        tx,
+        shardings,
+        with_shardings(shapes, shardings.params),
+        with_shardings(abstract.train_fields(), shardings.train_fields()),
+    )
 
 
 def _host(tree):
@@ -63,9 +68,12 @@ def test_train_state_saved_on_fsdp8_restores_on_data2_fsdp4(tmp_path):
     rng = np.random.default_rng(0)
     # Non-trivial optimizer moments and counters, as after some training.
     state = state.replace(
-        opt_state=jax.tree.map(lambda x: jax.device_put(rng.normal(size=x.shape).astype(x.dtype), x.sharding)
-                               if x.ndim else x, state.opt_state),
-        step=state.step + 3, updates=state.updates + 3,
+        opt_state=jax.tree.map(
+            lambda x: jax.device_put(rng.normal(size=x.shape).astype(x.dtype), x.sharding) if x.ndim else x,
+            state.opt_state,
+        ),
+        step=state.step + 3,
+        updates=state.updates + 3,
     )
     data = synthetic_data(num_rows=32, seq_len=16, global_batch=8, epochs=1)
     for _ in range(3):
@@ -121,10 +129,15 @@ def test_incomplete_folders_are_never_picked(tmp_path):
     assert manager.all_steps() == [2, 3] and manager.latest_step() == 3
     assert manager.incomplete_steps() == [7]
     with pytest.raises(CheckpointError, match="no complete checkpoint at step 7"):
-        manager.restore(7, {"w": jax.ShapeDtypeStruct((2,), np.float32)}, {"step": jax.ShapeDtypeStruct((), np.int32)},
-                        data.iterator)
-    params, fields = manager.restore(3, {"w": jax.ShapeDtypeStruct((2,), np.float32)},
-                                     {"step": jax.ShapeDtypeStruct((), np.int32)}, data.iterator)
+        manager.restore(
+            7,
+            {"w": jax.ShapeDtypeStruct((2,), np.float32)},
+            {"step": jax.ShapeDtypeStruct((), np.int32)},
+            data.iterator,
+        )
+    params, fields = manager.restore(
+        3, {"w": jax.ShapeDtypeStruct((2,), np.float32)}, {"step": jax.ShapeDtypeStruct((), np.int32)}, data.iterator
+    )
     assert np.asarray(params["w"]).tolist() == [3.0, 3.0] and int(fields["step"]) == 3
     manager.close()
 
@@ -152,15 +165,26 @@ def test_epoch_checkpoints_hold_the_params_in_the_epoch_dtype(tmp_path):
     mesh = build_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
     params = _tiny_params(cfg, mesh)
     tokenizer = Path(jaxtune.__file__).parent / "demo" / "tokenizer"
-    manager = EpochCheckpointManager(tmp_path, model_cfg=cfg, dtype="bfloat16", async_save=True,
-                                     tokenizer_src=tokenizer, added_tokens={"<|role|>": 127})
+    manager = EpochCheckpointManager(
+        tmp_path,
+        model_cfg=cfg,
+        dtype="bfloat16",
+        async_save=True,
+        tokenizer_src=tokenizer,
+        added_tokens={"<|role|>": 127},
+    )
     manager.save(1, 3, params)
     manager.save(2, 6, params)
     manager.close()
     assert manager.all_epochs() == [1, 2]
     folder = tmp_path / "epochs" / "2"
     assert sorted(p.name for p in folder.iterdir() if not p.name.startswith("_")) == [
-        "commit_success.txt", "epoch", "model_config.json", "params", "tokenizer"]  # no optimizer, no iterator
+        "commit_success.txt",
+        "epoch",
+        "model_config.json",
+        "params",
+        "tokenizer",
+    ]  # no optimizer, no iterator
     loaded_cfg, loaded = load_params(folder)
     assert loaded_cfg.param_dtype == "bfloat16" and loaded_cfg.hidden_size == cfg.hidden_size
     want = jax.tree.map(lambda x: np.asarray(jax.device_get(x)).astype(jnp.bfloat16), params)
@@ -187,8 +211,11 @@ def test_an_epoch_is_found_as_an_epoch_checkpoint_or_the_train_checkpoint_that_e
     epochs.close()
     assert os.fspath(epoch_checkpoint_path(tmp_path, 1, 3)) == os.fspath(tmp_path / "epochs" / "1")
     assert os.fspath(epoch_checkpoint_path(tmp_path, 2, 6)) == os.fspath(tmp_path / "checkpoints" / "6")
-    with pytest.raises(CheckpointError, match=r"no complete checkpoint of epoch 3: .*epoch checkpoints there: \[1\]; "
-                                              r"train checkpoints at steps: \[6\]"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"no complete checkpoint of epoch 3: .*epoch checkpoints there: \[1\]; "
+        r"train checkpoints at steps: \[6\]",
+    ):
         epoch_checkpoint_path(tmp_path, 3, 9)
 
 
@@ -208,8 +235,11 @@ def test_a_damaged_step_is_one_checkpoint_error_naming_its_folder(tmp_path, dama
     manager.wait_until_finished()
     DAMAGES[damage](manager.step_dir(3) / item)
     # Orbax raises bare Exceptions, ValueErrors or fails on a None metadata tree: all end up as one error.
-    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(manager.step_dir(3)))}: damaged checkpoint.*; the "
-                                              rf"previous complete step is {re.escape(str(manager.step_dir(2)))}"):
+    with pytest.raises(
+        CheckpointError,
+        match=rf"^{re.escape(str(manager.step_dir(3)))}: damaged checkpoint.*; the "
+        rf"previous complete step is {re.escape(str(manager.step_dir(2)))}",
+    ):
         manager.restore(3, {"w": big}, {"m": big}, data.iterator)
     params, fields = manager.restore(2, {"w": big}, {"m": big}, data.iterator)
     np.testing.assert_array_equal(np.stack([params["w"], fields["m"]]), values[2])
@@ -221,11 +251,15 @@ def test_restore_refuses_non_finite_values_naming_the_array(tmp_path):
     data = synthetic_data(num_rows=16, seq_len=16, global_batch=8, epochs=1)
     manager = TrainCheckpointManager(tmp_path, CheckpointConfig(max_to_keep=None, async_save=False), model_cfg=cfg)
     manager.save(4, {"w": np.array([1.0, np.nan], np.float32)}, {"step": np.int32(4)}, data.iterator, {})
-    manager.save(5, {"w": np.ones(2, np.float32)}, {"step": np.int32(5), "mu": np.array([np.inf], np.float32)},
-                 data.iterator, {})
+    manager.save(
+        5, {"w": np.ones(2, np.float32)}, {"step": np.int32(5), "mu": np.array([np.inf], np.float32)}, data.iterator, {}
+    )
     manager.wait_until_finished()
-    with pytest.raises(NonFiniteParamsError, match=r"checkpoints/4: non-finite values \(NaN or inf\) in params\.w "
-                                                   r"\(1 values\)"):
+    with pytest.raises(
+        NonFiniteParamsError,
+        match=r"checkpoints/4: non-finite values \(NaN or inf\) in params\.w "
+        r"\(1 values\)",
+    ):
         manager.restore(4, *_ABSTRACT, data.iterator)
     with pytest.raises(NonFiniteParamsError, match=r"in train_state\.mu \(1 values\)"):
         manager.restore(5, _ABSTRACT[0], dict(_ABSTRACT[1], mu=jax.ShapeDtypeStruct((1,), np.float32)), data.iterator)

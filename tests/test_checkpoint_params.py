@@ -11,10 +11,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from damage import DAMAGES
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
-
-from damage import DAMAGES
 
 from jaxtune.checkpoint import (
     CheckpointError,
@@ -73,8 +72,7 @@ def test_load_places_arrays_with_the_given_shardings(model: Llama, tmp_path: Pat
     if len(jax.devices()) < 4:
         pytest.skip("needs several (simulated) devices")
     save_params(tmp_path / "ck", params_of(model), model.cfg)
-    mesh = jax.make_mesh((4,), ("fsdp",), axis_types=(jax.sharding.AxisType.Auto,),
-                         devices=jax.devices()[:4])
+    mesh = jax.make_mesh((4,), ("fsdp",), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:4])
     replicated = NamedSharding(mesh, PartitionSpec())
     shardings = jax.tree.map(lambda _: replicated, params_of(model))
     shardings["embed_tokens"] = NamedSharding(mesh, PartitionSpec("fsdp", None))
@@ -104,16 +102,22 @@ def test_errors_name_the_problem(model: Llama, tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="not a jaxtune params checkpoint"):
         load_params(tmp_path)
     wrong = dataclasses.replace(model.cfg, num_layers=3)
-    with pytest.raises(CheckpointError, match=r"param layers\.attn_norm has shape \(2, 64\), the model config "
-                                              r"needs \(3, 64\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"param layers\.attn_norm has shape \(2, 64\), the model config "
+        r"needs \(3, 64\)",
+    ):
         save_params(tmp_path / "other", params, wrong)
     del params["norm"]
     with pytest.raises(CheckpointError, match=r"missing \['norm'\]"):
         save_params(tmp_path / "other", params, model.cfg)
     (tmp_path / "ck" / "model_config.json").write_text("{}")
     assert load_model_config(tmp_path / "ck").vocab_size == 32000  # defaults: then the shapes disagree
-    with pytest.raises(CheckpointError, match=r"param embed_tokens has shape \(1024, 64\), the model config needs "
-                                              r"\(32000, 4096\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"param embed_tokens has shape \(1024, 64\), the model config needs "
+        r"\(32000, 4096\)",
+    ):
         load_params(tmp_path / "ck", as_numpy=True)
     (tmp_path / "ck" / "model_config.json").write_text('{"hidden": 64}')
     with pytest.raises(CheckpointError, match=r"model_config\.json: unknown config key 'model\.hidden'"):
@@ -131,7 +135,7 @@ def test_a_damaged_params_folder_is_one_error_naming_the_folder(model: Llama, tm
 def _with_values(model: Llama, name: str, values: list[float]) -> dict:
     params = jax.tree.map(np.asarray, params_of(model))
     table = params[name].copy()
-    table.reshape(-1)[:len(values)] = values
+    table.reshape(-1)[: len(values)] = values
     params[name] = table
     return params
 
@@ -140,11 +144,16 @@ def test_non_finite_values_are_refused_naming_the_array(model: Llama, tmp_path: 
     params = _with_values(model, "lm_head", [np.nan, np.inf, 2.5e38])
     path = save_params(tmp_path / "ck", params, model.cfg)
     for as_numpy in (False, True):  # on device (one jitted reduction) and on the host (export-hf)
-        with pytest.raises(NonFiniteParamsError,
-                           match=rf"^{re.escape(str(path))}: non-finite values .* in params\.lm_head \(2 values\): "):
+        with pytest.raises(
+            NonFiniteParamsError,
+            match=rf"^{re.escape(str(path))}: non-finite values .* in params\.lm_head \(2 values\): ",
+        ):
             load_params(path, as_numpy=as_numpy)
-    bf16 = save_params(tmp_path / "bf16", jax.tree.map(lambda a: a.astype(jnp.bfloat16), params),
-                       dataclasses.replace(model.cfg, param_dtype="bfloat16"))
+    bf16 = save_params(
+        tmp_path / "bf16",
+        jax.tree.map(lambda a: a.astype(jnp.bfloat16), params),
+        dataclasses.replace(model.cfg, param_dtype="bfloat16"),
+    )
     with pytest.raises(NonFiniteParamsError, match=r"params\.lm_head \(2 values\)"):  # numpy misses bfloat16's NaN
         load_params(bf16, as_numpy=True)
     assert nonfinite_counts({"a": jnp.ones(3), "b": {"c": jnp.array([1.0, np.nan])}, "i": jnp.arange(3)}) == {"b.c": 1}
@@ -158,14 +167,23 @@ def test_a_missing_or_partial_step_offers_the_previous_complete_one(model: Llama
     partial = root / "12"
     save_params(partial, nnx.state(model, nnx.Param), model.cfg)
     (partial / "model_config.json").unlink()  # a step whose save never finished
+
     def at(step: int) -> str:
         return re.escape(str(root / str(step)))
 
-    with pytest.raises(CheckpointError, match=rf"^{at(12)}: .*incomplete step .*; the previous complete step is {at(8)}$"):
+    with pytest.raises(
+        CheckpointError, match=rf"^{at(12)}: .*incomplete step .*; the previous complete step is {at(8)}$"
+    ):
         load_params(partial)
-    with pytest.raises(CheckpointError, match=rf"^{at(16)}: no such checkpoint folder; the previous complete step is "
-                                              rf"{at(8)}$"):
+    with pytest.raises(
+        CheckpointError,
+        match=rf"^{at(16)}: no such checkpoint folder; the previous complete step is "
+        rf"{at(8)}$",
+    ):
         load_params(root / "16")
-    with pytest.raises(CheckpointError, match=rf"^{at(2)}: no such checkpoint folder; the newest complete step is "
-                                              rf"{at(8)}$"):
+    with pytest.raises(
+        CheckpointError,
+        match=rf"^{at(2)}: no such checkpoint folder; the newest complete step is "
+        rf"{at(8)}$",
+    ):
         load_params(root / "2")

@@ -17,8 +17,19 @@ def _run(capsys, *argv: str) -> tuple[int, str, str]:
 def test_every_subcommand_is_registered():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    assert set(sub.choices) >= {"quickstart", "train", "eval", "report", "sweep", "prepare", "import-hf",
-                                "export-hf", "check-hf", "info", "validate"}
+    assert set(sub.choices) >= {
+        "quickstart",
+        "train",
+        "eval",
+        "report",
+        "sweep",
+        "prepare",
+        "import-hf",
+        "export-hf",
+        "check-hf",
+        "info",
+        "validate",
+    }
 
 
 def test_unknown_override_key_names_it_and_the_closest_key(capsys, tmp_path):
@@ -47,8 +58,14 @@ def test_no_subcommand_prints_help(capsys):
     assert code == 2 and "quickstart" in out
 
 
-@pytest.mark.parametrize("argv", [["info", "--preset", "doit-33b", "--seq-len", "2048"],
-                                  ["info", "model.preset=doit-7b"], ["info", "--preset", "bloomz-7b1-mt"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["info", "--preset", "doit-33b", "--seq-len", "2048"],
+        ["info", "model.preset=doit-7b"],
+        ["info", "--preset", "bloomz-7b1-mt"],
+    ],
+)
 def test_info_prints_parameter_count_flops_and_memory(capsys, argv):
     code, out, _ = _run(capsys, *argv)
     assert code == 0
@@ -66,8 +83,14 @@ def test_info_prints_steps_per_epoch_for_a_config_with_data(capsys, tmp_path):
     root = write_demo_dataset(tmp_path / "data", per_ability=4, eval_per_ability=1, synthetic=10)
     config = Path(__file__).parents[1] / "configs" / "quickstart.yaml"
     tokenizer = Path(__file__).parents[1] / "jaxtune" / "demo" / "tokenizer"
-    common = ["info", str(config), f"data.path={root}", f"data.tokenizer={tokenizer}", "data.selection=curated-40",
-              "train.batch_unit=examples"]
+    common = [
+        "info",
+        str(config),
+        f"data.path={root}",
+        f"data.tokenizer={tokenizer}",
+        "data.selection=curated-40",
+        "train.batch_unit=examples",
+    ]
     code, out, _ = _run(capsys, *common)
     assert code == 0 and "steps per epoch: 5 (train.batch_unit=examples, packed)" in out
     code, out, _ = _run(capsys, *common, "train.batch_unit=rows")
@@ -82,14 +105,17 @@ def test_info_prints_steps_per_epoch_for_a_config_with_data(capsys, tmp_path):
 
 def test_validate_prints_every_problem_with_its_key_and_exits_1(capsys, tmp_path):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("model:\n  preset: doit-33b\n  vocab_size: 49957\n  vocab_pad_multiple: 128\n"
-                   "mesh:\n  fsdp: 1\n  tensor: 8\n")
+    cfg.write_text(
+        "model:\n  preset: doit-33b\n  vocab_size: 49957\n  vocab_pad_multiple: 128\nmesh:\n  fsdp: 1\n  tensor: 8\n"
+    )
     code, out, err = _run(capsys, "validate", str(cfg), "train.global_batch_size=63", "--accelerator", "v5p-16")
     assert code == 1 and "Traceback" not in err
-    assert out.startswith("4 problems:\n  data.path is not set (a training run needs it)\n"
-                          "  data.tokenizer is not set (a training run needs it)\n"
-                          "  63 rows per microbatch (train.global_batch_size=63 / train.microbatches=1) cannot be split "
-                          "evenly over 2 processes\n  model.num_heads = 52")
+    assert out.startswith(
+        "4 problems:\n  data.path is not set (a training run needs it)\n"
+        "  data.tokenizer is not set (a training run needs it)\n"
+        "  63 rows per microbatch (train.global_batch_size=63 / train.microbatches=1) cannot be split "
+        "evenly over 2 processes\n  model.num_heads = 52"
+    )
     assert "checked for 8 devices in 2 processes: v5p-16 (8 chips, 2 hosts)\n  mesh data=1 x fsdp=1 x tensor=8" in out
 
 
@@ -97,8 +123,12 @@ def test_validate_lists_all_value_problems_and_exits_2(capsys, tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("train:\n  epochs: -1\ntrain:\n  seed: 3\n")
     code, _, err = _run(capsys, "validate", str(cfg), "--devices", "8")
-    assert code == 2 and err.strip() == f"jaxtune validate: error: {cfg}: duplicate key 'train' at lines 1 and 3 " \
-                                        "(YAML would keep only the last; keep one)"
+    assert (
+        code == 2
+        and err.strip()
+        == f"jaxtune validate: error: {cfg}: duplicate key 'train' at lines 1 and 3 "
+        "(YAML would keep only the last; keep one)"
+    )
     cfg.write_text("train:\n  epochs: -1\noptim:\n  learning_rate: .nan\n  eps: 0\n")
     code, _, err = _run(capsys, "validate", str(cfg), "model.rms_norm_eps=-1")
     assert code == 2 and err.splitlines() == [
@@ -130,14 +160,27 @@ def damaged_run(tmp_path_factory):
     from jaxtune.models.llama import Llama
 
     root = tmp_path_factory.mktemp("damaged")
-    cfg = model_config_from_dict(dict(vocab_size=1004, hidden_size=32, intermediate_size=64, num_layers=2,
-                                      num_heads=4, max_position_embeddings=256))
+    cfg = model_config_from_dict(
+        dict(
+            vocab_size=1004,
+            hidden_size=32,
+            intermediate_size=64,
+            num_layers=2,
+            num_heads=4,
+            max_position_embeddings=256,
+        )
+    )
     tokenizer = Path(jaxtune.__file__).parent / "demo" / "tokenizer" / "tokenizer.model"
     added = {"<user>": 1000, "<assistant>": 1001, "<eot>": 1002, "<pad>": 1003}
     for step in (4, 8):
         # random weights: their compressed bytes fill data files of their own
-        path = save_params(root / "run" / "checkpoints" / str(step), nnx.state(Llama(cfg, nnx.Rngs(step)), nnx.Param),
-                           cfg, tokenizer_dir=tokenizer, added_tokens=added)
+        path = save_params(
+            root / "run" / "checkpoints" / str(step),
+            nnx.state(Llama(cfg, nnx.Rngs(step)), nnx.Param),
+            cfg,
+            tokenizer_dir=tokenizer,
+            added_tokens=added,
+        )
         (path / "commit_success.txt").write_text("done")
     truncate_data_file(root / "run" / "checkpoints" / "8" / "params")
     write_demo_dataset(root / "data" / "doit", per_ability=1, eval_per_ability=1, synthetic=1)
@@ -148,8 +191,11 @@ def damaged_run(tmp_path_factory):
 def test_a_damaged_step_ends_in_one_line_naming_the_folder_and_the_damage(capsys, damaged_run, command):
     step = damaged_run / "run" / "checkpoints" / "8"
     out = damaged_run / f"out-{command}"
-    args = [command, str(step), str(out)] if command == "export-hf" else [
-        command, str(step), "--out", str(out), f"eval.data_dir={damaged_run / 'data'}", "eval.max_new_tokens=2"]
+    args = (
+        [command, str(step), str(out)]
+        if command == "export-hf"
+        else [command, str(step), "--out", str(out), f"eval.data_dir={damaged_run / 'data'}", "eval.max_new_tokens=2"]
+    )
     code, _, err = _run(capsys, *args)
     assert code == 2
     lines = err.strip().splitlines()

@@ -46,28 +46,35 @@ def test_yaml_file_then_overrides(tmp_path: Path) -> None:
 
 
 def test_nested_sections_and_optional_values() -> None:
-    cfg = config_from_dict({"model": {"rope_scaling": {"rope_type": "llama3", "factor": 8}, "num_kv_heads": 8}},
-                           ["checkpoint.max_to_keep=null"])
+    cfg = config_from_dict(
+        {"model": {"rope_scaling": {"rope_type": "llama3", "factor": 8}, "num_kv_heads": 8}},
+        ["checkpoint.max_to_keep=null"],
+    )
     assert cfg.model.rope_scaling.rope_type == "llama3" and cfg.model.rope_scaling.factor == 8.0
     assert cfg.model.resolved_num_kv_heads() == 8 and cfg.checkpoint.max_to_keep is None
 
 
 def test_unknown_key_suggests_the_closest(tmp_path: Path) -> None:
     path = write(tmp_path, "optim:\n  learning_rat: 0.1\n")
-    with pytest.raises(ConfigError, match=r"run\.yaml.*unknown config key 'optim\.learning_rat'.*'optim\.learning_rate'"):
+    with pytest.raises(
+        ConfigError, match=r"run\.yaml.*unknown config key 'optim\.learning_rat'.*'optim\.learning_rate'"
+    ):
         load_config(path)
     with pytest.raises(ConfigError, match=r"unknown config key 'train\.epoch'.*did you mean 'train\.epochs'"):
         load_config(None, ["train.epoch=3"])
 
 
-@pytest.mark.parametrize("override,message", [
-    ("train.epochs=three", r"train\.epochs: expected an integer, got 'three'"),
-    ("model.scan_layers=1", r"model\.scan_layers: expected true or false"),
-    ("model.remat_policy=some", r"model\.remat_policy: expected one of 'none' \| 'full'"),
-    ("model.attention_impl=flash", r"model\.attention_impl: expected one of 'xla' \| 'cudnn' \| 'splash'"),
-    ("model.hidden_size.x=1", r"'model\.hidden_size' has no sub-keys"),
-    ("epochs", r"not of the form key=value"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("train.epochs=three", r"train\.epochs: expected an integer, got 'three'"),
+        ("model.scan_layers=1", r"model\.scan_layers: expected true or false"),
+        ("model.remat_policy=some", r"model\.remat_policy: expected one of 'none' \| 'full'"),
+        ("model.attention_impl=flash", r"model\.attention_impl: expected one of 'xla' \| 'cudnn' \| 'splash'"),
+        ("model.hidden_size.x=1", r"'model\.hidden_size' has no sub-keys"),
+        ("epochs", r"not of the form key=value"),
+    ],
+)
 def test_ill_typed_values_name_the_key(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(None, [override])
@@ -119,8 +126,11 @@ def test_shipped_configs_load(path: Path) -> None:
 
 def test_a_key_repeated_at_any_depth_is_an_error_naming_it_and_its_lines(tmp_path: Path) -> None:
     # PyYAML keeps the second `train:` silently: the run trained with batch 64 and seed 0 instead of 6 and 17.
-    path = write(tmp_path, "train:\n  global_batch_size: 6\n  seed: 17\nmodel:\n  preset: tiny\n"
-                           "  rope_scaling:\n    factor: 2\n    factor: 3\ntrain:\n  global_batch_size: 64\n")
+    path = write(
+        tmp_path,
+        "train:\n  global_batch_size: 6\n  seed: 17\nmodel:\n  preset: tiny\n"
+        "  rope_scaling:\n    factor: 2\n    factor: 3\ntrain:\n  global_batch_size: 64\n",
+    )
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert info.value.problems == [
@@ -134,33 +144,38 @@ def test_a_key_repeated_at_any_depth_is_an_error_naming_it_and_its_lines(tmp_pat
     ok = write(tmp_path, "base: &b {seed: 3}\ntrain:\n  <<: *b\n  seed: 4\n")
     with pytest.raises(ConfigError) as merged:  # loads as YAML, then fails as a config on its extra key only
         load_config(ok)
-    assert merged.value.problems == [f"{ok}: unknown config key 'base'; valid keys: {', '.join(f.name for f in dataclasses.fields(Config))}"]
+    assert merged.value.problems == [
+        f"{ok}: unknown config key 'base'; valid keys: {', '.join(f.name for f in dataclasses.fields(Config))}"
+    ]
 
 
-@pytest.mark.parametrize("override,message", [
-    ("optim.learning_rate=nan", "optim.learning_rate must be a finite number, got nan"),
-    ("optim.learning_rate=inf", "optim.learning_rate must be a finite number, got inf"),
-    ("optim.learning_rate=-1e-5", "optim.learning_rate must be at least 0, got -1e-05"),
-    ("model.rms_norm_eps=-1", "model.rms_norm_eps must be positive, got -1.0"),
-    ("model.rms_norm_eps=0", "model.rms_norm_eps must be positive, got 0.0"),
-    ("train.epochs=-1", "train.epochs must be at least 1, got -1"),
-    ("optim.eps=0", "optim.eps must be positive, got 0.0"),
-    ("optim.b2=1", "optim.b2 must be in [0, 1), got 1.0"),
-    ("optim.max_grad_norm=0", "optim.max_grad_norm must be positive or null, got 0.0"),
-    ("optim.warmup_ratio=1.5", "optim.warmup_ratio must be in [0, 1], got 1.5"),
-    ("train.max_steps=0", "train.max_steps must be at least 1 or null, got 0"),
-    ("train.log_every=0", "train.log_every must be at least 1, got 0"),
-    ("train.max_consecutive_bad_steps=0", "train.max_consecutive_bad_steps must be at least 1, got 0"),
-    ("checkpoint.save_every=0", "checkpoint.save_every must be at least 1 or null, got 0"),
-    ("checkpoint.max_to_keep=0", "checkpoint.max_to_keep must be at least 1 or null, got 0"),
-    ("data.max_len=1", "data.max_len must be at least 2, got 1"),
-    ("data.prefetch=0", "data.prefetch must be at least 1, got 0"),
-    ("data.shuffle_seed=-1", "data.shuffle_seed must be in [0, 2**32) (grain's shuffle seeds), got -1"),
-    ("mesh.tensor=0", "mesh.tensor must be a positive size or -1 (the rest of the devices), got 0"),
-    ("eval.top_p=0", "eval.top_p must be in (0, 1], got 0.0"),
-    ("eval.judge_repeats=0", "eval.judge_repeats must be at least 1, got 0"),
-    ("model.rope_theta=.nan", "model.rope_theta must be a finite number, got nan"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("optim.learning_rate=nan", "optim.learning_rate must be a finite number, got nan"),
+        ("optim.learning_rate=inf", "optim.learning_rate must be a finite number, got inf"),
+        ("optim.learning_rate=-1e-5", "optim.learning_rate must be at least 0, got -1e-05"),
+        ("model.rms_norm_eps=-1", "model.rms_norm_eps must be positive, got -1.0"),
+        ("model.rms_norm_eps=0", "model.rms_norm_eps must be positive, got 0.0"),
+        ("train.epochs=-1", "train.epochs must be at least 1, got -1"),
+        ("optim.eps=0", "optim.eps must be positive, got 0.0"),
+        ("optim.b2=1", "optim.b2 must be in [0, 1), got 1.0"),
+        ("optim.max_grad_norm=0", "optim.max_grad_norm must be positive or null, got 0.0"),
+        ("optim.warmup_ratio=1.5", "optim.warmup_ratio must be in [0, 1], got 1.5"),
+        ("train.max_steps=0", "train.max_steps must be at least 1 or null, got 0"),
+        ("train.log_every=0", "train.log_every must be at least 1, got 0"),
+        ("train.max_consecutive_bad_steps=0", "train.max_consecutive_bad_steps must be at least 1, got 0"),
+        ("checkpoint.save_every=0", "checkpoint.save_every must be at least 1 or null, got 0"),
+        ("checkpoint.max_to_keep=0", "checkpoint.max_to_keep must be at least 1 or null, got 0"),
+        ("data.max_len=1", "data.max_len must be at least 2, got 1"),
+        ("data.prefetch=0", "data.prefetch must be at least 1, got 0"),
+        ("data.shuffle_seed=-1", "data.shuffle_seed must be in [0, 2**32) (grain's shuffle seeds), got -1"),
+        ("mesh.tensor=0", "mesh.tensor must be a positive size or -1 (the rest of the devices), got 0"),
+        ("eval.top_p=0", "eval.top_p must be in (0, 1], got 0.0"),
+        ("eval.judge_repeats=0", "eval.judge_repeats must be at least 1, got 0"),
+        ("model.rope_theta=.nan", "model.rope_theta must be a finite number, got nan"),
+    ],
+)
 def test_unusable_values_are_refused_on_load_naming_key_and_value(override: str, message: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(None, [override])
@@ -168,8 +183,11 @@ def test_unusable_values_are_refused_on_load_naming_key_and_value(override: str,
 
 
 def test_every_problem_is_collected_and_reported_together(tmp_path: Path) -> None:
-    path = write(tmp_path, "optim:\n  learning_rate: .inf\n  eps: -1\n  learning_rat: 1\nmodel:\n  rms_norm_eps: -1\n"
-                           "  hidden_size: wide\ntrain:\n  global_batch_size: 63\n  microbatches: 2\n")
+    path = write(
+        tmp_path,
+        "optim:\n  learning_rate: .inf\n  eps: -1\n  learning_rat: 1\nmodel:\n  rms_norm_eps: -1\n"
+        "  hidden_size: wide\ntrain:\n  global_batch_size: 63\n  microbatches: 2\n",
+    )
     with pytest.raises(ConfigError) as info:
         load_config(path, ["train.epochs=0", "mesh.fsdp=-1", "mesh.tensor=-1"])
     problems = info.value.problems
@@ -189,7 +207,9 @@ def test_every_problem_is_collected_and_reported_together(tmp_path: Path) -> Non
     from jaxtune.config import OptimConfig, TrainConfig
 
     assert OptimConfig(learning_rate=float("nan"), b1=2.0).problems() == [
-        "optim.learning_rate must be a finite number, got nan", "optim.b1 must be in [0, 1), got 2.0"]
+        "optim.learning_rate must be a finite number, got nan",
+        "optim.b1 must be in [0, 1), got 2.0",
+    ]
     with pytest.raises(ConfigError, match=r"^train\.epochs must be at least 1, got -1$"):
         TrainConfig(epochs=-1).validate()
 
@@ -209,7 +229,9 @@ def test_a_hardware_preset_lays_over_a_recipe_and_overrides_win(tmp_path):
         load_config([recipe, bad])
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs" / "hardware").glob("*.yaml")))
+@pytest.mark.parametrize(
+    "name", sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs" / "hardware").glob("*.yaml"))
+)
 def test_every_hardware_preset_combines_with_every_doit_recipe(name):
     repo = Path(__file__).resolve().parents[1]
     for size in ("7b", "13b", "33b"):

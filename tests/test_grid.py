@@ -48,20 +48,31 @@ def test_the_study_grid_is_three_sizes_by_nineteen_data_types():
     assert by_type[("13b", "synthetic-40960")].run_dir == Path("runs/doit/13b/synthetic-40960")
 
 
-@pytest.mark.parametrize("body, message", [
-    ("sweep:\n  run_dir: r\n  modles: {a: c.yaml}\n  data_types: all\n", "unknown key(s) ['modles']"),
-    ("sweep:\n  run_dir: r\n  models: {a: c.yaml}\n  data_types: [curated-10, curatd-40]\n",
-     "sweep.data_types: unknown data type 'curatd-40'"),
-    ("sweep:\n  run_dir: r\n  models: {a: missing.yaml}\n  data_types: all\n", "sweep.models.a.config"),
-    ("sweep:\n  run_dir: r\n  models: {a: {config: c.yaml, overide: []}}\n  data_types: all\n",
-     "sweep.models.a: unknown key(s) ['overide']"),
-    ("sweep:\n  run_dir: r\n  models: {a: c.yaml}\n", "sweep.data_types is required"),
-    ("sweep:\n  run_dir: r\n  models: {a: c.yaml}\n  data_types: all\n  eval_epochs: 16\n", "sweep.eval_epochs"),
-    ("sweep:\n  run_dir: r\n  models: {a: c.yaml}\n  data_types: all\n  eval_epochs: '5,15'\n",
-     "checkpoint.keep_epoch_checkpoints"),
-    ("sweep:\n  run_dir: r\n  models: {a: {config: c.yaml, overrides: [train.epoch=3]}}\n  data_types: all\n",
-     "sweep.models.a"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("sweep:\n  run_dir: r\n  modles: {a: c.yaml}\n  data_types: all\n", "unknown key(s) ['modles']"),
+        (
+            "sweep:\n  run_dir: r\n  models: {a: c.yaml}\n  data_types: [curated-10, curatd-40]\n",
+            "sweep.data_types: unknown data type 'curatd-40'",
+        ),
+        ("sweep:\n  run_dir: r\n  models: {a: missing.yaml}\n  data_types: all\n", "sweep.models.a.config"),
+        (
+            "sweep:\n  run_dir: r\n  models: {a: {config: c.yaml, overide: []}}\n  data_types: all\n",
+            "sweep.models.a: unknown key(s) ['overide']",
+        ),
+        ("sweep:\n  run_dir: r\n  models: {a: c.yaml}\n", "sweep.data_types is required"),
+        ("sweep:\n  run_dir: r\n  models: {a: c.yaml}\n  data_types: all\n  eval_epochs: 16\n", "sweep.eval_epochs"),
+        (
+            "sweep:\n  run_dir: r\n  models: {a: c.yaml}\n  data_types: all\n  eval_epochs: '5,15'\n",
+            "checkpoint.keep_epoch_checkpoints",
+        ),
+        (
+            "sweep:\n  run_dir: r\n  models: {a: {config: c.yaml, overrides: [train.epoch=3]}}\n  data_types: all\n",
+            "sweep.models.a",
+        ),
+    ],
+)
 def test_bad_sweep_files_name_the_file_and_key(tmp_path, body, message):
     _write(tmp_path / "c.yaml", "train:\n  epochs: 15\ncheckpoint:\n  keep_epoch_checkpoints: false\n")
     path = _write(tmp_path / "grid.yaml", body)
@@ -83,7 +94,9 @@ def _tiny_grid(tmp_path: Path) -> Path:
     from jaxtune.demo.abilities import write_demo_dataset
 
     data = write_demo_dataset(tmp_path / "data", per_ability=6, eval_per_ability=1, synthetic=20)
-    _write(tmp_path / "tiny.yaml", f"""
+    _write(
+        tmp_path / "tiny.yaml",
+        f"""
 model: {{vocab_size: 1004, hidden_size: 32, intermediate_size: 64, num_layers: 1, num_heads: 2,
          max_position_embeddings: 128, param_dtype: float32, compute_dtype: float32}}
 data: {{format: doit, path: {data}, tokenizer: {DEMO_TOKENIZER}, template: doit, max_len: 64}}
@@ -91,8 +104,11 @@ optim: {{learning_rate: 1.0e-3}}
 train: {{global_batch_size: 8, epochs: 2, log_every: 100}}
 checkpoint: {{save_every: null, max_to_keep: 1, async_save: false}}
 eval: {{data_dir: {data}, split: test, batch_size: 8, max_new_tokens: 4, max_prompt_len: 128}}
-""")
-    return _write(tmp_path / "grid.yaml", f"""
+""",
+    )
+    return _write(
+        tmp_path / "grid.yaml",
+        f"""
 sweep:
   run_dir: {tmp_path / 'runs'}
   models:
@@ -100,7 +116,8 @@ sweep:
   data_types: [curated-10, maximum, mix-0]
   eval_epochs: last
   suites: [doit]
-""")
+""",
+    )
 
 
 def test_a_grid_runs_each_cell_once_resumes_a_partial_one_and_reports_them_all(tmp_path):
@@ -137,8 +154,9 @@ def test_a_grid_runs_each_cell_once_resumes_a_partial_one_and_reports_them_all(t
         p.unlink()
     states = {s.cell.data_type: s for s in cell_states(spec, measure=False)}
     assert states["curated-10"].state == "done"
-    assert states["maximum"].describe() == (f"partial (epochs evaluated: none of 2; checkpoint at step "
-                                            f"{planned['maximum']})")
+    assert states["maximum"].describe() == (
+        f"partial (epochs evaluated: none of 2; checkpoint at step {planned['maximum']})"
+    )
     listing = format_states(spec, list(states.values()))
     assert re.search(r"\nt1 +mix-0 += maximum \(same run\)\n", listing), listing
     assert "1 done, 1 partial, 0 not started" in listing

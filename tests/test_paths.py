@@ -64,7 +64,8 @@ def test_local_files(tmp_path):
     (tmp_path / "x" / "y" / "r.summary.json").write_text("{}")
     (tmp_path / "x" / "r.items.jsonl").write_text("")
     assert [os.fspath(p) for p in files_under(tmp_path / "x", ".summary.json")] == [
-        os.fspath(tmp_path / "x" / "y" / "r.summary.json")]
+        os.fspath(tmp_path / "x" / "y" / "r.summary.json")
+    ]
     with staged_folder(tmp_path / "out") as stage:
         assert stage == os.fspath(tmp_path / "out")  # local: written in place, nothing copied
 
@@ -78,8 +79,14 @@ def _failure(proc: subprocess.CompletedProcess) -> str:
 def _child(gcs, code: str, timeout: float = CHILD_TIMEOUT_S) -> str:
     """Run ``code`` in a fresh Python pointed at the emulator; its stdout (a failure shows its output)."""
     env = {**os.environ, **gcs.env, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=str(REPO), text=True,
-                          capture_output=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=env,
+        cwd=str(REPO),
+        text=True,
+        capture_output=True,
+        timeout=timeout,
+    )
     assert proc.returncode == 0, _failure(proc)
     return proc.stdout
 
@@ -88,7 +95,9 @@ def test_the_helpers_on_a_bucket(gcs, tmp_path):
     gcs.make_bucket("helpers")
     (tmp_path / "tok").mkdir()
     (tmp_path / "tok" / "tokenizer.model").write_bytes(b"\x00\x01spm")
-    out = _child(gcs, f"""
+    out = _child(
+        gcs,
+        f"""
         from jaxtune.paths import *
         base = as_path("gs://helpers/run")
         append_text(base / "metrics.jsonl", "1\\n")
@@ -99,7 +108,8 @@ def test_the_helpers_on_a_bucket(gcs, tmp_path):
             open(stage + "/config.json", "w").write("{{}}")
         print(local_copy(base / "ckpt" / "tokenizer"))
         print([str(p) for p in files_under(base, ".json")])
-    """)
+    """,
+    )
     local_tok, found = out.strip().splitlines()[-2:]
     assert gcs.read("helpers", "run/metrics.jsonl") == b"1\n2\n"
     assert gcs.read("helpers", "run/config.yaml") == b"a: 1\n"
@@ -117,10 +127,25 @@ def test_a_sweep_trains_evaluates_and_reports_in_a_bucket(gcs, tmp_path):
     gcs.make_bucket("study")
     data = write_demo_dataset(tmp_path / "data", per_ability=4, eval_per_ability=1, synthetic=10)
     gcs.upload_tree(data, "study", "data")
-    cmd = [sys.executable, "-m", "jaxtune.cli", "sweep", "jaxtune/demo/quickstart.yaml", "--selections", "curated-10",
-           "--eval-epochs", "all", "run_dir=gs://study/runs", "data.path=gs://study/data",
-           "data.tokenizer=jaxtune/demo/tokenizer", f"eval.data_dir={data}", "eval.max_new_tokens=4",
-           "train.epochs=2", "train.log_every=1", "checkpoint.keep_epoch_checkpoints=true"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jaxtune.cli",
+        "sweep",
+        "jaxtune/demo/quickstart.yaml",
+        "--selections",
+        "curated-10",
+        "--eval-epochs",
+        "all",
+        "run_dir=gs://study/runs",
+        "data.path=gs://study/data",
+        "data.tokenizer=jaxtune/demo/tokenizer",
+        f"eval.data_dir={data}",
+        "eval.max_new_tokens=4",
+        "train.epochs=2",
+        "train.log_every=1",
+        "checkpoint.keep_epoch_checkpoints=true",
+    ]
     env = {**os.environ, **gcs.env, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)}
     proc = subprocess.run(cmd, env=env, cwd=str(REPO), text=True, capture_output=True, timeout=CHILD_TIMEOUT_S)
     assert proc.returncode == 0, _failure(proc)
@@ -129,18 +154,27 @@ def test_a_sweep_trains_evaluates_and_reports_in_a_bucket(gcs, tmp_path):
     run = "runs/curated-10"
     names = set(gcs.names("study", "runs/"))
     assert not any(n.startswith("gs:") or "/gs:/" in n for n in names)
-    for name in ("config.yaml", "manifest.jsonl", "metrics.jsonl", "checkpoints/2/commit_success.txt",
-                 "checkpoints/2/train_state/commit_success.txt", "epochs/1/model_config.json",
-                 "epochs/2/model_config.json", "epochs/2/tokenizer/tokenizer.model",
-                 "eval/epoch-1/doit-test.summary.json", "eval/epoch-2/doit-test.items.jsonl"):
+    for name in (
+        "config.yaml",
+        "manifest.jsonl",
+        "metrics.jsonl",
+        "checkpoints/2/commit_success.txt",
+        "checkpoints/2/train_state/commit_success.txt",
+        "epochs/1/model_config.json",
+        "epochs/2/model_config.json",
+        "epochs/2/tokenizer/tokenizer.model",
+        "eval/epoch-1/doit-test.summary.json",
+        "eval/epoch-2/doit-test.items.jsonl",
+    ):
         assert f"{run}/{name}" in names, name
     assert not any(n.startswith(f"{run}/epochs/2/train_state") for n in names)  # params only
     assert any(n.startswith(f"{run}/tensorboard/events.out.tfevents.") for n in names)
     metrics = [json.loads(line) for line in gcs.read("study", f"{run}/metrics.jsonl").splitlines()]
     assert [r["step"] for r in metrics if r["kind"] == "train"] == [1, 2]
     manifest = gcs.read("study", f"{run}/manifest.jsonl").decode().splitlines()
-    assert len(manifest) == 10 and all(json.loads(m)["source"].startswith("gs://study/data/curated/1000/")
-                                       for m in manifest)
+    assert len(manifest) == 10 and all(
+        json.loads(m)["source"].startswith("gs://study/data/curated/1000/") for m in manifest
+    )
     summary = json.loads(gcs.read("study", f"{run}/eval/epoch-2/doit-test.summary.json"))
     assert summary["run"]["checkpoint"] == f"gs://study/{run}/epochs/2" and summary["run"]["epoch"] == 2
     for name in ("report.md", "doit-test.png", "doit-test.svg", "doit-test.scores.csv", "best_epochs.csv"):
@@ -181,8 +215,10 @@ def test_a_sigterm_save_to_a_bucket_resumes_exactly(gcs, tmp_path, compile_cache
 
     proc = runs.start(spec("gs://preempt/run"), compile_cache, tmp_path / "resumed.log", gcs.env)
     assert runs.finish([proc]) == [0], (tmp_path / "resumed.log").read_text()[-3000:]
-    assert f"resuming from step {stopped_at} (gs://preempt/run/checkpoints/{stopped_at})" in (
-        tmp_path / "resumed.log").read_text()
+    assert (
+        f"resuming from step {stopped_at} (gs://preempt/run/checkpoints/{stopped_at})"
+        in (tmp_path / "resumed.log").read_text()
+    )
 
     remote = [json.loads(line) for line in gcs.read("preempt", "run/metrics.jsonl").splitlines()]
     remote = [r for r in remote if r["kind"] == "train"]

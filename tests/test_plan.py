@@ -16,10 +16,19 @@ from jaxtune.plan import GIB, Setting, candidate_settings, parse_accelerator, pl
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("name, chips, topology", [
-    ("v5p-16", 8, "v5:2x2x2"), ("v5p-8", 4, "v5:2x2x1"), ("v5p-32", 16, "v5:2x2x4"), ("v4-32", 16, "v4:2x2x4"),
-    ("v5e-64", 64, "v5e:8x8"), ("v6e-16", 16, "v6e:4x4"), ("h200-8", 8, None), ("h100-1", 1, None),
-])
+@pytest.mark.parametrize(
+    "name, chips, topology",
+    [
+        ("v5p-16", 8, "v5:2x2x2"),
+        ("v5p-8", 4, "v5:2x2x1"),
+        ("v5p-32", 16, "v5:2x2x4"),
+        ("v4-32", 16, "v4:2x2x4"),
+        ("v5e-64", 64, "v5e:8x8"),
+        ("v6e-16", 16, "v6e:4x4"),
+        ("h200-8", 8, None),
+        ("h100-1", 1, None),
+    ],
+)
 def test_accelerator_names(name, chips, topology):
     acc = parse_accelerator(name)
     assert (acc.chips, acc.topology) == (chips, topology)
@@ -70,8 +79,9 @@ print("SUGGEST", s.remat, s.microbatches, s.mesh, est.peak, budget)
 
 
 def test_cpu_plan_compiles_measures_and_finds_a_change_that_fits(tmp_path):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
-               PYTHONPATH=str(REPO))
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO)
+    )
     out = subprocess.run([sys.executable, "-c", _CPU_PLAN], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     peak, params, opt, temps = (int(x) for x in out.stdout.split("PEAK")[1].split()[:4])
@@ -85,6 +95,7 @@ def test_plan_command_without_libtpu_says_how_to_install_it(tmp_path):
     pytest.importorskip("jax")
     try:
         import libtpu  # noqa: F401
+
         pytest.skip("libtpu is installed here")
     except ImportError:
         pass

@@ -17,8 +17,13 @@ VOLUMES = {"curated": [10, 40, 160, 640], "synthetic": [10, 40, 160]}
 
 def biology(size: str, source: str, volume: int, epoch: int) -> float:
     """5 points per 4x data; 13b 10 points higher; synthetic 3 lower; epoch 2 one point better."""
-    return 20 + 5 * math.log(volume / 10, 4) + (10 if size == "13b" else 0) - (3 if source == "synthetic" else 0) \
+    return (
+        20
+        + 5 * math.log(volume / 10, 4)
+        + (10 if size == "13b" else 0)
+        - (3 if source == "synthetic" else 0)
         + (1 if epoch == 2 else 0)
+    )
 
 
 def ethics(volume: int) -> float:
@@ -30,8 +35,9 @@ def summary(size: str, source: str, volume: int, epoch: int, suite: str = "doit"
         ability_score("biology", [biology(size, source, volume, epoch) / 100] * 1, [0.25]),
         ability_score("ethics", [ethics(volume) / 100], [0.2]),
     ]
-    run = RunInfo(run_name=f"{size}-{source}-{volume}", model_size=size, data_source=source, data_volume=volume,
-                  epoch=epoch)
+    run = RunInfo(
+        run_name=f"{size}-{source}-{volume}", model_size=size, data_source=source, data_volume=volume, epoch=epoch
+    )
     return make_summary(suite, "test", "study", abilities, run)
 
 
@@ -40,8 +46,10 @@ def write_runs(root: Path) -> Path:
         for source, volumes in VOLUMES.items():
             for v in volumes:
                 for epoch in (1, 2):
-                    write_summary(root / f"{size}-{source}-{v}" / f"epoch{epoch}" / "doit-test.summary.json",
-                                  summary(size, source, v, epoch))
+                    write_summary(
+                        root / f"{size}-{source}-{v}" / f"epoch{epoch}" / "doit-test.summary.json",
+                        summary(size, source, v, epoch),
+                    )
     orphan = make_summary("doit", "test", "study", [ability_score("biology", [1.0], [0.25])], RunInfo(epoch=1))
     write_summary(root / "orphan" / "doit-test.summary.json", orphan)
     return root
@@ -56,8 +64,14 @@ def test_report_files_and_tables(tmp_path: Path) -> None:
     out = tmp_path / "report"
     paths = report([write_runs(tmp_path / "runs")], out)
     names = {p.name for p in paths}
-    assert {"doit-test.png", "doit-test.svg", "growth_pace.csv", "growth_pace.md", "best_epochs.csv",
-            "report.md"} <= names
+    assert {
+        "doit-test.png",
+        "doit-test.svg",
+        "growth_pace.csv",
+        "growth_pace.md",
+        "best_epochs.csv",
+        "report.md",
+    } <= names
     assert (out / "doit-test.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "<svg" in (out / "doit-test.svg").read_text(encoding="utf-8")
 
@@ -136,19 +150,30 @@ def test_the_data_construction_table_covers_every_construction_at_each_size(tmp_
     """baseline (curated at 10k), reconstruct, maximum and mix-N per size, in the study's order; the constructions
     are tabled, not drawn as one-point curves."""
     runs = tmp_path / "runs"
-    constructions = [("curated", 10000, "curated-10000"), ("mix", 39564 + 40960, "mix-40960"),
-                     ("maximum", 39564, "maximum"), ("reconstruct", 10000, "reconstruct"),
-                     ("mix", 39564 + 2560, "mix-2560"), ("curated", 640, "curated-640")]
+    constructions = [
+        ("curated", 10000, "curated-10000"),
+        ("mix", 39564 + 40960, "mix-40960"),
+        ("maximum", 39564, "maximum"),
+        ("reconstruct", 10000, "reconstruct"),
+        ("mix", 39564 + 2560, "mix-2560"),
+        ("curated", 640, "curated-640"),
+    ]
     for size, bonus in (("33b", 20.0), ("7b", 0.0)):
         for i, (source, volume, name) in enumerate(constructions):
             score = 40.0 + i + bonus
-            s = make_summary("doit", "test", "study", [ability_score("biology", [score / 100], [0.25])],
-                             RunInfo(run_name=name, model_size=size, data_source=source, data_volume=volume, epoch=10))
+            s = make_summary(
+                "doit",
+                "test",
+                "study",
+                [ability_score("biology", [score / 100], [0.25])],
+                RunInfo(run_name=name, model_size=size, data_source=source, data_volume=volume, epoch=10),
+            )
             write_summary(runs / size / name / "doit-test.summary.json", s)
     paths = report([runs], tmp_path / "report")
     table = list(csv.reader((tmp_path / "report" / "doit-test.constructions.csv").open(encoding="utf-8")))
-    assert table[0] == ["ability"] + [f"{size} {c}" for size in ("7b", "33b")
-                                      for c in ("baseline", "reconstruct", "maximum", "mix-2560", "mix-40960")]
+    assert table[0] == ["ability"] + [
+        f"{size} {c}" for size in ("7b", "33b") for c in ("baseline", "reconstruct", "maximum", "mix-2560", "mix-40960")
+    ]
     assert table[1] == ["training examples"] + ["10,000", "10,000", "39,564", "42,124", "80,524"] * 2
     assert table[2] == ["STEM - Biology"] + [f"{v:.1f}" for v in (40, 43, 42, 44, 41, 60, 63, 62, 64, 61)]
     assert table[3][0] == "Overall" and table[3][1:] == table[2][1:]

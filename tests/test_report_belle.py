@@ -31,10 +31,16 @@ def belle_summary(volume: int, source: str = "belle+alpaca", size: str = "tiny",
         score = 0.3 if cls in ("math", "code") else 0.4 + grow + 0.02 * i + bump
         abilities.append(ability_score(cls, [score, score], unit="fraction"))
     reliable = np.mean([a.score for a in abilities if a.name not in ("math", "code")])
-    return make_summary("belle", "eval_set", "judge", abilities,
-                        RunInfo(run_name=f"v{volume}", model_size=size, data_source=source, data_volume=volume,
-                                epoch=2), unit="fraction", overall_without_math_code=float(reliable),
-                        judge={"model": "judge-x", "temperature": 0.0})
+    return make_summary(
+        "belle",
+        "eval_set",
+        "judge",
+        abilities,
+        RunInfo(run_name=f"v{volume}", model_size=size, data_source=source, data_volume=volume, epoch=2),
+        unit="fraction",
+        overall_without_math_code=float(reliable),
+        judge={"model": "judge-x", "temperature": 0.0},
+    )
 
 
 def test_the_shipped_copy_is_the_shared_file(shared_data) -> None:
@@ -74,8 +80,9 @@ def test_bars_hold_the_scores_in_the_papers_order() -> None:
     labels = [t.get_text() for t in ours.get_xticklabels()]
     assert labels == ["Math", "Code", "Open QA", "Closed QA", "Generation", "Overall", "Overall w/o math & code"]
     heights = [b.get_height() for b in ours.containers[0]]  # the 0.2M bars
-    assert heights == pytest.approx([0.3, 0.3, 0.4, 0.48, 0.46, np.mean([0.3, 0.3, 0.4, 0.48, 0.46]),
-                                         np.mean([0.4, 0.48, 0.46])])
+    assert heights == pytest.approx(
+        [0.3, 0.3, 0.4, 0.48, 0.46, np.mean([0.3, 0.3, 0.4, 0.48, 0.46]), np.mean([0.4, 0.48, 0.46])]
+    )
     assert [t.get_text() for t in ours.get_legend().get_texts()] == ["0.2M", "2M"]
     assert [t.get_text() for t in paper.get_legend().get_texts()] == ["0.2M", "0.6M", "1M", "2M"]
     assert [len(c) for c in paper.containers] == [14] * 4 and "paper, Figure 1" in paper.get_title()
@@ -86,12 +93,17 @@ def test_bars_hold_the_scores_in_the_papers_order() -> None:
 
 def test_jaxtune_report_draws_the_study_figure(tmp_path, capsys) -> None:
     for v in (200_000, 600_000, 2_000_000):
-        write_summary(tmp_path / "runs" / f"belle-{v}" / "eval" / "epoch-2" / "belle-eval_set.summary.json",
-                      belle_summary(v))
+        write_summary(
+            tmp_path / "runs" / f"belle-{v}" / "eval" / "epoch-2" / "belle-eval_set.summary.json", belle_summary(v)
+        )
     assert main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "report")]) == 0
     printed = capsys.readouterr().out
-    for name in ("belle-eval_set.study.png", "belle-eval_set.study.svg", "belle-eval_set.study.csv",
-                 "belle-eval_set.png"):
+    for name in (
+        "belle-eval_set.study.png",
+        "belle-eval_set.study.svg",
+        "belle-eval_set.study.csv",
+        "belle-eval_set.png",
+    ):
         assert (tmp_path / "report" / name).stat().st_size > 0 and name in printed
     with (tmp_path / "report" / "belle-eval_set.study.csv").open(encoding="utf-8") as f:
         rows = list(csv.DictReader(f))

@@ -23,8 +23,10 @@ from jaxtune.results import (
 
 
 def _summary():
-    abilities = [ability_score("biology", [1, 0, 1, 1], [0.25] * 4, study_total=3.0),
-                 ability_score("math", [0, 1], [0.0, 0.0])]
+    abilities = [
+        ability_score("biology", [1, 0, 1, 1], [0.25] * 4, study_total=3.0),
+        ability_score("math", [0, 1], [0.0, 0.0]),
+    ]
     run = RunInfo(run_name="r", model_size="7b", data_source="curated", data_volume=160, epoch=10)
     return make_summary("doit", "test", "study", abilities, run, max_new_tokens=1024, note=math.nan)
 

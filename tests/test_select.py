@@ -13,14 +13,30 @@ from jaxtune.cli import main
 from jaxtune.data.mixtures import SelectionError, read_manifest, select_records, write_manifest
 from jaxtune.select import STUDY_DATA_TYPES, select_study_data
 
-ABILITIES = ("biology", "chinese", "code", "creative_writing", "ethics", "history", "math", "reasoning",
-             "role_play", "understanding")
+ABILITIES = (
+    "biology",
+    "chinese",
+    "code",
+    "creative_writing",
+    "ethics",
+    "history",
+    "math",
+    "reasoning",
+    "role_play",
+    "understanding",
+)
 
 
 def _line(rng: random.Random, ability: str, idx: int) -> bytes:
-    record = {"messages": [{"role": "user", "content": f"问{ability}{idx}"},
-                           {"role": "assistant", "content": "答" * rng.randint(1, 3)}],
-              "type": ability, "question_format": 0, "idx": idx}
+    record = {
+        "messages": [
+            {"role": "user", "content": f"问{ability}{idx}"},
+            {"role": "assistant", "content": "答" * rng.randint(1, 3)},
+        ],
+        "type": ability,
+        "question_format": 0,
+        "idx": idx,
+    }
     # Vary the bytes json.dumps would not reproduce: spacing, escapes, key order, CRLF endings.
     style = rng.randrange(4)
     if style == 0:
@@ -49,8 +65,10 @@ def root(tmp_path_factory) -> Path:
         _write(root / "curated" / "1000" / f"{a}_1000.json", [_line(rng, a, i) for i in range(1000)])
         n_full = 1400 if a != "biology" else 900
         _write(root / "curated" / "full" / f"{a}_full.json", [_line(rng, a, i) for i in range(n_full)])
-    _write(root / "synthetic" / "40960" / "general_instruction_gpt4_41k.json",
-           [_line(rng, "synthetic", i) for i in range(40960)])
+    _write(
+        root / "synthetic" / "40960" / "general_instruction_gpt4_41k.json",
+        [_line(rng, "synthetic", i) for i in range(40960)],
+    )
     return root
 
 
@@ -146,7 +164,9 @@ def test_a_selected_line_that_is_not_json_is_named(tmp_path):
     for a in ABILITIES:
         _write(root / "curated" / "1000" / f"{a}_1000.json", [b'{"idx": 0}\n', b"{broken\n"])
     assert random.Random(0).sample(range(2), 1) == [1]  # seed 0 draws line 2 of the first file, biology's
-    with pytest.raises(SelectionError, match=r"biology_1000\.json:2: the selection takes this line, but it is not valid JSON"):
+    with pytest.raises(
+        SelectionError, match=r"biology_1000\.json:2: the selection takes this line, but it is not valid JSON"
+    ):
         select_study_data(root, "curated-10", tmp_path / "out")
 
 

@@ -87,10 +87,14 @@ def test_batch_not_divisible_by_data_parallel_size_fails():
 def test_train_rejects_an_impossible_layout_before_reading_data_or_compiling(tmp_path):
     from jaxtune.train.trainer import train
 
-    cfg = config_from_dict({
-        "run_dir": str(tmp_path), "model": {"preset": "doit-33b", "vocab_size": 49957, "vocab_pad_multiple": 128},
-        "mesh": {"data": 1, "fsdp": 1, "tensor": 8}, "train": {"global_batch_size": 64},
-    })
+    cfg = config_from_dict(
+        {
+            "run_dir": str(tmp_path),
+            "model": {"preset": "doit-33b", "vocab_size": 49957, "vocab_pad_multiple": 128},
+            "mesh": {"data": 1, "fsdp": 1, "tensor": 8},
+            "train": {"global_batch_size": 64},
+        }
+    )
     # data.path is unset: reaching the data pipeline would raise a different error.
     with pytest.raises(LayoutError, match="^model.num_heads = 52"):
         train(cfg)
@@ -139,15 +143,23 @@ def test_global_batch_splits_rows_and_regroups_microbatches():
         ({"TPU_WORKER_HOSTNAMES": "t1k-0,t1k-1"}, {}, {}),  # a pod slice: JAX reads everything itself
         ({"SLURM_NTASKS": "4"}, {}, {}),
         ({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"}, {}, {}),
-        ({}, {"coordinator_address": "127.0.0.1:9", "num_processes": 2, "process_id": 1},
-         {"coordinator_address": "127.0.0.1:9", "num_processes": 2, "process_id": 1}),
+        (
+            {},
+            {"coordinator_address": "127.0.0.1:9", "num_processes": 2, "process_id": 1},
+            {"coordinator_address": "127.0.0.1:9", "num_processes": 2, "process_id": 1},
+        ),
     ],
 )
 def test_distributed_initialisation_from_config_or_environment(monkeypatch, env, config, expected):
     from jaxtune.sharding import initialize_distributed
 
-    for name in ("TPU_WORKER_HOSTNAMES", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "JAX_COORDINATOR_ADDRESS",
-                 "MEGASCALE_COORDINATOR_ADDRESS"):
+    for name in (
+        "TPU_WORKER_HOSTNAMES",
+        "SLURM_NTASKS",
+        "OMPI_COMM_WORLD_SIZE",
+        "JAX_COORDINATOR_ADDRESS",
+        "MEGASCALE_COORDINATOR_ADDRESS",
+    ):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)

@@ -25,10 +25,18 @@ def _config(tmp_path: Path, text: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("name,devices,processes", [
-    ("v5p-8", 4, 1), ("v5p-16", 8, 2), ("v4-32", 16, 4), ("v5e-8", 8, 1), ("v5litepod-16", 16, 4),
-    ("v6e-4", 4, 1), ("v6e-256", 256, 64),
-])
+@pytest.mark.parametrize(
+    "name,devices,processes",
+    [
+        ("v5p-8", 4, 1),
+        ("v5p-16", 8, 2),
+        ("v4-32", 16, 4),
+        ("v5e-8", 8, 1),
+        ("v5litepod-16", 16, 4),
+        ("v6e-4", 4, 1),
+        ("v6e-256", 256, 64),
+    ],
+)
 def test_accelerator_names_count_tensorcores_on_v4_v5p_and_chips_on_v5e_v6e(name, devices, processes):
     topology = accelerator_topology(name)
     assert (topology.devices, topology.processes) == (devices, processes)
@@ -43,7 +51,9 @@ def test_unknown_accelerator_names_are_refused(name):
 
 
 def test_a_good_config_passes_for_the_devices_given(tmp_path):
-    path = _config(tmp_path, "model:\n  preset: tiny\n  vocab_size: 1004\ntrain:\n  global_batch_size: 16\n  microbatches: 2\n")
+    path = _config(
+        tmp_path, "model:\n  preset: tiny\n  vocab_size: 1004\ntrain:\n  global_batch_size: 16\n  microbatches: 2\n"
+    )
     result = validate(str(path), devices=8)
     assert result.ok, result.problems
     assert result.mesh_shape == {"data": 1, "fsdp": 8, "tensor": 1}
@@ -56,16 +66,21 @@ def test_a_good_config_passes_for_the_devices_given(tmp_path):
 
 
 def test_layout_and_file_problems_are_all_reported_each_naming_its_key(tmp_path):
-    path = _config(tmp_path, "model:\n  preset: doit-33b\n  vocab_size: 1004\nmesh:\n  fsdp: 1\n  tensor: 8\n"
-                             "train:\n  global_batch_size: 62\n  microbatches: 2\n"
-                             f"checkpoint:\n  init_from: {tmp_path / 'no-base'}\neval:\n  suites: [doit, bele]\n")
+    path = _config(
+        tmp_path,
+        "model:\n  preset: doit-33b\n  vocab_size: 1004\nmesh:\n  fsdp: 1\n  tensor: 8\n"
+        "train:\n  global_batch_size: 62\n  microbatches: 2\n"
+        f"checkpoint:\n  init_from: {tmp_path / 'no-base'}\neval:\n  suites: [doit, bele]\n",
+    )
     result = validate(str(path), accelerator="v5p-16")
     assert not result.ok
     problems = result.problems
     assert problems[0] == f"checkpoint.init_from={tmp_path / 'no-base'}: no such file or folder"
     assert problems[1] == "eval.suites: unknown suite(s) ['bele'] (known: doit, ceval, cmmlu, agieval, belle)"
-    assert problems[2] == ("31 rows per microbatch (train.global_batch_size=62 / train.microbatches=2) cannot be split "
-                           "evenly over 2 processes")
+    assert problems[2] == (
+        "31 rows per microbatch (train.global_batch_size=62 / train.microbatches=2) cannot be split "
+        "evenly over 2 processes"
+    )
     assert problems[3].startswith("model.vocab_size (padded to model.vocab_pad_multiple) = 1004 (dimension 'vocab'")
     assert "; model.num_heads = 52 (dimension 'heads'" in problems[3]
     assert len(problems) == 4
@@ -75,8 +90,10 @@ def test_layout_and_file_problems_are_all_reported_each_naming_its_key(tmp_path)
 def test_an_impossible_mesh_is_a_problem_not_a_traceback(tmp_path):
     path = _config(tmp_path, "model:\n  preset: tiny\n  vocab_size: 1004\nmesh:\n  fsdp: 3\n")
     result = validate(str(path), devices=8)
-    assert result.problems == ["mesh.data=1 x mesh.fsdp=3 x mesh.tensor=1 = 3 devices, but there are 8 devices per "
-                               "slice (8 devices, mesh.dcn_data=1); set one size to -1 to take the rest"]
+    assert result.problems == [
+        "mesh.data=1 x mesh.fsdp=3 x mesh.tensor=1 = 3 devices, but there are 8 devices per "
+        "slice (8 devices, mesh.dcn_data=1); set one size to -1 to take the rest"
+    ]
 
 
 def test_the_vocabulary_eval_data_and_judge_are_checked_without_devices(tmp_path):
@@ -95,18 +112,23 @@ def test_value_problems_stop_before_the_layout_and_are_listed_together(tmp_path)
     path = _config(tmp_path, "optim:\n  learning_rate: .nan\n")
     with pytest.raises(ConfigError) as info:
         validate(str(path), ["train.epochs=-1", "model.rms_norm_eps=-1"], devices=8)
-    assert sorted(info.value.problems) == sorted([
-        f"{path}: optim.learning_rate must be a finite number, got nan",
-        "command-line override 'train.epochs=-1': train.epochs must be at least 1, got -1",
-        "command-line override 'model.rms_norm_eps=-1': model.rms_norm_eps must be positive, got -1.0",
-    ])
+    assert sorted(info.value.problems) == sorted(
+        [
+            f"{path}: optim.learning_rate must be a finite number, got nan",
+            "command-line override 'train.epochs=-1': train.epochs must be at least 1, got -1",
+            "command-line override 'model.rms_norm_eps=-1': model.rms_norm_eps must be positive, got -1.0",
+        ]
+    )
 
 
-@pytest.mark.parametrize("overrides", [
-    ["train.global_batch_size=12"],
-    ["model.preset=doit-33b", "model.vocab_size=1004", "mesh.fsdp=1", "mesh.tensor=8"],
-    ["mesh.fsdp=2", "mesh.tensor=4", "model.num_heads=2", "train.global_batch_size=5"],
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["train.global_batch_size=12"],
+        ["model.preset=doit-33b", "model.vocab_size=1004", "mesh.fsdp=1", "mesh.tensor=8"],
+        ["mesh.fsdp=2", "mesh.tensor=4", "model.num_heads=2", "train.global_batch_size=5"],
+    ],
+)
 def test_train_rejects_what_validate_rejects_with_the_same_problems_before_reading_data(tmp_path, overrides):
     assert jax.device_count() == 8  # tests/conftest.py
     path = _config(tmp_path, "model:\n  preset: tiny\n  vocab_size: 1004\ntrain:\n  global_batch_size: 16\n")
@@ -128,10 +150,15 @@ def test_train_validates_a_config_built_in_code_before_anything_else(tmp_path):
     from jaxtune.train.trainer import train
 
     cfg = config_from_dict({"run_dir": str(tmp_path / "run"), "model": {"preset": "tiny"}})
-    bad = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, learning_rate=float("inf")),
-                              train=dataclasses.replace(cfg.train, epochs=-1))
+    bad = dataclasses.replace(
+        cfg,
+        optim=dataclasses.replace(cfg.optim, learning_rate=float("inf")),
+        train=dataclasses.replace(cfg.train, epochs=-1),
+    )
     with pytest.raises(ConfigError) as info:
         train(bad)
-    assert info.value.problems == ["optim.learning_rate must be a finite number, got inf",
-                                   "train.epochs must be at least 1, got -1"]
+    assert info.value.problems == [
+        "optim.learning_rate must be a finite number, got inf",
+        "train.epochs must be at least 1, got -1",
+    ]
     assert not (tmp_path / "run").exists()

@@ -105,8 +105,14 @@ NEW_TOKEN_SEED = 0
 """Seed of the ``normal`` draw (numpy's default generator; embedding rows first, then the LM head's)."""
 
 
-def fill_new_vocab_rows(table: np.ndarray, old: int, new: int, init: str = "mean",
-                        rng: Optional[np.random.Generator] = None, std: float = 0.02) -> None:
+def fill_new_vocab_rows(
+    table: np.ndarray,
+    old: int,
+    new: int,
+    init: str = "mean",
+    rng: Optional[np.random.Generator] = None,
+    std: float = 0.02,
+) -> None:
     """Rows [old, new) of a (V, E) table (or a transposed view) become the mean of rows [0, old), computed in
     float32 (``init="mean"``), or draws from normal(0, ``std``) of ``rng`` (``init="normal"``); rows from ``new`` on
     (vocabulary padding) become zero."""
@@ -119,7 +125,7 @@ def fill_new_vocab_rows(table: np.ndarray, old: int, new: int, init: str = "mean
         else:
             mean = np.zeros(table.shape[1], np.float64)
             for start in range(0, old, 4096):  # blockwise: never a float32 copy of the whole table
-                mean += table[start: min(start + 4096, old)].astype(np.float32).sum(axis=0, dtype=np.float64)
+                mean += table[start : min(start + 4096, old)].astype(np.float32).sum(axis=0, dtype=np.float64)
             table[old:new] = (mean / old).astype(np.float32).astype(table.dtype)
     table[new:] = 0
 
@@ -223,8 +229,9 @@ def import_hf(
         vocab_size = max(read_hf_config(hf_dir).get("vocab_size", 0), len(tokenizer))
     if new_token_init not in NEW_TOKEN_INITS:
         raise ConversionError(f"new-token init must be one of {', '.join(NEW_TOKEN_INITS)}, got {new_token_init!r}")
-    cfg, params = load_hf_params(hf_dir, param_dtype, vocab_size=vocab_size, vocab_pad_multiple=vocab_pad_multiple,
-                                 new_token_init=new_token_init)
+    cfg, params = load_hf_params(
+        hf_dir, param_dtype, vocab_size=vocab_size, vocab_pad_multiple=vocab_pad_multiple, new_token_init=new_token_init
+    )
     if "<pad>" in added and cfg.pad_token_id is None:
         cfg.pad_token_id = added["<pad>"]
     save_params(out, params, cfg, tokenizer_dir=tokenizer_src, added_tokens=added, overwrite=overwrite)
@@ -237,8 +244,17 @@ def import_hf(
 # --------------------------------------------------------------------------------------------------------------------
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
-_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+_UNITS = {
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+}
 
 
 def parse_size(size: int | str) -> int:
@@ -273,8 +289,10 @@ def _finite(name: str, tensor: np.ndarray, dtype: np.dtype, checkpoint: str | Pa
         out = tensor.astype(dtype, copy=False)
     bad = out.size - np.count_nonzero(np.isfinite(out))
     if bad:
-        raise ConversionError(f"{checkpoint}: {name} has {bad} values that are not finite in {dtype} (beyond its "
-                              f"range); export with a wider dtype (bfloat16 or float32). Nothing was written.")
+        raise ConversionError(
+            f"{checkpoint}: {name} has {bad} values that are not finite in {dtype} (beyond its "
+            f"range); export with a wider dtype (bfloat16 or float32). Nothing was written."
+        )
     return out
 
 
@@ -309,8 +327,9 @@ def export_hf(
     return out_dir
 
 
-def _write_hf_folder(cfg: ModelConfig, params: dict, tok_dir, out_dir, out_dtype: np.dtype, max_bytes: int, *,
-                     source: str | Path) -> None:
+def _write_hf_folder(
+    cfg: ModelConfig, params: dict, tok_dir, out_dir, out_dtype: np.dtype, max_bytes: int, *, source: str | Path
+) -> None:
     """The files of a Hugging Face folder, written into the local folder ``out_dir``."""
     family = FAMILIES[cfg.family]
     out_dir = Path(out_dir)
@@ -325,7 +344,9 @@ def _write_hf_folder(cfg: ModelConfig, params: dict, tok_dir, out_dir, out_dtype
     weight_map: dict[str, str] = {}
     try:
         for i, shard in enumerate(shards):
-            file_name = "model.safetensors" if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            file_name = (
+                "model.safetensors" if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            )
             with SafetensorsWriter(out_dir / file_name, shard, metadata={"format": "pt"}) as writer:
                 for t in shard:
                     writer.write(t.name, _finite(t.name, family.hf_tensor(t.name, params, cfg), out_dtype, source))
@@ -371,20 +392,29 @@ class CheckReport:
         for i, (a, b) in enumerate(zip(self.jaxtune_tokens, self.hf_tokens)):
             if a != b:
                 return i
-        return None if len(self.jaxtune_tokens) == len(self.hf_tokens) else min(map(len, (self.jaxtune_tokens, self.hf_tokens)))
+        return (
+            None
+            if len(self.jaxtune_tokens) == len(self.hf_tokens)
+            else min(map(len, (self.jaxtune_tokens, self.hf_tokens)))
+        )
 
     def summary(self) -> str:
         """Human-readable lines for the CLI."""
         verdict = "OK" if self.ok else "MISMATCH"
-        greedy = (f"agree on all {len(self.hf_tokens)} tokens" if self.greedy_match
-                  else f"differ from token {self.first_divergence()} on\n  jaxtune:      {self.jaxtune_tokens}\n"
-                       f"  transformers: {self.hf_tokens}")
-        return "\n".join([
-            f"check-hf {self.hf_dir}: {verdict}",
-            f"  largest |logit difference| over {self.num_tokens} tokens: {self.max_abs_logit_diff:.3e} "
-            f"(tolerance {self.tolerance:g}) {'ok' if self.logits_ok else 'TOO LARGE'}",
-            f"  greedy continuations: {greedy}",
-        ])
+        greedy = (
+            f"agree on all {len(self.hf_tokens)} tokens"
+            if self.greedy_match
+            else f"differ from token {self.first_divergence()} on\n  jaxtune:      {self.jaxtune_tokens}\n"
+            f"  transformers: {self.hf_tokens}"
+        )
+        return "\n".join(
+            [
+                f"check-hf {self.hf_dir}: {verdict}",
+                f"  largest |logit difference| over {self.num_tokens} tokens: {self.max_abs_logit_diff:.3e} "
+                f"(tolerance {self.tolerance:g}) {'ok' if self.logits_ok else 'TOO LARGE'}",
+                f"  greedy continuations: {greedy}",
+            ]
+        )
 
 
 def _to_device(params: dict) -> dict:
@@ -440,12 +470,19 @@ def check_hf(
         torch_ids = torch.from_numpy(ids.astype(np.int64))
         hf_logits = hf_model(torch_ids).logits[0].numpy()
         out = hf_model.generate(
-            torch_ids, attention_mask=torch.ones_like(torch_ids), max_new_tokens=max_new_tokens, do_sample=False,
-            eos_token_id=None, pad_token_id=cfg.pad_token_id if cfg.pad_token_id is not None else 0,
+            torch_ids,
+            attention_mask=torch.ones_like(torch_ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=cfg.pad_token_id if cfg.pad_token_id is not None else 0,
         )
-    hf_tokens = out[0, ids.shape[1]:].tolist()
+    hf_tokens = out[0, ids.shape[1] :].tolist()
     return CheckReport(
-        hf_dir=str(hf_dir), num_tokens=int(ids.shape[1]),
-        max_abs_logit_diff=float(np.max(np.abs(jax_logits - hf_logits))), tolerance=tolerance,
-        jaxtune_tokens=[int(t) for t in jax_tokens], hf_tokens=[int(t) for t in hf_tokens],
+        hf_dir=str(hf_dir),
+        num_tokens=int(ids.shape[1]),
+        max_abs_logit_diff=float(np.max(np.abs(jax_logits - hf_logits))),
+        tolerance=tolerance,
+        jaxtune_tokens=[int(t) for t in jax_tokens],
+        hf_tokens=[int(t) for t in hf_tokens],
     )

@@ -32,11 +32,15 @@ def bloom_config_from_hf(raw: dict[str, Any], where: str = "config.json") -> Mod
     """A BLOOM :class:`ModelConfig` for a Hugging Face BloomConfig dict; HFConfigError names a field jaxtune's BLOOM
     cannot represent (post-LayerNorm residuals, Megatron's slow-but-exact tensor-parallel rounding)."""
     if raw.get("apply_residual_connection_post_layernorm"):
-        raise HFConfigError(f"{where}: apply_residual_connection_post_layernorm=true is not supported (every "
-                            "released BLOOM uses the pre-LayerNorm residual)")
+        raise HFConfigError(
+            f"{where}: apply_residual_connection_post_layernorm=true is not supported (every "
+            "released BLOOM uses the pre-LayerNorm residual)"
+        )
     if raw.get("slow_but_exact") and int(raw.get("pretraining_tp", 1)) > 1:
-        raise HFConfigError(f"{where}: slow_but_exact=true with pretraining_tp={raw['pretraining_tp']} is not "
-                            "supported (it splits the dense layers into tensor-parallel slices)")
+        raise HFConfigError(
+            f"{where}: slow_but_exact=true with pretraining_tp={raw['pretraining_tp']} is not "
+            "supported (it splits the dense layers into tensor-parallel slices)"
+        )
     hidden = int(_first(raw, ("hidden_size", "n_embed"), where))
     eos = raw.get("eos_token_id", 2)
     if isinstance(eos, list):
@@ -69,8 +73,10 @@ def bloom_config_from_hf(raw: dict[str, Any], where: str = "config.json") -> Mod
 def bloom_config_dict(cfg: ModelConfig, dtype: str) -> dict[str, Any]:
     """The keyword arguments of ``transformers.BloomConfig`` describing ``cfg`` with weights stored in ``dtype``."""
     if cfg.intermediate_size != 4 * cfg.hidden_size:
-        raise HFConfigError(f"model.intermediate_size={cfg.intermediate_size}: transformers' BLOOM fixes the MLP at "
-                            f"4 x hidden_size = {4 * cfg.hidden_size}, so this model cannot be exported")
+        raise HFConfigError(
+            f"model.intermediate_size={cfg.intermediate_size}: transformers' BLOOM fixes the MLP at "
+            f"4 x hidden_size = {4 * cfg.hidden_size}, so this model cannot be exported"
+        )
     return dict(
         architectures=[ARCHITECTURE],
         vocab_size=cfg.vocab_size,

@@ -38,17 +38,30 @@ class HFFamily:
 
 FAMILIES: dict[str, HFFamily] = {
     "llama": HFFamily(
-        architecture="LlamaForCausalLM", model_type="llama", config_from_hf=hf_config.model_config_from_hf,
-        write_config=hf_config.write_hf_config, canonical_name=lambda name: name, place=hf_layout.place,
-        hf_tensor_shapes=hf_layout.hf_tensor_shapes, hf_tensor=hf_layout.hf_tensor, is_ignored=hf_layout.is_ignored,
-        embed=hf_layout.EMBED, lm_head=hf_layout.LM_HEAD,
+        architecture="LlamaForCausalLM",
+        model_type="llama",
+        config_from_hf=hf_config.model_config_from_hf,
+        write_config=hf_config.write_hf_config,
+        canonical_name=lambda name: name,
+        place=hf_layout.place,
+        hf_tensor_shapes=hf_layout.hf_tensor_shapes,
+        hf_tensor=hf_layout.hf_tensor,
+        is_ignored=hf_layout.is_ignored,
+        embed=hf_layout.EMBED,
+        lm_head=hf_layout.LM_HEAD,
     ),
     "bloom": HFFamily(
-        architecture=hf_bloom_config.ARCHITECTURE, model_type="bloom",
-        config_from_hf=hf_bloom_config.bloom_config_from_hf, write_config=hf_bloom_config.write_bloom_config,
-        canonical_name=hf_bloom_layout.canonical_name, place=hf_bloom_layout.place,
-        hf_tensor_shapes=hf_bloom_layout.hf_tensor_shapes, hf_tensor=hf_bloom_layout.hf_tensor,
-        is_ignored=hf_bloom_layout.is_ignored, embed=hf_bloom_layout.EMBED, lm_head=hf_bloom_layout.LM_HEAD,
+        architecture=hf_bloom_config.ARCHITECTURE,
+        model_type="bloom",
+        config_from_hf=hf_bloom_config.bloom_config_from_hf,
+        write_config=hf_bloom_config.write_bloom_config,
+        canonical_name=hf_bloom_layout.canonical_name,
+        place=hf_bloom_layout.place,
+        hf_tensor_shapes=hf_bloom_layout.hf_tensor_shapes,
+        hf_tensor=hf_bloom_layout.hf_tensor,
+        is_ignored=hf_bloom_layout.is_ignored,
+        embed=hf_bloom_layout.EMBED,
+        lm_head=hf_bloom_layout.LM_HEAD,
     ),
 }
 """``model.family`` -> its Hugging Face architecture."""
@@ -64,16 +77,21 @@ def family_of_hf(raw: dict[str, Any], where: str = "config.json") -> HFFamily:
     if archs:
         unsupported = [a for a in archs if a not in by_arch]
         if unsupported:
-            raise HFConfigError(f"{where}: unsupported architecture {', '.join(unsupported)} (jaxtune converts "
-                                f"{supported})")
+            raise HFConfigError(
+                f"{where}: unsupported architecture {', '.join(unsupported)} (jaxtune converts {supported})"
+            )
         family = by_arch[archs[0]]
         if model_type not in (None, family.model_type):
-            raise HFConfigError(f"{where}: model_type {model_type!r} does not match architecture {archs[0]} "
-                                f"(expected {family.model_type!r})")
+            raise HFConfigError(
+                f"{where}: model_type {model_type!r} does not match architecture {archs[0]} "
+                f"(expected {family.model_type!r})"
+            )
         return family
     if model_type not in by_type:
-        raise HFConfigError(f"{where}: unsupported model_type {model_type!r} (jaxtune converts "
-                            f"{', '.join(repr(t) for t in by_type)} models)")
+        raise HFConfigError(
+            f"{where}: unsupported model_type {model_type!r} (jaxtune converts "
+            f"{', '.join(repr(t) for t in by_type)} models)"
+        )
     return by_type[model_type]
 
 

@@ -62,7 +62,10 @@ class WeightSource:
         d = self.hf_dir
         if not d.is_dir():
             raise HFWeightsError(f"{d}: not a directory")
-        for index_name, kind in (("model.safetensors.index.json", "safetensors"), ("pytorch_model.bin.index.json", "bin")):
+        for index_name, kind in (
+            ("model.safetensors.index.json", "safetensors"),
+            ("pytorch_model.bin.index.json", "bin"),
+        ):
             if (d / index_name).is_file():
                 weight_map = _read_index(d / index_name)
                 return sorted({d / f for f in weight_map.values()}), kind

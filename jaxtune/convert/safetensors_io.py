@@ -164,7 +164,9 @@ class SafetensorsWriter:
     planned tensor was written.
     """
 
-    def __init__(self, path: str | os.PathLike, plan: list[PlannedTensor], metadata: Optional[Mapping[str, str]] = None):
+    def __init__(
+        self, path: str | os.PathLike, plan: list[PlannedTensor], metadata: Optional[Mapping[str, str]] = None
+    ):
         self.path = Path(path)
         self.plan = plan
         header: dict = {"__metadata__": dict(metadata or {"format": "pt"})}
@@ -173,8 +175,11 @@ class SafetensorsWriter:
             dtype = np.dtype(t.dtype)
             if dtype not in NUMPY_TO_DTYPE:
                 raise SafetensorsError(f"{self.path}: cannot store dtype {dtype} of tensor {t.name!r}")
-            header[t.name] = {"dtype": NUMPY_TO_DTYPE[dtype], "shape": list(t.shape),
-                              "data_offsets": [offset, offset + t.nbytes]}
+            header[t.name] = {
+                "dtype": NUMPY_TO_DTYPE[dtype],
+                "shape": list(t.shape),
+                "data_offsets": [offset, offset + t.nbytes],
+            }
             offset += t.nbytes
         raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
         raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned, as the reference writer does
@@ -200,7 +205,7 @@ class SafetensorsWriter:
     def close(self) -> None:
         self._file.close()
         if self._next != len(self.plan):
-            missing = [t.name for t in self.plan[self._next:]]
+            missing = [t.name for t in self.plan[self._next :]]
             raise SafetensorsError(f"{self.path}: closed before writing {len(missing)} tensors: {missing[:5]}")
 
     def __enter__(self) -> "SafetensorsWriter":

@@ -197,8 +197,9 @@ def _count_entries(file: Path) -> int:
     return n
 
 
-def _draw_from_files(path: Union[str, Path], count: Optional[int], seed: int, collector: RecordCollector,
-                     where: str) -> list[Record]:
+def _draw_from_files(
+    path: Union[str, Path], count: Optional[int], seed: int, collector: RecordCollector, where: str
+) -> list[Record]:
     """The drawn entries of the files at ``path``, parsed (invalid ones raised or skipped by ``collector``)."""
     files = list_data_files(path)
     sizes = [_count_entries(f) for f in files]
@@ -239,8 +240,10 @@ def select_belle(
     if not path:
         raise SelectionError(f"selection {selection!r} draws from data.path, which is not set")
     if parsed.alpaca and not alpaca_path:
-        raise SelectionError(f"selection {selection!r} mixes in Stanford Alpaca: set data.alpaca_path to its "
-                             f"alpaca_data.json (records {{instruction, input, output}})")
+        raise SelectionError(
+            f"selection {selection!r} mixes in Stanford Alpaca: set data.alpaca_path to its "
+            f"alpaca_data.json (records {{instruction, input, output}})"
+        )
     skipped = SkipReport()
     parts: list[_Part] = []
     if is_prepared_dataset(path):
@@ -256,8 +259,7 @@ def select_belle(
         abilities = set()
     if parsed.alpaca:
         collector = RecordCollector(ALPACA_FORMAT, on_error, skipped)
-        records = _draw_from_files(alpaca_path, parsed.alpaca_count, seed, collector,
-                                   f"data.alpaca_path={alpaca_path}")
+        records = _draw_from_files(alpaca_path, parsed.alpaca_count, seed, collector, f"data.alpaca_path={alpaca_path}")
         parts.append(_Part(records, np.arange(len(records), dtype=np.int64), ALPACA_LABEL))
     for part in parts:
         if not isinstance(part.base, PreparedRecords):

@@ -377,8 +377,12 @@ def _read_json_array(path: Path) -> Iterator[RawEntry]:
             if text[pos] == ",":
                 start = pos = skip_blank(pos + 1)
                 if text[pos : pos + 1] == "]":
-                    raise DataError(src, line_of(pos), "", "a ',' after the last element of the JSON array (every "
-                                                           "element before it was read)")
+                    raise DataError(
+                        src,
+                        line_of(pos),
+                        "",
+                        "a ',' after the last element of the JSON array (every element before it was read)",
+                    )
             else:
                 problem = f"expected ',' before this array element, got {text[pos]!r}"
         if problem is None and text[start : start + 1] == ",":
@@ -406,10 +410,15 @@ def _read_json_array(path: Path) -> Iterator[RawEntry]:
         if not at_separator:
             pos, need_comma = end, False
         elif end >= len(text):
-            raise DataError(src, line_of(start), "", f"the JSON array from element [{index - 1}] on cannot be split "
-                                                     f"into elements (a string or bracket left open?); the rest of "
-                                                     f"the file (lines {line_of(start)}-{line_of(len(text))}) is "
-                                                     f"unreadable")
+            raise DataError(
+                src,
+                line_of(start),
+                "",
+                f"the JSON array from element [{index - 1}] on cannot be split "
+                f"into elements (a string or bracket left open?); the rest of "
+                f"the file (lines {line_of(start)}-{line_of(len(text))}) is "
+                f"unreadable",
+            )
         else:
             pos, need_comma = end, True
 
@@ -498,7 +507,6 @@ def _parse_role_messages(obj: dict, where: _Where) -> tuple[Message, ...]:
             raise where.error(f"{name}.content", f"expected a string, got {_type_name(content)}")
         messages.append(Message(role, content))
     return _check_dialogue(messages, where, "messages")
-
 
 
 def _parse_speaker_turns(obj: dict, where: _Where, key: str = "conversations") -> tuple[Message, ...]:
@@ -737,7 +745,9 @@ def iter_records(
         yield from collector.iter_file(file)
 
 
-def read_records(path: Union[str, Path], format: str, *, on_error: OnError = "raise") -> tuple[list[Record], SkipReport]:
+def read_records(
+    path: Union[str, Path], format: str, *, on_error: OnError = "raise"
+) -> tuple[list[Record], SkipReport]:
     """All validated records at ``path`` and the report of those skipped (always empty with ``on_error="raise"``)."""
     report = SkipReport()
     records = list(iter_records(path, format, on_error=on_error, report=report))

@@ -43,7 +43,15 @@ from jaxtune.errors import JaxtuneError
 from jaxtune.paths import as_path, is_remote
 
 STUDY_ABILITIES: tuple[str, ...] = (
-    "biology", "chinese", "code", "creative_writing", "ethics", "history", "math", "reasoning", "role_play",
+    "biology",
+    "chinese",
+    "code",
+    "creative_writing",
+    "ethics",
+    "history",
+    "math",
+    "reasoning",
+    "role_play",
     "understanding",
 )
 """The ten DoIT abilities in sorted file-name order (the order selections consume the random generator)."""
@@ -135,11 +143,15 @@ class _StudySampler:
         for file in files:
             entries = list(read_raw_entries(file))
             if len(entries) < k:
-                raise SelectionError(f"{file}: the selection draws {k} records from this file but it has {len(entries)}")
+                raise SelectionError(
+                    f"{file}: the selection draws {k} records from this file but it has {len(entries)}"
+                )
             # sample() on a range picks the same positions as sample() on the study's list of parsed lines.
             self.picks.append(FileSelection(file, [entries[i] for i in self.rng.sample(range(len(entries)), k)]))
 
-    def first(self, files: list[Path], sizes: dict[str, Optional[int]], others: Optional[int], use_others: bool) -> None:
+    def first(
+        self, files: list[Path], sizes: dict[str, Optional[int]], others: Optional[int], use_others: bool
+    ) -> None:
         for file in files:
             ability = ability_from_file_name(file)
             if ability in sizes:
@@ -157,9 +169,25 @@ STUDY_ALIASES: dict[str, str] = {"baseline": "curated-10000", "mix-0": "maximum"
 """Names ``make_data.py`` accepts for another selection."""
 
 STUDY_DATA_TYPES: tuple[str, ...] = (
-    "curated-10", "curated-40", "curated-160", "curated-640", "curated-2560", "curated-10000",
-    "synthetic-10", "synthetic-40", "synthetic-160", "synthetic-640", "synthetic-2560", "synthetic-10000",
-    "synthetic-40960", "baseline", "reconstruct", "maximum", "mix-0", "mix-2560", "mix-40960",
+    "curated-10",
+    "curated-40",
+    "curated-160",
+    "curated-640",
+    "curated-2560",
+    "curated-10000",
+    "synthetic-10",
+    "synthetic-40",
+    "synthetic-160",
+    "synthetic-640",
+    "synthetic-2560",
+    "synthetic-10000",
+    "synthetic-40960",
+    "baseline",
+    "reconstruct",
+    "maximum",
+    "mix-0",
+    "mix-2560",
+    "mix-40960",
 )
 """The ``--data_type`` choices of the study's ``make_data.py``, in its order."""
 
@@ -192,8 +220,6 @@ def parse_count_map(text: str) -> tuple[dict[str, Optional[int]], bool, Optional
     return sizes, use_others, others
 
 
-
-
 def plan_selection(path: Union[str, Path], selection: str, *, seed: int = 0) -> list[FileSelection]:
     """Which lines of which files a study selection takes (every name of the module docstring but ``all``), in
     ``make_data.py``'s order: files in sorted name order, lines in the order they were drawn."""
@@ -208,7 +234,9 @@ def plan_selection(path: Union[str, Path], selection: str, *, seed: int = 0) -> 
             raise SelectionError(f"selection {selection!r}: the number of records must be positive")
         if kind == "curated":
             if n % 10:
-                raise SelectionError(f"selection {selection!r}: curated-N takes N/10 per ability, N must be a multiple of 10")
+                raise SelectionError(
+                    f"selection {selection!r}: curated-N takes N/10 per ability, N must be a multiple of 10"
+                )
             sampler.sample(_study_files(root / "curated" / "1000"), n // 10)
         elif kind == "synthetic":
             sampler.sample(_study_files(root / "synthetic" / "40960"), n)
@@ -281,8 +309,9 @@ def write_manifest(path: Union[str, Path], records: Iterable[Record]) -> int:
     tmp = path if is_remote(path) else path.parent / (path.name + ".tmp")
     with tmp.open("w", encoding="utf-8") as f:
         for r in records:
-            f.write(json.dumps({"id": r.id, "ability": r.ability, "source": r.source, "line": r.line},
-                               ensure_ascii=False))
+            f.write(
+                json.dumps({"id": r.id, "ability": r.ability, "source": r.source, "line": r.line}, ensure_ascii=False)
+            )
             f.write("\n")
             n += 1
     if tmp != path:

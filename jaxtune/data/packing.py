@@ -49,9 +49,7 @@ def one_per_row(num_examples: int) -> RowPlan:
     return RowPlan(np.arange(num_examples + 1, dtype=np.int64), np.arange(num_examples, dtype=index_type))
 
 
-def pack_rows(
-    lengths: np.ndarray, capacity: int, *, seed: Optional[int] = 0, max_open_rows: int = 64
-) -> RowPlan:
+def pack_rows(lengths: np.ndarray, capacity: int, *, seed: Optional[int] = 0, max_open_rows: int = 64) -> RowPlan:
     """Pack examples of the given token lengths into rows of ``capacity`` tokens.
 
     ``seed`` orders the examples (None keeps their order, for evaluation). Deterministic for equal inputs.

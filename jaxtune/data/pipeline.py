@@ -138,14 +138,19 @@ class PipelineInfo:
             f"{100 * self.packing_efficiency:.1f}% non-padding), {self.steps_per_epoch} steps/epoch x {self.epochs} "
             f"epochs = {self.total_steps} steps of {self.global_batch_size} rows "
             f"({self.host_batch_size} on each of {self.shard_count} hosts)"
-            + (f", batch counted in examples: {self.examples_per_step} per step" if self.batch_unit == "examples"
-               else ", batch counted in rows"),
+            + (
+                f", batch counted in examples: {self.examples_per_step} per step"
+                if self.batch_unit == "examples"
+                else ", batch counted in rows"
+            ),
             f"  vocabulary {self.vocab_size} (added {self.added_tokens or 'none'}); "
             f"{self.num_truncated} examples truncated to {self.max_len}",
         ]
         if self.num_unsupervised:
-            lines.append(f"  left out {self.num_unsupervised} examples with nothing supervised in their first "
-                         f"{self.max_len} tokens: {', '.join(self.unsupervised_examples)}")
+            lines.append(
+                f"  left out {self.num_unsupervised} examples with nothing supervised in their first "
+                f"{self.max_len} tokens: {', '.join(self.unsupervised_examples)}"
+            )
         if self.skipped.skipped or self.skipped.unreadable:
             lines.append("  " + self.skipped.summary().replace("\n", "\n  "))
         return "\n".join(lines)
@@ -229,8 +234,9 @@ class _ChunkMeasurer:
                 continue
             ability = self.ability_index.get(record.ability)
             if ability is None:
-                raise PipelineError(f"{_describe(record)}: ability {record.ability!r} is not among "
-                                    f"{sorted(self.ability_index)}")
+                raise PipelineError(
+                    f"{_describe(record)}: ability {record.ability!r} is not among {sorted(self.ability_index)}"
+                )
             if len(enc) > self.max_len:
                 truncated += 1
                 enc = enc.truncated(self.max_len)
@@ -244,9 +250,16 @@ class _ChunkMeasurer:
             lengths.append(len(enc))
             abilities.append(ability)
             supervised += targets
-        return _ChunkMeasure(np.asarray(kept, np.int64), np.asarray(lengths, np.int32),
-                             np.asarray(abilities, np.int16), supervised, errors, num_unsupervised, unsupervised,
-                             truncated)
+        return _ChunkMeasure(
+            np.asarray(kept, np.int64),
+            np.asarray(lengths, np.int32),
+            np.asarray(abilities, np.int16),
+            supervised,
+            errors,
+            num_unsupervised,
+            unsupervised,
+            truncated,
+        )
 
 
 def _measure(
@@ -265,10 +278,12 @@ def _measure(
     num_chunks = -(-n // _MEASURE_CHUNK)
     if cfg.num_workers > 0 and num_chunks > 1:
         _ensure_absl_flags_parsed()
-        chunks: Any = (grain.MapDataset.range(num_chunks).map(measurer)
-                       .to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2))
-                       .mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.num_workers),
-                                    worker_init_fn=exit_with_parent))
+        chunks: Any = (
+            grain.MapDataset.range(num_chunks)
+            .map(measurer)
+            .to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2))
+            .mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.num_workers), worker_init_fn=exit_with_parent)
+        )
     else:
         chunks = (measurer(c) for c in range(num_chunks))
     # Compact per-example arrays: a 2M-record corpus costs ~20 MB here.
@@ -378,8 +393,10 @@ class _BatchBuilder:
                 k += 1
                 n = len(enc)
                 if n != self.table.lengths[item]:
-                    raise RuntimeError(f"{_describe(record)}: tokenized to {n} tokens, but {self.table.lengths[item]} "
-                                       f"in the first pass (the tokenizer or template changed under the pipeline)")
+                    raise RuntimeError(
+                        f"{_describe(record)}: tokenized to {n} tokens, but {self.table.lengths[item]} "
+                        f"in the first pass (the tokenizer or template changed under the pipeline)"
+                    )
                 end = cursor + n
                 batch["input_ids"][b, cursor:end] = enc.input_ids
                 batch["targets"][b, cursor : end - 1] = enc.input_ids[1:]
@@ -449,16 +466,26 @@ def _load_source(path: Optional[str], cfg: DataConfig, selection: str, key: str)
     if not path:
         raise PipelineError(f"data.{key} is not set: give a data file, a folder of data files or a prepared dataset")
     if is_belle_selection(selection):
-        belle = select_belle(path, selection, format=cfg.format, seed=cfg.selection_seed, on_error=cfg.on_error,
-                             alpaca_path=cfg.alpaca_path)
+        belle = select_belle(
+            path,
+            selection,
+            format=cfg.format,
+            seed=cfg.selection_seed,
+            on_error=cfg.on_error,
+            alpaca_path=cfg.alpaca_path,
+        )
         return belle.source, belle.abilities, belle.skipped
     if is_prepared_dataset(path):
         if selection != "all":
-            raise PipelineError(f"data.selection={selection!r} applies to a DoIT-layout folder; {path} is a prepared "
-                                f"dataset (prepare the selected records instead, or use selection all)")
+            raise PipelineError(
+                f"data.selection={selection!r} applies to a DoIT-layout folder; {path} is a prepared "
+                f"dataset (prepare the selected records instead, or use selection all)"
+            )
         if is_remote(path):  # ArrayRecord's reader opens local files only
-            raise PipelineError(f"data.{key}={path}: a prepared (ArrayRecord) dataset must be on a local disk or a "
-                                f"gcsfuse mount of the bucket (JSON Lines data can be read from gs:// directly)")
+            raise PipelineError(
+                f"data.{key}={path}: a prepared (ArrayRecord) dataset must be on a local disk or a "
+                f"gcsfuse mount of the bucket (JSON Lines data can be read from gs:// directly)"
+            )
         source = PreparedRecords(path)
         skipped = SkipReport()
         skipped.seen = len(source)
@@ -476,8 +503,9 @@ def _check_cfg(cfg: DataConfig, global_batch_size: int, shard_count: int, dealt:
         if global_batch_size <= 0:
             raise PipelineError(f"the global batch size must be a positive number of examples, got {global_batch_size}")
     elif global_batch_size <= 0 or global_batch_size % shard_count:
-        raise PipelineError(f"the global batch size {global_batch_size} must be a positive multiple of the "
-                            f"{shard_count} processes")
+        raise PipelineError(
+            f"the global batch size {global_batch_size} must be a positive multiple of the {shard_count} processes"
+        )
 
 
 def _make_tokenizer_and_template(cfg: DataConfig, tokenizer: Optional[Tokenizer]) -> ChatTemplate:
@@ -525,9 +553,11 @@ def _build(
     table = measured.table
     n = len(table.lengths)
     if n == 0:
-        raise PipelineError(f"data.{key}={path}: no example with anything to learn from (of {len(source)} records, "
-                            f"{measured.num_unsupervised} had nothing supervised in their first {cfg.max_len} tokens, "
-                            f"{skipped.skipped} were invalid)")
+        raise PipelineError(
+            f"data.{key}={path}: no example with anything to learn from (of {len(source)} records, "
+            f"{measured.num_unsupervised} had nothing supervised in their first {cfg.max_len} tokens, "
+            f"{skipped.skipped} were invalid)"
+        )
     shuffle = seed is not None
     _release_free_memory()
     if cfg.packing:
@@ -546,12 +576,14 @@ def _build(
             raise PipelineError(
                 f"data.{key}: packing puts {n} examples into {rows} rows, fewer than the {steps_per_epoch} steps of "
                 f"an epoch counted in examples ({global_batch_size} per step); lower the global batch, turn packing "
-                f"off (data.packing=false) or count the batch in rows (train.batch_unit=rows)")
+                f"off (data.packing=false) or count the batch in rows (train.batch_unit=rows)"
+            )
         multiple = math.lcm(row_multiple, shard_count)
         global_batch_size = -(-(-(-rows // steps_per_epoch)) // multiple) * multiple  # row slots per step
         rows_padded = steps_per_epoch * global_batch_size
         order = grain.MapDataset.range(rows_padded * epochs).map(
-            _DealRows(row_ids, rows, steps_per_epoch, global_batch_size, shuffle))
+            _DealRows(row_ids, rows, steps_per_epoch, global_batch_size, shuffle)
+        )
     else:
         steps_per_epoch = -(-rows // global_batch_size)
         rows_padded = steps_per_epoch * global_batch_size
@@ -608,8 +640,12 @@ def _build(
         examples_per_step=examples_per_step,
     )
     if measured.num_unsupervised:
-        logger.warning("left out %d examples with nothing supervised in their first %d tokens: %s",
-                       measured.num_unsupervised, cfg.max_len, ", ".join(measured.unsupervised_examples))
+        logger.warning(
+            "left out %d examples with nothing supervised in their first %d tokens: %s",
+            measured.num_unsupervised,
+            cfg.max_len,
+            ", ".join(measured.unsupervised_examples),
+        )
     if skipped.skipped or skipped.unreadable:
         logger.warning("%s", skipped.summary())
     if manifest_path is not None:
@@ -694,36 +730,61 @@ def build_train_pipeline(
     messages naming the bad file, line or setting.
     """
     iter_ds, info = _build(
-        data_cfg, path=data_cfg.path, key="path", selection=data_cfg.selection, global_batch_size=global_batch_size,
-        epochs=epochs, seed=data_cfg.shuffle_seed if seed is None else seed, shard_options=shard_options,
-        tokenizer=tokenizer, ability_names=None, manifest_path=manifest_path, batch_unit=batch_unit,
+        data_cfg,
+        path=data_cfg.path,
+        key="path",
+        selection=data_cfg.selection,
+        global_batch_size=global_batch_size,
+        epochs=epochs,
+        seed=data_cfg.shuffle_seed if seed is None else seed,
+        shard_options=shard_options,
+        tokenizer=tokenizer,
+        ability_names=None,
+        manifest_path=manifest_path,
+        batch_unit=batch_unit,
         row_multiple=row_multiple,
     )
     return TrainData(iter(iter_ds), iter_ds, info)
 
 
-def epoch_plan(data_cfg: DataConfig, *, global_batch_size: int, batch_unit: str, epochs: int = 1,
-               row_multiple: int = 1) -> str:
+def epoch_plan(
+    data_cfg: DataConfig, *, global_batch_size: int, batch_unit: str, epochs: int = 1, row_multiple: int = 1
+) -> str:
     """``jaxtune info`` on a config with data: the training stream's plan (examples, rows, steps per epoch) as
     configured, and with packing the steps per epoch the other batch unit would give. Reads and tokenizes the data
     once; builds no batch."""
     import grain
 
     one = grain.sharding.ShardOptions(shard_index=0, shard_count=1)
-    info = build_train_pipeline(data_cfg, global_batch_size=global_batch_size, epochs=epochs, shard_options=one,
-                                batch_unit=batch_unit, row_multiple=row_multiple).info
+    info = build_train_pipeline(
+        data_cfg,
+        global_batch_size=global_batch_size,
+        epochs=epochs,
+        shard_options=one,
+        batch_unit=batch_unit,
+        row_multiple=row_multiple,
+    ).info
     lines = [info.summary()]
     if data_cfg.packing:
         other = "rows" if batch_unit == "examples" else "examples"
         try:
-            alt = build_train_pipeline(data_cfg, global_batch_size=global_batch_size, epochs=epochs,
-                                       shard_options=one, batch_unit=other, row_multiple=row_multiple).info
-            lines.append(f"  with train.batch_unit={other}: {alt.steps_per_epoch} steps/epoch of "
-                         f"{alt.global_batch_size} rows")
+            alt = build_train_pipeline(
+                data_cfg,
+                global_batch_size=global_batch_size,
+                epochs=epochs,
+                shard_options=one,
+                batch_unit=other,
+                row_multiple=row_multiple,
+            ).info
+            lines.append(
+                f"  with train.batch_unit={other}: {alt.steps_per_epoch} steps/epoch of {alt.global_batch_size} rows"
+            )
         except PipelineError as e:
             lines.append(f"  with train.batch_unit={other}: {e}")
-    lines.append(f"steps per epoch: {info.steps_per_epoch} (train.batch_unit={batch_unit}, "
-                 f"{'packed' if data_cfg.packing else 'one example per row'})")
+    lines.append(
+        f"steps per epoch: {info.steps_per_epoch} (train.batch_unit={batch_unit}, "
+        f"{'packed' if data_cfg.packing else 'one example per row'})"
+    )
     return "\n".join(lines)
 
 
@@ -739,8 +800,16 @@ def build_eval_pipeline(
     training stream; ``ability_ids`` per token give the loss per ability. ``ability_names`` (e.g. the training
     stream's) fixes the ability indices; by default the validation abilities, sorted."""
     iter_ds, info = _build(
-        data_cfg, path=data_cfg.valid_path, key="valid_path", selection="all", global_batch_size=global_batch_size,
-        epochs=1, seed=None, shard_options=shard_options, tokenizer=tokenizer, ability_names=ability_names,
+        data_cfg,
+        path=data_cfg.valid_path,
+        key="valid_path",
+        selection="all",
+        global_batch_size=global_batch_size,
+        epochs=1,
+        seed=None,
+        shard_options=shard_options,
+        tokenizer=tokenizer,
+        ability_names=ability_names,
         manifest_path=None,
     )
     return EvalData(iter_ds, info)

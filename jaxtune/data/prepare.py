@@ -110,8 +110,7 @@ class PrepareResult:
 
     def summary(self) -> str:
         counts = ", ".join(f"{k} {v}" for k, v in self.abilities.items())
-        return (f"prepared {self.num_records} records in {self.output_dir} ({counts}); "
-                f"{self.skipped.summary()}")
+        return f"prepared {self.num_records} records in {self.output_dir} ({counts}); {self.skipped.summary()}"
 
 
 @functools.lru_cache(maxsize=None)
@@ -134,8 +133,14 @@ def _builder_class():
 
             return epath.Path(__file__)
 
-        def __init__(self, *, parts: Sequence[list[_Piece]] = (), collector: Optional[RecordCollector] = None,
-                     abilities: Optional[Counter] = None, **kwargs):
+        def __init__(
+            self,
+            *,
+            parts: Sequence[list[_Piece]] = (),
+            collector: Optional[RecordCollector] = None,
+            abilities: Optional[Counter] = None,
+            **kwargs,
+        ):
             self._parts = list(parts)
             self._collector = collector
             self._abilities = abilities
@@ -207,8 +212,9 @@ def prepare_dataset(
     collector = RecordCollector(format, on_error)
     abilities: Counter = Counter()
     tfds.disable_progress_bar()
-    builder = _builder_class()(parts=parts, collector=collector, abilities=abilities, data_dir=str(output_dir),
-                               file_format="array_record")
+    builder = _builder_class()(
+        parts=parts, collector=collector, abilities=abilities, data_dir=str(output_dir), file_format="array_record"
+    )
     try:
         builder.download_and_prepare()
     except BaseException:
@@ -257,10 +263,13 @@ class PreparedRecords:
 
             builder = tfds.builder_from_directory(str(self.path / self.meta["dataset_dir"]))
             # Raw bytes, parsed below: TFDS's generic feature decoding costs ~40 us a record, the proto parse ~1 us.
-            self._source = builder.as_data_source("+".join(self.meta["splits"]),
-                                                  deserialize_method=decode.DeserializeMethod.RAW_BYTES)
+            self._source = builder.as_data_source(
+                "+".join(self.meta["splits"]), deserialize_method=decode.DeserializeMethod.RAW_BYTES
+            )
             if len(self._source) != self._len:
-                raise ValueError(f"{self.path}: {len(self._source)} stored records but {PREPARED_META} says {self._len}")
+                raise ValueError(
+                    f"{self.path}: {len(self._source)} stored records but {PREPARED_META} says {self._len}"
+                )
         return self._source
 
     @staticmethod

@@ -133,16 +133,21 @@ class Tokenizer(ABC):
 
     def special_token_ids(self) -> dict[str, int]:
         """BOS/EOS/UNK/PAD ids that exist, plus every added token."""
-        ids = {name: i for name, i in (("bos", self.bos_id), ("eos", self.eos_id), ("unk", self.unk_id),
-                                       ("pad", self.pad_id)) if i is not None}
+        ids = {
+            name: i
+            for name, i in (("bos", self.bos_id), ("eos", self.eos_id), ("unk", self.unk_id), ("pad", self.pad_id))
+            if i is not None
+        }
         ids.update(self.added_tokens)
         return ids
 
     def describe(self) -> str:
         """One line for logs: the backend, the sizes and the appended tokens."""
         added = ", ".join(f"{k}={v}" for k, v in self.added_tokens.items()) or "none"
-        return (f"{type(self).__name__}({self.path}): vocabulary {self.base_vocab_size} + {len(self.added_tokens)} "
-                f"added = {self.vocab_size} (added: {added})")
+        return (
+            f"{type(self).__name__}({self.path}): vocabulary {self.base_vocab_size} + {len(self.added_tokens)} "
+            f"added = {self.vocab_size} (added: {added})"
+        )
 
     def _tokens_state(self) -> dict[str, Any]:
         return {"path": self.path, "added_tokens": dict(self.added_tokens)}

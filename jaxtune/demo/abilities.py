@@ -17,8 +17,16 @@ from pathlib import Path
 from typing import Callable
 
 ABILITIES = (
-    "biology", "chinese", "code", "creative_writing", "ethics",
-    "history", "math", "reasoning", "role_play", "understanding",
+    "biology",
+    "chinese",
+    "code",
+    "creative_writing",
+    "ethics",
+    "history",
+    "math",
+    "reasoning",
+    "role_play",
+    "understanding",
 )
 
 LETTERS = "ABCD"
@@ -31,29 +39,87 @@ _ANIMALS = {
 }
 _DYNASTIES = ["夏朝", "商朝", "周朝", "秦朝", "汉朝", "晋朝", "隋朝", "唐朝", "宋朝", "元朝", "明朝", "清朝"]
 _IDIOMS = [
-    ("画蛇添", "足"), ("守株待", "兔"), ("亡羊补", "牢"), ("对牛弹", "琴"), ("井底之", "蛙"), ("掩耳盗", "铃"),
-    ("杯弓蛇", "影"), ("狐假虎", "威"), ("刻舟求", "剑"), ("叶公好", "龙"), ("自相矛", "盾"), ("望梅止", "渴"),
-    ("卧薪尝", "胆"), ("破釜沉", "舟"), ("纸上谈", "兵"), ("胸有成", "竹"), ("一鸣惊", "人"), ("画龙点", "睛"),
+    ("画蛇添", "足"),
+    ("守株待", "兔"),
+    ("亡羊补", "牢"),
+    ("对牛弹", "琴"),
+    ("井底之", "蛙"),
+    ("掩耳盗", "铃"),
+    ("杯弓蛇", "影"),
+    ("狐假虎", "威"),
+    ("刻舟求", "剑"),
+    ("叶公好", "龙"),
+    ("自相矛", "盾"),
+    ("望梅止", "渴"),
+    ("卧薪尝", "胆"),
+    ("破釜沉", "舟"),
+    ("纸上谈", "兵"),
+    ("胸有成", "竹"),
+    ("一鸣惊", "人"),
+    ("画龙点", "睛"),
 ]
 _PEOPLE = ["小明", "小红", "小刚", "小丽", "小华", "小芳"]
-_ETHICS_GOOD = ["按时归还借来的书", "捡到钱包交给警察", "主动帮助迷路的老人", "如实报告自己的错误", "排队时遵守秩序",
-                "保护公共设施", "尊重他人的隐私", "节约用水用电"]
-_ETHICS_BAD = ["考试时偷看别人的答案", "随地乱扔垃圾", "在背后散布谣言", "插队抢占座位", "损坏公共财物", "撒谎欺骗朋友",
-               "抄袭别人的作业", "浪费粮食"]
+_ETHICS_GOOD = [
+    "按时归还借来的书",
+    "捡到钱包交给警察",
+    "主动帮助迷路的老人",
+    "如实报告自己的错误",
+    "排队时遵守秩序",
+    "保护公共设施",
+    "尊重他人的隐私",
+    "节约用水用电",
+]
+_ETHICS_BAD = [
+    "考试时偷看别人的答案",
+    "随地乱扔垃圾",
+    "在背后散布谣言",
+    "插队抢占座位",
+    "损坏公共财物",
+    "撒谎欺骗朋友",
+    "抄袭别人的作业",
+    "浪费粮食",
+]
 _CODE_TASKS = [
-    ("返回两个数的和", "def f(a, b):\n    return a + b", ["def f(a, b):\n    return a - b", "def f(a, b):\n    return a * b"]),
-    ("返回列表的长度", "def f(xs):\n    return len(xs)", ["def f(xs):\n    return xs[0]", "def f(xs):\n    return sum(xs)"]),
-    ("返回字符串的反转", "def f(s):\n    return s[::-1]", ["def f(s):\n    return s.upper()", "def f(s):\n    return s + s"]),
-    ("返回列表中的最大值", "def f(xs):\n    return max(xs)", ["def f(xs):\n    return min(xs)", "def f(xs):\n    return xs[-1]"]),
-    ("判断一个数是否为偶数", "def f(n):\n    return n % 2 == 0", ["def f(n):\n    return n % 2 == 1", "def f(n):\n    return n > 0"]),
+    (
+        "返回两个数的和",
+        "def f(a, b):\n    return a + b",
+        ["def f(a, b):\n    return a - b", "def f(a, b):\n    return a * b"],
+    ),
+    (
+        "返回列表的长度",
+        "def f(xs):\n    return len(xs)",
+        ["def f(xs):\n    return xs[0]", "def f(xs):\n    return sum(xs)"],
+    ),
+    (
+        "返回字符串的反转",
+        "def f(s):\n    return s[::-1]",
+        ["def f(s):\n    return s.upper()", "def f(s):\n    return s + s"],
+    ),
+    (
+        "返回列表中的最大值",
+        "def f(xs):\n    return max(xs)",
+        ["def f(xs):\n    return min(xs)", "def f(xs):\n    return xs[-1]"],
+    ),
+    (
+        "判断一个数是否为偶数",
+        "def f(n):\n    return n % 2 == 0",
+        ["def f(n):\n    return n % 2 == 1", "def f(n):\n    return n > 0"],
+    ),
     ("返回一个数的平方", "def f(n):\n    return n * n", ["def f(n):\n    return n + n", "def f(n):\n    return n - 1"]),
 ]
 _TOPICS = ["春天", "大海", "月亮", "故乡", "秋天", "星空", "雨夜", "山林"]
-_STYLES = {"诗歌": "{t}啊{t}，你是我心中永恒的歌。", "散文": "{t}静静地来了，带着温柔的气息，走进每个人的心里。",
-           "童话": "从前，{t}里住着一只会说话的小狐狸，它每天都在寻找快乐。"}
-_ROLES = {"医生": "请按时吃药，多喝水，注意休息。", "老师": "同学们，今天我们来复习上节课的内容。",
-          "厨师": "这道菜要先用大火炒，再用小火慢炖。", "导游": "各位游客，前方就是著名的古城墙。",
-          "警察": "您好，请出示您的身份证件。"}
+_STYLES = {
+    "诗歌": "{t}啊{t}，你是我心中永恒的歌。",
+    "散文": "{t}静静地来了，带着温柔的气息，走进每个人的心里。",
+    "童话": "从前，{t}里住着一只会说话的小狐狸，它每天都在寻找快乐。",
+}
+_ROLES = {
+    "医生": "请按时吃药，多喝水，注意休息。",
+    "老师": "同学们，今天我们来复习上节课的内容。",
+    "厨师": "这道菜要先用大火炒，再用小火慢炖。",
+    "导游": "各位游客，前方就是著名的古城墙。",
+    "警察": "您好，请出示您的身份证件。",
+}
 _SYNTHETIC_TOPICS = ["旅行", "健康", "学习", "工作", "美食", "运动", "音乐", "电影", "科技", "天气"]
 
 
@@ -67,14 +133,26 @@ def _format_options(options: list[str]) -> str:
     return "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
 
 
-def _record(ability: str, question: str, reply: str, *, fmt: int = 0, choices: list[str] | None = None,
-            answer: str | None = None, history: list[tuple[str, str]] = ()) -> dict:
+def _record(
+    ability: str,
+    question: str,
+    reply: str,
+    *,
+    fmt: int = 0,
+    choices: list[str] | None = None,
+    answer: str | None = None,
+    history: list[tuple[str, str]] = (),
+) -> dict:
     messages = []
     for user, assistant in history:
         messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
     messages += [{"role": "user", "content": question}, {"role": "assistant", "content": reply}]
-    record = {"messages": messages, "type": ability, "question_format": fmt,
-              "choices": choices if choices is not None else []}
+    record = {
+        "messages": messages,
+        "type": ability,
+        "question_format": fmt,
+        "choices": choices if choices is not None else [],
+    }
     if answer is not None:
         record["answer"] = answer
     return record
@@ -103,8 +181,9 @@ def _creative_writing(rng: random.Random) -> dict:
     style = rng.choice(list(_STYLES))
     good = _STYLES[style].format(t=topic)
     bad = [_STYLES[s].format(t=t) for s in _STYLES for t in _TOPICS if (s, t) != (style, topic)]
-    return _record("creative_writing", f"以“{topic}”为题写一段{style}。", good, fmt=1,
-                   choices=[good, *rng.sample(bad, 2)])
+    return _record(
+        "creative_writing", f"以“{topic}”为题写一段{style}。", good, fmt=1, choices=[good, *rng.sample(bad, 2)]
+    )
 
 
 def _ethics(rng: random.Random) -> dict:
@@ -139,8 +218,14 @@ def _role_play(rng: random.Random) -> dict:
     role = rng.choice(list(_ROLES))
     good = _ROLES[role]
     bad = rng.sample([r for k, r in _ROLES.items() if k != role], 2)
-    return _record("role_play", f"请你扮演一位{role}，说一句符合身份的话。", good, fmt=1, choices=[good, *bad],
-                   history=[("你好。", "你好！有什么可以帮你的吗？")])
+    return _record(
+        "role_play",
+        f"请你扮演一位{role}，说一句符合身份的话。",
+        good,
+        fmt=1,
+        choices=[good, *bad],
+        history=[("你好。", "你好！有什么可以帮你的吗？")],
+    )
 
 
 def _understanding(rng: random.Random) -> dict:
@@ -150,13 +235,21 @@ def _understanding(rng: random.Random) -> dict:
     options = ["开心", "难过", "生气"]
     rng.shuffle(options)
     question = f"阅读对话，{speaker}最可能的心情是？\n{dialogue}\n" + "\n".join(
-        f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
+        f"{LETTERS[i]}. {o}" for i, o in enumerate(options)
+    )
     return _record("understanding", question, LETTERS[options.index(feeling)])
 
 
 GENERATORS: dict[str, Callable[[random.Random], dict]] = {
-    "biology": _biology, "chinese": _chinese, "code": _code, "creative_writing": _creative_writing,
-    "ethics": _ethics, "history": _history, "math": _math, "reasoning": _reasoning, "role_play": _role_play,
+    "biology": _biology,
+    "chinese": _chinese,
+    "code": _code,
+    "creative_writing": _creative_writing,
+    "ethics": _ethics,
+    "history": _history,
+    "math": _math,
+    "reasoning": _reasoning,
+    "role_play": _role_play,
     "understanding": _understanding,
 }
 
@@ -165,8 +258,12 @@ def _synthetic(rng: random.Random) -> dict:
     topic = rng.choice(_SYNTHETIC_TOPICS)
     n = rng.randint(2, 5)
     reply = f"关于{topic}，这里有{n}条建议：" + "；".join(f"第{i + 1}，保持好习惯" for i in range(n)) + "。"
-    return {"messages": [{"role": "user", "content": f"请给我一些关于{topic}的建议。"},
-                         {"role": "assistant", "content": reply}]}
+    return {
+        "messages": [
+            {"role": "user", "content": f"请给我一些关于{topic}的建议。"},
+            {"role": "assistant", "content": reply},
+        ]
+    }
 
 
 def _write_jsonl(path: Path, records: list[dict]) -> None:
@@ -176,8 +273,9 @@ def _write_jsonl(path: Path, records: list[dict]) -> None:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
-def write_demo_dataset(out_dir: str | Path, *, per_ability: int = 1000, eval_per_ability: int = 40,
-                       synthetic: int = 2000, seed: int = 0) -> Path:
+def write_demo_dataset(
+    out_dir: str | Path, *, per_ability: int = 1000, eval_per_ability: int = 40, synthetic: int = 2000, seed: int = 0
+) -> Path:
     """Write the generated corpus in the DoIT layout under ``out_dir`` and return that directory.
 
     per_ability: training records per ability (``curated/1000`` and ``curated/full``); eval_per_ability: records

@@ -59,8 +59,10 @@ def check_batch_rows(batch_size: int, mesh: Optional[Mesh]) -> None:
 
     dp = data_parallel_size(mesh)
     if batch_size % dp:
-        raise ValueError(f"eval batch_size={batch_size} is not divisible by the data-parallel size {dp} of the mesh "
-                         f"{dict(mesh.shape)} (the 'data' x 'fsdp' axes)")
+        raise ValueError(
+            f"eval batch_size={batch_size} is not divisible by the data-parallel size {dp} of the mesh "
+            f"{dict(mesh.shape)} (the 'data' x 'fsdp' axes)"
+        )
 
 
 def put_rows(arrays: Sequence[np.ndarray], mesh: Optional[Mesh]) -> list[Any]:
@@ -85,18 +87,35 @@ def replicated(mesh: Optional[Mesh]) -> Optional[NamedSharding]:
 _JITTED: dict[tuple, Callable] = {}
 
 
-def jitted(fn: Callable, graphdef: nnx.GraphDef, cfg: ModelConfig, mesh: Optional[Mesh],
-           static_argnames: tuple[str, ...] = (), donate_argnames: tuple[str, ...] = (),
-           out_shardings: Any = "replicated") -> Callable:
+def jitted(
+    fn: Callable,
+    graphdef: nnx.GraphDef,
+    cfg: ModelConfig,
+    mesh: Optional[Mesh],
+    static_argnames: tuple[str, ...] = (),
+    donate_argnames: tuple[str, ...] = (),
+    out_shardings: Any = "replicated",
+) -> Callable:
     """``jax.jit(fn)`` with the model's graphdef bound, shared by every caller with an equal model config and mesh,
     so evaluating many checkpoints of one shape (a sweep) compiles each batch shape once per process.
 
     Outputs are replicated (readable by every process) unless ``out_shardings`` says otherwise (a pytree prefix of
     the outputs, None leaves left to XLA: a decoding loop's state stays sharded between calls)."""
     shardings = replicated(mesh) if out_shardings == "replicated" else out_shardings
-    key = (fn.__module__, fn.__qualname__, json.dumps(dataclasses.asdict(cfg), sort_keys=True), mesh,
-           static_argnames, donate_argnames, repr(shardings))
+    key = (
+        fn.__module__,
+        fn.__qualname__,
+        json.dumps(dataclasses.asdict(cfg), sort_keys=True),
+        mesh,
+        static_argnames,
+        donate_argnames,
+        repr(shardings),
+    )
     if key not in _JITTED:
-        _JITTED[key] = jax.jit(functools.partial(fn, graphdef), static_argnames=static_argnames,
-                               donate_argnames=donate_argnames, out_shardings=shardings)
+        _JITTED[key] = jax.jit(
+            functools.partial(fn, graphdef),
+            static_argnames=static_argnames,
+            donate_argnames=donate_argnames,
+            out_shardings=shardings,
+        )
     return _JITTED[key]

@@ -52,8 +52,10 @@ def check_eval_batch(batch_size: int, mesh: Mesh) -> None:
     dp = data_parallel_size(mesh)
     if batch_size <= 0 or batch_size % dp:
         sizes = " x ".join(f"mesh.{a}={mesh.shape[a]}" for a in BATCH_MESH_AXES)
-        raise LayoutError(f"eval.batch_size={batch_size} is not a positive multiple of the data-parallel size {dp} "
-                          f"({sizes}, the 'data' and 'fsdp' axes); choose a multiple of {dp} or another eval.mesh")
+        raise LayoutError(
+            f"eval.batch_size={batch_size} is not a positive multiple of the data-parallel size {dp} "
+            f"({sizes}, the 'data' and 'fsdp' axes); choose a multiple of {dp} or another eval.mesh"
+        )
 
 
 def default_compute_dtype(requested: Optional[str]) -> str:

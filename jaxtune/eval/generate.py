@@ -108,8 +108,9 @@ def _row_keys(seed: jnp.ndarray, prompt_ids: jnp.ndarray) -> jnp.ndarray:
     return jax.vmap(lambda i: jax.random.fold_in(base, i))(prompt_ids)
 
 
-def _empty_rows(graphdef: nnx.GraphDef, state: Any, *, rows: int, length: int, max_new_tokens: int,
-                uses_penalty: bool) -> Rows:
+def _empty_rows(
+    graphdef: nnx.GraphDef, state: Any, *, rows: int, length: int, max_new_tokens: int, uses_penalty: bool
+) -> Rows:
     model = nnx.merge(graphdef, state)
     vocab = model.cfg.vocab_size
     return Rows(
@@ -125,9 +126,19 @@ def _empty_rows(graphdef: nnx.GraphDef, state: Any, *, rows: int, length: int, m
 
 
 def _prefill(
-    graphdef: nnx.GraphDef, state: Any, rows: Rows, slots: jnp.ndarray, input_ids: jnp.ndarray,
-    segment_ids: jnp.ndarray, last_index: jnp.ndarray, prompt_ids: jnp.ndarray, seed: jnp.ndarray,
-    stop_ids: jnp.ndarray, *, max_new_tokens: int, sampling: SamplingParams,
+    graphdef: nnx.GraphDef,
+    state: Any,
+    rows: Rows,
+    slots: jnp.ndarray,
+    input_ids: jnp.ndarray,
+    segment_ids: jnp.ndarray,
+    last_index: jnp.ndarray,
+    prompt_ids: jnp.ndarray,
+    seed: jnp.ndarray,
+    stop_ids: jnp.ndarray,
+    *,
+    max_new_tokens: int,
+    sampling: SamplingParams,
 ) -> tuple[Rows, HostView]:
     """Prompts (R, T), right-padded, into rows ``slots`` (R,) of the batch (B for a dummy row: dropped), each with
     its first token."""
@@ -135,8 +146,13 @@ def _prefill(
     n, t = input_ids.shape
     vocab = model.cfg.vocab_size
     positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32)[None, :], (n, t))
-    logits, cache = model(input_ids, positions=positions, segment_ids=segment_ids, cache=model.init_cache(n, t),
-                          logit_slots=last_index[:, None])
+    logits, cache = model(
+        input_ids,
+        positions=positions,
+        segment_ids=segment_ids,
+        cache=model.init_cache(n, t),
+        logit_slots=last_index[:, None],
+    )
     logits = logits[:, 0, :]
     cache = cache._replace(index=last_index + 1)  # the next slot to write: right after the prompt
     seen = None
@@ -163,8 +179,15 @@ def _prefill(
 
 
 def _decode_steps(
-    graphdef: nnx.GraphDef, state: Any, rows: Rows, seed: jnp.ndarray, stop_ids: jnp.ndarray,
-    exit_on_finish: jnp.ndarray, *, max_new_tokens: int, sampling: SamplingParams,
+    graphdef: nnx.GraphDef,
+    state: Any,
+    rows: Rows,
+    seed: jnp.ndarray,
+    stop_ids: jnp.ndarray,
+    exit_on_finish: jnp.ndarray,
+    *,
+    max_new_tokens: int,
+    sampling: SamplingParams,
 ) -> tuple[Rows, HostView]:
     """Up to CHUNK_STEPS decoding steps; stops early when every row is done, when a row would outgrow the cache, or
     (``exit_on_finish``) as soon as a row finishes, so the host can refill it."""
@@ -184,8 +207,12 @@ def _decode_steps(
     def body(loop):
         step, r = loop
         alive = ~r.done
-        logits, cache = model(r.previous[:, None], positions=r.cache.index[:, None],
-                              segment_ids=jnp.ones((b, 1), jnp.int32), cache=r.cache)
+        logits, cache = model(
+            r.previous[:, None],
+            positions=r.cache.index[:, None],
+            segment_ids=jnp.ones((b, 1), jnp.int32),
+            cache=r.cache,
+        )
         logits = logits[:, 0, :]
         token = select_tokens(logits, r.seen, keys, r.count, sampling)
         token = jnp.where(alive, token, r.previous)
@@ -257,8 +284,14 @@ class Generator:
         self._group_sizes = sorted(sizes)
         device_state = (None, replicated(mesh)) if mesh is not None else None
         statics = ("max_new_tokens", "sampling")
-        self._empty = jitted(_empty_rows, self.graphdef, self.cfg, mesh, ("rows", "length", "max_new_tokens",
-                                                                          "uses_penalty"), out_shardings=None)
+        self._empty = jitted(
+            _empty_rows,
+            self.graphdef,
+            self.cfg,
+            mesh,
+            ("rows", "length", "max_new_tokens", "uses_penalty"),
+            out_shardings=None,
+        )
         self._prefill = jitted(_prefill, self.graphdef, self.cfg, mesh, statics, ("rows",), device_state)
         self._steps = jitted(_decode_steps, self.graphdef, self.cfg, mesh, statics, ("rows",), device_state)
         self._resize = jax.jit(_resize, static_argnames=("length",))
@@ -303,25 +336,37 @@ class Generator:
         index = np.zeros((b,), np.int32)  # each row's next cache slot, as of the last device call
         seed_in = np.uint32(seed)
         with model_context(self.mesh):
-            rows = self._empty(self.state, rows=b, length=cache_length(len(prompts[waiting[0]])),
-                               max_new_tokens=max_new_tokens, uses_penalty=sampling.uses_penalty)
+            rows = self._empty(
+                self.state,
+                rows=b,
+                length=cache_length(len(prompts[waiting[0]])),
+                max_new_tokens=max_new_tokens,
+                uses_penalty=sampling.uses_penalty,
+            )
             while waiting or any(i >= 0 for i in assigned):
                 free = [r for r in range(b) if assigned[r] < 0]
                 if waiting and free:
                     take = [waiting.popleft() for _ in range(min(len(free), len(waiting)))]
                     slots = free[: len(take)]
                     rows = self._fit(rows, bucket_length(max(len(prompts[i]) for i in take), self.bucket_multiple))
-                    rows, view = self._fill(rows, prompts, take, slots, seed_in, stop_table, max_new_tokens,
-                                            sampling)
+                    rows, view = self._fill(rows, prompts, take, slots, seed_in, stop_table, max_new_tokens, sampling)
                     for r, i in zip(slots, take):
                         assigned[r] = i
                 else:
                     alive = [r for r in range(b) if assigned[r] >= 0]
-                    need = max(min(int(index[r]) + CHUNK_STEPS, len(prompts[assigned[r]]) + max_new_tokens - 1)
-                               for r in alive)
+                    need = max(
+                        min(int(index[r]) + CHUNK_STEPS, len(prompts[assigned[r]]) + max_new_tokens - 1) for r in alive
+                    )
                     rows = self._fit(rows, cache_length(need), shrink=True)
-                    rows, view = self._steps(self.state, rows, seed_in, stop_table, np.bool_(bool(waiting)),
-                                             max_new_tokens=max_new_tokens, sampling=sampling)
+                    rows, view = self._steps(
+                        self.state,
+                        rows,
+                        seed_in,
+                        stop_table,
+                        np.bool_(bool(waiting)),
+                        max_new_tokens=max_new_tokens,
+                        sampling=sampling,
+                    )
                 done, count, index = (np.asarray(a) for a in jax.device_get(view))
                 ended = [r for r in range(b) if assigned[r] >= 0 and done[r]]
                 if ended:
@@ -330,8 +375,9 @@ class Generator:
                     tokens, last_logits = jax.device_get(self._take(rows, picked))
                     for k, r in enumerate(ended):
                         n = int(count[r])
-                        results[assigned[r]] = Generation(tokens=tuple(int(t) for t in tokens[k, :n]),
-                                                          last_logits=np.asarray(last_logits[k]))
+                        results[assigned[r]] = Generation(
+                            tokens=tuple(int(t) for t in tokens[k, :n]), last_logits=np.asarray(last_logits[k])
+                        )
                         assigned[r] = -1
         return [r for r in results if r is not None]
 
@@ -342,8 +388,17 @@ class Generator:
             rows = self._resize(rows, length=length)
         return rows
 
-    def _fill(self, rows: Rows, prompts, take: list[int], slots: list[int], seed, stop_table, max_new_tokens: int,
-              sampling: SamplingParams) -> tuple[Rows, HostView]:
+    def _fill(
+        self,
+        rows: Rows,
+        prompts,
+        take: list[int],
+        slots: list[int],
+        seed,
+        stop_table,
+        max_new_tokens: int,
+        sampling: SamplingParams,
+    ) -> tuple[Rows, HostView]:
         """Prefill prompts ``take`` into free rows ``slots``."""
         group = self._group(len(take))
         length = bucket_length(max(len(prompts[i]) for i in take), self.bucket_multiple)
@@ -354,5 +409,6 @@ class Generator:
         slot_ids = np.array(slots + [self.batch_size] * dummy, np.int32)  # out of range: a dummy row is dropped
         prompt_ids = np.array(take + [0] * dummy, np.uint32)
         inputs = put_rows([slot_ids, batch.input_ids, batch.segment_ids, batch.last_index, prompt_ids], self.mesh)
-        return self._prefill(self.state, rows, *inputs, seed, stop_table, max_new_tokens=max_new_tokens,
-                             sampling=sampling)
+        return self._prefill(
+            self.state, rows, *inputs, seed, stop_table, max_new_tokens=max_new_tokens, sampling=sampling
+        )

@@ -96,8 +96,14 @@ class JudgeSettings:
 
     def identity(self) -> dict[str, Any]:
         """What results record about the judge (never the key)."""
-        return {"base_url": self.base_url, "model": self.model, "temperature": self.temperature,
-                "max_tokens": self.max_tokens, "repeats": self.repeats, "parse_retries": self.parse_retries}
+        return {
+            "base_url": self.base_url,
+            "model": self.model,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "repeats": self.repeats,
+            "parse_retries": self.parse_retries,
+        }
 
 
 def parse_judge_score(reply: str) -> tuple[float | None, str | None]:
@@ -160,8 +166,10 @@ class JudgeCache:
                 if not isinstance(entry, dict) or "key" not in entry:
                     raise ValueError("no 'key'")
             except ValueError as e:
-                raise JudgeCacheError(f"{self.path}:{lineno}: corrupt judge cache line ({e}); delete the line (its "
-                                      f"judgement is asked again) or the file") from None
+                raise JudgeCacheError(
+                    f"{self.path}:{lineno}: corrupt judge cache line ({e}); delete the line (its "
+                    f"judgement is asked again) or the file"
+                ) from None
             self._entries[entry["key"]] = entry
 
     def __len__(self) -> int:
@@ -212,8 +220,9 @@ class Judge:
         self.cache = cache if isinstance(cache, JudgeCache) or cache is None else JudgeCache(cache)
         self._api_key = os.environ.get(settings.api_key_env) or None
         if self._api_key is None:
-            log.warning("environment variable %s is not set: calling the judge without an API key",
-                        settings.api_key_env)
+            log.warning(
+                "environment variable %s is not set: calling the judge without an API key", settings.api_key_env
+            )
         self.requests_sent = 0
         self._count_lock = threading.Lock()
 
@@ -225,8 +234,11 @@ class Judge:
 
     def _post_once(self, content: str) -> str:
         s = self.settings
-        body: dict[str, Any] = {"model": s.model, "messages": [{"role": "user", "content": content}],
-                                "temperature": s.temperature}
+        body: dict[str, Any] = {
+            "model": s.model,
+            "messages": [{"role": "user", "content": content}],
+            "temperature": s.temperature,
+        }
         if s.max_tokens is not None:
             body["max_tokens"] = s.max_tokens
         headers = {"Content-Type": "application/json"}
@@ -251,8 +263,9 @@ class Judge:
             if not isinstance(text, str):
                 raise TypeError("content is not a string")
         except (ValueError, KeyError, IndexError, TypeError) as e:
-            raise _Retryable(self._mask(f"malformed response body ({type(e).__name__}: {e}): "
-                                        f"{raw.decode('utf-8', 'replace')}")[:300]) from None
+            raise _Retryable(
+                self._mask(f"malformed response body ({type(e).__name__}: {e}): {raw.decode('utf-8', 'replace')}")[:300]
+            ) from None
         return self._mask(text)
 
     def complete(self, content: str) -> str:
@@ -285,8 +298,14 @@ class Judge:
         if self.cache is not None:
             hit = self.cache.get(key)
             if hit is not None:
-                return Judgement(key, repeat, hit["score"], tuple(self._mask(r) for r in hit["replies"]),
-                                 hit.get("problem"), cached=True)
+                return Judgement(
+                    key,
+                    repeat,
+                    hit["score"],
+                    tuple(self._mask(r) for r in hit["replies"]),
+                    hit.get("problem"),
+                    cached=True,
+                )
         replies: list[str] = []
         score, problem = None, None
         for _ in range(self.settings.parse_retries + 1):
@@ -298,8 +317,16 @@ class Judge:
             log.info("unparseable judge reply (%s); asking again", problem)
         result = Judgement(key, repeat, score, tuple(replies), problem)
         if self.cache is not None:
-            self.cache.put({"key": key, "repeat": repeat, "score": score, "replies": replies, "problem": problem,
-                            "model": self.settings.model})
+            self.cache.put(
+                {
+                    "key": key,
+                    "repeat": repeat,
+                    "score": score,
+                    "replies": replies,
+                    "problem": problem,
+                    "model": self.settings.model,
+                }
+            )
         return result
 
     def judge_all(self, contents: Sequence[str]) -> list[list[Judgement]]:

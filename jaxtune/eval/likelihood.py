@@ -62,7 +62,7 @@ def right_pad(
         segments[r, :n] = 1
         targets[r, : n - 1] = row[1:]
         # The logits at slot t predict token t + 1: continuation tokens sit at slots len(context)..n-1.
-        weights[r, len(context) - 1: n - 1] = 1.0
+        weights[r, len(context) - 1 : n - 1] = 1.0
         last[r] = n - 1
     return RightPaddedBatch(ids, positions, segments, targets, weights, last)
 
@@ -74,16 +74,32 @@ PAIRS_PER_CONTEXT = 4
 """A scoring batch takes contexts while their continuations fill at most this many times ``batch_size`` rows."""
 
 
-def _prefix_nll(graphdef, state, ctx_ids, ctx_segment_ids, ctx_last, pair_context, first_target, cont_ids,
-                cont_segment_ids, cont_targets, cont_weights):
+def _prefix_nll(
+    graphdef,
+    state,
+    ctx_ids,
+    ctx_segment_ids,
+    ctx_last,
+    pair_context,
+    first_target,
+    cont_ids,
+    cont_segment_ids,
+    cont_targets,
+    cont_weights,
+):
     """Per-continuation sum of token cross-entropies (P,), float32: contexts (C, Tc) prefilled once, continuations
     (P, Tk) run on their context's cached keys and values (``pair_context`` (P,) indexes the contexts)."""
     model = nnx.merge(graphdef, state)
     n, tc = ctx_ids.shape
     tk = cont_ids.shape[1]
     positions = jnp.broadcast_to(jnp.arange(tc, dtype=jnp.int32)[None, :], (n, tc))
-    last, cache = model(ctx_ids, positions=positions, segment_ids=ctx_segment_ids, cache=model.init_cache(n, tc),
-                        logit_slots=ctx_last[:, None])
+    last, cache = model(
+        ctx_ids,
+        positions=positions,
+        segment_ids=ctx_segment_ids,
+        cache=model.init_cache(n, tc),
+        logit_slots=ctx_last[:, None],
+    )
     last = last[:, 0, :][pair_context]
     first = jax.nn.logsumexp(last, axis=-1) - jnp.take_along_axis(last, first_target[:, None], axis=-1)[:, 0]
     # Each continuation writes from right after its context's last token (over the context's padding).
@@ -135,7 +151,7 @@ class LikelihoodScorer:
         """Batches of row indices, longest rows first, with the bucket length of each batch."""
         order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
         for start in range(0, len(order), self.batch_size):
-            chunk = order[start: start + self.batch_size]
+            chunk = order[start : start + self.batch_size]
             yield chunk, bucket_length(max(lengths[i] for i in chunk), self.bucket_multiple)
 
     def continuation_nll(
@@ -178,12 +194,17 @@ class LikelihoodScorer:
         if batch:
             yield batch
 
-    def _score_group(self, group: list[tuple[tuple[int, ...], list[int]]],
-                     continuations: Sequence[Sequence[int]]) -> np.ndarray:
+    def _score_group(
+        self, group: list[tuple[tuple[int, ...], list[int]]], continuations: Sequence[Sequence[int]]
+    ) -> np.ndarray:
         """Continuation NLL sums of one batch of contexts, in the order of their pair lists."""
         contexts = [list(context) for context, _ in group]
-        ctx = right_pad(contexts, [[] for _ in contexts],
-                        bucket_length(max(len(c) for c in contexts), self.bucket_multiple), self.batch_size)
+        ctx = right_pad(
+            contexts,
+            [[] for _ in contexts],
+            bucket_length(max(len(c) for c in contexts), self.bucket_multiple),
+            self.batch_size,
+        )
         pair_context = [j for j, (_, pairs) in enumerate(group) for _ in pairs]
         conts = [list(continuations[i]) for _, pairs in group for i in pairs]
         rows = -(-len(conts) // self.batch_size) * self.batch_size
@@ -195,16 +216,19 @@ class LikelihoodScorer:
         pair_index = np.zeros((rows,), np.int32)
         pair_index[: len(conts)] = pair_context
         ctx_in = put_rows([ctx.input_ids, ctx.segment_ids, ctx.last_index], self.mesh)
-        cont_in = put_rows([pair_index, first_target, cont.input_ids, cont.segment_ids, cont.targets, cont.weights],
-                           self.mesh)
+        cont_in = put_rows(
+            [pair_index, first_target, cont.input_ids, cont.segment_ids, cont.targets, cont.weights], self.mesh
+        )
         return jax.device_get(self._nll(self.state, *ctx_in, *cont_in))[: len(conts)]
 
     def continuation_perplexities(
         self, contexts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]]
     ) -> list[float]:
         """``exp(mean token cross-entropy)`` of each continuation given its context; NaN for an empty one."""
-        return [math.exp(total / count) if count else math.nan
-                for total, count in self.continuation_nll(contexts, continuations)]
+        return [
+            math.exp(total / count) if count else math.nan
+            for total, count in self.continuation_nll(contexts, continuations)
+        ]
 
     def next_token_logits(self, prompts: Sequence[Sequence[int]], candidate_ids: Sequence[int]) -> np.ndarray:
         """float32 (len(prompts), len(candidate_ids)): logits of the candidates for the token after each prompt."""

@@ -53,8 +53,10 @@ def checkpoint_kind(path: str | Path) -> str:
         return "jaxtune"
     if (p / "config.json").is_file():
         return "hf"
-    raise EvalSetupError(f"checkpoint {p} is neither a jaxtune params checkpoint ({MODEL_CONFIG_FILE} + params/) nor "
-                         f"a Hugging Face model folder (config.json + weights){complete_step_hint(p)}")
+    raise EvalSetupError(
+        f"checkpoint {p} is neither a jaxtune params checkpoint ({MODEL_CONFIG_FILE} + params/) nor "
+        f"a Hugging Face model folder (config.json + weights){complete_step_hint(p)}"
+    )
 
 
 def _param_shardings(cfg: ModelConfig, mesh: Mesh) -> dict:
@@ -76,8 +78,9 @@ def _place(params: dict, cfg: ModelConfig, mesh: Optional[Mesh]) -> dict:
     if mesh is not None:
         tree = _param_shardings(cfg, mesh)
         if jax.tree.structure(tree) != treedef:
-            raise EvalSetupError(f"parameters {treedef} do not match the layout of the model config "
-                                 f"{jax.tree.structure(tree)}")
+            raise EvalSetupError(
+                f"parameters {treedef} do not match the layout of the model config {jax.tree.structure(tree)}"
+            )
         shardings = jax.tree.leaves(tree)
     placed = []
     for i, sharding in enumerate(shardings):
@@ -98,8 +101,13 @@ def load_model(
     run in (None keeps the checkpoint's)."""
     kind = checkpoint_kind(checkpoint)
     overrides = {} if compute_dtype is None else {"compute_dtype": compute_dtype}
-    log.info("loading %s (%s checkpoint) onto %s in %s", checkpoint, kind,
-             "the default device" if mesh is None else f"mesh {dict(mesh.shape)}", compute_dtype or "its dtype")
+    log.info(
+        "loading %s (%s checkpoint) onto %s in %s",
+        checkpoint,
+        kind,
+        "the default device" if mesh is None else f"mesh {dict(mesh.shape)}",
+        compute_dtype or "its dtype",
+    )
     if kind == "jaxtune":
         shardings = None if mesh is None else _param_shardings(load_model_config(checkpoint), mesh)
         return restore_model(checkpoint, shardings=shardings, dtype=compute_dtype, **overrides)
@@ -159,8 +167,11 @@ def stream_hf_params(
 
     def layer_writer(sharding: jax.sharding.Sharding):
         # In place (donated): the stacked parameter is never held twice.
-        return jax.jit(lambda stacked, block, i: jax.lax.dynamic_update_slice_in_dim(stacked, block, i, axis=0),
-                       donate_argnums=0, out_shardings=sharding)
+        return jax.jit(
+            lambda stacked, block, i: jax.lax.dynamic_update_slice_in_dim(stacked, block, i, axis=0),
+            donate_argnums=0,
+            out_shardings=sharding,
+        )
 
     layers = {name: zeros(shape, shardings["layers"][name]) for name, shape in shapes["layers"].items()}
     writers = {name: layer_writer(shardings["layers"][name]) for name in layers}
@@ -175,8 +186,7 @@ def stream_hf_params(
             continue
         if where.layer is None:
             host = array.T if where.param == "lm_head" else array
-            params[where.param] = _host_put(_fitted(host.astype(target), shapes[where.param]),
-                                            shardings[where.param])
+            params[where.param] = _host_put(_fitted(host.astype(target), shapes[where.param]), shardings[where.param])
         else:
             block = where.spec.to_jaxtune(array, cfg)[None].astype(target)
             block = _host_put(block, shardings["layers"][where.param])

@@ -31,8 +31,15 @@ def duration(seconds: float) -> str:
 class SuiteProgress:
     """Items/s, generated tokens/s and the ETA of one suite; pass :meth:`update` as the suite's ``on_progress``."""
 
-    def __init__(self, suite: str, tokens: Optional[Callable[[], int]] = None, *, every_s: float = 10.0,
-                 stream: Optional[TextIO] = None, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        suite: str,
+        tokens: Optional[Callable[[], int]] = None,
+        *,
+        every_s: float = 10.0,
+        stream: Optional[TextIO] = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         """suite: the name printed. tokens: the number of tokens generated so far (read at the start and at each
         line; None when nothing is generated). every_s: least seconds between two lines. clock: seconds."""
         self.suite = suite
@@ -65,11 +72,15 @@ class SuiteProgress:
         eta = (total - done) / items_s if items_s > 0 else float("inf")
         share = 100 * done / total if total else 100.0
         eta_text = duration(eta) if eta != float("inf") else "unknown"
-        self._print(f"{self.suite}: {done}/{total} items ({share:.0f}%), {items_s:.1f} items/s, "
-                    f"{tokens_s:.0f} generated tokens/s, ETA {eta_text}")
+        self._print(
+            f"{self.suite}: {done}/{total} items ({share:.0f}%), {items_s:.1f} items/s, "
+            f"{tokens_s:.0f} generated tokens/s, ETA {eta_text}"
+        )
 
     def finish(self) -> None:
         """The summary line of the whole suite."""
         elapsed, items_s, tokens_s = self._rates()
-        self._print(f"{self.suite}: {self.done} items in {duration(elapsed)}, {items_s:.1f} items/s, "
-                    f"{tokens_s:.0f} generated tokens/s")
+        self._print(
+            f"{self.suite}: {self.done} items in {duration(elapsed)}, {items_s:.1f} items/s, "
+            f"{tokens_s:.0f} generated tokens/s"
+        )

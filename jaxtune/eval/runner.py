@@ -44,8 +44,13 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------------------------------------------------
 
 SUITES = ("doit", "ceval", "cmmlu", "agieval", "belle")
-_SUITE_FOLDERS = {"doit": ("doit", "curated"), "ceval": ("ceval",), "cmmlu": ("cmmlu",), "agieval": ("agieval",),
-                  "belle": ("belle_eval", "belle")}
+_SUITE_FOLDERS = {
+    "doit": ("doit", "curated"),
+    "ceval": ("ceval",),
+    "cmmlu": ("cmmlu",),
+    "agieval": ("agieval",),
+    "belle": ("belle_eval", "belle"),
+}
 
 
 def _looks_like(suite: str, root: Path, split: str) -> bool:
@@ -86,16 +91,26 @@ def judge_settings(eval_cfg: EvalConfig) -> JudgeSettings:
     if missing:
         raise EvalSetupError(f"suite 'belle' needs an LLM judge: set {', '.join('eval.' + m for m in missing)}")
     try:
-        return JudgeSettings(base_url=eval_cfg.judge_base_url, model=eval_cfg.judge_model,
-                             api_key_env=eval_cfg.judge_api_key_env, repeats=eval_cfg.judge_repeats,
-                             concurrency=eval_cfg.judge_concurrency)
+        return JudgeSettings(
+            base_url=eval_cfg.judge_base_url,
+            model=eval_cfg.judge_model,
+            api_key_env=eval_cfg.judge_api_key_env,
+            repeats=eval_cfg.judge_repeats,
+            concurrency=eval_cfg.judge_concurrency,
+        )
     except ValueError as e:
         raise EvalSetupError(f"eval.judge_*: {e}") from None
 
 
 def run_suite(
-    suite: str, root: Path, lm: JaxLanguageModel, codec: TemplateChatCodec, eval_cfg: EvalConfig, run: RunInfo,
-    judge_cache: Optional[Path] = None, answers_dir: Optional[Path] = None,
+    suite: str,
+    root: Path,
+    lm: JaxLanguageModel,
+    codec: TemplateChatCodec,
+    eval_cfg: EvalConfig,
+    run: RunInfo,
+    judge_cache: Optional[Path] = None,
+    answers_dir: Optional[Path] = None,
     progress: Optional[Callable[[int, int], None]] = None,
 ) -> Optional[SuiteResult]:
     """Run one suite on its data folder ``root`` (from :func:`suite_data_root`). None on processes other than 0
@@ -107,18 +122,33 @@ def run_suite(
     if suite == "doit":
         from jaxtune.eval.suites.doit import evaluate_doit, load_doit_split
 
-        return evaluate_doit(load_doit_split(root), lm, codec, mode=eval_cfg.scorer_mode, variant=eval_cfg.split,
-                             max_new_tokens=eval_cfg.max_new_tokens, max_len=eval_cfg.max_prompt_len, **common)
+        return evaluate_doit(
+            load_doit_split(root),
+            lm,
+            codec,
+            mode=eval_cfg.scorer_mode,
+            variant=eval_cfg.split,
+            max_new_tokens=eval_cfg.max_new_tokens,
+            max_len=eval_cfg.max_prompt_len,
+            **common,
+        )
     if suite == "ceval":
         from jaxtune.eval.suites.ceval import evaluate_ceval, load_ceval
 
-        return evaluate_ceval(load_ceval(root, subjects=None), lm, codec, num_shots=eval_cfg.num_shots,
-                              max_len=eval_cfg.max_prompt_len, **common)
+        return evaluate_ceval(
+            load_ceval(root, subjects=None),
+            lm,
+            codec,
+            num_shots=eval_cfg.num_shots,
+            max_len=eval_cfg.max_prompt_len,
+            **common,
+        )
     if suite == "cmmlu":
         from jaxtune.eval.suites.cmmlu import evaluate_cmmlu, load_cmmlu
 
-        return evaluate_cmmlu(load_cmmlu(root), lm, codec, num_shots=eval_cfg.num_shots,
-                              max_len=eval_cfg.max_prompt_len, **common)
+        return evaluate_cmmlu(
+            load_cmmlu(root), lm, codec, num_shots=eval_cfg.num_shots, max_len=eval_cfg.max_prompt_len, **common
+        )
     if suite == "agieval":
         from jaxtune.eval.suites.agieval import AGIEVAL_ZH_TASKS, evaluate_agieval
 
@@ -126,8 +156,9 @@ def run_suite(
         if not tasks:
             raise EvalSetupError(f"{root}: none of the AGIEval tasks {', '.join(AGIEVAL_ZH_TASKS)} (as <task>.jsonl)")
         setting = "zero-shot" if eval_cfg.num_shots == 0 else "few-shot"
-        return evaluate_agieval(root, lm, codec, setting=setting, tasks=tasks, max_len=eval_cfg.max_prompt_len,
-                                **common)
+        return evaluate_agieval(
+            root, lm, codec, setting=setting, tasks=tasks, max_len=eval_cfg.max_prompt_len, **common
+        )
     if suite == "belle":
         from jaxtune.eval.suites.belle import (
             ANSWERS_FILE,
@@ -144,9 +175,24 @@ def run_suite(
         first = is_writer()
         # Opened before generating, so that a corrupt cache line is reported before the long part.
         judge = Judge(judge_settings(eval_cfg), cache=judge_cache) if first else None
-        generation = {"checkpoint": run.checkpoint, "template": eval_cfg.template, **{
-            k: getattr(eval_cfg, k) for k in ("max_new_tokens", "max_prompt_len", "temperature", "top_k", "top_p",
-                                              "repetition_penalty", "seed", "compute_dtype", "tokenizer")}}
+        generation = {
+            "checkpoint": run.checkpoint,
+            "template": eval_cfg.template,
+            **{
+                k: getattr(eval_cfg, k)
+                for k in (
+                    "max_new_tokens",
+                    "max_prompt_len",
+                    "temperature",
+                    "top_k",
+                    "top_p",
+                    "repetition_penalty",
+                    "seed",
+                    "compute_dtype",
+                    "tokenizer",
+                )
+            },
+        }
         store = AnswerStore(answers_dir / ANSWERS_FILE, generation, items) if first and answers_dir else None
         kept = store.saved() if store is not None else []
         start = len(kept)
@@ -161,14 +207,27 @@ def run_suite(
             store.start(kept)
         # Every process takes part in the (sharded) generation; only process 0 asks the judge.
         answers = kept + generate_answers(
-            items[start:], lm, codec, max_new_tokens=eval_cfg.max_new_tokens, chunk_size=chunk,
-            on_progress=progress, on_answers=store.append if store is not None else None)
+            items[start:],
+            lm,
+            codec,
+            max_new_tokens=eval_cfg.max_new_tokens,
+            chunk_size=chunk,
+            on_progress=progress,
+            on_answers=store.append if store is not None else None,
+        )
         if judge is None:
             return None
-        decoding = decoding_settings(eval_cfg.max_new_tokens, eval_cfg.temperature, eval_cfg.top_k, eval_cfg.top_p,
-                                     eval_cfg.repetition_penalty, eval_cfg.seed)
-        return score_belle(items, answers, prompts, judge, run=run, max_new_tokens=eval_cfg.max_new_tokens,
-                           decoding=decoding)
+        decoding = decoding_settings(
+            eval_cfg.max_new_tokens,
+            eval_cfg.temperature,
+            eval_cfg.top_k,
+            eval_cfg.top_p,
+            eval_cfg.repetition_penalty,
+            eval_cfg.seed,
+        )
+        return score_belle(
+            items, answers, prompts, judge, run=run, max_new_tokens=eval_cfg.max_new_tokens, decoding=decoding
+        )
     raise EvalSetupError(f"eval.suites: unknown suite {suite!r} (known: {', '.join(SUITES)})")
 
 
@@ -220,16 +279,16 @@ def evaluate(
     mesh: Optional[Mesh | MeshConfig] = None,
 ) -> Evaluation:
     """``jaxtune eval CHECKPOINT``: score a jaxtune params checkpoint or a Hugging Face LLaMA folder on
-    ``eval_cfg.suites``, writing ``{suite}-{variant}.summary.json`` and ``.items.jsonl`` per suite into ``out_dir``
-    (process 0 only; nothing is written when out_dir is None). With several processes, every process runs the same
-call; ``belle`` results exist on process 0 only (the judge is asked once).
+        ``eval_cfg.suites``, writing ``{suite}-{variant}.summary.json`` and ``.items.jsonl`` per suite into ``out_dir``
+        (process 0 only; nothing is written when out_dir is None). With several processes, every process runs the same
+    call; ``belle`` results exist on process 0 only (the judge is asked once).
 
-    metadata: the training run the checkpoint comes from (see :func:`run_info`), recorded in every summary.
-    mesh: a mesh, or a MeshConfig to build one over all devices of all processes (initialising jax.distributed
-    first when the launch spans several processes, see :func:`jaxtune.eval.distributed.setup_mesh`), to restore
-    the parameters onto and shard the batches and KV caches over; None runs on the default device.
-    The parameters are restored in ``eval.compute_dtype`` (see :func:`jaxtune.eval.distributed.default_compute_dtype`).
-    Every suite's data folder, the tokenizer and the judge are checked before the model is loaded.
+        metadata: the training run the checkpoint comes from (see :func:`run_info`), recorded in every summary.
+        mesh: a mesh, or a MeshConfig to build one over all devices of all processes (initialising jax.distributed
+        first when the launch spans several processes, see :func:`jaxtune.eval.distributed.setup_mesh`), to restore
+        the parameters onto and shard the batches and KV caches over; None runs on the default device.
+        The parameters are restored in ``eval.compute_dtype`` (see :func:`jaxtune.eval.distributed.default_compute_dtype`).
+        Every suite's data folder, the tokenizer and the judge are checked before the model is loaded.
     """
     suites = list(eval_cfg.suites)
     if not suites:
@@ -253,8 +312,14 @@ call; ``belle`` results exist on process 0 only (the judge is asked once).
     run = dataclasses.replace(run, **mesh_record(mesh))
     model = load_model(checkpoint, mesh=mesh, compute_dtype=default_compute_dtype(eval_cfg.compute_dtype))
     codec = load_codec(location, eval_cfg.template, model.cfg.vocab_size)
-    lm = JaxLanguageModel(model, batch_size=eval_cfg.batch_size, bucket_multiple=eval_cfg.bucket_multiple,
-                          sampling=sampling_from_config(eval_cfg), seed=eval_cfg.seed, mesh=mesh)
+    lm = JaxLanguageModel(
+        model,
+        batch_size=eval_cfg.batch_size,
+        bucket_multiple=eval_cfg.bucket_multiple,
+        sampling=sampling_from_config(eval_cfg),
+        seed=eval_cfg.seed,
+        mesh=mesh,
+    )
     log.info("evaluating %s on %s", checkpoint, ", ".join(suites))
 
     writes = out_dir is not None and is_writer()
@@ -262,8 +327,17 @@ call; ``belle`` results exist on process 0 only (the judge is asked once).
     for suite in suites:
         judge_cache = as_path(out_dir) / "judge_cache.jsonl" if out_dir is not None else None
         meter = SuiteProgress(suite, tokens=lambda: lm.generated_tokens)
-        result = run_suite(suite, roots[suite], lm, codec, eval_cfg, run, judge_cache=judge_cache,
-                           answers_dir=as_path(out_dir) if out_dir is not None else None, progress=meter.update)
+        result = run_suite(
+            suite,
+            roots[suite],
+            lm,
+            codec,
+            eval_cfg,
+            run,
+            judge_cache=judge_cache,
+            answers_dir=as_path(out_dir) if out_dir is not None else None,
+            progress=meter.update,
+        )
         meter.finish()
         if result is None:
             continue

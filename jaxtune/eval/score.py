@@ -183,12 +183,16 @@ def _study_item(where: str, d: dict[str, Any], ability: str, ids: Sequence[int])
     logits = None
     if _needs_letter_logits(rec):
         if scores is None:
-            raise ScoreError(f"{where}: a multiple-choice item needs field 'generated_score' (the last-step logits "
-                             f"over the vocabulary)")
+            raise ScoreError(
+                f"{where}: a multiple-choice item needs field 'generated_score' (the last-step logits "
+                f"over the vocabulary)"
+            )
         vector = _numbers(scores, where, "generated_score")
         if max(ids) >= len(vector):
-            raise ScoreError(f"{where}: field 'generated_score' holds {len(vector)} logits, but the answer pieces "
-                             f"have ids {list(ids)} (give the tokenizer of the run with --tokenizer)")
+            raise ScoreError(
+                f"{where}: field 'generated_score' holds {len(vector)} logits, but the answer pieces "
+                f"have ids {list(ids)} (give the tokenizer of the run with --tokenizer)"
+            )
         logits = [vector[i] for i in ids]
     return rec, {"reply": reply, "letter_logits": logits}
 
@@ -205,11 +209,11 @@ def _score(rec: DoitRecord, fields: Mapping[str, Any], mode: ScorerMode) -> Item
 
 def _study_ability(path: Path) -> str:
     """``pred_biology_test.json`` -> ``biology``; ``pred_ceval_physician.json`` -> ``ceval_physician``."""
-    return ability_of_file(path.with_name(path.name[len(STUDY_PREFIX):]))
+    return ability_of_file(path.with_name(path.name[len(STUDY_PREFIX) :]))
 
 
 def _study_variant(files: Sequence[Path]) -> str:
-    splits = {m.group(1) for f in files if (m := _SPLIT.search(f.stem[len(STUDY_PREFIX):]))}
+    splits = {m.group(1) for f in files if (m := _SPLIT.search(f.stem[len(STUDY_PREFIX) :]))}
     if len(splits) > 1:
         raise ScoreError(f"{files[0].parent}: pred files of several splits ({', '.join(sorted(splits))}) in one folder")
     return splits.pop() if splits else "test"
@@ -228,12 +232,24 @@ def study_run_info(folder: Path) -> RunInfo:
     if step is not None and volume:
         per_epoch = math.ceil(volume / STUDY_GLOBAL_BATCH)
         epoch = step // per_epoch if step % per_epoch == 0 else None
-    return RunInfo(run_name=f"study {size} {data_type}", model_size=f"{size} (study)", data_source=source,
-                   data_volume=volume, epoch=epoch, step=step, checkpoint=str(folder))
+    return RunInfo(
+        run_name=f"study {size} {data_type}",
+        model_size=f"{size} (study)",
+        data_source=source,
+        data_volume=volume,
+        epoch=epoch,
+        step=step,
+        checkpoint=str(folder),
+    )
 
 
-def score_study_folder(folder: Path, files: Sequence[Path], ids: Sequence[int], mode: ScorerMode,
-                       on_file: Callable[[Path, int], None] | None = None) -> tuple[SuiteResult, dict[str, float]]:
+def score_study_folder(
+    folder: Path,
+    files: Sequence[Path],
+    ids: Sequence[int],
+    mode: ScorerMode,
+    on_file: Callable[[Path, int], None] | None = None,
+) -> tuple[SuiteResult, dict[str, float]]:
     """Score one folder of pred files: the suite result in ``mode``, and the study's totals per file."""
     scored, totals = [], {}
     for path in sorted(files):
@@ -248,8 +264,14 @@ def score_study_folder(folder: Path, files: Sequence[Path], ids: Sequence[int], 
         totals[path.name] = total
         if on_file is not None:
             on_file(path, n)
-    result = summarize_doit(scored, mode=mode, variant=_study_variant(files), run=study_run_info(folder),
-                            predictions="study pred.py", letter_ids=list(ids))
+    result = summarize_doit(
+        scored,
+        mode=mode,
+        variant=_study_variant(files),
+        run=study_run_info(folder),
+        predictions="study pred.py",
+        letter_ids=list(ids),
+    )
     return result, totals
 
 
@@ -267,10 +289,17 @@ def _field(d: Mapping[str, Any], key: str, where: str) -> Any:
 def _doit_item_from_jaxtune(where: str, d: dict[str, Any], mode: ScorerMode) -> tuple:
     prompt = _field(d, "prompt", where)
     if "reference" not in d:
-        raise ScoreError(f"{where}: missing field 'reference' (items written before jaxtune recorded the reference "
-                         f"reply cannot be re-scored; evaluate again)")
-    raw = {"messages": [*prompt, {"role": "assistant", "content": d["reference"]}], "type": _field(d, "type", where),
-           "question_format": _field(d, "question_format", where), "answer": d.get("answer"), "idx": d.get("idx")}
+        raise ScoreError(
+            f"{where}: missing field 'reference' (items written before jaxtune recorded the reference "
+            f"reply cannot be re-scored; evaluate again)"
+        )
+    raw = {
+        "messages": [*prompt, {"role": "assistant", "content": d["reference"]}],
+        "type": _field(d, "type", where),
+        "question_format": _field(d, "question_format", where),
+        "answer": d.get("answer"),
+        "idx": d.get("idx"),
+    }
     if raw["question_format"] == 1:
         raw["choices"] = ["", "", ""]  # the perplexities were measured; the texts are not needed to rank them
     try:
@@ -278,13 +307,15 @@ def _doit_item_from_jaxtune(where: str, d: dict[str, Any], mode: ScorerMode) -> 
     except DoitDataError as e:
         raise ScoreError(str(e)) from None
     if rec.question_format == 1:
-        fields: dict[str, Any] = {"perplexities": _numbers(_field(d, "perplexities", where), where, "perplexities", 3,
-                                                            null_is_nan=True)}
+        fields: dict[str, Any] = {
+            "perplexities": _numbers(_field(d, "perplexities", where), where, "perplexities", 3, null_is_nan=True)
+        }
     else:
         logits = d.get("letter_logits")
-        fields = {"reply": _text(_field(d, "reply", where), where, "reply"),
-                  "letter_logits": None if logits is None else _numbers(logits, where, "letter_logits", 4,
-                                                                                 null_is_nan=True)}
+        fields = {
+            "reply": _text(_field(d, "reply", where), where, "reply"),
+            "letter_logits": None if logits is None else _numbers(logits, where, "letter_logits", 4, null_is_nan=True),
+        }
     return rec, _score(rec, fields, mode), fields
 
 
@@ -323,11 +354,13 @@ def score_jaxtune_items(path: Path, mode: ScorerMode) -> SuiteResult:
         details = dict(previous.details) if previous is not None else {}
         pieces = details.pop("letter_pieces", list(LETTERS))
         details.pop("micro_average", None)
-        summary = summarize_mcq(per_task, suite=suite, variant=variant, letter_pieces=pieces, run=run,
-                                rescored_from=str(path), **details)
+        summary = summarize_mcq(
+            per_task, suite=suite, variant=variant, letter_pieces=pieces, run=run, rescored_from=str(path), **details
+        )
         return SuiteResult(summary, items)
-    raise ScoreError(f"{path}: suite {suite!r} cannot be scored without a model (scorable: doit, "
-                     f"{', '.join(MCQ_SUITES)})")
+    raise ScoreError(
+        f"{path}: suite {suite!r} cannot be scored without a model (scorable: doit, {', '.join(MCQ_SUITES)})"
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -360,8 +393,10 @@ def score_predictions(
         elif path.name.endswith(ITEMS_SUFFIX):
             item_files.append(path)
     if not study_files and not item_files:
-        raise ScoreError(f"{root}: no prediction files (expected the study's {STUDY_PREFIX}<name>.json or "
-                         f"jaxtune's *{ITEMS_SUFFIX}, in this folder or below it)")
+        raise ScoreError(
+            f"{root}: no prediction files (expected the study's {STUDY_PREFIX}<name>.json or "
+            f"jaxtune's *{ITEMS_SUFFIX}, in this folder or below it)"
+        )
     outputs = ScoreOutputs()
     ids = letter_ids(tokenizer) if study_files else []
     for folder, files in study_files.items():
@@ -384,4 +419,3 @@ def score_predictions(
         if on_file is not None:
             on_file(path, len(result.items))
     return outputs
-

@@ -45,8 +45,10 @@ class TemplateChatCodec:
                 f"{model_vocab_size}); evaluate with the tokenizer the model was trained with"
             )
         if tokenizer.vocab_size > model_vocab_size:
-            raise ValueError(f"tokenizer {tokenizer.path} has {tokenizer.vocab_size} ids but the model only "
-                             f"{model_vocab_size}: they do not belong together")
+            raise ValueError(
+                f"tokenizer {tokenizer.path} has {tokenizer.vocab_size} ids but the model only "
+                f"{model_vocab_size}: they do not belong together"
+            )
         return cls(template)
 
     @staticmethod
@@ -64,12 +66,16 @@ class TemplateChatCodec:
     def reply_ids(self, text: str) -> list[int]:
         question = [{"role": "user", "content": _REPLY_PROBE_QUESTION}]
         prompt = self.prompt_ids(question)
-        full = [int(i) for i in self.template.encode(self._turns([*question, {"role": "assistant", "content": text}]))
-                .input_ids]
+        full = [
+            int(i)
+            for i in self.template.encode(self._turns([*question, {"role": "assistant", "content": text}])).input_ids
+        ]
         if full[: len(prompt)] != prompt:
-            raise ValueError(f"template {type(self.template).__name__} renders a reply that does not extend its "
-                             "prompt; replies cannot be scored with it")
-        return full[len(prompt):]
+            raise ValueError(
+                f"template {type(self.template).__name__} renders a reply that does not extend its "
+                "prompt; replies cannot be scored with it"
+            )
+        return full[len(prompt) :]
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text)

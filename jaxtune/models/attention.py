@@ -108,9 +108,7 @@ def _from_grouped(x: jnp.ndarray, b: int, t: int, h: int) -> jnp.ndarray:
     return x.reshape(b, kv, h // kv, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
 
 
-def _masked_scores(
-    qh: jnp.ndarray, kh: jnp.ndarray, bias: jnp.ndarray, alibi: Optional[Alibi] = None
-) -> jnp.ndarray:
+def _masked_scores(qh: jnp.ndarray, kh: jnp.ndarray, bias: jnp.ndarray, alibi: Optional[Alibi] = None) -> jnp.ndarray:
     """Float32 scores (B, KV, G*T, S) of already scaled queries, plus the additive mask bias (B, T, S) and, with
     ``alibi``, the ALiBi bias (built here, elementwise, so that it fuses with the scores)."""
     b, kv, gt, _ = qh.shape
@@ -200,8 +198,8 @@ def causal_blocked_attention(
     blocks = []
     for i in range(QUERY_BLOCKS):
         start, end = i * size, (i + 1) * size
-        block_alibi = None if alibi is None else Alibi(
-            alibi.slopes, alibi.q_positions[:, start:end], alibi.kv_positions[:, :end]
+        block_alibi = (
+            None if alibi is None else Alibi(alibi.slopes, alibi.q_positions[:, start:end], alibi.kv_positions[:, :end])
         )
         blocks.append(xla_attention(q[:, start:end], k[:, :end], v[:, :end], mask[:, start:end, :end], block_alibi))
     return jnp.concatenate(blocks, axis=1)
@@ -244,9 +242,14 @@ def splash_attention(
         v = jnp.repeat(v, h // kv, axis=2)
     block = min(block_size, t)
     sizes = splash.BlockSizes(
-        block_q=block, block_kv_compute=block, block_kv=block,
-        block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
-        block_q_dq=block, block_kv_dq=block,
+        block_q=block,
+        block_kv_compute=block,
+        block_kv=block,
+        block_q_dkv=block,
+        block_kv_dkv=block,
+        block_kv_dkv_compute=block,
+        block_q_dq=block,
+        block_kv_dq=block,
     )
     mask = splash_mask.MultiHeadMask([splash_mask.CausalMask((t, t)) for _ in range(h)])
     kernel = splash.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
@@ -311,8 +314,10 @@ def resolve_impl(impl: str, *, has_cache: bool, seq_len: int, has_bias: bool = F
             _warn_once(f"attention_impl='splash' needs a TPU; the backend is {backend!r}: using 'xla'")
             return "xla"
         if has_bias:
-            _warn_once("attention_impl='splash': the splash kernel takes no additive bias, so ALiBi (BLOOM) "
-                       "attention runs on 'xla'")
+            _warn_once(
+                "attention_impl='splash': the splash kernel takes no additive bias, so ALiBi (BLOOM) "
+                "attention runs on 'xla'"
+            )
             return "xla"
         if has_cache or seq_len % 128:
             # Decoding with a KV cache, or rows not a multiple of the kernel's block: the XLA path serves these.

@@ -106,9 +106,18 @@ class BloomLayers(nnx.Module):
         e, m, h, d, n = cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.resolved_head_dim(), cfg.num_layers
         dt, std = DTYPES[cfg.param_dtype], cfg.initializer_range
         shapes = {
-            "attn_norm": (n, e), "attn_norm_bias": (n, e), "qkv_proj": (n, e, h, 3, d), "qkv_bias": (n, h, 3, d),
-            "o_proj": (n, h, d, e), "o_bias": (n, e), "mlp_norm": (n, e), "mlp_norm_bias": (n, e),
-            "up_proj": (n, e, m), "up_bias": (n, m), "down_proj": (n, m, e), "down_bias": (n, e),
+            "attn_norm": (n, e),
+            "attn_norm_bias": (n, e),
+            "qkv_proj": (n, e, h, 3, d),
+            "qkv_bias": (n, h, 3, d),
+            "o_proj": (n, h, d, e),
+            "o_bias": (n, e),
+            "mlp_norm": (n, e),
+            "mlp_norm_bias": (n, e),
+            "up_proj": (n, e, m),
+            "up_bias": (n, m),
+            "down_proj": (n, m, e),
+            "down_bias": (n, e),
         }
         for name, shape in shapes.items():
             if name in _NORM_SCALES:
@@ -164,8 +173,16 @@ def bloom_layer(
         k, v = k.astype(cd), v.astype(cd)
 
     attn = dot_product_attention(
-        q, k, v, q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids, q_slots=q_slots, kv_slots=kv_slots,
-        impl=cfg.attention_impl, has_cache=cache_kv is not None, alibi=alibi,
+        q,
+        k,
+        v,
+        q_segment_ids=q_segment_ids,
+        kv_segment_ids=kv_segment_ids,
+        q_slots=q_slots,
+        kv_slots=kv_slots,
+        impl=cfg.attention_impl,
+        has_cache=cache_kv is not None,
+        alibi=alibi,
     )
     attn = constrain(attn, (BATCH, LENGTH, HEADS, None))
     h = h + constrain(project(attn, w["o_proj"], in_dims=2) + w["o_bias"], (BATCH, LENGTH, EMBED))
@@ -186,24 +203,29 @@ class Bloom(nnx.Module):
         self.cfg = cfg
         dt = DTYPES[cfg.param_dtype]
         e, vocab = cfg.hidden_size, cfg.padded_vocab_size()
-        self.embed_tokens = nnx.Param(_normal(rngs, (vocab, e), cfg.initializer_range, dt),
-                                      logical_axes=("vocab", "embed"))
+        self.embed_tokens = nnx.Param(
+            _normal(rngs, (vocab, e), cfg.initializer_range, dt), logical_axes=("vocab", "embed")
+        )
         self.embed_norm = nnx.Param(jnp.ones((e,), dt), logical_axes=("norm",))
         self.embed_norm_bias = nnx.Param(jnp.zeros((e,), dt), logical_axes=("norm",))
         self.layers = BloomLayers(cfg, rngs)
         self.norm = nnx.Param(jnp.ones((e,), dt), logical_axes=("norm",))
         self.norm_bias = nnx.Param(jnp.zeros((e,), dt), logical_axes=("norm",))
         if not cfg.tie_word_embeddings:
-            self.lm_head = nnx.Param(_normal(rngs, (e, vocab), cfg.initializer_range, dt),
-                                     logical_axes=("embed", "vocab"))
+            self.lm_head = nnx.Param(
+                _normal(rngs, (e, vocab), cfg.initializer_range, dt), logical_axes=("embed", "vocab")
+            )
 
     def init_cache(self, batch_size: int, max_len: int) -> KVCache:
         """An empty KV cache in the compute dtype (:func:`jaxtune.models.llama.init_cache`), sharded like the keys
         and values written into it (rows over the data-parallel axes, heads over tensor) when a mesh is installed."""
         cache = init_cache(self.cfg, batch_size, max_len)
         names = (None, BATCH, LENGTH, KV_HEADS, None)
-        return cache._replace(k=constrain(cache.k, names), v=constrain(cache.v, names),
-                              segment_ids=constrain(cache.segment_ids, (BATCH, LENGTH)))
+        return cache._replace(
+            k=constrain(cache.k, names),
+            v=constrain(cache.v, names),
+            segment_ids=constrain(cache.segment_ids, (BATCH, LENGTH)),
+        )
 
     def __call__(
         self,
@@ -249,8 +271,14 @@ class Bloom(nnx.Module):
             kv_segment_ids, kv_slots = segment_ids, slots
             q_positions = kv_positions = alibi_positions(segment_ids)
         alibi = Alibi(jnp.asarray(alibi_slopes(cfg.num_heads)), q_positions, kv_positions)
-        shared = dict(alibi=alibi, q_segment_ids=segment_ids, kv_segment_ids=kv_segment_ids, q_slots=slots,
-                      kv_slots=kv_slots, cache_slots=None if cache is None else row_slots)
+        shared = dict(
+            alibi=alibi,
+            q_segment_ids=segment_ids,
+            kv_segment_ids=kv_segment_ids,
+            q_slots=slots,
+            kv_slots=kv_slots,
+            cache_slots=None if cache is None else row_slots,
+        )
 
         def body(h, xs):
             layer_params, layer_cache = xs

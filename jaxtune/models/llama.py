@@ -105,8 +105,9 @@ class KVCache(NamedTuple):
             return KVCache(self.k[:, :, :length], self.v[:, :, :length], self.segment_ids[:, :length], self.index)
         pad = length - self.length
         kv_pad = ((0, 0), (0, 0), (0, pad), (0, 0), (0, 0))
-        return KVCache(jnp.pad(self.k, kv_pad), jnp.pad(self.v, kv_pad), jnp.pad(self.segment_ids, ((0, 0), (0, pad))),
-                       self.index)
+        return KVCache(
+            jnp.pad(self.k, kv_pad), jnp.pad(self.v, kv_pad), jnp.pad(self.segment_ids, ((0, 0), (0, pad))), self.index
+        )
 
     def take_rows(self, rows: jnp.ndarray) -> "KVCache":
         """A cache of rows ``rows`` (R,) of this one (a row may be taken several times)."""
@@ -129,19 +130,24 @@ def init_cache(cfg: ModelConfig, batch_size: int, max_len: int, dtype: Any = Non
     """An empty cache for ``batch_size`` rows of up to ``max_len`` slots (dtype: the compute dtype by default)."""
     dtype = DTYPES[cfg.compute_dtype] if dtype is None else dtype
     shape = (cfg.num_layers, batch_size, max_len, cfg.resolved_num_kv_heads(), cfg.resolved_head_dim())
-    return constrain_cache(KVCache(
-        k=jnp.zeros(shape, dtype),
-        v=jnp.zeros(shape, dtype),
-        segment_ids=jnp.zeros((batch_size, max_len), jnp.int32),
-        index=jnp.zeros((batch_size,), jnp.int32),
-    ))
+    return constrain_cache(
+        KVCache(
+            k=jnp.zeros(shape, dtype),
+            v=jnp.zeros(shape, dtype),
+            segment_ids=jnp.zeros((batch_size, max_len), jnp.int32),
+            index=jnp.zeros((batch_size,), jnp.int32),
+        )
+    )
 
 
 def constrain_cache(cache: KVCache) -> KVCache:
     """Name the cache's axes (rows over the data-parallel axes, key/value heads over ``tensor`` under
     jaxtune.sharding's rules; a no-op without them), so that no device holds the whole cache."""
-    return cache._replace(k=constrain(cache.k, KV_CACHE), v=constrain(cache.v, KV_CACHE),
-                          segment_ids=constrain(cache.segment_ids, CACHE_SEGMENTS))
+    return cache._replace(
+        k=constrain(cache.k, KV_CACHE),
+        v=constrain(cache.v, KV_CACHE),
+        segment_ids=constrain(cache.segment_ids, CACHE_SEGMENTS),
+    )
 
 
 def rms_norm(x: jnp.ndarray, weight: jnp.ndarray, eps: float) -> jnp.ndarray:
@@ -174,12 +180,24 @@ class DecoderLayers(nnx.Module):
     """All decoder layers' weights, stacked on a leading ``layers`` axis."""
 
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
-        e, m, h, kv, d, n = (cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.resolved_num_kv_heads(),
-                             cfg.resolved_head_dim(), cfg.num_layers)
+        e, m, h, kv, d, n = (
+            cfg.hidden_size,
+            cfg.intermediate_size,
+            cfg.num_heads,
+            cfg.resolved_num_kv_heads(),
+            cfg.resolved_head_dim(),
+            cfg.num_layers,
+        )
         dt, std = DTYPES[cfg.param_dtype], cfg.initializer_range
         shapes = {
-            "attn_norm": (n, e), "q_proj": (n, e, h, d), "k_proj": (n, e, kv, d), "v_proj": (n, e, kv, d),
-            "o_proj": (n, h, d, e), "mlp_norm": (n, e), "gate_proj": (n, e, m), "up_proj": (n, e, m),
+            "attn_norm": (n, e),
+            "q_proj": (n, e, h, d),
+            "k_proj": (n, e, kv, d),
+            "v_proj": (n, e, kv, d),
+            "o_proj": (n, h, d, e),
+            "mlp_norm": (n, e),
+            "gate_proj": (n, e, m),
+            "up_proj": (n, e, m),
             "down_proj": (n, m, e),
         }
         for name, shape in shapes.items():
@@ -232,8 +250,15 @@ def decoder_layer(
         k, v = k.astype(cd), v.astype(cd)
 
     attn = dot_product_attention(
-        q, k, v, q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids, q_slots=q_slots, kv_slots=kv_slots,
-        impl=cfg.attention_impl, has_cache=cache_kv is not None,
+        q,
+        k,
+        v,
+        q_segment_ids=q_segment_ids,
+        kv_segment_ids=kv_segment_ids,
+        q_slots=q_slots,
+        kv_slots=kv_slots,
+        impl=cfg.attention_impl,
+        has_cache=cache_kv is not None,
     )
     attn = constrain(attn, (BATCH, LENGTH, HEADS, None))
     h = h + constrain(project(attn, w["o_proj"], in_dims=2), (BATCH, LENGTH, EMBED))
@@ -311,8 +336,9 @@ class Llama(nnx.Module):
             kv_slots = jnp.arange(cache.length, dtype=jnp.int32)
         else:
             kv_segment_ids, kv_slots = segment_ids, slots
-        shared = dict(cos=cos, sin=sin, q_segment_ids=segment_ids, kv_segment_ids=kv_segment_ids, q_slots=slots,
-                      kv_slots=kv_slots)
+        shared = dict(
+            cos=cos, sin=sin, q_segment_ids=segment_ids, kv_segment_ids=kv_segment_ids, q_slots=slots, kv_slots=kv_slots
+        )
 
         def body(h, xs):
             layer_params, layer_cache = xs
@@ -348,7 +374,8 @@ class Llama(nnx.Module):
         new_cache = None
         if cache is not None:
             new_cache = constrain_cache(
-                KVCache(k=new_kv[0], v=new_kv[1], segment_ids=kv_segment_ids, index=cache.index + t))
+                KVCache(k=new_kv[0], v=new_kv[1], segment_ids=kv_segment_ids, index=cache.index + t)
+            )
         return logits, new_cache
 
 
@@ -363,7 +390,8 @@ def resize_token_embeddings(model: Llama, new_vocab_size: int, pad_multiple: Opt
     cfg = model.cfg
     old = cfg.vocab_size
     new_cfg = dataclasses.replace(
-        cfg, vocab_size=new_vocab_size,
+        cfg,
+        vocab_size=new_vocab_size,
         vocab_pad_multiple=cfg.vocab_pad_multiple if pad_multiple is None else pad_multiple,
     )
     padded = new_cfg.padded_vocab_size()
@@ -385,8 +413,12 @@ def resize_token_embeddings(model: Llama, new_vocab_size: int, pad_multiple: Opt
 
 
 def forward(
-    graphdef: nnx.GraphDef, params: Any, input_ids: jnp.ndarray, positions: Optional[jnp.ndarray] = None,
-    segment_ids: Optional[jnp.ndarray] = None, cache: Optional[KVCache] = None,
+    graphdef: nnx.GraphDef,
+    params: Any,
+    input_ids: jnp.ndarray,
+    positions: Optional[jnp.ndarray] = None,
+    segment_ids: Optional[jnp.ndarray] = None,
+    cache: Optional[KVCache] = None,
 ) -> tuple[jnp.ndarray, Optional[KVCache]]:
     """Functional form of ``Llama.__call__`` on a split model (for jit with explicit shardings)."""
     model = nnx.merge(graphdef, params)

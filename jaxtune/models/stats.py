@@ -70,9 +70,12 @@ class ModelInfo:
             ("parameters", f"{self.num_params:,} ({_si(self.num_params)})"),
             ("  embeddings + LM head", f"{self.embedding_params:,}"),
             ("  allocated (padded vocab)", f"{self.num_params_allocated:,}"),
-            (f"forward FLOPs/token @ {self.seq_len}", f"{_si(self.forward_flops_per_token)}FLOP "
-                                                      f"(matmuls {_si(self.matmul_flops_per_token)}FLOP, "
-                                                      f"causal attention {_si(self.attention_flops_per_token)}FLOP)"),
+            (
+                f"forward FLOPs/token @ {self.seq_len}",
+                f"{_si(self.forward_flops_per_token)}FLOP "
+                f"(matmuls {_si(self.matmul_flops_per_token)}FLOP, "
+                f"causal attention {_si(self.attention_flops_per_token)}FLOP)",
+            ),
             ("training FLOPs/token", f"{_si(self.train_flops_per_token)}FLOP (3x forward; +1 forward with full remat)"),
             ("weights", _bytes(self.weights_bytes)),
             ("gradients", _bytes(self.weights_bytes)),
@@ -93,8 +96,13 @@ class _LayerCounts:
 
 
 def _llama_counts(cfg: ModelConfig) -> _LayerCounts:
-    e, m, h, kv, d = (cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.resolved_num_kv_heads(),
-                      cfg.resolved_head_dim())
+    e, m, h, kv, d = (
+        cfg.hidden_size,
+        cfg.intermediate_size,
+        cfg.num_heads,
+        cfg.resolved_num_kv_heads(),
+        cfg.resolved_head_dim(),
+    )
     matmul = e * h * d + 2 * e * kv * d + h * d * e + 3 * e * m  # q, k, v, o; gate, up, down
     return _LayerCounts(layer_params=matmul + 2 * e, layer_matmul_weights=matmul, other_params=e)
 

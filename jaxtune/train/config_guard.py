@@ -22,8 +22,8 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-from jaxtune.paths import append_text, as_path, write_text_atomic
 from jaxtune.config import ConfigError
+from jaxtune.paths import append_text, as_path, write_text_atomic
 
 GUARDED_PREFIXES = ("data.", "optim.", "train.global_batch_size", "train.epochs", "train.max_steps", "train.seed")
 """Dotted keys (or prefixes of them) that decide the data order, the batch or the learning-rate schedule."""
@@ -46,8 +46,9 @@ def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _guarded(key: str) -> bool:
-    return key not in UNGUARDED_KEYS and any(key.startswith(p) if p.endswith(".") else key == p
-                                             for p in GUARDED_PREFIXES)
+    return key not in UNGUARDED_KEYS and any(
+        key.startswith(p) if p.endswith(".") else key == p for p in GUARDED_PREFIXES
+    )
 
 
 def guarded_changes(saved: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
@@ -61,8 +62,9 @@ def _normalise(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value  # JSON has lists where the dataclass has tuples
 
 
-def check_resume_config(saved_step: int, saved: Mapping[str, Any], new: Mapping[str, Any], allow: bool,
-                        where: str | Path) -> dict[str, tuple[Any, Any]]:
+def check_resume_config(
+    saved_step: int, saved: Mapping[str, Any], new: Mapping[str, Any], allow: bool, where: str | Path
+) -> dict[str, tuple[Any, Any]]:
     """The guarded changes between the config saved at ``saved_step`` and ``new``; raises ConfigError naming each
     one unless ``allow`` (checkpoint.allow_config_change)."""
     changes = guarded_changes(saved, new)
@@ -98,9 +100,13 @@ def archive_config(run_dir: str | Path, text: str) -> Path:
     return target
 
 
-def record_changes(run_dir: str | Path, resumed_from: int, config_file: Path,
-                   changes: Mapping[str, tuple[Any, Any]]) -> None:
+def record_changes(
+    run_dir: str | Path, resumed_from: int, config_file: Path, changes: Mapping[str, tuple[Any, Any]]
+) -> None:
     """Append an allowed resume's guarded changes to RUN_DIR/configs/changes.jsonl."""
-    record = {"resumed_from": resumed_from, "config": f"{CONFIGS_DIR}/{as_path(config_file).name}",
-              "changed": {k: {"saved": old, "new": new} for k, (old, new) in changes.items()}}
+    record = {
+        "resumed_from": resumed_from,
+        "config": f"{CONFIGS_DIR}/{as_path(config_file).name}",
+        "changed": {k: {"saved": old, "new": new} for k, (old, new) in changes.items()},
+    }
     append_text(as_path(run_dir) / CONFIGS_DIR / CHANGES_FILE, json.dumps(record) + "\n")

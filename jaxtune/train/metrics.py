@@ -23,8 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from clu import metrics as clu_metrics
 
-from jaxtune.paths import append_text, as_path, write_text_atomic
 from jaxtune.errors import JaxtuneError
+from jaxtune.paths import append_text, as_path, write_text_atomic
 
 # Dense bf16 peak FLOP/s per device (chip), from the vendors' data sheets, by jax's device_kind.
 PEAK_FLOPS_BY_DEVICE_KIND: dict[str, float] = {
@@ -153,8 +153,11 @@ class MetricsWriter:
             self._tb.close()
         # tensorboardX writes gs:// itself (google-cloud-storage), re-uploading the event file on each flush.
         # Event files are named by the second they were opened in: the suffix keeps a quick restart from reusing a name.
-        self._tb = SummaryWriter(logdir=str(self.run_dir / "tensorboard"), purge_step=purge_step,
-                                 filename_suffix=f".{os.getpid()}.{purge_step or 0}")
+        self._tb = SummaryWriter(
+            logdir=str(self.run_dir / "tensorboard"),
+            purge_step=purge_step,
+            filename_suffix=f".{os.getpid()}.{purge_step or 0}",
+        )
 
     def truncate_after(self, step: int) -> None:
         """Drop records after ``step`` from metrics.jsonl (a resumed run re-does those steps), rewriting the file
@@ -175,11 +178,15 @@ class MetricsWriter:
                     raise ValueError(f"expected an object, got {type(record).__name__}")
             except ValueError as e:
                 if number == len(lines):
-                    self.message(f"{self.jsonl_path}: dropped the torn last line {number} (a write cut short: {e}): "
-                                 f"{line[:80]!r}")
+                    self.message(
+                        f"{self.jsonl_path}: dropped the torn last line {number} (a write cut short: {e}): "
+                        f"{line[:80]!r}"
+                    )
                     continue
-                raise JaxtuneError(f"{self.jsonl_path}, line {number}: not a JSON object ({e}); fix or remove that "
-                                   f"line before resuming") from None
+                raise JaxtuneError(
+                    f"{self.jsonl_path}, line {number}: not a JSON object ({e}); fix or remove that "
+                    f"line before resuming"
+                ) from None
             if record.get("step", 0) <= step:
                 kept.append(line)
         write_text_atomic(self.jsonl_path, "".join(k + "\n" for k in kept))

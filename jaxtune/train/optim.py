@@ -75,7 +75,11 @@ def build_optimizer(cfg: OptimConfig, total_steps: int) -> tuple[optax.GradientT
     cfg.validate()  # OptimConfig's rules: b1, b2 in [0, 1), eps > 0, finite non-negative rates...
     schedule = learning_rate_schedule(cfg, total_steps)
     adamw = optax.adamw(
-        learning_rate=schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
+        learning_rate=schedule,
+        b1=cfg.b1,
+        b2=cfg.b2,
+        eps=cfg.eps,
+        weight_decay=cfg.weight_decay,
         mu_dtype=None if cfg.mu_dtype is None else DTYPES[cfg.mu_dtype],
         mask=None if cfg.decay_norms_and_embeddings else weight_decay_mask,
     )
@@ -83,12 +87,16 @@ def build_optimizer(cfg: OptimConfig, total_steps: int) -> tuple[optax.GradientT
     return optax.chain(*parts), schedule
 
 
-def optimizer_state_shardings(tx: optax.GradientTransformation, abstract_params: Any, param_shardings: Any,
-                              replicated: Any) -> Any:
+def optimizer_state_shardings(
+    tx: optax.GradientTransformation, abstract_params: Any, param_shardings: Any, replicated: Any
+) -> Any:
     """Shardings of the optimizer state: every leaf that mirrors a parameter (Adam's moments) takes that
     parameter's sharding; scalars (step counts) take ``replicated``."""
     state_shapes = jax.eval_shape(tx.init, abstract_params)
     return optax.tree_map_params(
-        tx, lambda _, sharding: sharding, state_shapes, param_shardings,
+        tx,
+        lambda _, sharding: sharding,
+        state_shapes,
+        param_shardings,
         transform_non_params=lambda _: replicated,
     )

@@ -54,7 +54,12 @@ def new_train_state(params: Any, tx: optax.GradientTransformation, seed: int) ->
     """A fresh state at step 0 (call under jit to place the optimizer state with the parameters' shardings)."""
     zero = jnp.zeros((), jnp.int32)
     return TrainState(
-        params=params, opt_state=tx.init(params), step=zero, updates=zero, bad_steps=zero, skipped_steps=zero,
+        params=params,
+        opt_state=tx.init(params),
+        step=zero,
+        updates=zero,
+        bad_steps=zero,
+        skipped_steps=zero,
         rng=jax.random.PRNGKey(seed),
     )
 
@@ -67,7 +72,11 @@ def train_state_shardings(tx: optax.GradientTransformation, shapes: Any, axes: A
     return TrainState(
         params=params,
         opt_state=optimizer_state_shardings(tx, shapes, params, replicated),
-        step=replicated, updates=replicated, bad_steps=replicated, skipped_steps=replicated, rng=replicated,
+        step=replicated,
+        updates=replicated,
+        bad_steps=replicated,
+        skipped_steps=replicated,
+        rng=replicated,
     )
 
 
@@ -101,8 +110,12 @@ def cast_for_compute(params: Any, compute_dtype: Optional[str]) -> Any:
 
     def cast(path: Any, p: Any) -> Any:
         keys = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
-        if "embed_tokens" in keys or any("norm" in k for k in keys) or not jnp.issubdtype(p.dtype, jnp.floating) \
-                or p.dtype == dtype:
+        if (
+            "embed_tokens" in keys
+            or any("norm" in k for k in keys)
+            or not jnp.issubdtype(p.dtype, jnp.floating)
+            or p.dtype == dtype
+        ):
             return p
         return p.astype(dtype)
 
@@ -110,7 +123,11 @@ def cast_for_compute(params: Any, compute_dtype: Optional[str]) -> Any:
 
 
 def loss_and_grads(
-    graphdef: nnx.GraphDef, params: Any, batch: Batch, *, grad_shardings: Any = None,
+    graphdef: nnx.GraphDef,
+    params: Any,
+    batch: Batch,
+    *,
+    grad_shardings: Any = None,
     compute_dtype: Optional[str] = None,
 ) -> tuple[jax.Array, Any, jax.Array]:
     """(loss, gradients, supervised-token count) of a global batch laid out as (microbatches, rows, length).
@@ -133,6 +150,7 @@ def loss_and_grads(
         loss, grads = grad_fn(params, jax.tree.map(lambda x: x[0], batch))
         grads = jax.tree.map(lambda g: g.astype(jnp.float32), grads)
     else:
+
         def constrain(tree: Any) -> Any:
             if grad_shardings is None:
                 return tree
@@ -164,8 +182,9 @@ def train_step(
     A non-finite loss or gradient norm skips the update entirely: parameters and optimizer state come back
     unchanged, ``skipped_steps`` and ``bad_steps`` count it, and the learning-rate clock does not advance.
     """
-    loss, grads, supervised = loss_and_grads(graphdef, state.params, batch, grad_shardings=grad_shardings,
-                                             compute_dtype=compute_dtype)
+    loss, grads, supervised = loss_and_grads(
+        graphdef, state.params, batch, grad_shardings=grad_shardings, compute_dtype=compute_dtype
+    )
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
@@ -219,7 +238,12 @@ def make_train_step(
 
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, TrainMetrics]:
         return train_step(
-            state, batch, graphdef=graphdef, tx=tx, schedule=schedule, grad_shardings=state_shardings.params,
+            state,
+            batch,
+            graphdef=graphdef,
+            tx=tx,
+            schedule=schedule,
+            grad_shardings=state_shardings.params,
             compute_dtype=compute_dtype,
         )
 

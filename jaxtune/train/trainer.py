@@ -21,9 +21,9 @@ import optax
 from jax.sharding import Mesh
 
 from jaxtune.checkpoint import (
-    EpochCheckpointManager,
     DAMAGED_DIR,
     CheckpointError,
+    EpochCheckpointManager,
     TrainCheckpointManager,
     expected_param_shapes,
     load_model_config,
@@ -48,7 +48,6 @@ from jaxtune.sharding import (
 from jaxtune.train.config_guard import archive_config, check_resume_config, record_changes
 from jaxtune.train.metrics import MetricsWriter, ThroughputMeter, TrainMetrics, peak_flops_per_device, progress_line
 from jaxtune.train.optim import build_optimizer
-from jaxtune.validate import check_run, vocabulary_problem
 from jaxtune.train.step import (
     TrainState,
     init_train_state,
@@ -57,6 +56,7 @@ from jaxtune.train.step import (
     new_train_state,
     train_state_shardings,
 )
+from jaxtune.validate import check_run, vocabulary_problem
 
 COMPLETED_FILE = "completed.json"  # {"step": S, "total_steps": S, "epoch_checkpoints": [...]}, once a run completes
 TRAIN_KEYS = ("input_ids", "targets", "loss_weights", "segment_ids", "positions")
@@ -127,8 +127,9 @@ class TrainResult:
             lines.append(f"  {self.skipped_steps} steps skipped (non-finite loss or gradient)")
         lines.append(f"  checkpoints at steps {self.checkpoint_steps} in {as_path(self.run_dir) / 'checkpoints'}")
         if self.epoch_checkpoints:
-            lines.append(f"  epoch checkpoints (params only) {self.epoch_checkpoints} in "
-                         f"{as_path(self.run_dir) / 'epochs'}")
+            lines.append(
+                f"  epoch checkpoints (params only) {self.epoch_checkpoints} in {as_path(self.run_dir) / 'epochs'}"
+            )
         return "\n".join(lines)
 
 
@@ -145,9 +146,12 @@ def pipeline_data(cfg: Config, eval_batch_size: int, row_multiple: int = 1) -> R
 
     def build(epochs: int):
         return build_train_pipeline(
-            cfg.data, global_batch_size=cfg.train.global_batch_size, epochs=epochs,
+            cfg.data,
+            global_batch_size=cfg.train.global_batch_size,
+            epochs=epochs,
             manifest_path=as_path(cfg.run_dir) / "manifest.jsonl" if jax.process_index() == 0 else None,
-            batch_unit=cfg.train.batch_unit, row_multiple=row_multiple,
+            batch_unit=cfg.train.batch_unit,
+            row_multiple=row_multiple,
         )
 
     stream = build(cfg.train.epochs)
@@ -162,8 +166,13 @@ def pipeline_data(cfg: Config, eval_batch_size: int, row_multiple: int = 1) -> R
     if cfg.data.valid_path:
         valid = build_eval_pipeline(cfg.data, global_batch_size=eval_batch_size, ability_names=info.ability_names)
     return RunData(
-        iterator=stream.iterator, steps_per_epoch=info.steps_per_epoch, ability_names=info.ability_names,
-        valid=valid, tokenizer_src=cfg.data.tokenizer, added_tokens=info.added_tokens, summary=info.summary(),
+        iterator=stream.iterator,
+        steps_per_epoch=info.steps_per_epoch,
+        ability_names=info.ability_names,
+        valid=valid,
+        tokenizer_src=cfg.data.tokenizer,
+        added_tokens=info.added_tokens,
+        summary=info.summary(),
         rows_per_step=info.global_batch_size,
     )
 
@@ -210,8 +219,11 @@ class _StopRequest:
         if signum == signal.SIGINT:
             if self.requested:
                 raise KeyboardInterrupt
-            print("Ctrl-C: finishing this step, saving a checkpoint, then exiting (Ctrl-C again to abort)",
-                  file=sys.stderr, flush=True)
+            print(
+                "Ctrl-C: finishing this step, saving a checkpoint, then exiting (Ctrl-C again to abort)",
+                file=sys.stderr,
+                flush=True,
+            )
         self.requested = True
 
     def __exit__(self, *exc: Any) -> None:
@@ -305,8 +317,9 @@ def train(cfg: Config, data: Optional[RunData] = None, *, print_fn: Callable[[st
         return _train(cfg, data, print_fn, stop_request)
 
 
-def _train(cfg: Config, data: Optional[RunData], print_fn: Callable[[str], None],
-           stop_request: "_StopRequest") -> TrainResult:
+def _train(
+    cfg: Config, data: Optional[RunData], print_fn: Callable[[str], None], stop_request: "_StopRequest"
+) -> TrainResult:
     tc = cfg.train
     cfg.validate()  # a config built in code gets the checks loading applies
     initialize_distributed(cfg.mesh)
@@ -316,8 +329,13 @@ def _train(cfg: Config, data: Optional[RunData], print_fn: Callable[[str], None]
     # A resume must apply its saved data position and schedule to the data and batch they belong to: compare
     # before anything is built or written (the manifest, config.yaml).
     saved = saved_run_config(cfg.run_dir) if cfg.checkpoint.resume == "auto" else None
-    changes = {} if saved is None else check_resume_config(
-        saved[0], saved[1], config_to_dict(cfg), cfg.checkpoint.allow_config_change, cfg.run_dir)
+    changes = (
+        {}
+        if saved is None
+        else check_resume_config(
+            saved[0], saved[1], config_to_dict(cfg), cfg.checkpoint.allow_config_change, cfg.run_dir
+        )
+    )
 
     dealt_rows = tc.batch_unit == "examples" and cfg.data.packing  # rows per step known once the data is read
     device_rows = math.lcm(data_parallel_size(mesh), jax.process_count())
@@ -336,11 +354,15 @@ def _train(cfg: Config, data: Optional[RunData], print_fn: Callable[[str], None]
     writer = MetricsWriter(cfg.run_dir, enabled=jax.process_index() == 0, print_fn=print_fn)
     epoch_steps = list(range(data.steps_per_epoch, total_steps + 1, data.steps_per_epoch))
     manager = TrainCheckpointManager(
-        cfg.run_dir, cfg.checkpoint, model_cfg=cfg.model,
-        tokenizer_src=data.tokenizer_src, added_tokens=data.added_tokens,
+        cfg.run_dir,
+        cfg.checkpoint,
+        model_cfg=cfg.model,
+        tokenizer_src=data.tokenizer_src,
+        added_tokens=data.added_tokens,
     )
     if not cfg.checkpoint.keep_train_state_when_done and not (
-            cfg.checkpoint.keep_epoch_checkpoints and total_steps in epoch_steps):
+        cfg.checkpoint.keep_epoch_checkpoints and total_steps in epoch_steps
+    ):
         raise ConfigError(
             "checkpoint.keep_train_state_when_done=false deletes the full train states of a finished run, so the "
             "final parameters must live in an epoch checkpoint: it needs checkpoint.keep_epoch_checkpoints=true and "
@@ -349,16 +371,21 @@ def _train(cfg: Config, data: Optional[RunData], print_fn: Callable[[str], None]
     epochs = None
     if cfg.checkpoint.keep_epoch_checkpoints:
         epochs = EpochCheckpointManager(
-            cfg.run_dir, model_cfg=cfg.model, dtype=cfg.checkpoint.epoch_dtype or cfg.model.compute_dtype,
-            async_save=cfg.checkpoint.async_save, tokenizer_src=data.tokenizer_src, added_tokens=data.added_tokens,
+            cfg.run_dir,
+            model_cfg=cfg.model,
+            dtype=cfg.checkpoint.epoch_dtype or cfg.model.compute_dtype,
+            async_save=cfg.checkpoint.async_save,
+            tokenizer_src=data.tokenizer_src,
+            added_tokens=data.added_tokens,
         )
     try:
         if data.summary:
             writer.message(data.summary)
         finished = _finished_run(cfg, manager, total_steps)
         if finished is not None:
-            writer.message(f"the run in {cfg.run_dir} is finished ({COMPLETED_FILE}, train states deleted): nothing "
-                           f"to train")
+            writer.message(
+                f"the run in {cfg.run_dir} is finished ({COMPLETED_FILE}, train states deleted): nothing to train"
+            )
             return finished
         loop = _RunLoop(cfg, data, layout, manager, writer, total_steps, epoch_steps, stop_request, epochs)
         resumed_from = loop.start()
@@ -367,9 +394,11 @@ def _train(cfg: Config, data: Optional[RunData], print_fn: Callable[[str], None]
             archived = archive_config(cfg.run_dir, dump_config(cfg))
             if changes:
                 record_changes(cfg.run_dir, saved[0], archived, changes)
-                writer.message(f"checkpoint.allow_config_change: resuming from step {saved[0]} with changed "
-                               f"{', '.join(f'{k} ({old!r} -> {new!r})' for k, (old, new) in changes.items())}; "
-                               f"recorded in {as_path(cfg.run_dir) / 'configs'}")
+                writer.message(
+                    f"checkpoint.allow_config_change: resuming from step {saved[0]} with changed "
+                    f"{', '.join(f'{k} ({old!r} -> {new!r})' for k, (old, new) in changes.items())}; "
+                    f"recorded in {as_path(cfg.run_dir) / 'configs'}"
+                )
         stopped = loop.run()
         manager.wait_until_finished()
         if epochs is not None:
@@ -377,9 +406,15 @@ def _train(cfg: Config, data: Optional[RunData], print_fn: Callable[[str], None]
         if stopped == "completed":
             _mark_completed(cfg, manager, epochs, loop.step, total_steps, writer)
         return TrainResult(
-            run_dir=str(cfg.run_dir), step=loop.step, total_steps=total_steps, stopped=stopped,
-            resumed_from=resumed_from, last_loss=loop.last_loss, last_eval=loop.last_eval,
-            skipped_steps=int(jax.device_get(loop.state.skipped_steps)), checkpoint_steps=manager.all_steps(),
+            run_dir=str(cfg.run_dir),
+            step=loop.step,
+            total_steps=total_steps,
+            stopped=stopped,
+            resumed_from=resumed_from,
+            last_loss=loop.last_loss,
+            last_eval=loop.last_eval,
+            skipped_steps=int(jax.device_get(loop.state.skipped_steps)),
+            checkpoint_steps=manager.all_steps(),
             epoch_checkpoints=[] if epochs is None else epochs.all_epochs(),
         )
     finally:
@@ -402,32 +437,59 @@ def _finished_run(cfg: Config, manager: TrainCheckpointManager, total_steps: int
             f"continue to {total_steps} steps; choose another run_dir"
         )
     return TrainResult(
-        run_dir=str(cfg.run_dir), step=record["step"], total_steps=total_steps, stopped="completed",
-        resumed_from=record["step"], last_loss=None, last_eval={}, skipped_steps=record.get("skipped_steps", 0),
-        checkpoint_steps=[], epoch_checkpoints=list(record.get("epoch_checkpoints", [])),
+        run_dir=str(cfg.run_dir),
+        step=record["step"],
+        total_steps=total_steps,
+        stopped="completed",
+        resumed_from=record["step"],
+        last_loss=None,
+        last_eval={},
+        skipped_steps=record.get("skipped_steps", 0),
+        checkpoint_steps=[],
+        epoch_checkpoints=list(record.get("epoch_checkpoints", [])),
     )
 
 
-def _mark_completed(cfg: Config, manager: TrainCheckpointManager, epochs: Optional[EpochCheckpointManager],
-                    step: int, total_steps: int, writer: MetricsWriter) -> None:
+def _mark_completed(
+    cfg: Config,
+    manager: TrainCheckpointManager,
+    epochs: Optional[EpochCheckpointManager],
+    step: int,
+    total_steps: int,
+    writer: MetricsWriter,
+) -> None:
     """Record the completed run; with keep_train_state_when_done=false, then delete its full train states."""
     if cfg.checkpoint.keep_train_state_when_done:
         return
-    record = {"step": step, "total_steps": total_steps,
-              "epoch_checkpoints": [] if epochs is None else epochs.all_epochs()}
+    record = {
+        "step": step,
+        "total_steps": total_steps,
+        "epoch_checkpoints": [] if epochs is None else epochs.all_epochs(),
+    }
     if jax.process_index() == 0:  # written before anything is deleted: a crash in between leaves a finished run
         write_text_atomic(as_path(cfg.run_dir) / COMPLETED_FILE, json.dumps(record) + "\n")
     manager.delete_all()
-    writer.message(f"run complete: deleted the full train states in {manager.directory} "
-                   f"(checkpoint.keep_train_state_when_done=false); the epoch checkpoints remain")
+    writer.message(
+        f"run complete: deleted the full train states in {manager.directory} "
+        f"(checkpoint.keep_train_state_when_done=false); the epoch checkpoints remain"
+    )
 
 
 class _RunLoop:
     """The step loop of one ``train`` call, with its host-side bookkeeping."""
 
-    def __init__(self, cfg: Config, data: RunData, layout: _Layout, manager: TrainCheckpointManager,
-                 writer: MetricsWriter, total_steps: int, epoch_steps: Sequence[int], stop_request: _StopRequest,
-                 epochs: Optional[EpochCheckpointManager] = None):
+    def __init__(
+        self,
+        cfg: Config,
+        data: RunData,
+        layout: _Layout,
+        manager: TrainCheckpointManager,
+        writer: MetricsWriter,
+        total_steps: int,
+        epoch_steps: Sequence[int],
+        stop_request: _StopRequest,
+        epochs: Optional[EpochCheckpointManager] = None,
+    ):
         self.cfg, self.tc, self.data, self.layout = cfg, cfg.train, data, layout
         self.stop_request = stop_request
         self.manager, self.writer, self.total_steps = manager, writer, total_steps
@@ -493,8 +555,10 @@ class _RunLoop:
                 return step
             where = manager.set_aside(step)
             reason = str(error) if error is not None else "another process could not restore it"
-            writer.message(f"skipping checkpoint step {step}, it does not restore: {reason}. The folder is kept as "
-                           f"{where}; trying the previous checkpoint")
+            writer.message(
+                f"skipping checkpoint step {step}, it does not restore: {reason}. The folder is kept as "
+                f"{where}; trying the previous checkpoint"
+            )
             set_aside.append(step)
         if set_aside:
             raise CheckpointError(
@@ -507,27 +571,42 @@ class _RunLoop:
     def run(self) -> str:
         """Steps until the end of the run or an agreed SIGTERM; returns ``completed`` or ``preempted``."""
         layout, tc = self.layout, self.tc
-        step_fn = make_train_step(layout.graphdef, layout.tx, layout.schedule, mesh=self.mesh,
-                                  state_shardings=layout.state_shardings, compute_dtype=self.cfg.model.compute_dtype)
+        step_fn = make_train_step(
+            layout.graphdef,
+            layout.tx,
+            layout.schedule,
+            mesh=self.mesh,
+            state_shardings=layout.state_shardings,
+            compute_dtype=self.cfg.model.compute_dtype,
+        )
         eval_fn = None
         if self.data.valid is not None:
-            eval_fn = make_eval_step(layout.graphdef, len(self.data.ability_names), mesh=self.mesh,
-                                     param_shardings=layout.state_shardings.params)
+            eval_fn = make_eval_step(
+                layout.graphdef,
+                len(self.data.ability_names),
+                mesh=self.mesh,
+                param_shardings=layout.state_shardings.params,
+            )
         first_step = self.step
         with self.stop_request as stop_request:
             try:
                 if self.step < self.total_steps and stop_request.agreed():  # a signal during start-up
-                    self.writer.message(f"stop requested (SIGTERM or Ctrl-C) during start-up, before step "
-                                        f"{self.step + 1}: nothing new to save; exiting. Start the same command "
-                                        f"again to resume.")
+                    self.writer.message(
+                        f"stop requested (SIGTERM or Ctrl-C) during start-up, before step "
+                        f"{self.step + 1}: nothing new to save; exiting. Start the same command "
+                        f"again to resume."
+                    )
                     return "preempted"
                 while self.step < self.total_steps:
                     self._train_step(step_fn, first_step)
                     at = self.step
                     epoch_end = at in self.epoch_ends
                     evaluate = eval_fn is not None and (epoch_end or bool(tc.eval_every and at % tc.eval_every == 0))
-                    checkpoint = epoch_end or at == self.total_steps or bool(
-                        self.cfg.checkpoint.save_every and at % self.cfg.checkpoint.save_every == 0)
+                    checkpoint = (
+                        epoch_end
+                        or at == self.total_steps
+                        or bool(self.cfg.checkpoint.save_every and at % self.cfg.checkpoint.save_every == 0)
+                    )
                     stop = stop_request.agreed()
                     if evaluate or checkpoint or stop:
                         # Settle this step's metrics first: everything up to a checkpoint is logged before it exists.
@@ -540,9 +619,11 @@ class _RunLoop:
                         self.meter.reset(at)  # the save's pause is not training throughput
                     if stop:
                         self.manager.wait_until_finished()
-                        self.writer.message(f"stop requested (SIGTERM or Ctrl-C): saved step {at} in "
-                                            f"{self.manager.directory}; exiting. Start the same command again to "
-                                            f"resume.")
+                        self.writer.message(
+                            f"stop requested (SIGTERM or Ctrl-C): saved step {at} in "
+                            f"{self.manager.directory}; exiting. Start the same command again to "
+                            f"resume."
+                        )
                         return "preempted"
                 self._settle()
                 return "completed"
@@ -587,8 +668,9 @@ class _RunLoop:
 
     def _save(self) -> None:
         if self.step not in self.saved_steps:
-            self.manager.save(self.step, self.state.params, self.state.train_fields(), self.data.iterator,
-                              self.config_dict)
+            self.manager.save(
+                self.step, self.state.params, self.state.train_fields(), self.data.iterator, self.config_dict
+            )
             self.saved_steps.add(self.step)
         if self.step in self.epoch_ends:
             self._save_epoch()
@@ -617,8 +699,11 @@ class _RunLoop:
         if diverged:
             self.manager.wait_until_finished()
             good = [s for s in self.manager.all_steps() if s < at - self.bad_run + 1]
-            where = (f"the last checkpoint before them is step {good[-1]} in {self.manager.directory}" if good
-                     else "no checkpoint was saved before them")
+            where = (
+                f"the last checkpoint before them is step {good[-1]} in {self.manager.directory}"
+                if good
+                else "no checkpoint was saved before them"
+            )
             raise TrainingDivergedError(
                 f"{self.bad_run} consecutive steps (up to step {at}) had a non-finite loss or gradient "
                 f"(train.max_consecutive_bad_steps={tc.max_consecutive_bad_steps}); stopped. Those updates were "
@@ -650,8 +735,9 @@ def _peak_flops_total(cfg: Config, mesh: Mesh) -> Optional[float]:
     return None if peak is None else peak * mesh.devices.size
 
 
-def _evaluate(eval_fn: Callable, params: Any, data: RunData, mesh: Mesh, writer: MetricsWriter,
-              step: int) -> dict[str, float]:
+def _evaluate(
+    eval_fn: Callable, params: Any, data: RunData, mesh: Mesh, writer: MetricsWriter, step: int
+) -> dict[str, float]:
     """Validation loss over one full pass: overall (token-weighted) and per ability."""
     num = len(data.ability_names)
     loss_sums = np.zeros(num, np.float64)

@@ -19,8 +19,9 @@ def untied_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
 @pytest.fixture(scope="module")
 def tied_gqa_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
     """Grouped-query attention, tied embeddings, llama3 rope, vocabulary 131, saved in shards of ~100 kB."""
-    model = build_hf_model(seed=1, vocab_size=131, num_key_value_heads=2, tie_word_embeddings=True,
-                           rope_parameters=LLAMA3_ROPE)
+    model = build_hf_model(
+        seed=1, vocab_size=131, num_key_value_heads=2, tie_word_embeddings=True, rope_parameters=LLAMA3_ROPE
+    )
     return model, save_hf_model(model, tmp_path_factory.mktemp("hf") / "tied_gqa", max_shard_size="100KB")
 
 

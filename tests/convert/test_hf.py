@@ -61,8 +61,9 @@ def test_import_then_export_round_trips_every_tensor_bit_for_bit(fixture: str, r
         assert exported[name].dtype == tensor.dtype and torch.equal(exported[name], tensor), name
     # transformers loads the export as it loads the original, and computes the same function.
     ids = np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 9))
-    exported_model, original_model = (transformers.LlamaForCausalLM.from_pretrained(d).eval()
-                                      for d in (tmp_path / "out", hf_dir))
+    exported_model, original_model = (
+        transformers.LlamaForCausalLM.from_pretrained(d).eval() for d in (tmp_path / "out", hf_dir)
+    )
     assert exported_model.config.dtype == original_model.config.dtype
     np.testing.assert_array_equal(hf_logits(exported_model, ids), hf_logits(original_model, ids))
 
@@ -77,7 +78,7 @@ def test_imported_model_matches_transformers_logits(fixture: str, request, tmp_p
     assert np.max(np.abs(got - hf_logits(hf_model, ids))) < TOL
     _, params = load_params(tmp_path / "ckpt", as_numpy=True)
     assert params["embed_tokens"].shape[0] == -(-cfg.vocab_size // 128) * 128
-    assert not params["embed_tokens"][cfg.vocab_size:].any()
+    assert not params["embed_tokens"][cfg.vocab_size :].any()
 
 
 def test_sharded_export_loads_in_transformers(untied_dir, tmp_path: Path) -> None:
@@ -179,8 +180,11 @@ def test_missing_tensor_is_named(untied_dir, tmp_path: Path) -> None:
 def test_unexpected_tensor_is_named(untied_dir, tmp_path: Path) -> None:
     d = copy_dir(untied_dir[1], tmp_path / "m")
     rewrite(d, lambda t: t.update({"model.layers.0.self_attn.q_proj.bias": torch.zeros(64)}))
-    with pytest.raises(JaxtuneError, match=r"unexpected tensor\(s\) model\.layers\.0\.self_attn\.q_proj\.bias "
-                                           r"\(in model\.safetensors"):
+    with pytest.raises(
+        JaxtuneError,
+        match=r"unexpected tensor\(s\) model\.layers\.0\.self_attn\.q_proj\.bias "
+        r"\(in model\.safetensors",
+    ):
         import_hf(d, tmp_path / "ckpt")
 
 
@@ -188,8 +192,11 @@ def test_shape_mismatch_names_both_shapes(untied_dir, tmp_path: Path) -> None:
     d = copy_dir(untied_dir[1], tmp_path / "m")
     config = json.loads((d / "config.json").read_text())
     (d / "config.json").write_text(json.dumps(config | {"intermediate_size": 128}))
-    with pytest.raises(JaxtuneError, match=r"model\.safetensors: tensor model\.layers\.0\.mlp\.gate_proj\.weight has "
-                                           r"shape \[160, 64\], config\.json implies \[128, 64\]"):
+    with pytest.raises(
+        JaxtuneError,
+        match=r"model\.safetensors: tensor model\.layers\.0\.mlp\.gate_proj\.weight has "
+        r"shape \[160, 64\], config\.json implies \[128, 64\]",
+    ):
         import_hf(d, tmp_path / "ckpt")
 
 
@@ -281,8 +288,10 @@ def test_normal_new_token_init_draws_rows_as_transformers_without_mean_resizing(
     cfg, params = load_hf_params(hf_dir, vocab_size=new, vocab_pad_multiple=128, new_token_init="normal")
     reference = copy.deepcopy(hf_model)
     reference.resize_token_embeddings(new, mean_resizing=False)
-    for table, ref in ((params["embed_tokens"], reference.get_input_embeddings().weight),
-                       (params["lm_head"].T, reference.get_output_embeddings().weight)):
+    for table, ref in (
+        (params["embed_tokens"], reference.get_input_embeddings().weight),
+        (params["lm_head"].T, reference.get_output_embeddings().weight),
+    ):
         ref = ref.detach().numpy()
         np.testing.assert_array_equal(table[:old], ref[:old])
         drawn, expected = table[old:new].astype(np.float64), ref[old:new].astype(np.float64)
@@ -303,8 +312,9 @@ def test_unknown_new_token_init_is_named(untied_dir, tmp_path: Path) -> None:
 def test_cli_import_hf_new_token_init_flag(untied_dir, tmp_path: Path) -> None:
     from jaxtune.cli import build_parser
 
-    args = build_parser().parse_args(["import-hf", str(untied_dir[1]), str(tmp_path / "c"), "--new-token-init",
-                                      "normal"])
+    args = build_parser().parse_args(
+        ["import-hf", str(untied_dir[1]), str(tmp_path / "c"), "--new-token-init", "normal"]
+    )
     assert args.new_token_init == "normal"
     assert build_parser().parse_args(["import-hf", "a", "b"]).new_token_init == "mean"
 
@@ -316,7 +326,7 @@ def _imported_with(hf_dir: Path, where: Path, name: str, values: list[float]) ->
     cfg = import_hf(hf_dir, where / "clean")
     _, params = load_params(where / "clean", as_numpy=True)
     params[name] = params[name].copy()
-    params[name].reshape(-1)[:len(values)] = values
+    params[name].reshape(-1)[: len(values)] = values
     return save_params(where / "bad", params, cfg)
 
 

@@ -63,8 +63,9 @@ def test_import_then_export_round_trips_every_tensor_bit_for_bit(fixture: str, r
     assert set(exported) == set(original)
     for name, tensor in original.items():
         assert exported[name].dtype == tensor.dtype and torch.equal(exported[name], tensor), name
-    exported_model, original_model = (transformers.BloomForCausalLM.from_pretrained(d).eval()
-                                      for d in (tmp_path / "out", hf_dir))
+    exported_model, original_model = (
+        transformers.BloomForCausalLM.from_pretrained(d).eval() for d in (tmp_path / "out", hf_dir)
+    )
     assert exported_model.config.to_dict()["n_head"] == original_model.config.n_head
     ids = np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 9))
     np.testing.assert_array_equal(hf_logits(exported_model, ids), hf_logits(original_model, ids))
@@ -81,7 +82,7 @@ def test_imported_model_matches_transformers_logits(fixture: str, request, tmp_p
     assert got.shape == (2, 20, cfg.vocab_size)
     assert np.max(np.abs(got - hf_logits(hf_model, ids))) < TOL
     _, params = load_params(tmp_path / "ckpt", as_numpy=True)
-    assert params["embed_tokens"].shape[0] == 128 and not params["embed_tokens"][cfg.vocab_size:].any()
+    assert params["embed_tokens"].shape[0] == 128 and not params["embed_tokens"][cfg.vocab_size :].any()
 
 
 def v4_bigscience_folder(hf_model: Any, hf_dir: Path, legacy_shards: int = 0) -> Path:
@@ -91,17 +92,35 @@ def v4_bigscience_folder(hf_model: Any, hf_dir: Path, legacy_shards: int = 0) ->
     hf_dir.mkdir()
     c = hf_model.config
     config = {
-        "architectures": ["BloomForCausalLM"], "model_type": "bloom", "vocab_size": c.vocab_size,
-        "n_embed": c.hidden_size, "n_layer": c.n_layer, "num_attention_heads": c.n_head, "n_inner": None,
-        "layer_norm_epsilon": c.layer_norm_epsilon, "initializer_range": c.initializer_range,
-        "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 3, "unk_token_id": 0, "seq_length": 2048,
-        "apply_residual_connection_post_layernorm": False, "pretraining_tp": 4, "slow_but_exact": False,
-        "offset_alibi": 100, "masked_softmax_fusion": True, "torch_dtype": "float32", "use_cache": True,
+        "architectures": ["BloomForCausalLM"],
+        "model_type": "bloom",
+        "vocab_size": c.vocab_size,
+        "n_embed": c.hidden_size,
+        "n_layer": c.n_layer,
+        "num_attention_heads": c.n_head,
+        "n_inner": None,
+        "layer_norm_epsilon": c.layer_norm_epsilon,
+        "initializer_range": c.initializer_range,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "pad_token_id": 3,
+        "unk_token_id": 0,
+        "seq_length": 2048,
+        "apply_residual_connection_post_layernorm": False,
+        "pretraining_tp": 4,
+        "slow_but_exact": False,
+        "offset_alibi": 100,
+        "masked_softmax_fusion": True,
+        "torch_dtype": "float32",
+        "use_cache": True,
         "transformers_version": "4.20.0",
     }
     (hf_dir / "config.json").write_text(json.dumps(config))
-    state = {k.removeprefix("transformer."): v.contiguous() for k, v in hf_model.state_dict().items()
-             if k != "lm_head.weight"}
+    state = {
+        k.removeprefix("transformer."): v.contiguous()
+        for k, v in hf_model.state_dict().items()
+        if k != "lm_head.weight"
+    }
     if legacy_shards == 0:
         save_file(state, hf_dir / "model.safetensors", metadata={"format": "pt"})
     elif legacy_shards == 1:
@@ -122,8 +141,9 @@ def _leaves(tree: dict) -> list[np.ndarray]:
 
 
 @pytest.mark.parametrize("legacy_shards", [0, 1, 3])
-def test_v4_config_and_unprefixed_or_legacy_weights_import_like_v5(bloom_dir, tmp_path: Path,
-                                                                   legacy_shards: int) -> None:
+def test_v4_config_and_unprefixed_or_legacy_weights_import_like_v5(
+    bloom_dir, tmp_path: Path, legacy_shards: int
+) -> None:
     hf_model, hf_dir = bloom_dir
     old = v4_bigscience_folder(hf_model, tmp_path / "v4", legacy_shards)
     cfg_old, params_old = load_hf_params(old)
@@ -163,8 +183,11 @@ def test_missing_bloom_tensor_is_named(bloom_dir, tmp_path: Path) -> None:
     tensors = stored_tensors(d)
     tensors.pop("transformer.h.1.self_attention.query_key_value.bias")
     save_file(tensors, d / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(JaxtuneError, match=r"missing tensor\(s\) transformer\.h\.1\.self_attention\.query_key_value"
-                                           r"\.bias"):
+    with pytest.raises(
+        JaxtuneError,
+        match=r"missing tensor\(s\) transformer\.h\.1\.self_attention\.query_key_value"
+        r"\.bias",
+    ):
         import_hf(d, tmp_path / "ckpt")
 
 
@@ -172,18 +195,24 @@ def test_bloom_shape_mismatch_names_both_shapes(bloom_dir, tmp_path: Path) -> No
     d = shutil.copytree(bloom_dir[1], tmp_path / "m")
     config = json.loads((d / "config.json").read_text())
     (d / "config.json").write_text(json.dumps(config | {"n_head": 8, "hidden_size": 64, "vocab_size": 96}))
-    with pytest.raises(JaxtuneError, match=r"tensor transformer\.word_embeddings\.weight has shape \[97, 64\], "
-                                           r"config\.json implies \[96, 64\]"):
+    with pytest.raises(
+        JaxtuneError,
+        match=r"tensor transformer\.word_embeddings\.weight has shape \[97, 64\], "
+        r"config\.json implies \[96, 64\]",
+    ):
         import_hf(d, tmp_path / "ckpt")
 
 
-@pytest.mark.parametrize("change,message", [
-    ({"apply_residual_connection_post_layernorm": True}, "apply_residual_connection_post_layernorm=true"),
-    ({"slow_but_exact": True, "pretraining_tp": 2}, "slow_but_exact=true with pretraining_tp=2"),
-    ({"hidden_size": None}, "missing required field 'hidden_size' or 'n_embed'"),
-    ({"model_type": "llama"}, "model_type 'llama' does not match architecture BloomForCausalLM"),
-    ({"architectures": ["FalconForCausalLM"]}, "unsupported architecture FalconForCausalLM .*BloomForCausalLM"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"apply_residual_connection_post_layernorm": True}, "apply_residual_connection_post_layernorm=true"),
+        ({"slow_but_exact": True, "pretraining_tp": 2}, "slow_but_exact=true with pretraining_tp=2"),
+        ({"hidden_size": None}, "missing required field 'hidden_size' or 'n_embed'"),
+        ({"model_type": "llama"}, "model_type 'llama' does not match architecture BloomForCausalLM"),
+        ({"architectures": ["FalconForCausalLM"]}, "unsupported architecture FalconForCausalLM .*BloomForCausalLM"),
+    ],
+)
 def test_unsupported_bloom_config_is_named(bloom_dir, tmp_path: Path, change: dict, message: str) -> None:
     d = shutil.copytree(bloom_dir[1], tmp_path / "m")
     config = json.loads((d / "config.json").read_text())

@@ -31,16 +31,22 @@ def doit_tokenizer(shared_data: Path) -> Path:
 @pytest.fixture(scope="module")
 def base_model(tmp_path_factory: pytest.TempPathFactory):
     """A one-layer model with the Chinese-LLaMA-Plus vocabulary size (49,953), no tokenizer in its folder."""
-    model = build_hf_model(seed=5, vocab_size=49953, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                           num_attention_heads=2, num_key_value_heads=2)
+    model = build_hf_model(
+        seed=5,
+        vocab_size=49953,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+    )
     return model, save_hf_model(model, tmp_path_factory.mktemp("hf") / "plus")
 
 
 @pytest.fixture(scope="module")
 def doit_checkpoint(base_model, doit_tokenizer, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("ck") / "doit"
-    import_hf(base_model[1], out, added_tokens=list(DOIT_TOKENS), tokenizer_dir=doit_tokenizer,
-              vocab_pad_multiple=128)
+    import_hf(base_model[1], out, added_tokens=list(DOIT_TOKENS), tokenizer_dir=doit_tokenizer, vocab_pad_multiple=128)
     return out
 
 
@@ -86,15 +92,25 @@ def test_a_model_resized_after_import_exports_the_right_vocabulary(
     model = restore_model(tmp_path / "base")
     assert model.cfg.vocab_size == 49953
     resize_token_embeddings(model, 49957, pad_multiple=128)
-    save_params(tmp_path / "resized", nnx.state(model, nnx.Param), model.cfg,
-                tokenizer_dir=tmp_path / "base" / "tokenizer", added_tokens=DOIT_TOKENS)
+    save_params(
+        tmp_path / "resized",
+        nnx.state(model, nnx.Param),
+        model.cfg,
+        tokenizer_dir=tmp_path / "base" / "tokenizer",
+        added_tokens=DOIT_TOKENS,
+    )
     export_hf(tmp_path / "resized", tmp_path / "out")
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["vocab_size"] == 49957
     assert len(transformers.AutoTokenizer.from_pretrained(tmp_path / "out")) == 49957
     # Resizing the model and resizing during import agree.
-    import_hf(base_model[1], tmp_path / "at_import", added_tokens=list(DOIT_TOKENS), tokenizer_dir=doit_tokenizer,
-              vocab_pad_multiple=128)
+    import_hf(
+        base_model[1],
+        tmp_path / "at_import",
+        added_tokens=list(DOIT_TOKENS),
+        tokenizer_dir=doit_tokenizer,
+        vocab_pad_multiple=128,
+    )
     _, at_import = load_params(tmp_path / "at_import", as_numpy=True)
     np.testing.assert_allclose(np.asarray(model.embed_tokens[...]), at_import["embed_tokens"], atol=1e-6)
 

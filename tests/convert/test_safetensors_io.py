@@ -49,7 +49,9 @@ def test_reads_files_written_by_safetensors(tmp_path: Path) -> None:
             got = reader.get(name)
             assert got.dtype == as_numpy(t).dtype and got.shape == tuple(t.shape)
             assert got.tobytes() == as_numpy(t).tobytes()  # bit for bit
-    assert [n for n, _ in iter_tensors(tmp_path / "ref.safetensors")] == SafetensorsReader(tmp_path / "ref.safetensors").keys()
+    assert [n for n, _ in iter_tensors(tmp_path / "ref.safetensors")] == SafetensorsReader(
+        tmp_path / "ref.safetensors"
+    ).keys()
 
 
 def test_written_files_load_with_safetensors(tmp_path: Path) -> None:

@@ -10,11 +10,23 @@ SHARED_DATA = Path(__file__).parents[2] / ".." / "shared" / "data"
 DOIT_TOKENIZER = SHARED_DATA / "tokenizers" / "chinese-llama-plus"
 CMMLU = SHARED_DATA / "cmmlu"
 
-ABILITIES = ("biology", "chinese", "code", "creative_writing", "ethics", "history", "math", "reasoning",
-             "role_play", "understanding")
+ABILITIES = (
+    "biology",
+    "chinese",
+    "code",
+    "creative_writing",
+    "ethics",
+    "history",
+    "math",
+    "reasoning",
+    "role_play",
+    "understanding",
+)
 
-_CHARS = ("的一是在不了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可主发年动同工也能下过子说产种面而方后多定"
-          "行学法所民得经十三之进着等部度家电力里如水化高自二理起小物现实加量都两体制机当使点从业本去把性好应开它合还因由其")
+_CHARS = (
+    "的一是在不了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可主发年动同工也能下过子说产种面而方后多定"
+    "行学法所民得经十三之进着等部度家电力里如水化高自二理起小物现实加量都两体制机当使点从业本去把性好应开它合还因由其"
+)
 
 
 def chinese_text(rng: random.Random, n: int) -> str:
@@ -42,15 +54,26 @@ def write_jsonl(path: Path, records: list) -> Path:
     return path
 
 
-def make_doit_layout(root: Path, *, per_1000: int = 12, per_full: int = 20, per_valid: int = 3, synthetic: int = 30,
-                     seed: int = 0, user_len: int = 40, reply_len: int = 30) -> Path:
+def make_doit_layout(
+    root: Path,
+    *,
+    per_1000: int = 12,
+    per_full: int = 20,
+    per_valid: int = 3,
+    synthetic: int = 30,
+    seed: int = 0,
+    user_len: int = 40,
+    reply_len: int = 30,
+) -> Path:
     """A small dataset in the DoIT layout: curated/{1000,full,valid}/{ability}_{split}.json and
     synthetic/40960/general_instruction_gpt4_41k.json (records without a type, as the study's synthetic file)."""
     rng = random.Random(seed)
     for split, n in (("1000", per_1000), ("full", per_full), ("valid", per_valid)):
         for a in ABILITIES:
-            write_jsonl(root / "curated" / split / f"{a}_{split}.json",
-                        [doit_record(rng, a, i, user_len, reply_len) for i in range(n)])
+            write_jsonl(
+                root / "curated" / split / f"{a}_{split}.json",
+                [doit_record(rng, a, i, user_len, reply_len) for i in range(n)],
+            )
     syn = []
     for i in range(synthetic):
         r = doit_record(rng, "x", i, user_len, reply_len)
@@ -81,10 +104,15 @@ def make_hf_tokenizer_folder(folder: Path, chat_template: str = CHATML_TEMPLATE)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    corpus = ["hello world, how are you today?", "the assistant answers questions about the world.",
-              "user: what is two plus two? assistant: four.", "你好，世界。我们在学习语言模型。"] * 20
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    corpus = [
+        "hello world, how are you today?",
+        "the assistant answers questions about the world.",
+        "user: what is two plus two? assistant: four.",
+        "你好，世界。我们在学习语言模型。",
+    ] * 20
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tok.train_from_iterator(corpus, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
     fast.chat_template = chat_template

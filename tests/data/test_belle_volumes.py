@@ -25,8 +25,10 @@ POPULATION = 240
 
 
 def _belle_records(n: int, start: int = 0) -> list[dict]:
-    return [{"instruction": f"第{i}条指令：", "input": f"内容{i}" if i % 3 else "", "output": f"回答{i}。",
-             "id": f"b{i}"} for i in range(start, start + n)]
+    return [
+        {"instruction": f"第{i}条指令：", "input": f"内容{i}" if i % 3 else "", "output": f"回答{i}。", "id": f"b{i}"}
+        for i in range(start, start + n)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +36,10 @@ def corpus(tmp_path_factory) -> Path:
     """Two JSON Lines files (the folder's population: 150 + 90 records, blank lines between some)."""
     root = tmp_path_factory.mktemp("belle")
     records = _belle_records(POPULATION)
-    write_jsonl(root / "corpus" / "a.json", [json.dumps(r, ensure_ascii=False) + ("\n" if i % 40 == 0 else "")
-                                             for i, r in enumerate(records[:150])])
+    write_jsonl(
+        root / "corpus" / "a.json",
+        [json.dumps(r, ensure_ascii=False) + ("\n" if i % 40 == 0 else "") for i, r in enumerate(records[:150])],
+    )
     write_jsonl(root / "corpus" / "b.json", records[150:])
     return root / "corpus"
 
@@ -43,8 +47,10 @@ def corpus(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def alpaca(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("alpaca") / "alpaca_data.json"
-    rows = [{"instruction": f"Give example {i}.", "input": "" if i % 2 else f"case {i}", "output": f"Example {i}."}
-            for i in range(30)]
+    rows = [
+        {"instruction": f"Give example {i}.", "input": "" if i % 2 else f"case {i}", "output": f"Example {i}."}
+        for i in range(30)
+    ]
     path.write_text(json.dumps(rows, indent=1), encoding="utf-8")  # a JSON array, as the Alpaca release is
     return path
 
@@ -58,8 +64,7 @@ def test_names_parse_and_the_study_volumes_are_declared() -> None:
     assert list(STUDY_VOLUMES.values()) == [200_000, 600_000, 1_000_000, 2_000_000]
     assert [parse_belle_selection(n).belle for n in STUDY_VOLUMES] == list(STUDY_VOLUMES.values())
     mixed = parse_belle_selection("belle-600k+alpaca")
-    assert (mixed.belle, mixed.alpaca, mixed.alpaca_count, mixed.source_label) == (600_000, True, None,
-                                                                                   "belle+alpaca")
+    assert (mixed.belle, mixed.alpaca, mixed.alpaca_count, mixed.source_label) == (600_000, True, None, "belle+alpaca")
     assert parse_belle_selection("belle-all+alpaca-5k").alpaca_count == 5000
     assert parse_belle_selection("belle-40").source_label == "belle"
     for bad in ("belle-12x", "belle-", "belle-2m+alpaka", "belle-0"):
@@ -115,8 +120,9 @@ def test_alpaca_mix_and_its_errors(corpus, alpaca) -> None:
     assert tail[0].messages[0].content == "Give example 0.case 0" and tail[1].messages[0].content == "Give example 1."
     part = select_belle(corpus, "belle-50+alpaca-10", seed=0, alpaca_path=alpaca)
     assert part.counts["alpaca"] == 10
-    assert set(_ids(corpus, "belle-50+alpaca-10", alpaca_path=alpaca)) < set(_ids(corpus, "belle-50+alpaca",
-                                                                              alpaca_path=alpaca))
+    assert set(_ids(corpus, "belle-50+alpaca-10", alpaca_path=alpaca)) < set(
+        _ids(corpus, "belle-50+alpaca", alpaca_path=alpaca)
+    )
     with pytest.raises(SelectionError, match="set data.alpaca_path"):
         select_belle(corpus, "belle-50+alpaca")
     with pytest.raises(SelectionError, match="draws 31 records but it holds 30"):
@@ -145,16 +151,29 @@ def test_a_drawn_invalid_line_is_named_or_skipped(tmp_path) -> None:
 
 
 def _cfg(corpus: Path, alpaca: Path, **kw) -> DataConfig:
-    values = dict(format="belle", path=str(corpus), selection="belle-64+alpaca", alpaca_path=str(alpaca),
-                  tokenizer=str(DEMO_TOKENIZER), template="belle", max_len=64, packing=False, selection_seed=5)
+    values = dict(
+        format="belle",
+        path=str(corpus),
+        selection="belle-64+alpaca",
+        alpaca_path=str(alpaca),
+        tokenizer=str(DEMO_TOKENIZER),
+        template="belle",
+        max_len=64,
+        packing=False,
+        selection_seed=5,
+    )
     values.update(kw)
     return DataConfig(**values)
 
 
 def test_the_manifest_lists_every_record_and_hosts_see_the_same_selection(corpus, alpaca, tmp_path) -> None:
     cfg = _cfg(corpus, alpaca)
-    single = build_train_pipeline(cfg, global_batch_size=8, shard_options=grain.sharding.ShardOptions(0, 1),
-                                  manifest_path=tmp_path / "manifest.jsonl")
+    single = build_train_pipeline(
+        cfg,
+        global_batch_size=8,
+        shard_options=grain.sharding.ShardOptions(0, 1),
+        manifest_path=tmp_path / "manifest.jsonl",
+    )
     manifest = read_manifest(tmp_path / "manifest.jsonl")
     expected = select_belle(corpus, cfg.selection, seed=5, alpaca_path=alpaca)
     want = [(r.id, r.ability, r.source, r.line) for r in expected.source.__getitems__(range(len(expected.source)))]
@@ -167,8 +186,15 @@ def test_the_manifest_lists_every_record_and_hosts_see_the_same_selection(corpus
 
     # Two and four hosts: the same manifest, and host batches that interleave into the single host's batches.
     for count in (2, 4):
-        hosts = [build_train_pipeline(cfg, global_batch_size=8, manifest_path=tmp_path / f"m{count}-{h}.jsonl",
-                                      shard_options=grain.sharding.ShardOptions(h, count)) for h in range(count)]
+        hosts = [
+            build_train_pipeline(
+                cfg,
+                global_batch_size=8,
+                manifest_path=tmp_path / f"m{count}-{h}.jsonl",
+                shard_options=grain.sharding.ShardOptions(h, count),
+            )
+            for h in range(count)
+        ]
         for h in range(count):
             assert read_manifest(tmp_path / f"m{count}-{h}.jsonl") == manifest
         per_host = [list(p.iterator) for p in hosts]

@@ -20,8 +20,14 @@ from jaxtune.data.formats import (
 
 
 def _doit(content="回答", role="assistant", **extra):
-    rec = {"messages": [{"role": "user", "content": "问题"}, {"role": role, "content": content}], "type": "math",
-           "question_format": 0, "choices": [], "answer": "3", "idx": 7}
+    rec = {
+        "messages": [{"role": "user", "content": "问题"}, {"role": role, "content": content}],
+        "type": "math",
+        "question_format": 0,
+        "choices": [],
+        "answer": "3",
+        "idx": 7,
+    }
     rec.update(extra)
     return rec
 
@@ -52,23 +58,46 @@ def test_belle_formats(tmp_path):
     (r,), _ = read_records(belle, "belle")
     assert r.messages == (Message("user", "翻译：你好"), Message("assistant", "Hello"))
     assert r.ability == DEFAULT_ABILITY and r.id == "belle:1"
-    conv = write_jsonl(tmp_path / "conv.jsonl", [{"id": "c1", "conversations": [
-        {"from": "human", "value": "a"}, {"from": "assistant", "value": "b"},
-        {"from": "Human", "value": "c"}, {"from": "assistant", "value": "d"}]}])
+    conv = write_jsonl(
+        tmp_path / "conv.jsonl",
+        [
+            {
+                "id": "c1",
+                "conversations": [
+                    {"from": "human", "value": "a"},
+                    {"from": "assistant", "value": "b"},
+                    {"from": "Human", "value": "c"},
+                    {"from": "assistant", "value": "d"},
+                ],
+            }
+        ],
+    )
     (r,), _ = read_records(conv, "belle_conversations")
     assert [m.role for m in r.messages] == ["user", "assistant", "user", "assistant"] and r.id == "c1"
 
 
 def test_alpaca_array_and_sharegpt(tmp_path):
-    items = [{"instruction": "Add", "input": "1 and 2", "output": "3"}, {"instruction": "Say hi", "input": "",
-                                                                       "output": "hi"}]
+    items = [
+        {"instruction": "Add", "input": "1 and 2", "output": "3"},
+        {"instruction": "Say hi", "input": "", "output": "hi"},
+    ]
     path = tmp_path / "alpaca.json"
     path.write_text(json.dumps(items, indent=2), encoding="utf-8")
     records, _ = read_records(path, "alpaca")
     assert records[0].messages[0].content == "Add\n\n1 and 2" and records[1].messages[0].content == "Say hi"
     assert records[0].line == 2 and records[1].line == 7  # the line each object starts on
-    share = write_jsonl(tmp_path / "share.jsonl", [{"conversations": [
-        {"from": "system", "value": "be brief"}, {"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}])
+    share = write_jsonl(
+        tmp_path / "share.jsonl",
+        [
+            {
+                "conversations": [
+                    {"from": "system", "value": "be brief"},
+                    {"from": "human", "value": "q"},
+                    {"from": "gpt", "value": "a"},
+                ]
+            }
+        ],
+    )
     (r,), _ = read_records(share, "sharegpt")
     assert [m.role for m in r.messages] == ["system", "user", "assistant"]
 
@@ -80,25 +109,53 @@ def test_alpaca_array_and_sharegpt(tmp_path):
         ('{"type": "math"}', "messages", "missing required field"),
         ('{"messages": "hi"}', "messages", "expected a list"),
         ('{"messages": [{"role": "bot", "content": "a"}]}', "messages[0].role", "unknown role 'bot'"),
-        ('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "  "}]}',
-         "messages[1].content", "empty assistant turn"),
-        ('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": 5}]}',
-         "messages[1].content", "expected a string, got int"),
-        ('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant"}]}', "messages[1].content",
-         "missing required field"),
-        ('{"messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "q"}]}', "messages[1]",
-         "last turn must be the assistant"),
-        ('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "question_format": 2}',
-         "question_format", "expected 0"),
-        ('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "question_format": 1,'
-         ' "choices": ["a"]}', "choices", "at least 2 choices"),
-        ('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "choices": [1, 2]}',
-         "choices[0]", "expected a string"),
-        ('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "answer": NaN}', "",
-         "NaN is not valid JSON"),
+        (
+            '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "  "}]}',
+            "messages[1].content",
+            "empty assistant turn",
+        ),
+        (
+            '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": 5}]}',
+            "messages[1].content",
+            "expected a string, got int",
+        ),
+        (
+            '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant"}]}',
+            "messages[1].content",
+            "missing required field",
+        ),
+        (
+            '{"messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "q"}]}',
+            "messages[1]",
+            "last turn must be the assistant",
+        ),
+        (
+            '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "question_format": 2}',
+            "question_format",
+            "expected 0",
+        ),
+        (
+            '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "question_format": 1,'
+            ' "choices": ["a"]}',
+            "choices",
+            "at least 2 choices",
+        ),
+        (
+            '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "choices": [1, 2]}',
+            "choices[0]",
+            "expected a string",
+        ),
+        (
+            '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "answer": NaN}',
+            "",
+            "NaN is not valid JSON",
+        ),
         ('[1, 2]', "", "expected a JSON object"),
-        ('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "type": 3}', "type",
-         "expected a string"),
+        (
+            '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "type": 3}',
+            "type",
+            "expected a string",
+        ),
     ],
 )
 def test_doit_errors_name_file_line_field(tmp_path, line, field, phrase):
@@ -120,8 +177,11 @@ def test_doit_errors_name_file_line_field(tmp_path, line, field, phrase):
         ("belle_conversations", {"conversations": [{"from": "robot", "value": "x"}]}, "conversations[0].from"),
         ("sharegpt", {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt"}]}, "conversations[1].value"),
         ("sharegpt", {"conversations": [{"from": "human", "value": "q"}]}, "conversations[0]"),
-        ("messages", {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
-                      "id": [1]}, "id"),
+        (
+            "messages",
+            {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "id": [1]},
+            "id",
+        ),
     ],
 )
 def test_other_format_errors(tmp_path, fmt, obj, field):
@@ -176,8 +236,10 @@ def test_record_json_roundtrip(tmp_path):
 
 def _array_with_one_bad_element(tmp_path, damage, indent):
     """A JSON array of 30 alpaca records whose element [10] is damaged by ``damage`` (text -> text)."""
-    elements = [json.dumps({"instruction": f"q{i}", "output": f"a{i}", "id": i}, indent=indent, ensure_ascii=False)
-                for i in range(30)]
+    elements = [
+        json.dumps({"instruction": f"q{i}", "output": f"a{i}", "id": i}, indent=indent, ensure_ascii=False)
+        for i in range(30)
+    ]
     elements[10] = damage(elements[10])
     sep = ",\n" if indent is None else ",\n"
     body = sep.join(e if indent is None else "\n".join("  " + ln for ln in e.splitlines()) for e in elements)
@@ -187,15 +249,19 @@ def _array_with_one_bad_element(tmp_path, damage, indent):
 
 
 @pytest.mark.parametrize("indent", [None, 2])
-@pytest.mark.parametrize("damage", [
-    lambda e: e.replace('"a10"', "nan"),                 # a bare word
-    lambda e: e.replace('"a10"', '"a10'),                # a string left open
-    lambda e: e.replace('"a10"', '["a10"'),              # a bracket left open
-    lambda e: e.rstrip().rstrip("}"),                    # the element's closing brace missing
-    lambda e: e.replace('"q10",', '"q10"'),              # a comma missing inside
-    lambda e: e.replace('"a10"', '"a\udcff10"'),         # invalid UTF-8 inside a string
-    lambda e: "," + e,                                   # an empty element before it
-], ids=["bare-word", "open-string", "open-bracket", "no-closing-brace", "no-comma", "bad-utf8", "empty-element"])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda e: e.replace('"a10"', "nan"),  # a bare word
+        lambda e: e.replace('"a10"', '"a10'),  # a string left open
+        lambda e: e.replace('"a10"', '["a10"'),  # a bracket left open
+        lambda e: e.rstrip().rstrip("}"),  # the element's closing brace missing
+        lambda e: e.replace('"q10",', '"q10"'),  # a comma missing inside
+        lambda e: e.replace('"a10"', '"a\udcff10"'),  # invalid UTF-8 inside a string
+        lambda e: "," + e,  # an empty element before it
+    ],
+    ids=["bare-word", "open-string", "open-bracket", "no-closing-brace", "no-comma", "bad-utf8", "empty-element"],
+)
 def test_one_bad_array_element_loses_only_itself(tmp_path, damage, indent):
     # Before: a bad element ended the file (10 of 29 good records read, "skipped 1 invalid records of 11").
     path = _array_with_one_bad_element(tmp_path, damage, indent)
@@ -217,20 +283,26 @@ def test_one_bad_array_element_loses_only_itself(tmp_path, damage, indent):
 
 def test_an_array_that_cannot_be_split_names_what_is_unreadable(tmp_path):
     path = tmp_path / "arr.json"
-    path.write_text('[{"instruction": "a", "output": "b"}, {"instruction": "c", "output": {"x": [1, 2}, '
-                    '{"instruction": "d", "output": "e"}', encoding="utf-8")  # one line, never closed
+    path.write_text(
+        '[{"instruction": "a", "output": "b"}, {"instruction": "c", "output": {"x": [1, 2}, '
+        '{"instruction": "d", "output": "e"}',
+        encoding="utf-8",
+    )  # one line, never closed
     records, report = read_records(path, "alpaca", on_error="skip")
     assert [r.messages[0].content for r in records] == ["a"]
     assert report.skipped == 1 and report.seen == 2
-    assert report.unreadable == [f"{path}:1: the JSON array from element [1] on cannot be split into elements (a "
-                                 f"string or bracket left open?); the rest of the file (lines 1-1) is unreadable"]
+    assert report.unreadable == [
+        f"{path}:1: the JSON array from element [1] on cannot be split into elements (a "
+        f"string or bracket left open?); the rest of the file (lines 1-1) is unreadable"
+    ]
     assert "unreadable" in report.summary()
     trailing = tmp_path / "trailing.json"
     trailing.write_text('[{"instruction": "a", "output": "b"},\n {"instruction": "c", "output": "d"},\n]\n')
     records, report = read_records(trailing, "alpaca", on_error="skip")
     assert len(records) == 2 and report.skipped == 0 and report.seen == 2
-    assert report.unreadable == [f"{trailing}:3: a ',' after the last element of the JSON array (every element "
-                                 f"before it was read)"]
+    assert report.unreadable == [
+        f"{trailing}:3: a ',' after the last element of the JSON array (every element before it was read)"
+    ]
     with pytest.raises(DataError, match=r"trailing.json:3: a ',' after the last element"):
         read_records(trailing, "alpaca")
 
@@ -253,5 +325,9 @@ def test_study_folders_read_upper_case_suffixes_too(tmp_path):
     write_jsonl(full / "math_full.JSON", [_doit(idx=i, type=None) for i in range(3)])
     write_jsonl(full / "code_full.jsonl", [_doit(idx=10 + i, type=None) for i in range(2)])
     chosen = select_records(tmp_path, "math:2,code:all")
-    assert sorted((r.ability, r.id) for r in chosen.records) == [("code", "10"), ("code", "11"), ("math", "0"),
-                                                                 ("math", "1")]
+    assert sorted((r.ability, r.id) for r in chosen.records) == [
+        ("code", "10"),
+        ("code", "11"),
+        ("math", "0"),
+        ("math", "1"),
+    ]

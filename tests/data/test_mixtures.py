@@ -57,16 +57,25 @@ def _study(root: Path, data_type: str) -> list[tuple[str, int]]:
 @pytest.fixture(scope="module")
 def big_root(tmp_path_factory) -> Path:
     # Enough lines that reconstruct's and maximum's caps (64, 1000, 1305, 1306) bite on some abilities.
-    return make_doit_layout(tmp_path_factory.mktemp("doit") / "root", per_1000=40, per_full=1400, per_valid=1,
-                            synthetic=200, user_len=3, reply_len=3)
+    return make_doit_layout(
+        tmp_path_factory.mktemp("doit") / "root",
+        per_1000=40,
+        per_full=1400,
+        per_valid=1,
+        synthetic=200,
+        user_len=3,
+        reply_len=3,
+    )
 
 
 def _ids(selection) -> list[tuple[str, int]]:
     return [(r.ability, int(r.id)) for r in selection.records]
 
 
-@pytest.mark.parametrize("data_type", ["curated-10", "curated-160", "curated-400", "synthetic-40", "synthetic-200",
-                                       "reconstruct", "maximum", "mix-160"])
+@pytest.mark.parametrize(
+    "data_type",
+    ["curated-10", "curated-160", "curated-400", "synthetic-40", "synthetic-200", "reconstruct", "maximum", "mix-160"],
+)
 def test_selection_equals_the_study(big_root, data_type):
     got = _ids(select_records(big_root, data_type))
     assert got == _study(big_root, data_type)
@@ -74,8 +83,9 @@ def test_selection_equals_the_study(big_root, data_type):
 
 
 def test_selection_sizes(big_root):
-    assert select_records(big_root, "curated-160").counts() == {a: 16 for a in select_records(big_root,
-                                                                                               "curated-10").counts()}
+    assert select_records(big_root, "curated-160").counts() == {
+        a: 16 for a in select_records(big_root, "curated-10").counts()
+    }
     rec = select_records(big_root, "reconstruct").counts()
     assert rec["ethics"] == 64 and rec["creative_writing"] == 1000 and rec["chinese"] == 1306
     assert rec["biology"] == 1400 and rec["math"] == 1305
@@ -84,8 +94,9 @@ def test_selection_sizes(big_root):
 
 
 def test_baseline_is_curated_10000(tmp_path):
-    root = make_doit_layout(tmp_path / "r", per_1000=1000, per_full=1, per_valid=1, synthetic=1, user_len=1,
-                            reply_len=1)
+    root = make_doit_layout(
+        tmp_path / "r", per_1000=1000, per_full=1, per_valid=1, synthetic=1, user_len=1, reply_len=1
+    )
     base = select_records(root, "baseline")
     assert _ids(base) == _study(root, "curated-10000")
     assert len(base.records) == 10000
@@ -139,5 +150,9 @@ def test_manifest_roundtrip(doit_root, tmp_path):
     n = write_manifest(tmp_path / "run" / "manifest.jsonl", sel.records)
     entries = read_manifest(tmp_path / "run" / "manifest.jsonl")
     assert n == 20 == len(entries)
-    assert entries[0] == {"id": sel.records[0].id, "ability": "biology", "source": sel.records[0].source,
-                          "line": sel.records[0].line}
+    assert entries[0] == {
+        "id": sel.records[0].id,
+        "ability": "biology",
+        "source": sel.records[0].source,
+        "line": sel.records[0].line,
+    }

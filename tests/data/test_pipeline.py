@@ -21,8 +21,13 @@ ONE_HOST = grain.sharding.ShardOptions(shard_index=0, shard_count=1)
 
 
 def _cfg(root: Path, tokenizer_path: Path, **kw) -> DataConfig:
-    values = dict(path=str(root), selection="curated-40", tokenizer=str(tokenizer_path), max_len=128,
-                  valid_path=str(root / "curated" / "valid"))
+    values = dict(
+        path=str(root),
+        selection="curated-40",
+        tokenizer=str(tokenizer_path),
+        max_len=128,
+        valid_path=str(root / "curated" / "valid"),
+    )
     values.update(kw)
     return DataConfig(**values)
 
@@ -67,8 +72,9 @@ def _check_batch(batch: dict, reference: dict, ability_names, seen: list) -> Non
 
 def test_packed_batches_hold_every_example_once_per_epoch(doit_root, doit_tokenizer_path, tmp_path):
     cfg = _cfg(doit_root, doit_tokenizer_path)
-    data = build_train_pipeline(cfg, global_batch_size=4, epochs=2, shard_options=ONE_HOST,
-                                manifest_path=tmp_path / "manifest.jsonl")
+    data = build_train_pipeline(
+        cfg, global_batch_size=4, epochs=2, shard_options=ONE_HOST, manifest_path=tmp_path / "manifest.jsonl"
+    )
     info = data.info
     reference = _reference(cfg, doit_tokenizer_path)
     assert info.num_examples == 40 == len(reference) and info.vocab_size == 49957
@@ -78,7 +84,7 @@ def test_packed_batches_hold_every_example_once_per_epoch(doit_root, doit_tokeni
     batches = list(data.iterator)
     assert len(batches) == info.total_steps
     assert all(b["input_ids"].shape == (4, 128) for b in batches)
-    epochs = [batches[: info.steps_per_epoch], batches[info.steps_per_epoch:]]
+    epochs = [batches[: info.steps_per_epoch], batches[info.steps_per_epoch :]]
     orders = []
     for epoch in epochs:
         seen: list = []
@@ -101,8 +107,9 @@ def test_same_seed_same_batches_other_seed_other_order(doit_root, doit_tokenizer
     cfg = _cfg(doit_root, doit_tokenizer_path)
     first = [b["input_ids"] for b in build_train_pipeline(cfg, global_batch_size=4, shard_options=ONE_HOST).iterator]
     again = [b["input_ids"] for b in build_train_pipeline(cfg, global_batch_size=4, shard_options=ONE_HOST).iterator]
-    other = [b["input_ids"] for b in
-             build_train_pipeline(cfg, global_batch_size=4, seed=7, shard_options=ONE_HOST).iterator]
+    other = [
+        b["input_ids"] for b in build_train_pipeline(cfg, global_batch_size=4, seed=7, shard_options=ONE_HOST).iterator
+    ]
     assert all(np.array_equal(a, b) for a, b in zip(first, again)) and len(first) == len(again)
     assert not all(np.array_equal(a, b) for a, b in zip(first, other))
 
@@ -111,8 +118,10 @@ def test_resume_from_iterator_state_sees_the_same_batches(doit_root, doit_tokeni
     import orbax.checkpoint as ocp
 
     cfg = _cfg(doit_root, doit_tokenizer_path)
-    full = [b["input_ids"] for b in build_train_pipeline(cfg, global_batch_size=2, epochs=2,
-                                                         shard_options=ONE_HOST).iterator]
+    full = [
+        b["input_ids"]
+        for b in build_train_pipeline(cfg, global_batch_size=2, epochs=2, shard_options=ONE_HOST).iterator
+    ]
     data = build_train_pipeline(cfg, global_batch_size=2, epochs=2, shard_options=ONE_HOST)
     for _ in range(5):
         next(data.iterator)
@@ -133,9 +142,12 @@ def test_resume_from_iterator_state_sees_the_same_batches(doit_root, doit_tokeni
 def test_hosts_split_each_global_batch(doit_root, doit_tokenizer_path):
     cfg = _cfg(doit_root, doit_tokenizer_path, packing=False)
     single = list(build_train_pipeline(cfg, global_batch_size=4, shard_options=ONE_HOST).iterator)
-    hosts = [build_train_pipeline(cfg, global_batch_size=4,
-                                  shard_options=grain.sharding.ShardOptions(shard_index=h, shard_count=2))
-             for h in range(2)]
+    hosts = [
+        build_train_pipeline(
+            cfg, global_batch_size=4, shard_options=grain.sharding.ShardOptions(shard_index=h, shard_count=2)
+        )
+        for h in range(2)
+    ]
     per_host = [list(h.iterator) for h in hosts]
     assert hosts[0].info.host_batch_size == 2 and hosts[0].info.total_steps == len(single) == len(per_host[1])
     for step, batch in enumerate(single):
@@ -158,7 +170,7 @@ def test_unpacked_left_padding_to_a_multiple(doit_root, doit_tokenizer_path):
         assert length % 8 == 0 and length - 8 < real.max() <= length  # the batch's longest row, rounded up to 8
         for row in range(4):
             n = real[row]
-            assert (batch["segment_ids"][row][length - n:] == 1).all()  # tokens sit at the right end
+            assert (batch["segment_ids"][row][length - n :] == 1).all()  # tokens sit at the right end
             assert (batch["input_ids"][row][: length - n] == pad_id).all()
         _check_batch(batch, reference, list(data.info.ability_names), seen)
     assert len(seen) == 40 and data.info.rows_per_epoch == 40
@@ -166,13 +178,22 @@ def test_unpacked_left_padding_to_a_multiple(doit_root, doit_tokenizer_path):
 
 def test_hf_chat_template_through_the_pipeline(tmp_path):
     folder = make_hf_tokenizer_folder(tmp_path / "hf")
-    records = [{"messages": [{"role": "user", "content": f"question {i}: what is {i} plus {i}?"},
-                             {"role": "assistant", "content": f"it is {2 * i}."},
-                             {"role": "user", "content": "and the world?"},
-                             {"role": "assistant", "content": "hello world"}], "id": f"r{i}"} for i in range(10)]
+    records = [
+        {
+            "messages": [
+                {"role": "user", "content": f"question {i}: what is {i} plus {i}?"},
+                {"role": "assistant", "content": f"it is {2 * i}."},
+                {"role": "user", "content": "and the world?"},
+                {"role": "assistant", "content": "hello world"},
+            ],
+            "id": f"r{i}",
+        }
+        for i in range(10)
+    ]
     write_jsonl(tmp_path / "d" / "chat.jsonl", records)
-    cfg = DataConfig(path=str(tmp_path / "d"), format="messages", tokenizer=str(folder), template="hf_chat",
-                     max_len=256)
+    cfg = DataConfig(
+        path=str(tmp_path / "d"), format="messages", tokenizer=str(folder), template="hf_chat", max_len=256
+    )
     data = build_train_pipeline(cfg, global_batch_size=2, shard_options=ONE_HOST)
     assert data.info.vocab_size == len(load_tokenizer(folder).hf) and data.info.added_tokens == {}
     reference = _reference(cfg, folder)
@@ -184,14 +205,27 @@ def test_hf_chat_template_through_the_pipeline(tmp_path):
 
 def test_examples_with_nothing_supervised_are_reported_and_left_out(tmp_path, doit_tokenizer_path):
     long_question = "请详细地回答下面这个非常长的问题" * 20
-    records = [{"messages": [{"role": "user", "content": long_question if i % 3 == 0 else "短问题"},
-                             {"role": "assistant", "content": "回答"}], "type": "math", "idx": i} for i in range(9)]
+    records = [
+        {
+            "messages": [
+                {"role": "user", "content": long_question if i % 3 == 0 else "短问题"},
+                {"role": "assistant", "content": "回答"},
+            ],
+            "type": "math",
+            "idx": i,
+        }
+        for i in range(9)
+    ]
     write_jsonl(tmp_path / "d" / "math_1000.json", records)
     cfg = DataConfig(path=str(tmp_path / "d"), tokenizer=str(doit_tokenizer_path), max_len=64)
-    data = build_train_pipeline(cfg, global_batch_size=2, shard_options=ONE_HOST,
-                                manifest_path=tmp_path / "manifest.jsonl")
+    data = build_train_pipeline(
+        cfg, global_batch_size=2, shard_options=ONE_HOST, manifest_path=tmp_path / "manifest.jsonl"
+    )
     assert data.info.num_unsupervised == 3 and data.info.num_examples == 6 and data.info.num_truncated == 3
-    assert data.info.unsupervised_examples[0].startswith("0 (") and "math_1000.json:1" in data.info.unsupervised_examples[0]
+    assert (
+        data.info.unsupervised_examples[0].startswith("0 (")
+        and "math_1000.json:1" in data.info.unsupervised_examples[0]
+    )
     assert "left out 3 examples" in data.info.summary()
     assert sorted(int(e["id"]) for e in read_manifest(tmp_path / "manifest.jsonl")) == [1, 2, 4, 5, 7, 8]
 
@@ -233,11 +267,13 @@ def test_configuration_errors(doit_root, doit_tokenizer_path):
     with pytest.raises(PipelineError, match="multiple of the 2 processes"):
         build_train_pipeline(cfg, global_batch_size=3, shard_options=grain.sharding.ShardOptions(0, 2))
     with pytest.raises(PipelineError, match="data.tokenizer is not set"):
-        build_train_pipeline(_cfg(doit_root, doit_tokenizer_path, tokenizer=None), global_batch_size=2,
-                             shard_options=ONE_HOST)
+        build_train_pipeline(
+            _cfg(doit_root, doit_tokenizer_path, tokenizer=None), global_batch_size=2, shard_options=ONE_HOST
+        )
     with pytest.raises(PipelineError, match="data.valid_path is not set"):
-        build_eval_pipeline(_cfg(doit_root, doit_tokenizer_path, valid_path=None), global_batch_size=2,
-                            shard_options=ONE_HOST)
+        build_eval_pipeline(
+            _cfg(doit_root, doit_tokenizer_path, valid_path=None), global_batch_size=2, shard_options=ONE_HOST
+        )
 
 
 def test_study_batching_examples_unpacked_left_padded(doit_root, doit_tokenizer_path):
@@ -261,8 +297,9 @@ def test_packing_with_the_batch_counted_in_examples(doit_root, doit_tokenizer_pa
     cfg = _cfg(doit_root, doit_tokenizer_path)
     reference = _reference(cfg, doit_tokenizer_path)
     rows_info = build_train_pipeline(cfg, global_batch_size=8, shard_options=ONE_HOST).info
-    data = build_train_pipeline(cfg, global_batch_size=8, epochs=2, shard_options=ONE_HOST, batch_unit="examples",
-                                row_multiple=2)
+    data = build_train_pipeline(
+        cfg, global_batch_size=8, epochs=2, shard_options=ONE_HOST, batch_unit="examples", row_multiple=2
+    )
     info = data.info
     assert rows_info.steps_per_epoch == -(-rows_info.rows_per_epoch // 8) < 5
     assert info.steps_per_epoch == 5 and info.rows_per_epoch == rows_info.rows_per_epoch
@@ -287,8 +324,12 @@ def test_packing_with_the_batch_counted_in_examples(doit_root, doit_tokenizer_pa
 
 def test_packing_in_examples_resumes_on_the_same_batches(doit_root, doit_tokenizer_path):
     cfg = _cfg(doit_root, doit_tokenizer_path)
-    full = [b["input_ids"] for b in build_train_pipeline(cfg, global_batch_size=8, epochs=2, shard_options=ONE_HOST,
-                                                         batch_unit="examples").iterator]
+    full = [
+        b["input_ids"]
+        for b in build_train_pipeline(
+            cfg, global_batch_size=8, epochs=2, shard_options=ONE_HOST, batch_unit="examples"
+        ).iterator
+    ]
     data = build_train_pipeline(cfg, global_batch_size=8, epochs=2, shard_options=ONE_HOST, batch_unit="examples")
     for _ in range(3):
         next(data.iterator)
@@ -336,10 +377,23 @@ def test_grain_workers_exit_when_the_trainer_is_killed(tmp_path):
     tokenizer = Path(__file__).resolve().parents[2] / "jaxtune" / "demo" / "tokenizer"
     config = {
         "run_dir": str(tmp_path / "run"),
-        "model": dict(vocab_size=1004, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
-                      max_position_embeddings=256),
-        "data": dict(format="doit", path=str(root), tokenizer=str(tokenizer), template="doit", max_len=64,
-                     selection="curated-40", num_workers=1),
+        "model": dict(
+            vocab_size=1004,
+            hidden_size=32,
+            intermediate_size=64,
+            num_layers=2,
+            num_heads=4,
+            max_position_embeddings=256,
+        ),
+        "data": dict(
+            format="doit",
+            path=str(root),
+            tokenizer=str(tokenizer),
+            template="doit",
+            max_len=64,
+            selection="curated-40",
+            num_workers=1,
+        ),
         "train": dict(global_batch_size=8, epochs=1000, log_every=1),
         "checkpoint": dict(save_every=None),
         "mesh": dict(fsdp=1),
@@ -347,8 +401,13 @@ def test_grain_workers_exit_when_the_trainer_is_killed(tmp_path):
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
     with open(tmp_path / "train.log", "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "jaxtune.cli", "train", str(tmp_path / "config.yaml")],
-                                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(tokenizer.parents[2]))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "jaxtune.cli", "train", str(tmp_path / "config.yaml")],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=str(tokenizer.parents[2]),
+        )
     try:
         deadline = time.monotonic() + 180
         while not (tmp_path / "run" / "metrics.jsonl").exists():  # training steps: the workers are running

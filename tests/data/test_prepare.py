@@ -44,8 +44,9 @@ def test_prepare_in_parts_keeps_input_order_and_lines(doit_root, tmp_path):
 
 
 def test_prepare_invalid_records(tmp_path):
-    lines = [json.dumps({"instruction": f"问题{i}", "input": "", "output": f"答案{i}"}, ensure_ascii=False)
-             for i in range(6)]
+    lines = [
+        json.dumps({"instruction": f"问题{i}", "input": "", "output": f"答案{i}"}, ensure_ascii=False) for i in range(6)
+    ]
     lines[4] = '{"instruction": "q"}'
     path = write_jsonl(tmp_path / "belle.json", lines)
     with pytest.raises(DataError, match=r"belle.json:5: output: missing required field"):
@@ -61,17 +62,22 @@ def test_prepared_dataset_feeds_the_same_batches(doit_root, doit_tokenizer_path,
     folder = doit_root / "curated" / "full"
     prepare_dataset(folder, tmp_path / "prepared", "doit")
     common = dict(tokenizer=str(doit_tokenizer_path), max_len=256)
-    from_files = build_train_pipeline(DataConfig(path=str(folder), **common), global_batch_size=4, epochs=2,
-                                      shard_options=ONE_HOST)
-    from_prepared = build_train_pipeline(DataConfig(path=str(tmp_path / "prepared"), **common), global_batch_size=4,
-                                         epochs=2, shard_options=ONE_HOST)
+    from_files = build_train_pipeline(
+        DataConfig(path=str(folder), **common), global_batch_size=4, epochs=2, shard_options=ONE_HOST
+    )
+    from_prepared = build_train_pipeline(
+        DataConfig(path=str(tmp_path / "prepared"), **common), global_batch_size=4, epochs=2, shard_options=ONE_HOST
+    )
     assert from_prepared.info.ability_names == from_files.info.ability_names
     assert from_prepared.info.total_steps == from_files.info.total_steps
     for a, b in zip(from_files.iterator, from_prepared.iterator):
         assert all(np.array_equal(a[k], b[k]) for k in a)
     with pytest.raises(PipelineError, match="prepared dataset"):
-        build_train_pipeline(DataConfig(path=str(tmp_path / "prepared"), selection="curated-10", **common),
-                             global_batch_size=4, shard_options=ONE_HOST)
+        build_train_pipeline(
+            DataConfig(path=str(tmp_path / "prepared"), selection="curated-10", **common),
+            global_batch_size=4,
+            shard_options=ONE_HOST,
+        )
 
 
 def test_worker_processes_give_the_same_batches(doit_root, doit_tokenizer_path, tmp_path):

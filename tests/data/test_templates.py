@@ -36,8 +36,23 @@ def _a(text):
 def test_doit_one_letter_answer_hand_checked(doit):
     # Pieces: <user> ▁ 问题 ▁< eo t > ▁ 选 哪个 ？ <eot> <assistant> ▁A <eot>: the literal "<eot>" stays text.
     enc = doit.encode([_u("问题 <eot> 选哪个？"), _a(" A ")])
-    assert enc.input_ids.tolist() == [USER, 29871, 32026, 529, 45574, 29873, 29958, 29871, 31333, 33683, 30882, EOT,
-                                      ASSISTANT, 319, EOT]
+    assert enc.input_ids.tolist() == [
+        USER,
+        29871,
+        32026,
+        529,
+        45574,
+        29873,
+        29958,
+        29871,
+        31333,
+        33683,
+        30882,
+        EOT,
+        ASSISTANT,
+        319,
+        EOT,
+    ]
     assert enc.loss_mask.astype(int).tolist() == [0] * 13 + [1, 1]
     assert enc.input_ids.dtype == np.int32 and enc.loss_mask.dtype == np.bool_
     assert doit.tokenizer.vocab_size == 49957 and doit.tokenizer.added_tokens["<pad>"] == 49956
@@ -55,8 +70,10 @@ def test_doit_multi_turn_every_assistant_turn(doit, sp):
     assert last.loss_mask.astype(int).tolist() == [0] * (len(expected) - 2) + [1, 1]
     everything = doit.encode(dialogue, "all")
     assert everything.loss_mask.all()
-    assert [e.input_ids.tolist() for e in doit.encode_batch([dialogue, dialogue[:2]])] == [expected,
-                                                                                           expected[: len(q1) + len(a1) + 4]]
+    assert [e.input_ids.tolist() for e in doit.encode_batch([dialogue, dialogue[:2]])] == [
+        expected,
+        expected[: len(q1) + len(a1) + 4],
+    ]
 
 
 def test_doit_system_turn_is_marked_and_supervised_like_the_study(doit, sp):
@@ -104,8 +121,9 @@ def test_hf_chat_mask_matches_transformers_generation_mask(tmp_path):
     last = template.encode(dialogue, "last_assistant").loss_mask
     first_reply_end = int(np.flatnonzero(enc.loss_mask)[0]) + 4
     assert last.sum() < enc.loss_mask.sum() and not last[:first_reply_end].any()
-    assert template.prompt_ids(dialogue[:2]) == tok.hf.apply_chat_template(conv[:2], add_generation_prompt=True,
-                                                                           return_dict=False)
+    assert template.prompt_ids(dialogue[:2]) == tok.hf.apply_chat_template(
+        conv[:2], add_generation_prompt=True, return_dict=False
+    )
 
 
 def test_hf_chat_content_control_tokens_stay_text(tmp_path):
@@ -118,9 +136,11 @@ def test_hf_chat_content_control_tokens_stay_text(tmp_path):
 
 def test_hf_chat_rejects_non_prefix_templates_and_sentencepiece(tmp_path, doit_tokenizer_path):
     # A template that renders earlier turns differently once a later turn exists breaks the prefix property.
-    odd = ("{% for m in messages %}{% if loop.last %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>"
-           "{% else %}{{ m['content'] }}\n{% endif %}{% endfor %}"
-           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    odd = (
+        "{% for m in messages %}{% if loop.last %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>"
+        "{% else %}{{ m['content'] }}\n{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
     tok = load_tokenizer(make_hf_tokenizer_folder(tmp_path / "odd", odd), backend="hf")
     with pytest.raises(TemplateError, match="prefix"):
         make_template("hf_chat", tok).encode([_u("q"), _a("a"), _u("q2"), _a("a2")])
@@ -139,13 +159,20 @@ def _bloom_style_tokenizer_folder(folder):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    corpus = ["Human: 你好\n\nAssistant: 你好！有什么可以帮你？", "Human: 写一首诗\n\nAssistant: 春天来了。",
-              "Human: Give three tips.\n\nAssistant: Eat well, sleep, move."] * 20
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    corpus = [
+        "Human: 你好\n\nAssistant: 你好！有什么可以帮你？",
+        "Human: 写一首诗\n\nAssistant: 春天来了。",
+        "Human: Give three tips.\n\nAssistant: Eat well, sleep, move.",
+    ] * 20
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(corpus, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
-                                   pad_token="<pad>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
     folder.mkdir(parents=True, exist_ok=True)
     fast.save_pretrained(str(folder))
     return folder
@@ -173,9 +200,15 @@ def test_belle_template_matches_belles_construction_on_a_byte_level_bpe(tmp_path
     folder = _bloom_style_tokenizer_folder(tmp_path / "bloomish")
     hf = AutoTokenizer.from_pretrained(str(folder))
     belle = make_template("belle", load_tokenizer(folder, backend="hf"))
-    dialogues = [[("human", "你好"), ("assistant", "你好！有什么可以帮你？")],
-                 [("human", "Give three tips."), ("assistant", "Eat well, sleep, move."), ("human", "写一首诗"),
-                  ("assistant", "春天来了。")]]
+    dialogues = [
+        [("human", "你好"), ("assistant", "你好！有什么可以帮你？")],
+        [
+            ("human", "Give three tips."),
+            ("assistant", "Eat well, sleep, move."),
+            ("human", "写一首诗"),
+            ("assistant", "春天来了。"),
+        ],
+    ]
     for turns in dialogues:
         enc = belle.encode([_u(v) if r == "human" else _a(v) for r, v in turns])
         ids, labels = _belle_reference(hf, turns)
@@ -183,5 +216,8 @@ def test_belle_template_matches_belles_construction_on_a_byte_level_bpe(tmp_path
         # Position 0 (the BOS) predicts nothing either way; every other label is a supervised target.
         assert enc.loss_mask[1:].tolist() == [lab != -100 for lab in labels[1:]]
         assert ids[0] == 1 and ids[-1] == 2
-    assert belle.prompt_ids([_u("写一首诗")]) == [1, *hf.encode("Human: 写一首诗\n\nAssistant:", add_special_tokens=False)]
+    assert belle.prompt_ids([_u("写一首诗")]) == [
+        1,
+        *hf.encode("Human: 写一首诗\n\nAssistant:", add_special_tokens=False),
+    ]
     assert belle.stop_token_ids() == (2,)

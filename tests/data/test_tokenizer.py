@@ -69,13 +69,18 @@ def test_saved_folder_with_added_tokens(doit_tokenizer_path, tmp_path):
     folder = tmp_path / "finetuned"
     folder.mkdir()
     shutil.copy(doit_tokenizer_path / "tokenizer.model", folder / "tokenizer.model")
-    decoder = {str(49953 + i): {"content": t, "special": True} for i, t in
-               enumerate(["<user>", "<assistant>", "<eot>", "<pad>"])}
+    decoder = {
+        str(49953 + i): {"content": t, "special": True}
+        for i, t in enumerate(["<user>", "<assistant>", "<eot>", "<pad>"])
+    }
     (folder / "tokenizer_config.json").write_text(json.dumps({"added_tokens_decoder": decoder, "pad_token": "<pad>"}))
     tok = load_tokenizer(folder)
     assert tok.base_vocab_size == 49957 and tok.pad_id == 49956
-    assert tok.add_special_tokens(["<user>", "<assistant>", "<eot>"]) == {"<user>": 49953, "<assistant>": 49954,
-                                                                            "<eot>": 49955}
+    assert tok.add_special_tokens(["<user>", "<assistant>", "<eot>"]) == {
+        "<user>": 49953,
+        "<assistant>": 49954,
+        "<eot>": 49955,
+    }
     assert tok.added_tokens == {} and tok.vocab_size == 49957
     decoder["49960"] = {"content": "<gap>"}
     (folder / "tokenizer_config.json").write_text(json.dumps({"added_tokens_decoder": decoder}))
@@ -110,10 +115,14 @@ def test_load_errors(tmp_path):
 BLOOM_SPLIT = r" ?[^(\s|[.,!?…。，、।۔،])]+"
 """The pre-tokenizer split of bigscience/bloom's tokenizer.json (before its ByteLevel step)."""
 
-_ENGLISH = ("The quick brown fox jumps over the lazy dog. Instruction tuning teaches a language model to follow "
-            "requests; more data usually helps, but not for every ability: math and code improve slowly.")
-_CHINESE = ("我们在不同规模的指令数据上微调模型，并按用途评估。数学和代码的提升较慢，而开放式问答、头脑风暴与写作提升明显。"
-            "请把下面这句话翻译成英文：今天天气很好。")
+_ENGLISH = (
+    "The quick brown fox jumps over the lazy dog. Instruction tuning teaches a language model to follow "
+    "requests; more data usually helps, but not for every ability: math and code improve slowly."
+)
+_CHINESE = (
+    "我们在不同规模的指令数据上微调模型，并按用途评估。数学和代码的提升较慢，而开放式问答、头脑风暴与写作提升明显。"
+    "请把下面这句话翻译成英文：今天天气很好。"
+)
 BLOOM_SAMPLES = [
     "Human: Write a short poem about the sea.\n\nAssistant:",
     "Human: 请用三句话介绍一下长城。\n\nAssistant:",
@@ -132,16 +141,22 @@ def make_bloom_style_tokenizer(folder, vocab_size: int = 1024):
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(BLOOM_SPLIT), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(BLOOM_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator([_ENGLISH, _CHINESE] * 20, trainer=trainer)
-    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                            pad_token="<pad>").save_pretrained(str(folder))
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
+    ).save_pretrained(str(folder))
     return tok
 
 

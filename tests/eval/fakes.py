@@ -51,9 +51,18 @@ class CharVocab:
 
 def char_codec() -> DoitChatCodec:
     vocab = CharVocab()
-    return DoitChatCodec(encode_text=vocab.encode, decode_text=vocab.decode, piece_to_id=vocab.piece_id,
-                         user_id=USER, assistant_id=ASSISTANT, eot_id=EOT, pad_id=None, bos_id=BOS, eos_id=EOS,
-                         unk_id=UNK)
+    return DoitChatCodec(
+        encode_text=vocab.encode,
+        decode_text=vocab.decode,
+        piece_to_id=vocab.piece_id,
+        user_id=USER,
+        assistant_id=ASSISTANT,
+        eot_id=EOT,
+        pad_id=None,
+        bos_id=BOS,
+        eos_id=EOS,
+        unk_id=UNK,
+    )
 
 
 def _prompt_text(codec: DoitChatCodec, ids: Sequence[int]) -> str:
@@ -81,9 +90,13 @@ class ScriptedLM:
     Every call is recorded in ``calls`` for the test to inspect.
     """
 
-    def __init__(self, codec: DoitChatCodec, replies: Mapping[str, tuple[str, Mapping[str, float]]] | None = None,
-                 perplexity: Callable[[str, Sequence[int]], float] | None = None,
-                 next_logits: Mapping[str, Mapping[str, float]] | None = None) -> None:
+    def __init__(
+        self,
+        codec: DoitChatCodec,
+        replies: Mapping[str, tuple[str, Mapping[str, float]]] | None = None,
+        perplexity: Callable[[str, Sequence[int]], float] | None = None,
+        next_logits: Mapping[str, Mapping[str, float]] | None = None,
+    ) -> None:
         self.codec = codec
         self.replies = dict(replies or {})
         self.perplexity = perplexity
@@ -103,8 +116,9 @@ class ScriptedLM:
             logits[self.codec.piece_id(piece)] = value
         return logits
 
-    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
-                 stop_ids: Collection[int]) -> list[Generation]:
+    def generate(
+        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop_ids: Collection[int]
+    ) -> list[Generation]:
         self.calls.append(("generate", [list(p) for p in prompts]))
         out = []
         for p in prompts:
@@ -113,15 +127,20 @@ class ScriptedLM:
             out.append(Generation(tuple(tokens), self._logits(pieces)))
         return out
 
-    def continuation_perplexities(self, contexts: Sequence[Sequence[int]],
-                                  continuations: Sequence[Sequence[int]]) -> list[float]:
+    def continuation_perplexities(
+        self, contexts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]]
+    ) -> list[float]:
         self.calls.append(("perplexities", [(list(c), list(k)) for c, k in zip(contexts, continuations)]))
         assert self.perplexity is not None
-        return [float("nan") if not k else self.perplexity(_prompt_text(self.codec, c), k)
-                for c, k in zip(contexts, continuations)]
+        return [
+            float("nan") if not k else self.perplexity(_prompt_text(self.codec, c), k)
+            for c, k in zip(contexts, continuations)
+        ]
 
     def next_token_logits(self, prompts: Sequence[Sequence[int]], candidate_ids: Sequence[int]) -> np.ndarray:
         self.calls.append(("next_token_logits", [list(p) for p in prompts]))
-        rows = [self._logits(self._lookup(self.next_logits, p))[list(candidate_ids)]  # type: ignore[arg-type]
-                for p in prompts]
+        rows = [
+            self._logits(self._lookup(self.next_logits, p))[list(candidate_ids)]  # type: ignore[arg-type]
+            for p in prompts
+        ]
         return np.stack(rows)

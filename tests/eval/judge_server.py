@@ -64,8 +64,7 @@ class JudgeServer:
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02},
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
 
     @property
     def url(self) -> str:
@@ -116,8 +115,11 @@ class JudgeServer:
             time.sleep(self.delay_s)
         if "[ECHOKEY]" in content:
             reply = f"得分: 1\n理由：请求头是 {auth}，密钥 {auth.removeprefix('Bearer ') if auth else ''}。"
-            return self._send(h, 200, json.dumps({"choices": [{"message": {"role": "assistant", "content": reply}}]},
-                                                 ensure_ascii=False))
+            return self._send(
+                h,
+                200,
+                json.dumps({"choices": [{"message": {"role": "assistant", "content": reply}}]}, ensure_ascii=False),
+            )
         if first and "[ECHOKEY_GARBAGE]" in content:
             return self._send(h, 200, "<html>" + "x" * 190 + f" {auth} </html>")
         if "[ECHOKEY_BAD]" in content:
@@ -135,6 +137,18 @@ class JudgeServer:
         if first and "[SLOW]" in content:
             time.sleep(self.slow_s)
         reply = "得分：4分" if first and "[OFFSCALE_ONCE]" in content else judge_like(content)
-        self._send(h, 200, json.dumps({"id": "x", "object": "chat.completion", "model": body["model"],
-                                       "choices": [{"index": 0, "message": {"role": "assistant", "content": reply},
-                                                    "finish_reason": "stop"}]}, ensure_ascii=False))
+        self._send(
+            h,
+            200,
+            json.dumps(
+                {
+                    "id": "x",
+                    "object": "chat.completion",
+                    "model": body["model"],
+                    "choices": [
+                        {"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}
+                    ],
+                },
+                ensure_ascii=False,
+            ),
+        )

@@ -16,7 +16,16 @@ from jaxtune.sharding import build_mesh
 
 def test_bucket_length():
     assert [bucket_length(n) for n in (1, 16, 17, 33, 64, 65, 128, 129, 2000)] == [
-        16, 16, 32, 64, 64, 128, 128, 192, 2048]
+        16,
+        16,
+        32,
+        64,
+        64,
+        128,
+        128,
+        192,
+        2048,
+    ]
     assert bucket_length(5, multiple=8) == 8 and bucket_length(9, multiple=8) == 16
     with pytest.raises(ValueError, match="positive"):
         bucket_length(0)

@@ -17,8 +17,13 @@ TOKENIZER = SHARED / "tokenizers" / "chinese-llama-plus" / "tokenizer.model"
 
 def test_prompt_rendering_turn_by_turn() -> None:
     codec = char_codec()
-    ids = codec.prompt_ids([{"role": "user", "content": " ab "}, {"role": "assistant", "content": "c"},
-                            {"role": "system", "content": "d\n"}])
+    ids = codec.prompt_ids(
+        [
+            {"role": "user", "content": " ab "},
+            {"role": "assistant", "content": "c"},
+            {"role": "system", "content": "d\n"},
+        ]
+    )
     a, b, c, d = (codec.encode(x)[0] for x in "abcd")
     # content stripped; any non-user role gets <assistant>; a bare <assistant> opens the reply; no BOS/EOS
     assert ids == [USER, a, b, EOT, ASSISTANT, c, EOT, ASSISTANT, d, EOT, ASSISTANT]

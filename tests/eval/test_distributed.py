@@ -76,14 +76,31 @@ def test_sharded_and_two_process_evaluations_equal_the_single_device_run(jaxtune
     logs = [tmp_path / f"process-{i}.log" for i in range(2)]
     procs = []
     for i in range(2):
-        args = [str(jaxtune_checkpoint), "--suite", ",".join(SUITES), "--out", str(outs[i]),
-                f"eval.data_dir={data_dir}", *(f"eval.{k}={v}" for k, v in SETTINGS.items()),
-                f"mesh.coordinator_address=127.0.0.1:{port}", "mesh.num_processes=2", f"mesh.process_id={i}",
-                # An eval.mesh section: its layout, the process settings from the top-level mesh.
-                "eval.mesh.data=2", "eval.mesh.fsdp=2", "eval.mesh.tensor=2"]
+        args = [
+            str(jaxtune_checkpoint),
+            "--suite",
+            ",".join(SUITES),
+            "--out",
+            str(outs[i]),
+            f"eval.data_dir={data_dir}",
+            *(f"eval.{k}={v}" for k, v in SETTINGS.items()),
+            f"mesh.coordinator_address=127.0.0.1:{port}",
+            "mesh.num_processes=2",
+            f"mesh.process_id={i}",
+            # An eval.mesh section: its layout, the process settings from the top-level mesh.
+            "eval.mesh.data=2",
+            "eval.mesh.fsdp=2",
+            "eval.mesh.tensor=2",
+        ]
         with open(logs[i], "w") as log:
-            procs.append(subprocess.Popen([sys.executable, str(WORKER), "4", *args], stdout=log,
-                                          stderr=subprocess.STDOUT, cwd=str(WORKER.parents[2])))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, str(WORKER), "4", *args],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=str(WORKER.parents[2]),
+                )
+            )
     try:
         cfg = EvalConfig(suites=list(SUITES), data_dir=str(data_dir), **SETTINGS)
         evaluate(jaxtune_checkpoint, cfg, tmp_path / "single")
@@ -108,24 +125,45 @@ def test_sharded_and_two_process_evaluations_equal_the_single_device_run(jaxtune
     assert (run["mesh"], run["device_count"], run["process_count"]) == (None, 1, 1)
 
 
-def test_a_mesh_the_checkpoint_cannot_take_gets_the_layout_error(jaxtune_checkpoint, hf_checkpoint, data_dir,
-                                                                tmp_path, capsys):
+def test_a_mesh_the_checkpoint_cannot_take_gets_the_layout_error(
+    jaxtune_checkpoint, hf_checkpoint, data_dir, tmp_path, capsys
+):
     if jax.device_count() != 8:
         pytest.skip("needs 8 devices")
     # tiny-gqa has 4 heads and 2 key/value heads: a tensor axis of 8 divides neither.
     cfg = EvalConfig(suites=["doit"], data_dir=str(data_dir), **SETTINGS)
     for checkpoint in (jaxtune_checkpoint, hf_checkpoint):
-        with pytest.raises(LayoutError, match=r"model.num_heads = 4 \(dimension 'heads' of parameter layers\.\w+, .*"
-                                              r"cannot be split over mesh axis 'tensor' \(8\)"):
+        with pytest.raises(
+            LayoutError,
+            match=r"model.num_heads = 4 \(dimension 'heads' of parameter layers\.\w+, .*"
+            r"cannot be split over mesh axis 'tensor' \(8\)",
+        ):
             evaluate(checkpoint, cfg, mesh=MeshConfig(fsdp=1, tensor=8))
     # A batch that does not split over the data-parallel devices is refused before the model is loaded.
-    with pytest.raises(LayoutError, match=r"eval.batch_size=6 is not a positive multiple of the data-parallel size 4 "
-                                          r"\(mesh.data=2 x mesh.fsdp=2"):
-        evaluate(jaxtune_checkpoint, EvalConfig(suites=["doit"], data_dir=str(data_dir), batch_size=6),
-                 mesh=MeshConfig(data=2, fsdp=2, tensor=2))
+    with pytest.raises(
+        LayoutError,
+        match=r"eval.batch_size=6 is not a positive multiple of the data-parallel size 4 "
+        r"\(mesh.data=2 x mesh.fsdp=2",
+    ):
+        evaluate(
+            jaxtune_checkpoint,
+            EvalConfig(suites=["doit"], data_dir=str(data_dir), batch_size=6),
+            mesh=MeshConfig(data=2, fsdp=2, tensor=2),
+        )
     # The command line takes mesh.* overrides (they were once ignored) and reports the same error.
-    code = jaxtune_main(["eval", str(jaxtune_checkpoint), "--suite", "doit", "--out", str(tmp_path / "out"),
-                         f"eval.data_dir={data_dir}", "mesh.fsdp=1", "mesh.tensor=8"])
+    code = jaxtune_main(
+        [
+            "eval",
+            str(jaxtune_checkpoint),
+            "--suite",
+            "doit",
+            "--out",
+            str(tmp_path / "out"),
+            f"eval.data_dir={data_dir}",
+            "mesh.fsdp=1",
+            "mesh.tensor=8",
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "jaxtune eval: error:" in err and "model.num_kv_heads (num_heads when unset) = 2" in err
@@ -135,8 +173,16 @@ def test_a_mesh_the_checkpoint_cannot_take_gets_the_layout_error(jaxtune_checkpo
 def test_eval_mesh_section_and_defaults(tmp_path):
     cfg = load_config(None, ["mesh.coordinator_address=10.0.0.1:1234", "mesh.num_processes=4", "mesh.fsdp=8"])
     assert eval_mesh_config(cfg) is cfg.mesh
-    cfg = load_config(None, ["mesh.coordinator_address=10.0.0.1:1234", "mesh.num_processes=4", "mesh.process_id=3",
-                             "eval.mesh.tensor=2", "eval.mesh.process_id=1"])
+    cfg = load_config(
+        None,
+        [
+            "mesh.coordinator_address=10.0.0.1:1234",
+            "mesh.num_processes=4",
+            "mesh.process_id=3",
+            "eval.mesh.tensor=2",
+            "eval.mesh.process_id=1",
+        ],
+    )
     chosen = eval_mesh_config(cfg)
     assert (chosen.data, chosen.fsdp, chosen.tensor) == (1, -1, 2)
     assert (chosen.coordinator_address, chosen.num_processes, chosen.process_id) == ("10.0.0.1:1234", 4, 1)

@@ -25,11 +25,17 @@ def _hf_generate(hf_model, prompt, max_new_tokens, stop_ids, **settings):
     ids = torch.tensor([prompt])
     with torch.no_grad():
         out = hf_model.generate(
-            ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
-            eos_token_id=list(stop_ids), pad_token_id=0, output_logits=True, return_dict_in_generate=True,
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=list(stop_ids),
+            pad_token_id=0,
+            output_logits=True,
+            return_dict_in_generate=True,
             **settings,
         )
-    tokens = out.sequences[0, len(prompt):].tolist()
+    tokens = out.sequences[0, len(prompt) :].tolist()
     # After a stop, generate pads the row: keep up to and including the first stop token.
     for i, t in enumerate(tokens):
         if t in stop_ids:
@@ -40,7 +46,17 @@ def _hf_generate(hf_model, prompt, max_new_tokens, stop_ids, **settings):
 
 def test_cache_lengths_grow_by_halves_and_thirds():
     assert [cache_length(n) for n in (1, 64, 65, 96, 97, 129, 193, 257, 385, 1500)] == [
-        64, 64, 96, 96, 128, 192, 256, 384, 512, 1536]
+        64,
+        64,
+        96,
+        96,
+        128,
+        192,
+        256,
+        384,
+        512,
+        1536,
+    ]
 
 
 def test_greedy_matches_transformers(gqa_pair):

@@ -28,8 +28,18 @@ def server():
 
 
 def settings(server: JudgeServer, **kw) -> JudgeSettings:
-    base = dict(base_url=server.url, model="judge-x", api_key_env=ENV, timeout_s=0.3, backoff_s=0.01,
-                max_backoff_s=0.05, max_retries=3, parse_retries=2, repeats=3, concurrency=4)
+    base = dict(
+        base_url=server.url,
+        model="judge-x",
+        api_key_env=ENV,
+        timeout_s=0.3,
+        backoff_s=0.01,
+        max_backoff_s=0.05,
+        max_retries=3,
+        parse_retries=2,
+        repeats=3,
+        concurrency=4,
+    )
     return JudgeSettings(**{**base, **kw})
 
 
@@ -67,12 +77,17 @@ def test_request_format_and_key_header(server: JudgeServer) -> None:
     assert result.score == 1.0 and not result.cached and len(result.replies) == 1
     (req,) = server.requests
     assert req["path"] == "/v1/chat/completions" and req["auth"] == f"Bearer {KEY}"
-    assert req["body"] == {"model": "judge-x", "messages": [{"role": "user", "content": msg("标准")}],
-                           "temperature": 0.0, "max_tokens": 3000}
+    assert req["body"] == {
+        "model": "judge-x",
+        "messages": [{"role": "user", "content": msg("标准")}],
+        "temperature": 0.0,
+        "max_tokens": 3000,
+    }
 
 
-def test_no_key_no_authorization_header(server: JudgeServer, monkeypatch: pytest.MonkeyPatch,
-                                        caplog: pytest.LogCaptureFixture) -> None:
+def test_no_key_no_authorization_header(
+    server: JudgeServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.delenv(ENV)
     with caplog.at_level(logging.WARNING):
         Judge(settings(server)).judge(msg("标准"), 0)
@@ -121,8 +136,9 @@ def test_key_never_leaks(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> No
     assert KEY not in caplog.text
 
 
-def test_a_key_echoed_by_the_endpoint_is_redacted_from_everything_written(tmp_path: Path,
-                                                                         caplog: pytest.LogCaptureFixture) -> None:
+def test_a_key_echoed_by_the_endpoint_is_redacted_from_everything_written(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     # Before: an endpoint quoting the key in its reply put it into judge_cache.jsonl and the items file, and an error
     # body cut at 300 characters could leave part of it.
     caplog.set_level(logging.DEBUG)

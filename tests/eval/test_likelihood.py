@@ -109,8 +109,11 @@ def _row_nll(model, context: list[int], continuation: list[int]) -> float:
 
     row = context + continuation
     logits = np.asarray(nnx.jit(lambda m, x: m(x)[0])(model, jnp.asarray([row])))[0].astype(np.float64)
-    logp = logits - np.log(np.sum(np.exp(logits - logits.max(-1, keepdims=True)), -1, keepdims=True)) \
+    logp = (
+        logits
+        - np.log(np.sum(np.exp(logits - logits.max(-1, keepdims=True)), -1, keepdims=True))
         - logits.max(-1, keepdims=True)
+    )
     return -sum(logp[t - 1, row[t]] for t in range(len(context), len(row)))
 
 

@@ -32,7 +32,8 @@ def test_hf_folder_loads_the_same_model_as_the_jaxtune_checkpoint(jaxtune_checkp
     from_hf, from_jaxtune = load_model(hf_checkpoint), load_model(jaxtune_checkpoint)
     assert from_hf.cfg.vocab_size == from_jaxtune.cfg.vocab_size == 1004
     assert jax.tree.structure(nnx.to_pure_dict(nnx.state(from_hf, nnx.Param))) == jax.tree.structure(
-        nnx.to_pure_dict(nnx.state(from_jaxtune, nnx.Param)))
+        nnx.to_pure_dict(nnx.state(from_jaxtune, nnx.Param))
+    )
     for a, b in zip(_params(from_hf), _params(from_jaxtune)):
         np.testing.assert_array_equal(a, b)
     assert load_model(jaxtune_checkpoint, compute_dtype="bfloat16").cfg.compute_dtype == "bfloat16"
@@ -73,14 +74,14 @@ def test_tied_embeddings_stream_onto_the_mesh(tied_pair, tmp_path):
     mesh = build_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
     loaded = load_model(tmp_path / "tied", mesh=mesh, compute_dtype="float32")
     params = nnx.to_pure_dict(nnx.state(loaded, nnx.Param))
-    assert "lm_head" not in params and params["embed_tokens"].sharding.spec == jax.sharding.PartitionSpec("tensor",
-                                                                                                          "fsdp")
+    assert "lm_head" not in params and params["embed_tokens"].sharding.spec == jax.sharding.PartitionSpec(
+        "tensor", "fsdp"
+    )
     for a, b in zip(_params(loaded), _params(model)):
         np.testing.assert_array_equal(a, b)
 
 
-def test_codec_of_each_checkpoint_kind_renders_like_the_suites_reference(jaxtune_checkpoint, hf_checkpoint,
-                                                                           doit_codec):
+def test_codec_of_each_checkpoint_kind_renders_like_the_suites_reference(jaxtune_checkpoint, hf_checkpoint, doit_codec):
     messages = [{"role": "user", "content": "天空是什么颜色？"}]
     for checkpoint in (jaxtune_checkpoint, hf_checkpoint):
         codec = load_codec(tokenizer_location(checkpoint), "doit", 1004)
@@ -91,8 +92,9 @@ def test_codec_of_each_checkpoint_kind_renders_like_the_suites_reference(jaxtune
 def test_template_tokens_beyond_the_model_vocabulary_are_an_error(tmp_path):
     # A base model (vocabulary 1000) never resized for DoIT's role tokens, with a tokenizer that lacks them.
     cfg = model_config("tiny-gqa", vocab_size=1000)
-    params = jax.tree.map(lambda shape: np.zeros(shape, np.float32), expected_param_shapes(cfg),
-                          is_leaf=lambda x: isinstance(x, tuple))
+    params = jax.tree.map(
+        lambda shape: np.zeros(shape, np.float32), expected_param_shapes(cfg), is_leaf=lambda x: isinstance(x, tuple)
+    )
     path = tmp_path / "base-model"
     save_params(path, params, cfg, tokenizer_dir=DEMO_TOKENIZER)
     with pytest.raises(EvalSetupError, match=r"template 'doit' needs tokens .*beyond the model's vocabulary of 1000"):

@@ -13,6 +13,7 @@ NAN = math.nan
 
 # ---- multiple choice ------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("reply", "logits", "study", "corrected"),
     [
@@ -42,6 +43,7 @@ def test_single_choice_needs_logits_for_long_replies() -> None:
 
 
 # ---- true / false ---------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     ("reply", "study", "corrected"),
@@ -73,6 +75,7 @@ def test_true_false_labels() -> None:
 
 # ---- cloze ----------------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("reply", "label", "study_parsed", "study", "corrected"),
     [
@@ -92,6 +95,7 @@ def test_cloze(reply: str, label: str, study_parsed: str, study: bool, corrected
 
 
 # ---- ethics multi-select --------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     ("reply", "study", "corrected"),
@@ -119,6 +123,7 @@ def test_multi_select_chance() -> None:
 
 
 # ---- format 1 ranking -----------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     ("ppl", "study", "corrected"),

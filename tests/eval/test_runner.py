@@ -43,7 +43,9 @@ def _write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
 
 
 def _mcq_rows(n: int, offset: int = 0) -> list[list[str]]:
-    return [[f"第{i + offset}题：哪一个是{'甲乙丙丁'[i % 4]}？", "甲", "乙", "丙", "丁", "ABCD"[i % 4]] for i in range(n)]
+    return [
+        [f"第{i + offset}题：哪一个是{'甲乙丙丁'[i % 4]}？", "甲", "乙", "丙", "丁", "ABCD"[i % 4]] for i in range(n)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +61,11 @@ def data_dir(tmp_path_factory) -> Path:
         for split, rows in (("dev", _mcq_rows(2)), ("val", _mcq_rows(3, 5))):
             _write_csv(root / "ceval" / split / f"{s}_{split}.csv", header, [[str(i), *r] for i, r in enumerate(rows)])
     # CMMLU: one subject.
-    meta = {"name_en2zh": {"anatomy": "解剖学"}, "subcategories": {"anatomy": ["biology"]},
-            "categories": {"STEM": ["biology"]}}
+    meta = {
+        "name_en2zh": {"anatomy": "解剖学"},
+        "subcategories": {"anatomy": ["biology"]},
+        "categories": {"STEM": ["biology"]},
+    }
     (root / "cmmlu").mkdir()
     (root / "cmmlu" / "subject_categories.json").write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
     header = ["", "Question", "A", "B", "C", "D", "Answer"]
@@ -68,18 +73,29 @@ def data_dir(tmp_path_factory) -> Path:
     _write_csv(root / "cmmlu" / "test" / "anatomy.csv", header, [[str(i), *r] for i, r in enumerate(_mcq_rows(3, 9))])
     # AGIEval: one task, zero-shot.
     (root / "agieval").mkdir()
-    lines = [{"passage": None, "question": f"问题{i}", "options": ["(A)甲", "(B)乙", "(C)丙", "(D)丁"],
-              "label": "ABCD"[i % 4]} for i in range(3)]
+    lines = [
+        {
+            "passage": None,
+            "question": f"问题{i}",
+            "options": ["(A)甲", "(B)乙", "(C)丙", "(D)丁"],
+            "label": "ABCD"[i % 4],
+        }
+        for i in range(3)
+    ]
     (root / "agieval" / "logiqa-zh.jsonl").write_text(
-        "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines), encoding="utf-8")
+        "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines), encoding="utf-8"
+    )
     # BELLE: two classes, one item with a reference and one without.
     (root / "belle_eval").mkdir()
     prompts = [{"class": "open qa", "prompt": "请打分。"}, {"class": "rewrite", "prompt": "请评分。"}]
-    items = [{"question": "天空是什么颜色？", "std_answer": "", "class": "open QA"},
-             {"question": "改写：你好", "std_answer": "您好", "class": "rewrite"}]
+    items = [
+        {"question": "天空是什么颜色？", "std_answer": "", "class": "open QA"},
+        {"question": "改写：你好", "std_answer": "您好", "class": "rewrite"},
+    ]
     for name, rows in (("eval_prompt.json", prompts), ("eval_set.json", items)):
         (root / "belle_eval" / name).write_text(
-            "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in rows), encoding="utf-8")
+            "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in rows), encoding="utf-8"
+        )
     return root
 
 
@@ -101,9 +117,15 @@ def _items(path: Path) -> list[dict]:
 def _hf_reply(hf_model, codec: DoitChatCodec, messages) -> str:
     ids = torch.tensor([codec.prompt_ids(messages)])
     with torch.no_grad():
-        seq = hf_model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=MAX_NEW, do_sample=False,
-                                eos_token_id=list(codec.stop_ids), pad_token_id=DOIT_ADDED["<pad>"])
-    new = seq[0, ids.shape[1]:].tolist()
+        seq = hf_model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=MAX_NEW,
+            do_sample=False,
+            eos_token_id=list(codec.stop_ids),
+            pad_token_id=DOIT_ADDED["<pad>"],
+        )
+    new = seq[0, ids.shape[1] :].tolist()
     return codec.decode([t for t in new if t not in codec.stop_ids]).strip()
 
 
@@ -132,8 +154,12 @@ def _hf_letter_logits(hf_model, codec: DoitChatCodec, messages, pieces) -> np.nd
 def test_doit_end_to_end_matches_transformers(jaxtune_checkpoint, data_dir, gqa_pair, doit_codec, tmp_path):
     hf_model, _ = gqa_pair
     out = tmp_path / "out"
-    evaluation = evaluate(jaxtune_checkpoint, _eval_cfg(data_dir, ["doit"]), out,
-                          metadata={"model_size": "tiny", "data_volume": "10", "epoch": "1"})
+    evaluation = evaluate(
+        jaxtune_checkpoint,
+        _eval_cfg(data_dir, ["doit"]),
+        out,
+        metadata={"model_size": "tiny", "data_volume": "10", "epoch": "1"},
+    )
     summary_path, items_path = evaluation.files["doit-test"]
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
     assert summary["run"]["data_volume"] == 10 and summary["run"]["checkpoint"] == str(jaxtune_checkpoint)
@@ -164,7 +190,10 @@ def test_mcq_suites_end_to_end_match_transformers(jaxtune_checkpoint, data_dir, 
     evaluation = evaluate(jaxtune_checkpoint, cfg, tmp_path)
     assert set(evaluation.results) == {"ceval-0-shot", "cmmlu-0-shot", "agieval-zero-shot"}
     assert sorted(p.name for p in tmp_path.glob("*.summary.json")) == [
-        "agieval-zero-shot.summary.json", "ceval-0-shot.summary.json", "cmmlu-0-shot.summary.json"]
+        "agieval-zero-shot.summary.json",
+        "ceval-0-shot.summary.json",
+        "cmmlu-0-shot.summary.json",
+    ]
     for stem, result in evaluation.results.items():
         pieces = result.summary.details["letter_pieces"]
         assert len(result.items) == {"ceval-0-shot": 6, "cmmlu-0-shot": 3, "agieval-zero-shot": 3}[stem]
@@ -221,8 +250,9 @@ def test_setup_errors_are_reported_before_loading(jaxtune_checkpoint, data_dir, 
         run_info("ckpt", {"epoch": "last"})
 
 
-def test_belle_keeps_its_answers_through_a_judge_failure_and_resumes_judging(jaxtune_checkpoint, data_dir, tmp_path,
-                                                                           monkeypatch, capsys):
+def test_belle_keeps_its_answers_through_a_judge_failure_and_resumes_judging(
+    jaxtune_checkpoint, data_dir, tmp_path, monkeypatch, capsys
+):
     # Before: a judge failure after the generation phase lost every answer (the rerun generated them all again),
     # and a corrupt judge-cache line ended the run with a traceback after generating.
     from jaxtune.cli import main
@@ -240,8 +270,14 @@ def test_belle_keeps_its_answers_through_a_judge_failure_and_resumes_judging(jax
     monkeypatch.setenv("RUNNER_JUDGE_KEY", "wrong-key")
     out = tmp_path / "out"
     with JudgeServer(expected_key="right-key") as judge:
-        cfg = _eval_cfg(data_dir, ["belle"], judge_base_url=judge.url, judge_model="fake-judge", judge_repeats=2,
-                        judge_api_key_env="RUNNER_JUDGE_KEY")
+        cfg = _eval_cfg(
+            data_dir,
+            ["belle"],
+            judge_base_url=judge.url,
+            judge_model="fake-judge",
+            judge_repeats=2,
+            judge_api_key_env="RUNNER_JUDGE_KEY",
+        )
         with pytest.raises(JudgeError, match="HTTP 401"):
             evaluate(jaxtune_checkpoint, cfg, out)
         assert sum(generated) == 2
@@ -269,9 +305,20 @@ def test_belle_keeps_its_answers_through_a_judge_failure_and_resumes_judging(jax
         with pytest.raises(JudgeCacheError, match=rf"{cache}:2: corrupt judge cache line"):
             evaluate(jaxtune_checkpoint, cfg, out)
         assert sum(generated) == 4
-        code = main(["eval", str(jaxtune_checkpoint), "--suite", "belle", "--out", str(out),
-                     f"eval.data_dir={data_dir}", f"eval.judge_base_url={judge.url}", "eval.judge_model=fake-judge",
-                     "eval.judge_api_key_env=RUNNER_JUDGE_KEY"])
+        code = main(
+            [
+                "eval",
+                str(jaxtune_checkpoint),
+                "--suite",
+                "belle",
+                "--out",
+                str(out),
+                f"eval.data_dir={data_dir}",
+                f"eval.judge_base_url={judge.url}",
+                "eval.judge_model=fake-judge",
+                "eval.judge_api_key_env=RUNNER_JUDGE_KEY",
+            ]
+        )
         err = capsys.readouterr().err
         assert code == 2 and "Traceback" not in err
         assert err.strip().splitlines()[-1].startswith(f"jaxtune eval: error: {cache}:2: corrupt judge cache line")

@@ -103,11 +103,15 @@ def _sample(rng: random.Random, t: str, i: int, ids: list[int]) -> dict:
     messages = [{"role": "user", "content": f"{t} 问题 {i}"}]
     if t == "understanding":
         opts = "\nA.一\nB.二\nC.三" + ("\nD.四" if rng.random() < 0.5 else "")
-        messages = [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "好"},
-                    {"role": "user", "content": "选哪个？" + opts}]
+        messages = [
+            {"role": "user", "content": "你好"},
+            {"role": "assistant", "content": "好"},
+            {"role": "user", "content": "选哪个？" + opts},
+        ]
     elif t.startswith("ceval"):
-        messages = [m for k in range(5) for m in ({"role": "user", "content": f"例{k}"},
-                                                  {"role": "assistant", "content": "A"})] + messages
+        messages = [
+            m for k in range(5) for m in ({"role": "user", "content": f"例{k}"}, {"role": "assistant", "content": "A"})
+        ] + messages
     d = {"messages": messages, "type": t, "question_format": 0, "choices": [], "idx": i}
     if t == "code":
         d["question_format"] = 1
@@ -137,9 +141,14 @@ def _sample(rng: random.Random, t: str, i: int, ids: list[int]) -> dict:
 
 
 STUDY_FILES = {
-    "pred_biology_test.json": "biology", "pred_history_test.json": "history", "pred_chinese_test.json": "chinese",
-    "pred_understanding_test.json": "understanding", "pred_ethics_test.json": "ethics", "pred_code_test.json": "code",
-    "pred_reasoning_test.json": "reasoning", "pred_ceval_physician.json": "ceval_physician_fshot",
+    "pred_biology_test.json": "biology",
+    "pred_history_test.json": "history",
+    "pred_chinese_test.json": "chinese",
+    "pred_understanding_test.json": "understanding",
+    "pred_ethics_test.json": "ethics",
+    "pred_code_test.json": "code",
+    "pred_reasoning_test.json": "reasoning",
+    "pred_ceval_physician.json": "ceval_physician_fshot",
 }
 
 
@@ -150,8 +159,7 @@ def _write_pred_dir(folder: Path, ids: list[int], n: int = 40, seed: int = 0) ->
     for name, t in STUDY_FILES.items():
         samples = [_sample(rng, t, i, ids) for i in range(n)]
         # json.dumps writes bare NaN, as the study's jsonlines writer did.
-        (folder / name).write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples),
-                                   encoding="utf-8")
+        (folder / name).write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples), encoding="utf-8")
         written[name] = samples
     return written
 
@@ -189,7 +197,7 @@ def test_summary_scores_chance_and_true_mean(pred_dir, tmp_path):
     assert summary.scorer_mode == "study" and summary.variant == "test"
     scores = {}
     for name, rows in samples.items():
-        ability = name[len("pred_"):].removesuffix(".json").removesuffix("_test")
+        ability = name[len("pred_") :].removesuffix(".json").removesuffix("_test")
         ref = [_ref_item(s, ids) for s in rows]
         weight = 2.5 if ability.startswith("ceval") else 1.0
         a = summary.ability(ability)
@@ -205,8 +213,13 @@ def test_summary_scores_chance_and_true_mean(pred_dir, tmp_path):
 def test_run_info_read_from_pred_py_layout(tmp_path):
     run = study_run_info(tmp_path / "test" / "7b" / "curated-160" / "checkpoint-30")
     # curated-160 has ceil(160/64) = 3 steps per epoch in the study: step 30 closes epoch 10.
-    assert (run.model_size, run.data_source, run.data_volume, run.step, run.epoch) == ("7b (study)", "curated", 160,
-                                                                                        30, 10)
+    assert (run.model_size, run.data_source, run.data_volume, run.step, run.epoch) == (
+        "7b (study)",
+        "curated",
+        160,
+        30,
+        10,
+    )
     assert study_run_info(tmp_path / "test" / "7b" / "curated-160" / "checkpoint-31").epoch is None
 
 
@@ -231,7 +244,8 @@ def test_jaxtune_items_are_rescored_to_the_same_summary(pred_dir, tmp_path):
     score_predictions(tmp_path / "first", tmp_path / "again")
     again = read_summary(tmp_path / "again" / "doit-test.summary.json")
     assert [(a.name, a.n, a.correct, a.chance) for a in again.abilities] == [
-        (a.name, a.n, a.correct, a.chance) for a in first.abilities]
+        (a.name, a.n, a.correct, a.chance) for a in first.abilities
+    ]
     assert again.run == first.run
     score_predictions(tmp_path / "first", tmp_path / "corr", mode="corrected")
     score_predictions(folder, tmp_path / "corr-direct", tokenizer=DEMO_TOKENIZER, mode="corrected")
@@ -279,8 +293,9 @@ def test_chinese_llama_plus_answer_pieces(shared_data):
 
 def test_cli_score_then_report_draws_the_study_curve(pred_dir, tmp_path, capsys):
     folder, _ = pred_dir
-    code = main(["score", str(folder.parents[2]), "--out", str(tmp_path / "scored"), "--tokenizer",
-                 str(DEMO_TOKENIZER)])
+    code = main(
+        ["score", str(folder.parents[2]), "--out", str(tmp_path / "scored"), "--tokenizer", str(DEMO_TOKENIZER)]
+    )
     out, err = capsys.readouterr()
     assert code == 0, err
     assert "pred_biology_test.json" in err and "study totals" in out and "overall (mean)" in out
@@ -304,14 +319,39 @@ def test_jaxtune_mcq_items_are_rescored_and_belle_is_listed_as_not_scored(tmp_pa
 
     folder = tmp_path / "eval"
     folder.mkdir()
-    rows = [("law", [0.1, 2.0, 0.3, 0.0], "B"), ("law", [1.0, 1.0, 0.0, 0.0], "A"), ("law", [None, 5.0, 0.0, 0.0], "B"),
-            ("art", [0.0, 0.0, 0.0, 3.0], "C")]
-    (folder / "agieval-zero-shot.items.jsonl").write_text("".join(
-        json.dumps({"task": t, "where": f"x.jsonl:{i}", "n_shots": 0, "prompt": [], "letter_logits": lg,
-                    "parsed": "?", "label": lab, "correct": None}) + "\n" for i, (t, lg, lab) in enumerate(rows)))
-    old = make_summary("agieval", "zero-shot", "study", [ability_score("law", [1.0])],
-                       RunInfo(model_size="7b", data_source="curated", data_volume=160, epoch=10),
-                       skipped_not_one_letter={"law": 2}, notes=["left out 2 items"])
+    rows = [
+        ("law", [0.1, 2.0, 0.3, 0.0], "B"),
+        ("law", [1.0, 1.0, 0.0, 0.0], "A"),
+        ("law", [None, 5.0, 0.0, 0.0], "B"),
+        ("art", [0.0, 0.0, 0.0, 3.0], "C"),
+    ]
+    (folder / "agieval-zero-shot.items.jsonl").write_text(
+        "".join(
+            json.dumps(
+                {
+                    "task": t,
+                    "where": f"x.jsonl:{i}",
+                    "n_shots": 0,
+                    "prompt": [],
+                    "letter_logits": lg,
+                    "parsed": "?",
+                    "label": lab,
+                    "correct": None,
+                }
+            )
+            + "\n"
+            for i, (t, lg, lab) in enumerate(rows)
+        )
+    )
+    old = make_summary(
+        "agieval",
+        "zero-shot",
+        "study",
+        [ability_score("law", [1.0])],
+        RunInfo(model_size="7b", data_source="curated", data_volume=160, epoch=10),
+        skipped_not_one_letter={"law": 2},
+        notes=["left out 2 items"],
+    )
     write_summary(folder / "agieval-zero-shot.summary.json", old)
     (folder / "belle-judge.items.jsonl").write_text('{"class": "math"}\n')
     out = score_predictions(folder, tmp_path / "out")

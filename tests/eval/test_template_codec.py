@@ -15,8 +15,12 @@ from .conftest import DEMO_TOKENIZER, DOIT_ADDED
 def test_doit_codec_matches_the_reference(doit_codec):
     codec = TemplateChatCodec.create("doit", load_tokenizer(DEMO_TOKENIZER), 1004)
     assert isinstance(codec, ChatCodec)
-    messages = [{"role": "user", "content": " 天空是什么颜色？ "}, {"role": "assistant", "content": "蓝色"},
-                {"role": "system", "content": "规则"}, {"role": "user", "content": "<eot> 草呢？"}]
+    messages = [
+        {"role": "user", "content": " 天空是什么颜色？ "},
+        {"role": "assistant", "content": "蓝色"},
+        {"role": "system", "content": "规则"},
+        {"role": "user", "content": "<eot> 草呢？"},
+    ]
     assert codec.prompt_ids(messages) == doit_codec.prompt_ids(messages)
     assert codec.prompt_ids(messages)[-1] == DOIT_ADDED["<assistant>"]
     assert codec.reply_ids(" 绿色 ") == doit_codec.reply_ids(" 绿色 ")
@@ -36,7 +40,9 @@ def test_belle_codec_renders_human_assistant_text():
     codec = TemplateChatCodec.create("belle", load_tokenizer(DEMO_TOKENIZER), 1000)
     question = "天空是什么颜色？"
     assert codec.prompt_ids([{"role": "user", "content": question}]) == [
-        sp.bos_id(), *sp.encode(f"Human: {question}\n\nAssistant:")]
+        sp.bos_id(),
+        *sp.encode(f"Human: {question}\n\nAssistant:"),
+    ]
     assert codec.reply_ids("蓝色") == [*sp.encode("蓝色"), sp.eos_id()]
     assert codec.stop_ids == (sp.eos_id(),)
     assert codec.decode([sp.bos_id(), *sp.encode("蓝色"), sp.eos_id()]) == "蓝色"

@@ -84,8 +84,9 @@ def fake_gcloud(tmp_path):
     env.pop("SPOT", None)
 
     def run(*args: str, **extra_env: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["bash", str(TPU_SH), *args], env={**env, **extra_env}, capture_output=True, text=True,
-                              timeout=60)
+        return subprocess.run(
+            ["bash", str(TPU_SH), *args], env={**env, **extra_env}, capture_output=True, text=True, timeout=60
+        )
 
     def calls() -> list[list[str]]:
         path = tmp_path / "calls.jsonl"
@@ -123,8 +124,12 @@ def test_setup_reaches_every_worker_with_a_pinned_install_and_gcsfuse(fake_gclou
 
 
 def test_train_starts_one_command_on_all_workers_and_quotes_its_arguments(fake_gcloud, tmp_path):
-    tricky = ["configs/doit-7b.yaml", "run_dir=gs://b/runs/a b", "data.selection=curated-640",
-              "train.note=it's $HOME; `x` \"q\""]
+    tricky = [
+        "configs/doit-7b.yaml",
+        "run_dir=gs://b/runs/a b",
+        "data.selection=curated-640",
+        "train.note=it's $HOME; `x` \"q\"",
+    ]
     r = fake_gcloud("train", "doit", "us-east5-a", *tricky)
     assert r.returncode == 0, r.stderr
     (ssh,) = fake_gcloud.calls()
@@ -133,8 +138,10 @@ def test_train_starts_one_command_on_all_workers_and_quotes_its_arguments(fake_g
     home = tmp_path / "worker"
     scripts = home / "jaxtune" / "scripts"
     scripts.mkdir(parents=True)
-    (scripts / "train.sh").write_text(f'#!/usr/bin/env bash\n{shlex.quote(sys.executable)} -c '
-                                      '"import json,sys; print(json.dumps(sys.argv[1:]))" "$@"\n')
+    (scripts / "train.sh").write_text(
+        f'#!/usr/bin/env bash\n{shlex.quote(sys.executable)} -c '
+        '"import json,sys; print(json.dumps(sys.argv[1:]))" "$@"\n'
+    )
     subprocess.run(["bash", "-c", _opt(ssh, "--command")], env=dict(os.environ, HOME=str(home)), check=True, timeout=30)
     logs = home / "jaxtune" / "logs"
     for _ in range(100):
@@ -153,8 +160,14 @@ def test_stop_sends_sigterm_on_every_worker(fake_gcloud):
 
 
 def test_supervise_recreates_a_preempted_slice_and_resumes(fake_gcloud):
-    job = ["bash", "scripts/train.sh", "configs/doit-33b.yaml", "configs/hardware/v5p-16.yaml",
-           "run_dir=gs://b/runs/33b", "checkpoint.resume=auto"]
+    job = [
+        "bash",
+        "scripts/train.sh",
+        "configs/doit-33b.yaml",
+        "configs/hardware/v5p-16.yaml",
+        "run_dir=gs://b/runs/33b",
+        "checkpoint.resume=auto",
+    ]
     r = fake_gcloud("supervise", "doit", "v5p-16", "us-east5-a", "--", *job, FAKE_PREEMPT_AFTER_STARTS="1", SPOT="1")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "recreating" in r.stdout and "finished" in r.stdout
@@ -169,8 +182,9 @@ def test_supervise_recreates_a_preempted_slice_and_resumes(fake_gcloud):
 
 
 def test_supervise_gives_up_after_max_restarts(fake_gcloud):
-    r = fake_gcloud("supervise", "doit", "v5p-16", "us-east5-a", "--", "true", FAKE_PREEMPT_AFTER_STARTS="99",
-                    MAX_RESTARTS="2")
+    r = fake_gcloud(
+        "supervise", "doit", "v5p-16", "us-east5-a", "--", "true", FAKE_PREEMPT_AFTER_STARTS="99", MAX_RESTARTS="2"
+    )
     assert r.returncode == 1
     assert "giving up" in r.stderr
     assert sum(1 for c in fake_gcloud.calls() if c[3] == "create") == 3  # the first slice and two recreations

@@ -34,8 +34,16 @@ BLOOM_VARIANTS: dict[str, dict[str, Any]] = {
 
 def tiny_bloom_config(variant: str, **overrides: Any) -> ModelConfig:
     """A float32 jaxtune BLOOM config of a named test variant (2 layers, head_dim 16)."""
-    values = dict(family="bloom", num_layers=2, layer_norm_epsilon=1e-5, initializer_range=0.2,
-                  tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=3)
+    values = dict(
+        family="bloom",
+        num_layers=2,
+        layer_norm_epsilon=1e-5,
+        initializer_range=0.2,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=3,
+    )
     values.update(BLOOM_VARIANTS[variant])
     values.update(overrides)
     values.setdefault("intermediate_size", 4 * values["hidden_size"])
@@ -45,9 +53,16 @@ def tiny_bloom_config(variant: str, **overrides: Any) -> ModelConfig:
 def hf_bloom_config(cfg: ModelConfig) -> Any:
     """The transformers BloomConfig of the same model."""
     return transformers.BloomConfig(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, n_layer=cfg.num_layers, n_head=cfg.num_heads,
-        layer_norm_epsilon=cfg.layer_norm_epsilon, initializer_range=cfg.initializer_range,
-        tie_word_embeddings=cfg.tie_word_embeddings, bos_token_id=1, eos_token_id=2, pad_token_id=3,
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.hidden_size,
+        n_layer=cfg.num_layers,
+        n_head=cfg.num_heads,
+        layer_norm_epsilon=cfg.layer_norm_epsilon,
+        initializer_range=cfg.initializer_range,
+        tie_word_embeddings=cfg.tie_word_embeddings,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=3,
     )
 
 
@@ -68,8 +83,9 @@ def hf_weights_to_params(hf_model: Any, cfg: ModelConfig) -> dict:
         "layers": {
             "attn_norm": per_layer("input_layernorm.weight"),
             "attn_norm_bias": per_layer("input_layernorm.bias"),
-            "qkv_proj": per_layer("self_attention.query_key_value.weight",
-                                  lambda w: np.einsum("hcde->ehcd", w.reshape(h, 3, d, e))),
+            "qkv_proj": per_layer(
+                "self_attention.query_key_value.weight", lambda w: np.einsum("hcde->ehcd", w.reshape(h, 3, d, e))
+            ),
             "qkv_bias": per_layer("self_attention.query_key_value.bias", lambda b: b.reshape(h, 3, d)),
             "o_proj": per_layer("self_attention.dense.weight", lambda w: np.einsum("ehd->hde", w.reshape(e, h, d))),
             "o_bias": per_layer("self_attention.dense.bias"),

@@ -25,20 +25,36 @@ from jaxtune.models.llama import Llama  # noqa: E402
 VARIANTS: dict[str, dict[str, Any]] = {
     "mha-untied-default": dict(vocab_size=97, num_heads=4, num_kv_heads=None, tie_word_embeddings=False),
     "gqa-tied-llama3": dict(
-        vocab_size=131, num_heads=4, num_kv_heads=2, tie_word_embeddings=True, rope_theta=500000.0,
-        rope_scaling=RopeScalingConfig("llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
-                                       original_max_position_embeddings=64),
+        vocab_size=131,
+        num_heads=4,
+        num_kv_heads=2,
+        tie_word_embeddings=True,
+        rope_theta=500000.0,
+        rope_scaling=RopeScalingConfig(
+            "llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=64
+        ),
     ),
     "gqa-untied-default": dict(vocab_size=113, num_heads=4, num_kv_heads=1, tie_word_embeddings=False),
-    "mha-tied-linear": dict(vocab_size=89, num_heads=2, num_kv_heads=None, tie_word_embeddings=True,
-                            rope_scaling=RopeScalingConfig("linear", factor=2.0)),
+    "mha-tied-linear": dict(
+        vocab_size=89,
+        num_heads=2,
+        num_kv_heads=None,
+        tie_word_embeddings=True,
+        rope_scaling=RopeScalingConfig("linear", factor=2.0),
+    ),
 }
 
 
 def tiny_config(variant: str, **overrides: Any) -> ModelConfig:
     """A float32 jaxtune config of a named test variant (hidden 64, 2 layers, head_dim 16 or 32)."""
-    values = dict(hidden_size=64, intermediate_size=160, num_layers=2, rms_norm_eps=1e-5, max_position_embeddings=256,
-                  initializer_range=0.2)
+    values = dict(
+        hidden_size=64,
+        intermediate_size=160,
+        num_layers=2,
+        rms_norm_eps=1e-5,
+        max_position_embeddings=256,
+        initializer_range=0.2,
+    )
     values.update(VARIANTS[variant])
     values.update(overrides)
     return ModelConfig(**values)
@@ -50,14 +66,26 @@ def hf_config(cfg: ModelConfig) -> Any:
     if cfg.rope_scaling.rope_type != "default":
         rope["factor"] = cfg.rope_scaling.factor
     if cfg.rope_scaling.rope_type == "llama3":
-        rope.update(low_freq_factor=cfg.rope_scaling.low_freq_factor, high_freq_factor=cfg.rope_scaling.high_freq_factor,
-                    original_max_position_embeddings=cfg.rope_scaling.original_max_position_embeddings)
+        rope.update(
+            low_freq_factor=cfg.rope_scaling.low_freq_factor,
+            high_freq_factor=cfg.rope_scaling.high_freq_factor,
+            original_max_position_embeddings=cfg.rope_scaling.original_max_position_embeddings,
+        )
     return transformers.LlamaConfig(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
-        num_key_value_heads=cfg.resolved_num_kv_heads(), max_position_embeddings=cfg.max_position_embeddings,
-        rms_norm_eps=cfg.rms_norm_eps, rope_parameters=rope, tie_word_embeddings=cfg.tie_word_embeddings,
-        initializer_range=cfg.initializer_range, bos_token_id=1, eos_token_id=2, pad_token_id=None,
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.resolved_num_kv_heads(),
+        max_position_embeddings=cfg.max_position_embeddings,
+        rms_norm_eps=cfg.rms_norm_eps,
+        rope_parameters=rope,
+        tie_word_embeddings=cfg.tie_word_embeddings,
+        initializer_range=cfg.initializer_range,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=None,
     )
 
 

@@ -42,21 +42,27 @@ def packed_segments(length: int) -> np.ndarray:
 
 def qkv(b: int, t: int, h: int, kv: int, d: int, seed: int = 0):
     keys = jax.random.split(jax.random.key(seed), 3)
-    return (jax.random.normal(keys[0], (b, t, h, d)), jax.random.normal(keys[1], (b, t, kv, d)),
-            jax.random.normal(keys[2], (b, t, kv, d)))
+    return (
+        jax.random.normal(keys[0], (b, t, h, d)),
+        jax.random.normal(keys[1], (b, t, kv, d)),
+        jax.random.normal(keys[2], (b, t, kv, d)),
+    )
 
 
 def test_mask_is_causal_within_segments_only() -> None:
     seg = jnp.array([[1, 1, 2, 2, 0]])
     slots = jnp.arange(5)
     mask = np.asarray(attention_mask(seg, seg, slots, slots))[0]
-    expected = np.array([
-        [1, 0, 0, 0, 0],
-        [1, 1, 0, 0, 0],
-        [0, 0, 1, 0, 0],
-        [0, 0, 1, 1, 0],
-        [0, 0, 0, 0, 1],
-    ], bool)
+    expected = np.array(
+        [
+            [1, 0, 0, 0, 0],
+            [1, 1, 0, 0, 0],
+            [0, 0, 1, 0, 0],
+            [0, 0, 1, 1, 0],
+            [0, 0, 0, 0, 1],
+        ],
+        bool,
+    )
     np.testing.assert_array_equal(mask, expected)
 
 
@@ -263,6 +269,7 @@ def test_alibi_forward_and_backward_match_autodiff_of_the_formula(heads: int, kv
         def loss(q, k, v):
             out = fn(q, k, v, mask, alibi)
             return jnp.sum(jnp.where(jnp.asarray(real)[:, :, None, None], out, 0.0) * weights)
+
         return jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
 
     reference = grads(textbook_alibi_attention)
@@ -281,11 +288,11 @@ def test_alibi_as_a_dense_bias_of_jax_dot_product_attention() -> None:
     slots = jnp.arange(12)
     mask = attention_mask(seg, seg, slots, slots)
     alibi = alibi_of(seg, 4)
-    got = jax.nn.dot_product_attention(q, k, v, bias=attention.alibi_bias(alibi), mask=mask[:, None],
-                                       implementation="xla")
+    got = jax.nn.dot_product_attention(
+        q, k, v, bias=attention.alibi_bias(alibi), mask=mask[:, None], implementation="xla"
+    )
     real = np.asarray(seg) > 0
-    np.testing.assert_allclose(np.asarray(got)[real], np.asarray(xla_attention(q, k, v, mask, alibi))[real],
-                               atol=1e-5)
+    np.testing.assert_allclose(np.asarray(got)[real], np.asarray(xla_attention(q, k, v, mask, alibi))[real], atol=1e-5)
 
 
 def test_splash_cannot_take_alibi_and_falls_back_with_one_warning(fresh_warnings, monkeypatch) -> None:

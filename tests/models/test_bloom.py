@@ -88,9 +88,15 @@ def test_greedy_generation_with_cache_matches_transformers_generate(bloom_pair: 
     got = greedy_with_cache(bloom_pair.model, prompt, n)
     ids = torch.from_numpy(prompt[None].astype(np.int64))
     with torch.no_grad():
-        out = bloom_pair.hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
-                                     eos_token_id=None, pad_token_id=3)
-    assert got == out[0, prompt.shape[0]:].tolist()
+        out = bloom_pair.hf.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=n,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=3,
+        )
+    assert got == out[0, prompt.shape[0] :].tolist()
 
 
 def test_generator_on_left_padded_prompts_matches_transformers_generate(six_heads: BloomPair) -> None:
@@ -106,10 +112,16 @@ def test_generator_on_left_padded_prompts_matches_transformers_generate(six_head
     ids = np.full((len(prompts), width), 3, np.int64)
     mask = np.zeros_like(ids)
     for row, p in enumerate(prompts):
-        ids[row, width - len(p):], mask[row, width - len(p):] = p, 1
+        ids[row, width - len(p) :], mask[row, width - len(p) :] = p, 1
     with torch.no_grad():
-        out = six_heads.hf.generate(torch.from_numpy(ids), attention_mask=torch.from_numpy(mask), max_new_tokens=n,
-                                    do_sample=False, eos_token_id=None, pad_token_id=3)
+        out = six_heads.hf.generate(
+            torch.from_numpy(ids),
+            attention_mask=torch.from_numpy(mask),
+            max_new_tokens=n,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=3,
+        )
     for row in range(len(prompts)):
         assert list(got[row].tokens) == out[row, width:].tolist(), row
 
@@ -124,7 +136,7 @@ def test_cached_decoding_logits_match_full_forward(six_heads: BloomPair) -> None
     first, cache = run(model, jnp.asarray(ids[:, :6]), cache)
     pieces = [np.asarray(first)]
     for t in range(6, 10):
-        step, cache = run(model, jnp.asarray(ids[:, t: t + 1]), cache)
+        step, cache = run(model, jnp.asarray(ids[:, t : t + 1]), cache)
         pieces.append(np.asarray(step))
     assert int(cache.index) == 10
     np.testing.assert_allclose(np.concatenate(pieces, axis=1), full, atol=TOL, rtol=0)
@@ -199,8 +211,9 @@ def test_gradients_match_torch_under_every_remat_policy(six_heads: BloomPair) ->
     h, d, e = six_heads.cfg.num_heads, six_heads.cfg.resolved_head_dim(), six_heads.cfg.hidden_size
     block = hf.transformer.h[1]
     checks = {
-        ("layers", "qkv_proj"): np.einsum("hcde->ehcd", block.self_attention.query_key_value.weight.grad.numpy()
-                                          .reshape(h, 3, d, e)),
+        ("layers", "qkv_proj"): np.einsum(
+            "hcde->ehcd", block.self_attention.query_key_value.weight.grad.numpy().reshape(h, 3, d, e)
+        ),
         ("layers", "qkv_bias"): block.self_attention.query_key_value.bias.grad.numpy().reshape(h, 3, d),
         ("layers", "o_bias"): block.self_attention.dense.bias.grad.numpy(),
         ("layers", "attn_norm_bias"): block.input_layernorm.bias.grad.numpy(),
@@ -212,8 +225,9 @@ def test_gradients_match_torch_under_every_remat_policy(six_heads: BloomPair) ->
     for path, want in checks.items():
         got = base_grads[path[0]][path[1]][1] if len(path) == 2 else base_grads[path[0]]
         np.testing.assert_allclose(got, want, atol=1e-5, err_msg=".".join(path))
-    np.testing.assert_allclose(base_grads["embed_tokens"], hf.transformer.word_embeddings.weight.grad.numpy(),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        base_grads["embed_tokens"], hf.transformer.word_embeddings.weight.grad.numpy(), atol=1e-5
+    )
 
 
 def test_packed_documents_see_alibi_distances_within_their_segment(six_heads: BloomPair) -> None:

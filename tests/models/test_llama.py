@@ -56,9 +56,15 @@ def test_greedy_generation_with_cache_matches_transformers_generate(pair: Pair) 
     got = greedy_with_cache(pair.model, prompt, n)
     ids = torch.from_numpy(prompt[None].astype(np.int64))
     with torch.no_grad():
-        out = pair.hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
-                               eos_token_id=None, pad_token_id=0)
-    assert got == out[0, prompt.shape[0]:].tolist()
+        out = pair.hf.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=n,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
+    assert got == out[0, prompt.shape[0] :].tolist()
 
 
 def test_cached_decoding_logits_match_full_forward(gqa_pair: Pair) -> None:
@@ -71,7 +77,7 @@ def test_cached_decoding_logits_match_full_forward(gqa_pair: Pair) -> None:
     first, cache = run(model, jnp.asarray(ids[:, :6]), cache)
     pieces = [np.asarray(first)]
     for t in range(6, 10):
-        step, cache = run(model, jnp.asarray(ids[:, t: t + 1]), cache)
+        step, cache = run(model, jnp.asarray(ids[:, t : t + 1]), cache)
         pieces.append(np.asarray(step))
     assert cache.index.tolist() == [10, 10]
     np.testing.assert_allclose(np.concatenate(pieces, axis=1), full, atol=TOL, rtol=0)
@@ -174,8 +180,9 @@ def test_resize_token_embeddings_matches_mean_initialised_transformers(variant: 
 
     hf_model.resize_token_embeddings(new, mean_resizing=False)
     with torch.no_grad():
-        for table in {id(t): t for t in (hf_model.get_input_embeddings().weight,
-                                         hf_model.get_output_embeddings().weight)}.values():
+        for table in {
+            id(t): t for t in (hf_model.get_input_embeddings().weight, hf_model.get_output_embeddings().weight)
+        }.values():
             table[old:] = table[:old].mean(dim=0, keepdim=True)
     embed = np.asarray(model.embed_tokens[...])
     np.testing.assert_allclose(embed[old:new], hf_model.get_input_embeddings().weight[old:].detach().numpy(), atol=1e-6)

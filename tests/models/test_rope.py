@@ -15,10 +15,18 @@ from jaxtune.models.rope import apply_rotary, inverse_frequencies, rotary_cos_si
 
 SCALINGS = {
     "default": (10000.0, RopeScalingConfig()),
-    "llama3": (500000.0, RopeScalingConfig("llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
-                                           original_max_position_embeddings=8192)),
-    "llama3-short-context": (10000.0, RopeScalingConfig("llama3", factor=4.0, low_freq_factor=2.0,
-                                                        high_freq_factor=8.0, original_max_position_embeddings=256)),
+    "llama3": (
+        500000.0,
+        RopeScalingConfig(
+            "llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=8192
+        ),
+    ),
+    "llama3-short-context": (
+        10000.0,
+        RopeScalingConfig(
+            "llama3", factor=4.0, low_freq_factor=2.0, high_freq_factor=8.0, original_max_position_embeddings=256
+        ),
+    ),
     "linear": (10000.0, RopeScalingConfig("linear", factor=3.0)),
 }
 
@@ -30,10 +38,19 @@ def configs(name: str, head_dim: int = 64) -> tuple[ModelConfig, LlamaConfig]:
     if scaling.rope_type != "default":
         rope["factor"] = scaling.factor
     if scaling.rope_type == "llama3":
-        rope.update(low_freq_factor=scaling.low_freq_factor, high_freq_factor=scaling.high_freq_factor,
-                    original_max_position_embeddings=scaling.original_max_position_embeddings)
-    hf = LlamaConfig(hidden_size=4 * head_dim, num_attention_heads=4, num_hidden_layers=1, intermediate_size=8,
-                     vocab_size=8, rope_parameters=rope)
+        rope.update(
+            low_freq_factor=scaling.low_freq_factor,
+            high_freq_factor=scaling.high_freq_factor,
+            original_max_position_embeddings=scaling.original_max_position_embeddings,
+        )
+    hf = LlamaConfig(
+        hidden_size=4 * head_dim,
+        num_attention_heads=4,
+        num_hidden_layers=1,
+        intermediate_size=8,
+        vocab_size=8,
+        rope_parameters=rope,
+    )
     return cfg, hf
 
 
@@ -45,8 +62,9 @@ def test_inverse_frequencies_match_transformers(name: str) -> None:
     assert got.dtype == np.float32 and got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=3e-7)  # equal up to one or two float32 ulps
     if name != "default":  # the scaling really changed something
-        assert not np.allclose(got, inverse_frequencies(ModelConfig(hidden_size=cfg.hidden_size, num_heads=4,
-                                                                    rope_theta=cfg.rope_theta)))
+        assert not np.allclose(
+            got, inverse_frequencies(ModelConfig(hidden_size=cfg.hidden_size, num_heads=4, rope_theta=cfg.rope_theta))
+        )
 
 
 @pytest.mark.parametrize("name", ["default", "llama3-short-context"])

@@ -37,8 +37,9 @@ def test_bloom_parameter_count_matches_transformers(name: str) -> None:
     import transformers
 
     cfg = model_config(name)
-    hf = transformers.BloomConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, n_layer=cfg.num_layers,
-                                  n_head=cfg.num_heads)
+    hf = transformers.BloomConfig(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, n_layer=cfg.num_layers, n_head=cfg.num_heads
+    )
     with torch.device("meta"):
         hf_model = transformers.BloomForCausalLM(hf)
     assert model_info(cfg).num_params == hf_model.num_parameters()
@@ -68,8 +69,15 @@ def test_forward_flops_match_xla_cost_analysis() -> None:
     causality does not mask entirely (attention.causal_blocked_attention: (n + 1) / 2n of the square for n query
     blocks), while the causal term of model_info counts (T + 1) / 2T of the square."""
     seq_len, batch = 128, 2
-    cfg = ModelConfig(vocab_size=1000, hidden_size=256, intermediate_size=512, num_layers=2, num_heads=4,
-                      num_kv_heads=2, scan_layers=False)  # XLA counts a scan's body once: unroll
+    cfg = ModelConfig(
+        vocab_size=1000,
+        hidden_size=256,
+        intermediate_size=512,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        scan_layers=False,
+    )  # XLA counts a scan's body once: unroll
     graphdef, state = nnx.split(nnx.eval_shape(lambda: Llama(cfg, nnx.Rngs(0))))
     forward = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)[0])
     cost = forward.lower(state, jax.ShapeDtypeStruct((batch, seq_len), jnp.int32)).compile().cost_analysis()
@@ -122,20 +130,31 @@ def _disk_bytes(folder) -> int:
 def test_checkpoint_bytes_match_saved_checkpoints(tmp_path) -> None:
     """run_storage's epoch and full train-state bytes against the folders Orbax actually writes for a small model:
     an upper bound (Orbax's zstd takes about 20% off random bfloat16 weights, less off float32)."""
+    from train.synthetic_stream import synthetic_data
+
     from jaxtune.checkpoint import EpochCheckpointManager, TrainCheckpointManager
     from jaxtune.config import config_from_dict
     from jaxtune.models.stats import run_storage
     from jaxtune.train.optim import build_optimizer
     from jaxtune.train.step import new_train_state
-    from train.synthetic_stream import synthetic_data
 
-    cfg = config_from_dict({
-        "run_dir": str(tmp_path),
-        "model": dict(vocab_size=2048, hidden_size=256, intermediate_size=512, num_layers=2, num_heads=4,
-                      max_position_embeddings=64, param_dtype="float32", compute_dtype="bfloat16"),
-        "train": dict(epochs=15),
-        "checkpoint": dict(max_to_keep=2, async_save=False),
-    })
+    cfg = config_from_dict(
+        {
+            "run_dir": str(tmp_path),
+            "model": dict(
+                vocab_size=2048,
+                hidden_size=256,
+                intermediate_size=512,
+                num_layers=2,
+                num_heads=4,
+                max_position_embeddings=64,
+                param_dtype="float32",
+                compute_dtype="bfloat16",
+            ),
+            "train": dict(epochs=15),
+            "checkpoint": dict(max_to_keep=2, async_save=False),
+        }
+    )
     storage = run_storage(cfg)
     params = nnx.to_pure_dict(nnx.state(Llama(cfg.model, nnx.Rngs(0)), nnx.Param))
     tx, _ = build_optimizer(cfg.optim, 10)
@@ -147,7 +166,13 @@ def test_checkpoint_bytes_match_saved_checkpoints(tmp_path) -> None:
     epochs.save(1, 1, state.params)
     epochs.close()
     train = TrainCheckpointManager(tmp_path, cfg.checkpoint, model_cfg=cfg.model)
-    train.save(1, state.params, state.train_fields(), synthetic_data(num_rows=16, seq_len=16, global_batch=8, epochs=1).iterator, {})
+    train.save(
+        1,
+        state.params,
+        state.train_fields(),
+        synthetic_data(num_rows=16, seq_len=16, global_batch=8, epochs=1).iterator,
+        {},
+    )
     train.close()
 
     on_disk = _disk_bytes(tmp_path / "epochs" / "1")

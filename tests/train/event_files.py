@@ -17,8 +17,8 @@ def scalar_events(logdir: Path, purge: bool = False) -> list[tuple[str, int, flo
     def events(path: Path) -> list:
         data, pos, found = path.read_bytes(), 0, []
         while pos < len(data):
-            (length,) = struct.unpack("<Q", data[pos:pos + 8])
-            found.append(event_pb2.Event.FromString(data[pos + 12:pos + 12 + length]))
+            (length,) = struct.unpack("<Q", data[pos : pos + 8])
+            found.append(event_pb2.Event.FromString(data[pos + 12 : pos + 12 + length]))
             pos += 12 + length + 4
         return found
 

@@ -34,14 +34,19 @@ def worker_env(cache_dir: Optional[Path]) -> dict[str, str]:
     return env
 
 
-def start(spec: dict, cache_dir: Optional[Path], log_path: Path,
-          env: Optional[dict[str, str]] = None) -> subprocess.Popen:
+def start(
+    spec: dict, cache_dir: Optional[Path], log_path: Path, env: Optional[dict[str, str]] = None
+) -> subprocess.Popen:
     """Start run_worker.py with ``spec``; stdout and stderr go to ``log_path``; ``env`` is added to the child's
     environment (e.g. a storage emulator's settings)."""
     with open(log_path, "w") as log:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen([sys.executable, str(WORKER), json.dumps(spec)], stdout=log,
-                                stderr=subprocess.STDOUT, env={**worker_env(cache_dir), **(env or {})},
-                                cwd=str(WORKER.parents[2]))
+        return subprocess.Popen(
+            [sys.executable, str(WORKER), json.dumps(spec)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**worker_env(cache_dir), **(env or {})},
+            cwd=str(WORKER.parents[2]),
+        )
 
 
 def finish(procs: list[subprocess.Popen], timeout: float = TIMEOUT_S) -> list[int]:
@@ -64,8 +69,9 @@ def kill_all(procs: list[subprocess.Popen]) -> None:
             p.wait()
 
 
-def wait_for(condition: Callable[[], bool], procs: list[subprocess.Popen], what: str,
-             timeout: float = TIMEOUT_S) -> None:
+def wait_for(
+    condition: Callable[[], bool], procs: list[subprocess.Popen], what: str, timeout: float = TIMEOUT_S
+) -> None:
     """Poll ``condition`` until true; fail (killing the processes) on timeout or if a process exits first."""
     deadline = time.monotonic() + timeout
     while not condition():

@@ -23,8 +23,15 @@ from jaxtune.train.trainer import RunData
 ABILITIES = ("alpha", "beta", "gamma")
 
 TINY_MODEL = dict(
-    vocab_size=128, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
-    max_position_embeddings=64, param_dtype="float32", compute_dtype="float32",
+    vocab_size=128,
+    hidden_size=32,
+    intermediate_size=64,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    max_position_embeddings=64,
+    param_dtype="float32",
+    compute_dtype="float32",
 )
 
 
@@ -44,17 +51,24 @@ def make_row(index: int, seq_len: int, vocab: int, seed: int) -> dict[str, np.nd
     weights = np.zeros(seq_len, np.float32)
     abilities = np.full(seq_len, -1, np.int32)
     for start, end in ((0, first), (first, used)):
-        targets[start:end - 1] = ids[start + 1:end]
-        weights[start + (end - start) // 2:end - 1] = 1.0
+        targets[start : end - 1] = ids[start + 1 : end]
+        weights[start + (end - start) // 2 : end - 1] = 1.0
         abilities[start:end] = int(rng.integers(0, len(ABILITIES)))
     ids[used:] = 0
-    return {"input_ids": ids, "targets": targets, "loss_weights": weights, "segment_ids": segments,
-            "positions": positions, "ability_ids": abilities}
+    return {
+        "input_ids": ids,
+        "targets": targets,
+        "loss_weights": weights,
+        "segment_ids": segments,
+        "positions": positions,
+        "ability_ids": abilities,
+    }
 
 
 class _Rows:
-    def __init__(self, seq_len: int, vocab: int, seed: int, global_batch: int, sleep_s: float,
-                 nan_from_step: Optional[int]):
+    def __init__(
+        self, seq_len: int, vocab: int, seed: int, global_batch: int, sleep_s: float, nan_from_step: Optional[int]
+    ):
         self.seq_len, self.vocab, self.seed = seq_len, vocab, seed
         self.global_batch, self.sleep_s, self.nan_from_step = global_batch, sleep_s, nan_from_step
 
@@ -95,8 +109,13 @@ def synthetic_data(
             lambda i: make_row(int(i), seq_len, vocab, seed)
         )
         valid = valid_rows_ds[process_index::process_count].batch(global_batch // process_count).to_iter_dataset()
-    return RunData(iterator=iterator, steps_per_epoch=num_rows // global_batch, ability_names=ABILITIES,
-                   valid=valid, summary=f"synthetic stream: {num_rows} rows of {seq_len}")
+    return RunData(
+        iterator=iterator,
+        steps_per_epoch=num_rows // global_batch,
+        ability_names=ABILITIES,
+        valid=valid,
+        summary=f"synthetic stream: {num_rows} rows of {seq_len}",
+    )
 
 
 def tiny_config(run_dir: str, overrides: tuple[str, ...] = (), **sections: dict):

@@ -19,16 +19,25 @@ def _changed(**sections) -> dict:
 
 def test_changes_to_data_order_batch_and_schedule_are_named_others_pass():
     saved = config_to_dict(Config())
-    new = _changed(data=dict(path="other", shuffle_seed=5, num_workers=4, valid_path="v"),
-                   train=dict(global_batch_size=32, log_every=1), optim=dict(learning_rate=2e-5),
-                   checkpoint=dict(save_every=10), eval=dict(batch_size=2))
+    new = _changed(
+        data=dict(path="other", shuffle_seed=5, num_workers=4, valid_path="v"),
+        train=dict(global_batch_size=32, log_every=1),
+        optim=dict(learning_rate=2e-5),
+        checkpoint=dict(save_every=10),
+        eval=dict(batch_size=2),
+    )
     assert guarded_changes(saved, new) == {
-        "data.path": (None, "other"), "data.shuffle_seed": (0, 5), "optim.learning_rate": (1e-5, 2e-5),
+        "data.path": (None, "other"),
+        "data.shuffle_seed": (0, 5),
+        "optim.learning_rate": (1e-5, 2e-5),
         "train.global_batch_size": (64, 32),
     }
-    with pytest.raises(ConfigError, match=r"^RUN: resuming from step 7 with a config that changes .*\(data\.path: None "
-                                          r"-> 'other'; data\.shuffle_seed: 0 -> 5; optim\.learning_rate: 1e-05 -> "
-                                          r"2e-05; train\.global_batch_size: 64 -> 32\).*checkpoint\.allow_config_change"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^RUN: resuming from step 7 with a config that changes .*\(data\.path: None "
+        r"-> 'other'; data\.shuffle_seed: 0 -> 5; optim\.learning_rate: 1e-05 -> "
+        r"2e-05; train\.global_batch_size: 64 -> 32\).*checkpoint\.allow_config_change",
+    ):
         check_resume_config(7, saved, new, allow=False, where="RUN")
     assert check_resume_config(7, saved, new, allow=True, where="RUN") == guarded_changes(saved, new)
     # Keys the saved config does not know (added to the schema since) have nothing to compare with.
@@ -51,5 +60,7 @@ def test_every_config_a_run_started_with_is_kept(tmp_path):
     assert (tmp_path / "config.yaml").read_text() == second
     record_changes(tmp_path, 12, target, {"optim.learning_rate": (1e-5, 3e-5)})
     assert json.loads((configs / "changes.jsonl").read_text()) == {
-        "resumed_from": 12, "config": "configs/config.3.yaml",
-        "changed": {"optim.learning_rate": {"saved": 1e-5, "new": 3e-5}}}
+        "resumed_from": 12,
+        "config": "configs/config.3.yaml",
+        "changed": {"optim.learning_rate": {"saved": 1e-5, "new": 3e-5}},
+    }

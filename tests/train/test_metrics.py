@@ -18,11 +18,17 @@ from .event_files import scalar_events
 
 
 def _step(loss: float, grad_norm: float, lr: float, finite: bool, tokens: int = 100, supervised: int = 40):
-    return jax.device_get(TrainMetrics.single_from_model_output(
-        loss=np.float32(loss), grad_norm=np.float32(grad_norm), learning_rate=np.float32(lr),
-        finite=np.bool_(finite), tokens=np.int32(tokens), supervised_tokens=np.float32(supervised),
-        skipped=np.int32(0 if finite else 1),
-    ))
+    return jax.device_get(
+        TrainMetrics.single_from_model_output(
+            loss=np.float32(loss),
+            grad_norm=np.float32(grad_norm),
+            learning_rate=np.float32(lr),
+            finite=np.bool_(finite),
+            tokens=np.int32(tokens),
+            supervised_tokens=np.float32(supervised),
+            skipped=np.int32(0 if finite else 1),
+        )
+    )
 
 
 def test_interval_means_leave_out_skipped_steps_and_sum_counts():
@@ -92,7 +98,7 @@ def test_resume_drops_a_torn_last_line_and_rewrites_atomically(tmp_path, monkeyp
 
     # A damaged line elsewhere is not guessed at: it is named.
     path.write_text(before.replace('{"step": 2', '{"step": 2,,', 1))
-    with pytest.raises(JaxtuneError, match=rf"metrics.jsonl, line 2: not a JSON object"):
+    with pytest.raises(JaxtuneError, match=r"metrics.jsonl, line 2: not a JSON object"):
         MetricsWriter(tmp_path, enabled=True).truncate_after(3)
 
 
@@ -107,8 +113,9 @@ def test_resume_purges_the_redone_steps_from_tensorboard(tmp_path):
     for step in (3, 4):
         writer.write(step, "train", {"loss": 10.0 * step})
     writer.close()
-    seen = [(step, value) for tag, step, value in scalar_events(tmp_path / "tensorboard", purge=True)
-            if tag == "train/loss"]
+    seen = [
+        (step, value) for tag, step, value in scalar_events(tmp_path / "tensorboard", purge=True) if tag == "train/loss"
+    ]
     assert seen == [(1, 1.0), (2, 2.0), (3, 30.0), (4, 40.0)]
     assert len(scalar_events(tmp_path / "tensorboard")) == 6  # without the purge TensorBoard would show both
 
@@ -148,8 +155,22 @@ def test_peak_flops_lookup():
 
 
 def test_progress_line_and_durations():
-    line = progress_line(120, 1500, 1.6, {"loss": 1.23456, "learning_rate": 9.2e-6, "grad_norm": 0.8123,
-                                          "tokens_per_s": 12345.6, "mfu": 0.412, "eta_s": 751, "skipped_steps": 2})
-    assert line == ("step 120/1500 | epoch 1.60 | loss 1.2346 | lr 9.200e-06 | grad_norm 0.812 | 12,346 tok/s | "
-                    "MFU 41.2% | skipped 2 | ETA 0:12:31")
+    line = progress_line(
+        120,
+        1500,
+        1.6,
+        {
+            "loss": 1.23456,
+            "learning_rate": 9.2e-6,
+            "grad_norm": 0.8123,
+            "tokens_per_s": 12345.6,
+            "mfu": 0.412,
+            "eta_s": 751,
+            "skipped_steps": 2,
+        },
+    )
+    assert line == (
+        "step 120/1500 | epoch 1.60 | loss 1.2346 | lr 9.200e-06 | grad_norm 0.812 | 12,346 tok/s | "
+        "MFU 41.2% | skipped 2 | ETA 0:12:31"
+    )
     assert tm.format_duration(90061) == "1d 1:01:01" and tm.format_duration(math.inf) == "?"

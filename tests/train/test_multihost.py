@@ -23,10 +23,23 @@ CONFIG = dict(train=dict(epochs=1, eval_every=6), checkpoint=dict(save_every=4, 
 def _specs(run_dir, port: int, sleep_s: float) -> list[dict]:
     specs = []
     for pid in range(2):
-        overrides = [f"mesh.coordinator_address=127.0.0.1:{port}", "mesh.num_processes=2", f"mesh.process_id={pid}",
-                     "mesh.dcn_data=2", "mesh.data=1", "mesh.fsdp=-1"]
-        specs.append({"run_dir": str(run_dir), "data": dict(DATA, sleep_s=sleep_s), "overrides": overrides,
-                      "config": CONFIG, "devices": 4})
+        overrides = [
+            f"mesh.coordinator_address=127.0.0.1:{port}",
+            "mesh.num_processes=2",
+            f"mesh.process_id={pid}",
+            "mesh.dcn_data=2",
+            "mesh.data=1",
+            "mesh.fsdp=-1",
+        ]
+        specs.append(
+            {
+                "run_dir": str(run_dir),
+                "data": dict(DATA, sleep_s=sleep_s),
+                "overrides": overrides,
+                "config": CONFIG,
+                "devices": 4,
+            }
+        )
     return specs
 
 
@@ -51,7 +64,9 @@ def test_two_processes_stop_resume_and_match_one_process(tmp_path, compile_cache
     stopped_at = int(first.split("stop requested (SIGTERM or Ctrl-C): saved step ")[1].split()[0])
     assert 4 <= stopped_at < 12 and runs.committed(multi, stopped_at)
     assert sorted(p.name for p in (multi / "checkpoints" / str(stopped_at) / "data_iter").glob("*.json")) == [
-        "process_0-of-2.json", "process_1-of-2.json"]
+        "process_0-of-2.json",
+        "process_1-of-2.json",
+    ]
 
     # Run 2: the same command resumes both processes from that checkpoint and finishes.
     logs = [tmp_path / f"second_{i}.log" for i in range(2)]
@@ -74,8 +89,10 @@ def test_two_processes_stop_resume_and_match_one_process(tmp_path, compile_cache
     np.testing.assert_allclose([r["loss"] for r in b], [r["loss"] for r in a], rtol=1e-6)
     np.testing.assert_allclose([r["grad_norm"] for r in b], [r["grad_norm"] for r in a], rtol=1e-5)
     # Validation loss over both processes' halves of the validation set, per ability.
-    evals = [[json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines() if '"eval"' in line]
-             for d in (single, multi)]
+    evals = [
+        [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines() if '"eval"' in line]
+        for d in (single, multi)
+    ]
     assert [r["step"] for r in evals[1]] == [6, 12]
     for ra, rb in zip(*evals):
         assert rb.keys() == ra.keys() and {"loss/alpha", "loss/beta", "loss/gamma"} <= rb.keys()

@@ -66,8 +66,10 @@ def _params(seed: int) -> dict:
     rng = np.random.default_rng(seed)
     return {
         "embed_tokens": rng.normal(size=(6, 4)).astype(np.float32),
-        "layers": {"attn_norm": (1 + 0.1 * rng.normal(size=(2, 4))).astype(np.float32),
-                   "q_proj": rng.normal(size=(2, 4, 2, 2)).astype(np.float32)},
+        "layers": {
+            "attn_norm": (1 + 0.1 * rng.normal(size=(2, 4))).astype(np.float32),
+            "q_proj": rng.normal(size=(2, 4, 2, 2)).astype(np.float32),
+        },
         "norm": np.ones(4, np.float32),
         "lm_head": rng.normal(size=(4, 6)).astype(np.float32),
     }
@@ -75,8 +77,16 @@ def _params(seed: int) -> dict:
 
 @pytest.mark.parametrize("decay_all", [True, False])
 def test_adamw_with_clipping_and_schedule_matches_torch(decay_all):
-    cfg = OptimConfig(learning_rate=1e-2, schedule="linear_from_peak", b1=0.9, b2=0.95, eps=1e-8,
-                      weight_decay=0.1, max_grad_norm=1.0, decay_norms_and_embeddings=decay_all)
+    cfg = OptimConfig(
+        learning_rate=1e-2,
+        schedule="linear_from_peak",
+        b1=0.9,
+        b2=0.95,
+        eps=1e-8,
+        weight_decay=0.1,
+        max_grad_norm=1.0,
+        decay_norms_and_embeddings=decay_all,
+    )
     steps = 6
     tx, _ = build_optimizer(cfg, steps)
     params = jax.tree.map(jnp.asarray, _params(0))
@@ -89,8 +99,9 @@ def test_adamw_with_clipping_and_schedule_matches_torch(decay_all):
         {"params": [p for n, p in zip(flat_names, torch_params) if n not in no_decay], "weight_decay": 0.1},
         {"params": [p for n, p in zip(flat_names, torch_params) if n in no_decay], "weight_decay": 0.0},
     ]
-    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.learning_rate, betas=(cfg.b1, cfg.b2),
-                            eps=cfg.eps)
+    opt = torch.optim.AdamW(
+        [g for g in groups if g["params"]], lr=cfg.learning_rate, betas=(cfg.b1, cfg.b2), eps=cfg.eps
+    )
     scheduler = transformers.get_linear_schedule_with_warmup(opt, 0, steps)
 
     state = tx.init(params)
@@ -108,5 +119,9 @@ def test_adamw_with_clipping_and_schedule_matches_torch(decay_all):
 
 def test_decay_mask_excludes_norms_and_the_input_embedding_only():
     mask = weight_decay_mask(_params(0))
-    assert mask == {"embed_tokens": False, "layers": {"attn_norm": False, "q_proj": True}, "norm": False,
-                    "lm_head": True}
+    assert mask == {
+        "embed_tokens": False,
+        "layers": {"attn_norm": False, "q_proj": True},
+        "norm": False,
+        "lm_head": True,
+    }

@@ -11,7 +11,7 @@ from flax import nnx
 
 from jaxtune.config import MeshConfig, OptimConfig, model_config_from_dict
 from jaxtune.models.llama import Llama
-from jaxtune.sharding import activation_rules, abstract_model, build_mesh, global_batch, param_shardings
+from jaxtune.sharding import abstract_model, activation_rules, build_mesh, global_batch, param_shardings
 from jaxtune.train.optim import build_optimizer
 from jaxtune.train.step import (
     eval_sums,
@@ -73,8 +73,10 @@ def _host(tree):
 def test_sharded_and_unsharded_steps_give_the_same_loss_and_update(cfg, initial_params):
     batches = [_rows(8, 0), _rows(8, 8)]
     results = []
-    for mesh_cfg, devices in [(MeshConfig(data=1, fsdp=1, tensor=1), jax.devices()[:1]),
-                              (MeshConfig(data=2, fsdp=2, tensor=2), None)]:
+    for mesh_cfg, devices in [
+        (MeshConfig(data=1, fsdp=1, tensor=1), jax.devices()[:1]),
+        (MeshConfig(data=2, fsdp=2, tensor=2), None),
+    ]:
         # Adam's first steps are lr x g / (|g| + eps): with the default eps, gradients near 1e-9 turn summation-order
         # noise into visible update differences; a larger eps keeps the comparison about the sharding.
         mesh, _, state, step = _setup(cfg, initial_params, mesh_cfg, devices, eps=1e-5)
@@ -96,8 +98,11 @@ def _reference_loss(cfg, params, batch) -> float:
     """Mean cross-entropy over every supervised token, from the unsharded model's logits and numpy."""
     model = Llama(cfg, nnx.Rngs(0))
     nnx.update(model, nnx.State(jax.tree.map(jnp.asarray, params)))
-    logits, _ = model(jnp.asarray(batch["input_ids"]), positions=jnp.asarray(batch["positions"]),
-                      segment_ids=jnp.asarray(batch["segment_ids"]))
+    logits, _ = model(
+        jnp.asarray(batch["input_ids"]),
+        positions=jnp.asarray(batch["positions"]),
+        segment_ids=jnp.asarray(batch["segment_ids"]),
+    )
     logits = np.asarray(logits, np.float64)
     logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
     picked = np.take_along_axis(logits, batch["targets"][..., None], axis=-1)[..., 0]
@@ -119,7 +124,7 @@ def test_loss_is_the_mean_over_all_supervised_tokens_across_microbatches(cfg, in
     assert float(got["loss"]) == pytest.approx(want, rel=1e-5)
     assert float(got["supervised_tokens"]) == batch["loss_weights"].sum()
     assert float(got["tokens"]) == (batch["segment_ids"] > 0).sum()
-    per_row = [(_reference_loss(cfg, before, {k: v[i:i + 1] for k, v in batch.items()})) for i in range(8)]
+    per_row = [(_reference_loss(cfg, before, {k: v[i : i + 1] for k, v in batch.items()})) for i in range(8)]
     assert abs(np.mean(per_row) - want) > 1e-3  # the two definitions really differ on this batch
 
 
@@ -137,8 +142,9 @@ def test_four_microbatches_of_two_equal_one_batch_of_eight(cfg, initial_params):
         b = grads_1
         for k in path:
             b = b[k.key]
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7,
-                                   err_msg=jax.tree_util.keystr(path))
+        np.testing.assert_allclose(
+            np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7, err_msg=jax.tree_util.keystr(path)
+        )
     # A microbatch's own normalisation would give a different gradient: check the test can tell.
     loss_half, _, _ = fn(params, global_batch({k: v[:2] for k, v in batch.items()}, mesh, microbatches=1))
     assert abs(float(loss_half) - float(loss_1)) > 1e-4
@@ -173,8 +179,9 @@ def test_eval_sums_split_the_loss_by_ability(cfg, initial_params):
     graphdef, _, _ = abstract_model(cfg)
     params = _place(initial_params[2], mesh, cfg)
     batch = _rows(8, 70, keys=KEYS + ("ability_ids",))
-    loss_sums, weight_sums = make_eval_step(graphdef, 3, mesh=mesh, param_shardings=jax.tree.map(
-        lambda a: a.sharding, params))(params, global_batch(batch, mesh))
+    loss_sums, weight_sums = make_eval_step(
+        graphdef, 3, mesh=mesh, param_shardings=jax.tree.map(lambda a: a.sharding, params)
+    )(params, global_batch(batch, mesh))
     host = _host(params)
     for ability in range(3):
         mask = (batch["ability_ids"] == ability).astype(np.float32)

@@ -36,8 +36,11 @@ def _eval_loss_reference(params, rows: list[dict]) -> dict[str, float]:
     model = Llama(cfg, nnx.Rngs(0))
     nnx.update(model, nnx.State(jax.tree.map(jnp.asarray, params)))
     batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
-    logits, _ = model(jnp.asarray(batch["input_ids"]), positions=jnp.asarray(batch["positions"]),
-                      segment_ids=jnp.asarray(batch["segment_ids"]))
+    logits, _ = model(
+        jnp.asarray(batch["input_ids"]),
+        positions=jnp.asarray(batch["positions"]),
+        segment_ids=jnp.asarray(batch["segment_ids"]),
+    )
     logits = np.asarray(logits, np.float64)
     logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
     ce = logz - np.take_along_axis(logits, batch["targets"][..., None], axis=-1)[..., 0]
@@ -51,8 +54,11 @@ def _eval_loss_reference(params, rows: list[dict]) -> dict[str, float]:
 
 
 def test_a_run_logs_evaluates_checkpoints_and_exports_params(tmp_path):
-    cfg = tiny_config(tmp_path, train=dict(epochs=2, eval_every=2),
-                      checkpoint=dict(save_every=4, max_to_keep=1, keep_epoch_checkpoints=True))
+    cfg = tiny_config(
+        tmp_path,
+        train=dict(epochs=2, eval_every=2),
+        checkpoint=dict(save_every=4, max_to_keep=1, keep_epoch_checkpoints=True),
+    )
     data = synthetic_data(num_rows=24, seq_len=32, global_batch=8, epochs=2, valid_rows=16)
     lines: list[str] = []
     result = train(cfg, data, print_fn=lines.append)
@@ -101,8 +107,9 @@ def test_a_run_logs_evaluates_checkpoints_and_exports_params(tmp_path):
 
 
 def test_consecutive_non_finite_steps_stop_the_run_with_checkpoints_intact(tmp_path):
-    cfg = tiny_config(tmp_path, train=dict(epochs=1, max_consecutive_bad_steps=2),
-                      checkpoint=dict(save_every=2, max_to_keep=3))
+    cfg = tiny_config(
+        tmp_path, train=dict(epochs=1, max_consecutive_bad_steps=2), checkpoint=dict(save_every=2, max_to_keep=3)
+    )
     data = synthetic_data(num_rows=80, seq_len=32, global_batch=8, epochs=1, nan_from_step=4)
     with pytest.raises(TrainingDivergedError) as err:
         train(cfg, data, print_fn=lambda _: None)
@@ -153,14 +160,20 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_run_bitwise(tmp_path,
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl_c"])
 def test_sigterm_finishes_the_step_saves_and_exits_zero(tmp_path, compile_cache, sig):
     run_dir = tmp_path / "run"
-    spec = _spec(run_dir, dict(num_rows=320, seq_len=32, global_batch=8, epochs=1, sleep_s=0.03),
-                 train=dict(epochs=1), checkpoint=dict(save_every=None, max_to_keep=2))
+    spec = _spec(
+        run_dir,
+        dict(num_rows=320, seq_len=32, global_batch=8, epochs=1, sleep_s=0.03),
+        train=dict(epochs=1),
+        checkpoint=dict(save_every=None, max_to_keep=2),
+    )
     proc = runs.start(spec, compile_cache, tmp_path / "run.log")
     runs.wait_for(lambda: len(runs.train_records(run_dir)) >= 3, [proc], "three logged steps")
     runs.send(proc, sig)
     assert runs.finish([proc]) == [0]
     log = (tmp_path / "run.log").read_text()
-    assert "stop requested (SIGTERM or Ctrl-C): saved step " in log and "stopped on SIGTERM or Ctrl-C (resumable)" in log
+    assert (
+        "stop requested (SIGTERM or Ctrl-C): saved step " in log and "stopped on SIGTERM or Ctrl-C (resumable)" in log
+    )
     stopped_at = int(log.split("stop requested (SIGTERM or Ctrl-C): saved step ")[1].split()[0])
     assert 3 <= stopped_at < 40
     assert runs.committed(run_dir, stopped_at)
@@ -175,17 +188,28 @@ def test_train_reads_the_data_pipeline_and_starts_from_init_from(tmp_path):
     from jaxtune.demo.abilities import write_demo_dataset
 
     root = write_demo_dataset(tmp_path / "data", per_ability=4, eval_per_ability=2, synthetic=10)
-    model = dict(vocab_size=1004, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
-                 max_position_embeddings=256)
+    model = dict(
+        vocab_size=1004, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, max_position_embeddings=256
+    )
     tokenizer = runs.WORKER.parents[2] / "jaxtune" / "demo" / "tokenizer"
-    cfg = config_from_dict({
-        "run_dir": str(tmp_path / "run"), "model": model,
-        "data": dict(format="doit", path=str(root), valid_path=str(root / "curated" / "valid"),
-                     tokenizer=str(tokenizer), template="doit", max_len=64, selection="curated-40"),
-        "optim": dict(learning_rate=0.0),
-        "train": dict(global_batch_size=8, epochs=2, log_every=1, profile=True),
-        "checkpoint": dict(save_every=None, init_from=str(tmp_path / "base")),
-    })
+    cfg = config_from_dict(
+        {
+            "run_dir": str(tmp_path / "run"),
+            "model": model,
+            "data": dict(
+                format="doit",
+                path=str(root),
+                valid_path=str(root / "curated" / "valid"),
+                tokenizer=str(tokenizer),
+                template="doit",
+                max_len=64,
+                selection="curated-40",
+            ),
+            "optim": dict(learning_rate=0.0),
+            "train": dict(global_batch_size=8, epochs=2, log_every=1, profile=True),
+            "checkpoint": dict(save_every=None, init_from=str(tmp_path / "base")),
+        }
+    )
     source = nnx.to_pure_dict(nnx.state(Llama(cfg.model, nnx.Rngs(7))))
     save_params(tmp_path / "base", source, cfg.model)
 
@@ -193,12 +217,22 @@ def test_train_reads_the_data_pipeline_and_starts_from_init_from(tmp_path):
     result = train(cfg, print_fn=lines.append)
     assert result.stopped == "completed" and result.step == 6  # 21 packed rows of 64 -> 3 steps x 2 epochs
     assert lines[0].startswith("data: curated-40: 40 examples")
-    evals = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-             if '"eval"' in line]
+    evals = [
+        json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if '"eval"' in line
+    ]
     assert [r["step"] for r in evals] == [3, 6] and evals[0]["loss"] == evals[1]["loss"]
     assert {k[5:] for k in evals[0] if k.startswith("loss/")} == {
-        "biology", "chinese", "code", "creative_writing", "ethics", "history", "math", "reasoning", "role_play",
-        "understanding"}
+        "biology",
+        "chinese",
+        "code",
+        "creative_writing",
+        "ethics",
+        "history",
+        "math",
+        "reasoning",
+        "role_play",
+        "understanding",
+    }
     step_dir = tmp_path / "run" / "checkpoints" / "6"
     _, final = load_params(step_dir)
     for a, b in zip(jax.tree.leaves(final), jax.tree.leaves(source)):
@@ -210,8 +244,14 @@ def test_train_reads_the_data_pipeline_and_starts_from_init_from(tmp_path):
     assert list((tmp_path / "run" / "profile").rglob("*.xplane.pb"))
 
     wrong = dict(model, hidden_size=64)
-    cfg_wrong = config_from_dict({"run_dir": str(tmp_path / "r2"), "model": wrong, "data": dataclasses.asdict(cfg.data),
-                                  "checkpoint": dict(init_from=str(tmp_path / "base"))})
+    cfg_wrong = config_from_dict(
+        {
+            "run_dir": str(tmp_path / "r2"),
+            "model": wrong,
+            "data": dataclasses.asdict(cfg.data),
+            "checkpoint": dict(init_from=str(tmp_path / "base")),
+        }
+    )
     with pytest.raises(JaxtuneError, match="do not match the model config"):
         train(cfg_wrong, print_fn=lambda _: None)
 
@@ -225,15 +265,30 @@ def test_train_counts_the_batch_in_examples_when_packing(tmp_path):
 
     root = write_demo_dataset(tmp_path / "data", per_ability=4, eval_per_ability=2, synthetic=10)
     tokenizer = runs.WORKER.parents[2] / "jaxtune" / "demo" / "tokenizer"
-    cfg = config_from_dict({
-        "run_dir": str(tmp_path / "run"),
-        "model": dict(vocab_size=1004, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=4,
-                      max_position_embeddings=256),
-        "data": dict(format="doit", path=str(root), tokenizer=str(tokenizer), template="doit", max_len=64,
-                     selection="curated-40", packing=True),
-        "train": dict(global_batch_size=8, batch_unit="examples", epochs=2, log_every=5),
-        "checkpoint": dict(save_every=None, async_save=False),
-    })
+    cfg = config_from_dict(
+        {
+            "run_dir": str(tmp_path / "run"),
+            "model": dict(
+                vocab_size=1004,
+                hidden_size=32,
+                intermediate_size=64,
+                num_layers=1,
+                num_heads=4,
+                max_position_embeddings=256,
+            ),
+            "data": dict(
+                format="doit",
+                path=str(root),
+                tokenizer=str(tokenizer),
+                template="doit",
+                max_len=64,
+                selection="curated-40",
+                packing=True,
+            ),
+            "train": dict(global_batch_size=8, batch_unit="examples", epochs=2, log_every=5),
+            "checkpoint": dict(save_every=None, async_save=False),
+        }
+    )
     lines: list[str] = []
     result = train(cfg, print_fn=lines.append)
     assert result.stopped == "completed" and result.step == 10 and result.total_steps == 10
@@ -243,9 +298,11 @@ def test_train_counts_the_batch_in_examples_when_packing(tmp_path):
 
 
 def test_a_finished_run_can_drop_its_full_train_states(tmp_path):
-    cfg = tiny_config(tmp_path, train=dict(epochs=2),
-                      checkpoint=dict(save_every=None, max_to_keep=1, keep_train_state_when_done=False,
-                                      epoch_dtype="bfloat16"))
+    cfg = tiny_config(
+        tmp_path,
+        train=dict(epochs=2),
+        checkpoint=dict(save_every=None, max_to_keep=1, keep_train_state_when_done=False, epoch_dtype="bfloat16"),
+    )
     result = train(cfg, synthetic_data(num_rows=24, seq_len=32, global_batch=8, epochs=2), print_fn=lambda _: None)
     assert (result.stopped, result.step, result.epoch_checkpoints) == ("completed", 6, [1, 2])
     assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
@@ -260,8 +317,11 @@ def test_a_finished_run_can_drop_its_full_train_states(tmp_path):
     assert any("is finished (completed.json" in line for line in lines)
     assert (tmp_path / "metrics.jsonl").read_text() == records
     with pytest.raises(JaxtuneError, match="cannot continue to 9 steps"):
-        train(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=3)),
-              synthetic_data(num_rows=24, seq_len=32, global_batch=8, epochs=3), print_fn=lambda _: None)
+        train(
+            dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=3)),
+            synthetic_data(num_rows=24, seq_len=32, global_batch=8, epochs=3),
+            print_fn=lambda _: None,
+        )
     cfg.checkpoint.keep_epoch_checkpoints = False
     with pytest.raises(ConfigError, match="needs checkpoint.keep_epoch_checkpoints=true"):
         train(cfg, synthetic_data(num_rows=24, seq_len=32, global_batch=8, epochs=2), print_fn=lambda _: None)
@@ -274,13 +334,21 @@ def test_a_bloom_run_trains_sharded_over_tensor_and_checkpoints_a_bloom(tmp_path
     from jaxtune.models.bloom import Bloom
 
     bloom = dict(family="bloom", num_kv_heads=None, intermediate_size=4 * TINY_MODEL["hidden_size"])
-    cfg = tiny_config(tmp_path, model=bloom, mesh=dict(data=2, fsdp=2, tensor=2), train=dict(epochs=3),
-                      checkpoint=dict(save_every=100, max_to_keep=1))
+    cfg = tiny_config(
+        tmp_path,
+        model=bloom,
+        mesh=dict(data=2, fsdp=2, tensor=2),
+        train=dict(epochs=3),
+        checkpoint=dict(save_every=100, max_to_keep=1),
+    )
     data = synthetic_data(num_rows=16, seq_len=32, global_batch=8, epochs=3, valid_rows=8)
     result = train(cfg, data, print_fn=lambda _: None)
     assert (result.step, result.stopped) == (6, "completed")
-    losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
-              if json.loads(line)["kind"] == "train"]
+    losses = [
+        json.loads(line)["loss"]
+        for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+        if json.loads(line)["kind"] == "train"
+    ]
     assert losses[-1] < losses[0]
 
     model = restore_model(tmp_path / "checkpoints" / "6")

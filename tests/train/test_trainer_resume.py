@@ -94,20 +94,27 @@ def test_resume_refuses_a_changed_data_order_batch_or_schedule_unless_allowed(fi
     run_dir = _copy(finished_run, tmp_path / "run")
     saved_yaml = (run_dir / "config.yaml").read_text()
     changed = tiny_config(run_dir, ("data.shuffle_seed=3", "optim.learning_rate=0.001"), **SECTIONS)
-    with pytest.raises(ConfigError, match=r"resuming from step 12 with a config that changes .*\(data\.shuffle_seed: "
-                                          r"0 -> 3; optim\.learning_rate: 0\.003 -> 0\.001\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"resuming from step 12 with a config that changes .*\(data\.shuffle_seed: "
+        r"0 -> 3; optim\.learning_rate: 0\.003 -> 0\.001\)",
+    ):
         train(changed, synthetic_data(**DATA), print_fn=lambda _: None)
     assert (run_dir / "config.yaml").read_text() == saved_yaml  # nothing overwritten
     assert sorted(p.name for p in (run_dir / "configs").iterdir()) == ["config.1.yaml"]
 
     # Keys that only change speed or logging pass; an explicit override passes and is recorded.
-    allowed = tiny_config(run_dir, ("data.shuffle_seed=3", "data.num_workers=2", "train.log_every=2",
-                                    "checkpoint.allow_config_change=true"), **SECTIONS)
+    allowed = tiny_config(
+        run_dir,
+        ("data.shuffle_seed=3", "data.num_workers=2", "train.log_every=2", "checkpoint.allow_config_change=true"),
+        **SECTIONS,
+    )
     lines: list[str] = []
     result = train(allowed, synthetic_data(**DATA), print_fn=lines.append)
     assert result.resumed_from == 12
-    assert any("allow_config_change: resuming from step 12 with changed data.shuffle_seed (0 -> 3)" in line
-               for line in lines)
+    assert any(
+        "allow_config_change: resuming from step 12 with changed data.shuffle_seed (0 -> 3)" in line for line in lines
+    )
     configs = run_dir / "configs"
     assert sorted(p.name for p in configs.iterdir()) == ["changes.jsonl", "config.1.yaml", "config.2.yaml"]
     assert (configs / "config.1.yaml").read_text() == saved_yaml
@@ -117,8 +124,13 @@ def test_resume_refuses_a_changed_data_order_batch_or_schedule_unless_allowed(fi
 
 def test_sigterm_during_start_up_stops_cleanly(tmp_path, compile_cache):
     run_dir = tmp_path / "run"
-    spec = {"run_dir": str(run_dir), "data": dict(DATA, sleep_s=0.05), "overrides": [], "config": SECTIONS,
-            "devices": 8}
+    spec = {
+        "run_dir": str(run_dir),
+        "data": dict(DATA, sleep_s=0.05),
+        "overrides": [],
+        "config": SECTIONS,
+        "devices": 8,
+    }
     proc = runs.start(spec, compile_cache, tmp_path / "run.log")
     # train() creates the checkpoint folder early in its start-up, before the state is built and the step compiled.
     runs.wait_for(lambda: (run_dir / "checkpoints").is_dir(), [proc], "the start of the run")

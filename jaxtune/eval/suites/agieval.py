@@ -37,8 +37,18 @@ from jaxtune.eval.protocol import ChatCodec, LanguageModel, Message
 from jaxtune.eval.suites.mcq import BARE_PIECES, LETTERS, McqDataError, McqItem, evaluate_mcq
 from jaxtune.results import RunInfo, SuiteResult
 
-AGIEVAL_ZH_TASKS = ("logiqa-zh", "gaokao-chinese", "gaokao-geography", "gaokao-history", "gaokao-biology",
-                    "gaokao-chemistry", "gaokao-mathqa", "jec-qa-kd", "jec-qa-ca", "gaokao-physics")
+AGIEVAL_ZH_TASKS = (
+    "logiqa-zh",
+    "gaokao-chinese",
+    "gaokao-geography",
+    "gaokao-history",
+    "gaokao-biology",
+    "gaokao-chemistry",
+    "gaokao-mathqa",
+    "jec-qa-kd",
+    "jec-qa-ca",
+    "gaokao-physics",
+)
 """The study's ten subsets, in its order."""
 FEW_SHOT_ROWS = (0, 2, 4, 6, 8)
 """Data rows (after the header) holding exemplars: the study read file rows 1, 3, 5, 7, 9."""
@@ -109,14 +119,16 @@ def load_agieval_task(root: str | Path, task: str) -> AgievalTask:
                 continue
             options = d["options"]
             if not (isinstance(options, list) and len(options) == 4 and all(isinstance(o, str) for o in options)):
-                raise McqDataError(f"{where}: a single-answer item needs 'options': a list of 4 strings, "
-                                   f"got {options!r}")
+                raise McqDataError(
+                    f"{where}: a single-answer item needs 'options': a list of 4 strings, got {options!r}"
+                )
             if label not in LETTERS:
                 raise McqDataError(f"{where}: field 'label' must be one of A-D, got {label!r}")
             if not isinstance(d["question"], str) or not isinstance(d.get("passage") or "", str):
                 raise McqDataError(f"{where}: fields 'question' and 'passage' must be strings (passage may be null)")
-            questions.append(AgievalQuestion(task, d.get("passage") or "", d["question"], tuple(options), label, where,
-                                             index))
+            questions.append(
+                AgievalQuestion(task, d.get("passage") or "", d["question"], tuple(options), label, where, index)
+            )
     return AgievalTask(task, questions, skipped)
 
 
@@ -154,20 +166,32 @@ def load_few_shot_demos(path: str | Path, task: str) -> list[tuple[str, str]]:
             label = label[0]
         options = con.get("options") or ""
         count = len(options) if len(options) != 1 else 4
-        user = (f"问题 {idx + 1}.   " + (con.get("passage") or "") + " " + con["question"] + "\n"
-                + "从以下选项中选择:    " + " ".join(options) + "\n" + f"答案：从A到{'ABCDEFG'[count - 1]}, 我们应选择")
+        user = (
+            f"问题 {idx + 1}.   "
+            + (con.get("passage") or "")
+            + " "
+            + con["question"]
+            + "\n"
+            + "从以下选项中选择:    "
+            + " ".join(options)
+            + "\n"
+            + f"答案：从A到{'ABCDEFG'[count - 1]}, 我们应选择"
+        )
         demos.append((user, f"{label if label is not None else ''}"))
     return demos
 
 
 def zero_shot_messages(q: AgievalQuestion) -> list[Message]:
     """One user turn: passage, question, options, and the answer cue."""
-    content = q.passage + "问题：" + q.question + " " + "选项：" + " ".join(q.options) + "\n" + "答案：从A到D, 我们应选择"
+    content = (
+        q.passage + "问题：" + q.question + " " + "选项：" + " ".join(q.options) + "\n" + "答案：从A到D, 我们应选择"
+    )
     return [{"role": "user", "content": content}]
 
 
-def few_shot_messages(q: AgievalQuestion, demos: Sequence[tuple[str, str]], count_tokens: Callable[[str], int],
-                      max_len: int = 2048) -> tuple[list[Message], int]:
+def few_shot_messages(
+    q: AgievalQuestion, demos: Sequence[tuple[str, str]], count_tokens: Callable[[str], int], max_len: int = 2048
+) -> tuple[list[Message], int]:
     """Exemplar turns that fit the study's budget, then the numbered question; returns the messages and the number
     of exemplars kept."""
     budget = max_len - 48 - count_tokens(q.passage + q.question + " ".join(q.options))
@@ -179,8 +203,17 @@ def few_shot_messages(q: AgievalQuestion, demos: Sequence[tuple[str, str]], coun
             break
         messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
     n_shots = len(messages) // 2
-    content = (f"问题 {n_shots + 1}.   " + q.passage + " " + q.question + "\n" + "从以下选项中选择:    "
-               + " ".join(q.options) + "\n" + "答案：从A到D, 我们应选择")
+    content = (
+        f"问题 {n_shots + 1}.   "
+        + q.passage
+        + " "
+        + q.question
+        + "\n"
+        + "从以下选项中选择:    "
+        + " ".join(q.options)
+        + "\n"
+        + "答案：从A到D, 我们应选择"
+    )
     return messages + [{"role": "user", "content": content}], n_shots
 
 
@@ -228,9 +261,22 @@ def evaluate_agieval(
     notes = []
     if sum(skipped.values()):
         counts = ", ".join(f"{n} in {task}" for task, n in skipped.items() if n)
-        notes.append(f"left out {sum(skipped.values())} items whose label is not exactly one letter ({counts}), as "
-                     f"the study's loader did")
+        notes.append(
+            f"left out {sum(skipped.values())} items whose label is not exactly one letter ({counts}), as "
+            f"the study's loader did"
+        )
         log.warning("AGIEval: %s; first: %s", notes[0], "; ".join(examples))
-    return evaluate_mcq(items, lm, codec, suite="agieval", variant=setting, letter_pieces=BARE_PIECES, run=run,
-                        chunk_size=chunk_size, on_progress=on_progress, skipped_not_one_letter=skipped,
-                        skipped_examples=examples, notes=notes)
+    return evaluate_mcq(
+        items,
+        lm,
+        codec,
+        suite="agieval",
+        variant=setting,
+        letter_pieces=BARE_PIECES,
+        run=run,
+        chunk_size=chunk_size,
+        on_progress=on_progress,
+        skipped_not_one_letter=skipped,
+        skipped_examples=examples,
+        notes=notes,
+    )

@@ -58,17 +58,28 @@ log = logging.getLogger(__name__)
 
 UNRELIABLE_CLASSES = ("math", "code")
 
-MODEL_CARD_DECODING: dict[str, Any] = {"max_new_tokens": 200, "temperature": 0.35, "top_k": 30, "top_p": 0.85,
-                                       "repetition_penalty": 1.2}
+MODEL_CARD_DECODING: dict[str, Any] = {
+    "max_new_tokens": 200,
+    "temperature": 0.35,
+    "top_k": 30,
+    "top_p": 0.85,
+    "repetition_penalty": 1.2,
+}
 """Decoding of the BELLE-7B model cards' inference code (``do_sample=True``), as ``eval.*`` settings."""
 
 
-def decoding_settings(max_new_tokens: int, temperature: float, top_k: int, top_p: float, repetition_penalty: float,
-                      seed: int) -> dict[str, Any]:
+def decoding_settings(
+    max_new_tokens: int, temperature: float, top_k: int, top_p: float, repetition_penalty: float, seed: int
+) -> dict[str, Any]:
     """The decoding a BELLE result was generated with, named ``model_card`` (:data:`MODEL_CARD_DECODING`),
     ``greedy`` (temperature 0, no penalty) or ``custom``."""
-    values = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p,
-              "repetition_penalty": repetition_penalty}
+    values = {
+        "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
+        "top_k": top_k,
+        "top_p": top_p,
+        "repetition_penalty": repetition_penalty,
+    }
     if values == MODEL_CARD_DECODING:
         name = "model_card"
     elif temperature == 0 and repetition_penalty == 1.0:
@@ -100,8 +111,12 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"bare {name} is not valid JSON")
 
 
-def read_json_lines(path: str | Path, required: Sequence[str], on_error: Literal["raise", "skip"] = "raise",
-                    problems: list[str] | None = None) -> list[tuple[str, dict[str, Any]]]:
+def read_json_lines(
+    path: str | Path,
+    required: Sequence[str],
+    on_error: Literal["raise", "skip"] = "raise",
+    problems: list[str] | None = None,
+) -> list[tuple[str, dict[str, Any]]]:
     """``(file:line, object)`` for each line holding a JSON object with string ``required`` fields. Invalid JSON
     (including bare NaN) or a missing field raises naming file and line, or with ``on_error="skip"`` is appended to
     ``problems`` and left out."""
@@ -144,8 +159,12 @@ def load_belle_prompts(path: str | Path) -> dict[str, str]:
     return prompts
 
 
-def load_belle_eval_set(path: str | Path, prompts: dict[str, str], on_error: Literal["raise", "skip"] = "raise",
-                        problems: list[str] | None = None) -> list[BelleItem]:
+def load_belle_eval_set(
+    path: str | Path,
+    prompts: dict[str, str],
+    on_error: Literal["raise", "skip"] = "raise",
+    problems: list[str] | None = None,
+) -> list[BelleItem]:
     """The evaluation questions; each class must have a judge prompt."""
     items = []
     for where, d in read_json_lines(path, ("question", "std_answer", "class"), on_error, problems):
@@ -193,10 +212,14 @@ class AnswerStore:
             return []
         if not isinstance(header, dict) or header.get("generation") != self.generation:
             old = header.get("generation") if isinstance(header, dict) else None
-            changed = sorted(k for k in {**(old or {}), **self.generation}
-                             if (old or {}).get(k) != self.generation.get(k))
-            log.warning("%s was made with other settings (%s differ); generating every answer again", self.path,
-                        ", ".join(changed) or "header")
+            changed = sorted(
+                k for k in {**(old or {}), **self.generation} if (old or {}).get(k) != self.generation.get(k)
+            )
+            log.warning(
+                "%s was made with other settings (%s differ); generating every answer again",
+                self.path,
+                ", ".join(changed) or "header",
+            )
             return []
         answers: list[str] = []
         for lineno, line in enumerate(lines[1:], 2):
@@ -208,15 +231,24 @@ class AnswerStore:
                 if not isinstance(answer, str):
                     raise TypeError("answer is not a string")
             except (ValueError, KeyError, TypeError) as e:
-                log.warning("%s:%d: unreadable answer line (%s); generating from item %d on", self.path, lineno, e,
-                            len(answers) + 1)
+                log.warning(
+                    "%s:%d: unreadable answer line (%s); generating from item %d on",
+                    self.path,
+                    lineno,
+                    e,
+                    len(answers) + 1,
+                )
                 break
             if len(answers) >= len(self.items):
                 break
             item = self.items[len(answers)]
             if entry.get("where") != item.where or entry.get("question") != item.question:
-                log.warning("%s:%d: answers a different question than %s; generating from there on", self.path,
-                            lineno, item.where)
+                log.warning(
+                    "%s:%d: answers a different question than %s; generating from there on",
+                    self.path,
+                    lineno,
+                    item.where,
+                )
                 break
             answers.append(answer)
         return answers
@@ -241,17 +273,27 @@ class AnswerStore:
         return json.dumps({"where": item.where, "question": item.question, "answer": answer}, ensure_ascii=False) + "\n"
 
 
-def generate_answers(items: Sequence[BelleItem], lm: LanguageModel, codec: ChatCodec, *, max_new_tokens: int = 1024,
-                     chunk_size: int = 32, on_progress: Callable[[int, int], None] | None = None,
-                     on_answers: Callable[[Sequence[BelleItem], Sequence[str]], None] | None = None) -> list[str]:
+def generate_answers(
+    items: Sequence[BelleItem],
+    lm: LanguageModel,
+    codec: ChatCodec,
+    *,
+    max_new_tokens: int = 1024,
+    chunk_size: int = 32,
+    on_progress: Callable[[int, int], None] | None = None,
+    on_answers: Callable[[Sequence[BelleItem], Sequence[str]], None] | None = None,
+) -> list[str]:
     """Answers decoded by ``lm`` (greedy or sampled, as it is set up), each question as one user turn in the
     model's template; ``on_answers`` gets each chunk's items and answers as soon as they exist (e.g.
     :meth:`AnswerStore.append`)."""
     answers: list[str] = []
     for start in range(0, len(items), chunk_size):
         chunk = items[start : start + chunk_size]
-        outs = lm.generate([codec.prompt_ids([{"role": "user", "content": it.question}]) for it in chunk],
-                           max_new_tokens, codec.stop_ids)
+        outs = lm.generate(
+            [codec.prompt_ids([{"role": "user", "content": it.question}]) for it in chunk],
+            max_new_tokens,
+            codec.stop_ids,
+        )
         new = [codec.decode([t for t in o.tokens if t not in codec.stop_ids]).strip() for o in outs]
         answers += new
         if on_answers is not None:
@@ -261,8 +303,16 @@ def generate_answers(items: Sequence[BelleItem], lm: LanguageModel, codec: ChatC
     return answers
 
 
-def score_belle(items: Sequence[BelleItem], answers: Sequence[str], prompts: dict[str, str], judge: Judge, *,
-                run: RunInfo | None = None, variant: str = "eval_set", **details: Any) -> SuiteResult:
+def score_belle(
+    items: Sequence[BelleItem],
+    answers: Sequence[str],
+    prompts: dict[str, str],
+    judge: Judge,
+    *,
+    run: RunInfo | None = None,
+    variant: str = "eval_set",
+    **details: Any,
+) -> SuiteResult:
     """Judge every answer ``judge.settings.repeats`` times and aggregate per class."""
     if len(items) != len(answers):
         raise ValueError(f"{len(items)} items but {len(answers)} answers")
@@ -278,9 +328,19 @@ def score_belle(items: Sequence[BelleItem], answers: Sequence[str], prompts: dic
         asks += sum(len(j.replies) for j in js)
         item_score = sum(scores) / len(scores) if scores else None
         per_class.setdefault(it.cls, []).append((item_score, sum(j.failed for j in js)))
-        records.append({"class": it.cls, "where": it.where, "prompt": it.question, "reply": answer,
-                        "judge_message": message, "judgements": [j.score for j in js],
-                        "judge_replies": [list(j.replies) for j in js], "parsed": item_score, "correct": item_score})
+        records.append(
+            {
+                "class": it.cls,
+                "where": it.where,
+                "prompt": it.question,
+                "reply": answer,
+                "judge_message": message,
+                "judgements": [j.score for j in js],
+                "judge_replies": [list(j.replies) for j in js],
+                "parsed": item_score,
+                "correct": item_score,
+            }
+        )
 
     abilities, unscored = [], []
     for cls in sorted(per_class):
@@ -289,27 +349,55 @@ def score_belle(items: Sequence[BelleItem], answers: Sequence[str], prompts: dic
         if not scored:
             unscored.append(cls)
             continue
-        abilities.append(ability_score(cls, scored, unit="fraction", n_items=len(rows),
-                                       n_unscored=len(rows) - len(scored),
-                                       failed_judgements=sum(f for _, f in rows)))
+        abilities.append(
+            ability_score(
+                cls,
+                scored,
+                unit="fraction",
+                n_items=len(rows),
+                n_unscored=len(rows) - len(scored),
+                failed_judgements=sum(f for _, f in rows),
+            )
+        )
     if not abilities:
-        raise JudgeError(f"the judge produced no parseable score for any of the {len(items)} answers "
-                         f"({failed} of {total} judgements unparseable); its replies are in the judge cache")
+        raise JudgeError(
+            f"the judge produced no parseable score for any of the {len(items)} answers "
+            f"({failed} of {total} judgements unparseable); its replies are in the judge cache"
+        )
     reliable = [a.score for a in abilities if a.name not in UNRELIABLE_CLASSES]
     summary = make_summary(
-        "belle", variant, "judge", abilities, run, unit="fraction",
+        "belle",
+        variant,
+        "judge",
+        abilities,
+        run,
+        unit="fraction",
         overall_without_math_code=sum(reliable) / len(reliable) if reliable else math.nan,
         judge=judge.settings.identity(),
-        judgements=total, failed_judgements=failed, parse_failure_rate=failed / total if total else 0.0,
+        judgements=total,
+        failed_judgements=failed,
+        parse_failure_rate=failed / total if total else 0.0,
         judge_requests_per_judgement=asks / total if total else 0.0,
-        unscored_classes=unscored, answers=len(items),
-        unscored_answers=sum(1 for rows in per_class.values() for s, _ in rows if s is None), **details)
+        unscored_classes=unscored,
+        answers=len(items),
+        unscored_answers=sum(1 for rows in per_class.values() for s, _ in rows if s is None),
+        **details,
+    )
     return SuiteResult(summary, records)
 
 
-def evaluate_belle(items: Sequence[BelleItem], prompts: dict[str, str], lm: LanguageModel, codec: ChatCodec,
-                   judge: Judge, *, max_new_tokens: int = 1024, run: RunInfo | None = None, chunk_size: int = 32,
-                   **details: Any) -> SuiteResult:
+def evaluate_belle(
+    items: Sequence[BelleItem],
+    prompts: dict[str, str],
+    lm: LanguageModel,
+    codec: ChatCodec,
+    judge: Judge,
+    *,
+    max_new_tokens: int = 1024,
+    run: RunInfo | None = None,
+    chunk_size: int = 32,
+    **details: Any,
+) -> SuiteResult:
     """Generate and judge: the whole BELLE evaluation of one checkpoint."""
     answers = generate_answers(items, lm, codec, max_new_tokens=max_new_tokens, chunk_size=chunk_size)
     return score_belle(items, answers, prompts, judge, run=run, max_new_tokens=max_new_tokens, **details)

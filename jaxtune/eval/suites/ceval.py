@@ -50,8 +50,9 @@ class CevalSubject:
     scored: list[Question]
 
 
-def load_ceval(root: str | Path, subjects: Sequence[str] | None = STUDY_OOD_SUBJECTS,
-               split: str = "val") -> list[CevalSubject]:
+def load_ceval(
+    root: str | Path, subjects: Sequence[str] | None = STUDY_OOD_SUBJECTS, split: str = "val"
+) -> list[CevalSubject]:
     """C-Eval subjects (the study's three by default; None for every subject with a ``{split}`` file)."""
     root = Path(root)
     mapping_path = root / "subject_mapping.json"
@@ -68,13 +69,15 @@ def load_ceval(root: str | Path, subjects: Sequence[str] | None = STUDY_OOD_SUBJ
         entry = mapping.get(s)
         if not (isinstance(entry, list) and len(entry) == 3):
             raise McqDataError(f"{mapping_path}: subject {s!r} needs [English name, Chinese name, category]")
-        out.append(CevalSubject(
-            name=s,
-            name_zh=entry[1],
-            category=entry[2],
-            dev=read_csv_questions(root / "dev" / f"{s}_dev.csv", _COLUMNS, "answer"),
-            scored=read_csv_questions(root / split / f"{s}_{split}.csv", _COLUMNS, "answer"),
-        ))
+        out.append(
+            CevalSubject(
+                name=s,
+                name_zh=entry[1],
+                category=entry[2],
+                dev=read_csv_questions(root / "dev" / f"{s}_dev.csv", _COLUMNS, "answer"),
+                scored=read_csv_questions(root / split / f"{s}_{split}.csv", _COLUMNS, "answer"),
+            )
+        )
     return out
 
 
@@ -100,8 +103,9 @@ def build_messages(subject: CevalSubject, q: Question, shots: Sequence[Question]
     return messages
 
 
-def ceval_items(subjects: Sequence[CevalSubject], codec: ChatCodec, num_shots: int = 5,
-                max_len: int = 2048) -> list[McqItem]:
+def ceval_items(
+    subjects: Sequence[CevalSubject], codec: ChatCodec, num_shots: int = 5, max_len: int = 2048
+) -> list[McqItem]:
     """One chat item per scored question, with up to ``num_shots`` dev exemplars as earlier turns."""
     items = []
     for subject in subjects:
@@ -111,7 +115,8 @@ def ceval_items(subjects: Sequence[CevalSubject], codec: ChatCodec, num_shots: i
         shots = [(shot, len(codec.prompt_ids(build_messages(subject, shot, [])))) for shot in pool]
         for q in subject.scored:
             kept = drop_longest_shots(  # keeps the shots' order
-                shots, lambda s: len(codec.prompt_ids(build_messages(subject, q, [x for x, _ in s]))) < max_len)
+                shots, lambda s: len(codec.prompt_ids(build_messages(subject, q, [x for x, _ in s]))) < max_len
+            )
             messages = build_messages(subject, q, kept)
             items.append(McqItem(subject.name, tuple(messages), q.answer, q.where, len(kept)))
     return items
@@ -130,6 +135,15 @@ def evaluate_ceval(
     on_progress: Callable[[int, int], None] | None = None,
 ) -> SuiteResult:
     """Accuracy per subject; overall = mean over subjects."""
-    return evaluate_mcq(ceval_items(subjects, codec, num_shots, max_len), lm, codec, suite="ceval",
-                        variant=f"{num_shots}-shot", letter_pieces=letter_pieces, run=run, chunk_size=chunk_size,
-                        on_progress=on_progress, num_shots=num_shots)
+    return evaluate_mcq(
+        ceval_items(subjects, codec, num_shots, max_len),
+        lm,
+        codec,
+        suite="ceval",
+        variant=f"{num_shots}-shot",
+        letter_pieces=letter_pieces,
+        run=run,
+        chunk_size=chunk_size,
+        on_progress=on_progress,
+        num_shots=num_shots,
+    )

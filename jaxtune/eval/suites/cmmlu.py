@@ -75,13 +75,15 @@ def load_cmmlu(root: str | Path, subjects: Sequence[str] | None = None) -> list[
     for s in chosen:
         if s not in names:
             raise McqDataError(f"{meta_path}: 'name_en2zh' has no Chinese name for subject {s!r}")
-        out.append(CmmluSubject(
-            name=s,
-            name_zh=names[s],
-            dev=read_csv_questions(root / "dev" / f"{s}.csv", _COLUMNS, "Answer"),
-            test=read_csv_questions(root / "test" / f"{s}.csv", _COLUMNS, "Answer"),
-            categories=_categories(meta, s),
-        ))
+        out.append(
+            CmmluSubject(
+                name=s,
+                name_zh=names[s],
+                dev=read_csv_questions(root / "dev" / f"{s}.csv", _COLUMNS, "Answer"),
+                test=read_csv_questions(root / "test" / f"{s}.csv", _COLUMNS, "Answer"),
+                categories=_categories(meta, s),
+            )
+        )
     return out
 
 
@@ -97,8 +99,9 @@ def header(name_zh: str) -> str:
     return f"以下是关于{name_zh}的单项选择题，请直接给出正确答案的选项。\n\n"
 
 
-def build_prompt(subject: CmmluSubject, q: Question, num_shots: int, count_tokens: Callable[[str], int],
-                 max_len: int = 2048) -> tuple[str, int]:
+def build_prompt(
+    subject: CmmluSubject, q: Question, num_shots: int, count_tokens: Callable[[str], int], max_len: int = 2048
+) -> tuple[str, int]:
     """The prompt text for ``q`` and the number of shots kept."""
     if num_shots > len(subject.dev):
         raise McqDataError(f"{subject.name}: {num_shots} shots requested but its dev file has {len(subject.dev)}")
@@ -111,8 +114,9 @@ def build_prompt(subject: CmmluSubject, q: Question, num_shots: int, count_token
     return head + "".join(kept) + end, len(kept)
 
 
-def cmmlu_items(subjects: Sequence[CmmluSubject], codec: ChatCodec, num_shots: int,
-                max_len: int = 2048) -> list[McqItem]:
+def cmmlu_items(
+    subjects: Sequence[CmmluSubject], codec: ChatCodec, num_shots: int, max_len: int = 2048
+) -> list[McqItem]:
     """One single-turn chat item per test question."""
 
     @functools.lru_cache(maxsize=4096)  # every question of a subject counts the same shots
@@ -139,9 +143,18 @@ def evaluate_cmmlu(
     on_progress: Callable[[int, int], None] | None = None,
 ) -> SuiteResult:
     """Accuracy per subject (overall = mean over subjects), with per-category means in ``details``."""
-    result = evaluate_mcq(cmmlu_items(subjects, codec, num_shots, max_len), lm, codec, suite="cmmlu",
-                          variant=f"{num_shots}-shot", letter_pieces=BARE_PIECES, run=run, chunk_size=chunk_size,
-                          on_progress=on_progress, num_shots=num_shots)
+    result = evaluate_mcq(
+        cmmlu_items(subjects, codec, num_shots, max_len),
+        lm,
+        codec,
+        suite="cmmlu",
+        variant=f"{num_shots}-shot",
+        letter_pieces=BARE_PIECES,
+        run=run,
+        chunk_size=chunk_size,
+        on_progress=on_progress,
+        num_shots=num_shots,
+    )
     scores = {a.name: a.score for a in result.summary.abilities}
     by_category: dict[str, list[float]] = {}
     for s in subjects:

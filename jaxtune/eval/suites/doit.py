@@ -95,8 +95,9 @@ def _record(d: Any, where: str, ability: str) -> DoitRecord:
         if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
             raise DoitDataError(f"{where}: messages[{i}] must be an object with string 'role' and 'content'")
     if messages[-1]["role"] != "assistant":
-        raise DoitDataError(f"{where}: the last message must be the reference assistant turn, got role "
-                            f"{messages[-1]['role']!r}")
+        raise DoitDataError(
+            f"{where}: the last message must be the reference assistant turn, got role {messages[-1]['role']!r}"
+        )
     fmt = d["question_format"]
     if fmt not in (0, 1) or isinstance(fmt, bool):
         raise DoitDataError(f"{where}: field 'question_format' must be 0 or 1, got {fmt!r}")
@@ -105,8 +106,10 @@ def _record(d: Any, where: str, ability: str) -> DoitRecord:
     choices = d.get("choices")
     if fmt == 1:
         if not (isinstance(choices, list) and len(choices) == 3 and all(isinstance(c, str) for c in choices)):
-            raise DoitDataError(f"{where}: question_format 1 needs field 'choices': a list of 3 strings, reference "
-                                f"first; got {choices!r}")
+            raise DoitDataError(
+                f"{where}: question_format 1 needs field 'choices': a list of 3 strings, reference "
+                f"first; got {choices!r}"
+            )
     answer = d.get("answer")
     if fmt == 0 and d["type"] == "math" and not isinstance(answer, str):
         raise DoitDataError(f"{where}: a math record needs a string field 'answer', got {answer!r}")
@@ -188,8 +191,9 @@ def _needs_letter_logits(record: DoitRecord) -> bool:
     )
 
 
-def _choice(record: DoitRecord, reply: str, letter_logits: Sequence[float] | None, mode: ScorerMode,
-            chance: float) -> ItemScore:
+def _choice(
+    record: DoitRecord, reply: str, letter_logits: Sequence[float] | None, mode: ScorerMode, chance: float
+) -> ItemScore:
     label = record.label
     if label not in parsers.CHOICE_LETTERS:
         raise DoitDataError(f"{record.where}: multiple-choice label must be one of A-D, got {label!r}")
@@ -211,8 +215,9 @@ def score_doit_item(
             raise ValueError(f"{record.where}: format 1 needs 3 perplexities, got {perplexities!r}")
         values = [float(p) for p in perplexities]
         finite = [v if np.isfinite(v) else np.inf for v in values]
-        return ItemScore("ranking", int(np.argmin(finite)), 0,
-                         parsers.reference_ranked_first(values, mode), FORMAT1_CHANCE)
+        return ItemScore(
+            "ranking", int(np.argmin(finite)), 0, parsers.reference_ranked_first(values, mode), FORMAT1_CHANCE
+        )
     if reply is None:
         raise ValueError(f"{record.where}: format 0 needs the generated reply")
     t = record.type
@@ -227,8 +232,9 @@ def score_doit_item(
     if t == "understanding":
         prompt = record.messages[-2]["content"]
         if not _THREE_OPTIONS.search(prompt):
-            raise DoitDataError(f"{record.where}: understanding prompt lists no 'A.', 'B.', 'C.' options on their "
-                                f"own lines")
+            raise DoitDataError(
+                f"{record.where}: understanding prompt lists no 'A.', 'B.', 'C.' options on their own lines"
+            )
         chance = 0.25 if _FOUR_OPTIONS.search(prompt) else (0.33 if mode == "study" else 1.0 / 3.0)
         return _choice(record, reply, letter_logits, mode, chance)
     if t in ("biology", "reasoning") or _is_ceval(t):
@@ -247,8 +253,10 @@ def score_doit_item(
             return _choice(record, reply, letter_logits, mode, 0.25)
         parsed_cloze = parsers.parse_cloze(reply, mode)
         return ItemScore("cloze", parsed_cloze, label, parsers.cloze_matches(parsed_cloze, label, mode), 0.0)
-    raise DoitDataError(f"{record.where}: no scorer for question_format 0 with type {t!r} (format-0 types: math, "
-                        f"ethics, understanding, reasoning, history, biology, chinese, ceval_*)")
+    raise DoitDataError(
+        f"{record.where}: no scorer for question_format 0 with type {t!r} (format-0 types: math, "
+        f"ethics, understanding, reasoning, history, biology, chinese, ceval_*)"
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -335,8 +343,15 @@ def evaluate_doit(
             score = score_doit_item(rec, reply, logits, mode=mode)
             reply_fields = {"reply": reply, "letter_logits": logits}
         scored.append((rec, score, reply_fields))
-    return summarize_doit(scored, mode=mode, variant=variant, run=run, abilities=list(data),
-                          max_new_tokens=max_new_tokens, max_len=max_len)
+    return summarize_doit(
+        scored,
+        mode=mode,
+        variant=variant,
+        run=run,
+        abilities=list(data),
+        max_new_tokens=max_new_tokens,
+        max_len=max_len,
+    )
 
 
 def study_item_weight(record: DoitRecord) -> float:
@@ -360,12 +375,24 @@ def summarize_doit(
     per_ability: dict[str, list[tuple[ItemScore, DoitRecord]]] = {a: [] for a in abilities or ()}
     for rec, score, reply_fields in scored:
         per_ability.setdefault(rec.ability, []).append((score, rec))
-        items.append({
-            "ability": rec.ability, "where": rec.where, "idx": rec.idx, "type": rec.type,
-            "question_format": rec.question_format, "prompt": list(rec.messages[:-1]), "reference": rec.label,
-            "answer": rec.answer, **reply_fields, "kind": score.kind, "parsed": score.parsed, "label": score.label,
-            "correct": score.correct, "chance": score.chance,
-        })
+        items.append(
+            {
+                "ability": rec.ability,
+                "where": rec.where,
+                "idx": rec.idx,
+                "type": rec.type,
+                "question_format": rec.question_format,
+                "prompt": list(rec.messages[:-1]),
+                "reference": rec.label,
+                "answer": rec.answer,
+                **reply_fields,
+                "kind": score.kind,
+                "parsed": score.parsed,
+                "label": score.label,
+                "correct": score.correct,
+                "chance": score.chance,
+            }
+        )
 
     results = []
     for name, pairs in per_ability.items():
@@ -373,9 +400,14 @@ def summarize_doit(
             continue
         correct = [1.0 if s.correct else 0.0 for s, _ in pairs]
         chances = [s.chance for s, _ in pairs]
-        results.append(ability_score(
-            name, correct, chances,
-            study_total=sum(study_item_weight(r) * c for (_, r), c in zip(pairs, correct)),
-            study_expected_total=sum(study_item_weight(r) * c for (_, r), c in zip(pairs, chances))))
+        results.append(
+            ability_score(
+                name,
+                correct,
+                chances,
+                study_total=sum(study_item_weight(r) * c for (_, r), c in zip(pairs, correct)),
+                study_expected_total=sum(study_item_weight(r) * c for (_, r), c in zip(pairs, chances)),
+            )
+        )
     summary = make_summary("doit", variant, mode, results, run, **details)
     return SuiteResult(summary, items)

@@ -78,8 +78,15 @@ def read_csv_questions(path: Path, columns: Sequence[str], answer_column: str) -
             answer = (row[answer_column] or "").strip()
             if answer not in LETTERS:
                 raise McqDataError(f"{where}: field '{answer_column}' must be one of A-D, got {row[answer_column]!r}")
-            questions.append(Question(values[0], tuple(values[1:5]), answer, where,  # type: ignore[arg-type]
-                                      {k: v for k, v in row.items() if k not in (*columns, answer_column)}))
+            questions.append(
+                Question(
+                    values[0],
+                    tuple(values[1:5]),
+                    answer,
+                    where,  # type: ignore[arg-type]
+                    {k: v for k, v in row.items() if k not in (*columns, answer_column)},
+                )
+            )
     if not questions:
         raise McqDataError(f"{path}: no questions")
     return questions
@@ -117,26 +124,51 @@ def evaluate_mcq(
         chunk = items[start : start + chunk_size]
         logits = np.asarray(lm.next_token_logits([codec.prompt_ids(it.messages) for it in chunk], candidate_ids))
         if logits.shape != (len(chunk), len(candidate_ids)):
-            raise RuntimeError(f"next_token_logits returned shape {logits.shape}, expected "
-                               f"{(len(chunk), len(candidate_ids))}")
+            raise RuntimeError(
+                f"next_token_logits returned shape {logits.shape}, expected {(len(chunk), len(candidate_ids))}"
+            )
         for it, row in zip(chunk, logits):
             pred = LETTERS[int(np.argmax(row))]
             correct = pred == it.label
             per_task.setdefault(it.task, []).append(1.0 if correct else 0.0)
-            records.append({"task": it.task, "where": it.where, "n_shots": it.n_shots, "prompt": list(it.messages),
-                            "letter_logits": [float(x) for x in row], "parsed": pred, "label": it.label,
-                            "correct": correct})
+            records.append(
+                {
+                    "task": it.task,
+                    "where": it.where,
+                    "n_shots": it.n_shots,
+                    "prompt": list(it.messages),
+                    "letter_logits": [float(x) for x in row],
+                    "parsed": pred,
+                    "label": it.label,
+                    "correct": correct,
+                }
+            )
         if on_progress is not None:
             on_progress(min(start + chunk_size, len(items)), len(items))
-    return SuiteResult(summarize_mcq(per_task, suite=suite, variant=variant, letter_pieces=letter_pieces, run=run,
-                                     **details), records)
+    return SuiteResult(
+        summarize_mcq(per_task, suite=suite, variant=variant, letter_pieces=letter_pieces, run=run, **details), records
+    )
 
 
-def summarize_mcq(per_task: dict[str, list[float]], *, suite: str, variant: str, letter_pieces: Sequence[str],
-                  run: RunInfo | None = None, **details: Any) -> SuiteSummary:
+def summarize_mcq(
+    per_task: dict[str, list[float]],
+    *,
+    suite: str,
+    variant: str,
+    letter_pieces: Sequence[str],
+    run: RunInfo | None = None,
+    **details: Any,
+) -> SuiteSummary:
     """Accuracy per task (chance 25%), overall = macro mean, the micro average over all items in ``details``."""
     abilities = [ability_score(task, flags, [0.25] * len(flags)) for task, flags in per_task.items()]
     all_flags = [f for flags in per_task.values() for f in flags]
-    return make_summary(suite, variant, "study", abilities, run,
-                        micro_average=100.0 * sum(all_flags) / len(all_flags), letter_pieces=list(letter_pieces),
-                        **details)
+    return make_summary(
+        suite,
+        variant,
+        "study",
+        abilities,
+        run,
+        micro_average=100.0 * sum(all_flags) / len(all_flags),
+        letter_pieces=list(letter_pieces),
+        **details,
+    )

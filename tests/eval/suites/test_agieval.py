@@ -21,8 +21,10 @@ from ..fakes import ScriptedLM, char_codec
 
 
 def _line(passage, question, options, label) -> str:
-    return json.dumps({"passage": passage, "question": question, "options": options, "label": label,
-                       "answer": None, "other": None}, ensure_ascii=False)
+    return json.dumps(
+        {"passage": passage, "question": question, "options": options, "label": label, "answer": None, "other": None},
+        ensure_ascii=False,
+    )
 
 
 OPTS = ["(A)甲", "(B)乙", "(C)丙", "(D)丁"]
@@ -30,17 +32,37 @@ OPTS = ["(A)甲", "(B)乙", "(C)丙", "(D)丁"]
 
 def make_root(root: Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
-    (root / "logiqa-zh.jsonl").write_text("\n".join([
-        _line("某段落。", "逻辑题1", OPTS, "A"),
-        _line(None, "逻辑题2", OPTS, ["B"]),
-        _line("", "逻辑题3", OPTS, "C"),
-    ]) + "\n", encoding="utf-8")
-    (root / "jec-qa-kd.jsonl").write_text("\n".join([
-        _line(None, "法律题1", OPTS, ["D"]),
-        _line(None, "法律题2", OPTS, ["A", "C"]),  # multi-answer: not in the subset
-    ]) + "\n", encoding="utf-8")
-    demo = lambda i, label: repr({"passage": None, "question": f"示例{i}", "options": OPTS, "label": label,  # noqa: E731
-                                  "answer": None, "other": None})
+    (root / "logiqa-zh.jsonl").write_text(
+        "\n".join(
+            [
+                _line("某段落。", "逻辑题1", OPTS, "A"),
+                _line(None, "逻辑题2", OPTS, ["B"]),
+                _line("", "逻辑题3", OPTS, "C"),
+            ]
+        )
+        + "\n",
+        encoding="utf-8",
+    )
+    (root / "jec-qa-kd.jsonl").write_text(
+        "\n".join(
+            [
+                _line(None, "法律题1", OPTS, ["D"]),
+                _line(None, "法律题2", OPTS, ["A", "C"]),  # multi-answer: not in the subset
+            ]
+        )
+        + "\n",
+        encoding="utf-8",
+    )
+    demo = lambda i, label: repr(
+        {
+            "passage": None,
+            "question": f"示例{i}",
+            "options": OPTS,
+            "label": label,  # noqa: E731
+            "answer": None,
+            "other": None,
+        }
+    )
     with (root / "few_shot_prompts.csv").open("w", encoding="utf-8", newline="") as f:
         w = csv.writer(f)
         w.writerow(["", "logiqa-zh", "jec-qa-kd"])
@@ -55,8 +77,9 @@ def test_loading_subset_and_zero_shot_text(tmp_path: Path) -> None:
     task = load_agieval_task(root, "jec-qa-kd")
     assert [q.label for q in task.questions] == ["D"] and len(task.skipped) == 1
     q = load_agieval_task(root, "logiqa-zh").questions[0]
-    assert zero_shot_messages(q) == [{"role": "user", "content":
-                                      "某段落。问题：逻辑题1 选项：(A)甲 (B)乙 (C)丙 (D)丁\n答案：从A到D, 我们应选择"}]
+    assert zero_shot_messages(q) == [
+        {"role": "user", "content": "某段落。问题：逻辑题1 选项：(A)甲 (B)乙 (C)丙 (D)丁\n答案：从A到D, 我们应选择"}
+    ]
 
 
 def test_few_shot_demos_and_budget(tmp_path: Path) -> None:
@@ -68,8 +91,9 @@ def test_few_shot_demos_and_budget(tmp_path: Path) -> None:
     q = load_agieval_task(root, "logiqa-zh").questions[0]
     full, n = few_shot_messages(q, demos, len, max_len=10_000)
     assert n == 4 and len(full) == 9
-    assert full[-1]["content"] == ("问题 5.   某段落。 逻辑题1\n从以下选项中选择:    (A)甲 (B)乙 (C)丙 (D)丁\n"
-                                   "答案：从A到D, 我们应选择")
+    assert full[-1]["content"] == (
+        "问题 5.   某段落。 逻辑题1\n从以下选项中选择:    (A)甲 (B)乙 (C)丙 (D)丁\n答案：从A到D, 我们应选择"
+    )
     # the budget is max_len - 48 - len(passage + question + options); demos are added while the text fits
     own = len(q.passage + q.question + " ".join(q.options))
     two = len(demos[0][0] + demos[0][1] + demos[1][0] + demos[1][1])
@@ -80,8 +104,15 @@ def test_few_shot_demos_and_budget(tmp_path: Path) -> None:
 def test_evaluate_zero_and_few_shot(tmp_path: Path) -> None:
     root = make_root(tmp_path / "agieval")
     codec = char_codec()
-    lm = ScriptedLM(codec, next_logits={"逻辑题1": {"A": 1.0, "▁D": 9.0}, "逻辑题2": {"C": 1.0},
-                                        "逻辑题3": {"C": 1.0}, "法律题1": {"D": 3.0}})
+    lm = ScriptedLM(
+        codec,
+        next_logits={
+            "逻辑题1": {"A": 1.0, "▁D": 9.0},
+            "逻辑题2": {"C": 1.0},
+            "逻辑题3": {"C": 1.0},
+            "法律题1": {"D": 3.0},
+        },
+    )
     zero = evaluate_agieval(root, lm, codec, tasks=["logiqa-zh", "jec-qa-kd"])
     s = zero.summary
     assert (s.suite, s.variant) == ("agieval", "zero-shot")
@@ -112,17 +143,28 @@ def test_labels_not_exactly_one_letter_are_left_out_counted_and_printed(tmp_path
     from jaxtune.results import format_table
 
     root = make_root(tmp_path / "agieval")
-    (root / "gaokao-mathqa.jsonl").write_text("\n".join([
-        _line(None, "数学1", OPTS, "AD"),
-        _line(None, "数学2", OPTS, "B"),
-        _line(None, "数学3", OPTS, ["C", "D"]),
-    ]) + "\n", encoding="utf-8")
-    (root / "jec-qa-kd.jsonl").write_text("\n".join([_line(None, f"法律{i}", OPTS, "A") for i in range(1, 212)]
-                                                     + [_line(None, "法律212", OPTS, [])]) + "\n", encoding="utf-8")
+    (root / "gaokao-mathqa.jsonl").write_text(
+        "\n".join(
+            [
+                _line(None, "数学1", OPTS, "AD"),
+                _line(None, "数学2", OPTS, "B"),
+                _line(None, "数学3", OPTS, ["C", "D"]),
+            ]
+        )
+        + "\n",
+        encoding="utf-8",
+    )
+    (root / "jec-qa-kd.jsonl").write_text(
+        "\n".join([_line(None, f"法律{i}", OPTS, "A") for i in range(1, 212)] + [_line(None, "法律212", OPTS, [])])
+        + "\n",
+        encoding="utf-8",
+    )
     task = load_agieval_task(root, "gaokao-mathqa")
     assert [q.question for q in task.questions] == ["数学2"]
-    assert task.skipped == [f"{root / 'gaokao-mathqa.jsonl'}:1 (label 'AD')",
-                            f"{root / 'gaokao-mathqa.jsonl'}:3 (label ['C', 'D'])"]
+    assert task.skipped == [
+        f"{root / 'gaokao-mathqa.jsonl'}:1 (label 'AD')",
+        f"{root / 'gaokao-mathqa.jsonl'}:3 (label ['C', 'D'])",
+    ]
     assert load_agieval_task(root, "jec-qa-kd").skipped == [f"{root / 'jec-qa-kd.jsonl'}:212 (label [])"]
     codec = char_codec()
     lm = ScriptedLM(codec, next_logits={"数学2": {"B": 1.0}, "法律": {"A": 1.0}})

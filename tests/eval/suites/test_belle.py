@@ -13,8 +13,8 @@ from jaxtune.eval.suites.belle import (
     ANSWERS_FILE,
     AnswerStore,
     BelleDataError,
-    generate_answers,
     evaluate_belle,
+    generate_answers,
     judge_message,
     load_belle_eval_set,
     load_belle_prompts,
@@ -29,9 +29,13 @@ from ..judge_server import JudgeServer
 SHARED = Path(__file__).parents[3] / ".." / "shared" / "data" / "belle_eval"
 KEY = "sk-belle-SECRET-99"
 
-PROMPTS = [{"class": "open QA", "prompt": "开放问答提示。"}, {"class": "closed\xa0QA", "prompt": "封闭问答提示。"},
-           {"class": "math", "prompt": "数学提示。"}, {"class": "code", "prompt": "代码提示。"},
-           {"class": "generation", "prompt": "生成提示。"}]
+PROMPTS = [
+    {"class": "open QA", "prompt": "开放问答提示。"},
+    {"class": "closed\xa0QA", "prompt": "封闭问答提示。"},
+    {"class": "math", "prompt": "数学提示。"},
+    {"class": "code", "prompt": "代码提示。"},
+    {"class": "generation", "prompt": "生成提示。"},
+]
 EVAL_SET = [
     {"question": "问1", "std_answer": "答1", "class": "open qa"},
     {"question": "问2", "std_answer": "答2", "class": "open qa"},
@@ -41,7 +45,15 @@ EVAL_SET = [
     {"question": "问6", "std_answer": "答6", "class": "code"},
     {"question": "问7", "std_answer": "", "class": "generation"},
 ]
-ANSWERS = {"问1": "答1", "问2": "不太对", "问3": "答3", "问4": "错", "问5": "答5", "问6": "[MALFORMED]", "问7": "一首诗"}
+ANSWERS = {
+    "问1": "答1",
+    "问2": "不太对",
+    "问3": "答3",
+    "问4": "错",
+    "问5": "答5",
+    "问6": "[MALFORMED]",
+    "问7": "一首诗",
+}
 
 
 def _jsonl(path: Path, rows: list[dict]) -> Path:
@@ -63,8 +75,9 @@ def test_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     codec = char_codec()
     lm = ScriptedLM(codec, replies={q: (a, {}) for q, a in ANSWERS.items()})
     with JudgeServer() as server:
-        s = JudgeSettings(base_url=server.url, model="judge-x", api_key_env="BELLE_TEST_KEY", backoff_s=0.01,
-                          timeout_s=2.0)
+        s = JudgeSettings(
+            base_url=server.url, model="judge-x", api_key_env="BELLE_TEST_KEY", backoff_s=0.01, timeout_s=2.0
+        )
         result = evaluate_belle(items, prompts, lm, codec, Judge(s, tmp_path / "judge_cache.jsonl"), max_new_tokens=64)
         asked = len(server.requests)
         # the judge's messages: reference-free only for the empty std_answer
@@ -72,8 +85,9 @@ def test_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         assert "生成提示。 问7  模型回答： '一首诗'。请针对模型回答给出得分，顺便给出理由：" in sent
         assert "开放问答提示。 问2 标准回答:答2  模型回答：' 不太对'。请针对模型回答给出得分，顺便给出理由：" in sent
         # a rerun after a crash asks nothing twice
-        again = score_belle(items, [it["reply"] for it in result.items], prompts,
-                            Judge(s, tmp_path / "judge_cache.jsonl"))
+        again = score_belle(
+            items, [it["reply"] for it in result.items], prompts, Judge(s, tmp_path / "judge_cache.jsonl")
+        )
         assert len(server.requests) == asked
     assert asked == 6 * 3 + 3 * 3  # 3 repeats each; the malformed one re-asked twice per repeat
     summary = result.summary
@@ -143,10 +157,13 @@ def test_answers_are_kept_as_they_come_and_taken_back_only_when_they_fit(tmp_pat
 def test_loader_names_bad_lines(tmp_path: Path) -> None:
     prompts = load_belle_prompts(_jsonl(tmp_path / "p.json", PROMPTS))
     path = tmp_path / "set.json"
-    path.write_text('{"question": "q", "std_answer": "a", "class": "math"}\n'
-                    '{"question": "q", "std_answer": NaN, "class": "math"}\n'
-                    '{"question": "\\\'q\\\'", "std_answer": "a", "class": "math"}\n'
-                    '{"question": "q", "std_answer": "a", "class": "translation"}\n', encoding="utf-8")
+    path.write_text(
+        '{"question": "q", "std_answer": "a", "class": "math"}\n'
+        '{"question": "q", "std_answer": NaN, "class": "math"}\n'
+        '{"question": "\\\'q\\\'", "std_answer": "a", "class": "math"}\n'
+        '{"question": "q", "std_answer": "a", "class": "translation"}\n',
+        encoding="utf-8",
+    )
     with pytest.raises(BelleDataError, match=r"set.json:2: bare NaN is not valid JSON"):
         load_belle_eval_set(path, prompts)
     problems: list[str] = []

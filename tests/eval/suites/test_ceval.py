@@ -25,10 +25,13 @@ SHARED = Path(__file__).parents[3] / ".." / "shared" / "data"
 
 def make_root(root: Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
-    (root / "subject_mapping.json").write_text(json.dumps({"physician": ["Physician", "医师资格", "Other"]}),
-                                               encoding="utf-8")
-    for split, rows in (("dev", [[f"例{i}" + "长" * i, "a", "b", "c", "d", "ABCDA"[i], "1. 解析"] for i in range(5)]),
-                        ("val", [["医题1\n第二行", "甲", "乙", "丙", "丁", "B"], ["医题2", "甲", "乙", "丙", "丁", "C"]])):
+    (root / "subject_mapping.json").write_text(
+        json.dumps({"physician": ["Physician", "医师资格", "Other"]}), encoding="utf-8"
+    )
+    for split, rows in (
+        ("dev", [[f"例{i}" + "长" * i, "a", "b", "c", "d", "ABCDA"[i], "1. 解析"] for i in range(5)]),
+        ("val", [["医题1\n第二行", "甲", "乙", "丙", "丁", "B"], ["医题2", "甲", "乙", "丙", "丁", "C"]]),
+    ):
         path = root / split / f"physician_{split}.csv"
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w", encoding="utf-8", newline="") as f:

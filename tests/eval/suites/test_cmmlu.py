@@ -26,14 +26,18 @@ def _csv(path: Path, rows: list[list[str]]) -> None:
 
 
 def make_root(root: Path) -> Path:
-    meta = {"name_en2zh": {"agronomy": "农学", "anatomy": "解剖学"},
-            "subcategories": {"agronomy": ["other"], "anatomy": ["biology", "china specific"]},
-            "categories": {"STEM": ["biology"], "Other": ["other"], "China specific": ["china specific"]}}
+    meta = {
+        "name_en2zh": {"agronomy": "农学", "anatomy": "解剖学"},
+        "subcategories": {"agronomy": ["other"], "anatomy": ["biology", "china specific"]},
+        "categories": {"STEM": ["biology"], "Other": ["other"], "China specific": ["china specific"]},
+    }
     root.mkdir(parents=True, exist_ok=True)
     (root / "subject_categories.json").write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
     for subject in ("agronomy", "anatomy"):
-        _csv(root / "dev" / f"{subject}.csv", [[f"{subject}例{i}" + "长" * (3 * i), "a", "b", "c", "d", "ABCDA"[i]]
-                                               for i in range(5)])
+        _csv(
+            root / "dev" / f"{subject}.csv",
+            [[f"{subject}例{i}" + "长" * (3 * i), "a", "b", "c", "d", "ABCDA"[i]] for i in range(5)],
+        )
     _csv(root / "test" / "agronomy.csv", [["农题1", "土地", "水", "风", "火", "A"], ["农题2", "1", "2", "3", "4", "D"]])
     _csv(root / "test" / "anatomy.csv", [["解题1", "骨", "肉", "血", "皮", "B"]])
     return root
@@ -46,7 +50,10 @@ def test_prompt_text_zero_and_five_shot(tmp_path: Path) -> None:
     q = agronomy.test[0]
     zero, n = build_prompt(agronomy, q, 0, len)
     assert n == 0
-    assert zero == "以下是关于农学的单项选择题，请直接给出正确答案的选项。\n\n题目：农题1\nA. 土地\nB. 水\nC. 风\nD. 火\n答案是："
+    assert (
+        zero
+        == "以下是关于农学的单项选择题，请直接给出正确答案的选项。\n\n题目：农题1\nA. 土地\nB. 水\nC. 风\nD. 火\n答案是："
+    )
     five, n = build_prompt(agronomy, q, 5, len)
     assert n == 5
     assert five.startswith(header("农学") + "题目：agronomy例0\nA. a\nB. b\nC. c\nD. d\n答案是：A\n\n题目：agronomy例1")
@@ -94,8 +101,9 @@ def test_evaluate_reads_bare_letter_logits(tmp_path: Path) -> None:
     subjects = load_cmmlu(make_root(tmp_path / "cmmlu"))
     codec = char_codec()
     # ▁-prefixed pieces must be ignored: CMMLU reads the bare pieces A..D
-    lm = ScriptedLM(codec, next_logits={"农题1": {"A": 2.0, "▁B": 9.0}, "农题2": {"C": 1.0},
-                                        "解题1": {"B": 1.0, "D": 1.0}})
+    lm = ScriptedLM(
+        codec, next_logits={"农题1": {"A": 2.0, "▁B": 9.0}, "农题2": {"C": 1.0}, "解题1": {"B": 1.0, "D": 1.0}}
+    )
     result = evaluate_cmmlu(subjects, lm, codec, num_shots=5)
     s = result.summary
     assert (s.suite, s.variant) == ("cmmlu", "5-shot")
@@ -117,9 +125,11 @@ def test_bad_files(tmp_path: Path) -> None:
         load_cmmlu(root, ["virology"])
 
 
-@pytest.mark.skipif(not (SHARED / "cmmlu" / "test").is_dir() or not
-                    (SHARED / "tokenizers" / "chinese-llama-plus" / "tokenizer.model").is_file(),
-                    reason="shared CMMLU data or tokenizer not present")
+@pytest.mark.skipif(
+    not (SHARED / "cmmlu" / "test").is_dir()
+    or not (SHARED / "tokenizers" / "chinese-llama-plus" / "tokenizer.model").is_file(),
+    reason="shared CMMLU data or tokenizer not present",
+)
 def test_real_cmmlu_five_shot_prompts_fit() -> None:
     subjects = load_cmmlu(SHARED / "cmmlu", ["agronomy", "chinese_teacher_qualification"])
     assert [len(s.test) for s in subjects] == [169, 179] and all(len(s.dev) == 5 for s in subjects)

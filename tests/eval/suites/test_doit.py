@@ -64,8 +64,10 @@ FIXTURE = {
         _rec("code", [_u("代码题3"), _a("好")], fmt=1, choices=["好3", "坏3", "差3"]),
     ],
     "ceval_physician.json": [
-        _rec("ceval_physician_fshot", [m for i in range(5) for m in (_u(_mc(f"例{i}")), _a("A"))]
-             + [_u(_mc("医师题")), _a("B")]),
+        _rec(
+            "ceval_physician_fshot",
+            [m for i in range(5) for m in (_u(_mc(f"例{i}")), _a("A"))] + [_u(_mc("医师题")), _a("B")],
+        ),
     ],
 }
 
@@ -87,7 +89,17 @@ REPLIES = {
     "理解题2": ("D", {}),
     "医师题": ("B", {}),
 }
-PERPLEXITY = {"好1": 1.0, "坏1": 2.0, "差1": 3.0, "好2": 1.0, "坏2": 1.0, "差2": 4.0, "好3": 3.0, "坏3": 2.0, "差3": 5.0}
+PERPLEXITY = {
+    "好1": 1.0,
+    "坏1": 2.0,
+    "差1": 3.0,
+    "好2": 1.0,
+    "坏2": 1.0,
+    "差2": 4.0,
+    "好3": 3.0,
+    "坏3": 2.0,
+    "差3": 5.0,
+}
 
 
 def _write(root: Path, files: dict[str, list[dict]]) -> Path:
@@ -98,17 +110,39 @@ def _write(root: Path, files: dict[str, list[dict]]) -> Path:
 
 
 def _lm(codec):
-    return ScriptedLM(codec, replies=REPLIES,
-                      perplexity=lambda ctx, cont: PERPLEXITY[codec.decode([t for t in cont if t != EOT])])
+    return ScriptedLM(
+        codec, replies=REPLIES, perplexity=lambda ctx, cont: PERPLEXITY[codec.decode([t for t in cont if t != EOT])]
+    )
 
 
-EXPECTED_STUDY = {"biology": 50.0, "ceval_physician": 100.0, "chinese": 50.0, "code": 200 / 3, "ethics": 50.0,
-                  "history": 100 / 3, "math": 50.0, "understanding": 50.0}
-EXPECTED_CORRECTED = {**EXPECTED_STUDY, "biology": 75.0, "chinese": 100.0, "ethics": 100.0, "history": 100.0,
-                      "math": 100.0}
-EXPECTED_CHANCE = {"biology": 25.0, "ceval_physician": 25.0, "chinese": 12.5, "code": 100 / 3,
-                   "ethics": 100 * (1 / 6 + 1 / 4) / 2, "history": 100 * (0.25 + 0.5 + 0.5) / 3, "math": 0.0,
-                   "understanding": 100 * (0.33 + 0.25) / 2}
+EXPECTED_STUDY = {
+    "biology": 50.0,
+    "ceval_physician": 100.0,
+    "chinese": 50.0,
+    "code": 200 / 3,
+    "ethics": 50.0,
+    "history": 100 / 3,
+    "math": 50.0,
+    "understanding": 50.0,
+}
+EXPECTED_CORRECTED = {
+    **EXPECTED_STUDY,
+    "biology": 75.0,
+    "chinese": 100.0,
+    "ethics": 100.0,
+    "history": 100.0,
+    "math": 100.0,
+}
+EXPECTED_CHANCE = {
+    "biology": 25.0,
+    "ceval_physician": 25.0,
+    "chinese": 12.5,
+    "code": 100 / 3,
+    "ethics": 100 * (1 / 6 + 1 / 4) / 2,
+    "history": 100 * (0.25 + 0.5 + 0.5) / 3,
+    "math": 0.0,
+    "understanding": 100 * (0.33 + 0.25) / 2,
+}
 
 
 def test_study_scorer_end_to_end(tmp_path: Path) -> None:
@@ -133,8 +167,12 @@ def test_study_scorer_end_to_end(tmp_path: Path) -> None:
     assert len(pairs) == 9
     assert pairs[0][1] == codec.reply_ids("好1")  # choice tokens + <eot>
 
-    by_prompt = {key: item for item in result.items for key in [*REPLIES, "代码题2", "代码题3"]
-                 if key in item["prompt"][-1]["content"]}
+    by_prompt = {
+        key: item
+        for item in result.items
+        for key in [*REPLIES, "代码题2", "代码题3"]
+        if key in item["prompt"][-1]["content"]
+    }
     assert by_prompt["生物题2"]["parsed"] == "C" and by_prompt["生物题2"]["correct"]
     assert by_prompt["生物题3"]["parsed"] == "E"
     assert by_prompt["历史题2"]["parsed"] == "T" and not by_prompt["历史题2"]["correct"]
@@ -166,10 +204,17 @@ def test_corrected_scorer_is_named_and_fixes_quirks(tmp_path: Path) -> None:
 
 def test_format1_sequence_cut_to_max_len(tmp_path: Path) -> None:
     long_prompt = "长" * 30
-    data = load_doit_split(_write(tmp_path / "t", {"code_test.json": [
-        _rec("code", [_u("短"), _a("x")], fmt=1, choices=["好好好好好好", "坏", "差"]),
-        _rec("code", [_u(long_prompt), _a("x")], fmt=1, choices=["好", "坏", "差"]),
-    ]}))
+    data = load_doit_split(
+        _write(
+            tmp_path / "t",
+            {
+                "code_test.json": [
+                    _rec("code", [_u("短"), _a("x")], fmt=1, choices=["好好好好好好", "坏", "差"]),
+                    _rec("code", [_u(long_prompt), _a("x")], fmt=1, choices=["好", "坏", "差"]),
+                ]
+            },
+        )
+    )
     codec = char_codec()
     lm = ScriptedLM(codec, perplexity=lambda ctx, cont: float(len(cont)))
     result = evaluate_doit(data, lm, codec, max_len=8)
@@ -199,8 +244,11 @@ def test_data_errors_name_file_line_and_field(tmp_path: Path) -> None:
     with pytest.raises(DoitDataError, match=r"biology_test.json:1: not valid JSON"):
         load_doit_split(bad)
 
-    ok = load_doit_split(_write(tmp_path / "ok", {"x_test.json": [_rec("poetry", [_u("q"), _a("A")]),
-                                                                   _rec("biology", [_u("q"), _a("甲")])]}))
+    ok = load_doit_split(
+        _write(
+            tmp_path / "ok", {"x_test.json": [_rec("poetry", [_u("q"), _a("A")]), _rec("biology", [_u("q"), _a("甲")])]}
+        )
+    )
     poetry, bio = ok["x"]
     with pytest.raises(DoitDataError, match="no scorer for question_format 0 with type 'poetry'"):
         score_doit_item(poetry, "A")
