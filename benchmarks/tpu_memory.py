@@ -52,10 +52,11 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def compile_generation(args: argparse.Namespace, cfg, mesh):
-    """The compiled generation program of jaxtune.eval.generate at its largest: --batch prompts of --length tokens
-    prefilled into rows whose KV cache holds --length + --new-tokens slots, then a chunk of decoding steps (the
-    cache, rows and parameters all sharded by the rules, as ``jaxtune eval`` runs it)."""
+def compile_generation(args: argparse.Namespace, cfg, mesh) -> list[tuple[str, object]]:
+    """The compiled programs of jaxtune.eval.generate at their largest, as ``jaxtune eval`` runs them: --batch
+    prompts of --length tokens prefilled into rows whose KV cache holds --length + --new-tokens slots, then a chunk
+    of decoding steps; each program donates the rows (cache included) it updates, as the generator does. Parameters,
+    rows and cache are sharded by the rules. Returns [(label, compiled)]."""
     import functools
 
     import jax
@@ -75,42 +76,46 @@ def compile_generation(args: argparse.Namespace, cfg, mesh):
     nnx.replace_by_pure_dict(state, with_shardings(shapes, param_shardings(axes, mesh)))
     rows1d = NamedSharding(mesh, P(BATCH_MESH_AXES))
     rows2d = NamedSharding(mesh, P(BATCH_MESH_AXES, None))
+    one = replicated(mesh)
     b, t, new = args.batch, args.length, args.new_tokens
     sampling = SamplingParams()
+    statics = dict(max_new_tokens=new, sampling=sampling)
 
-    def generate(state, input_ids, segment_ids, last_index, prompt_ids, seed, stop_ids):
-        rows = _empty_rows(
-            graphdef, state, rows=b, length=t + new, max_new_tokens=new, uses_penalty=sampling.uses_penalty
+    make_rows = jax.jit(
+        functools.partial(
+            _empty_rows, graphdef, rows=b, length=t + new, max_new_tokens=new, uses_penalty=sampling.uses_penalty
         )
-        slots = jax.numpy.arange(b, dtype=np.int32)
-        rows, _ = _prefill(
-            graphdef,
-            state,
-            rows,
-            slots,
-            input_ids,
-            segment_ids,
-            last_index,
-            prompt_ids,
-            seed,
-            stop_ids,
-            max_new_tokens=new,
-            sampling=sampling,
-        )
-        rows, view = _decode_steps(
-            graphdef, state, rows, seed, stop_ids, jax.numpy.bool_(False), max_new_tokens=new, sampling=sampling
-        )
-        return view
-
-    inputs = [jax.ShapeDtypeStruct((b, t), np.int32, sharding=rows2d) for _ in range(2)]  # ids, segments
-    inputs += [
-        jax.ShapeDtypeStruct((b,), np.int32, sharding=rows1d),
+    )
+    empty = make_rows.trace(state).lower().compile()
+    rows = jax.tree.map(
+        lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
+        jax.eval_shape(make_rows, state),
+        empty.output_shardings,
+    )
+    prompts = [jax.ShapeDtypeStruct((b, t), np.int32, sharding=rows2d) for _ in range(2)]  # ids, segments
+    per_row = [
+        jax.ShapeDtypeStruct((b,), np.int32, sharding=rows1d),  # last prompt index
         jax.ShapeDtypeStruct((b,), np.uint32, sharding=rows1d),
-        jax.ShapeDtypeStruct((), np.uint32, sharding=replicated(mesh)),
-        jax.ShapeDtypeStruct((8,), np.int32, sharding=replicated(mesh)),
+    ]  # prompt ids
+    seed, stops = jax.ShapeDtypeStruct((), np.uint32, sharding=one), jax.ShapeDtypeStruct((8,), np.int32, sharding=one)
+    slots = jax.ShapeDtypeStruct((b,), np.int32, sharding=one)
+    prefill = jax.jit(
+        functools.partial(_prefill, graphdef),
+        static_argnames=tuple(statics),
+        donate_argnums=(1,),
+        out_shardings=(empty.output_shardings, one),
+    )
+    decode = jax.jit(
+        functools.partial(_decode_steps, graphdef),
+        static_argnames=tuple(statics),
+        donate_argnums=(1,),
+        out_shardings=(empty.output_shardings, one),
+    )
+    flag = jax.ShapeDtypeStruct((), np.bool_, sharding=one)
+    return [
+        ("prefill", prefill.trace(state, rows, slots, *prompts, *per_row, seed, stops, **statics).lower().compile()),
+        ("decode steps", decode.trace(state, rows, seed, stops, flag, **statics).lower().compile()),
     ]
-    program = jax.jit(functools.partial(generate), out_shardings=replicated(mesh))
-    return program.trace(state, *inputs).lower().compile()
 
 
 def main() -> int:
@@ -180,7 +185,7 @@ def main() -> int:
     validate_batch_layout(args.batch, args.microbatches, mesh)
     if args.eval:
         with activation_rules(mesh):
-            compiled = compile_generation(args, cfg, mesh)
+            programs = compile_generation(args, cfg, mesh)
         info = model_info(cfg, args.length)
         print(
             f"model {args.model}: {cfg.num_layers} layers, {info.num_params / 1e9:.2f}B params; bf16 parameters "
@@ -191,7 +196,11 @@ def main() -> int:
             f"TPU topology {args.topology}: {len(devices)} devices ({devices[0].device_kind}); mesh data={data} "
             f"fsdp={fsdp} tensor={tensor}"
         )
-        return _print_memory(compiled.memory_analysis(), ("arguments (params, prompts)", "outputs (tokens, logits)"))
+        code = 0
+        for label, compiled in programs:
+            print(f"{label}:")
+            code |= _print_memory(compiled.memory_analysis(), ("arguments (params, rows, prompts)", "outputs"))
+        return code
     tx, schedule = build_optimizer(OptimConfig(), 1000)
     shardings = train_state_shardings(tx, shapes, axes, mesh)
     state = with_shardings(jax.eval_shape(lambda p: new_train_state(p, tx, 0), shapes), shardings)
