@@ -3,10 +3,12 @@ tests: each takes the folder of an Orbax item (params/ or train_state/) or of a 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
 def _largest_data_file(item: Path) -> Path:
+    item = Path(os.fspath(item))  # a local epath from jaxtune's path helpers: walk it with pathlib
     files = [p for p in item.rglob("*") if p.is_file() and p.parent.name == "d"]
     return max(files, key=lambda p: p.stat().st_size)
 

@@ -165,7 +165,7 @@ class MetricsWriter:
         named; an unreadable line elsewhere is an error naming its line."""
         if not self.enabled or not self.jsonl_path.exists():
             return
-        lines = self.jsonl_path.read_text(encoding="utf-8", errors="replace").split("\n")
+        lines = self.jsonl_path.read_bytes().decode("utf-8", errors="replace").split("\n")
         if lines and lines[-1] == "":
             lines.pop()  # the newline ending the last record
         kept = []
