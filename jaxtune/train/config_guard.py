@@ -86,7 +86,9 @@ def archive_config(run_dir: str | Path, text: str) -> Path:
     run_dir = as_path(run_dir)
     configs = run_dir / CONFIGS_DIR
     configs.mkdir(parents=True, exist_ok=True)
-    numbered = sorted((int(m.group(1)), p) for p in configs.iterdir() if (m := _NUMBERED.match(p.name)))
+    # An object store has no empty folders: a configs/ just "made" may not list yet.
+    listed = list(configs.iterdir()) if configs.exists() else []
+    numbered = sorted((int(m.group(1)), p) for p in listed if (m := _NUMBERED.match(p.name)))
     latest = run_dir / "config.yaml"
     if not numbered and latest.is_file():
         write_text_atomic(configs / "config.1.yaml", latest.read_text(encoding="utf-8"))

@@ -176,6 +176,7 @@ def train_step(
     schedule: optax.Schedule,
     grad_shardings: Any = None,
     compute_dtype: Optional[str] = None,
+    select_update: bool = False,
 ) -> tuple[TrainState, TrainMetrics]:
     """One optimizer step on a (microbatches, rows, length) batch. Un-jitted; see :func:`make_train_step`.
 
@@ -188,18 +189,20 @@ def train_step(
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
-    # The update is computed unconditionally and selected per element: a lax.cond between "apply" and "skip" made
-    # XLA keep separate copies of the parameters and optimizer state for its branches (on a v5p-16 compile of a
-    # 6-layer doit-33b, 12.2 -> 9.3 GiB of temporaries per chip); the select fuses into the update in place. A
-    # skipped step still returns the old values bit for bit, whatever the non-finite update holds.
-    updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
-    new_params = optax.apply_updates(state.params, updates)
+    def apply(_: None) -> tuple[Any, Any]:
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        return optax.apply_updates(state.params, updates), opt_state
 
-    def keep_if_bad(new: Any, old: Any) -> Any:
-        return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-
-    params = keep_if_bad(new_params, state.params)
-    opt_state = keep_if_bad(new_opt_state, state.opt_state)
+    if select_update:
+        # The update computed unconditionally and selected per element: a lax.cond between "apply" and "skip"
+        # makes XLA keep separate copies of the parameters and optimizer state for its branches (on a v5p-16
+        # compile of a 6-layer doit-33b, 12.2 -> 9.3 GiB of temporaries per chip). A skipped step still returns
+        # the old values bit for bit, whatever the non-finite update holds.
+        new_params, new_opt_state = apply(None)
+        params = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_params, state.params)
+        opt_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_opt_state, state.opt_state)
+    else:
+        params, opt_state = jax.lax.cond(finite, apply, lambda _: (state.params, state.opt_state), None)
     bad = jnp.logical_not(finite).astype(jnp.int32)
     new_state = state.replace(
         params=params,
@@ -235,6 +238,9 @@ def make_train_step(
     them itself for tracing). ``compute_dtype`` (model.compute_dtype) casts the weights once before the forward
     pass (see :func:`cast_for_compute`)."""
     replicated = NamedSharding(mesh, P())
+    # Accelerators select the update per element (less memory); XLA:CPU keeps the lax.cond: with the select form,
+    # its in-process all-reduce over 8 simulated devices on 2 cores missed its 40 s rendezvous (a hang).
+    select_update = mesh.devices.flat[0].platform != "cpu"
 
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, TrainMetrics]:
         return train_step(
@@ -245,6 +251,7 @@ def make_train_step(
             schedule=schedule,
             grad_shardings=state_shardings.params,
             compute_dtype=compute_dtype,
+            select_update=select_update,
         )
 
     jitted = jax.jit(

@@ -174,6 +174,33 @@ def test_a_non_finite_step_never_reaches_the_parameters(cfg, initial_params):
     assert not np.array_equal(_host(state.params)["norm"], before[0]["norm"])
 
 
+def test_the_select_form_of_the_guard_matches_the_cond_form(cfg, initial_params):
+    """Accelerators select the update per element instead of branching: the same update on a good batch, the old
+    state bit for bit on a non-finite one (one device: XLA:CPU keeps the cond form under a mesh)."""
+    from jaxtune.train.step import new_train_state, train_step
+
+    tx, schedule = build_optimizer(OptimConfig(learning_rate=1e-2, weight_decay=0.1), 10)
+    graphdef, _, _ = abstract_model(cfg)
+    state = new_train_state(jax.tree.map(jnp.asarray, initial_params[0]), tx, 0)
+    good = {k: v[None] for k, v in _rows(4).items()}
+    bad = {k: v.copy() for k, v in good.items()}
+    bad["loss_weights"][0, 1, 2] = np.nan
+    run = jax.jit(
+        lambda st, b, sel: train_step(st, b, graphdef=graphdef, tx=tx, schedule=schedule, select_update=sel)[0],
+        static_argnums=2,
+    )
+    for batch in (good, bad):
+        by_cond, by_select = _host(run(state, batch, False)), _host(run(state, batch, True))
+        for a, b in zip(jax.tree.leaves(by_cond), jax.tree.leaves(by_select)):
+            np.testing.assert_array_equal(a, b)
+    unchanged = _host(run(state, bad, True))
+    for a, b in zip(
+        jax.tree.leaves((unchanged.params, unchanged.opt_state)),
+        jax.tree.leaves(_host((state.params, state.opt_state))),
+    ):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_eval_sums_split_the_loss_by_ability(cfg, initial_params):
     mesh = build_mesh(MeshConfig(data=2, fsdp=4, tensor=1))
     graphdef, _, _ = abstract_model(cfg)
