@@ -112,9 +112,16 @@ def compile_generation(args: argparse.Namespace, cfg, mesh) -> list[tuple[str, o
         out_shardings=(empty.output_shardings, one),
     )
     flag = jax.ShapeDtypeStruct((), np.bool_, sharding=one)
+
+    def compile_or_error(program, *inputs):
+        try:
+            return program.trace(*inputs, **statics).lower().compile()
+        except Exception as e:  # XLA's RESOURCE_EXHAUSTED names what it needed: report it, go on to the next
+            return str(e).strip().splitlines()[-1][:300]
+
     return [
-        ("prefill", prefill.trace(state, rows, slots, *prompts, *per_row, seed, stops, **statics).lower().compile()),
-        ("decode steps", decode.trace(state, rows, seed, stops, flag, **statics).lower().compile()),
+        ("prefill", compile_or_error(prefill, state, rows, slots, *prompts, *per_row, seed, stops)),
+        ("decode steps", compile_or_error(decode, state, rows, seed, stops, flag)),
     ]
 
 
@@ -199,6 +206,10 @@ def main() -> int:
         code = 0
         for label, compiled in programs:
             print(f"{label}:")
+            if isinstance(compiled, str):
+                print(f"  does not fit: {compiled}")
+                code = 1
+                continue
             code |= _print_memory(compiled.memory_analysis(), ("arguments (params, rows, prompts)", "outputs"))
         return code
     tx, schedule = build_optimizer(OptimConfig(), 1000)
