@@ -133,6 +133,7 @@ RematPolicy = Literal["none", "full", "dots", "dots_no_batch", "qkv_proj", "proj
 AttentionImpl = Literal["xla", "cudnn", "splash"]
 DType = Literal["float32", "bfloat16", "float16"]
 ModelFamily = Literal["llama", "bloom"]
+Backward = Literal["autodiff", "layerwise"]
 """The model families (architectures); :mod:`jaxtune.models.registry` maps each to its model class."""
 
 
@@ -433,6 +434,13 @@ class TrainConfig(_Section):
     divide), so packing stays a speed option that leaves the schedule's length as the study had it."""
     microbatches: int = 1
     """Gradient accumulation steps per optimizer step."""
+    backward: Backward = "autodiff"
+    """How gradients are computed. ``autodiff``: ``jax.value_and_grad`` of each microbatch's loss (with
+    ``model.remat_policy``), its gradient tree then added into the float32 accumulator. ``layerwise``: the forward
+    pass keeps each layer's input, the backward pass walks the layers in reverse recomputing one layer at a time and
+    adds that layer's gradient straight into its slice of the accumulator (jaxtune.train.layerwise), so no
+    per-microbatch gradient tree nor whole-model bf16 weight copy exists: the least memory (33b on 8 v5p chips at
+    the study's batch), the compute of ``remat_policy: full``, which it requires."""
     epochs: int = 1
     max_steps: Optional[int] = None
     """Stop after this many optimizer steps (overrides epochs when set)."""
@@ -585,6 +593,12 @@ class Config(_Section):
 
     def _rules(self, rules: _Rules) -> None:
         rules.check(("run_dir",), lambda v: bool(v.strip()), "a directory path")
+        if self.train.backward == "layerwise" and self.model.remat_policy != "full":
+            rules.add(
+                f"train.backward=layerwise recomputes every layer in the backward pass (remat 'full'); it needs "
+                f"model.remat_policy=full, got {self.model.remat_policy!r}",
+                "train",
+            )
 
 
 # --------------------------------------------------------------------------------------------------------------------

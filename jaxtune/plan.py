@@ -352,7 +352,13 @@ def compile_train_step(cfg: Config, devices: Sequence[Any], *, total_steps: int 
     grads = with_shardings(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, np.float32), shapes), shardings.params)
     est.gradients = _shard_bytes(grads)
     step = make_train_step(
-        graphdef, tx, schedule, mesh=mesh, state_shardings=shardings, compute_dtype=cfg.model.compute_dtype
+        graphdef,
+        tx,
+        schedule,
+        mesh=mesh,
+        state_shardings=shardings,
+        compute_dtype=cfg.model.compute_dtype,
+        backward=cfg.train.backward,
     )
     try:
         with activation_rules(mesh):

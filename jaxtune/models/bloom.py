@@ -54,7 +54,8 @@ from jax.ad_checkpoint import checkpoint_name
 from jaxtune.config import ModelConfig
 from jaxtune.models.attention import Alibi, alibi_slopes, dot_product_attention
 from jaxtune.models.axes import BATCH, EMBED, HEADS, KV_HEADS, LENGTH, LOOKUP_VOCAB, MLP, VOCAB, constrain
-from jaxtune.models.llama import DTYPES, REMAT_POLICIES, KVCache, _normal, init_cache, project
+from jaxtune.models.llama import DTYPES, KVCache, _normal, init_cache, project
+from jaxtune.models.stack import Prepared, run_layers
 
 LAYER_PARAM_AXES: dict[str, tuple[str, ...]] = {
     "attn_norm": ("layers", "norm"),
@@ -244,6 +245,24 @@ class Bloom(nnx.Module):
         logit_slots: (B, K) slots of the chunk whose logits alone are wanted: the result is (B, K, vocab_size) and
             the LM head runs on those K positions only.
         """
+        prepared = self.prepare(input_ids, positions, segment_ids, cache)
+        layer_cache = None if cache is None else (cache.k, cache.v)
+        h, new_kv = run_layers(self.cfg, self.layer, prepared.h, self.layers.arrays(), prepared.shared, layer_cache)
+        logits = self.finish(h, logit_slots)
+        new_cache = None
+        if cache is not None:
+            index = cache.index + h.shape[1]
+            new_cache = KVCache(k=new_kv[0], v=new_kv[1], segment_ids=prepared.kv_segment_ids, index=index)
+        return logits, new_cache
+
+    def prepare(
+        self,
+        input_ids: jnp.ndarray,
+        positions: Optional[jnp.ndarray] = None,
+        segment_ids: Optional[jnp.ndarray] = None,
+        cache: Optional[KVCache] = None,
+    ) -> Prepared:
+        """The embedded, LayerNormed tokens and the layers' side inputs (ALiBi, segment ids, slots); see __call__."""
         del positions
         cfg = self.cfg
         b, t = input_ids.shape
@@ -254,9 +273,8 @@ class Bloom(nnx.Module):
         if segment_ids is None:
             segment_ids = jnp.ones((b, t), jnp.int32)
 
-        cd = DTYPES[cfg.compute_dtype]
         table = constrain(self.embed_tokens[...], (LOOKUP_VOCAB, EMBED))
-        h = jnp.take(table, input_ids, axis=0).astype(cd)
+        h = jnp.take(table, input_ids, axis=0).astype(DTYPES[cfg.compute_dtype])
         h = layer_norm(h, self.embed_norm[...], self.embed_norm_bias[...], cfg.layer_norm_epsilon)
         h = constrain(h, (BATCH, LENGTH, EMBED))
 
@@ -279,29 +297,21 @@ class Bloom(nnx.Module):
             kv_slots=kv_slots,
             cache_slots=None if cache is None else row_slots,
         )
+        return Prepared(h, shared, kv_segment_ids)
 
-        def body(h, xs):
-            layer_params, layer_cache = xs
-            return bloom_layer(cfg, layer_params, h, cache_kv=layer_cache, **shared)
+    def layer(
+        self, params: dict, h: jnp.ndarray, shared: dict, cache_kv: Optional[tuple] = None
+    ) -> tuple[jnp.ndarray, Optional[tuple]]:
+        """One BLOOM block (:func:`bloom_layer`) on one slice of the stacked weights."""
+        return bloom_layer(self.cfg, params, h, cache_kv=cache_kv, **shared)
 
-        if cfg.remat_policy != "none":
-            body = jax.checkpoint(body, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
-
-        layer_params = self.layers.arrays()
-        layer_cache = None if cache is None else (cache.k, cache.v)
-        if cfg.scan_layers:
-            h, new_kv = jax.lax.scan(body, h, (layer_params, layer_cache))
-        else:
-            outs = []
-            for i in range(cfg.num_layers):
-                xs = jax.tree.map(lambda a: a[i], (layer_params, layer_cache))
-                h, kv = body(h, xs)
-                outs.append(kv)
-            new_kv = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *outs)
-
+    def finish(self, h: jnp.ndarray, logit_slots: Optional[jnp.ndarray] = None) -> jnp.ndarray:
+        """The final LayerNorm and the (tied) LM head: float32 logits cut to ``vocab_size`` (at ``logit_slots``)."""
+        cfg = self.cfg
         if logit_slots is not None:
             h = jnp.take_along_axis(h, logit_slots[:, :, None], axis=1)
         h = layer_norm(h, self.norm[...], self.norm_bias[...], cfg.layer_norm_epsilon)
+        cd = DTYPES[cfg.compute_dtype]
         if cfg.tie_word_embeddings:
             head = self.embed_tokens[...].astype(cd).T
         else:
@@ -310,8 +320,4 @@ class Bloom(nnx.Module):
         logits = constrain(logits, (BATCH, LENGTH, VOCAB))
         if logits.shape[-1] != cfg.vocab_size:
             logits = logits[..., : cfg.vocab_size]
-
-        new_cache = None
-        if cache is not None:
-            new_cache = KVCache(k=new_kv[0], v=new_kv[1], segment_ids=kv_segment_ids, index=cache.index + t)
-        return logits, new_cache
+        return logits

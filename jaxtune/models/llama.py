@@ -50,6 +50,7 @@ from jaxtune.models.axes import (
     constrain,
 )
 from jaxtune.models.rope import apply_rotary, inverse_frequencies, rotary_cos_sin
+from jaxtune.models.stack import Prepared, run_layers
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -315,6 +316,25 @@ class Llama(nnx.Module):
         logit_slots: (B, K) slots of the chunk whose logits alone are wanted: the result is (B, K, vocab_size) and
             the LM head runs on those K positions only (a prefill wants the last prompt token's).
         """
+        prepared = self.prepare(input_ids, positions, segment_ids, cache)
+        layer_cache = None if cache is None else (cache.k, cache.v)
+        h, new_kv = run_layers(self.cfg, self.layer, prepared.h, self.layers.arrays(), prepared.shared, layer_cache)
+        logits = self.finish(h, logit_slots)
+        new_cache = None
+        if cache is not None:
+            new_cache = constrain_cache(
+                KVCache(k=new_kv[0], v=new_kv[1], segment_ids=prepared.kv_segment_ids, index=cache.index + h.shape[1])
+            )
+        return logits, new_cache
+
+    def prepare(
+        self,
+        input_ids: jnp.ndarray,
+        positions: Optional[jnp.ndarray] = None,
+        segment_ids: Optional[jnp.ndarray] = None,
+        cache: Optional[KVCache] = None,
+    ) -> Prepared:
+        """The embedded tokens and the layers' side inputs (rotary tables, segment ids, slots); see __call__."""
         cfg = self.cfg
         b, t = input_ids.shape
         slots = jnp.arange(t, dtype=jnp.int32)
@@ -325,9 +345,8 @@ class Llama(nnx.Module):
         if segment_ids is None:
             segment_ids = jnp.ones((b, t), jnp.int32)
 
-        cd = DTYPES[cfg.compute_dtype]
         table = constrain(self.embed_tokens[...], (LOOKUP_VOCAB, EMBED))
-        h = jnp.take(table, input_ids, axis=0).astype(cd)
+        h = jnp.take(table, input_ids, axis=0).astype(DTYPES[cfg.compute_dtype])
         h = constrain(h, (BATCH, LENGTH, EMBED))
         cos, sin = rotary_cos_sin(positions, inverse_frequencies(cfg))
 
@@ -339,29 +358,21 @@ class Llama(nnx.Module):
         shared = dict(
             cos=cos, sin=sin, q_segment_ids=segment_ids, kv_segment_ids=kv_segment_ids, q_slots=slots, kv_slots=kv_slots
         )
+        return Prepared(h, shared, kv_segment_ids)
 
-        def body(h, xs):
-            layer_params, layer_cache = xs
-            return decoder_layer(cfg, layer_params, h, cache_kv=layer_cache, **shared)
+    def layer(
+        self, params: dict, h: jnp.ndarray, shared: dict, cache_kv: Optional[tuple] = None
+    ) -> tuple[jnp.ndarray, Optional[tuple]]:
+        """One decoder layer (:func:`decoder_layer`) on one slice of the stacked weights."""
+        return decoder_layer(self.cfg, params, h, cache_kv=cache_kv, **shared)
 
-        if cfg.remat_policy != "none":
-            body = jax.checkpoint(body, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
-
-        layer_params = self.layers.arrays()
-        layer_cache = None if cache is None else (cache.k, cache.v)
-        if cfg.scan_layers:
-            h, new_kv = jax.lax.scan(body, h, (layer_params, layer_cache))
-        else:
-            outs = []
-            for i in range(cfg.num_layers):
-                xs = jax.tree.map(lambda a: a[i], (layer_params, layer_cache))
-                h, kv = body(h, xs)
-                outs.append(kv)
-            new_kv = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *outs)
-
+    def finish(self, h: jnp.ndarray, logit_slots: Optional[jnp.ndarray] = None) -> jnp.ndarray:
+        """The final RMSNorm and the LM head: float32 logits cut to ``vocab_size`` (at ``logit_slots`` only)."""
+        cfg = self.cfg
         if logit_slots is not None:
             h = jnp.take_along_axis(h, logit_slots[:, :, None], axis=1)
         h = rms_norm(h, self.norm[...], cfg.rms_norm_eps)
+        cd = DTYPES[cfg.compute_dtype]
         if cfg.tie_word_embeddings:
             head = self.embed_tokens[...].astype(cd).T
         else:
@@ -370,13 +381,7 @@ class Llama(nnx.Module):
         logits = constrain(logits, (BATCH, LENGTH, VOCAB))
         if logits.shape[-1] != cfg.vocab_size:
             logits = logits[..., : cfg.vocab_size]
-
-        new_cache = None
-        if cache is not None:
-            new_cache = constrain_cache(
-                KVCache(k=new_kv[0], v=new_kv[1], segment_ids=kv_segment_ids, index=cache.index + t)
-            )
-        return logits, new_cache
+        return logits
 
 
 def resize_token_embeddings(model: Llama, new_vocab_size: int, pad_multiple: Optional[int] = None) -> Llama:

@@ -20,6 +20,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxtune.models.llama import forward
 from jaxtune.sharding import activation_rules, batch_sharding, param_shardings
+from jaxtune.train.layerwise import layerwise_loss_and_grads
 from jaxtune.train.metrics import TrainMetrics
 from jaxtune.train.optim import optimizer_state_shardings
 
@@ -167,6 +168,13 @@ def loss_and_grads(
     return loss, grads, total_weight
 
 
+BACKWARD_PASSES: dict[str, Callable[..., tuple[jax.Array, Any, jax.Array]]] = {
+    "autodiff": loss_and_grads,
+    "layerwise": layerwise_loss_and_grads,
+}
+"""``train.backward`` -> the function computing (loss, float32 gradients, supervised tokens) of a batch."""
+
+
 def train_step(
     state: TrainState,
     batch: Batch,
@@ -177,13 +185,15 @@ def train_step(
     grad_shardings: Any = None,
     compute_dtype: Optional[str] = None,
     select_update: bool = False,
+    backward: str = "autodiff",
 ) -> tuple[TrainState, TrainMetrics]:
     """One optimizer step on a (microbatches, rows, length) batch. Un-jitted; see :func:`make_train_step`.
 
     A non-finite loss or gradient norm skips the update entirely: parameters and optimizer state come back
     unchanged, ``skipped_steps`` and ``bad_steps`` count it, and the learning-rate clock does not advance.
     """
-    loss, grads, supervised = loss_and_grads(
+    gradients = BACKWARD_PASSES[backward]
+    loss, grads, supervised = gradients(
         graphdef, state.params, batch, grad_shardings=grad_shardings, compute_dtype=compute_dtype
     )
     grad_norm = optax.tree.norm(grads)
@@ -232,11 +242,13 @@ def make_train_step(
     mesh: Mesh,
     state_shardings: TrainState,
     compute_dtype: Optional[str] = None,
+    backward: str = "autodiff",
 ) -> Callable[[TrainState, Batch], tuple[TrainState, TrainMetrics]]:
     """The train step jitted with explicit shardings (state as ``state_shardings``, batch rows over the data
     axes, metrics replicated) and the state's buffers donated. Call it with the mesh's rules active (it installs
     them itself for tracing). ``compute_dtype`` (model.compute_dtype) casts the weights once before the forward
-    pass (see :func:`cast_for_compute`)."""
+    pass (see :func:`cast_for_compute`); ``backward`` (train.backward) picks the gradient computation of
+    :data:`BACKWARD_PASSES`."""
     replicated = NamedSharding(mesh, P())
     # Accelerators select the update per element (less memory); XLA:CPU keeps the lax.cond: with the select form,
     # its in-process all-reduce over 8 simulated devices on 2 cores missed its 40 s rendezvous (a hang).
@@ -252,6 +264,7 @@ def make_train_step(
             grad_shardings=state_shardings.params,
             compute_dtype=compute_dtype,
             select_update=select_update,
+            backward=backward,
         )
 
     jitted = jax.jit(

@@ -578,6 +578,7 @@ class _RunLoop:
             mesh=self.mesh,
             state_shardings=layout.state_shardings,
             compute_dtype=self.cfg.model.compute_dtype,
+            backward=self.cfg.train.backward,
         )
         eval_fn = None
         if self.data.valid is not None:
