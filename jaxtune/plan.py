@@ -201,10 +201,11 @@ class Setting:
     remat: str
     microbatches: int
     mesh: tuple[int, int, int]  # data, fsdp, tensor
+    backward: str = "autodiff"
 
     def describe(self) -> str:
         return (
-            f"model.remat_policy={self.remat} train.microbatches={self.microbatches} "
+            f"model.remat_policy={self.remat} train.backward={self.backward} train.microbatches={self.microbatches} "
             f"mesh.data={self.mesh[0]} mesh.fsdp={self.mesh[1]} mesh.tensor={self.mesh[2]}"
         )
 
@@ -297,7 +298,7 @@ def _with_setting(cfg: Config, s: Setting) -> Config:
     return dataclasses.replace(
         cfg,
         model=dataclasses.replace(cfg.model, remat_policy=s.remat),
-        train=dataclasses.replace(cfg.train, microbatches=s.microbatches),
+        train=dataclasses.replace(cfg.train, microbatches=s.microbatches, backward=s.backward),
         mesh=dataclasses.replace(cfg.mesh, data=s.mesh[0], fsdp=s.mesh[1], tensor=s.mesh[2], dcn_data=1),
     )
 
@@ -383,7 +384,8 @@ def _fill_from_compiled(est: MemoryEstimate, compiled: Any) -> None:
 
 def estimate_train_step(cfg: Config, acc: Accelerator) -> MemoryEstimate:
     """An analytic per-GPU estimate: the train state split over fsdp (x tensor), fp32 gradients likewise, saved
-    layer inputs (remat full) or all activations (remat none), one layer's gathered weights, the logits."""
+    layer inputs (remat full) or all activations (remat none), one layer's gathered weights, the logits, and with
+    ``train.backward: autodiff`` a microbatch's gradient tree and the weights cast to the compute dtype."""
     from jaxtune.models.stats import model_info
 
     m = cfg.model
@@ -408,6 +410,9 @@ def estimate_train_step(cfg: Config, acc: Accelerator) -> MemoryEstimate:
     gathered = layer_weights * compute_bytes * 2  # this layer's and the prefetched next one's
     logits = tokens * m.padded_vocab_size() * 4 * 2  # float32 logits and their gradient
     est.temporaries = est.gradients + saved + gathered + logits
+    if cfg.train.backward == "autodiff":  # the microbatch's gradient tree, and the weights cast up front
+        copies = 2 if compute_bytes != param_bytes else 1
+        est.temporaries += info.num_params * compute_bytes * copies // shards
     est.batch = tokens * 4 * 5
     est.peak = est.params + est.optimizer + est.batch + est.temporaries
     return est
@@ -426,8 +431,9 @@ def _mesh_sizes(cfg: Config, chips: int) -> tuple[int, int, int]:
 
 
 def candidate_settings(current: Setting, cfg: Config, chips: int) -> list[Setting]:
-    """Changes to try when the config does not fit, smallest first: remat full, then doubling microbatches (while
-    rows still divide the data-parallel size), then the mesh (all fsdp; fsdp x tensor 2, 4, 8)."""
+    """Changes to try when the config does not fit, smallest first: remat full, then the layer-by-layer backward pass
+    (train.backward=layerwise), then doubling microbatches (while rows still divide the data-parallel size), then the
+    mesh (all fsdp; fsdp x tensor 2, 4, 8)."""
     out: list[Setting] = []
     remats = [current.remat] if current.remat == "full" else [current.remat, "full"]
     batch = cfg.train.global_batch_size
@@ -437,15 +443,19 @@ def candidate_settings(current: Setting, cfg: Config, chips: int) -> list[Settin
     for mesh in meshes:
         for micro in micro_options:
             for remat in remats:
-                s = Setting(remat=remat, microbatches=micro, mesh=mesh)
-                key = (s.remat, s.microbatches, s.mesh)
-                if key in seen or key == (current.remat, current.microbatches, current.mesh):
-                    continue
-                dp = mesh[0] * mesh[1]
-                if (batch // micro) % dp:
-                    continue
-                seen.add(key)
-                out.append(s)
+                backwards = (
+                    [current.backward] if remat != "full" else list(dict.fromkeys([current.backward, "layerwise"]))
+                )
+                for backward in backwards:
+                    s = Setting(remat=remat, microbatches=micro, mesh=mesh, backward=backward)
+                    key = (s.remat, s.backward, s.microbatches, s.mesh)
+                    if key in seen or key == (current.remat, current.backward, current.microbatches, current.mesh):
+                        continue
+                    dp = mesh[0] * mesh[1]
+                    if (batch // micro) % dp:
+                        continue
+                    seen.add(key)
+                    out.append(s)
     return out
 
 
@@ -466,7 +476,9 @@ def plan(
     if hbm_bytes is not None:
         acc = dataclasses.replace(acc, hbm_bytes=hbm_bytes)
     sizes = _mesh_sizes(cfg, acc.chips)
-    current = Setting(remat=cfg.model.remat_policy, microbatches=cfg.train.microbatches, mesh=sizes)
+    current = Setting(
+        remat=cfg.model.remat_policy, microbatches=cfg.train.microbatches, mesh=sizes, backward=cfg.train.backward
+    )
     cfg = _with_setting(cfg, current)
     model_name = cfg.model.preset or f"{cfg.model.num_layers}-layer model"
     if acc.platform == "gpu":

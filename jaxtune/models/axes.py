@@ -13,8 +13,10 @@ import jax.numpy as jnp
 
 BATCH, LENGTH, EMBED = "act_batch", "act_length", "act_embed"
 HEADS, KV_HEADS, MLP, VOCAB = "act_heads", "act_kv_heads", "act_mlp", "act_vocab"
-LOOKUP_VOCAB = "act_lookup_vocab"
-"""The vocabulary axis of the embedding table as the input lookup reads it."""
+LOOKUP_VOCAB, LOOKUP_EMBED = "act_lookup_vocab", "act_lookup_embed"
+"""The vocabulary and embedding axes of the embedding table as the input lookup reads it."""
+LOOKUP_BATCH = "act_lookup_batch"
+"""The rows of the token ids the input lookup reads (split only where the table's columns are not)."""
 KV_CACHE = ("cache_layers", "cache_batch", "cache_length", "cache_kv_heads", "cache_head_dim")
 """Axes of the KV cache's keys and values (layers, B, S, KV, D)."""
 CACHE_SEGMENTS = ("cache_batch", "cache_length")

@@ -44,6 +44,8 @@ from jaxtune.models.axes import (
     KV_CACHE,
     KV_HEADS,
     LENGTH,
+    LOOKUP_BATCH,
+    LOOKUP_EMBED,
     LOOKUP_VOCAB,
     MLP,
     VOCAB,
@@ -162,14 +164,17 @@ def rms_norm(x: jnp.ndarray, weight: jnp.ndarray, eps: float) -> jnp.ndarray:
 def project(x: jnp.ndarray, w: jnp.ndarray, in_dims: int = 1, **dot_kwargs: Any) -> jnp.ndarray:
     """Contract the last ``in_dims`` axes of an activation (B, T, ...) with the leading ``in_dims`` axes of a weight.
 
-    Done as one plain 2-D matmul on (B*T, in) x (in, out) views (free reshapes of contiguous arrays): XLA:CPU then
+    Done as one matmul of the (B*T, in) view of the activation (a free reshape of a contiguous array): XLA:CPU then
     runs the weight-gradient dots of the backward pass as plain matmuls, where the equivalent einsums over (B, T)
-    cost it transposing copies of the activations first.
+    cost it transposing copies of the activations first. The weight keeps its output axes (only contracted axes are
+    merged): a TPU stores a (E, H, D) projection with E minor to H when H is no multiple of 8 (doit-33b's 52 heads),
+    and flattening it to (E, H*D) made XLA copy every layer's float32 weights into another layout up front (4 GiB
+    per chip for doit-33b's train step on 8 v5p chips).
     """
     lead = x.shape[: x.ndim - in_dims]
     k = math.prod(w.shape[:in_dims])
     out = w.shape[in_dims:]
-    y = jnp.dot(x.reshape(-1, k), w.reshape(k, -1), **dot_kwargs)
+    y = jax.lax.dot_general(x.reshape(-1, k), w.reshape(k, *out), (((1,), (0,)), ((), ())), **dot_kwargs)
     return y.reshape(*lead, *out)
 
 
@@ -345,8 +350,11 @@ class Llama(nnx.Module):
         if segment_ids is None:
             segment_ids = jnp.ones((b, t), jnp.int32)
 
-        table = constrain(self.embed_tokens[...], (LOOKUP_VOCAB, EMBED))
-        h = jnp.take(table, input_ids, axis=0).astype(DTYPES[cfg.compute_dtype])
+        table = constrain(self.embed_tokens[...], (LOOKUP_VOCAB, LOOKUP_EMBED))
+        # Looked up in the columns this chip holds, cast, then gathered along the columns within each data shard
+        # (XLA cannot go from column-split to row-split lookups in one step: it would replicate them).
+        h = jnp.take(table, constrain(input_ids, (LOOKUP_BATCH, LENGTH)), axis=0).astype(DTYPES[cfg.compute_dtype])
+        h = constrain(h, (LOOKUP_BATCH, LENGTH, None))
         h = constrain(h, (BATCH, LENGTH, EMBED))
         cos, sin = rotary_cos_sin(positions, inverse_frequencies(cfg))
 
