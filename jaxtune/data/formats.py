@@ -33,12 +33,13 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal, Optional, Union
 
 from jaxtune.errors import JaxtuneError
+from jaxtune.names import DATA_FORMATS, DataFormat
 from jaxtune.paths import as_path
 
-FormatName = Literal["doit", "belle", "belle_conversations", "alpaca", "sharegpt", "messages"]
+FormatName = DataFormat
 OnError = Literal["raise", "skip"]
 
-FORMATS: tuple[str, ...] = ("doit", "belle", "belle_conversations", "alpaca", "sharegpt", "messages")
+FORMATS = DATA_FORMATS
 ROLES: tuple[str, ...] = ("system", "user", "assistant")
 DEFAULT_ABILITY = "general"
 """Ability of records whose format carries none (BELLE, Alpaca, ShareGPT without an ``ability`` key)."""

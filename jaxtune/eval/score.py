@@ -43,7 +43,6 @@ from typing import Any, Union
 import numpy as np
 
 from jaxtune.errors import JaxtuneError
-from jaxtune.eval.math_answers import ScorerMode
 from jaxtune.eval.suites.doit import (
     MC_PIECES,
     DoitDataError,
@@ -57,6 +56,7 @@ from jaxtune.eval.suites.doit import (
     summarize_doit,
 )
 from jaxtune.eval.suites.mcq import LETTERS, summarize_mcq
+from jaxtune.names import ScorerMode
 from jaxtune.results import (
     ITEMS_SUFFIX,
     SUMMARY_SUFFIX,

@@ -33,8 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from jaxtune.eval.errors import EvalSetupError
 from jaxtune.eval.protocol import ChatCodec, LanguageModel, Message
 from jaxtune.eval.suites.mcq import BARE_PIECES, LETTERS, McqDataError, McqItem, evaluate_mcq
+from jaxtune.eval.suites.registry import Suite, SuiteRun, register
 from jaxtune.results import RunInfo, SuiteResult
 
 AGIEVAL_ZH_TASKS = (
@@ -280,3 +282,16 @@ def evaluate_agieval(
         skipped_examples=examples,
         notes=notes,
     )
+
+
+def _run(r: SuiteRun) -> SuiteResult:
+    tasks = [t for t in AGIEVAL_ZH_TASKS if (r.root / f"{t}.jsonl").is_file()]
+    if not tasks:
+        raise EvalSetupError(f"{r.root}: none of the AGIEval tasks {', '.join(AGIEVAL_ZH_TASKS)} (as <task>.jsonl)")
+    setting = "zero-shot" if r.eval_cfg.num_shots == 0 else "few-shot"
+    return evaluate_agieval(
+        r.root, r.lm, r.codec, setting=setting, tasks=tasks, max_len=r.eval_cfg.max_prompt_len, **r.common()
+    )
+
+
+register(Suite("agieval", folders=("agieval",), looks_like=lambda root, split: any(root.glob("*.jsonl")), run=_run))

@@ -31,6 +31,7 @@ from jaxtune.errors import JaxtuneError
 from jaxtune.eval import parsers
 from jaxtune.eval.math_answers import ScorerMode, extract_math_answer, math_answers_equal
 from jaxtune.eval.protocol import ChatCodec, LanguageModel
+from jaxtune.eval.suites.registry import Suite, SuiteRun, register
 from jaxtune.results import RunInfo, SuiteResult, ability_score, make_summary
 
 log = logging.getLogger(__name__)
@@ -411,3 +412,37 @@ def summarize_doit(
         )
     summary = make_summary("doit", variant, mode, results, run, **details)
     return SuiteResult(summary, items)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The suite
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _looks_like(root: Path, split: str) -> bool:
+    return (root / "curated" / split).is_dir() or (root / split).is_dir() or any(root.glob("*.json"))
+
+
+def _split_folder(root: Path, split: str) -> Path:
+    """The folder with the ability files: ``curated/<split>`` or ``<split>`` inside the DoIT folder, else itself."""
+    for sub in (root / "curated" / split, root / split):
+        if sub.is_dir():
+            return sub
+    return root
+
+
+def _run(r: SuiteRun) -> SuiteResult:
+    cfg = r.eval_cfg
+    return evaluate_doit(
+        load_doit_split(r.root),
+        r.lm,
+        r.codec,
+        mode=cfg.scorer_mode,
+        variant=cfg.split,
+        max_new_tokens=cfg.max_new_tokens,
+        max_len=cfg.max_prompt_len,
+        **r.common(),
+    )
+
+
+register(Suite("doit", folders=("doit", "curated"), looks_like=_looks_like, data_folder=_split_folder, run=_run))
