@@ -42,6 +42,7 @@ from typing import Any, Union
 
 import numpy as np
 
+from jaxtune.data import jsonl
 from jaxtune.errors import JaxtuneError
 from jaxtune.eval.suites.doit import (
     MC_PIECES,
@@ -116,19 +117,14 @@ def _json_lines(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """``(file:line, object)`` for every non-blank line, one at a time (a pred file's logit vectors are large); NaN
     and Infinity are read as Python's json reads them."""
     empty = True
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ScoreError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(value, dict):
-                raise ScoreError(f"{where}: expected a JSON object, got {type(value).__name__}")
-            empty = False
-            yield where, value
+    for lineno, value in jsonl.read_json_lines(path, allow_nan=True, bad="yield"):
+        where = f"{path}:{lineno}"
+        if isinstance(value, jsonl.JsonLinesError):
+            raise ScoreError(str(value))
+        if not isinstance(value, dict):
+            raise ScoreError(f"{where}: expected a JSON object, got {type(value).__name__}")
+        empty = False
+        yield where, value
     if empty:
         raise ScoreError(f"{path}: no records")
 

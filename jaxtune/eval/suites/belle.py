@@ -54,6 +54,7 @@ from jax import process_count
 from jax.experimental import multihost_utils
 
 from jaxtune.config import EvalConfig
+from jaxtune.data import jsonl
 from jaxtune.errors import JaxtuneError
 from jaxtune.eval.distributed import is_writer
 from jaxtune.eval.errors import EvalSetupError
@@ -115,10 +116,6 @@ def normalise_class(name: str) -> str:
     return re.sub(r"\s+", " ", name.replace("\xa0", " ")).strip().lower()
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"bare {name} is not valid JSON")
-
-
 def read_json_lines(
     path: str | Path,
     required: Sequence[str],
@@ -132,27 +129,25 @@ def read_json_lines(
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
     out = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                d = json.loads(line, parse_constant=_reject_constant)
-                if not isinstance(d, dict):
-                    raise ValueError(f"expected a JSON object, got {type(d).__name__}")
-                for key in required:
-                    if not isinstance(d.get(key), str):
-                        raise ValueError(f"field '{key}' must be a string, got {d.get(key)!r}")
-            except ValueError as e:
-                message = f"{where}: {e}"
-                if on_error == "raise":
-                    raise BelleDataError(message) from None
-                log.warning("skipping %s", message)
-                if problems is not None:
-                    problems.append(message)
-                continue
-            out.append((where, d))
+    for lineno, d in jsonl.read_json_lines(path, bad="yield"):
+        where = f"{path}:{lineno}"
+        try:
+            if isinstance(d, jsonl.JsonLinesError):
+                raise ValueError(d.problem)
+            if not isinstance(d, dict):
+                raise ValueError(f"expected a JSON object, got {type(d).__name__}")
+            for key in required:
+                if not isinstance(d.get(key), str):
+                    raise ValueError(f"field '{key}' must be a string, got {d.get(key)!r}")
+        except ValueError as e:
+            message = f"{where}: {e}"
+            if on_error == "raise":
+                raise BelleDataError(message) from None
+            log.warning("skipping %s", message)
+            if problems is not None:
+                problems.append(message)
+            continue
+        out.append((where, d))
     return out
 
 

@@ -17,7 +17,6 @@ counts 100/40).
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -27,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxtune.data import jsonl
 from jaxtune.errors import JaxtuneError
 from jaxtune.eval import parsers
 from jaxtune.eval.math_answers import ScorerMode, extract_math_answer, math_answers_equal
@@ -128,20 +128,15 @@ def _record(d: Any, where: str, ability: str) -> DoitRecord:
 
 
 def load_doit_file(path: str | Path, ability: str | None = None) -> list[DoitRecord]:
-    """Read one JSON Lines file of DoIT records (blank lines ignored)."""
+    """Read one JSON Lines file of DoIT records (blank lines ignored; bare NaN refused)."""
     path = Path(path)
     name = ability or ability_of_file(path)
     records = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DoitDataError(f"{where}: not valid JSON ({e.msg}); DoIT files are JSON Lines") from None
-            records.append(_record(d, where, name))
+    for lineno, d in jsonl.read_json_lines(path, bad="yield"):
+        where = f"{path}:{lineno}"
+        if isinstance(d, jsonl.JsonLinesError):
+            raise DoitDataError(f"{d}; DoIT files are JSON Lines")
+        records.append(_record(d, where, name))
     if not records:
         raise DoitDataError(f"{path}: no records")
     return records
