@@ -57,7 +57,7 @@ from jaxtune.eval.suites.doit import (
     summarize_doit,
 )
 from jaxtune.eval.suites.mcq import LETTERS, summarize_mcq
-from jaxtune.names import ScorerMode
+from jaxtune.names import SCORER_MODES, ScorerMode
 from jaxtune.results import (
     ITEMS_SUFFIX,
     SUMMARY_SUFFIX,
@@ -373,8 +373,8 @@ def score_predictions(
     on_file: Callable[[Path, int], None] | None = None,
 ) -> ScoreOutputs:
     """Score every prediction file under ``pred_dir`` into ``out_dir`` (see the module docstring)."""
-    if mode not in ("study", "corrected"):
-        raise ScoreError(f"scorer mode must be 'study' or 'corrected', got {mode!r}")
+    if mode not in SCORER_MODES:
+        raise ScoreError(f"scorer mode must be one of {', '.join(SCORER_MODES)}, got {mode!r}")
     root = Path(pred_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"prediction folder {root} does not exist")
