@@ -13,10 +13,11 @@ TEMPLATES           data.template, eval.template               ``jaxtune.data.te
 MASK_STRATEGIES     data.mask                                  (the templates' ``encode``; no table)
 EVAL_SUITES         eval.suites                                ``jaxtune.eval.suites.registry.SUITES``
 SCORER_MODES        eval.scorer_mode, score --scorer-mode      (the parsers' ``mode`` argument; no table)
-DTYPES              model.*_dtype, optim.mu_dtype, ...         ``jaxtune.models.dtypes.DTYPES``
+DTYPES              model.*_dtype, optim.mu_dtype, ...         ``jaxtune.models.dtypes.DTYPES``, ``models.stats``
 REMAT_POLICIES      model.remat_policy                         ``jaxtune.models.llama.REMAT_POLICIES``
 ATTENTION_IMPLS     model.attention_impl                       ``jaxtune.models.attention.IMPL_PLATFORMS``
-MODEL_FAMILIES      model.family                               ``jaxtune.models.registry.MODEL_CLASSES``, ...
+MODEL_FAMILIES      model.family                               ``jaxtune.models.registry.MODEL_CLASSES``,
+                                                               ``convert.hf_families.FAMILIES``, ``models.stats``
 SCHEDULES           optim.schedule                             ``jaxtune.train.optim.SCHEDULES``
 LOGICAL_AXES        (the models' parameter and activation      ``jaxtune.sharding.RULES``
                     axis names)
