@@ -44,6 +44,9 @@ TABLES = {
     "LOGICAL_AXES": {"jaxtune.sharding.RULES": dict(RULES)},
 }
 
+# Name sets whose names select a branch in code rather than a table entry.
+WITHOUT_TABLES = {"MASK_STRATEGIES", "SCORER_MODES"}
+
 # Config field -> the name set its annotation must be.
 FIELDS = {
     ("DataConfig", "format"): names.DataFormat,
@@ -73,6 +76,14 @@ def test_every_name_has_exactly_one_implementation_and_every_implementation_a_na
         assert not missing and not undeclared, (
             f"{table_name}: no implementation of {missing}; implementations without a declared name {undeclared}"
         )
+
+
+def test_every_declared_name_set_is_checked_here_and_is_the_names_of_a_literal_type():
+    declared = {k for k, v in vars(names).items() if k.isupper() and isinstance(v, tuple)}
+    assert declared == set(TABLES) | WITHOUT_TABLES, "a name set of jaxtune.names has no entry in TABLES"
+    literals = [v for v in vars(names).values() if typing.get_origin(v) is typing.Literal]
+    for name_set in declared:
+        assert any(names.names_of(t) == getattr(names, name_set) for t in literals), name_set
 
 
 def test_the_rules_table_maps_each_logical_axis_once():
