@@ -26,6 +26,7 @@ from typing import Callable, Optional, Sequence
 
 from jaxtune.config import load_config
 from jaxtune.errors import JaxtuneError
+from jaxtune.names import DATA_FORMATS, DTYPES, SCORER_MODES
 
 
 def _config_files(path: Optional[str], overrides: Sequence[str]) -> tuple[object, list[str]]:
@@ -328,9 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("prepare", _cmd_prepare, "convert local record files into an ArrayRecord dataset")
     p.add_argument("input")
     p.add_argument("out")
-    p.add_argument(
-        "--format", required=True, choices=["doit", "belle", "belle_conversations", "alpaca", "sharegpt", "messages"]
-    )
+    p.add_argument("--format", required=True, choices=DATA_FORMATS)
     p.add_argument(
         "--on-error",
         default="raise",
@@ -345,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dtype",
         default=None,
-        choices=["float32", "bfloat16", "float16"],
+        choices=DTYPES,
         help="parameter dtype of the checkpoint (default: the stored dtype)",
     )
     p.add_argument("--vocab-pad-multiple", type=int, default=1, help="pad the vocabulary (128 suits TPUs)")
@@ -366,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("export-hf", _cmd_export_hf, "write a jaxtune checkpoint as a Hugging Face folder")
     p.add_argument("checkpoint")
     p.add_argument("out_dir")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", default=None, choices=DTYPES)
     p.add_argument("--max-shard-size", default="5GB")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
 
@@ -429,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--scorer-mode",
         default="study",
-        choices=["study", "corrected"],
+        choices=SCORER_MODES,
         help="the study's scorer, quirks included, or its errors fixed",
     )
     p = add(

@@ -34,6 +34,20 @@ from typing import Any, Callable, Literal, Optional, Sequence, Union
 import yaml
 
 from jaxtune.errors import JaxtuneError
+from jaxtune.names import (
+    AttentionImpl,
+    Backward,
+    DataFormat,
+    DType,
+    MaskStrategy,
+    ModelFamily,
+    RematPolicy,
+    Schedule,
+    ScorerMode,
+    TemplateName,
+    unknown_name_message,
+)
+from jaxtune.presets import PRESETS
 
 
 class ConfigError(JaxtuneError, ValueError):
@@ -129,13 +143,6 @@ class _Section:
 # Sections
 # --------------------------------------------------------------------------------------------------------------------
 
-RematPolicy = Literal["none", "full", "dots", "dots_no_batch", "qkv_proj", "projections"]
-AttentionImpl = Literal["xla", "cudnn", "splash"]
-DType = Literal["float32", "bfloat16", "float16"]
-ModelFamily = Literal["llama", "bloom"]
-Backward = Literal["autodiff", "layerwise"]
-"""The model families (architectures); :mod:`jaxtune.models.registry` maps each to its model class."""
-
 
 @dataclass
 class RopeScalingConfig(_Section):
@@ -172,7 +179,7 @@ class ModelConfig(_Section):
     SECTION = "model"
 
     preset: Optional[str] = None
-    """Named shape from :mod:`jaxtune.models.configs` (``doit-7b``, ``llama2-7b``, ``bloomz-7b1-mt``, ``tiny``,
+    """Named shape from :mod:`jaxtune.presets` (``doit-7b``, ``llama2-7b``, ``bloomz-7b1-mt``, ``tiny``,
     ``bloom-tiny``...). Fields set explicitly next to ``preset`` override the preset's values."""
     family: ModelFamily = "llama"
     """Architecture: ``llama`` (RMSNorm, rotary positions, SwiGLU MLP) or ``bloom`` (transformers'
@@ -281,7 +288,7 @@ class DataConfig(_Section):
 
     SECTION = "data"
 
-    format: Literal["doit", "belle", "belle_conversations", "alpaca", "sharegpt", "messages"] = "doit"
+    format: DataFormat = "doit"
     """Record format of the input files."""
     path: Optional[str] = None
     """A JSON Lines file, a JSON array file, a directory of them (DoIT layout), or a prepared ArrayRecord dataset."""
@@ -289,9 +296,9 @@ class DataConfig(_Section):
     """Validation records (same format); evaluation loss is reported per ability on them."""
     tokenizer: Optional[str] = None
     """A Hugging Face tokenizer folder or a SentencePiece ``.model`` file."""
-    template: Literal["doit", "belle", "hf_chat"] = "doit"
+    template: TemplateName = "doit"
     """Chat template: the DoIT role tokens, BELLE's ``Human:/Assistant:`` text, or the tokenizer's own template."""
-    mask: Literal["assistant", "last_assistant", "all"] = "assistant"
+    mask: MaskStrategy = "assistant"
     """Which tokens carry loss: every assistant turn, only the last one, or every token."""
     selection: str = "all"
     """Records to train on: ``all``, ``curated-N``, ``synthetic-N``, ``reconstruct``, ``maximum``, ``mix-N``, a
@@ -391,7 +398,7 @@ class OptimConfig(_Section):
 
     learning_rate: float = 1e-5
     """Peak learning rate."""
-    schedule: Literal["linear_from_peak", "warmup_cosine", "warmup_linear", "constant"] = "linear_from_peak"
+    schedule: Schedule = "linear_from_peak"
     """``linear_from_peak``: the study's (peak at step 1, linear to 0 at the last step)."""
     warmup_steps: int = 0
     warmup_ratio: float = 0.0
@@ -516,7 +523,8 @@ class EvalConfig(_Section):
     SECTION = "eval"
 
     suites: list[str] = field(default_factory=lambda: ["doit"])
-    """Suites to run: ``doit``, ``ceval``, ``cmmlu``, ``agieval``, ``belle``."""
+    """Suites to run: ``doit``, ``ceval``, ``cmmlu``, ``agieval``, ``belle`` (:data:`jaxtune.names.EVAL_SUITES`; an
+    unknown name is reported by ``validate`` and ``eval`` together with the layout's problems)."""
     data_dir: Optional[str] = None
     """Where suite data lives: a folder holding each suite's data under its own name (``doit/`` or ``curated/``,
     ``ceval/``, ``cmmlu/``, ``agieval/``, ``belle_eval/``), or, with one suite, that suite's folder itself."""
@@ -542,9 +550,9 @@ class EvalConfig(_Section):
     tokenizer: Optional[str] = None
     """Tokenizer folder or SentencePiece ``.model``; None: the checkpoint's own (a jaxtune checkpoint's
     ``tokenizer/``, or the Hugging Face folder itself)."""
-    template: Literal["doit", "belle", "hf_chat"] = "doit"
+    template: TemplateName = "doit"
     """Chat template the model was trained with; prompts are rendered with it."""
-    scorer_mode: Literal["study", "corrected"] = "study"
+    scorer_mode: ScorerMode = "study"
     """DoIT scorer: the study's per-item decisions, quirks included, or the corrected ones."""
     bucket_multiple: int = 64
     """Prompts are padded to powers of two up to this length, then to multiples of it (bounds recompiles)."""
@@ -700,6 +708,14 @@ def _unknown_key_error(cls: type, name: str, prefix: str) -> ConfigError:
     return ConfigError(f"unknown config key '{prefix}{name}'{hint}")
 
 
+def preset_values(name: str, key: str = "model.preset") -> dict[str, Any]:
+    """The fields of a named shape of :mod:`jaxtune.presets`; an unknown name is a ConfigError listing the known
+    ones."""
+    if name not in PRESETS:
+        raise ConfigError(f"{key}: " + unknown_name_message("model preset", name, sorted(PRESETS)))
+    return dict(PRESETS[name], preset=name)
+
+
 def _build(cls: type, values: dict, prefix: str, problems: list[str]) -> Any:
     """The dataclass ``cls`` from ``values``; each unknown or ill-typed key is appended to ``problems`` (and the
     field keeps its default, so that the values' own checks can still run and be reported together)."""
@@ -713,8 +729,6 @@ def _build(cls: type, values: dict, prefix: str, problems: list[str]) -> Any:
         else:
             problems.append(str(_unknown_key_error(cls, str(k), pre)))
     if cls is ModelConfig and known.get("preset"):
-        from jaxtune.models.configs import preset_values  # named shapes live with the model
-
         try:
             merged = dict(preset_values(known["preset"], key=f"{pre}preset"))
         except ConfigError as e:
@@ -776,8 +790,6 @@ def config_from_dict(values: dict, overrides: list[str] | tuple[str, ...] = ()) 
             if not _is_dataclass_type(tp):
                 _coerce(value, tp, key)  # type errors of an override are reported as the override's
             if key == "model.preset" and value:
-                from jaxtune.models.configs import preset_values
-
                 preset_values(value, key=key)
             _set_dotted(tree, key, value)
         except ConfigError as e:

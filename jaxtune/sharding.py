@@ -64,7 +64,8 @@ RULES: tuple[tuple[str, Any], ...] = (
     ("cache_kv_heads", "tensor"),
     ("cache_head_dim", None),
 )
-"""Logical axis name -> mesh axis (or axes, or None for replicated). The only place a layout is decided."""
+"""Logical axis name (each of :data:`jaxtune.names.LOGICAL_AXES`, once) -> mesh axis (or axes, or None for
+replicated). The only place a layout is decided."""
 
 # The config field that sets each parameter dimension, for error messages.
 _DIMENSION_FIELDS = {
@@ -209,7 +210,9 @@ def logical_to_spec(logical_axes: Sequence[Optional[str]]) -> P:
     """PartitionSpec of a tensor whose dimensions carry these logical names, under :data:`RULES`."""
     unknown = [a for a in logical_axes if a is not None and a not in dict(RULES)]
     if unknown:
-        raise LayoutError(f"logical axes {unknown} have no entry in jaxtune.sharding.RULES")
+        raise LayoutError(
+            f"logical axes {unknown} have no entry in jaxtune.sharding.RULES (known: {', '.join(name for name, _ in RULES)})"
+        )
     return nn.logical_to_mesh_axes(tuple(logical_axes), RULES)
 
 

@@ -111,12 +111,12 @@ def vocabulary_problem(cfg: Config, tokenizer_size: int) -> Optional[str]:
 
 
 def _eval_problems(cfg: Config) -> list[str]:
-    from jaxtune.eval.loading import EvalSetupError
-    from jaxtune.eval.runner import SUITES, judge_settings, suite_data_root  # the suites evaluation implements
+    from jaxtune.eval.errors import EvalSetupError
+    from jaxtune.eval.suites.registry import get_suite, suite_data_root, unknown_suites_problem
 
-    unknown = [s for s in cfg.eval.suites if s not in SUITES]
+    unknown = unknown_suites_problem(cfg.eval.suites)
     if unknown:
-        return [f"eval.suites: unknown suite(s) {unknown} (known: {', '.join(SUITES)})"]
+        return [unknown]
     problems = []
     if cfg.eval.data_dir and "://" not in cfg.eval.data_dir and Path(cfg.eval.data_dir).exists():
         for suite in cfg.eval.suites:
@@ -124,9 +124,9 @@ def _eval_problems(cfg: Config) -> list[str]:
                 suite_data_root(suite, cfg.eval.data_dir, cfg.eval.split)
             except EvalSetupError as e:
                 problems.append(str(e))
-    if "belle" in cfg.eval.suites:
+    for suite in cfg.eval.suites:
         try:
-            judge_settings(cfg.eval)
+            get_suite(suite).check(cfg.eval, None)
         except EvalSetupError as e:
             problems.append(str(e))
     return problems

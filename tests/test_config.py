@@ -237,3 +237,24 @@ def test_every_hardware_preset_combines_with_every_doit_recipe(name):
     for size in ("7b", "13b", "33b"):
         cfg = load_config([repo / "configs" / f"doit-{size}.yaml", repo / "configs" / "hardware" / f"{name}.yaml"])
         assert cfg.train.global_batch_size % cfg.train.microbatches == 0
+
+
+def test_loading_a_config_with_a_preset_imports_no_model_code(tmp_path):
+    """config sits below the models (the presets are plain data below it): a fresh interpreter that loads a config
+    naming a preset has not imported jaxtune.models (nor JAX)."""
+    import os
+    import subprocess
+    import sys
+
+    path = write(tmp_path, "model:\n  preset: doit-7b\n")
+    code = (
+        "import sys\n"
+        "from jaxtune.config import load_config\n"
+        f"cfg = load_config({str(path)!r}, ['model.preset=tiny'])\n"
+        "assert cfg.model.hidden_size == 128, cfg.model\n"
+        "print(sorted(m for m in sys.modules if m.startswith('jaxtune.models') or m == 'jax'))\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", done.stdout

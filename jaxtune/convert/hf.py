@@ -38,7 +38,7 @@ from jaxtune.paths import as_path, staged_folder
 
 logger = logging.getLogger(__name__)
 
-FLOAT_DTYPES = {np.dtype(DTYPES[name]): name for name in ("float32", "bfloat16", "float16")}
+FLOAT_DTYPES = {np.dtype(dtype): name for name, dtype in DTYPES.items()}
 
 
 class ConversionError(JaxtuneError, ValueError):

@@ -32,13 +32,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal, Optional, Union
 
+from jaxtune.data import jsonl
+from jaxtune.data.jsonl import STRICT_JSON
 from jaxtune.errors import JaxtuneError
+from jaxtune.names import DATA_FORMATS, DataFormat
 from jaxtune.paths import as_path
 
-FormatName = Literal["doit", "belle", "belle_conversations", "alpaca", "sharegpt", "messages"]
+FormatName = DataFormat
 OnError = Literal["raise", "skip"]
 
-FORMATS: tuple[str, ...] = ("doit", "belle", "belle_conversations", "alpaca", "sharegpt", "messages")
+FORMATS = DATA_FORMATS
 ROLES: tuple[str, ...] = ("system", "user", "assistant")
 DEFAULT_ABILITY = "general"
 """Ability of records whose format carries none (BELLE, Alpaca, ShareGPT without an ``ability`` key)."""
@@ -193,11 +196,7 @@ class RawEntry:
     error: Optional[DataError] = None
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+_DECODER = STRICT_JSON
 
 
 def _first_char(path: Path) -> str:
@@ -229,29 +228,13 @@ def read_json_lines(
     path: Union[str, Path], start: int = 0, stop: Optional[int] = None, first_line: int = 1
 ) -> Iterator[RawEntry]:
     """The non-blank lines of a JSON Lines file from byte ``start`` (a line start, numbered ``first_line``) up to
-    byte ``stop``, parsed."""
+    byte ``stop``, parsed by :func:`jaxtune.data.jsonl.read_json_lines`; a bad line is an entry holding its
+    DataError (so that ``on_error="skip"`` can count it and go on)."""
     src = str(path)
-    with as_path(path).open("rb") as f:  # a local file or an object (gs://...) alike
-        f.seek(start)
-        offset = start
-        for line_no, raw in enumerate(f, start=first_line):
-            if stop is not None and offset >= stop:
-                break
-            offset += len(raw)
-            if offset == len(raw) and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]
-            if not raw.strip():
-                continue
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                yield RawEntry(src, line_no, error=DataError(src, line_no, "", f"not valid UTF-8 ({e.reason})"))
-                continue
-            try:
-                value = _DECODER.decode(text)
-            except ValueError as e:
-                yield RawEntry(src, line_no, error=DataError(src, line_no, "", f"not valid JSON: {e}"))
-                continue
+    for line_no, value in jsonl.read_json_lines(path, bad="yield", start=start, stop=stop, first_line=first_line):
+        if isinstance(value, jsonl.JsonLinesError):
+            yield RawEntry(src, line_no, error=DataError(src, line_no, "", value.problem))
+        else:
             yield RawEntry(src, line_no, value=value)
 
 

@@ -21,17 +21,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Literal, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
 from jaxtune.data.formats import Message
 from jaxtune.data.tokenizer import HFTokenizer, Tokenizer, TokenizerError
 from jaxtune.errors import JaxtuneError
-
-MaskStrategy = Literal["assistant", "last_assistant", "all"]
-MASK_STRATEGIES: tuple[str, ...] = ("assistant", "last_assistant", "all")
-TEMPLATES: tuple[str, ...] = ("doit", "belle", "hf_chat")
+from jaxtune.names import MASK_STRATEGIES, TEMPLATES, MaskStrategy
 
 
 class TemplateError(JaxtuneError, ValueError):
@@ -319,15 +316,17 @@ def template_backend(template: str) -> str:
     return "hf" if template == "hf_chat" else "auto"
 
 
+TEMPLATE_CLASSES: dict[str, type[ChatTemplate]] = {
+    cls.name: cls for cls in (DoitTemplate, BelleTemplate, HFChatTemplate)
+}
+"""Template name (``data.template``, ``eval.template``) -> its class."""
+
+
 def make_template(name: str, tokenizer: Tokenizer) -> ChatTemplate:
     """The named template bound to ``tokenizer`` (appending the special tokens it needs to the tokenizer)."""
-    if name == "doit":
-        return DoitTemplate(tokenizer)
-    if name == "belle":
-        return BelleTemplate(tokenizer)
-    if name == "hf_chat":
-        return HFChatTemplate(tokenizer)
-    raise ValueError(f"unknown chat template {name!r} (expected one of {', '.join(TEMPLATES)})")
+    if name not in TEMPLATE_CLASSES:
+        raise ValueError(f"unknown chat template {name!r} (expected one of {', '.join(TEMPLATES)})")
+    return TEMPLATE_CLASSES[name](tokenizer)
 
 
 def describe_encoded(tokenizer: Tokenizer, encoded: Encoded, limit: Optional[int] = None) -> str:

@@ -140,6 +140,10 @@ class Judgement:
         return self.score is None
 
 
+JUDGE_CACHE_FILE = "judge_cache.jsonl"
+"""File name of an evaluation's judge cache in its output folder."""
+
+
 class JudgeCache:
     """Append-only JSON Lines store of judgements; safe for concurrent writers in one process."""
 

@@ -32,16 +32,11 @@ from jaxtune.checkpoint import (
     tokenizer_path,
 )
 from jaxtune.config import ModelConfig
-from jaxtune.errors import JaxtuneError
+from jaxtune.eval.errors import EvalSetupError
 from jaxtune.eval.template_codec import TemplateChatCodec
 from jaxtune.paths import as_path
 
 log = logging.getLogger(__name__)
-
-
-class EvalSetupError(JaxtuneError, ValueError):
-    """The evaluation cannot start: a checkpoint, tokenizer, suite name, data folder or judge setting is wrong. The
-    message names the path or config field."""
 
 
 def checkpoint_kind(path: str | Path) -> str:

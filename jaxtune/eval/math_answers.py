@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import re
 from fractions import Fraction
-from typing import Literal
 
-ScorerMode = Literal["study", "corrected"]
+from jaxtune.names import ScorerMode
 
 # The study's "plain number" test: a character class from ',' to '?' (which spans , - . / 0-9 : ; < = > ?) plus digits.
 _NUMERIC_LIST = re.compile(r"^[,-?\d]+$")

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from jaxtune.eval.math_answers import ScorerMode
+from jaxtune.names import ScorerMode
 
 CHOICE_LETTERS = ("A", "B", "C", "D")
 WRONG = "E"

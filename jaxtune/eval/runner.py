@@ -3,8 +3,9 @@
 ``evaluate(checkpoint, eval_cfg, out_dir)`` scores a jaxtune params checkpoint (``model_config.json`` +
 ``params/``, see :mod:`jaxtune.checkpoint`) or a Hugging Face LLaMA folder (converted in memory) on
 ``eval_cfg.suites``: ``doit`` (the study's per-ability suite), ``ceval``, ``cmmlu``, ``agieval`` (next-token
-multiple choice) and ``belle`` (generation judged by an LLM). Every suite's data, the tokenizer and the judge are
-checked before the model is loaded, so a wrong setting fails in seconds.
+multiple choice) and ``belle`` (generation judged by an LLM), each registered by its own file of
+:mod:`jaxtune.eval.suites` (see :mod:`jaxtune.eval.suites.registry`). Every suite's data, the tokenizer and the
+judge are checked before the model is loaded, so a wrong setting fails in seconds.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from jax import process_count
 from jax.sharding import Mesh
 
 from jaxtune.config import EvalConfig, MeshConfig
@@ -28,10 +28,12 @@ from jaxtune.eval.distributed import (
     mesh_record,
     setup_mesh,
 )
-from jaxtune.eval.judge import Judge, JudgeCache, JudgeSettings
+from jaxtune.eval.errors import EvalSetupError
+from jaxtune.eval.judge import JUDGE_CACHE_FILE
 from jaxtune.eval.language_model import JaxLanguageModel, sampling_from_config
-from jaxtune.eval.loading import EvalSetupError, load_codec, load_model, tokenizer_location
+from jaxtune.eval.loading import load_codec, load_model, tokenizer_location
 from jaxtune.eval.progress import SuiteProgress
+from jaxtune.eval.suites.registry import SuiteRun, get_suite, load_suites, suite_data_root, unknown_suites_problem
 from jaxtune.eval.template_codec import TemplateChatCodec
 from jaxtune.paths import as_path
 from jaxtune.results import RunInfo, SuiteResult, format_table, write_result
@@ -42,64 +44,6 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------------------------------------------------
 # Suites
 # --------------------------------------------------------------------------------------------------------------------
-
-SUITES = ("doit", "ceval", "cmmlu", "agieval", "belle")
-_SUITE_FOLDERS = {
-    "doit": ("doit", "curated"),
-    "ceval": ("ceval",),
-    "cmmlu": ("cmmlu",),
-    "agieval": ("agieval",),
-    "belle": ("belle_eval", "belle"),
-}
-
-
-def _looks_like(suite: str, root: Path, split: str) -> bool:
-    if suite == "doit":
-        return (root / "curated" / split).is_dir() or (root / split).is_dir() or any(root.glob("*.json"))
-    if suite == "ceval":
-        return (root / "subject_mapping.json").is_file()
-    if suite == "cmmlu":
-        return (root / "subject_categories.json").is_file()
-    if suite == "agieval":
-        return any(root.glob("*.jsonl"))
-    return (root / "eval_set.json").is_file() and (root / "eval_prompt.json").is_file()
-
-
-def suite_data_root(suite: str, data_dir: Optional[str | Path], split: str = "test") -> Path:
-    """The folder holding ``suite``'s data: ``data_dir/<suite folder>`` or ``data_dir`` itself (see
-    :attr:`jaxtune.config.EvalConfig.data_dir`). For DoIT, the split folder with the ability files."""
-    if data_dir is None:
-        raise EvalSetupError(f"eval.data_dir is not set: suite {suite!r} needs its data folder")
-    base = Path(data_dir)
-    if not base.is_dir():
-        raise EvalSetupError(f"eval.data_dir: {base} is not a directory")
-    candidates = [base / name for name in _SUITE_FOLDERS[suite]] + [base]
-    for root in candidates:
-        if root.is_dir() and _looks_like(suite, root, split):
-            if suite == "doit":
-                for sub in (root / "curated" / split, root / split):
-                    if sub.is_dir():
-                        return sub
-            return root
-    tried = ", ".join(str(c) for c in candidates)
-    raise EvalSetupError(f"eval.data_dir: no {suite} data found (looked in {tried})")
-
-
-def judge_settings(eval_cfg: EvalConfig) -> JudgeSettings:
-    """The BELLE judge of an EvalConfig; an error naming the missing field when it is not configured."""
-    missing = [name for name in ("judge_base_url", "judge_model") if getattr(eval_cfg, name) is None]
-    if missing:
-        raise EvalSetupError(f"suite 'belle' needs an LLM judge: set {', '.join('eval.' + m for m in missing)}")
-    try:
-        return JudgeSettings(
-            base_url=eval_cfg.judge_base_url,
-            model=eval_cfg.judge_model,
-            api_key_env=eval_cfg.judge_api_key_env,
-            repeats=eval_cfg.judge_repeats,
-            concurrency=eval_cfg.judge_concurrency,
-        )
-    except ValueError as e:
-        raise EvalSetupError(f"eval.judge_*: {e}") from None
 
 
 def run_suite(
@@ -113,122 +57,23 @@ def run_suite(
     answers_dir: Optional[Path] = None,
     progress: Optional[Callable[[int, int], None]] = None,
 ) -> Optional[SuiteResult]:
-    """Run one suite on its data folder ``root`` (from :func:`suite_data_root`). None on processes other than 0
-    for ``belle`` (they generate, process 0 judges). ``belle`` keeps its generated answers in ``answers_dir``
-    (before judging) and takes those already there. ``progress(done, total)`` hears of finished items."""
+    """Run one suite (see :mod:`jaxtune.eval.suites.registry`) on its data folder ``root`` (from
+    :func:`suite_data_root`). None on processes that take part without producing the result (``belle``: they
+    generate, process 0 judges). ``progress(done, total)`` hears of finished items."""
     chunk = 8 * lm.generator.batch_size  # several batches per call, so that length bucketing has room to work
-    common = dict(run=run, chunk_size=chunk, on_progress=progress)
-
-    if suite == "doit":
-        from jaxtune.eval.suites.doit import evaluate_doit, load_doit_split
-
-        return evaluate_doit(
-            load_doit_split(root),
-            lm,
-            codec,
-            mode=eval_cfg.scorer_mode,
-            variant=eval_cfg.split,
-            max_new_tokens=eval_cfg.max_new_tokens,
-            max_len=eval_cfg.max_prompt_len,
-            **common,
-        )
-    if suite == "ceval":
-        from jaxtune.eval.suites.ceval import evaluate_ceval, load_ceval
-
-        return evaluate_ceval(
-            load_ceval(root, subjects=None),
-            lm,
-            codec,
-            num_shots=eval_cfg.num_shots,
-            max_len=eval_cfg.max_prompt_len,
-            **common,
-        )
-    if suite == "cmmlu":
-        from jaxtune.eval.suites.cmmlu import evaluate_cmmlu, load_cmmlu
-
-        return evaluate_cmmlu(
-            load_cmmlu(root), lm, codec, num_shots=eval_cfg.num_shots, max_len=eval_cfg.max_prompt_len, **common
-        )
-    if suite == "agieval":
-        from jaxtune.eval.suites.agieval import AGIEVAL_ZH_TASKS, evaluate_agieval
-
-        tasks = [t for t in AGIEVAL_ZH_TASKS if (root / f"{t}.jsonl").is_file()]
-        if not tasks:
-            raise EvalSetupError(f"{root}: none of the AGIEval tasks {', '.join(AGIEVAL_ZH_TASKS)} (as <task>.jsonl)")
-        setting = "zero-shot" if eval_cfg.num_shots == 0 else "few-shot"
-        return evaluate_agieval(
-            root, lm, codec, setting=setting, tasks=tasks, max_len=eval_cfg.max_prompt_len, **common
-        )
-    if suite == "belle":
-        from jaxtune.eval.suites.belle import (
-            ANSWERS_FILE,
-            AnswerStore,
-            decoding_settings,
-            generate_answers,
-            load_belle_eval_set,
-            load_belle_prompts,
-            score_belle,
-        )
-
-        prompts = load_belle_prompts(root / "eval_prompt.json")
-        items = load_belle_eval_set(root / "eval_set.json", prompts)
-        first = is_writer()
-        # Opened before generating, so that a corrupt cache line is reported before the long part.
-        judge = Judge(judge_settings(eval_cfg), cache=judge_cache) if first else None
-        generation = {
-            "checkpoint": run.checkpoint,
-            "template": eval_cfg.template,
-            **{
-                k: getattr(eval_cfg, k)
-                for k in (
-                    "max_new_tokens",
-                    "max_prompt_len",
-                    "temperature",
-                    "top_k",
-                    "top_p",
-                    "repetition_penalty",
-                    "seed",
-                    "compute_dtype",
-                    "tokenizer",
-                )
-            },
-        }
-        store = AnswerStore(answers_dir / ANSWERS_FILE, generation, items) if first and answers_dir else None
-        kept = store.saved() if store is not None else []
-        start = len(kept)
-        if process_count() > 1:  # every process takes part in generating the rest: agree on where it starts
-            import numpy as np
-            from jax.experimental import multihost_utils
-
-            start = int(multihost_utils.broadcast_one_to_all(np.int32(start)))
-        if store is not None:
-            if kept:
-                log.info("belle: %d of %d answers taken from %s", start, len(items), store.path)
-            store.start(kept)
-        # Every process takes part in the (sharded) generation; only process 0 asks the judge.
-        answers = kept + generate_answers(
-            items[start:],
-            lm,
-            codec,
-            max_new_tokens=eval_cfg.max_new_tokens,
+    return get_suite(suite).run(
+        SuiteRun(
+            root=root,
+            lm=lm,
+            codec=codec,
+            eval_cfg=eval_cfg,
+            run=run,
             chunk_size=chunk,
-            on_progress=progress,
-            on_answers=store.append if store is not None else None,
+            progress=progress,
+            judge_cache=judge_cache,
+            answers_dir=answers_dir,
         )
-        if judge is None:
-            return None
-        decoding = decoding_settings(
-            eval_cfg.max_new_tokens,
-            eval_cfg.temperature,
-            eval_cfg.top_k,
-            eval_cfg.top_p,
-            eval_cfg.repetition_penalty,
-            eval_cfg.seed,
-        )
-        return score_belle(
-            items, answers, prompts, judge, run=run, max_new_tokens=eval_cfg.max_new_tokens, decoding=decoding
-        )
-    raise EvalSetupError(f"eval.suites: unknown suite {suite!r} (known: {', '.join(SUITES)})")
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -292,15 +137,13 @@ def evaluate(
     """
     suites = list(eval_cfg.suites)
     if not suites:
-        raise EvalSetupError("eval.suites is empty: name at least one of " + ", ".join(SUITES))
-    unknown = [s for s in suites if s not in SUITES]
+        raise EvalSetupError("eval.suites is empty: name at least one of " + ", ".join(load_suites()))
+    unknown = unknown_suites_problem(suites)
     if unknown:
-        raise EvalSetupError(f"eval.suites: unknown suite(s) {unknown} (known: {', '.join(SUITES)})")
+        raise EvalSetupError(unknown)
     roots = {s: suite_data_root(s, eval_cfg.data_dir, eval_cfg.split) for s in suites}
-    if "belle" in suites:
-        judge_settings(eval_cfg)
-        if out_dir is not None and is_writer():
-            JudgeCache(Path(out_dir) / "judge_cache.jsonl")  # a corrupt line is named before anything is loaded
+    for name in suites:
+        get_suite(name).check(eval_cfg, Path(out_dir) if out_dir is not None else None)
     run = run_info(checkpoint, metadata)
     location = tokenizer_location(checkpoint, eval_cfg.tokenizer)
 
@@ -325,7 +168,7 @@ def evaluate(
     writes = out_dir is not None and is_writer()
     outcome = Evaluation(results={})
     for suite in suites:
-        judge_cache = as_path(out_dir) / "judge_cache.jsonl" if out_dir is not None else None
+        judge_cache = as_path(out_dir) / JUDGE_CACHE_FILE if out_dir is not None else None
         meter = SuiteProgress(suite, tokens=lambda: lm.generated_tokens)
         result = run_suite(
             suite,

@@ -42,8 +42,8 @@ from typing import Any, Union
 
 import numpy as np
 
+from jaxtune.data import jsonl
 from jaxtune.errors import JaxtuneError
-from jaxtune.eval.math_answers import ScorerMode
 from jaxtune.eval.suites.doit import (
     MC_PIECES,
     DoitDataError,
@@ -57,6 +57,7 @@ from jaxtune.eval.suites.doit import (
     summarize_doit,
 )
 from jaxtune.eval.suites.mcq import LETTERS, summarize_mcq
+from jaxtune.names import SCORER_MODES, ScorerMode
 from jaxtune.results import (
     ITEMS_SUFFIX,
     SUMMARY_SUFFIX,
@@ -116,19 +117,14 @@ def _json_lines(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """``(file:line, object)`` for every non-blank line, one at a time (a pred file's logit vectors are large); NaN
     and Infinity are read as Python's json reads them."""
     empty = True
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ScoreError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(value, dict):
-                raise ScoreError(f"{where}: expected a JSON object, got {type(value).__name__}")
-            empty = False
-            yield where, value
+    for lineno, value in jsonl.read_json_lines(path, allow_nan=True, bad="yield"):
+        where = f"{path}:{lineno}"
+        if isinstance(value, jsonl.JsonLinesError):
+            raise ScoreError(str(value))
+        if not isinstance(value, dict):
+            raise ScoreError(f"{where}: expected a JSON object, got {type(value).__name__}")
+        empty = False
+        yield where, value
     if empty:
         raise ScoreError(f"{path}: no records")
 
@@ -377,8 +373,8 @@ def score_predictions(
     on_file: Callable[[Path, int], None] | None = None,
 ) -> ScoreOutputs:
     """Score every prediction file under ``pred_dir`` into ``out_dir`` (see the module docstring)."""
-    if mode not in ("study", "corrected"):
-        raise ScoreError(f"scorer mode must be 'study' or 'corrected', got {mode!r}")
+    if mode not in SCORER_MODES:
+        raise ScoreError(f"scorer mode must be one of {', '.join(SCORER_MODES)}, got {mode!r}")
     root = Path(pred_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"prediction folder {root} does not exist")

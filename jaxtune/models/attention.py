@@ -298,21 +298,29 @@ def target_platform() -> str:
     return jax.default_backend()
 
 
+IMPL_PLATFORMS: dict[str, tuple[tuple[str, ...], str]] = {
+    "xla": ((), "any platform"),
+    "cudnn": (("gpu", "cuda"), "an NVIDIA GPU"),
+    "splash": (("tpu",), "a TPU"),
+}
+"""``model.attention_impl`` name -> (the platforms its kernel runs on, empty for all; what that is in words)."""
+
+
 def resolve_impl(impl: str, *, has_cache: bool, seq_len: int, has_bias: bool = False) -> str:
     """The implementation actually used: a kernel the platform lacks (or that cannot take the ALiBi bias,
     ``has_bias``) falls back to ``xla`` with one warning."""
-    if impl == "xla":
-        return "xla"
+    if impl not in IMPL_PLATFORMS:
+        raise ValueError(
+            f"model.attention_impl: unknown implementation {impl!r} (expected {', '.join(IMPL_PLATFORMS)})"
+        )
+    platforms, needs = IMPL_PLATFORMS[impl]
+    if not platforms:
+        return impl
     backend = target_platform()
-    if impl == "cudnn":
-        if backend not in ("gpu", "cuda"):
-            _warn_once(f"attention_impl='cudnn' needs an NVIDIA GPU; the backend is {backend!r}: using 'xla'")
-            return "xla"
-        return "cudnn"
+    if backend not in platforms:
+        _warn_once(f"attention_impl={impl!r} needs {needs}; the backend is {backend!r}: using 'xla'")
+        return "xla"
     if impl == "splash":
-        if backend != "tpu":
-            _warn_once(f"attention_impl='splash' needs a TPU; the backend is {backend!r}: using 'xla'")
-            return "xla"
         if has_bias:
             _warn_once(
                 "attention_impl='splash': the splash kernel takes no additive bias, so ALiBi (BLOOM) "
@@ -322,8 +330,7 @@ def resolve_impl(impl: str, *, has_cache: bool, seq_len: int, has_bias: bool = F
         if has_cache or seq_len % 128:
             # Decoding with a KV cache, or rows not a multiple of the kernel's block: the XLA path serves these.
             return "xla"
-        return "splash"
-    raise ValueError(f"model.attention_impl: unknown implementation {impl!r} (expected xla, cudnn or splash)")
+    return impl
 
 
 def dot_product_attention(

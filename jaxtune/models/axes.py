@@ -1,7 +1,8 @@
 """Logical names of the model's activation axes, and :func:`constrain`, which attaches them.
 
-The model only names axes; :data:`jaxtune.sharding.RULES` maps every name (these and the parameters' names listed in
-:mod:`jaxtune.models.llama` and :mod:`jaxtune.models.bloom`) to mesh axes.
+The model only names axes, each one of :data:`jaxtune.names.LOGICAL_AXES` (these and the parameters' names listed in
+:mod:`jaxtune.models.llama` and :mod:`jaxtune.models.bloom`); :data:`jaxtune.sharding.RULES` maps every name to mesh
+axes. :func:`constrain` refuses an undeclared name while tracing (flax would leave it unsharded without a word).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from typing import Optional
 
 import flax.linen as nn
 import jax.numpy as jnp
+
+from jaxtune.names import check_axes
 
 BATCH, LENGTH, EMBED = "act_batch", "act_length", "act_embed"
 HEADS, KV_HEADS, MLP, VOCAB = "act_heads", "act_kv_heads", "act_mlp", "act_vocab"
@@ -24,5 +27,7 @@ CACHE_SEGMENTS = ("cache_batch", "cache_length")
 
 
 def constrain(x: jnp.ndarray, names: tuple[Optional[str], ...]) -> jnp.ndarray:
-    """Name the axes of an activation; a no-op unless jaxtune.sharding has installed its rules and a mesh."""
+    """Name the axes of an activation; a no-op unless jaxtune.sharding has installed its rules and a mesh. An axis
+    name not in :data:`jaxtune.names.LOGICAL_AXES` raises :class:`jaxtune.names.UnknownAxisError`."""
+    check_axes(names, f"activation of shape {tuple(x.shape)}")
     return nn.with_logical_constraint(x, names)

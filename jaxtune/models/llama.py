@@ -51,12 +51,12 @@ from jaxtune.models.axes import (
     VOCAB,
     constrain,
 )
+from jaxtune.models.dtypes import DTYPES
 from jaxtune.models.rope import apply_rotary, inverse_frequencies, rotary_cos_sin
 from jaxtune.models.stack import Prepared, run_layers
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-
-REMAT_POLICIES = {
+REMAT_POLICIES: dict[str, Any] = {
+    "none": None,  # no jax.checkpoint around the layer
     "full": jax.checkpoint_policies.nothing_saveable,
     "dots": jax.checkpoint_policies.checkpoint_dots,
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,

@@ -2,27 +2,25 @@
 
 Every place that builds a model from a :class:`~jaxtune.config.ModelConfig` (checkpoints, sharding, the trainer,
 evaluation loading, conversion) goes through :func:`create_model`, so adding a family means adding one entry here
-(and its name to ``jaxtune.config.ModelFamily``). All families share one interface: ``Model(cfg, rngs)``, and
+(and its name to :data:`jaxtune.names.ModelFamily`). All families share one interface: ``Model(cfg, rngs)``, and
 ``model(input_ids, positions=None, segment_ids=None, cache=None) -> (logits, cache)`` with the KV cache of
-:func:`jaxtune.models.llama.init_cache`.
+:func:`jaxtune.models.llama.init_cache`. Every parameter names its axes with :data:`jaxtune.names.LOGICAL_AXES`;
+:func:`create_model` refuses a model naming any other.
 """
 
 from __future__ import annotations
 
-import typing
 from typing import Optional
 
 from flax import nnx
 
-from jaxtune.config import ModelConfig, ModelFamily
+from jaxtune.config import ModelConfig
 from jaxtune.models.bloom import Bloom
 from jaxtune.models.llama import Llama
+from jaxtune.names import check_axes, unknown_name_message
 
 MODEL_CLASSES: dict[str, type[nnx.Module]] = {"llama": Llama, "bloom": Bloom}
 """Family name -> model class."""
-
-if set(MODEL_CLASSES) != set(typing.get_args(ModelFamily)):
-    raise RuntimeError("jaxtune.config.ModelFamily and jaxtune.models.registry.MODEL_CLASSES name different families")
 
 
 def model_class(cfg: ModelConfig) -> type[nnx.Module]:
@@ -30,9 +28,20 @@ def model_class(cfg: ModelConfig) -> type[nnx.Module]:
     try:
         return MODEL_CLASSES[cfg.family]
     except KeyError:
-        raise ValueError(f"model.family: unknown family {cfg.family!r} (known: {', '.join(MODEL_CLASSES)})") from None
+        raise ValueError("model.family: " + unknown_name_message("family", cfg.family, MODEL_CLASSES)) from None
+
+
+def check_param_axes(model: nnx.Module) -> None:
+    """Raise :class:`jaxtune.names.UnknownAxisError` naming the parameter and the axis when a parameter's logical
+    axes are not all declared names (sharding would otherwise replicate a misspelt one)."""
+    for path, var in nnx.iter_graph(model):
+        if isinstance(var, nnx.Variable):
+            name = ".".join(str(p) for p in path)
+            check_axes(var.get_metadata().get("logical_axes", ()), f"parameter {name} of {type(model).__name__}")
 
 
 def create_model(cfg: ModelConfig, rngs: Optional[nnx.Rngs] = None) -> nnx.Module:
     """A freshly initialised model of ``cfg``'s family (under ``nnx.eval_shape`` for shapes only)."""
-    return model_class(cfg)(cfg, rngs if rngs is not None else nnx.Rngs(0))
+    model = model_class(cfg)(cfg, rngs if rngs is not None else nnx.Rngs(0))
+    check_param_axes(model)
+    return model

@@ -5,15 +5,14 @@ Everything is optax; this module only translates :class:`~jaxtune.config.OptimCo
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import optax
 
 from jaxtune.config import ConfigError, OptimConfig
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+from jaxtune.models.dtypes import DTYPES
+from jaxtune.names import unknown_name_message
 
 
 def warmup_steps(cfg: OptimConfig, total_steps: int) -> int:
@@ -23,6 +22,37 @@ def warmup_steps(cfg: OptimConfig, total_steps: int) -> int:
     if steps > total_steps:
         raise ConfigError(f"optim.warmup_steps={steps} is longer than the run ({total_steps} steps)")
     return steps
+
+
+def _linear_from_peak(peak: float, end: float, warm: int, total: int) -> optax.Schedule:
+    return optax.linear_schedule(peak, end, total)
+
+
+def _warmup_cosine(peak: float, end: float, warm: int, total: int) -> optax.Schedule:
+    return optax.warmup_cosine_decay_schedule(0.0, peak, warm, total, end)
+
+
+def _after_warmup(peak: float, warm: int, schedule: optax.Schedule) -> optax.Schedule:
+    if warm == 0:
+        return schedule
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, warm), schedule], [warm])
+
+
+def _warmup_linear(peak: float, end: float, warm: int, total: int) -> optax.Schedule:
+    return _after_warmup(peak, warm, optax.linear_schedule(peak, end, max(1, total - warm)))
+
+
+def _constant(peak: float, end: float, warm: int, total: int) -> optax.Schedule:
+    return _after_warmup(peak, warm, optax.constant_schedule(peak))
+
+
+SCHEDULES: dict[str, Callable[[float, float, int, int], optax.Schedule]] = {
+    "linear_from_peak": _linear_from_peak,
+    "warmup_cosine": _warmup_cosine,
+    "warmup_linear": _warmup_linear,
+    "constant": _constant,
+}
+"""``optim.schedule`` name -> ``(peak, end, warmup steps, total steps) -> schedule``."""
 
 
 def learning_rate_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
@@ -36,23 +66,12 @@ def learning_rate_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule
     """
     if total_steps <= 0:
         raise ConfigError(f"the run has {total_steps} optimizer steps; it needs at least one")
+    if cfg.schedule not in SCHEDULES:
+        raise ConfigError("optim.schedule: " + unknown_name_message("schedule", cfg.schedule, SCHEDULES))
     peak = cfg.learning_rate
-    end = peak * cfg.end_learning_rate_ratio
-    warm = warmup_steps(cfg, total_steps)
-    if cfg.schedule == "linear_from_peak":
-        return optax.linear_schedule(peak, end, total_steps)
-    if cfg.schedule == "warmup_cosine":
-        return optax.warmup_cosine_decay_schedule(0.0, peak, warm, total_steps, end)
-    if cfg.schedule == "warmup_linear":
-        decay = optax.linear_schedule(peak, end, max(1, total_steps - warm))
-        if warm == 0:
-            return decay
-        return optax.join_schedules([optax.linear_schedule(0.0, peak, warm), decay], [warm])
-    if cfg.schedule == "constant":
-        if warm == 0:
-            return optax.constant_schedule(peak)
-        return optax.join_schedules([optax.linear_schedule(0.0, peak, warm), optax.constant_schedule(peak)], [warm])
-    raise ConfigError(f"optim.schedule: unknown schedule {cfg.schedule!r}")
+    return SCHEDULES[cfg.schedule](
+        peak, peak * cfg.end_learning_rate_ratio, warmup_steps(cfg, total_steps), total_steps
+    )
 
 
 def _decayed(path: tuple[Any, ...]) -> bool:

@@ -155,7 +155,7 @@ def hf_checkpoint(gqa_pair, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def doit_codec() -> Any:
-    """The suites helper's reference rendering of DoIT prompts (independent of the runner's template codec)."""
-    from jaxtune.eval.codecs import DoitChatCodec
+    """The study's rendering of DoIT prompts on the demo vocabulary (independent of jaxtune's template codec)."""
+    from .study_doit import StudyDoitRendering
 
-    return DoitChatCodec.from_sentencepiece(DEMO_TOKENIZER)
+    return StudyDoitRendering(DEMO_TOKENIZER, DOIT_ADDED)

@@ -1,31 +1,49 @@
 """Small, real, deterministic stand-ins for the tokenizer and the model, for testing suites and scorers.
 
-``char_codec()`` is the real :class:`DoitChatCodec` over a character vocabulary (one id per character, assigned on
-first sight). ``ScriptedLM`` implements :class:`LanguageModel` by reading the prompt back as text and answering from a
-per-test script, so a test decides exactly what the "model" says and checks what the suite made of it.
+``char_codec()`` is jaxtune's real DoIT template (:class:`jaxtune.data.templates.DoitTemplate` behind
+:class:`jaxtune.eval.template_codec.TemplateChatCodec`) over :class:`CharTokenizer`, a character vocabulary (one id
+per character, assigned on first sight, with ``<user>``, ``<assistant>`` and ``<eot>`` at fixed small ids).
+``ScriptedLM`` implements :class:`LanguageModel` by reading the prompt back as text and answering from a per-test
+script, so a test decides exactly what the "model" says and checks what the suite made of it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Optional
 
 import numpy as np
 
-from jaxtune.eval.codecs import DoitChatCodec
+from jaxtune.data.templates import DoitTemplate
+from jaxtune.data.tokenizer import Tokenizer
 from jaxtune.eval.protocol import Generation
+from jaxtune.eval.template_codec import TemplateChatCodec
 
 USER, ASSISTANT, EOT, BOS, EOS, UNK = 1, 2, 3, 4, 5, 6
+ROLE_TOKENS = {"<user>": USER, "<assistant>": ASSISTANT, "<eot>": EOT}
 PREFIXED = {"▁A": 7, "▁B": 8, "▁C": 9, "▁D": 10}
 FIRST_CHAR_ID = 16
 VOCAB_SIZE = 4096
+"""The character vocabulary's size; the template appends ``<pad>`` after it."""
+LOGITS_SIZE = VOCAB_SIZE + 1
 
 
-class CharVocab:
+class CharTokenizer(Tokenizer):
+    """A :class:`jaxtune.data.tokenizer.Tokenizer` with one id per character (assigned on first sight), the DoIT
+    role tokens at :data:`ROLE_TOKENS`, ``▁A``..``▁D`` at :data:`PREFIXED` and BOS/EOS/UNK at 4, 5, 6."""
+
+    bos_id, eos_id, unk_id = BOS, EOS, UNK
+
     def __init__(self) -> None:
+        super().__init__("<characters>")
         self.ids: dict[str, int] = {}
         self.chars: dict[int, str] = {}
 
-    def id(self, ch: str) -> int:
+    @property
+    def base_vocab_size(self) -> int:
+        return VOCAB_SIZE
+
+    def _char_id(self, ch: str) -> int:
         if ch not in self.ids:
             i = FIRST_CHAR_ID + len(self.ids)
             if i >= VOCAB_SIZE:
@@ -34,38 +52,29 @@ class CharVocab:
             self.chars[i] = ch
         return self.ids[ch]
 
-    def encode(self, text: str) -> list[int]:
-        return [self.id(c) for c in text]
+    def _base_encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [[self._char_id(c) for c in text] for text in texts]
 
-    def decode(self, ids: Sequence[int]) -> str:
-        inverse = {v: k for k, v in PREFIXED.items()}
-        return "".join(inverse[i].replace("▁", " ") if i in inverse else self.chars[i] for i in ids)
+    def _base_decode(self, ids: Sequence[int]) -> str:
+        return "".join(self._base_id_to_piece(i).replace("▁", " ") for i in ids)
 
-    def piece_id(self, piece: str) -> int:
+    def _base_piece_to_id(self, piece: str) -> Optional[int]:
+        if piece in ROLE_TOKENS:
+            return ROLE_TOKENS[piece]
         if piece in PREFIXED:
             return PREFIXED[piece]
-        if len(piece) != 1:
-            raise KeyError(piece)
-        return self.id(piece)
+        return self._char_id(piece) if len(piece) == 1 else None
+
+    def _base_id_to_piece(self, token_id: int) -> str:
+        names = {v: k for k, v in {**ROLE_TOKENS, **PREFIXED}.items()}
+        return names.get(token_id) or self.chars[token_id]
 
 
-def char_codec() -> DoitChatCodec:
-    vocab = CharVocab()
-    return DoitChatCodec(
-        encode_text=vocab.encode,
-        decode_text=vocab.decode,
-        piece_to_id=vocab.piece_id,
-        user_id=USER,
-        assistant_id=ASSISTANT,
-        eot_id=EOT,
-        pad_id=None,
-        bos_id=BOS,
-        eos_id=EOS,
-        unk_id=UNK,
-    )
+def char_codec() -> TemplateChatCodec:
+    return TemplateChatCodec(DoitTemplate(CharTokenizer()))
 
 
-def _prompt_text(codec: DoitChatCodec, ids: Sequence[int]) -> str:
+def _prompt_text(codec: TemplateChatCodec, ids: Sequence[int]) -> str:
     """The prompt as text with role markers, e.g. ``<user>question<eot><assistant>``."""
     names = {USER: "<user>", ASSISTANT: "<assistant>", EOT: "<eot>"}
     out, run = [], []
@@ -92,7 +101,7 @@ class ScriptedLM:
 
     def __init__(
         self,
-        codec: DoitChatCodec,
+        codec: TemplateChatCodec,
         replies: Mapping[str, tuple[str, Mapping[str, float]]] | None = None,
         perplexity: Callable[[str, Sequence[int]], float] | None = None,
         next_logits: Mapping[str, Mapping[str, float]] | None = None,
@@ -111,7 +120,7 @@ class ScriptedLM:
         raise KeyError(f"no scripted output for prompt {text!r}")
 
     def _logits(self, pieces: Mapping[str, float]) -> np.ndarray:
-        logits = np.zeros(VOCAB_SIZE, np.float32)
+        logits = np.zeros(LOGITS_SIZE, np.float32)
         for piece, value in pieces.items():
             logits[self.codec.piece_id(piece)] = value
         return logits

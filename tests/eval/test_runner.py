@@ -2,7 +2,7 @@
 
 The checkpoint (conftest's ``jaxtune_checkpoint``) is a random tiny LLaMA over the demo SentencePiece vocabulary
 plus DoIT's four special tokens. Replies, perplexities and letter logits recorded by the suites are recomputed
-independently with transformers, on prompts rendered by the suites helper's DoitChatCodec.
+independently with transformers, on prompts rendered by the study's own DoIT rendering (tests/eval/study_doit.py).
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ import pytest
 
 from jaxtune.config import EvalConfig, MeshConfig
 from jaxtune.demo.abilities import write_demo_dataset
-from jaxtune.eval.codecs import DoitChatCodec
 from jaxtune.eval.language_model import JaxLanguageModel
 from jaxtune.eval.loading import EvalSetupError
 from jaxtune.eval.runner import evaluate, run_info, suite_data_root
 
 from .conftest import DOIT_ADDED
 from .judge_server import JudgeServer
+from .study_doit import StudyDoitRendering
 
 torch = pytest.importorskip("torch")
 
@@ -114,7 +114,7 @@ def _items(path: Path) -> list[dict]:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _hf_reply(hf_model, codec: DoitChatCodec, messages) -> str:
+def _hf_reply(hf_model, codec: StudyDoitRendering, messages) -> str:
     ids = torch.tensor([codec.prompt_ids(messages)])
     with torch.no_grad():
         seq = hf_model.generate(
@@ -129,7 +129,7 @@ def _hf_reply(hf_model, codec: DoitChatCodec, messages) -> str:
     return codec.decode([t for t in new if t not in codec.stop_ids]).strip()
 
 
-def _hf_ppl(hf_model, codec: DoitChatCodec, messages, choice: str) -> float:
+def _hf_ppl(hf_model, codec: StudyDoitRendering, messages, choice: str) -> float:
     context, reply = codec.prompt_ids(messages), codec.reply_ids(choice)
     ids = torch.tensor([context + reply])
     labels = ids.clone()
@@ -139,7 +139,7 @@ def _hf_ppl(hf_model, codec: DoitChatCodec, messages, choice: str) -> float:
     return math.exp(torch.nn.CrossEntropyLoss()(logits[0, :-1], labels[0, 1:]).item())
 
 
-def _hf_letter_logits(hf_model, codec: DoitChatCodec, messages, pieces) -> np.ndarray:
+def _hf_letter_logits(hf_model, codec: StudyDoitRendering, messages, pieces) -> np.ndarray:
     ids = torch.tensor([codec.prompt_ids(messages)])
     with torch.no_grad():
         logits = hf_model(input_ids=ids).logits[0, -1]

@@ -26,15 +26,17 @@ from __future__ import annotations
 
 import ast
 import csv
-import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from jaxtune.data import jsonl
+from jaxtune.eval.errors import EvalSetupError
 from jaxtune.eval.protocol import ChatCodec, LanguageModel, Message
 from jaxtune.eval.suites.mcq import BARE_PIECES, LETTERS, McqDataError, McqItem, evaluate_mcq
+from jaxtune.eval.suites.registry import Suite, SuiteRun, register
 from jaxtune.results import RunInfo, SuiteResult
 
 AGIEVAL_ZH_TASKS = (
@@ -99,36 +101,34 @@ def load_agieval_task(root: str | Path, task: str) -> AgievalTask:
         raise FileNotFoundError(f"AGIEval task file {path} does not exist")
     questions: list[AgievalQuestion] = []
     skipped: list[str] = []
-    with path.open(encoding="utf-8") as f:
-        for index, line in enumerate(f):
-            where = f"{path}:{index + 1}"
-            if not line.strip():
-                raise McqDataError(f"{where}: blank line (the study counted item indices by line)")
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise McqDataError(f"{where}: not valid JSON ({e.msg})") from None
-            if not isinstance(d, dict):
-                raise McqDataError(f"{where}: expected a JSON object")
-            for key in ("question", "options", "label"):
-                if key not in d:
-                    raise McqDataError(f"{where}: missing field '{key}'")
-            label = _single_label(d["label"], where)
-            if label is None:
-                skipped.append(f"{where} (label {d['label']!r})")
-                continue
-            options = d["options"]
-            if not (isinstance(options, list) and len(options) == 4 and all(isinstance(o, str) for o in options)):
-                raise McqDataError(
-                    f"{where}: a single-answer item needs 'options': a list of 4 strings, got {options!r}"
-                )
-            if label not in LETTERS:
-                raise McqDataError(f"{where}: field 'label' must be one of A-D, got {label!r}")
-            if not isinstance(d["question"], str) or not isinstance(d.get("passage") or "", str):
-                raise McqDataError(f"{where}: fields 'question' and 'passage' must be strings (passage may be null)")
-            questions.append(
-                AgievalQuestion(task, d.get("passage") or "", d["question"], tuple(options), label, where, index)
-            )
+    expected = 1
+    for lineno, d in jsonl.read_json_lines(path, bad="yield"):
+        index = lineno - 1
+        if lineno != expected:
+            raise McqDataError(f"{path}:{expected}: blank line (the study counted item indices by line)")
+        expected = lineno + 1
+        where = f"{path}:{lineno}"
+        if isinstance(d, jsonl.JsonLinesError):
+            raise McqDataError(str(d))
+        if not isinstance(d, dict):
+            raise McqDataError(f"{where}: expected a JSON object")
+        for key in ("question", "options", "label"):
+            if key not in d:
+                raise McqDataError(f"{where}: missing field '{key}'")
+        label = _single_label(d["label"], where)
+        if label is None:
+            skipped.append(f"{where} (label {d['label']!r})")
+            continue
+        options = d["options"]
+        if not (isinstance(options, list) and len(options) == 4 and all(isinstance(o, str) for o in options)):
+            raise McqDataError(f"{where}: a single-answer item needs 'options': a list of 4 strings, got {options!r}")
+        if label not in LETTERS:
+            raise McqDataError(f"{where}: field 'label' must be one of A-D, got {label!r}")
+        if not isinstance(d["question"], str) or not isinstance(d.get("passage") or "", str):
+            raise McqDataError(f"{where}: fields 'question' and 'passage' must be strings (passage may be null)")
+        questions.append(
+            AgievalQuestion(task, d.get("passage") or "", d["question"], tuple(options), label, where, index)
+        )
     return AgievalTask(task, questions, skipped)
 
 
@@ -280,3 +280,16 @@ def evaluate_agieval(
         skipped_examples=examples,
         notes=notes,
     )
+
+
+def _run(r: SuiteRun) -> SuiteResult:
+    tasks = [t for t in AGIEVAL_ZH_TASKS if (r.root / f"{t}.jsonl").is_file()]
+    if not tasks:
+        raise EvalSetupError(f"{r.root}: none of the AGIEval tasks {', '.join(AGIEVAL_ZH_TASKS)} (as <task>.jsonl)")
+    setting = "zero-shot" if r.eval_cfg.num_shots == 0 else "few-shot"
+    return evaluate_agieval(
+        r.root, r.lm, r.codec, setting=setting, tasks=tasks, max_len=r.eval_cfg.max_prompt_len, **r.common()
+    )
+
+
+register(Suite("agieval", folders=("agieval",), looks_like=lambda root, split: any(root.glob("*.jsonl")), run=_run))

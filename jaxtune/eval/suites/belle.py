@@ -47,11 +47,20 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
+import numpy as np
+from jax import process_count
+from jax.experimental import multihost_utils
+
+from jaxtune.config import EvalConfig
+from jaxtune.data import jsonl
 from jaxtune.errors import JaxtuneError
-from jaxtune.eval.judge import Judge, JudgeError
+from jaxtune.eval.distributed import is_writer
+from jaxtune.eval.errors import EvalSetupError
+from jaxtune.eval.judge import JUDGE_CACHE_FILE, Judge, JudgeCache, JudgeError, JudgeSettings
 from jaxtune.eval.protocol import ChatCodec, LanguageModel
+from jaxtune.eval.suites.registry import Suite, SuiteRun, register
 from jaxtune.results import RunInfo, SuiteResult, ability_score, make_summary
 
 log = logging.getLogger(__name__)
@@ -107,10 +116,6 @@ def normalise_class(name: str) -> str:
     return re.sub(r"\s+", " ", name.replace("\xa0", " ")).strip().lower()
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"bare {name} is not valid JSON")
-
-
 def read_json_lines(
     path: str | Path,
     required: Sequence[str],
@@ -124,27 +129,25 @@ def read_json_lines(
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
     out = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                d = json.loads(line, parse_constant=_reject_constant)
-                if not isinstance(d, dict):
-                    raise ValueError(f"expected a JSON object, got {type(d).__name__}")
-                for key in required:
-                    if not isinstance(d.get(key), str):
-                        raise ValueError(f"field '{key}' must be a string, got {d.get(key)!r}")
-            except ValueError as e:
-                message = f"{where}: {e}"
-                if on_error == "raise":
-                    raise BelleDataError(message) from None
-                log.warning("skipping %s", message)
-                if problems is not None:
-                    problems.append(message)
-                continue
-            out.append((where, d))
+    for lineno, d in jsonl.read_json_lines(path, bad="yield"):
+        where = f"{path}:{lineno}"
+        try:
+            if isinstance(d, jsonl.JsonLinesError):
+                raise ValueError(d.problem)
+            if not isinstance(d, dict):
+                raise ValueError(f"expected a JSON object, got {type(d).__name__}")
+            for key in required:
+                if not isinstance(d.get(key), str):
+                    raise ValueError(f"field '{key}' must be a string, got {d.get(key)!r}")
+        except ValueError as e:
+            message = f"{where}: {e}"
+            if on_error == "raise":
+                raise BelleDataError(message) from None
+            log.warning("skipping %s", message)
+            if problems is not None:
+                problems.append(message)
+            continue
+        out.append((where, d))
     return out
 
 
@@ -401,3 +404,95 @@ def evaluate_belle(
     """Generate and judge: the whole BELLE evaluation of one checkpoint."""
     answers = generate_answers(items, lm, codec, max_new_tokens=max_new_tokens, chunk_size=chunk_size)
     return score_belle(items, answers, prompts, judge, run=run, max_new_tokens=max_new_tokens, **details)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The suite
+# --------------------------------------------------------------------------------------------------------------------
+
+# The eval.* keys an answer kept in belle-answers.jsonl was generated with (with the checkpoint and the template).
+_GENERATION_KEYS = (
+    "max_new_tokens",
+    "max_prompt_len",
+    "temperature",
+    "top_k",
+    "top_p",
+    "repetition_penalty",
+    "seed",
+    "compute_dtype",
+    "tokenizer",
+)
+
+
+def judge_settings(eval_cfg: EvalConfig) -> JudgeSettings:
+    """The BELLE judge of an EvalConfig; an error naming the missing field when it is not configured."""
+    missing = [name for name in ("judge_base_url", "judge_model") if getattr(eval_cfg, name) is None]
+    if missing:
+        raise EvalSetupError(f"suite 'belle' needs an LLM judge: set {', '.join('eval.' + m for m in missing)}")
+    try:
+        return JudgeSettings(
+            base_url=eval_cfg.judge_base_url,
+            model=eval_cfg.judge_model,
+            api_key_env=eval_cfg.judge_api_key_env,
+            repeats=eval_cfg.judge_repeats,
+            concurrency=eval_cfg.judge_concurrency,
+        )
+    except ValueError as e:
+        raise EvalSetupError(f"eval.judge_*: {e}") from None
+
+
+def _check(eval_cfg: EvalConfig, out_dir: Optional[Path]) -> None:
+    judge_settings(eval_cfg)
+    if out_dir is not None and is_writer():
+        JudgeCache(Path(out_dir) / JUDGE_CACHE_FILE)  # a corrupt line is named before anything is loaded
+
+
+def _run(r: SuiteRun) -> Optional[SuiteResult]:
+    """Generate on every process (sharded), keeping the answers in ``answers_dir`` and taking those already there;
+    judge on process 0 only (None elsewhere)."""
+    cfg = r.eval_cfg
+    prompts = load_belle_prompts(r.root / "eval_prompt.json")
+    items = load_belle_eval_set(r.root / "eval_set.json", prompts)
+    first = is_writer()
+    # Opened before generating, so that a corrupt cache line is reported before the long part.
+    judge = Judge(judge_settings(cfg), cache=r.judge_cache) if first else None
+    generation = {
+        "checkpoint": r.run.checkpoint,
+        "template": cfg.template,
+        **{k: getattr(cfg, k) for k in _GENERATION_KEYS},
+    }
+    store = AnswerStore(r.answers_dir / ANSWERS_FILE, generation, items) if first and r.answers_dir else None
+    kept = store.saved() if store is not None else []
+    start = len(kept)
+    if process_count() > 1:  # every process takes part in generating the rest: agree on where it starts
+        start = int(multihost_utils.broadcast_one_to_all(np.int32(start)))
+    if store is not None:
+        if kept:
+            log.info("belle: %d of %d answers taken from %s", start, len(items), store.path)
+        store.start(kept)
+    answers = kept + generate_answers(
+        items[start:],
+        r.lm,
+        r.codec,
+        max_new_tokens=cfg.max_new_tokens,
+        chunk_size=r.chunk_size,
+        on_progress=r.progress,
+        on_answers=store.append if store is not None else None,
+    )
+    if judge is None:
+        return None
+    decoding = decoding_settings(
+        cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty, cfg.seed
+    )
+    return score_belle(items, answers, prompts, judge, run=r.run, max_new_tokens=cfg.max_new_tokens, decoding=decoding)
+
+
+register(
+    Suite(
+        "belle",
+        folders=("belle_eval", "belle"),
+        looks_like=lambda root, split: (root / "eval_set.json").is_file() and (root / "eval_prompt.json").is_file(),
+        run=_run,
+        check=_check,
+    )
+)

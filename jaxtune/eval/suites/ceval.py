@@ -35,6 +35,7 @@ from jaxtune.eval.suites.mcq import (
     evaluate_mcq,
     read_csv_questions,
 )
+from jaxtune.eval.suites.registry import Suite, SuiteRun, register
 from jaxtune.results import RunInfo, SuiteResult
 
 STUDY_OOD_SUBJECTS = ("physician", "teacher_qualification", "urban_and_rural_planner")
@@ -147,3 +148,22 @@ def evaluate_ceval(
         on_progress=on_progress,
         num_shots=num_shots,
     )
+
+
+def _run(r: SuiteRun) -> SuiteResult:
+    cfg = r.eval_cfg
+    return evaluate_ceval(
+        load_ceval(r.root, subjects=None),
+        r.lm,
+        r.codec,
+        num_shots=cfg.num_shots,
+        max_len=cfg.max_prompt_len,
+        **r.common(),
+    )
+
+
+register(
+    Suite(
+        "ceval", folders=("ceval",), looks_like=lambda root, split: (root / "subject_mapping.json").is_file(), run=_run
+    )
+)

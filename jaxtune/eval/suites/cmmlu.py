@@ -34,6 +34,7 @@ from jaxtune.eval.suites.mcq import (
     evaluate_mcq,
     read_csv_questions,
 )
+from jaxtune.eval.suites.registry import Suite, SuiteRun, register
 from jaxtune.results import RunInfo, SuiteResult
 
 _COLUMNS = ("Question", "A", "B", "C", "D")
@@ -162,3 +163,20 @@ def evaluate_cmmlu(
             by_category.setdefault(cat, []).append(scores[s.name])
     result.summary.details["category_means"] = {c: sum(v) / len(v) for c, v in sorted(by_category.items())}
     return result
+
+
+def _run(r: SuiteRun) -> SuiteResult:
+    cfg = r.eval_cfg
+    return evaluate_cmmlu(
+        load_cmmlu(r.root), r.lm, r.codec, num_shots=cfg.num_shots, max_len=cfg.max_prompt_len, **r.common()
+    )
+
+
+register(
+    Suite(
+        "cmmlu",
+        folders=("cmmlu",),
+        looks_like=lambda root, split: (root / "subject_categories.json").is_file(),
+        run=_run,
+    )
+)

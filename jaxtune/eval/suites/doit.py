@@ -17,7 +17,6 @@ counts 100/40).
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -27,10 +26,12 @@ from typing import Any
 
 import numpy as np
 
+from jaxtune.data import jsonl
 from jaxtune.errors import JaxtuneError
 from jaxtune.eval import parsers
 from jaxtune.eval.math_answers import ScorerMode, extract_math_answer, math_answers_equal
 from jaxtune.eval.protocol import ChatCodec, LanguageModel
+from jaxtune.eval.suites.registry import Suite, SuiteRun, register
 from jaxtune.results import RunInfo, SuiteResult, ability_score, make_summary
 
 log = logging.getLogger(__name__)
@@ -127,20 +128,15 @@ def _record(d: Any, where: str, ability: str) -> DoitRecord:
 
 
 def load_doit_file(path: str | Path, ability: str | None = None) -> list[DoitRecord]:
-    """Read one JSON Lines file of DoIT records (blank lines ignored)."""
+    """Read one JSON Lines file of DoIT records (blank lines ignored; bare NaN refused)."""
     path = Path(path)
     name = ability or ability_of_file(path)
     records = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DoitDataError(f"{where}: not valid JSON ({e.msg}); DoIT files are JSON Lines") from None
-            records.append(_record(d, where, name))
+    for lineno, d in jsonl.read_json_lines(path, bad="yield"):
+        where = f"{path}:{lineno}"
+        if isinstance(d, jsonl.JsonLinesError):
+            raise DoitDataError(f"{d}; DoIT files are JSON Lines")
+        records.append(_record(d, where, name))
     if not records:
         raise DoitDataError(f"{path}: no records")
     return records
@@ -411,3 +407,37 @@ def summarize_doit(
         )
     summary = make_summary("doit", variant, mode, results, run, **details)
     return SuiteResult(summary, items)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The suite
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _looks_like(root: Path, split: str) -> bool:
+    return (root / "curated" / split).is_dir() or (root / split).is_dir() or any(root.glob("*.json"))
+
+
+def _split_folder(root: Path, split: str) -> Path:
+    """The folder with the ability files: ``curated/<split>`` or ``<split>`` inside the DoIT folder, else itself."""
+    for sub in (root / "curated" / split, root / split):
+        if sub.is_dir():
+            return sub
+    return root
+
+
+def _run(r: SuiteRun) -> SuiteResult:
+    cfg = r.eval_cfg
+    return evaluate_doit(
+        load_doit_split(r.root),
+        r.lm,
+        r.codec,
+        mode=cfg.scorer_mode,
+        variant=cfg.split,
+        max_new_tokens=cfg.max_new_tokens,
+        max_len=cfg.max_prompt_len,
+        **r.common(),
+    )
+
+
+register(Suite("doit", folders=("doit", "curated"), looks_like=_looks_like, data_folder=_split_folder, run=_run))

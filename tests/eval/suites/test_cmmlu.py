@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from jaxtune.eval.codecs import DoitChatCodec
+from jaxtune.data.templates import make_template
+from jaxtune.data.tokenizer import load_tokenizer
 from jaxtune.eval.suites.cmmlu import build_prompt, cmmlu_items, evaluate_cmmlu, format_question, header, load_cmmlu
 from jaxtune.eval.suites.mcq import McqDataError, Question
+from jaxtune.eval.template_codec import TemplateChatCodec
 
-from ..fakes import ScriptedLM, char_codec
+from ..fakes import ASSISTANT, EOT, USER, ScriptedLM, char_codec
 
 SHARED = Path(__file__).parents[3] / ".." / "shared" / "data"
 
@@ -113,7 +115,7 @@ def test_evaluate_reads_bare_letter_logits(tmp_path: Path) -> None:
     assert s.abilities[0].chance == 25.0
     assert [it["parsed"] for it in result.items] == ["A", "C", "B"]  # ties to the first letter
     prompt = lm.calls[0][1][0]
-    assert prompt[0] == codec.user_id and prompt[-2:] == [codec.eot_id, codec.assistant_id]
+    assert prompt[0] == USER and prompt[-2:] == [EOT, ASSISTANT]
 
 
 def test_bad_files(tmp_path: Path) -> None:
@@ -133,7 +135,8 @@ def test_bad_files(tmp_path: Path) -> None:
 def test_real_cmmlu_five_shot_prompts_fit() -> None:
     subjects = load_cmmlu(SHARED / "cmmlu", ["agronomy", "chinese_teacher_qualification"])
     assert [len(s.test) for s in subjects] == [169, 179] and all(len(s.dev) == 5 for s in subjects)
-    codec = DoitChatCodec.from_sentencepiece(SHARED / "tokenizers" / "chinese-llama-plus" / "tokenizer.model")
+    tokenizer = load_tokenizer(SHARED / "tokenizers" / "chinese-llama-plus" / "tokenizer.model")
+    codec = TemplateChatCodec(make_template("doit", tokenizer))
     items = cmmlu_items([subjects[0]], codec, 5)[:3]
     for item in items:
         assert item.n_shots == 5 and len(codec.prompt_ids(item.messages)) < 2048

@@ -11,7 +11,7 @@ import pytest
 from jaxtune.eval.suites.doit import DoitDataError, evaluate_doit, load_doit_split, score_doit_item
 from jaxtune.results import format_table, read_summary, write_result
 
-from ..fakes import EOT, ScriptedLM, char_codec
+from ..fakes import ASSISTANT, EOT, ScriptedLM, char_codec
 
 
 def _u(content: str) -> dict:
@@ -161,7 +161,7 @@ def test_study_scorer_end_to_end(tmp_path: Path) -> None:
 
     # prompts: messages[:-1] rendered, then a bare <assistant>; three choices ranked per format-1 item
     gen_prompts = [p for kind, ps in lm.calls if kind == "generate" for p in ps]
-    assert len(gen_prompts) == 16 and all(p[-1] == codec.assistant_id for p in gen_prompts)
+    assert len(gen_prompts) == 16 and all(p[-1] == ASSISTANT for p in gen_prompts)
     assert gen_prompts[0] == codec.prompt_ids(FIXTURE["biology_test.json"][0]["messages"][:1])
     pairs = [pair for kind, ps in lm.calls if kind == "perplexities" for pair in ps]
     assert len(pairs) == 9
