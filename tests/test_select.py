@@ -10,33 +10,13 @@ from pathlib import Path
 import pytest
 
 from jaxtune.cli import main
-from jaxtune.data.mixtures import SelectionError, read_manifest, select_records, write_manifest
+from jaxtune.data.mixtures import STUDY_ABILITIES, SelectionError, read_manifest, select_records, write_manifest
+from jaxtune.demo.records import doit_record
 from jaxtune.select import STUDY_DATA_TYPES, select_study_data
-
-ABILITIES = (
-    "biology",
-    "chinese",
-    "code",
-    "creative_writing",
-    "ethics",
-    "history",
-    "math",
-    "reasoning",
-    "role_play",
-    "understanding",
-)
 
 
 def _line(rng: random.Random, ability: str, idx: int) -> bytes:
-    record = {
-        "messages": [
-            {"role": "user", "content": f"问{ability}{idx}"},
-            {"role": "assistant", "content": "答" * rng.randint(1, 3)},
-        ],
-        "type": ability,
-        "question_format": 0,
-        "idx": idx,
-    }
+    record = doit_record(ability, f"问{ability}{idx}", "答" * rng.randint(1, 3), idx=idx)
     # Vary the bytes json.dumps would not reproduce: spacing, escapes, key order, CRLF endings.
     style = rng.randrange(4)
     if style == 0:
@@ -61,7 +41,7 @@ def root(tmp_path_factory) -> Path:
     synthetic-40960 the whole synthetic file, reconstruct 1306 of chinese)."""
     rng = random.Random(1)
     root = tmp_path_factory.mktemp("doit")
-    for a in ABILITIES:
+    for a in STUDY_ABILITIES:
         _write(root / "curated" / "1000" / f"{a}_1000.json", [_line(rng, a, i) for i in range(1000)])
         n_full = 1400 if a != "biology" else 900
         _write(root / "curated" / "full" / f"{a}_full.json", [_line(rng, a, i) for i in range(n_full)])
@@ -140,7 +120,7 @@ def test_cli_prints_counts_per_file(root, tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0
     assert "curated-40: 40 records in 10 files" in out
-    for a in ABILITIES:
+    for a in STUDY_ABILITIES:
         assert any(line.split() == [f"{a}.json", "4"] for line in out.splitlines()), a
 
 
@@ -161,7 +141,7 @@ def test_seed_changes_the_sample(root, tmp_path):
 
 def test_a_selected_line_that_is_not_json_is_named(tmp_path):
     root = tmp_path / "root"
-    for a in ABILITIES:
+    for a in STUDY_ABILITIES:
         _write(root / "curated" / "1000" / f"{a}_1000.json", [b'{"idx": 0}\n', b"{broken\n"])
     assert random.Random(0).sample(range(2), 1) == [1]  # seed 0 draws line 2 of the first file, biology's
     with pytest.raises(

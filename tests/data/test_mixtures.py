@@ -7,10 +7,11 @@ import random
 from pathlib import Path
 
 import pytest
-from doit_fixtures import make_doit_layout, write_jsonl
+from doit_fixtures import make_doit_layout
 
 from jaxtune.data.formats import DataError
 from jaxtune.data.mixtures import SelectionError, read_manifest, select_records, write_manifest
+from jaxtune.demo.records import write_jsonl
 
 
 def _study(root: Path, data_type: str) -> list[tuple[str, int]]:

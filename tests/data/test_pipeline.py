@@ -8,7 +8,7 @@ from pathlib import Path
 import grain
 import numpy as np
 import pytest
-from doit_fixtures import make_hf_tokenizer_folder, write_jsonl
+from doit_fixtures import make_hf_tokenizer_folder
 
 from jaxtune.config import DataConfig
 from jaxtune.data.formats import DataError
@@ -16,6 +16,7 @@ from jaxtune.data.mixtures import read_manifest, select_records
 from jaxtune.data.pipeline import BATCH_KEYS, PipelineError, build_eval_pipeline, build_train_pipeline
 from jaxtune.data.templates import make_template, template_backend
 from jaxtune.data.tokenizer import load_tokenizer
+from jaxtune.demo.records import write_jsonl
 
 ONE_HOST = grain.sharding.ShardOptions(shard_index=0, shard_count=1)
 

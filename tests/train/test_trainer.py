@@ -15,6 +15,7 @@ from flax import nnx
 
 from jaxtune.checkpoint import load_params
 from jaxtune.config import ConfigError, load_config
+from jaxtune.data.mixtures import STUDY_ABILITIES
 from jaxtune.errors import JaxtuneError
 from jaxtune.models.llama import Llama
 from jaxtune.train.trainer import TrainingDivergedError, train
@@ -221,18 +222,7 @@ def test_train_reads_the_data_pipeline_and_starts_from_init_from(tmp_path):
         json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if '"eval"' in line
     ]
     assert [r["step"] for r in evals] == [3, 6] and evals[0]["loss"] == evals[1]["loss"]
-    assert {k[5:] for k in evals[0] if k.startswith("loss/")} == {
-        "biology",
-        "chinese",
-        "code",
-        "creative_writing",
-        "ethics",
-        "history",
-        "math",
-        "reasoning",
-        "role_play",
-        "understanding",
-    }
+    assert {k[5:] for k in evals[0] if k.startswith("loss/")} == set(STUDY_ABILITIES)
     step_dir = tmp_path / "run" / "checkpoints" / "6"
     _, final = load_params(step_dir)
     for a, b in zip(jax.tree.leaves(final), jax.tree.leaves(source)):
