@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from tiny_demo_run import demo_run_config
 
 from jaxtune.checkpoint import load_params
 from jaxtune.config import ConfigError, load_config
@@ -186,31 +187,15 @@ def test_train_reads_the_data_pipeline_and_starts_from_init_from(tmp_path):
     from a params-only checkpoint. With a learning rate of 0 the parameters must come out exactly as they went in."""
     from jaxtune.checkpoint import save_params
     from jaxtune.config import config_from_dict
-    from jaxtune.demo.abilities import write_demo_dataset
 
-    root = write_demo_dataset(tmp_path / "data", per_ability=4, eval_per_ability=2, synthetic=10)
-    model = dict(
-        vocab_size=1004, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, max_position_embeddings=256
+    config = demo_run_config(
+        tmp_path,
+        optim=dict(learning_rate=0.0),
+        train=dict(global_batch_size=8, epochs=2, log_every=1, profile=True),
+        checkpoint=dict(save_every=None, init_from=str(tmp_path / "base")),
+        data=dict(valid_path=str(tmp_path / "data" / "curated" / "valid")),
     )
-    tokenizer = runs.WORKER.parents[2] / "jaxtune" / "demo" / "tokenizer"
-    cfg = config_from_dict(
-        {
-            "run_dir": str(tmp_path / "run"),
-            "model": model,
-            "data": dict(
-                format="doit",
-                path=str(root),
-                valid_path=str(root / "curated" / "valid"),
-                tokenizer=str(tokenizer),
-                template="doit",
-                max_len=64,
-                selection="curated-40",
-            ),
-            "optim": dict(learning_rate=0.0),
-            "train": dict(global_batch_size=8, epochs=2, log_every=1, profile=True),
-            "checkpoint": dict(save_every=None, init_from=str(tmp_path / "base")),
-        }
-    )
+    cfg = config_from_dict(config)
     source = nnx.to_pure_dict(nnx.state(Llama(cfg.model, nnx.Rngs(7))))
     save_params(tmp_path / "base", source, cfg.model)
 
@@ -233,7 +218,7 @@ def test_train_reads_the_data_pipeline_and_starts_from_init_from(tmp_path):
     assert len((tmp_path / "run" / "manifest.jsonl").read_text().splitlines()) == 40
     assert list((tmp_path / "run" / "profile").rglob("*.xplane.pb"))
 
-    wrong = dict(model, hidden_size=64)
+    wrong = dict(config["model"], hidden_size=64)
     cfg_wrong = config_from_dict(
         {
             "run_dir": str(tmp_path / "r2"),
@@ -251,33 +236,15 @@ def test_train_counts_the_batch_in_examples_when_packing(tmp_path):
     rows dealt over the 5 steps (8 row slots each: what 8 devices divide). Without packing the unit changes nothing
     (tests/data/test_pipeline.py)."""
     from jaxtune.config import config_from_dict
-    from jaxtune.demo.abilities import write_demo_dataset
 
-    root = write_demo_dataset(tmp_path / "data", per_ability=4, eval_per_ability=2, synthetic=10)
-    tokenizer = runs.WORKER.parents[2] / "jaxtune" / "demo" / "tokenizer"
     cfg = config_from_dict(
-        {
-            "run_dir": str(tmp_path / "run"),
-            "model": dict(
-                vocab_size=1004,
-                hidden_size=32,
-                intermediate_size=64,
-                num_layers=1,
-                num_heads=4,
-                max_position_embeddings=256,
-            ),
-            "data": dict(
-                format="doit",
-                path=str(root),
-                tokenizer=str(tokenizer),
-                template="doit",
-                max_len=64,
-                selection="curated-40",
-                packing=True,
-            ),
-            "train": dict(global_batch_size=8, batch_unit="examples", epochs=2, log_every=5),
-            "checkpoint": dict(save_every=None, async_save=False),
-        }
+        demo_run_config(
+            tmp_path,
+            model=dict(num_layers=1),
+            data=dict(packing=True),
+            train=dict(global_batch_size=8, batch_unit="examples", epochs=2, log_every=5),
+            checkpoint=dict(save_every=None, async_save=False),
+        )
     )
     lines: list[str] = []
     result = train(cfg, print_fn=lines.append)
