@@ -23,6 +23,7 @@ from jaxtune.train.trainer import TrainingDivergedError, train
 
 from . import subprocess_runs as runs
 from .event_files import scalar_events
+from .reference_loss import token_cross_entropy
 from .synthetic_stream import ABILITIES, TINY_MODEL, make_row, synthetic_data, tiny_config
 
 
@@ -34,18 +35,8 @@ def _eight_devices():
 
 def _eval_loss_reference(params, rows: list[dict]) -> dict[str, float]:
     """Token-weighted validation loss overall and per ability, from the eager unsharded model."""
-    cfg = tiny_config("unused").model
-    model = Llama(cfg, nnx.Rngs(0))
-    nnx.update(model, nnx.State(jax.tree.map(jnp.asarray, params)))
     batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
-    logits, _ = model(
-        jnp.asarray(batch["input_ids"]),
-        positions=jnp.asarray(batch["positions"]),
-        segment_ids=jnp.asarray(batch["segment_ids"]),
-    )
-    logits = np.asarray(logits, np.float64)
-    logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
-    ce = logz - np.take_along_axis(logits, batch["targets"][..., None], axis=-1)[..., 0]
+    ce = token_cross_entropy(tiny_config("unused").model, params, batch)
     w = batch["loss_weights"].astype(np.float64)
     out = {"loss": float((ce * w).sum() / w.sum())}
     for i, name in enumerate(ABILITIES):
