@@ -8,6 +8,7 @@ import random
 from pathlib import Path
 
 import pytest
+from make_data_reference import make_data
 
 from jaxtune.cli import main
 from jaxtune.data.mixtures import STUDY_ABILITIES, SelectionError, read_manifest, select_records, write_manifest
@@ -52,55 +53,13 @@ def root(tmp_path_factory) -> Path:
     return root
 
 
-def _make_data(root: Path, data_type: str) -> dict[str, list[bytes]]:
-    """make_data.py written out over raw lines: file name -> lines in writing order."""
-    random.seed(0)
-    out: dict[str, list[bytes]] = {}
-
-    def by_size(folder: str, size) -> None:
-        for f in sorted((root / folder).glob("*.json")):
-            data = f.read_bytes().splitlines(keepends=True)
-            name = "_".join(f.name.split("_")[:-1])
-            if isinstance(size, int):
-                assert len(data) >= size
-                chosen = random.sample(data, k=size)
-            else:
-                if name in size:
-                    sz = size[name]
-                elif size["others"] == "uniform":
-                    sz = 1305
-                    if name == "biology":
-                        sz = None
-                    elif name == "chinese":
-                        sz += 1
-                else:
-                    sz = None
-                chosen = data[:sz]
-            out[name + ".json"] = chosen
-
-    data_type = {"baseline": "curated-10000", "mix-0": "maximum"}.get(data_type, data_type)
-    small = {"ethics": 64, "role_play": 64, "creative_writing": 1000}
-    if "curated" in data_type:
-        by_size("curated/1000", int(data_type.split("-")[-1]) // 10)
-    elif "synthetic" in data_type:
-        by_size("synthetic/40960", int(data_type.split("-")[-1]))
-    elif data_type == "reconstruct":
-        by_size("curated/full", {**small, "others": "uniform"})
-    elif data_type == "maximum":
-        by_size("curated/full", {**small, "others": "max"})
-    elif "mix" in data_type:
-        by_size("curated/full", {**small, "others": "max"})
-        by_size("synthetic/40960", int(data_type.split("-")[-1]))
-    return out
-
-
 def test_there_are_nineteen_data_types():
     assert len(STUDY_DATA_TYPES) == 19 == len(set(STUDY_DATA_TYPES))
 
 
 @pytest.mark.parametrize("data_type", STUDY_DATA_TYPES)
 def test_select_writes_make_data_files_byte_for_byte(root, tmp_path, data_type):
-    expected = _make_data(root, data_type)
+    expected = {f"{name}.json": lines for name, lines in make_data(root, data_type).items()}
     out = select_study_data(root, data_type, tmp_path / data_type)
     written = {p.name: p.read_bytes() for p in (tmp_path / data_type).iterdir()}
     assert sorted(written) == sorted(expected)
