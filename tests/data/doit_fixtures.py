@@ -69,27 +69,48 @@ CHATML_TEMPLATE = (
 independent reference of the hf_chat mask)."""
 
 
-def make_hf_tokenizer_folder(folder: Path, chat_template: str = CHATML_TEMPLATE) -> Path:
-    """A small byte-level BPE tokenizer saved as a Hugging Face folder (tokenizer.json + tokenizer_config.json)."""
+def byte_level_bpe_folder(
+    folder: Path,
+    corpus: list[str],
+    specials: list[str],
+    vocab_size: int,
+    chat_template: str | None = None,
+    **roles: str,
+) -> Path:
+    """A byte-level BPE trained on ``corpus`` (``specials`` first in the vocabulary), saved as a Hugging Face folder
+    (tokenizer.json + tokenizer_config.json); ``roles`` name its special tokens (eos_token="...", ...)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(corpus, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, **roles)
+    if chat_template is not None:
+        fast.chat_template = chat_template
+    folder.mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(str(folder))
+    return folder
+
+
+def make_hf_tokenizer_folder(folder: Path, chat_template: str = CHATML_TEMPLATE) -> Path:
+    """A small ChatML byte-level BPE tokenizer saved as a Hugging Face folder, ``chat_template`` its template."""
     corpus = [
         "hello world, how are you today?",
         "the assistant answers questions about the world.",
         "user: what is two plus two? assistant: four.",
         "你好，世界。我们在学习语言模型。",
     ] * 20
-    trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    return byte_level_bpe_folder(
+        folder,
+        corpus,
+        ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        400,
+        chat_template,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
     )
-    tok.train_from_iterator(corpus, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
-    fast.chat_template = chat_template
-    folder.mkdir(parents=True, exist_ok=True)
-    fast.save_pretrained(str(folder))
-    return folder
