@@ -26,6 +26,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench_common import add_model_args, model_config
+
 PEAK_RSS = """
 def peak_rss():
     for line in open("/proc/self/status"):
@@ -54,11 +56,7 @@ print(json.dumps({"peak_rss": peak_rss()}))
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--hidden", type=int, default=2048)
-    p.add_argument("--layers", type=int, default=16)
-    p.add_argument("--heads", type=int, default=16)
-    p.add_argument("--mlp", type=int, default=5632)
-    p.add_argument("--vocab", type=int, default=32000)
+    add_model_args(p, vocab=32000, hidden=2048, layers=16, heads=16, mlp=5632)
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     p.add_argument("--shard-size", default="1GB", help="max size of the input safetensors shards")
     p.add_argument("--workdir", default=None, help="where to write the folders (default: a temporary directory)")
@@ -68,20 +66,13 @@ def parse_args() -> argparse.Namespace:
 
 def write_random_hf_folder(out: Path, args: argparse.Namespace) -> int:
     """A random LlamaForCausalLM folder written one tensor at a time; returns its tensor bytes."""
-    from jaxtune.config import ModelConfig
     from jaxtune.convert.hf import parse_size, plan_shards
     from jaxtune.convert.hf_config import write_hf_config
     from jaxtune.convert.hf_layout import hf_tensor_shapes
     from jaxtune.convert.safetensors_io import PlannedTensor, SafetensorsWriter
     from jaxtune.models.llama import DTYPES
 
-    cfg = ModelConfig(
-        vocab_size=args.vocab,
-        hidden_size=args.hidden,
-        intermediate_size=args.mlp,
-        num_layers=args.layers,
-        num_heads=args.heads,
-    )
+    cfg = model_config(args)
     dtype = np.dtype(DTYPES[args.dtype])
     out.mkdir(parents=True)
     planned = [PlannedTensor(n, dtype, s) for n, s in hf_tensor_shapes(cfg).items()]

@@ -32,21 +32,14 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from jaxtune.data.mixtures import STUDY_ABILITIES
+from jaxtune.demo.records import doit_record, write_jsonl
+
 SHARED = REPO / ".." / "shared" / "data"
 TOKENIZER = SHARED / "tokenizers" / "chinese-llama-plus"
 CMMLU = SHARED / "cmmlu"
-ABILITIES = (
-    "biology",
-    "chinese",
-    "code",
-    "creative_writing",
-    "ethics",
-    "history",
-    "math",
-    "reasoning",
-    "role_play",
-    "understanding",
-)
 
 
 def _sentences() -> list[str]:
@@ -72,27 +65,22 @@ def _text(rng: random.Random, sentences: list[str], chars: int) -> str:
     return "".join(parts)[:chars]
 
 
+def _record(rng: random.Random, sentences: list[str], kind: str, i: int) -> dict:
+    if kind == "realistic":
+        user = _text(rng, sentences, rng.randint(20, 400))
+        reply = _text(rng, sentences, max(1, min(3000, int(rng.lognormvariate(5.5, 0.8)))))
+    else:
+        user = _text(rng, sentences, rng.randint(10, 60))
+        reply = _text(rng, sentences, rng.randint(5, 80))
+    return doit_record(STUDY_ABILITIES[i % len(STUDY_ABILITIES)], user, reply, idx=i)
+
+
 def write_corpus(path: Path, n: int, kind: str, seed: int = 0) -> None:
     """JSON Lines of DoIT records; ``realistic`` or ``small`` turn lengths."""
     rng = random.Random(seed)
     sentences = _sentences()
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for i in range(n):
-            if kind == "realistic":
-                user = _text(rng, sentences, rng.randint(20, 400))
-                reply = _text(rng, sentences, max(1, min(3000, int(rng.lognormvariate(5.5, 0.8)))))
-            else:
-                user = _text(rng, sentences, rng.randint(10, 60))
-                reply = _text(rng, sentences, rng.randint(5, 80))
-            rec = {
-                "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": reply}],
-                "type": ABILITIES[i % len(ABILITIES)],
-                "idx": i,
-            }
-            f.write(json.dumps(rec, ensure_ascii=False))
-            f.write("\n")
+    write_jsonl(tmp, (_record(rng, sentences, kind, i) for i in range(n)))
     tmp.replace(path)
 
 

@@ -14,7 +14,6 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,15 +21,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_common import add_model_args, random_hf_llama, timed
+
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--hidden", type=int, default=512)
-    p.add_argument("--layers", type=int, default=8)
-    p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--kv-heads", type=int, default=None, help="grouped-query heads (default: heads)")
-    p.add_argument("--mlp", type=int, default=1376)
-    p.add_argument("--vocab", type=int, default=32000)
+    add_model_args(p, vocab=32000, hidden=512, layers=8, heads=8, mlp=1376, kv_heads=True)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--length", type=int, default=256)
     p.add_argument("--repeats", type=int, default=5, help="timed forwards of each implementation")
@@ -39,37 +35,18 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def seconds(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def main() -> int:
     args = parse_args()
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import jax
     import torch
-    import transformers
 
-    from jaxtune.convert.hf import build_model, load_hf_params
+    from jaxtune.convert.hf import build_model
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    hf_cfg = transformers.LlamaConfig(
-        vocab_size=args.vocab,
-        hidden_size=args.hidden,
-        intermediate_size=args.mlp,
-        num_hidden_layers=args.layers,
-        num_attention_heads=args.heads,
-        num_key_value_heads=args.kv_heads or args.heads,
-        max_position_embeddings=max(2048, args.length),
-        attn_implementation=args.attn,
-    )
-    hf_model = transformers.LlamaForCausalLM(hf_cfg).eval()
-    with tempfile.TemporaryDirectory() as tmp:
-        hf_model.save_pretrained(tmp)
-        cfg, params = load_hf_params(tmp, param_dtype="float32")
+    hf_model, cfg, params = random_hf_llama(args, max(2048, args.length), args.attn)
+    hf_model.eval()
     model = build_model(cfg, params)
     forward = jax.jit(lambda m, x: m(x)[0])
 
@@ -89,8 +66,8 @@ def main() -> int:
     with torch.inference_mode():
         hf_model(torch_ids)  # warm-up of the PyTorch side too
         for _ in range(args.repeats):
-            jax_times.append(seconds(lambda: forward(model, ids).block_until_ready()))
-            hf_times.append(seconds(lambda: hf_model(torch_ids).logits))
+            jax_times.append(timed(lambda: forward(model, ids).block_until_ready())[0])
+            hf_times.append(timed(lambda: hf_model(torch_ids).logits)[0])
     jax_s, hf_s = statistics.median(jax_times), statistics.median(hf_times)
 
     params_m = sum(p.numel() for p in hf_model.parameters()) / 1e6

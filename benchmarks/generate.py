@@ -40,6 +40,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_common import add_model_args, model_config, timed
+
 LENGTH_BINS = ((1, 1, 0.3), (2, 8, 0.15), (9, 32, 0.2), (33, 100, 0.2), (101, 240, 0.15))
 """(shortest, longest reply, share of the prompts): most replies short (a letter, a number, one sentence), some
 long (an explanation), as in DoIT's test split."""
@@ -59,12 +61,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--block", type=int, default=1, help="timed runs per block (each run decodes the whole workload)")
     p.add_argument("--part", choices=["all", "transformers", "max-new-tokens"], default="all")
     p.add_argument("--workload", type=Path, default=None, help="JSON file to store / reuse the calibrated workload")
-    p.add_argument("--vocab", type=int, default=49957, help="vocabulary size (DoIT's by default)")
-    p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--kv-heads", type=int, default=None, help="grouped-query heads (default: heads)")
-    p.add_argument("--mlp", type=int, default=688)
+    add_model_args(p, vocab=49957, hidden=256, layers=4, heads=8, mlp=688, kv_heads=True)  # vocabulary: DoIT's
     p.add_argument(
         "--init-std",
         type=float,
@@ -83,12 +80,6 @@ def trim(tokens: list[int], stop_ids) -> list[int]:
         if t in stop_ids:
             return tokens[: i + 1]
     return tokens
-
-
-def seconds(fn) -> tuple[float, object]:
-    start = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - start, out
 
 
 def hf_generate(hf_model, prompts, batch_size: int, max_new_tokens: int, stop_ids) -> list[list[int]]:
@@ -163,7 +154,7 @@ def alternate(runs: dict, repeats: int, block: int) -> dict[str, list[float]]:
     for _ in range(repeats):
         for name, fn in runs.items():
             for _ in range(block):
-                times[name].append(seconds(fn)[0])
+                times[name].append(timed(fn)[0])
     return times
 
 
@@ -176,22 +167,11 @@ def main() -> int:
     from flax import nnx
 
     import jaxtune
-    from jaxtune.config import ModelConfig
     from jaxtune.eval.generate import Generator
     from jaxtune.models.llama import Llama
 
     torch.set_num_threads(args.threads)
-    cfg = ModelConfig(
-        vocab_size=args.vocab,
-        hidden_size=args.hidden,
-        intermediate_size=args.mlp,
-        num_layers=args.layers,
-        num_heads=args.heads,
-        num_kv_heads=args.kv_heads,
-        max_position_embeddings=4096,
-        rms_norm_eps=1e-6,
-        initializer_range=args.init_std,
-    )
+    cfg = model_config(args, max_position_embeddings=4096, rms_norm_eps=1e-6, initializer_range=args.init_std)
     hf_cfg = transformers.LlamaConfig(
         vocab_size=cfg.vocab_size,
         hidden_size=cfg.hidden_size,
@@ -243,8 +223,8 @@ def main() -> int:
     status = 0
     if args.part in ("all", "transformers"):
         n = args.new_tokens
-        jax_first, jax_out = seconds(lambda: run_jax(prompts, n))
-        hf_first, hf_out = seconds(lambda: hf_generate(hf_model, prompts, args.batch_size, n, stop_ids))
+        jax_first, jax_out = timed(lambda: run_jax(prompts, n))
+        hf_first, hf_out = timed(lambda: hf_generate(hf_model, prompts, args.batch_size, n, stop_ids))
         times = alternate(
             {
                 "jaxtune": lambda: run_jax(prompts, n),
@@ -279,8 +259,8 @@ def main() -> int:
     if args.part in ("all", "max-new-tokens"):
         short = [p for p, n in zip(prompts, reply_lengths) if n <= args.short_max]
         lo, hi = args.short_max, args.long_max
-        first_lo, out_lo = seconds(lambda: run_jax(short, lo))
-        first_hi, out_hi = seconds(lambda: run_jax(short, hi))
+        first_lo, out_lo = timed(lambda: run_jax(short, lo))
+        first_hi, out_hi = timed(lambda: run_jax(short, hi))
         times = alternate(
             {"lo": lambda: run_jax(short, lo), "hi": lambda: run_jax(short, hi)}, args.repeats, args.block
         )

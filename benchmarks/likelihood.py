@@ -18,12 +18,13 @@ import argparse
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_common import add_model_args, model_config, timed
 
 
 def parse_args() -> argparse.Namespace:
@@ -34,19 +35,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--max-context", type=int, default=400)
     p.add_argument("--max-choice", type=int, default=24)
     p.add_argument("--repeats", type=int, default=3, help="rounds of alternating blocks")
-    p.add_argument("--vocab", type=int, default=49957)
-    p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--mlp", type=int, default=688)
+    add_model_args(p, vocab=49957, hidden=256, layers=4, heads=8, mlp=688)
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args()
-
-
-def seconds(fn) -> tuple[float, object]:
-    start = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - start, out
 
 
 def main() -> int:
@@ -56,19 +47,11 @@ def main() -> int:
     import jax.numpy as jnp
     from flax import nnx
 
-    from jaxtune.config import ModelConfig
     from jaxtune.eval.batching import bucket_length
     from jaxtune.eval.likelihood import LikelihoodScorer, right_pad
     from jaxtune.models.llama import Llama
 
-    cfg = ModelConfig(
-        vocab_size=args.vocab,
-        hidden_size=args.hidden,
-        intermediate_size=args.mlp,
-        num_layers=args.layers,
-        num_heads=args.heads,
-        max_position_embeddings=4096,
-    )
+    cfg = model_config(args, max_position_embeddings=4096)
     model = Llama(cfg, rngs=nnx.Rngs(args.seed))
     rng = np.random.default_rng(args.seed)
     contexts, choices = [], []
@@ -106,12 +89,12 @@ def main() -> int:
     def prefix_cached() -> list[float]:
         return [total / count for total, count in scorer.continuation_nll(contexts, choices)]
 
-    first_old, old = seconds(per_row)
-    first_new, new = seconds(prefix_cached)
+    first_old, old = timed(per_row)
+    first_new, new = timed(prefix_cached)
     times = {"per_row": [], "prefix": []}
     for _ in range(args.repeats):
-        times["per_row"].append(seconds(per_row)[0])
-        times["prefix"].append(seconds(prefix_cached)[0])
+        times["per_row"].append(timed(per_row)[0])
+        times["prefix"].append(timed(prefix_cached)[0])
     old_s, new_s = statistics.median(times["per_row"]), statistics.median(times["prefix"])
     worst = max(abs(a - b) for a, b in zip(old, new))
     print(

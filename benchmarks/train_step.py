@@ -24,7 +24,6 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,14 +31,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_common import add_model_args, random_hf_llama, timed
+
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--hidden", type=int, default=512)
-    p.add_argument("--layers", type=int, default=8)
-    p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--mlp", type=int, default=1408)
-    p.add_argument("--vocab", type=int, default=32000)
+    add_model_args(p, vocab=32000, hidden=512, layers=8, heads=8, mlp=1408)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--length", type=int, default=256)
     p.add_argument("--repeats", type=int, default=3, help="rounds of alternating blocks")
@@ -49,12 +46,6 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--remat", default="projections", help="jaxtune model.remat_policy")
     p.add_argument("--matmul-size", type=int, default=2048, help="size of the square matmul timing the CPU peak")
     return p.parse_args()
-
-
-def seconds(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def matmul_timer(n: int = 2048):
@@ -69,7 +60,7 @@ def matmul_timer(n: int = 2048):
     mm(a, b).block_until_ready()
 
     def flops_per_s() -> float:
-        return 2 * n**3 / min(seconds(lambda: mm(a, b).block_until_ready()) for _ in range(3))
+        return 2 * n**3 / min(timed(lambda: mm(a, b).block_until_ready())[0] for _ in range(3))
 
     return flops_per_s
 
@@ -96,10 +87,8 @@ def main() -> int:
 
     import jax
     import torch
-    import transformers
 
     from jaxtune.config import MeshConfig, OptimConfig
-    from jaxtune.convert.hf import load_hf_params
     from jaxtune.models.stats import model_info
     from jaxtune.sharding import abstract_model, build_mesh, global_batch, param_shardings
     from jaxtune.train.optim import build_optimizer
@@ -109,19 +98,7 @@ def main() -> int:
     torch.manual_seed(0)
     matmul_flops = matmul_timer(args.matmul_size)
 
-    hf_cfg = transformers.LlamaConfig(
-        vocab_size=args.vocab,
-        hidden_size=args.hidden,
-        intermediate_size=args.mlp,
-        num_hidden_layers=args.layers,
-        num_attention_heads=args.heads,
-        max_position_embeddings=max(2048, args.length),
-        attn_implementation=args.attn,
-    )
-    hf_model = transformers.LlamaForCausalLM(hf_cfg)
-    with tempfile.TemporaryDirectory() as tmp:
-        hf_model.save_pretrained(tmp)
-        cfg, params = load_hf_params(tmp, param_dtype="float32")
+    hf_model, cfg, params = random_hf_llama(args, max(2048, args.length), args.attn)
     cfg = dataclasses.replace(cfg, compute_dtype="float32", remat_policy=args.remat)
     optim = OptimConfig(learning_rate=1e-5, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.1, max_grad_norm=1.0)
     batch = make_batch(args)
@@ -178,8 +155,8 @@ def main() -> int:
     jax_times, hf_times, peaks = [], [], []
     for _ in range(args.repeats):
         peaks.append(matmul_flops())
-        jax_times += [seconds(run_jax) for _ in range(args.block)][1:]
-        hf_times += [seconds(torch_step) for _ in range(args.block)][1:]
+        jax_times += [timed(run_jax)[0] for _ in range(args.block)][1:]
+        hf_times += [timed(torch_step)[0] for _ in range(args.block)][1:]
     jax_s, hf_s, peak = statistics.median(jax_times), statistics.median(hf_times), statistics.median(peaks)
 
     flops_per_token = model_info(cfg, args.length).train_flops_per_token

@@ -16,16 +16,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from jaxtune.demo import DEMO_DIR, DEMO_TOKENIZER
 from jaxtune.demo.abilities import write_demo_dataset
 from jaxtune.demo.ceval_ood import write_demo_ceval
 from jaxtune.grid import GridOutputs, load_grid, run_grid
 from jaxtune.paths import local_path
 from jaxtune.results import find_summaries, read_summary
 
-DEMO_DIR = Path(__file__).resolve().parent / "demo"
 QUICKSTART_CONFIG = DEMO_DIR / "quickstart.yaml"
 QUICKSTART_SWEEP = DEMO_DIR / "sweep.yaml"
-DEMO_TOKENIZER = DEMO_DIR / "tokenizer"
 BEST_OF = "doit-test"
 """The summary stem whose overall score picks the checkpoint the quickstart exports."""
 

@@ -42,6 +42,7 @@ from typing import Literal
 import numpy as np
 from matplotlib.figure import Figure
 
+from jaxtune.data.mixtures import DISPLAY_NAMES as ABILITY_DISPLAY_NAMES
 from jaxtune.errors import JaxtuneError
 from jaxtune.paths import as_path
 from jaxtune.report_belle import write_study_figure
@@ -52,16 +53,7 @@ log = logging.getLogger(__name__)
 EpochChoice = int | Literal["last", "best"]
 
 DISPLAY_NAMES = {
-    "biology": "STEM - Biology",
-    "history": "Humanity - History",
-    "code": "Code Generation",
-    "creative_writing": "Creative Writing",
-    "chinese": "Chinese",
-    "understanding": "Dialogue Understanding",
-    "role_play": "Role-play Chat",
-    "reasoning": "Logical Reasoning",
-    "math": "COT for Grad-Math",
-    "ethics": "Ethics",
+    **ABILITY_DISPLAY_NAMES,
     "ceval_physician": "Physician Qualification",
     "ceval_teacher_qualification": "Teacher Qualification",
     "ceval_urban_and_rural_planner": "Urban & Rural Planner",

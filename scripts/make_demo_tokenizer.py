@@ -8,13 +8,11 @@ corpus. Re-run after changing jaxtune/demo/abilities.py:  python scripts/make_de
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import sentencepiece as spm
 
+from jaxtune.demo import DEMO_TOKENIZER as OUT
 from jaxtune.demo.abilities import demo_corpus_text
-
-OUT = Path(__file__).resolve().parents[1] / "jaxtune" / "demo" / "tokenizer"
 
 
 def main() -> None:

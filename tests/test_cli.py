@@ -1,11 +1,10 @@
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from tiny_demo_run import TINY_DEMO_MODEL
 
-import jaxtune
 from jaxtune.cli import build_parser, main
+from jaxtune.demo import DEMO_TOKENIZER
 
 
 def _run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -82,12 +81,11 @@ def test_info_prints_steps_per_epoch_for_a_config_with_data(capsys, tmp_path):
 
     root = write_demo_dataset(tmp_path / "data", per_ability=4, eval_per_ability=1, synthetic=10)
     config = Path(__file__).parents[1] / "configs" / "quickstart.yaml"
-    tokenizer = Path(__file__).parents[1] / "jaxtune" / "demo" / "tokenizer"
     common = [
         "info",
         str(config),
         f"data.path={root}",
-        f"data.tokenizer={tokenizer}",
+        f"data.tokenizer={DEMO_TOKENIZER}",
         "data.selection=curated-40",
         "train.batch_unit=examples",
     ]
@@ -160,17 +158,8 @@ def damaged_run(tmp_path_factory):
     from jaxtune.models.llama import Llama
 
     root = tmp_path_factory.mktemp("damaged")
-    cfg = model_config_from_dict(
-        dict(
-            vocab_size=1004,
-            hidden_size=32,
-            intermediate_size=64,
-            num_layers=2,
-            num_heads=4,
-            max_position_embeddings=256,
-        )
-    )
-    tokenizer = Path(jaxtune.__file__).parent / "demo" / "tokenizer" / "tokenizer.model"
+    cfg = model_config_from_dict(TINY_DEMO_MODEL)
+    tokenizer = DEMO_TOKENIZER / "tokenizer.model"
     added = {"<user>": 1000, "<assistant>": 1001, "<eot>": 1002, "<pad>": 1003}
     for step in (4, 8):
         # random weights: their compressed bytes fill data files of their own

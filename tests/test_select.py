@@ -8,35 +8,16 @@ import random
 from pathlib import Path
 
 import pytest
+from make_data_reference import make_data
 
 from jaxtune.cli import main
-from jaxtune.data.mixtures import SelectionError, read_manifest, select_records, write_manifest
+from jaxtune.data.mixtures import STUDY_ABILITIES, SelectionError, read_manifest, select_records, write_manifest
+from jaxtune.demo.records import doit_record
 from jaxtune.select import STUDY_DATA_TYPES, select_study_data
-
-ABILITIES = (
-    "biology",
-    "chinese",
-    "code",
-    "creative_writing",
-    "ethics",
-    "history",
-    "math",
-    "reasoning",
-    "role_play",
-    "understanding",
-)
 
 
 def _line(rng: random.Random, ability: str, idx: int) -> bytes:
-    record = {
-        "messages": [
-            {"role": "user", "content": f"问{ability}{idx}"},
-            {"role": "assistant", "content": "答" * rng.randint(1, 3)},
-        ],
-        "type": ability,
-        "question_format": 0,
-        "idx": idx,
-    }
+    record = doit_record(ability, f"问{ability}{idx}", "答" * rng.randint(1, 3), idx=idx)
     # Vary the bytes json.dumps would not reproduce: spacing, escapes, key order, CRLF endings.
     style = rng.randrange(4)
     if style == 0:
@@ -61,7 +42,7 @@ def root(tmp_path_factory) -> Path:
     synthetic-40960 the whole synthetic file, reconstruct 1306 of chinese)."""
     rng = random.Random(1)
     root = tmp_path_factory.mktemp("doit")
-    for a in ABILITIES:
+    for a in STUDY_ABILITIES:
         _write(root / "curated" / "1000" / f"{a}_1000.json", [_line(rng, a, i) for i in range(1000)])
         n_full = 1400 if a != "biology" else 900
         _write(root / "curated" / "full" / f"{a}_full.json", [_line(rng, a, i) for i in range(n_full)])
@@ -72,55 +53,13 @@ def root(tmp_path_factory) -> Path:
     return root
 
 
-def _make_data(root: Path, data_type: str) -> dict[str, list[bytes]]:
-    """make_data.py written out over raw lines: file name -> lines in writing order."""
-    random.seed(0)
-    out: dict[str, list[bytes]] = {}
-
-    def by_size(folder: str, size) -> None:
-        for f in sorted((root / folder).glob("*.json")):
-            data = f.read_bytes().splitlines(keepends=True)
-            name = "_".join(f.name.split("_")[:-1])
-            if isinstance(size, int):
-                assert len(data) >= size
-                chosen = random.sample(data, k=size)
-            else:
-                if name in size:
-                    sz = size[name]
-                elif size["others"] == "uniform":
-                    sz = 1305
-                    if name == "biology":
-                        sz = None
-                    elif name == "chinese":
-                        sz += 1
-                else:
-                    sz = None
-                chosen = data[:sz]
-            out[name + ".json"] = chosen
-
-    data_type = {"baseline": "curated-10000", "mix-0": "maximum"}.get(data_type, data_type)
-    small = {"ethics": 64, "role_play": 64, "creative_writing": 1000}
-    if "curated" in data_type:
-        by_size("curated/1000", int(data_type.split("-")[-1]) // 10)
-    elif "synthetic" in data_type:
-        by_size("synthetic/40960", int(data_type.split("-")[-1]))
-    elif data_type == "reconstruct":
-        by_size("curated/full", {**small, "others": "uniform"})
-    elif data_type == "maximum":
-        by_size("curated/full", {**small, "others": "max"})
-    elif "mix" in data_type:
-        by_size("curated/full", {**small, "others": "max"})
-        by_size("synthetic/40960", int(data_type.split("-")[-1]))
-    return out
-
-
 def test_there_are_nineteen_data_types():
     assert len(STUDY_DATA_TYPES) == 19 == len(set(STUDY_DATA_TYPES))
 
 
 @pytest.mark.parametrize("data_type", STUDY_DATA_TYPES)
 def test_select_writes_make_data_files_byte_for_byte(root, tmp_path, data_type):
-    expected = _make_data(root, data_type)
+    expected = {f"{name}.json": lines for name, lines in make_data(root, data_type).items()}
     out = select_study_data(root, data_type, tmp_path / data_type)
     written = {p.name: p.read_bytes() for p in (tmp_path / data_type).iterdir()}
     assert sorted(written) == sorted(expected)
@@ -140,7 +79,7 @@ def test_cli_prints_counts_per_file(root, tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0
     assert "curated-40: 40 records in 10 files" in out
-    for a in ABILITIES:
+    for a in STUDY_ABILITIES:
         assert any(line.split() == [f"{a}.json", "4"] for line in out.splitlines()), a
 
 
@@ -161,7 +100,7 @@ def test_seed_changes_the_sample(root, tmp_path):
 
 def test_a_selected_line_that_is_not_json_is_named(tmp_path):
     root = tmp_path / "root"
-    for a in ABILITIES:
+    for a in STUDY_ABILITIES:
         _write(root / "curated" / "1000" / f"{a}_1000.json", [b'{"idx": 0}\n', b"{broken\n"])
     assert random.Random(0).sample(range(2), 1) == [1]  # seed 0 draws line 2 of the first file, biology's
     with pytest.raises(

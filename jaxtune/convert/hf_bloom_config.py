@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from jaxtune.config import ModelConfig
-from jaxtune.convert.hf_config import HFConfigError, hf_dtype
+from jaxtune.convert.hf_config import HFConfigError, hf_dtype, save_with_generation_config
 
 logger = logging.getLogger(__name__)
 
@@ -97,9 +97,6 @@ def bloom_config_dict(cfg: ModelConfig, dtype: str) -> dict[str, Any]:
 
 def write_bloom_config(cfg: ModelConfig, out_dir: str | Path, dtype: str) -> None:
     """Write ``config.json`` and ``generation_config.json`` for ``cfg`` with transformers' own writers."""
-    from transformers import BloomConfig, GenerationConfig
+    from transformers import BloomConfig
 
-    BloomConfig(**bloom_config_dict(cfg, dtype)).save_pretrained(out_dir)
-    GenerationConfig(
-        bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id, pad_token_id=cfg.pad_token_id
-    ).save_pretrained(out_dir)
+    save_with_generation_config(BloomConfig(**bloom_config_dict(cfg, dtype)), cfg, out_dir)

@@ -15,7 +15,7 @@ from typing import Optional
 import numpy as np
 
 from jaxtune.config import ModelConfig
-from jaxtune.convert.hf_layout import LayerTensor, Placement
+from jaxtune.convert.hf_layout import LayerTensor, Placement, placed_tensor
 
 PREFIX = "transformer."
 LAYER_PREFIX = PREFIX + "h."
@@ -139,13 +139,4 @@ def hf_tensor_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 def hf_tensor(name: str, params: dict, cfg: ModelConfig) -> np.ndarray:
     """The Hugging Face tensor ``name`` as a view of jaxtune params (vocabulary padding stripped)."""
-    where = place(name, cfg)
-    if where is None:
-        raise KeyError(name)
-    if where.param == "embed_tokens":
-        return params["embed_tokens"][: cfg.vocab_size]
-    if where.param == "lm_head":
-        return params["lm_head"][:, : cfg.vocab_size].T
-    if where.layer is None:
-        return params[where.param]
-    return where.spec.to_hf(params["layers"][where.param][where.layer], cfg)
+    return placed_tensor(name, place(name, cfg), params, cfg)

@@ -193,11 +193,19 @@ def hf_config_dict(cfg: ModelConfig, dtype: str) -> dict[str, Any]:
     )
 
 
-def write_hf_config(cfg: ModelConfig, out_dir: str | Path, dtype: str) -> None:
-    """Write ``config.json`` and ``generation_config.json`` for ``cfg`` with transformers' own writers."""
-    from transformers import GenerationConfig, LlamaConfig
+def save_with_generation_config(hf_config: Any, cfg: ModelConfig, out_dir: str | Path) -> None:
+    """Write a transformers config object as ``config.json`` and ``cfg``'s special tokens as
+    ``generation_config.json``, both with transformers' own writers."""
+    from transformers import GenerationConfig
 
-    LlamaConfig(**hf_config_dict(cfg, dtype)).save_pretrained(out_dir)
+    hf_config.save_pretrained(out_dir)
     GenerationConfig(
         bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id, pad_token_id=cfg.pad_token_id
     ).save_pretrained(out_dir)
+
+
+def write_hf_config(cfg: ModelConfig, out_dir: str | Path, dtype: str) -> None:
+    """Write ``config.json`` and ``generation_config.json`` for ``cfg`` with transformers' own writers."""
+    from transformers import LlamaConfig
+
+    save_with_generation_config(LlamaConfig(**hf_config_dict(cfg, dtype)), cfg, out_dir)

@@ -137,15 +137,20 @@ def hf_tensor_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def hf_tensor(name: str, params: dict, cfg: ModelConfig) -> np.ndarray:
-    """The Hugging Face tensor ``name`` as a view of jaxtune params (vocabulary padding stripped)."""
-    where = place(name, cfg)
+def placed_tensor(name: str, where: Optional[Placement], params: dict, cfg: ModelConfig) -> np.ndarray:
+    """The Hugging Face tensor ``name``, which a family's ``place`` put at ``where``, as a view of jaxtune params
+    (vocabulary padding stripped); KeyError for a name that is not part of the model."""
     if where is None:
         raise KeyError(name)
     if where.param == "embed_tokens":
         return params["embed_tokens"][: cfg.vocab_size]
-    if where.param == "norm":
-        return params["norm"]
     if where.param == "lm_head":
         return params["lm_head"][:, : cfg.vocab_size].T
+    if where.layer is None:
+        return params[where.param]
     return where.spec.to_hf(params["layers"][where.param][where.layer], cfg)
+
+
+def hf_tensor(name: str, params: dict, cfg: ModelConfig) -> np.ndarray:
+    """The Hugging Face tensor ``name`` as a view of jaxtune params (vocabulary padding stripped)."""
+    return placed_tensor(name, place(name, cfg), params, cfg)

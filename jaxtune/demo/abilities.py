@@ -11,23 +11,12 @@ helps far less. Everything is derived from a seed: the same call writes the same
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 from typing import Callable
 
-ABILITIES = (
-    "biology",
-    "chinese",
-    "code",
-    "creative_writing",
-    "ethics",
-    "history",
-    "math",
-    "reasoning",
-    "role_play",
-    "understanding",
-)
+from jaxtune.data.mixtures import STUDY_ABILITIES
+from jaxtune.demo.records import doit_record, write_jsonl
 
 LETTERS = "ABCD"
 
@@ -133,47 +122,22 @@ def _format_options(options: list[str]) -> str:
     return "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
 
 
-def _record(
-    ability: str,
-    question: str,
-    reply: str,
-    *,
-    fmt: int = 0,
-    choices: list[str] | None = None,
-    answer: str | None = None,
-    history: list[tuple[str, str]] = (),
-) -> dict:
-    messages = []
-    for user, assistant in history:
-        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
-    messages += [{"role": "user", "content": question}, {"role": "assistant", "content": reply}]
-    record = {
-        "messages": messages,
-        "type": ability,
-        "question_format": fmt,
-        "choices": choices if choices is not None else [],
-    }
-    if answer is not None:
-        record["answer"] = answer
-    return record
-
-
 def _biology(rng: random.Random) -> dict:
     category = rng.choice(list(_ANIMALS))
     correct = rng.choice(_ANIMALS[category])
     others = [a for c, members in _ANIMALS.items() if c != category for a in members]
     options, letter = _shuffled_options(rng, correct, others)
-    return _record("biology", f"下列哪种动物属于{category}？\n{_format_options(options)}", letter)
+    return doit_record("biology", f"下列哪种动物属于{category}？\n{_format_options(options)}", letter)
 
 
 def _chinese(rng: random.Random) -> dict:
     head, tail = rng.choice(_IDIOMS)
-    return _record("chinese", f"请补全成语：{head}__", tail)
+    return doit_record("chinese", f"请补全成语：{head}__", tail)
 
 
 def _code(rng: random.Random) -> dict:
     task, good, bad = rng.choice(_CODE_TASKS)
-    return _record("code", f"用Python写一个函数f，{task}。", good, fmt=1, choices=[good, *bad])
+    return doit_record("code", f"用Python写一个函数f，{task}。", good, fmt=1, choices=[good, *bad])
 
 
 def _creative_writing(rng: random.Random) -> dict:
@@ -181,7 +145,7 @@ def _creative_writing(rng: random.Random) -> dict:
     style = rng.choice(list(_STYLES))
     good = _STYLES[style].format(t=topic)
     bad = [_STYLES[s].format(t=t) for s in _STYLES for t in _TOPICS if (s, t) != (style, topic)]
-    return _record(
+    return doit_record(
         "creative_writing", f"以“{topic}”为题写一段{style}。", good, fmt=1, choices=[good, *rng.sample(bad, 2)]
     )
 
@@ -192,33 +156,33 @@ def _ethics(rng: random.Random) -> dict:
     rng.shuffle(picks)
     labels = "".join(f"({LETTERS[i]})" for i, p in enumerate(picks) if p in _ETHICS_GOOD)
     options = " ".join(f"({LETTERS[i]}){p}" for i, p in enumerate(picks))
-    return _record("ethics", f"以下哪些行为是符合道德的？{options}", f"符合道德的行为是：\n{labels}")
+    return doit_record("ethics", f"以下哪些行为是符合道德的？{options}", f"符合道德的行为是：\n{labels}")
 
 
 def _history(rng: random.Random) -> dict:
     a, b = rng.sample(range(len(_DYNASTIES)), 2)
     truth = a < b
-    return _record("history", f"判断正误：{_DYNASTIES[a]}在{_DYNASTIES[b]}之前。", "正确" if truth else "错误")
+    return doit_record("history", f"判断正误：{_DYNASTIES[a]}在{_DYNASTIES[b]}之前。", "正确" if truth else "错误")
 
 
 def _math(rng: random.Random) -> dict:
     x, y = rng.randint(1, 20), rng.randint(1, 20)
     op = rng.choice("+-")
     value = x + y if op == "+" else x - y
-    return _record("math", f"计算：{x}{op}{y}=？", f"{x}{op}{y}={value}。答案：{value}", answer=str(value))
+    return doit_record("math", f"计算：{x}{op}{y}=？", f"{x}{op}{y}={value}。答案：{value}", answer=str(value))
 
 
 def _reasoning(rng: random.Random) -> dict:
     a, b, c = rng.sample(_PEOPLE, 3)
     options, letter = _shuffled_options(rng, a, [b, c, "无法确定"])
-    return _record("reasoning", f"{a}比{b}高，{b}比{c}高。谁最高？\n{_format_options(options)}", letter)
+    return doit_record("reasoning", f"{a}比{b}高，{b}比{c}高。谁最高？\n{_format_options(options)}", letter)
 
 
 def _role_play(rng: random.Random) -> dict:
     role = rng.choice(list(_ROLES))
     good = _ROLES[role]
     bad = rng.sample([r for k, r in _ROLES.items() if k != role], 2)
-    return _record(
+    return doit_record(
         "role_play",
         f"请你扮演一位{role}，说一句符合身份的话。",
         good,
@@ -237,7 +201,7 @@ def _understanding(rng: random.Random) -> dict:
     question = f"阅读对话，{speaker}最可能的心情是？\n{dialogue}\n" + "\n".join(
         f"{LETTERS[i]}. {o}" for i, o in enumerate(options)
     )
-    return _record("understanding", question, LETTERS[options.index(feeling)])
+    return doit_record("understanding", question, LETTERS[options.index(feeling)])
 
 
 GENERATORS: dict[str, Callable[[random.Random], dict]] = {
@@ -266,13 +230,6 @@ def _synthetic(rng: random.Random) -> dict:
     }
 
 
-def _write_jsonl(path: Path, records: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-
-
 def write_demo_dataset(
     out_dir: str | Path, *, per_ability: int = 1000, eval_per_ability: int = 40, synthetic: int = 2000, seed: int = 0
 ) -> Path:
@@ -283,7 +240,7 @@ def write_demo_dataset(
     """
     out = Path(out_dir)
     rng = random.Random(seed)
-    for ability in ABILITIES:
+    for ability in STUDY_ABILITIES:
         make = GENERATORS[ability]
         train = [make(rng) for _ in range(per_ability)]
         valid = [make(rng) for _ in range(eval_per_ability)]
@@ -293,13 +250,13 @@ def write_demo_dataset(
         for split, records in (("valid", valid), ("test", test)):
             for i, r in enumerate(records):
                 r["idx"] = i
-            _write_jsonl(out / "curated" / split / f"{ability}_{split}.json", records)
-        _write_jsonl(out / "curated" / "1000" / f"{ability}_1000.json", train)
-        _write_jsonl(out / "curated" / "full" / f"{ability}_full.json", train)
+            write_jsonl(out / "curated" / split / f"{ability}_{split}.json", records)
+        write_jsonl(out / "curated" / "1000" / f"{ability}_1000.json", train)
+        write_jsonl(out / "curated" / "full" / f"{ability}_full.json", train)
     synthetic_records = [_synthetic(rng) for _ in range(synthetic)]
     for i, r in enumerate(synthetic_records):
         r["idx"] = i
-    _write_jsonl(out / "synthetic" / "40960" / "general_instruction_gpt4_41k.json", synthetic_records)
+    write_jsonl(out / "synthetic" / "40960" / "general_instruction_gpt4_41k.json", synthetic_records)
     return out
 
 
@@ -307,7 +264,7 @@ def demo_corpus_text(seed: int = 0, per_ability: int = 300) -> list[str]:
     """Every message text of a demo corpus (what the bundled demo tokenizer was trained on)."""
     rng = random.Random(seed)
     texts: list[str] = []
-    for ability in ABILITIES:
+    for ability in STUDY_ABILITIES:
         for _ in range(per_ability):
             r = GENERATORS[ability](rng)
             texts += [m["content"] for m in r["messages"]] + list(r["choices"])

@@ -1,15 +1,19 @@
-"""Helpers of the conversion tests: tiny random transformers LlamaForCausalLM folders saved by transformers itself."""
+"""Helpers of the conversion tests: tiny random transformers LlamaForCausalLM and BloomForCausalLM folders saved by
+transformers itself, and their tensors read and rewritten with the safetensors library."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch", reason="the conversion tests build reference models with PyTorch")
 transformers = pytest.importorskip("transformers")
+
+from safetensors import safe_open  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
 
 LLAMA3_ROPE = {
     "rope_type": "llama3",
@@ -38,15 +42,7 @@ def build_hf_model(seed: int = 0, dtype: Any = None, **config: Any) -> Any:
         eos_token_id=2,
     )
     values.update(config)
-    torch.manual_seed(seed)
-    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**values)).eval()
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "norm" in name:
-                param.add_(0.1 * torch.randn_like(param))
-    if dtype is not None:
-        model = model.to(dtype)
-    return model
+    return _random_model("Llama", values, seed, dtype, jittered=lambda name: "norm" in name)
 
 
 def save_hf_model(model: Any, path: Path, **save_kwargs: Any) -> Path:
@@ -75,12 +71,41 @@ def build_hf_bloom(seed: int = 0, dtype: Any = None, **config: Any) -> Any:
         pad_token_id=3,
     )
     values.update(config)
+    return _random_model(
+        "Bloom",
+        values,
+        seed,
+        dtype,
+        jittered=lambda name: "layernorm" in name or "ln_f" in name or name.endswith("bias"),
+    )
+
+
+def _random_model(arch: str, config: dict, seed: int, dtype: Any, jittered: Callable[[str], bool]) -> Any:
+    """transformers' ``{arch}ForCausalLM`` of ``{arch}Config(**config)`` seeded, in eval mode, the parameters
+    ``jittered`` names moved by N(0, 0.1) (so that a wrong mapping of a norm or bias cannot pass unnoticed)."""
     torch.manual_seed(seed)
-    model = transformers.BloomForCausalLM(transformers.BloomConfig(**values)).eval()
+    cfg = getattr(transformers, f"{arch}Config")(**config)
+    model = getattr(transformers, f"{arch}ForCausalLM")(cfg).eval()
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if "layernorm" in name or "ln_f" in name or name.endswith("bias"):
+            if jittered(name):
                 param.add_(0.1 * torch.randn_like(param))
     if dtype is not None:
         model = model.to(dtype)
     return model
+
+
+def stored_tensors(hf_dir: Path) -> dict[str, Any]:
+    """Every tensor of a folder's safetensors files, read with the reference library."""
+    out = {}
+    for file in sorted(hf_dir.glob("*.safetensors")):
+        with safe_open(file, framework="pt") as f:
+            out.update({name: f.get_tensor(name) for name in f.keys()})
+    return out
+
+
+def rewrite(hf_dir: Path, change: Callable[[dict], Any]) -> None:
+    """Rewrite the single model.safetensors with ``change(tensors)`` applied."""
+    tensors = stored_tensors(hf_dir)
+    change(tensors)
+    save_file(tensors, hf_dir / "model.safetensors", metadata={"format": "pt"})

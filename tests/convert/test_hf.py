@@ -14,9 +14,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from hf_models import hf_logits
-from safetensors import safe_open
-from safetensors.torch import save_file
+from hf_models import hf_logits, rewrite, stored_tensors
 
 from jaxtune.checkpoint import load_params, restore_model
 from jaxtune.convert.hf import (
@@ -33,15 +31,6 @@ from jaxtune.convert.safetensors_io import PlannedTensor
 from jaxtune.errors import JaxtuneError
 
 TOL = 1e-4
-
-
-def stored_tensors(hf_dir: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of a folder's safetensors files, read with the reference library."""
-    out = {}
-    for file in sorted(hf_dir.glob("*.safetensors")):
-        with safe_open(file, framework="pt") as f:
-            out.update({name: f.get_tensor(name) for name in f.keys()})
-    return out
 
 
 def jaxtune_logits(checkpoint: Path, ids: np.ndarray) -> np.ndarray:
@@ -157,20 +146,8 @@ def test_legacy_files_are_never_unpickled(untied_dir, tmp_path: Path) -> None:
 # ---- bad input ------------------------------------------------------------------------------------------------------
 
 
-def copy_dir(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
-    return dst
-
-
-def rewrite(hf_dir: Path, change) -> None:
-    """Rewrite the single model.safetensors with ``change(tensors)`` applied."""
-    tensors = stored_tensors(hf_dir)
-    change(tensors)
-    save_file(tensors, hf_dir / "model.safetensors", metadata={"format": "pt"})
-
-
 def test_missing_tensor_is_named(untied_dir, tmp_path: Path) -> None:
-    d = copy_dir(untied_dir[1], tmp_path / "m")
+    d = shutil.copytree(untied_dir[1], tmp_path / "m")
     rewrite(d, lambda t: t.pop("model.layers.1.mlp.up_proj.weight"))
     with pytest.raises(JaxtuneError, match=r"missing tensor\(s\) model\.layers\.1\.mlp\.up_proj\.weight"):
         import_hf(d, tmp_path / "ckpt")
@@ -178,7 +155,7 @@ def test_missing_tensor_is_named(untied_dir, tmp_path: Path) -> None:
 
 
 def test_unexpected_tensor_is_named(untied_dir, tmp_path: Path) -> None:
-    d = copy_dir(untied_dir[1], tmp_path / "m")
+    d = shutil.copytree(untied_dir[1], tmp_path / "m")
     rewrite(d, lambda t: t.update({"model.layers.0.self_attn.q_proj.bias": torch.zeros(64)}))
     with pytest.raises(
         JaxtuneError,
@@ -189,7 +166,7 @@ def test_unexpected_tensor_is_named(untied_dir, tmp_path: Path) -> None:
 
 
 def test_shape_mismatch_names_both_shapes(untied_dir, tmp_path: Path) -> None:
-    d = copy_dir(untied_dir[1], tmp_path / "m")
+    d = shutil.copytree(untied_dir[1], tmp_path / "m")
     config = json.loads((d / "config.json").read_text())
     (d / "config.json").write_text(json.dumps(config | {"intermediate_size": 128}))
     with pytest.raises(
@@ -201,7 +178,7 @@ def test_shape_mismatch_names_both_shapes(untied_dir, tmp_path: Path) -> None:
 
 
 def test_unsupported_architecture_is_named(untied_dir, tmp_path: Path) -> None:
-    d = copy_dir(untied_dir[1], tmp_path / "m")
+    d = shutil.copytree(untied_dir[1], tmp_path / "m")
     config = json.loads((d / "config.json").read_text())
     (d / "config.json").write_text(json.dumps(config | {"architectures": ["Qwen2ForCausalLM"]}))
     with pytest.raises(JaxtuneError, match="unsupported architecture Qwen2ForCausalLM"):
@@ -209,7 +186,7 @@ def test_unsupported_architecture_is_named(untied_dir, tmp_path: Path) -> None:
 
 
 def test_truncated_shard_and_missing_shard_are_named(tied_gqa_dir, tmp_path: Path) -> None:
-    d = copy_dir(tied_gqa_dir[1], tmp_path / "m")
+    d = shutil.copytree(tied_gqa_dir[1], tmp_path / "m")
     shards = sorted(d.glob("model-*.safetensors"))
     raw = shards[1].read_bytes()
     shards[1].write_bytes(raw[: len(raw) // 2])

@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
+
+from jaxtune.data.mixtures import STUDY_ABILITIES
+from jaxtune.demo.records import doit_record, write_jsonl
 
 SHARED_DATA = Path(__file__).parents[2] / ".." / "shared" / "data"
 DOIT_TOKENIZER = SHARED_DATA / "tokenizers" / "chinese-llama-plus"
 CMMLU = SHARED_DATA / "cmmlu"
-
-ABILITIES = (
-    "biology",
-    "chinese",
-    "code",
-    "creative_writing",
-    "ethics",
-    "history",
-    "math",
-    "reasoning",
-    "role_play",
-    "understanding",
-)
 
 _CHARS = (
     "的一是在不了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可主发年动同工也能下过子说产种面而方后多定"
@@ -33,25 +22,10 @@ def chinese_text(rng: random.Random, n: int) -> str:
     return "".join(rng.choice(_CHARS) for _ in range(n))
 
 
-def doit_record(rng: random.Random, ability: str, idx: int, user_len: int = 40, reply_len: int = 30) -> dict:
-    return {
-        "messages": [
-            {"role": "user", "content": f"{ability}#{idx} " + chinese_text(rng, rng.randint(1, user_len))},
-            {"role": "assistant", "content": chinese_text(rng, rng.randint(1, reply_len))},
-        ],
-        "type": ability,
-        "question_format": 0,
-        "choices": [],
-        "idx": idx,
-    }
-
-
-def write_jsonl(path: Path, records: list) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n")
-    return path
+def random_doit_record(rng: random.Random, ability: str, idx: int, user_len: int = 40, reply_len: int = 30) -> dict:
+    """A DoIT record of random Chinese text; the question starts with ``{ability}#{idx}`` so it is told apart."""
+    question = f"{ability}#{idx} " + chinese_text(rng, rng.randint(1, user_len))
+    return doit_record(ability, question, chinese_text(rng, rng.randint(1, reply_len)), idx=idx)
 
 
 def make_doit_layout(
@@ -69,14 +43,14 @@ def make_doit_layout(
     synthetic/40960/general_instruction_gpt4_41k.json (records without a type, as the study's synthetic file)."""
     rng = random.Random(seed)
     for split, n in (("1000", per_1000), ("full", per_full), ("valid", per_valid)):
-        for a in ABILITIES:
+        for a in STUDY_ABILITIES:
             write_jsonl(
                 root / "curated" / split / f"{a}_{split}.json",
-                [doit_record(rng, a, i, user_len, reply_len) for i in range(n)],
+                [random_doit_record(rng, a, i, user_len, reply_len) for i in range(n)],
             )
     syn = []
     for i in range(synthetic):
-        r = doit_record(rng, "x", i, user_len, reply_len)
+        r = random_doit_record(rng, "x", i, user_len, reply_len)
         del r["type"]
         syn.append(r)
     write_jsonl(root / "synthetic" / "40960" / "general_instruction_gpt4_41k.json", syn)
@@ -95,27 +69,48 @@ CHATML_TEMPLATE = (
 independent reference of the hf_chat mask)."""
 
 
-def make_hf_tokenizer_folder(folder: Path, chat_template: str = CHATML_TEMPLATE) -> Path:
-    """A small byte-level BPE tokenizer saved as a Hugging Face folder (tokenizer.json + tokenizer_config.json)."""
+def byte_level_bpe_folder(
+    folder: Path,
+    corpus: list[str],
+    specials: list[str],
+    vocab_size: int,
+    chat_template: str | None = None,
+    **roles: str,
+) -> Path:
+    """A byte-level BPE trained on ``corpus`` (``specials`` first in the vocabulary), saved as a Hugging Face folder
+    (tokenizer.json + tokenizer_config.json); ``roles`` name its special tokens (eos_token="...", ...)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(corpus, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, **roles)
+    if chat_template is not None:
+        fast.chat_template = chat_template
+    folder.mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(str(folder))
+    return folder
+
+
+def make_hf_tokenizer_folder(folder: Path, chat_template: str = CHATML_TEMPLATE) -> Path:
+    """A small ChatML byte-level BPE tokenizer saved as a Hugging Face folder, ``chat_template`` its template."""
     corpus = [
         "hello world, how are you today?",
         "the assistant answers questions about the world.",
         "user: what is two plus two? assistant: four.",
         "你好，世界。我们在学习语言模型。",
     ] * 20
-    trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    return byte_level_bpe_folder(
+        folder,
+        corpus,
+        ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        400,
+        chat_template,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
     )
-    tok.train_from_iterator(corpus, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
-    fast.chat_template = chat_template
-    folder.mkdir(parents=True, exist_ok=True)
-    fast.save_pretrained(str(folder))
-    return folder

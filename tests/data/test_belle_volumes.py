@@ -11,7 +11,6 @@ from pathlib import Path
 import grain
 import numpy as np
 import pytest
-from doit_fixtures import write_jsonl
 
 from jaxtune.config import DataConfig
 from jaxtune.data.belle_volumes import STUDY_VOLUMES, nested_indices, parse_belle_selection, select_belle
@@ -19,6 +18,7 @@ from jaxtune.data.formats import DataError
 from jaxtune.data.mixtures import SelectionError, read_manifest
 from jaxtune.data.pipeline import BATCH_KEYS, build_train_pipeline
 from jaxtune.data.prepare import prepare_dataset
+from jaxtune.demo.records import write_jsonl
 
 DEMO_TOKENIZER = Path(__file__).resolve().parents[2] / "jaxtune" / "demo" / "tokenizer"
 POPULATION = 240

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from doit_fixtures import write_jsonl
 
 from jaxtune.data.formats import (
     DEFAULT_ABILITY,
@@ -17,6 +16,7 @@ from jaxtune.data.formats import (
     record_from_json,
     record_to_json,
 )
+from jaxtune.demo.records import write_jsonl
 
 
 def _doit(content="回答", role="assistant", **extra):

@@ -7,51 +7,22 @@ import random
 from pathlib import Path
 
 import pytest
-from doit_fixtures import make_doit_layout, write_jsonl
+from doit_fixtures import make_doit_layout
+from make_data_reference import make_data
 
 from jaxtune.data.formats import DataError
 from jaxtune.data.mixtures import SelectionError, read_manifest, select_records, write_manifest
+from jaxtune.demo.records import write_jsonl
+
+
+def _read_records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in open(path, encoding="utf8")]
 
 
 def _study(root: Path, data_type: str) -> list[tuple[str, int]]:
-    """make_data.py's selections written out as the study's code does them (module-level random, json per line,
-    list slicing), over sorted file lists; returns (file ability, idx) in output order."""
-    random.seed(0)
-    out: list[tuple[str, int]] = []
-
-    def files(folder):
-        return sorted((root / folder).glob("*.json"))
-
-    def by_size(folder, size):
-        for f in files(folder):
-            data = [json.loads(line) for line in open(f, encoding="utf8")]
-            name = "_".join(f.name.split("_")[:-1])
-            if isinstance(size, int):
-                assert len(data) >= size
-                chosen = random.sample(data, k=size)
-            else:
-                if name in size:
-                    sz = size[name]
-                elif size["others"] == "uniform":
-                    sz = 1305 if name not in ("biology", "chinese") else (None if name == "biology" else 1306)
-                else:
-                    sz = None
-                chosen = data[:sz]
-            out.extend((name, d["idx"]) for d in chosen)
-
-    small = {"ethics": 64, "role_play": 64, "creative_writing": 1000}
-    if data_type.startswith("curated-"):
-        by_size("curated/1000", int(data_type.split("-")[-1]) // 10)
-    elif data_type.startswith("synthetic-"):
-        by_size("synthetic/40960", int(data_type.split("-")[-1]))
-    elif data_type == "reconstruct":
-        by_size("curated/full", {**small, "others": "uniform"})
-    elif data_type == "maximum":
-        by_size("curated/full", {**small, "others": "max"})
-    elif data_type.startswith("mix-"):
-        by_size("curated/full", {**small, "others": "max"})
-        by_size("synthetic/40960", int(data_type.split("-")[-1]))
-    return out
+    """make_data.py's selections over parsed records; (file ability, idx) in output order."""
+    chosen = make_data(root, data_type, read=_read_records)
+    return [(name, d["idx"]) for name, records in chosen.items() for d in records]
 
 
 @pytest.fixture(scope="module")

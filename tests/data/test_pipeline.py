@@ -8,7 +8,7 @@ from pathlib import Path
 import grain
 import numpy as np
 import pytest
-from doit_fixtures import make_hf_tokenizer_folder, write_jsonl
+from doit_fixtures import make_hf_tokenizer_folder
 
 from jaxtune.config import DataConfig
 from jaxtune.data.formats import DataError
@@ -16,6 +16,7 @@ from jaxtune.data.mixtures import read_manifest, select_records
 from jaxtune.data.pipeline import BATCH_KEYS, PipelineError, build_eval_pipeline, build_train_pipeline
 from jaxtune.data.templates import make_template, template_backend
 from jaxtune.data.tokenizer import load_tokenizer
+from jaxtune.demo.records import write_jsonl
 
 ONE_HOST = grain.sharding.ShardOptions(shard_index=0, shard_count=1)
 
@@ -370,34 +371,18 @@ def test_grain_workers_exit_when_the_trainer_is_killed(tmp_path):
     import time
 
     import yaml
+    from tiny_demo_run import demo_run_config
 
-    from jaxtune.demo.abilities import write_demo_dataset
+    from jaxtune.demo import DEMO_TOKENIZER
 
-    root = write_demo_dataset(tmp_path / "data", per_ability=4, eval_per_ability=1, synthetic=10)
-    tokenizer = Path(__file__).resolve().parents[2] / "jaxtune" / "demo" / "tokenizer"
-    config = {
-        "run_dir": str(tmp_path / "run"),
-        "model": dict(
-            vocab_size=1004,
-            hidden_size=32,
-            intermediate_size=64,
-            num_layers=2,
-            num_heads=4,
-            max_position_embeddings=256,
-        ),
-        "data": dict(
-            format="doit",
-            path=str(root),
-            tokenizer=str(tokenizer),
-            template="doit",
-            max_len=64,
-            selection="curated-40",
-            num_workers=1,
-        ),
-        "train": dict(global_batch_size=8, epochs=1000, log_every=1),
-        "checkpoint": dict(save_every=None),
-        "mesh": dict(fsdp=1),
-    }
+    config = demo_run_config(
+        tmp_path,
+        eval_per_ability=1,
+        data=dict(num_workers=1),
+        train=dict(global_batch_size=8, epochs=1000, log_every=1),
+        checkpoint=dict(save_every=None),
+        mesh=dict(fsdp=1),
+    )
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
     with open(tmp_path / "train.log", "w") as log:
@@ -406,7 +391,7 @@ def test_grain_workers_exit_when_the_trainer_is_killed(tmp_path):
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
-            cwd=str(tokenizer.parents[2]),
+            cwd=str(DEMO_TOKENIZER.parents[2]),
         )
     try:
         deadline = time.monotonic() + 180

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from doit_fixtures import make_hf_tokenizer_folder
+from doit_fixtures import byte_level_bpe_folder, make_hf_tokenizer_folder
 
 from jaxtune.data.formats import Message
 from jaxtune.data.templates import Encoded, TemplateError, make_template
@@ -153,29 +153,21 @@ def test_hf_chat_rejects_non_prefix_templates_and_sentencepiece(tmp_path, doit_t
 def _bloom_style_tokenizer_folder(folder):
     """A byte-level BPE tokenizer shaped like BLOOM's (unk, <s>, </s>, <pad> at ids 0-3; no special tokens added
     by encoding), saved as a Hugging Face folder."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
     corpus = [
         "Human: 你好\n\nAssistant: 你好！有什么可以帮你？",
         "Human: 写一首诗\n\nAssistant: 春天来了。",
         "Human: Give three tips.\n\nAssistant: Eat well, sleep, move.",
     ] * 20
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    return byte_level_bpe_folder(
+        folder,
+        corpus,
+        ["<unk>", "<s>", "</s>", "<pad>"],
+        300,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
     )
-    tok.train_from_iterator(corpus, trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>"
-    )
-    folder.mkdir(parents=True, exist_ok=True)
-    fast.save_pretrained(str(folder))
-    return folder
 
 
 def _belle_reference(hf, turns):

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import json
 
-from jaxtune.demo.abilities import ABILITIES, write_demo_dataset
+from jaxtune.data.mixtures import STUDY_ABILITIES
+from jaxtune.demo.abilities import write_demo_dataset
 
 
 def _read(path):
@@ -11,7 +12,7 @@ def _read(path):
 
 def test_layout_and_schema_match_the_study(tmp_path):
     root = write_demo_dataset(tmp_path / "demo", per_ability=30, eval_per_ability=5, synthetic=12)
-    for ability in ABILITIES:
+    for ability in STUDY_ABILITIES:
         train = _read(root / "curated" / "1000" / f"{ability}_1000.json")
         assert len(train) == 30
         assert len(_read(root / "curated" / "test" / f"{ability}_test.json")) == 5

@@ -1,5 +1,5 @@
-"""Helpers of the BLOOM tests: tiny transformers ``BloomForCausalLM`` references and jaxtune Blooms with the same
-weights.
+"""The BLOOM reference of the model tests (hf_pairs.py pairs it with jaxtune models): tiny transformers
+``BloomForCausalLM`` models and their weights as jaxtune's params tree.
 
 The weights are copied by a mapping written here from transformers' documented layout (Linear weights are
 (out, in); the fused query_key_value rows are (head, q/k/v, head_dim)), independent of jaxtune.convert, so model
@@ -8,7 +8,6 @@ parity does not rest on the converter under test elsewhere.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import numpy as np
@@ -17,12 +16,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="the parity tests need PyTorch (pip install jaxtune[test])")
 transformers = pytest.importorskip("transformers")
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-from flax import nnx  # noqa: E402
-
 from jaxtune.config import ModelConfig  # noqa: E402
-from jaxtune.models.bloom import Bloom  # noqa: E402
 
 # Head counts that are and are not powers of two (ALiBi's second slope sequence), odd vocabularies, tied and not.
 BLOOM_VARIANTS: dict[str, dict[str, Any]] = {
@@ -102,23 +96,6 @@ def hf_weights_to_params(hf_model: Any, cfg: ModelConfig) -> dict:
     return params
 
 
-def jaxtune_bloom(cfg: ModelConfig, params: dict) -> Bloom:
-    """A Bloom of ``cfg`` holding ``params`` (vocabulary rows beyond the given ones are zero)."""
-    model = nnx.eval_shape(lambda: Bloom(cfg, nnx.Rngs(0)))  # shapes only: every value is replaced below
-    padded = cfg.padded_vocab_size()
-
-    def pad_rows(a: np.ndarray) -> np.ndarray:
-        return np.concatenate([a, np.zeros((padded - a.shape[0],) + a.shape[1:], a.dtype)])
-
-    params = dict(params, embed_tokens=pad_rows(params["embed_tokens"]))
-    if "lm_head" in params:
-        params["lm_head"] = pad_rows(params["lm_head"].T).T
-    state = nnx.state(model, nnx.Param)
-    nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, params))
-    nnx.update(model, state)
-    return model
-
-
 def make_hf_bloom(cfg: ModelConfig, seed: int = 0) -> Any:
     """A random BloomForCausalLM in eval mode, with every LayerNorm weight and every bias jittered away from
     transformers' 1 / 0 initialisation, so that a wrong mapping of any of them cannot pass unnoticed."""
@@ -129,20 +106,3 @@ def make_hf_bloom(cfg: ModelConfig, seed: int = 0) -> Any:
             if "layernorm" in name or "ln_f" in name or name.endswith("bias"):
                 param.add_(0.1 * torch.randn_like(param))
     return hf_model
-
-
-@dataclasses.dataclass
-class BloomPair:
-    """A transformers reference and a jaxtune Bloom with the same weights."""
-
-    cfg: ModelConfig
-    hf: Any
-    model: Bloom
-    params: dict
-
-
-def make_bloom_pair(variant: str, seed: int = 0, **overrides: Any) -> BloomPair:
-    cfg = tiny_bloom_config(variant, **overrides)
-    hf_model = make_hf_bloom(cfg, seed)
-    params = hf_weights_to_params(hf_model, cfg)
-    return BloomPair(cfg, hf_model, jaxtune_bloom(cfg, params), params)

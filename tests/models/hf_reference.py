@@ -1,4 +1,5 @@
-"""Helpers of the model tests: tiny transformers ``LlamaForCausalLM`` references and jaxtune models holding the same weights.
+"""The LLaMA reference of the model tests (hf_pairs.py pairs it with jaxtune models): tiny transformers
+``LlamaForCausalLM`` models and their weights as jaxtune's params tree.
 
 The weights are copied by a mapping written here from transformers' documented layout (Linear weights are
 (out, in), heads flattened into rows), independent of jaxtune.convert, so model parity does not rest on the
@@ -7,7 +8,6 @@ converter under test elsewhere.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import numpy as np
@@ -16,10 +16,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="the parity tests need PyTorch (pip install jaxtune[test])")
 transformers = pytest.importorskip("transformers")
 
-from flax import nnx  # noqa: E402
-
 from jaxtune.config import ModelConfig, RopeScalingConfig  # noqa: E402
-from jaxtune.models.llama import Llama  # noqa: E402
 
 # The shapes the parity tests cover: MHA and GQA, tied and untied, default and llama3 rope, odd vocabularies.
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -121,23 +118,6 @@ def hf_weights_to_params(hf_model: Any, cfg: ModelConfig) -> dict:
     return params
 
 
-def jaxtune_model(cfg: ModelConfig, params: dict) -> Llama:
-    """A Llama of ``cfg`` holding ``params`` (vocabulary rows beyond the given ones are zero)."""
-    model = Llama(cfg, nnx.Rngs(0))
-    padded = cfg.padded_vocab_size()
-
-    def pad_rows(a: np.ndarray) -> np.ndarray:
-        return np.concatenate([a, np.zeros((padded - a.shape[0],) + a.shape[1:], a.dtype)])
-
-    params = dict(params, embed_tokens=pad_rows(params["embed_tokens"]))
-    if "lm_head" in params:
-        params["lm_head"] = pad_rows(params["lm_head"].T).T
-    state = nnx.state(model, nnx.Param)
-    nnx.replace_by_pure_dict(state, params)
-    nnx.update(model, state)
-    return model
-
-
 def make_hf_model(cfg: ModelConfig, seed: int = 0) -> Any:
     """A random LlamaForCausalLM in eval mode (eager attention), with jittered norm weights so that a wrong norm
     mapping cannot pass unnoticed."""
@@ -149,27 +129,3 @@ def make_hf_model(cfg: ModelConfig, seed: int = 0) -> Any:
             if "norm" in name:
                 param.add_(0.1 * torch.randn_like(param))
     return hf_model
-
-
-@dataclasses.dataclass
-class Pair:
-    """A transformers reference and a jaxtune model with the same weights."""
-
-    cfg: ModelConfig
-    hf: Any
-    model: Llama
-    params: dict
-
-
-def make_pair(variant: str, seed: int = 0, **overrides: Any) -> Pair:
-    cfg = tiny_config(variant, **overrides)
-    hf_model = make_hf_model(cfg, seed)
-    params = hf_weights_to_params(hf_model, cfg)
-    return Pair(cfg, hf_model, jaxtune_model(cfg, params), params)
-
-
-def hf_logits(hf_model: Any, ids: np.ndarray, **kwargs: Any) -> np.ndarray:
-    """float32 logits of the transformers model for int token ids (B, T)."""
-    with torch.no_grad():
-        out = hf_model(torch.from_numpy(np.asarray(ids, np.int64)), **kwargs)
-    return out.logits.float().numpy()

@@ -22,6 +22,7 @@ from jaxtune.train.step import (
     train_state_shardings,
 )
 
+from .reference_loss import token_cross_entropy
 from .synthetic_stream import TINY_MODEL, make_row
 
 SEQ = 32
@@ -96,18 +97,9 @@ def test_sharded_and_unsharded_steps_give_the_same_loss_and_update(cfg, initial_
 
 def _reference_loss(cfg, params, batch) -> float:
     """Mean cross-entropy over every supervised token, from the unsharded model's logits and numpy."""
-    model = Llama(cfg, nnx.Rngs(0))
-    nnx.update(model, nnx.State(jax.tree.map(jnp.asarray, params)))
-    logits, _ = model(
-        jnp.asarray(batch["input_ids"]),
-        positions=jnp.asarray(batch["positions"]),
-        segment_ids=jnp.asarray(batch["segment_ids"]),
-    )
-    logits = np.asarray(logits, np.float64)
-    logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
-    picked = np.take_along_axis(logits, batch["targets"][..., None], axis=-1)[..., 0]
+    ce = token_cross_entropy(cfg, params, batch)
     w = batch["loss_weights"].astype(np.float64)
-    return float(((logz - picked) * w).sum() / w.sum())
+    return float((ce * w).sum() / w.sum())
 
 
 def test_loss_is_the_mean_over_all_supervised_tokens_across_microbatches(cfg, initial_params):

@@ -12,15 +12,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from tiny_demo_run import demo_run_config
 
 from jaxtune.checkpoint import load_params
 from jaxtune.config import ConfigError, load_config
+from jaxtune.data.mixtures import STUDY_ABILITIES
 from jaxtune.errors import JaxtuneError
 from jaxtune.models.llama import Llama
 from jaxtune.train.trainer import TrainingDivergedError, train
 
 from . import subprocess_runs as runs
 from .event_files import scalar_events
+from .reference_loss import token_cross_entropy
 from .synthetic_stream import ABILITIES, TINY_MODEL, make_row, synthetic_data, tiny_config
 
 
@@ -32,18 +35,8 @@ def _eight_devices():
 
 def _eval_loss_reference(params, rows: list[dict]) -> dict[str, float]:
     """Token-weighted validation loss overall and per ability, from the eager unsharded model."""
-    cfg = tiny_config("unused").model
-    model = Llama(cfg, nnx.Rngs(0))
-    nnx.update(model, nnx.State(jax.tree.map(jnp.asarray, params)))
     batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
-    logits, _ = model(
-        jnp.asarray(batch["input_ids"]),
-        positions=jnp.asarray(batch["positions"]),
-        segment_ids=jnp.asarray(batch["segment_ids"]),
-    )
-    logits = np.asarray(logits, np.float64)
-    logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
-    ce = logz - np.take_along_axis(logits, batch["targets"][..., None], axis=-1)[..., 0]
+    ce = token_cross_entropy(tiny_config("unused").model, params, batch)
     w = batch["loss_weights"].astype(np.float64)
     out = {"loss": float((ce * w).sum() / w.sum())}
     for i, name in enumerate(ABILITIES):
@@ -185,31 +178,15 @@ def test_train_reads_the_data_pipeline_and_starts_from_init_from(tmp_path):
     from a params-only checkpoint. With a learning rate of 0 the parameters must come out exactly as they went in."""
     from jaxtune.checkpoint import save_params
     from jaxtune.config import config_from_dict
-    from jaxtune.demo.abilities import write_demo_dataset
 
-    root = write_demo_dataset(tmp_path / "data", per_ability=4, eval_per_ability=2, synthetic=10)
-    model = dict(
-        vocab_size=1004, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, max_position_embeddings=256
+    config = demo_run_config(
+        tmp_path,
+        optim=dict(learning_rate=0.0),
+        train=dict(global_batch_size=8, epochs=2, log_every=1, profile=True),
+        checkpoint=dict(save_every=None, init_from=str(tmp_path / "base")),
+        data=dict(valid_path=str(tmp_path / "data" / "curated" / "valid")),
     )
-    tokenizer = runs.WORKER.parents[2] / "jaxtune" / "demo" / "tokenizer"
-    cfg = config_from_dict(
-        {
-            "run_dir": str(tmp_path / "run"),
-            "model": model,
-            "data": dict(
-                format="doit",
-                path=str(root),
-                valid_path=str(root / "curated" / "valid"),
-                tokenizer=str(tokenizer),
-                template="doit",
-                max_len=64,
-                selection="curated-40",
-            ),
-            "optim": dict(learning_rate=0.0),
-            "train": dict(global_batch_size=8, epochs=2, log_every=1, profile=True),
-            "checkpoint": dict(save_every=None, init_from=str(tmp_path / "base")),
-        }
-    )
+    cfg = config_from_dict(config)
     source = nnx.to_pure_dict(nnx.state(Llama(cfg.model, nnx.Rngs(7))))
     save_params(tmp_path / "base", source, cfg.model)
 
@@ -221,18 +198,7 @@ def test_train_reads_the_data_pipeline_and_starts_from_init_from(tmp_path):
         json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if '"eval"' in line
     ]
     assert [r["step"] for r in evals] == [3, 6] and evals[0]["loss"] == evals[1]["loss"]
-    assert {k[5:] for k in evals[0] if k.startswith("loss/")} == {
-        "biology",
-        "chinese",
-        "code",
-        "creative_writing",
-        "ethics",
-        "history",
-        "math",
-        "reasoning",
-        "role_play",
-        "understanding",
-    }
+    assert {k[5:] for k in evals[0] if k.startswith("loss/")} == set(STUDY_ABILITIES)
     step_dir = tmp_path / "run" / "checkpoints" / "6"
     _, final = load_params(step_dir)
     for a, b in zip(jax.tree.leaves(final), jax.tree.leaves(source)):
@@ -243,7 +209,7 @@ def test_train_reads_the_data_pipeline_and_starts_from_init_from(tmp_path):
     assert len((tmp_path / "run" / "manifest.jsonl").read_text().splitlines()) == 40
     assert list((tmp_path / "run" / "profile").rglob("*.xplane.pb"))
 
-    wrong = dict(model, hidden_size=64)
+    wrong = dict(config["model"], hidden_size=64)
     cfg_wrong = config_from_dict(
         {
             "run_dir": str(tmp_path / "r2"),
@@ -261,33 +227,15 @@ def test_train_counts_the_batch_in_examples_when_packing(tmp_path):
     rows dealt over the 5 steps (8 row slots each: what 8 devices divide). Without packing the unit changes nothing
     (tests/data/test_pipeline.py)."""
     from jaxtune.config import config_from_dict
-    from jaxtune.demo.abilities import write_demo_dataset
 
-    root = write_demo_dataset(tmp_path / "data", per_ability=4, eval_per_ability=2, synthetic=10)
-    tokenizer = runs.WORKER.parents[2] / "jaxtune" / "demo" / "tokenizer"
     cfg = config_from_dict(
-        {
-            "run_dir": str(tmp_path / "run"),
-            "model": dict(
-                vocab_size=1004,
-                hidden_size=32,
-                intermediate_size=64,
-                num_layers=1,
-                num_heads=4,
-                max_position_embeddings=256,
-            ),
-            "data": dict(
-                format="doit",
-                path=str(root),
-                tokenizer=str(tokenizer),
-                template="doit",
-                max_len=64,
-                selection="curated-40",
-                packing=True,
-            ),
-            "train": dict(global_batch_size=8, batch_unit="examples", epochs=2, log_every=5),
-            "checkpoint": dict(save_every=None, async_save=False),
-        }
+        demo_run_config(
+            tmp_path,
+            model=dict(num_layers=1),
+            data=dict(packing=True),
+            train=dict(global_batch_size=8, batch_unit="examples", epochs=2, log_every=5),
+            checkpoint=dict(save_every=None, async_save=False),
+        )
     )
     lines: list[str] = []
     result = train(cfg, print_fn=lines.append)
