@@ -79,7 +79,7 @@ def compile_generation(args: argparse.Namespace, cfg, mesh) -> list[tuple[str, o
     one = replicated(mesh)
     b, t, new = args.batch, args.length, args.new_tokens
     sampling = SamplingParams()
-    statics = dict(max_new_tokens=new, sampling=sampling)
+    statics = dict(max_new_tokens=new, sampling=sampling, mesh=mesh)
 
     make_rows = jax.jit(
         functools.partial(
@@ -98,7 +98,7 @@ def compile_generation(args: argparse.Namespace, cfg, mesh) -> list[tuple[str, o
         jax.ShapeDtypeStruct((b,), np.uint32, sharding=rows1d),
     ]  # prompt ids
     seed, stops = jax.ShapeDtypeStruct((), np.uint32, sharding=one), jax.ShapeDtypeStruct((8,), np.int32, sharding=one)
-    slots = jax.ShapeDtypeStruct((b,), np.int32, sharding=one)
+    slots = jax.ShapeDtypeStruct((b,), np.int32, sharding=rows1d)
     prefill = jax.jit(
         functools.partial(_prefill, graphdef),
         static_argnames=tuple(statics),
@@ -119,8 +119,26 @@ def compile_generation(args: argparse.Namespace, cfg, mesh) -> list[tuple[str, o
         except Exception as e:  # XLA's RESOURCE_EXHAUSTED names what it needed: report it, go on to the next
             return str(e).strip().splitlines()[-1][:300]
 
+    half = b // 2
+    rprompts = [jax.ShapeDtypeStruct((half, t), np.int32, sharding=rows2d) for _ in range(2)]
+    rper_row = [jax.ShapeDtypeStruct((half,), np.int32, sharding=rows1d), jax.ShapeDtypeStruct((half,), np.uint32, sharding=rows1d)]
+    rslots = jax.ShapeDtypeStruct((half,), np.int32, sharding=rows1d)
+
+    def compile_or_error(program, *inputs, **kw):
+        try:
+            return program.trace(*inputs, **statics, **kw).lower().compile()
+        except Exception as e:  # XLA's RESOURCE_EXHAUSTED names what it needed: report it, go on to the next
+            return str(e).strip().splitlines()[-1][:300]
+
+    prefill = jax.jit(
+        functools.partial(_prefill, graphdef),
+        static_argnames=tuple(statics) + ("aligned",),
+        donate_argnums=(1,),
+        out_shardings=(empty.output_shardings, one),
+    )
     return [
-        ("prefill", compile_or_error(prefill, state, rows, slots, *prompts, *per_row, seed, stops)),
+        ("prefill", compile_or_error(prefill, state, rows, slots, *prompts, *per_row, seed, stops, aligned=True)),
+        ("refill", compile_or_error(prefill, state, rows, rslots, *rprompts, *rper_row, seed, stops, aligned=False)),
         ("decode steps", compile_or_error(decode, state, rows, seed, stops, flag)),
     ]
 
