@@ -139,4 +139,3 @@ def keep_default_layout(x: jax.Array, mesh: Optional[Mesh], logical_axes: Sequen
     shard = NamedSharding(mesh, logical_to_spec(logical_axes)).shard_shape(x.shape)
     default = Layout.from_pjrt_layout(device.client.get_default_layout(np.dtype(x.dtype), shard, device))
     return with_layout_constraint(x, Layout(major_to_minor=default.major_to_minor))
-

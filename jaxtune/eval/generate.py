@@ -329,9 +329,7 @@ class Generator:
             ("rows", "length", "max_new_tokens", "uses_penalty"),
             out_shardings=None,
         )
-        self._prefill = jitted(
-            _prefill, self.graphdef, self.cfg, mesh, statics + ("aligned",), ("rows",), device_state
-        )
+        self._prefill = jitted(_prefill, self.graphdef, self.cfg, mesh, statics + ("aligned",), ("rows",), device_state)
         self._steps = jitted(_decode_steps, self.graphdef, self.cfg, mesh, statics, ("rows",), device_state)
         self._resize = jax.jit(_resize, static_argnames=("length",))
         self._take = jax.jit(_take, out_shardings=replicated(mesh))
