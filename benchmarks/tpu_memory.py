@@ -6,10 +6,10 @@ HBM the step needs. A config that does not fit fails to compile with RESOURCE_EX
 With ``--attention splash`` the Pallas splash kernel is compiled for the TPU too, inside the shard_map that gives
 each chip its own rows and heads.
 
-With ``--eval`` it compiles evaluation's generation instead (:mod:`jaxtune.eval.generate`: prefill of ``--batch``
-prompts of ``--length`` tokens, then ``--new-tokens`` KV-cache decoding steps in one loop), with the parameters in
-bfloat16 laid out by the same rules and the KV cache sharded (rows over data x fsdp, key/value heads over tensor),
-as ``jaxtune eval`` runs it.
+With ``--eval`` it compiles evaluation's generation instead (:mod:`jaxtune.plan_eval`, as ``jaxtune plan`` does:
+a prefill of ``--batch`` prompts of ``--length`` tokens, a refill of half the batch, and a chunk of decoding steps
+over a KV cache of ``--length + --new-tokens`` slots), with the parameters in bfloat16 laid out by the same rules
+and the KV cache sharded (rows over data x fsdp, key/value heads over tensor), as ``jaxtune eval`` runs it.
 
 Needs libtpu: ``pip install -e '.[tpu]'`` (about 1.3 GB; or put a libtpu wheel's contents on PYTHONPATH).
 
@@ -52,79 +52,6 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def compile_generation(args: argparse.Namespace, cfg, mesh) -> list[tuple[str, object]]:
-    """The compiled programs of jaxtune.eval.generate at their largest, as ``jaxtune eval`` runs them: --batch
-    prompts of --length tokens prefilled into rows whose KV cache holds --length + --new-tokens slots, then a chunk
-    of decoding steps; each program donates the rows (cache included) it updates, as the generator does. Parameters,
-    rows and cache are sharded by the rules. Returns [(label, compiled)]."""
-    import functools
-
-    import jax
-    import numpy as np
-    from flax import nnx
-    from jax.sharding import NamedSharding
-    from jax.sharding import PartitionSpec as P
-
-    from jaxtune.eval.batching import replicated
-    from jaxtune.eval.generate import _decode_steps, _empty_rows, _prefill
-    from jaxtune.eval.sampling import SamplingParams
-    from jaxtune.models.registry import create_model
-    from jaxtune.sharding import BATCH_MESH_AXES, abstract_model, param_shardings, with_shardings
-
-    _, shapes, axes = abstract_model(cfg)
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: create_model(cfg, nnx.Rngs(0))))
-    nnx.replace_by_pure_dict(state, with_shardings(shapes, param_shardings(axes, mesh)))
-    rows1d = NamedSharding(mesh, P(BATCH_MESH_AXES))
-    rows2d = NamedSharding(mesh, P(BATCH_MESH_AXES, None))
-    one = replicated(mesh)
-    b, t, new = args.batch, args.length, args.new_tokens
-    sampling = SamplingParams()
-    statics = dict(max_new_tokens=new, sampling=sampling)
-
-    make_rows = jax.jit(
-        functools.partial(
-            _empty_rows, graphdef, rows=b, length=t + new, max_new_tokens=new, uses_penalty=sampling.uses_penalty
-        )
-    )
-    empty = make_rows.trace(state).lower().compile()
-    rows = jax.tree.map(
-        lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
-        jax.eval_shape(make_rows, state),
-        empty.output_shardings,
-    )
-    prompts = [jax.ShapeDtypeStruct((b, t), np.int32, sharding=rows2d) for _ in range(2)]  # ids, segments
-    per_row = [
-        jax.ShapeDtypeStruct((b,), np.int32, sharding=rows1d),  # last prompt index
-        jax.ShapeDtypeStruct((b,), np.uint32, sharding=rows1d),
-    ]  # prompt ids
-    seed, stops = jax.ShapeDtypeStruct((), np.uint32, sharding=one), jax.ShapeDtypeStruct((8,), np.int32, sharding=one)
-    slots = jax.ShapeDtypeStruct((b,), np.int32, sharding=one)
-    prefill = jax.jit(
-        functools.partial(_prefill, graphdef),
-        static_argnames=tuple(statics),
-        donate_argnums=(1,),
-        out_shardings=(empty.output_shardings, one),
-    )
-    decode = jax.jit(
-        functools.partial(_decode_steps, graphdef),
-        static_argnames=tuple(statics),
-        donate_argnums=(1,),
-        out_shardings=(empty.output_shardings, one),
-    )
-    flag = jax.ShapeDtypeStruct((), np.bool_, sharding=one)
-
-    def compile_or_error(program, *inputs):
-        try:
-            return program.trace(*inputs, **statics).lower().compile()
-        except Exception as e:  # XLA's RESOURCE_EXHAUSTED names what it needed: report it, go on to the next
-            return str(e).strip().splitlines()[-1][:300]
-
-    return [
-        ("prefill", compile_or_error(prefill, state, rows, slots, *prompts, *per_row, seed, stops)),
-        ("decode steps", compile_or_error(decode, state, rows, seed, stops, flag)),
-    ]
-
-
 def main() -> int:
     args = parse_args()
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
@@ -142,6 +69,7 @@ def main() -> int:
     from jaxtune.config import MeshConfig, OptimConfig
     from jaxtune.models.configs import model_config
     from jaxtune.models.stats import model_info
+    from jaxtune.plan_eval import compile_generation, eval_model_config
     from jaxtune.sharding import (
         abstract_model,
         activation_rules,
@@ -156,14 +84,7 @@ def main() -> int:
 
     cfg = model_config(args.model)
     if args.eval:  # parameters restored in the evaluation dtype; decoding with a cache attends with XLA
-        cfg = dataclasses.replace(
-            cfg,
-            compute_dtype="bfloat16",
-            param_dtype="bfloat16",
-            remat_policy="none",
-            attention_impl="xla",
-            vocab_pad_multiple=128,
-        )
+        cfg = eval_model_config(dataclasses.replace(cfg, vocab_pad_multiple=128), "bfloat16")
     else:
         cfg = dataclasses.replace(
             cfg,
@@ -192,7 +113,9 @@ def main() -> int:
     validate_batch_layout(args.batch, args.microbatches, mesh)
     if args.eval:
         with activation_rules(mesh):
-            programs = compile_generation(args, cfg, mesh)
+            programs = compile_generation(
+                cfg, mesh, batch=args.batch, prompt_len=args.length, new_tokens=args.new_tokens
+            )
         info = model_info(cfg, args.length)
         print(
             f"model {args.model}: {cfg.num_layers} layers, {info.num_params / 1e9:.2f}B params; bf16 parameters "
@@ -206,8 +129,8 @@ def main() -> int:
         code = 0
         for label, compiled in programs:
             print(f"{label}:")
-            if isinstance(compiled, str):
-                print(f"  does not fit: {compiled}")
+            if isinstance(compiled, Exception):  # XLA's RESOURCE_EXHAUSTED names what it needed
+                print(f"  does not fit: {str(compiled).strip().splitlines()[-1][:300]}")
                 code = 1
                 continue
             code |= _print_memory(compiled.memory_analysis(), ("arguments (params, rows, prompts)", "outputs"))

@@ -11,7 +11,7 @@ jaxtune import-hf HF_DIR OUT           Hugging Face LLaMA or BLOOM folder -> jax
 jaxtune export-hf CKPT OUT_DIR         jaxtune checkpoint -> Hugging Face folder
 jaxtune check-hf HF_DIR                compare jaxtune and transformers on the same checkpoint
 jaxtune info [CONFIG] [key=value ...]  parameter count, FLOPs per token, memory of a model shape
-jaxtune plan CONFIG --accelerator v5p-16  per-chip memory of the train step, compiled for that slice
+jaxtune plan CONFIG --accelerator v5p-16  per-chip memory of the train step and evaluation, compiled for that slice
 jaxtune select DATA_DIR TYPE OUT_DIR   write one of the study's data types as its make_data.py does
 jaxtune score PRED_DIR --out DIR       score prediction files (the study's pred_*.json or *.items.jsonl)
 jaxtune validate CONFIG [key=value ...] [--devices N | --accelerator v5p-16]
@@ -209,6 +209,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         search=not args.no_search,
         hbm_bytes=hbm,
         max_candidates=args.max_candidates,
+        evaluate=not args.no_eval,
         progress=lambda text: print(f"plan: {text}", file=sys.stderr, flush=True),
     )
     print(report.table())
@@ -388,8 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         "plan",
         _cmd_plan,
-        "per-chip memory of the train step on an accelerator (compiled ahead of time for "
-        "TPU slices, estimated for GPUs); when it does not fit, the smallest change that does",
+        "per-chip memory of the train step and of evaluation's generation on an accelerator (compiled ahead of "
+        "time for TPU slices, estimated for GPUs); when the step does not fit, the smallest change that does",
     )
     p.add_argument("config", help="YAML config")
     p.add_argument("overrides", nargs="*")
@@ -399,6 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="v4-32, v5p-16, v5e-64, v6e-16 (TPU; v4/v5p count TensorCores), h100-8, h200-1 (GPU), cpu-N",
     )
     p.add_argument("--no-search", action="store_true", help="do not compile candidate changes when it does not fit")
+    p.add_argument("--no-eval", action="store_true", help="plan the train step only, not evaluation's generation")
     p.add_argument("--max-candidates", type=int, default=8, help="most candidate changes compiled (default 8)")
     p.add_argument("--hbm-gib", type=float, default=None, help="plan against this much memory per chip instead")
 

@@ -15,6 +15,12 @@ Per-chip bytes are reported by kind:
 - batch: the input arrays' shards;
 - temporaries: XLA's temporary buffers (activations, gathered weights, gradients, ...);
 - peak: arguments + outputs - aliased (donated) + temporaries.
+
+Evaluation is planned beside training (:mod:`jaxtune.plan_eval`): the generation programs of ``jaxtune eval`` at the
+config's evaluation settings (``eval.batch_size`` rows, ``eval.max_prompt_len``-token prompts, ``eval.max_new_tokens``
+new tokens, on ``eval.mesh`` or ``mesh``, parameters in ``eval.compute_dtype``: bfloat16 on accelerators), compiled
+like the train step; its line shows the program that needs the most (prefill, refill or decode steps), its
+parameters and, under "batch", the decoding rows with their KV cache. For GPUs it is an analytic estimate too.
 """
 
 from __future__ import annotations
@@ -260,6 +266,12 @@ class PlanReport:
             if r.error:
                 lines.append(f"    compiler: {r.error}")
         lines.append("  (GiB per chip; grads* = float32 gradients/accumulators, held within temps)")
+        if self.evaluation is not None:
+            e = self.evaluation
+            lines.append(
+                f"  ({e.label}: its largest program; params in the eval dtype, batch = the decoding rows with their "
+                f"KV cache{', estimated' if e.analytic else ''})"
+            )
         if self.steps_note:
             lines.append(f"  {self.steps_note}")
         if self.suggestion:
@@ -418,6 +430,93 @@ def estimate_train_step(cfg: Config, acc: Accelerator) -> MemoryEstimate:
     return est
 
 
+def _eval_setting(cfg: Config, platform: str) -> tuple[Any, str]:
+    """The evaluation's mesh config and dtype: ``eval.mesh`` or ``mesh``; ``eval.compute_dtype``, else bfloat16 on
+    accelerators and float32 on CPU, as ``jaxtune eval`` picks them."""
+    from jaxtune.eval.distributed import eval_mesh_config
+
+    mesh_cfg = dataclasses.replace(eval_mesh_config(cfg), dcn_data=1)
+    dtype = cfg.eval.compute_dtype or ("float32" if platform == "cpu" else "bfloat16")
+    return mesh_cfg, dtype
+
+
+def compile_evaluation(cfg: Config, devices: Sequence[Any]) -> MemoryEstimate:
+    """Compile evaluation's generation programs for ``devices`` at the config's eval settings (see the module
+    docstring) and measure the one that needs the most per chip; a program the compiler refuses is reported with
+    its message."""
+    from jaxtune.eval.distributed import check_eval_batch
+    from jaxtune.plan_eval import compile_generation, eval_model_config
+    from jaxtune.sharding import (
+        LayoutError,
+        abstract_model,
+        activation_rules,
+        build_mesh,
+        param_shardings,
+        validate_param_layout,
+        with_shardings,
+    )
+
+    mesh_cfg, dtype = _eval_setting(cfg, devices[0].platform)
+    model = eval_model_config(cfg.model, dtype)
+    est = MemoryEstimate(label="eval: generation")
+    try:
+        mesh = build_mesh(mesh_cfg, devices)
+        _, shapes, axes = abstract_model(model)
+        validate_param_layout(shapes, axes, mesh)
+        check_eval_batch(cfg.eval.batch_size, mesh)
+    except (LayoutError, ConfigError) as e:
+        est.error = str(e)
+        return est
+    est.params = _shard_bytes(with_shardings(shapes, param_shardings(axes, mesh)))
+    with activation_rules(mesh):
+        programs = compile_generation(
+            model,
+            mesh,
+            batch=cfg.eval.batch_size,
+            prompt_len=cfg.eval.max_prompt_len,
+            new_tokens=cfg.eval.max_new_tokens,
+        )
+    measured = []
+    for name, program in programs:
+        if isinstance(program, Exception):
+            est.label, est.error = f"eval: {name}", _compiler_message(program)
+            return est
+        one = MemoryEstimate(label=f"eval: {name}")
+        _fill_from_compiled(one, program)
+        memory = program.memory_analysis()
+        one.batch = int(memory.argument_size_in_bytes) - est.params  # the rows (KV cache included) and prompts
+        measured.append(one)
+    worst = max(measured, key=lambda m: m.peak)
+    est.label, est.batch, est.temporaries, est.peak = worst.label, worst.batch, worst.temporaries, worst.peak
+    return est
+
+
+def estimate_evaluation(cfg: Config, acc: Accelerator) -> MemoryEstimate:
+    """An analytic per-GPU estimate of generation at the eval settings: parameters split over fsdp x tensor, the KV
+    cache (prompt + new tokens) and the prefill's own cache split over the rows (data x fsdp) and heads (tensor),
+    one layer's float32 attention scores of the prefill, one layer's gathered weights, the last-token logits."""
+    from jaxtune.models.stats import model_info
+    from jaxtune.plan_eval import eval_model_config
+
+    mesh_cfg, dtype = _eval_setting(cfg, acc.platform)
+    m = eval_model_config(cfg.model, dtype)
+    info = model_info(m, cfg.eval.max_prompt_len)
+    data, fsdp, tensor = _mesh_sizes(dataclasses.replace(cfg, mesh=mesh_cfg), acc.chips)
+    width = 4 if dtype == "float32" else 2
+    rows = max(1, cfg.eval.batch_size // (data * fsdp))
+    prompt, slots = cfg.eval.max_prompt_len, cfg.eval.max_prompt_len + cfg.eval.max_new_tokens
+    kv = m.resolved_num_kv_heads() * m.resolved_head_dim() * width * 2 // tensor  # keys and values, per token
+    est = MemoryEstimate(label="eval: generation", analytic=True)
+    est.params = info.num_params * width // (fsdp * tensor)
+    est.batch = m.num_layers * rows * slots * kv + rows * m.vocab_size * 4
+    prefill_cache = m.num_layers * rows * prompt * kv
+    scores = rows * (m.num_heads // tensor) * prompt * prompt * 4 * 2  # scores and their softmax, one layer
+    layer_weights = (info.num_params - 2 * m.padded_vocab_size() * m.hidden_size) // max(1, m.num_layers)
+    est.temporaries = prefill_cache + scores + layer_weights * width * 2 // tensor + rows * m.padded_vocab_size() * 4
+    est.peak = est.params + est.batch + est.temporaries
+    return est
+
+
 def _mesh_sizes(cfg: Config, chips: int) -> tuple[int, int, int]:
     from jaxtune.sharding import resolve_mesh_shape
 
@@ -466,12 +565,12 @@ def plan(
     search: bool = True,
     hbm_bytes: Optional[int] = None,
     max_candidates: int = 8,
-    evaluation: Optional[Callable[[Config, Sequence[Any]], MemoryEstimate]] = None,
+    evaluate: bool = True,
     progress: Callable[[str], None] = lambda _: None,
 ) -> PlanReport:
-    """Measure ``cfg``'s train step (and, with ``evaluation``, its evaluation program) on ``accelerator``; when it
-    does not fit and ``search``, compile candidate changes until one fits. ``hbm_bytes`` overrides the chip's
-    memory (tests plan against a small budget on CPU devices)."""
+    """Measure ``cfg``'s train step (and, with ``evaluate``, its evaluation's generation at the eval settings) on
+    ``accelerator``; when the train step does not fit and ``search``, compile candidate changes until one fits.
+    ``hbm_bytes`` overrides the chip's memory (tests plan against a small budget on CPU devices)."""
     acc = parse_accelerator(accelerator) if isinstance(accelerator, str) else accelerator
     if hbm_bytes is not None:
         acc = dataclasses.replace(acc, hbm_bytes=hbm_bytes)
@@ -483,7 +582,9 @@ def plan(
     model_name = cfg.model.preset or f"{cfg.model.num_layers}-layer model"
     if acc.platform == "gpu":
         report = PlanReport(acc, model_name, current, estimate_train_step(cfg, acc))
-        if search and not report.fits():
+        if evaluate:
+            report.evaluation = estimate_evaluation(cfg, acc)
+        if search and not report.train.fits(acc.hbm_bytes):
             for s in candidate_settings(current, cfg, acc.chips):
                 est = estimate_train_step(_with_setting(cfg, s), acc)
                 report.tried.append((s, est))
@@ -494,9 +595,12 @@ def plan(
     devices = accelerator_devices(acc)
     progress(f"compiling the train step for {acc.name} ({current.describe()})")
     report = PlanReport(acc, model_name, current, compile_train_step(cfg, devices))
-    if evaluation is not None:
-        progress("compiling the evaluation program")
-        report.evaluation = evaluation(cfg, devices)
+    if evaluate:
+        progress(
+            f"compiling evaluation's generation ({cfg.eval.batch_size} rows, {cfg.eval.max_prompt_len}-token prompts "
+            f"+ {cfg.eval.max_new_tokens} new tokens)"
+        )
+        report.evaluation = compile_evaluation(cfg, devices)
     if search and acc.hbm_bytes and not report.train.fits(acc.hbm_bytes):
         for s in candidate_settings(current, cfg, acc.chips)[:max_candidates]:
             progress(f"does not fit; compiling candidate {s.describe()}")

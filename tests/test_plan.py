@@ -52,6 +52,19 @@ def test_gpu_plans_are_labelled_analytic_and_33b_does_not_fit_one_h100():
     assert fits8.fits()
 
 
+def test_gpu_evaluation_estimate_counts_bf16_parameters_and_the_kv_cache():
+    """doit-33b's generation at the config's eval settings on 8 GPUs: bf16 parameters split 8 ways, and each GPU's
+    KV cache (keys and values of 60 layers, its rows, prompt + new tokens, 52 heads of 128) in "batch"."""
+    cfg = load_config(REPO / "configs" / "doit-33b.yaml", ["eval.batch_size=32", "mesh.fsdp=8"])
+    e = plan(cfg, "h100-8", search=False).evaluation
+    assert e.analytic and e.label.startswith("eval")
+    assert abs(e.params - 32.5e9 * 2 / 8) < 0.05 * 32.5e9 * 2 / 8
+    slots = cfg.eval.max_prompt_len + cfg.eval.max_new_tokens
+    cache = 2 * 60 * (32 // 8) * slots * 52 * 128 * 2
+    assert cache <= e.batch <= cache * 1.01
+    assert "estimated" in plan(cfg, "h100-8", search=False).table()
+
+
 def test_candidates_keep_rows_divisible_and_try_remat_and_microbatches_first():
     cfg = load_config(REPO / "configs" / "doit-33b.yaml")
     current = Setting(remat="none", microbatches=1, mesh=(1, 8, 1))
@@ -62,14 +75,22 @@ def test_candidates_keep_rows_divisible_and_try_remat_and_microbatches_first():
 
 
 _CPU_PLAN = r"""
+import dataclasses
 import sys
 from jaxtune.config import load_config
 from jaxtune.plan import GIB, plan
 cfg = load_config(None, ["model.preset=tiny", "model.num_layers=2", "model.hidden_size=64", "model.num_heads=4",
                          "model.intermediate_size=128", "model.vocab_size=512", "data.max_len=64",
-                         "train.global_batch_size=16", "mesh.fsdp=-1"])
+                         "train.global_batch_size=16", "mesh.fsdp=-1",
+                         "eval.batch_size=8", "eval.max_prompt_len=32", "eval.max_new_tokens=16"])
 free = plan(cfg, "cpu-8", search=False)
 print("PEAK", free.train.peak, free.train.params, free.train.optimizer, free.train.temporaries)
+e = free.evaluation
+print("EVAL", e.label.replace(" ", "_"), e.params, e.batch, e.temporaries, e.peak, e.error)
+print(free.table())
+odd = plan(dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, batch_size=4)), "cpu-8", search=False)
+print("ODD", odd.evaluation.error)
+assert plan(cfg, "cpu-8", search=False, evaluate=False).evaluation is None
 budget = int(free.train.peak * 0.9)
 tight = plan(cfg, "cpu-8", hbm_bytes=budget, max_candidates=4)
 print(tight.table())
@@ -89,6 +110,15 @@ def test_cpu_plan_compiles_measures_and_finds_a_change_that_fits(tmp_path):
     line = out.stdout.split("SUGGEST")[1].split()
     assert int(line[-2]) <= int(line[-1])  # the suggested setting's peak is within the budget
     assert "DOES NOT FIT" in out.stdout and "smallest change that fits" in out.stdout
+    # Evaluation's generation beside the step: float32 parameters on CPU, as the train step's; each device's KV cache
+    # (keys and values of 2 layers, 1 of 8 rows, 32 + 16 slots, 4 heads of 16) within its "batch".
+    label, e_params, e_batch, e_temps, e_peak, error = out.stdout.split("EVAL")[1].split()[:6]
+    assert label.startswith("eval:") and error == "None", out.stdout
+    assert int(e_params) == params and int(e_temps) > 0 and int(e_peak) >= int(e_params) + int(e_batch)
+    cache = 2 * 2 * 1 * (32 + 16) * 4 * 16 * 4
+    assert cache <= int(e_batch) <= cache + 64 * 1024
+    assert "  eval: " in out.stdout.split("EVAL")[1]
+    assert "eval.batch_size=4 is not a positive multiple of the data-parallel size 8" in out.stdout
 
 
 def test_plan_command_without_libtpu_says_how_to_install_it(tmp_path):

@@ -44,10 +44,19 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from jaxtune.eval.batching import bucket_length, check_batch_rows, jitted, model_context, put_rows, replicated
+from jaxtune.eval.batching import (
+    bucket_length,
+    check_batch_rows,
+    jitted,
+    keep_default_layout,
+    model_context,
+    put_rows,
+    replicated,
+)
 from jaxtune.eval.likelihood import right_pad
 from jaxtune.eval.protocol import Generation
 from jaxtune.eval.sampling import SamplingParams, select_tokens
+from jaxtune.models.axes import KV_CACHE
 from jaxtune.models.llama import Llama
 
 EMPTY_SLOT = -1
@@ -108,6 +117,11 @@ def _row_keys(seed: jnp.ndarray, prompt_ids: jnp.ndarray) -> jnp.ndarray:
     return jax.vmap(lambda i: jax.random.fold_in(base, i))(prompt_ids)
 
 
+def _layout_pin(mesh: Optional[Mesh]):
+    """What keeps the KV cache's keys and values in their between-calls layout inside a loop."""
+    return lambda a: keep_default_layout(a, mesh, KV_CACHE)
+
+
 def _empty_rows(
     graphdef: nnx.GraphDef, state: Any, *, rows: int, length: int, max_new_tokens: int, uses_penalty: bool
 ) -> Rows:
@@ -139,9 +153,16 @@ def _prefill(
     *,
     max_new_tokens: int,
     sampling: SamplingParams,
+    aligned: bool = False,
+    mesh: Optional[Mesh] = None,
 ) -> tuple[Rows, HostView]:
     """Prompts (R, T), right-padded, into rows ``slots`` (R,) of the batch (B for a dummy row: dropped), each with
-    its first token."""
+    its first token.
+
+    ``aligned``: R == B and prompt k goes to row k (``slots[k]`` is k, or B for a row left as it is), so every
+    field is replaced row for row where it is refilled, which keeps each device to its own rows under a mesh;
+    otherwise the prompts are scattered into their rows (:meth:`KVCache.insert_rows`). ``mesh``: the mesh the
+    program runs on (static), whose device layout the cache keeps (:func:`keep_default_layout`)."""
     model = nnx.merge(graphdef, state)
     n, t = input_ids.shape
     vocab = model.cfg.vocab_size
@@ -162,17 +183,30 @@ def _prefill(
         seen = jnp.zeros((n, vocab), bool).at[jnp.arange(n)[:, None], marked].set(True, mode="drop")
     first = select_tokens(logits, seen, _row_keys(seed, prompt_ids), jnp.zeros((n,), jnp.int32), sampling)
     done = _is_stop(first, stop_ids) | (max_new_tokens == 1)
+    if aligned:
+        refill = slots == jnp.arange(n)
+
+        def put(old, new):
+            return jnp.where(refill.reshape((n,) + (1,) * (old.ndim - 1)), new, old)
+
+        new_cache = rows.cache.replace_rows(refill, cache)
+    else:
+
+        def put(old, new):
+            return old.at[slots].set(new, mode="drop")
+
+        new_cache = rows.cache.insert_rows(slots, cache, pin=_layout_pin(mesh))
     if seen is not None:
-        seen = rows.seen.at[slots].set(seen.at[jnp.arange(n), first].set(True), mode="drop")
+        seen = put(rows.seen, seen.at[jnp.arange(n), first].set(True))
     tokens = jnp.full((n, max_new_tokens), EMPTY_SLOT, jnp.int32).at[:, 0].set(first)
     rows = Rows(
-        cache=rows.cache.insert_rows(slots, cache),
-        tokens=rows.tokens.at[slots].set(tokens, mode="drop"),
-        count=rows.count.at[slots].set(1, mode="drop"),
-        last_logits=rows.last_logits.at[slots].set(logits, mode="drop"),
-        done=rows.done.at[slots].set(done, mode="drop"),
-        previous=rows.previous.at[slots].set(first, mode="drop"),
-        prompt_ids=rows.prompt_ids.at[slots].set(prompt_ids, mode="drop"),
+        cache=new_cache,
+        tokens=put(rows.tokens, tokens),
+        count=put(rows.count, jnp.ones((n,), jnp.int32)),
+        last_logits=put(rows.last_logits, logits),
+        done=put(rows.done, done),
+        previous=put(rows.previous, first),
+        prompt_ids=put(rows.prompt_ids, prompt_ids),
         seen=seen,
     )
     return rows, _view(rows)
@@ -188,10 +222,12 @@ def _decode_steps(
     *,
     max_new_tokens: int,
     sampling: SamplingParams,
+    mesh: Optional[Mesh] = None,
 ) -> tuple[Rows, HostView]:
     """Up to CHUNK_STEPS decoding steps; stops early when every row is done, when a row would outgrow the cache, or
-    (``exit_on_finish``) as soon as a row finishes, so the host can refill it."""
+    (``exit_on_finish``) as soon as a row finishes, so the host can refill it. ``mesh``: as for :func:`_prefill`."""
     model = nnx.merge(graphdef, state)
+    pin = _layout_pin(mesh)
     b = rows.done.shape[0]
     keys = _row_keys(seed, rows.prompt_ids)
     started_done = rows.done
@@ -214,6 +250,7 @@ def _decode_steps(
             cache=r.cache,
         )
         logits = logits[:, 0, :]
+        cache = cache._replace(k=pin(cache.k), v=pin(cache.v))
         token = select_tokens(logits, r.seen, keys, r.count, sampling)
         token = jnp.where(alive, token, r.previous)
         # Done rows write nothing: their slot index points past the tokens (dropped).
@@ -283,7 +320,7 @@ class Generator:
             sizes.add(min(sizes) // 2)
         self._group_sizes = sorted(sizes)
         device_state = (None, replicated(mesh)) if mesh is not None else None
-        statics = ("max_new_tokens", "sampling")
+        statics = ("max_new_tokens", "sampling", "mesh")
         self._empty = jitted(
             _empty_rows,
             self.graphdef,
@@ -292,7 +329,7 @@ class Generator:
             ("rows", "length", "max_new_tokens", "uses_penalty"),
             out_shardings=None,
         )
-        self._prefill = jitted(_prefill, self.graphdef, self.cfg, mesh, statics, ("rows",), device_state)
+        self._prefill = jitted(_prefill, self.graphdef, self.cfg, mesh, statics + ("aligned",), ("rows",), device_state)
         self._steps = jitted(_decode_steps, self.graphdef, self.cfg, mesh, statics, ("rows",), device_state)
         self._resize = jax.jit(_resize, static_argnames=("length",))
         self._take = jax.jit(_take, out_shardings=replicated(mesh))
@@ -366,6 +403,7 @@ class Generator:
                         np.bool_(bool(waiting)),
                         max_new_tokens=max_new_tokens,
                         sampling=sampling,
+                        mesh=self.mesh,
                     )
                 done, count, index = (np.asarray(a) for a in jax.device_get(view))
                 ended = [r for r in range(b) if assigned[r] >= 0 and done[r]]
@@ -399,16 +437,36 @@ class Generator:
         max_new_tokens: int,
         sampling: SamplingParams,
     ) -> tuple[Rows, HostView]:
-        """Prefill prompts ``take`` into free rows ``slots``."""
+        """Prefill prompts ``take`` into free rows ``slots``. A prefill batch as large as the whole batch is laid
+        out row for row (prompt of row r at position r, the rows not refilled padding), so it replaces rows in
+        place instead of scattering them (see :func:`_prefill`)."""
+        b = self.batch_size
         group = self._group(len(take))
         length = bucket_length(max(len(prompts[i]) for i in take), self.bucket_multiple)
         batch = right_pad([prompts[i] for i in take], [[] for _ in take], length, group)
         if self.pad_id:
             batch.input_ids[batch.segment_ids == 0] = self.pad_id
         dummy = group - len(take)
-        slot_ids = np.array(slots + [self.batch_size] * dummy, np.int32)  # out of range: a dummy row is dropped
+        # A dummy row's slot B is out of range: a scatter drops it, and it is no row's own index.
+        slot_ids = np.array(slots + [b] * dummy, np.int32)
         prompt_ids = np.array(take + [0] * dummy, np.uint32)
-        inputs = put_rows([slot_ids, batch.input_ids, batch.segment_ids, batch.last_index, prompt_ids], self.mesh)
+        arrays = [slot_ids, batch.input_ids, batch.segment_ids, batch.last_index, prompt_ids]
+        aligned = group == b
+        if aligned:
+            # Rows not refilled take the first dummy row (all padding; there is one whenever a row is not refilled).
+            order = np.full((b,), len(take), np.int64)
+            order[slots] = np.arange(len(take))
+            arrays = [a[order] for a in arrays]
+            arrays[0] = np.where(order < len(take), np.arange(b), b).astype(np.int32)
+        inputs = put_rows(arrays, self.mesh)
         return self._prefill(
-            self.state, rows, *inputs, seed, stop_table, max_new_tokens=max_new_tokens, sampling=sampling
+            self.state,
+            rows,
+            *inputs,
+            seed,
+            stop_table,
+            max_new_tokens=max_new_tokens,
+            sampling=sampling,
+            aligned=aligned,
+            mesh=self.mesh,
         )

@@ -27,7 +27,7 @@ only names axes; :mod:`jaxtune.sharding` maps names to mesh axes.
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -116,16 +116,43 @@ class KVCache(NamedTuple):
         """A cache of rows ``rows`` (R,) of this one (a row may be taken several times)."""
         return KVCache(self.k[:, rows], self.v[:, rows], self.segment_ids[rows], self.index[rows])
 
-    def insert_rows(self, rows: jnp.ndarray, other: "KVCache") -> "KVCache":
+    def insert_rows(
+        self, rows: jnp.ndarray, other: "KVCache", pin: Callable[[jnp.ndarray], jnp.ndarray] = lambda a: a
+    ) -> "KVCache":
         """Rows ``rows`` (R,) replaced by the R rows of ``other`` (slots 0..other.length-1; later slots emptied).
-        A row index out of range (e.g. B for a dummy row) is dropped."""
+        A row index out of range (e.g. B for a dummy row) is dropped. ``pin`` is applied to the keys and values
+        carried through the loop over layers (jaxtune.eval pins the device's layout there, see
+        :func:`jaxtune.eval.batching.keep_default_layout`).
+
+        Written one layer at a time: the rows may land on any device, so under a mesh XLA's partitioner replicates
+        the scatter's updates on every chip; a loop over layers bounds that to one layer's R rows (the whole
+        scatter at once gathered every layer's: doit-33b's prefill of 32 rows of 2048 tokens needed 133.7 GiB of
+        temporaries per chip on 8 v5p chips)."""
         n = other.length
         segments = self.segment_ids.at[rows].set(0, mode="drop").at[rows, :n].set(other.segment_ids, mode="drop")
+
+        def layer(i, kv):
+            k, v = kv
+            k = k.at[i, rows, :n].set(other.k[i].astype(k.dtype), mode="drop")
+            v = v.at[i, rows, :n].set(other.v[i].astype(v.dtype), mode="drop")
+            return pin(constrain(k, KV_CACHE)), pin(constrain(v, KV_CACHE))
+
+        k, v = jax.lax.fori_loop(0, self.k.shape[0], layer, (self.k, self.v))
+        return KVCache(k=k, v=v, segment_ids=segments, index=self.index.at[rows].set(other.index, mode="drop"))
+
+    def replace_rows(self, mask: jnp.ndarray, other: "KVCache") -> "KVCache":
+        """Rows where ``mask`` (B,) is true replaced by the same rows of ``other``, a cache of the same B rows and at
+        most as many slots (its slots 0..other.length-1; later slots emptied); the other rows kept.
+
+        Row for row, so when both caches are sharded alike (as the model shards them) every device keeps to its
+        own rows: no communication, and no buffer beyond the two caches. :meth:`insert_rows` moves rows anywhere."""
+        grown = other.resized(self.length)
+        rows5 = mask[None, :, None, None, None]
         return KVCache(
-            k=self.k.at[:, rows, :n].set(other.k.astype(self.k.dtype), mode="drop"),
-            v=self.v.at[:, rows, :n].set(other.v.astype(self.v.dtype), mode="drop"),
-            segment_ids=segments,
-            index=self.index.at[rows].set(other.index, mode="drop"),
+            k=jnp.where(rows5, grown.k.astype(self.k.dtype), self.k),
+            v=jnp.where(rows5, grown.v.astype(self.v.dtype), self.v),
+            segment_ids=jnp.where(mask[:, None], grown.segment_ids, self.segment_ids),
+            index=jnp.where(mask, other.index, self.index),
         )
 
 

@@ -89,3 +89,49 @@ def test_resize_token_embeddings_matches_mean_initialised_transformers(variant: 
     got = logits_of(model, ids)
     assert got.shape == (1, 10, new)
     np.testing.assert_allclose(got, hf_logits(hf_model, ids), atol=TOL, rtol=0)
+
+
+def _random_cache(layers: int, rows: int, slots: int, seed: int):
+    from jaxtune.models.llama import KVCache
+
+    rng = np.random.default_rng(seed)
+    shape = (layers, rows, slots, 2, 4)
+    return KVCache(
+        k=jnp.asarray(rng.normal(size=shape), jnp.float32),
+        v=jnp.asarray(rng.normal(size=shape), jnp.float32),
+        segment_ids=jnp.asarray(rng.integers(1, 3, size=(rows, slots)), jnp.int32),
+        index=jnp.asarray(rng.integers(0, slots, size=(rows,)), jnp.int32),
+    )
+
+
+def test_insert_rows_and_replace_rows_write_the_rows_a_reference_writes() -> None:
+    """insert_rows (one layer at a time, dummy rows dropped) and replace_rows (row for row) against numpy: the
+    target rows hold the new rows' slots 0..n-1 and an empty rest (segment 0), the other rows are untouched."""
+    big, small = _random_cache(3, 6, 10, seed=0), _random_cache(3, 3, 4, seed=1)
+    rows = np.array([4, 6, 1], np.int32)  # 6 is out of range: a dummy row, dropped
+    got = jax.jit(lambda c, r, o: c.insert_rows(r, o))(big, rows, small)
+    want = {name: np.array(getattr(big, name)) for name in ("k", "v", "segment_ids", "index")}
+    for i, r in enumerate(rows):
+        if r >= 6:
+            continue
+        for name in ("k", "v"):
+            want[name][:, r, :4] = np.asarray(getattr(small, name))[:, i]
+        want["segment_ids"][r] = 0
+        want["segment_ids"][r, :4] = np.asarray(small.segment_ids)[i]
+        want["index"][r] = int(small.index[i])
+    for name, value in want.items():
+        np.testing.assert_array_equal(np.asarray(getattr(got, name)), value, err_msg=name)
+
+    aligned = _random_cache(3, 6, 4, seed=2)  # the same 6 rows, fewer slots
+    mask = np.array([True, False, False, True, True, False])
+    got = jax.jit(lambda c, m, o: c.replace_rows(m, o))(big, mask, aligned)
+    for name in ("k", "v"):
+        want = np.array(getattr(big, name))
+        want[:, mask] = 0.0
+        want[:, mask, :4] = np.asarray(getattr(aligned, name))[:, mask]
+        np.testing.assert_array_equal(np.asarray(getattr(got, name)), want, err_msg=name)
+    want = np.array(big.segment_ids)
+    want[mask] = 0
+    want[mask, :4] = np.asarray(aligned.segment_ids)[mask]
+    np.testing.assert_array_equal(np.asarray(got.segment_ids), want)
+    np.testing.assert_array_equal(np.asarray(got.index), np.where(mask, aligned.index, big.index))
