@@ -59,15 +59,12 @@ from jaxtune.models.axes import (
     HEADS,
     KV_HEADS,
     LENGTH,
-    LOOKUP_BATCH,
-    LOOKUP_EMBED,
-    LOOKUP_VOCAB,
     MLP,
     VOCAB,
     constrain,
 )
 from jaxtune.models.llama import DTYPES, KVCache, _normal, init_cache, project
-from jaxtune.models.stack import Prepared, run_layers
+from jaxtune.models.stack import Prepared, embed_lookup, run_layers
 
 LAYER_PARAM_AXES: dict[str, tuple[str, ...]] = {
     "attn_norm": ("layers", "norm"),
@@ -285,11 +282,7 @@ class Bloom(nnx.Module):
         if segment_ids is None:
             segment_ids = jnp.ones((b, t), jnp.int32)
 
-        table = constrain(self.embed_tokens[...], (LOOKUP_VOCAB, LOOKUP_EMBED))
-        # Looked up in the columns this chip holds, cast, then gathered along the columns within each data shard
-        # (XLA cannot go from column-split to row-split lookups in one step: it would replicate them).
-        h = jnp.take(table, constrain(input_ids, (LOOKUP_BATCH, LENGTH)), axis=0).astype(DTYPES[cfg.compute_dtype])
-        h = constrain(h, (LOOKUP_BATCH, LENGTH, None))
+        h = embed_lookup(self.embed_tokens[...], input_ids, DTYPES[cfg.compute_dtype])
         h = layer_norm(h, self.embed_norm[...], self.embed_norm_bias[...], cfg.layer_norm_epsilon)
         h = constrain(h, (BATCH, LENGTH, EMBED))
 

@@ -44,16 +44,13 @@ from jaxtune.models.axes import (
     KV_CACHE,
     KV_HEADS,
     LENGTH,
-    LOOKUP_BATCH,
-    LOOKUP_EMBED,
-    LOOKUP_VOCAB,
     MLP,
     VOCAB,
     constrain,
 )
 from jaxtune.models.dtypes import DTYPES
 from jaxtune.models.rope import apply_rotary, inverse_frequencies, rotary_cos_sin
-from jaxtune.models.stack import Prepared, run_layers
+from jaxtune.models.stack import Prepared, embed_lookup, run_layers
 
 REMAT_POLICIES: dict[str, Any] = {
     "none": None,  # no jax.checkpoint around the layer
@@ -377,12 +374,7 @@ class Llama(nnx.Module):
         if segment_ids is None:
             segment_ids = jnp.ones((b, t), jnp.int32)
 
-        table = constrain(self.embed_tokens[...], (LOOKUP_VOCAB, LOOKUP_EMBED))
-        # Looked up in the columns this chip holds, cast, then gathered along the columns within each data shard
-        # (XLA cannot go from column-split to row-split lookups in one step: it would replicate them).
-        h = jnp.take(table, constrain(input_ids, (LOOKUP_BATCH, LENGTH)), axis=0).astype(DTYPES[cfg.compute_dtype])
-        h = constrain(h, (LOOKUP_BATCH, LENGTH, None))
-        h = constrain(h, (BATCH, LENGTH, EMBED))
+        h = embed_lookup(self.embed_tokens[...], input_ids, DTYPES[cfg.compute_dtype])
         cos, sin = rotary_cos_sin(positions, inverse_frequencies(cfg))
 
         if cache is not None:
