@@ -123,6 +123,7 @@ def test_belle_study_in_miniature(model: str, tmp_path: Path) -> None:
             *MODELS[model],
             "model.compute_dtype=float32",
             "model.remat_policy=none",
+            "train.backward=autodiff",
             f"run_dir={runs}",
             f"data.path={data['path']}",
             f"data.alpaca_path={data['alpaca_path']}",
