@@ -604,7 +604,7 @@ class Config(_Section):
         if self.train.backward == "layerwise" and self.model.remat_policy != "full":
             rules.add(
                 f"train.backward=layerwise recomputes every layer in the backward pass (remat 'full'); it needs "
-                f"model.remat_policy=full, got {self.model.remat_policy!r}",
+                f"model.remat_policy=full, got {self.model.remat_policy!r} (or set train.backward=autodiff)",
                 "train",
             )
 
