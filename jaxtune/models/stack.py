@@ -1,6 +1,7 @@
 """The decoder stack every model family shares: embedding -> stacked layers -> final norm and LM head.
 
-A family's model class provides three pieces, and :func:`run_decoder` composes them for ``__call__``:
+A family's model class provides three pieces; its ``__call__`` is ``prepare``, :func:`run_layers` over ``layer``,
+then ``finish``:
 
 - ``prepare(input_ids, positions, segment_ids, cache) -> Prepared``: the embedded residual stream h (B, T, E) and the
   per-batch side inputs every layer reads (rotary tables or ALiBi, segment ids, slots);
@@ -56,7 +57,7 @@ def run_layers(
         body = jax.checkpoint(body, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
     if cfg.scan_layers and layer_cache is not None:
         # The cache rides in the carry and each layer's slice is written back in place: as the scan's output it
-        # would be a second whole cache (18 GiB per chip of doit-33b's decoding steps at batch 32 on 8 v5p chips).
+        # was a second whole cache (doit-33b's decoding steps at batch 32 on 8 v5p chips: 47.44 -> 26.96 GiB).
         def cached_body(carry: tuple, xs: tuple) -> tuple[tuple, None]:
             h, (k_all, v_all) = carry
             params, i = xs
