@@ -7,10 +7,13 @@ import os
 from pathlib import Path
 
 
-def _largest_data_file(item: Path) -> Path:
+def _data_files(item: Path) -> list[Path]:
     item = Path(os.fspath(item))  # a local epath from jaxtune's path helpers: walk it with pathlib
-    files = [p for p in item.rglob("*") if p.is_file() and p.parent.name == "d"]
-    return max(files, key=lambda p: p.stat().st_size)
+    return [p for p in item.rglob("*") if p.is_file() and p.parent.name == "d"]
+
+
+def _largest_data_file(item: Path) -> Path:
+    return max(_data_files(item), key=lambda p: p.stat().st_size)
 
 
 def _cut(path: Path) -> None:
@@ -19,7 +22,13 @@ def _cut(path: Path) -> None:
 
 
 def truncate_data_file(item: Path) -> None:
-    _cut(_largest_data_file(item))
+    # Every array data file (the per-process databases' d/ files; the item's own d/ holds the merged index) loses its
+    # second half: with only the largest one cut, a full-suite run once restored the step anyway, and the fallback
+    # went untested.
+    files = _data_files(item)
+    arrays = [p for p in files if p.parent.parent.name.startswith("ocdbt.process")]
+    for path in arrays or files:
+        _cut(path)
 
 
 def delete_data_file(item: Path) -> None:
