@@ -60,10 +60,9 @@ from jaxtune.models.axes import (
     KV_HEADS,
     LENGTH,
     MLP,
-    VOCAB,
     constrain,
 )
-from jaxtune.models.llama import DTYPES, KVCache, _normal, init_cache, project
+from jaxtune.models.llama import DTYPES, KVCache, _normal, init_cache, lm_head_logits, project
 from jaxtune.models.stack import Prepared, embed_lookup, run_layers
 
 LAYER_PARAM_AXES: dict[str, tuple[str, ...]] = {
@@ -319,13 +318,4 @@ class Bloom(nnx.Module):
         if logit_slots is not None:
             h = jnp.take_along_axis(h, logit_slots[:, :, None], axis=1)
         h = layer_norm(h, self.norm[...], self.norm_bias[...], cfg.layer_norm_epsilon)
-        cd = DTYPES[cfg.compute_dtype]
-        if cfg.tie_word_embeddings:
-            head = self.embed_tokens[...].astype(cd).T
-        else:
-            head = self.lm_head[...].astype(cd)
-        logits = project(h, head, preferred_element_type=jnp.float32)
-        logits = constrain(logits, (BATCH, LENGTH, VOCAB))
-        if logits.shape[-1] != cfg.vocab_size:
-            logits = logits[..., : cfg.vocab_size]
-        return logits
+        return lm_head_logits(self, h)

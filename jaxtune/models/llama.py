@@ -202,6 +202,16 @@ def project(x: jnp.ndarray, w: jnp.ndarray, in_dims: int = 1, **dot_kwargs: Any)
     return y.reshape(*lead, *out)
 
 
+def lm_head_logits(model: nnx.Module, h: jnp.ndarray) -> jnp.ndarray:
+    """The LM head of a model with ``embed_tokens`` (and ``lm_head`` unless tied) on the normed residual h: float32
+    logits, vocabulary split like the head, cut back from the padded vocabulary to ``cfg.vocab_size``."""
+    cfg = model.cfg
+    cd = DTYPES[cfg.compute_dtype]
+    head = model.embed_tokens[...].astype(cd).T if cfg.tie_word_embeddings else model.lm_head[...].astype(cd)
+    logits = constrain(project(h, head, preferred_element_type=jnp.float32), (BATCH, LENGTH, VOCAB))
+    return logits[..., : cfg.vocab_size] if logits.shape[-1] != cfg.vocab_size else logits
+
+
 def _normal(rngs: nnx.Rngs, shape: tuple[int, ...], std: float, dtype: Any) -> jnp.ndarray:
     return (std * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
 
@@ -399,16 +409,7 @@ class Llama(nnx.Module):
         if logit_slots is not None:
             h = jnp.take_along_axis(h, logit_slots[:, :, None], axis=1)
         h = rms_norm(h, self.norm[...], cfg.rms_norm_eps)
-        cd = DTYPES[cfg.compute_dtype]
-        if cfg.tie_word_embeddings:
-            head = self.embed_tokens[...].astype(cd).T
-        else:
-            head = self.lm_head[...].astype(cd)
-        logits = project(h, head, preferred_element_type=jnp.float32)
-        logits = constrain(logits, (BATCH, LENGTH, VOCAB))
-        if logits.shape[-1] != cfg.vocab_size:
-            logits = logits[..., : cfg.vocab_size]
-        return logits
+        return lm_head_logits(self, h)
 
 
 def resize_token_embeddings(model: Llama, new_vocab_size: int, pad_multiple: Optional[int] = None) -> Llama:

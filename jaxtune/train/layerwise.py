@@ -46,7 +46,7 @@ def layerwise_loss_and_grads(
 ) -> tuple[jax.Array, Any, jax.Array]:
     """(loss, float32 gradients, supervised-token count) of a (microbatches, rows, length) batch, as
     :func:`jaxtune.train.step.loss_and_grads` computes them, with the accumulator updated one layer at a time."""
-    from jaxtune.train.step import cast_for_compute
+    from jaxtune.train.step import cast_for_compute, weighted_loss  # step imports this module
 
     total_weight = jnp.sum(batch["loss_weights"].astype(jnp.float32))
     denominator = jnp.maximum(total_weight, 1.0)
@@ -80,9 +80,8 @@ def layerwise_loss_and_grads(
         h_last, inputs = jax.lax.scan(forward, h0, layers)
 
         def head_loss(o: dict, h: jax.Array) -> jax.Array:
-            logits = merged(o).finish(h)
-            ce = optax.softmax_cross_entropy_with_integer_labels(logits, micro["targets"])
-            return jnp.sum(ce * micro["loss_weights"].astype(jnp.float32)) / denominator
+            ce = optax.softmax_cross_entropy_with_integer_labels(merged(o).finish(h), micro["targets"])
+            return weighted_loss(ce, micro, denominator)
 
         loss, head_vjp = jax.vjp(head_loss, outer, h_last)
         head_grads, g_h = head_vjp(jnp.ones_like(loss))

@@ -95,6 +95,12 @@ def token_cross_entropy(graphdef: nnx.GraphDef, params: Any, batch: Batch) -> ja
     return optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
 
 
+def weighted_loss(ce: jax.Array, micro: Batch, denominator: jax.Array) -> jax.Array:
+    """A microbatch's share of the step's loss: its per-token cross-entropies weighted by ``loss_weights``, summed,
+    over the whole batch's total weight ``denominator``."""
+    return jnp.sum(ce * micro["loss_weights"].astype(jnp.float32)) / denominator
+
+
 def cast_for_compute(params: Any, compute_dtype: Optional[str]) -> Any:
     """The weights the model would cast to ``compute_dtype`` anyway, cast once up front (None: unchanged).
 
@@ -141,8 +147,7 @@ def loss_and_grads(
     denominator = jnp.maximum(total_weight, 1.0)  # a batch with nothing supervised has loss 0, not NaN
 
     def weighted_sum(p: Any, micro: Batch) -> jax.Array:
-        ce = token_cross_entropy(graphdef, p, micro)
-        return jnp.sum(ce * micro["loss_weights"].astype(jnp.float32)) / denominator
+        return weighted_loss(token_cross_entropy(graphdef, p, micro), micro, denominator)
 
     grad_fn = jax.value_and_grad(weighted_sum)
     params = cast_for_compute(params, compute_dtype)
