@@ -32,7 +32,12 @@ setup(
     description="Instruction-tuning research on JAX: LLaMA fine-tuning on TPU pods or GPUs, evaluated per ability",
     packages=find_packages(include=["jaxtune", "jaxtune.*"]),
     package_data={
-        "jaxtune": ["demo/tokenizer/tokenizer.model", "demo/quickstart.yaml", "reference/*.csv", "reference/*.md"]
+        "jaxtune": [
+            "demo/tokenizer/tokenizer.model",
+            "demo/quickstart.yaml",
+            "study/reference/*.csv",
+            "study/reference/*.md",
+        ]
     },
     python_requires=">=3.11",
     install_requires=CORE,

@@ -28,7 +28,7 @@ def add_model_args(
 
 def model_config(args: argparse.Namespace, **fields: Any):
     """The jaxtune ModelConfig of the model-shape flags; ``fields`` set the others."""
-    from jaxtune.config import ModelConfig
+    from jaxtune.config.schema import ModelConfig
 
     return ModelConfig(
         vocab_size=args.vocab,

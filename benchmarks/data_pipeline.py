@@ -131,7 +131,7 @@ def measure(prepared: Path, batches: int, workers: int, batch_size: int) -> dict
     """Runs in its own process: build the pipeline, iterate, report figures and peak RSS."""
     import grain
 
-    from jaxtune.config import DataConfig
+    from jaxtune.config.schema import DataConfig
     from jaxtune.data.pipeline import build_train_pipeline
 
     cfg = DataConfig(

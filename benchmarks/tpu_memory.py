@@ -6,7 +6,7 @@ HBM the step needs. A config that does not fit fails to compile with RESOURCE_EX
 With ``--attention splash`` the Pallas splash kernel is compiled for the TPU too, inside the shard_map that gives
 each chip its own rows and heads.
 
-With ``--eval`` it compiles evaluation's generation instead (:mod:`jaxtune.plan_eval`, as ``jaxtune plan`` does:
+With ``--eval`` it compiles evaluation's generation instead (:mod:`jaxtune.eval.aot`, as ``jaxtune plan`` does:
 a prefill of ``--batch`` prompts of ``--length`` tokens, a refill of half the batch, and a chunk of decoding steps
 over a KV cache of ``--length + --new-tokens`` slots), with the parameters in bfloat16 laid out by the same rules
 and the KV cache sharded (rows over data x fsdp, key/value heads over tensor), as ``jaxtune eval`` runs it.
@@ -66,10 +66,10 @@ def main() -> int:
     import numpy as np
     from jax.experimental import topologies
 
-    from jaxtune.config import MeshConfig, OptimConfig
+    from jaxtune.config.schema import MeshConfig, OptimConfig
+    from jaxtune.eval.aot import compile_generation, eval_model_config
     from jaxtune.models.configs import model_config
     from jaxtune.models.stats import model_info
-    from jaxtune.plan_eval import compile_generation, eval_model_config
     from jaxtune.sharding import (
         abstract_model,
         activation_rules,

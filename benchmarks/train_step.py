@@ -88,7 +88,7 @@ def main() -> int:
     import jax
     import torch
 
-    from jaxtune.config import MeshConfig, OptimConfig
+    from jaxtune.config.schema import MeshConfig, OptimConfig
     from jaxtune.models.stats import model_info
     from jaxtune.sharding import abstract_model, build_mesh, global_batch, param_shardings
     from jaxtune.train.optim import build_optimizer

@@ -4,7 +4,7 @@ jaxtune quickstart                     the main job on the embedded default (CPU
 jaxtune train CONFIG [key=value ...]   fine-tune (sharded, resumable)
 jaxtune eval CKPT --suite doit ...     score a checkpoint per ability
 jaxtune report RUN_DIR ... --out DIR   growth curves and growth-pace tables over many evaluations
-jaxtune sweep SWEEP.yaml [--dry-run]   the study's grid: models x data types, idempotent (jaxtune/grid.py)
+jaxtune sweep SWEEP.yaml [--dry-run]   the study's grid: models x data types, idempotent (jaxtune/study/grid.py)
 jaxtune sweep CONFIG --selections ...  train and evaluate one config at several data volumes
 jaxtune prepare INPUT OUT --format F   local files -> ArrayRecord dataset (random access, low memory)
 jaxtune import-hf HF_DIR OUT           Hugging Face LLaMA or BLOOM folder -> jaxtune checkpoint
@@ -24,7 +24,7 @@ import argparse
 import sys
 from typing import Callable, Optional, Sequence
 
-from jaxtune.config import load_config
+from jaxtune.config.schema import load_config
 from jaxtune.errors import JaxtuneError
 from jaxtune.names import DATA_FORMATS, DTYPES, SCORER_MODES
 
@@ -137,7 +137,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from jaxtune.report import report
+    from jaxtune.study.report import report
 
     written = report(args.runs, args.out, epoch=args.epoch)
     print(f"wrote {len(written)} files to {args.out} (epoch choice: {args.epoch}):")
@@ -155,7 +155,7 @@ def _epoch_choice(text: str):
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from jaxtune.grid import cell_states, format_states, is_sweep_file, load_grid, run_grid
+    from jaxtune.study.grid import cell_states, format_states, is_sweep_file, load_grid, run_grid
 
     if is_sweep_file(args.config):
         if args.selections or args.overrides or args.eval_epochs is not None:
@@ -175,7 +175,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             f"'sweep', lists its grid and supports --dry-run)"
         )
     cfg = _config(args.config, args.overrides)
-    from jaxtune.sweep import sweep
+    from jaxtune.study.sweep import sweep
 
     outputs = sweep(cfg, selections=args.selections.split(","), epochs_to_eval=args.eval_epochs or "last")
     print(outputs.summary())
@@ -191,7 +191,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _cmd_quickstart(args: argparse.Namespace) -> int:
-    from jaxtune.quickstart import quickstart
+    from jaxtune.commands.quickstart import quickstart
 
     outputs = quickstart(args.out, overrides=args.overrides, selections=args.selections)
     print(outputs.summary())
@@ -199,7 +199,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from jaxtune.plan import GIB, plan
+    from jaxtune.commands.plan import GIB, plan
 
     cfg = _config(args.config, args.overrides)
     hbm = int(args.hbm_gib * GIB) if args.hbm_gib else None
@@ -217,7 +217,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _cmd_select(args: argparse.Namespace) -> int:
-    from jaxtune.select import select_study_data
+    from jaxtune.study.select import select_study_data
 
     print(select_study_data(args.data_dir, args.data_type, args.out_dir, seed=args.seed).summary())
     return 0
@@ -237,7 +237,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from jaxtune.validate import validate
+    from jaxtune.commands.validate import validate
 
     paths, overrides = _config_files(args.config, args.overrides)
     result = validate(paths, overrides, devices=args.devices, accelerator=args.accelerator)

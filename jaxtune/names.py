@@ -23,7 +23,7 @@ LOGICAL_AXES        (the models' parameter and activation      ``jaxtune.shardin
                     axis names)
 ==================  =========================================  ====================================================
 
-This module imports nothing of jaxtune but :mod:`jaxtune.errors` (it sits below :mod:`jaxtune.config`).
+This module imports nothing of jaxtune but :mod:`jaxtune.errors` (it sits below :mod:`jaxtune.config.schema`).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxtune.config import MeshConfig, ModelConfig
+from jaxtune.config.schema import MeshConfig, ModelConfig
 from jaxtune.errors import JaxtuneError
 from jaxtune.models.registry import create_model
 

@@ -1,5 +1,5 @@
 """The study's make_data.py written out literally, the independent reference of the selection tests
-(tests/data/test_mixtures.py: jaxtune.data.mixtures; tests/test_select.py: jaxtune select): module-level random
+(tests/data/test_mixtures.py: jaxtune.data.mixtures; tests/study/test_select.py: jaxtune select): module-level random
 seeded 0, sorted file lists, ``random.sample`` for the sized data types, list slicing for the constructions, the
 output file named after the input file less its last ``_`` part."""
 

@@ -152,8 +152,8 @@ def damaged_run(tmp_path_factory):
     from damage import truncate_data_file
     from flax import nnx
 
-    from jaxtune.checkpoint import save_params
-    from jaxtune.config import model_config_from_dict
+    from jaxtune.checkpoint.train_state import save_params
+    from jaxtune.config.schema import model_config_from_dict
     from jaxtune.demo.abilities import write_demo_dataset
     from jaxtune.models.llama import Llama
 

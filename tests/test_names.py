@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxtune import config, names
+from jaxtune import names
+from jaxtune.config import schema as config
 from jaxtune.convert.hf_families import FAMILIES
 from jaxtune.data.formats import _PARSERS
 from jaxtune.data.templates import TEMPLATE_CLASSES

@@ -22,7 +22,7 @@ import pytest
 from gcs_emulator import gcs  # noqa: F401  (the fixture)
 from train import subprocess_runs as runs
 
-from jaxtune.checkpoint import epoch_checkpoint_dir, load_params, train_checkpoint_dir
+from jaxtune.checkpoint.train_state import epoch_checkpoint_dir, load_params, train_checkpoint_dir
 from jaxtune.paths import (
     absolute_path,
     append_text,
@@ -232,9 +232,9 @@ def test_a_sigterm_save_to_a_bucket_resumes_exactly(gcs, tmp_path, compile_cache
 
 
 def test_writers_of_local_files_only_refuse_a_url(tmp_path):
+    from jaxtune.commands.quickstart import quickstart
     from jaxtune.data.prepare import prepare_dataset
     from jaxtune.errors import JaxtuneError
-    from jaxtune.quickstart import quickstart
 
     (tmp_path / "a.jsonl").write_text('{"instruction": "q", "output": "a"}\n')
     with pytest.raises(JaxtuneError, match="gs://bucket/prepared: this path must be local"):

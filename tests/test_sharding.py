@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from jaxtune.config import MeshConfig, config_from_dict
+from jaxtune.config.schema import MeshConfig, config_from_dict
 from jaxtune.models.configs import model_config
 from jaxtune.models.llama import Llama
 from jaxtune.sharding import (

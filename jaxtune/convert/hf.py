@@ -25,8 +25,14 @@ from typing import Optional, Sequence
 import numpy as np
 from etils import epath
 
-from jaxtune.checkpoint import expected_param_shapes, load_params, model_with_params, save_params, tokenizer_path
-from jaxtune.config import ModelConfig
+from jaxtune.checkpoint.train_state import (
+    expected_param_shapes,
+    load_params,
+    model_with_params,
+    save_params,
+    tokenizer_path,
+)
+from jaxtune.config.schema import ModelConfig
 from jaxtune.convert.hf_config import read_hf_config
 from jaxtune.convert.hf_families import FAMILIES, HFFamily, family_of_hf
 from jaxtune.convert.hf_tokenizer import add_special_tokens, has_tokenizer, load_hf_tokenizer, write_hf_tokenizer

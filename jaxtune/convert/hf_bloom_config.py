@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from jaxtune.config import ModelConfig
+from jaxtune.config.schema import ModelConfig
 from jaxtune.convert.hf_config import HFConfigError, hf_dtype, save_with_generation_config
 
 logger = logging.getLogger(__name__)

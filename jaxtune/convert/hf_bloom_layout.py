@@ -14,7 +14,7 @@ from typing import Optional
 
 import numpy as np
 
-from jaxtune.config import ModelConfig
+from jaxtune.config.schema import ModelConfig
 from jaxtune.convert.hf_layout import LayerTensor, Placement, placed_tensor
 
 PREFIX = "transformer."

@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any, Optional
 
-from jaxtune.config import ModelConfig, RopeScalingConfig
+from jaxtune.config.schema import ModelConfig, RopeScalingConfig
 from jaxtune.errors import JaxtuneError
 
 logger = logging.getLogger(__name__)

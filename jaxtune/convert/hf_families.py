@@ -9,7 +9,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from jaxtune.config import ModelConfig
+from jaxtune.config.schema import ModelConfig
 from jaxtune.convert import hf_bloom_config, hf_bloom_layout, hf_config, hf_layout
 from jaxtune.convert.hf_config import HFConfigError
 from jaxtune.convert.hf_layout import Placement

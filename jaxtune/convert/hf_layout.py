@@ -15,7 +15,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from jaxtune.config import ModelConfig
+from jaxtune.config.schema import ModelConfig
 
 LAYER_PREFIX = "model.layers."
 # Non-parameter buffers that old transformers versions saved in checkpoints; they carry no information.

@@ -68,7 +68,7 @@ DISPLAY_NAMES: dict[str, str] = {
     "math": "COT for Grad-Math",
     "ethics": "Ethics",
 }
-"""The study's name of each ability in its tables and figures (jaxtune.report's row labels and titles)."""
+"""The study's name of each ability in its tables and figures (jaxtune.study.report's row labels and titles)."""
 
 # Per-ability caps of the study's `maximum` construction; None = the whole file.
 _MAXIMUM_SIZES: dict[str, Optional[int]] = {"ethics": 64, "role_play": 64, "creative_writing": 1000}

@@ -44,7 +44,7 @@ from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from jaxtune.config import DataConfig
+from jaxtune.config.schema import DataConfig
 from jaxtune.data.belle_volumes import SelectedRecords, is_belle_selection, select_belle
 from jaxtune.data.formats import DataError, Record, SkipReport
 from jaxtune.data.mixtures import select_records, write_manifest

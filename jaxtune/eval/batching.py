@@ -22,7 +22,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxtune.config import ModelConfig
+from jaxtune.config.schema import ModelConfig
 
 
 def bucket_length(n: int, multiple: int = 64, smallest: int = 16) -> int:

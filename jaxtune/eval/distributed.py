@@ -22,7 +22,7 @@ from typing import Any, Optional
 import jax
 from jax.sharding import Mesh
 
-from jaxtune.config import Config, MeshConfig
+from jaxtune.config.schema import Config, MeshConfig
 
 _PROCESS_FIELDS = ("coordinator_address", "num_processes", "process_id")
 

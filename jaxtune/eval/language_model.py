@@ -11,7 +11,7 @@ from typing import Optional
 import numpy as np
 from jax.sharding import Mesh
 
-from jaxtune.config import EvalConfig
+from jaxtune.config.schema import EvalConfig
 from jaxtune.eval.generate import Generator
 from jaxtune.eval.likelihood import LikelihoodScorer
 from jaxtune.eval.protocol import Generation
@@ -66,7 +66,7 @@ class JaxLanguageModel:
 
 
 def sampling_from_config(eval_cfg: EvalConfig) -> SamplingParams:
-    """The decoding settings of an :class:`~jaxtune.config.EvalConfig` (temperature 0 = greedy)."""
+    """The decoding settings of an :class:`~jaxtune.config.schema.EvalConfig` (temperature 0 = greedy)."""
     return SamplingParams(
         temperature=eval_cfg.temperature,
         top_k=eval_cfg.top_k,

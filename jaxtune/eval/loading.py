@@ -22,7 +22,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from jaxtune.checkpoint import (
+from jaxtune.checkpoint.train_state import (
     MODEL_CONFIG_FILE,
     complete_step_hint,
     expected_param_shapes,
@@ -31,7 +31,7 @@ from jaxtune.checkpoint import (
     restore_model,
     tokenizer_path,
 )
-from jaxtune.config import ModelConfig
+from jaxtune.config.schema import ModelConfig
 from jaxtune.eval.errors import EvalSetupError
 from jaxtune.eval.template_codec import TemplateChatCodec
 from jaxtune.paths import as_path

@@ -51,7 +51,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
-from jaxtune.config import ModelConfig
+from jaxtune.config.schema import ModelConfig
 from jaxtune.models.attention import Alibi, alibi_slopes, dot_product_attention
 from jaxtune.models.axes import (
     BATCH,
@@ -62,8 +62,8 @@ from jaxtune.models.axes import (
     MLP,
     constrain,
 )
+from jaxtune.models.decoder import Prepared, embed_lookup, run_layers
 from jaxtune.models.llama import DTYPES, KVCache, _normal, init_cache, lm_head_logits, project
-from jaxtune.models.stack import Prepared, embed_lookup, run_layers
 
 LAYER_PARAM_AXES: dict[str, tuple[str, ...]] = {
     "attn_norm": ("layers", "norm"),

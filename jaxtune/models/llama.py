@@ -34,7 +34,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
-from jaxtune.config import ModelConfig
+from jaxtune.config.schema import ModelConfig
 from jaxtune.models.attention import dot_product_attention
 from jaxtune.models.axes import (
     BATCH,
@@ -48,9 +48,9 @@ from jaxtune.models.axes import (
     VOCAB,
     constrain,
 )
+from jaxtune.models.decoder import Prepared, embed_lookup, run_layers
 from jaxtune.models.dtypes import DTYPES
 from jaxtune.models.rope import apply_rotary, inverse_frequencies, rotary_cos_sin
-from jaxtune.models.stack import Prepared, embed_lookup, run_layers
 
 REMAT_POLICIES: dict[str, Any] = {
     "none": None,  # no jax.checkpoint around the layer

@@ -1,6 +1,6 @@
 """The model families: ``model.family`` -> the Flax NNX class that builds it.
 
-Every place that builds a model from a :class:`~jaxtune.config.ModelConfig` (checkpoints, sharding, the trainer,
+Every place that builds a model from a :class:`~jaxtune.config.schema.ModelConfig` (checkpoints, sharding, the trainer,
 evaluation loading, conversion) goes through :func:`create_model`, so adding a family means adding one entry here
 (and its name to :data:`jaxtune.names.ModelFamily`). All families share one interface: ``Model(cfg, rngs)``, and
 ``model(input_ids, positions=None, segment_ids=None, cache=None) -> (logits, cache)`` with the KV cache of
@@ -14,7 +14,7 @@ from typing import Optional
 
 from flax import nnx
 
-from jaxtune.config import ModelConfig
+from jaxtune.config.schema import ModelConfig
 from jaxtune.models.bloom import Bloom
 from jaxtune.models.llama import Llama
 from jaxtune.names import check_axes, unknown_name_message

@@ -7,7 +7,7 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-from jaxtune.config import ModelConfig
+from jaxtune.config.schema import ModelConfig
 
 
 def inverse_frequencies(cfg: ModelConfig) -> np.ndarray:

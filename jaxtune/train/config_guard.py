@@ -22,7 +22,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-from jaxtune.config import ConfigError
+from jaxtune.config.schema import ConfigError
 from jaxtune.paths import append_text, as_path, write_text_atomic
 
 GUARDED_PREFIXES = ("data.", "optim.", "train.global_batch_size", "train.epochs", "train.max_steps", "train.seed")

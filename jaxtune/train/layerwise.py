@@ -5,7 +5,7 @@
 microbatches adds it into the accumulator, and casting the weights to bf16 up front keeps a whole bf16 copy of the
 model beside the float32 masters: on 8 v5p chips at the study's batch, 7.6 + 7.6 GiB per chip for doit-33b on top
 of the 15.3 GiB accumulator. This module writes the backward pass itself, over the pieces every model family
-provides (:mod:`jaxtune.models.stack`: ``prepare`` -> ``layer`` x L -> ``finish``):
+provides (:mod:`jaxtune.models.decoder`: ``prepare`` -> ``layer`` x L -> ``finish``):
 
 1. forward: embed (its VJP kept), scan the layers keeping each layer's input (L, B, T, E) in the compute dtype and
    nothing else, then the final norm, the LM head and the weighted cross-entropy (VJP kept);

@@ -1,6 +1,6 @@
 """The optimizer from config: AdamW with optional no-decay mask, gradient clipping and learning-rate schedules.
 
-Everything is optax; this module only translates :class:`~jaxtune.config.OptimConfig`.
+Everything is optax; this module only translates :class:`~jaxtune.config.schema.OptimConfig`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any, Callable
 import jax
 import optax
 
-from jaxtune.config import ConfigError, OptimConfig
+from jaxtune.config.schema import ConfigError, OptimConfig
 from jaxtune.models.dtypes import DTYPES
 from jaxtune.names import unknown_name_message
 

@@ -20,7 +20,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from jaxtune.checkpoint import (
+from jaxtune.checkpoint.train_state import (
     DAMAGED_DIR,
     CheckpointError,
     EpochCheckpointManager,
@@ -30,7 +30,8 @@ from jaxtune.checkpoint import (
     load_params,
     saved_run_config,
 )
-from jaxtune.config import Config, ConfigError, config_to_dict, dump_config
+from jaxtune.commands.validate import check_run, vocabulary_problem
+from jaxtune.config.schema import Config, ConfigError, config_to_dict, dump_config
 from jaxtune.errors import JaxtuneError
 from jaxtune.models.stats import model_info
 from jaxtune.paths import as_path, write_text_atomic
@@ -56,7 +57,6 @@ from jaxtune.train.step import (
     new_train_state,
     train_state_shardings,
 )
-from jaxtune.validate import check_run, vocabulary_problem
 
 COMPLETED_FILE = "completed.json"  # {"step": S, "total_steps": S, "epoch_checkpoints": [...]}, once a run completes
 TRAIN_KEYS = ("input_ids", "targets", "loss_weights", "segment_ids", "positions")

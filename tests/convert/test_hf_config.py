@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import transformers
 
-from jaxtune.config import ModelConfig, RopeScalingConfig
+from jaxtune.config.schema import ModelConfig, RopeScalingConfig
 from jaxtune.convert.hf_config import HFConfigError, model_config_from_hf, read_hf_config, write_hf_config
 
 V5_LLAMA3 = {

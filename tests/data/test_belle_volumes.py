@@ -12,7 +12,7 @@ import grain
 import numpy as np
 import pytest
 
-from jaxtune.config import DataConfig
+from jaxtune.config.schema import DataConfig
 from jaxtune.data.belle_volumes import STUDY_VOLUMES, nested_indices, parse_belle_selection, select_belle
 from jaxtune.data.formats import DataError
 from jaxtune.data.mixtures import SelectionError, read_manifest

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from doit_fixtures import make_hf_tokenizer_folder
 
-from jaxtune.config import DataConfig
+from jaxtune.config.schema import DataConfig
 from jaxtune.data.formats import DataError
 from jaxtune.data.mixtures import read_manifest, select_records
 from jaxtune.data.pipeline import BATCH_KEYS, PipelineError, build_eval_pipeline, build_train_pipeline

@@ -9,7 +9,7 @@ import grain
 import numpy as np
 import pytest
 
-from jaxtune.config import DataConfig
+from jaxtune.config.schema import DataConfig
 from jaxtune.data.formats import DataError, read_records
 from jaxtune.data.pipeline import PipelineError, build_train_pipeline
 from jaxtune.data.prepare import PreparedRecords, is_prepared_dataset, plan_parts, prepare_dataset

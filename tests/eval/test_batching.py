@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxtune.config import MeshConfig
+from jaxtune.config.schema import MeshConfig
 from jaxtune.eval.batching import bucket_length, check_batch_rows, jitted, put_rows
 from jaxtune.models.configs import model_config
 from jaxtune.models.llama import Llama

@@ -126,7 +126,7 @@ def test_continuous_batching_on_a_mesh_matches_one_device(gqa_pair):
     8 simulated devices (data 2 x fsdp 2 x tensor 2) and on one: the same replies and last-step logits."""
     import copy
 
-    from jaxtune.config import MeshConfig
+    from jaxtune.config.schema import MeshConfig
     from jaxtune.eval.loading import shard_model
     from jaxtune.sharding import build_mesh
 

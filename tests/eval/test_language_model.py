@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxtune.config import EvalConfig
+from jaxtune.config.schema import EvalConfig
 from jaxtune.eval.generate import Generator
 from jaxtune.eval.language_model import JaxLanguageModel, sampling_from_config
 from jaxtune.eval.protocol import LanguageModel

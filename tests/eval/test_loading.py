@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxtune.checkpoint import expected_param_shapes, save_params
-from jaxtune.config import MeshConfig
+from jaxtune.checkpoint.train_state import expected_param_shapes, save_params
+from jaxtune.config.schema import MeshConfig
 from jaxtune.eval.loading import (
     EvalSetupError,
     checkpoint_kind,

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxtune.config import EvalConfig, MeshConfig
+from jaxtune.config.schema import EvalConfig, MeshConfig
 from jaxtune.demo.abilities import write_demo_dataset
 from jaxtune.eval.language_model import JaxLanguageModel
 from jaxtune.eval.loading import EvalSetupError

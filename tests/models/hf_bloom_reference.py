@@ -16,7 +16,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="the parity tests need PyTorch (pip install jaxtune[test])")
 transformers = pytest.importorskip("transformers")
 
-from jaxtune.config import ModelConfig  # noqa: E402
+from jaxtune.config.schema import ModelConfig  # noqa: E402
 
 # Head counts that are and are not powers of two (ALiBi's second slope sequence), odd vocabularies, tied and not.
 BLOOM_VARIANTS: dict[str, dict[str, Any]] = {

@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 from hf_reference import torch
 
-from jaxtune.config import ModelConfig
+from jaxtune.config.schema import ModelConfig
 from jaxtune.models.llama import init_cache
 from jaxtune.models.registry import create_model
 

@@ -16,7 +16,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="the parity tests need PyTorch (pip install jaxtune[test])")
 transformers = pytest.importorskip("transformers")
 
-from jaxtune.config import ModelConfig, RopeScalingConfig  # noqa: E402
+from jaxtune.config.schema import ModelConfig, RopeScalingConfig  # noqa: E402
 
 # The shapes the parity tests cover: MHA and GQA, tied and untied, default and llama3 rope, odd vocabularies.
 VARIANTS: dict[str, dict[str, Any]] = {

@@ -155,7 +155,7 @@ def test_splash_keeps_bfloat16() -> None:
 def test_splash_kernel_runs_on_each_devices_rows_and_heads_under_a_mesh() -> None:
     """Under a data x fsdp x tensor mesh the kernel sees only its device's rows and heads (shard_map), and the
     result is still the XLA path's attention."""
-    from jaxtune.config import MeshConfig
+    from jaxtune.config.schema import MeshConfig
     from jaxtune.sharding import activation_rules, build_mesh
 
     if jax.device_count() < 8:

@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch", reason="the rope tests compare with transfo
 from transformers import LlamaConfig  # noqa: E402
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb  # noqa: E402
 
-from jaxtune.config import ModelConfig, RopeScalingConfig  # noqa: E402
+from jaxtune.config.schema import ModelConfig, RopeScalingConfig  # noqa: E402
 from jaxtune.models.rope import apply_rotary, inverse_frequencies, rotary_cos_sin  # noqa: E402
 
 SCALINGS = {

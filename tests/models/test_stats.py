@@ -12,7 +12,7 @@ import optax
 import pytest
 from flax import nnx
 
-from jaxtune.config import ModelConfig
+from jaxtune.config.schema import ModelConfig
 from jaxtune.models import attention
 from jaxtune.models.configs import model_config
 from jaxtune.models.llama import Llama
@@ -132,8 +132,8 @@ def test_checkpoint_bytes_match_saved_checkpoints(tmp_path) -> None:
     an upper bound (Orbax's zstd takes about 20% off random bfloat16 weights, less off float32)."""
     from train.synthetic_stream import synthetic_data
 
-    from jaxtune.checkpoint import EpochCheckpointManager, TrainCheckpointManager
-    from jaxtune.config import config_from_dict
+    from jaxtune.checkpoint.train_state import EpochCheckpointManager, TrainCheckpointManager
+    from jaxtune.config.schema import config_from_dict
     from jaxtune.models.stats import run_storage
     from jaxtune.train.optim import build_optimizer
     from jaxtune.train.step import new_train_state
@@ -184,7 +184,7 @@ def test_checkpoint_bytes_match_saved_checkpoints(tmp_path) -> None:
 
 
 def test_a_33b_run_of_15_epochs_keeps_its_epochs_within_one_tebibyte() -> None:
-    from jaxtune.config import load_config
+    from jaxtune.config.schema import load_config
     from jaxtune.models.stats import run_storage
 
     for name in ("doit-7b", "doit-13b", "doit-33b"):

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from jaxtune.config import Config, ConfigError, config_to_dict, dump_config
+from jaxtune.config.schema import Config, ConfigError, config_to_dict, dump_config
 from jaxtune.train.config_guard import archive_config, check_resume_config, guarded_changes, record_changes
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxtune.config import ConfigError, OptimConfig
+from jaxtune.config.schema import ConfigError, OptimConfig
 from jaxtune.train.optim import build_optimizer, learning_rate_schedule, weight_decay_mask
 
 torch = pytest.importorskip("torch", reason="the optimizer parity tests need PyTorch (pip install jaxtune[test])")

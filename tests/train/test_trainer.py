@@ -14,8 +14,8 @@ import pytest
 from flax import nnx
 from tiny_demo_run import demo_run_config
 
-from jaxtune.checkpoint import load_params
-from jaxtune.config import ConfigError, load_config
+from jaxtune.checkpoint.train_state import load_params
+from jaxtune.config.schema import ConfigError, load_config
 from jaxtune.data.mixtures import STUDY_ABILITIES
 from jaxtune.errors import JaxtuneError
 from jaxtune.models.llama import Llama
@@ -176,8 +176,8 @@ def test_sigterm_finishes_the_step_saves_and_exits_zero(tmp_path, compile_cache,
 def test_train_reads_the_data_pipeline_and_starts_from_init_from(tmp_path):
     """The default path of ``jaxtune train``: records in the DoIT layout through jaxtune.data.pipeline, parameters
     from a params-only checkpoint. With a learning rate of 0 the parameters must come out exactly as they went in."""
-    from jaxtune.checkpoint import save_params
-    from jaxtune.config import config_from_dict
+    from jaxtune.checkpoint.train_state import save_params
+    from jaxtune.config.schema import config_from_dict
 
     config = demo_run_config(
         tmp_path,
@@ -226,7 +226,7 @@ def test_train_counts_the_batch_in_examples_when_packing(tmp_path):
     """train.batch_unit=examples with packing: ceil(40 / 8) = 5 steps per epoch as the study counted them, the packed
     rows dealt over the 5 steps (8 row slots each: what 8 devices divide). Without packing the unit changes nothing
     (tests/data/test_pipeline.py)."""
-    from jaxtune.config import config_from_dict
+    from jaxtune.config.schema import config_from_dict
 
     cfg = config_from_dict(
         demo_run_config(
@@ -278,7 +278,7 @@ def test_a_finished_run_can_drop_its_full_train_states(tmp_path):
 def test_a_bloom_run_trains_sharded_over_tensor_and_checkpoints_a_bloom(tmp_path):
     """model.family=bloom through the whole trainer on a data x fsdp x tensor mesh (heads, the fused QKV and the MLP
     biases split over 'tensor'): the loss falls, and the last evaluation is what the checkpointed Bloom computes."""
-    from jaxtune.checkpoint import restore_model
+    from jaxtune.checkpoint.train_state import restore_model
     from jaxtune.models.bloom import Bloom
 
     bloom = dict(family="bloom", num_kv_heads=None, intermediate_size=4 * TINY_MODEL["hidden_size"])

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from damage import DAMAGES
 
-from jaxtune.checkpoint import load_params
-from jaxtune.config import ConfigError, load_config
+from jaxtune.checkpoint.train_state import load_params
+from jaxtune.config.schema import ConfigError, load_config
 from jaxtune.train.trainer import train
 
 from . import subprocess_runs as runs
@@ -53,7 +53,7 @@ def test_throughput_is_measured_at_checkpoint_steps_too(finished_run):
     assert all(rate > 0 for rate in rates.values()), rates
 
 
-# Two kinds of damage (every kind's restore error is covered in tests/test_checkpoint.py): Orbax's bare Exception
+# Two kinds of damage (every kind's restore error is covered in tests/checkpoint/test_train_state.py): Orbax's bare Exception
 # for a truncated array file, and a JSON error from the data iterator's state.
 @pytest.mark.parametrize("item, damage", [("params", "data-file-truncated"), ("data_iter", None)])
 def test_resume_falls_back_from_a_damaged_newest_step_and_ends_bitwise_equal(finished_run, tmp_path, item, damage):

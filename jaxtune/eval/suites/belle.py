@@ -53,7 +53,7 @@ import numpy as np
 from jax import process_count
 from jax.experimental import multihost_utils
 
-from jaxtune.config import EvalConfig
+from jaxtune.config.schema import EvalConfig
 from jaxtune.data import jsonl
 from jaxtune.errors import JaxtuneError
 from jaxtune.eval.distributed import is_writer

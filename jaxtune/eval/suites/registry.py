@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from jaxtune.config import EvalConfig
+from jaxtune.config.schema import EvalConfig
 from jaxtune.eval.errors import EvalSetupError
 from jaxtune.names import EVAL_SUITES
 from jaxtune.results import RunInfo, SuiteResult
@@ -118,7 +118,7 @@ def unknown_suites_problem(names: list[str]) -> Optional[str]:
 
 def suite_data_root(suite: str, data_dir: Optional[str | Path], split: str = "test") -> Path:
     """The folder holding ``suite``'s data: ``data_dir/<suite folder>`` or ``data_dir`` itself (see
-    :attr:`jaxtune.config.EvalConfig.data_dir`), as :meth:`Suite.data_folder` narrows it (DoIT: the split folder
+    :attr:`jaxtune.config.schema.EvalConfig.data_dir`), as :meth:`Suite.data_folder` narrows it (DoIT: the split folder
     with the ability files)."""
     if data_dir is None:
         raise EvalSetupError(f"eval.data_dir is not set: suite {suite!r} needs its data folder")

@@ -17,7 +17,7 @@ A sweep file is a YAML mapping with the single top-level key ``sweep`` (a run co
 ``data_types: all`` is the study's 19 (:data:`DATA_TYPES`, ``make_data.py``'s choices). ``baseline`` is
 ``curated-10000`` and ``mix-0`` is ``maximum``: such an alias shares its target's run (trained once). One cell is
 one (model, selection) run under ``run_dir/<model>/<selection>``, trained and evaluated by
-:func:`jaxtune.sweep.sweep`, so a cell whose chosen epochs all have summaries is skipped, and an interrupted one
+:func:`jaxtune.study.sweep.sweep`, so a cell whose chosen epochs all have summaries is skipped, and an interrupted one
 resumes from its checkpoints and keeps the evaluations it already wrote. ``--dry-run`` lists each cell's state
 (``done``, ``partial`` with the epochs evaluated and the last checkpoint, ``not started``) and its planned optimizer
 steps (steps per epoch, measured by building the cell's data pipeline, x epochs).
@@ -35,8 +35,8 @@ from typing import Any
 
 import yaml
 
-from jaxtune.checkpoint import train_checkpoint_dir
-from jaxtune.config import Config, ConfigError, load_config
+from jaxtune.checkpoint.train_state import train_checkpoint_dir
+from jaxtune.config.schema import Config, ConfigError, load_config
 from jaxtune.data.mixtures import STUDY_ALIASES, STUDY_DATA_TYPES
 from jaxtune.errors import JaxtuneError
 from jaxtune.paths import as_path
@@ -48,7 +48,7 @@ SWEEP_KEY = "sweep"
 _SWEEP_KEYS = ("run_dir", "models", "data_types", "eval_epochs", "suites", "overrides")
 _MODEL_KEYS = ("config", "overrides")
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_COMMIT_MARKER = "commit_success.txt"  # orbax's marker of a complete step folder (jaxtune.checkpoint)
+_COMMIT_MARKER = "commit_success.txt"  # orbax's marker of a complete step folder (jaxtune.checkpoint.train_state)
 
 
 class GridError(ConfigError):
@@ -78,7 +78,7 @@ class GridSpec:
     data_types: tuple[str, ...]
     """As listed (aliases kept: they are shown, and share their target's run)."""
     eval_epochs: str = "last"
-    """``last``, ``all`` or comma-separated epochs (:func:`jaxtune.sweep.epochs_to_evaluate`)."""
+    """``last``, ``all`` or comma-separated epochs (:func:`jaxtune.study.sweep.epochs_to_evaluate`)."""
     suites: tuple[str, ...] | None = None
     """eval.suites of every cell; None keeps each config's own."""
     overrides: tuple[str, ...] = ()
@@ -273,7 +273,7 @@ def cells(spec: GridSpec) -> list[Cell]:
 
 def model_config(spec: GridSpec, model: GridModel, extra: Sequence[str] = ()) -> Config:
     """The run config of a model's cells: its file, the sweep's overrides, its own, then ``extra``; run_dir is the
-    model's folder of the grid (:func:`jaxtune.sweep.sweep` adds the selection)."""
+    model's folder of the grid (:func:`jaxtune.study.sweep.sweep` adds the selection)."""
     overrides = [*spec.overrides, *model.overrides, *extra, f"run_dir={spec.run_dir / model.label}"]
     if spec.suites is not None:
         overrides.append(f"eval.suites={','.join(spec.suites)}")
@@ -285,7 +285,7 @@ def model_config(spec: GridSpec, model: GridModel, extra: Sequence[str] = ()) ->
 
 
 def _check_model_config(spec: GridSpec, model: GridModel, cfg: Config) -> list[int]:
-    from jaxtune.sweep import epochs_to_evaluate
+    from jaxtune.study.sweep import epochs_to_evaluate
 
     where = f"{spec.path}: sweep.models.{model.label} ({model.config})"
     if cfg.train.max_steps is not None:
@@ -313,7 +313,7 @@ def _complete_steps(run_dir: Path) -> list[int]:
 
 
 def _evaluated(run_dir: Path, epochs: Sequence[int]) -> list[int]:
-    from jaxtune.sweep import eval_dir_of, has_summaries
+    from jaxtune.study.sweep import eval_dir_of, has_summaries
 
     return [e for e in epochs if has_summaries(eval_dir_of(run_dir, e))]
 
@@ -402,7 +402,7 @@ class GridOutputs:
     """Cells already done on entry (nothing run for them)."""
 
     def summary(self) -> str:
-        from jaxtune.sweep import final_table
+        from jaxtune.study.sweep import final_table
 
         lines = [final_table(self.report_dir), "", f"report: {self.report_dir}"]
         if self.skipped:
@@ -414,8 +414,8 @@ class GridOutputs:
 
 def run_grid(spec: GridSpec, *, print_fn: Callable[[str], None] = print) -> GridOutputs:
     """Train and evaluate every cell not yet done (each run once, aliases sharing it), then report on all cells."""
-    from jaxtune.report import report
-    from jaxtune.sweep import eval_dir_of, sweep
+    from jaxtune.study.report import report
+    from jaxtune.study.sweep import eval_dir_of, sweep
 
     states = cell_states(spec, measure=False)
     runs = [s for s in states if not s.cell.alias]

@@ -20,7 +20,7 @@ import dataclasses
 import functools
 from typing import Any, Union
 
-from jaxtune.config import ModelConfig
+from jaxtune.config.schema import ModelConfig
 
 PROGRAMS = ("prefill", "refill", "decode steps")
 """The compiled programs, in the order :func:`compile_generation` returns them."""

@@ -1,4 +1,4 @@
-"""jaxtune.config: YAML + key=value loading, strict validation with errors naming the key and file."""
+"""jaxtune.config.schema: YAML + key=value loading, strict validation with errors naming the key and file."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jaxtune.config import (
+from jaxtune.config.schema import (
     Config,
     ConfigError,
     ModelConfig,
@@ -20,7 +20,7 @@ from jaxtune.config import (
 )
 from jaxtune.errors import JaxtuneError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -204,7 +204,7 @@ def test_every_problem_is_collected_and_reported_together(tmp_path: Path) -> Non
     assert sorted(problems) == sorted(expected)
     assert str(info.value).startswith(f"{len(expected)} problems in the config:\n  ")
     # Sections validate themselves too (what the run-time code calls on a section it is handed).
-    from jaxtune.config import OptimConfig, TrainConfig
+    from jaxtune.config.schema import OptimConfig, TrainConfig
 
     assert OptimConfig(learning_rate=float("nan"), b1=2.0).problems() == [
         "optim.learning_rate must be a finite number, got nan",
@@ -217,7 +217,7 @@ def test_every_problem_is_collected_and_reported_together(tmp_path: Path) -> Non
 def test_a_hardware_preset_lays_over_a_recipe_and_overrides_win(tmp_path):
     from jaxtune.cli import _config
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     recipe, preset = repo / "configs" / "doit-33b.yaml", repo / "configs" / "hardware" / "v5p-16.yaml"
     cfg = _config(str(recipe), [str(preset), "train.microbatches=4"])
     assert cfg.model.preset is None or cfg.model.num_layers == 60
@@ -230,10 +230,10 @@ def test_a_hardware_preset_lays_over_a_recipe_and_overrides_win(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "name", sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs" / "hardware").glob("*.yaml"))
+    "name", sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "configs" / "hardware").glob("*.yaml"))
 )
 def test_every_hardware_preset_combines_with_every_doit_recipe(name):
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     for size in ("7b", "13b", "33b"):
         cfg = load_config([repo / "configs" / f"doit-{size}.yaml", repo / "configs" / "hardware" / f"{name}.yaml"])
         assert cfg.train.global_batch_size % cfg.train.microbatches == 0
@@ -249,7 +249,7 @@ def test_loading_a_config_with_a_preset_imports_no_model_code(tmp_path):
     path = write(tmp_path, "model:\n  preset: doit-7b\n")
     code = (
         "import sys\n"
-        "from jaxtune.config import load_config\n"
+        "from jaxtune.config.schema import load_config\n"
         f"cfg = load_config({str(path)!r}, ['model.preset=tiny'])\n"
         "assert cfg.model.hidden_size == 128, cfg.model\n"
         "print(sorted(m for m in sys.modules if m.startswith('jaxtune.models') or m == 'jax'))\n"

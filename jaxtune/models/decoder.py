@@ -20,7 +20,7 @@ from typing import Any, Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from jaxtune.config import ModelConfig
+from jaxtune.config.schema import ModelConfig
 from jaxtune.models.axes import BATCH, EMBED, LENGTH, LOOKUP_BATCH, LOOKUP_EMBED, LOOKUP_VOCAB, constrain
 
 LayerFn = Callable[[dict, jnp.ndarray, dict, Optional[tuple]], tuple[jnp.ndarray, Optional[tuple]]]

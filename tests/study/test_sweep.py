@@ -1,10 +1,10 @@
-"""jaxtune/sweep.py: the data source and volume each selection's results are plotted under."""
+"""jaxtune/study/sweep.py: the data source and volume each selection's results are plotted under."""
 
 from __future__ import annotations
 
 from jaxtune.data.formats import Message, Record
 from jaxtune.data.mixtures import write_manifest
-from jaxtune.sweep import selection_source_and_volume
+from jaxtune.study.sweep import selection_source_and_volume
 
 
 def test_sources_and_volumes(tmp_path) -> None:

@@ -1,4 +1,4 @@
-"""jaxtune.plan: accelerator names, the candidate search, and real compiles for simulated CPU devices (the TPU
+"""jaxtune.commands.plan: accelerator names, the candidate search, and real compiles for simulated CPU devices (the TPU
 compiler is not in the test venv: a process that loads libtpu locks /tmp/libtpu_lockfile)."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from jaxtune.config import ConfigError, load_config
-from jaxtune.plan import GIB, Setting, candidate_settings, parse_accelerator, plan
+from jaxtune.commands.plan import GIB, Setting, candidate_settings, parse_accelerator, plan
+from jaxtune.config.schema import ConfigError, load_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(
@@ -77,8 +77,8 @@ def test_candidates_keep_rows_divisible_and_try_remat_and_microbatches_first():
 _CPU_PLAN = r"""
 import dataclasses
 import sys
-from jaxtune.config import load_config
-from jaxtune.plan import GIB, plan
+from jaxtune.config.schema import load_config
+from jaxtune.commands.plan import GIB, plan
 cfg = load_config(None, ["model.preset=tiny", "model.num_layers=2", "model.hidden_size=64", "model.num_heads=4",
                          "model.intermediate_size=128", "model.vocab_size=512", "data.max_len=64",
                          "train.global_batch_size=16", "mesh.fsdp=-1",

@@ -1,6 +1,6 @@
 """The BELLE study's figure: judge score per use case against data volume, beside the paper's Figure 1.
 
-Input: BELLE summaries (suite ``belle``, unit ``fraction``; one chosen epoch per run, as :mod:`jaxtune.report`
+Input: BELLE summaries (suite ``belle``, unit ``fraction``; one chosen epoch per run, as :mod:`jaxtune.study.report`
 chooses them), each carrying its run's model size, data source and data volume. Output, next to the report's other
 files for the group ``{stem}`` (e.g. ``belle-eval_set``):
 
@@ -11,7 +11,7 @@ files for the group ``{stem}`` (e.g. ``belle-eval_set``):
 - ``{stem}.study.csv``: ``panel, use_case, volume, score`` for every bar drawn (the paper's rows included).
 
 The paper's panel is Figure 1 of arXiv 2303.14742 (BELLE-7B-0.2M ... 2M, per use case, read off the vector graphic:
-``jaxtune/reference/belle_paper_fig1_scores.csv``, see the README there). It is labelled as what it is: 12 use cases
+``jaxtune/study/reference/belle_paper_fig1_scores.csv``, see the README there). It is labelled as what it is: 12 use cases
 and 2,210 items judged by gpt-3.5-turbo in March 2023, a different item set and judge from the released 1,000-item
 ``eval_set.json``, so it stands beside the evaluation's bars as a reference, not on the same axes.
 """

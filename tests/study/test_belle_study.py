@@ -15,12 +15,12 @@ import pytest
 from eval.judge_server import JudgeServer, judge_like  # tests/ is on sys.path (rootdir conftest)
 
 from jaxtune.cli import main
-from jaxtune.config import load_config
+from jaxtune.config.schema import load_config
 from jaxtune.data.mixtures import read_manifest
 from jaxtune.eval.suites.belle import MODEL_CARD_DECODING
 from jaxtune.results import read_summary
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEMO_TOKENIZER = REPO / "jaxtune" / "demo" / "tokenizer"
 RECIPE = REPO / "configs" / "belle-bloomz-7b1-mt.yaml"
 TIMEOUT_S = 300

@@ -33,6 +33,7 @@ from typing import Any, Callable, Literal, Optional, Sequence, Union
 
 import yaml
 
+from jaxtune.config.presets import PRESETS
 from jaxtune.errors import JaxtuneError
 from jaxtune.names import (
     AttentionImpl,
@@ -47,7 +48,6 @@ from jaxtune.names import (
     TemplateName,
     unknown_name_message,
 )
-from jaxtune.presets import PRESETS
 
 
 class ConfigError(JaxtuneError, ValueError):
@@ -179,7 +179,7 @@ class ModelConfig(_Section):
     SECTION = "model"
 
     preset: Optional[str] = None
-    """Named shape from :mod:`jaxtune.presets` (``doit-7b``, ``llama2-7b``, ``bloomz-7b1-mt``, ``tiny``,
+    """Named shape from :mod:`jaxtune.config.presets` (``doit-7b``, ``llama2-7b``, ``bloomz-7b1-mt``, ``tiny``,
     ``bloom-tiny``...). Fields set explicitly next to ``preset`` override the preset's values."""
     family: ModelFamily = "llama"
     """Architecture: ``llama`` (RMSNorm, rotary positions, SwiGLU MLP) or ``bloom`` (transformers'
@@ -709,7 +709,7 @@ def _unknown_key_error(cls: type, name: str, prefix: str) -> ConfigError:
 
 
 def preset_values(name: str, key: str = "model.preset") -> dict[str, Any]:
-    """The fields of a named shape of :mod:`jaxtune.presets`; an unknown name is a ConfigError listing the known
+    """The fields of a named shape of :mod:`jaxtune.config.presets`; an unknown name is a ConfigError listing the known
     ones."""
     if name not in PRESETS:
         raise ConfigError(f"{key}: " + unknown_name_message("model preset", name, sorted(PRESETS)))

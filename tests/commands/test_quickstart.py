@@ -1,4 +1,4 @@
-"""jaxtune/quickstart.py at a smaller size: the demo grid (two tiny sizes x curated and synthetic data, the DoIT
+"""jaxtune/commands/quickstart.py at a smaller size: the demo grid (two tiny sizes x curated and synthetic data, the DoIT
 abilities and the generated C-Eval-format OOD suite), its report, and the best run exported to a Hugging Face
 folder that transformers loads with the same logits (check-hf)."""
 
@@ -7,12 +7,12 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from jaxtune.commands.quickstart import quickstart
 from jaxtune.convert.hf import check_hf
 from jaxtune.demo.abilities import write_demo_dataset
 from jaxtune.demo.ceval_ood import SUBJECTS, write_demo_ceval
-from jaxtune.quickstart import quickstart
-from jaxtune.report import draw_group
 from jaxtune.results import find_summaries, read_summary
+from jaxtune.study.report import draw_group
 
 
 def test_quickstart_in_small(tmp_path: Path) -> None:

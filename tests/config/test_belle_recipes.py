@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jaxtune.config import load_config
+from jaxtune.config.schema import load_config
 from jaxtune.data.belle_volumes import parse_belle_selection
 from jaxtune.eval.suites.belle import MODEL_CARD_DECODING
 from jaxtune.train.optim import learning_rate_schedule
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 PAPER, CARD, LLAMA = (CONFIGS / f"belle-{n}.yaml" for n in ("bloomz-7b1-mt", "bloomz-7b1-mt-card", "llama-7b"))
 
 

@@ -1,4 +1,4 @@
-"""jaxtune.validate: `jaxtune validate` runs a run's checks without devices, all problems together, and train runs
+"""jaxtune.commands.validate: `jaxtune validate` runs a run's checks without devices, all problems together, and train runs
 the same checks first."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ from pathlib import Path
 import jax
 import pytest
 
-from jaxtune.config import ConfigError, config_from_dict
+from jaxtune.commands.validate import Topology, ValidationError, accelerator_topology, validate
+from jaxtune.config.schema import ConfigError, config_from_dict
 from jaxtune.sharding import LayoutError
-from jaxtune.validate import Topology, ValidationError, accelerator_topology, validate
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TOKENIZER = REPO / "jaxtune" / "demo" / "tokenizer" / "tokenizer.model"
 
 
@@ -134,7 +134,7 @@ def test_train_rejects_what_validate_rejects_with_the_same_problems_before_readi
     path = _config(tmp_path, "model:\n  preset: tiny\n  vocab_size: 1004\ntrain:\n  global_batch_size: 16\n")
     found = validate(str(path), overrides, devices=8).problems
     assert found
-    from jaxtune.config import load_config
+    from jaxtune.config.schema import load_config
     from jaxtune.train.trainer import train
 
     cfg = load_config(path, overrides)

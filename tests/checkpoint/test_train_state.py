@@ -1,4 +1,4 @@
-"""The train-state part of jaxtune.checkpoint: restoring onto another mesh, the data iterator's position, the
+"""The train-state part of jaxtune.checkpoint.train_state: restoring onto another mesh, the data iterator's position, the
 params-only view of a train checkpoint, incomplete folders, which steps are kept, and the params-only epoch
 checkpoints.
 (Params-only checkpoints are tested in test_checkpoint_params.py.)"""
@@ -20,7 +20,7 @@ from flax import nnx
 from train.synthetic_stream import TINY_MODEL, synthetic_data
 
 import jaxtune
-from jaxtune.checkpoint import (
+from jaxtune.checkpoint.train_state import (
     CheckpointError,
     EpochCheckpointManager,
     NonFiniteParamsError,
@@ -28,7 +28,7 @@ from jaxtune.checkpoint import (
     epoch_checkpoint_path,
     load_params,
 )
-from jaxtune.config import CheckpointConfig, MeshConfig, OptimConfig, model_config_from_dict
+from jaxtune.config.schema import CheckpointConfig, MeshConfig, OptimConfig, model_config_from_dict
 from jaxtune.models.llama import Llama
 from jaxtune.sharding import abstract_model, build_mesh, with_shardings
 from jaxtune.train.optim import build_optimizer

@@ -4,7 +4,7 @@ Params-only checkpoint layout (what ``import-hf`` writes and ``export-hf``/``eva
 
     CKPT/
       params/             Orbax (StandardCheckpointer) tree: {embed_tokens, layers: {q_proj, ...}, norm, lm_head}
-      model_config.json   the ModelConfig fields (jaxtune.config.ModelConfig)
+      model_config.json   the ModelConfig fields (jaxtune.config.schema.ModelConfig)
       tokenizer/          optional: tokenizer files (tokenizer.model, tokenizer.json, tokenizer_config.json, ...)
                           plus added_tokens.json ({token: id}) for special tokens added on top of the vocabulary
 
@@ -26,7 +26,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
 
-from jaxtune.config import ConfigError, ModelConfig, model_config_from_dict
+from jaxtune.config.schema import ConfigError, ModelConfig, model_config_from_dict
 from jaxtune.errors import JaxtuneError
 from jaxtune.models.registry import create_model
 from jaxtune.paths import PathLike, absolute_path, as_path, copy_file, is_remote, local_copy, write_text_atomic

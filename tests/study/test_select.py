@@ -1,4 +1,4 @@
-"""``jaxtune select`` (jaxtune/select.py): every one of make_data.py's 19 data types, byte for byte, against a literal
+"""``jaxtune select`` (jaxtune/study/select.py): every one of make_data.py's 19 data types, byte for byte, against a literal
 re-run of make_data.py's logic over the raw lines (module-level random, list slicing, its file naming)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from make_data_reference import make_data
 from jaxtune.cli import main
 from jaxtune.data.mixtures import STUDY_ABILITIES, SelectionError, read_manifest, select_records, write_manifest
 from jaxtune.demo.records import doit_record
-from jaxtune.select import STUDY_DATA_TYPES, select_study_data
+from jaxtune.study.select import STUDY_DATA_TYPES, select_study_data
 
 
 def _line(rng: random.Random, ability: str, idx: int) -> bytes:

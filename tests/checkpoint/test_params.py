@@ -1,4 +1,4 @@
-"""jaxtune.checkpoint, params-only part: save_params / load_params / restore_model on Orbax."""
+"""jaxtune.checkpoint.train_state, params-only part: save_params / load_params / restore_model on Orbax."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from damage import DAMAGES
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from jaxtune.checkpoint import (
+from jaxtune.checkpoint.train_state import (
     CheckpointError,
     NonFiniteParamsError,
     load_model_config,

@@ -2,7 +2,7 @@
 
 It writes the generated ten-ability corpus (:mod:`jaxtune.demo.abilities`: curated abilities and a "synthetic"
 general-instruction file) and a generated C-Eval-format out-of-domain suite (:mod:`jaxtune.demo.ceval_ood`) under
-``out/data``, then runs the grid of ``jaxtune/demo/sweep.yaml`` (:mod:`jaxtune.grid`): two tiny LLaMA sizes x
+``out/data``, then runs the grid of ``jaxtune/demo/sweep.yaml`` (:mod:`jaxtune.study.grid`): two tiny LLaMA sizes x
 curated and synthetic data at several volumes, each run scored per ability and on the OOD suite, and the report
 drawn under ``out/runs/report`` (curated solid, synthetic dashed, one colour per size). It ends by exporting the run
 with the best overall ability score to a Hugging Face folder ``out/hf`` and printing the transformers code that
@@ -19,9 +19,9 @@ from pathlib import Path
 from jaxtune.demo import DEMO_DIR, DEMO_TOKENIZER
 from jaxtune.demo.abilities import write_demo_dataset
 from jaxtune.demo.ceval_ood import write_demo_ceval
-from jaxtune.grid import GridOutputs, load_grid, run_grid
 from jaxtune.paths import local_path
 from jaxtune.results import find_summaries, read_summary
+from jaxtune.study.grid import GridOutputs, load_grid, run_grid
 
 QUICKSTART_CONFIG = DEMO_DIR / "quickstart.yaml"
 QUICKSTART_SWEEP = DEMO_DIR / "sweep.yaml"

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from jaxtune.report import ReportError, choose_epochs, draw_group, report
 from jaxtune.results import RunInfo, ability_score, make_summary, write_summary
+from jaxtune.study.report import ReportError, choose_epochs, draw_group, report
 
 VOLUMES = {"curated": [10, 40, 160, 640], "synthetic": [10, 40, 160]}
 

@@ -19,7 +19,7 @@ size, data source, data volume and epoch. Output, per suite/variant/scorer mode:
   score beside the last one;
 - ``report.md``: an index of the above, and the summaries that could not be placed on a curve;
 - for BELLE summaries, the study's figure ``{stem}.study.png`` / ``.svg`` / ``.csv``: per use case, one bar per data
-  volume, beside the paper's Figure 1 (:mod:`jaxtune.report_belle`).
+  volume, beside the paper's Figure 1 (:mod:`jaxtune.study.report_belle`).
 
 Curves use one epoch per run: the last one evaluated by default, ``epoch=N`` for a fixed epoch (the study evaluated
 epoch 10), or ``"best"`` (chosen on the same data it reports, so optimistic). Runs sharing size, source and volume
@@ -45,8 +45,8 @@ from matplotlib.figure import Figure
 from jaxtune.data.mixtures import DISPLAY_NAMES as ABILITY_DISPLAY_NAMES
 from jaxtune.errors import JaxtuneError
 from jaxtune.paths import as_path
-from jaxtune.report_belle import write_study_figure
 from jaxtune.results import SuiteSummary, find_summaries, read_summary, summary_stem
+from jaxtune.study.report_belle import write_study_figure
 
 log = logging.getLogger(__name__)
 

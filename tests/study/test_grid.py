@@ -1,4 +1,4 @@
-"""jaxtune/grid.py: the sweep file's schema and errors, the study's grid, and a tiny grid run end to end (cells
+"""jaxtune/study/grid.py: the sweep file's schema and errors, the study's grid, and a tiny grid run end to end (cells
 trained once, an interrupted cell resumed, the dry run's planned steps against the steps the runs took, the report
 covering the constructions)."""
 
@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from jaxtune.cli import main
-from jaxtune.grid import (
+from jaxtune.results import read_summary
+from jaxtune.study.grid import (
     DATA_TYPES,
     GridError,
     cell_states,
@@ -22,9 +23,8 @@ from jaxtune.grid import (
     load_grid,
     run_grid,
 )
-from jaxtune.results import read_summary
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEMO_TOKENIZER = REPO / "jaxtune" / "demo" / "tokenizer"
 
 

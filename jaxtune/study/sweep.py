@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from jaxtune.checkpoint import epoch_checkpoint_path
-from jaxtune.config import Config, ConfigError
+from jaxtune.checkpoint.train_state import epoch_checkpoint_path
+from jaxtune.config.schema import Config, ConfigError
 from jaxtune.data.belle_volumes import ALPACA_LABEL, is_belle_selection, parse_belle_selection
 from jaxtune.data.mixtures import STUDY_ALIASES, read_manifest
 from jaxtune.errors import JaxtuneError
@@ -128,7 +128,7 @@ def sweep(
     draws one over all its models)."""
     from jaxtune.eval.distributed import agree, eval_mesh_config, is_writer
     from jaxtune.eval.runner import evaluate
-    from jaxtune.report import report
+    from jaxtune.study.report import report
     from jaxtune.train.trainer import train
 
     if cfg.train.max_steps is not None:

@@ -2,7 +2,7 @@
 
 The checks, in order, with every problem of a stage reported together (each naming its dotted key):
 
-1. The config's values: :meth:`jaxtune.config.Config.problems` (each section checks its own; the same checks run
+1. The config's values: :meth:`jaxtune.config.schema.Config.problems` (each section checks its own; the same checks run
    when any config is loaded).
 2. What the config names on disk: ``data.path`` and ``data.tokenizer`` are set (a run needs both) and, with
    ``data.valid_path``, ``checkpoint.init_from``, ``eval.data_dir`` and ``eval.tokenizer``, exist (local paths only;
@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from jaxtune.config import Config, ConfigError, load_config
+from jaxtune.config.schema import Config, ConfigError, load_config
 
 
 class ValidationError(ConfigError):
@@ -49,8 +49,8 @@ class Topology:
 
 def accelerator_topology(name: str, slices: int = 1) -> Topology:
     """The chips and hosts of an accelerator name such as ``v5p-16`` (8 chips, 2 hosts) times ``slices``; the names
-    are those of :func:`jaxtune.plan.parse_accelerator` (TensorCores for v4/v5p, chips for v5e/v6e, GPUs)."""
-    from jaxtune.plan import parse_accelerator
+    are those of :func:`jaxtune.commands.plan.parse_accelerator` (TensorCores for v4/v5p, chips for v5e/v6e, GPUs)."""
+    from jaxtune.commands.plan import parse_accelerator
 
     try:
         acc = parse_accelerator(name)

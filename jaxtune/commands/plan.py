@@ -16,7 +16,7 @@ Per-chip bytes are reported by kind:
 - temporaries: XLA's temporary buffers (activations, gathered weights, gradients, ...);
 - peak: arguments + outputs - aliased (donated) + temporaries.
 
-Evaluation is planned beside training (:mod:`jaxtune.plan_eval`): the generation programs of ``jaxtune eval`` at the
+Evaluation is planned beside training (:mod:`jaxtune.eval.aot`): the generation programs of ``jaxtune eval`` at the
 config's evaluation settings (``eval.batch_size`` rows, ``eval.max_prompt_len``-token prompts, ``eval.max_new_tokens``
 new tokens, on ``eval.mesh`` or ``mesh``, parameters in ``eval.compute_dtype``: bfloat16 on accelerators), compiled
 like the train step; its line shows the program that needs the most (prefill, refill or decode steps), its
@@ -31,7 +31,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
-from jaxtune.config import Config, ConfigError
+from jaxtune.config.schema import Config, ConfigError
 
 GIB = 1024**3
 
@@ -444,8 +444,8 @@ def compile_evaluation(cfg: Config, devices: Sequence[Any]) -> MemoryEstimate:
     """Compile evaluation's generation programs for ``devices`` at the config's eval settings (see the module
     docstring) and measure the one that needs the most per chip; a program the compiler refuses is reported with
     its message."""
+    from jaxtune.eval.aot import compile_generation, eval_model_config
     from jaxtune.eval.distributed import check_eval_batch
-    from jaxtune.plan_eval import compile_generation, eval_model_config
     from jaxtune.sharding import (
         LayoutError,
         abstract_model,
@@ -495,8 +495,8 @@ def estimate_evaluation(cfg: Config, acc: Accelerator) -> MemoryEstimate:
     """An analytic per-GPU estimate of generation at the eval settings: parameters split over fsdp x tensor, the KV
     cache (prompt + new tokens) and the prefill's own cache split over the rows (data x fsdp) and heads (tensor),
     one layer's float32 attention scores of the prefill, one layer's gathered weights, the last-token logits."""
+    from jaxtune.eval.aot import eval_model_config
     from jaxtune.models.stats import model_info
-    from jaxtune.plan_eval import eval_model_config
 
     mesh_cfg, dtype = _eval_setting(cfg, acc.platform)
     m = eval_model_config(cfg.model, dtype)

@@ -1,0 +1,1 @@
+"""Checkpoints on Orbax: train state + data iterator, params-only and epoch checkpoints."""

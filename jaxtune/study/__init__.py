@@ -1,0 +1,1 @@
+"""The studies' grid and figures: sweep files, cells, selections, reports."""
