@@ -24,7 +24,7 @@ import argparse
 import sys
 from typing import Callable, Optional, Sequence
 
-from jaxtune.config.schema import load_config
+from jaxtune.config.loading import load_config
 from jaxtune.errors import JaxtuneError
 from jaxtune.names import DATA_FORMATS, DTYPES, SCORER_MODES
 

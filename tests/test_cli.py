@@ -153,7 +153,7 @@ def damaged_run(tmp_path_factory):
     from flax import nnx
 
     from jaxtune.checkpoint.train_state import save_params
-    from jaxtune.config.schema import model_config_from_dict
+    from jaxtune.config.loading import model_config_from_dict
     from jaxtune.demo.abilities import write_demo_dataset
     from jaxtune.models.llama import Llama
 

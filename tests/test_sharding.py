@@ -8,7 +8,8 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from jaxtune.config.schema import MeshConfig, config_from_dict
+from jaxtune.config.loading import config_from_dict
+from jaxtune.config.schema import MeshConfig
 from jaxtune.models.configs import model_config
 from jaxtune.models.llama import Llama
 from jaxtune.sharding import (

@@ -26,7 +26,8 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
 
-from jaxtune.config.schema import ConfigError, ModelConfig, model_config_from_dict
+from jaxtune.config.loading import model_config_from_dict
+from jaxtune.config.schema import ConfigError, ModelConfig
 from jaxtune.errors import JaxtuneError
 from jaxtune.models.registry import create_model
 from jaxtune.paths import PathLike, absolute_path, as_path, copy_file, is_remote, local_copy, write_text_atomic

@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from jaxtune.config.schema import Config, ConfigError, load_config
+from jaxtune.config.loading import load_config
+from jaxtune.config.schema import Config, ConfigError
 
 
 class ValidationError(ConfigError):

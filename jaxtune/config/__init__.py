@@ -1,1 +1,2 @@
-"""The config: the typed, documented schema (schema.py), loading (YAML, overrides) and the named model shapes (presets.py)."""
+"""The run configuration: the typed, documented sections and their rules (schema.py), reading YAML files and
+``key=value`` overrides into them (loading.py), and the named model shapes as plain data (presets.py)."""

@@ -3,7 +3,7 @@ and tiny shapes for tests and the quickstart. A preset sets ``family`` too: ``mo
 a BLOOM.
 
 Plain data: each preset is a mapping of :class:`jaxtune.config.schema.ModelConfig` fields. It lives below
-:mod:`jaxtune.config.schema` (which reads it when a config names a preset) so that loading a config never imports the
+:mod:`jaxtune.config.loading` (which reads it when a config names a preset) so that loading a config never imports the
 models; :mod:`jaxtune.models.configs` builds ModelConfigs from it."""
 
 from __future__ import annotations

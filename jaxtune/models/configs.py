@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from jaxtune.config.loading import model_config_from_dict, preset_values
 from jaxtune.config.presets import PRESETS
-from jaxtune.config.schema import ModelConfig, model_config_from_dict, preset_values
+from jaxtune.config.schema import ModelConfig
 
 __all__ = ["PRESETS", "model_config", "preset_values"]
 

@@ -36,7 +36,8 @@ from typing import Any
 import yaml
 
 from jaxtune.checkpoint.train_state import train_checkpoint_dir
-from jaxtune.config.schema import Config, ConfigError, load_config
+from jaxtune.config.loading import load_config
+from jaxtune.config.schema import Config, ConfigError
 from jaxtune.data.mixtures import STUDY_ALIASES, STUDY_DATA_TYPES
 from jaxtune.errors import JaxtuneError
 from jaxtune.paths import as_path

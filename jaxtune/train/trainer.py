@@ -31,7 +31,8 @@ from jaxtune.checkpoint.train_state import (
     saved_run_config,
 )
 from jaxtune.commands.validate import check_run, vocabulary_problem
-from jaxtune.config.schema import Config, ConfigError, config_to_dict, dump_config
+from jaxtune.config.loading import config_to_dict, dump_config
+from jaxtune.config.schema import Config, ConfigError
 from jaxtune.errors import JaxtuneError
 from jaxtune.models.stats import model_info
 from jaxtune.paths import as_path, write_text_atomic

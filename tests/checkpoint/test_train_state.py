@@ -28,7 +28,8 @@ from jaxtune.checkpoint.train_state import (
     epoch_checkpoint_path,
     load_params,
 )
-from jaxtune.config.schema import CheckpointConfig, MeshConfig, OptimConfig, model_config_from_dict
+from jaxtune.config.loading import model_config_from_dict
+from jaxtune.config.schema import CheckpointConfig, MeshConfig, OptimConfig
 from jaxtune.models.llama import Llama
 from jaxtune.sharding import abstract_model, build_mesh, with_shardings
 from jaxtune.train.optim import build_optimizer

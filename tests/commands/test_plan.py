@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from jaxtune.commands.plan import GIB, Setting, candidate_settings, parse_accelerator, plan
-from jaxtune.config.schema import ConfigError, load_config
+from jaxtune.config.loading import load_config
+from jaxtune.config.schema import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -77,7 +78,7 @@ def test_candidates_keep_rows_divisible_and_try_remat_and_microbatches_first():
 _CPU_PLAN = r"""
 import dataclasses
 import sys
-from jaxtune.config.schema import load_config
+from jaxtune.config.loading import load_config
 from jaxtune.commands.plan import GIB, plan
 cfg = load_config(None, ["model.preset=tiny", "model.num_layers=2", "model.hidden_size=64", "model.num_heads=4",
                          "model.intermediate_size=128", "model.vocab_size=512", "data.max_len=64",

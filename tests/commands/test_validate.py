@@ -10,7 +10,8 @@ import jax
 import pytest
 
 from jaxtune.commands.validate import Topology, ValidationError, accelerator_topology, validate
-from jaxtune.config.schema import ConfigError, config_from_dict
+from jaxtune.config.loading import config_from_dict
+from jaxtune.config.schema import ConfigError
 from jaxtune.sharding import LayoutError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -134,7 +135,7 @@ def test_train_rejects_what_validate_rejects_with_the_same_problems_before_readi
     path = _config(tmp_path, "model:\n  preset: tiny\n  vocab_size: 1004\ntrain:\n  global_batch_size: 16\n")
     found = validate(str(path), overrides, devices=8).problems
     assert found
-    from jaxtune.config.schema import load_config
+    from jaxtune.config.loading import load_config
     from jaxtune.train.trainer import train
 
     cfg = load_config(path, overrides)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jaxtune.config.schema import load_config
+from jaxtune.config.loading import load_config
 from jaxtune.data.belle_volumes import parse_belle_selection
 from jaxtune.eval.suites.belle import MODEL_CARD_DECODING
 from jaxtune.train.optim import learning_rate_schedule

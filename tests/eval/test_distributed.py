@@ -17,7 +17,8 @@ import jax
 import pytest
 
 from jaxtune.cli import main as jaxtune_main
-from jaxtune.config.schema import EvalConfig, MeshConfig, load_config
+from jaxtune.config.loading import load_config
+from jaxtune.config.schema import EvalConfig, MeshConfig
 from jaxtune.eval.distributed import default_compute_dtype, eval_mesh_config, mesh_record
 from jaxtune.eval.runner import evaluate
 from jaxtune.sharding import LayoutError, build_mesh

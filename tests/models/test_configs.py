@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxtune.config.schema import ConfigError, load_config
+from jaxtune.config.loading import load_config
+from jaxtune.config.schema import ConfigError
 from jaxtune.models.configs import PRESETS, model_config
 from jaxtune.models.registry import create_model
 from jaxtune.models.stats import model_info

@@ -133,7 +133,7 @@ def test_checkpoint_bytes_match_saved_checkpoints(tmp_path) -> None:
     from train.synthetic_stream import synthetic_data
 
     from jaxtune.checkpoint.train_state import EpochCheckpointManager, TrainCheckpointManager
-    from jaxtune.config.schema import config_from_dict
+    from jaxtune.config.loading import config_from_dict
     from jaxtune.models.stats import run_storage
     from jaxtune.train.optim import build_optimizer
     from jaxtune.train.step import new_train_state
@@ -184,7 +184,7 @@ def test_checkpoint_bytes_match_saved_checkpoints(tmp_path) -> None:
 
 
 def test_a_33b_run_of_15_epochs_keeps_its_epochs_within_one_tebibyte() -> None:
-    from jaxtune.config.schema import load_config
+    from jaxtune.config.loading import load_config
     from jaxtune.models.stats import run_storage
 
     for name in ("doit-7b", "doit-13b", "doit-33b"):

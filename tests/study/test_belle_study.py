@@ -15,7 +15,7 @@ import pytest
 from eval.judge_server import JudgeServer, judge_like  # tests/ is on sys.path (rootdir conftest)
 
 from jaxtune.cli import main
-from jaxtune.config.schema import load_config
+from jaxtune.config.loading import load_config
 from jaxtune.data.mixtures import read_manifest
 from jaxtune.eval.suites.belle import MODEL_CARD_DECODING
 from jaxtune.results import read_summary

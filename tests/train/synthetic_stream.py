@@ -17,7 +17,7 @@ from typing import Optional
 import grain
 import numpy as np
 
-from jaxtune.config.schema import config_from_dict
+from jaxtune.config.loading import config_from_dict
 from jaxtune.train.trainer import RunData
 
 ABILITIES = ("alpha", "beta", "gamma")

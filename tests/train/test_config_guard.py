@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from jaxtune.config.schema import Config, ConfigError, config_to_dict, dump_config
+from jaxtune.config.loading import config_to_dict, dump_config
+from jaxtune.config.schema import Config, ConfigError
 from jaxtune.train.config_guard import archive_config, check_resume_config, guarded_changes, record_changes
 
 

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxtune.config.schema import ConfigError, MeshConfig, OptimConfig, load_config, model_config_from_dict
+from jaxtune.config.loading import load_config, model_config_from_dict
+from jaxtune.config.schema import ConfigError, MeshConfig, OptimConfig
 from jaxtune.models.registry import create_model
 from jaxtune.sharding import abstract_model, build_mesh, global_batch, param_shardings
 from jaxtune.train.layerwise import layerwise_loss_and_grads

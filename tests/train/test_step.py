@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxtune.config.schema import MeshConfig, OptimConfig, model_config_from_dict
+from jaxtune.config.loading import model_config_from_dict
+from jaxtune.config.schema import MeshConfig, OptimConfig
 from jaxtune.models.llama import Llama
 from jaxtune.sharding import abstract_model, activation_rules, build_mesh, global_batch, param_shardings
 from jaxtune.train.optim import build_optimizer

@@ -15,7 +15,8 @@ from flax import nnx
 from tiny_demo_run import demo_run_config
 
 from jaxtune.checkpoint.train_state import load_params
-from jaxtune.config.schema import ConfigError, load_config
+from jaxtune.config.loading import load_config
+from jaxtune.config.schema import ConfigError
 from jaxtune.data.mixtures import STUDY_ABILITIES
 from jaxtune.errors import JaxtuneError
 from jaxtune.models.llama import Llama
@@ -177,7 +178,7 @@ def test_train_reads_the_data_pipeline_and_starts_from_init_from(tmp_path):
     """The default path of ``jaxtune train``: records in the DoIT layout through jaxtune.data.pipeline, parameters
     from a params-only checkpoint. With a learning rate of 0 the parameters must come out exactly as they went in."""
     from jaxtune.checkpoint.train_state import save_params
-    from jaxtune.config.schema import config_from_dict
+    from jaxtune.config.loading import config_from_dict
 
     config = demo_run_config(
         tmp_path,
@@ -226,7 +227,7 @@ def test_train_counts_the_batch_in_examples_when_packing(tmp_path):
     """train.batch_unit=examples with packing: ceil(40 / 8) = 5 steps per epoch as the study counted them, the packed
     rows dealt over the 5 steps (8 row slots each: what 8 devices divide). Without packing the unit changes nothing
     (tests/data/test_pipeline.py)."""
-    from jaxtune.config.schema import config_from_dict
+    from jaxtune.config.loading import config_from_dict
 
     cfg = config_from_dict(
         demo_run_config(

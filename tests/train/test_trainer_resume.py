@@ -14,7 +14,8 @@ import pytest
 from damage import DAMAGES
 
 from jaxtune.checkpoint.train_state import load_params
-from jaxtune.config.schema import ConfigError, load_config
+from jaxtune.config.loading import load_config
+from jaxtune.config.schema import ConfigError
 from jaxtune.train.trainer import train
 
 from . import subprocess_runs as runs
