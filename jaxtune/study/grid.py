@@ -14,6 +14,9 @@ A sweep file is a YAML mapping with the single top-level key ``sweep`` (a run co
       suites: [doit]                     # eval.suites of every cell (default: each config's own)
       overrides: [train.epochs=15]       # key=value applied to every model's config (before its own)
 
+The file is read as run configs are (:func:`jaxtune.config.loading.load_yaml`): a key repeated in one mapping is an
+error naming the file and both lines, where plain YAML would silently keep the last one.
+
 ``data_types: all`` is the study's 19 (:data:`DATA_TYPES`, ``make_data.py``'s choices). ``baseline`` is
 ``curated-10000`` and ``mix-0`` is ``maximum``: such an alias shares its target's run (trained once). One cell is
 one (model, selection) run under ``run_dir/<model>/<selection>``, trained and evaluated by
@@ -33,10 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from jaxtune.checkpoint.train_state import train_checkpoint_dir
-from jaxtune.config.loading import load_config
+from jaxtune.config.loading import load_config, load_yaml
 from jaxtune.config.schema import Config, ConfigError
 from jaxtune.data.mixtures import STUDY_ALIASES, STUDY_DATA_TYPES
 from jaxtune.errors import JaxtuneError
@@ -145,14 +146,13 @@ class CellState:
 
 
 def is_sweep_file(path: str | Path) -> bool:
-    """True when ``path`` is a YAML mapping whose only top-level key is ``sweep`` (a run config has no such key)."""
+    """True when ``path`` is a YAML mapping whose only top-level key is ``sweep`` (a run config has no such key).
+    Read by the config's strict loader: a file that is not valid YAML or repeats a key raises its ConfigError
+    (naming the file, and both lines of a repeated key), since neither a sweep file nor a run config could use it."""
     p = Path(path)
     if not p.is_file():
         return False
-    try:
-        loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError:
-        return False
+    loaded = load_yaml(p)
     return isinstance(loaded, dict) and SWEEP_KEY in loaded
 
 
@@ -208,9 +208,9 @@ def load_grid(path: str | Path) -> GridSpec:
     if not where.is_file():
         raise GridError(f"sweep file {where} does not exist")
     try:
-        loaded = yaml.safe_load(where.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise GridError(f"{where}: not valid YAML: {e}") from None
+        loaded = load_yaml(where)  # strict: a repeated key is an error naming both lines, not the last one kept
+    except ConfigError as e:
+        raise GridError(e.problems) from None
     if not isinstance(loaded, dict) or SWEEP_KEY not in loaded:
         raise GridError(f"{where}: a sweep file has the top-level key 'sweep'")
     extra = sorted(set(loaded) - {SWEEP_KEY})

@@ -82,6 +82,22 @@ def test_bad_sweep_files_name_the_file_and_key(tmp_path, body, message):
     assert message in str(e.value) and str(path) in str(e.value)
 
 
+def test_a_key_repeated_in_a_sweep_file_is_refused_naming_the_file_and_both_lines(tmp_path, capsys):
+    # Plain YAML keeps the second data_types silently: the grid would run all 19 data types, not curated-10.
+    _write(tmp_path / "c.yaml", "train:\n  epochs: 2\n")
+    path = _write(
+        tmp_path / "grid.yaml",
+        "sweep:\n  run_dir: r\n  models: {a: c.yaml}\n  data_types: [curated-10]\n  data_types: all\n",
+    )
+    with pytest.raises(GridError) as e:
+        load_grid(path)
+    assert e.value.problems == [
+        f"{path}: duplicate key 'sweep.data_types' at lines 4 and 5 (YAML would keep only the last; keep one)"
+    ]
+    assert main(["sweep", str(path), "--dry-run"]) == 2
+    assert f"{path}: duplicate key 'sweep.data_types' at lines 4 and 5" in capsys.readouterr().err
+
+
 def test_the_cli_tells_a_sweep_file_from_a_run_config(tmp_path, capsys):
     _write(tmp_path / "c.yaml", "train:\n  epochs: 2\n")
     grid = _write(tmp_path / "grid.yaml", "sweep:\n  run_dir: r\n  models: {a: c.yaml}\n  data_types: all\n")
