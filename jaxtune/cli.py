@@ -199,10 +199,10 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from jaxtune.commands.plan import GIB, plan
+    from jaxtune.commands.plan import plan
 
     cfg = _config(args.config, args.overrides)
-    hbm = int(args.hbm_gib * GIB) if args.hbm_gib else None
+    hbm = int(args.hbm_gib * 2**30) if args.hbm_gib else None
     report = plan(
         cfg,
         args.accelerator,

@@ -21,9 +21,11 @@ MODEL_FAMILIES      model.family                               ``jaxtune.models.
 SCHEDULES           optim.schedule                             ``jaxtune.train.optim.SCHEDULES``
 LOGICAL_AXES        (the models' parameter and activation      ``jaxtune.sharding.RULES``
                     axis names)
+ACCELERATOR_KINDS   plan/validate --accelerator KIND-N         ``jaxtune.hardware.ACCELERATORS``
 ==================  =========================================  ====================================================
 
-This module imports nothing of jaxtune but :mod:`jaxtune.errors` (it sits below :mod:`jaxtune.config.schema`).
+This module imports nothing of jaxtune but :mod:`jaxtune.errors` (it sits below :mod:`jaxtune.config.schema` and
+:mod:`jaxtune.hardware`).
 """
 
 from __future__ import annotations
@@ -125,6 +127,12 @@ LogicalAxis = Literal[
 """Logical axis names of the models' parameters, activations and KV cache; :data:`jaxtune.sharding.RULES` maps each
 to mesh axes. A name outside this set is an error wherever a model names an axis."""
 LOGICAL_AXES = names_of(LogicalAxis)
+
+
+AcceleratorKind = Literal["v4", "v5p", "v5e", "v6e", "h100", "h200", "a100", "cpu"]
+"""Accelerator kinds: TPU generations, GPUs and simulated CPU devices; :data:`jaxtune.hardware.ACCELERATORS` holds
+each one's facts (memory, peak FLOP/s, slice layout)."""
+ACCELERATOR_KINDS = names_of(AcceleratorKind)
 
 
 class UnknownAxisError(JaxtuneError, ValueError):

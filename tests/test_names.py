@@ -18,6 +18,7 @@ from jaxtune.convert.hf_families import FAMILIES
 from jaxtune.data.formats import _PARSERS
 from jaxtune.data.templates import TEMPLATE_CLASSES
 from jaxtune.eval.suites.registry import load_suites
+from jaxtune.hardware import ACCELERATORS
 from jaxtune.models import axes, bloom, llama
 from jaxtune.models.attention import IMPL_PLATFORMS
 from jaxtune.models.configs import model_config
@@ -45,6 +46,7 @@ TABLES = {
     "SCHEDULES": {"jaxtune.train.optim.SCHEDULES": SCHEDULES},
     "BACKWARDS": {"jaxtune.train.step.BACKWARD_PASSES": BACKWARD_PASSES},
     "LOGICAL_AXES": {"jaxtune.sharding.RULES": dict(RULES)},
+    "ACCELERATOR_KINDS": {"jaxtune.hardware.ACCELERATORS": ACCELERATORS},
 }
 
 # Name sets whose names select a branch in code rather than a table entry.

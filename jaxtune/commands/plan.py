@@ -6,7 +6,8 @@ TPU compiler for that topology on any machine (deviceless; libtpu from the ``tpu
 gives true per-chip bytes. When it does not fit, the smallest change that does is found by compiling candidates
 (remat policy, then more microbatches, then the mesh). For GPUs (``h100-8``, ``h200-1``...) the bytes are an
 analytic estimate, labelled as one. ``cpu-N`` compiles for N simulated CPU devices (for tests: the CPU backend's
-memory analysis upcasts bf16 and is no planning figure).
+memory analysis upcasts bf16 and is no planning figure). The names, each chip's memory budget and each slice's
+topology are :mod:`jaxtune.hardware`'s (:func:`~jaxtune.hardware.parse_accelerator`).
 
 Per-chip bytes are reported by kind:
 
@@ -27,117 +28,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
 from jaxtune.config.schema import Config, ConfigError
-
-GIB = 1024**3
+from jaxtune.hardware import GIB, Accelerator, parse_accelerator
 
 # --------------------------------------------------------------------------------------------------------------------
 # Accelerators
 # --------------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Accelerator:
-    """One accelerator slice: how many chips, their memory, and for TPUs the topology the compiler needs."""
-
-    name: str
-    platform: str  # "tpu", "gpu" or "cpu"
-    chips: int
-    hbm_bytes: int  # per chip
-    topology: Optional[str] = None  # "v5:2x2x2"
-    chips_per_host: tuple[int, int, int] = (2, 2, 1)
-    chip_config: str = "default"  # v4 runs its two TensorCores as one device: "megacore"
-
-
-# Per-chip HBM as the TPU compiler reports it (v5p measured: 95.74 GiB) or as the vendor states it.
-_TPU_FAMILIES = {
-    # name prefix: (topology prefix, counts TensorCores (2 per chip), dimensions, HBM bytes per chip)
-    "v4": ("v4", True, 3, 32 * GIB),
-    "v5p": ("v5", True, 3, int(95.74 * GIB)),
-    "v5e": ("v5e", False, 2, 16 * GIB),
-    "v5litepod": ("v5e", False, 2, 16 * GIB),
-    "v6e": ("v6e", False, 2, 32 * GIB),
-}
-_GPUS = {"h100": 80 * 10**9, "h200": 141 * 10**9, "a100": 80 * 10**9}
-
-
-# TPU topologies by chip count, as Cloud TPU lays slices out.
-_TOPOLOGY_3D = {
-    1: "1x1x1",
-    2: "1x2x1",
-    4: "2x2x1",
-    8: "2x2x2",
-    16: "2x2x4",
-    32: "2x4x4",
-    64: "4x4x4",
-    128: "4x4x8",
-    256: "4x8x8",
-    512: "8x8x8",
-    1024: "8x8x16",
-    2048: "8x16x16",
-    4096: "16x16x16",
-}
-_TOPOLOGY_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}
-
-
-def _topology_dims(chips: int, dims: int) -> str:
-    table = _TOPOLOGY_3D if dims == 3 else _TOPOLOGY_2D
-    if chips not in table:
-        raise ConfigError(
-            f"no TPU slice has {chips} chips in a {dims}-D topology; slices have "
-            f"{', '.join(str(c) for c in table)} chips"
-        )
-    return table[chips]
-
-
-def _chips_per_host(topology_dims: str) -> tuple[int, int, int]:
-    """Hosts hold up to 4 chips (2x2) on multi-host slices; a single-host 2x4 holds 8, a 1x1 one."""
-    dims = [int(x) for x in topology_dims.split("x")] + [1]
-    if math.prod(dims) == 8 and len(topology_dims.split("x")) == 2:
-        return (2, 4, 1)
-    return (min(2, dims[0]), min(2, dims[1]), 1)
-
-
-def parse_accelerator(name: str) -> Accelerator:
-    """``v5p-16`` (TPU v4/v5p names count TensorCores: v5p-16 is 8 chips), ``v5e-64``/``v6e-16`` (chips),
-    ``h100-8``/``h200-1`` (GPUs), ``cpu-8`` (simulated CPU devices). Raises ConfigError naming the valid forms."""
-    text = name.strip().lower()
-    m = re.fullmatch(r"([a-z0-9]+)-(\d+)", text)
-    valid = "v4-N, v5p-N, v5e-N, v6e-N (TPU), h100-N, h200-N, a100-N (GPU), cpu-N"
-    if not m:
-        raise ConfigError(f"--accelerator {name!r}: expected one of {valid}")
-    family, count = m.group(1), int(m.group(2))
-    if count < 1:
-        raise ConfigError(f"--accelerator {name!r}: the count must be at least 1")
-    if family in _TPU_FAMILIES:
-        prefix, counts_cores, dims, hbm = _TPU_FAMILIES[family]
-        chips = count // 2 if counts_cores else count
-        if counts_cores and (count % 2 or chips < 1):
-            raise ConfigError(
-                f"--accelerator {name!r}: {family} names count TensorCores (2 per chip): use an even count"
-            )
-        try:
-            layout = _topology_dims(chips, dims)
-        except ConfigError as e:
-            raise ConfigError(f"--accelerator {name!r}: {e}") from None
-        return Accelerator(
-            name=text,
-            platform="tpu",
-            chips=chips,
-            hbm_bytes=hbm,
-            topology=f"{prefix}:{layout}",
-            chips_per_host=_chips_per_host(layout),
-            chip_config="megacore" if family == "v4" else "default",
-        )
-    if family in _GPUS:
-        return Accelerator(name=text, platform="gpu", chips=count, hbm_bytes=_GPUS[family])
-    if family == "cpu":
-        return Accelerator(name=text, platform="cpu", chips=count, hbm_bytes=0)
-    raise ConfigError(f"--accelerator {name!r}: unknown accelerator family {family!r}; expected one of {valid}")
 
 
 def accelerator_devices(acc: Accelerator) -> list:

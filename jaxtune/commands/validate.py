@@ -16,8 +16,8 @@ The checks, in order, with every problem of a stage reported together (each nami
 
 The device count is ``--devices N`` (one process), or an accelerator name (one slice; ``mesh.dcn_data`` slices of
 it): ``v4-N``/``v5p-N`` count TensorCores, two per chip (``v5p-16`` = 8 chips on 2 hosts of 4); ``v5e-N``,
-``v5litepod-N`` and ``v6e-N`` count chips (one host up to 8 chips, 4 chips per host above). Without either, the
-devices and processes of this machine.
+``v5litepod-N`` and ``v6e-N`` count chips (one host up to 8 chips, 4 chips per host above); GPUs count 8 per host
+(the facts of :mod:`jaxtune.hardware`). Without either, the devices and processes of this machine.
 
 :func:`check_run` is what ``train`` calls first on its real mesh, so a run never starts compiling with a config
 this command rejects.
@@ -25,13 +25,13 @@ this command rejects.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from jaxtune.config.loading import load_config
 from jaxtune.config.schema import Config, ConfigError
+from jaxtune.hardware import AcceleratorError, parse_accelerator
 
 
 class ValidationError(ConfigError):
@@ -50,16 +50,12 @@ class Topology:
 
 def accelerator_topology(name: str, slices: int = 1) -> Topology:
     """The chips and hosts of an accelerator name such as ``v5p-16`` (8 chips, 2 hosts) times ``slices``; the names
-    are those of :func:`jaxtune.commands.plan.parse_accelerator` (TensorCores for v4/v5p, chips for v5e/v6e, GPUs)."""
-    from jaxtune.commands.plan import parse_accelerator
-
+    are those of :func:`jaxtune.hardware.parse_accelerator` (TensorCores for v4/v5p, chips for v5e/v6e, GPUs)."""
     try:
         acc = parse_accelerator(name)
-    except ConfigError as e:
+    except AcceleratorError as e:
         raise ValidationError(str(e)) from None
-    chips = acc.chips
-    per_host = math.prod(acc.chips_per_host) if acc.platform == "tpu" else 8
-    hosts = max(1, -(-chips // per_host))
+    chips, hosts = acc.chips, acc.hosts
     per = f"{chips} chips, {hosts} host{'s' if hosts > 1 else ''}"
     across = f" x {slices} slices" if slices > 1 else ""
     return Topology(chips * slices, hosts * slices, f"{name} ({per}){across}")

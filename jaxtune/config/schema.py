@@ -455,8 +455,8 @@ class TrainConfig(_Section):
     profile: bool = False
     """Write a JAX profiler trace of the three steps after the first (compiling) one into run_dir/profile."""
     peak_flops_per_device: Optional[float] = None
-    """Peak FLOP/s of one device for the MFU figure; None looks the device kind up (TPU v4/v5e/v5p/v6e, A100,
-    H100/H200) and omits MFU for unknown devices."""
+    """Peak FLOP/s of one device for the MFU figure; None looks the device kind up in :mod:`jaxtune.hardware` (TPU
+    v4/v5e/v5p/v6e, A100, H100/H200) and omits MFU for unknown devices."""
 
     def _rules(self, rules: _Rules) -> None:
         rules.at_least(1, "global_batch_size", "microbatches", "epochs", "log_every", "max_consecutive_bad_steps")

@@ -6,6 +6,7 @@ training FLOPs of :func:`jaxtune.models.stats.model_info`: 3 x the forward pass,
 used in a matmul (6 x parameters x tokens overall, the embedding lookup excluded, the LM head included) plus causal
 attention, 4 x layers x heads x head_dim x (seq_len + 1) / 2 per token. Rematerialisation is not counted (that would
 be hardware FLOPs utilisation). Tokens are all row positions (B x L), padding included, since they are computed.
+The peak is ``train.peak_flops_per_device``, else the device kind's in :mod:`jaxtune.hardware` (no MFU when unknown).
 """
 
 from __future__ import annotations
@@ -24,23 +25,8 @@ import numpy as np
 from clu import metrics as clu_metrics
 
 from jaxtune.errors import JaxtuneError
+from jaxtune.hardware import peak_flops_of_device_kind
 from jaxtune.paths import append_text, as_path, write_text_atomic
-
-# Dense bf16 peak FLOP/s per device (chip), from the vendors' data sheets, by jax's device_kind.
-PEAK_FLOPS_BY_DEVICE_KIND: dict[str, float] = {
-    "TPU v4": 275e12,
-    "TPU v5 lite": 197e12,
-    "TPU v5e": 197e12,
-    "TPU v5": 459e12,
-    "TPU v5p": 459e12,
-    "TPU v6 lite": 918e12,
-    "TPU v6e": 918e12,
-    "NVIDIA A100-SXM4-40GB": 312e12,
-    "NVIDIA A100-SXM4-80GB": 312e12,
-    "NVIDIA H100 80GB HBM3": 989e12,
-    "NVIDIA H100": 989e12,
-    "NVIDIA H200": 989e12,
-}
 
 
 @flax.struct.dataclass
@@ -89,16 +75,11 @@ was skipped). Loss and grad norm are averaged over the steps that were not skipp
 
 
 def peak_flops_per_device(device: jax.Device, configured: Optional[float] = None) -> Optional[float]:
-    """Peak FLOP/s of one device: the configured value, else the table's entry for its kind, else None."""
+    """Peak FLOP/s of one device: the configured value, else the accelerator table's for its ``device_kind``
+    (:func:`jaxtune.hardware.peak_flops_of_device_kind`), else None."""
     if configured is not None:
         return configured
-    kind = getattr(device, "device_kind", "")
-    if kind in PEAK_FLOPS_BY_DEVICE_KIND:
-        return PEAK_FLOPS_BY_DEVICE_KIND[kind]
-    for known, flops in sorted(PEAK_FLOPS_BY_DEVICE_KIND.items(), key=lambda kv: -len(kv[0])):
-        if kind.startswith(known):
-            return flops
-    return None
+    return peak_flops_of_device_kind(getattr(device, "device_kind", ""))
 
 
 def format_duration(seconds: float) -> str:

@@ -1,4 +1,4 @@
-"""jaxtune.commands.plan: accelerator names, the candidate search, and real compiles for simulated CPU devices (the TPU
+"""jaxtune.commands.plan: the GPU estimates, the candidate search, and real compiles for simulated CPU devices (the TPU
 compiler is not in the test venv: a process that loads libtpu locks /tmp/libtpu_lockfile)."""
 
 from __future__ import annotations
@@ -10,36 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from jaxtune.commands.plan import GIB, Setting, candidate_settings, parse_accelerator, plan
+from jaxtune.commands.plan import Setting, candidate_settings, plan
 from jaxtune.config.loading import load_config
-from jaxtune.config.schema import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.mark.parametrize(
-    "name, chips, topology",
-    [
-        ("v5p-16", 8, "v5:2x2x2"),
-        ("v5p-8", 4, "v5:2x2x1"),
-        ("v5p-32", 16, "v5:2x2x4"),
-        ("v4-32", 16, "v4:2x2x4"),
-        ("v5e-64", 64, "v5e:8x8"),
-        ("v6e-16", 16, "v6e:4x4"),
-        ("h200-8", 8, None),
-        ("h100-1", 1, None),
-    ],
-)
-def test_accelerator_names(name, chips, topology):
-    acc = parse_accelerator(name)
-    assert (acc.chips, acc.topology) == (chips, topology)
-    assert acc.hbm_bytes > 10 * GIB
-
-
-@pytest.mark.parametrize("name", ["v5p-15", "tpu", "v5p-0", "x9-8", "v5e-12"])
-def test_bad_accelerator_names_list_the_valid_forms(name):
-    with pytest.raises(ConfigError, match="accelerator"):
-        parse_accelerator(name)
 
 
 def test_gpu_plans_are_labelled_analytic_and_33b_does_not_fit_one_h100():
