@@ -506,8 +506,17 @@ class CheckpointConfig(_Section):
     False refuses such a resume, naming each changed key; true allows it and records the changes in
     RUN_DIR/configs/changes.jsonl (the saved data position and schedule are then applied to the new settings)."""
 
+    lease_timeout_s: float = 300.0
+    """Seconds without a heartbeat after which another launch may take over the run directory's lease
+    (RUN_DIR/lock, refreshed every quarter of this; see :mod:`jaxtune.checkpoint.lease`). Until then a second
+    writer refuses, naming the owner; a holder on the same host whose process is gone is taken over at once."""
+    force_takeover: bool = False
+    """Take the run directory's lease even from a live holder (logged; that holder stops before its next
+    checkpoint). For a holder known dead on another host, without waiting for lease_timeout_s."""
+
     def _rules(self, rules: _Rules) -> None:
         rules.at_least(1, "save_every", "max_to_keep", optional=True)
+        rules.positive("lease_timeout_s")
 
 
 @dataclass

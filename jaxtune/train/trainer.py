@@ -20,6 +20,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
+from jaxtune.checkpoint.lease import RunLeaseError, hold_run_lease
 from jaxtune.checkpoint.train_state import (
     DAMAGED_DIR,
     CheckpointError,
@@ -314,16 +315,16 @@ def train(cfg: Config, data: Optional[RunData] = None, *, print_fn: Callable[[st
 
     SIGTERM and Ctrl-C are caught from here on: one arriving during start-up (data, restore, compilation) stops the
     run before its first step, as cleanly as one arriving later."""
-    with _StopRequest() as stop_request:
-        return _train(cfg, data, print_fn, stop_request)
+    cfg.validate()  # a config built in code gets the checks loading applies
+    initialize_distributed(cfg.mesh)
+    with _StopRequest() as stop_request, hold_run_lease(cfg.run_dir, cfg.checkpoint) as lease:
+        return _train(cfg, data, print_fn, stop_request, lease)
 
 
 def _train(
-    cfg: Config, data: Optional[RunData], print_fn: Callable[[str], None], stop_request: "_StopRequest"
+    cfg: Config, data: Optional[RunData], print_fn: Callable[[str], None], stop_request: "_StopRequest", lease: Any
 ) -> TrainResult:
     tc = cfg.train
-    cfg.validate()  # a config built in code gets the checks loading applies
-    initialize_distributed(cfg.mesh)
     mesh = build_mesh(cfg.mesh)
     # `jaxtune validate`'s layout checks, on abstract shapes, before any data is read or anything compiled.
     check_run(cfg, mesh, jax.process_count())
@@ -388,7 +389,7 @@ def _train(
                 f"the run in {cfg.run_dir} is finished ({COMPLETED_FILE}, train states deleted): nothing to train"
             )
             return finished
-        loop = _RunLoop(cfg, data, layout, manager, writer, total_steps, epoch_steps, stop_request, epochs)
+        loop = _RunLoop(cfg, data, layout, manager, writer, total_steps, epoch_steps, stop_request, epochs, lease)
         resumed_from = loop.start()
         if jax.process_index() == 0:  # once the start is accepted (resume or not): a refused one changes nothing
             as_path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
@@ -490,8 +491,10 @@ class _RunLoop:
         epoch_steps: Sequence[int],
         stop_request: _StopRequest,
         epochs: Optional[EpochCheckpointManager] = None,
+        lease: Any = None,
     ):
         self.cfg, self.tc, self.data, self.layout = cfg, cfg.train, data, layout
+        self.lease = lease  # RUN_DIR/lock, held by process 0 (None elsewhere)
         self.stop_request = stop_request
         self.manager, self.writer, self.total_steps = manager, writer, total_steps
         self.epochs = epochs
@@ -669,6 +672,10 @@ class _RunLoop:
             self.profiling_until = None
 
     def _save(self) -> None:
+        if not _on_every_process(self.lease is None or self.lease.held()):  # taken over: write nothing more
+            if self.lease is not None:
+                self.lease.check()
+            raise RunLeaseError("process 0 lost the run directory's lease: stopping without writing checkpoints")
         if self.step not in self.saved_steps:
             self.manager.save(
                 self.step, self.state.params, self.state.train_fields(), self.data.iterator, self.config_dict
