@@ -107,19 +107,36 @@ def local_copy(folder: PathLike) -> epath.Path:
 @contextlib.contextmanager
 def staged_folder(dst: PathLike) -> Iterator[str]:
     """A local folder to write ``dst``'s files into, for writers of local files only (safetensors, transformers'
-    ``save_pretrained``): ``dst`` itself when local; for an object store, a temporary folder whose files (folders
-    included) are uploaded to ``dst`` once the block ends without error, then removed. Needs local disk for it."""
+    ``save_pretrained``); ``dst`` appears complete or not at all, replacing what was there, once the block ends
+    without error (an error or a kill leaves ``dst`` as it was).
+
+    Local: a sibling ``.NAME.partial-XXXXXXXX`` renamed to ``dst`` last (a kill leaves only that, named partial).
+    Object store (no renames): a local temporary folder (needs local disk for it) whose files are uploaded once the
+    block ends, ``config.json`` last, so a folder cut short by a kill has no config and loads nowhere."""
     if not is_remote(dst):
-        yield os.fspath(dst)
+        dst = absolute_path(dst)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        stage = os.fspath(dst.parent / f".{dst.name}.partial-{uuid.uuid4().hex[:8]}")
+        os.mkdir(stage)
+        try:
+            yield stage
+            if dst.is_dir():
+                dst.rmtree()
+            elif dst.exists():
+                dst.unlink()
+            os.rename(stage, os.fspath(dst))
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
         return
     stage = tempfile.mkdtemp(prefix="jaxtune-stage-")
     try:
         yield stage
         dst = as_path(dst)
-        for root, _, files in os.walk(stage):
-            for name in files:
-                rel = os.path.relpath(os.path.join(root, name), stage)
-                copy_file(os.path.join(root, name), dst / rel)
+        if dst.exists():
+            dst.rmtree()
+        files = [os.path.relpath(os.path.join(root, n), stage) for root, _, names in os.walk(stage) for n in names]
+        for rel in sorted(files, key=lambda rel: rel == "config.json"):  # the file that makes a folder loadable
+            copy_file(os.path.join(stage, rel), dst / rel)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 

@@ -66,8 +66,12 @@ def test_local_files(tmp_path):
     assert [os.fspath(p) for p in files_under(tmp_path / "x", ".summary.json")] == [
         os.fspath(tmp_path / "x" / "y" / "r.summary.json")
     ]
-    with staged_folder(tmp_path / "out") as stage:
-        assert stage == os.fspath(tmp_path / "out")  # local: written in place, nothing copied
+    with staged_folder(tmp_path / "out") as stage:  # local: a partial sibling, renamed at the end
+        assert Path(stage).parent == tmp_path and Path(stage).name.startswith(".out.partial-")
+        assert not (tmp_path / "out").exists()
+        Path(stage, "config.json").write_text("{}")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["config.json"]
+    assert not list(tmp_path.glob(".out.partial-*"))
 
 
 def _failure(proc: subprocess.CompletedProcess) -> str:

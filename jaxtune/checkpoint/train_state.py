@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import uuid
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
@@ -26,6 +27,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
 
+from jaxtune.checkpoint.integrity import INTEGRITY_ITEM, disagreements, integrity_record
 from jaxtune.config.loading import model_config_from_dict
 from jaxtune.config.schema import ConfigError, ModelConfig
 from jaxtune.errors import JaxtuneError
@@ -346,6 +348,7 @@ def load_params(
             )
         metadata = item_metadata.tree
         target_dtype = None if dtype is None else np.dtype(_numpy_dtype(dtype))
+        cast = target_dtype is not None and any(np.dtype(m.dtype) != target_dtype for m in jax.tree.leaves(metadata))
         if as_numpy:
             restore_args = jax.tree.map(
                 lambda m: ocp.RestoreArgs(restore_type=np.ndarray, dtype=target_dtype), metadata
@@ -366,6 +369,12 @@ def load_params(
     if dtype is not None:
         cfg = dataclasses.replace(cfg, param_dtype=dtype)
     _check_params_match_config(params, cfg, str(path))
+    if (
+        path / INTEGRITY_ITEM
+    ).is_dir() and not cast:  # a train step read as saved: its params must be the recorded ones
+        with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as reader, restore_boundary(path, f"{INTEGRITY_ITEM}/"):
+            record = reader.restore(path / INTEGRITY_ITEM)
+        _refuse_mixed(path, record, disagreements(record, params))
     check_finite(params, path)
     return cfg, params
 
@@ -445,6 +454,8 @@ def _numpy_dtype(name: str) -> Any:
 #     train_state/        optimizer state, step counters and the run's PRNG key
 #     data_iter/          each process's grain iterator state (process_<i>-of-<n>.json)
 #     config/             the resolved run config (JSON)
+#     integrity/          the writer's identity and fingerprints of every part (jaxtune.checkpoint.integrity): restore
+#                         refuses a step whose parts disagree with it
 #     model_config.json   written by process 0 once the step is finalised, with tokenizer/ when one is known:
 #                         from then on the step folder is also a params-only checkpoint (eval, export-hf,
 #                         train.init_from read it directly)
@@ -505,6 +516,7 @@ class TrainCheckpointManager:
             create=True,
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options)
+        self.run_id = uuid.uuid4().hex  # this launch's identity, recorded with each save (integrity/)
         # Complete steps not yet marked as params-only checkpoints (e.g. a crash came between the two).
         self._unmarked: set[int] = {s for s in self.all_steps() if not (self.step_dir(s) / MODEL_CONFIG_FILE).exists()}
 
@@ -540,6 +552,9 @@ class TrainCheckpointManager:
                 TRAIN_STATE_ITEM: ocp.args.StandardSave(train_fields),
                 DATA_ITER_ITEM: _grain_save(data_iter),
                 RUN_CONFIG_ITEM: ocp.args.JsonSave(dict(config)),
+                INTEGRITY_ITEM: ocp.args.JsonSave(
+                    integrity_record(self.run_id, step, params, train_fields, data_iter, config)
+                ),
             }
         )
         self._manager.save(step, args=args, force=True)
@@ -552,16 +567,21 @@ class TrainCheckpointManager:
             raise CheckpointError(f"{self.directory}: no complete checkpoint at step {step}")
         import grain
 
-        args = ocp.args.Composite(
-            **{
-                TRAIN_PARAMS_ITEM: ocp.args.StandardRestore(abstract_params),
-                TRAIN_STATE_ITEM: ocp.args.StandardRestore(abstract_train_fields),
-                DATA_ITER_ITEM: grain.checkpoint.CheckpointRestore(data_iter),
-            }
-        )
+        items = {
+            TRAIN_PARAMS_ITEM: ocp.args.StandardRestore(abstract_params),
+            TRAIN_STATE_ITEM: ocp.args.StandardRestore(abstract_train_fields),
+            DATA_ITER_ITEM: grain.checkpoint.CheckpointRestore(data_iter),
+        }
+        recorded = (self.step_dir(step) / INTEGRITY_ITEM).is_dir()  # steps saved before the record existed lack it
+        if recorded:
+            items.update({INTEGRITY_ITEM: ocp.args.JsonRestore(), RUN_CONFIG_ITEM: ocp.args.JsonRestore()})
         with restore_boundary(self.step_dir(step), "the train state"):
-            restored = self._manager.restore(step, args=args)
+            restored = self._manager.restore(step, args=ocp.args.Composite(**items))
         params, fields = restored[TRAIN_PARAMS_ITEM], restored[TRAIN_STATE_ITEM]
+        if recorded:  # process 0's data position is the one recorded
+            own_data = data_iter if jax.process_index() == 0 else None
+            mixed = disagreements(restored[INTEGRITY_ITEM], params, fields, own_data, restored[RUN_CONFIG_ITEM])
+            _refuse_mixed(self.step_dir(step), restored[INTEGRITY_ITEM], mixed)
         check_finite(params, self.step_dir(step), TRAIN_PARAMS_ITEM)
         check_finite(fields, self.step_dir(step), TRAIN_STATE_ITEM)
         return params, fields
@@ -619,6 +639,15 @@ class TrainCheckpointManager:
                 continue  # still being written
             _write_params_side_files(step_dir, self.model_cfg, self.tokenizer_src, self.added_tokens)
             self._unmarked.discard(step)
+
+
+def _refuse_mixed(step_dir: Any, record: Mapping[str, Any], parts: list[str]) -> None:
+    if parts:
+        raise CheckpointError(
+            f"{step_dir}: the step mixes two writers: {'; '.join(parts)} disagree with the integrity record of "
+            f"run {record.get('run')} at step {record.get('step')} (two runs wrote into one run directory)"
+            f"{complete_step_hint(step_dir)}"
+        )
 
 
 def _write_params_side_files(

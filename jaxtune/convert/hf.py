@@ -324,8 +324,6 @@ def export_hf(
     max_bytes = parse_size(max_shard_size)
     cfg, params = load_params(checkpoint, as_numpy=True)
     out_dtype = np.dtype(DTYPES[dtype]) if dtype is not None else np.dtype(params["embed_tokens"].dtype)
-    if out_dir.exists():
-        out_dir.rmtree()
     tok_dir = tokenizer_path(checkpoint)
     with staged_folder(out_dir) as stage:
         _write_hf_folder(cfg, params, tok_dir, stage, out_dtype, max_bytes, source=checkpoint)
