@@ -26,6 +26,7 @@ import dataclasses
 import datetime
 import json
 import math
+import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from jaxtune.errors import JaxtuneError
-from jaxtune.paths import as_path, canonical_path, files_under, write_text_atomic
+from jaxtune.paths import as_path, canonical_path, files_under, is_remote, write_text_atomic
 
 SCHEMA_VERSION = 1
 SUMMARY_SUFFIX = ".summary.json"
@@ -317,19 +318,23 @@ def read_summary(path: str | Path) -> SuiteSummary:
 def write_items(path: str | Path, items: Iterable[Mapping[str, Any]]) -> Path:
     path = as_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
+    # Written whole or not at all: a temporary sibling renamed into place (an object store's upload is whole).
+    target = path if is_remote(path) else path.parent / f".{path.name}.partial"
+    with target.open("w", encoding="utf-8") as f:
         for item in items:
             f.write(json.dumps(_json_safe(item), ensure_ascii=False, allow_nan=False) + "\n")
+    if target != path:
+        os.replace(os.fspath(target), os.fspath(path))
     return path
 
 
 def write_result(out_dir: str | Path, result: SuiteResult) -> tuple[Path, Path]:
-    """Write ``{stem}.summary.json`` and ``{stem}.items.jsonl`` under ``out_dir``; returns both paths."""
+    """Write ``{stem}.items.jsonl``, then ``{stem}.summary.json`` (a summary means its items are complete) under
+    ``out_dir``; returns both paths (summary, items)."""
     out = as_path(out_dir)
     stem = result.summary.stem
-    return write_summary(out / f"{stem}{SUMMARY_SUFFIX}", result.summary), write_items(
-        out / f"{stem}{ITEMS_SUFFIX}", result.items
-    )
+    items = write_items(out / f"{stem}{ITEMS_SUFFIX}", result.items)
+    return write_summary(out / f"{stem}{SUMMARY_SUFFIX}", result.summary), items
 
 
 def find_summaries(paths: Iterable[str | Path]) -> list[Path]:

@@ -16,6 +16,7 @@ BELLE records of the run's manifest.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from jaxtune.config.schema import Config, ConfigError
 from jaxtune.data.belle_volumes import ALPACA_LABEL, is_belle_selection, parse_belle_selection
 from jaxtune.data.mixtures import STUDY_ALIASES, read_manifest
 from jaxtune.errors import JaxtuneError
-from jaxtune.paths import as_path
+from jaxtune.paths import as_path, write_text_atomic
 from jaxtune.results import parse_selection
 
 
@@ -108,9 +109,18 @@ def eval_dir_of(run_dir: Path, epoch: int) -> Path:
     return run_dir / "eval" / f"epoch-{epoch}"
 
 
+EVALUATED_FILE = "evaluated.json"  # {"suites": [stem, ...]}: written once every suite's summary and items are
+
+
 def has_summaries(eval_dir: Path) -> bool:
-    """Whether an evaluation already wrote its summaries there (the sweep then reads them instead of evaluating)."""
-    return eval_dir.is_dir() and any(eval_dir.glob("*.summary.json"))
+    """Whether an evaluation finished there (the sweep then reads it instead of evaluating). A summary alone does
+    not count: a sweep killed between suites, or before it marked the evaluation, evaluates the epoch again."""
+    return (as_path(eval_dir) / EVALUATED_FILE).is_file()
+
+
+def mark_evaluated(eval_dir: Path, stems: Sequence[str]) -> None:
+    """Record that every suite of the evaluation in ``eval_dir`` wrote its files (see :func:`has_summaries`)."""
+    write_text_atomic(as_path(eval_dir) / EVALUATED_FILE, json.dumps({"suites": sorted(stems)}) + "\n")
 
 
 def sweep(
@@ -178,6 +188,8 @@ def sweep(
                     metadata=metadata,
                     mesh=eval_mesh_config(cfg),
                 )
+                if is_writer():
+                    mark_evaluated(eval_dir, list(evaluation.files))
                 print_fn(evaluation.table())
             run.eval_dirs[epoch] = eval_dir
         runs.append(run)
