@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from jaxtune.config.loading import load_config
-from jaxtune.config.schema import Config, ConfigError
+from jaxtune.config.schema import Config, ConfigError, max_len_problem
 from jaxtune.hardware import AcceleratorError, parse_accelerator
 
 
@@ -77,6 +77,8 @@ def _local_path_problems(cfg: Config) -> list[str]:
         value = _get(cfg, key)
         if value and "://" not in value and not Path(value).exists():
             problems.append(f"{key}={value}: no such file or folder")
+    if max_len_problem(cfg):
+        problems.append(max_len_problem(cfg))
     tokenizer = cfg.data.tokenizer
     if tokenizer and "://" not in tokenizer and Path(tokenizer).exists():
         problems += _vocabulary_problems(cfg)

@@ -610,3 +610,15 @@ class Config(_Section):
                 f"model.remat_policy=full, got {self.model.remat_policy!r} (or set train.backward=autodiff)",
                 "train",
             )
+
+
+def max_len_problem(cfg: Config) -> Optional[str]:
+    """The problem of rows longer than the model has positions, if any (checked where ``data.max_len`` is used: a
+    run reading ``data.path``, and ``validate``; it also bounds a batch's host memory, which ``data.max_len`` alone
+    does not)."""
+    if cfg.data.max_len <= cfg.model.max_position_embeddings:
+        return None
+    return (
+        f"data.max_len={cfg.data.max_len} is longer than the model's positions (model.max_position_embeddings="
+        f"{cfg.model.max_position_embeddings}): lower data.max_len"
+    )

@@ -33,7 +33,7 @@ from jaxtune.checkpoint.train_state import (
 )
 from jaxtune.commands.validate import check_run, vocabulary_problem
 from jaxtune.config.loading import config_to_dict, dump_config
-from jaxtune.config.schema import Config, ConfigError
+from jaxtune.config.schema import Config, ConfigError, max_len_problem
 from jaxtune.errors import JaxtuneError
 from jaxtune.models.stats import model_info
 from jaxtune.paths import as_path, write_text_atomic
@@ -145,6 +145,9 @@ def pipeline_data(cfg: Config, eval_batch_size: int, row_multiple: int = 1) -> R
     sharded by JAX process. ``row_multiple``: what the rows of a step must divide into (packing with
     ``train.batch_unit: examples`` rounds the rows per step up to it)."""
     from jaxtune.data.pipeline import build_eval_pipeline, build_train_pipeline
+
+    if max_len_problem(cfg):  # before any row of that length is built
+        raise ConfigError(max_len_problem(cfg))
 
     def build(epochs: int):
         return build_train_pipeline(

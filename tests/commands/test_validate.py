@@ -22,7 +22,9 @@ def _config(tmp_path: Path, text: str) -> Path:
     data = tmp_path / "train.jsonl"
     data.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n')
     path = tmp_path / "run.yaml"
-    path.write_text(f"run_dir: {tmp_path / 'run'}\ndata:\n  path: {data}\n  tokenizer: {TOKENIZER}\n" + text)
+    path.write_text(
+        f"run_dir: {tmp_path / 'run'}\ndata:\n  path: {data}\n  tokenizer: {TOKENIZER}\n  max_len: 256\n" + text
+    )
     return path
 
 
