@@ -26,6 +26,7 @@ from typing import Callable, Optional, Sequence
 
 from jaxtune.config.loading import load_config
 from jaxtune.errors import JaxtuneError
+from jaxtune.library_logs import route_library_logs
 from jaxtune.names import DATA_FORMATS, DTYPES, SCORER_MODES
 
 
@@ -463,11 +464,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not getattr(args, "fn", None):
         parser.print_help()
         return 2
+    route_library_logs(args.command)  # Orbax's and tensorstore's tracebacks go to a file, not before our error
     try:
         return args.fn(args)
     except (JaxtuneError, FileNotFoundError) as e:
         print(f"jaxtune {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return getattr(e, "exit_code", 2)  # 75 (EX_TEMPFAIL): stopped early, state saved, run again
 
 
 if __name__ == "__main__":

@@ -121,6 +121,18 @@ def complete_steps(checkpoints_dir: str | Path) -> list[int]:
     )
 
 
+def intact_steps(run_dir: PathLike) -> str:
+    """A sentence naming the run's newest complete train checkpoint (what a failed write leaves whole)."""
+    directory = train_checkpoint_dir(run_dir)
+    try:
+        steps = complete_steps(directory)
+    except Exception:  # noqa: BLE001 -- the store that failed the write may not answer a listing either
+        return f"the complete steps in {directory} are intact (not listed: the store does not answer)"
+    if not steps:
+        return f"no step of this run was complete yet in {directory}"
+    return f"the newest complete step, {directory / str(steps[-1])}, is intact"
+
+
 @functools.lru_cache(maxsize=None)
 def _nonfinite_counter(treedef: Any) -> Any:
     import jax.numpy as jnp

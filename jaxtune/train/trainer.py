@@ -21,12 +21,14 @@ import optax
 from jax.sharding import Mesh
 
 from jaxtune.checkpoint.lease import RunLeaseError, hold_run_lease
+from jaxtune.checkpoint.storage import storage_boundary
 from jaxtune.checkpoint.train_state import (
     DAMAGED_DIR,
     CheckpointError,
     EpochCheckpointManager,
     TrainCheckpointManager,
     expected_param_shapes,
+    intact_steps,
     load_model_config,
     load_params,
     saved_run_config,
@@ -320,7 +322,11 @@ def train(cfg: Config, data: Optional[RunData] = None, *, print_fn: Callable[[st
     run before its first step, as cleanly as one arriving later."""
     cfg.validate()  # a config built in code gets the checks loading applies
     initialize_distributed(cfg.mesh)
-    with _StopRequest() as stop_request, hold_run_lease(cfg.run_dir, cfg.checkpoint) as lease:
+    with (
+        _StopRequest() as stop_request,
+        hold_run_lease(cfg.run_dir, cfg.checkpoint) as lease,
+        storage_boundary(str(cfg.run_dir), lambda: intact_steps(cfg.run_dir)),
+    ):
         return _train(cfg, data, print_fn, stop_request, lease)
 
 

@@ -1,0 +1,66 @@
+"""Storage that fails for a while (a full disk, an object store that is down): the run stops in one line naming the
+path and the cause, with exit status 75 (EX_TEMPFAIL: stopped early, state saved, run again to continue).
+
+Orbax writes a step into a temporary folder and commits it last, so the previous complete step stays intact
+whatever the failure; :func:`storage_boundary` turns the error, wherever in the chain of causes it sits (Orbax and
+tensorstore wrap it), into a :class:`StorageUnavailableError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+from typing import Callable, Iterator, Optional
+
+from jaxtune.errors import JaxtuneError
+
+EX_TEMPFAIL = 75
+_FULL = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded", errno.EFBIG: "file too large"}
+_TEXTS = (
+    ("No space left on device", "no space left on device"),
+    ("Disk quota exceeded", "disk quota exceeded"),
+    ("RESOURCE_EXHAUSTED", "storage exhausted"),
+    ("503", "the object store answered 503 (unavailable)"),
+    ("Service Unavailable", "the object store is unavailable"),
+)
+
+
+class StorageUnavailableError(JaxtuneError):
+    """Writing failed for a reason that may pass (space, an outage); the CLI exits with :data:`EX_TEMPFAIL`."""
+
+    exit_code = EX_TEMPFAIL
+
+
+def storage_cause(error: BaseException) -> Optional[str]:
+    """A short cause when ``error`` (or anything in its chain of causes) is a full disk or an unavailable store."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in _FULL:
+            return _FULL[error.errno]
+        if type(error).__name__ in ("ServiceUnavailable", "TooManyRequests", "RetryError"):
+            return f"the object store is unavailable ({type(error).__name__})"
+        text = str(error)
+        for needle, cause in _TEXTS:
+            if needle in text and (needle != "503" or "HttpError" in type(error).__name__ + text):
+                return cause
+        error = error.__cause__ or error.__context__
+    return None
+
+
+@contextlib.contextmanager
+def storage_boundary(where: str, intact: Callable[[], str]) -> Iterator[None]:
+    """Turn a full disk or an unavailable store met inside the block into one StorageUnavailableError naming
+    ``where``, the cause, and what ``intact()`` says is still whole."""
+    try:
+        yield
+    except JaxtuneError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- Orbax, tensorstore and gcsfs raise many types for the same causes
+        cause = storage_cause(e)
+        if cause is None:
+            raise
+        raise StorageUnavailableError(
+            f"{where}: cannot write: {cause}; {intact()}. Free space (or wait for the store), then run the same "
+            f"command again to continue"
+        ) from e
