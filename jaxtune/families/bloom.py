@@ -86,6 +86,16 @@ def layer_counts(cfg: Cfg) -> LayerCounts:
     return LayerCounts(layer_params=matmul + biases + norms, layer_matmul_weights=matmul, other_params=4 * e)
 
 
+def config_rules(cfg: Cfg, where: str) -> list[tuple[str, str]]:
+    """BLOOM has one key/value head per query head."""
+    if cfg.num_kv_heads not in (None, cfg.num_heads):
+        message = (
+            f"{where}.num_kv_heads={cfg.num_kv_heads}: BLOOM has one key/value head per query head (leave it unset)"
+        )
+        return [(message, "num_kv_heads")]
+    return []
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # config.json
 # --------------------------------------------------------------------------------------------------------------------
@@ -225,5 +235,6 @@ FAMILY = register(
             layout=LAYOUT,
         ),
         presets=PRESETS,
+        config_rules=config_rules,
     )
 )

@@ -110,6 +110,15 @@ def layer_counts(cfg: Cfg) -> LayerCounts:
     return LayerCounts(layer_params=matmul + 2 * e, layer_matmul_weights=matmul, other_params=e)
 
 
+def config_rules(cfg: Cfg, where: str) -> list[tuple[str, str]]:
+    """Rotary embeddings rotate pairs of features: the head width must be even."""
+    if cfg.head_dim is None and cfg.hidden_size % cfg.num_heads:
+        return []  # the shape rules already report the width
+    if cfg.resolved_head_dim() % 2:
+        return [(f"{where}.head_dim must be even for rotary embeddings, got {cfg.resolved_head_dim()}", "head_dim")]
+    return []
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # config.json
 # --------------------------------------------------------------------------------------------------------------------
@@ -300,5 +309,6 @@ FAMILY = register(
             layout=LAYOUT,
         ),
         presets=PRESETS,
+        config_rules=config_rules,
     )
 )

@@ -9,10 +9,11 @@ A family (``model.family``) registers one :class:`Family`:
 - ``hf``: its Hugging Face architecture (:class:`jaxtune.families.hf.HFArchitecture`: the transformers classes,
   the ``config.json`` translation both ways and the tensor layout; :mod:`jaxtune.convert` does the rest);
 - ``presets``: its named shapes (``model.preset``), plain ModelConfig fields (:mod:`jaxtune.config.presets` adds
-  ``family``).
+  ``family``);
+- ``config_rules``: the ModelConfig values the family cannot represent (checked with every config).
 
 The code that uses these (``jaxtune.models.registry``, ``models.stats``, ``convert.hf_config``, ``convert.hf``,
-``convert.hf_weights``, ``config.presets``) names no family. Adding one, e.g. a Qwen2 (LLaMA plus q/k/v biases),
+``convert.hf_weights``, ``config.presets``, ``config.schema``'s model rules) names no family. Adding one, e.g. a Qwen2 (LLaMA plus q/k/v biases),
 touches three files: the model (``jaxtune/models/qwen2.py``, a :class:`jaxtune.models.decoder.DecoderModel` with
 its ``prepare``, ``layer`` and ``final_norm``), the family file (``jaxtune/families/qwen2.py``, ending with
 ``register(Family(name="qwen2", ...))``), and the name (``jaxtune.names.ModelFamily``). :func:`load_families`
@@ -21,6 +22,7 @@ imports every module of the package, and ``tests/test_names.py`` checks that eve
 
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
 from dataclasses import dataclass, field
@@ -43,6 +45,11 @@ class LayerCounts:
     other_params: int
 
 
+def no_rules(cfg: Cfg, where: str) -> list[tuple[str, str]]:
+    """The ``config_rules`` of a family that adds none."""
+    return []
+
+
 @dataclass(frozen=True)
 class Family:
     """Everything family-specific (see the module docstring)."""
@@ -55,6 +62,9 @@ class Family:
     hf: HFArchitecture
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Named shapes: preset name -> ModelConfig fields (without ``family``)."""
+    config_rules: Callable[[Cfg, str], list[tuple[str, str]]] = no_rules
+    """``(ModelConfig, "model") -> [(problem, field)]``: what the family cannot represent, beyond the shape rules
+    every ModelConfig obeys (:meth:`jaxtune.config.schema.ModelConfig.validate` reports each, naming the key)."""
 
 
 FAMILIES: dict[str, Family] = {}
@@ -74,13 +84,18 @@ def register(family: Family) -> Family:
     return family
 
 
-def load_families() -> dict[str, Family]:
-    """Every registered family, in the order of :data:`jaxtune.names.MODEL_FAMILIES`, after importing each family
-    module of :mod:`jaxtune.families`."""
+@functools.cache
+def _import_family_modules() -> None:
     package = importlib.import_module("jaxtune.families")
     for module in pkgutil.iter_modules(package.__path__):
         if module.name not in _KIT:
             importlib.import_module(f"{package.__name__}.{module.name}")
+
+
+def load_families() -> dict[str, Family]:
+    """Every registered family, in the order of :data:`jaxtune.names.MODEL_FAMILIES`, after importing each family
+    module of :mod:`jaxtune.families`."""
+    _import_family_modules()
     return {name: FAMILIES[name] for name in MODEL_FAMILIES if name in FAMILIES}
 
 

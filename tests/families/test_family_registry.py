@@ -53,3 +53,18 @@ def test_register_refuses_an_undeclared_name_and_a_second_declaration() -> None:
 def test_an_unknown_family_names_the_key_and_the_known_ones() -> None:
     with pytest.raises(ValueError, match=r"model.family: unknown family 'lama' \(did you mean 'llama'\?\); known"):
         family("lama")
+
+
+@pytest.mark.parametrize(
+    "preset,change,message",
+    [
+        ("tiny-gqa", {"head_dim": 15}, r"model.head_dim must be even for rotary embeddings, got 15"),
+        ("bloom-tiny", {"num_kv_heads": 2}, r"model.num_kv_heads=2: BLOOM has one key/value head per query head"),
+    ],
+)
+def test_each_family_s_config_rules_reach_model_config_validation(preset: str, change: dict, message: str) -> None:
+    from jaxtune.config.schema import ConfigError, model_config_from_dict, preset_values
+
+    model_config_from_dict(preset_values(preset))  # the preset itself is fine
+    with pytest.raises(ConfigError, match=message):
+        model_config_from_dict(dict(preset_values(preset), **change))
