@@ -39,7 +39,7 @@ from jaxtune.convert.hf_tokenizer import add_special_tokens, has_tokenizer, load
 from jaxtune.convert.hf_weights import HFWeightsError, WeightInfo, WeightSource
 from jaxtune.convert.safetensors_io import PlannedTensor, SafetensorsWriter
 from jaxtune.errors import JaxtuneError
-from jaxtune.models.llama import DTYPES
+from jaxtune.models.dtypes import DTYPES
 from jaxtune.paths import as_path, staged_folder
 
 logger = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ How prompts are decoded:
 
 - Prompts are sorted by length (longest first) and wait in a queue. A batch of ``batch_size`` rows decodes them;
   every row has its own slots in the KV cache (a row's tokens sit at slots 0, 1, ..., see
-  :class:`jaxtune.models.llama.KVCache`), so rows start and end independently.
+  :class:`jaxtune.models.decoder.KVCache`), so rows start and end independently.
 - A free row takes the next waiting prompt: the prompts of all free rows are prefilled together (right-padded to a
   bucket length, powers of two up to ``bucket_multiple`` then multiples of it, so few shapes are compiled; padding
   has segment id 0 and real tokens have positions 0, 1, ..., as transformers derives them from the attention mask)

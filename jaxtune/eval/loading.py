@@ -138,7 +138,7 @@ def stream_hf_params(
     from jaxtune.convert.hf_config import read_hf_config
     from jaxtune.convert.hf_families import family_of_hf
     from jaxtune.convert.hf_weights import WeightSource
-    from jaxtune.models.llama import DTYPES
+    from jaxtune.models.dtypes import DTYPES
 
     hf_dir = Path(hf_dir)
     raw = read_hf_config(hf_dir)
