@@ -17,7 +17,7 @@ from jaxtune.names import MODEL_FAMILIES
 def test_loading_a_config_with_a_preset_imports_neither_jax_nor_flax_nor_the_models() -> None:
     code = (
         "import sys\n"
-        "from jaxtune.config.schema import load_config, preset_values\n"
+        "from jaxtune.config.loading import load_config, preset_values\n"
         "from jaxtune.families.registry import load_families\n"
         "assert preset_values('bloom-tiny')['family'] == 'bloom' and len(load_families()) > 1\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'flax') or m.startswith('jaxtune.models')))\n"
@@ -63,7 +63,8 @@ def test_an_unknown_family_names_the_key_and_the_known_ones() -> None:
     ],
 )
 def test_each_family_s_config_rules_reach_model_config_validation(preset: str, change: dict, message: str) -> None:
-    from jaxtune.config.schema import ConfigError, model_config_from_dict, preset_values
+    from jaxtune.config.loading import model_config_from_dict, preset_values
+    from jaxtune.config.schema import ConfigError
 
     model_config_from_dict(preset_values(preset))  # the preset itself is fine
     with pytest.raises(ConfigError, match=message):
