@@ -35,10 +35,9 @@ from typing import Any, Iterable, Iterator, Literal, Optional, Union
 from jaxtune.data import jsonl
 from jaxtune.data.jsonl import STRICT_JSON
 from jaxtune.errors import JaxtuneError
-from jaxtune.names import DATA_FORMATS, DataFormat
+from jaxtune.names import DATA_FORMATS
 from jaxtune.paths import as_path
 
-FormatName = DataFormat
 OnError = Literal["raise", "skip"]
 
 FORMATS = DATA_FORMATS
@@ -773,11 +772,3 @@ def record_from_json(data: Union[str, bytes]) -> Record:
         choices=tuple(obj.get("choices", ())),
         answer=obj.get("answer"),
     )
-
-
-def records_by_ability(records: Iterable[Record]) -> dict[str, list[Record]]:
-    """Group records by ability, abilities in sorted order."""
-    groups: dict[str, list[Record]] = {}
-    for r in records:
-        groups.setdefault(r.ability, []).append(r)
-    return dict(sorted(groups.items()))
