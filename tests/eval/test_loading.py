@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxtune.checkpoint.train_state import expected_param_shapes, save_params
+from jaxtune.checkpoint.params import expected_param_shapes, save_params
 from jaxtune.config.schema import MeshConfig
 from jaxtune.eval.loading import (
     EvalSetupError,
