@@ -6,6 +6,6 @@ Entry points: :func:`jaxtune.data.pipeline.build_train_pipeline`, :func:`jaxtune
 :func:`jaxtune.data.prepare.prepare_dataset`, :func:`jaxtune.data.tokenizer.load_tokenizer`,
 :func:`jaxtune.data.templates.make_template`, :func:`jaxtune.data.mixtures.select_records`,
 :func:`jaxtune.data.belle_volumes.select_belle` and
-:func:`jaxtune.data.mixtures.write_manifest`. Bad data raises :class:`jaxtune.data.formats.DataError`, whose message
+:func:`jaxtune.data.mixtures.write_manifest`. Bad data raises :class:`jaxtune.data.records.DataError`, whose message
 names the file, line and field.
 """

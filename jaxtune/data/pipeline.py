@@ -46,10 +46,10 @@ import numpy as np
 
 from jaxtune.config.schema import DataConfig
 from jaxtune.data.belle_volumes import SelectedRecords, is_belle_selection, select_belle
-from jaxtune.data.formats import DataError, Record, SkipReport
 from jaxtune.data.mixtures import select_records, write_manifest
 from jaxtune.data.packing import RowPlan, one_per_row, pack_rows
 from jaxtune.data.prepare import PreparedRecords, is_prepared_dataset
+from jaxtune.data.records import DataError, Record, SkipReport
 from jaxtune.data.templates import ChatTemplate, Encoded, TemplateError, make_template, template_backend
 from jaxtune.data.tokenizer import Tokenizer, load_tokenizer
 from jaxtune.errors import JaxtuneError

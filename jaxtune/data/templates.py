@@ -25,7 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
-from jaxtune.data.formats import Message
+from jaxtune.data.records import Message
 from jaxtune.data.tokenizer import HFTokenizer, Tokenizer, TokenizerError
 from jaxtune.errors import JaxtuneError
 from jaxtune.names import MASK_STRATEGIES, TEMPLATES, MaskStrategy
