@@ -1,6 +1,6 @@
-"""Instruction data: file formats and validation, tokenizers, chat templates and loss masks, the DoIT study's data
-selections and the BELLE study's volumes, ArrayRecord preparation, and the grain pipeline that turns records into
-training batches.
+"""Instruction data: record types, JSON Lines and JSON-array reading, file formats and validation, tokenizers, chat
+templates and loss masks, the DoIT study's data selections and the BELLE study's volumes, ArrayRecord preparation,
+and the grain pipeline (with its worker processes) that turns records into training batches.
 
 Entry points: :func:`jaxtune.data.pipeline.build_train_pipeline`, :func:`jaxtune.data.pipeline.build_eval_pipeline`,
 :func:`jaxtune.data.prepare.prepare_dataset`, :func:`jaxtune.data.tokenizer.load_tokenizer`,
