@@ -64,7 +64,6 @@ TOKENIZER_FILE_NAMES = (
     "chat_template.json",
 )
 
-
 # A run's folders
 CHECKPOINTS_DIR = "checkpoints"
 DAMAGED_DIR = "checkpoints_damaged"  # RUN_DIR/checkpoints_damaged/<step>: steps set aside because they did not restore
