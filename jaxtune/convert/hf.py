@@ -25,13 +25,8 @@ from typing import Optional, Sequence
 import numpy as np
 from etils import epath
 
-from jaxtune.checkpoint.train_state import (
-    expected_param_shapes,
-    load_params,
-    model_with_params,
-    save_params,
-    tokenizer_path,
-)
+from jaxtune.checkpoint.params import expected_param_shapes, load_params, model_with_params, save_params
+from jaxtune.checkpoint.tokenizer_files import tokenizer_path
 from jaxtune.config.schema import ModelConfig
 from jaxtune.convert.hf_config import read_hf_config
 from jaxtune.convert.hf_families import FAMILIES, HFFamily, family_of_hf

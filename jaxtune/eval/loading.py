@@ -22,15 +22,10 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from jaxtune.checkpoint.train_state import (
-    MODEL_CONFIG_FILE,
-    complete_step_hint,
-    expected_param_shapes,
-    load_model_config,
-    model_with_params,
-    restore_model,
-    tokenizer_path,
-)
+from jaxtune.checkpoint.errors import complete_step_hint
+from jaxtune.checkpoint.layout import MODEL_CONFIG_FILE
+from jaxtune.checkpoint.params import expected_param_shapes, load_model_config, model_with_params, restore_model
+from jaxtune.checkpoint.tokenizer_files import tokenizer_path
 from jaxtune.config.schema import ModelConfig
 from jaxtune.eval.errors import EvalSetupError
 from jaxtune.eval.template_codec import TemplateChatCodec

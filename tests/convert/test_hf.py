@@ -16,7 +16,7 @@ import torch
 import transformers
 from hf_models import hf_logits, rewrite, stored_tensors
 
-from jaxtune.checkpoint.train_state import load_params, restore_model
+from jaxtune.checkpoint.params import load_params, restore_model
 from jaxtune.convert.hf import (
     CheckReport,
     check_hf,
@@ -298,7 +298,7 @@ def test_cli_import_hf_new_token_init_flag(untied_dir, tmp_path: Path) -> None:
 
 def _imported_with(hf_dir: Path, where: Path, name: str, values: list[float]) -> Path:
     """The imported checkpoint of ``hf_dir`` with ``values`` written at the start of jaxtune param ``name``."""
-    from jaxtune.checkpoint.train_state import save_params
+    from jaxtune.checkpoint.params import save_params
 
     cfg = import_hf(hf_dir, where / "clean")
     _, params = load_params(where / "clean", as_numpy=True)

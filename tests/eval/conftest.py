@@ -134,7 +134,7 @@ DOIT_ADDED = {"<user>": 1000, "<assistant>": 1001, "<eot>": 1002, "<pad>": 1003}
 @pytest.fixture(scope="session")
 def jaxtune_checkpoint(gqa_pair, tmp_path_factory) -> Path:
     """The gqa_pair model as a jaxtune params checkpoint carrying the demo tokenizer and DoIT's tokens."""
-    from jaxtune.checkpoint.train_state import save_params
+    from jaxtune.checkpoint.params import save_params
 
     _, model = gqa_pair
     path = tmp_path_factory.mktemp("ckpt") / "jaxtune"

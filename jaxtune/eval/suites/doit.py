@@ -29,9 +29,10 @@ import numpy as np
 from jaxtune.data import jsonl
 from jaxtune.errors import JaxtuneError
 from jaxtune.eval import parsers
-from jaxtune.eval.math_answers import ScorerMode, extract_math_answer, math_answers_equal
+from jaxtune.eval.math_answers import extract_math_answer, math_answers_equal
 from jaxtune.eval.protocol import ChatCodec, LanguageModel
 from jaxtune.eval.suites.registry import Suite, SuiteRun, register
+from jaxtune.names import ScorerMode
 from jaxtune.results import RunInfo, SuiteResult, ability_score, make_summary
 
 log = logging.getLogger(__name__)
