@@ -1,5 +1,5 @@
-"""``jaxtune score`` (jaxtune/eval/score.py) on pred files in the study's format, checked against an independent
-re-implementation of the study's scorer.py + utils.py + parse_utils.py formulas written out in this test (torch's
+"""``jaxtune score`` (jaxtune/eval/score.py, the DoIT suite's hooks in jaxtune/eval/suites/doit_rescore.py) on pred
+files in the study's format, checked against an independent re-implementation of the study's scorer.py + utils.py + parse_utils.py formulas written out in this test (torch's
 softmax and numpy's argmax for the letter logits, as parse_utils did)."""
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ import pytest
 import torch
 
 from jaxtune.cli import main
-from jaxtune.eval.score import ScoreError, score_predictions, study_run_info
+from jaxtune.eval.rescoring import ScoreError
+from jaxtune.eval.score import score_predictions
+from jaxtune.eval.suites.doit_rescore import study_run_info
 from jaxtune.results import read_summary
 
 DEMO_TOKENIZER = Path(__file__).parents[2] / "jaxtune" / "demo" / "tokenizer" / "tokenizer.model"
