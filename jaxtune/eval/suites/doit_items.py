@@ -18,7 +18,6 @@ saved predictions without one, :mod:`jaxtune.eval.suites.doit_rescore`.
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -32,9 +31,6 @@ from jaxtune.errors import JaxtuneError
 from jaxtune.eval import parsers
 from jaxtune.eval.math_answers import ScorerMode, extract_math_answer, math_answers_equal
 from jaxtune.results import RunInfo, SuiteResult, ability_score, make_summary
-
-log = logging.getLogger(__name__)
-
 
 MC_PIECES = ("▁A", "▁B", "▁C", "▁D")
 """The study decided long multiple-choice replies by the last-step logits of these pieces (ids 319, 350, 315, 360
