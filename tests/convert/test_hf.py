@@ -1,4 +1,4 @@
-"""import-hf / export-hf / check-hf against transformers' own files and PyTorch model (tiny random models)."""
+"""import-hf / export-hf against transformers' own files and PyTorch model (tiny random models)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,6 @@ from hf_models import hf_logits, rewrite, stored_tensors
 
 from jaxtune.checkpoint.params import load_params, restore_model
 from jaxtune.convert.hf import (
-    CheckReport,
-    check_hf,
     export_hf,
     fill_new_vocab_rows,
     import_hf,
@@ -210,23 +208,6 @@ def test_existing_checkpoint_is_not_overwritten_silently(untied_dir, tmp_path: P
     import_hf(untied_dir[1], tmp_path / "ckpt", overwrite=True)
     with pytest.raises(JaxtuneError, match="already exists"):
         export_hf(tmp_path / "ckpt", tmp_path)
-
-
-# ---- check-hf -------------------------------------------------------------------------------------------------------
-
-
-def test_check_hf_reports_agreement(tied_gqa_dir) -> None:
-    report = check_hf(tied_gqa_dir[1], num_tokens=12, max_new_tokens=10)
-    assert report.ok, report.summary()
-    assert report.max_abs_logit_diff < TOL and len(report.hf_tokens) == 10
-    assert "OK" in report.summary() and "agree on all 10 tokens" in report.summary()
-
-
-def test_check_report_spots_divergence() -> None:
-    report = CheckReport("m", 8, 2e-3, 1e-4, jaxtune_tokens=[1, 2, 3], hf_tokens=[1, 2, 4])
-    assert not report.ok and not report.logits_ok and not report.greedy_match
-    assert report.first_divergence() == 2
-    assert "MISMATCH" in report.summary() and "TOO LARGE" in report.summary()
 
 
 def test_shard_planning() -> None:

@@ -15,8 +15,9 @@ from hf_models import build_hf_bloom, hf_logits, rewrite, save_hf_model, stored_
 from safetensors.torch import save_file
 
 from jaxtune.checkpoint.params import load_params, restore_model
-from jaxtune.convert.hf import check_hf, export_hf, import_hf, load_hf_params
+from jaxtune.convert.hf import export_hf, import_hf, load_hf_params
 from jaxtune.errors import JaxtuneError
+from jaxtune.eval.parity import check_hf
 from jaxtune.models.bloom import Bloom
 
 TOL = 1e-4
