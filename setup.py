@@ -35,8 +35,8 @@ setup(
         "jaxtune": [
             "demo/tokenizer/tokenizer.model",
             "demo/quickstart.yaml",
-            "study/reference/*.csv",
-            "study/reference/*.md",
+            "eval/suites/reference/*.csv",
+            "eval/suites/reference/*.md",
         ]
     },
     python_requires=">=3.11",

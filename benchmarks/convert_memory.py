@@ -68,14 +68,14 @@ def write_random_hf_folder(out: Path, args: argparse.Namespace) -> int:
     """A random LlamaForCausalLM folder written one tensor at a time; returns its tensor bytes."""
     from jaxtune.convert.hf import parse_size, plan_shards
     from jaxtune.convert.hf_config import write_hf_config
-    from jaxtune.convert.hf_layout import hf_tensor_shapes
+    from jaxtune.convert.hf_families import FAMILIES
     from jaxtune.convert.safetensors_io import PlannedTensor, SafetensorsWriter
-    from jaxtune.models.llama import DTYPES
+    from jaxtune.models.dtypes import DTYPES
 
     cfg = model_config(args)
     dtype = np.dtype(DTYPES[args.dtype])
     out.mkdir(parents=True)
-    planned = [PlannedTensor(n, dtype, s) for n, s in hf_tensor_shapes(cfg).items()]
+    planned = [PlannedTensor(n, dtype, s) for n, s in FAMILIES[cfg.family].hf_tensor_shapes(cfg).items()]
     shards = plan_shards(planned, parse_size(args.shard_size))
     rng = np.random.default_rng(0)
     weight_map = {}

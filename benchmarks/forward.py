@@ -41,7 +41,7 @@ def main() -> int:
     import jax
     import torch
 
-    from jaxtune.convert.hf import build_model
+    from jaxtune.eval.parity import build_model
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

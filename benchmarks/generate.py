@@ -167,27 +167,14 @@ def main() -> int:
     from flax import nnx
 
     import jaxtune
+    from jaxtune.convert.hf_config import hf_config_dict
     from jaxtune.eval.generate import Generator
     from jaxtune.models.llama import Llama
 
     torch.set_num_threads(args.threads)
     cfg = model_config(args, max_position_embeddings=4096, rms_norm_eps=1e-6, initializer_range=args.init_std)
-    hf_cfg = transformers.LlamaConfig(
-        vocab_size=cfg.vocab_size,
-        hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads,
-        num_key_value_heads=cfg.resolved_num_kv_heads(),
-        max_position_embeddings=cfg.max_position_embeddings,
-        rms_norm_eps=cfg.rms_norm_eps,
-        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
-        tie_word_embeddings=False,
-        initializer_range=args.init_std,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
+    # transformers' generate needs a pad id for the rows that finished first.
+    hf_cfg = transformers.LlamaConfig(**{**hf_config_dict(cfg, "float32"), "pad_token_id": 0})
     torch.manual_seed(args.seed)
     hf_model = transformers.LlamaForCausalLM(hf_cfg).eval()
     model = Llama(cfg, rngs=nnx.Rngs(args.seed))

@@ -102,7 +102,7 @@ def _cmd_export_hf(args: argparse.Namespace) -> int:
 
 
 def _cmd_check_hf(args: argparse.Namespace) -> int:
-    from jaxtune.convert.hf import check_hf
+    from jaxtune.eval.parity import check_hf
 
     report = check_hf(args.hf_dir, num_tokens=args.tokens, max_new_tokens=args.new_tokens, tolerance=args.tolerance)
     print(report.summary())

@@ -14,10 +14,11 @@ MASK_STRATEGIES     data.mask                                  (the templates' `
 EVAL_SUITES         eval.suites                                ``jaxtune.eval.suites.registry.SUITES``
 SCORER_MODES        eval.scorer_mode, score --scorer-mode      (the parsers' ``mode`` argument; no table)
 DTYPES              model.*_dtype, optim.mu_dtype, ...         ``jaxtune.models.dtypes.DTYPES``, ``models.stats``
-REMAT_POLICIES      model.remat_policy                         ``jaxtune.models.llama.REMAT_POLICIES``
+REMAT_POLICIES      model.remat_policy                         ``jaxtune.models.decoder.REMAT_POLICIES``
 ATTENTION_IMPLS     model.attention_impl                       ``jaxtune.models.attention.IMPL_PLATFORMS``
-MODEL_FAMILIES      model.family                               ``jaxtune.models.registry.MODEL_CLASSES``,
-                                                               ``convert.hf_families.FAMILIES``, ``models.stats``
+MODEL_FAMILIES      model.family                               ``jaxtune.families.registry.FAMILIES`` (one file
+                                                               per family), ``models.registry.MODEL_CLASSES``,
+                                                               ``convert.hf_families.FAMILIES``
 SCHEDULES           optim.schedule                             ``jaxtune.train.optim.SCHEDULES``
 LOGICAL_AXES        (the models' parameter and activation      ``jaxtune.sharding.RULES``
                     axis names)
@@ -83,7 +84,8 @@ AttentionImpl = Literal["xla", "cudnn", "splash"]
 ATTENTION_IMPLS = names_of(AttentionImpl)
 
 ModelFamily = Literal["llama", "bloom"]
-"""Model families (architectures); :mod:`jaxtune.models.registry` maps each to its model class."""
+"""Model families (architectures); each is one file of :mod:`jaxtune.families` that registers everything
+family-specific (model class, counts, Hugging Face mapping, presets)."""
 MODEL_FAMILIES = names_of(ModelFamily)
 
 Schedule = Literal["linear_from_peak", "warmup_cosine", "warmup_linear", "constant"]

@@ -152,7 +152,7 @@ def damaged_run(tmp_path_factory):
     from damage import truncate_data_file
     from flax import nnx
 
-    from jaxtune.checkpoint.train_state import save_params
+    from jaxtune.checkpoint.params import save_params
     from jaxtune.config.loading import model_config_from_dict
     from jaxtune.demo.abilities import write_demo_dataset
     from jaxtune.models.llama import Llama

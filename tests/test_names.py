@@ -18,13 +18,14 @@ from jaxtune.convert.hf_families import FAMILIES
 from jaxtune.data.formats import _PARSERS
 from jaxtune.data.templates import TEMPLATE_CLASSES
 from jaxtune.eval.suites.registry import load_suites
+from jaxtune.families.registry import load_families
 from jaxtune.hardware import ACCELERATORS
-from jaxtune.models import axes, bloom, llama
+from jaxtune.models import axes, bloom, decoder, llama
 from jaxtune.models.attention import IMPL_PLATFORMS
 from jaxtune.models.configs import model_config
 from jaxtune.models.dtypes import DTYPES
 from jaxtune.models.registry import MODEL_CLASSES, create_model
-from jaxtune.models.stats import _COUNTS, DTYPE_BYTES
+from jaxtune.models.stats import DTYPE_BYTES
 from jaxtune.names import UnknownAxisError
 from jaxtune.sharding import RULES, LayoutError, abstract_model, activation_rules, build_mesh, logical_to_spec
 from jaxtune.train.optim import SCHEDULES
@@ -36,12 +37,12 @@ TABLES = {
     "TEMPLATES": {"jaxtune.data.templates.TEMPLATE_CLASSES": TEMPLATE_CLASSES},
     "EVAL_SUITES": {"jaxtune.eval.suites.registry.SUITES": load_suites()},
     "DTYPES": {"jaxtune.models.dtypes.DTYPES": DTYPES, "jaxtune.models.stats.DTYPE_BYTES": DTYPE_BYTES},
-    "REMAT_POLICIES": {"jaxtune.models.llama.REMAT_POLICIES": llama.REMAT_POLICIES},
+    "REMAT_POLICIES": {"jaxtune.models.decoder.REMAT_POLICIES": decoder.REMAT_POLICIES},
     "ATTENTION_IMPLS": {"jaxtune.models.attention.IMPL_PLATFORMS": IMPL_PLATFORMS},
     "MODEL_FAMILIES": {
         "jaxtune.models.registry.MODEL_CLASSES": MODEL_CLASSES,
         "jaxtune.convert.hf_families.FAMILIES": FAMILIES,
-        "jaxtune.models.stats._COUNTS": _COUNTS,
+        "jaxtune.families.registry.FAMILIES": load_families(),
     },
     "SCHEDULES": {"jaxtune.train.optim.SCHEDULES": SCHEDULES},
     "BACKWARDS": {"jaxtune.train.step.BACKWARD_PASSES": BACKWARD_PASSES},

@@ -22,7 +22,8 @@ import pytest
 from gcs_emulator import gcs  # noqa: F401  (the fixture)
 from train import subprocess_runs as runs
 
-from jaxtune.checkpoint.train_state import epoch_checkpoint_dir, load_params, train_checkpoint_dir
+from jaxtune.checkpoint.layout import epoch_checkpoint_dir, train_checkpoint_dir
+from jaxtune.checkpoint.params import load_params
 from jaxtune.paths import (
     absolute_path,
     append_text,

@@ -180,7 +180,7 @@ def test_process_settings_without_a_coordinator_are_rejected():
 
 
 def test_the_kv_cache_is_sharded_by_the_rules_rows_and_kv_heads():
-    from jaxtune.models.llama import init_cache
+    from jaxtune.models.decoder import init_cache
     from jaxtune.sharding import activation_rules
 
     cfg = model_config("tiny-gqa")  # 2 key/value heads

@@ -27,6 +27,9 @@ from typing import Any, Mapping, Optional
 import jax
 import numpy as np
 
+from jaxtune.checkpoint.errors import CheckpointError, complete_step_hint, restore_boundary
+from jaxtune.paths import as_path
+
 INTEGRITY_ITEM = "integrity"
 _WEIGHT = 2654435761  # Knuth's multiplicative hash constant: positions weigh differently
 
@@ -128,3 +131,26 @@ def disagreements(
     if config is not None and record.get("config") != digest(dict(config)):
         parts.append("config")
     return parts
+
+
+def refuse_mixed(step_dir: Any, record: Mapping[str, Any], parts: list[str]) -> None:
+    """Raise a CheckpointError naming ``parts`` (from :func:`disagreements`) when there are any."""
+    if parts:
+        raise CheckpointError(
+            f"{step_dir}: the step mixes two writers: {'; '.join(parts)} disagree with the integrity record of "
+            f"run {record.get('run')} at step {record.get('step')} (two runs wrote into one run directory)"
+            f"{complete_step_hint(step_dir)}"
+        )
+
+
+def check_recorded_params(step_dir: Any, params: Any) -> None:
+    """For a train checkpoint's step folder read as a params-only checkpoint (eval, export-hf): refuse params that
+    are not the ones its integrity record names; nothing to check in a folder without a record."""
+    import orbax.checkpoint as ocp
+
+    record_dir = as_path(step_dir) / INTEGRITY_ITEM
+    if not record_dir.is_dir():
+        return
+    with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as reader, restore_boundary(step_dir, f"{INTEGRITY_ITEM}/"):
+        record = reader.restore(record_dir)
+    refuse_mixed(step_dir, record, disagreements(record, params))

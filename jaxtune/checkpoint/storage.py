@@ -12,7 +12,9 @@ import contextlib
 import errno
 from typing import Callable, Iterator, Optional
 
+from jaxtune.checkpoint.layout import complete_steps, train_checkpoint_dir
 from jaxtune.errors import JaxtuneError
+from jaxtune.paths import PathLike
 
 EX_TEMPFAIL = 75
 _FULL = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded", errno.EFBIG: "file too large"}
@@ -64,3 +66,15 @@ def storage_boundary(where: str, intact: Callable[[], str]) -> Iterator[None]:
             f"{where}: cannot write: {cause}; {intact()}. Free space (or wait for the store), then run the same "
             f"command again to continue"
         ) from e
+
+
+def intact_steps(run_dir: PathLike) -> str:
+    """A sentence naming the run's newest complete train checkpoint (what a failed write leaves whole)."""
+    directory = train_checkpoint_dir(run_dir)
+    try:
+        steps = complete_steps(directory)
+    except Exception:  # noqa: BLE001 -- the store that failed the write may not answer a listing either
+        return f"the complete steps in {directory} are intact (not listed: the store does not answer)"
+    if not steps:
+        return f"no step of this run was complete yet in {directory}"
+    return f"the newest complete step, {directory / str(steps[-1])}, is intact"

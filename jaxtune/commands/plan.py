@@ -216,6 +216,11 @@ def _with_setting(cfg: Config, s: Setting) -> Config:
 
 def compile_train_step(cfg: Config, devices: Sequence[Any], *, total_steps: int = 1000) -> MemoryEstimate:
     """Compile the real train step for ``devices`` (deviceless for a TPU topology) and measure it per chip."""
+    return compiled_train_step(cfg, devices, total_steps=total_steps)[0]
+
+
+def compiled_train_step(cfg: Config, devices: Sequence[Any], *, total_steps: int = 1000) -> tuple[MemoryEstimate, Any]:
+    """:func:`compile_train_step`'s measure and the compiled step itself (None when it did not compile)."""
     import jax
     import numpy as np
 
@@ -240,7 +245,7 @@ def compile_train_step(cfg: Config, devices: Sequence[Any], *, total_steps: int 
         validate_batch_layout(cfg.train.global_batch_size, cfg.train.microbatches, mesh)
     except (LayoutError, ConfigError) as e:
         est.error = str(e)
-        return est
+        return est, None
     tx, schedule = build_optimizer(cfg.optim, total_steps)
     shardings = train_state_shardings(tx, shapes, axes, mesh)
     state = with_shardings(jax.eval_shape(lambda p: new_train_state(p, tx, 0), shapes), shardings)
@@ -277,9 +282,9 @@ def compile_train_step(cfg: Config, devices: Sequence[Any], *, total_steps: int 
             compiled = step.jitted.trace(state, batch).lower().compile()
     except Exception as e:  # XLA raises its own error types (RESOURCE_EXHAUSTED among them)
         est.error = _compiler_message(e)
-        return est
+        return est, None
     _fill_from_compiled(est, compiled)
-    return est
+    return est, compiled
 
 
 def _fill_from_compiled(est: MemoryEstimate, compiled: Any) -> None:

@@ -23,7 +23,6 @@ from jaxtune.paths import local_path
 from jaxtune.results import find_summaries, read_summary
 from jaxtune.study.grid import GridOutputs, load_grid, run_grid
 
-QUICKSTART_CONFIG = DEMO_DIR / "quickstart.yaml"
 QUICKSTART_SWEEP = DEMO_DIR / "sweep.yaml"
 BEST_OF = "doit-test"
 """The summary stem whose overall score picks the checkpoint the quickstart exports."""

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Optional, Sequence, Union
 
 from jaxtune.errors import JaxtuneError
+from jaxtune.families.registry import load_families
 from jaxtune.names import (
     AttentionImpl,
     Backward,
@@ -257,16 +258,9 @@ class ModelConfig(_Section):
                 f"set {where}.head_dim explicitly",
                 "hidden_size",
             )
-        elif self.family == "llama" and self.resolved_head_dim() % 2:
-            rules.add(
-                f"{where}.head_dim must be even for rotary embeddings, got {self.resolved_head_dim()}", "head_dim"
-            )
-        if self.family == "bloom" and self.num_kv_heads not in (None, self.num_heads):
-            rules.add(
-                f"{where}.num_kv_heads={self.num_kv_heads}: BLOOM has one key/value head per query head (leave "
-                "it unset)",
-                "num_kv_heads",
-            )
+        family = load_families().get(self.family)
+        for message, key in family.config_rules(self, where) if family else ():
+            rules.add(message, key)
         kv = self.resolved_num_kv_heads()
         if self.num_heads % kv:
             rules.add(

@@ -1,4 +1,5 @@
-"""Hugging Face LLaMA and BLOOM folders <-> jaxtune checkpoints: ``import-hf``, ``export-hf`` and ``check-hf``.
+"""Hugging Face LLaMA and BLOOM folders <-> jaxtune checkpoints: ``import-hf`` and ``export-hf`` (``check-hf``, which
+runs both models, is :mod:`jaxtune.eval.parity`).
 
 The architecture is read from ``config.json`` (``architectures`` / ``model_type``) and looked up in
 :data:`jaxtune.convert.hf_families.FAMILIES`, which supplies the config translation and tensor layout; everything
@@ -18,33 +19,25 @@ import json
 import logging
 import re
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 from etils import epath
 
-from jaxtune.checkpoint.train_state import (
-    expected_param_shapes,
-    load_params,
-    model_with_params,
-    save_params,
-    tokenizer_path,
-)
+from jaxtune.checkpoint.params import expected_param_shapes, load_params, save_params
+from jaxtune.checkpoint.tokenizer_files import tokenizer_path
 from jaxtune.config.schema import ModelConfig
 from jaxtune.convert.hf_config import read_hf_config
-from jaxtune.convert.hf_families import FAMILIES, HFFamily, family_of_hf
+from jaxtune.convert.hf_families import FAMILIES, family_of_hf
 from jaxtune.convert.hf_tokenizer import add_special_tokens, has_tokenizer, load_hf_tokenizer, write_hf_tokenizer
-from jaxtune.convert.hf_weights import HFWeightsError, WeightInfo, WeightSource
+from jaxtune.convert.hf_weights import FLOAT_DTYPES, WeightSource, canonical_infos, check_tensors
 from jaxtune.convert.safetensors_io import PlannedTensor, SafetensorsWriter
 from jaxtune.errors import JaxtuneError
-from jaxtune.models.llama import DTYPES
+from jaxtune.models.dtypes import DTYPES
 from jaxtune.paths import as_path, staged_folder
 
 logger = logging.getLogger(__name__)
-
-FLOAT_DTYPES = {np.dtype(dtype): name for name, dtype in DTYPES.items()}
 
 
 class ConversionError(JaxtuneError, ValueError):
@@ -60,47 +53,6 @@ def _check_destination(path: epath.Path, overwrite: bool) -> None:
 # --------------------------------------------------------------------------------------------------------------------
 # Import
 # --------------------------------------------------------------------------------------------------------------------
-
-
-def _canonical_infos(source: WeightSource, family: HFFamily) -> dict[str, tuple[str, WeightInfo]]:
-    """Stored tensors by their canonical name: (stored name, info); two names for one tensor are an error."""
-    out: dict[str, tuple[str, WeightInfo]] = {}
-    for name, info in source.infos().items():
-        canonical = family.canonical_name(name)
-        if canonical in out:
-            raise HFWeightsError(f"{source.hf_dir}: tensors {out[canonical][0]!r} and {name!r} are both {canonical}")
-        out[canonical] = (name, info)
-    return out
-
-
-def _check_tensors(source: WeightSource, cfg: ModelConfig, family: HFFamily) -> None:
-    """Every expected tensor present with its shape and a float dtype, nothing unexpected (names the tensors)."""
-    infos = _canonical_infos(source, family)
-    expected = family.hf_tensor_shapes(cfg)
-    optional = {family.lm_head} if cfg.tie_word_embeddings else set()  # older transformers saved the tied copy too
-    missing = [n for n in expected if n not in infos]
-    if missing:
-        more = f" and {len(missing) - 8} more" if len(missing) > 8 else ""
-        raise HFWeightsError(f"{source.hf_dir}: missing tensor(s) {', '.join(missing[:8])}{more}")
-    unexpected = [infos[n][0] for n in infos if n not in expected and n not in optional and not family.is_ignored(n)]
-    if unexpected:
-        more = f" and {len(unexpected) - 8} more" if len(unexpected) > 8 else ""
-        raise HFWeightsError(
-            f"{source.hf_dir}: unexpected tensor(s) {', '.join(unexpected[:8])}{more} "
-            f"(in {source.file_of(unexpected[0]).name}; not part of a {family.architecture} with this config.json)"
-        )
-    for name, shape in expected.items():
-        stored, info = infos[name]
-        if tuple(info.shape) != tuple(shape):
-            raise HFWeightsError(
-                f"{source.file_of(stored)}: tensor {stored} has shape {list(info.shape)}, config.json implies "
-                f"{list(shape)}"
-            )
-        if info.dtype not in FLOAT_DTYPES:
-            raise HFWeightsError(
-                f"{source.file_of(stored)}: tensor {stored} has dtype {info.dtype} (quantized weights are not "
-                "supported; expected float32, bfloat16 or float16)"
-            )
 
 
 NEW_TOKEN_INITS = ("normal", "mean")
@@ -159,8 +111,8 @@ def load_hf_params(
     family = family_of_hf(raw, where)
     cfg = family.config_from_hf(raw, where)
     source = WeightSource(hf_dir)
-    _check_tensors(source, cfg, family)
-    dtype_name = param_dtype or FLOAT_DTYPES[np.dtype(_canonical_infos(source, family)[family.embed][1].dtype)]
+    check_tensors(source, cfg, family)
+    dtype_name = param_dtype or FLOAT_DTYPES[np.dtype(canonical_infos(source, family)[family.embed][1].dtype)]
     if dtype_name not in DTYPES:
         raise ConversionError(f"param_dtype must be one of {', '.join(DTYPES)}, got {dtype_name!r}")
     new_vocab = cfg.vocab_size if vocab_size is None else int(vocab_size)
@@ -361,132 +313,3 @@ def _write_hf_folder(
     if len(shards) > 1:
         index = {"metadata": {"total_size": sum(t.nbytes for t in planned)}, "weight_map": weight_map}
         (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Check
-# --------------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class CheckReport:
-    """What ``check-hf`` measured: jaxtune against transformers on the same checkpoint and tokens (float32)."""
-
-    hf_dir: str
-    num_tokens: int
-    max_abs_logit_diff: float
-    tolerance: float
-    jaxtune_tokens: list[int]
-    hf_tokens: list[int]
-
-    @property
-    def logits_ok(self) -> bool:
-        return self.max_abs_logit_diff <= self.tolerance
-
-    @property
-    def greedy_match(self) -> bool:
-        return self.jaxtune_tokens == self.hf_tokens
-
-    @property
-    def ok(self) -> bool:
-        return self.logits_ok and self.greedy_match
-
-    def first_divergence(self) -> Optional[int]:
-        """Index of the first generated token that differs (None when the continuations agree)."""
-        for i, (a, b) in enumerate(zip(self.jaxtune_tokens, self.hf_tokens)):
-            if a != b:
-                return i
-        return (
-            None
-            if len(self.jaxtune_tokens) == len(self.hf_tokens)
-            else min(map(len, (self.jaxtune_tokens, self.hf_tokens)))
-        )
-
-    def summary(self) -> str:
-        """Human-readable lines for the CLI."""
-        verdict = "OK" if self.ok else "MISMATCH"
-        greedy = (
-            f"agree on all {len(self.hf_tokens)} tokens"
-            if self.greedy_match
-            else f"differ from token {self.first_divergence()} on\n  jaxtune:      {self.jaxtune_tokens}\n"
-            f"  transformers: {self.hf_tokens}"
-        )
-        return "\n".join(
-            [
-                f"check-hf {self.hf_dir}: {verdict}",
-                f"  largest |logit difference| over {self.num_tokens} tokens: {self.max_abs_logit_diff:.3e} "
-                f"(tolerance {self.tolerance:g}) {'ok' if self.logits_ok else 'TOO LARGE'}",
-                f"  greedy continuations: {greedy}",
-            ]
-        )
-
-
-def _to_device(params: dict) -> dict:
-    """numpy tree -> jax arrays, releasing each numpy array as soon as its copy exists."""
-    import jax.numpy as jnp
-
-    out = {}
-    for key in list(params):
-        value = params.pop(key)
-        out[key] = _to_device(value) if isinstance(value, dict) else jnp.asarray(value)
-    return out
-
-
-def build_model(cfg: ModelConfig, params: dict):
-    """A jaxtune model of ``cfg``'s family holding ``params`` (a nested dict of numpy arrays, consumed: each is released once copied)."""
-    return model_with_params(cfg, _to_device(params))
-
-
-def check_hf(
-    hf_dir: str | Path,
-    num_tokens: int = 32,
-    max_new_tokens: int = 16,
-    tolerance: float = 1e-4,
-    prompt_ids: Optional[Sequence[int]] = None,
-    seed: int = 0,
-) -> CheckReport:
-    """``jaxtune check-hf HF_DIR``: convert the folder, run jaxtune's and transformers' model in float32 on the same
-    tokens and compare the largest absolute logit difference and the greedy continuations (KV-cache decoding on
-    both sides, no early stop). prompt_ids default to ``num_tokens`` seeded random ids. Needs torch (jaxtune[hf])
-    and host memory for two float32 copies of the model."""
-    import jax
-    import torch
-    import transformers
-
-    from jaxtune.eval.generate import Generator
-
-    hf_dir = Path(hf_dir)
-    cfg, params = load_hf_params(hf_dir, param_dtype="float32")
-    cfg = dataclasses.replace(cfg, compute_dtype="float32")
-    if prompt_ids is None:
-        rng = np.random.default_rng(seed)
-        prompt_ids = rng.integers(0, cfg.vocab_size, size=num_tokens).tolist()
-    ids = np.asarray(prompt_ids, np.int32)[None, :]
-
-    model = build_model(cfg, params)
-    jax_logits = np.asarray(jax.jit(lambda m, x: m(x)[0])(model, ids))[0]
-    jax_tokens = list(Generator(model, batch_size=1).generate([ids[0].tolist()], max_new_tokens, stop_ids=())[0].tokens)
-    del model
-
-    hf_class = getattr(transformers, FAMILIES[cfg.family].architecture)
-    hf_model = hf_class.from_pretrained(hf_dir, dtype=torch.float32, attn_implementation="eager").eval()
-    with torch.no_grad():
-        torch_ids = torch.from_numpy(ids.astype(np.int64))
-        hf_logits = hf_model(torch_ids).logits[0].numpy()
-        out = hf_model.generate(
-            torch_ids,
-            attention_mask=torch.ones_like(torch_ids),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            eos_token_id=None,
-            pad_token_id=cfg.pad_token_id if cfg.pad_token_id is not None else 0,
-        )
-    hf_tokens = out[0, ids.shape[1] :].tolist()
-    return CheckReport(
-        hf_dir=str(hf_dir),
-        num_tokens=int(ids.shape[1]),
-        max_abs_logit_diff=float(np.max(np.abs(jax_logits - hf_logits))),
-        tolerance=tolerance,
-        jaxtune_tokens=[int(t) for t in jax_tokens],
-        hf_tokens=[int(t) for t in hf_tokens],
-    )

@@ -1,100 +1,79 @@
-"""The Hugging Face architectures jaxtune converts, keyed by ``model.family``: how to read and write each one's
-``config.json`` and where each of its tensors goes (:mod:`jaxtune.convert.hf` uses only this table)."""
+"""The Hugging Face architectures jaxtune converts, keyed by ``model.family``, as :mod:`jaxtune.convert.hf` uses
+them: each family's declaration (:mod:`jaxtune.families`: transformers names, config translation, tensor layout)
+with ModelConfigs in and ``config.json`` out. This module names no family."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 
 from jaxtune.config.schema import ModelConfig
-from jaxtune.convert import hf_bloom_config, hf_bloom_layout, hf_config, hf_layout
-from jaxtune.convert.hf_config import HFConfigError
-from jaxtune.convert.hf_layout import Placement
+from jaxtune.convert.hf_config import hf_family, model_config_from_hf, write_hf_config
+from jaxtune.families.hf import Placement, TensorLayout
+from jaxtune.families.registry import Family, load_families
 
 
 @dataclass(frozen=True)
 class HFFamily:
-    """One architecture: its transformers names, config translation and tensor layout."""
+    """One family's architecture: its transformers names, config translation and tensor layout."""
 
-    architecture: str
-    """The transformers class (``config.json``'s ``architectures``; also the reference model of check-hf)."""
-    model_type: str
-    config_from_hf: Callable[[dict[str, Any], str], ModelConfig]
-    write_config: Callable[[ModelConfig, Path, str], None]
-    canonical_name: Callable[[str], str]
-    """A stored tensor name as the layout spells it (older checkpoints may drop a prefix)."""
-    place: Callable[[str, ModelConfig], Optional[Placement]]
-    hf_tensor_shapes: Callable[[ModelConfig], dict[str, tuple[int, ...]]]
-    hf_tensor: Callable[[str, dict, ModelConfig], np.ndarray]
-    is_ignored: Callable[[str], bool]
-    embed: str
-    """Name of the input embedding (its stored dtype is the checkpoint's)."""
-    lm_head: str
-    """Name of the untied LM head (older transformers also saved it when tied)."""
+    family: Family
+
+    @property
+    def layout(self) -> TensorLayout:
+        return self.family.hf.layout
+
+    @property
+    def architecture(self) -> str:
+        """The transformers class (``config.json``'s ``architectures``; also the reference model of check-hf)."""
+        return self.family.hf.architecture
+
+    @property
+    def embed(self) -> str:
+        """Name of the input embedding (its stored dtype is the checkpoint's)."""
+        return self.layout.embed
+
+    @property
+    def lm_head(self) -> str:
+        """Name of the untied LM head (older transformers also saved it when tied)."""
+        return self.layout.lm_head
+
+    def config_from_hf(self, raw: dict[str, Any], where: str) -> ModelConfig:
+        """A ModelConfig of a config.json dict (see :func:`jaxtune.convert.hf_config.model_config_from_hf`)."""
+        return model_config_from_hf(raw, where)
+
+    def write_config(self, cfg: ModelConfig, out_dir: Path, dtype: str) -> None:
+        """Write config.json and generation_config.json (:func:`jaxtune.convert.hf_config.write_hf_config`)."""
+        write_hf_config(cfg, out_dir, dtype)
+
+    def canonical_name(self, name: str) -> str:
+        """A stored tensor name as the layout spells it (older checkpoints may drop a prefix)."""
+        return self.layout.canonical_name(name)
+
+    def place(self, name: str, cfg: ModelConfig) -> Optional[Placement]:
+        """Where a (canonical) stored tensor goes, or None when it is not part of the model."""
+        return self.layout.place(name, cfg)
+
+    def hf_tensor_shapes(self, cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+        """Every tensor of the Hugging Face checkpoint of ``cfg`` in transformers' order, with its shape."""
+        return self.layout.hf_tensor_shapes(cfg)
+
+    def hf_tensor(self, name: str, params: dict, cfg: ModelConfig) -> np.ndarray:
+        """The Hugging Face tensor ``name`` as a view of jaxtune params."""
+        return self.layout.hf_tensor(name, params, cfg)
+
+    def is_ignored(self, name: str) -> bool:
+        """Whether a stored tensor is a known non-parameter buffer."""
+        return self.layout.is_ignored(name)
 
 
-FAMILIES: dict[str, HFFamily] = {
-    "llama": HFFamily(
-        architecture="LlamaForCausalLM",
-        model_type="llama",
-        config_from_hf=hf_config.model_config_from_hf,
-        write_config=hf_config.write_hf_config,
-        canonical_name=lambda name: name,
-        place=hf_layout.place,
-        hf_tensor_shapes=hf_layout.hf_tensor_shapes,
-        hf_tensor=hf_layout.hf_tensor,
-        is_ignored=hf_layout.is_ignored,
-        embed=hf_layout.EMBED,
-        lm_head=hf_layout.LM_HEAD,
-    ),
-    "bloom": HFFamily(
-        architecture=hf_bloom_config.ARCHITECTURE,
-        model_type="bloom",
-        config_from_hf=hf_bloom_config.bloom_config_from_hf,
-        write_config=hf_bloom_config.write_bloom_config,
-        canonical_name=hf_bloom_layout.canonical_name,
-        place=hf_bloom_layout.place,
-        hf_tensor_shapes=hf_bloom_layout.hf_tensor_shapes,
-        hf_tensor=hf_bloom_layout.hf_tensor,
-        is_ignored=hf_bloom_layout.is_ignored,
-        embed=hf_bloom_layout.EMBED,
-        lm_head=hf_bloom_layout.LM_HEAD,
-    ),
-}
+FAMILIES: dict[str, HFFamily] = {name: HFFamily(f) for name, f in load_families().items()}
 """``model.family`` -> its Hugging Face architecture."""
 
 
 def family_of_hf(raw: dict[str, Any], where: str = "config.json") -> HFFamily:
     """The family of a Hugging Face config dict, from ``architectures`` (or ``model_type`` when that is empty)."""
-    by_arch = {f.architecture: f for f in FAMILIES.values()}
-    by_type = {f.model_type: f for f in FAMILIES.values()}
-    archs = raw.get("architectures") or []
-    model_type = raw.get("model_type")
-    supported = ", ".join(by_arch)
-    if archs:
-        unsupported = [a for a in archs if a not in by_arch]
-        if unsupported:
-            raise HFConfigError(
-                f"{where}: unsupported architecture {', '.join(unsupported)} (jaxtune converts {supported})"
-            )
-        family = by_arch[archs[0]]
-        if model_type not in (None, family.model_type):
-            raise HFConfigError(
-                f"{where}: model_type {model_type!r} does not match architecture {archs[0]} "
-                f"(expected {family.model_type!r})"
-            )
-        return family
-    if model_type not in by_type:
-        raise HFConfigError(
-            f"{where}: unsupported model_type {model_type!r} (jaxtune converts "
-            f"{', '.join(repr(t) for t in by_type)} models)"
-        )
-    return by_type[model_type]
-
-
-def model_config_from_any_hf(raw: dict[str, Any], where: str = "config.json") -> ModelConfig:
-    """A :class:`ModelConfig` for a Hugging Face config dict of any supported architecture."""
-    return family_of_hf(raw, where).config_from_hf(raw, where)
+    return FAMILIES[hf_family(raw, where).name]

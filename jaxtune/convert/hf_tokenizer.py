@@ -14,7 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from jaxtune.checkpoint.train_state import TOKENIZER_FILE_NAMES, copy_tokenizer_files, read_added_tokens
+from jaxtune.checkpoint.layout import TOKENIZER_FILE_NAMES
+from jaxtune.checkpoint.tokenizer_files import copy_tokenizer_files, read_added_tokens
 from jaxtune.errors import JaxtuneError
 
 HF_TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json")

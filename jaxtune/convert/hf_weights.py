@@ -2,7 +2,8 @@
 
 Supported layouts, in order of preference: ``model.safetensors.index.json`` with its shards, ``model.safetensors``,
 other ``model*.safetensors`` files, then the legacy ``pytorch_model.bin.index.json`` / ``pytorch_model*.bin``.
-Legacy files are read only with ``torch.load(weights_only=True)``, which refuses anything but tensors and plain
+Before anything is read, :func:`check_tensors` compares the stored tensors with what a family's layout expects
+(``import-hf`` and ``jaxtune eval`` of a Hugging Face folder both call it). Legacy files are read only with ``torch.load(weights_only=True)``, which refuses anything but tensors and plain
 containers; nothing else is ever unpickled.
 """
 
@@ -11,13 +12,21 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import ml_dtypes
 import numpy as np
 
 from jaxtune.convert.safetensors_io import SafetensorsReader
 from jaxtune.errors import JaxtuneError
+from jaxtune.models.dtypes import DTYPES
+
+if TYPE_CHECKING:
+    from jaxtune.config.schema import ModelConfig
+    from jaxtune.convert.hf_families import HFFamily
+
+FLOAT_DTYPES = {np.dtype(dtype): name for name, dtype in DTYPES.items()}
+"""numpy dtype -> jaxtune's dtype name, for the float dtypes a stored tensor may have."""
 
 
 class HFWeightsError(JaxtuneError, ValueError):
@@ -152,3 +161,46 @@ def _torch_to_numpy(tensor) -> np.ndarray:
     if tensor.dtype == torch.bfloat16:
         return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
     return tensor.numpy()
+
+
+def canonical_infos(source: WeightSource, family: HFFamily) -> dict[str, tuple[str, WeightInfo]]:
+    """Stored tensors by their canonical name (``family.canonical_name``): (stored name, info); two stored names
+    for one tensor are an error."""
+    out: dict[str, tuple[str, WeightInfo]] = {}
+    for name, info in source.infos().items():
+        canonical = family.canonical_name(name)
+        if canonical in out:
+            raise HFWeightsError(f"{source.hf_dir}: tensors {out[canonical][0]!r} and {name!r} are both {canonical}")
+        out[canonical] = (name, info)
+    return out
+
+
+def check_tensors(source: WeightSource, cfg: ModelConfig, family: HFFamily) -> None:
+    """Every tensor ``family`` expects for ``cfg`` present with its shape and a float dtype, nothing unexpected;
+    an :class:`HFWeightsError` naming the tensors (and their file) otherwise."""
+    infos = canonical_infos(source, family)
+    expected = family.hf_tensor_shapes(cfg)
+    optional = {family.lm_head} if cfg.tie_word_embeddings else set()  # older transformers saved the tied copy too
+    missing = [n for n in expected if n not in infos]
+    if missing:
+        more = f" and {len(missing) - 8} more" if len(missing) > 8 else ""
+        raise HFWeightsError(f"{source.hf_dir}: missing tensor(s) {', '.join(missing[:8])}{more}")
+    unexpected = [infos[n][0] for n in infos if n not in expected and n not in optional and not family.is_ignored(n)]
+    if unexpected:
+        more = f" and {len(unexpected) - 8} more" if len(unexpected) > 8 else ""
+        raise HFWeightsError(
+            f"{source.hf_dir}: unexpected tensor(s) {', '.join(unexpected[:8])}{more} "
+            f"(in {source.file_of(unexpected[0]).name}; not part of a {family.architecture} with this config.json)"
+        )
+    for name, shape in expected.items():
+        stored, info = infos[name]
+        if tuple(info.shape) != tuple(shape):
+            raise HFWeightsError(
+                f"{source.file_of(stored)}: tensor {stored} has shape {list(info.shape)}, config.json implies "
+                f"{list(shape)}"
+            )
+        if info.dtype not in FLOAT_DTYPES:
+            raise HFWeightsError(
+                f"{source.file_of(stored)}: tensor {stored} has dtype {info.dtype} (quantized weights are not "
+                "supported; expected float32, bfloat16 or float16)"
+            )

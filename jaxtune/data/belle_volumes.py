@@ -38,18 +38,11 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from jaxtune.data.formats import (
-    DEFAULT_ABILITY,
-    OnError,
-    Record,
-    RecordCollector,
-    SkipReport,
-    is_json_array_file,
-    list_data_files,
-    read_raw_entries,
-)
+from jaxtune.data.formats import DEFAULT_ABILITY, OnError, RecordCollector, list_data_files, read_raw_entries
+from jaxtune.data.jsonl import is_json_array_file
 from jaxtune.data.mixtures import SelectionError
 from jaxtune.data.prepare import PreparedRecords, is_prepared_dataset
+from jaxtune.data.records import Record, SkipReport
 
 log = logging.getLogger(__name__)
 

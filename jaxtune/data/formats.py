@@ -1,4 +1,5 @@
-"""Instruction-data readers: every supported file format becomes one validated :class:`Record`.
+"""Instruction-data readers: every supported file format becomes one validated
+:class:`~jaxtune.data.records.Record` (the record types live in :mod:`jaxtune.data.records`).
 
 Formats (``DataConfig.format``):
 
@@ -13,36 +14,29 @@ Formats (``DataConfig.format``):
 - ``sharegpt``: ``{conversations: [{from: human|gpt|system, value}]}`` conversations.
 
 A file may hold JSON Lines (one object per line) or a single JSON array of objects; the first non-blank character
-decides. Blank lines hold no record and are passed over. A malformed element of an array is one bad record (named by
+decides (both are read by :mod:`jaxtune.data.jsonl`). Blank lines hold no record and are passed over. A malformed element of an array is one bad record (named by
 the line it starts on and its index) and reading goes on after it; only text that cannot be split into elements
 (an unclosed array, text after its ``]``) ends a file, and is listed as unreadable. Folders are read for ``.json``
 and ``.jsonl`` files in any case. Every record is validated: a malformed line, a missing field,
-an unknown role, an empty assistant turn or a wrong type raises :class:`DataError` naming the file, the line and the
-field, or, with ``on_error="skip"``, the record is left out and listed in a :class:`SkipReport`.
+an unknown role, an empty assistant turn or a wrong type raises :class:`~jaxtune.data.records.DataError` naming the file, the
+line and the field, or, with ``on_error="skip"``, the record is left out and listed in a
+:class:`~jaxtune.data.records.SkipReport`.
 """
 
 from __future__ import annotations
 
-import bisect
-import json
 import math
-import re
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal, Optional, Union
 
 from jaxtune.data import jsonl
-from jaxtune.data.jsonl import STRICT_JSON
-from jaxtune.errors import JaxtuneError
-from jaxtune.names import DATA_FORMATS, DataFormat
+from jaxtune.data.records import ROLES, DataError, Message, RawEntry, Record, SkipReport
+from jaxtune.names import DATA_FORMATS
 from jaxtune.paths import as_path
 
-FormatName = DataFormat
 OnError = Literal["raise", "skip"]
 
 FORMATS = DATA_FORMATS
-ROLES: tuple[str, ...] = ("system", "user", "assistant")
 DEFAULT_ABILITY = "general"
 """Ability of records whose format carries none (BELLE, Alpaca, ShareGPT without an ``ability`` key)."""
 DATA_FILE_SUFFIXES: tuple[str, ...] = (".json", ".jsonl")
@@ -62,164 +56,16 @@ _SPEAKER_ROLES = {
 }
 
 
-class DataError(JaxtuneError, ValueError):
-    """Bad input data. The message names the file, the line and the field, and says what was expected."""
-
-    def __init__(self, source: str, line: int, field: str, problem: str):
-        self.source = source
-        self.line = line
-        self.field = field
-        self.problem = problem
-        where = f"{source}:{line}" if line else source
-        super().__init__(f"{where}: {field}: {problem}" if field else f"{where}: {problem}")
-
-    def __reduce__(self):  # picklable across grain worker processes
-        return (DataError, (self.source, self.line, self.field, self.problem))
-
-
-@dataclass(frozen=True)
-class Message:
-    """One turn of a dialogue."""
-
-    role: str
-    """``system``, ``user`` or ``assistant``."""
-    content: str
-
-
-@dataclass(frozen=True)
-class Record:
-    """One validated training or evaluation example, whatever file format it came from."""
-
-    messages: tuple[Message, ...]
-    """The dialogue; it ends with the assistant's reference reply."""
-    ability: str
-    """Ability (DoIT ``type``) the record belongs to; :data:`DEFAULT_ABILITY` when the format has none."""
-    id: str
-    """The record's own id (DoIT ``idx``, BELLE ``id``), else ``<file stem>:<line>``."""
-    source: str = ""
-    """File the record was read from."""
-    line: int = 0
-    """1-based line of the record in ``source`` (for JSON arrays: the line its object starts on)."""
-    question_format: int = 0
-    """DoIT: 1 = three-way likelihood ranking over ``choices`` (``choices[0]`` correct), 0 = free generation."""
-    choices: tuple[str, ...] = ()
-    answer: Optional[str] = None
-    """DoIT: the reference final answer (math)."""
-
-
-@dataclass(frozen=True)
-class SkippedRecord:
-    """A record left out under ``on_error="skip"``."""
-
-    source: str
-    line: int
-    field: str
-    problem: str
-
-    def describe(self) -> str:
-        return str(DataError(self.source, self.line, self.field, self.problem))
-
-
-@dataclass
-class SkipReport:
-    """Counts and first examples of the records left out because they were invalid."""
-
-    max_examples: int = 20
-    seen: int = 0
-    """Records (valid or not) looked at."""
-    skipped: int = 0
-    by_source: Counter = field(default_factory=Counter)
-    by_field: Counter = field(default_factory=Counter)
-    examples: list[SkippedRecord] = field(default_factory=list)
-    unreadable: list[str] = field(default_factory=list)
-    """Parts of files that could not be split into records at all (each message names the file, the line and how
-    much was lost); not counted in ``seen`` or ``skipped``."""
-
-    def add(self, error: DataError) -> None:
-        self.skipped += 1
-        self.by_source[error.source] += 1
-        self.by_field[error.field or "(line)"] += 1
-        if len(self.examples) < self.max_examples:
-            self.examples.append(SkippedRecord(error.source, error.line, error.field, error.problem))
-
-    def merge(self, other: SkipReport) -> None:
-        self.seen += other.seen
-        self.skipped += other.skipped
-        self.by_source.update(other.by_source)
-        self.by_field.update(other.by_field)
-        room = self.max_examples - len(self.examples)
-        self.examples.extend(other.examples[: max(0, room)])
-        self.unreadable.extend(other.unreadable)
-
-    def summary(self, show: int = 5) -> str:
-        """A human-readable account: how many were skipped, where, why, and the first few in full."""
-        if not self.skipped and not self.unreadable:
-            return f"all {self.seen} records valid"
-        lines = []
-        if self.skipped:
-            files = ", ".join(f"{n} in {src}" for src, n in self.by_source.most_common())
-            fields = ", ".join(f"{n} x {f}" for f, n in self.by_field.most_common())
-            lines = [f"skipped {self.skipped} invalid records of {self.seen} ({files}; fields: {fields})"]
-            lines += [f"  {e.describe()}" for e in self.examples[:show]]
-            if self.skipped > show:
-                lines.append(f"  ... and {self.skipped - show} more")
-        else:
-            lines = [f"all {self.seen} records read were valid"]
-        if self.unreadable:
-            lines.append(f"unreadable parts of {len(self.unreadable)} file(s), not counted above:")
-            lines += [f"  {u}" for u in self.unreadable]
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict:
-        return {
-            "seen": self.seen,
-            "skipped": self.skipped,
-            "by_source": dict(self.by_source),
-            "by_field": dict(self.by_field),
-            "examples": [e.describe() for e in self.examples],
-            "unreadable": list(self.unreadable),
-        }
-
-
 # --------------------------------------------------------------------------------------------------------------------
-# Raw entries: one JSON object (or the error that stopped it) per line of a file
+# Raw entries: one JSON value (or the error that stopped it) per line or array element of a file
 # --------------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RawEntry:
-    """One non-blank line (or JSON-array element) of a data file, parsed or not."""
-
-    source: str
-    line: int
-    value: Any = None
-    error: Optional[DataError] = None
-
-
-_DECODER = STRICT_JSON
-
-
-def _first_char(path: Path) -> str:
-    with as_path(path).open("rb") as f:
-        while True:
-            chunk = f.read(4096)
-            if not chunk:
-                return ""
-            text = chunk.decode("utf-8", errors="replace").lstrip("\ufeff \t\r\n")
-            if text:
-                return text[0]
-
-
-def is_json_array_file(path: Union[str, Path]) -> bool:
-    """True when the file holds one JSON array (its first non-blank character is ``[``), not JSON Lines."""
-    return _first_char(as_path(path)) == "["
 
 
 def read_raw_entries(path: Union[str, Path]) -> Iterator[RawEntry]:
     """Yield every record-holding line of a JSON Lines file, or every element of a JSON array file, in order."""
     path = as_path(path)
-    if is_json_array_file(path):
-        yield from _read_json_array(path)
+    if jsonl.is_json_array_file(path):
+        yield from jsonl.read_json_array(path)
     else:
         yield from read_json_lines(path)
 
@@ -236,174 +82,6 @@ def read_json_lines(
             yield RawEntry(src, line_no, error=DataError(src, line_no, "", value.problem))
         else:
             yield RawEntry(src, line_no, value=value)
-
-
-_CLOSERS = {"]": "[", "}": "{"}
-_BLANK = " \t\r\n"
-
-
-_SCAN = re.compile(r'["\\\[\]{},\n]')
-"""The characters that matter when scanning over a malformed element."""
-
-
-def _skip_malformed(text: str, start: int) -> tuple[int, bool]:
-    """Where reading goes on after the malformed array element at ``start``: ``(pos, True)`` when ``pos`` is the
-    ``,`` or ``]`` ending it at the array's own depth, ``(pos, False)`` when ``pos`` starts the next element (see
-    :func:`_element_at`: found while the bad element still had a bracket open, so it would otherwise swallow the good
-    elements after it), ``(len(text), True)`` when neither comes. Strings are skipped (a raw newline ends one: JSON
-    strings cannot hold it, so a string left open stops there); a closer without its opener closes whatever is open
-    inside it."""
-    stack: list[str] = []
-    column = _column(text, start)
-    in_string = False
-    escaped_at = -1
-    for m in _SCAN.finditer(text, start):
-        i, c = m.start(), m.group()
-        if i == escaped_at:
-            continue
-        if c == "\n":
-            in_string = False
-            if _element_at(text, i + 1, column):
-                return _first_non_blank(text, i + 1), False
-        elif in_string:
-            if c == "\\":
-                escaped_at = i + 1
-            elif c == '"':
-                in_string = False
-        elif c == '"':
-            in_string = True
-        elif c in "[{":
-            stack.append(c)
-        elif c in "]}":
-            if _CLOSERS[c] not in stack:
-                return i, True  # the array's own "]" (the element left brackets open)
-            while stack.pop() != _CLOSERS[c]:
-                pass
-        elif c == "," and not stack:
-            return i, True
-    return len(text), True
-
-
-def _first_non_blank(text: str, pos: int) -> int:
-    while pos < len(text) and text[pos] in " \t\r":
-        pos += 1
-    return pos
-
-
-def _previous_char(text: str, pos: int) -> str:
-    pos -= 1
-    while pos >= 0 and text[pos] in _BLANK:
-        pos -= 1
-    return text[pos] if pos >= 0 else ""
-
-
-def _column(text: str, pos: int) -> int:
-    return pos - (text.rfind("\n", 0, pos) + 1)
-
-
-def _element_at(text: str, line_start: int, column: int) -> bool:
-    """Whether the line at ``line_start`` begins a whole array element: at ``column`` (where the bad element began),
-    after a ``,``, parsing as JSON and followed by ``,`` or ``]``."""
-    pos = _first_non_blank(text, line_start)
-    if pos - line_start != column or pos >= len(text) or text[pos] not in '{["-0123456789tfn':
-        return False
-    if _previous_char(text, pos) != ",":
-        return False
-    try:
-        _, after = _DECODER.raw_decode(text, pos)
-    except ValueError:
-        return False
-    return text[_first_non_blank(text, after) :].lstrip(_BLANK)[:1] in (",", "]")
-
-
-def _read_json_array(path: Path) -> Iterator[RawEntry]:
-    """The elements of a JSON array file, one entry each. A malformed element becomes an entry holding its error
-    (named by file, line and index) and reading goes on with the next element, so nothing after it is lost;
-    only text that cannot be split into elements at all (an unclosed array, text after the closing ``]``) raises."""
-    src = str(path)
-    data = path.read_bytes()
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    try:
-        text = data.decode("utf-8")
-        bad_utf8 = False
-    except UnicodeDecodeError:
-        text = data.decode("utf-8", errors="surrogateescape")  # the bad bytes mark their elements below
-        bad_utf8 = True
-    newlines = [m.start() for m in re.finditer("\n", text)]
-
-    def line_of(pos: int) -> int:
-        return bisect.bisect_left(newlines, pos) + 1
-
-    def skip_blank(pos: int) -> int:
-        while pos < len(text) and text[pos] in _BLANK:
-            pos += 1
-        return pos
-
-    def bad(index: int, begin: int, problem: str) -> RawEntry:
-        return RawEntry(src, line_of(begin), error=DataError(src, line_of(begin), f"[{index}]", problem))
-
-    pos = skip_blank(0) + 1  # the opening "["
-    index = 0
-    need_comma = False
-    while True:
-        pos = skip_blank(pos)
-        if pos >= len(text):
-            raise DataError(src, line_of(pos), "", "JSON array is not closed with ']'")
-        if text[pos] == "]":
-            if text[pos + 1 :].strip():
-                raise DataError(src, line_of(pos + 1), "", "unexpected text after the closing ']' of the JSON array")
-            return
-        start = pos
-        problem = None
-        if need_comma:
-            if text[pos] == ",":
-                start = pos = skip_blank(pos + 1)
-                if text[pos : pos + 1] == "]":
-                    raise DataError(
-                        src,
-                        line_of(pos),
-                        "",
-                        "a ',' after the last element of the JSON array (every element before it was read)",
-                    )
-            else:
-                problem = f"expected ',' before this array element, got {text[pos]!r}"
-        if problem is None and text[start : start + 1] == ",":
-            yield bad(index, start, "an empty array element (two commas)")
-            pos, index, need_comma = start, index + 1, True
-            continue
-        if problem is None:
-            try:
-                value, end = _DECODER.raw_decode(text, start)
-            except ValueError as e:
-                problem = f"not valid JSON: {e}"
-            else:
-                if bad_utf8 and any("\udc80" <= ch <= "\udcff" for ch in text[start:end]):
-                    problem = "not valid UTF-8"
-                else:
-                    yield RawEntry(src, line_of(start), value=value)
-                    pos, index, need_comma = end, index + 1, True
-                    continue
-        if start >= len(text):
-            raise DataError(src, line_of(start), "", "JSON array is not closed with ']'")
-        # A malformed element: name it, then go on after it.
-        end, at_separator = _skip_malformed(text, start)
-        yield bad(index, start, problem)
-        index += 1
-        if not at_separator:
-            pos, need_comma = end, False
-        elif end >= len(text):
-            raise DataError(
-                src,
-                line_of(start),
-                "",
-                f"the JSON array from element [{index - 1}] on cannot be split "
-                f"into elements (a string or bracket left open?); the rest of "
-                f"the file (lines {line_of(start)}-{line_of(len(text))}) is "
-                f"unreadable",
-            )
-        else:
-            pos, need_comma = end, True
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -735,49 +413,3 @@ def read_records(
     report = SkipReport()
     records = list(iter_records(path, format, on_error=on_error, report=report))
     return records, report
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Serialisation (prepared ArrayRecord datasets store records in this form)
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def record_to_json(record: Record) -> str:
-    """The record as one line of JSON (read back by :func:`record_from_json`)."""
-    obj: dict[str, Any] = {
-        "messages": [{"role": m.role, "content": m.content} for m in record.messages],
-        "ability": record.ability,
-        "id": record.id,
-        "source": record.source,
-        "line": record.line,
-    }
-    if record.question_format:
-        obj["question_format"] = record.question_format
-    if record.choices:
-        obj["choices"] = list(record.choices)
-    if record.answer is not None:
-        obj["answer"] = record.answer
-    return json.dumps(obj, ensure_ascii=False)
-
-
-def record_from_json(data: Union[str, bytes]) -> Record:
-    """Inverse of :func:`record_to_json`."""
-    obj = json.loads(data)
-    return Record(
-        messages=tuple(Message(m["role"], m["content"]) for m in obj["messages"]),
-        ability=obj["ability"],
-        id=obj["id"],
-        source=obj.get("source", ""),
-        line=obj.get("line", 0),
-        question_format=obj.get("question_format", 0),
-        choices=tuple(obj.get("choices", ())),
-        answer=obj.get("answer"),
-    )
-
-
-def records_by_ability(records: Iterable[Record]) -> dict[str, list[Record]]:
-    """Group records by ability, abilities in sorted order."""
-    groups: dict[str, list[Record]] = {}
-    for r in records:
-        groups.setdefault(r.ability, []).append(r)
-    return dict(sorted(groups.items()))

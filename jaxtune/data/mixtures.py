@@ -30,15 +30,13 @@ from typing import Iterable, Optional, Union
 
 from jaxtune.data.formats import (
     OnError,
-    RawEntry,
-    Record,
     RecordCollector,
-    SkipReport,
     ability_from_file_name,
     is_data_file_name,
     iter_records,
     read_raw_entries,
 )
+from jaxtune.data.records import RawEntry, Record, SkipReport
 from jaxtune.errors import JaxtuneError
 from jaxtune.paths import as_path, is_remote
 

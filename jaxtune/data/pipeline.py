@@ -8,7 +8,8 @@ with nothing supervised are counted, reported and left out) -> a row plan (packi
 each epoch's last partial batch is completed with empty rows whose ``loss_weights`` are 0, global batch ``b`` is rows
 ``b*G .. b*G+G-1`` and host ``h`` of ``P`` takes every P-th of them (``ShardByJaxProcess``) -> each host batch is
 built on demand (its records read in one call, tokenized in one call, laid into rows) -> optionally prefetched by
-worker processes (``data.num_workers``, which also parallelise the first pass).
+worker processes (``data.num_workers``, which also parallelise the first pass; their lifecycle is
+:mod:`jaxtune.data.workers`).
 
 The batch is counted in rows (``batch_unit="rows"``: ``ceil(rows / global batch)`` steps per epoch) or in examples
 (``"examples"``: ``ceil(examples / global batch)`` steps per epoch, the study's count). Without packing the two are
@@ -35,9 +36,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence, Union
@@ -46,12 +44,13 @@ import numpy as np
 
 from jaxtune.config.schema import DataConfig
 from jaxtune.data.belle_volumes import SelectedRecords, is_belle_selection, select_belle
-from jaxtune.data.formats import DataError, Record, SkipReport
 from jaxtune.data.mixtures import select_records, write_manifest
 from jaxtune.data.packing import RowPlan, one_per_row, pack_rows
 from jaxtune.data.prepare import PreparedRecords, is_prepared_dataset
+from jaxtune.data.records import DataError, Record, SkipReport
 from jaxtune.data.templates import ChatTemplate, Encoded, TemplateError, make_template, template_backend
 from jaxtune.data.tokenizer import Tokenizer, load_tokenizer
+from jaxtune.data.workers import prefetch_in_workers
 from jaxtune.errors import JaxtuneError
 from jaxtune.paths import is_remote
 
@@ -277,12 +276,11 @@ def _measure(
     measurer = _ChunkMeasurer(source, template, cfg, ability_index)
     num_chunks = -(-n // _MEASURE_CHUNK)
     if cfg.num_workers > 0 and num_chunks > 1:
-        _ensure_absl_flags_parsed()
-        chunks: Any = (
+        chunks: Any = prefetch_in_workers(
             grain.MapDataset.range(num_chunks)
             .map(measurer)
-            .to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2))
-            .mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.num_workers), worker_init_fn=exit_with_parent)
+            .to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)),
+            cfg.num_workers,
         )
     else:
         chunks = (measurer(c) for c in range(num_chunks))
@@ -532,8 +530,7 @@ def _build(
     batch_unit: str = "rows",
     row_multiple: int = 1,
 ):
-    import grain
-
+    """The pipeline of ``data.{key}``: (grain IterDataset of host batches, PipelineInfo)."""
     if batch_unit not in BATCH_UNITS:
         raise PipelineError(f"train.batch_unit must be one of {', '.join(BATCH_UNITS)}, got {batch_unit!r}")
     if row_multiple < 1:
@@ -551,13 +548,83 @@ def _build(
         raise PipelineError(f"abilities {missing} of data.{key} are not in the given ability names {list(names)}")
     measured = _measure(source, template, cfg, {a: i for i, a in enumerate(names)}, skipped)
     table = measured.table
-    n = len(table.lengths)
-    if n == 0:
+    if len(table.lengths) == 0:
         raise PipelineError(
             f"data.{key}={path}: no example with anything to learn from (of {len(source)} records, "
             f"{measured.num_unsupervised} had nothing supervised in their first {cfg.max_len} tokens, "
             f"{skipped.skipped} were invalid)"
         )
+    rows = _order_rows(
+        cfg,
+        table,
+        key=key,
+        seed=seed,
+        epochs=epochs,
+        global_batch_size=global_batch_size,
+        dealt=dealt,
+        row_multiple=row_multiple,
+        shard_count=shard_count,
+    )
+    builder = _BatchBuilder(source, template, table, rows.plan, rows.order, cfg, rows.global_batch_size)
+    iter_ds = _host_batches(rows, builder, cfg, shard_index, shard_count)
+    info = PipelineInfo(
+        ability_names=names,
+        selection=f"{selection} of prepared:{path}" if is_prepared_dataset(path) else selection,
+        num_records=len(source),
+        num_examples=len(table.lengths),
+        examples_per_ability={a: int(c) for a, c in zip(names, np.bincount(table.ability, minlength=len(names)))},
+        num_unsupervised=measured.num_unsupervised,
+        unsupervised_examples=tuple(measured.unsupervised_examples),
+        num_truncated=measured.num_truncated,
+        epochs=epochs,
+        shard_index=shard_index,
+        shard_count=shard_count,
+        skipped=skipped,
+        batch_unit=batch_unit,
+        examples_per_step=global_batch_size if batch_unit == "examples" else None,
+        **_row_figures(rows, builder, table, cfg, epochs, shard_count),
+        **_tokenizer_figures(template.tokenizer),
+    )
+    _warn_left_out(measured, skipped, cfg.max_len)
+    if manifest_path is not None:
+        write_manifest(manifest_path, _kept_records(source, table))
+    return iter_ds, info
+
+
+@dataclass
+class _RowOrder:
+    """The row plan and the order its rows are fed in over all epochs (position -> row id; ``rows`` is the id of an
+    empty row)."""
+
+    plan: RowPlan
+    order: Any  # grain MapDataset of row ids, rows_padded per epoch
+    rows: int
+    """Rows with data per epoch."""
+    steps_per_epoch: int
+    global_batch_size: int
+    """Row slots per step over all processes."""
+    rows_padded: int
+    """Row slots per epoch: ``steps_per_epoch * global_batch_size``."""
+
+
+def _order_rows(
+    cfg: DataConfig,
+    table: _ExampleTable,
+    *,
+    key: str,
+    seed: Optional[int],
+    epochs: int,
+    global_batch_size: int,
+    dealt: bool,
+    row_multiple: int,
+    shard_count: int,
+) -> _RowOrder:
+    """Lay the examples into rows (packed or one per row) and fix the order of the rows over all epochs: shuffled
+    every epoch when ``seed`` is set, each epoch completed with empty rows to whole steps, or (``dealt``) dealt
+    round-robin over the steps an epoch counted in examples has."""
+    import grain
+
+    n = len(table.lengths)
     shuffle = seed is not None
     _release_free_memory()
     if cfg.packing:
@@ -566,7 +633,6 @@ def _build(
     else:
         plan = one_per_row(n)
     rows = plan.num_rows
-    examples_per_step = global_batch_size if batch_unit == "examples" else None
     row_ids = grain.MapDataset.range(rows)
     if shuffle:
         row_ids = row_ids.shuffle(seed=int(seed) % 2**32)
@@ -590,67 +656,66 @@ def _build(
         parts = [row_ids] + ([grain.MapDataset.range(rows, rows_padded)] if rows_padded > rows else [])
         order = grain.MapDataset.concatenate(parts) if len(parts) > 1 else parts[0]
         order = order.repeat(epochs) if epochs > 1 else order
-    builder = _BatchBuilder(source, template, table, plan, order, cfg, global_batch_size)
-    host_batch = global_batch_size // shard_count
-    ds = order.map_with_index(_position_and_row)
+    return _RowOrder(plan, order, rows, steps_per_epoch, global_batch_size, rows_padded)
+
+
+def _host_batches(rows: _RowOrder, builder: _BatchBuilder, cfg: DataConfig, shard_index: int, shard_count: int) -> Any:
+    """This host's batches (every ``shard_count``-th row slot from ``shard_index``), built on demand and prefetched,
+    in worker processes when ``data.num_workers`` is set."""
+    import grain
+
+    ds = rows.order.map_with_index(_position_and_row)
     ds = ds[shard_index::shard_count] if shard_count > 1 else ds
-    ds = ds.batch(host_batch, batch_fn=list).map(builder)
+    ds = ds.batch(rows.global_batch_size // shard_count, batch_fn=list).map(builder)
     iter_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.read_threads, prefetch_buffer_size=cfg.prefetch))
     if cfg.num_workers > 0:
-        _ensure_absl_flags_parsed()
-        iter_ds = iter_ds.mp_prefetch(
-            grain.MultiprocessingOptions(num_workers=cfg.num_workers, per_worker_buffer_size=cfg.prefetch),
-            worker_init_fn=exit_with_parent,
-        )
+        iter_ds = prefetch_in_workers(iter_ds, cfg.num_workers, per_worker_buffer_size=cfg.prefetch)
+    return iter_ds
 
+
+def _row_figures(
+    rows: _RowOrder, builder: _BatchBuilder, table: _ExampleTable, cfg: DataConfig, epochs: int, shard_count: int
+) -> dict[str, Any]:
+    """The PipelineInfo fields about rows, steps and token slots."""
     tokens = int(table.lengths.sum(dtype=np.int64))
     if cfg.packing or not cfg.pad_to_multiple:
-        slots = rows_padded * cfg.max_len
+        slots = rows.rows_padded * cfg.max_len
     else:  # batch lengths vary with the shuffle; count the slots of the first epoch
-        slots = sum(builder.row_length(b * global_batch_size) for b in range(steps_per_epoch)) * global_batch_size
-    tokenizer_ = template.tokenizer
-    per_ability = np.bincount(table.ability, minlength=len(names))
-    info = PipelineInfo(
-        ability_names=names,
-        selection=f"{selection} of prepared:{path}" if is_prepared_dataset(path) else selection,
-        num_records=len(source),
-        num_examples=n,
-        examples_per_ability={a: int(c) for a, c in zip(names, per_ability)},
-        num_unsupervised=measured.num_unsupervised,
-        unsupervised_examples=tuple(measured.unsupervised_examples),
-        num_truncated=measured.num_truncated,
-        rows_per_epoch=rows,
-        steps_per_epoch=steps_per_epoch,
-        epochs=epochs,
-        total_steps=steps_per_epoch * epochs,
-        global_batch_size=global_batch_size,
-        host_batch_size=host_batch,
-        shard_index=shard_index,
-        shard_count=shard_count,
+        batch = rows.global_batch_size
+        slots = sum(builder.row_length(b * batch) for b in range(rows.steps_per_epoch)) * batch
+    return dict(
+        rows_per_epoch=rows.rows,
+        steps_per_epoch=rows.steps_per_epoch,
+        total_steps=rows.steps_per_epoch * epochs,
+        global_batch_size=rows.global_batch_size,
+        host_batch_size=rows.global_batch_size // shard_count,
         max_len=cfg.max_len,
         packing=cfg.packing,
         tokens_per_epoch=tokens,
         supervised_tokens_per_epoch=table.supervised_tokens,
         packing_efficiency=tokens / slots if slots else 0.0,
-        special_token_ids=tokenizer_.special_token_ids(),
-        vocab_size=tokenizer_.vocab_size,
-        added_tokens=dict(tokenizer_.added_tokens),
-        skipped=skipped,
-        batch_unit=batch_unit,
-        examples_per_step=examples_per_step,
     )
+
+
+def _tokenizer_figures(tokenizer: Tokenizer) -> dict[str, Any]:
+    """The PipelineInfo fields about the vocabulary."""
+    return dict(
+        special_token_ids=tokenizer.special_token_ids(),
+        vocab_size=tokenizer.vocab_size,
+        added_tokens=dict(tokenizer.added_tokens),
+    )
+
+
+def _warn_left_out(measured: _Measured, skipped: SkipReport, max_len: int) -> None:
     if measured.num_unsupervised:
         logger.warning(
             "left out %d examples with nothing supervised in their first %d tokens: %s",
             measured.num_unsupervised,
-            cfg.max_len,
+            max_len,
             ", ".join(measured.unsupervised_examples),
         )
     if skipped.skipped or skipped.unreadable:
         logger.warning("%s", skipped.summary())
-    if manifest_path is not None:
-        write_manifest(manifest_path, _kept_records(source, table))
-    return iter_ds, info
 
 
 def _kept_records(source: RecordSource, table: _ExampleTable) -> Iterator[Record]:
@@ -668,34 +733,6 @@ def _release_free_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
-
-
-_PARENT_POLL_S = 0.5
-
-
-def exit_with_parent(worker_index: int = 0, worker_count: int = 1) -> None:
-    """grain's ``worker_init_fn``: end this worker process as soon as the process that started it is gone.
-
-    A trainer killed outright (SIGKILL, the OOM killer) runs no cleanup, and its workers would live on, reparented,
-    each holding its own copy of the data. A daemon thread polls the parent's pid (prctl's PR_SET_PDEATHSIG would
-    fire when the *thread* that spawned the worker ends, which in grain need not be the trainer's main thread).
-    """
-    parent = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(_PARENT_POLL_S)
-        os._exit(1)  # no cleanup to run: the parent that would read this worker's output is gone
-
-    threading.Thread(target=watch, name=f"jaxtune-exit-with-parent-{worker_index}", daemon=True).start()
-
-
-def _ensure_absl_flags_parsed() -> None:
-    """grain's worker processes read absl flags; mark them parsed when the program did not use absl.app."""
-    from absl import flags
-
-    if not flags.FLAGS.is_parsed():
-        flags.FLAGS.mark_as_parsed()
 
 
 def build_train_pipeline(

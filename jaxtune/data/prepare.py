@@ -3,7 +3,7 @@
 A corpus like BELLE's 2M records is validated once, streamed into a tensorflow-datasets builder
 (``GeneratorBasedBuilder`` with ``file_format="array_record"``, no TensorFlow needed), and afterwards read record by
 record through :class:`PreparedRecords`, so it is never loaded into memory. Each stored example is one validated
-:class:`~jaxtune.data.formats.Record` as JSON, in input order. Beside the TFDS folder, ``jaxtune_prepared.json``
+:class:`~jaxtune.data.records.Record` as JSON, in input order. Beside the TFDS folder, ``jaxtune_prepared.json``
 records the input, the format, the record count per ability and the invalid records skipped.
 
 The input is written as consecutive TFDS splits ``part0``, ``part1``... of about 64 MB of input each, read back
@@ -23,20 +23,15 @@ from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
 
 from jaxtune.data.formats import (
-    DataError,
     OnError,
-    RawEntry,
-    Record,
     RecordCollector,
-    SkipReport,
     check_format,
-    is_json_array_file,
     list_data_files,
     read_json_lines,
     read_raw_entries,
-    record_from_json,
-    record_to_json,
 )
+from jaxtune.data.jsonl import is_json_array_file
+from jaxtune.data.records import DataError, RawEntry, Record, SkipReport, record_from_json, record_to_json
 from jaxtune.paths import as_path, local_path
 
 PREPARED_META = "jaxtune_prepared.json"

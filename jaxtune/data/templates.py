@@ -21,11 +21,11 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from jaxtune.data.formats import Message
+from jaxtune.data.records import Message
 from jaxtune.data.tokenizer import HFTokenizer, Tokenizer, TokenizerError
 from jaxtune.errors import JaxtuneError
 from jaxtune.names import MASK_STRATEGIES, TEMPLATES, MaskStrategy
@@ -327,13 +327,3 @@ def make_template(name: str, tokenizer: Tokenizer) -> ChatTemplate:
     if name not in TEMPLATE_CLASSES:
         raise ValueError(f"unknown chat template {name!r} (expected one of {', '.join(TEMPLATES)})")
     return TEMPLATE_CLASSES[name](tokenizer)
-
-
-def describe_encoded(tokenizer: Tokenizer, encoded: Encoded, limit: Optional[int] = None) -> str:
-    """Pieces with their mask, ``[piece]`` for supervised tokens (for debugging and logs)."""
-    parts = []
-    n = len(encoded) if limit is None else min(limit, len(encoded))
-    for i in range(n):
-        piece = tokenizer.id_to_piece(int(encoded.input_ids[i]))
-        parts.append(f"[{piece}]" if encoded.loss_mask[i] else piece)
-    return " ".join(parts)

@@ -20,13 +20,15 @@ from jaxtune.demo.records import doit_record, write_jsonl
 
 LETTERS = "ABCD"
 
-_ANIMALS = {
+ANIMALS = {
     "哺乳动物": ["老虎", "海豚", "蝙蝠", "大象", "鲸鱼", "熊猫", "狮子", "兔子"],
     "鸟类": ["企鹅", "麻雀", "老鹰", "鸵鸟", "孔雀", "燕子", "天鹅", "鹦鹉"],
     "鱼类": ["鲨鱼", "金鱼", "鲤鱼", "带鱼", "三文鱼", "鳗鱼", "草鱼", "鲫鱼"],
     "昆虫": ["蜜蜂", "蝴蝶", "蚂蚁", "蜻蜓", "蚊子", "蟋蟀", "甲虫", "苍蝇"],
 }
-_DYNASTIES = ["夏朝", "商朝", "周朝", "秦朝", "汉朝", "晋朝", "隋朝", "唐朝", "宋朝", "元朝", "明朝", "清朝"]
+"""Animal class -> eight of its animals: the facts of the biology ability (and of the OOD suite's zoology subject)."""
+DYNASTIES = ["夏朝", "商朝", "周朝", "秦朝", "汉朝", "晋朝", "隋朝", "唐朝", "宋朝", "元朝", "明朝", "清朝"]
+"""Chinese dynasties in historical order: the facts of the history ability (and of the OOD suite's chronology)."""
 _IDIOMS = [
     ("画蛇添", "足"),
     ("守株待", "兔"),
@@ -123,9 +125,9 @@ def _format_options(options: list[str]) -> str:
 
 
 def _biology(rng: random.Random) -> dict:
-    category = rng.choice(list(_ANIMALS))
-    correct = rng.choice(_ANIMALS[category])
-    others = [a for c, members in _ANIMALS.items() if c != category for a in members]
+    category = rng.choice(list(ANIMALS))
+    correct = rng.choice(ANIMALS[category])
+    others = [a for c, members in ANIMALS.items() if c != category for a in members]
     options, letter = _shuffled_options(rng, correct, others)
     return doit_record("biology", f"下列哪种动物属于{category}？\n{_format_options(options)}", letter)
 
@@ -160,9 +162,9 @@ def _ethics(rng: random.Random) -> dict:
 
 
 def _history(rng: random.Random) -> dict:
-    a, b = rng.sample(range(len(_DYNASTIES)), 2)
+    a, b = rng.sample(range(len(DYNASTIES)), 2)
     truth = a < b
-    return doit_record("history", f"判断正误：{_DYNASTIES[a]}在{_DYNASTIES[b]}之前。", "正确" if truth else "错误")
+    return doit_record("history", f"判断正误：{DYNASTIES[a]}在{DYNASTIES[b]}之前。", "正确" if truth else "错误")
 
 
 def _math(rng: random.Random) -> dict:

@@ -16,23 +16,23 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
-from jaxtune.demo.abilities import _ANIMALS, _DYNASTIES, LETTERS
+from jaxtune.demo.abilities import ANIMALS, DYNASTIES, LETTERS
 
 Question = tuple[str, list[str], str]
 """(question, the four options, the answer letter)."""
 
 
 def _zoology(rng: random.Random) -> Question:
-    category = rng.choice(list(_ANIMALS))
-    animal = rng.choice(_ANIMALS[category])
-    options = list(_ANIMALS)
+    category = rng.choice(list(ANIMALS))
+    animal = rng.choice(ANIMALS[category])
+    options = list(ANIMALS)
     rng.shuffle(options)
     return f"{animal}属于哪一类动物？", options, LETTERS[options.index(category)]
 
 
 def _chronology(rng: random.Random) -> Question:
-    picks = rng.sample(range(len(_DYNASTIES)), 4)
-    options = [_DYNASTIES[i] for i in picks]
+    picks = rng.sample(range(len(DYNASTIES)), 4)
+    options = [DYNASTIES[i] for i in picks]
     return "下列朝代中，最早的是哪一个？", options, LETTERS[picks.index(min(picks))]
 
 

@@ -1,9 +1,10 @@
 """Evaluation's generation programs compiled ahead of time, at their largest, for a mesh of any devices (a TPU
 topology's, deviceless): what ``jaxtune plan`` and ``benchmarks/tpu_memory.py --eval`` measure.
 
-The programs are :mod:`jaxtune.eval.generate`'s, jitted as the generator jits them (the decoding rows, KV cache
-included, donated and kept sharded between calls; what the host reads replicated), with the parameters in the
-evaluation dtype laid out by jaxtune.sharding's rules:
+The programs are :mod:`jaxtune.eval.generate`'s own (:func:`~jaxtune.eval.generate.generation_programs`: the
+decoding rows, KV cache included, donated and kept sharded between calls; what the host reads replicated), traced
+with abstract inputs of the generator's shapes (:func:`~jaxtune.eval.generate.prompt_rows_spec`), with the
+parameters in the evaluation dtype laid out by jaxtune.sharding's rules:
 
 - ``prefill``: ``batch`` prompts of ``prompt_len`` tokens filling the whole batch (rows replaced in place);
 - ``refill``: half the batch refilled with prompts of ``prompt_len`` tokens (scattered into their rows; only
@@ -45,7 +46,7 @@ def compile_generation(
     from jax.sharding import PartitionSpec as P
 
     from jaxtune.eval.batching import replicated
-    from jaxtune.eval.generate import _decode_steps, _empty_rows, _prefill
+    from jaxtune.eval.generate import PROGRAM_STATICS, generation_programs, prompt_rows_spec, stop_table
     from jaxtune.eval.sampling import SamplingParams
     from jaxtune.models.registry import create_model
     from jaxtune.sharding import BATCH_MESH_AXES, abstract_model, data_parallel_size, param_shardings, with_shardings
@@ -53,45 +54,31 @@ def compile_generation(
     _, shapes, axes = abstract_model(cfg)
     graphdef, state = nnx.split(nnx.eval_shape(lambda: create_model(cfg, nnx.Rngs(0))))
     nnx.replace_by_pure_dict(state, with_shardings(shapes, param_shardings(axes, mesh)))
-    one = replicated(mesh)
     sampling = SamplingParams()
-    statics = dict(max_new_tokens=new_tokens, sampling=sampling, mesh=mesh)
+    statics = dict(zip(PROGRAM_STATICS, (new_tokens, sampling, mesh)))
 
-    make_rows = jax.jit(
-        functools.partial(
-            _empty_rows,
-            graphdef,
-            rows=batch,
-            length=prompt_len + new_tokens,
-            max_new_tokens=new_tokens,
-            uses_penalty=sampling.uses_penalty,
-        )
-    )
-    empty = make_rows.trace(state).lower().compile()
+    make_rows = generation_programs(graphdef, cfg, mesh).empty_rows
+    sizes = dict(rows=batch, length=prompt_len + new_tokens, max_new_tokens=new_tokens)
+    empty = make_rows.trace(state, **sizes, uses_penalty=sampling.uses_penalty).lower().compile()
     rows = jax.tree.map(
         lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
-        jax.eval_shape(make_rows, state),
+        jax.eval_shape(functools.partial(make_rows, **sizes, uses_penalty=sampling.uses_penalty), state),
         empty.output_shardings,
     )
-    device_state = dict(donate_argnums=(1,), out_shardings=(empty.output_shardings, one))
-    prefill = jax.jit(
-        functools.partial(_prefill, graphdef), static_argnames=tuple(statics) + ("aligned",), **device_state
-    )
-    decode = jax.jit(functools.partial(_decode_steps, graphdef), static_argnames=tuple(statics), **device_state)
+    # The rows keep the layout they were made in from call to call, as they do in a generator's loop.
+    programs = generation_programs(graphdef, cfg, mesh, rows_sharding=empty.output_shardings)
 
-    def prompts(n: int) -> list[jax.ShapeDtypeStruct]:
-        """slots, input ids, segment ids, last prompt index, prompt ids of an n-row prefill, split by rows."""
-        by_rows = [NamedSharding(mesh, P(BATCH_MESH_AXES)), NamedSharding(mesh, P(BATCH_MESH_AXES, None))]
-        return [
-            jax.ShapeDtypeStruct((n,), np.int32, sharding=by_rows[0]),
-            jax.ShapeDtypeStruct((n, prompt_len), np.int32, sharding=by_rows[1]),
-            jax.ShapeDtypeStruct((n, prompt_len), np.int32, sharding=by_rows[1]),
-            jax.ShapeDtypeStruct((n,), np.int32, sharding=by_rows[0]),
-            jax.ShapeDtypeStruct((n,), np.uint32, sharding=by_rows[0]),
-        ]
+    def on_mesh(spec: jax.ShapeDtypeStruct, sharding: Any) -> jax.ShapeDtypeStruct:
+        return jax.ShapeDtypeStruct(spec.shape, spec.dtype, sharding=sharding)
 
+    def prompts(n: int) -> Any:
+        """The host inputs of an n-row prefill, split by rows."""
+        by_rows = lambda spec: NamedSharding(mesh, P(BATCH_MESH_AXES, *[None] * (len(spec.shape) - 1)))  # noqa: E731
+        return jax.tree.map(lambda spec: on_mesh(spec, by_rows(spec)), prompt_rows_spec(n, prompt_len))
+
+    one = replicated(mesh)
     seed = jax.ShapeDtypeStruct((), np.uint32, sharding=one)
-    stops = jax.ShapeDtypeStruct((8,), np.int32, sharding=one)
+    stops = on_mesh(jax.ShapeDtypeStruct(stop_table(()).shape, np.int32), one)
     flag = jax.ShapeDtypeStruct((), np.bool_, sharding=one)
 
     def compiled(program, *inputs, **static):
@@ -100,9 +87,9 @@ def compile_generation(
         except Exception as e:  # XLA's own error types (RESOURCE_EXHAUSTED among them): reported by the caller
             return e
 
-    out = [("prefill", compiled(prefill, state, rows, *prompts(batch), seed, stops, aligned=True))]
+    out = [("prefill", compiled(programs.prefill, state, rows, prompts(batch), seed, stops, aligned=True))]
     half = batch // 2
     if batch % 2 == 0 and half % data_parallel_size(mesh) == 0:  # else every refill is a whole-batch prefill
-        out.append(("refill", compiled(prefill, state, rows, *prompts(half), seed, stops, aligned=False)))
-    out.append(("decode steps", compiled(decode, state, rows, seed, stops, flag)))
+        out.append(("refill", compiled(programs.prefill, state, rows, prompts(half), seed, stops, aligned=False)))
+    out.append(("decode steps", compiled(programs.decode_steps, state, rows, seed, stops, flag)))
     return out

@@ -4,7 +4,7 @@ How prompts are decoded:
 
 - Prompts are sorted by length (longest first) and wait in a queue. A batch of ``batch_size`` rows decodes them;
   every row has its own slots in the KV cache (a row's tokens sit at slots 0, 1, ..., see
-  :class:`jaxtune.models.llama.KVCache`), so rows start and end independently.
+  :class:`jaxtune.models.decoder.KVCache`), so rows start and end independently.
 - A free row takes the next waiting prompt: the prompts of all free rows are prefilled together (right-padded to a
   bucket length, powers of two up to ``bucket_multiple`` then multiples of it, so few shapes are compiled; padding
   has segment id 0 and real tokens have positions 0, 1, ..., as transformers derives them from the attention mask)
@@ -24,6 +24,10 @@ How prompts are decoded:
 
 The model provides the cache and the step: any model with ``init_cache(rows, length)`` and ``__call__(ids,
 positions=, segment_ids=, cache=, logit_slots=)`` (see :class:`jaxtune.models.llama.Llama`) decodes here.
+
+The device programs are public: :func:`empty_rows`, :func:`prefill` and :func:`decode_steps`, jitted as the
+generator runs them by :func:`generation_programs` (their host inputs: :class:`PromptRows`, :func:`stop_table`), so
+that :mod:`jaxtune.eval.aot` compiles the very same programs ahead of time.
 
 With a mesh, decoding runs under jaxtune.sharding's mesh and logical-axis rules, so the model's activation
 constraints shard the batch and the heads as in training; parameters are expected already placed on the mesh,
@@ -122,9 +126,48 @@ def _layout_pin(mesh: Optional[Mesh]):
     return lambda a: keep_default_layout(a, mesh, KV_CACHE)
 
 
-def _empty_rows(
+class PromptRows(NamedTuple):
+    """The host arrays of a prefill of R prompts right-padded to T tokens (:func:`prefill`'s ``prompts``)."""
+
+    slots: Any
+    """(R,) int32: the batch row each prompt goes to (B, one past the last row, for a dummy row: dropped)."""
+    input_ids: Any
+    """(R, T) int32: the prompts, right-padded."""
+    segment_ids: Any
+    """(R, T) int32: 1 on prompt tokens, 0 on padding."""
+    last_index: Any
+    """(R,) int32: position of each prompt's last token."""
+    prompt_ids: Any
+    """(R,) uint32: each prompt's index in the call (its sampling key)."""
+
+
+PROMPT_ROW_DTYPES = PromptRows(np.int32, np.int32, np.int32, np.int32, np.uint32)
+"""The dtype of each of :class:`PromptRows`' arrays."""
+
+
+def prompt_rows_spec(rows: int, length: int) -> PromptRows:
+    """The shapes and dtypes (``jax.ShapeDtypeStruct``) of a prefill of ``rows`` prompts of ``length`` tokens."""
+    shapes = PromptRows((rows,), (rows, length), (rows, length), (rows,), (rows,))
+    return PromptRows(*(jax.ShapeDtypeStruct(s, d) for s, d in zip(shapes, PROMPT_ROW_DTYPES)))
+
+
+STOP_TABLE_MIN = 8
+"""Entries of the stop table at least (-1 pads it, never a token): one compiled shape for small stop sets."""
+
+
+def stop_table(stop_ids: Collection[int]) -> np.ndarray:
+    """The stop ids as the programs take them: int32, sorted, padded with -1 to at least :data:`STOP_TABLE_MIN`."""
+    stops = sorted({int(s) for s in stop_ids})
+    table = np.full((max(STOP_TABLE_MIN, len(stops)),), -1, np.int32)
+    table[: len(stops)] = stops
+    return table
+
+
+def empty_rows(
     graphdef: nnx.GraphDef, state: Any, *, rows: int, length: int, max_new_tokens: int, uses_penalty: bool
 ) -> Rows:
+    """A batch of ``rows`` done rows holding nothing, with a KV cache of ``length`` slots (the program that starts
+    every :meth:`Generator.generate`)."""
     model = nnx.merge(graphdef, state)
     vocab = model.cfg.vocab_size
     return Rows(
@@ -139,15 +182,11 @@ def _empty_rows(
     )
 
 
-def _prefill(
+def prefill(
     graphdef: nnx.GraphDef,
     state: Any,
     rows: Rows,
-    slots: jnp.ndarray,
-    input_ids: jnp.ndarray,
-    segment_ids: jnp.ndarray,
-    last_index: jnp.ndarray,
-    prompt_ids: jnp.ndarray,
+    prompts: PromptRows,
     seed: jnp.ndarray,
     stop_ids: jnp.ndarray,
     *,
@@ -156,14 +195,15 @@ def _prefill(
     aligned: bool = False,
     mesh: Optional[Mesh] = None,
 ) -> tuple[Rows, HostView]:
-    """Prompts (R, T), right-padded, into rows ``slots`` (R,) of the batch (B for a dummy row: dropped), each with
-    its first token.
+    """Prompts (R, T), right-padded, into rows ``prompts.slots`` (R,) of the batch (B for a dummy row: dropped),
+    each with its first token: the program that refills free rows.
 
     ``aligned``: R == B and prompt k goes to row k (``slots[k]`` is k, or B for a row left as it is), so every
     field is replaced row for row where it is refilled, which keeps each device to its own rows under a mesh;
     otherwise the prompts are scattered into their rows (:meth:`KVCache.insert_rows`). ``mesh``: the mesh the
     program runs on (static), whose device layout the cache keeps (:func:`keep_default_layout`)."""
     model = nnx.merge(graphdef, state)
+    slots, input_ids, segment_ids, last_index, prompt_ids = prompts
     n, t = input_ids.shape
     vocab = model.cfg.vocab_size
     positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32)[None, :], (n, t))
@@ -212,7 +252,7 @@ def _prefill(
     return rows, _view(rows)
 
 
-def _decode_steps(
+def decode_steps(
     graphdef: nnx.GraphDef,
     state: Any,
     rows: Rows,
@@ -224,8 +264,9 @@ def _decode_steps(
     sampling: SamplingParams,
     mesh: Optional[Mesh] = None,
 ) -> tuple[Rows, HostView]:
-    """Up to CHUNK_STEPS decoding steps; stops early when every row is done, when a row would outgrow the cache, or
-    (``exit_on_finish``) as soon as a row finishes, so the host can refill it. ``mesh``: as for :func:`_prefill`."""
+    """Up to CHUNK_STEPS decoding steps of every row (the decoding program); stops early when every row is done,
+    when a row would outgrow the cache, or (``exit_on_finish``) as soon as a row finishes, so the host can refill it.
+    ``mesh``: as for :func:`prefill`."""
     model = nnx.merge(graphdef, state)
     pin = _layout_pin(mesh)
     b = rows.done.shape[0]
@@ -282,6 +323,37 @@ def _resize(rows: Rows, *, length: int) -> Rows:
     return rows._replace(cache=rows.cache.resized(length))
 
 
+class GenerationPrograms(NamedTuple):
+    """The jitted programs of generation, with the model's graphdef bound (each takes the model state first)."""
+
+    empty_rows: Any
+    """:func:`empty_rows`; its rows are left where XLA puts them."""
+    prefill: Any
+    """:func:`prefill`, the rows donated."""
+    decode_steps: Any
+    """:func:`decode_steps`, the rows donated."""
+
+
+PROGRAM_STATICS = ("max_new_tokens", "sampling", "mesh")
+"""The static arguments of :func:`prefill` and :func:`decode_steps` (prefill adds ``aligned``)."""
+
+
+def generation_programs(
+    graphdef: nnx.GraphDef, cfg: Any, mesh: Optional[Mesh], rows_sharding: Any = None
+) -> GenerationPrograms:
+    """The programs as :class:`Generator` runs them (shared by models of an equal config, see
+    :func:`jaxtune.eval.batching.jitted`): under a mesh the rows stay sharded between calls (``rows_sharding``, a
+    prefix of :class:`Rows`; None lets XLA place them) and what the host reads comes back replicated.
+    :mod:`jaxtune.eval.aot` compiles these same programs ahead of time."""
+    device_state = (rows_sharding, replicated(mesh)) if mesh is not None else None
+    empty = jitted(
+        empty_rows, graphdef, cfg, mesh, ("rows", "length", "max_new_tokens", "uses_penalty"), out_shardings=None
+    )
+    fill = jitted(prefill, graphdef, cfg, mesh, PROGRAM_STATICS + ("aligned",), ("rows",), device_state)
+    steps = jitted(decode_steps, graphdef, cfg, mesh, PROGRAM_STATICS, ("rows",), device_state)
+    return GenerationPrograms(empty, fill, steps)
+
+
 class Generator:
     """Continuous-batching generation with one model (bucketed shapes, compiled once per shape and setting)."""
 
@@ -319,18 +391,7 @@ class Generator:
         while sizes and min(sizes) % 2 == 0 and (min(sizes) // 2) % dp == 0:
             sizes.add(min(sizes) // 2)
         self._group_sizes = sorted(sizes)
-        device_state = (None, replicated(mesh)) if mesh is not None else None
-        statics = ("max_new_tokens", "sampling", "mesh")
-        self._empty = jitted(
-            _empty_rows,
-            self.graphdef,
-            self.cfg,
-            mesh,
-            ("rows", "length", "max_new_tokens", "uses_penalty"),
-            out_shardings=None,
-        )
-        self._prefill = jitted(_prefill, self.graphdef, self.cfg, mesh, statics + ("aligned",), ("rows",), device_state)
-        self._steps = jitted(_decode_steps, self.graphdef, self.cfg, mesh, statics, ("rows",), device_state)
+        self._empty, self._prefill, self._steps = generation_programs(self.graphdef, self.cfg, mesh)
         self._resize = jax.jit(_resize, static_argnames=("length",))
         self._take = jax.jit(_take, out_shardings=replicated(mesh))
 
@@ -359,10 +420,7 @@ class Generator:
             bad = [t for t in prompt if not 0 <= int(t) < vocab]
             if bad:
                 raise ValueError(f"prompt {i} holds token ids outside [0, {vocab}): {bad[:5]}")
-        stops = sorted({int(s) for s in stop_ids})
-        # A fixed-size stop table (-1 never matches a token) keeps one compiled shape for small stop sets.
-        stop_table = np.full((max(8, len(stops)),), -1, np.int32)
-        stop_table[: len(stops)] = stops
+        stops = stop_table(stop_ids)
         if not prompts:
             return []
 
@@ -386,7 +444,7 @@ class Generator:
                     take = [waiting.popleft() for _ in range(min(len(free), len(waiting)))]
                     slots = free[: len(take)]
                     rows = self._fit(rows, bucket_length(max(len(prompts[i]) for i in take), self.bucket_multiple))
-                    rows, view = self._fill(rows, prompts, take, slots, seed_in, stop_table, max_new_tokens, sampling)
+                    rows, view = self._fill(rows, prompts, take, slots, seed_in, stops, max_new_tokens, sampling)
                     for r, i in zip(slots, take):
                         assigned[r] = i
                 else:
@@ -399,7 +457,7 @@ class Generator:
                         self.state,
                         rows,
                         seed_in,
-                        stop_table,
+                        stops,
                         np.bool_(bool(waiting)),
                         max_new_tokens=max_new_tokens,
                         sampling=sampling,
@@ -433,13 +491,13 @@ class Generator:
         take: list[int],
         slots: list[int],
         seed,
-        stop_table,
+        stops,
         max_new_tokens: int,
         sampling: SamplingParams,
     ) -> tuple[Rows, HostView]:
         """Prefill prompts ``take`` into free rows ``slots``. A prefill batch as large as the whole batch is laid
         out row for row (prompt of row r at position r, the rows not refilled padding), so it replaces rows in
-        place instead of scattering them (see :func:`_prefill`)."""
+        place instead of scattering them (see :func:`prefill`)."""
         b = self.batch_size
         group = self._group(len(take))
         length = bucket_length(max(len(prompts[i]) for i in take), self.bucket_multiple)
@@ -448,8 +506,8 @@ class Generator:
             batch.input_ids[batch.segment_ids == 0] = self.pad_id
         dummy = group - len(take)
         # A dummy row's slot B is out of range: a scatter drops it, and it is no row's own index.
-        slot_ids = np.array(slots + [b] * dummy, np.int32)
-        prompt_ids = np.array(take + [0] * dummy, np.uint32)
+        slot_ids = np.array(slots + [b] * dummy, PROMPT_ROW_DTYPES.slots)
+        prompt_ids = np.array(take + [0] * dummy, PROMPT_ROW_DTYPES.prompt_ids)
         arrays = [slot_ids, batch.input_ids, batch.segment_ids, batch.last_index, prompt_ids]
         aligned = group == b
         if aligned:
@@ -457,14 +515,14 @@ class Generator:
             order = np.full((b,), len(take), np.int64)
             order[slots] = np.arange(len(take))
             arrays = [a[order] for a in arrays]
-            arrays[0] = np.where(order < len(take), np.arange(b), b).astype(np.int32)
-        inputs = put_rows(arrays, self.mesh)
+            arrays[0] = np.where(order < len(take), np.arange(b), b).astype(PROMPT_ROW_DTYPES.slots)
+        inputs = PromptRows(*put_rows(arrays, self.mesh))
         return self._prefill(
             self.state,
             rows,
-            *inputs,
+            inputs,
             seed,
-            stop_table,
+            stops,
             max_new_tokens=max_new_tokens,
             sampling=sampling,
             aligned=aligned,

@@ -22,15 +22,10 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from jaxtune.checkpoint.train_state import (
-    MODEL_CONFIG_FILE,
-    complete_step_hint,
-    expected_param_shapes,
-    load_model_config,
-    model_with_params,
-    restore_model,
-    tokenizer_path,
-)
+from jaxtune.checkpoint.errors import complete_step_hint
+from jaxtune.checkpoint.layout import MODEL_CONFIG_FILE
+from jaxtune.checkpoint.params import expected_param_shapes, load_model_config, model_with_params, restore_model
+from jaxtune.checkpoint.tokenizer_files import tokenizer_path
 from jaxtune.config.schema import ModelConfig
 from jaxtune.eval.errors import EvalSetupError
 from jaxtune.eval.template_codec import TemplateChatCodec
@@ -134,18 +129,17 @@ def stream_hf_params(
     host holds one stored tensor and a device its shards of the model plus one layer's shard of one tensor. Missing,
     unexpected or misshapen tensors are named before any is read (as ``import-hf`` does).
     """
-    from jaxtune.convert.hf import FLOAT_DTYPES, _check_tensors
     from jaxtune.convert.hf_config import read_hf_config
     from jaxtune.convert.hf_families import family_of_hf
-    from jaxtune.convert.hf_weights import WeightSource
-    from jaxtune.models.llama import DTYPES
+    from jaxtune.convert.hf_weights import FLOAT_DTYPES, WeightSource, check_tensors
+    from jaxtune.models.dtypes import DTYPES
 
     hf_dir = Path(hf_dir)
     raw = read_hf_config(hf_dir)
     family = family_of_hf(raw, where=str(hf_dir / "config.json"))
     cfg = family.config_from_hf(raw, str(hf_dir / "config.json"))
     source = WeightSource(hf_dir)
-    _check_tensors(source, cfg, family)
+    check_tensors(source, cfg, family)
     stored = {family.canonical_name(n): info for n, info in source.infos().items()}
     dtype = dtype or FLOAT_DTYPES[np.dtype(stored[family.embed].dtype)]
     cfg = dataclasses.replace(cfg, param_dtype=dtype)

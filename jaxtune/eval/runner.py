@@ -1,7 +1,7 @@
 """``jaxtune eval``: load a checkpoint, run the named suites on it, write their results.
 
 ``evaluate(checkpoint, eval_cfg, out_dir)`` scores a jaxtune params checkpoint (``model_config.json`` +
-``params/``, see :mod:`jaxtune.checkpoint.train_state`) or a Hugging Face LLaMA folder (converted in memory) on
+``params/``, see :mod:`jaxtune.checkpoint.layout`) or a Hugging Face LLaMA folder (converted in memory) on
 ``eval_cfg.suites``: ``doit`` (the study's per-ability suite), ``ceval``, ``cmmlu``, ``agieval`` (next-token
 multiple choice) and ``belle`` (generation judged by an LLM), each registered by its own file of
 :mod:`jaxtune.eval.suites` (see :mod:`jaxtune.eval.suites.registry`). Every suite's data, the tokenizer and the

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from jaxtune.data.formats import Message as TurnRecord
+from jaxtune.data.records import Message as TurnRecord
 from jaxtune.data.templates import ChatTemplate, make_template
 from jaxtune.data.tokenizer import Tokenizer
 from jaxtune.eval.protocol import Message

@@ -5,7 +5,10 @@ pre-LayerNorm block whose attention uses one fused query/key/value projection wi
 embeddings), and whose MLP is dense -> tanh-GeLU -> dense with biases; a final LayerNorm; the LM head is the
 embedding matrix (tied). LayerNorms, softmax and the ALiBi bias run in float32.
 
-Parameters keep transformers' layout up to transposes and reshapes (see :mod:`jaxtune.convert.hf_bloom`). The
+Only what is BLOOM's own lives here (the embedding LayerNorm, LayerNorms with biases, ALiBi, the fused projection
+with biases, the GeLU MLP); ``__call__``, the KV cache, the layer scan and the LM head are
+:mod:`jaxtune.models.decoder`'s, and the family's presets, counts and Hugging Face mapping are
+:mod:`jaxtune.families.bloom`'s. Parameters keep transformers' layout up to transposes and reshapes. The
 fused projection keeps Hugging Face's per-head order: its output features are (head, q/k/v, head_dim), so heads
 shard over the tensor axis with their own query, key and value.
 
@@ -36,10 +39,10 @@ ALiBi positions are counted from the segment ids as transformers counts them fro
 (``cumsum(mask) - 1``): padding slots do not advance them, so a left-padded row computes what transformers computes
 for it with its attention mask, and packed documents see distances within their own segment (segments never attend
 across). The ``positions`` argument is accepted for the LLaMA's interface and not used (transformers' BLOOM takes no
-position ids either). The KV cache is the LLaMA's (:class:`jaxtune.models.llama.KVCache`, :func:`init_cache`):
-the decode interface is the same, so :mod:`jaxtune.eval` drives both families alike: ``init_cache(rows, length)``,
-``__call__(ids, positions=, segment_ids=, cache=, logit_slots=)``, and a cache index that may be one slot shared by
-all rows or one slot per row (``index`` of shape () or (B,); keys and values are scattered at each row's slots).
+position ids either). The KV cache and the decode interface are every family's
+(:class:`jaxtune.models.decoder.KVCache`, :meth:`jaxtune.models.decoder.DecoderModel.init_cache`), so
+:mod:`jaxtune.eval` drives both families alike; a cache index may be one slot per row or one shared by all rows
+(``index`` of shape (B,) or ()).
 """
 
 from __future__ import annotations
@@ -53,17 +56,21 @@ from jax.ad_checkpoint import checkpoint_name
 
 from jaxtune.config.schema import ModelConfig
 from jaxtune.models.attention import Alibi, alibi_slopes, dot_product_attention
-from jaxtune.models.axes import (
-    BATCH,
-    EMBED,
-    HEADS,
-    KV_HEADS,
-    LENGTH,
-    MLP,
-    constrain,
+from jaxtune.models.axes import BATCH, EMBED, HEADS, LENGTH, MLP, constrain
+from jaxtune.models.decoder import (
+    DecoderModel,
+    KVCache,
+    Prepared,
+    StackedLayers,
+    cache_segments,
+    chunk_slots,
+    embed_lookup,
+    embedding_param,
+    lm_head_param,
+    project,
+    write_cache,
 )
-from jaxtune.models.decoder import Prepared, embed_lookup, run_layers
-from jaxtune.models.llama import DTYPES, KVCache, _normal, init_cache, lm_head_logits, project
+from jaxtune.models.dtypes import DTYPES
 
 LAYER_PARAM_AXES: dict[str, tuple[str, ...]] = {
     "attn_norm": ("layers", "norm"),
@@ -108,38 +115,23 @@ def alibi_positions(segment_ids: jnp.ndarray) -> jnp.ndarray:
     return (jnp.cumsum(real, axis=-1) - 1) * real
 
 
-class BloomLayers(nnx.Module):
-    """All decoder layers' weights, stacked on a leading ``layers`` axis."""
-
-    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
-        e, m, h, d, n = cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.resolved_head_dim(), cfg.num_layers
-        dt, std = DTYPES[cfg.param_dtype], cfg.initializer_range
-        shapes = {
-            "attn_norm": (n, e),
-            "attn_norm_bias": (n, e),
-            "qkv_proj": (n, e, h, 3, d),
-            "qkv_bias": (n, h, 3, d),
-            "o_proj": (n, h, d, e),
-            "o_bias": (n, e),
-            "mlp_norm": (n, e),
-            "mlp_norm_bias": (n, e),
-            "up_proj": (n, e, m),
-            "up_bias": (n, m),
-            "down_proj": (n, m, e),
-            "down_bias": (n, e),
-        }
-        for name, shape in shapes.items():
-            if name in _NORM_SCALES:
-                value = jnp.ones(shape, dt)
-            elif name.endswith("bias"):
-                value = jnp.zeros(shape, dt)  # transformers initialises every bias to zero
-            else:
-                value = _normal(rngs, shape, std, dt)
-            setattr(self, name, nnx.Param(value, logical_axes=LAYER_PARAM_AXES[name]))
-
-    def arrays(self) -> dict[str, jnp.ndarray]:
-        """The stacked weights as a dict of arrays (what the scan iterates over)."""
-        return {name: getattr(self, name)[...] for name in LAYER_PARAM_AXES}
+def layer_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Shapes of the stacked layer weights (see the module docstring), in initialisation order."""
+    e, m, h, d, n = cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.resolved_head_dim(), cfg.num_layers
+    return {
+        "attn_norm": (n, e),
+        "attn_norm_bias": (n, e),
+        "qkv_proj": (n, e, h, 3, d),
+        "qkv_bias": (n, h, 3, d),
+        "o_proj": (n, h, d, e),
+        "o_bias": (n, e),
+        "mlp_norm": (n, e),
+        "mlp_norm_bias": (n, e),
+        "up_proj": (n, e, m),
+        "up_bias": (n, m),
+        "down_proj": (n, m, e),
+        "down_bias": (n, e),
+    }
 
 
 def bloom_layer(
@@ -153,10 +145,9 @@ def bloom_layer(
     q_slots: jnp.ndarray,
     kv_slots: jnp.ndarray,
     cache_kv: Optional[tuple[jnp.ndarray, jnp.ndarray]] = None,
-    cache_slots: Optional[jnp.ndarray] = None,
 ) -> tuple[jnp.ndarray, Optional[tuple[jnp.ndarray, jnp.ndarray]]]:
     """One BLOOM block on the residual stream h (B, T, E); with a cache, writes this chunk's keys and values at each
-    row's slots ``cache_slots`` (B, T) and attends over the whole cache. Returns the new residual and the updated
+    row's slots ``q_slots`` and attends over the whole cache. Returns the new residual and the updated
     cache."""
     cd = DTYPES[cfg.compute_dtype]
     eps = cfg.layer_norm_epsilon
@@ -174,12 +165,7 @@ def bloom_layer(
 
     new_cache = None
     if cache_kv is not None:
-        cache_k, cache_v = cache_kv
-        rows = jnp.arange(k.shape[0])[:, None]
-        k = cache_k.at[rows, cache_slots].set(k.astype(cache_k.dtype), mode="drop")
-        v = cache_v.at[rows, cache_slots].set(v.astype(cache_v.dtype), mode="drop")
-        new_cache = (k, v)
-        k, v = k.astype(cd), v.astype(cd)
+        new_cache, k, v = write_cache(cache_kv, k, v, q_slots, cd)
 
     attn = dot_product_attention(
         q,
@@ -203,65 +189,25 @@ def bloom_layer(
     return h, new_cache
 
 
-class Bloom(nnx.Module):
-    """BLOOM causal language model (transformers' BloomForCausalLM), see the module docstring for the layout."""
+class Bloom(DecoderModel):
+    """BLOOM causal language model (transformers' BloomForCausalLM), see the module docstring for the layout;
+    ``__call__``, ``init_cache`` and ``finish`` are :class:`jaxtune.models.decoder.DecoderModel`'s."""
 
     def __init__(self, cfg: ModelConfig, rngs: Optional[nnx.Rngs] = None):
         cfg.validate()
         rngs = rngs if rngs is not None else nnx.Rngs(0)
         self.cfg = cfg
-        dt = DTYPES[cfg.param_dtype]
-        e, vocab = cfg.hidden_size, cfg.padded_vocab_size()
-        self.embed_tokens = nnx.Param(
-            _normal(rngs, (vocab, e), cfg.initializer_range, dt), logical_axes=("vocab", "embed")
-        )
+        dt, e = DTYPES[cfg.param_dtype], cfg.hidden_size
+        self.embed_tokens = embedding_param(cfg, rngs)
         self.embed_norm = nnx.Param(jnp.ones((e,), dt), logical_axes=("norm",))
         self.embed_norm_bias = nnx.Param(jnp.zeros((e,), dt), logical_axes=("norm",))
-        self.layers = BloomLayers(cfg, rngs)
+        # transformers initialises every bias to zero and every LayerNorm scale to one.
+        biases = tuple(name for name in LAYER_PARAM_AXES if name.endswith("bias"))
+        self.layers = StackedLayers(cfg, rngs, layer_shapes(cfg), LAYER_PARAM_AXES, ones=_NORM_SCALES, zeros=biases)
         self.norm = nnx.Param(jnp.ones((e,), dt), logical_axes=("norm",))
         self.norm_bias = nnx.Param(jnp.zeros((e,), dt), logical_axes=("norm",))
         if not cfg.tie_word_embeddings:
-            self.lm_head = nnx.Param(
-                _normal(rngs, (e, vocab), cfg.initializer_range, dt), logical_axes=("embed", "vocab")
-            )
-
-    def init_cache(self, batch_size: int, max_len: int) -> KVCache:
-        """An empty KV cache in the compute dtype (:func:`jaxtune.models.llama.init_cache`), sharded like the keys
-        and values written into it (rows over the data-parallel axes, heads over tensor) when a mesh is installed."""
-        cache = init_cache(self.cfg, batch_size, max_len)
-        names = (None, BATCH, LENGTH, KV_HEADS, None)
-        return cache._replace(
-            k=constrain(cache.k, names),
-            v=constrain(cache.v, names),
-            segment_ids=constrain(cache.segment_ids, (BATCH, LENGTH)),
-        )
-
-    def __call__(
-        self,
-        input_ids: jnp.ndarray,
-        positions: Optional[jnp.ndarray] = None,
-        segment_ids: Optional[jnp.ndarray] = None,
-        cache: Optional[KVCache] = None,
-        logit_slots: Optional[jnp.ndarray] = None,
-    ) -> tuple[jnp.ndarray, Optional[KVCache]]:
-        """Logits (B, T, vocab_size) in float32 for token ids (B, T).
-
-        positions: accepted for the LLaMA's interface, unused (ALiBi positions come from the segment ids).
-        segment_ids: (B, T) ids of packed examples, 0 for padding; default all ones.
-        cache: a KVCache to write this chunk into (at its index: one for all rows, or one per row) and attend over;
-            returned updated (None without one).
-        logit_slots: (B, K) slots of the chunk whose logits alone are wanted: the result is (B, K, vocab_size) and
-            the LM head runs on those K positions only.
-        """
-        prepared = self.prepare(input_ids, positions, segment_ids, cache)
-        layer_cache = None if cache is None else (cache.k, cache.v)
-        h, new_kv = run_layers(self.cfg, self.layer, prepared.h, self.layers.arrays(), prepared.shared, layer_cache)
-        logits = self.finish(h, logit_slots)
-        new_cache = None
-        if cache is not None:
-            index = cache.index + h.shape[1]
-            new_cache = KVCache(k=new_kv[0], v=new_kv[1], segment_ids=prepared.kv_segment_ids, index=index)
-        return logits, new_cache
+            self.lm_head = lm_head_param(cfg, rngs)
 
     def prepare(
         self,
@@ -270,14 +216,12 @@ class Bloom(nnx.Module):
         segment_ids: Optional[jnp.ndarray] = None,
         cache: Optional[KVCache] = None,
     ) -> Prepared:
-        """The embedded, LayerNormed tokens and the layers' side inputs (ALiBi, segment ids, slots); see __call__."""
+        """The embedded, LayerNormed tokens and the layers' side inputs (ALiBi, segment ids, slots); see
+        ``__call__`` (``positions`` is unused: ALiBi positions come from the segment ids)."""
         del positions
         cfg = self.cfg
         b, t = input_ids.shape
-        slots = jnp.arange(t, dtype=jnp.int32)
-        if cache is not None:
-            # (T,) when the rows share one index, (B, T) when each row fills its cache independently.
-            slots = cache.index[..., None] + slots if cache.index.ndim else cache.index + slots
+        slots = chunk_slots(cache, t)
         if segment_ids is None:
             segment_ids = jnp.ones((b, t), jnp.int32)
 
@@ -285,16 +229,13 @@ class Bloom(nnx.Module):
         h = layer_norm(h, self.embed_norm[...], self.embed_norm_bias[...], cfg.layer_norm_epsilon)
         h = constrain(h, (BATCH, LENGTH, EMBED))
 
-        row_slots = jnp.broadcast_to(slots, (b, t))
+        kv_segment_ids, kv_slots = cache_segments(cache, segment_ids, slots)
+        kv_positions = alibi_positions(kv_segment_ids)
         if cache is not None:
-            rows = jnp.arange(b)[:, None]
-            kv_segment_ids = cache.segment_ids.at[rows, row_slots].set(segment_ids, mode="drop")
-            kv_slots = jnp.arange(cache.segment_ids.shape[1], dtype=jnp.int32)
-            kv_positions = alibi_positions(kv_segment_ids)
+            row_slots = jnp.broadcast_to(slots, (b, t))
             q_positions = jnp.take_along_axis(kv_positions, row_slots, axis=1, mode="clip")
         else:
-            kv_segment_ids, kv_slots = segment_ids, slots
-            q_positions = kv_positions = alibi_positions(segment_ids)
+            q_positions = kv_positions
         alibi = Alibi(jnp.asarray(alibi_slopes(cfg.num_heads)), q_positions, kv_positions)
         shared = dict(
             alibi=alibi,
@@ -302,7 +243,6 @@ class Bloom(nnx.Module):
             kv_segment_ids=kv_segment_ids,
             q_slots=slots,
             kv_slots=kv_slots,
-            cache_slots=None if cache is None else row_slots,
         )
         return Prepared(h, shared, kv_segment_ids)
 
@@ -312,10 +252,6 @@ class Bloom(nnx.Module):
         """One BLOOM block (:func:`bloom_layer`) on one slice of the stacked weights."""
         return bloom_layer(self.cfg, params, h, cache_kv=cache_kv, **shared)
 
-    def finish(self, h: jnp.ndarray, logit_slots: Optional[jnp.ndarray] = None) -> jnp.ndarray:
-        """The final LayerNorm and the (tied) LM head: float32 logits cut to ``vocab_size`` (at ``logit_slots``)."""
-        cfg = self.cfg
-        if logit_slots is not None:
-            h = jnp.take_along_axis(h, logit_slots[:, :, None], axis=1)
-        h = layer_norm(h, self.norm[...], self.norm_bias[...], cfg.layer_norm_epsilon)
-        return lm_head_logits(self, h)
+    def final_norm(self, h: jnp.ndarray) -> jnp.ndarray:
+        """The final LayerNorm (the LM head is tied to the embedding in every BLOOM)."""
+        return layer_norm(h, self.norm[...], self.norm_bias[...], self.cfg.layer_norm_epsilon)

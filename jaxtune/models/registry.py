@@ -1,25 +1,32 @@
-"""The model families: ``model.family`` -> the Flax NNX class that builds it.
+"""``model.family`` -> the Flax NNX class that builds it, as each family's file declares it
+(:mod:`jaxtune.families.registry`; this module names no family).
 
 Every place that builds a model from a :class:`~jaxtune.config.schema.ModelConfig` (checkpoints, sharding, the trainer,
-evaluation loading, conversion) goes through :func:`create_model`, so adding a family means adding one entry here
-(and its name to :data:`jaxtune.names.ModelFamily`). All families share one interface: ``Model(cfg, rngs)``, and
-``model(input_ids, positions=None, segment_ids=None, cache=None) -> (logits, cache)`` with the KV cache of
-:func:`jaxtune.models.llama.init_cache`. Every parameter names its axes with :data:`jaxtune.names.LOGICAL_AXES`;
-:func:`create_model` refuses a model naming any other.
+evaluation loading, conversion) goes through :func:`create_model`. All families share one interface, that of
+:class:`jaxtune.models.decoder.DecoderModel`: ``Model(cfg, rngs)``, and
+``model(input_ids, positions=None, segment_ids=None, cache=None, logit_slots=None) -> (logits, cache)`` with the KV
+cache of :func:`jaxtune.models.decoder.init_cache`. Every parameter names its axes with
+:data:`jaxtune.names.LOGICAL_AXES`; :func:`create_model` refuses a model naming any other.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Optional
 
 from flax import nnx
 
 from jaxtune.config.schema import ModelConfig
-from jaxtune.models.bloom import Bloom
-from jaxtune.models.llama import Llama
+from jaxtune.families.registry import load_families
 from jaxtune.names import check_axes, unknown_name_message
 
-MODEL_CLASSES: dict[str, type[nnx.Module]] = {"llama": Llama, "bloom": Bloom}
+
+def _import_class(ref: str) -> type[nnx.Module]:
+    module, _, name = ref.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+MODEL_CLASSES: dict[str, type[nnx.Module]] = {name: _import_class(f.model) for name, f in load_families().items()}
 """Family name -> model class."""
 
 

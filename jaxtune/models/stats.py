@@ -2,8 +2,9 @@
 
 Conventions (stated in the output too):
 
-- Parameters are counted as transformers counts ``LlamaForCausalLM`` / ``BloomForCausalLM`` (real vocabulary); the
-  allocated count adds jaxtune's vocabulary padding rows. BLOOM's biases and LayerNorm biases are parameters too.
+- Parameters are counted as transformers counts the family's ``...ForCausalLM`` (real vocabulary), from the layer
+  counts each family declares (:class:`jaxtune.families.registry.LayerCounts`: biases and norm scales included); the
+  allocated count adds jaxtune's vocabulary padding rows.
 - A matmul of an (n, k) by (k, m) array costs 2nkm FLOPs. Forward FLOPs per token = 2 x (every weight used in a
   matmul: attention and MLP projections and the LM head; not the embedding lookup) + the attention scores and
   weighted sum, 4 x layers x heads x head_dim x context, where a causal token attends to (seq_len + 1) / 2 keys on
@@ -19,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from jaxtune.config.schema import Config, ModelConfig
+from jaxtune.families.registry import family
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
@@ -86,43 +88,9 @@ class ModelInfo:
         return "\n".join([f"model {self.name}"] + [f"  {k:<{width}}  {v}" for k, v in rows])
 
 
-@dataclass(frozen=True)
-class _LayerCounts:
-    """Per-family counts of one decoder layer, and of what lies outside the layers besides the embedding tables."""
-
-    layer_params: int
-    layer_matmul_weights: int
-    other_params: int
-
-
-def _llama_counts(cfg: ModelConfig) -> _LayerCounts:
-    e, m, h, kv, d = (
-        cfg.hidden_size,
-        cfg.intermediate_size,
-        cfg.num_heads,
-        cfg.resolved_num_kv_heads(),
-        cfg.resolved_head_dim(),
-    )
-    matmul = e * h * d + 2 * e * kv * d + h * d * e + 3 * e * m  # q, k, v, o; gate, up, down
-    return _LayerCounts(layer_params=matmul + 2 * e, layer_matmul_weights=matmul, other_params=e)
-
-
-def _bloom_counts(cfg: ModelConfig) -> _LayerCounts:
-    e, m, h, d = cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.resolved_head_dim()
-    matmul = 3 * e * h * d + h * d * e + 2 * e * m  # fused qkv, dense; h_to_4h, 4h_to_h
-    biases = 3 * h * d + e + m + e
-    norms = 2 * 2 * e  # two LayerNorms (weight and bias) per layer
-    # Outside the layers: the embedding LayerNorm and the final LayerNorm, each with a bias.
-    return _LayerCounts(layer_params=matmul + biases + norms, layer_matmul_weights=matmul, other_params=4 * e)
-
-
-_COUNTS = {"llama": _llama_counts, "bloom": _bloom_counts}
-"""model.family -> its layer counts."""
-
-
 def count_params(cfg: ModelConfig, vocab: int) -> tuple[int, int]:
     """(total, embedding) parameter counts with ``vocab`` vocabulary rows."""
-    counts = _COUNTS[cfg.family](cfg)
+    counts = family(cfg.family).layer_counts(cfg)
     embedding = vocab * cfg.hidden_size * (1 if cfg.tie_word_embeddings else 2)
     return cfg.num_layers * counts.layer_params + counts.other_params + embedding, embedding
 
@@ -134,7 +102,7 @@ def model_info(cfg: ModelConfig, seq_len: int = 2048) -> ModelInfo:
     e, h, d, n = cfg.hidden_size, cfg.num_heads, cfg.resolved_head_dim(), cfg.num_layers
     total, embedding = count_params(cfg, cfg.vocab_size)
     allocated, _ = count_params(cfg, cfg.padded_vocab_size())
-    matmul_weights = n * _COUNTS[cfg.family](cfg).layer_matmul_weights + e * cfg.padded_vocab_size()
+    matmul_weights = n * family(cfg.family).layer_counts(cfg).layer_matmul_weights + e * cfg.padded_vocab_size()
     # Query position t (1-based) attends to t keys: sum over t = 1..T of 4 * n * h * d * t, divided by T tokens.
     attention = 2 * n * h * d * (seq_len + 1)
     return ModelInfo(

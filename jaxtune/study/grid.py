@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jaxtune.checkpoint.train_state import train_checkpoint_dir
+from jaxtune.checkpoint.layout import COMMIT_MARKER, train_checkpoint_dir
 from jaxtune.config.loading import load_config, load_yaml
 from jaxtune.config.schema import Config, ConfigError
 from jaxtune.data.mixtures import STUDY_ALIASES, STUDY_DATA_TYPES
@@ -50,7 +50,6 @@ SWEEP_KEY = "sweep"
 _SWEEP_KEYS = ("run_dir", "models", "data_types", "eval_epochs", "suites", "overrides")
 _MODEL_KEYS = ("config", "overrides")
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_COMMIT_MARKER = "commit_success.txt"  # orbax's marker of a complete step folder (jaxtune.checkpoint.train_state)
 
 
 class GridError(ConfigError):
@@ -310,7 +309,7 @@ def _complete_steps(run_dir: Path) -> list[int]:
     directory = train_checkpoint_dir(run_dir)
     if not directory.is_dir():
         return []
-    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and (p / _COMMIT_MARKER).is_file())
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and (p / COMMIT_MARKER).is_file())
 
 
 def _evaluated(run_dir: Path, epochs: Sequence[int]) -> list[int]:

@@ -18,8 +18,11 @@ size, data source, data volume and epoch. Output, per suite/variant/scorer mode:
 - ``best_epochs.csv``: per run (size, source, volume, name; every summary read), the epoch with the best overall
   score beside the last one;
 - ``report.md``: an index of the above, and the summaries that could not be placed on a curve;
-- for BELLE summaries, the study's figure ``{stem}.study.png`` / ``.svg`` / ``.csv``: per use case, one bar per data
-  volume, beside the paper's Figure 1 (:mod:`jaxtune.study.report_belle`).
+- a suite's own figure, when its suite registers one (:class:`jaxtune.eval.suites.registry.ReportHooks`): for BELLE
+  summaries the study's figure ``{stem}.study.png`` / ``.svg`` / ``.csv``, per use case one bar per data volume
+  beside the paper's Figure 1 (:mod:`jaxtune.eval.suites.belle_figure`).
+
+Abilities are titled as their suites register them (DoIT: the study's names), every group alike.
 
 Curves use one epoch per run: the last one evaluated by default, ``epoch=N`` for a fixed epoch (the study evaluated
 epoch 10), or ``"best"`` (chosen on the same data it reports, so optimistic). Runs sharing size, source and volume
@@ -29,6 +32,7 @@ epoch 10), or ``"best"`` (chosen on the same data it reports, so optimistic). Ru
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import logging
 import math
@@ -42,26 +46,15 @@ from typing import Literal
 import numpy as np
 from matplotlib.figure import Figure
 
-from jaxtune.data.mixtures import DISPLAY_NAMES as ABILITY_DISPLAY_NAMES
 from jaxtune.errors import JaxtuneError
+from jaxtune.eval.suites.registry import load_suites
 from jaxtune.paths import as_path
 from jaxtune.results import SuiteSummary, find_summaries, read_summary, summary_stem
-from jaxtune.study.report_belle import write_study_figure
 
 log = logging.getLogger(__name__)
 
 EpochChoice = int | Literal["last", "best"]
 
-DISPLAY_NAMES = {
-    **ABILITY_DISPLAY_NAMES,
-    "ceval_physician": "Physician Qualification",
-    "ceval_teacher_qualification": "Teacher Qualification",
-    "ceval_urban_and_rural_planner": "Urban & Rural Planner",
-    "overall": "Overall",
-}
-STUDY_FIGURES = {"belle": write_study_figure}
-"""Suites whose study has a figure of its own, drawn beside the growth curves: suite -> a function of (the chosen
-summaries, the output stem) returning the files it wrote."""
 CONSTRUCTION_SOURCES = ("reconstruct", "maximum", "mix")
 """Data sources that are one construction each (their volume comes from the data): the construction table, not
 curves."""
@@ -73,6 +66,21 @@ OTHER_LINESTYLE = "-."
 
 class ReportError(JaxtuneError, ValueError):
     """Inputs that cannot be reported (no summaries, or nothing placeable on a curve)."""
+
+
+@functools.cache
+def _titles() -> dict[str, str]:
+    titles: dict[str, str] = {}
+    for suite in load_suites().values():
+        titles.update(suite.report.titles)
+    titles["overall"] = "Overall"
+    return titles
+
+
+def _title(name: str) -> str:
+    """An ability's title in figures and tables: as its suite registers it
+    (:attr:`jaxtune.eval.suites.registry.ReportHooks.titles`), else its name."""
+    return _titles().get(name, name)
 
 
 @dataclass(frozen=True)
@@ -160,9 +168,7 @@ def score_table(summaries: Sequence[SuiteSummary]) -> tuple[str, list[list[str]]
     body = []
     for name in rows:
         chance = next((p.chances.get(name) for _, p in columns if p.chances.get(name) is not None), None)
-        body.append(
-            [DISPLAY_NAMES.get(name, name)] + [_fmt(p.scores.get(name), 1) for _, p in columns] + [_fmt(chance, 1)]
-        )
+        body.append([_title(name)] + [_fmt(p.scores.get(name), 1) for _, p in columns] + [_fmt(chance, 1)])
     md = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     md += ["| " + " | ".join(r) + " |" for r in body]
     return "\n".join(md) + "\n", [header] + body
@@ -196,7 +202,7 @@ def construction_table(summaries: Sequence[SuiteSummary]) -> tuple[str, list[lis
     header = ["ability"] + [" ".join(x for x in k if x) for k in keys]
     body = [["training examples"] + [f"{cells[k][0].run.data_volume or 0:,}" for k in keys]]
     for name in [*abilities, "overall"]:
-        row = [DISPLAY_NAMES.get(name, name)]
+        row = [_title(name)]
         for k in keys:
             values = [_scores(s)[name] for s in cells[k] if name in _scores(s)]
             row.append(_fmt(float(np.mean(values)), 1) if values else "")
@@ -254,7 +260,7 @@ def draw_group(summaries: Sequence[SuiteSummary], title: str) -> Figure:
         ax.set_xscale("log", base=4)
         ax.set_xticks(volumes, [_volume_label(v) for v in volumes], fontsize=7)
         ax.minorticks_off()
-        ax.set_title(DISPLAY_NAMES.get(name, name), fontsize=10)
+        ax.set_title(_title(name), fontsize=10)
         ax.grid(True, alpha=0.3)
     for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
@@ -333,14 +339,8 @@ def _write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[object
     return path
 
 
-def report(run_paths: Sequence[str | Path], out_dir: str | Path, epoch: EpochChoice = "last") -> list[Path]:
-    """Read every summary under ``run_paths`` (files or directories), draw the figures and write the tables into
-    ``out_dir``; returns the written paths."""
-    files = find_summaries(run_paths)
-    if not files:
-        raise ReportError(f"no *.summary.json under {[str(p) for p in run_paths]}")
-    out = as_path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+def _read(files: Sequence[Path]) -> tuple[list[SuiteSummary], list[SuiteSummary], list[str]]:
+    """(every summary, those placeable on a curve, the unplaced ones' reasons)."""
     summaries, unplaced, everything = [], [], []
     for f in files:
         s = read_summary(f)
@@ -352,37 +352,36 @@ def report(run_paths: Sequence[str | Path], out_dir: str | Path, epoch: EpochCho
         summaries.append(s)
     if not summaries:
         raise ReportError("no summary carries a data volume; nothing to plot:\n" + "\n".join(unplaced))
+    return everything, summaries, unplaced
 
+
+def _write_group(out: Path, key: tuple[str, str, str], chosen: list[SuiteSummary]) -> tuple[list[Path], list[Pace]]:
+    """The files of one suite/variant/mode group (its chosen epochs): construction table, curves, the suite's own
+    figure, score table; and its growth-pace rows."""
     written: list[Path] = []
-    pace_rows: list[Pace] = []
-    groups: dict[tuple[str, str, str], list[SuiteSummary]] = defaultdict(list)
-    for s in summaries:
-        groups[_group_key(s)].append(s)
-    for key in sorted(groups):
-        chosen = choose_epochs(groups[key], epoch)
-        if not chosen:
-            unplaced.append(f"{_stem(key)}: no run has epoch {epoch}")
-            continue
-        constructions = construction_table(chosen)
-        if constructions is not None:
-            (out / f"{_stem(key)}.constructions.md").write_text(constructions[0], encoding="utf-8")
-            written.append(out / f"{_stem(key)}.constructions.md")
-            written.append(
-                _write_csv(out / f"{_stem(key)}.constructions.csv", constructions[1][0], constructions[1][1:])
-            )
-        chosen = [s for s in chosen if s.run.data_source not in CONSTRUCTION_SOURCES]
-        if not chosen:
-            continue
-        written += plot_group(chosen, out / _stem(key))
-        if key[0] in STUDY_FIGURES:
-            written += STUDY_FIGURES[key[0]](chosen, out / _stem(key))
-        pace_rows += growth_pace(chosen, _stem(key))
+    stem = _stem(key)
+    constructions = construction_table(chosen)
+    if constructions is not None:
+        (out / f"{stem}.constructions.md").write_text(constructions[0], encoding="utf-8")
+        written.append(out / f"{stem}.constructions.md")
+        written.append(_write_csv(out / f"{stem}.constructions.csv", constructions[1][0], constructions[1][1:]))
+    chosen = [s for s in chosen if s.run.data_source not in CONSTRUCTION_SOURCES]
+    if not chosen:
+        return written, []
+    written += plot_group(chosen, out / stem)
+    suite = load_suites().get(key[0])
+    if suite is not None and suite.report.figure is not None:
+        written += suite.report.figure(chosen, out / stem)
+    pace = growth_pace(chosen, stem)
+    table_md, table_csv = score_table(chosen)
+    (out / f"{stem}.scores.md").write_text(table_md, encoding="utf-8")
+    written.append(out / f"{stem}.scores.md")
+    written.append(_write_csv(out / f"{stem}.scores.csv", table_csv[0], table_csv[1:]))
+    return written, pace
 
-        table_md, table_csv = score_table(chosen)
-        (out / f"{_stem(key)}.scores.md").write_text(table_md, encoding="utf-8")
-        written.append(out / f"{_stem(key)}.scores.md")
-        written.append(_write_csv(out / f"{_stem(key)}.scores.csv", table_csv[0], table_csv[1:]))
 
+def _write_pace(out: Path, pace_rows: Sequence[Pace]) -> list[Path]:
+    """``growth_pace.csv`` and ``growth_pace.md``."""
     header = [
         "group",
         "model_size",
@@ -408,12 +407,15 @@ def report(run_paths: Sequence[str | Path], out_dir: str | Path, epoch: EpochCho
         ]
         for p in pace_rows
     ]
-    written.append(_write_csv(out / "growth_pace.csv", header, table))
+    csv_path = _write_csv(out / "growth_pace.csv", header, table)
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(str(c) for c in row) + " |" for row in table]
-    written.append(out / "growth_pace.md")
-    written[-1].write_text("\n".join(md) + "\n", encoding="utf-8")
+    (out / "growth_pace.md").write_text("\n".join(md) + "\n", encoding="utf-8")
+    return [csv_path, out / "growth_pace.md"]
 
+
+def _write_best_epochs(out: Path, everything: Sequence[SuiteSummary]) -> Path:
+    """``best_epochs.csv``: per run, its best epoch beside its last."""
     best_rows = []
     by_run: dict[tuple, list[SuiteSummary]] = defaultdict(list)
     for s in everything:
@@ -436,24 +438,45 @@ def report(run_paths: Sequence[str | Path], out_dir: str | Path, epoch: EpochCho
                 len(runs),
             ]
         )
-    written.append(
-        _write_csv(
-            out / "best_epochs.csv",
-            [
-                "group",
-                "model_size",
-                "source",
-                "data_volume",
-                "run_name",
-                "best_epoch",
-                "best_overall",
-                "last_epoch",
-                "last_overall",
-                "epochs_evaluated",
-            ],
-            best_rows,
-        )
-    )
+    header = [
+        "group",
+        "model_size",
+        "source",
+        "data_volume",
+        "run_name",
+        "best_epoch",
+        "best_overall",
+        "last_epoch",
+        "last_overall",
+        "epochs_evaluated",
+    ]
+    return _write_csv(out / "best_epochs.csv", header, best_rows)
+
+
+def report(run_paths: Sequence[str | Path], out_dir: str | Path, epoch: EpochChoice = "last") -> list[Path]:
+    """Read every summary under ``run_paths`` (files or directories), draw the figures and write the tables into
+    ``out_dir``; returns the written paths."""
+    files = find_summaries(run_paths)
+    if not files:
+        raise ReportError(f"no *.summary.json under {[str(p) for p in run_paths]}")
+    out = as_path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    everything, summaries, unplaced = _read(files)
+    written: list[Path] = []
+    pace_rows: list[Pace] = []
+    groups: dict[tuple[str, str, str], list[SuiteSummary]] = defaultdict(list)
+    for s in summaries:
+        groups[_group_key(s)].append(s)
+    for key in sorted(groups):
+        chosen = choose_epochs(groups[key], epoch)
+        if not chosen:
+            unplaced.append(f"{_stem(key)}: no run has epoch {epoch}")
+            continue
+        group_files, pace = _write_group(out, key, chosen)
+        written += group_files
+        pace_rows += pace
+    written += _write_pace(out, pace_rows)
+    written.append(_write_best_epochs(out, everything))
 
     index = [
         "# jaxtune report",

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
-from jaxtune.data.formats import is_json_array_file
+from jaxtune.data.jsonl import is_json_array_file
 from jaxtune.data.mixtures import STUDY_ALIASES, STUDY_DATA_TYPES, FileSelection, SelectionError, plan_selection
 
 _BOM = b"\xef\xbb\xbf"

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from jaxtune.checkpoint.train_state import epoch_checkpoint_path
+from jaxtune.checkpoint.epochs import epoch_checkpoint_path
 from jaxtune.config.schema import Config, ConfigError
 from jaxtune.data.belle_volumes import ALPACA_LABEL, is_belle_selection, parse_belle_selection
 from jaxtune.data.mixtures import STUDY_ALIASES, read_manifest

@@ -18,7 +18,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxtune.models.llama import forward
+from jaxtune.models.decoder import forward
 from jaxtune.sharding import activation_rules, batch_sharding, param_shardings
 from jaxtune.train.layerwise import layerwise_loss_and_grads
 from jaxtune.train.metrics import TrainMetrics

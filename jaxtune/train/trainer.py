@@ -20,19 +20,13 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
+from jaxtune.checkpoint.epochs import EpochCheckpointManager
+from jaxtune.checkpoint.errors import CheckpointError
+from jaxtune.checkpoint.layout import DAMAGED_DIR
 from jaxtune.checkpoint.lease import RunLeaseError, hold_run_lease
-from jaxtune.checkpoint.storage import storage_boundary
-from jaxtune.checkpoint.train_state import (
-    DAMAGED_DIR,
-    CheckpointError,
-    EpochCheckpointManager,
-    TrainCheckpointManager,
-    expected_param_shapes,
-    intact_steps,
-    load_model_config,
-    load_params,
-    saved_run_config,
-)
+from jaxtune.checkpoint.params import expected_param_shapes, load_model_config, load_params
+from jaxtune.checkpoint.storage import intact_steps, storage_boundary
+from jaxtune.checkpoint.train_state import TrainCheckpointManager, saved_run_config
 from jaxtune.commands.validate import check_run, vocabulary_problem
 from jaxtune.config.loading import config_to_dict, dump_config
 from jaxtune.config.schema import Config, ConfigError, max_len_problem

@@ -8,9 +8,9 @@ import csv
 from pathlib import Path
 
 from jaxtune.commands.quickstart import quickstart
-from jaxtune.convert.hf import check_hf
 from jaxtune.demo.abilities import write_demo_dataset
 from jaxtune.demo.ceval_ood import SUBJECTS, write_demo_ceval
+from jaxtune.eval.parity import check_hf
 from jaxtune.results import find_summaries, read_summary
 from jaxtune.study.report import draw_group
 

@@ -107,7 +107,7 @@ def test_parse_override_reads_yaml_values() -> None:
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_load(path: Path) -> None:
-    from jaxtune.models.configs import PRESETS
+    from jaxtune.config.presets import PRESETS
 
     preset = (yaml.safe_load(path.read_text(encoding="utf-8")).get("model") or {}).get("preset")
     if preset is not None and preset not in PRESETS:  # the BLOOM recipes before the BLOOM presets are merged

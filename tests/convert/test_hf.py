@@ -1,4 +1,4 @@
-"""import-hf / export-hf / check-hf against transformers' own files and PyTorch model (tiny random models)."""
+"""import-hf / export-hf against transformers' own files and PyTorch model (tiny random models)."""
 
 from __future__ import annotations
 
@@ -16,10 +16,8 @@ import torch
 import transformers
 from hf_models import hf_logits, rewrite, stored_tensors
 
-from jaxtune.checkpoint.train_state import load_params, restore_model
+from jaxtune.checkpoint.params import load_params, restore_model
 from jaxtune.convert.hf import (
-    CheckReport,
-    check_hf,
     export_hf,
     fill_new_vocab_rows,
     import_hf,
@@ -212,23 +210,6 @@ def test_existing_checkpoint_is_not_overwritten_silently(untied_dir, tmp_path: P
         export_hf(tmp_path / "ckpt", tmp_path)
 
 
-# ---- check-hf -------------------------------------------------------------------------------------------------------
-
-
-def test_check_hf_reports_agreement(tied_gqa_dir) -> None:
-    report = check_hf(tied_gqa_dir[1], num_tokens=12, max_new_tokens=10)
-    assert report.ok, report.summary()
-    assert report.max_abs_logit_diff < TOL and len(report.hf_tokens) == 10
-    assert "OK" in report.summary() and "agree on all 10 tokens" in report.summary()
-
-
-def test_check_report_spots_divergence() -> None:
-    report = CheckReport("m", 8, 2e-3, 1e-4, jaxtune_tokens=[1, 2, 3], hf_tokens=[1, 2, 4])
-    assert not report.ok and not report.logits_ok and not report.greedy_match
-    assert report.first_divergence() == 2
-    assert "MISMATCH" in report.summary() and "TOO LARGE" in report.summary()
-
-
 def test_shard_planning() -> None:
     assert parse_size("5GB") == 5 * 10**9 and parse_size("2GiB") == 2 * 2**30 and parse_size(1000) == 1000
     with pytest.raises(ValueError, match="max_shard_size"):
@@ -298,7 +279,7 @@ def test_cli_import_hf_new_token_init_flag(untied_dir, tmp_path: Path) -> None:
 
 def _imported_with(hf_dir: Path, where: Path, name: str, values: list[float]) -> Path:
     """The imported checkpoint of ``hf_dir`` with ``values`` written at the start of jaxtune param ``name``."""
-    from jaxtune.checkpoint.train_state import save_params
+    from jaxtune.checkpoint.params import save_params
 
     cfg = import_hf(hf_dir, where / "clean")
     _, params = load_params(where / "clean", as_numpy=True)

@@ -14,9 +14,10 @@ import transformers
 from hf_models import build_hf_bloom, hf_logits, rewrite, save_hf_model, stored_tensors
 from safetensors.torch import save_file
 
-from jaxtune.checkpoint.train_state import load_params, restore_model
-from jaxtune.convert.hf import check_hf, export_hf, import_hf, load_hf_params
+from jaxtune.checkpoint.params import load_params, restore_model
+from jaxtune.convert.hf import export_hf, import_hf, load_hf_params
 from jaxtune.errors import JaxtuneError
+from jaxtune.eval.parity import check_hf
 from jaxtune.models.bloom import Bloom
 
 TOL = 1e-4
@@ -213,7 +214,7 @@ def test_unsupported_bloom_config_is_named(bloom_dir, tmp_path: Path, change: di
 def test_bloom_with_a_non_standard_mlp_cannot_be_exported(tmp_path: Path) -> None:
     from flax import nnx
 
-    from jaxtune.checkpoint.train_state import save_params
+    from jaxtune.checkpoint.params import save_params
     from jaxtune.models.configs import model_config
 
     cfg = model_config("bloom-tiny", intermediate_size=100)

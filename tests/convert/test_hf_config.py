@@ -1,4 +1,5 @@
-"""jaxtune.convert.hf_config: config.json in transformers v4 and v5 spellings, and what transformers reads back."""
+"""jaxtune.convert.hf_config: config.json in transformers v4 and v5 spellings, and what transformers reads back, for
+every family (the LLaMA's field translation lives in jaxtune.families.llama, BLOOM's in tests/convert/test_hf_bloom.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import pytest
 import transformers
 
 from jaxtune.config.schema import ModelConfig, RopeScalingConfig
-from jaxtune.convert.hf_config import HFConfigError, model_config_from_hf, read_hf_config, write_hf_config
+from jaxtune.convert.hf_config import hf_config_dict, model_config_from_hf, read_hf_config, write_hf_config
+from jaxtune.families.hf import HFConfigError
+from jaxtune.models.configs import model_config
 
 V5_LLAMA3 = {
     "architectures": ["LlamaForCausalLM"],
@@ -155,3 +158,19 @@ def test_written_config_reads_back_in_transformers_and_jaxtune(tmp_path: Path, c
     assert back == ModelConfig(**{**cfg.__dict__, "param_dtype": "bfloat16"})
     generation = json.loads((tmp_path / "generation_config.json").read_text())
     assert generation["bos_token_id"] == cfg.bos_token_id and generation["eos_token_id"] == cfg.eos_token_id
+
+
+@pytest.mark.parametrize("preset,config_class", [("tiny-gqa", "LlamaConfig"), ("bloom-tiny", "BloomConfig")])
+def test_hf_config_dict_serves_every_family_and_reads_back(preset: str, config_class: str) -> None:
+    cfg = model_config(preset)
+    kwargs = hf_config_dict(cfg, "float32")
+    hf = getattr(transformers, config_class)(**kwargs)
+    assert (hf.vocab_size, hf.hidden_size, hf.num_hidden_layers) == (cfg.vocab_size, cfg.hidden_size, cfg.num_layers)
+    back = model_config_from_hf(kwargs)
+    assert back.family == cfg.family
+    assert (back.hidden_size, back.intermediate_size, back.num_heads, back.num_kv_heads) == (
+        cfg.hidden_size,
+        cfg.intermediate_size,
+        cfg.num_heads,
+        cfg.num_kv_heads,
+    )

@@ -12,7 +12,7 @@ from pathlib import Path
 from flax import nnx
 from tiny_demo_run import TINY_DEMO_MODEL
 
-from jaxtune.checkpoint.train_state import save_params
+from jaxtune.checkpoint.params import save_params
 from jaxtune.config.loading import model_config_from_dict
 from jaxtune.demo import DEMO_TOKENIZER
 from jaxtune.models.llama import Llama

@@ -12,10 +12,10 @@ import transformers
 from flax import nnx
 from hf_models import build_hf_model, hf_logits, save_hf_model
 
-from jaxtune.checkpoint.train_state import load_params, restore_model, save_params
+from jaxtune.checkpoint.params import load_params, restore_model, save_params
 from jaxtune.convert.hf import export_hf, import_hf
 from jaxtune.convert.hf_tokenizer import HFTokenizerError, write_hf_tokenizer
-from jaxtune.models.llama import resize_token_embeddings
+from jaxtune.models.decoder import resize_token_embeddings
 
 DOIT_TOKENS = {"<user>": 49953, "<assistant>": 49954, "<eot>": 49955, "<pad>": 49956}
 

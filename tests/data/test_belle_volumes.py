@@ -14,10 +14,10 @@ import pytest
 
 from jaxtune.config.schema import DataConfig
 from jaxtune.data.belle_volumes import STUDY_VOLUMES, nested_indices, parse_belle_selection, select_belle
-from jaxtune.data.formats import DataError
 from jaxtune.data.mixtures import SelectionError, read_manifest
 from jaxtune.data.pipeline import BATCH_KEYS, build_train_pipeline
 from jaxtune.data.prepare import prepare_dataset
+from jaxtune.data.records import DataError
 from jaxtune.demo.records import write_jsonl
 
 DEMO_TOKENIZER = Path(__file__).resolve().parents[2] / "jaxtune" / "demo" / "tokenizer"

@@ -6,16 +6,8 @@ import json
 
 import pytest
 
-from jaxtune.data.formats import (
-    DEFAULT_ABILITY,
-    DataError,
-    Message,
-    ability_from_file_name,
-    iter_records,
-    read_records,
-    record_from_json,
-    record_to_json,
-)
+from jaxtune.data.formats import DEFAULT_ABILITY, ability_from_file_name, iter_records, read_records
+from jaxtune.data.records import DataError, Message
 from jaxtune.demo.records import write_jsonl
 
 
@@ -226,12 +218,6 @@ def test_directory_reads_sorted_files_and_reports_empty(tmp_path):
     (tmp_path / "root" / "curated").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="curated/"):
         list(iter_records(tmp_path / "root", "doit"))
-
-
-def test_record_json_roundtrip(tmp_path):
-    path = write_jsonl(tmp_path / "code_1000.json", [_doit(question_format=1, choices=["a", "b", "c"])])
-    (r,), _ = read_records(path, "doit")
-    assert record_from_json(record_to_json(r)) == r
 
 
 def _array_with_one_bad_element(tmp_path, damage, indent):

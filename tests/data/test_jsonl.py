@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from jaxtune.data.jsonl import JsonLinesError, read_json_lines
+from jaxtune.data.jsonl import JsonLinesError, is_json_array_file, read_json_array, read_json_lines
+from jaxtune.data.records import DataError
 
 
 def _file(tmp_path, data: bytes):
@@ -47,3 +48,31 @@ def test_byte_ranges_read_each_line_once_with_its_number(tmp_path):
     head = list(read_json_lines(path, stop=cut))
     tail = list(read_json_lines(path, start=cut, first_line=4))
     assert head + tail == [(i + 1, {"i": i}) for i in range(6)]
+
+
+def test_json_array_elements_come_with_their_first_line_and_a_bad_one_is_an_entry(tmp_path):
+    path = tmp_path / "a.json"
+    path.write_bytes(b'\xef\xbb\xbf[\n  {"a": 1},\n  {"a": NaN},\n  ,\n  [2]\n]\n')
+    assert is_json_array_file(path) and not is_json_array_file(_file(tmp_path, b'\n {"a": 1}\n'))
+    entries = list(read_json_array(path))
+    assert [(e.line, e.value) for e in entries if e.error is None] == [(2, {"a": 1}), (5, [2])]
+    bad = [(e.line, e.error.field, e.error.problem.split(":")[0]) for e in entries if e.error is not None]
+    assert bad == [(3, "[1]", "not valid JSON"), (4, "[2]", "an empty array element (two commas)")]
+
+
+@pytest.mark.parametrize(
+    "text, line, problem",
+    [
+        ('[{"a": 1},\n {"a": 2}', 2, "JSON array is not closed with ']'"),
+        ('[{"a": 1}]\n{"b": 2}', 1, "unexpected text after the closing ']'"),
+        ('[{"a": 1},\n]', 2, "a ',' after the last element"),
+    ],
+)
+def test_json_array_text_that_cannot_be_split_raises_after_the_elements_before_it(tmp_path, text, line, problem):
+    path = tmp_path / "a.json"
+    path.write_text(text, encoding="utf-8")
+    entries = read_json_array(path)
+    assert next(entries).value == {"a": 1}
+    with pytest.raises(DataError) as info:
+        list(entries)
+    assert info.value.line == line and info.value.problem.startswith(problem)

@@ -10,8 +10,8 @@ import pytest
 from doit_fixtures import make_doit_layout
 from make_data_reference import make_data
 
-from jaxtune.data.formats import DataError
 from jaxtune.data.mixtures import SelectionError, read_manifest, select_records, write_manifest
+from jaxtune.data.records import DataError
 from jaxtune.demo.records import write_jsonl
 
 

@@ -11,9 +11,9 @@ import pytest
 from doit_fixtures import make_hf_tokenizer_folder
 
 from jaxtune.config.schema import DataConfig
-from jaxtune.data.formats import DataError
 from jaxtune.data.mixtures import read_manifest, select_records
 from jaxtune.data.pipeline import BATCH_KEYS, PipelineError, build_eval_pipeline, build_train_pipeline
+from jaxtune.data.records import DataError
 from jaxtune.data.templates import make_template, template_backend
 from jaxtune.data.tokenizer import load_tokenizer
 from jaxtune.demo.records import write_jsonl

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from jaxtune.config.schema import DataConfig
-from jaxtune.data.formats import DataError, read_records
+from jaxtune.data.formats import read_records
 from jaxtune.data.pipeline import PipelineError, build_train_pipeline
 from jaxtune.data.prepare import PreparedRecords, is_prepared_dataset, plan_parts, prepare_dataset
+from jaxtune.data.records import DataError
 from jaxtune.demo.records import write_jsonl
 
 ONE_HOST = grain.sharding.ShardOptions(shard_index=0, shard_count=1)

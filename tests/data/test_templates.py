@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from doit_fixtures import byte_level_bpe_folder, make_hf_tokenizer_folder
 
-from jaxtune.data.formats import Message
+from jaxtune.data.records import Message
 from jaxtune.data.templates import Encoded, TemplateError, make_template
 from jaxtune.data.tokenizer import TokenizerError, load_tokenizer
 

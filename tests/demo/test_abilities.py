@@ -41,15 +41,15 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
 
 
 def test_multiple_choice_letters_point_at_the_right_option(tmp_path):
-    from jaxtune.demo.abilities import _ANIMALS
+    from jaxtune.demo.abilities import ANIMALS
 
     root = write_demo_dataset(tmp_path / "d", per_ability=50, eval_per_ability=1, synthetic=1)
     for r in _read(root / "curated" / "1000" / "biology_1000.json"):
         question, reply = r["messages"][0]["content"], r["messages"][-1]["content"]
         category = question[len("下列哪种动物属于") : question.index("？")]
         options = dict(line.split(". ", 1) for line in question.splitlines()[1:])
-        assert reply in "ABCD" and options[reply] in _ANIMALS[category]
-        assert sum(o in _ANIMALS[category] for o in options.values()) == 1
+        assert reply in "ABCD" and options[reply] in ANIMALS[category]
+        assert sum(o in ANIMALS[category] for o in options.values()) == 1
     for r in _read(root / "curated" / "1000" / "reasoning_1000.json"):
         question, reply = r["messages"][0]["content"], r["messages"][-1]["content"]
         tallest = question.split("比", 1)[0]

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 
-from jaxtune.data.formats import Message, read_records
+from jaxtune.data.formats import read_records
+from jaxtune.data.records import Message
 from jaxtune.demo.records import doit_record, write_jsonl
 
 

@@ -1,6 +1,7 @@
 """Shared fixtures for the inference tests: a tiny transformers LlamaForCausalLM and the same weights in jaxtune.
 
-The weights are mapped by a small independent function written here (HF Linear weights are (out, in); jaxtune keeps
+The config is jaxtune's (:func:`jaxtune.convert.hf_config.hf_config_dict`); the weights are mapped by a small
+independent function written here (HF Linear weights are (out, in); jaxtune keeps
 (in, ...) layouts), so the parity tests do not rest on jaxtune's own converter.
 """
 
@@ -19,6 +20,7 @@ import pytest
 from flax import nnx
 
 import jaxtune.demo
+from jaxtune.convert.hf_config import hf_config_dict
 from jaxtune.models.configs import model_config
 from jaxtune.models.llama import Llama
 
@@ -30,26 +32,10 @@ def _torch_and_transformers() -> tuple[Any, Any]:
 
 
 def hf_config(cfg: Any) -> Any:
-    """A transformers LlamaConfig with the same shape as a jaxtune ModelConfig."""
+    """A transformers LlamaConfig with the same shape as a jaxtune ModelConfig (jaxtune's own mapping, which
+    tests/convert/test_hf_config.py checks against transformers)."""
     _, transformers = _torch_and_transformers()
-    return transformers.LlamaConfig(
-        vocab_size=cfg.vocab_size,
-        hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads,
-        num_key_value_heads=cfg.resolved_num_kv_heads(),
-        head_dim=cfg.resolved_head_dim(),
-        max_position_embeddings=cfg.max_position_embeddings,
-        rms_norm_eps=cfg.rms_norm_eps,
-        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
-        tie_word_embeddings=cfg.tie_word_embeddings,
-        attention_bias=False,
-        mlp_bias=False,
-        bos_token_id=cfg.bos_token_id,
-        eos_token_id=cfg.eos_token_id,
-        pad_token_id=cfg.pad_token_id,
-    )
+    return transformers.LlamaConfig(**hf_config_dict(cfg, "float32"))
 
 
 def jaxtune_params_from_hf(hf_model: Any, cfg: Any) -> dict:
@@ -134,7 +120,7 @@ DOIT_ADDED = {"<user>": 1000, "<assistant>": 1001, "<eot>": 1002, "<pad>": 1003}
 @pytest.fixture(scope="session")
 def jaxtune_checkpoint(gqa_pair, tmp_path_factory) -> Path:
     """The gqa_pair model as a jaxtune params checkpoint carrying the demo tokenizer and DoIT's tokens."""
-    from jaxtune.checkpoint.train_state import save_params
+    from jaxtune.checkpoint.params import save_params
 
     _, model = gqa_pair
     path = tmp_path_factory.mktemp("ckpt") / "jaxtune"

@@ -7,16 +7,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxtune.checkpoint.train_state import expected_param_shapes, save_params
+from jaxtune.checkpoint.params import expected_param_shapes, save_params
 from jaxtune.config.schema import MeshConfig
-from jaxtune.eval.loading import (
-    EvalSetupError,
-    checkpoint_kind,
-    load_codec,
-    load_model,
-    shard_model,
-    tokenizer_location,
-)
+from jaxtune.eval.errors import EvalSetupError
+from jaxtune.eval.loading import checkpoint_kind, load_codec, load_model, shard_model, tokenizer_location
 from jaxtune.models.configs import model_config
 from jaxtune.sharding import build_mesh
 

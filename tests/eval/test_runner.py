@@ -18,9 +18,10 @@ import pytest
 
 from jaxtune.config.schema import EvalConfig, MeshConfig
 from jaxtune.demo.abilities import write_demo_dataset
+from jaxtune.eval.errors import EvalSetupError
 from jaxtune.eval.language_model import JaxLanguageModel
-from jaxtune.eval.loading import EvalSetupError
-from jaxtune.eval.runner import evaluate, run_info, suite_data_root
+from jaxtune.eval.runner import evaluate, run_info
+from jaxtune.eval.suites.registry import suite_data_root
 
 from .conftest import DOIT_ADDED
 from .judge_server import JudgeServer

@@ -1,5 +1,5 @@
-"""``jaxtune score`` (jaxtune/eval/score.py) on pred files in the study's format, checked against an independent
-re-implementation of the study's scorer.py + utils.py + parse_utils.py formulas written out in this test (torch's
+"""``jaxtune score`` (jaxtune/eval/score.py, the DoIT suite's hooks in jaxtune/eval/suites/doit_rescore.py) on pred
+files in the study's format, checked against an independent re-implementation of the study's scorer.py + utils.py + parse_utils.py formulas written out in this test (torch's
 softmax and numpy's argmax for the letter logits, as parse_utils did)."""
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ import pytest
 import torch
 
 from jaxtune.cli import main
-from jaxtune.eval.score import ScoreError, score_predictions, study_run_info
+from jaxtune.eval.rescoring import ScoreError
+from jaxtune.eval.score import score_predictions
+from jaxtune.eval.suites.doit_rescore import study_run_info
 from jaxtune.results import read_summary
 
 DEMO_TOKENIZER = Path(__file__).parents[2] / "jaxtune" / "demo" / "tokenizer" / "tokenizer.model"
@@ -362,3 +364,38 @@ def test_jaxtune_mcq_items_are_rescored_and_belle_is_listed_as_not_scored(tmp_pa
     assert summary.run.epoch == 10 and summary.run.data_volume == 160
     assert any("belle-judge.items.jsonl" in n and "judge" in n for n in out.not_scored)
     assert "not scored:" in out.summary() and "left out 2 items" in out.summary()
+
+
+def test_items_are_rescored_by_their_suites_hook(tmp_path, monkeypatch):
+    """score.py names no suite: an items file goes to its suite's registered rescoring hook, with the variant, mode,
+    run and details of the summary beside it; a suite without one is listed with what scores it."""
+    import dataclasses
+
+    from jaxtune.eval.suites import registry
+    from jaxtune.results import RunInfo, SuiteResult, ability_score, make_summary, write_summary
+
+    seen = []
+
+    def rescore(f):
+        seen.append((f.suite, f.variant, f.mode, f.run.model_size, dict(f.details), [w for w, _ in f.lines()]))
+        return SuiteResult(make_summary(f.suite, f.variant, f.mode, [ability_score("x", [1.0])], f.run), [])
+
+    suites = registry.load_suites()
+    monkeypatch.setattr(
+        registry,
+        "SUITES",
+        {
+            **registry.SUITES,
+            "belle": dataclasses.replace(suites["belle"], score=registry.Rescoring(items=rescore)),
+            "cmmlu": dataclasses.replace(suites["cmmlu"], score=registry.Rescoring(scored_by="an oracle")),
+        },
+    )
+    folder = tmp_path / "eval"
+    folder.mkdir()
+    (folder / "belle-eval_set.items.jsonl").write_text('{"class": "math"}\n')
+    old = make_summary("belle", "eval_set", "judge", [ability_score("math", [0.5])], RunInfo(model_size="7b"), k=1)
+    write_summary(folder / "belle-eval_set.summary.json", old)
+    (folder / "cmmlu-test.items.jsonl").write_text('{"task": "law"}\n')
+    out = score_predictions(folder, tmp_path / "out", mode="corrected")
+    assert seen == [("belle", "eval_set", "corrected", "7b", {"k": 1}, [f"{folder / 'belle-eval_set.items.jsonl'}:1"])]
+    assert out.not_scored == [f"{folder / 'cmmlu-test.items.jsonl'} (cmmlu is scored by an oracle)"]

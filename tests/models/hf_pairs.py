@@ -21,7 +21,7 @@ from flax import nnx
 from hf_reference import torch
 
 from jaxtune.config.schema import ModelConfig
-from jaxtune.models.llama import init_cache
+from jaxtune.models.decoder import init_cache
 from jaxtune.models.registry import create_model
 
 TOL = 1e-4

@@ -1,9 +1,10 @@
 """The LLaMA reference of the model tests (hf_pairs.py pairs it with jaxtune models): tiny transformers
 ``LlamaForCausalLM`` models and their weights as jaxtune's params tree.
 
-The weights are copied by a mapping written here from transformers' documented layout (Linear weights are
-(out, in), heads flattened into rows), independent of jaxtune.convert, so model parity does not rest on the
-converter under test elsewhere.
+The config comes from jaxtune's own mapping (:func:`jaxtune.convert.hf_config.hf_config_dict`, checked against
+transformers in tests/convert/test_hf_config.py); the weights are copied by a mapping written here from
+transformers' documented layout (Linear weights are (out, in), heads flattened into rows), independent of
+jaxtune.convert's tensor layout, so model parity does not rest on the converter under test elsewhere.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ torch = pytest.importorskip("torch", reason="the parity tests need PyTorch (pip 
 transformers = pytest.importorskip("transformers")
 
 from jaxtune.config.schema import ModelConfig, RopeScalingConfig  # noqa: E402
+from jaxtune.convert.hf_config import hf_config_dict  # noqa: E402
 
 # The shapes the parity tests cover: MHA and GQA, tied and untied, default and llama3 rope, odd vocabularies.
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -58,32 +60,8 @@ def tiny_config(variant: str, **overrides: Any) -> ModelConfig:
 
 
 def hf_config(cfg: ModelConfig) -> Any:
-    """The transformers LlamaConfig of the same model (written from transformers' documented fields)."""
-    rope: dict[str, Any] = {"rope_type": cfg.rope_scaling.rope_type, "rope_theta": cfg.rope_theta}
-    if cfg.rope_scaling.rope_type != "default":
-        rope["factor"] = cfg.rope_scaling.factor
-    if cfg.rope_scaling.rope_type == "llama3":
-        rope.update(
-            low_freq_factor=cfg.rope_scaling.low_freq_factor,
-            high_freq_factor=cfg.rope_scaling.high_freq_factor,
-            original_max_position_embeddings=cfg.rope_scaling.original_max_position_embeddings,
-        )
-    return transformers.LlamaConfig(
-        vocab_size=cfg.vocab_size,
-        hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads,
-        num_key_value_heads=cfg.resolved_num_kv_heads(),
-        max_position_embeddings=cfg.max_position_embeddings,
-        rms_norm_eps=cfg.rms_norm_eps,
-        rope_parameters=rope,
-        tie_word_embeddings=cfg.tie_word_embeddings,
-        initializer_range=cfg.initializer_range,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=None,
-    )
+    """The transformers LlamaConfig of the same model (jaxtune's mapping, checked by tests/convert/test_hf_config.py)."""
+    return transformers.LlamaConfig(**hf_config_dict(cfg, "float32"))
 
 
 def hf_weights_to_params(hf_model: Any, cfg: ModelConfig) -> dict:

@@ -8,8 +8,9 @@ import pytest
 from flax import nnx
 
 from jaxtune.config.loading import load_config
+from jaxtune.config.presets import PRESETS
 from jaxtune.config.schema import ConfigError
-from jaxtune.models.configs import PRESETS, model_config
+from jaxtune.models.configs import model_config
 from jaxtune.models.registry import create_model
 from jaxtune.models.stats import model_info
 

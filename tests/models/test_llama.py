@@ -23,7 +23,7 @@ from hf_pairs import (
 )
 from hf_reference import torch
 
-from jaxtune.models.llama import resize_token_embeddings
+from jaxtune.models.decoder import resize_token_embeddings
 
 
 def test_remat_policies_change_memory_not_results(gqa_pair: Pair) -> None:
@@ -92,7 +92,7 @@ def test_resize_token_embeddings_matches_mean_initialised_transformers(variant: 
 
 
 def _random_cache(layers: int, rows: int, slots: int, seed: int):
-    from jaxtune.models.llama import KVCache
+    from jaxtune.models.decoder import KVCache
 
     rng = np.random.default_rng(seed)
     shape = (layers, rows, slots, 2, 4)

@@ -11,7 +11,7 @@ import numpy as np
 from flax import nnx
 from hf_pairs import TOL, Pair, greedy_with_cache, hf_greedy, hf_logits, jaxtune_model, logits_of, random_ids
 
-from jaxtune.models.llama import init_cache
+from jaxtune.models.decoder import init_cache
 from jaxtune.models.registry import MODEL_CLASSES
 
 

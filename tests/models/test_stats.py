@@ -132,7 +132,8 @@ def test_checkpoint_bytes_match_saved_checkpoints(tmp_path) -> None:
     an upper bound (Orbax's zstd takes about 20% off random bfloat16 weights, less off float32)."""
     from train.synthetic_stream import synthetic_data
 
-    from jaxtune.checkpoint.train_state import EpochCheckpointManager, TrainCheckpointManager
+    from jaxtune.checkpoint.epochs import EpochCheckpointManager
+    from jaxtune.checkpoint.train_state import TrainCheckpointManager
     from jaxtune.config.loading import config_from_dict
     from jaxtune.models.stats import run_storage
     from jaxtune.train.optim import build_optimizer

@@ -4,6 +4,7 @@ growth-pace tables and best epochs, from summaries written as evaluations write 
 from __future__ import annotations
 
 import csv
+import functools
 import math
 from pathlib import Path
 
@@ -181,3 +182,35 @@ def test_the_data_construction_table_covers_every_construction_at_each_size(tmp_
     scores = list(csv.reader((tmp_path / "report" / "doit-test.scores.csv").open(encoding="utf-8")))
     assert scores[0][1:-1] == ["7b curated 640", "7b curated 10k", "33b curated 640", "33b curated 10k"]
     assert tmp_path / "report" / "doit-test.constructions.md" in paths
+
+
+def test_a_suites_report_hooks_title_its_abilities_and_draw_its_own_figure(tmp_path, monkeypatch):
+    """report.py names no suite: a suite's registered figure is called for its groups only, with the chosen
+    summaries (one epoch per run), and its registered titles label the rows."""
+    import dataclasses
+
+    from jaxtune.eval.suites import registry
+    from jaxtune.study import report as report_module
+
+    calls = []
+
+    def figure(summaries, out_stem):
+        calls.append((out_stem.name, sorted({s.run.epoch for s in summaries}), len(summaries)))
+        path = out_stem.parent / f"{out_stem.name}.own.txt"
+        path.write_text("drawn", encoding="utf-8")
+        return [path]
+
+    suites = registry.load_suites()
+    cmmlu = dataclasses.replace(
+        suites["cmmlu"], report=registry.ReportHooks(titles={"ethics": "Ethics (as cmmlu titles it)"}, figure=figure)
+    )
+    monkeypatch.setattr(registry, "SUITES", {**registry.SUITES, "cmmlu": cmmlu})
+    monkeypatch.setattr(report_module, "_titles", functools.cache(report_module._titles.__wrapped__))
+    for v in (10, 40):
+        for epoch in (1, 2):
+            write_summary(tmp_path / "runs" / f"c{v}-{epoch}.summary.json", summary("7b", "curated", v, epoch, "cmmlu"))
+            write_summary(tmp_path / "runs" / f"d{v}-{epoch}.summary.json", summary("7b", "curated", v, epoch))
+    written = report([tmp_path / "runs"], tmp_path / "out")
+    assert calls == [("cmmlu-test", [2], 2)]
+    assert tmp_path / "out" / "cmmlu-test.own.txt" in written
+    assert "| Ethics (as cmmlu titles it) |" in (tmp_path / "out" / "cmmlu-test.scores.md").read_text(encoding="utf-8")

@@ -11,9 +11,16 @@ import pytest
 from make_data_reference import make_data
 
 from jaxtune.cli import main
-from jaxtune.data.mixtures import STUDY_ABILITIES, SelectionError, read_manifest, select_records, write_manifest
+from jaxtune.data.mixtures import (
+    STUDY_ABILITIES,
+    STUDY_DATA_TYPES,
+    SelectionError,
+    read_manifest,
+    select_records,
+    write_manifest,
+)
 from jaxtune.demo.records import doit_record
-from jaxtune.study.select import STUDY_DATA_TYPES, select_study_data
+from jaxtune.study.select import select_study_data
 
 
 def _line(rng: random.Random, ability: str, idx: int) -> bytes:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from jaxtune.data.formats import Message, Record
 from jaxtune.data.mixtures import write_manifest
+from jaxtune.data.records import Message, Record
 from jaxtune.study.sweep import selection_source_and_volume
 
 

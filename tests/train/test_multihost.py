@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxtune.checkpoint.train_state import load_params
+from jaxtune.checkpoint.params import load_params
 from jaxtune.train.trainer import train
 
 from . import subprocess_runs as runs

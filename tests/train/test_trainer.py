@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 from tiny_demo_run import demo_run_config
 
-from jaxtune.checkpoint.train_state import load_params
+from jaxtune.checkpoint.params import load_params
 from jaxtune.config.loading import load_config
 from jaxtune.config.schema import ConfigError
 from jaxtune.data.mixtures import STUDY_ABILITIES
@@ -177,7 +177,7 @@ def test_sigterm_finishes_the_step_saves_and_exits_zero(tmp_path, compile_cache,
 def test_train_reads_the_data_pipeline_and_starts_from_init_from(tmp_path):
     """The default path of ``jaxtune train``: records in the DoIT layout through jaxtune.data.pipeline, parameters
     from a params-only checkpoint. With a learning rate of 0 the parameters must come out exactly as they went in."""
-    from jaxtune.checkpoint.train_state import save_params
+    from jaxtune.checkpoint.params import save_params
     from jaxtune.config.loading import config_from_dict
 
     config = demo_run_config(
@@ -279,7 +279,7 @@ def test_a_finished_run_can_drop_its_full_train_states(tmp_path):
 def test_a_bloom_run_trains_sharded_over_tensor_and_checkpoints_a_bloom(tmp_path):
     """model.family=bloom through the whole trainer on a data x fsdp x tensor mesh (heads, the fused QKV and the MLP
     biases split over 'tensor'): the loss falls, and the last evaluation is what the checkpointed Bloom computes."""
-    from jaxtune.checkpoint.train_state import restore_model
+    from jaxtune.checkpoint.params import restore_model
     from jaxtune.models.bloom import Bloom
 
     bloom = dict(family="bloom", num_kv_heads=None, intermediate_size=4 * TINY_MODEL["hidden_size"])

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from damage import DAMAGES
 
-from jaxtune.checkpoint.train_state import load_params
+from jaxtune.checkpoint.params import load_params
 from jaxtune.config.loading import load_config
 from jaxtune.config.schema import ConfigError
 from jaxtune.train.trainer import train

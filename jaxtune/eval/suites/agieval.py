@@ -35,8 +35,8 @@ from typing import Any, Literal
 from jaxtune.data import jsonl
 from jaxtune.eval.errors import EvalSetupError
 from jaxtune.eval.protocol import ChatCodec, LanguageModel, Message
-from jaxtune.eval.suites.mcq import BARE_PIECES, LETTERS, McqDataError, McqItem, evaluate_mcq
-from jaxtune.eval.suites.registry import Suite, SuiteRun, register
+from jaxtune.eval.suites.mcq import BARE_PIECES, LETTERS, McqDataError, McqItem, evaluate_mcq, rescore_mcq
+from jaxtune.eval.suites.registry import Rescoring, Suite, SuiteRun, register
 from jaxtune.results import RunInfo, SuiteResult
 
 AGIEVAL_ZH_TASKS = (
@@ -292,4 +292,12 @@ def _run(r: SuiteRun) -> SuiteResult:
     )
 
 
-register(Suite("agieval", folders=("agieval",), looks_like=lambda root, split: any(root.glob("*.jsonl")), run=_run))
+register(
+    Suite(
+        "agieval",
+        folders=("agieval",),
+        looks_like=lambda root, split: any(root.glob("*.jsonl")),
+        run=_run,
+        score=Rescoring(items=rescore_mcq),
+    )
+)

@@ -60,8 +60,9 @@ from jaxtune.eval.distributed import is_writer
 from jaxtune.eval.errors import EvalSetupError
 from jaxtune.eval.judge import JUDGE_CACHE_FILE, Judge, JudgeCache, JudgeError, JudgeSettings
 from jaxtune.eval.protocol import ChatCodec, LanguageModel
-from jaxtune.eval.suites.registry import Suite, SuiteRun, register
-from jaxtune.results import RunInfo, SuiteResult, ability_score, make_summary
+from jaxtune.eval.suites.belle_figure import write_study_figure
+from jaxtune.eval.suites.registry import ReportHooks, Rescoring, Suite, SuiteRun, register
+from jaxtune.results import AbilityScore, RunInfo, SuiteResult, ability_score, make_summary
 
 log = logging.getLogger(__name__)
 
@@ -306,6 +307,29 @@ def generate_answers(
     return answers
 
 
+def class_scores(per_class: dict[str, list[tuple[float | None, int]]]) -> tuple[list[AbilityScore], list[str]]:
+    """Per class (sorted), its ability score over its scored answers (``per_class``: (answer score or None, failed
+    judgements) per answer); and the classes none of whose answers was scored."""
+    abilities, unscored = [], []
+    for cls in sorted(per_class):
+        rows = per_class[cls]
+        scored = [s for s, _ in rows if s is not None]
+        if not scored:
+            unscored.append(cls)
+            continue
+        abilities.append(
+            ability_score(
+                cls,
+                scored,
+                unit="fraction",
+                n_items=len(rows),
+                n_unscored=len(rows) - len(scored),
+                failed_judgements=sum(f for _, f in rows),
+            )
+        )
+    return abilities, unscored
+
+
 def score_belle(
     items: Sequence[BelleItem],
     answers: Sequence[str],
@@ -345,23 +369,7 @@ def score_belle(
             }
         )
 
-    abilities, unscored = [], []
-    for cls in sorted(per_class):
-        rows = per_class[cls]
-        scored = [s for s, _ in rows if s is not None]
-        if not scored:
-            unscored.append(cls)
-            continue
-        abilities.append(
-            ability_score(
-                cls,
-                scored,
-                unit="fraction",
-                n_items=len(rows),
-                n_unscored=len(rows) - len(scored),
-                failed_judgements=sum(f for _, f in rows),
-            )
-        )
+    abilities, unscored = class_scores(per_class)
     if not abilities:
         raise JudgeError(
             f"the judge produced no parseable score for any of the {len(items)} answers "
@@ -494,5 +502,7 @@ register(
         looks_like=lambda root, split: (root / "eval_set.json").is_file() and (root / "eval_prompt.json").is_file(),
         run=_run,
         check=_check,
+        score=Rescoring(scored_by="a judge model"),
+        report=ReportHooks(figure=write_study_figure),
     )
 )

@@ -34,8 +34,9 @@ from jaxtune.eval.suites.mcq import (
     drop_longest_shots,
     evaluate_mcq,
     read_csv_questions,
+    rescore_mcq,
 )
-from jaxtune.eval.suites.registry import Suite, SuiteRun, register
+from jaxtune.eval.suites.registry import Rescoring, Suite, SuiteRun, register
 from jaxtune.results import RunInfo, SuiteResult
 
 STUDY_OOD_SUBJECTS = ("physician", "teacher_qualification", "urban_and_rural_planner")
@@ -164,6 +165,10 @@ def _run(r: SuiteRun) -> SuiteResult:
 
 register(
     Suite(
-        "ceval", folders=("ceval",), looks_like=lambda root, split: (root / "subject_mapping.json").is_file(), run=_run
+        "ceval",
+        folders=("ceval",),
+        looks_like=lambda root, split: (root / "subject_mapping.json").is_file(),
+        run=_run,
+        score=Rescoring(items=rescore_mcq),
     )
 )

@@ -33,8 +33,9 @@ from jaxtune.eval.suites.mcq import (
     drop_longest_shots,
     evaluate_mcq,
     read_csv_questions,
+    rescore_mcq,
 )
-from jaxtune.eval.suites.registry import Suite, SuiteRun, register
+from jaxtune.eval.suites.registry import Rescoring, Suite, SuiteRun, register
 from jaxtune.results import RunInfo, SuiteResult
 
 _COLUMNS = ("Question", "A", "B", "C", "D")
@@ -178,5 +179,6 @@ register(
         folders=("cmmlu",),
         looks_like=lambda root, split: (root / "subject_categories.json").is_file(),
         run=_run,
+        score=Rescoring(items=rescore_mcq),
     )
 )

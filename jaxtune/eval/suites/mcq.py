@@ -3,7 +3,8 @@
 An item is a chat prompt; the model's logits for the token right after the prompt (which ends with the template's
 assistant opener, DoIT: ``<assistant>``) are read at the pieces of the four letters, and the argmax (ties to the first
 letter) is the answer. Accuracy per task (subject); overall = the plain mean over tasks (macro), the micro average
-over all items beside it.
+over all items beside it. :func:`rescore_mcq` scores such a suite's saved items again without a model (each suite
+registers it as its rescoring hook).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 
 from jaxtune.errors import JaxtuneError
 from jaxtune.eval.protocol import ChatCodec, LanguageModel, Message
+from jaxtune.eval.rescoring import ItemsFile, ScoreError, numbers, required, text
 from jaxtune.results import RunInfo, SuiteResult, SuiteSummary, ability_score, make_summary
 
 log = logging.getLogger(__name__)
@@ -172,3 +174,31 @@ def summarize_mcq(
         letter_pieces=list(letter_pieces),
         **details,
     )
+
+
+def rescore_mcq(f: ItemsFile) -> SuiteResult:
+    """Re-score a ``*.items.jsonl`` of a multiple-choice suite from each item's letter logits and label (the argmax,
+    ties to the first letter), keeping the recorded details (the letter pieces among them)."""
+    per_task: dict[str, list[float]] = {}
+    items = []
+    for where, d in f.lines():
+        row = numbers(required(d, "letter_logits", where), where, "letter_logits", 4, null_is_nan=True)
+        label = required(d, "label", where)
+        if label not in LETTERS:
+            raise ScoreError(f"{where}: field 'label' must be one of A-D, got {label!r}")
+        parsed = LETTERS[int(np.argmax(np.asarray(row)))]
+        per_task.setdefault(text(required(d, "task", where), where, "task"), []).append(float(parsed == label))
+        items.append({**d, "parsed": parsed, "correct": parsed == label})
+    details = dict(f.details)
+    pieces = details.pop("letter_pieces", list(LETTERS))
+    details.pop("micro_average", None)
+    summary = summarize_mcq(
+        per_task,
+        suite=f.suite,
+        variant=f.variant,
+        letter_pieces=pieces,
+        run=f.run,
+        rescored_from=str(f.path),
+        **details,
+    )
+    return SuiteResult(summary, items)

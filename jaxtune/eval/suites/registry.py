@@ -1,24 +1,28 @@
 """The evaluation suites, each registered by its own file of :mod:`jaxtune.eval.suites`.
 
 A suite is a :class:`Suite`: where its data lives under ``eval.data_dir`` and how to recognise it, the checks it
-makes before any model is loaded, and how to run and score it on a loaded model. Each suite module ends with
-``register(Suite(...))``; :func:`load_suites` imports every module of the package, so adding a suite is one new file
-(and its name in :data:`jaxtune.names.EvalSuite`). The runner (:mod:`jaxtune.eval.runner`) knows no suite by name.
+makes before any model is loaded, how to run and score it on a loaded model, and two hooks for the commands above
+evaluation: :class:`Rescoring` (how ``jaxtune score`` scores its saved predictions without a model) and
+:class:`ReportHooks` (its abilities' titles and a figure of its own in ``jaxtune report``). Each suite module ends
+with ``register(Suite(...))``; :func:`load_suites` imports every module of the package, so adding a suite is one new
+file (and its name in :data:`jaxtune.names.EvalSuite`). The runner (:mod:`jaxtune.eval.runner`), the score command
+(:mod:`jaxtune.eval.score`) and the report (:mod:`jaxtune.study.report`) know no suite by name.
 """
 
 from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from jaxtune.config.schema import EvalConfig
 from jaxtune.eval.errors import EvalSetupError
+from jaxtune.eval.rescoring import ItemsFile, PredictionFolder
 from jaxtune.names import EVAL_SUITES
-from jaxtune.results import RunInfo, SuiteResult
+from jaxtune.results import RunInfo, SuiteResult, SuiteSummary
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,41 @@ def _the_folder(root: Path, split: str) -> Path:
 
 
 @dataclass(frozen=True)
+class PredictionFiles:
+    """Another tool's prediction files of a suite that ``jaxtune score`` finds and scores folder by folder."""
+
+    description: str
+    """What they are, for the message when no prediction file is found (``the study's pred_<name>.json``)."""
+    matches: Callable[[Path], bool]
+    """``matches(path)``: whether a file is one of them."""
+    score_folder: Callable[[PredictionFolder], tuple[SuiteResult, dict[str, float]]]
+    """The suite's result of one folder of them, and the study's own total per file (``study_totals.json``)."""
+
+
+@dataclass(frozen=True)
+class Rescoring:
+    """How ``jaxtune score`` (:mod:`jaxtune.eval.score`) scores a suite's saved predictions without a model."""
+
+    items: Optional[Callable[[ItemsFile], SuiteResult]] = None
+    """The result of one ``*.items.jsonl`` of ``jaxtune eval`` scored again; None: listed as not scored."""
+    scored_by: str = "a model"
+    """What scores the suite when ``items`` is None (said beside its items files in the not-scored list)."""
+    predictions: Optional[PredictionFiles] = None
+    """Another tool's prediction files of the suite, if ``jaxtune score`` reads any."""
+
+
+@dataclass(frozen=True)
+class ReportHooks:
+    """What a suite adds to ``jaxtune report`` (:mod:`jaxtune.study.report`) beside the growth curves and tables."""
+
+    titles: Mapping[str, str] = field(default_factory=dict)
+    """Ability name -> its title in figures and tables (applied to every group of the report)."""
+    figure: Optional[Callable[[Sequence[SuiteSummary], Path], list[Path]]] = None
+    """``figure(summaries, out_stem)``: a figure of the suite's study drawn from one group's chosen summaries
+    (one epoch per run) next to ``out_stem`` (an epath: local or gs://); returns the files it wrote."""
+
+
+@dataclass(frozen=True)
 class Suite:
     """One evaluation suite, as the runner and ``jaxtune validate`` use it."""
 
@@ -72,6 +111,10 @@ class Suite:
     check: Callable[[EvalConfig, Optional[Path]], None] = _no_check
     """``check(eval_cfg, out_dir)``: raise :class:`~jaxtune.eval.errors.EvalSetupError` for settings the suite
     cannot run with (checked before the model is loaded; ``out_dir`` is None when nothing will be written)."""
+    score: Rescoring = Rescoring()
+    """How ``jaxtune score`` scores its predictions without a model."""
+    report: ReportHooks = ReportHooks()
+    """What it adds to ``jaxtune report``."""
 
 
 SUITES: dict[str, Suite] = {}

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from jaxtune.eval.suites.doit import DoitDataError, evaluate_doit, load_doit_split, score_doit_item
+from jaxtune.eval.suites.doit import evaluate_doit
+from jaxtune.eval.suites.doit_items import DoitDataError, load_doit_split, score_doit_item
 from jaxtune.results import format_table, read_summary, write_result
 
 from ..fakes import ASSISTANT, EOT, ScriptedLM, char_codec

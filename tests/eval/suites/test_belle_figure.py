@@ -1,4 +1,4 @@
-"""The BELLE study's figure (jaxtune/study/report_belle.py) through `jaxtune report`: bars per use case and volume from
+"""The BELLE study's figure (jaxtune/eval/suites/belle_figure.py, the BELLE suite's report hook) through `jaxtune report`: bars per use case and volume from
 BELLE summaries, overall and overall without math and code, and the paper's Figure 1 beside them, labelled."""
 
 from __future__ import annotations
@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from jaxtune.cli import main
-from jaxtune.results import RunInfo, ability_score, make_summary, write_summary
-from jaxtune.study.report_belle import (
+from jaxtune.eval.suites.belle_figure import (
     OVERALL,
     OVERALL_RELIABLE,
     PAPER_FIG1,
@@ -19,6 +18,7 @@ from jaxtune.study.report_belle import (
     evaluation_panels,
     read_paper_scores,
 )
+from jaxtune.results import RunInfo, ability_score, make_summary, write_summary
 
 CLASSES = ["open qa", "math", "code", "generation", "closed qa"]
 

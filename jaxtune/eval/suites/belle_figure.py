@@ -1,8 +1,9 @@
 """The BELLE study's figure: judge score per use case against data volume, beside the paper's Figure 1.
 
-Input: BELLE summaries (suite ``belle``, unit ``fraction``; one chosen epoch per run, as :mod:`jaxtune.study.report`
-chooses them), each carrying its run's model size, data source and data volume. Output, next to the report's other
-files for the group ``{stem}`` (e.g. ``belle-eval_set``):
+The BELLE suite's report hook (:class:`jaxtune.eval.suites.registry.ReportHooks`), which ``jaxtune report``
+(:mod:`jaxtune.study.report`) calls for each BELLE group. Input: BELLE summaries (suite ``belle``, unit ``fraction``;
+one chosen epoch per run, as the report chooses them), each carrying its run's model size, data source and data
+volume. Output, next to the report's other files for the group ``{stem}`` (e.g. ``belle-eval_set``):
 
 - ``{stem}.study.png`` / ``.svg``: one panel per (model size, data source) of the evaluated runs, then one panel of
   the paper's values. In each panel a group of bars per use case (the paper's order), one bar per data volume
@@ -11,7 +12,7 @@ files for the group ``{stem}`` (e.g. ``belle-eval_set``):
 - ``{stem}.study.csv``: ``panel, use_case, volume, score`` for every bar drawn (the paper's rows included).
 
 The paper's panel is Figure 1 of arXiv 2303.14742 (BELLE-7B-0.2M ... 2M, per use case, read off the vector graphic:
-``jaxtune/study/reference/belle_paper_fig1_scores.csv``, see the README there). It is labelled as what it is: 12 use cases
+``jaxtune/eval/suites/reference/belle_paper_fig1_scores.csv``, see the README there). It is labelled as what it is: 12 use cases
 and 2,210 items judged by gpt-3.5-turbo in March 2023, a different item set and judge from the released 1,000-item
 ``eval_set.json``, so it stands beside the evaluation's bars as a reference, not on the same axes.
 """
@@ -25,13 +26,15 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from matplotlib import colormaps
-from matplotlib.figure import Figure
 
 from jaxtune.errors import JaxtuneError
 from jaxtune.results import SuiteSummary
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 PAPER_FIG1 = Path(__file__).resolve().parent / "reference" / "belle_paper_fig1_scores.csv"
 OVERALL = "overall"
@@ -162,6 +165,10 @@ def _order(names: Sequence[str]) -> list[str]:
 
 def draw_study(panels: Sequence[Panel], title: str) -> Figure:
     """Grouped bars, a panel per row: a group per use case, a bar per volume, volumes coloured alike in all rows."""
+    # matplotlib only here: every suite module is imported whenever suites are looked up (jaxtune eval too).
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
     volumes = sorted({v for p in panels for per in p.scores.values() for v in per})
     cmap = colormaps["viridis"]
     colours = {v: cmap(0.15 + 0.7 * i / max(1, len(volumes) - 1)) for i, v in enumerate(volumes)}
