@@ -566,11 +566,18 @@ class EvalConfig(_Section):
     """Name of the environment variable holding the judge's API key (the key itself is never logged or written)."""
     judge_concurrency: int = 4
     judge_repeats: int = 3
+    judge_timeout_s: float = 60.0
+    """Seconds one judge request may take before it counts as failed (and is retried)."""
+    judge_retries: int = 5
+    """Retries of one judge request after a timeout or a transport failure (each logged on a line of its own); then
+    the judge gives up on that item with an error naming the endpoint and the last failure."""
 
     def _rules(self, rules: _Rules) -> None:
         rules.at_least(
             1, "batch_size", "max_new_tokens", "max_prompt_len", "bucket_multiple", "judge_concurrency", "judge_repeats"
         )
+        rules.positive("judge_timeout_s")
+        rules.non_negative("judge_retries")
         rules.non_negative("num_shots", "temperature", "top_k")
         rules.check(("top_p",), lambda v: 0.0 < v <= 1.0, "in (0, 1]")
         rules.positive("repetition_penalty")

@@ -283,7 +283,9 @@ class Judge:
                 if attempt == s.max_retries:
                     raise JudgeError(f"judge {s.url} failed {attempt + 1} times; last error: {e}") from None
                 wait = min(s.max_backoff_s, e.retry_after if e.retry_after is not None else delay)
-                log.info("judge request failed (%s); retrying in %.2fs", e, wait)
+                log.warning(  # a line per retry: a judge that never answers is not silent for minutes
+                    "judge request failed (%s); retry %d of %d in %.2fs", e, attempt + 1, s.max_retries, wait
+                )
                 time.sleep(wait * (1.0 + 0.1 * random.random()))
                 delay *= 2
         raise AssertionError("unreachable")

@@ -444,6 +444,8 @@ def judge_settings(eval_cfg: EvalConfig) -> JudgeSettings:
             api_key_env=eval_cfg.judge_api_key_env,
             repeats=eval_cfg.judge_repeats,
             concurrency=eval_cfg.judge_concurrency,
+            timeout_s=eval_cfg.judge_timeout_s,
+            max_retries=eval_cfg.judge_retries,
         )
     except ValueError as e:
         raise EvalSetupError(f"eval.judge_*: {e}") from None
