@@ -445,12 +445,12 @@ def compile_evaluation(cfg: Config, devices: Sequence[Any]) -> MemoryEstimate:
     docstring) and measure the one that needs the most per chip; a program the compiler refuses is reported with
     its message."""
     from jaxtune.eval.aot import compile_generation, eval_model_config
-    from jaxtune.eval.distributed import check_eval_batch
     from jaxtune.sharding import (
         LayoutError,
         abstract_model,
         activation_rules,
         build_mesh,
+        check_batch_rows,
         param_shardings,
         validate_param_layout,
         with_shardings,
@@ -463,7 +463,7 @@ def compile_evaluation(cfg: Config, devices: Sequence[Any]) -> MemoryEstimate:
         mesh = build_mesh(mesh_cfg, devices)
         _, shapes, axes = abstract_model(model)
         validate_param_layout(shapes, axes, mesh)
-        check_eval_batch(cfg.eval.batch_size, mesh)
+        check_batch_rows(cfg.eval.batch_size, mesh)
     except (LayoutError, ConfigError) as e:
         est.error = str(e)
         return est
