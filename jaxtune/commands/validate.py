@@ -28,14 +28,14 @@ run never starts compiling with a config this command rejects.
 
 from __future__ import annotations
 
+import argparse
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from jaxtune.commands.arguments import add_command, config_files
 from jaxtune.config.schema import Config, ConfigError, load_config
-from jaxtune.sharding import LayoutError
-from jaxtune.train.preflight import layout_problems, names_key, vocabulary_problem
 
 
 class ValidationError(ConfigError):
@@ -101,6 +101,8 @@ def _vocabulary_problems(cfg: Config) -> list[str]:
         make_template(cfg.data.template, tokenizer)  # appends the template's special tokens
     except (JaxtuneError, ValueError, OSError) as e:
         return [f"data.tokenizer={cfg.data.tokenizer}: {e}"]
+    from jaxtune.train.preflight import vocabulary_problem
+
     problem = vocabulary_problem(cfg, tokenizer.vocab_size)
     return [problem] if problem else []
 
@@ -190,6 +192,10 @@ def validate(
     """``jaxtune validate``: load ``path`` with ``overrides``, then check the files it names and the layout for the
     devices given (see the module docstring). Returns the result; its ``problems`` lists what failed. Problems of
     the values raise ValidationError listing them with the layout's problems."""
+    # Imported when run: the CLI imports this module to build its parser, and these import JAX.
+    from jaxtune.sharding import LayoutError
+    from jaxtune.train.preflight import layout_problems, names_key
+
     if devices is not None and accelerator is not None:
         raise ValidationError("give --devices or --accelerator, not both")
     if devices is not None and devices < 1:
@@ -234,3 +240,30 @@ def _topology(cfg: Config, devices: Optional[int], accelerator: Optional[str]) -
     import jax
 
     return Topology(jax.device_count(), jax.process_count(), f"this machine ({jax.devices()[0].platform})")
+
+
+def register(subparsers: Any) -> None:
+    """Add ``jaxtune validate CONFIG [key=value ...] [--devices N | --accelerator NAME]`` to the ``jaxtune`` parser."""
+    p = add_command(
+        subparsers,
+        "validate",
+        run,
+        "check a config, the files it names and its layout on a device count, without devices (all problems together)",
+    )
+    p.add_argument("config", help="YAML config file")
+    p.add_argument("overrides", nargs="*", help="key=value overrides")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--devices", type=int, help="check the layout for N devices in one process")
+    where.add_argument(
+        "--accelerator",
+        help="check the layout for a TPU slice: v4-8, v5p-16 (8 chips), v5e-8, "
+        "v6e-16 ... (default: this machine's devices)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """``jaxtune validate``: print what was checked; exit 1 when a file or layout check failed."""
+    paths, overrides = config_files(args.config, args.overrides)
+    result = validate(paths, overrides, devices=args.devices, accelerator=args.accelerator)
+    print(result.summary())
+    return 0 if result.ok else 1
