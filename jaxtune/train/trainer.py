@@ -1,6 +1,8 @@
-"""The fine-tuning run: ``train(cfg)`` builds the mesh, the data stream and the train state (fresh, from
-``checkpoint.init_from``, or resumed), then loops over steps with logging, validation loss per ability,
-asynchronous Orbax checkpoints, a guard against runs of non-finite steps and a clean stop on SIGTERM.
+"""The fine-tuning run: ``train(cfg)`` checks the config and its layout (:mod:`jaxtune.train.preflight`) and
+builds the mesh, the data stream, the train state's layout and the checkpoint managers (:func:`setup_train_loop`),
+then starts the train state (fresh, from ``checkpoint.init_from``, or resumed) and loops over steps with logging,
+validation loss per ability, asynchronous Orbax checkpoints, a guard against runs of non-finite steps and a clean
+stop on SIGTERM (:func:`train_loop`).
 
 Every process runs the same loop on its own shard of the data; only process 0 writes files outside Orbax.
 """
@@ -317,7 +319,7 @@ def train(cfg: Config, data: Optional[RunData] = None, *, print_fn: Callable[[st
 
 
 @dataclass
-class _TrainSetup:
+class TrainSetup:
     """What the step loop of one ``train`` call runs with, built before any step (:func:`setup_train_loop`)."""
 
     cfg: Config
@@ -350,7 +352,7 @@ def _train(
         run.close()
 
 
-def setup_train_loop(cfg: Config, data: Optional[RunData], print_fn: Callable[[str], None]) -> _TrainSetup:
+def setup_train_loop(cfg: Config, data: Optional[RunData], print_fn: Callable[[str], None]) -> TrainSetup:
     """Everything before the first step: the checks of :func:`jaxtune.train.preflight.check_run` (the config's
     values and `jaxtune validate`'s layout checks, on abstract shapes, before any data is read or anything
     compiled), the mesh, the comparison with a resumed run's config, the data, the layout of the train state, and
@@ -403,10 +405,10 @@ def setup_train_loop(cfg: Config, data: Optional[RunData], print_fn: Callable[[s
             tokenizer_src=data.tokenizer_src,
             added_tokens=data.added_tokens,
         )
-    return _TrainSetup(cfg, data, layout, total_steps, epoch_steps, writer, manager, epochs, saved, changes)
+    return TrainSetup(cfg, data, layout, total_steps, epoch_steps, writer, manager, epochs, saved, changes)
 
 
-def train_loop(run: _TrainSetup, stop_request: "_StopRequest") -> TrainResult:
+def train_loop(run: TrainSetup, stop_request: "_StopRequest") -> TrainResult:
     """Start or resume the run set up by :func:`setup_train_loop` and step until it completes or is stopped; the
     caller closes ``run``."""
     cfg, data, writer, manager, epochs = run.cfg, run.data, run.writer, run.manager, run.epochs
