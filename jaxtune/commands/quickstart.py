@@ -11,17 +11,22 @@ loads it. Rerunning continues where it stopped: finished runs and evaluations ar
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from jaxtune.commands.arguments import add_command
 from jaxtune.demo import DEMO_DIR, DEMO_TOKENIZER
 from jaxtune.demo.abilities import write_demo_dataset
 from jaxtune.demo.ceval_ood import write_demo_ceval
 from jaxtune.paths import local_path
 from jaxtune.results import find_summaries, read_summary
-from jaxtune.study.grid import GridOutputs, load_grid, run_grid
+
+if TYPE_CHECKING:
+    from jaxtune.study.grid import GridOutputs
 
 QUICKSTART_SWEEP = DEMO_DIR / "sweep.yaml"
 BEST_OF = "doit-test"
@@ -75,6 +80,7 @@ def quickstart(
     import jax
 
     from jaxtune.convert.hf import export_hf
+    from jaxtune.study.grid import load_grid, run_grid  # imported when run: the CLI imports this module to parse
 
     out = Path(local_path(out))  # the demo data is written locally (the runs could take gs:// directories)
     if not jax.config.jax_compilation_cache_dir:
@@ -108,3 +114,27 @@ def quickstart(
     print_fn(f"exporting the best run ({label}) to {hf_dir}")
     export_hf(checkpoint, hf_dir, overwrite=True)
     return QuickstartOutputs(grid=grid, best_checkpoint=checkpoint, best_label=label, hf_dir=hf_dir)
+
+
+def register(subparsers: Any) -> None:
+    """Add ``jaxtune quickstart`` to the ``jaxtune`` parser."""
+    p = add_command(
+        subparsers,
+        "quickstart",
+        run,
+        "the study's grid in miniature: two tiny models x curated and synthetic "
+        "generated data at several volumes, then the best exported to HF",
+    )
+    p.add_argument("--out", default="runs/quickstart", help="output directory (default: runs/quickstart)")
+    p.add_argument(
+        "--selections",
+        default=None,
+        help="comma-separated data types of the demo grid (default: those of jaxtune/demo/sweep.yaml)",
+    )
+    p.add_argument("overrides", nargs="*", help="key=value config overrides")
+
+
+def run(args: argparse.Namespace) -> int:
+    """``jaxtune quickstart``: run it and print its summary."""
+    print(quickstart(args.out, overrides=args.overrides, selections=args.selections).summary())
+    return 0
