@@ -16,6 +16,8 @@ jaxtune select DATA_DIR TYPE OUT_DIR   write one of the study's data types as it
 jaxtune score PRED_DIR --out DIR       score prediction files (the study's pred_*.json or *.items.jsonl)
 jaxtune validate CONFIG [key=value ...] [--devices N | --accelerator v5p-16]
                                        every check a run makes before computing, without devices
+jaxtune serve CKPT [--port 8000]       an OpenAI-compatible HTTP server over a checkpoint
+jaxtune chat CKPT                      a terminal chat with a checkpoint
 """
 
 from __future__ import annotations
@@ -447,6 +449,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="check the layout for a TPU slice: v4-8, v5p-16 (8 chips), v5e-8, "
         "v6e-16 ... (default: this machine's devices)",
     )
+    from jaxtune.commands import chat, serve
+
+    for command in (serve, chat):
+        command.register(sub)
     return parser
 
 

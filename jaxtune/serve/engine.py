@@ -63,10 +63,9 @@ class Batch:
             from jaxtune.sharding import data_parallel_size
 
             dp = data_parallel_size(mesh)
-        sizes = {rows}
-        while min(sizes) % 2 == 0 and (min(sizes) // 2) % dp == 0:
-            sizes.add(min(sizes) // 2)
-        self.group_sizes = sorted(sizes)
+        # Prefills of one row (or one per data-parallel device) or of the whole batch: two compiled sizes per
+        # prompt bucket (the evaluator halves further; a server meets more lengths, so fewer shapes matter more).
+        self.group_sizes = sorted({dp, rows})
         keep = (None, replicated(mesh))
         self._empty = jitted(programs.empty_rows, self.graphdef, self.cfg, mesh, ("rows", "length"), out_shardings=None)
         self._prefill = jitted(programs.prefill, self.graphdef, self.cfg, mesh, ("mesh",), ("rows",), keep)
@@ -79,6 +78,13 @@ class Batch:
         )  # fmt: skip
         with model_context(mesh):
             self.device = self._empty(self.state, rows=rows, length=context)
+
+    def warm_up(self) -> None:
+        """Compile the decoding program and the one-row prefill of the shortest bucket (twice through: the batch's
+        arrays come back from the first calls in the layout later calls see)."""
+        for _ in range(2):
+            self.run(Plan(admit=(Admission(0, (self.pad_id,), 0.0, 0, 1.0, 1.0, 0, 2),)))
+            self.run(Plan(release=(0,)))
 
     def run(self, plan: Plan) -> dict[int, tuple[list[int], bool]]:
         """Apply one plan; the tokens each row produced in it and whether the row stopped."""
