@@ -78,7 +78,7 @@ def serve_config(**overrides) -> EvalConfig:
                       compute_dtype="float32", **overrides)  # fmt: skip
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def server(random_checkpoint):
     from jaxtune.serve.server import RunningServer, free_port, load_for_serving
 
