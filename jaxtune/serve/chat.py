@@ -75,5 +75,10 @@ def chat_loop(loaded: Loaded, read: Callable[[str], str] = input, out: TextIO | 
         if not text:
             continue
         history.append({"role": "user", "content": text})
-        answer = reply(loaded, history, out)
+        try:
+            answer = reply(loaded, history, out)
+        except ApiError as e:  # a message longer than the context on its own
+            history.pop()
+            out.write(f"(not sent: {e.message})\n")
+            continue
         history.append({"role": "assistant", "content": answer})

@@ -167,7 +167,10 @@ def parse(body: Any, model: ServedModel, encode: Callable[[dict], Sequence[int]]
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object")
     check_model(body, model)
-    prompt_ids = [int(i) for i in encode(body)]
+    try:
+        prompt_ids = [int(i) for i in encode(body)]
+    except ValueError as e:  # a conversation the template cannot render
+        raise ApiError(400, f"the prompt cannot be rendered: {e}", param="messages" if "messages" in body else "prompt")
     if not prompt_ids:
         raise ApiError(400, "the prompt renders to no tokens", param="prompt")
     options = body.get("stream_options") or {}

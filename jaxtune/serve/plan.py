@@ -10,7 +10,7 @@ outputs, which come back replicated so every process derives the same row states
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import jax
 import numpy as np
@@ -39,7 +39,6 @@ class Plan:
     admit: tuple[Admission, ...] = ()
     waiting: bool = False
     shutdown: bool = False
-    extra: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

@@ -152,3 +152,51 @@ def test_a_client_leaving_mid_stream_frees_its_row(server):
     assert _rows_free(server)
     assert engine.steps_run > steps
     assert _ask(server, "next", max_tokens=4).usage.completion_tokens >= 1
+
+
+def test_a_failed_engine_step_fails_its_requests_and_the_server_goes_on(server, monkeypatch):
+    batch = server.loaded.engine.batch
+    run = batch.run
+
+    def broken_once(plan):
+        if not plan.admit:  # a step that only frees rows
+            return run(plan)
+        monkeypatch.setattr(batch, "run", run)
+        raise RuntimeError("device lost")
+
+    monkeypatch.setattr(batch, "run", broken_once)
+    with pytest.raises(openai.InternalServerError, match="device lost"):
+        _ask(server, "hi", max_tokens=4)
+    assert _rows_free(server)
+    assert _ask(server, "hi again", max_tokens=4).usage.completion_tokens >= 1
+
+
+def test_the_serve_command_loads_onto_the_mesh(server, random_checkpoint):
+    """``jaxtune serve``'s loading: the config's overrides, the mesh over every (here 8 CPU) device, the batch's rows
+    sharded over it; its greedy replies equal the unsharded server's."""
+    import queue
+
+    from jaxtune.cli import build_parser
+    from jaxtune.commands import serve as serve_command
+    from jaxtune.serve.request import Decoding, ServeRequest
+
+    argv = ["serve", str(random_checkpoint), "eval.batch_size=8", "eval.max_new_tokens=16", "eval.max_prompt_len=48",
+            "eval.compute_dtype=float32", "eval.bucket_multiple=32"]  # fmt: skip
+    loaded = serve_command.load(build_parser().parse_args(argv))
+    assert loaded.engine.batch.mesh is not None and loaded.engine.batch.mesh.size == 8
+    assert loaded.model.context == 64 and loaded.card["template"] == "doit"
+    events: queue.Queue = queue.Queue()
+    jobs = [ServeRequest(loaded.codec.prompt_ids([{"role": "user", "content": q}]), Decoding(max_tokens=16),
+                         events.put, loaded.codec.decode, stop_ids=frozenset(loaded.codec.stop_ids))
+            for q in QUESTIONS]  # fmt: skip
+    loaded.engine.start()
+    try:
+        for job in jobs:
+            loaded.engine.submit(job)
+        for _ in jobs:
+            while events.get(timeout=240).kind == "delta":
+                pass
+    finally:
+        loaded.engine.stop()
+    texts = [loaded.codec.decode(job.tokens) for job in jobs]
+    assert texts == [_ask(server, q, max_tokens=16).choices[0].message.content for q in QUESTIONS]
