@@ -16,6 +16,8 @@ jaxtune select DATA_DIR TYPE OUT_DIR   write one of the study's data types as it
 jaxtune score PRED_DIR --out DIR       score prediction files (the study's pred_*.json or *.items.jsonl)
 jaxtune validate CONFIG [key=value ...] [--devices N | --accelerator v5p-16]
                                        every check a run makes before computing, without devices
+jaxtune serve CKPT [--port 8000]       an OpenAI-compatible HTTP server for a checkpoint
+jaxtune chat CKPT                      a terminal chat with a checkpoint
 """
 
 from __future__ import annotations
@@ -24,7 +26,21 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from jaxtune.commands import convert, evaluate, info, plan, prepare, quickstart, report, score, select, sweep, train
+from jaxtune.commands import (
+    chat,
+    convert,
+    evaluate,
+    info,
+    plan,
+    prepare,
+    quickstart,
+    report,
+    score,
+    select,
+    serve,
+    sweep,
+    train,
+)
 from jaxtune.commands import validate as validate_command
 from jaxtune.errors import JaxtuneError
 
@@ -41,6 +57,8 @@ COMMAND_MODULES = (
     select,
     score,
     validate_command,
+    serve,
+    chat,
 )
 """The modules of the sub-commands, in the order ``jaxtune --help`` lists them; each ``register(subparsers)`` adds
 its parser (its flags, defaults and help) and binds the function the sub-command runs (``args.fn``)."""
