@@ -13,6 +13,7 @@ jaxtune check-hf HF_DIR                compare jaxtune and transformers on the s
 jaxtune info [CONFIG] [key=value ...]  parameter count, FLOPs per token, memory of a model shape
 jaxtune plan CONFIG --accelerator v5p-16  per-chip memory of the train step and evaluation, compiled for that slice
 jaxtune select DATA_DIR TYPE OUT_DIR   write one of the study's data types as its make_data.py does
+jaxtune budget EVAL_DIR --total N --out DIR  per-ability counts from a grid's growth curves (budget:PATH)
 jaxtune score PRED_DIR --out DIR       score prediction files (the study's pred_*.json or *.items.jsonl)
 jaxtune validate CONFIG [key=value ...] [--devices N | --accelerator v5p-16]
                                        every check a run makes before computing, without devices
@@ -24,6 +25,7 @@ import argparse
 import sys
 from typing import Callable, Optional, Sequence
 
+from jaxtune.commands import budget as budget_command
 from jaxtune.config.schema import load_config
 from jaxtune.errors import JaxtuneError
 from jaxtune.names import DATA_FORMATS, DTYPES, SCORER_MODES
@@ -254,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=__doc__,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    budget_command.register(sub)
 
     def add(name: str, fn: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)

@@ -46,6 +46,7 @@ from jaxtune.data.mixtures import DISPLAY_NAMES as ABILITY_DISPLAY_NAMES
 from jaxtune.errors import JaxtuneError
 from jaxtune.paths import as_path
 from jaxtune.results import SuiteSummary, find_summaries, read_summary, summary_stem
+from jaxtune.study.budget_report import BUDGET_SOURCES, write_budget_comparison
 from jaxtune.study.report_belle import write_study_figure
 
 log = logging.getLogger(__name__)
@@ -370,7 +371,8 @@ def report(run_paths: Sequence[str | Path], out_dir: str | Path, epoch: EpochCho
             written.append(
                 _write_csv(out / f"{_stem(key)}.constructions.csv", constructions[1][0], constructions[1][1:])
             )
-        chosen = [s for s in chosen if s.run.data_source not in CONSTRUCTION_SOURCES]
+        written += write_budget_comparison(chosen, out / _stem(key))
+        chosen = [s for s in chosen if s.run.data_source not in (*CONSTRUCTION_SOURCES, *BUDGET_SOURCES)]
         if not chosen:
             continue
         written += plot_group(chosen, out / _stem(key))
