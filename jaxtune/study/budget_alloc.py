@@ -10,7 +10,8 @@ ability, and the recursion keeps, for every prefix total, the best such partial 
 optimum over all allocations built from the candidates (Bellman's principle for a separable objective under one sum
 constraint). The candidates are every integer 0..available when ``N <= EXACT_LIMIT`` (the optimum over all integer
 allocations); above it, the multiples of ``step = ceil(N / EXACT_LIMIT)`` plus 0..step-1 and the availability
-(every total stays reachable; the optimum over that grid).
+(every total stays reachable; the optimum over that grid). The optimum is that of the predicted score up to
+:data:`TIE_POINTS`, which breaks ties toward the uniform allocation.
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ from jaxtune.errors import JaxtuneError
 
 EXACT_LIMIT = 4000
 """Totals up to this are allocated over every integer count."""
+TIE_POINTS = 1e-3
+"""Ties: the objective carries ``- TIE_POINTS * sum_a ((n_a - N/A) / N)^2`` (at most 0.001 points), so among
+allocations whose predicted scores are equal (flat curves: an ability that stays at chance predicts the same score
+at every count) the one closest to uniform wins, rather than the leftover records all going to one ability."""
 
 
 class AllocationError(JaxtuneError, ValueError):
@@ -44,8 +49,8 @@ def allocate(
     weights: Mapping[str, float] | None = None,
 ) -> dict[str, int]:
     """Counts per ability (keys of ``curves``) summing to ``total`` that maximise the weighted mean predicted score;
-    ``available`` caps each ability (default: no cap), ``weights`` default to 1. Ties go to the smaller count of the
-    ability considered last."""
+    ``available`` caps each ability (default: no cap), ``weights`` default to 1. Ties (see :data:`TIE_POINTS`) go
+    to the allocation closest to uniform."""
     names = list(curves)
     available = dict(available or {})
     weights = dict(weights or {})
@@ -60,6 +65,7 @@ def allocate(
     for a in names:
         ks = candidate_counts(caps[a], total)
         values = float(weights.get(a, 1.0)) * np.asarray(curves[a](ks), dtype=float)
+        values -= TIE_POINTS * ((ks - total / len(names)) / max(total, 1)) ** 2
         new = np.full(total + 1, -np.inf)
         arg = np.zeros(total + 1, dtype=int)
         for k, v in zip(ks.tolist(), values.tolist()):

@@ -88,8 +88,10 @@ def test_quickstart_budget_step_in_small(tmp_path: Path) -> None:
     assert [v for v, _ in result["abilities"]["code"]["points"]] == [1.0, 2.0]  # the curves of 10 and 20 only
     saved = json.loads((out / "budget" / "budget.json").read_text())
     assert saved["counts"] == result["counts"]
-    manifest = read_manifest(out / "runs" / "0.23m" / "budget-30" / "manifest.jsonl")
+    size = result["model_size"]
+    assert size == "0.66m"  # the larger size's curves choose the budget
+    manifest = read_manifest(out / "runs" / size / "budget-30" / "manifest.jsonl")
     assert Counter(e["ability"] for e in manifest) == Counter({a: n for a, n in result["counts"].items() if n})
     assert "budget run: overall predicted" in text and "uniform curated-30" in text
     table = (out / "runs" / "report" / "doit-test.budget.md").read_text()
-    assert table.splitlines()[0] == "| ability | 0.23m budget-30 | 0.23m curated-30 |"
+    assert table.splitlines()[0] == f"| ability | {size} budget-30 | {size} curated-30 |"
