@@ -21,6 +21,7 @@ CORE = [
     "numpy==2.4.6",
     "PyYAML==6.0.3",
     "matplotlib==3.11.2",
+    "scipy==1.17.1",  # jaxtune budget: the robust growth-curve fit (least_squares)
     "gcsfs==2026.10.1",  # gs:// paths (etils epath's backend; brings google-cloud-storage for TensorBoard events)
     "uvicorn==0.54.0",  # jaxtune serve: the ASGI server
     "starlette==1.10.0",  # jaxtune serve: the HTTP app

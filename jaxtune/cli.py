@@ -16,6 +16,7 @@ jaxtune select DATA_DIR TYPE OUT_DIR   write one of the study's data types as it
 jaxtune score PRED_DIR --out DIR       score prediction files (the study's pred_*.json or *.items.jsonl)
 jaxtune validate CONFIG [key=value ...] [--devices N | --accelerator v5p-16]
                                        every check a run makes before computing, without devices
+jaxtune budget EVAL_DIR --total N --out DIR  per-ability counts from a grid's growth curves (budget:PATH)
 jaxtune serve CKPT [--port 8000]       an OpenAI-compatible HTTP server for a checkpoint
 jaxtune chat CKPT                      a terminal chat with a checkpoint
 """
@@ -27,6 +28,7 @@ import sys
 from typing import Optional, Sequence
 
 from jaxtune.commands import (
+    budget,
     chat,
     convert,
     evaluate,
@@ -56,6 +58,7 @@ COMMAND_MODULES = (
     plan,
     select,
     score,
+    budget,
     validate_command,
     serve,
     chat,

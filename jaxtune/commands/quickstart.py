@@ -4,7 +4,9 @@ It writes the generated ten-ability corpus (:mod:`jaxtune.demo.abilities`: curat
 general-instruction file) and a generated C-Eval-format out-of-domain suite (:mod:`jaxtune.demo.ceval_ood`) under
 ``out/data``, then runs the grid of ``jaxtune/demo/sweep.yaml`` (:mod:`jaxtune.study.grid`): two tiny LLaMA sizes x
 curated and synthetic data at several volumes, each run scored per ability and on the OOD suite, and the report
-drawn under ``out/runs/report`` (curated solid, synthetic dashed, one colour per size). It ends by exporting the run
+drawn under ``out/runs/report`` (curated solid, synthetic dashed, one colour per size). It then prints the study's
+three findings with their numbers and trains a data budget chosen from the curves
+(:mod:`jaxtune.commands.quickstart_findings`). It ends by exporting the run
 with the best overall ability score to a Hugging Face folder ``out/hf`` and printing the transformers code that
 loads it. Rerunning continues where it stopped: finished runs and evaluations are reused.
 """
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jaxtune.commands.arguments import add_command
+from jaxtune.commands.quickstart_findings import FindingsOutputs, findings_and_budget
 from jaxtune.demo import DEMO_DIR, DEMO_TOKENIZER
 from jaxtune.demo.abilities import write_demo_dataset
 from jaxtune.demo.ceval_ood import write_demo_ceval
@@ -39,12 +42,14 @@ class QuickstartOutputs:
     best_checkpoint: Path
     best_label: str
     hf_dir: Path
+    findings: FindingsOutputs | None = None
 
     def summary(self) -> str:
         return "\n".join(
             [
                 self.grid.summary(),
                 "",
+                *([self.findings.text, ""] if self.findings else []),
                 f"best run: {self.best_label}; exported {self.best_checkpoint} to the Hugging Face folder {self.hf_dir}",
                 "load it with transformers:",
                 "    from transformers import AutoModelForCausalLM",
@@ -109,11 +114,12 @@ def quickstart(
         data_types=tuple(selections) if selections else spec.data_types,
     )
     grid = run_grid(spec, print_fn=print_fn)
+    found = findings_and_budget(spec, grid, out, print_fn=print_fn)  # the three findings, then a budget run
     checkpoint, label = best_checkpoint(grid.eval_dirs)
     hf_dir = out / "hf"
     print_fn(f"exporting the best run ({label}) to {hf_dir}")
     export_hf(checkpoint, hf_dir, overwrite=True)
-    return QuickstartOutputs(grid=grid, best_checkpoint=checkpoint, best_label=label, hf_dir=hf_dir)
+    return QuickstartOutputs(grid=grid, best_checkpoint=checkpoint, best_label=label, hf_dir=hf_dir, findings=found)
 
 
 def register(subparsers: Any) -> None:
