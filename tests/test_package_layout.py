@@ -3,6 +3,7 @@
 - no import cycles between modules;
 - no module imports a private (``_name``) name of another module;
 - nothing below the command modules (``jaxtune.cli``, ``jaxtune.commands``, ``jaxtune.study``) imports one;
+- every import goes to a module on the same floor of README's tour or below (``FLOORS``);
 - no function longer than 80 lines; ``jaxtune/cli.py`` under 200 lines;
 - the top-level modules are the foundation (a new one is a deliberate change of this list).
 
@@ -21,6 +22,30 @@ PACKAGE = Path(__file__).resolve().parents[1] / "jaxtune"
 COMMAND_MODULES = ("jaxtune.cli", "jaxtune.commands", "jaxtune.study")
 FOUNDATION = {"jaxtune.cli", "jaxtune.errors", "jaxtune.names", "jaxtune.paths", "jaxtune.results", "jaxtune.hardware"}
 FOUNDATION |= {"jaxtune.sharding"}
+FLOORS = {
+    "jaxtune": 0,
+    "jaxtune.errors": 0,
+    "jaxtune.paths": 0,
+    "jaxtune.results": 0,
+    "jaxtune.names": 0,
+    "jaxtune.hardware": 0,
+    "jaxtune.families": 1,
+    "jaxtune.config": 1,
+    "jaxtune.data": 2,
+    "jaxtune.models": 3,
+    "jaxtune.sharding": 3,
+    "jaxtune.checkpoint": 3,
+    "jaxtune.train": 4,
+    "jaxtune.convert": 4,
+    "jaxtune.eval": 5,
+    "jaxtune.serve": 5,
+    "jaxtune.demo": 5,
+    "jaxtune.study": 6,
+    "jaxtune.commands": 7,
+    "jaxtune.cli": 7,
+}
+"""The floors of README's tour (foundation 0, config 1, data 2, model 3, trainer 4, evaluation 5, report 6, commands
+7), by module or package: a module imports only from its own floor or below."""
 MAX_FUNCTION_LINES = 80
 MAX_CLI_LINES = 200
 
@@ -114,6 +139,27 @@ def upward_imports(edges: dict[str, set[str]], commands: tuple[str, ...]) -> lis
     return sorted(f"{m} -> {t}" for m, targets in edges.items() for t in targets if is_command(t) and not is_command(m))
 
 
+def floor_of(module: str, floors: dict[str, int]) -> int:
+    """The floor of the longest prefix of ``module`` in ``floors``; a module of no floor is an error."""
+    parts = module.split(".")
+    for n in range(len(parts), 0, -1):
+        if ".".join(parts[:n]) in floors:
+            return floors[".".join(parts[:n])]
+    raise AssertionError(
+        f"{module} has no floor in tests/test_package_layout.py's FLOORS (add it, and to README's tour)"
+    )
+
+
+def imports_from_above(edges: dict[str, set[str]], floors: dict[str, int]) -> list[str]:
+    """Each import of a module on a higher floor than the importer's."""
+    return sorted(
+        f"{m} ({floor_of(m, floors)}) -> {t} ({floor_of(t, floors)})"
+        for m, targets in edges.items()
+        for t in targets
+        if floor_of(t, floors) > floor_of(m, floors)
+    )
+
+
 def long_functions(package: Path, limit: int) -> list[str]:
     """Every function (methods and nested ones too) longer than ``limit`` lines, as ``file:line name (n lines)``."""
     out = []
@@ -139,6 +185,11 @@ def test_no_private_names_cross_modules():
 def test_nothing_below_the_commands_imports_a_command_module():
     edges, _ = imports(PACKAGE)
     assert upward_imports(edges, COMMAND_MODULES) == []
+
+
+def test_every_import_goes_to_the_same_floor_or_below():
+    edges, _ = imports(PACKAGE)
+    assert imports_from_above(edges, FLOORS) == []
 
 
 def test_functions_are_short_and_the_cli_is_thin():
@@ -171,4 +222,7 @@ def test_the_checkers_see_each_broken_rule(broken: Path):
     assert cycles(edges) == [["jaxtune.a", "jaxtune.b"]]
     assert private == ["jaxtune.a: jaxtune.b._hidden"]
     assert upward_imports(edges, ("jaxtune.commands",)) == ["jaxtune.c -> jaxtune.commands.run"]
+    floors = {"jaxtune": 0, "jaxtune.a": 0, "jaxtune.b": 0, "jaxtune.c": 2, "jaxtune.commands": 2}
+    assert imports_from_above(edges, floors) == []
+    assert imports_from_above(edges, {**floors, "jaxtune.b": 1}) == ["jaxtune.a (0) -> jaxtune.b (1)"]
     assert long_functions(broken, MAX_FUNCTION_LINES) == ["jaxtune/c.py:4 long (91 lines)"]
