@@ -21,10 +21,19 @@ CORE = [
     "numpy==2.4.6",
     "PyYAML==6.0.3",
     "matplotlib==3.11.2",
+    "scipy==1.17.1",  # jaxtune budget: the robust growth-curve fit (least_squares)
     "gcsfs==2026.10.1",  # gs:// paths (etils epath's backend; brings google-cloud-storage for TensorBoard events)
+    "uvicorn==0.54.0",  # jaxtune serve: the ASGI server
+    "starlette==1.10.0",  # jaxtune serve: the HTTP app
 ]
 HF = ["torch==2.13.0+cpu"]  # the PyTorch reference model (tests, check-hf, legacy .bin checkpoints)
-TEST = HF + ["pytest==9.2.0", "pytest-timeout==2.4.0", "gcp-storage-emulator==2026.7.19", "ruff==0.17.5"]
+TEST = HF + [
+    "pytest==9.2.0",
+    "pytest-timeout==2.4.0",
+    "gcp-storage-emulator==2026.7.19",
+    "ruff==0.17.5",
+    "openai==3.51.0",  # the official client the serving tests talk to jaxtune serve with
+]
 
 setup(
     name="jaxtune",

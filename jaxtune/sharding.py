@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import flax.linen as nn
@@ -21,7 +22,7 @@ from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxtune.config.schema import MeshConfig, ModelConfig
+from jaxtune.config.schema import MeshConfig, ModelConfig, TrainConfig
 from jaxtune.errors import JaxtuneError
 from jaxtune.models.registry import create_model
 
@@ -143,9 +144,10 @@ def resolve_mesh_shape(cfg: MeshConfig, num_devices: int) -> dict[str, int]:
     fixed = math.prod(size for size in sizes.values() if size != -1)
     if free:
         if per_slice % fixed:
+            others = " x ".join(f"mesh.{n}={sizes[n]}" for n in MESH_AXES if n != free[0])
             raise LayoutError(
-                f"mesh.{free[0]}=-1 cannot take the rest: the other sizes multiply to {fixed}, which does not "
-                f"divide the {per_slice} devices per slice"
+                f"mesh.{free[0]}=-1 cannot take the rest: the other sizes ({others}) multiply to {fixed}, which "
+                f"does not divide the {per_slice} devices per slice"
             )
         sizes[free[0]] = per_slice // fixed
     elif fixed != per_slice:
@@ -295,6 +297,55 @@ def init_params(cfg: ModelConfig, mesh: Mesh, seed: int = 0) -> tuple[nnx.GraphD
 # --------------------------------------------------------------------------------------------------------------------
 # Batches
 # --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BatchGeometry:
+    """How a step's rows meet the mesh and the processes: the one place the rows-per-step rule is derived.
+
+    A step of ``train.global_batch_size`` rows is ``train.microbatches`` microbatches; each microbatch is one global
+    array split over the data-parallel devices and fed in equal shares by every process, so its rows must be a
+    multiple of ``device_rows``.
+    """
+
+    device_rows: int
+    """What a microbatch's rows must divide into: lcm(data-parallel size, process count)."""
+    row_multiple: int
+    """What the rows of a step must divide into: ``microbatches * device_rows``. With packing counted in examples
+    (``dealt``) the pipeline rounds the rows it deals per step up to a multiple of it."""
+    micro_rows: int
+    """Rows of one microbatch (``global_batch_size / microbatches``); when ``dealt``, rounded down to a positive
+    multiple of ``device_rows`` (the validation batches' rows, which are rows even when the step counts examples)."""
+    dealt: bool
+    """True when the rows per step are known only once the data is read (packing with ``train.batch_unit:
+    examples``): ``global_batch_size`` counts examples, and nothing about it can be checked against the mesh."""
+
+
+def batch_geometry(train: TrainConfig, mesh: Any, process_count: int, *, packing: bool = False) -> BatchGeometry:
+    """The :class:`BatchGeometry` of ``train``'s batch on ``mesh`` (a Mesh or an AbstractMesh: only its axis sizes
+    are read) fed by ``process_count`` processes; ``packing`` is ``data.packing``."""
+    device_rows = math.lcm(data_parallel_size(mesh), process_count)
+    dealt = train.batch_unit == "examples" and packing
+    micro_rows = train.global_batch_size // max(1, train.microbatches)
+    if dealt:
+        micro_rows = max(1, micro_rows // device_rows) * device_rows
+    return BatchGeometry(device_rows, train.microbatches * device_rows, micro_rows, dealt)
+
+
+def check_batch_rows(rows: int, mesh: Optional[Any], what: str = "eval.batch_size") -> None:
+    """Raise LayoutError unless ``rows`` (the rows of one global batch; ``what`` names where they are set) are a
+    positive multiple of the mesh's data-parallel size (without a mesh: positive). The one check of evaluation's
+    batches (``eval.batch_size``, the validation batches of a run)."""
+    dp = 1 if mesh is None else data_parallel_size(mesh)
+    if rows > 0 and rows % dp == 0:
+        return
+    message = f"{what}={rows} is not a positive multiple of the data-parallel size {dp}"
+    if mesh is not None:
+        sizes = " x ".join(f"mesh.{a}={mesh.shape[a]}" for a in BATCH_MESH_AXES)
+        message += f" ({sizes}, the 'data' and 'fsdp' axes); choose a multiple of {dp}"
+        if what == "eval.batch_size":
+            message += " or another eval.mesh"
+    raise LayoutError(message)
 
 
 def validate_batch_layout(global_batch_size: int, microbatches: int, mesh: Mesh, process_count: int = 1) -> None:

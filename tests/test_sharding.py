@@ -9,14 +9,17 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from jaxtune.config.loading import config_from_dict
-from jaxtune.config.schema import MeshConfig
+from jaxtune.config.schema import MeshConfig, TrainConfig
 from jaxtune.models.configs import model_config
 from jaxtune.models.llama import Llama
 from jaxtune.sharding import (
     RULES,
+    BatchGeometry,
     LayoutError,
     abstract_model,
+    batch_geometry,
     build_mesh,
+    check_batch_rows,
     data_parallel_size,
     global_batch,
     init_params,
@@ -39,7 +42,9 @@ def test_mesh_shape_takes_the_rest_and_rejects_bad_products():
         resolve_mesh_shape(MeshConfig(data=2, fsdp=3, tensor=1), 8)
     with pytest.raises(LayoutError, match="only one mesh size may be -1"):
         resolve_mesh_shape(MeshConfig(data=-1, fsdp=-1), 8)
-    with pytest.raises(LayoutError, match=r"mesh.fsdp=-1 cannot take the rest.*3"):
+    with pytest.raises(
+        LayoutError, match=r"mesh.fsdp=-1 cannot take the rest: the other sizes \(mesh.data=3 x mesh.tensor=1\)"
+    ):
         resolve_mesh_shape(MeshConfig(data=3, fsdp=-1), 8)
 
 
@@ -83,6 +88,38 @@ def test_batch_not_divisible_by_data_parallel_size_fails():
         validate_batch_layout(64, 3, mesh)
     with pytest.raises(LayoutError, match="8 rows per microbatch.*3 processes"):
         validate_batch_layout(8, 1, build_mesh(MeshConfig(data=1, fsdp=-1)), process_count=3)
+
+
+def test_batch_geometry_counts_microbatches_devices_and_processes():
+    mesh = build_mesh(MeshConfig(data=2, fsdp=2, tensor=2))  # data-parallel size 4
+    rows = TrainConfig(global_batch_size=64, microbatches=2)
+    assert batch_geometry(rows, mesh, 1) == BatchGeometry(device_rows=4, row_multiple=8, micro_rows=32, dealt=False)
+    # Six processes feed the 4 data-parallel shards: a microbatch's rows must divide over both, lcm(4, 6) = 12.
+    assert batch_geometry(rows, mesh, 6) == BatchGeometry(device_rows=12, row_multiple=24, micro_rows=32, dealt=False)
+    # Packing counted in examples deals rows once the data is read; the validation rows round down to the devices.
+    examples = TrainConfig(global_batch_size=30, microbatches=2, batch_unit="examples")
+    assert batch_geometry(examples, mesh, 1, packing=True) == BatchGeometry(4, 8, 12, dealt=True)
+    assert batch_geometry(examples, mesh, 1).dealt is False  # without packing, examples are rows
+    tiny = TrainConfig(global_batch_size=2, microbatches=1, batch_unit="examples")
+    assert batch_geometry(tiny, mesh, 1, packing=True).micro_rows == 4  # at least one row per device
+
+
+def test_eval_rows_must_be_a_positive_multiple_of_the_data_parallel_size():
+    mesh = build_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
+    check_batch_rows(8, mesh)
+    check_batch_rows(3, None)
+    with pytest.raises(
+        LayoutError,
+        match=r"eval.batch_size=6 is not a positive multiple of the data-parallel size 4 \(mesh.data=2 x mesh.fsdp=2, "
+        r"the 'data' and 'fsdp' axes\); choose a multiple of 4 or another eval.mesh",
+    ):
+        check_batch_rows(6, mesh)
+    with pytest.raises(
+        LayoutError, match=r"validation batch rows=2 is not a positive multiple .* 4 \(.*multiple of 4$"
+    ):
+        check_batch_rows(2, mesh, "validation batch rows")
+    with pytest.raises(LayoutError, match="eval.batch_size=0 is not a positive multiple of the data-parallel size 1$"):
+        check_batch_rows(0, None)
 
 
 def test_train_rejects_an_impossible_layout_before_reading_data_or_compiling(tmp_path):

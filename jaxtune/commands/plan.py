@@ -26,11 +26,14 @@ parameters and, under "batch", the decoding rows with their KV cache. For GPUs i
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
+from jaxtune.commands.arguments import add_command, run_config
 from jaxtune.config.schema import Config, ConfigError
 from jaxtune.hardware import GIB, Accelerator, parse_accelerator
 
@@ -349,12 +352,12 @@ def compile_evaluation(cfg: Config, devices: Sequence[Any]) -> MemoryEstimate:
     docstring) and measure the one that needs the most per chip; a program the compiler refuses is reported with
     its message."""
     from jaxtune.eval.aot import compile_generation, eval_model_config
-    from jaxtune.eval.distributed import check_eval_batch
     from jaxtune.sharding import (
         LayoutError,
         abstract_model,
         activation_rules,
         build_mesh,
+        check_batch_rows,
         param_shardings,
         validate_param_layout,
         with_shardings,
@@ -367,7 +370,7 @@ def compile_evaluation(cfg: Config, devices: Sequence[Any]) -> MemoryEstimate:
         mesh = build_mesh(mesh_cfg, devices)
         _, shapes, axes = abstract_model(model)
         validate_param_layout(shapes, axes, mesh)
-        check_eval_batch(cfg.eval.batch_size, mesh)
+        check_batch_rows(cfg.eval.batch_size, mesh)
     except (LayoutError, ConfigError) as e:
         est.error = str(e)
         return est
@@ -514,3 +517,47 @@ def plan(
                 report.suggestion = (s, est)
                 break
     return report
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The command line
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def register(subparsers: Any) -> None:
+    """Add ``jaxtune plan CONFIG --accelerator NAME`` to the ``jaxtune`` parser."""
+    p = add_command(
+        subparsers,
+        "plan",
+        run,
+        "per-chip memory of the train step and of evaluation's generation on an accelerator (compiled ahead of "
+        "time for TPU slices, estimated for GPUs); when the step does not fit, the smallest change that does",
+    )
+    p.add_argument("config", help="YAML config")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument(
+        "--accelerator",
+        required=True,
+        help="v4-32, v5p-16, v5e-64, v6e-16 (TPU; v4/v5p count TensorCores), h100-8, h200-1 (GPU), cpu-N",
+    )
+    p.add_argument("--no-search", action="store_true", help="do not compile candidate changes when it does not fit")
+    p.add_argument("--no-eval", action="store_true", help="plan the train step only, not evaluation's generation")
+    p.add_argument("--max-candidates", type=int, default=8, help="most candidate changes compiled (default 8)")
+    p.add_argument("--hbm-gib", type=float, default=None, help="plan against this much memory per chip instead")
+
+
+def run(args: argparse.Namespace) -> int:
+    """``jaxtune plan``: print the plan's table; exit 1 when the train step does not fit."""
+    cfg = run_config(args.config, args.overrides)
+    hbm = int(args.hbm_gib * GIB) if args.hbm_gib else None
+    report = plan(
+        cfg,
+        args.accelerator,
+        search=not args.no_search,
+        hbm_bytes=hbm,
+        max_candidates=args.max_candidates,
+        evaluate=not args.no_eval,
+        progress=lambda text: print(f"plan: {text}", file=sys.stderr, flush=True),
+    )
+    print(report.table())
+    return 0 if report.fits() else 1

@@ -4,24 +4,32 @@ It writes the generated ten-ability corpus (:mod:`jaxtune.demo.abilities`: curat
 general-instruction file) and a generated C-Eval-format out-of-domain suite (:mod:`jaxtune.demo.ceval_ood`) under
 ``out/data``, then runs the grid of ``jaxtune/demo/sweep.yaml`` (:mod:`jaxtune.study.grid`): two tiny LLaMA sizes x
 curated and synthetic data at several volumes, each run scored per ability and on the OOD suite, and the report
-drawn under ``out/runs/report`` (curated solid, synthetic dashed, one colour per size). It ends by exporting the run
+drawn under ``out/runs/report`` (curated solid, synthetic dashed, one colour per size). It then prints the study's
+three findings with their numbers and trains a data budget chosen from the curves
+(:mod:`jaxtune.commands.quickstart_findings`). It ends by exporting the run
 with the best overall ability score to a Hugging Face folder ``out/hf`` and printing the transformers code that
 loads it. Rerunning continues where it stopped: finished runs and evaluations are reused.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from jaxtune.commands.arguments import add_command
+from jaxtune.commands.quickstart_findings import FindingsOutputs, findings_and_budget
 from jaxtune.demo import DEMO_DIR, DEMO_TOKENIZER
 from jaxtune.demo.abilities import write_demo_dataset
 from jaxtune.demo.ceval_ood import write_demo_ceval
 from jaxtune.paths import local_path
 from jaxtune.results import find_summaries, read_summary
-from jaxtune.study.grid import GridOutputs, load_grid, run_grid
+
+if TYPE_CHECKING:
+    from jaxtune.study.grid import GridOutputs
 
 QUICKSTART_SWEEP = DEMO_DIR / "sweep.yaml"
 BEST_OF = "doit-test"
@@ -34,12 +42,14 @@ class QuickstartOutputs:
     best_checkpoint: Path
     best_label: str
     hf_dir: Path
+    findings: FindingsOutputs | None = None
 
     def summary(self) -> str:
         return "\n".join(
             [
                 self.grid.summary(),
                 "",
+                *([self.findings.text, ""] if self.findings else []),
                 f"best run: {self.best_label}; exported {self.best_checkpoint} to the Hugging Face folder {self.hf_dir}",
                 "load it with transformers:",
                 "    from transformers import AutoModelForCausalLM",
@@ -75,6 +85,7 @@ def quickstart(
     import jax
 
     from jaxtune.convert.hf import export_hf
+    from jaxtune.study.grid import load_grid, run_grid  # imported when run: the CLI imports this module to parse
 
     out = Path(local_path(out))  # the demo data is written locally (the runs could take gs:// directories)
     if not jax.config.jax_compilation_cache_dir:
@@ -103,8 +114,33 @@ def quickstart(
         data_types=tuple(selections) if selections else spec.data_types,
     )
     grid = run_grid(spec, print_fn=print_fn)
+    found = findings_and_budget(spec, grid, out, print_fn=print_fn)  # the three findings, then a budget run
     checkpoint, label = best_checkpoint(grid.eval_dirs)
     hf_dir = out / "hf"
     print_fn(f"exporting the best run ({label}) to {hf_dir}")
     export_hf(checkpoint, hf_dir, overwrite=True)
-    return QuickstartOutputs(grid=grid, best_checkpoint=checkpoint, best_label=label, hf_dir=hf_dir)
+    return QuickstartOutputs(grid=grid, best_checkpoint=checkpoint, best_label=label, hf_dir=hf_dir, findings=found)
+
+
+def register(subparsers: Any) -> None:
+    """Add ``jaxtune quickstart`` to the ``jaxtune`` parser."""
+    p = add_command(
+        subparsers,
+        "quickstart",
+        run,
+        "the study's grid in miniature: two tiny models x curated and synthetic "
+        "generated data at several volumes, then the best exported to HF",
+    )
+    p.add_argument("--out", default="runs/quickstart", help="output directory (default: runs/quickstart)")
+    p.add_argument(
+        "--selections",
+        default=None,
+        help="comma-separated data types of the demo grid (default: those of jaxtune/demo/sweep.yaml)",
+    )
+    p.add_argument("overrides", nargs="*", help="key=value config overrides")
+
+
+def run(args: argparse.Namespace) -> int:
+    """``jaxtune quickstart``: run it and print its summary."""
+    print(quickstart(args.out, overrides=args.overrides, selections=args.selections).summary())
+    return 0

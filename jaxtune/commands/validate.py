@@ -1,34 +1,39 @@
 """``jaxtune validate CONFIG``: every check a training run makes before it computes, without any device.
 
-The checks, in order, with every problem of a stage reported together (each naming its dotted key):
+The checks, in order, each problem naming its dotted key:
 
 1. The config's values: :meth:`jaxtune.config.schema.Config.problems` (each section checks its own; the same checks run
-   when any config is loaded).
+   when any config is loaded). Problems found here are reported together with those of the layout (3.): the
+   layout is checked on the config without the ``key=value`` overrides that have problems, skipping the checks
+   those keys feed (:mod:`jaxtune.train.preflight`); with problems in the files themselves, the layout is not
+   checked.
 2. What the config names on disk: ``data.path`` and ``data.tokenizer`` are set (a run needs both) and, with
    ``data.valid_path``, ``checkpoint.init_from``, ``eval.data_dir`` and ``eval.tokenizer``, exist (local paths only;
    ``gs://`` and other URLs are not looked up); the tokenizer with the template's added tokens has
    ``model.vocab_size`` ids; ``eval.suites`` names known suites, each with its data under ``eval.data_dir`` (when
    set) and, for ``belle``, a judge.
 3. The layout, on abstract shapes: the mesh of ``mesh.*`` resolved for a device count (a
-   :class:`jax.sharding.AbstractMesh`, so no device is touched), the batch split over it and the processes
-   (:func:`jaxtune.sharding.validate_batch_layout`) and every parameter dimension over its mesh axes
-   (:func:`jaxtune.sharding.validate_param_layout` on :func:`jaxtune.sharding.abstract_model`).
+   :class:`jax.sharding.AbstractMesh`, so no device is touched), then
+   :func:`jaxtune.train.preflight.layout_problems`: the batch split over it and the processes and every parameter
+   dimension over its mesh axes.
 
 The device count is ``--devices N`` (one process), or an accelerator name (one slice; ``mesh.dcn_data`` slices of
 it): ``v4-N``/``v5p-N`` count TensorCores, two per chip (``v5p-16`` = 8 chips on 2 hosts of 4); ``v5e-N``,
 ``v5litepod-N`` and ``v6e-N`` count chips (one host up to 8 chips, 4 chips per host above); GPUs count 8 per host
 (the facts of :mod:`jaxtune.hardware`). Without either, the devices and processes of this machine.
 
-:func:`check_run` is what ``train`` calls first on its real mesh, so a run never starts compiling with a config
-this command rejects.
+:func:`jaxtune.train.preflight.check_run` runs checks 1 and 3 first in every ``train`` call on its real mesh, so a
+run never starts compiling with a config this command rejects.
 """
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from jaxtune.commands.arguments import add_command, config_files
 from jaxtune.config.loading import load_config
 from jaxtune.config.schema import Config, ConfigError, max_len_problem
 from jaxtune.hardware import AcceleratorError, parse_accelerator
@@ -95,18 +100,10 @@ def _vocabulary_problems(cfg: Config) -> list[str]:
         make_template(cfg.data.template, tokenizer)  # appends the template's special tokens
     except (JaxtuneError, ValueError, OSError) as e:
         return [f"data.tokenizer={cfg.data.tokenizer}: {e}"]
+    from jaxtune.train.preflight import vocabulary_problem
+
     problem = vocabulary_problem(cfg, tokenizer.vocab_size)
     return [problem] if problem else []
-
-
-def vocabulary_problem(cfg: Config, tokenizer_size: int) -> Optional[str]:
-    """The problem of a model whose vocabulary is not the tokenizer's (with the template's added tokens), if any."""
-    if tokenizer_size == cfg.model.vocab_size:
-        return None
-    return (
-        f"model.vocab_size={cfg.model.vocab_size}, but the tokenizer {cfg.data.tokenizer} with its added tokens "
-        f"has {tokenizer_size} ids; set model.vocab_size={tokenizer_size}"
-    )
 
 
 def _eval_problems(cfg: Config) -> list[str]:
@@ -138,28 +135,6 @@ def _get(cfg: Config, dotted: str) -> Any:
     return value
 
 
-def layout_problems(cfg: Config, mesh: Any, process_count: int) -> list[str]:
-    """Problems of the batch and of the parameters on ``mesh`` (a Mesh or an AbstractMesh: only its axis sizes are
-    read), each naming the config field and the mesh axis."""
-    from jaxtune.sharding import LayoutError, abstract_model, validate_batch_layout, validate_param_layout
-
-    problems = []
-    # Packed rows dealt over a step count in examples (train.batch_unit=examples): the rows per step are known only
-    # once the data is read, and are rounded up to what the mesh divides, so there is nothing to check here.
-    dealt_rows = cfg.train.batch_unit == "examples" and cfg.data.packing
-    try:
-        if not dealt_rows:
-            validate_batch_layout(cfg.train.global_batch_size, cfg.train.microbatches, mesh, process_count)
-    except LayoutError as e:
-        problems.append(str(e))
-    _, shapes, axes = abstract_model(cfg.model, cfg.train.seed)
-    try:
-        validate_param_layout(shapes, axes, mesh)
-    except LayoutError as e:
-        problems.append(str(e))
-    return problems
-
-
 def abstract_mesh(cfg: Config, devices: int) -> Any:
     """The run's ("data", "fsdp", "tensor") mesh for ``devices`` devices, as an AbstractMesh (no device needed); the
     data axis spans ``mesh.dcn_data`` slices as :func:`jaxtune.sharding.build_mesh` lays it out."""
@@ -170,19 +145,6 @@ def abstract_mesh(cfg: Config, devices: int) -> Any:
     sizes = resolve_mesh_shape(cfg.mesh, devices)
     sizes["data"] *= cfg.mesh.dcn_data
     return AbstractMesh(tuple(sizes[a] for a in MESH_AXES), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
-
-
-def check_run(cfg: Config, mesh: Any, process_count: int) -> None:
-    """What a run checks before it reads data or compiles: the config's values (ConfigError listing every
-    problem), then the layout on ``mesh`` (LayoutError listing every problem)."""
-    from jaxtune.sharding import LayoutError
-
-    cfg.validate()
-    problems = layout_problems(cfg, mesh, process_count)
-    if len(problems) == 1:
-        raise LayoutError(problems[0])
-    if problems:
-        raise LayoutError(f"{len(problems)} layout problems:\n" + "\n".join(f"  {p}" for p in problems))
 
 
 @dataclass
@@ -226,30 +188,81 @@ def validate(
     devices: Optional[int] = None,
     accelerator: Optional[str] = None,
 ) -> Validation:
-    """``jaxtune validate``: load ``path`` with ``overrides`` (ConfigError listing every problem of the values),
-    then check the files it names and the layout for the devices given (see the module docstring). Returns the
-    result; its ``problems`` lists what failed."""
+    """``jaxtune validate``: load ``path`` with ``overrides``, then check the files it names and the layout for the
+    devices given (see the module docstring). Returns the result; its ``problems`` lists what failed. Problems of
+    the values raise ValidationError listing them with the layout's problems."""
+    # Imported when run: the CLI imports this module to build its parser, and these import JAX.
+    from jaxtune.sharding import LayoutError
+    from jaxtune.train.preflight import layout_problems, names_key
+
     if devices is not None and accelerator is not None:
         raise ValidationError("give --devices or --accelerator, not both")
-    cfg = load_config(path, list(overrides))
-    if accelerator is not None:
-        topology = accelerator_topology(accelerator, cfg.mesh.dcn_data)
-    elif devices is not None:
-        if devices < 1:
-            raise ValidationError(f"--devices must be at least 1, got {devices}")
-        topology = Topology(devices, 1, f"--devices {devices}")
-    else:
-        import jax
-
-        topology = Topology(jax.device_count(), jax.process_count(), f"this machine ({jax.devices()[0].platform})")
-    result = Validation(cfg, topology, problems=_local_path_problems(cfg))
-    from jaxtune.sharding import LayoutError
-
+    if devices is not None and devices < 1:
+        raise ValidationError(f"--devices must be at least 1, got {devices}")
     try:
-        mesh = abstract_mesh(cfg, topology.devices)
-    except LayoutError as e:
-        result.problems.append(str(e))
-        return result
-    result.mesh_shape = dict(mesh.shape)
-    result.problems += layout_problems(cfg, mesh, topology.processes)
-    return result
+        cfg, value_problems = load_config(path, list(overrides)), []
+    except ConfigError as e:
+        cfg, value_problems = _config_without_bad_overrides(path, overrides, e), e.problems
+    topology = _topology(cfg, devices, accelerator)
+    layout: list[str] = []
+    mesh_shape: dict[str, int] = {}
+    if not names_key(value_problems, "mesh."):
+        try:
+            mesh = abstract_mesh(cfg, topology.devices)
+        except LayoutError as e:
+            layout.append(str(e))
+        else:
+            mesh_shape = dict(mesh.shape)
+            layout += layout_problems(cfg, mesh, topology.processes, value_problems)
+    if value_problems:
+        raise ValidationError([*value_problems, *layout])
+    return Validation(cfg, topology, mesh_shape, _local_path_problems(cfg) + layout)
+
+
+def _config_without_bad_overrides(path: Optional[str], overrides: Sequence[str], error: ConfigError) -> Config:
+    """The config loaded without the overrides ``error`` names, so the layout can still be checked; re-raises
+    ``error`` when that does not load either (a problem in the files)."""
+    kept = [o for o in overrides if not any(f"{o!r}:" in p for p in error.problems)]
+    if len(kept) == len(overrides):
+        raise error
+    try:
+        return load_config(path, kept)
+    except ConfigError:
+        raise error from None
+
+
+def _topology(cfg: Config, devices: Optional[int], accelerator: Optional[str]) -> Topology:
+    if accelerator is not None:
+        return accelerator_topology(accelerator, cfg.mesh.dcn_data)
+    if devices is not None:
+        return Topology(devices, 1, f"--devices {devices}")
+    import jax
+
+    return Topology(jax.device_count(), jax.process_count(), f"this machine ({jax.devices()[0].platform})")
+
+
+def register(subparsers: Any) -> None:
+    """Add ``jaxtune validate CONFIG [key=value ...] [--devices N | --accelerator NAME]`` to the ``jaxtune`` parser."""
+    p = add_command(
+        subparsers,
+        "validate",
+        run,
+        "check a config, the files it names and its layout on a device count, without devices (all problems together)",
+    )
+    p.add_argument("config", help="YAML config file")
+    p.add_argument("overrides", nargs="*", help="key=value overrides")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--devices", type=int, help="check the layout for N devices in one process")
+    where.add_argument(
+        "--accelerator",
+        help="check the layout for a TPU slice: v4-8, v5p-16 (8 chips), v5e-8, "
+        "v6e-16 ... (default: this machine's devices)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """``jaxtune validate``: print what was checked; exit 1 when a file or layout check failed."""
+    paths, overrides = config_files(args.config, args.overrides)
+    result = validate(paths, overrides, devices=args.devices, accelerator=args.accelerator)
+    print(result.summary())
+    return 0 if result.ok else 1

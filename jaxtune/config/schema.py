@@ -566,6 +566,9 @@ class EvalConfig(_Section):
     """Name of the environment variable holding the judge's API key (the key itself is never logged or written)."""
     judge_concurrency: int = 4
     judge_repeats: int = 3
+    judge_max_tokens: Optional[int] = 3000
+    """``max_tokens`` of each judge request (BELLE's page: 3000); null leaves it to the server (a ``jaxtune serve``
+    judge refuses a prompt + max_tokens beyond its context)."""
     judge_timeout_s: float = 60.0
     """Seconds one judge request may take before it counts as failed (and is retried)."""
     judge_retries: int = 5
@@ -581,6 +584,7 @@ class EvalConfig(_Section):
         rules.non_negative("num_shots", "temperature", "top_k")
         rules.check(("top_p",), lambda v: 0.0 < v <= 1.0, "in (0, 1]")
         rules.positive("repetition_penalty")
+        rules.check(("judge_max_tokens",), lambda v: v >= 1, "at least 1 or null", optional=True)
         rules.check(
             ("judge_base_url",),
             lambda v: v.startswith(("http://", "https://")),

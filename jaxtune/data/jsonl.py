@@ -305,6 +305,8 @@ class _ArrayReader:
         if start >= len(text):
             raise self.error(start, "JSON array is not closed with ']'")
         end, at_separator = _skip_malformed(text, start)
+        if end == start:  # a stray closer neither starts nor ends an element: step past it, or this loops forever
+            end = start + 1
         yield self.bad(index, start, problem)
         if at_separator and end >= len(text):
             raise self.error(

@@ -13,6 +13,10 @@
 - ``mix-N``: ``maximum`` plus the ``synthetic-N`` sample (the maximum part consumes no randomness).
 - a count map such as ``biology:16,math:64`` (optionally ``others:all`` or ``others:100``): the first k lines of each
   named ``curated/full`` file, the study's explicit per-ability construction; ``all`` takes the whole file.
+- ``budget:PATH``: the per-ability counts of a ``budget.json`` (its ``counts`` object, ability -> records; written by
+  ``jaxtune budget``), drawn from ``curated/1000`` exactly as ``curated-N`` draws (one ``random.seed(seed)``, files
+  in sorted name order, ``random.sample`` of that ability's count; an ability with count 0 or not named is skipped),
+  so equal counts give ``curated-N``'s very records.
 
 The study selections need ``data.path`` to be the dataset root, the folder holding ``curated/`` (and
 ``synthetic/``). Blank lines hold no record and are not counted as lines; every other line is part of the population
@@ -138,15 +142,19 @@ class _StudySampler:
         self.rng = random.Random(seed)  # identical stream to the study's random.seed(seed) + random.sample
         self.picks: list[FileSelection] = []
 
-    def sample(self, files: list[Path], k: int) -> None:
+    def sample(self, files: list[Path], k: int | dict[str, int]) -> None:
+        """``k`` records of every file, or ``k[ability]`` of each named ability's file (others skipped)."""
         for file in files:
+            n = k.get(ability_from_file_name(file), 0) if isinstance(k, dict) else k
+            if isinstance(k, dict) and n == 0:
+                continue
             entries = list(read_raw_entries(file))
-            if len(entries) < k:
+            if len(entries) < n:
                 raise SelectionError(
-                    f"{file}: the selection draws {k} records from this file but it has {len(entries)}"
+                    f"{file}: the selection draws {n} records from this file but it has {len(entries)}"
                 )
             # sample() on a range picks the same positions as sample() on the study's list of parsed lines.
-            self.picks.append(FileSelection(file, [entries[i] for i in self.rng.sample(range(len(entries)), k)]))
+            self.picks.append(FileSelection(file, [entries[i] for i in self.rng.sample(range(len(entries)), n)]))
 
     def first(
         self, files: list[Path], sizes: dict[str, Optional[int]], others: Optional[int], use_others: bool
@@ -219,6 +227,30 @@ def parse_count_map(text: str) -> tuple[dict[str, Optional[int]], bool, Optional
     return sizes, use_others, others
 
 
+BUDGET_PREFIX = "budget:"
+"""``budget:PATH`` selects the counts of a ``budget.json`` (``jaxtune budget``)."""
+
+
+def read_budget_counts(path: Union[str, Path]) -> dict[str, int]:
+    """The ``counts`` object of a budget file (ability -> non-negative integer); errors name the file and key."""
+    p = as_path(path)
+    if not p.is_file():
+        raise SelectionError(f"budget selection: {p} is not a file (expected a budget.json of jaxtune budget)")
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise SelectionError(f"{p}: not valid JSON (line {e.lineno}): {e.msg}") from None
+    counts = data.get("counts") if isinstance(data, dict) else None
+    if not isinstance(counts, dict) or not counts:
+        raise SelectionError(f"{p}: expected an object with a non-empty 'counts' object (ability -> records)")
+    for ability, n in counts.items():
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise SelectionError(f"{p}: counts.{ability} must be a non-negative integer, got {n!r}")
+    if sum(counts.values()) == 0:
+        raise SelectionError(f"{p}: counts select no record")
+    return dict(counts)
+
+
 def plan_selection(path: Union[str, Path], selection: str, *, seed: int = 0) -> list[FileSelection]:
     """Which lines of which files a study selection takes (every name of the module docstring but ``all``), in
     ``make_data.py``'s order: files in sorted name order, lines in the order they were drawn."""
@@ -247,6 +279,13 @@ def plan_selection(path: Union[str, Path], selection: str, *, seed: int = 0) -> 
         sampler.first(_study_files(root / "curated" / "full"), _RECONSTRUCT_SIZES, _RECONSTRUCT_OTHERS, use_others=True)
     elif name == "maximum":
         sampler.first(_study_files(root / "curated" / "full"), _MAXIMUM_SIZES, None, use_others=True)
+    elif name.startswith(BUDGET_PREFIX):
+        counts = read_budget_counts(name[len(BUDGET_PREFIX) :])
+        files = _study_files(root / "curated" / "1000")
+        unknown = sorted(set(counts) - {ability_from_file_name(f) for f in files})
+        if unknown:
+            raise SelectionError(f"selection {selection!r}: no curated/1000 file for {', '.join(unknown)}")
+        sampler.sample(files, counts)
     elif ":" in name:
         sizes, use_others, others = parse_count_map(name)
         files = _study_files(root / "curated" / "full")
@@ -261,7 +300,7 @@ def plan_selection(path: Union[str, Path], selection: str, *, seed: int = 0) -> 
     else:
         raise SelectionError(
             f"unknown selection {selection!r} (expected all, curated-N, synthetic-N, reconstruct, maximum, mix-N, "
-            f"baseline, or a count map like biology:16,math:64)"
+            f"baseline, budget:PATH, or a count map like biology:16,math:64)"
         )
     return sampler.picks
 

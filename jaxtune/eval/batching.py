@@ -49,22 +49,6 @@ def model_context(mesh: Optional[Mesh]) -> contextlib.AbstractContextManager:
     return activation_rules(mesh)
 
 
-def check_batch_rows(batch_size: int, mesh: Optional[Mesh]) -> None:
-    """Raise ValueError unless ``batch_size`` rows split evenly over the mesh's data-parallel devices."""
-    if batch_size <= 0:
-        raise ValueError(f"eval batch_size must be positive, got {batch_size}")
-    if mesh is None:
-        return
-    from jaxtune.sharding import data_parallel_size
-
-    dp = data_parallel_size(mesh)
-    if batch_size % dp:
-        raise ValueError(
-            f"eval batch_size={batch_size} is not divisible by the data-parallel size {dp} of the mesh "
-            f"{dict(mesh.shape)} (the 'data' x 'fsdp' axes)"
-        )
-
-
 def put_rows(arrays: Sequence[np.ndarray], mesh: Optional[Mesh]) -> list[Any]:
     """Host arrays with a leading row axis, as global arrays split by rows over the mesh's data-parallel axes
     (every process passes the same full arrays and contributes its own rows). Without a mesh: unchanged."""

@@ -44,20 +44,6 @@ def setup_mesh(mesh_cfg: MeshConfig) -> Mesh:
     return build_mesh(mesh_cfg)
 
 
-def check_eval_batch(batch_size: int, mesh: Mesh) -> None:
-    """Refuse, before the model is loaded, an ``eval.batch_size`` whose rows do not split over the mesh's
-    data-parallel devices (each batch is one global array over the mesh)."""
-    from jaxtune.sharding import BATCH_MESH_AXES, LayoutError, data_parallel_size
-
-    dp = data_parallel_size(mesh)
-    if batch_size <= 0 or batch_size % dp:
-        sizes = " x ".join(f"mesh.{a}={mesh.shape[a]}" for a in BATCH_MESH_AXES)
-        raise LayoutError(
-            f"eval.batch_size={batch_size} is not a positive multiple of the data-parallel size {dp} "
-            f"({sizes}, the 'data' and 'fsdp' axes); choose a multiple of {dp} or another eval.mesh"
-        )
-
-
 def default_compute_dtype(requested: Optional[str]) -> str:
     """``eval.compute_dtype``, or when unset bfloat16 on accelerators and float32 on CPU (where bfloat16 matmuls
     are emulated and slow, and the tests compare against float32 references)."""

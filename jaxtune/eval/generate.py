@@ -50,7 +50,6 @@ from jax.sharding import Mesh
 
 from jaxtune.eval.batching import (
     bucket_length,
-    check_batch_rows,
     jitted,
     keep_default_layout,
     model_context,
@@ -62,6 +61,7 @@ from jaxtune.eval.protocol import Generation
 from jaxtune.eval.sampling import SamplingParams, select_tokens
 from jaxtune.models.axes import KV_CACHE
 from jaxtune.models.llama import Llama
+from jaxtune.sharding import check_batch_rows
 
 EMPTY_SLOT = -1
 """Value of the token slots a row has not produced (never returned: rows are trimmed to their length)."""

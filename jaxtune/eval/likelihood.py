@@ -26,8 +26,9 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from jaxtune.eval.batching import bucket_length, check_batch_rows, jitted, model_context, put_rows
+from jaxtune.eval.batching import bucket_length, jitted, model_context, put_rows
 from jaxtune.models.llama import Llama
+from jaxtune.sharding import check_batch_rows
 
 
 @dataclass(frozen=True)

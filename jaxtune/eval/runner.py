@@ -22,7 +22,6 @@ from jax.sharding import Mesh
 from jaxtune.config.schema import EvalConfig, MeshConfig
 from jaxtune.eval.distributed import (
     barrier,
-    check_eval_batch,
     default_compute_dtype,
     is_writer,
     mesh_record,
@@ -37,6 +36,7 @@ from jaxtune.eval.suites.registry import SuiteRun, get_suite, load_suites, suite
 from jaxtune.eval.template_codec import TemplateChatCodec
 from jaxtune.paths import as_path
 from jaxtune.results import RunInfo, SuiteResult, format_table, write_result
+from jaxtune.sharding import check_batch_rows
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ def evaluate(
     if isinstance(mesh, MeshConfig):
         mesh = setup_mesh(mesh)
     if mesh is not None:
-        check_eval_batch(eval_cfg.batch_size, mesh)
+        check_batch_rows(eval_cfg.batch_size, mesh)
     run = dataclasses.replace(run, **mesh_record(mesh))
     model = load_model(checkpoint, mesh=mesh, compute_dtype=default_compute_dtype(eval_cfg.compute_dtype))
     codec = load_codec(location, eval_cfg.template, model.cfg.vocab_size)

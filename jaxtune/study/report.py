@@ -50,6 +50,7 @@ from jaxtune.errors import JaxtuneError
 from jaxtune.eval.suites.registry import load_suites
 from jaxtune.paths import as_path
 from jaxtune.results import SuiteSummary, find_summaries, read_summary, summary_stem
+from jaxtune.study.budget_report import BUDGET_SOURCES, write_budget_comparison
 
 log = logging.getLogger(__name__)
 
@@ -365,7 +366,8 @@ def _write_group(out: Path, key: tuple[str, str, str], chosen: list[SuiteSummary
         (out / f"{stem}.constructions.md").write_text(constructions[0], encoding="utf-8")
         written.append(out / f"{stem}.constructions.md")
         written.append(_write_csv(out / f"{stem}.constructions.csv", constructions[1][0], constructions[1][1:]))
-    chosen = [s for s in chosen if s.run.data_source not in CONSTRUCTION_SOURCES]
+    written += write_budget_comparison(chosen, out / stem)
+    chosen = [s for s in chosen if s.run.data_source not in (*CONSTRUCTION_SOURCES, *BUDGET_SOURCES)]
     if not chosen:
         return written, []
     written += plot_group(chosen, out / stem)

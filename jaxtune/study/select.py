@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Union
 
 from jaxtune.data.jsonl import is_json_array_file
-from jaxtune.data.mixtures import STUDY_ALIASES, STUDY_DATA_TYPES, FileSelection, SelectionError, plan_selection
+from jaxtune.data.mixtures import (
+    BUDGET_PREFIX,
+    STUDY_ALIASES,
+    STUDY_DATA_TYPES,
+    FileSelection,
+    SelectionError,
+    plan_selection,
+)
 
 _BOM = b"\xef\xbb\xbf"
 
@@ -64,10 +71,12 @@ def _line_bytes(pick: FileSelection) -> list[bytes]:
 def select_study_data(
     data_dir: Union[str, Path], data_type: str, out_dir: Union[str, Path], *, seed: int = 0
 ) -> SelectOutputs:
-    """Write ``data_type`` (one of :data:`STUDY_DATA_TYPES`) drawn from the DoIT dataset root ``data_dir``."""
-    if data_type not in STUDY_DATA_TYPES:
+    """Write ``data_type`` (one of :data:`STUDY_DATA_TYPES`, or ``budget:PATH``) drawn from the DoIT dataset root
+    ``data_dir``."""
+    if data_type not in STUDY_DATA_TYPES and not data_type.startswith(BUDGET_PREFIX):
         raise SelectionError(
-            f"unknown data type {data_type!r}; make_data.py's data types are: {', '.join(STUDY_DATA_TYPES)}"
+            f"unknown data type {data_type!r}; make_data.py's data types are: {', '.join(STUDY_DATA_TYPES)} "
+            f"(or budget:PATH, a budget.json of jaxtune budget)"
         )
     picks = plan_selection(data_dir, data_type, seed=seed)
     names: dict[str, Path] = {}

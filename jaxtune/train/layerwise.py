@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-Batch = Any
+from jaxtune.train.loss import Batch, cast_for_compute, weighted_loss
 
 
 def _split(params: dict) -> tuple[dict, dict]:
@@ -46,7 +46,6 @@ def layerwise_loss_and_grads(
 ) -> tuple[jax.Array, Any, jax.Array]:
     """(loss, float32 gradients, supervised-token count) of a (microbatches, rows, length) batch, as
     :func:`jaxtune.train.step.loss_and_grads` computes them, with the accumulator updated one layer at a time."""
-    from jaxtune.train.step import cast_for_compute, weighted_loss  # step imports this module
 
     total_weight = jnp.sum(batch["loss_weights"].astype(jnp.float32))
     denominator = jnp.maximum(total_weight, 1.0)

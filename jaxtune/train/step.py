@@ -8,7 +8,7 @@ mean of per-sequence or per-microbatch means).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Optional
 
 import flax
 import jax
@@ -18,13 +18,11 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxtune.models.decoder import forward
 from jaxtune.sharding import activation_rules, batch_sharding, param_shardings
 from jaxtune.train.layerwise import layerwise_loss_and_grads
+from jaxtune.train.loss import Batch, cast_for_compute, token_cross_entropy, weighted_loss
 from jaxtune.train.metrics import TrainMetrics
 from jaxtune.train.optim import optimizer_state_shardings
-
-Batch = Mapping[str, jax.Array]
 
 
 @flax.struct.dataclass
@@ -85,48 +83,6 @@ def init_train_state(params: Any, tx: optax.GradientTransformation, seed: int, s
     """A step-0 state laid out as ``shardings`` (the parameters' buffers are donated to it)."""
     make = jax.jit(lambda p: new_train_state(p, tx, seed), out_shardings=shardings, donate_argnums=(0,))
     return make(params)
-
-
-def token_cross_entropy(graphdef: nnx.GraphDef, params: Any, batch: Batch) -> jax.Array:
-    """Per-token cross-entropy (B, L) in float32 of logits(input_ids) against targets (no further shifting)."""
-    logits, _ = forward(
-        graphdef, params, batch["input_ids"], positions=batch["positions"], segment_ids=batch["segment_ids"]
-    )
-    return optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
-
-
-def weighted_loss(ce: jax.Array, micro: Batch, denominator: jax.Array) -> jax.Array:
-    """A microbatch's share of the step's loss: its per-token cross-entropies weighted by ``loss_weights``, summed,
-    over the whole batch's total weight ``denominator``."""
-    return jnp.sum(ce * micro["loss_weights"].astype(jnp.float32)) / denominator
-
-
-def cast_for_compute(params: Any, compute_dtype: Optional[str]) -> Any:
-    """The weights the model would cast to ``compute_dtype`` anyway, cast once up front (None: unchanged).
-
-    The decoder casts every layer weight to the compute dtype before using it, so casting first changes no value of
-    the forward pass nor of the gradients (the cast's transpose is the same cast of the cotangent). It makes the
-    sharded weights be all-gathered in bf16 and the per-microbatch gradient tree bf16 (half the bytes of float32)
-    before it is added into the float32 accumulator. The input embedding stays as stored: its gradient is a
-    scatter-add over repeated token ids, which must accumulate in the master dtype. Norm weights and biases (any
-    name with ``norm``) stay too: BLOOM's LayerNorm applies them in float32.
-    """
-    if compute_dtype is None:
-        return params
-    dtype = jnp.dtype(compute_dtype)
-
-    def cast(path: Any, p: Any) -> Any:
-        keys = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
-        if (
-            "embed_tokens" in keys
-            or any("norm" in k for k in keys)
-            or not jnp.issubdtype(p.dtype, jnp.floating)
-            or p.dtype == dtype
-        ):
-            return p
-        return p.astype(dtype)
-
-    return jax.tree_util.tree_map_with_path(cast, params)
 
 
 def loss_and_grads(
@@ -252,7 +208,7 @@ def make_train_step(
     """The train step jitted with explicit shardings (state as ``state_shardings``, batch rows over the data
     axes, metrics replicated) and the state's buffers donated. Call it with the mesh's rules active (it installs
     them itself for tracing). ``compute_dtype`` (model.compute_dtype) casts the weights once before the forward
-    pass (see :func:`cast_for_compute`); ``backward`` (train.backward) picks the gradient computation of
+    pass (see :func:`jaxtune.train.loss.cast_for_compute`); ``backward`` (train.backward) picks the gradient computation of
     :data:`BACKWARD_PASSES`."""
     replicated = NamedSharding(mesh, P())
     # Accelerators select the update per element (less memory); XLA:CPU keeps the lax.cond: with the select form,

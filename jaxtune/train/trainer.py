@@ -1,12 +1,15 @@
-"""The fine-tuning run: ``train(cfg)`` builds the mesh, the data stream and the train state (fresh, from
-``checkpoint.init_from``, or resumed), then loops over steps with logging, validation loss per ability,
-asynchronous Orbax checkpoints, a guard against runs of non-finite steps and a clean stop on SIGTERM.
+"""The fine-tuning run: ``train(cfg)`` checks the config and its layout (:mod:`jaxtune.train.preflight`) and
+builds the mesh, the data stream, the train state's layout and the checkpoint managers (:func:`setup_train_loop`),
+then starts the train state (fresh, from ``checkpoint.init_from``, or resumed) and loops over steps with logging,
+validation loss per ability, asynchronous Orbax checkpoints, a guard against runs of non-finite steps and a clean
+stop on SIGTERM (:func:`train_loop`).
 
 Every process runs the same loop on its own shard of the data; only process 0 writes files outside Orbax.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import signal
@@ -27,16 +30,16 @@ from jaxtune.checkpoint.lease import RunLeaseError, hold_run_lease
 from jaxtune.checkpoint.params import expected_param_shapes, load_model_config, load_params
 from jaxtune.checkpoint.storage import intact_steps, storage_boundary
 from jaxtune.checkpoint.train_state import TrainCheckpointManager, saved_run_config
-from jaxtune.commands.validate import check_run, vocabulary_problem
 from jaxtune.config.loading import config_to_dict, dump_config
 from jaxtune.config.schema import Config, ConfigError, max_len_problem
 from jaxtune.errors import JaxtuneError
 from jaxtune.models.stats import model_info
 from jaxtune.paths import as_path, write_text_atomic
 from jaxtune.sharding import (
+    LayoutError,
     abstract_model,
-    build_mesh,
-    data_parallel_size,
+    batch_geometry,
+    check_batch_rows,
     global_batch,
     init_params,
     initialize_distributed,
@@ -47,6 +50,7 @@ from jaxtune.sharding import (
 from jaxtune.train.config_guard import archive_config, check_resume_config, record_changes
 from jaxtune.train.metrics import MetricsWriter, ThroughputMeter, TrainMetrics, peak_flops_per_device, progress_line
 from jaxtune.train.optim import build_optimizer
+from jaxtune.train.preflight import check_run, vocabulary_problem
 from jaxtune.train.step import (
     TrainState,
     init_train_state,
@@ -314,8 +318,8 @@ def train(cfg: Config, data: Optional[RunData] = None, *, print_fn: Callable[[st
 
     SIGTERM and Ctrl-C are caught from here on: one arriving during start-up (data, restore, compilation) stops the
     run before its first step, as cleanly as one arriving later."""
-    cfg.validate()  # a config built in code gets the checks loading applies
-    initialize_distributed(cfg.mesh)
+    with contextlib.suppress(LayoutError):  # check_run reports a bad mesh section with every other problem
+        initialize_distributed(cfg.mesh)  # the lease is process 0's
     with (
         _StopRequest() as stop_request,
         hold_run_lease(cfg.run_dir, cfg.checkpoint) as lease,
@@ -324,13 +328,47 @@ def train(cfg: Config, data: Optional[RunData] = None, *, print_fn: Callable[[st
         return _train(cfg, data, print_fn, stop_request, lease)
 
 
+@dataclass
+class TrainSetup:
+    """What the step loop of one ``train`` call runs with, built before any step (:func:`setup_train_loop`)."""
+
+    cfg: Config
+    data: RunData
+    layout: _Layout
+    total_steps: int
+    epoch_steps: list[int]
+    writer: MetricsWriter
+    manager: TrainCheckpointManager
+    epochs: Optional[EpochCheckpointManager]
+    saved: Optional[tuple[int, dict]]
+    """(step, config) of the run being resumed, None for a fresh run."""
+    changes: dict
+    """Keys whose values changed since the saved run (``checkpoint.allow_config_change``)."""
+
+    def close(self) -> None:
+        self.manager.close()
+        if self.epochs is not None:
+            self.epochs.close()
+        self.writer.close()
+
+
 def _train(
     cfg: Config, data: Optional[RunData], print_fn: Callable[[str], None], stop_request: "_StopRequest", lease: Any
 ) -> TrainResult:
+    run = setup_train_loop(cfg, data, print_fn)
+    try:
+        return train_loop(run, stop_request, lease)
+    finally:
+        run.close()
+
+
+def setup_train_loop(cfg: Config, data: Optional[RunData], print_fn: Callable[[str], None]) -> TrainSetup:
+    """Everything before the first step: the checks of :func:`jaxtune.train.preflight.check_run` (the config's
+    values and `jaxtune validate`'s layout checks, on abstract shapes, before any data is read or anything
+    compiled), the mesh, the comparison with a resumed run's config, the data, the layout of the train state, and
+    the metrics writer and checkpoint managers."""
     tc = cfg.train
-    mesh = build_mesh(cfg.mesh)
-    # `jaxtune validate`'s layout checks, on abstract shapes, before any data is read or anything compiled.
-    check_run(cfg, mesh, jax.process_count())
+    mesh = check_run(cfg)
     # A resume must apply its saved data position and schedule to the data and batch they belong to: compare
     # before anything is built or written (the manifest, config.yaml).
     saved = saved_run_config(cfg.run_dir) if cfg.checkpoint.resume == "auto" else None
@@ -341,30 +379,16 @@ def _train(
             saved[0], saved[1], config_to_dict(cfg), cfg.checkpoint.allow_config_change, cfg.run_dir
         )
     )
-
-    dealt_rows = tc.batch_unit == "examples" and cfg.data.packing  # rows per step known once the data is read
-    device_rows = math.lcm(data_parallel_size(mesh), jax.process_count())
-    row_multiple = tc.microbatches * device_rows
-    micro_rows = tc.global_batch_size // tc.microbatches
-    if dealt_rows:  # validation batches are rows too: about a microbatch's worth, divisible over the devices
-        micro_rows = max(1, micro_rows // device_rows) * device_rows
+    geometry = batch_geometry(tc, mesh, jax.process_count(), packing=cfg.data.packing)
     if data is None:
-        data = pipeline_data(cfg, eval_batch_size=micro_rows, row_multiple=row_multiple)
+        data = pipeline_data(cfg, eval_batch_size=geometry.micro_rows, row_multiple=geometry.row_multiple)
     if data.rows_per_step is not None and data.rows_per_step != tc.global_batch_size:
         validate_batch_layout(data.rows_per_step, tc.microbatches, mesh, jax.process_count())
     if data.steps_per_epoch <= 0:
         raise JaxtuneError(f"the data has {data.steps_per_epoch} steps per epoch")
     total_steps = total_steps_of(cfg, data.steps_per_epoch)
     layout = _layout(cfg, mesh, total_steps)
-    writer = MetricsWriter(cfg.run_dir, enabled=jax.process_index() == 0, print_fn=print_fn)
     epoch_steps = list(range(data.steps_per_epoch, total_steps + 1, data.steps_per_epoch))
-    manager = TrainCheckpointManager(
-        cfg.run_dir,
-        cfg.checkpoint,
-        model_cfg=cfg.model,
-        tokenizer_src=data.tokenizer_src,
-        added_tokens=data.added_tokens,
-    )
     if not cfg.checkpoint.keep_train_state_when_done and not (
         cfg.checkpoint.keep_epoch_checkpoints and total_steps in epoch_steps
     ):
@@ -373,6 +397,14 @@ def _train(
             "final parameters must live in an epoch checkpoint: it needs checkpoint.keep_epoch_checkpoints=true and "
             f"a run of whole epochs (total steps {total_steps}, {data.steps_per_epoch} per epoch)"
         )
+    writer = MetricsWriter(cfg.run_dir, enabled=jax.process_index() == 0, print_fn=print_fn)
+    manager = TrainCheckpointManager(
+        cfg.run_dir,
+        cfg.checkpoint,
+        model_cfg=cfg.model,
+        tokenizer_src=data.tokenizer_src,
+        added_tokens=data.added_tokens,
+    )
     epochs = None
     if cfg.checkpoint.keep_epoch_checkpoints:
         epochs = EpochCheckpointManager(
@@ -383,50 +415,54 @@ def _train(
             tokenizer_src=data.tokenizer_src,
             added_tokens=data.added_tokens,
         )
-    try:
-        if data.summary:
-            writer.message(data.summary)
-        finished = _finished_run(cfg, manager, total_steps)
-        if finished is not None:
-            writer.message(
-                f"the run in {cfg.run_dir} is finished ({COMPLETED_FILE}, train states deleted): nothing to train"
-            )
-            return finished
-        loop = _RunLoop(cfg, data, layout, manager, writer, total_steps, epoch_steps, stop_request, epochs, lease)
-        resumed_from = loop.start()
-        if jax.process_index() == 0:  # once the start is accepted (resume or not): a refused one changes nothing
-            as_path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
-            archived = archive_config(cfg.run_dir, dump_config(cfg))
-            if changes:
-                record_changes(cfg.run_dir, saved[0], archived, changes)
-                writer.message(
-                    f"checkpoint.allow_config_change: resuming from step {saved[0]} with changed "
-                    f"{', '.join(f'{k} ({old!r} -> {new!r})' for k, (old, new) in changes.items())}; "
-                    f"recorded in {as_path(cfg.run_dir) / 'configs'}"
-                )
-        stopped = loop.run()
-        manager.wait_until_finished()
-        if epochs is not None:
-            epochs.wait_until_finished()
-        if stopped == "completed":
-            _mark_completed(cfg, manager, epochs, loop.step, total_steps, writer)
-        return TrainResult(
-            run_dir=str(cfg.run_dir),
-            step=loop.step,
-            total_steps=total_steps,
-            stopped=stopped,
-            resumed_from=resumed_from,
-            last_loss=loop.last_loss,
-            last_eval=loop.last_eval,
-            skipped_steps=int(jax.device_get(loop.state.skipped_steps)),
-            checkpoint_steps=manager.all_steps(),
-            epoch_checkpoints=[] if epochs is None else epochs.all_epochs(),
+    return TrainSetup(cfg, data, layout, total_steps, epoch_steps, writer, manager, epochs, saved, changes)
+
+
+def train_loop(run: TrainSetup, stop_request: "_StopRequest", lease: Any = None) -> TrainResult:
+    """Start or resume the run set up by :func:`setup_train_loop` and step until it completes or is stopped; the
+    caller closes ``run``. ``lease``: the run directory's (:mod:`jaxtune.checkpoint.lease`), checked before each
+    save."""
+    cfg, data, writer, manager, epochs = run.cfg, run.data, run.writer, run.manager, run.epochs
+    if data.summary:
+        writer.message(data.summary)
+    finished = _finished_run(cfg, manager, run.total_steps)
+    if finished is not None:
+        writer.message(
+            f"the run in {cfg.run_dir} is finished ({COMPLETED_FILE}, train states deleted): nothing to train"
         )
-    finally:
-        manager.close()
-        if epochs is not None:
-            epochs.close()
-        writer.close()
+        return finished
+    loop = _RunLoop(
+        cfg, data, run.layout, manager, writer, run.total_steps, run.epoch_steps, stop_request, epochs, lease
+    )
+    resumed_from = loop.start()
+    if jax.process_index() == 0:  # once the start is accepted (resume or not): a refused one changes nothing
+        as_path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+        archived = archive_config(cfg.run_dir, dump_config(cfg))
+        if run.changes:
+            record_changes(cfg.run_dir, run.saved[0], archived, run.changes)
+            writer.message(
+                f"checkpoint.allow_config_change: resuming from step {run.saved[0]} with changed "
+                f"{', '.join(f'{k} ({old!r} -> {new!r})' for k, (old, new) in run.changes.items())}; "
+                f"recorded in {as_path(cfg.run_dir) / 'configs'}"
+            )
+    stopped = loop.run()
+    manager.wait_until_finished()
+    if epochs is not None:
+        epochs.wait_until_finished()
+    if stopped == "completed":
+        _mark_completed(cfg, manager, epochs, loop.step, run.total_steps, writer)
+    return TrainResult(
+        run_dir=str(cfg.run_dir),
+        step=loop.step,
+        total_steps=run.total_steps,
+        stopped=stopped,
+        resumed_from=resumed_from,
+        last_loss=loop.last_loss,
+        last_eval=loop.last_eval,
+        skipped_steps=int(jax.device_get(loop.state.skipped_steps)),
+        checkpoint_steps=manager.all_steps(),
+        epoch_checkpoints=[] if epochs is None else epochs.all_epochs(),
+    )
 
 
 def _finished_run(cfg: Config, manager: TrainCheckpointManager, total_steps: int) -> Optional[TrainResult]:
@@ -756,10 +792,7 @@ def _evaluate(
     weight_sums = np.zeros(num, np.float64)
     for local in data.valid:
         local = _check_batch(local, EVAL_KEYS, np.shape(local["input_ids"])[0], "validation")
-        rows = local["input_ids"].shape[0] * jax.process_count()
-        dp = math.prod(mesh.shape[a] for a in ("data", "fsdp"))
-        if rows % dp:
-            raise JaxtuneError(f"validation batches of {rows} rows do not split over the data-parallel size {dp}")
+        check_batch_rows(local["input_ids"].shape[0] * jax.process_count(), mesh, "validation batch rows")
         sums, weights = jax.device_get(eval_fn(params, global_batch(local, mesh)))
         loss_sums += sums
         weight_sums += weights

@@ -33,7 +33,7 @@ def test_quickstart_in_small(tmp_path: Path) -> None:
     assert cells == {
         (suite, size, source, 10)
         for suite in ("doit", "ceval")
-        for size in ("0.23m", "0.66m")
+        for size in ("0.09m", "0.66m")
         for source in ("curated", "synthetic")
     }
     ceval = [s for s in summaries if s.suite == "ceval"]
@@ -43,8 +43,8 @@ def test_quickstart_in_small(tmp_path: Path) -> None:
     assert (report / "doit-test.png").is_file() and (report / "ceval-3-shot.png").is_file()
     with (report / "doit-test.scores.csv").open(encoding="utf-8") as f:
         assert next(csv.reader(f))[1:-1] == [
-            "0.23m curated 10",
-            "0.23m synthetic 10",
+            "0.09m curated 10",
+            "0.09m synthetic 10",
             "0.66m curated 10",
             "0.66m synthetic 10",
         ]

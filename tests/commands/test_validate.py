@@ -165,3 +165,52 @@ def test_train_validates_a_config_built_in_code_before_anything_else(tmp_path):
         "train.epochs must be at least 1, got -1",
     ]
     assert not (tmp_path / "run").exists()
+
+
+def test_value_and_layout_problems_are_reported_together_in_one_run(capsys, monkeypatch):
+    from jaxtune.cli import main
+
+    monkeypatch.chdir(REPO)
+    argv = ["configs/doit-7b.yaml", "optim.lerning_rate=1e-5", "train.global_batch_size=sixty", "mesh.tensor=3"]
+    assert main(["validate", *argv]) == 2
+    err = capsys.readouterr().err
+    assert "3 problems in the config" in err
+    for key in ("optim.lerning_rate", "train.global_batch_size", "mesh.tensor=3"):
+        assert key in err, (key, err)
+    with pytest.raises(ValidationError) as info:
+        validate(argv[0], argv[1:], devices=8)
+    problems = info.value.problems
+    assert [p.split(":")[0] for p in problems[:2]] == [
+        "command-line override 'optim.lerning_rate=1e-5'",
+        "command-line override 'train.global_batch_size=sixty'",
+    ]
+    assert problems[2].startswith("mesh.fsdp=-1 cannot take the rest: the other sizes (mesh.data=1 x mesh.tensor=3)")
+
+
+def test_a_bad_batch_value_skips_only_the_batch_check(tmp_path):
+    path = _config(tmp_path, "model:\n  preset: tiny\n  vocab_size: 1004\ntrain:\n  global_batch_size: 13\n")
+    with pytest.raises(ValidationError) as info:  # 13 rows on 8 data-parallel devices, but the batch is not checked
+        validate(str(path), ["train.microbatches=zero"], devices=8)
+    assert len(info.value.problems) == 1
+    assert info.value.problems[0].startswith("command-line override 'train.microbatches=zero'")
+    with pytest.raises(ValidationError) as info:  # the parameters still are: 4 heads on a tensor axis of 8
+        validate(str(path), ["train.microbatches=zero", "mesh.tensor=8", "mesh.fsdp=1"], devices=8)
+    assert len(info.value.problems) == 2 and "mesh axis 'tensor' (8)" in info.value.problems[1]
+    assert validate(str(path), ["mesh.tensor=8", "mesh.fsdp=1"], devices=8).problems[0].startswith("model.vocab_size")
+
+
+def test_train_reports_value_and_layout_problems_of_a_config_built_in_code_together(tmp_path):
+    from jaxtune.train.trainer import train
+
+    cfg = config_from_dict({"run_dir": str(tmp_path / "run"), "model": {"preset": "tiny"}})
+    bad = dataclasses.replace(
+        cfg,
+        optim=dataclasses.replace(cfg.optim, learning_rate=float("inf")),
+        mesh=dataclasses.replace(cfg.mesh, fsdp=3),
+    )
+    with pytest.raises(ConfigError) as info:
+        train(bad)
+    assert info.value.problems[0] == "optim.learning_rate must be a finite number, got inf"
+    assert info.value.problems[1].startswith("mesh.data=1 x mesh.fsdp=3 x mesh.tensor=1 = 3 devices")
+    assert len(info.value.problems) == 2
+    assert not (tmp_path / "run").exists()

@@ -197,11 +197,11 @@ def test_every_problem_is_collected_and_reported_together(tmp_path: Path) -> Non
 
 
 def test_a_hardware_preset_lays_over_a_recipe_and_overrides_win(tmp_path):
-    from jaxtune.cli import _config
+    from jaxtune.commands.arguments import run_config
 
     repo = Path(__file__).resolve().parents[2]
     recipe, preset = repo / "configs" / "doit-33b.yaml", repo / "configs" / "hardware" / "v5p-16.yaml"
-    cfg = _config(str(recipe), [str(preset), "train.microbatches=4"])
+    cfg = run_config(str(recipe), [str(preset), "train.microbatches=4"])
     assert cfg.model.preset is None or cfg.model.num_layers == 60
     assert (cfg.mesh.fsdp, cfg.train.microbatches, cfg.model.remat_policy) == (8, 4, "full")
     assert cfg.optim.learning_rate == 1e-5 and cfg.train.global_batch_size == 64  # the recipe's, untouched

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -76,3 +77,15 @@ def test_json_array_text_that_cannot_be_split_raises_after_the_elements_before_i
     with pytest.raises(DataError) as info:
         list(entries)
     assert info.value.line == line and info.value.problem.startswith(problem)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("text, values", [("[1}\n\n]", [1]), ('[{"a": 1}}, {"a": 2}]', [{"a": 1}, {"a": 2}])])
+def test_a_stray_closer_where_a_comma_belongs_is_one_bad_entry_and_reading_goes_on(tmp_path, text, values):
+    path = tmp_path / "a.json"
+    path.write_text(text, encoding="utf-8")
+    entries = list(itertools.islice(read_json_array(path), 10))  # the old reader yielded the same entry forever
+    assert [e.value for e in entries if e.error is None] == values
+    assert [e.error.problem for e in entries if e.error is not None] == [
+        "expected ',' before this array element, got '}'"
+    ]

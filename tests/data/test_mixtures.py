@@ -127,3 +127,52 @@ def test_manifest_roundtrip(doit_root, tmp_path):
         "source": sel.records[0].source,
         "line": sel.records[0].line,
     }
+
+
+def _budget_file(path: Path, counts: dict) -> str:
+    path.write_text(json.dumps({"total": sum(counts.values()), "counts": counts}), encoding="utf-8")
+    return f"budget:{path}"
+
+
+def test_budget_selection_with_uniform_counts_is_curated_n(big_root, tmp_path):
+    abilities = select_records(big_root, "curated-10").counts()
+    selection = _budget_file(tmp_path / "budget.json", {a: 4 for a in abilities})
+    assert _ids(select_records(big_root, selection)) == _ids(select_records(big_root, "curated-40"))
+
+
+def test_budget_selection_draws_the_studys_way(big_root, tmp_path):
+    counts = {"biology": 3, "code": 0, "math": 7, "ethics": 1}
+    sel = select_records(big_root, _budget_file(tmp_path / "b.json", counts), seed=5)
+    assert sel.counts() == {"biology": 3, "ethics": 1, "math": 7}
+    # By hand: one random.Random(seed), files in sorted name order, random.sample of each named ability's count.
+    rng = random.Random(5)
+    want = []
+    for ability in sorted(counts):
+        if counts[ability] == 0:
+            continue
+        lines = _read_records(big_root / "curated" / "1000" / f"{ability}_1000.json")
+        want += [(ability, lines[i]["idx"]) for i in rng.sample(range(len(lines)), counts[ability])]
+    assert [(r.ability, int(r.id)) for r in sel.records] == want
+    manifest = tmp_path / "manifest.jsonl"
+    assert write_manifest(manifest, sel.records) == 11
+    assert [(e["ability"], e["line"]) for e in read_manifest(manifest)] == [(r.ability, r.line) for r in sel.records]
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("{", "not valid JSON"),
+        ('{"total": 3}', "'counts'"),
+        ('{"counts": {"biology": -1}}', "counts.biology"),
+        ('{"counts": {"biology": 2.5}}', "counts.biology"),
+        ('{"counts": {"astrology": 2}}', "astrology"),
+        ('{"counts": {"biology": 999}}', "biology_1000.json"),
+    ],
+)
+def test_budget_selection_errors_name_file_and_key(big_root, tmp_path, content, message):
+    path = tmp_path / "budget.json"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(SelectionError, match=message):
+        select_records(big_root, f"budget:{path}")
+    with pytest.raises(SelectionError, match="is not a file"):
+        select_records(big_root, f"budget:{tmp_path / 'missing.json'}")

@@ -59,6 +59,7 @@ from jaxtune.errors import JaxtuneError
 from jaxtune.eval.distributed import is_writer
 from jaxtune.eval.errors import EvalSetupError
 from jaxtune.eval.judge import JUDGE_CACHE_FILE, Judge, JudgeCache, JudgeError, JudgeSettings
+from jaxtune.eval.judge_provenance import judge_provenance
 from jaxtune.eval.protocol import ChatCodec, LanguageModel
 from jaxtune.eval.suites.belle_figure import write_study_figure
 from jaxtune.eval.suites.registry import ReportHooks, Rescoring, Suite, SuiteRun, register
@@ -444,6 +445,7 @@ def judge_settings(eval_cfg: EvalConfig) -> JudgeSettings:
             api_key_env=eval_cfg.judge_api_key_env,
             repeats=eval_cfg.judge_repeats,
             concurrency=eval_cfg.judge_concurrency,
+            max_tokens=eval_cfg.judge_max_tokens,
             timeout_s=eval_cfg.judge_timeout_s,
             max_retries=eval_cfg.judge_retries,
         )
@@ -494,7 +496,11 @@ def _run(r: SuiteRun) -> Optional[SuiteResult]:
     decoding = decoding_settings(
         cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty, cfg.seed
     )
-    return score_belle(items, answers, prompts, judge, run=r.run, max_new_tokens=cfg.max_new_tokens, decoding=decoding)
+    provenance = judge_provenance(judge.settings, prompts)
+    return score_belle(
+        items, answers, prompts, judge, run=r.run, max_new_tokens=cfg.max_new_tokens, decoding=decoding,
+        judge_provenance=provenance,
+    )  # fmt: skip
 
 
 register(

@@ -1,0 +1,148 @@
+"""Serving speed: ``jaxtune serve`` under concurrent clients, against one client at a time and against the in-process
+generator (what ``jaxtune eval`` decodes with) on the same prompts.
+
+A random LLaMA of the flags' shape (the demo tokenizer's vocabulary and DoIT's tokens) is saved as a jaxtune
+checkpoint and served on 127.0.0.1 with ``--rows`` rows; clients are the official ``openai`` client, greedy,
+``max_tokens=--new-tokens``, one chat request each (DoIT's template), sent from a process of their own. Aggregate generated tokens/s (completion
+tokens as the server counts them, over the wall time of the whole set):
+
+1. ``--clients`` clients at once against the same requests sent one at a time; target: >= 4x.
+2. the server with all clients at once against ``Generator.generate`` on the same prompt ids, ``batch_size=--rows``,
+   same max new tokens and stop ids (the same greedy replies, checked); target: the server at most 15% slower.
+
+Each side is run once untimed first (compilation), then timed ``--repeats`` times alternating (so other load on
+the machine falls on both alike); medians are reported beside ``os.getloadavg()``.
+
+    .venv/bin/python benchmarks/serve.py
+    .venv/bin/python benchmarks/serve.py --hidden 512 --layers 4 --clients 32 --new-tokens 64 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import statistics
+import sys
+import tempfile
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from pathlib import Path
+
+from bench_common import add_model_args, model_config, timed
+
+DOIT_ADDED = {"<user>": 1000, "<assistant>": 1001, "<eot>": 1002, "<pad>": 1003}
+
+
+def _checkpoint(args: argparse.Namespace, root: Path) -> Path:
+    from flax import nnx
+
+    from jaxtune.checkpoint.params import save_params
+    from jaxtune.demo import DEMO_TOKENIZER
+    from jaxtune.models.llama import Llama
+
+    cfg = model_config(args, max_position_embeddings=1024, compute_dtype="float32", initializer_range=0.2)
+    model = Llama(cfg, nnx.Rngs(0))
+    path = root / "ckpt"
+    save_params(path, nnx.state(model, nnx.Param), cfg, tokenizer_dir=DEMO_TOKENIZER, added_tokens=DOIT_ADDED)
+    return path
+
+
+def _questions(n: int) -> list[str]:
+    return [f"question number {i}: tell me about item {i * 7 % 13} and the {i}th colour" for i in range(n)]
+
+
+def client_set(base_url: str, model: str, questions: list[str], max_tokens: int, at_once: bool):
+    """(wall seconds, [(reply, completion tokens)]) of one set of requests, all at once or one at a time. Run in a
+    process of its own: the clients' work (HTTP, JSON, pydantic) does not share the server's interpreter."""
+    import time
+
+    import openai
+
+    client = openai.OpenAI(base_url=base_url, api_key="unused", timeout=600, max_retries=0)
+
+    def ask(q: str):
+        r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": q}],
+                                           max_tokens=max_tokens, temperature=0)  # fmt: skip
+        return r.choices[0].message.content, r.usage.completion_tokens
+
+    start = time.perf_counter()
+    if at_once:
+        with ThreadPoolExecutor(len(questions)) as pool:
+            out = list(pool.map(ask, questions))
+    else:
+        out = [ask(q) for q in questions]
+    return time.perf_counter() - start, out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_model_args(p, vocab=1004, hidden=256, layers=4, heads=8, mlp=688)
+    p.add_argument("--clients", type=int, default=32)
+    p.add_argument("--rows", type=int, default=32)
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args()
+    if args.vocab != 1004:
+        p.error("--vocab must be 1004 (the demo tokenizer's 1000 pieces and DoIT's 4 tokens)")
+
+    from jaxtune.config.schema import EvalConfig
+    from jaxtune.eval.generate import Generator
+    from jaxtune.eval.loading import load_model
+    from jaxtune.serve.server import RunningServer, free_port, load_for_serving
+
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = _checkpoint(args, Path(tmp))
+        eval_cfg = EvalConfig(batch_size=args.rows, max_new_tokens=args.new_tokens, max_prompt_len=64,
+                              bucket_multiple=64, compute_dtype="float32")  # fmt: skip
+        load_s, loaded = timed(lambda: load_for_serving(ckpt, eval_cfg, max_queue=4 * args.clients))
+        codec = loaded.codec
+        questions = _questions(args.clients)
+        prompts = [codec.prompt_ids([{"role": "user", "content": q}]) for q in questions]
+        generator = Generator(load_model(ckpt, compute_dtype="float32"), batch_size=args.rows, pad_id=0)
+
+        clients = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        with RunningServer(loaded, port=free_port()) as server, clients:
+            request = (server.base_url, loaded.model.id, questions, args.new_tokens)
+
+            def together():
+                return clients.submit(client_set, *request, True).result()
+
+            def one_at_a_time():
+                return clients.submit(client_set, *request, False).result()
+
+            def in_process():
+                return timed(lambda: generator.generate(prompts, args.new_tokens, codec.stop_ids))
+
+            runs: dict[str, list[float]] = {"together": [], "one_at_a_time": [], "in_process": []}
+            sides = {"together": together, "one_at_a_time": one_at_a_time, "in_process": in_process}
+            first = {name: fn()[1] for name, fn in sides.items()}  # compiles
+            together()  # arrivals differ from run to run: a second pass meets the other prefill size
+            served = [text for text, _ in first["together"]]
+            expected = [codec.decode(g.tokens) for g in first["in_process"]]
+            tokens = sum(n for _, n in first["together"])
+            if served != expected or tokens != sum(len(g.tokens) for g in first["in_process"]):
+                print("the server's replies differ from the generator's", file=sys.stderr)
+                return 1
+            for _ in range(args.repeats):
+                for name, fn in sides.items():
+                    runs[name].append(fn()[0])
+        load = os.getloadavg()
+        rate = {name: tokens / statistics.median(times) for name, times in runs.items()}
+        print(f"model: hidden {args.hidden}, layers {args.layers}, heads {args.heads}, vocab {args.vocab}; "
+              f"{args.clients} requests of up to {args.new_tokens} tokens ({tokens} generated), {args.rows} rows; "
+              f"load and compile {load_s:.1f} s")  # fmt: skip
+        print(f"os.getloadavg() (1, 5, 15 min) before: {' '.join(f'{x:.2f}' for x in load_before)}, after: "
+              f"{' '.join(f'{x:.2f}' for x in load)} on {os.cpu_count()} CPUs")  # fmt: skip
+        for name in runs:
+            times = ", ".join(f"{t:.2f}" for t in runs[name])
+            print(f"  {name:14s} {rate[name]:8.1f} tokens/s   (s per set: {times})")
+        ratio = rate["together"] / rate["one_at_a_time"]
+        overhead = 1 - rate["together"] / rate["in_process"]
+        print(f"{args.clients} clients at once vs one at a time: {ratio:.2f}x (target >= 4x)")
+        print(f"server vs in-process generator: {100 * overhead:+.1f}% slower (target <= 15%)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""``jaxtune sweep``: the study's grid of a sweep file (:mod:`jaxtune.study.grid`: models x data types,
+idempotent), or one run config trained and evaluated at several data volumes (:func:`jaxtune.study.sweep.sweep`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from jaxtune.commands.arguments import add_command, run_config
+from jaxtune.errors import JaxtuneError
+
+
+def register(subparsers: Any) -> None:
+    p = add_command(subparsers, "sweep", run, "train and evaluate at several data selections (the study's grid)")
+    p.add_argument(
+        "config",
+        help="a sweep file (top-level key 'sweep': models x data types, e.g. "
+        "configs/sweeps/doit.yaml) or a run config with --selections",
+    )
+    p.add_argument(
+        "--selections",
+        help="run config only: e.g. curated-10,curated-40,synthetic-160 or belle-200k+alpaca,belle-600k+alpaca",
+    )
+    p.add_argument(
+        "--eval-epochs",
+        default=None,
+        help="run config only: 'last' (default), 'all' or comma-separated epochs to evaluate",
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="sweep file only: list each cell's state and planned steps, run nothing"
+    )
+    p.add_argument("overrides", nargs="*")
+
+
+def run(args: argparse.Namespace) -> int:
+    from jaxtune.study.grid import is_sweep_file
+
+    if is_sweep_file(args.config):
+        return _run_grid(args)
+    if not args.selections or args.dry_run:
+        raise JaxtuneError(
+            f"{args.config} is a run config: give --selections (a sweep file, with the top-level key "
+            f"'sweep', lists its grid and supports --dry-run)"
+        )
+    cfg = run_config(args.config, args.overrides)
+    from jaxtune.study.sweep import sweep
+
+    outputs = sweep(cfg, selections=args.selections.split(","), epochs_to_eval=args.eval_epochs or "last")
+    print(outputs.summary())
+    return 0
+
+
+def _run_grid(args: argparse.Namespace) -> int:
+    from jaxtune.study.grid import cell_states, format_states, load_grid, run_grid
+
+    if args.selections or args.overrides or args.eval_epochs is not None:
+        raise JaxtuneError(
+            f"{args.config} is a sweep file: its models, data_types and eval_epochs say what to "
+            f"run (--selections, --eval-epochs and key=value are for a run config)"
+        )
+    spec = load_grid(args.config)
+    if args.dry_run:
+        print(format_states(spec, cell_states(spec, progress=lambda t: print(t, file=sys.stderr, flush=True))))
+    else:
+        print(run_grid(spec).summary())
+    return 0

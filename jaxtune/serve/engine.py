@@ -1,0 +1,286 @@
+"""The serving engine: continuous batching of requests over a fixed batch of rows, on one thread.
+
+- Requests wait in a bounded queue (:meth:`Engine.submit` raises :class:`QueueFull` past ``max_queue``: HTTP 429).
+- Each step (a :class:`jaxtune.serve.plan.Plan`) frees the rows of finished, failed or cancelled requests, admits
+  waiting requests into free rows (one prefill for all of them, padded to a bucket length; an idle engine first
+  waits a few milliseconds while more requests keep arriving, so that clients arriving together share one
+  prefill: 32 benchmark clients otherwise came in three, each costing about four decoding steps), then decodes up
+  to ``steps`` tokens for every live row (leaving early when a row stops while requests wait). The tokens go to each
+  request (:meth:`jaxtune.serve.request.ServeRequest.feed`), which streams its text.
+- The batch has ``rows`` rows and a cache of ``context`` slots for the server's life: one decoding program, and one
+  prefill per (prefill rows, bucket length) pair, the prefill rows being one or the whole batch. Admission
+  is refused upstream for a prompt + ``max_tokens`` beyond ``context``.
+- All JAX calls happen on the engine thread (never the HTTP event loop). With several processes, process 0 plans
+  and every process runs the same programs (:func:`jaxtune.serve.plan.share_plan`); :meth:`Engine.follow` is the
+  loop of the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Collection
+from typing import Optional
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from jaxtune.eval.batching import bucket_length, jitted, model_context, put_rows, replicated
+from jaxtune.eval.likelihood import right_pad
+from jaxtune.serve import programs
+from jaxtune.serve.plan import Admission, Plan, share_plan
+from jaxtune.serve.request import ServeRequest
+from jaxtune.sharding import check_batch_rows
+
+log = logging.getLogger(__name__)
+
+
+class QueueFull(Exception):
+    """More requests wait than the queue holds."""
+
+
+class Batch:
+    """The device side of the engine (every process holds one): the rows, their settings and the programs."""
+
+    def __init__(self, model: nnx.Module, *, rows: int, context: int, steps: int, bucket_multiple: int, stop_ids,
+                 mesh: Optional[Mesh] = None):  # fmt: skip
+        check_batch_rows(rows, mesh)
+        self.cfg = model.cfg
+        self.graphdef, self.state = nnx.split(model)
+        self.rows, self.context, self.steps, self.bucket_multiple, self.mesh = (
+            rows,
+            context,
+            steps,
+            bucket_multiple,
+            mesh,
+        )
+        self.pad_id = model.cfg.pad_token_id or 0
+        table = sorted({int(s) for s in stop_ids})
+        self.stop_table = np.full((max(8, len(table)),), -1, np.int32)
+        self.stop_table[: len(table)] = table
+        dp = 1
+        if mesh is not None:
+            from jaxtune.sharding import data_parallel_size
+
+            dp = data_parallel_size(mesh)
+        # Prefills of one row (one per data-parallel device) or of the whole batch: two compiled sizes per prompt
+        # bucket. Halving further (as the evaluator does) saved little once arrivals are gathered (see _gather), and
+        # each size is a compilation a server meets at some later request (7 s each on a loaded 2-core CPU).
+        self.group_sizes = sorted({dp, rows})
+        keep = (None, replicated(mesh))
+        self._empty = jitted(programs.empty_rows, self.graphdef, self.cfg, mesh, ("rows", "length"), out_shardings=None)
+        self._prefill = jitted(programs.prefill, self.graphdef, self.cfg, mesh, ("mesh",), ("rows",), keep)
+        self._decode = jitted(programs.decode, self.graphdef, self.cfg, mesh, ("steps", "mesh"), ("rows",),
+                              (None, replicated(mesh), replicated(mesh)))  # fmt: skip
+        self.alive = np.zeros((rows,), bool)
+        self.settings = programs.RowSettings(
+            np.zeros((rows,), np.float32), np.zeros((rows,), np.int32), np.ones((rows,), np.float32),
+            np.ones((rows,), np.float32), np.zeros((rows,), np.uint32), np.ones((rows,), np.int32),
+        )  # fmt: skip
+        self.reset()
+
+    def reset(self) -> None:
+        """Every row free, the device state new (after a failed step, whose buffers may be gone)."""
+        self.alive[:] = False
+        with model_context(self.mesh):
+            self.device = self._empty(self.state, rows=self.rows, length=self.context)
+
+    def warm_up(self) -> None:
+        """Compile the decoding program and the one-row prefill of the shortest bucket (twice through: the batch's
+        arrays come back from the first calls in the layout later calls see)."""
+        for _ in range(2):
+            self.run(Plan(admit=(Admission(0, (self.pad_id,), 0.0, 0, 1.0, 1.0, 0, 2),)))
+            self.run(Plan(release=(0,)))
+
+    def run(self, plan: Plan) -> dict[int, tuple[list[int], bool]]:
+        """Apply one plan; the tokens each row produced in it and whether the row stopped."""
+        for slot in plan.release:
+            self.alive[slot] = False
+        out: dict[int, tuple[list[int], bool]] = {}
+        with model_context(self.mesh):
+            if plan.admit:
+                out.update(self._admit(plan.admit))
+            if self.alive.any():
+                for slot, (tokens, ended) in self._step(plan.waiting).items():
+                    before = out.get(slot, ([], False))[0]
+                    out[slot] = (before + tokens, ended)
+        return out
+
+    def _admit(self, admit: Collection[Admission]) -> dict[int, tuple[list[int], bool]]:
+        for a in admit:
+            values = (a.temperature, a.top_k, a.top_p, a.repetition_penalty, a.seed, a.max_tokens)
+            for array, value in zip(self.settings, values):
+                array[a.slot] = value
+        admit = list(admit)
+        group = next(size for size in self.group_sizes if size >= len(admit))
+        length = min(bucket_length(max(len(a.prompt_ids) for a in admit), self.bucket_multiple), self.context)
+        batch = right_pad([a.prompt_ids for a in admit], [[] for _ in admit], length, group)
+        batch.input_ids[batch.segment_ids == 0] = self.pad_id
+        slots = np.array([a.slot for a in admit] + [self.rows] * (group - len(admit)), np.int32)
+        picked = np.where(slots < self.rows, slots, 0)
+        settings = programs.RowSettings(*(np.asarray(a)[picked] for a in self.settings))
+        inputs = put_rows([slots, batch.input_ids, batch.segment_ids, batch.last_index], self.mesh)
+        self.device, first = self._prefill(
+            self.state, self.device, *inputs, programs.RowSettings(*put_rows(list(settings), self.mesh)), mesh=self.mesh
+        )
+        first = np.asarray(jax.device_get(first))
+        out = {}
+        for k, a in enumerate(admit):
+            token = int(first[k])
+            ended = token in self.stop_table or a.max_tokens <= 1
+            self.alive[a.slot] = not ended
+            out[a.slot] = ([token], ended)
+        return out
+
+    def _step(self, waiting: bool) -> dict[int, tuple[list[int], bool]]:
+        alive, settings = put_rows([self.alive], self.mesh)[0], put_rows(list(self.settings), self.mesh)
+        self.device, tokens, stopped = self._decode(
+            self.state, self.device, alive, programs.RowSettings(*settings), self.stop_table, np.bool_(waiting),
+            steps=self.steps, mesh=self.mesh,
+        )  # fmt: skip
+        tokens, stopped = (np.asarray(a) for a in jax.device_get((tokens, stopped)))
+        out = {}
+        for slot in np.flatnonzero(self.alive):
+            produced = tokens[slot]
+            out[int(slot)] = ([int(t) for t in produced[produced != programs.NO_TOKEN]], bool(stopped[slot]))
+            if stopped[slot]:
+                self.alive[slot] = False
+        return out
+
+
+class Engine:
+    """Requests in, streamed tokens out, on a thread of its own (process 0; :meth:`follow` elsewhere)."""
+
+    def __init__(self, batch: Batch, *, max_queue: int = 64, admit_window_s: float = 0.02):
+        """max_queue: requests that may wait for a row (more: :class:`QueueFull`). admit_window_s: an idle engine
+        that receives a request waits while more keep arriving (each within this of the last, 5 windows at most),
+        so that clients arriving together share one prefill."""
+        self.batch = batch
+        self.max_queue = max_queue
+        self.admit_window_s = admit_window_s
+        self._waiting: deque[ServeRequest] = deque()
+        self._owner: list[Optional[ServeRequest]] = [None] * batch.rows
+        self._released: list[int] = []
+        self._wake = threading.Condition()
+        self._stopping = False
+        self._thread: Optional[threading.Thread] = None
+        self.steps_run = 0
+
+    # -- the HTTP side ----------------------------------------------------------------------------------------------
+
+    def submit(self, request: ServeRequest) -> None:
+        """Queue a request (its prompt and max_tokens already checked against the context)."""
+        with self._wake:
+            if self._stopping:
+                raise QueueFull("the server is shutting down")
+            if len(self._waiting) >= self.max_queue:
+                raise QueueFull(f"{len(self._waiting)} requests are waiting (the server's --max-queue)")
+            self._waiting.append(request)
+            self._wake.notify()
+
+    def rows_in_use(self) -> int:
+        """Rows holding a request (a test's check that nothing leaks)."""
+        return sum(r is not None for r in self._owner)
+
+    def queued(self) -> int:
+        return len(self._waiting)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="jaxtune-serve-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # -- the engine thread ------------------------------------------------------------------------------------------
+
+    def _plan(self) -> Plan:
+        with self._wake:
+            while not self._stopping and not self._waiting and not self._released and not self.rows_in_use():
+                self._wake.wait(1.0)
+            if not self.rows_in_use():
+                self._gather()
+            if self._stopping:
+                return Plan(shutdown=True)
+            for slot, request in enumerate(self._owner):
+                if request is not None and request.cancelled:
+                    self._free(slot)
+            self._waiting = deque(r for r in self._waiting if not r.cancelled)
+            admit = []
+            for slot in range(self.batch.rows):
+                if self._owner[slot] is None and self._waiting:
+                    request = self._waiting.popleft()
+                    self._owner[slot] = request
+                    d = request.decoding
+                    admit.append(Admission(slot, tuple(request.prompt_ids), d.temperature, d.top_k, d.top_p,
+                                           d.repetition_penalty, d.seed, d.max_tokens))  # fmt: skip
+            release, self._released = tuple(self._released), []
+            return Plan(release=release, admit=tuple(admit), waiting=bool(self._waiting))
+
+    def _gather(self) -> None:
+        """Wait (lock held) while requests keep arriving, up to a batch of them (see ``admit_window_s``)."""
+        end = time.monotonic() + 5 * self.admit_window_s
+        while not self._stopping and len(self._waiting) < self.batch.rows:
+            seen, left = len(self._waiting), end - time.monotonic()
+            if left <= 0:
+                return
+            self._wake.wait(min(self.admit_window_s, left))
+            if len(self._waiting) == seen:
+                return
+
+    def _free(self, slot: int) -> None:
+        self._owner[slot] = None
+        self._released.append(slot)
+
+    def _loop(self) -> None:
+        while True:
+            plan = share_plan(self._plan())
+            if plan.shutdown:
+                break
+            try:
+                produced = self.batch.run(plan)
+            except Exception as e:  # a failed step fails its requests, not the server
+                log.exception("engine step failed")
+                self._fail_all(f"the engine failed: {type(e).__name__}: {e}")
+                self.batch.reset()
+                continue
+            self.steps_run += 1
+            for slot, (tokens, ended) in produced.items():
+                request = self._owner[slot]
+                if request is None:
+                    continue
+                try:
+                    done = request.feed(tokens, ended)
+                except Exception as e:
+                    log.exception("a request's reply could not be decoded")
+                    request.fail(f"{type(e).__name__}: {e}")
+                    done = True
+                if done:
+                    with self._wake:
+                        self._free(slot)
+        self._fail_all("the server is shutting down")
+
+    def _fail_all(self, message: str) -> None:
+        with self._wake:
+            for slot, request in enumerate(self._owner):
+                if request is not None:
+                    request.fail(message)
+                    self._free(slot)
+            while self._waiting:
+                self._waiting.popleft().fail(message)
+
+    def follow(self) -> None:
+        """The loop of a process other than 0: run every plan process 0 shares until it shuts down."""
+        while True:
+            plan = share_plan(None)
+            if plan.shutdown:
+                return
+            self.batch.run(plan)
