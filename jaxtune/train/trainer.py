@@ -9,7 +9,6 @@ Every process runs the same loop on its own shard of the data; only process 0 wr
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import signal
@@ -36,13 +35,11 @@ from jaxtune.errors import JaxtuneError
 from jaxtune.models.stats import model_info
 from jaxtune.paths import as_path, write_text_atomic
 from jaxtune.sharding import (
-    LayoutError,
     abstract_model,
     batch_geometry,
     check_batch_rows,
     global_batch,
     init_params,
-    initialize_distributed,
     validate_batch_layout,
     validate_param_layout,
     with_shardings,
@@ -318,8 +315,7 @@ def train(cfg: Config, data: Optional[RunData] = None, *, print_fn: Callable[[st
 
     SIGTERM and Ctrl-C are caught from here on: one arriving during start-up (data, restore, compilation) stops the
     run before its first step, as cleanly as one arriving later."""
-    with contextlib.suppress(LayoutError):  # check_run reports a bad mesh section with every other problem
-        initialize_distributed(cfg.mesh)  # the lease is process 0's
+    check_run(cfg)  # a refused config writes nothing, not even the lease (setup_train_loop's own check repeats it)
     with (
         _StopRequest() as stop_request,
         hold_run_lease(cfg.run_dir, cfg.checkpoint) as lease,
