@@ -2,7 +2,7 @@
 
 Orbax and tensorstore log through absl (the Python logger ``absl``): on a damaged checkpoint, a full disk or an
 unreachable store, their background threads log one to fifty tracebacks before jaxtune's one-line error, burying
-it. :func:`route_library_logs` sends the ``absl`` logger's records to ``$TMPDIR/jaxtune-logs/COMMAND.PID.log``
+it. :func:`route_library_logs` sends the ``absl`` and ``asyncio`` loggers' records to ``$TMPDIR/jaxtune-logs/COMMAND.PID.log``
 (created only once something is logged) and stops them reaching stderr; keep that file for debugging.
 
 Not routed (yet): after a failed asynchronous save, tensorstore's callbacks print ``RuntimeError: Event loop is
@@ -16,7 +16,9 @@ import os
 import tempfile
 from typing import Optional
 
-LIBRARY_LOGGERS = ("absl",)
+LIBRARY_LOGGERS = ("absl", "asyncio")
+"""absl: Orbax and tensorstore; asyncio: "Future exception was never retrieved" for the futures of a failed
+asynchronous save (timing-dependent, with the whole tensorstore error)."""
 _handler: Optional[logging.Handler] = None
 
 
