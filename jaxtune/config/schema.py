@@ -167,7 +167,8 @@ class RopeScalingConfig(_Section):
 
 @dataclass
 class ModelConfig(_Section):
-    """Shape and numerics of a decoder: a LLaMA (transformers' ``LlamaConfig``) or a BLOOM (``BloomConfig``)."""
+    """Shape and numerics of a decoder: a LLaMA (transformers' ``LlamaConfig``), a BLOOM (``BloomConfig``) or a
+    Qwen2 (``Qwen2Config``)."""
 
     SECTION = "model"
 
@@ -178,7 +179,8 @@ class ModelConfig(_Section):
     """Architecture: ``llama`` (RMSNorm, rotary positions, SwiGLU MLP) or ``bloom`` (transformers'
     BloomForCausalLM: LayerNorms with biases, ALiBi, fused query/key/value with biases, tanh-GeLU MLP). For bloom,
     ``intermediate_size`` is the MLP width (4 x hidden_size in every BLOOM checkpoint), ``num_kv_heads`` stays
-    unset, and the rms_norm_eps/rope_* fields are unused. BLOOM presets set it."""
+    unset, and the rms_norm_eps/rope_* fields are unused. BLOOM presets set it. ``qwen2`` is ``llama`` with
+    biases on the query, key and value projections (Qwen1.5, Qwen2, Qwen2.5)."""
     vocab_size: int = 32000
     """Number of real token ids (the tokenizer's size including added special tokens)."""
     hidden_size: int = 4096
