@@ -495,7 +495,9 @@ class CheckpointConfig(_Section):
     init_from: Optional[str] = None
     """Parameters to start from when not resuming: a params-only checkpoint (``jaxtune import-hf``, an epoch
     checkpoint RUN_DIR/epochs/EPOCH) or a train checkpoint's step folder (RUN_DIR/checkpoints/STEP), local or
-    ``gs://``; None initialises randomly from train.seed."""
+    ``gs://``; None initialises randomly from train.seed. From the command line, the
+    model's architecture fields the config leaves unset are the checkpoint's, and one it sets otherwise is refused
+    (:mod:`jaxtune.convert.architecture`)."""
     allow_config_change: bool = False
     """Resume even though the config changes keys that decide the data order, the batch or the schedule (data.*
     except its worker/thread/prefetch counts and valid_path, optim.*, train.global_batch_size/epochs/max_steps/seed).
