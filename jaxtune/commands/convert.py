@@ -36,7 +36,10 @@ def register(subparsers: Any) -> None:
 
 def _register_import(subparsers: Any) -> None:
     p = add_command(
-        subparsers, "import-hf", run_import, "convert a Hugging Face LLaMA or BLOOM folder into a jaxtune checkpoint"
+        subparsers,
+        "import-hf",
+        run_import,
+        "convert a Hugging Face LLaMA, BLOOM or Qwen2 folder into a jaxtune checkpoint",
     )
     p.add_argument("hf_dir")
     p.add_argument("out")

@@ -2,7 +2,7 @@
 
 Every stage of jaxtune reads one section of :class:`Config`:
 
-- ``model``: the LLaMA or BLOOM shape and numerics (:class:`ModelConfig`, with :class:`RopeScalingConfig`),
+- ``model``: the LLaMA, BLOOM or Qwen2 shape and numerics (:class:`ModelConfig`, with :class:`RopeScalingConfig`),
 - ``data``: where records come from and how they become token batches (:class:`DataConfig`),
 - ``mesh``: how devices are arranged (:class:`MeshConfig`),
 - ``optim``: AdamW, clipping and the learning-rate schedule (:class:`OptimConfig`),
