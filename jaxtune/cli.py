@@ -7,7 +7,7 @@ jaxtune report RUN_DIR ... --out DIR   growth curves and growth-pace tables over
 jaxtune sweep SWEEP.yaml [--dry-run]   the study's grid: models x data types, idempotent (jaxtune/study/grid.py)
 jaxtune sweep CONFIG --selections ...  train and evaluate one config at several data volumes
 jaxtune prepare INPUT OUT --format F   local files -> ArrayRecord dataset (random access, low memory)
-jaxtune import-hf HF_DIR OUT           Hugging Face LLaMA or BLOOM folder -> jaxtune checkpoint
+jaxtune import-hf HF_DIR OUT           Hugging Face LLaMA, BLOOM or Qwen2 folder -> jaxtune checkpoint
 jaxtune export-hf CKPT OUT_DIR         jaxtune checkpoint -> Hugging Face folder
 jaxtune check-hf HF_DIR                compare jaxtune and transformers on the same checkpoint
 jaxtune info [CONFIG] [key=value ...]  parameter count, FLOPs per token, memory of a model shape

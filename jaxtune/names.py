@@ -83,7 +83,7 @@ AttentionImpl = Literal["xla", "cudnn", "splash"]
 """Attention implementations (see :mod:`jaxtune.models.attention`)."""
 ATTENTION_IMPLS = names_of(AttentionImpl)
 
-ModelFamily = Literal["llama", "bloom"]
+ModelFamily = Literal["llama", "bloom", "qwen2"]
 """Model families (architectures); each is one file of :mod:`jaxtune.families` that registers everything
 family-specific (model class, counts, Hugging Face mapping, presets)."""
 MODEL_FAMILIES = names_of(ModelFamily)

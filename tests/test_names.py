@@ -20,7 +20,7 @@ from jaxtune.data.templates import TEMPLATE_CLASSES
 from jaxtune.eval.suites.registry import load_suites
 from jaxtune.families.registry import load_families
 from jaxtune.hardware import ACCELERATORS
-from jaxtune.models import axes, bloom, decoder, llama
+from jaxtune.models import axes, bloom, decoder, llama, qwen2
 from jaxtune.models.attention import IMPL_PLATFORMS
 from jaxtune.models.configs import model_config
 from jaxtune.models.dtypes import DTYPES
@@ -107,11 +107,11 @@ def test_config_fields_are_annotated_with_the_declared_name_sets():
 
 def test_every_axis_a_model_names_is_declared():
     used: dict[str, str] = {}
-    for preset in ("tiny-gqa", "tiny-tied", "bloom-tiny"):
+    for preset in ("tiny-gqa", "tiny-tied", "bloom-tiny", "qwen2-tiny"):
         _, _, param_axes = abstract_model(model_config(preset))
         for names_of_param in jax.tree.leaves(param_axes, is_leaf=lambda x: isinstance(x, tuple)):
             used.update({a: preset for a in names_of_param if a is not None})
-    for module in (llama, bloom):
+    for module in (llama, bloom, qwen2):
         for param, layer_axes in module.LAYER_PARAM_AXES.items():
             used.update({a: f"{module.__name__}.LAYER_PARAM_AXES[{param!r}]" for a in layer_axes})
     for constant in ("BATCH", "LENGTH", "EMBED", "HEADS", "KV_HEADS", "MLP", "VOCAB", "LOOKUP_VOCAB"):

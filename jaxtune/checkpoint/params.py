@@ -4,9 +4,11 @@ finalised train-state or epoch step folder a params-only checkpoint too."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
-from typing import Any, Mapping, Optional
+import logging
+from typing import Any, Iterator, Mapping, Optional
 
 import jax
 import numpy as np
@@ -144,6 +146,33 @@ def load_model_config(path: PathLike) -> ModelConfig:
         raise CheckpointError(f"{file}: {e}{complete_step_hint(path)}") from None
 
 
+class _NoStepMetadataWarning(logging.Filter):
+    """Drops Orbax's warning that ``{params_dir}/_CHECKPOINT_METADATA`` is missing (see :func:`quiet_step_metadata`)."""
+
+    def __init__(self, params_dir: epath.Path):
+        super().__init__()
+        self.missing = str(params_dir / "_CHECKPOINT_METADATA")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("Metadata file does not exist") and self.missing in message)
+
+
+@contextlib.contextmanager
+def quiet_step_metadata(params_dir: epath.Path) -> Iterator[None]:
+    """Silence Orbax's absl warning "Metadata file does not exist: PARAMS/_CHECKPOINT_METADATA" while ``params_dir``
+    is read: the params/ item of a train-state or epoch step is written by a CheckpointManager, which keeps that file
+    one level up (in the step folder), so its absence is the layout, not damage (damaged metadata is still reported:
+    ``_METADATA`` is checked by :func:`load_params`)."""
+    absl_logger = logging.getLogger("absl")
+    quiet = _NoStepMetadataWarning(params_dir)
+    absl_logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        absl_logger.removeFilter(quiet)
+
+
 def load_params(
     path: PathLike,
     shardings: Any = None,
@@ -162,7 +191,11 @@ def load_params(
     params_path = path / PARAMS_DIR
     if not params_path.is_dir():
         raise CheckpointError(f"{path}: no {PARAMS_DIR}/ folder (incomplete checkpoint){complete_step_hint(path)}")
-    with ocp.PyTreeCheckpointer() as checkpointer, restore_boundary(path, f"{PARAMS_DIR}/"):
+    with (
+        quiet_step_metadata(params_path),
+        ocp.PyTreeCheckpointer() as checkpointer,
+        restore_boundary(path, f"{PARAMS_DIR}/"),
+    ):
         item_metadata = checkpointer.metadata(params_path).item_metadata
         if item_metadata is None or item_metadata.tree is None:  # Orbax returns None for a missing or cut _METADATA
             raise CheckpointError(

@@ -4,10 +4,12 @@ the command line (a YAML file, further YAML files among the arguments, then ``ke
 from __future__ import annotations
 
 import argparse
+import functools
 from typing import Any, Callable, Optional, Sequence
 
 from jaxtune.config.loading import load_config
 from jaxtune.config.schema import Config
+from jaxtune.convert.architecture import inherit_architecture
 
 Command = Callable[[argparse.Namespace], int]
 """What a sub-command runs: the parsed arguments in, the exit status out."""
@@ -27,7 +29,9 @@ def config_files(path: Optional[str], overrides: Sequence[str]) -> tuple[Any, li
     return ([path, *files] if files and path is not None else path), rest
 
 
-def run_config(path: Optional[str], overrides: Sequence[str]) -> Config:
+def run_config(path: Optional[str], overrides: Sequence[str], checkpoint: Optional[str] = None) -> Config:
     """The config of ``path`` plus any further YAML files among the arguments (a hardware preset:
-    ``train configs/doit-33b.yaml configs/hardware/v5p-16.yaml``), then the key=value overrides."""
-    return load_config(*config_files(path, overrides))
+    ``train configs/doit-33b.yaml configs/hardware/v5p-16.yaml``), then the key=value overrides; the model's
+    architecture from ``checkpoint`` (default: ``checkpoint.init_from``) where the config leaves it unset
+    (:mod:`jaxtune.convert.architecture`)."""
+    return load_config(*config_files(path, overrides), functools.partial(inherit_architecture, source=checkpoint))

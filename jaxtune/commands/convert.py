@@ -23,12 +23,23 @@ def register(subparsers: Any) -> None:
     p.add_argument("hf_dir")
     p.add_argument("--tokens", type=int, default=32)
     p.add_argument("--new-tokens", type=int, default=16)
-    p.add_argument("--tolerance", type=float, default=1e-4)
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=None,
+        help="largest max |Δ log-softmax| / logit spread that passes (default: 5e-4 in float32, 0.25 in bfloat16)",
+    )
+    p.add_argument(
+        "--dtype", default="float32", choices=("float32", "bfloat16"), help="both sides' weights and compute"
+    )
 
 
 def _register_import(subparsers: Any) -> None:
     p = add_command(
-        subparsers, "import-hf", run_import, "convert a Hugging Face LLaMA or BLOOM folder into a jaxtune checkpoint"
+        subparsers,
+        "import-hf",
+        run_import,
+        "convert a Hugging Face LLaMA, BLOOM or Qwen2 folder into a jaxtune checkpoint",
     )
     p.add_argument("hf_dir")
     p.add_argument("out")
@@ -85,6 +96,12 @@ def run_export(args: argparse.Namespace) -> int:
 def run_check(args: argparse.Namespace) -> int:
     from jaxtune.eval.parity import check_hf
 
-    report = check_hf(args.hf_dir, num_tokens=args.tokens, max_new_tokens=args.new_tokens, tolerance=args.tolerance)
+    report = check_hf(
+        args.hf_dir,
+        num_tokens=args.tokens,
+        max_new_tokens=args.new_tokens,
+        tolerance=args.tolerance,
+        dtype=args.dtype,
+    )
     print(report.summary())
     return 0 if report.ok else 1

@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.suite:
         overrides.append(f"eval.suites={args.suite}")
-    cfg = run_config(args.config, overrides)
+    cfg = run_config(args.config, overrides, checkpoint=args.checkpoint)
     result = evaluate(
         args.checkpoint,
         cfg.eval,

@@ -22,13 +22,16 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence, Union
+from typing import Any, Callable, Literal, Optional, Sequence, Union
 
 import yaml
 
 from jaxtune.config.presets import PRESETS
 from jaxtune.config.schema import Config, ConfigError, ModelConfig, dotted_key
 from jaxtune.names import unknown_name_message
+
+ModelSource = Callable[[dict], list[str]]
+"""A hook that completes a config's raw nested dict (its model section) and returns the problems it found."""
 
 
 def _is_dataclass_type(tp: Any) -> bool:
@@ -194,8 +197,11 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def config_from_dict(values: dict, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Build a validated :class:`Config` from a nested dict and ``key=value`` overrides.
+def config_from_dict(
+    values: dict, overrides: list[str] | tuple[str, ...] = (), model_source: Optional[ModelSource] = None
+) -> Config:
+    """Build a validated :class:`Config` from a nested dict and ``key=value`` overrides; ``model_source`` (e.g.
+    :func:`jaxtune.convert.architecture.inherit_architecture`) completes the raw model section after the overrides.
 
     Raises one ConfigError listing every problem: bad overrides, unknown or ill-typed keys, unusable values."""
     tree = _deep_copy(values)
@@ -211,6 +217,11 @@ def config_from_dict(values: dict, overrides: list[str] | tuple[str, ...] = ()) 
             _set_dotted(tree, key, value)
         except ConfigError as e:
             problems += [f"{OVERRIDE_PREFIX} {text!r}: {p}" for p in e.problems]
+    if model_source is not None:
+        try:
+            problems += model_source(tree)
+        except ConfigError as e:
+            problems += e.problems
     config = _build(Config, tree, "", problems)
     problems += [_attribute(p, overrides) for p in config.problems("")]
     if problems:
@@ -308,7 +319,9 @@ def _merge(base: dict, extra: dict) -> dict:
 
 
 def load_config(
-    path: str | os.PathLike | Sequence[str | os.PathLike] | None, overrides: list[str] | tuple[str, ...] = ()
+    path: str | os.PathLike | Sequence[str | os.PathLike] | None,
+    overrides: list[str] | tuple[str, ...] = (),
+    model_source: Optional[ModelSource] = None,
 ) -> Config:
     """Load a YAML config file (or the defaults when ``path`` is None) and apply ``key=value`` overrides.
 
@@ -329,7 +342,7 @@ def load_config(
             raise ConfigError(f"{p}: expected a mapping at the top level, got {type(loaded).__name__}")
         values = _merge(values, loaded)
     try:
-        return config_from_dict(values, overrides)
+        return config_from_dict(values, overrides, model_source)
     except ConfigError as e:
         if not paths:
             raise

@@ -2,7 +2,7 @@
 
 Every stage of jaxtune reads one section of :class:`Config`:
 
-- ``model``: the LLaMA or BLOOM shape and numerics (:class:`ModelConfig`, with :class:`RopeScalingConfig`),
+- ``model``: the LLaMA, BLOOM or Qwen2 shape and numerics (:class:`ModelConfig`, with :class:`RopeScalingConfig`),
 - ``data``: where records come from and how they become token batches (:class:`DataConfig`),
 - ``mesh``: how devices are arranged (:class:`MeshConfig`),
 - ``optim``: AdamW, clipping and the learning-rate schedule (:class:`OptimConfig`),
@@ -167,7 +167,8 @@ class RopeScalingConfig(_Section):
 
 @dataclass
 class ModelConfig(_Section):
-    """Shape and numerics of a decoder: a LLaMA (transformers' ``LlamaConfig``) or a BLOOM (``BloomConfig``)."""
+    """Shape and numerics of a decoder: a LLaMA (transformers' ``LlamaConfig``), a BLOOM (``BloomConfig``) or a
+    Qwen2 (``Qwen2Config``)."""
 
     SECTION = "model"
 
@@ -178,7 +179,8 @@ class ModelConfig(_Section):
     """Architecture: ``llama`` (RMSNorm, rotary positions, SwiGLU MLP) or ``bloom`` (transformers'
     BloomForCausalLM: LayerNorms with biases, ALiBi, fused query/key/value with biases, tanh-GeLU MLP). For bloom,
     ``intermediate_size`` is the MLP width (4 x hidden_size in every BLOOM checkpoint), ``num_kv_heads`` stays
-    unset, and the rms_norm_eps/rope_* fields are unused. BLOOM presets set it."""
+    unset, and the rms_norm_eps/rope_* fields are unused. BLOOM presets set it. ``qwen2`` is ``llama`` with
+    biases on the query, key and value projections (Qwen1.5, Qwen2, Qwen2.5)."""
     vocab_size: int = 32000
     """Number of real token ids (the tokenizer's size including added special tokens)."""
     hidden_size: int = 4096
@@ -493,7 +495,9 @@ class CheckpointConfig(_Section):
     init_from: Optional[str] = None
     """Parameters to start from when not resuming: a params-only checkpoint (``jaxtune import-hf``, an epoch
     checkpoint RUN_DIR/epochs/EPOCH) or a train checkpoint's step folder (RUN_DIR/checkpoints/STEP), local or
-    ``gs://``; None initialises randomly from train.seed."""
+    ``gs://``; None initialises randomly from train.seed. From the command line, the
+    model's architecture fields the config leaves unset are the checkpoint's, and one it sets otherwise is refused
+    (:mod:`jaxtune.convert.architecture`)."""
     allow_config_change: bool = False
     """Resume even though the config changes keys that decide the data order, the batch or the schedule (data.*
     except its worker/thread/prefetch counts and valid_path, optim.*, train.global_batch_size/epochs/max_steps/seed).

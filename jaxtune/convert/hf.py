@@ -95,7 +95,7 @@ def load_hf_params(
     vocab_pad_multiple: int = 1,
     new_token_init: str = "mean",
 ) -> tuple[ModelConfig, dict]:
-    """Read a Hugging Face LLaMA or BLOOM folder into (ModelConfig, nested dict of numpy arrays), one tensor at a
+    """Read a Hugging Face LLaMA, BLOOM or Qwen2 folder into (ModelConfig, nested dict of numpy arrays), one tensor at a
     time.
 
     param_dtype: dtype of the result (float32, bfloat16, float16); None keeps the stored dtype.
@@ -162,7 +162,7 @@ def import_hf(
     overwrite: bool = False,
     new_token_init: str = "mean",
 ) -> ModelConfig:
-    """``jaxtune import-hf HF_DIR OUT``: convert a Hugging Face LLaMA or BLOOM folder into a jaxtune params
+    """``jaxtune import-hf HF_DIR OUT``: convert a Hugging Face LLaMA, BLOOM or Qwen2 folder into a jaxtune params
     checkpoint.
 
     param_dtype: stored dtype of the checkpoint (None keeps the folder's). vocab_pad_multiple: pad vocabulary rows

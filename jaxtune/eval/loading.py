@@ -122,7 +122,7 @@ def _fitted(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 def stream_hf_params(
     hf_dir: str | Path, mesh: Optional[Mesh] = None, dtype: Optional[str] = None
 ) -> tuple[ModelConfig, dict]:
-    """(ModelConfig, params) of a Hugging Face LLaMA or BLOOM folder, read one stored tensor at a time straight onto ``mesh``
+    """(ModelConfig, params) of a Hugging Face LLaMA, BLOOM or Qwen2 folder, read one stored tensor at a time straight onto ``mesh``
     (or the default device) in ``dtype`` (None: the stored dtype).
 
     The stacked layer parameters are allocated sharded (zeros) and filled layer by layer in place; at any moment a

@@ -102,6 +102,11 @@ def layer_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     }
 
 
+def with_bias(x: jnp.ndarray, bias: Optional[jnp.ndarray]) -> jnp.ndarray:
+    """``x + bias`` (a projection's output and its (heads, D) bias), or ``x`` for a projection without one."""
+    return x if bias is None else x + bias
+
+
 def decoder_layer(
     cfg: ModelConfig,
     params: dict[str, jnp.ndarray],
@@ -115,7 +120,8 @@ def decoder_layer(
     kv_slots: jnp.ndarray,
     cache_kv: Optional[tuple[jnp.ndarray, jnp.ndarray]] = None,
 ) -> tuple[jnp.ndarray, Optional[tuple[jnp.ndarray, jnp.ndarray]]]:
-    """One pre-norm decoder layer on the residual stream h (B, T, E). With a cache, writes this chunk's keys and
+    """One pre-norm decoder layer on the residual stream h (B, T, E); q/k/v get biases where ``params`` hold
+    ``q_bias``/``k_bias``/``v_bias`` (Qwen2, :mod:`jaxtune.models.qwen2`). With a cache, writes this chunk's keys and
     values at each row's slots ``q_slots`` (B, T) and attends over the whole cache; returns the new residual and the
     updated cache."""
     cd = DTYPES[cfg.compute_dtype]
@@ -123,9 +129,9 @@ def decoder_layer(
 
     x = rms_norm(h, params["attn_norm"], cfg.rms_norm_eps)
     x = constrain(x, (BATCH, LENGTH, EMBED))
-    q = checkpoint_name(project(x, w["q_proj"]), "query_proj")
-    k = checkpoint_name(project(x, w["k_proj"]), "key_proj")
-    v = checkpoint_name(project(x, w["v_proj"]), "value_proj")
+    q = checkpoint_name(with_bias(project(x, w["q_proj"]), w.get("q_bias")), "query_proj")
+    k = checkpoint_name(with_bias(project(x, w["k_proj"]), w.get("k_bias")), "key_proj")
+    v = checkpoint_name(with_bias(project(x, w["v_proj"]), w.get("v_bias")), "value_proj")
     q = constrain(apply_rotary(q, cos, sin), (BATCH, LENGTH, HEADS, None))
     k = constrain(apply_rotary(k, cos, sin), (BATCH, LENGTH, KV_HEADS, None))
     v = constrain(v, (BATCH, LENGTH, KV_HEADS, None))

@@ -102,3 +102,21 @@ def test_an_epoch_is_found_as_an_epoch_checkpoint_or_the_train_checkpoint_that_e
         r"train checkpoints at steps: \[6\]",
     ):
         epoch_checkpoint_path(tmp_path, 3, 9)
+
+
+def test_exporting_an_epoch_checkpoint_logs_no_missing_metadata_warning(tmp_path, caplog):
+    """An epoch's params/ is an item of a CheckpointManager step (its _CHECKPOINT_METADATA lies one level up):
+    reading it is not a reason for Orbax's "Metadata file does not exist" warning."""
+    from jaxtune.convert.hf import export_hf
+
+    cfg = model_config_from_dict(dict(TINY_MODEL))
+    mesh = build_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
+    manager = EpochCheckpointManager(tmp_path, model_cfg=cfg, dtype="float32", async_save=False)
+    manager.save(1, 3, _tiny_params(cfg, mesh))
+    manager.close()
+    folder = tmp_path / "epochs" / "1"
+    assert not (folder / "params" / "_CHECKPOINT_METADATA").exists()  # what made Orbax warn
+    with caplog.at_level("WARNING", logger="absl"):
+        export_hf(folder, tmp_path / "hf")
+    assert (tmp_path / "hf" / "config.json").is_file()
+    assert not [r for r in caplog.records if "Metadata file does not exist" in r.getMessage()]

@@ -1,5 +1,5 @@
-"""Helpers of the conversion tests: tiny random transformers LlamaForCausalLM and BloomForCausalLM folders saved by
-transformers itself, and their tensors read and rewritten with the safetensors library."""
+"""Helpers of the conversion tests: tiny random transformers LlamaForCausalLM, BloomForCausalLM and Qwen2ForCausalLM
+folders saved by transformers itself, and their tensors read and rewritten with the safetensors library."""
 
 from __future__ import annotations
 
@@ -78,6 +78,29 @@ def build_hf_bloom(seed: int = 0, dtype: Any = None, **config: Any) -> Any:
         dtype,
         jittered=lambda name: "layernorm" in name or "ln_f" in name or name.endswith("bias"),
     )
+
+
+def build_hf_qwen2(seed: int = 0, dtype: Any = None, **config: Any) -> Any:
+    """A random Qwen2ForCausalLM (hidden 64, 2 layers, 4 heads, 2 key/value heads unless overridden), norms and the
+    q/k/v biases jittered away from transformers' 1 / 0 initialisation."""
+    values = dict(
+        vocab_size=131,
+        hidden_size=64,
+        intermediate_size=160,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+        initializer_range=0.2,
+        tie_word_embeddings=True,
+        use_sliding_window=False,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    values.update(config)
+    return _random_model("Qwen2", values, seed, dtype, jittered=lambda name: "norm" in name or name.endswith("bias"))
 
 
 def _random_model(arch: str, config: dict, seed: int, dtype: Any, jittered: Callable[[str], bool]) -> Any:

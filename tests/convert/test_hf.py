@@ -178,8 +178,8 @@ def test_shape_mismatch_names_both_shapes(untied_dir, tmp_path: Path) -> None:
 def test_unsupported_architecture_is_named(untied_dir, tmp_path: Path) -> None:
     d = shutil.copytree(untied_dir[1], tmp_path / "m")
     config = json.loads((d / "config.json").read_text())
-    (d / "config.json").write_text(json.dumps(config | {"architectures": ["Qwen2ForCausalLM"]}))
-    with pytest.raises(JaxtuneError, match="unsupported architecture Qwen2ForCausalLM"):
+    (d / "config.json").write_text(json.dumps(config | {"architectures": ["MistralForCausalLM"]}))
+    with pytest.raises(JaxtuneError, match="unsupported architecture MistralForCausalLM"):
         import_hf(d, tmp_path / "ckpt")
 
 

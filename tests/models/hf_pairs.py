@@ -2,7 +2,7 @@
 weights (a :class:`Pair`), and the ways the tests run both sides (logits, greedy decoding, loss and gradients).
 
 Each family's reference lives in a module of its own (hf_reference.py: ``LlamaForCausalLM``, hf_bloom_reference.py:
-``BloomForCausalLM``): its named test variants, its config, its random transformers model and the mapping of its
+``BloomForCausalLM``, hf_qwen2_reference.py: ``Qwen2ForCausalLM``): its named test variants, its config, its random transformers model and the mapping of its
 weights into jaxtune's params tree, written from transformers' documented layout, independent of jaxtune.convert.
 :data:`FAMILIES` registers them here; :func:`make_pair` builds a pair of any of them.
 """
@@ -13,6 +13,7 @@ import dataclasses
 from typing import Any, Callable
 
 import hf_bloom_reference as bloom_ref
+import hf_qwen2_reference as qwen2_ref
 import hf_reference as llama_ref
 import jax
 import jax.numpy as jnp
@@ -54,6 +55,13 @@ FAMILIES: dict[str, HFReference] = {
         bloom_ref.make_hf_bloom,
         bloom_ref.hf_weights_to_params,
         pad_id=3,
+    ),
+    "qwen2": HFReference(
+        qwen2_ref.QWEN2_VARIANTS,
+        qwen2_ref.tiny_qwen2_config,
+        qwen2_ref.make_hf_qwen2,
+        qwen2_ref.hf_weights_to_params,
+        pad_id=0,
     ),
 }
 

@@ -1,6 +1,6 @@
 """Every family of jaxtune.models.registry against its transformers PyTorch reference (float32, CPU, tiny random
 models): logits, greedy KV-cache decoding, chunked prefill, scanned layers and packed documents through the one
-interface the registry promises. Each family's own behaviour is tested in test_llama.py and test_bloom.py."""
+interface the registry promises. Each family's own behaviour is tested in test_llama.py and test_bloom.py (Qwen2 is LLaMA plus biases)."""
 
 from __future__ import annotations
 

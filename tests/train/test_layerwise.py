@@ -27,6 +27,7 @@ KEYS = ("input_ids", "targets", "loss_weights", "segment_ids", "positions")
 FAMILIES = {
     "llama": dict(TINY_MODEL, num_layers=3),
     "bloom": dict(TINY_MODEL, family="bloom", num_layers=3, num_kv_heads=4, tie_word_embeddings=True),
+    "qwen2": dict(TINY_MODEL, family="qwen2", num_layers=3),
 }
 
 

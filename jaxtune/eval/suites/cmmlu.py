@@ -1,8 +1,16 @@
 """CMMLU, 0-shot and k-shot, as the DoIT study ran it (``evaluate/cmmlu`` of its code).
 
-Layout of the data root (see ``shared/data/cmmlu/SOURCE.md``): ``dev/{subject}.csv`` (5 exemplars) and
-``test/{subject}.csv``, header ``,Question,A,B,C,D,Answer``; ``subject_categories.json`` holds the Chinese subject
-names (``name_en2zh``) and the category tables.
+Two layouts of ``eval.data_dir/cmmlu`` are read (:func:`cmmlu_layout`):
+
+- a clone of its repository (https://github.com/haonan-li/CMMLU): ``data/dev/{subject}.csv`` (5 exemplars) and
+  ``data/test/{subject}.csv``; the Chinese subject names (``name_en2zh``) and the category tables
+  (``subcategories``, ``categories``) read from its ``src/categories.py`` as data (``ast.literal_eval`` of the
+  three dict literals; nothing is executed), or the built-in copy (:mod:`jaxtune.eval.suites.cmmlu_subjects`)
+  when the clone has no ``src/``;
+- a flat folder (``shared/data/cmmlu/SOURCE.md``): ``dev/``, ``test/`` and ``subject_categories.json`` holding
+  the three tables as JSON objects.
+
+Every CSV has the header ``,Question,A,B,C,D,Answer``.
 
 Prompt (one user turn, then the assistant opener; answer read at the bare pieces ``A``..``D``)::
 
@@ -18,6 +26,7 @@ turned all-numeric columns into numbers: ``1`` could print as ``1.0``).
 
 from __future__ import annotations
 
+import ast
 import functools
 import json
 from collections.abc import Callable, Sequence
@@ -25,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jaxtune.eval.protocol import ChatCodec, LanguageModel
+from jaxtune.eval.suites import cmmlu_subjects
 from jaxtune.eval.suites.mcq import (
     BARE_PIECES,
     McqDataError,
@@ -56,13 +66,50 @@ def _categories(meta: dict, subject: str) -> tuple[str, ...]:
     return tuple(cat for cat, members in meta.get("categories", {}).items() if any(s in members for s in subcats))
 
 
-def load_cmmlu(root: str | Path, subjects: Sequence[str] | None = None) -> list[CmmluSubject]:
-    """Subjects of a CMMLU root (all ``test/*.csv`` sorted by name, or ``subjects``)."""
-    root = Path(root)
+def categories_py_tables(path: Path) -> dict:
+    """The dict literals ``name_en2zh``, ``subcategories`` and ``categories`` of CMMLU's ``src/categories.py``, read
+    with ``ast.literal_eval`` (the file is parsed, never run)."""
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    except SyntaxError as e:
+        raise McqDataError(f"{path}: not Python: {e}") from None
+    tables = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            name = node.targets[0].id
+            if name in cmmlu_subjects.TABLES:
+                try:
+                    tables[name] = ast.literal_eval(node.value)
+                except ValueError:
+                    raise McqDataError(f"{path}:{node.lineno}: {name} is not a literal") from None
+    return tables
+
+
+def cmmlu_layout(root: Path) -> tuple[Path, dict, str]:
+    """(the folder holding ``dev/`` and ``test/``, the subject tables, where the tables came from) of a CMMLU root
+    in either layout (see the module docstring); McqDataError naming what the root lacks."""
+    if (root / "data" / "test").is_dir():
+        source = root / "src" / "categories.py"
+        if source.is_file():
+            return root / "data", categories_py_tables(source), str(source)
+        return root / "data", cmmlu_subjects.TABLES, "jaxtune.eval.suites.cmmlu_subjects"
     meta_path = root / "subject_categories.json"
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"{meta_path} does not exist (CMMLU root {root} needs it for subject names)")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    if (root / "test").is_dir() and meta_path.is_file():
+        return root, json.loads(meta_path.read_text(encoding="utf-8")), str(meta_path)
+    raise McqDataError(
+        f"{root}: not a CMMLU folder: expected a clone of its repository (data/dev/*.csv, data/test/*.csv, "
+        "src/categories.py) or dev/*.csv, test/*.csv and subject_categories.json"
+    )
+
+
+def looks_like_cmmlu(root: Path) -> bool:
+    """Whether ``root`` holds CMMLU in either layout."""
+    return (root / "data" / "test").is_dir() or (root / "subject_categories.json").is_file()
+
+
+def load_cmmlu(root: str | Path, subjects: Sequence[str] | None = None) -> list[CmmluSubject]:
+    """Subjects of a CMMLU root in either layout (all ``test/*.csv`` sorted by name, or ``subjects``)."""
+    root, meta, meta_path = cmmlu_layout(Path(root))
     names = meta.get("name_en2zh")
     if not isinstance(names, dict):
         raise McqDataError(f"{meta_path}: missing object 'name_en2zh'")
@@ -177,7 +224,7 @@ register(
     Suite(
         "cmmlu",
         folders=("cmmlu",),
-        looks_like=lambda root, split: (root / "subject_categories.json").is_file(),
+        looks_like=lambda root, split: looks_like_cmmlu(root),
         run=_run,
         score=Rescoring(items=rescore_mcq),
     )

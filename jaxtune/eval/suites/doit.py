@@ -21,6 +21,7 @@ from jaxtune.eval.suites.doit_items import (
     summarize_doit,
 )
 from jaxtune.eval.suites.doit_rescore import STUDY_PREDICTIONS, rescore_doit_items
+from jaxtune.eval.suites.mcq import letter_token_ids
 from jaxtune.eval.suites.registry import ReportHooks, Rescoring, Suite, SuiteRun, register
 from jaxtune.names import ScorerMode
 from jaxtune.results import RunInfo, SuiteResult
@@ -67,7 +68,7 @@ def evaluate_doit(
     records = [r for ability in data for r in data[ability]]
     if not records:
         raise ValueError("no DoIT records to evaluate")
-    letter_ids = [codec.piece_id(p) for p in MC_PIECES]
+    letter_ids = letter_token_ids(codec, MC_PIECES, "doit")
     done = 0
 
     def progress(k: int) -> None:

@@ -1,7 +1,8 @@
 """Four-option multiple choice scored by next-token logits (shared by C-Eval, CMMLU and AGIEval).
 
 An item is a chat prompt; the model's logits for the token right after the prompt (which ends with the template's
-assistant opener, DoIT: ``<assistant>``) are read at the pieces of the four letters, and the argmax (ties to the first
+assistant opener, DoIT: ``<assistant>``) are read at the tokens of the four letters (:func:`letter_token_ids`: the
+study's pieces on a SentencePiece vocabulary, the letters as the template encodes an answer on any other), and the argmax (ties to the first
 letter) is the answer. Accuracy per task (subject); overall = the plain mean over tasks (macro), the micro average
 over all items beside it. :func:`rescore_mcq` scores such a suite's saved items again without a model (each suite
 registers it as its rescoring hook).
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from jaxtune.errors import JaxtuneError
+from jaxtune.eval.errors import EvalSetupError
 from jaxtune.eval.protocol import ChatCodec, LanguageModel, Message
 from jaxtune.eval.rescoring import ItemsFile, ScoreError, numbers, required, text
 from jaxtune.results import RunInfo, SuiteResult, SuiteSummary, ability_score, make_summary
@@ -30,6 +32,34 @@ BARE_PIECES = ("A", "B", "C", "D")
 """The pieces the study's CMMLU and AGIEval scripts read (``convert_tokens_to_ids("A")``, without ``▁``)."""
 PREFIXED_PIECES = ("▁A", "▁B", "▁C", "▁D")
 """The pieces an answer ``"A"`` becomes after the DoIT template (SentencePiece's dummy prefix)."""
+
+
+def letter_token_ids(codec: ChatCodec, pieces: Sequence[str], suite: str) -> list[int]:
+    """The ids whose next-token logits score the letters A-D.
+
+    A SentencePiece-style vocabulary (one holding the ``▁``-prefixed letters :data:`PREFIXED_PIECES`, e.g.
+    Chinese-LLaMA-Plus) keeps the study's ``pieces`` (bare for CMMLU and AGIEval, prefixed for C-Eval and DoIT), so
+    scores stay the study's. Any other vocabulary (byte-level BPE: Qwen2, GPT-2, SmolLM2) reads each letter's token
+    as the tokenizer encodes it after the template's answer prefix: the first id of the letter rendered as the
+    assistant's reply (``codec.reply_ids``). EvalSetupError, in one line, when the pieces are missing or the
+    encodings give no four distinct first tokens (a vocabulary that cannot be scored by letter)."""
+    try:
+        sentencepiece_style = all(codec.piece_id(p) is not None for p in PREFIXED_PIECES)
+    except KeyError:
+        sentencepiece_style = False
+    if sentencepiece_style:
+        try:
+            return [codec.piece_id(p) for p in pieces]
+        except KeyError as e:
+            raise EvalSetupError(f"{suite}: cannot score this tokenizer by letter: {e.args[0]}") from None
+    replies = [codec.reply_ids(letter) for letter in LETTERS]
+    firsts = [reply[0] if reply else None for reply in replies]
+    if None in firsts or len(set(firsts)) != len(LETTERS):
+        raise EvalSetupError(
+            f"{suite}: cannot score this tokenizer by letter: the answers A-D as the template renders them start "
+            f"with the tokens {firsts}, not four distinct ones"
+        )
+    return [int(i) for i in firsts]
 
 
 class McqDataError(JaxtuneError, ValueError):
@@ -119,7 +149,7 @@ def evaluate_mcq(
     """Score every item by the argmax of the next-token logits of ``letter_pieces``; one ability per task."""
     if not items:
         raise ValueError(f"{suite}-{variant}: no items to evaluate")
-    candidate_ids = [codec.piece_id(p) for p in letter_pieces]
+    candidate_ids = letter_token_ids(codec, letter_pieces, f"{suite}-{variant}")
     records: list[dict[str, Any]] = []
     per_task: dict[str, list[float]] = {}
     for start in range(0, len(items), chunk_size):

@@ -141,3 +141,58 @@ def test_real_cmmlu_five_shot_prompts_fit() -> None:
     for item in items:
         assert item.n_shots == 5 and len(codec.prompt_ids(item.messages)) < 2048
     assert items[0].messages[0]["content"].startswith("以下是关于农学的单项选择题")
+
+
+def make_clone(root: Path, categories_py: bool = True) -> Path:
+    """The flat root of :func:`make_root` laid out as a clone of CMMLU's repository: data/dev, data/test and (unless
+    ``categories_py`` is false) src/categories.py declaring the tables as upstream does (with code around them)."""
+    flat = make_root(root / "flat")
+    meta = json.loads((flat / "subject_categories.json").read_text(encoding="utf-8"))
+    for split in ("dev", "test"):
+        (root / "clone" / "data" / split).mkdir(parents=True)
+        for f in (flat / split).glob("*.csv"):
+            (root / "clone" / "data" / split / f.name).write_bytes(f.read_bytes())
+    if categories_py:
+        (root / "clone" / "src").mkdir()
+        source = "import os\n\n" + "".join(f"{k} = {v!r}\n\n" for k, v in meta.items())
+        source += "def get_subcategories():\n    raise SystemExit('categories.py must never run')\n"
+        (root / "clone" / "src" / "categories.py").write_text(source, encoding="utf-8")
+    return root / "clone"
+
+
+def content(subjects: list) -> list:
+    """The subjects without the file paths their questions were read from."""
+    questions = lambda qs: [(q.question, q.options, q.answer) for q in qs]  # noqa: E731
+    return [(s.name, s.name_zh, s.categories, questions(s.dev), questions(s.test)) for s in subjects]
+
+
+def test_a_clone_of_the_repository_reads_as_the_flat_layout(tmp_path: Path) -> None:
+    clone = make_clone(tmp_path)
+    flat = content(load_cmmlu(tmp_path / "flat"))
+    assert content(load_cmmlu(clone)) == flat and flat[1][2] == ("STEM", "China specific")
+    from jaxtune.eval.suites.registry import suite_data_root
+
+    data_dir = tmp_path / "data_dir"
+    data_dir.mkdir()
+    clone.rename(data_dir / "cmmlu")
+    assert content(load_cmmlu(suite_data_root("cmmlu", data_dir))) == flat
+
+
+def test_a_clone_without_src_uses_the_built_in_subject_tables(tmp_path: Path) -> None:
+    agronomy, anatomy = load_cmmlu(make_clone(tmp_path, categories_py=False))
+    assert (agronomy.name_zh, agronomy.categories) == ("农学", ("Other",))
+    assert (anatomy.name_zh, anatomy.categories) == ("解剖学", ("STEM",))
+
+
+def test_a_folder_in_neither_layout_is_named(tmp_path: Path) -> None:
+    (tmp_path / "test").mkdir()
+    with pytest.raises(McqDataError, match="not a CMMLU folder: expected a clone of its repository"):
+        load_cmmlu(tmp_path)
+
+
+@pytest.mark.skipif(not (SHARED / "cmmlu" / "subject_categories.json").is_file(), reason="shared CMMLU not present")
+def test_the_built_in_tables_are_the_released_ones() -> None:
+    from jaxtune.eval.suites.cmmlu_subjects import TABLES
+
+    released = json.loads((SHARED / "cmmlu" / "subject_categories.json").read_text(encoding="utf-8"))
+    assert TABLES == released and len(TABLES["name_en2zh"]) == 67
