@@ -479,6 +479,15 @@ class TrainConfig(_Section):
     parameters and optimizer state are left as they were)."""
     profile: bool = False
     """Write a JAX profiler trace of the three steps after the first (compiling) one into run_dir/profile."""
+    compilation_cache_dir: Optional[str] = None
+    """JAX's persistent compilation cache, local or ``gs://``, set before the first compile: a later run (or a
+    restarted one) with the same programs reads them instead of compiling. A shared ``gs://`` folder serves every
+    worker and every run of a sweep. None: the folder the process already uses (``JAX_COMPILATION_CACHE_DIR``, a
+    sweep's shared ``compilation_cache``), else ``RUN_DIR/compilation_cache``."""
+    compilation_cache_min_secs: Optional[float] = None
+    """Programs compiling faster than this are not written to the cache (JAX's
+    ``jax_persistent_cache_min_compile_time_secs``); None keeps the process's setting (JAX's 1 s, or 0 in the
+    quickstart): a large model's train step is written, the many small helpers are not."""
     peak_flops_per_device: Optional[float] = None
     """Peak FLOP/s of one device for the MFU figure; None looks the device kind up in :mod:`jaxtune.hardware` (TPU
     v4/v5e/v5p/v6e, A100, H100/H200) and omits MFU for unknown devices."""
@@ -487,6 +496,7 @@ class TrainConfig(_Section):
         rules.at_least(1, "global_batch_size", "microbatches", "epochs", "log_every", "max_consecutive_bad_steps")
         rules.at_least(1, "max_steps", "eval_every", optional=True)
         rules.positive("peak_flops_per_device", optional=True)
+        rules.check(("compilation_cache_min_secs",), lambda v: v >= 0, "at least 0 or null", optional=True)
         if rules.fine("global_batch_size", "microbatches") and self.global_batch_size % self.microbatches:
             rules.add(
                 f"{rules.where}.global_batch_size={self.global_batch_size} is not divisible by "

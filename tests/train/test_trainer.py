@@ -68,6 +68,10 @@ def test_a_run_logs_evaluates_checkpoints_and_exports_params(tmp_path):
         assert r["learning_rate"] == pytest.approx(peak * (1 - (r["step"] - 1) / 6), rel=1e-6)
         assert np.isfinite(r["loss"]) and r["grad_norm"] > 0 and r["epoch"] == pytest.approx(r["step"] / 3)
     assert all("tokens_per_s" in r and "eta_s" in r for r in train_recs[1:])
+    # one shape: the train step compiled once; the eval-loss step once (both counted before the first eval at step 2)
+    assert (train_recs[-1]["compiles/train_step"], train_recs[-1]["compiles/eval_loss"]) == (1, 1)
+    assert train_recs[0]["compiles/train_step"] == 1 and train_recs[0]["compile_s/train_step"] > 0
+    assert "compiles: eval_loss 1 (" in result.summary() and (tmp_path / "compilation_cache").is_dir()
     eval_recs = [r for r in records if r["kind"] == "eval"]
     assert [r["step"] for r in eval_recs] == [2, 3, 4, 6]
     assert all(f"loss/{a}" in r for r in eval_recs for a in ABILITIES)
@@ -89,7 +93,8 @@ def test_a_run_logs_evaluates_checkpoints_and_exports_params(tmp_path):
     assert {"train/loss", "train/learning_rate", "train/grad_norm", "eval/loss/alpha"} <= tags
     assert load_config(tmp_path / "config.yaml") == cfg  # the resolved config, written at the start
     progress = [line for line in lines if line.startswith("step 6/6")]
-    assert progress and all(part in progress[0] for part in ("epoch 2.00", "loss", "lr", "grad_norm", "tok/s", "ETA"))
+    parts = ("epoch 2.00", "loss", "lr", "grad_norm", "tok/s", "compiles 2 (", "ETA")
+    assert progress and all(part in progress[0] for part in parts)
     assert any(line.startswith("step 6 | eval loss") for line in lines)
 
     # A finished run resumes as finished; a fresh start into its directory is refused.
