@@ -152,8 +152,9 @@ class PipelineInfo:
         ]
         if len(self.batches_per_length) > 1:
             lines.append(
-                f"  {len(self.batches_per_length)} row lengths, so {len(self.batches_per_length)} train-step "
-                f"programs: " + ", ".join(f"{n} x {length}" for length, n in self.batches_per_length.items())
+                "  batches per row length (first epoch): "
+                + ", ".join(f"{n} x {length}" for length, n in self.batches_per_length.items())
+                + f": {len(self.batches_per_length)} train-step programs to compile (one per length a run meets)"
             )
         if self.num_unsupervised:
             lines.append(
