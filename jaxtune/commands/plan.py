@@ -254,11 +254,21 @@ def attention_kernel(cfg: Config, platform: str, length: int) -> str:
     return impl
 
 
+MAX_PLANNED_LENGTHS = 16
+"""With ``data.pad_to_multiple`` a plan compiles every multiple up to max_len when there are at most this many
+(BELLE's recipes: 64 up to 1024), else max_len alone (the largest)."""
+
+
 def plan_lengths(cfg: Config) -> list[int]:
     """The row lengths whose train steps a plan compiles: every one a run of ``cfg`` can meet
-    (:meth:`jaxtune.config.schema.DataConfig.row_lengths`), or max_len alone when ``data.pad_to_multiple`` lets the
-    batches decide (the longest is the largest)."""
-    return cfg.data.row_lengths() or [cfg.data.max_len]
+    (:meth:`jaxtune.config.schema.DataConfig.row_lengths`); with ``data.pad_to_multiple`` every multiple of it up to
+    max_len when there are at most :data:`MAX_PLANNED_LENGTHS`, else max_len alone (the longest is the largest)."""
+    lengths = cfg.data.row_lengths()
+    if lengths:
+        return lengths
+    m, top = cfg.data.pad_to_multiple, cfg.data.max_len
+    multiples = list(range(m, top, m)) + [top]
+    return multiples if len(multiples) <= MAX_PLANNED_LENGTHS else [top]
 
 
 def compile_every_length(cfg: Config, devices: Sequence[Any], platform: str) -> list[MemoryEstimate]:

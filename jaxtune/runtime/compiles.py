@@ -62,14 +62,15 @@ class CompileCounter:
         monitoring.unregister_event_duration_listener(self._on_duration)
 
     @contextlib.contextmanager
-    def program(self, name: str) -> Iterator[None]:
-        """Attribute the compiles of this block (on this thread) to program ``name``."""
-        outer = getattr(self._local, "name", None)
-        self._local.name = name
+    def program(self, name: str, function: Optional[str] = None) -> Iterator[None]:
+        """Attribute the compiles of this block (on this thread) to program ``name``; with ``function``, only those
+        of the jitted function of that name (``step``: not the small helpers the block also compiles)."""
+        outer = getattr(self._local, "name", None), getattr(self._local, "function", None)
+        self._local.name, self._local.function = name, function
         try:
             yield
         finally:
-            self._local.name = outer
+            self._local.name, self._local.function = outer
 
     def wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         """``fn`` (a jitted program) with its calls' compiles attributed to program ``name``."""
@@ -89,6 +90,9 @@ class CompileCounter:
         if event != BACKEND_COMPILE_EVENT or name is None:
             return
         hit, self._local.hit = getattr(self._local, "hit", False), False
+        function = getattr(self._local, "function", None)
+        if function is not None and kwargs.get("fun_name") != f"jit({function})":
+            return
         with self._lock:
             figures = self.programs.setdefault(name, ProgramCompiles())
             if hit:

@@ -141,3 +141,17 @@ def test_plan_compiles_the_train_step_at_every_bucket_and_names_the_worst(tmp_pa
         "3 row lengths, one train-step program each" in out.stdout
         and "the worst per-chip peak is train step @384" in out.stdout
     )
+
+
+def test_plan_lengths_are_every_length_a_run_can_meet():
+    from jaxtune.commands.plan import attention_kernel, plan_lengths
+
+    doit = load_config(REPO / "configs" / "doit-33b.yaml")
+    assert plan_lengths(doit) == [256, 512, 1024, 1536, 2048]
+    assert attention_kernel(doit, "tpu", 256) == "splash" and attention_kernel(doit, "cpu", 256) == "xla"
+    belle = load_config(REPO / "configs" / "belle-bloomz-7b1-mt.yaml", ["model.attention_impl=splash"])
+    assert plan_lengths(belle) == list(range(64, 1025, 64))  # pad_to_multiple 64: all 16 of them
+    assert attention_kernel(belle, "tpu", 1024) == "xla (ALiBi)"
+    eights = load_config(REPO / "configs" / "doit-7b.yaml", ["data.length_buckets=[]", "data.pad_to_multiple=8"])
+    assert plan_lengths(eights) == [2048]  # 256 multiples: the largest stands for them
+    assert attention_kernel(eights, "tpu", 1000) == "xla (rows not a multiple of 128)"

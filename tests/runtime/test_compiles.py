@@ -36,6 +36,10 @@ def test_compiles_are_counted_per_program_and_only_inside_its_block():
     assert scalars["compile_cache_hits/train_step"] == 0.0
     assert progress_part(scalars).startswith("compiles 4 (") and progress_part({"loss": 1.0}) is None
     assert counter.summary().startswith("compiles: eval_loss 1 (")
+    with CompileCounter() as only, only.program("train_step", function="train_step"):
+        _fresh_program()(inputs[3])
+        jax.jit(lambda x: x * 2)(other)  # a helper in the same block: left out
+    assert only.programs["train_step"].compiles == 1
 
 
 def test_a_warm_persistent_cache_compiles_nothing_new(tmp_path, monkeypatch):
