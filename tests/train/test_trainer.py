@@ -314,3 +314,24 @@ def test_a_bloom_run_trains_sharded_over_tensor_and_checkpoints_a_bloom(tmp_path
     ce = -np.take_along_axis(np.asarray(logp), batch["targets"][..., None], axis=-1)[..., 0]
     w = batch["loss_weights"]
     assert result.last_eval["loss"] == pytest.approx(float((ce * w).sum() / w.sum()), rel=1e-5)
+
+
+def test_a_second_identical_run_reads_its_train_step_from_the_shared_compilation_cache(tmp_path):
+    """Two runs into separate run directories, one ``train.compilation_cache_dir``: the second compiles no train
+    step (a fresh jit, so only the persistent cache can serve it) and says so in metrics.jsonl and its summary."""
+    before = jax.config.jax_compilation_cache_dir
+    shared = dict(compilation_cache_dir=str(tmp_path / "cache"), compilation_cache_min_secs=0.0, epochs=1)
+    figures = []
+    try:
+        for name in ("first", "second"):
+            cfg = tiny_config(tmp_path / name, train=shared, checkpoint=dict(keep_epoch_checkpoints=False))
+            result = train(cfg, synthetic_data(num_rows=16, seq_len=32, global_batch=8, epochs=1))
+            records = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+            last = [r for r in records if r["kind"] == "train"][-1]
+            figures.append((last["compiles/train_step"], last["compile_cache_hits/train_step"], result.summary()))
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    assert figures[0][:2] == (1, 0) and figures[1][:2] == (0, 1), figures
+    assert "train_step 0 (0.0 s, 1 from the cache" in figures[1][2]
+    assert not (tmp_path / "second" / "compilation_cache").exists()
