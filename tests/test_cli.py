@@ -99,6 +99,19 @@ def test_info_prints_steps_per_epoch_for_a_config_with_data(capsys, tmp_path):
     assert code == 0 and "steps per epoch: 5 (train.batch_unit=examples, one example per row)" in out
     code, _, err = _run(capsys, *common, "train.batch_unit=tokens")
     assert code == 2 and "train.batch_unit" in err
+    buckets = [
+        "data.packing=false",
+        "data.max_len=256",
+        "data.length_buckets=[32,40,48,56,64]",
+        "data.padding_side=left",
+    ]
+    code, out, _ = _run(capsys, *common, *buckets)
+    line = out.split("batches per row length (first epoch): ")[1].split("\n")[0]
+    counts = {int(length): int(n) for n, length in (part.split(" x ") for part in line.split(":")[0].split(", "))}
+    assert code == 0 and set(counts) <= {32, 40, 48, 56, 64, 256} and len(counts) > 1 and sum(counts.values()) == 5, (
+        line
+    )
+    assert f"{len(counts)} train-step programs to compile" in line
 
 
 def test_validate_prints_every_problem_with_its_key_and_exits_1(capsys, tmp_path):

@@ -34,6 +34,7 @@ FLOORS = {
     "jaxtune.data": 2,
     "jaxtune.models": 3,
     "jaxtune.sharding": 3,
+    "jaxtune.runtime": 3,
     "jaxtune.checkpoint": 3,
     "jaxtune.train": 4,
     "jaxtune.convert": 4,

@@ -97,6 +97,7 @@ class MemoryEstimate:
     peak: int = 0
     analytic: bool = False
     error: Optional[str] = None  # the compiler's message when it did not fit or did not compile
+    kernel: Optional[str] = None  # the attention the program runs (train steps at several row lengths)
 
     def fits(self, hbm_bytes: int) -> bool:
         return self.error is None and self.peak <= hbm_bytes
@@ -128,6 +129,8 @@ class PlanReport:
     suggestion: Optional[tuple[Setting, MemoryEstimate]] = None
     tried: list[tuple[Setting, MemoryEstimate]] = field(default_factory=list)
     steps_note: Optional[str] = None
+    lengths: list[MemoryEstimate] = field(default_factory=list)
+    """The train step at each row length the config's batches can have (``train`` is the one with the worst peak)."""
 
     def fits(self) -> bool:
         ok = self.train.fits(self.accelerator.hbm_bytes) if self.accelerator.hbm_bytes else self.train.error is None
@@ -146,7 +149,9 @@ class PlanReport:
             else f"compiled for {acc.chips} CPU devices (CPU memory analysis: not a planning figure)"
         )
         lines = [f"plan: {self.model} on {acc.name}: {how}", f"  {self.setting.describe()}"]
-        rows = [self.train] + ([self.evaluation] if self.evaluation else [])
+        rows = (self.lengths if len(self.lengths) > 1 else [self.train]) + (
+            [self.evaluation] if self.evaluation else []
+        )
         head = f"  {'program':22s} {'params':>9s} {'optimizer':>10s} {'grads*':>9s} {'batch':>8s} {'temps':>9s} {'peak':>9s}"
         lines.append(head + (f"  of {hbm / GIB:.1f} GiB" if hbm else ""))
         for r in rows:
@@ -168,6 +173,14 @@ class PlanReport:
             if r.error:
                 lines.append(f"    compiler: {r.error}")
         lines.append("  (GiB per chip; grads* = float32 gradients/accumulators, held within temps)")
+        if len(self.lengths) > 1:
+            kernels = ", ".join(f"@{r.label.split('@')[-1]}: {r.kernel}" for r in self.lengths)
+            lines.append(
+                f"  {len(self.lengths)} row lengths, one train-step program each (attention {kernels}); the worst "
+                f"per-chip peak is {self.train.label}"
+            )
+        elif self.train.kernel:
+            lines.append(f"  attention: {self.train.kernel}")
         if self.evaluation is not None:
             e = self.evaluation
             lines.append(
@@ -217,12 +230,61 @@ def _with_setting(cfg: Config, s: Setting) -> Config:
     )
 
 
-def compile_train_step(cfg: Config, devices: Sequence[Any], *, total_steps: int = 1000) -> MemoryEstimate:
-    """Compile the real train step for ``devices`` (deviceless for a TPU topology) and measure it per chip."""
-    return compiled_train_step(cfg, devices, total_steps=total_steps)[0]
+def compile_train_step(
+    cfg: Config, devices: Sequence[Any], *, total_steps: int = 1000, length: Optional[int] = None
+) -> MemoryEstimate:
+    """Compile the real train step for ``devices`` (deviceless for a TPU topology) at rows of ``length`` tokens
+    (default ``data.max_len``) and measure it per chip."""
+    return compiled_train_step(cfg, devices, total_steps=total_steps, length=length)[0]
 
 
-def compiled_train_step(cfg: Config, devices: Sequence[Any], *, total_steps: int = 1000) -> tuple[MemoryEstimate, Any]:
+def attention_kernel(cfg: Config, platform: str, length: int) -> str:
+    """The attention a train step at rows of ``length`` really runs on ``platform`` (as
+    :func:`jaxtune.models.attention.resolve_impl` picks it), in words."""
+    from jaxtune.models.attention import IMPL_PLATFORMS
+
+    impl = cfg.model.attention_impl
+    platforms, _ = IMPL_PLATFORMS[impl]
+    if platforms and platform not in platforms:
+        return "xla"
+    if impl == "splash" and cfg.model.family == "bloom":
+        return "xla (ALiBi)"
+    if impl == "splash" and length % 128:
+        return "xla (rows not a multiple of 128)"
+    return impl
+
+
+MAX_PLANNED_LENGTHS = 16
+"""With ``data.pad_to_multiple`` a plan compiles every multiple up to max_len when there are at most this many
+(BELLE's recipes: 64 up to 1024), else max_len alone (the largest)."""
+
+
+def plan_lengths(cfg: Config) -> list[int]:
+    """The row lengths whose train steps a plan compiles: every one a run of ``cfg`` can meet
+    (:meth:`jaxtune.config.schema.DataConfig.row_lengths`); with ``data.pad_to_multiple`` every multiple of it up to
+    max_len when there are at most :data:`MAX_PLANNED_LENGTHS`, else max_len alone (the longest is the largest)."""
+    lengths = cfg.data.row_lengths()
+    if lengths:
+        return lengths
+    m, top = cfg.data.pad_to_multiple, cfg.data.max_len
+    multiples = list(range(m, top, m)) + [top]
+    return multiples if len(multiples) <= MAX_PLANNED_LENGTHS else [top]
+
+
+def compile_every_length(cfg: Config, devices: Sequence[Any], platform: str) -> list[MemoryEstimate]:
+    """The train step compiled at each of :func:`plan_lengths`, labelled with its length and attention kernel."""
+    out = []
+    for length in plan_lengths(cfg):
+        est = compile_train_step(cfg, devices, length=length)
+        est.label = f"train step @{length}"
+        est.kernel = attention_kernel(cfg, platform, length)
+        out.append(est)
+    return out
+
+
+def compiled_train_step(
+    cfg: Config, devices: Sequence[Any], *, total_steps: int = 1000, length: Optional[int] = None
+) -> tuple[MemoryEstimate, Any]:
     """:func:`compile_train_step`'s measure and the compiled step itself (None when it did not compile)."""
     import jax
     import numpy as np
@@ -255,7 +317,7 @@ def compiled_train_step(cfg: Config, devices: Sequence[Any], *, total_steps: int
     micro = cfg.train.microbatches
     rows = cfg.train.global_batch_size // micro
     spec = batch_sharding(mesh, microbatched=True)
-    length = cfg.data.max_len
+    length = length or cfg.data.max_len
     batch = {
         name: jax.ShapeDtypeStruct((micro, rows, length), dtype, sharding=spec)
         for name, dtype in (
@@ -500,8 +562,11 @@ def plan(
                     break
         return report
     devices = accelerator_devices(acc)
-    progress(f"compiling the train step for {acc.name} ({current.describe()})")
-    report = PlanReport(acc, model_name, current, compile_train_step(cfg, devices))
+    lengths = plan_lengths(cfg)
+    progress(f"compiling the train step for {acc.name} ({current.describe()}) at row lengths {lengths}")
+    per_length = compile_every_length(cfg, devices, acc.platform)
+    worst = max(per_length, key=lambda e: (e.error is not None and not e.peak, e.peak))
+    report = PlanReport(acc, model_name, current, worst, lengths=per_length)
     if evaluate:
         progress(
             f"compiling evaluation's generation ({cfg.eval.batch_size} rows, {cfg.eval.max_prompt_len}-token prompts "

@@ -307,7 +307,14 @@ class DataConfig(_Section):
     """Side of the padding when packing is off (the study padded on the left)."""
     pad_to_multiple: int = 0
     """Without packing, pad each batch only to a multiple of this length (the study used 8); 0 pads every row to
-    max_len (one compiled shape)."""
+    max_len (one compiled shape). Every distinct length is a compile of the train step: ``length_buckets`` bounds
+    them."""
+    length_buckets: list[int] = field(default_factory=list)
+    """Without packing, pad each batch to the smallest of these row lengths that holds its longest example (a batch
+    longer than every bucket pads to max_len), so a run compiles at most one train step per bucket; with
+    ``attention_impl: splash`` each must be a multiple of 128. The study's recipes: 256, 512, 1024, 1536, 2048. With
+    left padding the loss and gradients do not depend on the bucket (positions count from each example's first
+    token). Unused with packing (rows are max_len long). Empty: ``pad_to_multiple`` decides."""
     on_error: Literal["raise", "skip"] = "raise"
     """Bad records raise an error naming file, line and field, or are skipped, counted and summarised."""
     shuffle_seed: int = 0
@@ -324,7 +331,31 @@ class DataConfig(_Section):
         rules.at_least(2, "max_len")
         rules.non_negative("pad_to_multiple", "num_workers", "read_threads")
         rules.at_least(1, "prefetch")
+        self._bucket_rules(rules)
         rules.check(("shuffle_seed",), lambda v: 0 <= v < 2**32, "in [0, 2**32) (grain's shuffle seeds)")
+
+    def _bucket_rules(self, rules: _Rules) -> None:
+        buckets, key = self.length_buckets, dotted_key(rules.where, "length_buckets")
+        if not buckets:
+            return
+        if any(not 1 <= b <= self.max_len for b in buckets) or list(buckets) != sorted(set(buckets)):
+            rules.add(f"{key} must be increasing row lengths in [1, max_len={self.max_len}], got {buckets!r}", key)
+        elif self.pad_to_multiple:
+            rules.add(
+                f"{key}={buckets!r} and data.pad_to_multiple={self.pad_to_multiple} both set batch lengths; "
+                f"set one (pad_to_multiple=0 with buckets)",
+                key,
+            )
+
+    def row_lengths(self) -> list[int]:
+        """Every row length a batch of this config can have: the buckets (and max_len, the length of a batch longer
+        than every bucket), or max_len alone when rows are packed or padded to max_len; empty when
+        ``pad_to_multiple`` lets the batches decide (any multiple of it up to max_len)."""
+        if self.packing or not (self.length_buckets or self.pad_to_multiple):
+            return [self.max_len]
+        if self.length_buckets:
+            return sorted({*self.length_buckets, self.max_len})
+        return []
 
 
 @dataclass
@@ -450,6 +481,15 @@ class TrainConfig(_Section):
     parameters and optimizer state are left as they were)."""
     profile: bool = False
     """Write a JAX profiler trace of the three steps after the first (compiling) one into run_dir/profile."""
+    compilation_cache_dir: Optional[str] = None
+    """JAX's persistent compilation cache, local or ``gs://``, set before the first compile: a later run (or a
+    restarted one) with the same programs reads them instead of compiling. A shared ``gs://`` folder serves every
+    worker and every run of a sweep. None: the folder the process already uses (``JAX_COMPILATION_CACHE_DIR``, a
+    sweep's shared ``compilation_cache``), else ``RUN_DIR/compilation_cache``."""
+    compilation_cache_min_secs: Optional[float] = None
+    """Programs compiling faster than this are not written to the cache (JAX's
+    ``jax_persistent_cache_min_compile_time_secs``); None keeps the process's setting (JAX's 1 s, or 0 in the
+    quickstart): a large model's train step is written, the many small helpers are not."""
     peak_flops_per_device: Optional[float] = None
     """Peak FLOP/s of one device for the MFU figure; None looks the device kind up in :mod:`jaxtune.hardware` (TPU
     v4/v5e/v5p/v6e, A100, H100/H200) and omits MFU for unknown devices."""
@@ -458,6 +498,7 @@ class TrainConfig(_Section):
         rules.at_least(1, "global_batch_size", "microbatches", "epochs", "log_every", "max_consecutive_bad_steps")
         rules.at_least(1, "max_steps", "eval_every", optional=True)
         rules.positive("peak_flops_per_device", optional=True)
+        rules.check(("compilation_cache_min_secs",), lambda v: v >= 0, "at least 0 or null", optional=True)
         if rules.fine("global_batch_size", "microbatches") and self.global_batch_size % self.microbatches:
             rules.add(
                 f"{rules.where}.global_batch_size={self.global_batch_size} is not divisible by "
@@ -618,6 +659,15 @@ class Config(_Section):
                 f"train.backward=layerwise recomputes every layer in the backward pass (remat 'full'); it needs "
                 f"model.remat_policy=full, got {self.model.remat_policy!r} (or set train.backward=autodiff)",
                 "train",
+            )
+        bucketed = self.data.length_buckets and not self.data.packing
+        odd = [b for b in self.data.row_lengths() if b % 128] if bucketed else []
+        if self.model.attention_impl == "splash" and odd:
+            rules.add(
+                f"model.attention_impl=splash needs rows that are a multiple of 128 (its block); "
+                f"data.length_buckets (with max_len) give {odd}: batches at those lengths would run XLA attention "
+                f"instead (choose multiples of 128, or attention_impl=xla)",
+                "data",
             )
 
 

@@ -14,7 +14,8 @@ worker processes (``data.num_workers``, which also parallelise the first pass; t
 The batch is counted in rows (``batch_unit="rows"``: ``ceil(rows / global batch)`` steps per epoch) or in examples
 (``"examples"``: ``ceil(examples / global batch)`` steps per epoch, the study's count). Without packing the two are
 the same (one example per row; the study's recipe: left padding to a multiple of 8, 64 examples per step, the last
-step holding the remainder). With packing and examples, each epoch's shuffled rows are dealt round-robin over the
+step holding the remainder; ``data.length_buckets`` pads each batch to the smallest of a few lengths instead, so a
+run compiles a handful of train steps, not one per multiple of 8). With packing and examples, each epoch's shuffled rows are dealt round-robin over the
 ``ceil(examples / global batch)`` steps, every step gets the same number of row slots (``ceil(rows / steps)``,
 rounded up to ``row_multiple``, which the trainer sets so the rows divide over microbatches, devices and processes),
 so a step carries about ``global batch`` examples and the learning-rate schedule spans the study's number of steps.
@@ -34,6 +35,7 @@ int32 (1, 2, ... per example in the row, 0 = padding), ``positions`` int32 (0.. 
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 from dataclasses import dataclass, field
@@ -128,6 +130,9 @@ class PipelineInfo:
     """What the configured global batch counts: ``rows`` or ``examples``."""
     examples_per_step: Optional[int] = None
     """The configured global batch when it counts examples."""
+    batches_per_length: dict[int, int] = field(default_factory=dict)
+    """Batches of the first epoch at each row length, shortest first: the run compiles one train step (and one
+    evaluation-loss step) per length it meets (``data.length_buckets`` bounds them)."""
 
     def summary(self) -> str:
         per_ability = ", ".join(f"{k} {v}" for k, v in self.examples_per_ability.items())
@@ -145,6 +150,12 @@ class PipelineInfo:
             f"  vocabulary {self.vocab_size} (added {self.added_tokens or 'none'}); "
             f"{self.num_truncated} examples truncated to {self.max_len}",
         ]
+        if len(self.batches_per_length) > 1:
+            lines.append(
+                "  batches per row length (first epoch): "
+                + ", ".join(f"{n} x {length}" for length, n in self.batches_per_length.items())
+                + f": {len(self.batches_per_length)} train-step programs to compile (one per length a run meets)"
+            )
         if self.num_unsupervised:
             lines.append(
                 f"  left out {self.num_unsupervised} examples with nothing supervised in their first "
@@ -339,6 +350,7 @@ class _BatchBuilder:
         self.max_len = cfg.max_len
         self.left = (not cfg.packing) and cfg.padding_side == "left"
         self.pad_multiple = 0 if cfg.packing else cfg.pad_to_multiple
+        self.buckets = [] if cfg.packing else sorted(cfg.length_buckets)
         self.pad_id = template.pad_id
         self.global_batch = global_batch_size
         self._len_cache: dict[int, int] = {}
@@ -349,8 +361,9 @@ class _BatchBuilder:
         return state
 
     def row_length(self, position: int) -> int:
-        """max_len, or (no packing, pad_to_multiple) the longest example of this global batch rounded up."""
-        if not self.pad_multiple:
+        """max_len, or (no packing) the longest example of this global batch rounded up to pad_to_multiple or to the
+        smallest length bucket that holds it."""
+        if not (self.pad_multiple or self.buckets):
             return self.max_len
         batch = position // self.global_batch
         if batch not in self._len_cache:
@@ -362,9 +375,15 @@ class _BatchBuilder:
                 row = self.order[p]
                 if row < self.plan.num_rows:
                     longest = max(longest, int(self.table.lengths[self.plan.row(row)].sum()))
-            m = self.pad_multiple
-            self._len_cache[batch] = -(-longest // m) * m
+            self._len_cache[batch] = self.padded_length(longest)
         return self._len_cache[batch]
+
+    def padded_length(self, longest: int) -> int:
+        """The row length of a batch whose longest row holds ``longest`` tokens."""
+        if self.buckets:
+            return next((b for b in self.buckets if b >= longest), self.max_len)
+        m = self.pad_multiple
+        return -(-longest // m) * m
 
     def __call__(self, slots: Sequence[tuple[int, int]]) -> dict[str, np.ndarray]:
         shape = (len(slots), self.row_length(slots[0][0]))
@@ -678,11 +697,14 @@ def _row_figures(
 ) -> dict[str, Any]:
     """The PipelineInfo fields about rows, steps and token slots."""
     tokens = int(table.lengths.sum(dtype=np.int64))
-    if cfg.packing or not cfg.pad_to_multiple:
+    if cfg.packing or not (cfg.pad_to_multiple or cfg.length_buckets):
         slots = rows.rows_padded * cfg.max_len
+        per_length = {cfg.max_len: rows.steps_per_epoch}
     else:  # batch lengths vary with the shuffle; count the slots of the first epoch
         batch = rows.global_batch_size
-        slots = sum(builder.row_length(b * batch) for b in range(rows.steps_per_epoch)) * batch
+        lengths = [builder.row_length(b * batch) for b in range(rows.steps_per_epoch)]
+        slots = sum(lengths) * batch
+        per_length = dict(sorted(collections.Counter(lengths).items()))
     return dict(
         rows_per_epoch=rows.rows,
         steps_per_epoch=rows.steps_per_epoch,
@@ -694,6 +716,7 @@ def _row_figures(
         tokens_per_epoch=tokens,
         supervised_tokens_per_epoch=table.supervised_tokens,
         packing_efficiency=tokens / slots if slots else 0.0,
+        batches_per_length=per_length,
     )
 
 

@@ -36,6 +36,7 @@ from jaxtune.eval.suites.registry import SuiteRun, get_suite, load_suites, suite
 from jaxtune.eval.template_codec import TemplateChatCodec
 from jaxtune.paths import as_path
 from jaxtune.results import RunInfo, SuiteResult, format_table, write_result
+from jaxtune.runtime.compiles import CompileCounter
 from jaxtune.sharding import check_batch_rows
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,9 @@ class Evaluation:
 
     results: dict[str, SuiteResult]
     files: dict[str, tuple[Path, Path]] = field(default_factory=dict)
+    compiles: dict[str, float] = field(default_factory=dict)
+    """The model's programs compiled for the suites (generation, likelihood): ``compiles/generation``,
+    ``compile_s/generation``, ``compile_cache_hits/generation`` (:mod:`jaxtune.runtime.compiles`)."""
 
     def table(self) -> str:
         """Every suite's fixed-width table, with the files written."""
@@ -167,25 +171,29 @@ def evaluate(
 
     writes = out_dir is not None and is_writer()
     outcome = Evaluation(results={})
+    compiles = CompileCounter()
     for suite in suites:
         judge_cache = as_path(out_dir) / JUDGE_CACHE_FILE if out_dir is not None else None
         meter = SuiteProgress(suite, tokens=lambda: lm.generated_tokens)
-        result = run_suite(
-            suite,
-            roots[suite],
-            lm,
-            codec,
-            eval_cfg,
-            run,
-            judge_cache=judge_cache,
-            answers_dir=as_path(out_dir) if out_dir is not None else None,
-            progress=meter.update,
-        )
+        with compiles, compiles.program("generation"):
+            result = run_suite(
+                suite,
+                roots[suite],
+                lm,
+                codec,
+                eval_cfg,
+                run,
+                judge_cache=judge_cache,
+                answers_dir=as_path(out_dir) if out_dir is not None else None,
+                progress=meter.update,
+            )
         meter.finish()
         if result is None:
             continue
         outcome.results[result.summary.stem] = result
         if writes:
             outcome.files[result.summary.stem] = write_result(out_dir, result)
+    outcome.compiles = compiles.scalars()
+    log.info("%s", compiles.summary())
     barrier("jaxtune-evaluate-written")  # nobody reads these results before process 0 has written them
     return outcome

@@ -138,6 +138,7 @@ def sweep(
     draws one over all its models)."""
     from jaxtune.eval.distributed import agree, eval_mesh_config, is_writer
     from jaxtune.eval.runner import evaluate
+    from jaxtune.runtime.compiles import run_cache_dir
     from jaxtune.study.report import report
     from jaxtune.train.trainer import train
 
@@ -154,11 +155,14 @@ def sweep(
     size = model_size or model_size_label(cfg)
     runs: list[SweepRun] = []
     started = time.time()
+    # Every cell compiles the same programs: one persistent cache serves them all (the second cell compiles nothing).
+    cell_train = dataclasses.replace(
+        cfg.train, compilation_cache_dir=run_cache_dir(cfg.train.compilation_cache_dir, str(root))
+    )
     for i, selection in enumerate(selections):
         run_dir = root / selection
-        run_cfg = dataclasses.replace(
-            cfg, run_dir=str(run_dir), data=dataclasses.replace(cfg.data, selection=selection)
-        )
+        data = dataclasses.replace(cfg.data, selection=selection)
+        run_cfg = dataclasses.replace(cfg, run_dir=str(run_dir), data=data, train=cell_train)
         print_fn(f"[{i + 1}/{len(selections)}] {selection}: training ({_eta(started, i, len(selections))})")
         result = train(run_cfg, print_fn=print_fn)
         if result.stopped != "completed":

@@ -27,6 +27,7 @@ from clu import metrics as clu_metrics
 from jaxtune.errors import JaxtuneError
 from jaxtune.hardware import peak_flops_of_device_kind
 from jaxtune.paths import append_text, as_path, write_text_atomic
+from jaxtune.runtime.compiles import progress_part
 
 
 @flax.struct.dataclass
@@ -235,7 +236,7 @@ class ThroughputMeter:
 
 
 def progress_line(step: int, total_steps: int, epoch: float, scalars: Mapping[str, Any]) -> str:
-    """One human-readable line: step, epoch, loss, learning rate, grad norm, tokens/s, MFU, ETA."""
+    """One human-readable line: step, epoch, loss, learning rate, grad norm, tokens/s, MFU, compiles so far, ETA."""
     parts = [
         f"step {step}/{total_steps}",
         f"epoch {epoch:.2f}",
@@ -249,6 +250,9 @@ def progress_line(step: int, total_steps: int, epoch: float, scalars: Mapping[st
         parts.append(f"MFU {100 * scalars['mfu']:.1f}%")
     if scalars.get("skipped_steps"):
         parts.append(f"skipped {int(scalars['skipped_steps'])}")
+    compiles = progress_part(scalars)
+    if compiles:
+        parts.append(compiles)
     if "eta_s" in scalars:
         parts.append(f"ETA {format_duration(scalars['eta_s'])}")
     return " | ".join(parts)

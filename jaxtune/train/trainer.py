@@ -34,6 +34,7 @@ from jaxtune.config.schema import Config, ConfigError, max_len_problem
 from jaxtune.errors import JaxtuneError
 from jaxtune.models.stats import model_info
 from jaxtune.paths import as_path, write_text_atomic
+from jaxtune.runtime.compiles import CompileCounter, run_cache_dir, use_compilation_cache
 from jaxtune.sharding import (
     abstract_model,
     batch_geometry,
@@ -112,6 +113,8 @@ class TrainResult:
     """Steps of the full train-state checkpoints kept in run_dir/checkpoints."""
     epoch_checkpoints: list[int] = field(default_factory=list)
     """Epochs with a params-only checkpoint in run_dir/epochs."""
+    compiles: str = ""
+    """The run's compiles per program (:meth:`jaxtune.runtime.compiles.CompileCounter.summary`)."""
 
     def summary(self) -> str:
         how = "finished" if self.stopped == "completed" else "stopped on SIGTERM or Ctrl-C (resumable)"
@@ -125,6 +128,8 @@ class TrainResult:
         if self.skipped_steps:
             lines.append(f"  {self.skipped_steps} steps skipped (non-finite loss or gradient)")
         lines.append(f"  checkpoints at steps {self.checkpoint_steps} in {as_path(self.run_dir) / 'checkpoints'}")
+        if self.compiles:
+            lines.append(f"  {self.compiles}")
         if self.epoch_checkpoints:
             lines.append(
                 f"  epoch checkpoints (params only) {self.epoch_checkpoints} in {as_path(self.run_dir) / 'epochs'}"
@@ -365,6 +370,7 @@ def setup_train_loop(cfg: Config, data: Optional[RunData], print_fn: Callable[[s
     the metrics writer and checkpoint managers."""
     tc = cfg.train
     mesh = check_run(cfg)
+    use_compilation_cache(run_cache_dir(tc.compilation_cache_dir, cfg.run_dir), tc.compilation_cache_min_secs)
     # A resume must apply its saved data position and schedule to the data and batch they belong to: compare
     # before anything is built or written (the manifest, config.yaml).
     saved = saved_run_config(cfg.run_dir) if cfg.checkpoint.resume == "auto" else None
@@ -441,7 +447,8 @@ def train_loop(run: TrainSetup, stop_request: "_StopRequest", lease: Any = None)
                 f"{', '.join(f'{k} ({old!r} -> {new!r})' for k, (old, new) in run.changes.items())}; "
                 f"recorded in {as_path(cfg.run_dir) / 'configs'}"
             )
-    stopped = loop.run()
+    with loop.compiles:
+        stopped = loop.run()
     manager.wait_until_finished()
     if epochs is not None:
         epochs.wait_until_finished()
@@ -458,6 +465,7 @@ def train_loop(run: TrainSetup, stop_request: "_StopRequest", lease: Any = None)
         skipped_steps=int(jax.device_get(loop.state.skipped_steps)),
         checkpoint_steps=manager.all_steps(),
         epoch_checkpoints=[] if epochs is None else epochs.all_epochs(),
+        compiles=loop.compiles.summary(),
     )
 
 
@@ -549,6 +557,7 @@ class _RunLoop:
         self.state: Optional[TrainState] = None
         self.step = 0
         self.bad_run = 0
+        self.compiles = CompileCounter()
 
     def start(self) -> Optional[int]:
         """Resume from the latest complete checkpoint (checkpoint.resume=auto) or build a fresh state; returns the
@@ -619,6 +628,7 @@ class _RunLoop:
             compute_dtype=self.cfg.model.compute_dtype,
             backward=self.cfg.train.backward,
         )
+        step_fn = self.compiles.wrap("train_step", step_fn)
         eval_fn = None
         if self.data.valid is not None:
             eval_fn = make_eval_step(
@@ -627,6 +637,7 @@ class _RunLoop:
                 mesh=self.mesh,
                 param_shardings=layout.state_shardings.params,
             )
+            eval_fn = self.compiles.wrap("eval_loss", eval_fn)
         first_step = self.step
         with self.stop_request as stop_request:
             try:
@@ -759,6 +770,7 @@ class _RunLoop:
             scalars = {k: float(v) for k, v in self.interval.compute().items()}
         self.interval = None
         scalars.update(self.meter.measure(at))
+        scalars.update(self.compiles.scalars())
         scalars["epoch"] = at / self.data.steps_per_epoch
         self.last_loss = scalars["loss"]
         self.writer.write(at, "train", scalars)

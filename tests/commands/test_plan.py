@@ -108,3 +108,50 @@ def test_plan_command_without_libtpu_says_how_to_install_it(tmp_path):
 
     code = main(["plan", str(REPO / "configs" / "doit-7b.yaml"), "--accelerator", "v5p-16"])
     assert code == 2
+
+
+_BUCKET_PLAN = r"""
+from jaxtune.config.loading import load_config
+from jaxtune.commands.plan import plan
+cfg = load_config(None, ["model.preset=tiny", "model.num_layers=2", "model.hidden_size=64", "model.num_heads=4",
+                         "model.intermediate_size=128", "model.vocab_size=512", "data.max_len=384",
+                         "data.packing=false", "data.length_buckets=[128,256]", "model.attention_impl=splash",
+                         "train.global_batch_size=8", "mesh.fsdp=-1"])
+report = plan(cfg, "cpu-8", search=False, evaluate=False)
+for e in report.lengths:
+    print("LENGTH", e.label.split("@")[1], e.peak, e.kernel.replace(" ", "_"))
+print("WORST", report.train.label.split("@")[1])
+print(report.table())
+"""
+
+
+def test_plan_compiles_the_train_step_at_every_bucket_and_names_the_worst(tmp_path):
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO)
+    )
+    out = subprocess.run([sys.executable, "-c", _BUCKET_PLAN], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [line.split()[1:] for line in out.stdout.splitlines() if line.startswith("LENGTH")]
+    assert [r[0] for r in rows] == ["128", "256", "384"]  # the buckets and max_len (a batch longer than them)
+    peaks = [int(r[1]) for r in rows]
+    assert peaks == sorted(peaks) and peaks[0] < peaks[-1]
+    assert all(r[2] == "xla" for r in rows)  # splash needs a TPU: the CPU plan says what really runs
+    assert out.stdout.split("WORST")[1].split()[0] == "384"
+    assert (
+        "3 row lengths, one train-step program each" in out.stdout
+        and "the worst per-chip peak is train step @384" in out.stdout
+    )
+
+
+def test_plan_lengths_are_every_length_a_run_can_meet():
+    from jaxtune.commands.plan import attention_kernel, plan_lengths
+
+    doit = load_config(REPO / "configs" / "doit-33b.yaml")
+    assert plan_lengths(doit) == [256, 512, 1024, 1536, 2048]
+    assert attention_kernel(doit, "tpu", 256) == "splash" and attention_kernel(doit, "cpu", 256) == "xla"
+    belle = load_config(REPO / "configs" / "belle-bloomz-7b1-mt.yaml", ["model.attention_impl=splash"])
+    assert plan_lengths(belle) == list(range(64, 1025, 64))  # pad_to_multiple 64: all 16 of them
+    assert attention_kernel(belle, "tpu", 1024) == "xla (ALiBi)"
+    eights = load_config(REPO / "configs" / "doit-7b.yaml", ["data.length_buckets=[]", "data.pad_to_multiple=8"])
+    assert plan_lengths(eights) == [2048]  # 256 multiples: the largest stands for them
+    assert attention_kernel(eights, "tpu", 1000) == "xla (rows not a multiple of 128)"

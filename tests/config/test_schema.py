@@ -5,7 +5,16 @@ from __future__ import annotations
 
 import pytest
 
-from jaxtune.config.schema import Config, ConfigError, MeshConfig, ModelConfig, OptimConfig, TrainConfig, dotted_key
+from jaxtune.config.schema import (
+    Config,
+    ConfigError,
+    DataConfig,
+    MeshConfig,
+    ModelConfig,
+    OptimConfig,
+    TrainConfig,
+    dotted_key,
+)
 from jaxtune.errors import JaxtuneError
 
 
@@ -36,3 +45,24 @@ def test_config_error_lists_every_problem_and_is_reported_as_a_message() -> None
     assert str(two) == "2 problems in the config:\n  a.b is wrong\n  c is wrong"
     assert issubclass(ConfigError, JaxtuneError)  # the CLI reports it as a message, not a traceback
     assert (dotted_key("model", "rope_scaling"), dotted_key("", "run_dir")) == ("model.rope_scaling", "run_dir")
+
+
+def test_length_buckets_rules() -> None:
+    ok = DataConfig(packing=False, max_len=2048, length_buckets=[256, 512, 1024, 1536, 2048])
+    assert ok.problems() == [] and ok.row_lengths() == [256, 512, 1024, 1536, 2048]
+    assert DataConfig(packing=False, max_len=512, length_buckets=[128]).row_lengths() == [128, 512]
+    assert DataConfig(packing=False, pad_to_multiple=8).row_lengths() == [] and DataConfig().row_lengths() == [2048]
+    assert (
+        "increasing row lengths in [1, max_len=512]"
+        in DataConfig(packing=False, max_len=512, length_buckets=[256, 128]).problems()[0]
+    )
+    assert "increasing" in DataConfig(packing=False, max_len=512, length_buckets=[1024]).problems()[0]
+    assert DataConfig(length_buckets=[256]).problems() == [] and DataConfig(length_buckets=[256]).row_lengths() == [
+        2048
+    ]  # packed rows are max_len long
+    both = DataConfig(packing=False, pad_to_multiple=8, length_buckets=[256]).problems()
+    assert len(both) == 1 and "both set batch lengths" in both[0]
+    data = DataConfig(packing=False, max_len=2048, length_buckets=[200, 1024])
+    refused = Config(model=ModelConfig(attention_impl="splash"), data=data).problems("")
+    assert len(refused) == 1 and "multiple of 128" in refused[0] and "[200]" in refused[0]
+    assert Config(model=ModelConfig(attention_impl="xla"), data=data).problems("") == []

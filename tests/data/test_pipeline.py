@@ -177,6 +177,27 @@ def test_unpacked_left_padding_to_a_multiple(doit_root, doit_tokenizer_path):
     assert len(seen) == 40 and data.info.rows_per_epoch == 40
 
 
+def test_length_buckets_pad_each_batch_to_the_smallest_that_holds_it(doit_root, doit_tokenizer_path):
+    cfg = _cfg(doit_root, doit_tokenizer_path, packing=False, padding_side="left", max_len=512)
+    cfg.length_buckets = [64, 128, 256]
+    data = build_train_pipeline(cfg, global_batch_size=4, shard_options=ONE_HOST)
+    reference = _reference(cfg, doit_tokenizer_path)
+    seen: list = []
+    lengths: list[int] = []
+    for batch in data.iterator:
+        length = batch["input_ids"].shape[1]
+        longest = int((batch["segment_ids"] > 0).sum(axis=1).max())
+        smallest = next((b for b in (64, 128, 256) if b >= longest), 512)
+        assert length == smallest, (length, longest)
+        lengths.append(length)
+        _check_batch(batch, reference, list(data.info.ability_names), seen)
+    assert len(seen) == 40
+    counts = data.info.batches_per_length
+    assert counts == {n: lengths.count(n) for n in sorted(set(lengths))} and sum(counts.values()) == 10
+    assert set(counts) <= {64, 128, 256, 512} and len(counts) > 1
+    assert "train-step programs" in data.info.summary()
+
+
 def test_hf_chat_template_through_the_pipeline(tmp_path):
     folder = make_hf_tokenizer_folder(tmp_path / "hf")
     records = [

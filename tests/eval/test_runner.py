@@ -176,6 +176,7 @@ def test_doit_end_to_end_matches_transformers(jaxtune_checkpoint, data_dir, gqa_
         else:
             assert item["reply"] == _hf_reply(hf_model, doit_codec, record["messages"][:-1])
     assert "doit test" in evaluation.table()
+    assert evaluation.compiles["compiles/generation"] >= 1 and evaluation.compiles["compile_s/generation"] > 0
 
 
 def _raw_records(data_dir: Path) -> list[dict]:

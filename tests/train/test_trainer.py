@@ -68,6 +68,10 @@ def test_a_run_logs_evaluates_checkpoints_and_exports_params(tmp_path):
         assert r["learning_rate"] == pytest.approx(peak * (1 - (r["step"] - 1) / 6), rel=1e-6)
         assert np.isfinite(r["loss"]) and r["grad_norm"] > 0 and r["epoch"] == pytest.approx(r["step"] / 3)
     assert all("tokens_per_s" in r and "eta_s" in r for r in train_recs[1:])
+    # one shape: the train step compiled once; the eval-loss step once (both counted before the first eval at step 2)
+    assert (train_recs[-1]["compiles/train_step"], train_recs[-1]["compiles/eval_loss"]) == (1, 1)
+    assert train_recs[0]["compiles/train_step"] == 1 and train_recs[0]["compile_s/train_step"] > 0
+    assert "compiles: eval_loss 1 (" in result.summary() and (tmp_path / "compilation_cache").is_dir()
     eval_recs = [r for r in records if r["kind"] == "eval"]
     assert [r["step"] for r in eval_recs] == [2, 3, 4, 6]
     assert all(f"loss/{a}" in r for r in eval_recs for a in ABILITIES)
@@ -89,7 +93,8 @@ def test_a_run_logs_evaluates_checkpoints_and_exports_params(tmp_path):
     assert {"train/loss", "train/learning_rate", "train/grad_norm", "eval/loss/alpha"} <= tags
     assert load_config(tmp_path / "config.yaml") == cfg  # the resolved config, written at the start
     progress = [line for line in lines if line.startswith("step 6/6")]
-    assert progress and all(part in progress[0] for part in ("epoch 2.00", "loss", "lr", "grad_norm", "tok/s", "ETA"))
+    parts = ("epoch 2.00", "loss", "lr", "grad_norm", "tok/s", "compiles 2 (", "ETA")
+    assert progress and all(part in progress[0] for part in parts)
     assert any(line.startswith("step 6 | eval loss") for line in lines)
 
     # A finished run resumes as finished; a fresh start into its directory is refused.
@@ -336,3 +341,24 @@ def test_a_qwen2_run_trains_its_biases_sharded_over_tensor(tmp_path):
     assert isinstance(model, Qwen2)
     for name in ("q_bias", "k_bias", "v_bias"):
         assert np.abs(np.asarray(getattr(model.layers, name)[...])).max() > 0, name
+
+
+def test_a_second_identical_run_reads_its_train_step_from_the_shared_compilation_cache(tmp_path):
+    """Two runs into separate run directories, one ``train.compilation_cache_dir``: the second compiles no train
+    step (a fresh jit, so only the persistent cache can serve it) and says so in metrics.jsonl and its summary."""
+    before = jax.config.jax_compilation_cache_dir
+    shared = dict(compilation_cache_dir=str(tmp_path / "cache"), compilation_cache_min_secs=0.0, epochs=1)
+    figures = []
+    try:
+        for name in ("first", "second"):
+            cfg = tiny_config(tmp_path / name, train=shared, checkpoint=dict(keep_epoch_checkpoints=False))
+            result = train(cfg, synthetic_data(num_rows=16, seq_len=32, global_batch=8, epochs=1))
+            records = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+            last = [r for r in records if r["kind"] == "train"][-1]
+            figures.append((last["compiles/train_step"], last["compile_cache_hits/train_step"], result.summary()))
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    assert figures[0][:2] == (1, 0) and figures[1][:2] == (0, 1), figures
+    assert "train_step 0 (0.0 s, 1 from the cache" in figures[1][2]
+    assert not (tmp_path / "second" / "compilation_cache").exists()
