@@ -13,6 +13,7 @@ import json
 import math
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -154,6 +155,7 @@ def _hf_letter_logits(hf_model, codec: StudyDoitRendering, messages, pieces) -> 
 
 def test_doit_end_to_end_matches_transformers(jaxtune_checkpoint, data_dir, gqa_pair, doit_codec, tmp_path):
     hf_model, _ = gqa_pair
+    jax.clear_caches()  # programs an earlier test compiled in this process would otherwise not be counted
     out = tmp_path / "out"
     evaluation = evaluate(
         jaxtune_checkpoint,
@@ -176,7 +178,10 @@ def test_doit_end_to_end_matches_transformers(jaxtune_checkpoint, data_dir, gqa_
         else:
             assert item["reply"] == _hf_reply(hf_model, doit_codec, record["messages"][:-1])
     assert "doit test" in evaluation.table()
-    assert evaluation.compiles["compiles/generation"] >= 1 and evaluation.compiles["compile_s/generation"] > 0
+    compiled = evaluation.compiles.get("compiles/generation", 0) + evaluation.compiles.get(
+        "compile_cache_hits/generation", 0
+    )
+    assert compiled >= 1, evaluation.compiles  # the fixture's jax.clear_caches(): this evaluation compiles its programs
 
 
 def _raw_records(data_dir: Path) -> list[dict]:
