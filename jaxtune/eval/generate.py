@@ -182,6 +182,30 @@ def empty_rows(
     )
 
 
+def prompt_pass(model: Any, input_ids: jnp.ndarray, segment_ids: jnp.ndarray, last_index: jnp.ndarray) -> tuple:
+    """Prompts (R, T), right-padded (segment 0), through ``model`` into a fresh cache of T slots: each prompt's
+    logits at its last token (R, vocab) and the cache, its index at the next slot to write (right after the prompt).
+    The prefill of :func:`prefill` and of ``jaxtune serve``."""
+    n, t = input_ids.shape
+    positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32)[None, :], (n, t))
+    logits, cache = model(
+        input_ids,
+        positions=positions,
+        segment_ids=segment_ids,
+        cache=model.init_cache(n, t),
+        logit_slots=last_index[:, None],
+    )
+    return logits[:, 0, :], cache._replace(index=last_index + 1)
+
+
+def prompt_tokens_seen(input_ids: jnp.ndarray, segment_ids: jnp.ndarray, vocab: int) -> jnp.ndarray:
+    """(R, vocab) bool: the tokens of each prompt, for the repetition penalty (padding does not count: its ids are
+    sent past the end and dropped)."""
+    n = input_ids.shape[0]
+    marked = jnp.where(segment_ids > 0, input_ids, vocab)
+    return jnp.zeros((n, vocab), bool).at[jnp.arange(n)[:, None], marked].set(True, mode="drop")
+
+
 def prefill(
     graphdef: nnx.GraphDef,
     state: Any,
@@ -204,23 +228,9 @@ def prefill(
     program runs on (static), whose device layout the cache keeps (:func:`keep_default_layout`)."""
     model = nnx.merge(graphdef, state)
     slots, input_ids, segment_ids, last_index, prompt_ids = prompts
-    n, t = input_ids.shape
-    vocab = model.cfg.vocab_size
-    positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32)[None, :], (n, t))
-    logits, cache = model(
-        input_ids,
-        positions=positions,
-        segment_ids=segment_ids,
-        cache=model.init_cache(n, t),
-        logit_slots=last_index[:, None],
-    )
-    logits = logits[:, 0, :]
-    cache = cache._replace(index=last_index + 1)  # the next slot to write: right after the prompt
-    seen = None
-    if sampling.uses_penalty:
-        # Prompt tokens count as seen (padding does not: its ids are sent past the end and dropped).
-        marked = jnp.where(segment_ids > 0, input_ids, vocab)
-        seen = jnp.zeros((n, vocab), bool).at[jnp.arange(n)[:, None], marked].set(True, mode="drop")
+    n = input_ids.shape[0]
+    logits, cache = prompt_pass(model, input_ids, segment_ids, last_index)
+    seen = prompt_tokens_seen(input_ids, segment_ids, model.cfg.vocab_size) if sampling.uses_penalty else None
     first = select_tokens(logits, seen, _row_keys(seed, prompt_ids), jnp.zeros((n,), jnp.int32), sampling)
     done = _is_stop(first, stop_ids) | (max_new_tokens == 1)
     if aligned:

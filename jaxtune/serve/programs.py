@@ -25,6 +25,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from jaxtune.eval.batching import keep_default_layout
+from jaxtune.eval.generate import prompt_pass, prompt_tokens_seen
 from jaxtune.eval.sampling import apply_repetition_penalty, top_p_filter
 from jaxtune.models.axes import KV_CACHE
 
@@ -116,20 +117,10 @@ def prefill(
     """Prompts (R, T), right-padded (segment 0), into rows ``slots`` (R,; B for a dummy row: dropped); returns the
     batch and each prompt's first token (R,)."""
     model = nnx.merge(graphdef, state)
-    n, t = input_ids.shape
-    vocab = model.cfg.vocab_size
-    positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32)[None, :], (n, t))
-    logits, cache = model(
-        input_ids,
-        positions=positions,
-        segment_ids=segment_ids,
-        cache=model.init_cache(n, t),
-        logit_slots=last_index[:, None],
-    )
-    cache = cache._replace(index=last_index + 1)
-    marked = jnp.where(segment_ids > 0, input_ids, vocab)  # padding is not seen: sent past the end and dropped
-    seen = jnp.zeros((n, vocab), bool).at[jnp.arange(n)[:, None], marked].set(True, mode="drop")
-    first = select_rows(logits[:, 0, :], seen, settings, jnp.zeros((n,), jnp.int32))
+    n = input_ids.shape[0]
+    logits, cache = prompt_pass(model, input_ids, segment_ids, last_index)
+    seen = prompt_tokens_seen(input_ids, segment_ids, model.cfg.vocab_size)
+    first = select_rows(logits, seen, settings, jnp.zeros((n,), jnp.int32))
     seen = seen.at[jnp.arange(n), first].set(True)
     pin = lambda a: keep_default_layout(a, mesh, KV_CACHE)  # noqa: E731
     return (
