@@ -71,6 +71,8 @@ CHECKPOINTS_DIR = "checkpoints"
 DAMAGED_DIR = "checkpoints_damaged"  # RUN_DIR/checkpoints_damaged/<step>: steps set aside because they did not restore
 EPOCHS_DIR = "epochs"
 COMMIT_MARKER = "commit_success.txt"  # orbax.checkpoint's atomicity_types.COMMIT_SUCCESS_FILE
+COMPLETED_FILE = "completed.json"  # RUN_DIR/completed.json: written last, atomically, once a run completes
+HEARTBEAT_FILE = "heartbeat.json"  # RUN_DIR/heartbeat.json: {"step", "phase", "time"}, refreshed by process 0
 
 # Orbax items of a train-state step and of an epoch checkpoint
 TRAIN_PARAMS_ITEM, TRAIN_STATE_ITEM, DATA_ITER_ITEM, RUN_CONFIG_ITEM = "params", "train_state", "data_iter", "config"

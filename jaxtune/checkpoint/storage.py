@@ -13,10 +13,10 @@ import errno
 from typing import Callable, Iterator, Optional
 
 from jaxtune.checkpoint.layout import complete_steps, train_checkpoint_dir
-from jaxtune.errors import JaxtuneError
+from jaxtune.errors import EXIT_RESUMABLE, JaxtuneError
 from jaxtune.paths import PathLike
 
-EX_TEMPFAIL = 75
+EX_TEMPFAIL = EXIT_RESUMABLE
 _FULL = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded", errno.EFBIG: "file too large"}
 _TEXTS = (
     ("No space left on device", "no space left on device"),

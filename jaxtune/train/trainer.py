@@ -24,7 +24,7 @@ from jax.sharding import Mesh
 
 from jaxtune.checkpoint.epochs import EpochCheckpointManager
 from jaxtune.checkpoint.errors import CheckpointError
-from jaxtune.checkpoint.layout import DAMAGED_DIR
+from jaxtune.checkpoint.layout import COMPLETED_FILE, DAMAGED_DIR
 from jaxtune.checkpoint.lease import RunLeaseError, hold_run_lease
 from jaxtune.checkpoint.params import expected_param_shapes, load_model_config, load_params
 from jaxtune.checkpoint.storage import intact_steps, storage_boundary
@@ -58,7 +58,6 @@ from jaxtune.train.step import (
     train_state_shardings,
 )
 
-COMPLETED_FILE = "completed.json"  # {"step": S, "total_steps": S, "epoch_checkpoints": [...]}, once a run completes
 TRAIN_KEYS = ("input_ids", "targets", "loss_weights", "segment_ids", "positions")
 EVAL_KEYS = TRAIN_KEYS + ("ability_ids",)
 
