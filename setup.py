@@ -26,8 +26,9 @@ CORE = [
     "uvicorn==0.54.0",  # jaxtune serve: the ASGI server
     "starlette==1.10.0",  # jaxtune serve: the HTTP app
 ]
+RAY = ["ray==2.60.0"]  # jaxtune sweep --ray: the grid's cells on a pool of slices (jaxtune/study/ray_sweep.py)
 HF = ["torch==2.13.0+cpu"]  # the PyTorch reference model (tests, check-hf, legacy .bin checkpoints)
-TEST = HF + [
+TEST = HF + RAY + [
     "pytest==9.2.0",
     "pytest-timeout==2.4.0",
     "gcp-storage-emulator==2026.7.19",
@@ -54,6 +55,7 @@ setup(
     install_requires=CORE,
     extras_require={
         "hf": HF,
+        "ray": RAY,
         "test": TEST,
         "tpu": ["jax[tpu]==0.10.2"],
         "gpu": ["jax[cuda12]==0.10.2"],
