@@ -28,15 +28,19 @@ CORE = [
 ]
 RAY = ["ray==2.60.0"]  # jaxtune sweep --ray: the grid's cells on a pool of slices (jaxtune/study/ray_sweep.py)
 HF = ["torch==2.13.0+cpu"]  # the PyTorch reference model (tests, check-hf, legacy .bin checkpoints)
-TEST = HF + RAY + [
-    "pytest==9.2.0",
-    "pytest-timeout==2.4.0",
-    "gcp-storage-emulator==2026.7.19",
-    "ruff==0.17.5",
-    "openai==3.51.0",  # the official client the serving tests talk to jaxtune serve with
-    "gguf==0.19.0",  # tests/convert/test_smollm2.py: transformers dequantizes the pretrained GGUF with it
-    "accelerate==1.15.0",  # transformers' GGUF loading needs it
-]
+TEST = (
+    HF
+    + RAY
+    + [
+        "pytest==9.2.0",
+        "pytest-timeout==2.4.0",
+        "gcp-storage-emulator==2026.7.19",
+        "ruff==0.17.5",
+        "openai==3.51.0",  # the official client the serving tests talk to jaxtune serve with
+        "gguf==0.19.0",  # tests/convert/test_smollm2.py: transformers dequantizes the pretrained GGUF with it
+        "accelerate==1.15.0",  # transformers' GGUF loading needs it
+    ]
+)
 
 setup(
     name="jaxtune",

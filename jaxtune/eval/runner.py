@@ -163,7 +163,7 @@ def evaluate(
         model,
         batch_size=eval_cfg.batch_size,
         bucket_multiple=eval_cfg.bucket_multiple,
-        sampling=sampling_from_config(eval_cfg),
+        sampling=dataclasses.replace(sampling_from_config(eval_cfg), known_ids=codec.tokenizer.vocab_size),
         seed=eval_cfg.seed,
         mesh=mesh,
     )

@@ -29,6 +29,9 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     """Logits of tokens already in the prompt or the reply: divided by this when positive, multiplied when negative
     (greedy and sampling); 1.0 disables."""
+    known_ids: int = 0
+    """Ids at or above this are never chosen (0: every id may be): a model whose vocabulary is larger than its
+    tokenizer's (Qwen2.5's 152,064 rows for 151,665 tokens, a padded embedding) must not emit ids that have no text."""
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
@@ -39,6 +42,8 @@ class SamplingParams:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.repetition_penalty <= 0:
             raise ValueError(f"repetition_penalty must be > 0 (1.0 = off), got {self.repetition_penalty}")
+        if self.known_ids < 0:
+            raise ValueError(f"known_ids must be >= 0 (0 = every id), got {self.known_ids}")
 
     @property
     def greedy(self) -> bool:
@@ -77,7 +82,10 @@ def top_p_filter(logits: jnp.ndarray, p: float) -> jnp.ndarray:
 
 
 def process_logits(logits: jnp.ndarray, seen: jnp.ndarray | None, params: SamplingParams) -> jnp.ndarray:
-    """The logits a token is chosen from: penalty, then (sampling only) temperature, top-k, top-p."""
+    """The logits a token is chosen from: ids beyond ``known_ids`` removed, penalty, then (sampling only)
+    temperature, top-k, top-p."""
+    if 0 < params.known_ids < logits.shape[-1]:
+        logits = jnp.where(jnp.arange(logits.shape[-1]) >= params.known_ids, -jnp.inf, logits)
     if params.uses_penalty:
         if seen is None:
             raise ValueError("a repetition penalty needs the mask of tokens already seen")

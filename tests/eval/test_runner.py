@@ -22,6 +22,7 @@ from jaxtune.demo.abilities import write_demo_dataset
 from jaxtune.eval.errors import EvalSetupError
 from jaxtune.eval.language_model import JaxLanguageModel
 from jaxtune.eval.runner import evaluate, run_info
+from jaxtune.eval.sampling import SamplingParams
 from jaxtune.eval.suites.registry import suite_data_root
 
 from .conftest import DOIT_ADDED
@@ -329,3 +330,34 @@ def test_belle_keeps_its_answers_through_a_judge_failure_and_resumes_judging(
         err = capsys.readouterr().err
         assert code == 2 and "Traceback" not in err
         assert err.strip().splitlines()[-1].startswith(f"jaxtune eval: error: {cache}:2: corrupt judge cache line")
+
+
+def test_ids_beyond_the_tokenizer_are_never_generated(gqa_pair, data_dir, tmp_path):
+    # A model with 12 rows more than its tokenizer (1004 ids: a padded or resized vocabulary, as Qwen2.5's 152,064
+    # rows for 151,665 tokens) whose head makes id 1004 or 1005 the best token at every step: before, decoding the
+    # reply failed ("piece id is out of range"); now such ids are never chosen and the suite runs.
+    from flax import nnx
+
+    from jaxtune.checkpoint.params import save_params
+    from jaxtune.models.llama import Llama
+
+    from .conftest import DEMO_TOKENIZER, model_from_params
+
+    _, model = gqa_pair
+    params = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    head = params["lm_head"]
+    direction = np.random.default_rng(0).standard_normal(head.shape[0]).astype(head.dtype)
+    params["lm_head"] = np.concatenate([head, 20 * direction[:, None], -20 * direction[:, None], head[:, :10]], 1)
+    params["embed_tokens"] = np.concatenate([params["embed_tokens"], params["embed_tokens"][:12]], 0)
+    cfg = dataclasses.replace(model.cfg, vocab_size=model.cfg.vocab_size + 12)
+    wide: Llama = model_from_params(cfg, params)
+    path = tmp_path / "wide"
+    save_params(path, nnx.state(wide, nnx.Param), cfg, tokenizer_dir=DEMO_TOKENIZER, added_tokens=DOIT_ADDED)
+    # The premise: unmasked, greedy decoding picks those ids.
+    unmasked = JaxLanguageModel(wide, batch_size=4).generate([[1, 5, 9, 14]], 3, stop_ids=())
+    assert set(unmasked[0].tokens) <= {1004, 1005}
+    evaluation = evaluate(path, _eval_cfg(data_dir, ["doit"]), tmp_path / "out")
+    result = evaluation.results["doit-test"]
+    assert result.summary.abilities and len(result.items) == len(_items(tmp_path / "out" / "doit-test.items.jsonl"))
+    masked = JaxLanguageModel(wide, batch_size=4, sampling=SamplingParams(known_ids=1004))
+    assert all(t < 1004 for t in masked.generate([[1, 5, 9, 14]], 3, stop_ids=())[0].tokens)
