@@ -48,8 +48,10 @@ LOAD = """
 
     tok = load_tokenizer("gs://inputs/tok")
     root = suite_data_root("doit", "gs://inputs/eval")
+    model = local_input("gs://inputs/tok/tokenizer.model")  # a single object: a file of that name
     print(json.dumps({"vocab": tok.vocab_size, "encoded": tok.encode("hello world"), "tok": str(local_input("gs://inputs/tok")),
-                      "root": str(root), "files": sorted(p.name for p in root.rglob("*") if p.is_file())}))
+                      "root": str(root), "files": sorted(p.name for p in root.rglob("*") if p.is_file()),
+                      "model": [model.name, model.is_file(), load_tokenizer(model).vocab_size]}))
 """
 
 
@@ -69,8 +71,9 @@ def test_gs_inputs_are_fetched_once_per_host_and_again_when_they_change(gcs, tmp
     assert Path(first["tok"]).name == "tok" and Path(first["tok"]).parent.parent == cache
     assert sorted(p.name for p in Path(first["tok"]).iterdir()) == ["tokenizer.model"]
     assert first["files"] == ["math.jsonl"] and Path(first["root"]).is_relative_to(cache)
+    assert first["model"] == ["tokenizer.model", True, first["vocab"]]
     fetched = _entries(cache)
-    assert len(fetched) == 2 and not [n for n in fetched if n.startswith(".tmp-")]
+    assert len(fetched) == 3 and not [n for n in fetched if n.startswith(".tmp-")]
 
     # A second run on this host: the same copies, nothing fetched (a fetch would make a new folder, renamed in).
     assert _child(gcs, cache, LOAD) == first and _entries(cache) == fetched
@@ -80,7 +83,7 @@ def test_gs_inputs_are_fetched_once_per_host_and_again_when_they_change(gcs, tmp
     third = _child(gcs, cache, LOAD)
     assert third["tok"] == first["tok"] and third["root"] != first["root"]
     assert (Path(third["root"]) / "math.jsonl").read_text().startswith('{"instruction": "2+2?"')
-    assert len(_entries(cache)) == 3 and fetched.items() <= _entries(cache).items()
+    assert len(_entries(cache)) == 4 and fetched.items() <= _entries(cache).items()
 
 
 def test_a_missing_gs_input_is_one_clear_error(gcs, tmp_path):
