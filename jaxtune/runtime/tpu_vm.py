@@ -4,9 +4,10 @@ detection finds it (``jax/_src/clusters/cloud_tpu_cluster.py``), without touchin
 A plain Cloud TPU VM (what ``gcp/tpu.sh create`` makes) sets no cluster variables: JAX learns its peers from the
 GCE metadata server. The decision, in order:
 
-1. ``TPU_SKIP_MDS_QUERY`` set: not a Cloud TPU VM (JAX sets it itself when no TPU chip is on the PCI bus);
-2. a TPU VM is one with TPU chips on the PCI bus and libtpu installed, or ``JAX_FORCE_TPU_INIT`` set (JAX's own
-   test, :func:`jax._src.cloud_tpu_init.cloud_tpu_init`, which runs only when the backend starts);
+1. ``TPU_SKIP_MDS_QUERY`` set: not a Cloud TPU VM (``import jax`` sets it when no TPU chip is on the PCI bus);
+2. a TPU VM is what ``import jax`` found one to be (``jax._src.cloud_tpu_init.running_in_cloud_tpu_vm``: libtpu
+   installed and TPU chips on the PCI bus; the flag JAX's own ``GceTpuCluster`` reads, so the two never disagree),
+   or ``JAX_FORCE_TPU_INIT`` is set;
 3. the accelerator type is ``TPU_ACCELERATOR_TYPE`` (GKE sets it) or the metadata key
    ``instance/attributes/accelerator-type`` (``v5p-16``), read from ``GCE_METADATA_IP`` (default
    ``metadata.google.internal``) with short timeouts: an unreachable server costs at most
@@ -19,7 +20,6 @@ GCE metadata server. The decision, in order:
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import urllib.error
 import urllib.request
@@ -55,19 +55,15 @@ class TpuSlice:
         return f"Cloud TPU slice {self.accelerator_type or '(type unknown)'} ({hosts}; from {self.source})"
 
 
-def _tpu_chips_on_pci() -> int:
-    from jax._src import hardware_utils  # reads /sys/bus/pci only: no backend
-
-    return hardware_utils.num_available_tpu_chips_and_device_id()[0]
-
-
 def on_cloud_tpu_vm() -> bool:
     """Whether this machine looks like a Cloud TPU VM to JAX (steps 1 and 2 of the module docstring)."""
     if os.environ.get("TPU_SKIP_MDS_QUERY") is not None:
         return False
     if "JAX_FORCE_TPU_INIT" in os.environ:
         return True
-    return importlib.util.find_spec("libtpu") is not None and _tpu_chips_on_pci() > 0
+    from jax._src import cloud_tpu_init  # set when jax was imported; the backend is not started
+
+    return bool(cloud_tpu_init.running_in_cloud_tpu_vm)
 
 
 def metadata_attribute(key: str) -> Optional[str]:
