@@ -84,8 +84,8 @@ env = dict(os.environ, PYTHONPATH=os.path.expanduser("~/jaxtune"))
 child = subprocess.Popen([%(python)r, "-m", "jaxtune.cli", *args], env=env)
 with open(os.path.expanduser("~/.entry.pid"), "w") as f:
     f.write(str(os.getpid()))
-def crash(*_):
-    child.kill(); child.wait()
+def crash(*_):  # no child.wait() here: the interrupted wait() holds its lock
+    os.kill(child.pid, signal.SIGKILL)
     print("(emulated crash: exit 1)", flush=True)
     os._exit(1)
 signal.signal(signal.SIGUSR1, crash)
