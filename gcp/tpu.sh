@@ -33,8 +33,8 @@
 #   - any other non-zero exit on any worker, the job gone on some workers while others run, exit 0 without the
 #     marker: a failure;
 #   - a heartbeat older than HANG_SECONDS (default 1800), or COMPILE_HANG_SECONDS (default twice that) while its
-#     phase is "compiling" or "evaluating" or before the job's first heartbeat (long stretches without a refresh:
-#     XLA compiling a large model, a suite generating): a hang;
+#     phase is "compiling", "evaluating" or "done", or before the job's first heartbeat (long stretches without a
+#     refresh: XLA compiling a large model, a suite generating, a sweep between cells): a hang;
 #   - exit 2 on any worker (bad input): stop the job everywhere, print the end of each worker's log, exit 2.
 # Before any restart the job is stopped on every worker (SIGTERM and SIGCONT to its process group,
 # STOP_GRACE_SECONDS (default 120), SIGKILL) and no process of it may survive: a survivor would hold the run's lease.
@@ -275,8 +275,9 @@ judge_job() {  # judge_job NAME ZONE
   judge_heartbeat "$name" "$zone"
 }
 
-# A heartbeat older than HANG_SECONDS (COMPILE_HANG_SECONDS in the phases "compiling" and "evaluating", and before
-# this job's first heartbeat, since start-up includes the first compile) counts as a hang.
+# A heartbeat older than HANG_SECONDS counts as a hang; COMPILE_HANG_SECONDS in the phases "compiling",
+# "evaluating" and "done" (a sweep's next cell has not written its first heartbeat yet) and before this job's first
+# heartbeat (start-up includes the first compile).
 judge_heartbeat() {
   local name="$1" zone="$2" mode=run dir="$SV_RUN_DIR" age phase step since limit
   [ -n "$SV_SWEEP_DIR" ] && { mode=sweep; dir="$SV_SWEEP_DIR"; }
@@ -284,7 +285,7 @@ judge_heartbeat() {
   since=$((SECONDS - SV_JOB_STARTED))
   # A heartbeat older than this job is the previous attempt's: count from the start instead.
   if [ -z "$age" ] || [ "$age" = - ] || [ "${age%.*}" -gt "$since" ]; then age="$since"; phase=start-up; step=-; fi
-  limit="$SV_HANG"; case "$phase" in compiling|evaluating|start-up) limit="$SV_COMPILE_HANG";; esac
+  limit="$SV_HANG"; case "$phase" in compiling|evaluating|done|start-up) limit="$SV_COMPILE_HANG";; esac
   if [ "${age%.*}" -gt "$limit" ]; then
     echo "hung no heartbeat for ${age%.*}s (phase $phase, step $step; limit ${limit}s)"
   else

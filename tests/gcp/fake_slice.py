@@ -26,13 +26,15 @@ names, by a watcher process the fake starts with that job::
 
     {"start": 2, "when": {"after_s": 1.5}, "do": "preempt"}
     {"start": 3, "when": {"saving": "gs://b/run"}, "do": "preempt"}    a step folder without its commit marker
+    {"start": 3, "when": {"exists": "gs://b/run/completed.json"}, "do": "preempt"}
     {"start": 4, "when": {"step": 5, "run_dir": "gs://b/run"}, "do": "hang", "worker": 1}
     {"start": 5, "when": {"step": 7, "run_dir": "gs://b/run"}, "do": "fail", "worker": 0}
 
 ``preempt``: state STOPPING, SIGTERM to every process of every worker, ``FAKE_SLICE_GRACE`` seconds (default 5),
 SIGKILL, the workers' local disks wiped, state PREEMPTED. ``hang``: SIGSTOP to the job's process group on one
 worker. ``fail``: the worker's ``jaxtune`` ends its command and exits 1 (what a crash looks like to a supervisor).
-``step`` reads RUN_DIR/heartbeat.json. Which processes belong to a worker is known by an environment tag every
+``step`` reads RUN_DIR/heartbeat.json (written since the watcher started); conditions in one ``when`` must all
+hold. Which processes belong to a worker is known by an environment tag every
 process started there inherits (``FAKE_SLICE_TAG``), as everything on a VM dies with it.
 
 Run as ``python fake_slice.py cleanup DIR`` to kill every process a test's slices left.
@@ -382,6 +384,8 @@ def triggered(when: dict, started: float, since: float) -> bool:
     if "after_s" in when and time.monotonic() - started < when["after_s"]:
         return False
     if "saving" in when and not saving(when["saving"]):
+        return False
+    if "exists" in when and gcs_get(when["exists"]) is None:
         return False
     if "step" in when:
         return heartbeat_step(when["run_dir"], since) >= when["step"]
