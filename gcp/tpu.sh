@@ -38,6 +38,8 @@
 #   - exit 2 on any worker (bad input): stop the job everywhere, print the end of each worker's log, exit 2.
 # Before any restart the job is stopped on every worker (SIGTERM and SIGCONT to its process group,
 # STOP_GRACE_SECONDS (default 120), SIGKILL) and no process of it may survive: a survivor would hold the run's lease.
+# A failed create (no capacity, a quota) is retried from the failure budget. Started on a slice whose job runs on
+# every worker, supervise takes that job over (a supervisor restarted after its own machine went down).
 # Preemptions draw on MAX_PREEMPTIONS (default 100), failures and hangs on MAX_FAILURES (default 3); past either,
 # supervise exits 1. Each restart prints one line (time, kind, reason, budgets left); the end prints the restarts by
 # kind and the total time.
@@ -219,6 +221,12 @@ print("marks", done, age, phase, step)'
   printf 'cd ~/jaxtune && .venv/bin/python -c %q %q %q 2>/dev/null || echo "marks 0 - - -"' "$script" "$1" "$2"
 }
 
+all_running() {  # all_running NAME ZONE: whether the job runs on every worker
+  local lines
+  lines="$(on_workers "$1" "$2" all "$JOB_PROBE" 2>/dev/null | grep '^job ')" || return 1
+  ! grep -qv ' running$' <<<"$lines"
+}
+
 stop_job() {  # stop_job NAME ZONE: no process of the job is left on any worker (the run's lease is free again)
   local name="$1" zone="$2" out
   out="$(on_workers "$name" "$zone" all "$(stop_probe)" 2>/dev/null)" || true
@@ -322,12 +330,16 @@ cmd_supervise() {  # cmd_supervise NAME ACCEL ZONE CMD...
   SV_MAX_PREEMPTIONS="${MAX_PREEMPTIONS:-100}" SV_MAX_FAILURES="${MAX_FAILURES:-3}"
   SV_HANG="${HANG_SECONDS:-1800}"; SV_COMPILE_HANG="${COMPILE_HANG_SECONDS:-$((2 * SV_HANG))}"
   SV_PREEMPTED=0 SV_FAILED=0 SV_HUNG=0 SV_T0=$SECONDS SV_JOB_STARTED=$SECONDS
-  local state verdict reason started=0
+  local state verdict reason started=0 adopt=1
   while :; do
     state="$(state_of "$name" "$zone")"
     case "$state" in
       READY)
-        if [ "$started" = 0 ]; then
+        if [ "$started" = 0 ] && [ "$adopt" = 1 ] && all_running "$name" "$zone"; then
+          # A supervisor started again (its machine rebooted, say) takes over the job it finds running.
+          started=1 SV_JOB_STARTED=$SECONDS
+          echo "supervise: $(now_utc) the job is running on every worker of $name; supervising it"
+        elif [ "$started" = 0 ]; then
           cmd_setup "$name" "$zone"
           stop_job "$name" "$zone" || return 1
           cmd_run "$name" "$zone" "$@"
@@ -350,12 +362,17 @@ cmd_supervise() {  # cmd_supervise NAME ACCEL ZONE CMD...
             lost*) count_restart preemption "$reason" || return 1; started=0; continue;;
           esac
         fi
+        adopt=0
         ;;
       CREATING|STARTING|PROVISIONING|WAITING_FOR_RESOURCES|ACCEPTED|RESTARTING|REPAIRING|STOPPING) ;;
       MISSING|PREEMPTED|TERMINATED|FAILED|STOPPED|SUSPENDED)
         if [ "$started" = 1 ]; then count_restart preemption "slice $name is $state; recreating it" || return 1; fi
         [ "$state" != MISSING ] && cmd_delete "$name" "$zone"
-        cmd_create "$name" "$accel" "$zone"
+        adopt=0
+        if ! (cmd_create "$name" "$accel" "$zone"); then  # no capacity, a quota: try again, from the failure budget
+          count_restart failure "creating $name failed" || return 1
+          sleep "${POLL_SECONDS:-60}"
+        fi
         started=0
         continue
         ;;

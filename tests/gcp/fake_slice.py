@@ -25,6 +25,7 @@ The fault plan (``FAKE_SLICE_PLAN``, a JSON file) is a list of faults, each fire
 names, by a watcher process the fake starts with that job::
 
     {"start": 2, "when": {"after_s": 1.5}, "do": "preempt"}
+    {"start": 2, "when": {"phase": "compiling", "run_dir": "gs://b/run"}, "do": "preempt"}
     {"start": 3, "when": {"saving": "gs://b/run"}, "do": "preempt"}    a step folder without its commit marker
     {"start": 3, "when": {"exists": "gs://b/run/completed.json"}, "do": "preempt"}
     {"start": 4, "when": {"step": 5, "run_dir": "gs://b/run"}, "do": "hang", "worker": 1}
@@ -33,7 +34,7 @@ names, by a watcher process the fake starts with that job::
 ``preempt``: state STOPPING, SIGTERM to every process of every worker, ``FAKE_SLICE_GRACE`` seconds (default 5),
 SIGKILL, the workers' local disks wiped, state PREEMPTED. ``hang``: SIGSTOP to the job's process group on one
 worker. ``fail``: the worker's ``jaxtune`` ends its command and exits 1 (what a crash looks like to a supervisor).
-``step`` reads RUN_DIR/heartbeat.json (written since the watcher started); conditions in one ``when`` must all
+``step`` (at least) and ``phase`` read RUN_DIR/heartbeat.json (written since the watcher started); conditions in one ``when`` must all
 hold. Which processes belong to a worker is known by an environment tag every
 process started there inherits (``FAKE_SLICE_TAG``), as everything on a VM dies with it.
 
@@ -387,21 +388,24 @@ def triggered(when: dict, started: float, since: float) -> bool:
         return False
     if "exists" in when and gcs_get(when["exists"]) is None:
         return False
-    if "step" in when:
-        return heartbeat_step(when["run_dir"], since) >= when["step"]
+    if "step" in when or "phase" in when:
+        beat = heartbeat(when["run_dir"], since)
+        if beat is None or int(beat.get("step") or 0) < when.get("step", 0):
+            return False
+        return beat.get("phase") == when.get("phase", beat.get("phase"))
     return True
 
 
-def heartbeat_step(run_dir: str, since: float) -> int:
-    """The step of RUN_DIR/heartbeat.json when it was written after ``since`` (unix seconds), else -1."""
+def heartbeat(run_dir: str, since: float) -> dict | None:
+    """RUN_DIR/heartbeat.json when it was written after ``since`` (unix seconds), else None."""
     try:
         beat = json.loads(gcs_get(run_dir.rstrip("/") + "/heartbeat.json") or b"null")
         written = beat["time"]
         if isinstance(written, str):
             written = datetime.datetime.fromisoformat(written.replace("Z", "+00:00")).timestamp()
-        return int(beat["step"]) if float(written) >= since else -1
+        return beat if float(written) >= since else None
     except (ValueError, KeyError, TypeError):
-        return -1
+        return None
 
 
 def fire(slices: Slices, name: str, fault: dict) -> None:

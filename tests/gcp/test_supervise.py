@@ -9,8 +9,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import fake_slice
@@ -38,21 +40,35 @@ def slice_run(tmp_path):
         env.pop(name, None)
     (tmp_path / "run").mkdir()
 
-    def run(cases: str, plan: list | None = None, **extra: str) -> subprocess.CompletedProcess:
+    def start(cases: str, plan: list | None = None, **extra: str) -> subprocess.Popen:
         job = tmp_path / "job.sh"
         job.write_text(JOB.replace("CASES", cases))
         if plan is not None:
             (tmp_path / "plan.json").write_text(json.dumps(plan))
             extra["FAKE_SLICE_PLAN"] = str(tmp_path / "plan.json")
+        return subprocess.Popen(
+            ["bash", str(TPU_SH), "supervise", "t", "v5p-16", "zone", "--", "bash", str(job), "run_dir=unused"],
+            env={**env, "RUN_DIR": str(tmp_path / "run"), **extra},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+
+    def wait_for(condition, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < deadline, "timed out"
+            time.sleep(0.1)
+
+    def run(cases: str, plan: list | None = None, **extra: str) -> subprocess.CompletedProcess:
+        proc = start(cases, plan, **extra)
         try:
-            return subprocess.run(
-                ["bash", str(TPU_SH), "supervise", "t", "v5p-16", "zone", "--", "bash", str(job), "run_dir=unused"],
-                env={**env, "RUN_DIR": str(tmp_path / "run"), **extra},
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
+            out, err = proc.communicate(timeout=120)
+            return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
         finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
             left = fake_slice.processes_tagged(f"{tmp_path / 'state'}:")
             subprocess.run([sys.executable, fake_slice.__file__, "cleanup", str(tmp_path / "state")], timeout=60)
             run.survivors = left
@@ -63,7 +79,7 @@ def slice_run(tmp_path):
     def calls() -> list[list[str]]:
         return [json.loads(line) for line in (tmp_path / "state" / "calls.jsonl").read_text().splitlines()]
 
-    run.attempts, run.calls = attempts, calls
+    run.attempts, run.calls, run.start, run.wait_for = attempts, calls, start, wait_for
     return run
 
 
@@ -132,6 +148,20 @@ def test_a_preempted_slice_is_recreated_set_up_again_and_the_job_restarted(slice
     assert verbs == ["create", "scp", "delete", "create", "scp"]  # the new slice's disks are set up again
     starts = [c for c in slice_run.calls() if "setsid" in (fake_slice.opt(c, "--command") or "")]
     assert len(starts) == 2 and starts[0] == starts[1]
+
+
+def test_a_supervisor_started_again_takes_over_the_running_job(slice_run, tmp_path):
+    cases = """  1:*) sleep 4; [ "$w" = 0 ] && echo '{}' > "$t/run/completed.json"; exit 0;;\n  *) exit 1;;"""
+    first = slice_run.start(cases)
+    try:
+        slice_run.wait_for(lambda: (tmp_path / "attempts.0").exists() and (tmp_path / "attempts.1").exists())
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # the supervisor dies; the slice and its job go on
+        first.wait()
+    result = slice_run(cases)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "the job is running on every worker of t; supervising it" in result.stdout
+    assert slice_run.attempts(0) == slice_run.attempts(1) == 1 and restarts(result.stdout) == []
 
 
 def test_the_run_dir_comes_from_the_command_unless_named(slice_run, tmp_path):
