@@ -38,6 +38,8 @@
 #   - exit 2 on any worker (bad input): stop the job everywhere, print the end of each worker's log, exit 2.
 # Before any restart the job is stopped on every worker (SIGTERM and SIGCONT to its process group,
 # STOP_GRACE_SECONDS (default 120), SIGKILL) and no process of it may survive: a survivor would hold the run's lease.
+# Restarts of a jaxtune train or sweep add checkpoint.force_takeover=true: the previous job is known gone (stopped
+# with no survivor, or its slice deleted), but a recreated slice's hostnames differ from the lease holder's.
 # A failed create (no capacity, a quota) is retried from the failure budget. Started on a slice whose job runs on
 # every worker, supervise takes that job over (a supervisor restarted after its own machine went down).
 # Preemptions draw on MAX_PREEMPTIONS (default 100), failures and hangs on MAX_FAILURES (default 3); past either,
@@ -242,6 +244,14 @@ run_dir_of() {  # the value of the last run_dir=... argument of the job, if any
   printf '%s' "$dir"
 }
 
+takes_overrides() {  # whether the job is a jaxtune train or sweep (which take key=value overrides at the end)
+  local arg
+  for arg in "$@"; do
+    case "$arg" in train|sweep|scripts/train.sh|*/scripts/train.sh|scripts/sweep.sh|*/scripts/sweep.sh) return 0;; esac
+  done
+  return 1
+}
+
 is_sweep() {  # whether the job is a jaxtune sweep (scripts/sweep.sh or a `sweep` subcommand)
   local arg
   for arg in "$@"; do case "$arg" in sweep|scripts/sweep.sh|*/scripts/sweep.sh) return 0;; esac; done
@@ -330,7 +340,11 @@ cmd_supervise() {  # cmd_supervise NAME ACCEL ZONE CMD...
   SV_MAX_PREEMPTIONS="${MAX_PREEMPTIONS:-100}" SV_MAX_FAILURES="${MAX_FAILURES:-3}"
   SV_HANG="${HANG_SECONDS:-1800}"; SV_COMPILE_HANG="${COMPILE_HANG_SECONDS:-$((2 * SV_HANG))}"
   SV_PREEMPTED=0 SV_FAILED=0 SV_HUNG=0 SV_T0=$SECONDS SV_JOB_STARTED=$SECONDS
-  local state verdict reason started=0 adopt=1
+  local state verdict reason started=0 adopt=1 first=("$@") again=("$@")
+  # A restart follows a job that supervise saw end (or stopped, with no survivor) or a deleted slice: its run
+  # directory's lease has no live holder, though its host may differ from the new one (a recreated slice has new
+  # hostnames), which jaxtune would otherwise honour for checkpoint.lease_timeout_s.
+  if takes_overrides "$@"; then again+=(checkpoint.force_takeover=true); fi
   while :; do
     state="$(state_of "$name" "$zone")"
     case "$state" in
@@ -342,9 +356,9 @@ cmd_supervise() {  # cmd_supervise NAME ACCEL ZONE CMD...
         elif [ "$started" = 0 ]; then
           cmd_setup "$name" "$zone"
           stop_job "$name" "$zone" || return 1
-          cmd_run "$name" "$zone" "$@"
-          started=1 SV_JOB_STARTED=$SECONDS
-          echo "supervise: $(now_utc) started on $name: $(quote_command "$@")"
+          cmd_run "$name" "$zone" "${first[@]}"
+          echo "supervise: $(now_utc) started on $name: $(quote_command "${first[@]}")"
+          started=1 SV_JOB_STARTED=$SECONDS first=("${again[@]}")
         else
           verdict="$(judge_job "$name" "$zone")"; reason="${verdict#* }"
           case "$verdict" in
@@ -358,7 +372,7 @@ cmd_supervise() {  # cmd_supervise NAME ACCEL ZONE CMD...
               local kind=failure; case "$verdict" in preempted*) kind=preemption;; hung*) kind=hang;; esac
               stop_job "$name" "$zone" || return 1
               count_restart "$kind" "$reason" || return 1
-              cmd_run "$name" "$zone" "$@"; SV_JOB_STARTED=$SECONDS;;
+              cmd_run "$name" "$zone" "${again[@]}"; SV_JOB_STARTED=$SECONDS;;
             lost*) count_restart preemption "$reason" || return 1; started=0; continue;;
           esac
         fi

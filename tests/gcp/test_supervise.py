@@ -40,14 +40,14 @@ def slice_run(tmp_path):
         env.pop(name, None)
     (tmp_path / "run").mkdir()
 
-    def start(cases: str, plan: list | None = None, **extra: str) -> subprocess.Popen:
+    def start(cases: str, plan: list | None = None, args: tuple = (), **extra: str) -> subprocess.Popen:
         job = tmp_path / "job.sh"
         job.write_text(JOB.replace("CASES", cases))
         if plan is not None:
             (tmp_path / "plan.json").write_text(json.dumps(plan))
             extra["FAKE_SLICE_PLAN"] = str(tmp_path / "plan.json")
         return subprocess.Popen(
-            ["bash", str(TPU_SH), "supervise", "t", "v5p-16", "zone", "--", "bash", str(job), "run_dir=unused"],
+            ["bash", str(TPU_SH), "supervise", "t", "v5p-16", "zone", "--", "bash", str(job), *args, "run_dir=unused"],
             env={**env, "RUN_DIR": str(tmp_path / "run"), **extra},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -61,8 +61,8 @@ def slice_run(tmp_path):
             assert time.monotonic() < deadline, "timed out"
             time.sleep(0.1)
 
-    def run(cases: str, plan: list | None = None, **extra: str) -> subprocess.CompletedProcess:
-        proc = start(cases, plan, **extra)
+    def run(cases: str, plan: list | None = None, args: tuple = (), **extra: str) -> subprocess.CompletedProcess:
+        proc = start(cases, plan, args, **extra)
         try:
             out, err = proc.communicate(timeout=120)
             return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
@@ -147,7 +147,24 @@ def test_a_preempted_slice_is_recreated_set_up_again_and_the_job_restarted(slice
     verbs = [c[3] for c in slice_run.calls() if c[3] in ("create", "delete", "scp")]
     assert verbs == ["create", "scp", "delete", "create", "scp"]  # the new slice's disks are set up again
     starts = [c for c in slice_run.calls() if "setsid" in (fake_slice.opt(c, "--command") or "")]
-    assert len(starts) == 2 and starts[0] == starts[1]
+    assert len(starts) == 2 and starts[0] == starts[1]  # not a jaxtune command: nothing added
+
+
+def test_restarts_of_jaxtune_take_the_lease_over_since_the_previous_job_is_gone(slice_run, tmp_path):
+    # A `train` argument makes the stand-in job a jaxtune train to supervise: restarts add the override.
+    result = slice_run(
+        """  1:*) echo "$*" > "$t/args.$w.1"; exit 75;;
+  *) echo "$*" > "$t/args.$w.2"; echo '{}' > "$t/run/completed.json";;""",
+        args=["train", "cfg.yaml"],
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "args.1.1").read_text().split() == ["train", "cfg.yaml", "run_dir=unused"]
+    assert (tmp_path / "args.1.2").read_text().split() == [
+        "train",
+        "cfg.yaml",
+        "run_dir=unused",
+        "checkpoint.force_takeover=true",
+    ]
 
 
 def test_a_supervisor_started_again_takes_over_the_running_job(slice_run, tmp_path):
