@@ -44,8 +44,8 @@ from jaxtune.commands import (
     train,
 )
 from jaxtune.commands import validate as validate_command
+from jaxtune.commands.exits import run_with_exit_status
 from jaxtune.commands.library_logs import route_library_logs
-from jaxtune.errors import JaxtuneError
 
 COMMAND_MODULES = (
     quickstart,
@@ -96,11 +96,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help()
         return 2
     route_library_logs(args.command)  # Orbax's and tensorstore's tracebacks go to a file, not before our error
-    try:
-        return args.fn(args)
-    except (JaxtuneError, FileNotFoundError) as e:
-        print(f"jaxtune {args.command}: error: {e}", file=sys.stderr)
-        return getattr(e, "exit_code", 2)  # 75 (EX_TEMPFAIL): stopped early, state saved, run again
+    return run_with_exit_status(args)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+import signal
+
 import pytest
 from tiny_demo_run import TINY_DEMO_MODEL
 
@@ -206,3 +209,44 @@ def test_a_damaged_step_ends_in_one_line_naming_the_folder_and_the_damage(capsys
     assert "Requested byte range" in lines[0] or "Truncated" in lines[0] or "OUT_OF_RANGE" in lines[0]
     assert lines[0].endswith(f"; the previous complete step is {damaged_run / 'run' / 'checkpoints' / '4'}")
     assert not (out / "model.safetensors").exists()
+
+
+def _broken_train(monkeypatch, result=None, signal_self=False):
+    """``jaxtune.train.trainer.train`` replaced: it raises an injected failure, or returns ``result`` (after sending
+    this process SIGTERM, outside any training, with ``signal_self``)."""
+    import jaxtune.train.trainer as trainer
+
+    def train(cfg, data=None, **_):
+        if result is None:
+            raise RuntimeError("injected failure")
+        if signal_self:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return trainer.TrainResult(str(cfg.run_dir), **result)
+
+    monkeypatch.setattr(trainer, "train", train)
+
+
+def test_an_unexpected_failure_exits_1_in_one_line_with_the_traceback_in_the_log(capsys, tmp_path, monkeypatch):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"run_dir: {tmp_path / 'run'}\nmodel:\n  preset: tiny\n")
+    _broken_train(monkeypatch)
+    code, _, err = _run(capsys, "train", str(cfg))
+    assert code == 1
+    [line] = err.strip().splitlines()
+    assert line.startswith("jaxtune train: failed: RuntimeError: injected failure (traceback in ")
+    log = open(line.split("(traceback in ")[1].rstrip(")"), encoding="utf-8").read()
+    assert "Traceback (most recent call last)" in log and "RuntimeError: injected failure" in log
+
+
+@pytest.mark.parametrize("how", ["preempted run", "sigterm between runs"])
+def test_a_preempted_sweep_exits_75(capsys, tmp_path, monkeypatch, how):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"run_dir: {tmp_path / 'runs'}\nmodel:\n  preset: tiny\n")
+    stopped = "preempted" if how == "preempted run" else "completed"
+    result = dict(step=3, total_steps=6, stopped=stopped, resumed_from=None, last_loss=None, last_eval={})
+    _broken_train(monkeypatch, dict(result, skipped_steps=0, checkpoint_steps=[3]), signal_self=stopped == "completed")
+    before = signal.getsignal(signal.SIGTERM)
+    code, _, err = _run(capsys, "sweep", str(cfg), "--selections", "curated-10,curated-40")
+    assert code == 75 and "rerun" in err and "Traceback" not in err
+    assert ("stopped early (preempted)" in err) == (how == "preempted run")
+    assert signal.getsignal(signal.SIGTERM) == before  # the sweep's handler is gone with it

@@ -212,7 +212,9 @@ def test_a_sigterm_save_to_a_bucket_resumes_exactly(gcs, tmp_path, compile_cache
     proc = runs.start(spec("gs://preempt/run", sleep_s=0.03), compile_cache, tmp_path / "stopped.log", gcs.env)
     runs.wait_for(lambda: logged_steps() >= 3, [proc], "three logged steps")
     runs.send(proc, signal.SIGTERM)
-    assert runs.finish([proc]) == [0], (tmp_path / "stopped.log").read_text()[-3000:]
+    assert runs.finish([proc]) == [75], (tmp_path / "stopped.log").read_text()[-3000:]
+    assert json.loads(gcs.read("preempt", "run/heartbeat.json"))["phase"] == "preempted"
+    assert "run/completed.json" not in gcs.names("preempt", "run/")
     log = (tmp_path / "stopped.log").read_text()
     stopped_at = int(log.split("stop requested (SIGTERM or Ctrl-C): saved step ")[1].split()[0])
     assert 3 <= stopped_at < 20
@@ -220,6 +222,8 @@ def test_a_sigterm_save_to_a_bucket_resumes_exactly(gcs, tmp_path, compile_cache
 
     proc = runs.start(spec("gs://preempt/run"), compile_cache, tmp_path / "resumed.log", gcs.env)
     assert runs.finish([proc]) == [0], (tmp_path / "resumed.log").read_text()[-3000:]
+    assert json.loads(gcs.read("preempt", "run/completed.json"))["step"] == 20
+    assert json.loads(gcs.read("preempt", "run/heartbeat.json"))["phase"] == "done"
     assert (
         f"resuming from step {stopped_at} (gs://preempt/run/checkpoints/{stopped_at})"
         in (tmp_path / "resumed.log").read_text()

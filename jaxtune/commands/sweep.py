@@ -1,11 +1,16 @@
 """``jaxtune sweep``: the study's grid of a sweep file (:mod:`jaxtune.study.grid`: models x data types,
-idempotent), or one run config trained and evaluated at several data volumes (:func:`jaxtune.study.sweep.sweep`)."""
+idempotent), or one run config trained and evaluated at several data volumes (:func:`jaxtune.study.sweep.sweep`).
+Exits 0 once every cell is trained and evaluated, 75 when SIGTERM stopped it (state saved: run it again), 1 on a
+failure, 2 on bad input (:mod:`jaxtune.errors`)."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
-from typing import Any
+import threading
+from typing import Any, Iterator
 
 from jaxtune.commands.arguments import add_command, run_config
 from jaxtune.errors import JaxtuneError
@@ -34,6 +39,32 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    with _sigterm_is_resumable():
+        return _run(args)
+
+
+@contextlib.contextmanager
+def _sigterm_is_resumable() -> Iterator[None]:
+    """SIGTERM outside a run's training (which saves and stops on its own): stop with exit status 75. What is lost
+    is an unfinished evaluation, which the next sweep redoes (it is marked only once written)."""
+    from jaxtune.train.trainer import RunStoppedEarly
+
+    def stop(signum: int, frame: Any) -> None:
+        raise RunStoppedEarly(
+            "SIGTERM: the sweep stopped (runs and finished evaluations are kept); rerun it to continue"
+        )
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace) -> int:
     from jaxtune.study.grid import is_sweep_file
 
     if is_sweep_file(args.config):

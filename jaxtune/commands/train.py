@@ -1,4 +1,6 @@
-"""``jaxtune train CONFIG [key=value ...]``: fine-tune (:func:`jaxtune.train.trainer.train`)."""
+"""``jaxtune train CONFIG [key=value ...]``: fine-tune (:func:`jaxtune.train.trainer.train`). Exits 0 once the run
+is complete (RUN_DIR/completed.json), 75 when it stopped on SIGTERM/Ctrl-C with its state saved (run it again), 1
+on a failure, 2 on bad input (:mod:`jaxtune.errors`)."""
 
 from __future__ import annotations
 
@@ -18,5 +20,6 @@ def run(args: argparse.Namespace) -> int:
     cfg = run_config(args.config, args.overrides)
     from jaxtune.train.trainer import train  # imported when run: building the parser stays fast
 
-    print(train(cfg).summary())
-    return 0
+    result = train(cfg)
+    print(result.summary())
+    return result.exit_code

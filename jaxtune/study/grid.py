@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jaxtune.checkpoint.layout import COMMIT_MARKER, train_checkpoint_dir
+from jaxtune.checkpoint.layout import COMMIT_MARKER, COMPLETED_FILE, train_checkpoint_dir
 from jaxtune.config.loading import load_config, load_yaml
 from jaxtune.config.schema import Config, ConfigError
 from jaxtune.data.mixtures import STUDY_ALIASES, STUDY_DATA_TYPES
@@ -112,6 +112,8 @@ class CellState:
     """Of those, the ones with summaries on disk."""
     checkpoint_steps: list[int]
     """Complete checkpoints on disk."""
+    completed: bool = False
+    """Whether the run wrote RUN_DIR/completed.json (it finished training)."""
     steps_per_epoch: int | None = None
     total_epochs: int = 0
     plan_error: str = ""
@@ -119,7 +121,7 @@ class CellState:
 
     @property
     def state(self) -> str:
-        if self.epochs and self.evaluated == self.epochs:
+        if self.completed and self.epochs and self.evaluated == self.epochs:
             return "done"
         if self.evaluated or self.checkpoint_steps or (self.cell.run_dir / "manifest.jsonl").exists():
             return "partial"
@@ -342,7 +344,12 @@ def cell_states(
         cfg = configs[cell.model.label]
         epochs = epochs_of[cell.model.label]
         state = CellState(
-            cell, epochs, _evaluated(cell.run_dir, epochs), _complete_steps(cell.run_dir), total_epochs=cfg.train.epochs
+            cell,
+            epochs,
+            _evaluated(cell.run_dir, epochs),
+            _complete_steps(cell.run_dir),
+            completed=(as_path(cell.run_dir) / COMPLETED_FILE).is_file(),
+            total_epochs=cfg.train.epochs,
         )
         if measure:
             # Models sharing data settings and batch share the measurement.

@@ -26,7 +26,6 @@ from jaxtune.checkpoint.epochs import epoch_checkpoint_path
 from jaxtune.config.schema import Config, ConfigError
 from jaxtune.data.belle_volumes import ALPACA_LABEL, is_belle_selection, parse_belle_selection
 from jaxtune.data.mixtures import STUDY_ALIASES, read_manifest
-from jaxtune.errors import JaxtuneError
 from jaxtune.paths import as_path, write_text_atomic
 from jaxtune.results import parse_selection
 
@@ -140,7 +139,8 @@ def sweep(
     from jaxtune.eval.runner import evaluate
     from jaxtune.runtime.compiles import run_cache_dir
     from jaxtune.study.report import report
-    from jaxtune.train.trainer import train
+    from jaxtune.train.heartbeat import Heartbeat
+    from jaxtune.train.trainer import RunStoppedEarly, train
 
     if cfg.train.max_steps is not None:
         raise ConfigError(
@@ -166,36 +166,30 @@ def sweep(
         print_fn(f"[{i + 1}/{len(selections)}] {selection}: training ({_eta(started, i, len(selections))})")
         result = train(run_cfg, print_fn=print_fn)
         if result.stopped != "completed":
-            raise JaxtuneError(f"run {run_dir} stopped early ({result.stopped}); rerun the sweep to resume it")
+            raise RunStoppedEarly(f"run {run_dir} stopped early ({result.stopped}); rerun the sweep to resume it")
         steps_per_epoch = result.total_steps // cfg.train.epochs
         source, volume = selection_source_and_volume(selection, run_dir)
         run = SweepRun(selection, run_dir, train_summary=result.summary())
+        heartbeat = Heartbeat(run_dir, result.total_steps, enabled=is_writer())
         for epoch in epochs:
             step = epoch * steps_per_epoch
             eval_dir = eval_dir_of(run_dir, epoch)
             # Process 0's filesystem decides, so that every process enters the same (collective) evaluations.
             if not agree(has_summaries(eval_dir)):
+                heartbeat.beat("evaluating", step)
                 print_fn(f"[{i + 1}/{len(selections)}] {selection}: evaluating epoch {epoch} (step {step})")
-                metadata = {
-                    "run_name": selection,
-                    "model_size": size,
-                    "data_source": source,
-                    "epoch": str(epoch),
-                    "step": str(step),
-                }
-                if volume is not None:
-                    metadata["data_volume"] = str(volume)
                 evaluation = evaluate(
                     epoch_checkpoint_path(run_dir, epoch, step),
                     cfg.eval,
                     out_dir=eval_dir,
-                    metadata=metadata,
+                    metadata=_eval_metadata(selection, size, source, volume, epoch, step),
                     mesh=eval_mesh_config(cfg),
                 )
                 if is_writer():
                     mark_evaluated(eval_dir, list(evaluation.files))
                 print_fn(evaluation.table())
             run.eval_dirs[epoch] = eval_dir
+        heartbeat.close("done" if heartbeat.phase else None)  # evaluated now: done again
         runs.append(run)
     report_dir = root / "report"
     if not write_report or not is_writer():  # the evaluations' files and the report are process 0's
@@ -203,6 +197,20 @@ def sweep(
     files = report([d for r in runs for d in r.eval_dirs.values()], report_dir)
     table = final_table(report_dir)
     return SweepOutputs(runs=runs, report_dir=report_dir, report_files=list(files), table=table)
+
+
+def _eval_metadata(selection: str, size: str, source: str, volume: int | None, epoch: int, step: int) -> dict:
+    """The run metadata an epoch's evaluation records (the report's labels and x axis)."""
+    metadata = {
+        "run_name": selection,
+        "model_size": size,
+        "data_source": source,
+        "epoch": str(epoch),
+        "step": str(step),
+    }
+    if volume is not None:
+        metadata["data_volume"] = str(volume)
+    return metadata
 
 
 def _eta(started: float, done: int, total: int) -> str:

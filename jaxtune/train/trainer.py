@@ -14,6 +14,7 @@ import math
 import signal
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
@@ -31,7 +32,7 @@ from jaxtune.checkpoint.storage import intact_steps, storage_boundary
 from jaxtune.checkpoint.train_state import TrainCheckpointManager, saved_run_config
 from jaxtune.config.loading import config_to_dict, dump_config
 from jaxtune.config.schema import Config, ConfigError, max_len_problem
-from jaxtune.errors import JaxtuneError
+from jaxtune.errors import EXIT_OK, EXIT_RESUMABLE, JaxtuneError
 from jaxtune.models.stats import model_info
 from jaxtune.paths import as_path, write_text_atomic
 from jaxtune.runtime.compiles import CompileCounter, run_cache_dir, use_compilation_cache
@@ -46,6 +47,7 @@ from jaxtune.sharding import (
     with_shardings,
 )
 from jaxtune.train.config_guard import archive_config, check_resume_config, record_changes
+from jaxtune.train.heartbeat import Heartbeat
 from jaxtune.train.metrics import MetricsWriter, ThroughputMeter, TrainMetrics, peak_flops_per_device, progress_line
 from jaxtune.train.optim import build_optimizer
 from jaxtune.train.preflight import check_run, vocabulary_problem
@@ -64,6 +66,13 @@ EVAL_KEYS = TRAIN_KEYS + ("ability_ids",)
 
 class TrainingDivergedError(JaxtuneError):
     """Too many consecutive steps had a non-finite loss or gradient; the run stopped with its checkpoints intact."""
+
+
+class RunStoppedEarly(JaxtuneError):
+    """A run stopped on SIGTERM or Ctrl-C with its state saved (a preemption), inside a command that needs it
+    finished (the sweep): the CLI exits with :data:`jaxtune.errors.EXIT_RESUMABLE`, run the same command again."""
+
+    exit_code = EXIT_RESUMABLE
 
 
 @dataclass
@@ -114,6 +123,11 @@ class TrainResult:
     """Epochs with a params-only checkpoint in run_dir/epochs."""
     compiles: str = ""
     """The run's compiles per program (:meth:`jaxtune.runtime.compiles.CompileCounter.summary`)."""
+
+    @property
+    def exit_code(self) -> int:
+        """The ``jaxtune train`` exit status of this ending: 0 completed, 75 preempted (state saved, run again)."""
+        return EXIT_OK if self.stopped == "completed" else EXIT_RESUMABLE
 
     def summary(self) -> str:
         how = "finished" if self.stopped == "completed" else "stopped on SIGTERM or Ctrl-C (resumable)"
@@ -432,12 +446,24 @@ def train_loop(run: TrainSetup, stop_request: "_StopRequest", lease: Any = None)
             f"the run in {cfg.run_dir} is finished ({COMPLETED_FILE}, train states deleted): nothing to train"
         )
         return finished
+    heartbeat = Heartbeat(cfg.run_dir, run.total_steps, enabled=jax.process_index() == 0)
     loop = _RunLoop(
-        cfg, data, run.layout, manager, writer, run.total_steps, run.epoch_steps, stop_request, epochs, lease
+        cfg, data, run.layout, manager, writer, run.total_steps, run.epoch_steps, stop_request, epochs, lease, heartbeat
     )
+    try:
+        return _start_and_run(run, loop, heartbeat)
+    finally:
+        heartbeat.close()  # after an exception: the last phase stays, and ages
+
+
+def _start_and_run(run: TrainSetup, loop: "_RunLoop", heartbeat: Heartbeat) -> TrainResult:
+    cfg, writer, manager, epochs = run.cfg, run.writer, run.manager, run.epochs
     resumed_from = loop.start()
     if jax.process_index() == 0:  # once the start is accepted (resume or not): a refused one changes nothing
         as_path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+        heartbeat.beat("starting", loop.step)
+        if loop.step < run.total_steps:  # a finished run continued (more epochs or steps) is no longer complete
+            (as_path(cfg.run_dir) / COMPLETED_FILE).unlink(missing_ok=True)
         archived = archive_config(cfg.run_dir, dump_config(cfg))
         if run.changes:
             record_changes(cfg.run_dir, run.saved[0], archived, run.changes)
@@ -448,11 +474,13 @@ def train_loop(run: TrainSetup, stop_request: "_StopRequest", lease: Any = None)
             )
     with loop.compiles:
         stopped = loop.run()
+    heartbeat.beat("saving")
     manager.wait_until_finished()
     if epochs is not None:
         epochs.wait_until_finished()
     if stopped == "completed":
         _mark_completed(cfg, manager, epochs, loop.step, run.total_steps, writer)
+    heartbeat.close("done" if stopped == "completed" else "preempted")
     return TrainResult(
         run_dir=str(cfg.run_dir),
         step=loop.step,
@@ -502,16 +530,18 @@ def _mark_completed(
     total_steps: int,
     writer: MetricsWriter,
 ) -> None:
-    """Record the completed run; with keep_train_state_when_done=false, then delete its full train states."""
-    if cfg.checkpoint.keep_train_state_when_done:
-        return
+    """Write RUN_DIR/completed.json once every checkpoint is committed (whatever keep_train_state_when_done says:
+    supervisors and the sweep read it); with keep_train_state_when_done=false, then delete the full train states."""
     record = {
         "step": step,
         "total_steps": total_steps,
         "epoch_checkpoints": [] if epochs is None else epochs.all_epochs(),
+        "time": round(time.time(), 3),
     }
     if jax.process_index() == 0:  # written before anything is deleted: a crash in between leaves a finished run
         write_text_atomic(as_path(cfg.run_dir) / COMPLETED_FILE, json.dumps(record) + "\n")
+    if cfg.checkpoint.keep_train_state_when_done:
+        return
     manager.delete_all()
     writer.message(
         f"run complete: deleted the full train states in {manager.directory} "
@@ -534,8 +564,10 @@ class _RunLoop:
         stop_request: _StopRequest,
         epochs: Optional[EpochCheckpointManager] = None,
         lease: Any = None,
+        heartbeat: Optional[Heartbeat] = None,
     ):
         self.cfg, self.tc, self.data, self.layout = cfg, cfg.train, data, layout
+        self.heartbeat = heartbeat or Heartbeat(cfg.run_dir, total_steps, enabled=False)
         self.lease = lease  # RUN_DIR/lock, held by process 0 (None elsewhere)
         self.stop_request = stop_request
         self.manager, self.writer, self.total_steps = manager, writer, total_steps
@@ -647,6 +679,7 @@ class _RunLoop:
                         f"again to resume."
                     )
                     return "preempted"
+                self.heartbeat.beat("compiling", self.step)  # the first step compiles: announced before it starts
                 while self.step < self.total_steps:
                     self._train_step(step_fn, first_step)
                     at = self.step
@@ -662,11 +695,15 @@ class _RunLoop:
                         # Settle this step's metrics first: everything up to a checkpoint is logged before it exists.
                         self._settle()
                     if evaluate:
+                        self.heartbeat.beat("evaluating", at)
                         self.last_eval = _evaluate(eval_fn, self.state.params, self.data, self.mesh, self.writer, at)
                         self.meter.reset(at)
                     if checkpoint or stop:
+                        self.heartbeat.beat("saving", at)
                         self._save()
                         self.meter.reset(at)  # the save's pause is not training throughput
+                    if evaluate or checkpoint:
+                        self.heartbeat.beat("training", at)
                     if stop:
                         self.manager.wait_until_finished()
                         self.writer.message(
@@ -703,6 +740,7 @@ class _RunLoop:
         self._settle()
         if self.step == first_step + 1:  # time from the end of the first (compiling) step
             jax.block_until_ready(metrics)
+            self.heartbeat.beat("training", self.step)
             self.meter.reset(self.step)
             if tc.profile:  # trace the three steps after the compiling one
                 jax.profiler.start_trace(str(as_path(self.cfg.run_dir) / "profile"))
@@ -773,6 +811,7 @@ class _RunLoop:
         scalars["epoch"] = at / self.data.steps_per_epoch
         self.last_loss = scalars["loss"]
         self.writer.write(at, "train", scalars)
+        self.heartbeat.beat(step=at)
         self.writer.message(progress_line(at, self.total_steps, scalars["epoch"], scalars))
 
 

@@ -5,6 +5,7 @@ covering the constructions)."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 from pathlib import Path
@@ -171,6 +172,12 @@ def test_a_grid_runs_each_cell_once_resumes_a_partial_one_and_reports_them_all(t
         p.unlink()
     states = {s.cell.data_type: s for s in cell_states(spec, measure=False)}
     assert states["curated-10"].state == "done"
+    # A cell is done only once its run's completion marker exists too.
+    marker = runs / "curated-10" / "completed.json"
+    assert json.loads(marker.read_text())["total_steps"] == planned["curated-10"]
+    marker.rename(marker.with_suffix(".kept"))
+    assert {s.cell.data_type: s for s in cell_states(spec, measure=False)}["curated-10"].state == "partial"
+    marker.with_suffix(".kept").rename(marker)
     assert states["maximum"].describe() == (
         f"partial (epochs evaluated: none of 2; checkpoint at step {planned['maximum']})"
     )

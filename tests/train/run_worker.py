@@ -36,7 +36,7 @@ def main(spec: dict) -> int:
     data = synthetic_data(process_index=jax.process_index(), process_count=jax.process_count(), **spec["data"])
     result = train(cfg, data)
     print(result.summary(), flush=True)
-    return 0
+    return result.exit_code  # as `jaxtune train` exits: 0 completed, 75 preempted
 
 
 if __name__ == "__main__":

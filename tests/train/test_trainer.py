@@ -47,7 +47,24 @@ def _eval_loss_reference(params, rows: list[dict]) -> dict[str, float]:
     return out
 
 
-def test_a_run_logs_evaluates_checkpoints_and_exports_params(tmp_path):
+def _heartbeat_phases(monkeypatch) -> list[tuple[str, int]]:
+    """The (phase, step) of every heartbeat beat from now on, in order (the beats still go to heartbeat.json; its
+    writer keeps only the newest record when beats come faster than writes, so the file alone cannot list them)."""
+    from jaxtune.train.heartbeat import Heartbeat
+
+    seen: list[tuple[str, int]] = []
+    beat = Heartbeat.beat
+
+    def recording(self, phase=None, step=None):
+        beat(self, phase, step)
+        if self.enabled:
+            seen.append((self.phase, self.step))
+
+    monkeypatch.setattr(Heartbeat, "beat", recording)
+    return seen
+
+
+def test_a_run_logs_evaluates_checkpoints_and_exports_params(tmp_path, monkeypatch):
     cfg = tiny_config(
         tmp_path,
         train=dict(epochs=2, eval_every=2),
@@ -55,9 +72,14 @@ def test_a_run_logs_evaluates_checkpoints_and_exports_params(tmp_path):
     )
     data = synthetic_data(num_rows=24, seq_len=32, global_batch=8, epochs=2, valid_rows=16)
     lines: list[str] = []
+    phases = _heartbeat_phases(monkeypatch)
     result = train(cfg, data, print_fn=lines.append)
 
     assert (result.step, result.total_steps, result.stopped, result.skipped_steps) == (6, 6, "completed", 0)
+    # The heartbeat announced the compile before it, then each phase; completed.json came with the final state kept.
+    assert phases[:3] == [("starting", 0), ("compiling", 0), ("training", 1)] and phases[-1] == ("done", 6)
+    assert {"evaluating", "saving"} <= {p for p, _ in phases} and result.exit_code == 0
+    assert json.loads((tmp_path / "completed.json").read_text())["epoch_checkpoints"] == [1, 2]
     assert result.checkpoint_steps == [6]  # full train states: steps 3 and 4 fell to max_to_keep=1
     assert result.epoch_checkpoints == [1, 2]  # params only, in the compute dtype (float32 here)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -157,7 +179,7 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_run_bitwise(tmp_path,
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl_c"])
-def test_sigterm_finishes_the_step_saves_and_exits_zero(tmp_path, compile_cache, sig):
+def test_sigterm_finishes_the_step_saves_and_exits_75(tmp_path, compile_cache, sig):
     run_dir = tmp_path / "run"
     spec = _spec(
         run_dir,
@@ -168,7 +190,7 @@ def test_sigterm_finishes_the_step_saves_and_exits_zero(tmp_path, compile_cache,
     proc = runs.start(spec, compile_cache, tmp_path / "run.log")
     runs.wait_for(lambda: len(runs.train_records(run_dir)) >= 3, [proc], "three logged steps")
     runs.send(proc, sig)
-    assert runs.finish([proc]) == [0]
+    assert runs.finish([proc]) == [75]  # EX_TEMPFAIL: state saved, run again
     log = (tmp_path / "run.log").read_text()
     assert (
         "stop requested (SIGTERM or Ctrl-C): saved step " in log and "stopped on SIGTERM or Ctrl-C (resumable)" in log
@@ -177,6 +199,14 @@ def test_sigterm_finishes_the_step_saves_and_exits_zero(tmp_path, compile_cache,
     assert 3 <= stopped_at < 40
     assert runs.committed(run_dir, stopped_at)
     assert max(r["step"] for r in runs.train_records(run_dir)) == stopped_at
+    assert json.loads((run_dir / "heartbeat.json").read_text())["phase"] == "preempted"
+    assert not (run_dir / "completed.json").exists()
+    if sig == signal.SIGTERM:  # the same command again: it resumes, completes with 0 and marks the run complete
+        spec["data"]["sleep_s"] = 0.0
+        proc = runs.start(spec, compile_cache, tmp_path / "rerun.log")
+        assert runs.finish([proc]) == [0], (tmp_path / "rerun.log").read_text()[-3000:]
+        assert json.loads((run_dir / "completed.json").read_text())["step"] == 40
+        assert json.loads((run_dir / "heartbeat.json").read_text())["phase"] == "done"
 
 
 def test_train_reads_the_data_pipeline_and_starts_from_init_from(tmp_path):

@@ -136,6 +136,6 @@ def test_sigterm_during_start_up_stops_cleanly(tmp_path, compile_cache):
     # train() creates the checkpoint folder early in its start-up, before the state is built and the step compiled.
     runs.wait_for(lambda: (run_dir / "checkpoints").is_dir(), [proc], "the start of the run")
     runs.send(proc, signal.SIGTERM)
-    assert runs.finish([proc]) == [0], (tmp_path / "run.log").read_text()[-3000:]
+    assert runs.finish([proc]) == [75], (tmp_path / "run.log").read_text()[-3000:]
     log = (tmp_path / "run.log").read_text()
     assert "stop requested (SIGTERM or Ctrl-C)" in log and "stopped on SIGTERM or Ctrl-C (resumable)" in log
