@@ -32,9 +32,9 @@
 #   - exit 75 on any worker (stopped early, state saved), or the job gone from every worker: a preemption;
 #   - any other non-zero exit on any worker, the job gone on some workers while others run, exit 0 without the
 #     marker: a failure;
-#   - a heartbeat older than HANG_SECONDS (default 1800), or COMPILE_HANG_SECONDS (default twice that) while its
-#     phase is "compiling", "evaluating" or "done", or before the job's first heartbeat (long stretches without a
-#     refresh: XLA compiling a large model, a suite generating, a sweep between cells): a hang;
+#   - a heartbeat older than HANG_SECONDS (default 1800) in the phases "training" and "saving", or older than
+#     COMPILE_HANG_SECONDS (default twice that) in the others and before the job's first heartbeat (long stretches
+#     without a refresh: a restore, XLA compiling a large model, a suite generating, a sweep between cells): a hang;
 #   - exit 2 on any worker (bad input): stop the job everywhere, print the end of each worker's log, exit 2.
 # Before any restart the job is stopped on every worker (SIGTERM and SIGCONT to its process group,
 # STOP_GRACE_SECONDS (default 120), SIGKILL) and no process of it may survive: a survivor would hold the run's lease.
@@ -260,8 +260,8 @@ is_sweep() {  # whether the job is a jaxtune sweep (scripts/sweep.sh or a `sweep
 
 # The verdict on one poll of a started job: "wait", "done", "bad REASON", "preempted REASON", "lost REASON" (the
 # job is gone from every worker: set up and start again), "failed REASON" or "hung REASON".
-judge_job() {  # judge_job NAME ZONE
-  local name="$1" zone="$2" lines line host word rc running=0 ok=0 none=0 total=0 bad="" failed="" resumable="" gone=""
+judge_job() {  # judge_job NAME ZONE READ_HEARTBEAT (1: read it now)
+  local name="$1" zone="$2" read_heartbeat="$3" lines line host word rc running=0 ok=0 none=0 total=0 bad="" failed="" resumable="" gone=""
   lines="$(on_workers "$name" "$zone" all "$JOB_PROBE" 2>/dev/null | grep '^job ')" || true
   while read -r line; do
     [ -n "$line" ] || continue
@@ -290,12 +290,13 @@ judge_job() {  # judge_job NAME ZONE
     if [ "${done:-0}" = 1 ]; then echo "done"; else echo "failed exit 0 on every worker but no $SV_RUN_DIR/completed.json"; fi
     return
   fi
-  judge_heartbeat "$name" "$zone"
+  if [ "$read_heartbeat" = 1 ]; then judge_heartbeat "$name" "$zone"; else echo "wait"; fi
 }
 
-# A heartbeat older than HANG_SECONDS counts as a hang; COMPILE_HANG_SECONDS in the phases "compiling",
-# "evaluating" and "done" (a sweep's next cell has not written its first heartbeat yet) and before this job's first
-# heartbeat (start-up includes the first compile).
+# A heartbeat older than HANG_SECONDS counts as a hang in the phases "training" and "saving" (refreshed every few
+# steps, and around each save); COMPILE_HANG_SECONDS in the others (jaxtune/train/heartbeat.py: "starting" restores,
+# "compiling", "evaluating" generate, "done"/"preempted" end a run or a sweep's cell) and before this job's first
+# heartbeat.
 judge_heartbeat() {
   local name="$1" zone="$2" mode=run dir="$SV_RUN_DIR" age phase step since limit
   [ -n "$SV_SWEEP_DIR" ] && { mode=sweep; dir="$SV_SWEEP_DIR"; }
@@ -303,7 +304,7 @@ judge_heartbeat() {
   since=$((SECONDS - SV_JOB_STARTED))
   # A heartbeat older than this job is the previous attempt's: count from the start instead.
   if [ -z "$age" ] || [ "$age" = - ] || [ "${age%.*}" -gt "$since" ]; then age="$since"; phase=start-up; step=-; fi
-  limit="$SV_HANG"; case "$phase" in compiling|evaluating|done|start-up) limit="$SV_COMPILE_HANG";; esac
+  limit="$SV_HANG"; case "$phase" in training|saving) ;; *) limit="$SV_COMPILE_HANG";; esac
   if [ "${age%.*}" -gt "$limit" ]; then
     echo "hung no heartbeat for ${age%.*}s (phase $phase, step $step; limit ${limit}s)"
   else
@@ -339,7 +340,7 @@ cmd_supervise() {  # cmd_supervise NAME ACCEL ZONE CMD...
   [ -n "$SV_RUN_DIR$SV_SWEEP_DIR" ] || die "supervise: cannot tell the run directory: pass run_dir=... in the command, or set RUN_DIR (train) or SWEEP_DIR (sweep)"
   SV_MAX_PREEMPTIONS="${MAX_PREEMPTIONS:-100}" SV_MAX_FAILURES="${MAX_FAILURES:-3}"
   SV_HANG="${HANG_SECONDS:-1800}"; SV_COMPILE_HANG="${COMPILE_HANG_SECONDS:-$((2 * SV_HANG))}"
-  SV_PREEMPTED=0 SV_FAILED=0 SV_HUNG=0 SV_T0=$SECONDS SV_JOB_STARTED=$SECONDS
+  SV_PREEMPTED=0 SV_FAILED=0 SV_HUNG=0 SV_T0=$SECONDS SV_JOB_STARTED=$SECONDS SV_HEARTBEAT_READ=0
   local state verdict reason started=0 adopt=1 first=("$@") again=("$@")
   # A restart follows a job that supervise saw end (or stopped, with no survivor) or a deleted slice: its run
   # directory's lease has no live holder, though its host may differ from the new one (a recreated slice has new
@@ -360,7 +361,10 @@ cmd_supervise() {  # cmd_supervise NAME ACCEL ZONE CMD...
           echo "supervise: $(now_utc) started on $name: $(quote_command "${first[@]}")"
           started=1 SV_JOB_STARTED=$SECONDS first=("${again[@]}")
         else
-          verdict="$(judge_job "$name" "$zone")"; reason="${verdict#* }"
+          # The heartbeat is read every HANG_SECONDS/4 at most (a python start on worker 0), exit statuses every poll.
+          local read_heartbeat=0
+          if [ $((SECONDS - SV_HEARTBEAT_READ)) -ge $((SV_HANG / 4)) ]; then read_heartbeat=1 SV_HEARTBEAT_READ=$SECONDS; fi
+          verdict="$(judge_job "$name" "$zone" "$read_heartbeat")"; reason="${verdict#* }"
           case "$verdict" in
             done) supervise_summary "finished on $name"; return 0;;
             bad*)
