@@ -355,11 +355,17 @@ cmd_supervise() {  # cmd_supervise NAME ACCEL ZONE CMD...
           started=1 SV_JOB_STARTED=$SECONDS
           echo "supervise: $(now_utc) the job is running on every worker of $name; supervising it"
         elif [ "$started" = 0 ]; then
-          cmd_setup "$name" "$zone"
-          stop_job "$name" "$zone" || return 1
-          cmd_run "$name" "$zone" "${first[@]}"
-          echo "supervise: $(now_utc) started on $name: $(quote_command "${first[@]}")"
-          started=1 SV_JOB_STARTED=$SECONDS first=("${again[@]}")
+          # ssh to a slice being preempted fails: the state, read again at the next poll, decides what follows.
+          if ! cmd_setup "$name" "$zone"; then
+            if [ "$(state_of "$name" "$zone")" = READY ]; then
+              count_restart failure "setting up $name failed" || return 1
+            fi
+          else
+            stop_job "$name" "$zone" || return 1
+            cmd_run "$name" "$zone" "${first[@]}" || echo "supervise: $(now_utc) starting the job failed on $name" >&2
+            echo "supervise: $(now_utc) started on $name: $(quote_command "${first[@]}")"
+            started=1 SV_JOB_STARTED=$SECONDS first=("${again[@]}")
+          fi
         else
           # The heartbeat is read every HANG_SECONDS/4 at most (a python start on worker 0), exit statuses every poll.
           local read_heartbeat=0
@@ -376,7 +382,8 @@ cmd_supervise() {  # cmd_supervise NAME ACCEL ZONE CMD...
               local kind=failure; case "$verdict" in preempted*) kind=preemption;; hung*) kind=hang;; esac
               stop_job "$name" "$zone" || return 1
               count_restart "$kind" "$reason" || return 1
-              cmd_run "$name" "$zone" "${again[@]}"; SV_JOB_STARTED=$SECONDS;;
+              cmd_run "$name" "$zone" "${again[@]}" || echo "supervise: $(now_utc) starting the job failed on $name" >&2
+              SV_JOB_STARTED=$SECONDS;;
             lost*) count_restart preemption "$reason" || return 1; started=0; continue;;
           esac
         fi

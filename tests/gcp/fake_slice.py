@@ -17,9 +17,9 @@ stands in for it: for ``train`` and ``sweep`` it appends ``mesh.coordinator_addr
 mesh.num_processes=N mesh.process_id=I`` (PORT fresh for each ``ssh``, as each slice has its own worker 0), which
 is the explicit path of :func:`jaxtune.sharding.initialize_distributed`. Nothing else is injected.
 
-State (``DIR/state.json``): ``{"nodes": {NAME: {"state", "accelerator", "workers"}}, "starts": N}``; every call's
-argv is appended to ``DIR/calls.jsonl``. A job start is an ``ssh`` whose command holds ``setsid`` and ``job.pid``
-(``gcp/tpu.sh run``); each start is numbered (1, 2, ...) across the slice's lives.
+State (``DIR/state.json``): ``{"nodes": {NAME: {"state", "accelerator", "workers"}}, "starts": {NAME: N}}``; every
+call's argv is appended to ``DIR/calls.jsonl``. A job start is an ``ssh`` whose command holds ``setsid`` and
+``job.pid`` (``gcp/tpu.sh run``); the starts on a slice NAME are numbered (1, 2, ...) across its lives.
 
 The fault plan (``FAKE_SLICE_PLAN``, a JSON file) is a list of faults, each fired once during the job start it
 names, by a watcher process the fake starts with that job::
@@ -122,7 +122,7 @@ class Slices:
     def locked(self):
         with open(self.root / "state.lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            state = json.loads(self.path.read_text()) if self.path.exists() else {"nodes": {}, "starts": 0}
+            state = json.loads(self.path.read_text()) if self.path.exists() else {"nodes": {}, "starts": {}}
             yield state
             tmp = self.path.with_suffix(".tmp")
             tmp.write_text(json.dumps(state))
@@ -317,8 +317,7 @@ def vm_ssh(slices: Slices, name: str, args: list[str]) -> int:
 
 def start_watcher(slices: Slices, name: str) -> None:
     with slices.locked() as state:
-        state["starts"] += 1
-        start = state["starts"]
+        state["starts"][name] = start = state["starts"].get(name, 0) + 1
     plan = os.environ.get("FAKE_SLICE_PLAN")
     faults = [f for f in json.loads(Path(plan).read_text()) if f["start"] == start] if plan else []
     if not faults:
