@@ -110,14 +110,37 @@ wait_ready() {
 }
 
 cmd_setup() {
-  local name="$1" zone="$2" tarball remote
+  # gcsfuse only where it is needed: jaxtune reads gs:// itself (run_dir, init_from, tokenizers, eval data, JSON
+  # Lines data); ArrayRecord data (jaxtune prepare) is read by random access from a mount. With CONFIGS (config files,
+  # space-separated), BUCKET is mounted only when one of them names a path under MOUNT; without CONFIGS, whenever
+  # BUCKET is set. gcsfuse is installed (Google's apt repository) where it is missing.
+  local name="$1" zone="$2" tarball remote mount="" config
+  if [ -n "${BUCKET:-}" ]; then
+    mount="BUCKET is set"
+    if [ -n "${CONFIGS:-}" ]; then
+      mount=""
+      for config in $CONFIGS; do
+        [ -f "$config" ] || die "setup: CONFIGS names $config, which does not exist"
+        if grep -q -- "$MOUNT/" "$config"; then mount="$config names a path under $MOUNT"; fi
+      done
+    fi
+  fi
+  if [ -n "$mount" ]; then
+    echo "gcp/tpu.sh setup: mounting gs://$BUCKET at $MOUNT with gcsfuse on every worker: $mount"
+  else
+    echo "gcp/tpu.sh setup: no gcsfuse mount (no config reads data under $MOUNT; gs:// paths are read directly)"
+  fi
   tarball="$(mktemp -t jaxtune.XXXXXX.tgz)"
   tar -C "$root" --exclude=.venv --exclude=runs --exclude=.git -czf "$tarball" .
   tpu scp "$tarball" "$name:~/jaxtune.tgz" --zone="$zone" --worker=all
   rm -f "$tarball"
   # The pinned install: scripts/setup.sh installs jaxtune[tpu] with setup.py's exact versions.
   remote='mkdir -p ~/jaxtune && tar -C ~/jaxtune -xzf ~/jaxtune.tgz && cd ~/jaxtune && bash scripts/setup.sh tpu'
-  if [ -n "${BUCKET:-}" ]; then
+  if [ -n "$mount" ]; then
+    remote+=' && (command -v gcsfuse >/dev/null || { curl -fsSL https://packages.cloud.google.com/apt/doc/apt-key.gpg'
+    remote+=' | sudo tee /usr/share/keyrings/cloud.google.asc >/dev/null && echo "deb [signed-by=/usr/share/keyrings/cloud.google.asc]'
+    remote+=' https://packages.cloud.google.com/apt gcsfuse-$(lsb_release -c -s) main" | sudo tee /etc/apt/sources.list.d/gcsfuse.list'
+    remote+=' >/dev/null && sudo apt-get update -q && sudo apt-get install -y -q gcsfuse; })'
     remote+=" && sudo mkdir -p $(printf '%q' "$MOUNT") && sudo chown \$USER $(printf '%q' "$MOUNT")"
     remote+=" && (mountpoint -q $(printf '%q' "$MOUNT") || gcsfuse --implicit-dirs $(printf '%q' "$BUCKET") $(printf '%q' "$MOUNT"))"
   fi

@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import socket
+import sys
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
@@ -25,6 +27,7 @@ from jax.sharding import PartitionSpec as P
 from jaxtune.config.schema import MeshConfig, ModelConfig, TrainConfig
 from jaxtune.errors import JaxtuneError
 from jaxtune.models.registry import create_model
+from jaxtune.runtime.tpu_vm import cloud_tpu_slice
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_MESH_AXES = ("data", "fsdp")
@@ -108,8 +111,10 @@ def initialize_distributed(cfg: MeshConfig) -> bool:
 
     With ``mesh.coordinator_address`` set, uses it (with num_processes and process_id, which JAX may also read
     from the environment). Otherwise initialises with no arguments when the environment describes a multi-process
-    launch (TPU pod slices, SLURM, Open MPI, JAX_COORDINATOR_ADDRESS), and does nothing on a single machine. Must
-    run before anything touches the devices; a second call is a no-op.
+    launch (GKE/multi-slice ``MEGASCALE_*``, TPU_WORKER_HOSTNAMES, SLURM, Open MPI, JAX_COORDINATOR_ADDRESS) or
+    when this is a Cloud TPU VM whose slice may span hosts (:func:`jaxtune.runtime.tpu_vm.cloud_tpu_slice`: a
+    plain TPU VM sets no variables, JAX reads its peers from the metadata server), and does nothing on a single
+    machine. Must run before anything touches the devices; a second call is a no-op.
     """
     if jax.distributed.is_initialized():
         return True
@@ -122,7 +127,26 @@ def initialize_distributed(cfg: MeshConfig) -> bool:
     if _multi_process_environment():
         jax.distributed.initialize()
         return True
+    tpu = cloud_tpu_slice()
+    if tpu is not None and tpu.may_span_hosts:
+        jax.distributed.initialize()
+        return True
+    if tpu is not None and not tpu.accelerator_type:
+        print(f"jaxtune: warning: {tpu.describe()}: running as a single host", file=sys.stderr, flush=True)
     return False
+
+
+def startup_line(mesh: Mesh) -> str:
+    """The line every process logs once its mesh is built: process index/count, host name, local and global device
+    counts and kinds, and the mesh's axis sizes."""
+    kinds = sorted({d.device_kind for d in jax.devices()})
+    shape = " x ".join(f"{name}={size}" for name, size in mesh.shape.items())
+    return (
+        f"start-up: process {jax.process_index()}/{jax.process_count()} on {socket.gethostname()} | devices "
+        f"{jax.local_device_count()} local, {jax.device_count()} global ({jax.default_backend()}: "
+        f"{', '.join(kinds)}) | mesh {shape} | jax.distributed "
+        f"{'initialised' if jax.distributed.is_initialized() else 'not used (one process)'}"
+    )
 
 
 def _check_mesh_config(cfg: MeshConfig) -> None:

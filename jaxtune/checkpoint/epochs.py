@@ -24,6 +24,9 @@ from jaxtune.checkpoint.params import numpy_dtype, write_params_side_files
 from jaxtune.config.schema import ModelConfig
 from jaxtune.paths import PathLike
 
+BARRIER_PREFIX = "jaxtune_epochs"
+"""The Orbax barrier keys of the epoch-checkpoint manager (distinct from the train-state manager's)."""
+
 
 class EpochCheckpointManager:
     """Writes a params-only checkpoint of each epoch end, cast to ``dtype``, with Orbax (asynchronously when
@@ -48,7 +51,13 @@ class EpochCheckpointManager:
         self.model_cfg = dataclasses.replace(model_cfg, param_dtype=dtype)
         self.tokenizer_src = tokenizer_src
         self.added_tokens = dict(added_tokens or {})
-        options = ocp.CheckpointManagerOptions(enable_async_checkpointing=async_save, create=True)
+        options = ocp.CheckpointManagerOptions(
+            enable_async_checkpointing=async_save,
+            create=True,
+            # Its own barrier keys: the train-state manager's background finalisation may be at a barrier of the
+            # same name (jaxtune.checkpoint.train_state.BARRIER_PREFIX) while this manager saves.
+            multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=BARRIER_PREFIX),
+        )
         self._manager = ocp.CheckpointManager(self.directory, options=options)
         self._unmarked: set[int] = {
             e for e in self.all_epochs() if not (self.epoch_dir(e) / MODEL_CONFIG_FILE).exists()

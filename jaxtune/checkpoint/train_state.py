@@ -31,6 +31,9 @@ from jaxtune.checkpoint.params import sync_processes, write_params_side_files
 from jaxtune.config.schema import ModelConfig
 from jaxtune.paths import PathLike, as_path
 
+BARRIER_PREFIX = "jaxtune_train_state"
+"""The Orbax barrier keys of the train-state manager (the epoch manager has its own): see its options below."""
+
 
 class TrainCheckpointManager:
     """Saves and restores the whole train state of a run (parameters, optimizer state, counters, RNG, each
@@ -66,6 +69,9 @@ class TrainCheckpointManager:
             enable_async_checkpointing=cfg.async_save,
             preservation_policy=policies.LatestN(cfg.max_to_keep),  # None keeps every checkpoint
             create=True,
+            # Orbax names a manager's barriers by this prefix only ("ThreadSaveMultiHostValueHolder:set_value_start"
+            # has no other suffix): two managers without one meet each other's barriers across processes.
+            multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=BARRIER_PREFIX),
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options)
         self.run_id = uuid.uuid4().hex  # this launch's identity, recorded with each save (integrity/)

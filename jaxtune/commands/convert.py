@@ -41,7 +41,9 @@ def _register_import(subparsers: Any) -> None:
         run_import,
         "convert a Hugging Face LLaMA, BLOOM or Qwen2 folder into a jaxtune checkpoint",
     )
-    p.add_argument("hf_dir")
+    p.add_argument(
+        "hf_dir", help="a Hugging Face folder, local or gs:// (fetched once per host, jaxtune/data/remote.py)"
+    )
     p.add_argument("out")
     p.add_argument(
         "--dtype",

@@ -33,6 +33,7 @@ from jaxtune.convert.hf_families import FAMILIES, family_of_hf
 from jaxtune.convert.hf_tokenizer import add_special_tokens, has_tokenizer, load_hf_tokenizer, write_hf_tokenizer
 from jaxtune.convert.hf_weights import FLOAT_DTYPES, WeightSource, canonical_infos, check_tensors
 from jaxtune.convert.safetensors_io import PlannedTensor, SafetensorsWriter
+from jaxtune.data.remote import local_input
 from jaxtune.errors import JaxtuneError
 from jaxtune.models.dtypes import DTYPES
 from jaxtune.paths import as_path, staged_folder
@@ -172,9 +173,11 @@ def import_hf(
     ``new_token_init`` (``mean`` of the old rows, or ``normal`` as the DoIT study). Returns the checkpoint's
     ModelConfig.
     """
-    hf_dir = Path(hf_dir)
     _check_destination(as_path(out), overwrite)
-    tokenizer_src = Path(tokenizer_dir) if tokenizer_dir is not None else (hf_dir if has_tokenizer(hf_dir) else None)
+    hf_dir = local_input(hf_dir)  # gs://: this host's cached copy (safetensors and tokenizers read local files)
+    tokenizer_src = (
+        local_input(tokenizer_dir) if tokenizer_dir is not None else (hf_dir if has_tokenizer(hf_dir) else None)
+    )
     added: dict[str, int] = {}
     vocab_size = None
     if added_tokens:

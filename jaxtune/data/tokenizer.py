@@ -19,6 +19,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Literal, Optional, Sequence, Union
 
+from jaxtune.data.remote import local_input
 from jaxtune.errors import JaxtuneError
 
 Backend = Literal["auto", "sentencepiece", "hf"]
@@ -337,9 +338,13 @@ def load_tokenizer(path: Union[str, Path], backend: Backend = "auto") -> Tokeniz
 
     ``auto`` uses SentencePiece when the folder holds ``tokenizer.model`` (or exactly one ``*.model``), else the
     Hugging Face backend (``tokenizer.json``); ``hf`` forces the Hugging Face backend (needed to render the
-    tokenizer's own chat template); ``sentencepiece`` requires a SentencePiece model.
+    tokenizer's own chat template); ``sentencepiece`` requires a SentencePiece model. A ``gs://`` path is read from
+    this host's cached copy (:func:`jaxtune.data.remote.local_input`).
     """
-    p = Path(path)
+    try:
+        p = local_input(path)
+    except FileNotFoundError:
+        raise TokenizerError(f"tokenizer path {path} does not exist") from None
     if backend not in ("auto", "sentencepiece", "hf"):
         raise TokenizerError(f"unknown tokenizer backend {backend!r} (expected auto, sentencepiece or hf)")
     if not p.exists():

@@ -27,6 +27,7 @@ from jaxtune.checkpoint.layout import MODEL_CONFIG_FILE
 from jaxtune.checkpoint.params import expected_param_shapes, load_model_config, model_with_params, restore_model
 from jaxtune.checkpoint.tokenizer_files import tokenizer_path
 from jaxtune.config.schema import ModelConfig
+from jaxtune.data.remote import local_input
 from jaxtune.eval.errors import EvalSetupError
 from jaxtune.eval.template_codec import TemplateChatCodec
 from jaxtune.paths import as_path
@@ -190,9 +191,10 @@ def stream_hf_params(
 
 
 def tokenizer_location(checkpoint: str | Path, tokenizer: Optional[str | Path] = None) -> Path:
-    """Where the tokenizer of an evaluation comes from: ``tokenizer`` when given, else the checkpoint's own."""
+    """Where the tokenizer of an evaluation comes from: ``tokenizer`` when given (a ``gs://`` one: this host's cached
+    copy, :func:`jaxtune.data.remote.local_input`), else the checkpoint's own."""
     if tokenizer is not None:
-        return Path(tokenizer)
+        return local_input(tokenizer)
     if checkpoint_kind(checkpoint) == "jaxtune":
         found = tokenizer_path(checkpoint)
         if found is None:

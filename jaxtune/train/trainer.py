@@ -42,6 +42,7 @@ from jaxtune.sharding import (
     check_batch_rows,
     global_batch,
     init_params,
+    startup_line,
     validate_batch_layout,
     validate_param_layout,
     with_shardings,
@@ -383,6 +384,7 @@ def setup_train_loop(cfg: Config, data: Optional[RunData], print_fn: Callable[[s
     the metrics writer and checkpoint managers."""
     tc = cfg.train
     mesh = check_run(cfg)
+    print(startup_line(mesh), file=sys.stderr, flush=True)  # every process: the supervisor reads each worker's log
     use_compilation_cache(run_cache_dir(tc.compilation_cache_dir, cfg.run_dir), tc.compilation_cache_min_secs)
     # A resume must apply its saved data position and schedule to the data and batch they belong to: compare
     # before anything is built or written (the manifest, config.yaml).

@@ -214,3 +214,15 @@ def test_train_reports_value_and_layout_problems_of_a_config_built_in_code_toget
     assert info.value.problems[1].startswith("mesh.data=1 x mesh.fsdp=3 x mesh.tensor=1 = 3 devices")
     assert len(info.value.problems) == 2
     assert not (tmp_path / "run").exists()
+
+
+def test_gs_inputs_are_accepted_without_being_looked_up(tmp_path):
+    # Fetched per host when a run starts (jaxtune/data/remote.py): validate, which may run anywhere, never reads them.
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        f"run_dir: {tmp_path / 'run'}\nmodel:\n  preset: tiny\n  vocab_size: 1004\n"
+        "data:\n  path: gs://b/data\n  tokenizer: gs://b/tok\n  max_len: 256\n"
+        "checkpoint:\n  init_from: gs://b/base\neval:\n  suites: [doit]\n  data_dir: gs://b/eval\n  tokenizer: gs://b/tok\n"
+    )
+    result = validate(str(path), devices=8)
+    assert result.ok, result.problems

@@ -107,6 +107,23 @@ def test_setup_reaches_every_worker_with_a_pinned_install_and_gcsfuse(fake_gclou
     command = _opt(ssh, "--command")
     assert "bash scripts/setup.sh tpu" in command  # setup.py's exact pins, with the tpu extra
     assert "gcsfuse --implicit-dirs my-bucket /mnt/gcs" in command
+    assert "command -v gcsfuse" in command and "apt-get install -y -q gcsfuse" in command  # installed if missing
+    assert "mounting gs://my-bucket at /mnt/gcs with gcsfuse on every worker: BUCKET is set" in r.stdout
+
+
+def test_setup_mounts_gcsfuse_only_for_a_config_that_reads_data_under_the_mount(fake_gcloud, tmp_path):
+    in_bucket = tmp_path / "gs.yaml"
+    in_bucket.write_text("data:\n  tokenizer: gs://my-bucket/tok\ncheckpoint:\n  init_from: gs://my-bucket/base-7b\n")
+    prepared = tmp_path / "array_record.yaml"
+    prepared.write_text("data:\n  path: /mnt/gcs/belle-2m\n")
+    r = fake_gcloud("setup", "doit", "us-east5-a", BUCKET="my-bucket", CONFIGS=str(in_bucket))
+    assert r.returncode == 0, r.stderr
+    assert "gcsfuse" not in _opt(fake_gcloud.calls()[-1], "--command")
+    assert "no gcsfuse mount (no config reads data under /mnt/gcs; gs:// paths are read directly)" in r.stdout
+    r = fake_gcloud("setup", "doit", "us-east5-a", BUCKET="my-bucket", CONFIGS=f"{in_bucket} {prepared}")
+    assert r.returncode == 0, r.stderr
+    assert "gcsfuse --implicit-dirs my-bucket /mnt/gcs" in _opt(fake_gcloud.calls()[-1], "--command")
+    assert f"{prepared} names a path under /mnt/gcs" in r.stdout
 
 
 def test_train_starts_one_command_on_all_workers_and_quotes_its_arguments(fake_gcloud, tmp_path):

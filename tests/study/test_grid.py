@@ -138,7 +138,23 @@ sweep:
     )
 
 
-def test_a_grid_runs_each_cell_once_resumes_a_partial_one_and_reports_them_all(tmp_path):
+def _heartbeats(monkeypatch) -> list[tuple[str, str, int]]:
+    """(heartbeat.json path, phase, step) of every heartbeat beat from now on (the beats still go to the file)."""
+    from jaxtune.train.heartbeat import Heartbeat
+
+    seen: list[tuple[str, str, int]] = []
+    beat = Heartbeat.beat
+
+    def recording(self, phase=None, step=None):
+        beat(self, phase, step)
+        if self.enabled:
+            seen.append((str(self.path), self.phase, self.step))
+
+    monkeypatch.setattr(Heartbeat, "beat", recording)
+    return seen
+
+
+def test_a_grid_runs_each_cell_once_resumes_a_partial_one_and_reports_them_all(tmp_path, monkeypatch):
     spec = load_grid(_tiny_grid(tmp_path))
     before = {s.cell.data_type: s for s in cell_states(spec)}
     assert [s.state for s in before.values()] == ["not started"] * 3
@@ -185,8 +201,13 @@ def test_a_grid_runs_each_cell_once_resumes_a_partial_one_and_reports_them_all(t
     assert re.search(r"\nt1 +mix-0 += maximum \(same run\)\n", listing), listing
     assert "1 done, 1 partial, 0 not started" in listing
     lines.clear()
+    beats = _heartbeats(monkeypatch)
     outputs = run_grid(spec, print_fn=lines.append)
     assert outputs.skipped == ["t1/curated-10"]
+    # The re-evaluation announced itself in the cell's heartbeat.json, then the cell was done again.
+    cell = str(runs / "maximum" / "heartbeat.json")
+    assert [p for path, p, _ in beats if path == cell][-2:] == ["evaluating", "done"]
+    assert json.loads((runs / "maximum" / "heartbeat.json").read_text())["phase"] == "done"
     assert not any("training (" in line and "curated-10" in line for line in lines)
     assert any("maximum: evaluating epoch 2" in line for line in lines)
     assert not any("maximum: training" in line and "step 1/" in line for line in lines)

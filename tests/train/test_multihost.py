@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 
 import jax
 import numpy as np
@@ -77,6 +78,11 @@ def test_two_processes_stop_resume_and_match_one_process(tmp_path, compile_cache
         runs.kill_all(procs)
     assert codes == [0, 0], "\n".join(log.read_text()[-2000:] for log in logs)
     assert f"resuming from step {stopped_at}" in logs[0].read_text()
+    # Every process logs its start-up line: index/count, host, devices, the mesh, the distributed runtime.
+    for i, log in enumerate(logs):
+        [line] = [x for x in log.read_text().splitlines() if x.startswith("start-up: ")]
+        assert line.startswith(f"start-up: process {i}/2 on {socket.gethostname()} | devices 4 local, 8 global (cpu: ")
+        assert line.endswith("| mesh data=2 x fsdp=4 x tensor=1 | jax.distributed initialised"), line
 
     # The reference: one process, eight devices, the same (data=2, fsdp=4) mesh shape, the whole batch.
     single = tmp_path / "single"

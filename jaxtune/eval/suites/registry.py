@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from jaxtune.config.schema import EvalConfig
+from jaxtune.data.remote import local_input
 from jaxtune.eval.errors import EvalSetupError
 from jaxtune.eval.rescoring import ItemsFile, PredictionFolder
 from jaxtune.names import EVAL_SUITES
@@ -165,7 +166,10 @@ def suite_data_root(suite: str, data_dir: Optional[str | Path], split: str = "te
     with the ability files)."""
     if data_dir is None:
         raise EvalSetupError(f"eval.data_dir is not set: suite {suite!r} needs its data folder")
-    base = Path(data_dir)
+    try:
+        base = local_input(data_dir)  # gs://: this host's cached copy
+    except FileNotFoundError:
+        raise EvalSetupError(f"eval.data_dir: {data_dir} does not exist") from None
     if not base.is_dir():
         raise EvalSetupError(f"eval.data_dir: {base} is not a directory")
     spec = get_suite(suite)
