@@ -11,5 +11,6 @@ if [ -z "${JAXTUNE_EXTRA+x}" ]; then
   elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then JAXTUNE_EXTRA=gpu
   else JAXTUNE_EXTRA=""; fi
 fi
-[ -x .venv/bin/jaxtune ] || bash scripts/setup.sh $JAXTUNE_EXTRA
+# A failed install is a failure (1), whatever pip exited with: 2 would read as bad input to a supervisor.
+[ -x .venv/bin/jaxtune ] || bash scripts/setup.sh $JAXTUNE_EXTRA || exit 1
 exec .venv/bin/jaxtune "$@"

@@ -3,5 +3,5 @@
 # tiny models): the study's grid in miniature (jaxtune/demo/sweep.yaml), its report, the best run exported to HF.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh || exit 1
 exec .venv/bin/jaxtune quickstart "$@"

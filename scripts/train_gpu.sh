@@ -5,6 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/jaxtune ] && .venv/bin/python -c "import jax; assert jax.default_backend() == 'gpu'" 2>/dev/null \
-  || bash scripts/setup.sh gpu
+  || bash scripts/setup.sh gpu || exit 1
 config="${1:?usage: scripts/train_gpu.sh CONFIG [key=value ...]}"; shift
 exec .venv/bin/jaxtune train "$config" model.attention_impl=cudnn "$@"

@@ -1,9 +1,9 @@
 """gcp/tpu.sh against a stand-in ``gcloud`` on PATH that records every command it receives and keeps a slice's
-state in a JSON file (created, READY, PREEMPTED after the Nth job start, deleted).
+state in a JSON file (created, READY, deleted).
 
 What is checked: the gcloud calls of each subcommand, `--worker=all` wherever every worker must act, one start command
 for all hosts, quoting (the recorded remote command is run by a real bash and the job sees exactly the arguments it was
-given), and the supervised mode's recreate-and-resume path after a simulated preemption.
+given). The supervised mode runs on the emulated slice of fake_slice.py (test_supervise.py, test_rehearsal.py).
 """
 
 from __future__ import annotations
@@ -29,39 +29,25 @@ args = sys.argv[1:]
 with open(os.path.join(d, "calls.jsonl"), "a") as f:
     f.write(json.dumps(args) + "\n")
 state_path = os.path.join(d, "state.json")
-state = json.load(open(state_path)) if os.path.exists(state_path) else {"nodes": {}, "starts": 0}
-preempt_after = int(os.environ.get("FAKE_PREEMPT_AFTER_STARTS", "0"))
+state = json.load(open(state_path)) if os.path.exists(state_path) else {"nodes": {}}
 def save():
     json.dump(state, open(state_path, "w"))
-def opt(name):
-    for a in args:
-        if a.startswith(name + "="):
-            return a.split("=", 1)[1]
-    return None
 if args[:3] == ["compute", "tpus", "tpu-vm"]:
     verb, name = args[3], args[4]
     nodes = state["nodes"]
     if verb == "create":
-        nodes[name] = "READY"; state["starts_on_node"] = 0
+        nodes[name] = "READY"
     elif verb == "delete":
         nodes.pop(name, None)
     elif verb == "describe":
         if name not in nodes:
             print("ERROR: NOT_FOUND", file=sys.stderr); sys.exit(1)
         print(nodes[name])
-    elif verb == "ssh":
-        command = opt("--command") or ""
-        if "job.pid" in command and "setsid" in command:          # a job start
-            state["starts"] += 1; state["starts_on_node"] = state.get("starts_on_node", 0) + 1
-            if state["starts"] <= preempt_after:
-                nodes[name] = "PREEMPTED"                             # lost right after it started
-        elif opt("--worker") == "0" and "job.rc" in command:       # the supervisor's job probe
-            print("exited 0" if state.get("starts_on_node") else "none")
     save()
 elif args[:3] == ["compute", "tpus", "queued-resources"]:
     verb, name = args[3], args[4]
     if verb == "create":
-        state["nodes"][name] = "ACTIVE"; state["starts_on_node"] = 0
+        state["nodes"][name] = "ACTIVE"
     elif verb == "describe":
         if name not in state["nodes"]:
             print("ERROR: NOT_FOUND", file=sys.stderr); sys.exit(1)
@@ -174,37 +160,6 @@ def test_stop_sends_sigterm_on_every_worker(fake_gcloud):
     assert fake_gcloud("stop", "doit", "us-east5-a").returncode == 0
     (ssh,) = fake_gcloud.calls()
     assert _opt(ssh, "--worker") == "all" and "kill -TERM" in _opt(ssh, "--command")
-
-
-def test_supervise_recreates_a_preempted_slice_and_resumes(fake_gcloud):
-    job = [
-        "bash",
-        "scripts/train.sh",
-        "configs/doit-33b.yaml",
-        "configs/hardware/v5p-16.yaml",
-        "run_dir=gs://b/runs/33b",
-        "checkpoint.resume=auto",
-    ]
-    r = fake_gcloud("supervise", "doit", "v5p-16", "us-east5-a", "--", *job, FAKE_PREEMPT_AFTER_STARTS="1", SPOT="1")
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "recreating" in r.stdout and "finished" in r.stdout
-    calls = fake_gcloud.calls()
-    verbs = [c[3] for c in calls if c[3] != "describe" and not (c[3] == "ssh" and _opt(c, "--worker") == "0")]
-    # first slice: create, setup (scp + ssh), start; preempted: delete, create, setup, start again; then done.
-    assert verbs == ["create", "scp", "ssh", "ssh", "delete", "create", "scp", "ssh", "ssh"]
-    starts = [_opt(c, "--command") for c in calls if c[3] == "ssh" and "setsid" in (_opt(c, "--command") or "")]
-    assert len(starts) == 2 and starts[0] == starts[1]  # the same command, which resumes from the latest checkpoint
-    assert all(_opt(c, "--worker") == "all" for c in calls if c[3] in ("scp", "ssh") and "setsid" in str(c))
-    assert all("--spot" in c for c in calls if c[3] == "create")
-
-
-def test_supervise_gives_up_after_max_restarts(fake_gcloud):
-    r = fake_gcloud(
-        "supervise", "doit", "v5p-16", "us-east5-a", "--", "true", FAKE_PREEMPT_AFTER_STARTS="99", MAX_RESTARTS="2"
-    )
-    assert r.returncode == 1
-    assert "giving up" in r.stderr
-    assert sum(1 for c in fake_gcloud.calls() if c[3] == "create") == 3  # the first slice and two recreations
 
 
 def test_usage_errors_name_the_command(fake_gcloud):
