@@ -20,6 +20,7 @@ A sweep file is a YAML mapping with the single top-level key ``sweep`` (a run co
                                          # unset: a cell evaluates on the slice that trained it, in the same task
       max_preemptions: 100               # ray: retries of a cell whose slice was lost or that exited 75
       max_failures: 2                    # ray: retries of a cell that exited 1 (exit 2, bad input: none)
+      stop_grace_s: 60                   # ray: a slice's other hosts get SIGTERM when one fails, SIGKILL after this
 
 The file is read as run configs are (:func:`jaxtune.config.loading.load_yaml`): a key repeated in one mapping is an
 error naming the file and both lines, where plain YAML would silently keep the last one.
@@ -66,6 +67,7 @@ _SWEEP_KEYS = (
     "eval_accelerator",
     "max_preemptions",
     "max_failures",
+    "stop_grace_s",
 )
 _MODEL_KEYS = ("config", "overrides", "accelerator", "eval_accelerator")
 BACKENDS = ("local", "ray")
@@ -116,6 +118,8 @@ class GridSpec:
     """Ray: retries of a cell after a lost slice or an exit 75 (resumes from its checkpoint)."""
     max_failures: int = 2
     """Ray: retries of a cell after an exit 1 before it is marked failed."""
+    stop_grace_s: int = 60
+    """Ray: when one host of a slice ends badly, the others get SIGTERM (save and stop), then SIGKILL after this."""
 
 
 @dataclass(frozen=True)
@@ -320,6 +324,7 @@ def load_grid(path: str | Path) -> GridSpec:
         backend=backend,
         max_preemptions=_count(body, "max_preemptions", 100, where),
         max_failures=_count(body, "max_failures", 2, where),
+        stop_grace_s=_count(body, "stop_grace_s", 60, where),
     )
 
 
@@ -564,7 +569,9 @@ def run_cell(
         raise GridError(f"--phase: expected one of {list(PHASES)}, got {phase!r}")
     cell = find_cell(spec, name)
     cfg = model_config(spec, cell.model, overrides)
-    _check_model_config(spec, cell.model, cfg)
+    if cell_done(spec, cell, phase, cfg):
+        print_fn(f"cell {cell.name}: {phase} {ALREADY_DONE}")
+        return EXIT_OK
     if phase in ("train", "all"):
         result = train(cell_config(spec, cell, overrides), print_fn=print_fn)
         if result.stopped != "completed" or phase == "train":
@@ -577,6 +584,19 @@ def run_cell(
             cfg, [cell.selection], spec.eval_epochs, print_fn=print_fn, model_size=cell.model.label, write_report=False
         )
     return EXIT_OK
+
+
+ALREADY_DONE = "already done, nothing run"
+"""What ``--cell`` prints when the run directory says its phase is finished (a second driver's late attempt)."""
+
+
+def cell_done(spec: GridSpec, cell: Cell, phase: str, cfg: Config) -> bool:
+    """Whether ``phase`` of ``cell`` is finished on disk: training by completed.json, evaluations by the summaries
+    of every chosen epoch."""
+    if phase == "train":
+        return train_done(cell.run_dir)
+    epochs = _check_model_config(spec, cell.model, cfg)
+    return _evaluated(cell.run_dir, epochs) == epochs
 
 
 def train_done(run_dir: Path) -> bool:

@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional
 from jaxtune.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, EXIT_RESUMABLE
 from jaxtune.hardware import parse_accelerator
 from jaxtune.study import ray_sweep as book
-from jaxtune.study.grid import GridError, GridSpec, report_grid
+from jaxtune.study.grid import ALREADY_DONE, GridError, GridSpec, report_grid
 
 
 @dataclass
@@ -34,8 +34,6 @@ class DriverOptions:
     address: Optional[str] = None
     """The Ray cluster (``auto`` when None: the one this machine belongs to; ``ray://HOST:10001`` from outside)."""
     poll_s: float = 1.0
-    grace_s: float = 60.0
-    """How long a stopped host's jaxtune gets to save (SIGTERM) before SIGKILL."""
     table_every_s: float = 30.0
     """Reprint the table this often while only steps change (a state change prints it at once)."""
     env: dict[str, str] = field(default_factory=dict)
@@ -100,13 +98,19 @@ class Driver:
         from jaxtune.study.ray_tasks import head_resource, slice_task
 
         for job in self.jobs:
-            if job.state == book.WAITING and not job.ran_here and book.live_lease(job.lock_dir):
+            if job.state != book.WAITING:
+                continue
+            if book.is_done_on_disk(job):  # another driver did it meanwhile
+                phase = job.phase
+                book.apply(self.spec, job, book.Outcome(book.OK))
+                self.timeline.add(job, "done elsewhere", f"{phase}: found done on disk")
+            elif not job.ran_here and book.job_lease(job):
                 job.state, job.why = book.ELSEWHERE, "leased by another writer"
                 self.timeline.add(job, book.ELSEWHERE)
         for job in book.to_submit(self.jobs, self.free_slices()):
             hosts = parse_accelerator(job.accelerator).hosts
             task = slice_task.options(resources={head_resource(job.accelerator): 1})
-            gen = task.remote(cell_argv(self.spec, job), self.options.env, hosts, self.options.grace_s)
+            gen = task.remote(cell_argv(self.spec, job), self.options.env, hosts, self.spec.stop_grace_s)
             job.state, job.attempts, job.ran_here, job.started = book.RUNNING, job.attempts + 1, True, time.time()
             self.inflight[gen] = job
             self.timeline.add(job, "submitted", f"attempt {job.attempts}")
@@ -136,8 +140,10 @@ class Driver:
         else:
             where = f" on host {item['host']}" if item.get("host", -1) >= 0 else ""
             outcome = book.outcome_of_exit(item["exit"], f"exit {item['exit']}{where}", item["log_tail"])
-        leased = book.live_lease(job.lock_dir) if outcome.kind == book.REFUSED else None
+        leased = book.job_lease(job) if outcome.kind == book.REFUSED else None
         phase, where = job.phase, job.slice
+        if outcome.kind == book.OK and any(ALREADY_DONE in line for line in outcome.log_tail):
+            outcome.detail += f" ({ALREADY_DONE})"  # another driver's attempt did it first
         event = book.apply(self.spec, job, outcome, leased)
         self.timeline.add(job, event, f"{phase} on {where}: {outcome.detail}")
 

@@ -26,8 +26,8 @@ changes::
                 "preemptions": 1, "failures": 0, "why": "slice lost (NodeDiedError)", "log_tail": [...]}]}
 
 Each driver also keeps its timeline in ``SWEEP_DIR/ray_drivers/HOST-PID.events.jsonl`` (one JSON object a line:
-``{"time", "cell", "phase", "event": submitted|started|finished|retry|elsewhere|failed|bad input|done, "slice",
-"detail"}``), rewritten atomically.
+``{"time", "cell", "phase", "event", "slice", "detail"}``; events: submitted, started, finished (a train phase),
+done, retry, elsewhere, back from elsewhere, done elsewhere, failed, bad input), rewritten atomically.
 """
 
 from __future__ import annotations
@@ -89,6 +89,8 @@ class Job:
     ran_here: bool = False
     """An attempt of this driver ran it: a lease still held is presumably that attempt's (its takeover rules
     apply), not another driver's."""
+    epochs: list[int] = field(default_factory=list)
+    """The epochs its evaluation covers (the sweep's eval_epochs of its model)."""
     started: Optional[float] = None
     first_beat: Optional[tuple[int, float]] = None
     """(step, time) of the first progress this attempt showed: the ETA's rate starts there."""
@@ -99,9 +101,12 @@ class Job:
         return model.eval_accelerator if self.phase == "eval" else model.accelerator
 
     @property
-    def lock_dir(self) -> Path:
-        """The folder whose lease the phase takes (training: the run's; evaluations: RUN_DIR/eval)."""
-        return self.cell.run_dir if self.phase == "train" else self.cell.run_dir / EVAL_LOCK_DIR
+    def lock_dirs(self) -> list[Path]:
+        """The folders whose leases the phase takes: the run's (training) and RUN_DIR/eval (evaluations)."""
+        run_dir = self.cell.run_dir
+        return {"train": [run_dir], "eval": [run_dir / EVAL_LOCK_DIR]}.get(
+            self.phase, [run_dir, run_dir / EVAL_LOCK_DIR]
+        )
 
 
 def first_phase(cell: Cell) -> str:
@@ -114,7 +119,7 @@ def rebuild(spec: GridSpec) -> list[Job]:
     for s in cell_states(spec, measure=False):
         if s.cell.alias:
             continue
-        job = Job(s.cell, first_phase(s.cell))
+        job = Job(s.cell, first_phase(s.cell), epochs=list(s.epochs))
         if s.state == "done":
             job.state = DONE
         elif job.phase == "train" and train_done(s.cell.run_dir):
@@ -123,15 +128,14 @@ def rebuild(spec: GridSpec) -> list[Job]:
     return jobs
 
 
-def is_done_on_disk(spec: GridSpec, job: Job) -> bool:
-    """Whether the run directories say the job's current phase is finished (another driver may have done it)."""
+def is_done_on_disk(job: Job) -> bool:
+    """Whether the run directories say the job's current phase is finished (another driver may have done it):
+    training by RUN_DIR/completed.json, evaluations by every chosen epoch's summaries."""
+    from jaxtune.study.sweep import eval_dir_of, has_summaries
+
     if job.phase == "train":
         return train_done(job.cell.run_dir)
-    return all(j.state == DONE for j in rebuild_one(spec, job.cell))
-
-
-def rebuild_one(spec: GridSpec, cell: Cell) -> list[Job]:
-    return [j for j in rebuild(spec) if j.cell.run_dir == cell.run_dir]
+    return bool(job.epochs) and all(has_summaries(eval_dir_of(job.cell.run_dir, e)) for e in job.epochs)
 
 
 def live_lease(lock_dir: Path, now: Optional[float] = None) -> Optional[dict]:
@@ -146,6 +150,11 @@ def live_lease(lock_dir: Path, now: Optional[float] = None) -> Optional[dict]:
         return None
     age = (now or time.time()) - float(record.get("heartbeat", 0))
     return record if age < float(record.get("lease_timeout_s", 300.0)) else None
+
+
+def job_lease(job: Job, now: Optional[float] = None) -> Optional[dict]:
+    """The live lease of any folder the job's phase writes (see :func:`live_lease`), or None."""
+    return next((r for d in job.lock_dirs if (r := live_lease(d, now)) is not None), None)
 
 
 def apply(spec: GridSpec, job: Job, outcome: Outcome, leased: Optional[dict] = None) -> str:
@@ -168,8 +177,9 @@ def apply(spec: GridSpec, job: Job, outcome: Outcome, leased: Optional[dict] = N
         if leased is not None:
             job.state, job.why, job.ran_here = ELSEWHERE, f"run by {leased.get('host')} pid {leased.get('pid')}", False
             return ELSEWHERE
-        if is_done_on_disk(spec, job):  # the other writer finished between its refusal and our look
-            return apply(spec, job, Outcome(OK))
+        if is_done_on_disk(job):  # the other writer finished between its refusal and our look
+            apply(spec, job, Outcome(OK))
+            return "done elsewhere"
         job.state, job.why = BAD_INPUT, f"bad input ({outcome.detail})"
         return BAD_INPUT
     job.failures += 1
@@ -181,10 +191,11 @@ def apply(spec: GridSpec, job: Job, outcome: Outcome, leased: Optional[dict] = N
 def recheck_elsewhere(spec: GridSpec, job: Job, now: Optional[float] = None) -> Optional[str]:
     """A job run elsewhere comes back once that writer's lease is gone or stale: done if it finished, else
     waiting. Returns the event, or None while the other writer holds it."""
-    if job.state != ELSEWHERE or live_lease(job.lock_dir, now) is not None:
+    if job.state != ELSEWHERE or job_lease(job, now) is not None:
         return None
-    if is_done_on_disk(spec, job):
-        return apply(spec, job, Outcome(OK))
+    if is_done_on_disk(job):
+        apply(spec, job, Outcome(OK))
+        return "done elsewhere"
     job.state = WAITING
     return "back from elsewhere"
 
@@ -269,6 +280,7 @@ def driver_id() -> str:
 def write_status(spec: GridSpec, records: Sequence[dict[str, Any]]) -> Path:
     """SWEEP_DIR/sweep_status.json, atomically (schema in the module docstring)."""
     path = as_path(spec.run_dir) / STATUS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
     body = {"sweep": str(spec.path), "time": time.time(), "driver": driver_id(), "cells": list(records)}
     write_text_atomic(path, json.dumps(body, indent=1) + "\n")
     return path
@@ -279,6 +291,7 @@ class Timeline:
 
     def __init__(self, spec: GridSpec, print_fn: Any = print):
         self.path = as_path(spec.run_dir) / DRIVERS_DIR / f"{driver_id().replace(':', '-')}.events.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.events: list[dict[str, Any]] = []
         self.print_fn = print_fn
 

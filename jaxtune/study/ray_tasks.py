@@ -163,4 +163,4 @@ def slice_task(argv: list[str], env: dict[str, str], hosts_expected: int, grace_
             ray.cancel(ref, force=True)
         except Exception:  # noqa: BLE001 - cancelled or lost: what we asked for
             pass
-    yield bad or {"exit": 0, "lost": "", "host": -1, "log_tail": []}
+    yield bad or {"exit": 0, "lost": "", "host": -1, "log_tail": ray.get(refs[0])["log_tail"]}
