@@ -1,11 +1,11 @@
 """``jaxtune sweep SWEEP.yaml --ray [ADDRESS]`` (or ``backend: ray``): the grid on a Ray cluster's pool of slices.
 
 The driver connects to the cluster (``ADDRESS``, default ``auto``: the one this machine belongs to), rebuilds the
-grid's state from the run directories (:func:`jaxtune.study.ray_sweep.rebuild`) and submits, in the grid's order,
+grid's state from the run directories (:func:`jaxtune.study.ray_jobs.rebuild`) and submits, in the grid's order,
 as many cells as the cluster has slices of each cell's type (``TPU-<type>-head`` resources): each a
 :func:`jaxtune.study.ray_tasks.slice_task` running ``python -m jaxtune.cli sweep SWEEP.yaml --cell MODEL/DATA_TYPE
 --phase P`` on every host of its slice. The rest wait; a retry goes first. Each attempt's end moves its cell on
-(:func:`jaxtune.study.ray_sweep.apply`: the retry budgets ``max_preemptions``/``max_failures``, exit 2 not retried,
+(:func:`jaxtune.study.ray_jobs.apply`: the retry budgets ``max_preemptions``/``max_failures``, exit 2 not retried,
 another writer's lease waited out). The live table is printed when it changes and ``SWEEP_DIR/sweep_status.json``
 kept; once every cell is done the report over all of them is drawn as the local grid draws it.
 
@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional
 
 from jaxtune.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, EXIT_RESUMABLE
 from jaxtune.hardware import parse_accelerator
-from jaxtune.study import ray_sweep as book
+from jaxtune.study import ray_jobs as book
 from jaxtune.study.grid import ALREADY_DONE, GridError, GridSpec, report_grid
 
 
@@ -64,7 +64,7 @@ def dry_run(spec: GridSpec, print_fn: Callable[[str], None] = print) -> int:
         then = " (then --phase eval on a " + str(job.cell.model.eval_accelerator) + ")" if job.phase == "train" else ""
         print_fn(
             f"  {job.cell.name}: --phase {job.phase} on a {job.accelerator} slice ({hosts} hosts, resource "
-            f"TPU-{job.accelerator}-head){then}"
+            f"{book.head_resource(job.accelerator)}){then}"
         )
     return EXIT_OK
 
@@ -85,17 +85,15 @@ class Driver:
     def free_slices(self) -> dict[Optional[str], int]:
         import ray
 
-        from jaxtune.study.ray_tasks import head_resource
-
         total = ray.cluster_resources()
         free = {}
         for accelerator in {j.accelerator for j in self.jobs}:
             busy = sum(j.accelerator == accelerator for j in self.inflight.values())
-            free[accelerator] = int(total.get(head_resource(accelerator or ""), 0)) - busy
+            free[accelerator] = int(total.get(book.head_resource(accelerator or ""), 0)) - busy
         return free
 
     def submit(self) -> None:
-        from jaxtune.study.ray_tasks import head_resource, slice_task
+        from jaxtune.study.ray_tasks import slice_task
 
         for job in self.jobs:
             if job.state != book.WAITING:
@@ -109,7 +107,7 @@ class Driver:
                 self.timeline.add(job, book.ELSEWHERE)
         for job in book.to_submit(self.jobs, self.free_slices()):
             hosts = parse_accelerator(job.accelerator).hosts
-            task = slice_task.options(resources={head_resource(job.accelerator): 1})
+            task = slice_task.options(resources={book.head_resource(job.accelerator): 1})
             gen = task.remote(cell_argv(self.spec, job), self.options.env, hosts, self.spec.stop_grace_s)
             job.state, job.attempts, job.ran_here, job.started = book.RUNNING, job.attempts + 1, True, time.time()
             self.inflight[gen] = job
@@ -145,7 +143,8 @@ class Driver:
         if outcome.kind == book.OK and any(ALREADY_DONE in line for line in outcome.log_tail):
             outcome.detail += f" ({ALREADY_DONE})"  # another driver's attempt did it first
         event = book.apply(self.spec, job, outcome, leased)
-        self.timeline.add(job, event, f"{phase} on {where}: {outcome.detail}")
+        why = job.why if event in ("retry", book.FAILED, book.BAD_INPUT, book.ELSEWHERE) else outcome.detail
+        self.timeline.add(job, event, f"{phase} on {where}: {why}")
 
     def show(self, force: bool = False) -> None:
         records = book.rows(self.jobs)
@@ -166,9 +165,10 @@ class Driver:
 
         while any(j.state not in book.FINAL for j in self.jobs):
             for job in self.jobs:
+                phase = job.phase
                 event = book.recheck_elsewhere(self.spec, job)
                 if event:
-                    self.timeline.add(job, event)
+                    self.timeline.add(job, event, f"{phase}: {job.why}")
             self.submit()
             if self.inflight:
                 ready, _ = ray.wait(list(self.inflight), num_returns=1, timeout=self.options.poll_s)

@@ -49,11 +49,6 @@ LOST_ERRORS = (
 """Ray errors that mean the task's process or node vanished (a preempted slice), not that the command failed."""
 
 
-def head_resource(accelerator: str) -> str:
-    """The resource Ray gives host 0 of a slice of ``accelerator`` (``v5p-16`` -> ``TPU-v5p-16-head``)."""
-    return f"TPU-{accelerator}-head"
-
-
 def _die_with_parent() -> None:
     """In the child, before exec: SIGKILL when the Ray worker that started it dies (Linux only)."""
     with contextlib.suppress(Exception):

@@ -46,6 +46,7 @@ from jaxtune.paths import as_path, write_text_atomic
 from jaxtune.study.grid import EVAL_LOCK_DIR, Cell, GridSpec, cell_states, train_done
 
 WAITING, RUNNING, ELSEWHERE, DONE, FAILED, BAD_INPUT = "waiting", "running", "elsewhere", "done", "failed", "bad input"
+"""A job's states (the table shows a running job that Ray has not placed on a slice yet as ``queued``)."""
 FINAL = (DONE, FAILED, BAD_INPUT)
 STATUS_FILE = "sweep_status.json"
 DRIVERS_DIR = "ray_drivers"
@@ -107,6 +108,13 @@ class Job:
         return {"train": [run_dir], "eval": [run_dir / EVAL_LOCK_DIR]}.get(
             self.phase, [run_dir, run_dir / EVAL_LOCK_DIR]
         )
+
+
+def head_resource(accelerator: str) -> str:
+    """The resource Ray gives host 0 of a slice of ``accelerator``: ``TPU-<Cloud TPU's type>-head`` (``v5p-16`` ->
+    ``TPU-v5p-16-head``; jaxtune's ``v5e-8`` is Cloud TPU's ``v5litepod-8``)."""
+    kind, _, count = accelerator.partition("-")
+    return f"TPU-{'v5litepod' if kind == 'v5e' else kind}-{count}-head"
 
 
 def first_phase(cell: Cell) -> str:
@@ -245,7 +253,7 @@ def rows(jobs: Sequence[Job], now: Optional[float] = None) -> list[dict[str, Any
             {
                 "cell": job.cell.name,
                 "phase": job.phase,
-                "state": job.state,
+                "state": "queued" if job.state == RUNNING and not job.slice else job.state,
                 "slice": job.slice,
                 "accelerator": job.accelerator,
                 "step": step,
