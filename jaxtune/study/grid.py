@@ -574,6 +574,7 @@ def run_cell(
         return EXIT_OK
     if phase in ("train", "all"):
         result = train(cell_config(spec, cell, overrides), print_fn=print_fn)
+        print_fn(result.summary())  # "resumed from step N": the driver's timeline quotes it
         if result.stopped != "completed" or phase == "train":
             return EXIT_OK if result.stopped == "completed" else EXIT_RESUMABLE
     initialize_distributed(cfg.mesh)  # every process takes part in the lease's agreement

@@ -108,7 +108,8 @@ class Driver:
         for job in book.to_submit(self.jobs, self.free_slices()):
             hosts = parse_accelerator(job.accelerator).hosts
             task = slice_task.options(resources={book.head_resource(job.accelerator): 1})
-            gen = task.remote(cell_argv(self.spec, job), self.options.env, hosts, self.spec.stop_grace_s)
+            argv = cell_argv(self.spec, job)
+            gen = task.remote(argv, self.options.env, hosts, self.spec.stop_grace_s, book.done_markers(job))
             job.state, job.attempts, job.ran_here, job.started = book.RUNNING, job.attempts + 1, True, time.time()
             self.inflight[gen] = job
             self.timeline.add(job, "submitted", f"attempt {job.attempts}")
@@ -142,6 +143,9 @@ class Driver:
         phase, where = job.phase, job.slice
         if outcome.kind == book.OK and any(ALREADY_DONE in line for line in outcome.log_tail):
             outcome.detail += f" ({ALREADY_DONE})"  # another driver's attempt did it first
+        resumed = [line.strip() for line in outcome.log_tail if line.strip().startswith("resumed from step")]
+        if outcome.kind == book.OK and resumed:
+            outcome.detail += f" ({resumed[-1]})"
         event = book.apply(self.spec, job, outcome, leased)
         why = job.why if event in ("retry", book.FAILED, book.BAD_INPUT, book.ELSEWHERE) else outcome.detail
         self.timeline.add(job, event, f"{phase} on {where}: {why}")

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from jaxtune.checkpoint.layout import HEARTBEAT_FILE, complete_steps, train_checkpoint_dir
+from jaxtune.checkpoint.layout import COMPLETED_FILE, HEARTBEAT_FILE, complete_steps, train_checkpoint_dir
 from jaxtune.checkpoint.lease import LOCK_FILE
 from jaxtune.paths import as_path, write_text_atomic
 from jaxtune.study.grid import EVAL_LOCK_DIR, Cell, GridSpec, cell_states, train_done
@@ -115,6 +115,16 @@ def head_resource(accelerator: str) -> str:
     ``TPU-v5p-16-head``; jaxtune's ``v5e-8`` is Cloud TPU's ``v5litepod-8``)."""
     kind, _, count = accelerator.partition("-")
     return f"TPU-{'v5litepod' if kind == 'v5e' else kind}-{count}-head"
+
+
+def done_markers(job: Job) -> list[str]:
+    """The files whose presence means the job's phase is finished (:func:`is_done_on_disk`): a slice task checks
+    them before it starts anything, so a second driver's late attempt costs no host a jaxtune start."""
+    from jaxtune.study.sweep import EVALUATED_FILE, eval_dir_of
+
+    if job.phase == "train":
+        return [str(job.cell.run_dir / COMPLETED_FILE)]
+    return [str(eval_dir_of(job.cell.run_dir, e) / EVALUATED_FILE) for e in job.epochs]
 
 
 def first_phase(cell: Cell) -> str:

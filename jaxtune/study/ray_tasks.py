@@ -69,7 +69,7 @@ def _stop_group(proc: subprocess.Popen, grace_s: float) -> None:
             return
 
 
-def _tail(path: str, lines: int = 20) -> list[str]:
+def _tail(path: str, lines: int = 40) -> list[str]:
     with contextlib.suppress(OSError), open(path, encoding="utf-8", errors="replace") as f:
         return [line.rstrip("\n") for line in f.readlines()[-lines:]]
     return []
@@ -123,16 +123,25 @@ def _outcome(ref: Any, host: int) -> Optional[dict[str, Any]]:
     except LOST_ERRORS as e:
         return {"exit": None, "lost": type(e).__name__, "host": host, "log_tail": [str(e).splitlines()[0]]}
     except ray_errors.RayTaskError as e:
-        return {"exit": 1, "lost": "", "host": host, "log_tail": str(e).splitlines()[-20:]}
+        return {"exit": 1, "lost": "", "host": host, "log_tail": str(e).splitlines()[-40:]}
     return None if result["exit"] == 0 else {**result, "lost": "", "host": host}
 
 
 @ray.remote(num_cpus=0, max_retries=0)
-def slice_task(argv: list[str], env: dict[str, str], hosts_expected: int, grace_s: float) -> Iterator[dict]:
+def slice_task(
+    argv: list[str], env: dict[str, str], hosts_expected: int, grace_s: float, done_markers: list[str]
+) -> Iterator[dict]:
     """Run ``argv`` (plus the mesh overrides) on every host of the slice this task landed on; see the module
-    docstring for what it yields."""
+    docstring for what it yields. When every file of ``done_markers`` exists (another driver finished the phase
+    while this task waited for a slice) nothing is started."""
+    from jaxtune.paths import as_path
+    from jaxtune.study.grid import ALREADY_DONE
+
     name, hosts = slice_hosts()
     yield {"slice": name, "hosts": [h["NodeManagerAddress"] for h in hosts]}
+    if done_markers and all(as_path(p).exists() for p in done_markers):
+        yield {"exit": 0, "lost": "", "host": -1, "log_tail": [f"{ALREADY_DONE} (found done before the start)"]}
+        return
     if len(hosts) != hosts_expected:  # a host already lost: the slice cannot run the program
         yield {"exit": None, "lost": f"slice has {len(hosts)} of {hosts_expected} hosts", "host": -1, "log_tail": []}
         return

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -229,17 +230,17 @@ def test_a_grid_on_two_slices_survives_a_preemption_a_failure_and_a_second_drive
     assert any("slice lost" in e["detail"] for e in retries), retries
     later = [e for e in events if e["cell"] == cell and e["event"] == "started"][1:]
     assert later and all(e["slice"] != lost_slice for e in later), later
-    steps = _train_steps(tmp_path / "ray", model)
-    assert steps.count(1) == 1 and steps[-1] == 8 and len(steps) > 8, steps  # resumed from step 2 or later
+    finished = [e for e in events if e["cell"] == cell and e["event"] == "finished"]
+    assert len(finished) == 1 and re.search(r"\(resumed from step [2-7]\)", finished[0]["detail"]), finished
 
     # The killed host: a failure (status -9), retried once from the small budget, then done.
     assert any(e["cell"] == "t4/maximum" and e["event"] == "retry" and "failed" in e["detail"] for e in events)
 
     # Every cell trained once (the preempted one's steps after its checkpoint aside) and each phase ended well once,
     # across both drivers; the second driver started nothing that the first was running.
-    for m in MODELS:
-        assert _train_steps(tmp_path / "ray", m).count(1) == 1, m
-        assert m == model or _train_steps(tmp_path / "ray", m) == list(range(1, 9)), m
+    for m in MODELS:  # (metrics.jsonl drops the steps after the checkpoint a run resumes from)
+        assert _train_steps(tmp_path / "ray", m) == list(range(1, 9)), m
+    assert not any("resumed" in e["detail"] for e in events if e["cell"] != cell), events
     ended = [
         (e["cell"], e["detail"].split(" ")[0])
         for e in events
