@@ -1,5 +1,6 @@
 """``jaxtune sweep``: the study's grid of a sweep file (:mod:`jaxtune.study.grid`: models x data types,
-idempotent), or one run config trained and evaluated at several data volumes (:func:`jaxtune.study.sweep.sweep`)."""
+idempotent; ``--ray [ADDRESS]`` on a Ray cluster's slices, :mod:`jaxtune.study.ray_driver`; ``--cell`` one cell of
+it), or one run config trained and evaluated at several data volumes (:func:`jaxtune.study.sweep.sweep`)."""
 
 from __future__ import annotations
 

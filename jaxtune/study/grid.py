@@ -32,6 +32,11 @@ one (model, selection) run under ``run_dir/<model>/<selection>``, trained and ev
 resumes from its checkpoints and keeps the evaluations it already wrote. ``--dry-run`` lists each cell's state
 (``done``, ``partial`` with the epochs evaluated and the last checkpoint, ``not started``) and its planned optimizer
 steps (steps per epoch, measured by building the cell's data pipeline, x epochs).
+
+``jaxtune sweep SWEEP.yaml --cell MODEL/DATA_TYPE [--phase train|eval|all] [key=value ...]`` runs one cell
+(:func:`run_cell`: what every host of a Ray slice runs, with the mesh overrides of its slice) and exits with the
+statuses of :mod:`jaxtune.errors`; ``backend: ray`` (or ``--ray``) runs the whole grid on a Ray cluster's slices
+(:mod:`jaxtune.study.ray_driver`).
 """
 
 from __future__ import annotations
