@@ -69,6 +69,14 @@ def _stop_group(proc: subprocess.Popen, grace_s: float) -> None:
             return
 
 
+def _wait(proc: subprocess.Popen) -> int:
+    """The subprocess's exit status. Polled: Ray's cancel raises its KeyboardInterrupt between Python bytecodes, so
+    a plain ``wait()`` blocked in ``waitpid`` never sees it (measured: the task stayed alive)."""
+    while True:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            return proc.wait(timeout=0.5)
+
+
 def _tail(path: str, lines: int = 40) -> list[str]:
     with contextlib.suppress(OSError), open(path, encoding="utf-8", errors="replace") as f:
         return [line.rstrip("\n") for line in f.readlines()[-lines:]]
@@ -90,7 +98,7 @@ def host_task(argv: list[str], env: dict[str, str], grace_s: float) -> dict[str,
             preexec_fn=_die_with_parent,
         )
         try:
-            status = proc.wait()
+            status = _wait(proc)
         except BaseException:  # ray.cancel (KeyboardInterrupt) or the worker shutting down
             _stop_group(proc, grace_s)
             raise

@@ -272,3 +272,41 @@ def test_a_grid_on_two_slices_survives_a_preemption_a_failure_and_a_second_drive
     for name in files:
         ours, theirs = tmp_path / "ray" / "report" / name, tmp_path / "serial" / "report" / name
         assert ours.read_bytes() == theirs.read_bytes(), name
+
+
+def _processes_with(marker: str) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if marker.encode() in (proc / "cmdline").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.mark.timeout(120)
+def test_a_cancelled_host_task_stops_its_whole_process_group():
+    """What a slice task does to the other hosts when one fails: ray.cancel; the command and its children go."""
+    from jaxtune.study.ray_tasks import host_task
+
+    marker = f"{time.time():.6f}"  # a child's argument no other process has
+    code = f"import subprocess, time; subprocess.Popen(['sleep', '300', '{marker}']); time.sleep(300)"
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        ref = host_task.remote(["-c", code], {}, 2.0)
+        deadline = time.time() + 60
+        while len(_processes_with(marker)) < 2 and time.time() < deadline:  # the command and its sleep
+            time.sleep(0.2)
+        assert len(_processes_with(marker)) == 2
+        started = time.time()
+        ray.cancel(ref)
+        with pytest.raises(ray.exceptions.TaskCancelledError):
+            ray.get(ref, timeout=30)
+        assert time.time() - started < 10
+        deadline = time.time() + 10
+        while _processes_with(marker) and time.time() < deadline:
+            time.sleep(0.2)
+        assert _processes_with(marker) == []
+    finally:
+        ray.shutdown()
