@@ -1,5 +1,6 @@
 """``jaxtune sweep``: the study's grid of a sweep file (:mod:`jaxtune.study.grid`: models x data types,
-idempotent), or one run config trained and evaluated at several data volumes (:func:`jaxtune.study.sweep.sweep`).
+idempotent; ``--ray [ADDRESS]`` on a Ray cluster's slices, :mod:`jaxtune.study.ray_driver`; ``--cell`` one cell of
+it), or one run config trained and evaluated at several data volumes (:func:`jaxtune.study.sweep.sweep`).
 Exits 0 once every cell is trained and evaluated, 75 when SIGTERM stopped it (state saved: run it again), 1 on a
 failure, 2 on bad input (:mod:`jaxtune.errors`)."""
 
@@ -14,6 +15,7 @@ from typing import Any, Iterator
 
 from jaxtune.commands.arguments import add_command, run_config
 from jaxtune.errors import JaxtuneError
+from jaxtune.study.grid import PHASES
 
 
 def register(subparsers: Any) -> None:
@@ -33,8 +35,24 @@ def register(subparsers: Any) -> None:
         help="run config only: 'last' (default), 'all' or comma-separated epochs to evaluate",
     )
     p.add_argument(
-        "--dry-run", action="store_true", help="sweep file only: list each cell's state and planned steps, run nothing"
+        "--dry-run",
+        action="store_true",
+        help="sweep file only: list each cell's state and planned steps (with --ray: what it would submit), run nothing",
     )
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="auto",
+        default=None,
+        metavar="ADDRESS",
+        help="sweep file only: run the grid on a Ray cluster's slices (default address: auto; also `backend: ray`)",
+    )
+    p.add_argument(
+        "--cell",
+        metavar="MODEL/DATA_TYPE",
+        help="sweep file only: run one cell (what each host of a Ray slice runs); key=value overrides apply to it",
+    )
+    p.add_argument("--phase", default="all", choices=PHASES, help="with --cell: train, eval or all (default)")
     p.add_argument("overrides", nargs="*")
 
 
@@ -83,14 +101,22 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _run_grid(args: argparse.Namespace) -> int:
-    from jaxtune.study.grid import cell_states, format_states, load_grid, run_grid
+    from jaxtune.study.grid import cell_states, format_states, load_grid, run_cell, run_grid
 
-    if args.selections or args.overrides or args.eval_epochs is not None:
+    if args.selections or args.eval_epochs is not None or (args.overrides and not args.cell):
         raise JaxtuneError(
             f"{args.config} is a sweep file: its models, data_types and eval_epochs say what to "
-            f"run (--selections, --eval-epochs and key=value are for a run config)"
+            f"run (--selections, --eval-epochs and key=value are for a run config, or for one --cell)"
         )
     spec = load_grid(args.config)
+    if args.cell:
+        return run_cell(spec, args.cell, args.phase, args.overrides)
+    if args.ray is not None or spec.backend == "ray":
+        from jaxtune.study.ray_driver import DriverOptions, dry_run, run_on_ray
+
+        if args.dry_run:
+            return dry_run(spec)
+        return run_on_ray(spec, DriverOptions(address=None if args.ray in (None, "auto") else args.ray))
     if args.dry_run:
         print(format_states(spec, cell_states(spec, progress=lambda t: print(t, file=sys.stderr, flush=True))))
     else:

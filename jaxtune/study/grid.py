@@ -13,6 +13,14 @@ A sweep file is a YAML mapping with the single top-level key ``sweep`` (a run co
       eval_epochs: "10"                  # last | all | comma-separated epochs (or a YAML list of integers)
       suites: [doit]                     # eval.suites of every cell (default: each config's own)
       overrides: [train.epochs=15]       # key=value applied to every model's config (before its own)
+      backend: local                     # or ray: `jaxtune sweep SWEEP.yaml` runs the grid on a Ray cluster
+      accelerator: v5p-16                # ray: the slice type a cell claims (hardware presets' names; a model's
+                                         # own `accelerator:` wins)
+      eval_accelerator: v5e-8            # ray: evaluations as their own tasks on such slices (per model too);
+                                         # unset: a cell evaluates on the slice that trained it, in the same task
+      max_preemptions: 100               # ray: retries of a cell whose slice was lost or that exited 75
+      max_failures: 2                    # ray: retries of a cell that exited 1 (exit 2, bad input: none)
+      stop_grace_s: 60                   # ray: a slice's other hosts get SIGTERM when one fails, SIGKILL after this
 
 The file is read as run configs are (:func:`jaxtune.config.loading.load_yaml`): a key repeated in one mapping is an
 error naming the file and both lines, where plain YAML would silently keep the last one.
@@ -24,6 +32,11 @@ one (model, selection) run under ``run_dir/<model>/<selection>``, trained and ev
 resumes from its checkpoints and keeps the evaluations it already wrote. ``--dry-run`` lists each cell's state
 (``done``, ``partial`` with the epochs evaluated and the last checkpoint, ``not started``) and its planned optimizer
 steps (steps per epoch, measured by building the cell's data pipeline, x epochs).
+
+``jaxtune sweep SWEEP.yaml --cell MODEL/DATA_TYPE [--phase train|eval|all] [key=value ...]`` runs one cell
+(:func:`run_cell`: what every host of a Ray slice runs, with the mesh overrides of its slice) and exits with the
+statuses of :mod:`jaxtune.errors`; ``backend: ray`` (or ``--ray``) runs the whole grid on a Ray cluster's slices
+(:mod:`jaxtune.study.ray_driver`).
 """
 
 from __future__ import annotations
@@ -47,8 +60,24 @@ DATA_TYPES = STUDY_DATA_TYPES
 """The study's 19 data types (the choices of its ``make_data.py``), in its order."""
 
 SWEEP_KEY = "sweep"
-_SWEEP_KEYS = ("run_dir", "models", "data_types", "eval_epochs", "suites", "overrides")
-_MODEL_KEYS = ("config", "overrides")
+_SWEEP_KEYS = (
+    "run_dir",
+    "models",
+    "data_types",
+    "eval_epochs",
+    "suites",
+    "overrides",
+    "backend",
+    "accelerator",
+    "eval_accelerator",
+    "max_preemptions",
+    "max_failures",
+    "stop_grace_s",
+)
+_MODEL_KEYS = ("config", "overrides", "accelerator", "eval_accelerator")
+BACKENDS = ("local", "ray")
+"""``backend:`` of a sweep file: ``local`` runs the cells one after another in this process, ``ray`` on a Ray
+cluster's slices (:mod:`jaxtune.study.ray_driver`)."""
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -66,6 +95,10 @@ class GridModel:
     """The run config, resolved against the sweep file's folder."""
     overrides: tuple[str, ...] = ()
     """key=value overrides of this model only (applied after the sweep's own)."""
+    accelerator: str | None = None
+    """Ray: the slice type its cells claim (its own ``accelerator:``, else the sweep's)."""
+    eval_accelerator: str | None = None
+    """Ray: the slice type its evaluations claim as tasks of their own; None evaluates in the training task."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +117,14 @@ class GridSpec:
     """eval.suites of every cell; None keeps each config's own."""
     overrides: tuple[str, ...] = ()
     """key=value overrides applied to every model's config."""
+    backend: str = "local"
+    """``local`` or ``ray`` (:data:`BACKENDS`)."""
+    max_preemptions: int = 100
+    """Ray: retries of a cell after a lost slice or an exit 75 (resumes from its checkpoint)."""
+    max_failures: int = 2
+    """Ray: retries of a cell after an exit 1 before it is marked failed."""
+    stop_grace_s: int = 60
+    """Ray: when one host of a slice ends badly, the others get SIGTERM (save and stop), then SIGKILL after this."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +140,11 @@ class Cell:
     @property
     def alias(self) -> bool:
         return self.selection != self.data_type
+
+    @property
+    def name(self) -> str:
+        """``MODEL/DATA_TYPE``, as ``jaxtune sweep SWEEP.yaml --cell`` takes it."""
+        return f"{self.model.label}/{self.data_type}"
 
 
 @dataclass
@@ -165,7 +211,28 @@ def _strings(value: Any, key: str, where: Path) -> tuple[str, ...]:
     raise GridError(f"{where}: {key}: expected a list of strings, got {value!r}")
 
 
-def _model(label: Any, value: Any, where: Path) -> GridModel:
+def _accelerator(value: Any, key: str, where: Path) -> str | None:
+    """A slice type of the hardware presets (``v5p-16``), checked by :func:`jaxtune.hardware.parse_accelerator`."""
+    from jaxtune.hardware import AcceleratorError, parse_accelerator
+
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise GridError(f"{where}: {key}: expected a slice type such as v5p-16, got {value!r}")
+    try:
+        return parse_accelerator(value).name
+    except AcceleratorError as e:
+        raise GridError(f"{where}: {key}: {e}") from None
+
+
+def _count(body: dict, key: str, default: int, where: Path) -> int:
+    value = body.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise GridError(f"{where}: sweep.{key}: expected a count (an integer >= 0), got {value!r}")
+    return value
+
+
+def _model(label: Any, value: Any, where: Path, defaults: dict[str, str | None]) -> GridModel:
     key = f"sweep.models.{label}"
     if not isinstance(label, str) or not _LABEL.match(label):
         raise GridError(f"{where}: sweep.models: label {label!r} must be a name of letters, digits, '.', '_', '-'")
@@ -181,7 +248,8 @@ def _model(label: Any, value: Any, where: Path) -> GridModel:
     config = (where.parent / value["config"]).resolve()
     if not config.is_file():
         raise GridError(f"{where}: {key}.config: {config} does not exist (paths are relative to the sweep file)")
-    return GridModel(label, config, _strings(value.get("overrides", []), f"{key}.overrides", where))
+    slices = {k: _accelerator(value.get(k), f"{key}.{k}", where) or defaults[k] for k in defaults}
+    return GridModel(label, config, _strings(value.get("overrides", []), f"{key}.overrides", where), **slices)
 
 
 def _data_type(name: str, where: Path) -> str:
@@ -248,14 +316,22 @@ def load_grid(path: str | Path) -> GridSpec:
     if not isinstance(epochs, str):
         raise GridError(f"{where}: sweep.eval_epochs: expected 'last', 'all', or epochs like '5,10' or [5, 10]")
     suites = body.get("suites")
+    backend = body.get("backend", "local")
+    if backend not in BACKENDS:
+        raise GridError(f"{where}: sweep.backend: expected one of {list(BACKENDS)}, got {backend!r}")
+    defaults = {k: _accelerator(body.get(k), f"sweep.{k}", where) for k in ("accelerator", "eval_accelerator")}
     return GridSpec(
         path=where,
         run_dir=as_path(body["run_dir"]),
-        models=tuple(_model(label, value, where) for label, value in models.items()),
+        models=tuple(_model(label, value, where, defaults) for label, value in models.items()),
         data_types=data_types,
         eval_epochs=epochs,
         suites=None if suites is None else _strings(suites, "sweep.suites", where),
         overrides=_strings(body.get("overrides", []), "sweep.overrides", where),
+        backend=backend,
+        max_preemptions=_count(body, "max_preemptions", 100, where),
+        max_failures=_count(body, "max_failures", 2, where),
+        stop_grace_s=_count(body, "stop_grace_s", 60, where),
     )
 
 
@@ -421,8 +497,7 @@ class GridOutputs:
 
 def run_grid(spec: GridSpec, *, print_fn: Callable[[str], None] = print) -> GridOutputs:
     """Train and evaluate every cell not yet done (each run once, aliases sharing it), then report on all cells."""
-    from jaxtune.study.report import report
-    from jaxtune.study.sweep import eval_dir_of, sweep
+    from jaxtune.study.sweep import sweep
 
     states = cell_states(spec, measure=False)
     runs = [s for s in states if not s.cell.alias]
@@ -441,7 +516,104 @@ def run_grid(spec: GridSpec, *, print_fn: Callable[[str], None] = print) -> Grid
             model_size=s.cell.model.label,
             write_report=False,
         )
+    return report_grid(spec, skipped)
+
+
+def report_grid(spec: GridSpec, skipped: Sequence[str] = ()) -> GridOutputs:
+    """The report over every cell's evaluated epochs, in ``run_dir/report`` (the grid's cells must be done)."""
+    from jaxtune.study.report import report
+    from jaxtune.study.sweep import eval_dir_of
+
+    runs = [s for s in cell_states(spec, measure=False) if not s.cell.alias]
     eval_dirs = [eval_dir_of(s.cell.run_dir, e) for s in runs for e in s.epochs]
     report_dir = spec.run_dir / "report"
     files = report(eval_dirs, report_dir)
-    return GridOutputs(eval_dirs=eval_dirs, report_dir=report_dir, report_files=list(files), skipped=skipped)
+    return GridOutputs(eval_dirs=eval_dirs, report_dir=report_dir, report_files=list(files), skipped=list(skipped))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# One cell (what each host of a Ray slice runs: `jaxtune sweep SWEEP.yaml --cell MODEL/DATA_TYPE --phase P`)
+# --------------------------------------------------------------------------------------------------------------------
+
+PHASES = ("all", "train", "eval")
+"""``--phase`` of ``--cell``: ``train`` trains the run, ``eval`` evaluates its chosen epochs (training must be
+complete), ``all`` both, as the local grid does."""
+EVAL_LOCK_DIR = "eval"
+"""RUN_DIR/eval/lock: the lease of a cell's evaluations (:mod:`jaxtune.checkpoint.lease`), held by ``--phase eval``
+and ``--phase all`` so that two drivers never evaluate one cell at once (training holds RUN_DIR/lock)."""
+
+
+def find_cell(spec: GridSpec, name: str) -> Cell:
+    """The cell named ``MODEL/DATA_TYPE``; an alias (``mix-0``) names its target's run."""
+    for cell in cells(spec):
+        if name in (cell.name, f"{cell.model.label}/{cell.selection}"):
+            return cell
+    names = ", ".join(c.name for c in cells(spec) if not c.alias)
+    raise GridError(f"{spec.path}: no cell {name!r}; the grid's cells are {names}")
+
+
+def cell_config(spec: GridSpec, cell: Cell, extra: Sequence[str] = ()) -> Config:
+    """The run config of one cell: its model's config (:func:`model_config`) trained on the cell's selection in
+    the cell's run folder, sharing the grid's compilation cache as :func:`jaxtune.study.sweep.sweep` does."""
+    from jaxtune.runtime.compiles import run_cache_dir
+
+    cfg = model_config(spec, cell.model, extra)
+    train = dataclasses.replace(
+        cfg.train, compilation_cache_dir=run_cache_dir(cfg.train.compilation_cache_dir, str(cfg.run_dir))
+    )
+    data = dataclasses.replace(cfg.data, selection=cell.selection)
+    return dataclasses.replace(cfg, run_dir=str(cell.run_dir), data=data, train=train)
+
+
+def run_cell(
+    spec: GridSpec, name: str, phase: str, overrides: Sequence[str] = (), print_fn: Callable[[str], None] = print
+) -> int:
+    """Run one cell's ``phase`` (:data:`PHASES`) and return the exit status of :mod:`jaxtune.errors`: 0 done, 75
+    stopped early with its state saved (run it again). Bad input (a RunLeaseError too: another writer holds the
+    run) raises JaxtuneError (exit 2); anything else is a failure (exit 1)."""
+    from jaxtune.checkpoint.lease import hold_run_lease
+    from jaxtune.errors import EXIT_OK, EXIT_RESUMABLE
+    from jaxtune.sharding import initialize_distributed
+    from jaxtune.study.sweep import sweep
+    from jaxtune.train.trainer import train
+
+    if phase not in PHASES:
+        raise GridError(f"--phase: expected one of {list(PHASES)}, got {phase!r}")
+    cell = find_cell(spec, name)
+    cfg = model_config(spec, cell.model, overrides)
+    if cell_done(spec, cell, phase, cfg):
+        print_fn(f"cell {cell.name}: {phase} {ALREADY_DONE}")
+        return EXIT_OK
+    if phase in ("train", "all"):
+        result = train(cell_config(spec, cell, overrides), print_fn=print_fn)
+        print_fn(result.summary())  # "resumed from step N": the driver's timeline quotes it
+        if result.stopped != "completed" or phase == "train":
+            return EXIT_OK if result.stopped == "completed" else EXIT_RESUMABLE
+    initialize_distributed(cfg.mesh)  # every process takes part in the lease's agreement
+    with hold_run_lease(cell.run_dir / EVAL_LOCK_DIR, cfg.checkpoint, command=f"jaxtune sweep --cell {name}"):
+        # sweep() trains first: the run is complete by now (the driver runs --phase eval after train), so it only
+        # reports it, then evaluates the epochs that have no summaries yet.
+        sweep(
+            cfg, [cell.selection], spec.eval_epochs, print_fn=print_fn, model_size=cell.model.label, write_report=False
+        )
+    return EXIT_OK
+
+
+ALREADY_DONE = "already done, nothing run"
+"""What ``--cell`` prints when the run directory says its phase is finished (a second driver's late attempt)."""
+
+
+def cell_done(spec: GridSpec, cell: Cell, phase: str, cfg: Config) -> bool:
+    """Whether ``phase`` of ``cell`` is finished on disk: training by completed.json, evaluations by the summaries
+    of every chosen epoch."""
+    if phase == "train":
+        return train_done(cell.run_dir)
+    epochs = _check_model_config(spec, cell.model, cfg)
+    return _evaluated(cell.run_dir, epochs) == epochs
+
+
+def train_done(run_dir: Path) -> bool:
+    """Whether a cell's training completed: RUN_DIR/completed.json (written last by a completed run)."""
+    from jaxtune.checkpoint.layout import COMPLETED_FILE
+
+    return (as_path(run_dir) / COMPLETED_FILE).is_file()
