@@ -37,7 +37,8 @@
 #     without a refresh: a restore, XLA compiling a large model, a suite generating, a sweep between cells): a hang;
 #   - exit 2 on any worker (bad input): stop the job everywhere, print the end of each worker's log, exit 2.
 # Before any restart the job is stopped on every worker (SIGTERM and SIGCONT to its process group,
-# STOP_GRACE_SECONDS (default 120), SIGKILL) and no process of it may survive: a survivor would hold the run's lease.
+# STOP_GRACE_SECONDS (default 120), SIGKILL) and no process of it may survive: a survivor would hold the run's lease
+# (and the chips); when one does, the slice is deleted and recreated (a failure).
 # Restarts of a jaxtune train or sweep add checkpoint.force_takeover=true: the previous job is known gone (stopped
 # with no survivor, or its slice deleted), but a recreated slice's hostnames differ from the lease holder's.
 # A failed create (no capacity, a quota) is retried from the failure budget. Started on a slice whose job runs on
@@ -261,6 +262,11 @@ stop_job() {  # stop_job NAME ZONE: no process of the job is left on any worker 
   fi
 }
 
+recreate_after_survivor() {  # a process that outlives SIGKILL (stuck in the driver) keeps the chips: a new slice
+  count_restart failure "a job process survived SIGKILL on $1; deleting the slice to start on a new one" || return 1
+  cmd_delete "$1" "$2"
+}
+
 run_dir_of() {  # the value of the last run_dir=... argument of the job, if any
   local arg dir=""
   for arg in "$@"; do case "$arg" in run_dir=*) dir="${arg#run_dir=}";; esac; done
@@ -384,7 +390,7 @@ cmd_supervise() {  # cmd_supervise NAME ACCEL ZONE CMD...
               count_restart failure "setting up $name failed" || return 1
             fi
           else
-            stop_job "$name" "$zone" || return 1
+            if ! stop_job "$name" "$zone"; then recreate_after_survivor "$name" "$zone" || return 1; continue; fi
             cmd_run "$name" "$zone" "${first[@]}" || echo "supervise: $(now_utc) starting the job failed on $name" >&2
             echo "supervise: $(now_utc) started on $name: $(quote_command "${first[@]}")"
             started=1 SV_JOB_STARTED=$SECONDS first=("${again[@]}")
@@ -403,7 +409,7 @@ cmd_supervise() {  # cmd_supervise NAME ACCEL ZONE CMD...
               supervise_summary "stopped" >&2; return 2;;
             preempted*|failed*|hung*)
               local kind=failure; case "$verdict" in preempted*) kind=preemption;; hung*) kind=hang;; esac
-              stop_job "$name" "$zone" || return 1
+              if ! stop_job "$name" "$zone"; then recreate_after_survivor "$name" "$zone" || return 1; started=0; continue; fi
               count_restart "$kind" "$reason" || return 1
               cmd_run "$name" "$zone" "${again[@]}" || echo "supervise: $(now_utc) starting the job failed on $name" >&2
               SV_JOB_STARTED=$SECONDS;;

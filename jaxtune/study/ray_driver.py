@@ -34,6 +34,8 @@ class DriverOptions:
     address: Optional[str] = None
     """The Ray cluster (``auto`` when None: the one this machine belongs to; ``ray://HOST:10001`` from outside)."""
     poll_s: float = 1.0
+    recheck_every_s: float = 5.0
+    """How often a job run elsewhere looks at that writer's lease again."""
     table_every_s: float = 30.0
     """Reprint the table this often while only steps change (a state change prints it at once)."""
     env: dict[str, str] = field(default_factory=dict)
@@ -81,6 +83,8 @@ class Driver:
         self.shown_states: tuple = ()
         self.shown_steps: tuple = ()
         self.shown_at = 0.0
+        self.written: list = []
+        self.rechecked_at = 0.0
 
     def free_slices(self) -> dict[Optional[str], int]:
         import ray
@@ -93,19 +97,20 @@ class Driver:
         return free
 
     def submit(self) -> None:
+        """Start the next waiting jobs on the free slices. A job found done on disk, or leased by a live writer,
+        is not started (looked at only when a slice is free for it: on gs:// each look is a request)."""
         from jaxtune.study.ray_tasks import slice_task
 
-        for job in self.jobs:
-            if job.state != book.WAITING:
-                continue
+        for job in book.to_submit(self.jobs, self.free_slices()):
             if book.is_done_on_disk(job):  # another driver did it meanwhile
                 phase = job.phase
                 book.apply(self.spec, job, book.Outcome(book.OK))
                 self.timeline.add(job, "done elsewhere", f"{phase}: found done on disk")
-            elif not job.ran_here and book.job_lease(job):
+                continue
+            if not job.ran_here and book.job_lease(job):
                 job.state, job.why = book.ELSEWHERE, "leased by another writer"
                 self.timeline.add(job, book.ELSEWHERE)
-        for job in book.to_submit(self.jobs, self.free_slices()):
+                continue
             hosts = parse_accelerator(job.accelerator).hosts
             task = slice_task.options(resources={book.head_resource(job.accelerator): 1})
             argv = cell_argv(self.spec, job)
@@ -151,8 +156,11 @@ class Driver:
         self.timeline.add(job, event, f"{phase} on {where}: {why}")
 
     def show(self, force: bool = False) -> None:
+        """Rewrite sweep_status.json when a record changed; print the table as DriverOptions says."""
         records = book.rows(self.jobs)
-        book.write_status(self.spec, records)
+        if force or records != self.written:
+            book.write_status(self.spec, records)
+            self.written = records
         states = tuple((r["cell"], r["phase"], r["state"], r["slice"], r["attempts"]) for r in records)
         steps = tuple(r["step"] for r in records)
         now = time.time()
@@ -168,11 +176,13 @@ class Driver:
         import ray
 
         while any(j.state not in book.FINAL for j in self.jobs):
-            for job in self.jobs:
-                phase = job.phase
-                event = book.recheck_elsewhere(self.spec, job)
-                if event:
-                    self.timeline.add(job, event, f"{phase}: {job.why}")
+            if time.time() - self.rechecked_at > self.options.recheck_every_s:
+                self.rechecked_at = time.time()
+                for job in self.jobs:
+                    phase = job.phase
+                    event = book.recheck_elsewhere(self.spec, job)
+                    if event:
+                        self.timeline.add(job, event, f"{phase}: {job.why}")
             self.submit()
             if self.inflight:
                 ready, _ = ray.wait(list(self.inflight), num_returns=1, timeout=self.options.poll_s)

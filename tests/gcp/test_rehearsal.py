@@ -1,5 +1,5 @@
 """The rehearsal of a spot run on a 2-worker slice (tests/gcp/fake_slice.py: each worker a local process group with
-4 CPU devices and its own local disk; the run directory and the data in a bucket, the GCS emulator).
+4 CPU devices and its own local disk; the run directory, the data and the tokenizer in a bucket, the GCS emulator).
 ``gcp/tpu.sh supervise`` drives the real commands through a scripted fault plan to completion:
 
 - ``jaxtune train``: preempted during start-up, preempted during a checkpoint save, one worker hung (SIGSTOP), one
@@ -36,7 +36,7 @@ SUPERVISE_TIMEOUT_S = 900
 RUN_ARGS = [
     "jaxtune/demo/quickstart.yaml",
     f"data.path=gs://{BUCKET}/data",
-    "data.tokenizer=jaxtune/demo/tokenizer",
+    f"data.tokenizer=gs://{BUCKET}/tokenizer",
     "model.hidden_size=32",
     "model.intermediate_size=64",
     "train.epochs=2",
@@ -47,6 +47,7 @@ RUN_ARGS = [
     "checkpoint.max_to_keep=null",
     "checkpoint.keep_epoch_checkpoints=true",
     "checkpoint.async_save=false",
+    f"eval.data_dir=gs://{BUCKET}/data",
     "eval.max_new_tokens=4",
 ]
 SETTINGS = {
@@ -64,15 +65,16 @@ SETTINGS = {
 
 @pytest.fixture(scope="module")
 def slice_env(gcs, tmp_path_factory):  # noqa: F811
-    """The environment of a supervisor on this machine: the fake gcloud, the bucket with the demo data."""
+    """The environment of a supervisor on this machine: the fake gcloud, the bucket with the demo data (training and
+    evaluation) and the demo tokenizer: nothing the workers read is on this machine's disk but their checkout."""
     from jaxtune.demo.abilities import write_demo_dataset
 
     root = tmp_path_factory.mktemp("slice")
     gcs.make_bucket(BUCKET)
     data = write_demo_dataset(root / "data", per_ability=16, eval_per_ability=1, synthetic=10)
     gcs.upload_tree(data, BUCKET, "data")
+    gcs.upload_tree(REPO / "jaxtune" / "demo" / "tokenizer", BUCKET, "tokenizer")
     env = {**os.environ, **gcs.env, **fake_slice.install(root / "bin", root / "state"), **SETTINGS}
-    env["EVAL_DATA_DIR"] = str(data)
     for name in ("RUN_DIR", "SWEEP_DIR", "SPOT", "QUEUED", "MAX_PREEMPTIONS"):
         env.pop(name, None)
     try:
@@ -126,7 +128,6 @@ def supervised_sweep(slice_env, gcs, tmp_path_factory):  # noqa: F811
         "bash",
         "scripts/sweep.sh",
         *RUN_ARGS,
-        f"eval.data_dir={slice_env['EVAL_DATA_DIR']}",
         "--selections",
         "curated-40,curated-160",
         f"run_dir=gs://{BUCKET}/sweep",
@@ -138,6 +139,7 @@ def supervised_sweep(slice_env, gcs, tmp_path_factory):  # noqa: F811
 
 def test_a_preempted_sweep_resumes_and_finishes(supervised_sweep, gcs):  # noqa: F811
     swept = supervised_sweep
+    print(swept.stdout)  # the supervisor's log, shown by pytest -rP
     assert swept.returncode == 0, log(swept)
     assert restarts(swept.stdout) == [("preemption", "slice sweep is PREEMPTED; recreating it")], log(swept)
     assert re.search(r"finished on sweep after \d+s: 1 restarts \(preemption 1, failure 0, hang 0\)", swept.stdout)
@@ -158,16 +160,17 @@ def test_a_train_run_through_preemptions_a_hang_and_a_crash_ends_bitwise_equal(
     plan = [
         {"start": 1, "when": {"phase": "compiling", "run_dir": run}, "do": "preempt"},  # during start-up
         {"start": 2, "when": {"saving": run}, "do": "preempt"},  # a step folder without its commit marker
-        {"start": 3, "when": {"step": 5, "run_dir": run}, "do": "hang", "worker": 1},
+        {"start": 3, "when": {"step": 7, "run_dir": run}, "do": "hang", "worker": 1},  # mid-epoch, between saves
         {"start": 4, "when": {"step": 8, "run_dir": run}, "do": "fail", "worker": 0},
     ]
     job = ["bash", "scripts/train.sh", *RUN_ARGS, "data.selection=curated-160", f"run_dir={run}"]
     result = supervise(slice_env, "train", job, plan, tmp_path)
+    print(result.stdout)  # the supervisor's log, shown by pytest -rP
     assert result.returncode == 0, log(result)
     got = restarts(result.stdout)
     assert [kind for kind, _ in got] == ["preemption", "preemption", "hang", "failure"], log(result)
     assert got[0][1] == got[1][1] == "slice train is PREEMPTED; recreating it"
-    assert got[2][1].startswith("no heartbeat for ") and "phase training" in got[2][1]
+    assert re.fullmatch(r"no heartbeat for \d+s \(phase (training|saving), step \d+; limit 30s\)", got[2][1])
     assert got[3][1].startswith("exit status on train-w-0 (exit 1)")  # and worker 1's, if it ended by then
     assert "finished on train" in result.stdout and "(preemption 2, failure 1, hang 1)" in result.stdout
     assert_same_run(gcs, "train", "sweep/curated-160", 10, tmp_path)
