@@ -34,6 +34,7 @@ TEST = (
     + [
         "pytest==9.2.0",
         "pytest-timeout==2.4.0",
+        "pytest-xdist==3.8.0",  # scripts/test.sh runs the suite in two processes (CI has two cores)
         "gcp-storage-emulator==2026.7.19",
         "ruff==0.17.5",
         "openai==3.51.0",  # the official client the serving tests talk to jaxtune serve with

@@ -9,7 +9,10 @@ export JAX_PLATFORMS=cpu
 .venv/bin/ruff format --check --quiet . || { echo "ruff format: files above need formatting (.venv/bin/ruff format .)" >&2; exit 1; }
 .venv/bin/ruff check --quiet . || { echo "ruff check: fix the problems above (.venv/bin/ruff check --fix .)" >&2; exit 1; }
 set +e
-.venv/bin/python -m pytest tests -q -p no:cacheprovider --timeout=600 "$@"
+# Two worker processes, one test file each at a time (module fixtures built once): most tests wait on XLA's
+# single-threaded compiler, so two cores run two files side by side. JAXTUNE_TEST_WORKERS=0 runs in one process.
+.venv/bin/python -m pytest tests -q -p no:cacheprovider --timeout=600 \
+  -n "${JAXTUNE_TEST_WORKERS:-2}" --dist loadfile --junitxml=.pytest-report.xml "$@"
 status=$?
 set -e
 if [ "$status" -eq 5 ]; then
