@@ -8,7 +8,7 @@ interval and at each change of phase::
 ``phase``, in the order a run goes through them:
 
 =============  ======================================================================================
-starting       data, layout, restore (from the start of ``train``)
+starting       from the start of ``train`` (the lease taken): data, layout, restore
 compiling      written BEFORE the first step's compile starts: a long silence after it is a compile
 training       steps running (refreshed at every ``train.log_every`` steps)
 saving         a checkpoint (train state or epoch) is being written
@@ -32,7 +32,7 @@ import time
 from typing import Optional
 
 from jaxtune.checkpoint.layout import HEARTBEAT_FILE
-from jaxtune.paths import PathLike, as_path, write_text_atomic
+from jaxtune.paths import PathLike, as_path, is_remote, write_text_atomic
 
 PHASES = ("starting", "compiling", "training", "saving", "evaluating", "done", "preempted")
 
@@ -88,6 +88,8 @@ class Heartbeat:
                 if text is None:  # closed with nothing left to write
                     return
             try:
+                if not is_remote(self.path):  # a fresh local run_dir may not exist yet (an object store has no folders)
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
                 write_text_atomic(self.path, text)
             except Exception:  # an unreachable store: the next beat tries again
                 self.failures += 1

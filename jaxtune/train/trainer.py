@@ -340,7 +340,13 @@ def train(cfg: Config, data: Optional[RunData] = None, *, print_fn: Callable[[st
         hold_run_lease(cfg.run_dir, cfg.checkpoint) as lease,
         storage_boundary(str(cfg.run_dir), lambda: intact_steps(cfg.run_dir)),
     ):
-        return _train(cfg, data, print_fn, stop_request, lease)
+        # From the start: data, restore and layout may take minutes, which a supervisor must not take for a hang.
+        heartbeat = Heartbeat(cfg.run_dir, enabled=jax.process_index() == 0)
+        heartbeat.beat("starting")
+        try:
+            return _train(cfg, data, print_fn, stop_request, lease, heartbeat)
+        finally:
+            heartbeat.close()  # after an exception: the last phase stays, and ages
 
 
 @dataclass
@@ -368,11 +374,16 @@ class TrainSetup:
 
 
 def _train(
-    cfg: Config, data: Optional[RunData], print_fn: Callable[[str], None], stop_request: "_StopRequest", lease: Any
+    cfg: Config,
+    data: Optional[RunData],
+    print_fn: Callable[[str], None],
+    stop_request: "_StopRequest",
+    lease: Any,
+    heartbeat: Heartbeat,
 ) -> TrainResult:
     run = setup_train_loop(cfg, data, print_fn)
     try:
-        return train_loop(run, stop_request, lease)
+        return train_loop(run, stop_request, lease, heartbeat)
     finally:
         run.close()
 
@@ -435,10 +446,12 @@ def setup_train_loop(cfg: Config, data: Optional[RunData], print_fn: Callable[[s
     return TrainSetup(cfg, data, layout, total_steps, epoch_steps, writer, manager, epochs, saved, changes)
 
 
-def train_loop(run: TrainSetup, stop_request: "_StopRequest", lease: Any = None) -> TrainResult:
+def train_loop(
+    run: TrainSetup, stop_request: "_StopRequest", lease: Any = None, heartbeat: Optional[Heartbeat] = None
+) -> TrainResult:
     """Start or resume the run set up by :func:`setup_train_loop` and step until it completes or is stopped; the
     caller closes ``run``. ``lease``: the run directory's (:mod:`jaxtune.checkpoint.lease`), checked before each
-    save."""
+    save; ``heartbeat``: RUN_DIR/heartbeat.json's writer (:mod:`jaxtune.train.heartbeat`; None: none written)."""
     cfg, data, writer, manager, epochs = run.cfg, run.data, run.writer, run.manager, run.epochs
     if data.summary:
         writer.message(data.summary)
@@ -447,15 +460,15 @@ def train_loop(run: TrainSetup, stop_request: "_StopRequest", lease: Any = None)
         writer.message(
             f"the run in {cfg.run_dir} is finished ({COMPLETED_FILE}, train states deleted): nothing to train"
         )
+        if heartbeat is not None:
+            heartbeat.close("done")
         return finished
-    heartbeat = Heartbeat(cfg.run_dir, run.total_steps, enabled=jax.process_index() == 0)
+    heartbeat = heartbeat or Heartbeat(cfg.run_dir, enabled=False)
+    heartbeat.total_steps = run.total_steps
     loop = _RunLoop(
         cfg, data, run.layout, manager, writer, run.total_steps, run.epoch_steps, stop_request, epochs, lease, heartbeat
     )
-    try:
-        return _start_and_run(run, loop, heartbeat)
-    finally:
-        heartbeat.close()  # after an exception: the last phase stays, and ages
+    return _start_and_run(run, loop, heartbeat)
 
 
 def _start_and_run(run: TrainSetup, loop: "_RunLoop", heartbeat: Heartbeat) -> TrainResult:
@@ -463,7 +476,7 @@ def _start_and_run(run: TrainSetup, loop: "_RunLoop", heartbeat: Heartbeat) -> T
     resumed_from = loop.start()
     if jax.process_index() == 0:  # once the start is accepted (resume or not): a refused one changes nothing
         as_path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
-        heartbeat.beat("starting", loop.step)
+        heartbeat.beat(step=loop.step)  # the step resumed from
         if loop.step < run.total_steps:  # a finished run continued (more epochs or steps) is no longer complete
             (as_path(cfg.run_dir) / COMPLETED_FILE).unlink(missing_ok=True)
         archived = archive_config(cfg.run_dir, dump_config(cfg))
