@@ -70,7 +70,9 @@ def test_a_full_disk_during_a_save_is_one_line_and_exit_75(tmp_path, small_disk,
     others = [
         ln
         for ln in lines
-        if ln.strip() and not ln.startswith(" ") and not "RuntimeError".startswith(ln.strip().rstrip(":"))
+        if ln.strip()
+        and not ln.startswith((" ", "start-up: "))  # the process's start-up line
+        and not "RuntimeError".startswith(ln.strip().rstrip(":"))
     ]
     assert [ln for ln in others if not any(n in ln for n in noise)] == [], proc.stderr[-3000:]
 

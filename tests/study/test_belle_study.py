@@ -129,7 +129,7 @@ def test_belle_study_in_miniature(model: str, tmp_path: Path) -> None:
             f"data.alpaca_path={data['alpaca_path']}",
             f"data.tokenizer={DEMO_TOKENIZER}",
             "data.max_len=48",
-            "data.pad_to_multiple=0",
+            "data.length_buckets=[]",
             "train.global_batch_size=8",
             "optim.learning_rate=3e-3",
             "checkpoint.init_from=null",

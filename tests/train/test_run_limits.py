@@ -23,7 +23,10 @@ def test_a_max_len_beyond_the_positions_is_one_line(tmp_path, capsys, command, w
     )
     assert "Traceback" not in err and "warmup" not in err + out
     if command == "train":
-        assert code == 2 and err.strip() == f"jaxtune train: error: {problem}"
+        lines = [
+            ln for ln in err.strip().splitlines() if not ln.startswith("start-up: ")
+        ]  # the process's start-up line
+        assert code == 2 and lines == [f"jaxtune train: error: {problem}"]
         assert not (tmp_path / "run" / "manifest.jsonl").exists()
     else:
         assert code == 1 and f"  {problem}" in out.splitlines()
