@@ -18,6 +18,8 @@ from jaxtune.demo.ceval_ood import write_demo_ceval
 from jaxtune.results import RunInfo, ability_score, make_summary, write_summary
 from jaxtune.study.findings import findings, format_findings
 
+pytestmark = pytest.mark.long  # minutes: scheduled first (tests/conftest.py)
+
 VOLUMES = [10, 40, 160, 640, 2560]
 CURVES = {  # records in all -> score; chance 25 / 0 / 0
     "code": (25.0, lambda v: 90.0 if v >= 160 else 40.0),

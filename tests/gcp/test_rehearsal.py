@@ -27,6 +27,8 @@ import numpy as np
 import pytest
 from gcs_emulator import gcs  # noqa: F401  (the fixture)
 
+pytestmark = pytest.mark.long  # minutes: scheduled first (tests/conftest.py)
+
 REPO = Path(__file__).resolve().parents[2]
 TPU_SH = REPO / "gcp" / "tpu.sh"
 BUCKET = "rehearsal"

@@ -25,6 +25,8 @@ from ray.cluster_utils import Cluster  # noqa: E402
 from jaxtune.demo.abilities import write_demo_dataset  # noqa: E402
 from jaxtune.study.grid import ALREADY_DONE  # noqa: E402
 
+pytestmark = pytest.mark.long  # minutes: scheduled first (tests/conftest.py)
+
 REPO = Path(__file__).resolve().parents[2]
 SLICE = "v5p-16"
 MODELS = ("t1", "t2", "t3", "t4")

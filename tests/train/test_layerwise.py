@@ -22,6 +22,8 @@ from jaxtune.train.step import init_train_state, loss_and_grads, make_train_step
 
 from .synthetic_stream import TINY_MODEL, make_row
 
+pytestmark = pytest.mark.long  # minutes: scheduled first (tests/conftest.py)
+
 SEQ = 32
 KEYS = ("input_ids", "targets", "loss_weights", "segment_ids", "positions")
 FAMILIES = {

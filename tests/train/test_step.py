@@ -26,6 +26,8 @@ from jaxtune.train.step import (
 from .reference_loss import token_cross_entropy
 from .synthetic_stream import TINY_MODEL, make_row
 
+pytestmark = pytest.mark.long  # minutes: scheduled first (tests/conftest.py)
+
 SEQ = 32
 KEYS = ("input_ids", "targets", "loss_weights", "segment_ids", "positions")
 

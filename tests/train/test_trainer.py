@@ -27,6 +27,8 @@ from .event_files import scalar_events
 from .reference_loss import token_cross_entropy
 from .synthetic_stream import ABILITIES, TINY_MODEL, make_row, synthetic_data, tiny_config
 
+pytestmark = pytest.mark.long  # minutes: scheduled first (tests/conftest.py)
+
 
 @pytest.fixture(autouse=True)
 def _eight_devices():
