@@ -56,7 +56,7 @@ from jaxtune.eval.batching import (
     put_rows,
     replicated,
 )
-from jaxtune.eval.likelihood import right_pad
+from jaxtune.eval.likelihood import prompt_pass, right_pad
 from jaxtune.eval.protocol import Generation
 from jaxtune.eval.sampling import SamplingParams, select_tokens
 from jaxtune.models.axes import KV_CACHE
@@ -180,22 +180,6 @@ def empty_rows(
         prompt_ids=jnp.zeros((rows,), jnp.uint32),
         seen=jnp.zeros((rows, vocab), bool) if uses_penalty else None,
     )
-
-
-def prompt_pass(model: Any, input_ids: jnp.ndarray, segment_ids: jnp.ndarray, last_index: jnp.ndarray) -> tuple:
-    """Prompts (R, T), right-padded (segment 0), through ``model`` into a fresh cache of T slots: each prompt's
-    logits at its last token (R, vocab) and the cache, its index at the next slot to write (right after the prompt).
-    The prefill of :func:`prefill` and of ``jaxtune serve``."""
-    n, t = input_ids.shape
-    positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32)[None, :], (n, t))
-    logits, cache = model(
-        input_ids,
-        positions=positions,
-        segment_ids=segment_ids,
-        cache=model.init_cache(n, t),
-        logit_slots=last_index[:, None],
-    )
-    return logits[:, 0, :], cache._replace(index=last_index + 1)
 
 
 def prompt_tokens_seen(input_ids: jnp.ndarray, segment_ids: jnp.ndarray, vocab: int) -> jnp.ndarray:

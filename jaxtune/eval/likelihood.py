@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -42,6 +42,23 @@ class RightPaddedBatch:
     weights: np.ndarray
     last_index: np.ndarray
     """(rows,) slot of each row's last real token (0 for dummy rows)."""
+
+
+def prompt_pass(model: Any, input_ids: jnp.ndarray, segment_ids: jnp.ndarray, last_index: jnp.ndarray) -> tuple:
+    """Prompts (R, T), right-padded (segment 0), through ``model`` into a fresh cache of T slots: each prompt's
+    logits at its last token (R, vocab) and the cache, its index at the next slot to write (right after the prompt).
+    The prefill of generation (:func:`jaxtune.eval.generate.prefill`), of ``jaxtune serve`` and of the contexts
+    scored here."""
+    n, t = input_ids.shape
+    positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32)[None, :], (n, t))
+    logits, cache = model(
+        input_ids,
+        positions=positions,
+        segment_ids=segment_ids,
+        cache=model.init_cache(n, t),
+        logit_slots=last_index[:, None],
+    )
+    return logits[:, 0, :], cache._replace(index=last_index + 1)
 
 
 def right_pad(
@@ -91,20 +108,13 @@ def _prefix_nll(
     """Per-continuation sum of token cross-entropies (P,), float32: contexts (C, Tc) prefilled once, continuations
     (P, Tk) run on their context's cached keys and values (``pair_context`` (P,) indexes the contexts)."""
     model = nnx.merge(graphdef, state)
-    n, tc = ctx_ids.shape
+    tc = ctx_ids.shape[1]
     tk = cont_ids.shape[1]
-    positions = jnp.broadcast_to(jnp.arange(tc, dtype=jnp.int32)[None, :], (n, tc))
-    last, cache = model(
-        ctx_ids,
-        positions=positions,
-        segment_ids=ctx_segment_ids,
-        cache=model.init_cache(n, tc),
-        logit_slots=ctx_last[:, None],
-    )
-    last = last[:, 0, :][pair_context]
+    last, cache = prompt_pass(model, ctx_ids, ctx_segment_ids, ctx_last)
+    last = last[pair_context]
     first = jax.nn.logsumexp(last, axis=-1) - jnp.take_along_axis(last, first_target[:, None], axis=-1)[:, 0]
     # Each continuation writes from right after its context's last token (over the context's padding).
-    cache = cache._replace(index=ctx_last + 1).resized(tc + tk).take_rows(pair_context)
+    cache = cache.resized(tc + tk).take_rows(pair_context)
     positions = cache.index[:, None] + jnp.arange(tk, dtype=jnp.int32)[None, :]
     logits, _ = model(cont_ids, positions=positions, segment_ids=cont_segment_ids, cache=cache)
     target_logits = jnp.take_along_axis(logits, cont_targets[..., None], axis=-1)[..., 0]

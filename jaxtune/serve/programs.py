@@ -25,7 +25,8 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from jaxtune.eval.batching import keep_default_layout
-from jaxtune.eval.generate import prompt_pass, prompt_tokens_seen
+from jaxtune.eval.generate import prompt_tokens_seen
+from jaxtune.eval.likelihood import prompt_pass
 from jaxtune.eval.sampling import apply_repetition_penalty, top_p_filter
 from jaxtune.models.axes import KV_CACHE
 
