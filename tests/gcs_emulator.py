@@ -10,9 +10,11 @@ with every storage stack jaxtune uses (see jaxtune/paths.py).
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 import urllib.error
 import urllib.parse
@@ -135,3 +137,16 @@ def gcs(tmp_path_factory):
         yield emulator
     finally:
         emulator.stop()
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_python(gcs, code: str, *, timeout: float, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run ``code`` (dedented) in a fresh Python of this checkout, on the CPU, pointed at the emulator ``gcs``
+    (plus ``env``); its result, output captured."""
+    full = {**os.environ, **gcs.env, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO), **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], env=full, cwd=str(REPO), text=True, capture_output=True,
+        timeout=timeout,
+    )  # fmt: skip

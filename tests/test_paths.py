@@ -13,13 +13,12 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
-from gcs_emulator import gcs  # noqa: F401  (the fixture)
+from gcs_emulator import gcs, run_python  # noqa: F401  (gcs: the fixture)
 from train import subprocess_runs as runs
 
 from jaxtune.checkpoint.layout import epoch_checkpoint_dir, train_checkpoint_dir
@@ -83,15 +82,7 @@ def _failure(proc: subprocess.CompletedProcess) -> str:
 
 def _child(gcs, code: str, timeout: float = CHILD_TIMEOUT_S) -> str:
     """Run ``code`` in a fresh Python pointed at the emulator; its stdout (a failure shows its output)."""
-    env = {**os.environ, **gcs.env, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        env=env,
-        cwd=str(REPO),
-        text=True,
-        capture_output=True,
-        timeout=timeout,
-    )
+    proc = run_python(gcs, code, timeout=timeout)
     assert proc.returncode == 0, _failure(proc)
     return proc.stdout
 

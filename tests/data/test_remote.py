@@ -6,13 +6,9 @@ a later process without a download, fetched again when an object changes. gs:// 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
-from gcs_emulator import gcs  # noqa: F401  (the fixture)
+from gcs_emulator import gcs, run_python  # noqa: F401  (gcs: the fixture)
 
 from jaxtune.data.remote import cache_dir, local_input
 from jaxtune.demo import DEMO_TOKENIZER
@@ -22,15 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _child(gcs, cache: Path, code: str) -> dict:
     """Run ``code`` in a fresh Python pointed at the emulator and the cache; the JSON it prints last."""
-    env = {**os.environ, **gcs.env, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO), "JAXTUNE_CACHE_DIR": str(cache)}
-    proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        env=env,
-        cwd=str(REPO),
-        text=True,
-        capture_output=True,
-        timeout=120,
-    )
+    proc = run_python(gcs, code, timeout=120, env={"JAXTUNE_CACHE_DIR": str(cache)})
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
