@@ -25,6 +25,10 @@ then it takes the lease over (replacing the lock atomically: a rename aside loca
 on ``gs://``) and logs whose lease it took. A holder whose lease was taken notices at its next heartbeat and stops
 before its next checkpoint (:meth:`RunLease.check`). A multi-host run takes the lease once, on process 0, before
 any host writes.
+
+``jaxtune eval --out`` and ``jaxtune export-hf`` writing into a run directory (:func:`enclosing_run_dir`: the output
+or a folder above it holds ``lock``, ``heartbeat.json`` or ``completed.json``) hold the same lease while they write
+(:func:`hold_enclosing_run_lease`), so they refuse in one line while a live training owns the run.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ import time
 import uuid
 from typing import Any, Callable, Iterator, Optional
 
+from jaxtune.checkpoint.layout import COMPLETED_FILE, HEARTBEAT_FILE
 from jaxtune.errors import JaxtuneError
 from jaxtune.paths import PathLike, absolute_path, is_remote
 
@@ -351,3 +356,32 @@ def hold_run_lease(run_dir: PathLike, checkpoint_cfg: Any, command: Optional[str
     finally:
         if lease is not None:
             lease.release()
+
+
+RUN_MARKERS = (LOCK_FILE, HEARTBEAT_FILE, COMPLETED_FILE)
+"""Files of which any one marks a folder as a run directory (a live lease, a run's heartbeat, a finished run)."""
+
+
+def enclosing_run_dir(path: PathLike) -> Optional[Any]:
+    """The run directory ``path`` lies in (itself or the nearest folder above it holding one of
+    :data:`RUN_MARKERS`), or None."""
+    folder = absolute_path(path)
+    while True:
+        if any((folder / marker).exists() for marker in RUN_MARKERS):
+            return folder
+        parent = folder.parent
+        if parent == folder or (is_remote(folder) and "/" not in str(parent)[len("gs://") :]):
+            return None  # the file system's root, or an object store's bucket
+        folder = parent
+
+
+@contextlib.contextmanager
+def hold_enclosing_run_lease(out: PathLike, checkpoint_cfg: Any, command: str) -> Iterator[Any]:
+    """Hold the lease of the run directory that ``out`` writes into (:func:`enclosing_run_dir`) for the block, as
+    :func:`hold_run_lease` does; nothing to hold (None) when ``out`` lies in no run directory."""
+    run_dir = enclosing_run_dir(out)
+    if run_dir is None:
+        yield None
+        return
+    with hold_run_lease(run_dir, checkpoint_cfg, command=command) as lease:
+        yield lease

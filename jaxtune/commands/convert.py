@@ -1,5 +1,8 @@
 """``jaxtune import-hf``, ``export-hf`` and ``check-hf``: Hugging Face folders <-> jaxtune checkpoints
-(:mod:`jaxtune.convert.hf`), and the comparison of both implementations on one checkpoint."""
+(:mod:`jaxtune.convert.hf`), and the comparison of both implementations on one checkpoint.
+
+``export-hf`` into a run directory holds the run's lease while it writes (:mod:`jaxtune.checkpoint.lease`, with the
+default ``checkpoint.lease_timeout_s``): refused in one line (exit 2) while a live training owns the run."""
 
 from __future__ import annotations
 
@@ -86,11 +89,19 @@ def run_import(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from jaxtune.checkpoint.lease import hold_enclosing_run_lease
+    from jaxtune.config.schema import CheckpointConfig
     from jaxtune.convert.hf import export_hf
 
-    export_hf(
-        args.checkpoint, args.out_dir, dtype=args.dtype, max_shard_size=args.max_shard_size, overwrite=args.overwrite
-    )
+    command = f"jaxtune export-hf {args.checkpoint} {args.out_dir}"
+    with hold_enclosing_run_lease(args.out_dir, CheckpointConfig(), command=command):
+        export_hf(
+            args.checkpoint,
+            args.out_dir,
+            dtype=args.dtype,
+            max_shard_size=args.max_shard_size,
+            overwrite=args.overwrite,
+        )
     print(f"wrote Hugging Face folder {args.out_dir}")
     return 0
 

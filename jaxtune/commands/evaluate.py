@@ -1,4 +1,10 @@
-"""``jaxtune eval CKPT --suite doit ...``: score a checkpoint per ability (:func:`jaxtune.eval.runner.evaluate`)."""
+"""``jaxtune eval CKPT --suite doit ...``: score a checkpoint per ability (:func:`jaxtune.eval.runner.evaluate`).
+
+An ``--out`` inside a run directory is written under that run's lease (:mod:`jaxtune.checkpoint.lease`): refused in
+one line (exit 2) while a live training owns the run. When the judge gave up on some BELLE items the summaries are
+written (those items listed in ``judge_failed``) and the command ends with one line naming how many, exit 75: run it
+again to judge only them.
+"""
 
 from __future__ import annotations
 
@@ -28,19 +34,43 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from jaxtune.checkpoint.lease import hold_enclosing_run_lease
     from jaxtune.eval.distributed import eval_mesh_config
     from jaxtune.eval.runner import evaluate
+    from jaxtune.sharding import initialize_distributed
 
     overrides = list(args.overrides)
     if args.suite:
         overrides.append(f"eval.suites={args.suite}")
     cfg = run_config(args.config, overrides, checkpoint=args.checkpoint)
-    result = evaluate(
-        args.checkpoint,
-        cfg.eval,
-        out_dir=args.out,
-        metadata=dict(kv.split("=", 1) for kv in args.meta),
-        mesh=eval_mesh_config(cfg),
-    )
+    mesh = eval_mesh_config(cfg)
+    initialize_distributed(mesh)  # every process takes part in the lease's agreement
+    with hold_enclosing_run_lease(args.out, cfg.checkpoint, command=f"jaxtune eval {args.checkpoint} --out {args.out}"):
+        result = evaluate(
+            args.checkpoint,
+            cfg.eval,
+            out_dir=args.out,
+            metadata=dict(kv.split("=", 1) for kv in args.meta),
+            mesh=mesh,
+        )
     print(result.table())
+    judge_gave_up(result)
     return 0
+
+
+def judge_gave_up(result: Any) -> None:
+    """Raise :class:`jaxtune.eval.judge.JudgeGaveUp` (exit 75) naming how many items the judge gave up on, when it
+    gave up on any (the summaries, written already, list them in ``judge_failed``)."""
+    from jaxtune.eval.judge import JudgeGaveUp
+
+    failed = {
+        stem: r.summary.details["judge_failed"]
+        for stem, r in result.results.items()
+        if r.summary.details.get("judge_failed")
+    }
+    if failed:
+        where = "; ".join(f"{len(ids)} in {stem}" for stem, ids in failed.items())
+        raise JudgeGaveUp(
+            f"the judge gave up on {sum(len(ids) for ids in failed.values())} items ({where}; listed in the summary's "
+            f"judge_failed, left out of the scores): run the same command again to judge only them"
+        )

@@ -5,7 +5,11 @@
   message: wherever a server echoes it back (a reply, an error body, a malformed body) it is replaced by ``***``
   before anything else sees the text, and cache entries written before are masked when read.
 - Transport failures (HTTP 408, 429 and 5xx, timeouts, dropped connections, malformed bodies) are retried with
-  exponential backoff, honouring ``Retry-After``; other HTTP errors fail at once.
+  exponential backoff, honouring ``Retry-After``, with a warning line per retry naming the item, the attempt and the
+  cause; other HTTP errors fail at once. When the retries run out the judge gives up on that message
+  (:class:`JudgeGaveUp`): :meth:`Judge.judge_all` records it on the message's judgements and goes on with the
+  others, until it gave up on :data:`GIVE_UP_IN_A_ROW` requests in a row with no answer between them (the judge is
+  down: the messages not asked yet are given up on without a request).
 - Scores are parsed from ``得分:`` (either colon width, optional trailing ``分`` or ``/1``); a reply without one, with
   several disagreeing ones, or off the [0, 1] scale (``得分：4分``) is a parse failure: the judge is re-asked a bounded
   number of times, never clamped, and a judgement that stays unparseable is recorded as a failure.
@@ -35,7 +39,7 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
-from jaxtune.errors import JaxtuneError
+from jaxtune.errors import EXIT_RESUMABLE, JaxtuneError
 from jaxtune.paths import append_text, as_path, is_remote, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -45,6 +49,18 @@ _SCORE = re.compile(r"得分\s*[:：]\s*(-?\d+(?:\.\d+)?)\s*(?:/\s*(\d+(?:\.\d+)
 
 class JudgeError(JaxtuneError, RuntimeError):
     """The judge endpoint failed for good (a non-retryable HTTP error, or retries exhausted)."""
+
+
+class JudgeGaveUp(JudgeError):
+    """The judge did not answer one message after every retry (timeouts, 5xx, dropped connections): retrying later
+    can succeed, so a command that stops on it exits 75 (:data:`jaxtune.errors.EXIT_RESUMABLE`)."""
+
+    exit_code = EXIT_RESUMABLE
+
+
+GIVE_UP_IN_A_ROW = 8
+"""Judgements given up on in a row (no answer from the judge between them) after which :meth:`Judge.judge_all`
+asks nothing more and gives up on the rest at once."""
 
 
 class JudgeCacheError(JaxtuneError, ValueError):
@@ -134,6 +150,8 @@ class Judgement:
     """Every reply received, re-asks included (the last one decided)."""
     problem: str | None
     cached: bool = False
+    gave_up: str | None = None
+    """Why the judge gave up on this judgement (no answer after every retry; never cached: a rerun asks again)."""
 
     @property
     def failed(self) -> bool:
@@ -272,8 +290,9 @@ class Judge:
             ) from None
         return self._mask(text)
 
-    def complete(self, content: str) -> str:
-        """The judge's reply text to one user message, retrying transport failures."""
+    def complete(self, content: str, label: str = "a message") -> str:
+        """The judge's reply text to one user message (``label`` names it in the log), retrying transport failures;
+        :class:`JudgeGaveUp` once the retries run out."""
         s = self.settings
         delay = s.backoff_s
         for attempt in range(s.max_retries + 1):
@@ -281,10 +300,16 @@ class Judge:
                 return self._post_once(content)
             except _Retryable as e:
                 if attempt == s.max_retries:
-                    raise JudgeError(f"judge {s.url} failed {attempt + 1} times; last error: {e}") from None
+                    raise JudgeGaveUp(f"judge {s.url} failed {attempt + 1} times; last error: {e}") from None
                 wait = min(s.max_backoff_s, e.retry_after if e.retry_after is not None else delay)
                 log.warning(  # a line per retry: a judge that never answers is not silent for minutes
-                    "judge request failed (%s); retry %d of %d in %.2fs", e, attempt + 1, s.max_retries, wait
+                    "judge request for %s, attempt %d failed (%s); retry %d of %d in %.2fs",
+                    label,
+                    attempt + 1,
+                    e,
+                    attempt + 1,
+                    s.max_retries,
+                    wait,
                 )
                 time.sleep(wait * (1.0 + 0.1 * random.random()))
                 delay *= 2
@@ -298,8 +323,9 @@ class Judge:
         blob = json.dumps({"judge": ident, "content": content, "repeat": repeat}, ensure_ascii=False, sort_keys=True)
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
-    def judge(self, content: str, repeat: int) -> Judgement:
-        """One judgement of ``content`` (repeat number ``repeat``), from the cache when it holds it."""
+    def judge(self, content: str, repeat: int, label: str = "a message") -> Judgement:
+        """One judgement of ``content`` (repeat number ``repeat``; ``label`` names it in the log), from the cache when
+        it holds it."""
         key = self.cache_key(content, repeat)
         if self.cache is not None:
             hit = self.cache.get(key)
@@ -315,7 +341,7 @@ class Judge:
         replies: list[str] = []
         score, problem = None, None
         for _ in range(self.settings.parse_retries + 1):
-            reply = self.complete(content)
+            reply = self.complete(content, f"{label} (judgement {repeat + 1})")
             replies.append(reply)
             score, problem = parse_judge_score(reply)
             if score is not None:
@@ -335,13 +361,38 @@ class Judge:
             )
         return result
 
-    def judge_all(self, contents: Sequence[str]) -> list[list[Judgement]]:
+    def judge_all(self, contents: Sequence[str], labels: Sequence[str] | None = None) -> list[list[Judgement]]:
         """``settings.repeats`` judgements of every message, ``settings.concurrency`` requests at a time; one list per
-        message. The first hard failure cancels what has not started and is raised (finished ones stay cached)."""
+        message (``labels`` name the messages in the log). A judgement the judge gave up on (:class:`JudgeGaveUp`)
+        comes back with ``gave_up`` set and the others go on (see the module docstring); any other hard failure
+        cancels what has not started and is raised (finished ones stay cached)."""
+        names = list(labels) if labels is not None else [f"message {i + 1}" for i in range(len(contents))]
         jobs = [(i, r) for i in range(len(contents)) for r in range(self.settings.repeats)]
         out: list[list[Judgement | None]] = [[None] * self.settings.repeats for _ in contents]
+        in_a_row = [0]  # judgements given up on since the judge last answered
+        lock = threading.Lock()
+
+        def one(i: int, r: int) -> Judgement:
+            key = self.cache_key(contents[i], r)
+            with lock:
+                down = in_a_row[0] >= GIVE_UP_IN_A_ROW
+            if down and (self.cache is None or self.cache.get(key) is None):
+                why = f"not asked: the judge gave up on the {in_a_row[0]} requests before it in a row"
+                return Judgement(key, r, None, (), why, gave_up=why)
+            try:
+                result = self.judge(contents[i], r, names[i])
+            except JudgeGaveUp as e:
+                with lock:
+                    in_a_row[0] += 1
+                log.warning("judge gave up on %s (judgement %d): %s", names[i], r + 1, e)
+                return Judgement(key, r, None, (), str(e), gave_up=str(e))
+            if not result.cached:
+                with lock:
+                    in_a_row[0] = 0
+            return result
+
         with concurrent.futures.ThreadPoolExecutor(max_workers=self.settings.concurrency) as pool:
-            futures = {pool.submit(self.judge, contents[i], r): (i, r) for i, r in jobs}
+            futures = {pool.submit(one, i, r): (i, r) for i, r in jobs}
             done, pending = concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
             failed = [f for f in done if f.exception() is not None]
             if failed:

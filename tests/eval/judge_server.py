@@ -35,12 +35,14 @@ class JudgeServer:
     not JSON, [OFFSCALE_ONCE] an off-scale score; always: [BAD] HTTP 400, [DOWN] HTTP 503. With ``expected_key`` set,
     a wrong Authorization gets a 401 whose body echoes the header it got (as some APIs do). Echoing the key: [ECHOKEY]
     a scored reply quoting the Authorization header, [ECHOKEY_GARBAGE] a 200 that is not JSON with the header near
-    byte 200 (where a cut would leave part of it), [ECHOKEY_BAD] an HTTP 400 with the header near byte 300."""
+    byte 200 (where a cut would leave part of it), [ECHOKEY_BAD] an HTTP 400 with the header near byte 300. A message
+    holding any string of ``down`` (settable while serving: a judge down for some items, then back) gets HTTP 503."""
 
     def __init__(self, delay_s: float = 0.0, slow_s: float = 1.0, expected_key: str | None = None) -> None:
         self.delay_s = delay_s
         self.slow_s = slow_s
         self.expected_key = expected_key
+        self.down: set[str] = set()
         self.requests: list[dict[str, Any]] = []
         self.calls: Counter[str] = Counter()
         self.in_flight = 0
@@ -126,7 +128,7 @@ class JudgeServer:
             return self._send(h, 400, json.dumps({"error": "y" * 280 + f" {auth}"}))
         if "[BAD]" in content:
             return self._send(h, 400, '{"error": "bad request"}')
-        if "[DOWN]" in content:
+        if "[DOWN]" in content or any(marker in content for marker in self.down):
             return self._send(h, 503, '{"error": "overloaded"}')
         if first and "[FLAKY500]" in content:
             return self._send(h, 500, '{"error": "internal"}')

@@ -13,7 +13,11 @@ An answer's score is the mean of its parsed judgements (``repeats``, 3 by defaul
 its answers; overall = unweighted mean over classes, and also without math and code (the authors found the judge
 unreliable there). Judgements that stay unparseable after the re-asks are left out of the means and reported as the
 parse-failure rate; an answer with none left is counted as unscored. Scores are on the judge's 0-1 scale (unit
-``fraction``); the judge's identity is recorded with the result.
+``fraction``); the judge's identity is recorded with the result. Items the judge gave up on (no answer after
+``eval.judge_retries`` retries of ``eval.judge_timeout_s``) are left out of every score: the summary lists them in
+``details.judge_failed`` (their ``where``, ``eval_set.json:LINE``) with a note, their items-file records carry
+``judge_failed`` (why), and ``jaxtune eval`` then exits 75; a rerun asks the judge only for them (the answers and
+the judgements made are kept).
 
 Generation (the ``eval.*`` decoding keys; :data:`MODEL_CARD_DECODING`): each question is one user turn of the
 model's template (BELLE's: ``Human: {question}\\n\\nAssistant:``), decoded with the settings of the inference code
@@ -58,7 +62,7 @@ from jaxtune.data import jsonl
 from jaxtune.errors import JaxtuneError
 from jaxtune.eval.distributed import is_writer
 from jaxtune.eval.errors import EvalSetupError
-from jaxtune.eval.judge import JUDGE_CACHE_FILE, Judge, JudgeCache, JudgeError, JudgeSettings
+from jaxtune.eval.judge import JUDGE_CACHE_FILE, Judge, JudgeCache, JudgeError, JudgeGaveUp, JudgeSettings
 from jaxtune.eval.judge_provenance import judge_provenance
 from jaxtune.eval.protocol import ChatCodec, LanguageModel
 from jaxtune.eval.suites.belle_figure import write_study_figure
@@ -331,6 +335,14 @@ def class_scores(per_class: dict[str, list[tuple[float | None, int]]]) -> tuple[
     return abilities, unscored
 
 
+def _judge_failed_note(failed: Sequence[str], total: int) -> str:
+    return (
+        f"the judge gave up on {len(failed)} of {total} items (no answer after every retry): they are left out of "
+        f"every score and listed in judge_failed; run the same command again to judge only them (the answers and "
+        f"the judgements already made are kept)"
+    )
+
+
 def score_belle(
     items: Sequence[BelleItem],
     answers: Sequence[str],
@@ -341,41 +353,53 @@ def score_belle(
     variant: str = "eval_set",
     **details: Any,
 ) -> SuiteResult:
-    """Judge every answer ``judge.settings.repeats`` times and aggregate per class."""
+    """Judge every answer ``judge.settings.repeats`` times and aggregate per class. Items the judge gave up on (a
+    judgement without an answer after every retry) are left out of every score and named in the summary's
+    ``judge_failed`` (their ``where``), with a note; :class:`JudgeGaveUp` when it gave up on every item."""
     if len(items) != len(answers):
         raise ValueError(f"{len(items)} items but {len(answers)} answers")
     messages = [judge_message(prompts[it.cls], it.question, it.std_answer, a) for it, a in zip(items, answers)]
-    judgements = judge.judge_all(messages)
+    judgements = judge.judge_all(messages, labels=[f"item {it.where}" for it in items])
 
-    records, per_class = [], {}
+    records, per_class, gave_up = [], {}, []
     total = failed = asks = 0
     for it, answer, message, js in zip(items, answers, messages, judgements):
+        record = {
+            "class": it.cls,
+            "where": it.where,
+            "prompt": it.question,
+            "reply": answer,
+            "judge_message": message,
+            "judgements": [j.score for j in js],
+            "judge_replies": [list(j.replies) for j in js],
+        }
+        why = next((j.gave_up for j in js if j.gave_up is not None), None)
+        if why is not None:
+            gave_up.append(it.where)
+            records.append({**record, "parsed": None, "correct": None, "judge_failed": why})
+            continue
         scores = [j.score for j in js if j.score is not None]
         total += len(js)
         failed += sum(j.failed for j in js)
         asks += sum(len(j.replies) for j in js)
         item_score = sum(scores) / len(scores) if scores else None
         per_class.setdefault(it.cls, []).append((item_score, sum(j.failed for j in js)))
-        records.append(
-            {
-                "class": it.cls,
-                "where": it.where,
-                "prompt": it.question,
-                "reply": answer,
-                "judge_message": message,
-                "judgements": [j.score for j in js],
-                "judge_replies": [list(j.replies) for j in js],
-                "parsed": item_score,
-                "correct": item_score,
-            }
-        )
+        records.append({**record, "parsed": item_score, "correct": item_score})
 
+    if gave_up and len(gave_up) == len(items):
+        raise JudgeGaveUp(
+            f"the judge gave up on all {len(items)} items (no answer after every retry); the answers are kept: run "
+            f"the same command again once the judge answers"
+        )
     abilities, unscored = class_scores(per_class)
     if not abilities:
         raise JudgeError(
             f"the judge produced no parseable score for any of the {len(items)} answers "
             f"({failed} of {total} judgements unparseable); its replies are in the judge cache"
         )
+    if gave_up:
+        notes = [*details.pop("notes", []), _judge_failed_note(gave_up, len(items))]
+        details.update(judge_failed=gave_up, notes=notes)
     reliable = [a.score for a in abilities if a.name not in UNRELIABLE_CLASSES]
     summary = make_summary(
         "belle",
