@@ -10,7 +10,8 @@ The checks, in order, each problem naming its dotted key:
 2. What the config names on disk: ``data.path`` and ``data.tokenizer`` are set (a run needs both) and, with
    ``data.valid_path``, ``checkpoint.init_from``, ``eval.data_dir`` and ``eval.tokenizer``, exist (local paths only;
    ``gs://`` and other URLs are not looked up); the tokenizer with the template's added tokens has
-   ``model.vocab_size`` ids; ``eval.suites`` names known suites, each with its data under ``eval.data_dir`` (when
+   ``model.vocab_size`` ids; ``data.max_len`` fits the model's positions, and its host batches fit this machine's
+   available memory (:mod:`jaxtune.data.host_memory`); ``eval.suites`` names known suites, each with its data under ``eval.data_dir`` (when
    set) and, for ``belle``, a judge.
 3. The layout, on abstract shapes: the mesh of ``mesh.*`` resolved for a device count (a
    :class:`jax.sharding.AbstractMesh`, so no device is touched), then
@@ -66,7 +67,9 @@ def accelerator_topology(name: str, slices: int = 1) -> Topology:
     return Topology(chips * slices, hosts * slices, f"{name} ({per}){across}")
 
 
-def _local_path_problems(cfg: Config) -> list[str]:
+def _local_path_problems(cfg: Config, processes: int) -> list[str]:
+    from jaxtune.data.host_memory import host_memory_problem
+
     problems = []
     for key in ("data.path", "data.tokenizer"):
         if not _get(cfg, key):
@@ -84,6 +87,9 @@ def _local_path_problems(cfg: Config) -> list[str]:
             problems.append(f"{key}={value}: no such file or folder")
     if max_len_problem(cfg):
         problems.append(max_len_problem(cfg))
+    memory = host_memory_problem(cfg, processes)
+    if memory:
+        problems.append(memory)
     tokenizer = cfg.data.tokenizer
     if tokenizer and "://" not in tokenizer and Path(tokenizer).exists():
         problems += _vocabulary_problems(cfg)
@@ -216,7 +222,7 @@ def validate(
             layout += layout_problems(cfg, mesh, topology.processes, value_problems)
     if value_problems:
         raise ValidationError([*value_problems, *layout])
-    return Validation(cfg, topology, mesh_shape, _local_path_problems(cfg) + layout)
+    return Validation(cfg, topology, mesh_shape, _local_path_problems(cfg, topology.processes) + layout)
 
 
 def _config_without_bad_overrides(path: Optional[str], overrides: Sequence[str], error: ConfigError) -> Config:

@@ -32,6 +32,7 @@ from jaxtune.checkpoint.storage import intact_steps, storage_boundary
 from jaxtune.checkpoint.train_state import TrainCheckpointManager, saved_run_config
 from jaxtune.config.loading import config_to_dict, dump_config
 from jaxtune.config.schema import Config, ConfigError, max_len_problem
+from jaxtune.data.host_memory import host_memory_problem
 from jaxtune.errors import EXIT_OK, EXIT_RESUMABLE, JaxtuneError
 from jaxtune.models.stats import model_info
 from jaxtune.paths import as_path, write_text_atomic
@@ -162,8 +163,9 @@ def pipeline_data(cfg: Config, eval_batch_size: int, row_multiple: int = 1) -> R
     ``train.batch_unit: examples`` rounds the rows per step up to it)."""
     from jaxtune.data.pipeline import build_eval_pipeline, build_train_pipeline
 
-    if max_len_problem(cfg):  # before any row of that length is built
-        raise ConfigError(max_len_problem(cfg))
+    problem = max_len_problem(cfg) or host_memory_problem(cfg, jax.process_count())
+    if problem:  # before any row of that length is built
+        raise ConfigError(problem)
 
     def build(epochs: int):
         return build_train_pipeline(
