@@ -18,10 +18,12 @@ first probes each bucket's storage layout over gRPC/TLS, which an emulator never
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import shutil
 import tempfile
+import time
 import uuid
 from typing import Iterator, Union
 
@@ -30,6 +32,12 @@ from etils import epath
 from jaxtune.errors import JaxtuneError
 
 PathLike = Union[str, os.PathLike]
+
+log = logging.getLogger(__name__)
+
+PARTIAL_GRACE_S = 3600.0
+"""Age after which a ``.NAME.partial-XXXXXXXX`` folder left by a killed :func:`staged_folder` is removed by the next
+write of NAME (a younger one may belong to a writer still at work)."""
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
@@ -104,18 +112,50 @@ def local_copy(folder: PathLike) -> epath.Path:
     return dst
 
 
+def _last_modified(folder: str) -> float:
+    """The newest modification time of a folder and everything in it (a shard being written changes only its own)."""
+    newest = os.stat(folder).st_mtime
+    for root, _, names in os.walk(folder):
+        for name in names:
+            with contextlib.suppress(OSError):
+                newest = max(newest, os.stat(os.path.join(root, name)).st_mtime)
+    return newest
+
+
+def remove_leftover_stages(dst: PathLike, grace_s: float = PARTIAL_GRACE_S) -> list[str]:
+    """Remove the ``.NAME.partial-*`` siblings of the local folder ``dst`` that a killed :func:`staged_folder` left,
+    those last modified more than ``grace_s`` seconds ago (0: every one, for a writer that holds the destination's
+    lease), with a log line each; returns their paths."""
+    dst = absolute_path(dst)
+    removed = []
+    prefix = f".{dst.name}.partial-"
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(os.fspath(dst.parent)):
+            if not entry.name.startswith(prefix) or not entry.is_dir(follow_symlinks=False):
+                continue
+            age = time.time() - _last_modified(entry.path)
+            if age < grace_s:
+                continue
+            shutil.rmtree(entry.path, ignore_errors=True)
+            log.warning("removed %s, left by an interrupted write of %s (%.0f s old)", entry.path, dst, age)
+            removed.append(entry.path)
+    return removed
+
+
 @contextlib.contextmanager
-def staged_folder(dst: PathLike) -> Iterator[str]:
+def staged_folder(dst: PathLike, partial_grace_s: float = PARTIAL_GRACE_S) -> Iterator[str]:
     """A local folder to write ``dst``'s files into, for writers of local files only (safetensors, transformers'
     ``save_pretrained``); ``dst`` appears complete or not at all, replacing what was there, once the block ends
     without error (an error or a kill leaves ``dst`` as it was).
 
-    Local: a sibling ``.NAME.partial-XXXXXXXX`` renamed to ``dst`` last (a kill leaves only that, named partial).
+    Local: a sibling ``.NAME.partial-XXXXXXXX`` renamed to ``dst`` last (a kill leaves only that, named partial;
+    such leftovers older than ``partial_grace_s`` are removed first: :func:`remove_leftover_stages`).
     Object store (no renames): a local temporary folder (needs local disk for it) whose files are uploaded once the
     block ends, ``config.json`` last, so a folder cut short by a kill has no config and loads nowhere."""
     if not is_remote(dst):
         dst = absolute_path(dst)
         dst.parent.mkdir(parents=True, exist_ok=True)
+        remove_leftover_stages(dst, partial_grace_s)
         stage = os.fspath(dst.parent / f".{dst.name}.partial-{uuid.uuid4().hex[:8]}")
         os.mkdir(stage)
         try:

@@ -9,10 +9,12 @@ credentials, no gRPC probe) when first imported.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -72,6 +74,28 @@ def test_local_files(tmp_path):
         Path(stage, "config.json").write_text("{}")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["config.json"]
     assert not list(tmp_path.glob(".out.partial-*"))
+
+
+def test_leftover_partial_folders_of_a_killed_write_are_removed_by_the_next(tmp_path, caplog):
+    # Before: every killed export left its .NAME.partial-* folder for good (20 kills: 20 folders, up to a full model).
+    old, young = tmp_path / ".out.partial-0badf00d", tmp_path / ".out.partial-1badf00d"
+    for stage in (old, young):
+        (stage / "model.safetensors").parent.mkdir()
+        (stage / "model.safetensors").write_bytes(b"x" * 10)
+    two_hours_ago = time.time() - 7200
+    for path in (old / "model.safetensors", old):
+        os.utime(path, (two_hours_ago, two_hours_ago))
+    (tmp_path / ".other.partial-2badf00d").mkdir()  # another destination's
+    with caplog.at_level(logging.WARNING, logger="jaxtune.paths"):
+        with staged_folder(tmp_path / "out") as stage:
+            Path(stage, "config.json").write_text("{}")
+    assert not old.exists() and young.exists() and (tmp_path / ".other.partial-2badf00d").exists()
+    assert [r.getMessage() for r in caplog.records] == [
+        f"removed {old}, left by an interrupted write of {tmp_path / 'out'} (7200 s old)"
+    ]
+    with staged_folder(tmp_path / "out", partial_grace_s=0) as stage:  # the writer holds the folder's lease
+        pass
+    assert not young.exists() and (tmp_path / ".other.partial-2badf00d").exists()
 
 
 def _failure(proc: subprocess.CompletedProcess) -> str:

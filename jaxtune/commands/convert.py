@@ -2,7 +2,9 @@
 (:mod:`jaxtune.convert.hf`), and the comparison of both implementations on one checkpoint.
 
 ``export-hf`` into a run directory holds the run's lease while it writes (:mod:`jaxtune.checkpoint.lease`, with the
-default ``checkpoint.lease_timeout_s``): refused in one line (exit 2) while a live training owns the run."""
+default ``checkpoint.lease_timeout_s``): refused in one line (exit 2) while a live training owns the run. Holding
+it, the export removes every ``.NAME.partial-*`` folder a killed export left there; elsewhere only those older than
+:data:`jaxtune.paths.PARTIAL_GRACE_S`."""
 
 from __future__ import annotations
 
@@ -94,13 +96,15 @@ def run_export(args: argparse.Namespace) -> int:
     from jaxtune.convert.hf import export_hf
 
     command = f"jaxtune export-hf {args.checkpoint} {args.out_dir}"
-    with hold_enclosing_run_lease(args.out_dir, CheckpointConfig(), command=command):
+    with hold_enclosing_run_lease(args.out_dir, CheckpointConfig(), command=command) as lease:
         export_hf(
             args.checkpoint,
             args.out_dir,
             dtype=args.dtype,
             max_shard_size=args.max_shard_size,
             overwrite=args.overwrite,
+            # Holding the run's lease, no other writer can be at work on the folder: its leftovers go at once.
+            **({"partial_grace_s": 0.0} if lease is not None else {}),
         )
     print(f"wrote Hugging Face folder {args.out_dir}")
     return 0

@@ -36,7 +36,7 @@ from jaxtune.convert.safetensors_io import PlannedTensor, SafetensorsWriter
 from jaxtune.data.remote import local_input
 from jaxtune.errors import JaxtuneError
 from jaxtune.models.dtypes import DTYPES
-from jaxtune.paths import as_path, staged_folder
+from jaxtune.paths import PARTIAL_GRACE_S, as_path, staged_folder
 
 logger = logging.getLogger(__name__)
 
@@ -263,6 +263,7 @@ def export_hf(
     dtype: Optional[str] = None,
     max_shard_size: int | str = "5GB",
     overwrite: bool = False,
+    partial_grace_s: float = PARTIAL_GRACE_S,
 ) -> Path:
     """``jaxtune export-hf CKPT OUT_DIR``: write a params checkpoint as a Hugging Face folder of its family
     (``LlamaForCausalLM`` or ``BloomForCausalLM``).
@@ -270,7 +271,7 @@ def export_hf(
     Writes ``model.safetensors`` (or ``model-0000i-of-0000n.safetensors`` shards of at most ``max_shard_size`` plus
     ``model.safetensors.index.json``), ``config.json``, ``generation_config.json`` and, when the checkpoint carries
     one, the tokenizer files (with its added special tokens). Vocabulary padding is stripped. dtype: cast the
-    weights (default: as stored). Returns OUT_DIR.
+    weights (default: as stored). partial_grace_s: see :func:`jaxtune.paths.staged_folder`. Returns OUT_DIR.
     """
     out_dir = as_path(out_dir)
     _check_destination(out_dir, overwrite)
@@ -280,7 +281,7 @@ def export_hf(
     cfg, params = load_params(checkpoint, as_numpy=True)
     out_dtype = np.dtype(DTYPES[dtype]) if dtype is not None else np.dtype(params["embed_tokens"].dtype)
     tok_dir = tokenizer_path(checkpoint)
-    with staged_folder(out_dir) as stage:
+    with staged_folder(out_dir, partial_grace_s) as stage:
         _write_hf_folder(cfg, params, tok_dir, stage, out_dtype, max_bytes, source=checkpoint)
     logger.info("exported %s -> %s (%s)", checkpoint, out_dir, out_dtype)
     return out_dir
