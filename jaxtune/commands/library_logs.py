@@ -5,15 +5,19 @@ unreachable store, their background threads log one to fifty tracebacks before j
 it. :func:`route_library_logs` sends the ``absl`` and ``asyncio`` loggers' records to ``$TMPDIR/jaxtune-logs/COMMAND.PID.log``
 (created only once something is logged) and stops them reaching stderr; keep that file for debugging.
 
-Not routed (yet): after a failed asynchronous save, tensorstore's callbacks print ``RuntimeError: Event loop is
-closed`` tracebacks straight to stderr (not through logging, sys.excepthook or threading.excepthook).
+After a failed save, tensorstore's callbacks into a closed asyncio loop raise ``RuntimeError: Event loop is
+closed`` where nothing can catch it: Python reports such an exception through ``sys.unraisablehook`` (a bare
+traceback on stderr, not through logging, sys.excepthook or threading.excepthook). :func:`route_library_logs`
+installs a hook that writes them into the same file instead.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 import tempfile
+import traceback
 from typing import Optional
 
 LIBRARY_LOGGERS = ("absl", "asyncio")
@@ -43,4 +47,14 @@ def route_library_logs(command: str) -> str:
             logger = logging.getLogger(name)
             logger.addHandler(_handler)
             logger.propagate = False
+        sys.unraisablehook = _unraisable_to_log
     return _handler.baseFilename
+
+
+def _unraisable_to_log(unraisable) -> None:
+    """``sys.unraisablehook``: the exception (and what raised it, when known) as a record of the library log."""
+    where = f" in {unraisable.object!r}" if unraisable.object is not None else ""
+    text = "".join(
+        traceback.format_exception(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback)
+    ).rstrip()
+    logging.getLogger("asyncio").error("%s%s:\n%s", unraisable.err_msg or "Exception ignored", where, text)

@@ -55,26 +55,13 @@ def test_a_full_disk_during_a_save_is_one_line_and_exit_75(tmp_path, small_disk,
     proc = subprocess.run(cmd, env=env, cwd=str(REPO), text=True, capture_output=True, timeout=300)
     assert proc.returncode == 75, proc.stderr[-3000:]
     prefix = f"jaxtune train: error: {small_disk / 'run'}: cannot write: "
-    # tensorstore's threads write to stderr while the line is printed: take it from where it starts in a line
-    found = [line[line.index(prefix) :] for line in proc.stderr.splitlines() if prefix in line]
-    assert len(found) == 1, proc.stderr[-3000:]
-    last = found[0]
+    # Exactly one line besides the start-up line: before, tensorstore's callbacks into the closed event loop printed
+    # "RuntimeError: Event loop is closed" tracebacks (through sys.unraisablehook) around it; now in the log file.
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("start-up: ")]
+    assert len(lines) == 1 and lines[0].startswith(prefix), proc.stderr[-3000:]
+    last = lines[0]
     assert last[len(prefix) :].startswith(("no space left on device; ", "storage exhausted; ")), last
     assert "is intact" in last and "run the same command again to continue" in last
-    assert "ERROR:absl" not in proc.stderr and "sys.meta_path is None" not in proc.stderr, proc.stderr[-3000:]
-    # Left (see jaxtune/commands/library_logs.py): after a failed save tensorstore's threads print "RuntimeError: Event
-    # loop is closed" tracebacks straight to stderr, interleaved with other output (a line may be cut anywhere,
-    # "RuntimeError: " alone or glued to jaxtune's line); every other line is gone.
-    noise = ("Event loop is closed", "Traceback (most recent call last)", "base_events.py", "_check_closed")
-    lines = [ln[: ln.index(prefix)] if prefix in ln else ln for ln in proc.stderr.splitlines()]
-    others = [
-        ln
-        for ln in lines
-        if ln.strip()
-        and not ln.startswith((" ", "start-up: "))  # the process's start-up line
-        and not "RuntimeError".startswith(ln.strip().rstrip(":"))
-    ]
-    assert [ln for ln in others if not any(n in ln for n in noise)] == [], proc.stderr[-3000:]
 
     # The intact step resumes once there is room (here: the run moved to a roomy disk).
     shutil.copytree(small_disk / "run", tmp_path / "roomy", ignore=shutil.ignore_patterns("*.orbax-checkpoint-tmp*"))
