@@ -49,6 +49,10 @@ from jaxtune.errors import JaxtuneError
 from jaxtune.paths import PathLike, absolute_path, is_remote
 
 LOCK_FILE = "lock"
+HELD_RETRY_S = 10.0
+"""Seconds for which a request on a held ``gs://`` lease (a heartbeat, the release) is retried, not
+google-cloud-storage's 120 s: a store that is down must not hold up the exit of a run that stops because of it (a
+heartbeat missed is written at the next one; a lock left behind is taken over once its holder's pid is gone)."""
 
 
 class RunLeaseError(JaxtuneError):
@@ -141,12 +145,24 @@ class _GcsLock:
             client = storage.Client()
         self.url = url
         self.blob = client.bucket(bucket).blob(name)
+        self.retry: Any = None
+        """google-cloud-storage's retry of each request; None: its default (taking the lease waits for the store)."""
+
+    def held(self) -> None:
+        """From now on retry each request for :data:`HELD_RETRY_S` at most (less when ``checkpoint.store_retries``
+        bounds google-cloud-storage's retries to less)."""
+        from google.cloud.storage.retry import DEFAULT_RETRY
+
+        self.retry = DEFAULT_RETRY.with_timeout(min(HELD_RETRY_S, DEFAULT_RETRY.timeout or HELD_RETRY_S))
+
+    def _retry(self) -> dict:
+        return {} if self.retry is None else {"retry": self.retry}
 
     def read(self) -> Optional[tuple[dict, Any]]:
         from google.api_core import exceptions
 
         try:
-            text = self.blob.download_as_text()
+            text = self.blob.download_as_text(**self._retry())
         except exceptions.NotFound:
             return None
         return _parse(text, self.url), self.blob.generation
@@ -155,7 +171,9 @@ class _GcsLock:
         from google.api_core import exceptions
 
         try:
-            self.blob.upload_from_string(text, content_type="application/json", if_generation_match=generation)
+            self.blob.upload_from_string(
+                text, content_type="application/json", if_generation_match=generation, **self._retry()
+            )
         except exceptions.PreconditionFailed:
             return False
         return True
@@ -173,7 +191,7 @@ class _GcsLock:
         from google.api_core import exceptions
 
         with contextlib.suppress(exceptions.NotFound, exceptions.PreconditionFailed):
-            self.blob.delete(if_generation_match=version)
+            self.blob.delete(if_generation_match=version, **self._retry())
 
 
 def _parse(text: str, where: str) -> dict:
@@ -278,6 +296,8 @@ class RunLease:
         raise RunLeaseError(f"{self.path}: the lease changed hands repeatedly while taking it; another writer is busy")
 
     def _took(self) -> None:
+        if isinstance(self._store, _GcsLock):
+            self._store.held()
         current = self._store.read()
         self._version = current[1] if current else None
         interval = max(0.05, min(60.0, self.timeout_s / 4))

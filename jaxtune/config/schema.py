@@ -552,9 +552,14 @@ class CheckpointConfig(_Section):
     force_takeover: bool = False
     """Take the run directory's lease even from a live holder (logged; that holder stops before its next
     checkpoint). For a holder known dead on another host, without waiting for lease_timeout_s."""
+    store_retries: Optional[int] = None
+    """Tries of one object-store request (``gs://``) before a save, a restore or a run file gives up: gcsfs's and
+    tensorstore's retry loops (:mod:`jaxtune.checkpoint.storage`). None keeps the libraries' own: gcsfs 6 tries
+    (about 35 s of backoff), tensorstore 32 (about 15 minutes). A store down longer than that ends the run in one
+    line naming the path and the cause, exit 75, the previous complete step intact."""
 
     def _rules(self, rules: _Rules) -> None:
-        rules.at_least(1, "save_every", "max_to_keep", optional=True)
+        rules.at_least(1, "save_every", "max_to_keep", "store_retries", optional=True)
         rules.positive("lease_timeout_s")
 
 

@@ -28,7 +28,7 @@ from jaxtune.checkpoint.errors import CheckpointError
 from jaxtune.checkpoint.layout import COMPLETED_FILE, DAMAGED_DIR
 from jaxtune.checkpoint.lease import RunLeaseError, hold_run_lease
 from jaxtune.checkpoint.params import expected_param_shapes, load_model_config, load_params
-from jaxtune.checkpoint.storage import intact_steps, storage_boundary
+from jaxtune.checkpoint.storage import bound_store_retries, intact_steps, storage_boundary
 from jaxtune.checkpoint.train_state import TrainCheckpointManager, saved_run_config
 from jaxtune.config.loading import config_to_dict, dump_config
 from jaxtune.config.schema import Config, ConfigError, max_len_problem
@@ -337,6 +337,7 @@ def train(cfg: Config, data: Optional[RunData] = None, *, print_fn: Callable[[st
     SIGTERM and Ctrl-C are caught from here on: one arriving during start-up (data, restore, compilation) stops the
     run before its first step, as cleanly as one arriving later."""
     check_run(cfg)  # a refused config writes nothing, not even the lease (setup_train_loop's own check repeats it)
+    bound_store_retries(cfg.checkpoint.store_retries)
     with (
         _StopRequest() as stop_request,
         hold_run_lease(cfg.run_dir, cfg.checkpoint) as lease,
