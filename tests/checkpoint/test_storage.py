@@ -77,6 +77,7 @@ def test_a_full_disk_during_a_save_is_one_line_and_exit_75(tmp_path, small_disk,
     assert f"resuming from step {step}" in resumed.stdout
 
 
+@pytest.mark.long  # two `jaxtune train` processes: scheduled first (tests/conftest.py)
 def test_an_object_store_down_during_a_save_is_one_line_and_exit_75_and_the_rerun_resumes(gcs, tmp_path):  # noqa: F811
     # Before: a traceback (gcsfs.retry.HttpError: ... 503), exit 1, after gcsfs's ~35 s of retries per request and
     # google-cloud-storage's 120 s (tensorboardX's event file); tensorstore's own retries last ~15 minutes.
