@@ -10,6 +10,7 @@ Settings come from an :class:`~jaxtune.config.schema.EvalConfig` (``key=value`` 
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 import threading
 import time
@@ -131,11 +132,17 @@ class RunningServer:
         self.loaded.engine.stop()
 
     def serve_forever(self) -> None:
+        """Serve until SIGTERM or Ctrl-C (main thread only); either stops the engine, whose last plan stops the
+        other processes of a pod slice, before returning (SIGTERM) or raising KeyboardInterrupt (Ctrl-C)."""
         self.loaded.engine.start()
+        # uvicorn shuts down on SIGTERM, then raises it again under the handler it found: by default that would end
+        # the process before the engine stops, leaving the other processes waiting on a plan that never comes.
+        previous = signal.signal(signal.SIGTERM, lambda *_: None)
         try:
             self.server.run()
         finally:
             self.loaded.engine.stop()
+            signal.signal(signal.SIGTERM, previous)
 
     def __enter__(self) -> RunningServer:
         return self.start()
