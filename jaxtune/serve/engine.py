@@ -5,10 +5,10 @@
   waiting requests into free rows (one prefill for all of them, padded to a bucket length; an idle engine first
   waits a few milliseconds while more requests keep arriving, so that clients arriving together share one
   prefill: 32 benchmark clients otherwise came in three, each costing about four decoding steps), then decodes up
-  to ``steps`` tokens for every live row while a live request streams or a request waits (leaving early when a row
-  stops while requests wait), else up to ``max_steps`` (fewer trips to the host when nobody reads the tokens as
-  they come). The tokens go to each request (:meth:`jaxtune.serve.request.ServeRequest.feed`), which streams its
-  text.
+  to ``steps`` tokens for every live row (leaving early when a row stops while requests wait), or up to
+  ``max_steps`` when every row holds a request that is not streamed and none waits (fewer trips to the host when
+  nobody reads the tokens as they come and nobody could be admitted sooner). The tokens go to each request
+  (:meth:`jaxtune.serve.request.ServeRequest.feed`), which streams its text.
 - The batch has ``rows`` rows and a cache of ``context`` slots for the server's life: one decoding program, and one
   prefill per (prefill rows, bucket length) pair, the prefill rows being one or the whole batch. Admission
   is refused upstream for a prompt + ``max_tokens`` beyond ``context``.
@@ -238,8 +238,10 @@ class Engine:
             release, self._released = tuple(self._released), []
             reset, self._reset = self._reset, False
             waiting = bool(self._waiting)
-            streams = any(r is not None and r.stream for r in self._owner)
-            steps = self.batch.steps if waiting or streams else self.batch.max_steps
+            # Long device calls only when no request could join before their end anyway (every row busy; a request
+            # arriving meanwhile waits for a row to free) and nobody reads the tokens as they come.
+            long = all(r is not None and not r.stream for r in self._owner) and not waiting
+            steps = self.batch.max_steps if long else self.batch.steps
             return Plan(release=release, admit=tuple(admit), waiting=waiting, steps=steps, reset=reset)
 
     def _gather(self) -> None:
