@@ -1,6 +1,7 @@
-"""The engine's plans on a pod slice, without a second process: a failed step is broadcast with the next plan and
+"""The engine's plans. On a pod slice, without a second process: a failed step is broadcast with the next plan and
 every process (process 0 and a follower replaying the same plans) starts its batch anew alike; a follower whose
-step failed where process 0's did not gives up instead of serving from rows out of step."""
+step failed where process 0's did not gives up instead of serving from rows out of step. And how many tokens a plan
+decodes: long device calls only when no request could join sooner and none is streamed."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from flax import nnx
 from jaxtune.serve import engine as engine_module
 from jaxtune.serve.engine import Batch, Engine
 from jaxtune.serve.plan import Plan
+from jaxtune.serve.request import Decoding, ServeRequest
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -106,3 +108,25 @@ def test_a_follower_out_of_step_with_process_0_gives_up(monkeypatch):
     monkeypatch.setattr(engine_module, "share_plan", _replaying([Plan(), Plan(), Plan(shutdown=True)]))
     with pytest.raises(RuntimeError, match="out of step"):
         Engine(Failing()).follow()
+
+
+def _plan_steps(requests: list[ServeRequest], rows: int = 2) -> tuple[int, bool]:
+    class Rows:  # what the engine's planning reads of its batch
+        steps, max_steps = 8, 32
+
+    Rows.rows = rows
+    engine = Engine(Rows(), admit_window_s=0.001)
+    for request in requests:
+        engine.submit(request)
+    plan = engine._plan()
+    return plan.steps, plan.waiting
+
+
+def test_long_device_calls_only_when_nobody_could_join_sooner_or_reads_the_tokens():
+    def request(stream: bool = False) -> ServeRequest:
+        return ServeRequest([1, 2], Decoding(max_tokens=40), lambda event: None, lambda ids: "", stream=stream)
+
+    assert _plan_steps([request(), request()]) == (32, False)  # every row busy, nothing streamed
+    assert _plan_steps([request()]) == (8, False)  # a free row: a request arriving soon joins within 8 tokens
+    assert _plan_steps([request(), request(stream=True)]) == (8, False)  # a stream reads every 8 tokens
+    assert _plan_steps([request(), request(), request()]) == (8, True)  # one waits for a row to free
