@@ -14,7 +14,8 @@ tokens as the server counts them, over the wall time of the whole set):
 Each side is run once untimed first (compilation), then timed ``--repeats`` times alternating (so other load on
 the machine falls on all alike); medians are reported beside ``os.getloadavg()``. The client process keeps one
 ``openai`` client (its connections kept alive, as a real client's) across sets: building one costs ~0.1 s, which is
-the client's time, not the server's. With the defaults the whole benchmark takes about 1.5 minutes on 2 idle cores.
+the client's time, not the server's. With the defaults the whole benchmark took 136-149 s on 2 cores shared at a load
+of 8-10.
 
     .venv/bin/python benchmarks/serve.py
     .venv/bin/python benchmarks/serve.py --hidden 512 --layers 4 --clients 32 --new-tokens 64 --repeats 3
