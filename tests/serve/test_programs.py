@@ -1,5 +1,5 @@
 """The serving batch's token selection: ids beyond the tokenizer's vocabulary are never chosen, greedy or sampled,
-as in ``jaxtune eval`` (:attr:`jaxtune.eval.sampling.SamplingParams.known_ids`)."""
+as in ``jaxtune eval`` (:attr:`jaxtune.eval.sampling.SamplingParams.known_ids`); the server passes its tokenizer's."""
 
 from __future__ import annotations
 
@@ -35,3 +35,9 @@ def test_ids_beyond_the_tokenizer_are_never_selected():
         chosen = np.asarray(select(logits, seen, settings, jnp.full((4,), step, jnp.int32), known_ids=KNOWN))
         assert (chosen < KNOWN).all(), chosen
         assert (chosen[:2] == 3).all()  # greedy: the best known id
+
+
+def test_the_server_masks_ids_beyond_its_tokenizer(server):
+    # What the session's server samples with: its tokenizer's vocabulary (jaxtune eval's SamplingParams.known_ids).
+    batch = server.loaded.engine.batch
+    assert batch.known_ids == server.loaded.codec.tokenizer.vocab_size == 1004
