@@ -81,11 +81,18 @@ def top_p_filter(logits: jnp.ndarray, p: float) -> jnp.ndarray:
     return jnp.where(remove, -jnp.inf, logits)
 
 
+def drop_unknown_ids(logits: jnp.ndarray, known_ids: int) -> jnp.ndarray:
+    """``logits`` (..., V) with ids at or above ``known_ids`` set to -inf (0, or V and more: unchanged), so they are
+    never chosen (see :attr:`SamplingParams.known_ids`)."""
+    if 0 < known_ids < logits.shape[-1]:
+        return jnp.where(jnp.arange(logits.shape[-1]) >= known_ids, -jnp.inf, logits)
+    return logits
+
+
 def process_logits(logits: jnp.ndarray, seen: jnp.ndarray | None, params: SamplingParams) -> jnp.ndarray:
     """The logits a token is chosen from: ids beyond ``known_ids`` removed, penalty, then (sampling only)
     temperature, top-k, top-p."""
-    if 0 < params.known_ids < logits.shape[-1]:
-        logits = jnp.where(jnp.arange(logits.shape[-1]) >= params.known_ids, -jnp.inf, logits)
+    logits = drop_unknown_ids(logits, params.known_ids)
     if params.uses_penalty:
         if seen is None:
             raise ValueError("a repetition penalty needs the mask of tokens already seen")

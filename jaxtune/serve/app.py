@@ -73,7 +73,8 @@ class Handlers:
                 except RuntimeError:  # the loop is closed: the server is going away
                     pass
 
-            job = ServeRequest(parsed.prompt_ids, parsed.decoding, sink, self.codec.decode, stop_ids=self.stop_ids)
+            job = ServeRequest(parsed.prompt_ids, parsed.decoding, sink, self.codec.decode, stop_ids=self.stop_ids,
+                               stream=parsed.stream)  # fmt: skip
             try:
                 self.engine.submit(job)
             except QueueFull as e:

@@ -33,7 +33,7 @@ def reply(loaded: Loaded, history: list[dict[str, str]], out: TextIO, timeout_s:
             del history[: 2 if len(history) > 2 else 1]
     events: queue.Queue[Event] = queue.Queue()
     stop_ids = frozenset(int(i) for i in loaded.codec.stop_ids)
-    job = ServeRequest(prompt, decoding, events.put, loaded.codec.decode, stop_ids=stop_ids)
+    job = ServeRequest(prompt, decoding, events.put, loaded.codec.decode, stop_ids=stop_ids, stream=True)
     loaded.engine.submit(job)
     parts = []
     try:

@@ -5,14 +5,18 @@
   waiting requests into free rows (one prefill for all of them, padded to a bucket length; an idle engine first
   waits a few milliseconds while more requests keep arriving, so that clients arriving together share one
   prefill: 32 benchmark clients otherwise came in three, each costing about four decoding steps), then decodes up
-  to ``steps`` tokens for every live row (leaving early when a row stops while requests wait). The tokens go to each
-  request (:meth:`jaxtune.serve.request.ServeRequest.feed`), which streams its text.
+  to ``steps`` tokens for every live row (leaving early when a row stops while requests wait), or up to
+  ``max_steps`` when every row holds a request that is not streamed and none waits (fewer trips to the host when
+  nobody reads the tokens as they come and nobody could be admitted sooner). The tokens go to each request
+  (:meth:`jaxtune.serve.request.ServeRequest.feed`), which streams its text.
 - The batch has ``rows`` rows and a cache of ``context`` slots for the server's life: one decoding program, and one
   prefill per (prefill rows, bucket length) pair, the prefill rows being one or the whole batch. Admission
   is refused upstream for a prompt + ``max_tokens`` beyond ``context``.
 - All JAX calls happen on the engine thread (never the HTTP event loop). With several processes, process 0 plans
   and every process runs the same programs (:func:`jaxtune.serve.plan.share_plan`); :meth:`Engine.follow` is the
   loop of the others.
+- A step that raises fails the requests it served (HTTP 500) and the server goes on: the next plan says ``reset``,
+  and every process (process 0 and the followers alike) frees all rows and renews its device state before it.
 """
 
 from __future__ import annotations
@@ -47,7 +51,9 @@ class Batch:
     """The device side of the engine (every process holds one): the rows, their settings and the programs."""
 
     def __init__(self, model: nnx.Module, *, rows: int, context: int, steps: int, bucket_multiple: int, stop_ids,
-                 mesh: Optional[Mesh] = None):  # fmt: skip
+                 max_steps: Optional[int] = None, known_ids: int = 0, mesh: Optional[Mesh] = None):  # fmt: skip
+        """steps: tokens per device call while tokens are streamed or requests wait; max_steps: otherwise (default
+        ``steps``). known_ids: ids at or above it are never sampled (the tokenizer's vocabulary; 0: none)."""
         check_batch_rows(rows, mesh)
         self.cfg = model.cfg
         self.graphdef, self.state = nnx.split(model)
@@ -58,6 +64,8 @@ class Batch:
             bucket_multiple,
             mesh,
         )
+        self.max_steps = max(steps, max_steps or steps)
+        self.known_ids = known_ids
         self.pad_id = model.cfg.pad_token_id or 0
         table = sorted({int(s) for s in stop_ids})
         self.stop_table = np.full((max(8, len(table)),), -1, np.int32)
@@ -73,8 +81,8 @@ class Batch:
         self.group_sizes = sorted({dp, rows})
         keep = (None, replicated(mesh))
         self._empty = jitted(programs.empty_rows, self.graphdef, self.cfg, mesh, ("rows", "length"), out_shardings=None)
-        self._prefill = jitted(programs.prefill, self.graphdef, self.cfg, mesh, ("mesh",), ("rows",), keep)
-        self._decode = jitted(programs.decode, self.graphdef, self.cfg, mesh, ("steps", "mesh"), ("rows",),
+        self._prefill = jitted(programs.prefill, self.graphdef, self.cfg, mesh, ("known_ids", "mesh"), ("rows",), keep)
+        self._decode = jitted(programs.decode, self.graphdef, self.cfg, mesh, ("steps", "known_ids", "mesh"), ("rows",),
                               (None, replicated(mesh), replicated(mesh)))  # fmt: skip
         self.alive = np.zeros((rows,), bool)
         self.settings = programs.RowSettings(
@@ -98,6 +106,9 @@ class Batch:
 
     def run(self, plan: Plan) -> dict[int, tuple[list[int], bool]]:
         """Apply one plan; the tokens each row produced in it and whether the row stopped."""
+        if plan.reset:
+            log.warning("the previous step failed: every row is freed and the batch starts anew")
+            self.reset()
         for slot in plan.release:
             self.alive[slot] = False
         out: dict[int, tuple[list[int], bool]] = {}
@@ -105,7 +116,7 @@ class Batch:
             if plan.admit:
                 out.update(self._admit(plan.admit))
             if self.alive.any():
-                for slot, (tokens, ended) in self._step(plan.waiting).items():
+                for slot, (tokens, ended) in self._step(plan.waiting, plan.steps or self.steps).items():
                     before = out.get(slot, ([], False))[0]
                     out[slot] = (before + tokens, ended)
         return out
@@ -125,8 +136,9 @@ class Batch:
         settings = programs.RowSettings(*(np.asarray(a)[picked] for a in self.settings))
         inputs = put_rows([slots, batch.input_ids, batch.segment_ids, batch.last_index], self.mesh)
         self.device, first = self._prefill(
-            self.state, self.device, *inputs, programs.RowSettings(*put_rows(list(settings), self.mesh)), mesh=self.mesh
-        )
+            self.state, self.device, *inputs, programs.RowSettings(*put_rows(list(settings), self.mesh)),
+            known_ids=self.known_ids, mesh=self.mesh,
+        )  # fmt: skip
         first = np.asarray(jax.device_get(first))
         out = {}
         for k, a in enumerate(admit):
@@ -136,11 +148,11 @@ class Batch:
             out[a.slot] = ([token], ended)
         return out
 
-    def _step(self, waiting: bool) -> dict[int, tuple[list[int], bool]]:
+    def _step(self, waiting: bool, steps: int) -> dict[int, tuple[list[int], bool]]:
         alive, settings = put_rows([self.alive], self.mesh)[0], put_rows(list(self.settings), self.mesh)
         self.device, tokens, stopped = self._decode(
             self.state, self.device, alive, programs.RowSettings(*settings), self.stop_table, np.bool_(waiting),
-            steps=self.steps, mesh=self.mesh,
+            np.int32(min(steps, self.max_steps)), steps=self.max_steps, known_ids=self.known_ids, mesh=self.mesh,
         )  # fmt: skip
         tokens, stopped = (np.asarray(a) for a in jax.device_get((tokens, stopped)))
         out = {}
@@ -165,6 +177,7 @@ class Engine:
         self._waiting: deque[ServeRequest] = deque()
         self._owner: list[Optional[ServeRequest]] = [None] * batch.rows
         self._released: list[int] = []
+        self._reset = False  # the last step failed: the next plan renews every process's batch
         self._wake = threading.Condition()
         self._stopping = False
         self._thread: Optional[threading.Thread] = None
@@ -204,7 +217,7 @@ class Engine:
 
     def _plan(self) -> Plan:
         with self._wake:
-            while not self._stopping and not self._waiting and not self._released and not self.rows_in_use():
+            while not (self._stopping or self._waiting or self._released or self._reset or self.rows_in_use()):
                 self._wake.wait(1.0)
             if not self.rows_in_use():
                 self._gather()
@@ -223,7 +236,13 @@ class Engine:
                     admit.append(Admission(slot, tuple(request.prompt_ids), d.temperature, d.top_k, d.top_p,
                                            d.repetition_penalty, d.seed, d.max_tokens))  # fmt: skip
             release, self._released = tuple(self._released), []
-            return Plan(release=release, admit=tuple(admit), waiting=bool(self._waiting))
+            reset, self._reset = self._reset, False
+            waiting = bool(self._waiting)
+            # Long device calls only when no request could join before their end anyway (every row busy; a request
+            # arriving meanwhile waits for a row to free) and nobody reads the tokens as they come.
+            long = all(r is not None and not r.stream for r in self._owner) and not waiting
+            steps = self.batch.max_steps if long else self.batch.steps
+            return Plan(release=release, admit=tuple(admit), waiting=waiting, steps=steps, reset=reset)
 
     def _gather(self) -> None:
         """Wait (lock held) while requests keep arriving, up to a batch of them (see ``admit_window_s``)."""
@@ -242,7 +261,8 @@ class Engine:
 
     def _loop(self) -> None:
         while True:
-            plan = share_plan(self._plan())
+            plan = self._plan()
+            plan = share_plan(plan)
             if plan.shutdown:
                 break
             try:
@@ -250,7 +270,8 @@ class Engine:
             except Exception as e:  # a failed step fails its requests, not the server
                 log.exception("engine step failed")
                 self._fail_all(f"the engine failed: {type(e).__name__}: {e}")
-                self.batch.reset()
+                with self._wake:
+                    self._reset = True
                 continue
             self.steps_run += 1
             for slot, (tokens, ended) in produced.items():
@@ -278,9 +299,19 @@ class Engine:
                 self._waiting.popleft().fail(message)
 
     def follow(self) -> None:
-        """The loop of a process other than 0: run every plan process 0 shares until it shuts down."""
+        """The loop of a process other than 0: run every plan process 0 shares until it shuts down. A step that
+        fails here is logged and the next plan's ``reset`` starts the batch anew, as on process 0; if process 0's
+        step went through instead, the processes no longer hold the same rows and this one gives up."""
+        failed = False
         while True:
             plan = share_plan(None)
             if plan.shutdown:
                 return
-            self.batch.run(plan)
+            if failed and not plan.reset:
+                raise RuntimeError("a step failed on this process but not on process 0: the batch is out of step")
+            try:
+                self.batch.run(plan)
+                failed = False
+            except Exception:
+                log.exception("engine step failed")
+                failed = True

@@ -1,10 +1,12 @@
 """What one step of the serving engine does, decided by process 0 and shared with every process of a pod slice.
 
 Every process runs the same device programs on the same inputs (the batch is sharded over all of them), but only
-process 0 hears HTTP requests. So process 0 writes each step's decisions into a :class:`Plan` (the rows it frees,
-the prompts it admits with their settings, whether a request waits) and, with several processes, broadcasts it as
-JSON bytes before the step (:func:`share_plan`); the other processes apply the same plan and compute the same
-outputs, which come back replicated so every process derives the same row states from them.
+process 0 hears HTTP requests. So process 0 writes each step's decisions into a :class:`Plan` (whether the batch
+starts anew after a failed step, the rows it frees, the prompts it admits with their settings, how many tokens to
+decode, whether a request waits) and, with several processes, broadcasts it as JSON bytes before the step
+(:func:`share_plan`); the other processes apply the same plan and compute the same outputs, which come back
+replicated so every process derives the same row states from them. A step that failed is known to every process
+through the next plan's ``reset``, so all of them drop their rows and device state alike.
 """
 
 from __future__ import annotations
@@ -32,12 +34,15 @@ class Admission:
 
 @dataclass(frozen=True)
 class Plan:
-    """One engine step: free ``release`` rows, prefill ``admit``, then decode the live rows (leaving the device loop
-    as soon as a row stops when ``waiting``)."""
+    """One engine step: with ``reset`` free every row and renew the device state (the previous step failed), free
+    ``release`` rows, prefill ``admit``, then decode up to ``steps`` tokens of the live rows (0: the batch's
+    streaming chunk; leaving the device loop as soon as a row stops when ``waiting``)."""
 
     release: tuple[int, ...] = ()
     admit: tuple[Admission, ...] = ()
     waiting: bool = False
+    steps: int = 0
+    reset: bool = False
     shutdown: bool = False
 
     def to_json(self) -> str:

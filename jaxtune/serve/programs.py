@@ -9,8 +9,9 @@ is compiled once and a prefill once per (rows, bucket length) pair):
 - :class:`RowSettings` holds one value per row of each decoding setting (temperature, top-k, top-p, repetition
   penalty, seed, max new tokens), so requests with different settings share one batch.
 
-Token selection follows :mod:`jaxtune.eval.sampling` (transformers' order: penalty, then temperature, top-k, top-p
-when sampling) with per-row values; a row with temperature 0 is greedy. A row's key is ``fold_in(key(seed), 0)``
+Token selection follows :mod:`jaxtune.eval.sampling` (ids beyond the tokenizer's ``known_ids`` removed, then
+transformers' order: penalty, then temperature, top-k, top-p when sampling) with per-row values; a row with
+temperature 0 is greedy. A row's key is ``fold_in(key(seed), 0)``
 and its step key ``fold_in(row_key, n)`` for its n-th token: the keys :class:`jaxtune.eval.generate.Generator`
 gives prompt 0 of a call, so a greedy (or seeded) reply equals what ``jaxtune eval`` decodes for that prompt.
 """
@@ -27,7 +28,7 @@ from jax.sharding import Mesh
 from jaxtune.eval.batching import keep_default_layout
 from jaxtune.eval.generate import prompt_tokens_seen
 from jaxtune.eval.likelihood import prompt_pass
-from jaxtune.eval.sampling import apply_repetition_penalty, top_p_filter
+from jaxtune.eval.sampling import apply_repetition_penalty, drop_unknown_ids, top_p_filter
 from jaxtune.models.axes import KV_CACHE
 
 NO_TOKEN = -1
@@ -83,9 +84,13 @@ def _top_k_rows(logits: jnp.ndarray, k: jnp.ndarray) -> jnp.ndarray:
     return jnp.where((k[:, None] > 0) & (logits < kth), -jnp.inf, logits)
 
 
-def select_rows(logits: jnp.ndarray, seen: jnp.ndarray, s: RowSettings, step: jnp.ndarray) -> jnp.ndarray:
+def select_rows(
+    logits: jnp.ndarray, seen: jnp.ndarray, s: RowSettings, step: jnp.ndarray, known_ids: int = 0
+) -> jnp.ndarray:
     """One token per row (B,) int32 from float32 logits (B, V), each row by its own settings; ``step`` (B,): the
-    index of the token in the row's reply (its sampling key)."""
+    index of the token in the row's reply (its sampling key). Ids at or above ``known_ids`` (the tokenizer's
+    vocabulary, when the model's is wider; 0: none) are never chosen, as in ``jaxtune eval``."""
+    logits = drop_unknown_ids(logits, known_ids)
     logits = apply_repetition_penalty(logits, seen, s.penalty[:, None])
     greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     sampling = s.temperature > 0
@@ -113,15 +118,16 @@ def prefill(
     last_index: jnp.ndarray,
     settings: RowSettings,
     *,
+    known_ids: int = 0,
     mesh: Optional[Mesh] = None,
 ) -> tuple[ServeRows, jnp.ndarray]:
     """Prompts (R, T), right-padded (segment 0), into rows ``slots`` (R,; B for a dummy row: dropped); returns the
-    batch and each prompt's first token (R,)."""
+    batch and each prompt's first token (R,). ``known_ids``: as for :func:`select_rows`."""
     model = nnx.merge(graphdef, state)
     n = input_ids.shape[0]
     logits, cache = prompt_pass(model, input_ids, segment_ids, last_index)
     seen = prompt_tokens_seen(input_ids, segment_ids, model.cfg.vocab_size)
-    first = select_rows(logits, seen, settings, jnp.zeros((n,), jnp.int32))
+    first = select_rows(logits, seen, settings, jnp.zeros((n,), jnp.int32), known_ids)
     seen = seen.at[jnp.arange(n), first].set(True)
     pin = lambda a: keep_default_layout(a, mesh, KV_CACHE)  # noqa: E731
     return (
@@ -143,21 +149,23 @@ def decode(
     settings: RowSettings,
     stop_ids: jnp.ndarray,
     exit_on_finish: jnp.ndarray,
+    max_steps: jnp.ndarray,
     *,
     steps: int,
+    known_ids: int = 0,
     mesh: Optional[Mesh] = None,
 ) -> tuple[ServeRows, jnp.ndarray, jnp.ndarray]:
-    """Up to ``steps`` tokens for each row in ``alive`` (B,); a row stops on a token of ``stop_ids`` or at its
-    ``settings.limit``. Leaves early once no row is alive or, with ``exit_on_finish``, as soon as a row stops (so
+    """Up to ``max_steps`` (a scalar, at most the static ``steps``) tokens for each row in ``alive`` (B,); a row
+    stops on a token of ``stop_ids`` or at its ``settings.limit``. Leaves early once no row is alive or, with ``exit_on_finish``, as soon as a row stops (so
     a waiting request takes its place). Returns the batch, the tokens (B, steps; NO_TOKEN where none) and which
-    rows stopped (B,)."""
+    rows stopped (B,). ``known_ids``: as for :func:`select_rows`."""
     model = nnx.merge(graphdef, state)
     b = alive.shape[0]
     every_row = jnp.arange(b)
 
     def cond(loop):
         step, r, out, live, stopped = loop
-        return (step < steps) & jnp.any(live) & ~(exit_on_finish & jnp.any(stopped))
+        return (step < jnp.minimum(max_steps, steps)) & jnp.any(live) & ~(exit_on_finish & jnp.any(stopped))
 
     def body(loop):
         step, r, out, live, stopped = loop
@@ -172,7 +180,7 @@ def decode(
             v=keep_default_layout(cache.v, mesh, KV_CACHE),
             index=jnp.where(live, cache.index, r.cache.index),
         )
-        token = jnp.where(live, select_rows(logits[:, 0, :], r.seen, settings, r.count), r.previous)
+        token = jnp.where(live, select_rows(logits[:, 0, :], r.seen, settings, r.count, known_ids), r.previous)
         count = r.count + live.astype(jnp.int32)
         ends = live & (jnp.any(token[:, None] == stop_ids[None, :], axis=-1) | (count >= settings.limit))
         seen = r.seen.at[every_row, token].set(r.seen[every_row, token] | live)

@@ -2,8 +2,10 @@
 
 The engine thread feeds a request its tokens (:meth:`ServeRequest.feed`); the request turns them into text deltas
 for its ``sink`` (a callable the HTTP side gives, run on the engine thread: it must only hand the event over, e.g.
-``loop.call_soon_threadsafe``). Text is decoded from all tokens so far and sent as it grows, holding back a tail
-that may still become a stop string or that ends in an incomplete UTF-8 character. Events:
+``loop.call_soon_threadsafe``). A streamed request's text is decoded from all tokens so far and sent as it grows,
+holding back a tail that may still become a stop string or that ends in an incomplete UTF-8 character; a request
+that is not streamed gets its whole text in one delta when it ends (its tokens are decoded only then, or at each
+feed when a stop string must be looked for). Events:
 
 - ``Event("delta", text=...)``: more reply text;
 - ``Event("done", text="", finish_reason="stop" | "length", usage={prompt_tokens, completion_tokens, total_tokens})``;
@@ -52,6 +54,8 @@ class ServeRequest:
     """Token ids -> text (special tokens, stop tokens included, dropped)."""
     stop_ids: frozenset[int] = frozenset()
     """The template's stop tokens (a reply that ends on one finished with reason ``stop``)."""
+    stream: bool = False
+    """Text is sent as it is decoded (else all at the end; the engine then decodes more tokens per device call)."""
     tokens: list[int] = field(default_factory=list)
     sent: str = ""
     finished: bool = False
@@ -75,6 +79,8 @@ class ServeRequest:
         if self.finished:
             return True
         self.tokens.extend(int(t) for t in tokens)
+        if not (ended or self.stream or self.decoding.stop):
+            return False
         text = self.decode_text(self.tokens)
         cut = min((i for i in (text.find(s) for s in self.decoding.stop) if i >= 0), default=-1)
         if cut >= 0:
@@ -82,6 +88,8 @@ class ServeRequest:
         if ended:
             reason = "length" if len(self.tokens) >= self.decoding.max_tokens and not self._ends_on_stop() else "stop"
             return self._finish(text, reason)
+        if not self.stream:
+            return False
         safe = text.rstrip("\ufffd")
         hold = max((k for s in self.decoding.stop for k in range(1, len(s)) if safe.endswith(s[:k])), default=0)
         self._send(safe[: len(safe) - hold])

@@ -10,6 +10,7 @@ Settings come from an :class:`~jaxtune.config.schema.EvalConfig` (``key=value`` 
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 import threading
 import time
@@ -31,7 +32,11 @@ from jaxtune.serve.request import Decoding
 log = logging.getLogger(__name__)
 
 DECODE_STEPS = 8
-"""Tokens per device call at most: the granularity of streaming and of admitting a waiting request."""
+"""Tokens per device call at most while a reply is streamed or a request waits: the granularity of streaming and of
+admitting a waiting request."""
+
+MAX_DECODE_STEPS = 32
+"""Tokens per device call at most when no reply is streamed and no request waits (fewer trips to the host)."""
 
 
 @dataclass
@@ -66,6 +71,8 @@ def load_for_serving(
         rows=rows or eval_cfg.batch_size,
         context=context,
         steps=DECODE_STEPS,
+        max_steps=MAX_DECODE_STEPS,
+        known_ids=codec.tokenizer.vocab_size,
         bucket_multiple=eval_cfg.bucket_multiple,
         stop_ids=codec.stop_ids,
         mesh=mesh,
@@ -125,11 +132,17 @@ class RunningServer:
         self.loaded.engine.stop()
 
     def serve_forever(self) -> None:
+        """Serve until SIGTERM or Ctrl-C (main thread only); either stops the engine, whose last plan stops the
+        other processes of a pod slice, before returning (SIGTERM) or raising KeyboardInterrupt (Ctrl-C)."""
         self.loaded.engine.start()
+        # uvicorn shuts down on SIGTERM, then raises it again under the handler it found: by default that would end
+        # the process before the engine stops, leaving the other processes waiting on a plan that never comes.
+        previous = signal.signal(signal.SIGTERM, lambda *_: None)
         try:
             self.server.run()
         finally:
             self.loaded.engine.stop()
+            signal.signal(signal.SIGTERM, previous)
 
     def __enter__(self) -> RunningServer:
         return self.start()
