@@ -54,23 +54,5 @@ def run(args: argparse.Namespace) -> int:
             mesh=mesh,
         )
     print(result.table())
-    judge_gave_up(result)
+    result.raise_if_judge_gave_up()
     return 0
-
-
-def judge_gave_up(result: Any) -> None:
-    """Raise :class:`jaxtune.eval.judge.JudgeGaveUp` (exit 75) naming how many items the judge gave up on, when it
-    gave up on any (the summaries, written already, list them in ``judge_failed``)."""
-    from jaxtune.eval.judge import JudgeGaveUp
-
-    failed = {
-        stem: r.summary.details["judge_failed"]
-        for stem, r in result.results.items()
-        if r.summary.details.get("judge_failed")
-    }
-    if failed:
-        where = "; ".join(f"{len(ids)} in {stem}" for stem, ids in failed.items())
-        raise JudgeGaveUp(
-            f"the judge gave up on {sum(len(ids) for ids in failed.values())} items ({where}; listed in the summary's "
-            f"judge_failed, left out of the scores): run the same command again to judge only them"
-        )

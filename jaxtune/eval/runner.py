@@ -28,7 +28,7 @@ from jaxtune.eval.distributed import (
     setup_mesh,
 )
 from jaxtune.eval.errors import EvalSetupError
-from jaxtune.eval.judge import JUDGE_CACHE_FILE
+from jaxtune.eval.judge import JUDGE_CACHE_FILE, JudgeGaveUp
 from jaxtune.eval.language_model import JaxLanguageModel, sampling_from_config
 from jaxtune.eval.loading import load_codec, load_model, tokenizer_location
 from jaxtune.eval.progress import SuiteProgress
@@ -117,6 +117,25 @@ class Evaluation:
         parts = [format_table(r.summary) for r in self.results.values()]
         parts += [f"wrote {summary} and {items}" for summary, items in self.files.values()]
         return "\n\n".join(parts)
+
+    def judge_failed(self) -> dict[str, list[str]]:
+        """The items a judge gave up on (``details.judge_failed`` of each summary), by suite; empty when none."""
+        return {
+            stem: list(r.summary.details["judge_failed"])
+            for stem, r in self.results.items()
+            if r.summary.details.get("judge_failed")
+        }
+
+    def raise_if_judge_gave_up(self, where: str = "") -> None:
+        """:class:`jaxtune.eval.judge.JudgeGaveUp` (exit 75) naming how many items the judge gave up on, if any
+        (the summaries, written already, list them): running the same command again judges only them."""
+        failed = self.judge_failed()
+        if failed:
+            counts = "; ".join(f"{len(ids)} in {stem}" for stem, ids in failed.items())
+            raise JudgeGaveUp(
+                f"{where}the judge gave up on {sum(map(len, failed.values()))} items ({counts}; listed in the "
+                f"summary's judge_failed, left out of the scores): run the same command again to judge only them"
+            )
 
 
 def evaluate(

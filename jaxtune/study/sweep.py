@@ -136,6 +136,7 @@ def sweep(
     the results (default :func:`model_size_label`); ``write_report=False`` leaves the report to the caller (the grid
     draws one over all its models)."""
     from jaxtune.eval.distributed import agree, eval_mesh_config, is_writer
+    from jaxtune.eval.judge import JudgeGaveUp
     from jaxtune.eval.runner import evaluate
     from jaxtune.runtime.compiles import run_cache_dir
     from jaxtune.study.report import report
@@ -154,6 +155,7 @@ def sweep(
     root = as_path(cfg.run_dir)
     size = model_size or model_size_label(cfg)
     runs: list[SweepRun] = []
+    gave_up: list[tuple[str, dict]] = []  # (where, items by suite) of evaluations the judge gave up on items of
     started = time.time()
     # Every cell compiles the same programs: one persistent cache serves them all (the second cell compiles nothing).
     cell_train = dataclasses.replace(
@@ -185,18 +187,26 @@ def sweep(
                     metadata=_eval_metadata(selection, size, source, volume, epoch, step),
                     mesh=eval_mesh_config(cfg),
                 )
-                if is_writer():
-                    mark_evaluated(eval_dir, list(evaluation.files))
                 print_fn(evaluation.table())
+                if agree(bool(evaluation.judge_failed())):  # not marked: the sweep's next run judges the rest
+                    gave_up.append((f"{run_dir} epoch {epoch}", evaluation.judge_failed()))
+                elif is_writer():
+                    mark_evaluated(eval_dir, list(evaluation.files))
             run.eval_dirs[epoch] = eval_dir
         heartbeat.close("done" if heartbeat.phase else None)  # evaluated now: done again
         runs.append(run)
     report_dir = root / "report"
-    if not write_report or not is_writer():  # the evaluations' files and the report are process 0's
-        return SweepOutputs(runs=runs, report_dir=report_dir, report_files=[], table="")
-    files = report([d for r in runs for d in r.eval_dirs.values()], report_dir)
-    table = final_table(report_dir)
-    return SweepOutputs(runs=runs, report_dir=report_dir, report_files=list(files), table=table)
+    outputs = SweepOutputs(runs=runs, report_dir=report_dir, report_files=[], table="")
+    if write_report and is_writer():  # the evaluations' files and the report are process 0's
+        files = report([d for r in runs for d in r.eval_dirs.values()], report_dir)
+        outputs = dataclasses.replace(outputs, report_files=list(files), table=final_table(report_dir))
+    if gave_up:  # every cell done and reported first; then exit 75: the sweep's next run judges only those items
+        raise JudgeGaveUp(
+            f"the judge gave up on items of {len(gave_up)} evaluations ("
+            + "; ".join(f"{where}: " + ", ".join(f"{len(v)} in {k}" for k, v in by.items()) for where, by in gave_up)
+            + "; listed in each summary's judge_failed, left out of the scores): run the sweep again to judge them"
+        )
+    return outputs
 
 
 def _eval_metadata(selection: str, size: str, source: str, volume: int | None, epoch: int, step: int) -> dict:

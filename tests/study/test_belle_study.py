@@ -152,10 +152,24 @@ def test_belle_study_in_miniature(model: str, tmp_path: Path) -> None:
             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
             "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
         }
-        rc = _sweep([str(RECIPE), "--selections", ",".join(VOLUMES), *overrides], env, tmp_path / "sweep.log")
+        args = [str(RECIPE), "--selections", ",".join(VOLUMES), *overrides, "eval.judge_retries=1"]
+        # The judge is down for one item during the first sweep: every cell is trained, evaluated and reported, the
+        # sweep exits 75 naming the items, and no evaluation counts as done; the next sweep asks only for them.
+        server.down.add("企鹅属于")
+        rc = _sweep(args, env, tmp_path / "sweep-judge-down.log")
+        log = (tmp_path / "sweep-judge-down.log").read_text(encoding="utf-8")
+        assert rc == 75, log[-3000:]
+        last = log.strip().splitlines()[-1]
+        assert last.startswith("jaxtune sweep: error: the judge gave up on items of 2 evaluations ("), log[-3000:]
+        assert all(f"{runs / v} epoch 2: 1 in belle-eval_set" in last for v in VOLUMES), last
+        assert not any((runs / v / "eval" / "epoch-2" / "evaluated.json").exists() for v in VOLUMES)
+        server.down.clear()
+        asked = len(server.requests)
+        rc = _sweep(args, env, tmp_path / "sweep.log")
         judged = len(server.requests)
     log = (tmp_path / "sweep.log").read_text(encoding="utf-8")
     assert rc == 0, log[-3000:]
+    assert judged - asked == 2 * 3  # the one item's three judgements, in each of the two runs
     assert "belle-eval_set.study.png" in log  # the sweep's report
     assert judged >= 2 * len(EVAL_ITEMS) * 3  # every reply judged three times (re-asks come on top)
     eval_dirs = [runs / v / "eval" / "epoch-2" for v in VOLUMES]
