@@ -5,7 +5,7 @@ model size and data source of a grid (:mod:`jaxtune.study.budget_data`), with a 
 items (each replicate resamples an ability's test items with replacement, the same draw at every volume, and
 refits); checks it by fitting without the largest volume and predicting it; chooses the counts that maximise the
 predicted (weighted) overall score for the total (:mod:`jaxtune.study.budget_alloc`, exact) with each ability capped
-at 4x its largest fitted volume unless its curve is saturated; predicts the uniform allocation of the same total
+at 4x its largest fitted volume unless its curve is saturated, and given at least its smallest fitted volume; predicts the uniform allocation of the same total
 beside it, and keeps the uniform counts unless the optimum's gain clears the bootstrap and the hold-out error
 (:mod:`jaxtune.study.budget_guard`: the cap, the guard and why); and writes into ``OUT``:
 
@@ -31,6 +31,7 @@ beside it, and keeps the uniform counts unless the optimum's gain clears the boo
      "abilities": {"biology": {"chance": 25.0, "points": [[1, 26.0], [4, 30.0], ...],
                                "fit": {"chance": ..., "upper": ..., "midpoint_log": ..., "scale": ...},
                                "cap": 64 | null,                             # null: saturated, uncapped
+                               "floor": 1,                                   # the least it was given
                                "count": 64, "predicted": 70.1, "band": [66.0, 73.5],
                                "holdout": {"volume": 16, "measured": 71.0, "predicted": 68.2, "error": -2.8},
                                "curve_band": {"volumes": [...], "low": [...], "high": [...]}}},
@@ -53,7 +54,7 @@ from jaxtune.paths import as_path, write_text_atomic
 from jaxtune.study.budget_alloc import allocate, parse_weights, scaled_rule, weighted_mean
 from jaxtune.study.budget_data import AbilityPoints, BudgetError, GridPoints, count_available, load_grid_points
 from jaxtune.study.budget_figure import write_budget_figure
-from jaxtune.study.budget_guard import extrapolation_caps, guard, uniform_counts
+from jaxtune.study.budget_guard import extrapolation_caps, extrapolation_floors, guard, uniform_counts
 from jaxtune.study.growth_fit import GrowthCurve, fit_growth, holdout_check
 from jaxtune.study.report import EpochChoice
 
@@ -169,11 +170,13 @@ def decide(
         if missing:
             raise BudgetError(f"--data: no curated/1000 file for the abilities {missing} of the grid")
     fits = {a: fit_growth(p.volumes, p.scores, p.chance) for a, p in grid.abilities.items()}
-    caps = extrapolation_caps({a: p.volumes for a, p in grid.abilities.items()}, fits, total, available)
+    volumes = {a: p.volumes for a, p in grid.abilities.items()}
+    caps = extrapolation_caps(volumes, fits, total, available)
+    floors = extrapolation_floors(volumes, total, available)
     limits = {a: min((available or {}).get(a, total), total if caps[a] is None else caps[a]) for a in names}
     boot = bootstrap_curves(grid.abilities, fits, replicates, seed)
     per_holdout, overall_holdout = holdout_summary(grid)
-    opt = _prediction(fits, boot, allocate(fits, total, limits, weights), weights, replicates)
+    opt = _prediction(fits, boot, allocate(fits, total, limits, weights, floors), weights, replicates)
     uni = _prediction(fits, boot, uniform_counts(names, total, available), weights, replicates)
     decision = guard(
         opt["overall"],
@@ -190,6 +193,7 @@ def decide(
             "points": [[v, s] for v, s in zip(p.volumes, p.scores)],
             "fit": fits[a].to_dict(),
             "cap": caps[a],
+            "floor": floors[a],
             "count": counts[a],
             "predicted": float(fits[a](counts[a])),
             "band": _band([float(c(counts[a])) for c in boot[a]]),

@@ -9,14 +9,26 @@ axis) x its largest fitted volume, unless its curve is *saturated*: it rose (``u
 :data:`RISE` points) and already at the second-largest volume the fit is :data:`SATURATED` of the way to its
 plateau, so the plateau was observed over two volumes rather than assumed from a last point (a fit whose top point
 is its largest volume can always put the plateau there), extrapolating it predicts no further gain, and moving
-records to it is harmless. The multiple is the distance the hold-out check
-measures (fit without the largest volume, predict it: one step of 4x), so the fit is asked no further than its
-error was measured. When the caps (with the records available) cannot make up the total, every cap is multiplied
+records to it is harmless. The multiple is the distance the hold-out check measures (fit without the largest
+volume, predict it: one step of 4x), so the fit is asked no further than its error was measured. When the caps (with the records available) cannot make up the total, every cap is multiplied
 by :data:`CAP_MULTIPLE` again until they can; ``caps`` in ``budget.json`` records the caps used (null: uncapped).
 
-**The guard.** The optimum is predicted with a band (bootstrap over test items); so is the *uniform* allocation of
-the same total (:func:`uniform_counts`: ``total // A`` each, the remainder one each to the first abilities in
-order, within availability; ``curated-N``'s counts when ``A`` divides ``N``). The optimised counts are chosen only when their predicted gain over uniform is
+**Floor.** Below its smallest fitted volume a curve is extrapolation too, and the wrong way: it falls to the chance
+level at 0 records, but an ability trained on no records scores far below chance (the model never learns its
+answer format). In that quickstart budget run the five abilities given 0 records, predicted at chance (25.0, 21.9,
+50.0, 25.0, 33.0), scored 2.5, 0, 0, 0 and 0: -15.2 overall points against the prediction; Chinese cloze at 588
+records scored 100 against the 7.8 of its flat fit (+9.2); code and creative writing at 17 and 8 records fell 30
+and 32.5 points short of their curves in a mixture that was 92% Chinese (-6.2); role-play and math moved +1.6:
+38.1 predicted, 27.5 measured. So each ability takes at least its smallest fitted volume (rounded up;
+:func:`extrapolation_floors`), lowered evenly when those cannot fit in the total.
+
+**The guard.** The curves are separable (an ability's score depends on its own records only) and were measured in
+uniform mixtures, so what the rest of a skewed mixture does to an ability (the -6.2 above) is outside them; even
+within the trusted range a small predicted gain is not worth leaving the measured uniform run for. The optimum is
+predicted with a band (bootstrap over test items); so is the *uniform* allocation of the same total
+(:func:`uniform_counts`: ``total // A`` each, the remainder one each to the first abilities in order, within
+availability; ``curated-N``'s counts when ``A`` divides ``N``). The optimised counts are chosen only when their
+predicted gain over uniform is
 
 - at least :data:`MIN_GAIN` points,
 - clear of the bootstrap: the 5th percentile of the *paired* gain (each replicate's curves evaluated at both
@@ -30,6 +42,7 @@ each checked when its input exists; otherwise the uniform counts are kept. ``bud
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -75,6 +88,18 @@ def extrapolation_caps(
         if room >= min(total, sum(available.get(a, total) for a in volumes)) or multiple > total:
             return caps
         multiple *= CAP_MULTIPLE
+
+
+def extrapolation_floors(
+    volumes: Mapping[str, Sequence[float]], total: int, available: Mapping[str, int] | None = None
+) -> dict[str, int]:
+    """Per ability the floor of the module docstring: its smallest fitted volume rounded up, within ``available``;
+    all lowered to the largest common floor that fits when they sum past ``total``."""
+    floors = {a: min(math.ceil(min(v)), int((available or {}).get(a, total))) for a, v in volumes.items()}
+    if sum(floors.values()) > total:
+        even = total // max(len(floors), 1)
+        floors = {a: min(f, even) for a, f in floors.items()}
+    return floors
 
 
 def uniform_counts(names: Sequence[str], total: int, available: Mapping[str, int] | None = None) -> dict[str, int]:

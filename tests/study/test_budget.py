@@ -19,7 +19,13 @@ from jaxtune.results import RunInfo, SuiteResult, ability_score, make_summary, w
 from jaxtune.study.budget import budget
 from jaxtune.study.budget_alloc import AllocationError, allocate, parse_weights, scaled_rule
 from jaxtune.study.budget_data import BudgetError
-from jaxtune.study.budget_guard import extrapolation_caps, guard, is_saturated, uniform_counts
+from jaxtune.study.budget_guard import (
+    extrapolation_caps,
+    extrapolation_floors,
+    guard,
+    is_saturated,
+    uniform_counts,
+)
 from jaxtune.study.budget_report import budget_comparison
 from jaxtune.study.growth_fit import GrowthCurve, fit_growth, holdout_check
 from jaxtune.study.report import report
@@ -174,11 +180,13 @@ def test_budget_end_to_end(tmp_path: Path) -> None:
         a: GrowthCurve(**{k if k != "midpoint_log" else "midpoint": v for k, v in r["fit"].items()})
         for a, r in result["abilities"].items()
     }
+    floors = [r["floor"] for r in result["abilities"].values()]
+    assert floors == [1, 1, 1]  # the smallest fitted volume: no ability is left below its data
     best = max(
         sum(float(fits[a](n)) for a, n in zip(fits, split))
-        for split in itertools.product(range(193), repeat=2)
+        for split in itertools.product(range(1, 193), repeat=2)
         for split in [(*split, 192 - sum(split))]
-        if split[2] >= 0
+        if split[2] >= 1
     )
     assert sum(float(fits[a](n)) for a, n in counts.items()) == pytest.approx(best, abs=2e-3)
     for a, r in result["abilities"].items():
@@ -238,6 +246,12 @@ def test_an_unsaturated_curve_is_not_extrapolated_past_four_times_its_data() -> 
         "rising": 256,
         "flat": 256,
     }  # 64 + 64 < 400: 16x
+    # Below its smallest volume a curve says chance, where an untrained ability scores about 0: no ability goes there.
+    floors = extrapolation_floors({"rising": [1, 4, 16], "flat": [2.5, 10]}, 150)
+    assert floors == {"rising": 1, "flat": 3}
+    assert allocate(fits, 150, floors={"flat": 3, "rising": 1})["flat"] >= 3
+    assert allocate(fits, 150)["flat"] == 0  # without the floor the flat curve gets nothing
+    assert extrapolation_floors({"a": [8.0], "b": [8.0]}, 10) == {"a": 5, "b": 5}  # 16 > 10: lowered evenly
     assert uniform_counts(["a", "b", "c"], 11) == {"a": 4, "b": 4, "c": 3}
     assert uniform_counts(["a", "b", "c"], 11, {"a": 1}) == {"a": 1, "b": 5, "c": 5}
 
@@ -279,7 +293,8 @@ def test_cli_and_errors_name_the_flag(tmp_path: Path, capsys) -> None:
         == 0
     )
     result = json.loads((tmp_path / "o" / "budget.json").read_text())
-    assert result["model_size"] == "l" and result["counts"]["math"] == 0 and result["weights"]["math"] == 0
+    assert result["model_size"] == "l" and result["weights"]["math"] == 0
+    assert result["optimised"]["counts"]["math"] == result["abilities"]["math"]["floor"] == 1  # weight 0: its floor
     assert main(["budget", str(grid), "--total", "30", "--out", str(tmp_path / "o2")]) == 2
     assert "--size" in capsys.readouterr().err
     assert main(["budget", str(grid), "--total", "30", "--out", str(tmp_path / "o2"), "--size", "xl"]) == 2
