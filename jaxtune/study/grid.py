@@ -9,7 +9,8 @@ A sweep file is a YAML mapping with the single top-level key ``sweep`` (a run co
         7b: ../doit-7b.yaml              # a path, relative to this file
         33b: {config: ../doit-33b.yaml, overrides: [mesh.fsdp=8]}
       data_types: all                    # or a list: curated-10, synthetic-40960, reconstruct, mix-2560, ...
-                                         # (a count map such as biology:16,math:64 as one list item)
+                                         # (a count map such as biology:16,math:64 as one list item;
+                                         # budget:PATH, a jaxtune budget's budget.json relative to this file)
       eval_epochs: "10"                  # last | all | comma-separated epochs (or a YAML list of integers)
       suites: [doit]                     # eval.suites of every cell (default: each config's own)
       overrides: [train.epochs=15]       # key=value applied to every model's config (before its own)

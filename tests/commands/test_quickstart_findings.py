@@ -1,18 +1,17 @@
-"""The quickstart's findings (pace, data source, size) on a seeded grid of summaries with known numbers, and its
-budget step end to end on a small grid: budget.json sums to the total, the budget run is trained on exactly those
-counts (its manifest), evaluated, and tabled beside the uniform curated run."""
+"""The quickstart's findings (pace, data source, size): on a seeded grid of summaries with known numbers, and on the
+quickstart's own grid (a subset of its data types, fewer test items) with its budget step: budget.json sums to the
+total and keeps the uniform counts. Training a budget's counts is tested with the sweep (tests/study/test_sweep.py)."""
 
 from __future__ import annotations
 
 import json
 import random
-from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from jaxtune.commands.quickstart import quickstart
-from jaxtune.data.mixtures import read_manifest
+from jaxtune.commands.quickstart_findings import budget_lines
 from jaxtune.demo.abilities import write_demo_dataset
 from jaxtune.demo.ceval_ood import write_demo_ceval
 from jaxtune.results import RunInfo, ability_score, make_summary, write_summary
@@ -71,29 +70,54 @@ def test_findings_that_do_not_show_say_so(tmp_path: Path) -> None:
     assert "finding: size: NOT shown" in format_findings([size])
 
 
-def test_quickstart_budget_step_in_small(tmp_path: Path) -> None:
+def test_the_findings_on_the_quickstarts_own_grid(tmp_path: Path) -> None:
+    """The quickstart itself (its sizes, corpus, recipe and budget step) on a subset of its grid: four of its seven
+    data types, and 10 of the 40 test items per ability (evaluation is most of a run's cost). Each finding shows as
+    the full quickstart prints it; the budget sums to the total and, from curves of 1 and 16 records per ability,
+    keeps the uniform counts (the caps allow no more than 64 per ability), so curated-640 is its run."""
     out = tmp_path / "qs"
-    write_demo_dataset(out / "data", per_ability=6, eval_per_ability=2, synthetic=20)
-    write_demo_ceval(out / "data" / "ceval", dev=3, val=2)
+    data = write_demo_dataset(out / "data")  # the quickstart's own corpus, as it writes it
+    for f in (data / "curated" / "test").glob("*.json"):
+        f.write_text("".join(f.read_text(encoding="utf-8").splitlines(keepends=True)[:10]), encoding="utf-8")
+    write_demo_ceval(data / "ceval", dev=3, val=2)
     lines: list[str] = []
-    outputs = quickstart(
-        out,
-        overrides=["train.epochs=1", "eval.max_new_tokens=4", "eval.batch_size=8", "eval.suites=doit"],
-        selections="curated-10,curated-20,curated-30",
-        print_fn=lines.append,
-    )
+    outputs = quickstart(out, selections="curated-10,curated-160,curated-640,synthetic-160", print_fn=lines.append)
     text = "\n".join(lines)
-    assert "finding: pace:" in text and "finding: data source:" in text and "finding: size:" in text
+    pace, source, size = outputs.findings.findings
+    assert "finding: pace: shown" in text and "finding: data source: shown" in text and "finding: size: shown" in text
+    # pace: code reaches 90% of its best by 160 examples, Chinese cloze only at 640 (0.66M).
+    assert pace.numbers["0.66m"]["code"] == 160 and pace.numbers["0.66m"]["chinese"] == 640
+    assert "0.66m: 90% of best at" in text and "code 160" in text
+    # data source: curated beats synthetic at equal volume, for both sizes.
+    assert set(source.numbers) == {"0.09m", "0.66m"} and all(d[160] > 5 for d in source.numbers.values())
+    # size: the larger model beats the smaller where the quickstart's sizes separate (160 and 640 examples).
+    assert (size.numbers["larger"], size.numbers["smaller"]) == ("0.66m", "0.09m")
+    assert size.numbers["differences"][160] > 5 and size.numbers["differences"][640] > 5
+    assert "0.66m - 0.09m overall (curated) at" in text
+
     result = outputs.findings.budget
-    assert result["total"] == 30 and sum(result["counts"].values()) == 30
-    assert all(n <= 6 for n in result["counts"].values())
-    assert [v for v, _ in result["abilities"]["code"]["points"]] == [1.0, 2.0]  # the curves of 10 and 20 only
     saved = json.loads((out / "budget" / "budget.json").read_text())
-    assert saved["counts"] == result["counts"]
-    size = result["model_size"]
-    assert size == "0.66m"  # the larger size's curves choose the budget
-    manifest = read_manifest(out / "runs" / size / "budget-30" / "manifest.jsonl")
-    assert Counter(e["ability"] for e in manifest) == Counter({a: n for a, n in result["counts"].items() if n})
-    assert "budget run: overall predicted" in text and "uniform curated-30" in text
-    table = (out / "runs" / "report" / "doit-test.budget.md").read_text()
-    assert table.splitlines()[0] == f"| ability | {size} budget-30 | {size} curated-30 |"
+    assert result["total"] == 640 and sum(saved["counts"].values()) == 640 and saved["counts"] == result["counts"]
+    assert [v for v, _ in result["abilities"]["code"]["points"]] == [1.0, 16.0]  # the curves of 10 and 160 only
+    assert result["chosen"] == "uniform" and set(result["counts"].values()) == {64}
+    assert result["measured_overall"] == result["uniform_overall"]
+    assert "chosen: uniform (kept uniform:" in text and "its run is that run" in text
+    assert not list((out / "runs" / "0.66m").glob("budget-*"))  # uniform kept: nothing trained for it
+
+
+def test_an_optimised_budget_is_printed_against_uniform() -> None:
+    r = {
+        "total": 30,
+        "holdout": None,
+        "chosen": "optimised",
+        "decision": "optimised: gain +4.0 clears bootstrap",
+        "optimised": {"counts": {"a": 20, "b": 10}, "overall": 60.0, "overall_band": [58.0, 62.0]},
+        "uniform": {"counts": {"a": 15, "b": 15}, "overall": 56.0, "overall_band": None},
+        "predicted": {"overall": 60.0, "overall_band": [58.0, 62.0]},
+        "measured_overall": 57.0,
+        "uniform_overall": 59.5,
+    }
+    text = budget_lines(r, "1m")
+    assert "  optimised: predicted overall 60.0 [58.0, 62.0] (a 20, b 10)" in text
+    assert "  uniform: predicted overall 56.0 (a 15, b 15)" in text
+    assert "measured 57.0; uniform curated-30: 59.5 (budget -2.5)" in text
