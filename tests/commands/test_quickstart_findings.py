@@ -1,23 +1,17 @@
-"""The quickstart's findings (pace, data source, size): on a seeded grid of summaries with known numbers, and on the
-quickstart's own grid (a subset of its data types, fewer test items) with its budget step: budget.json sums to the
-total and keeps the uniform counts. Training a budget's counts is tested with the sweep (tests/study/test_sweep.py)."""
+"""The quickstart's findings (pace, data source, size) on a seeded grid of summaries with known numbers, and what it
+prints of a budget. The findings and the budget step on the quickstart's own grid are in test_quickstart.py;
+training a budget's counts is tested with the sweep (tests/study/test_sweep.py)."""
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
 import pytest
 
-from jaxtune.commands.quickstart import quickstart
 from jaxtune.commands.quickstart_findings import budget_lines
-from jaxtune.demo.abilities import write_demo_dataset
-from jaxtune.demo.ceval_ood import write_demo_ceval
 from jaxtune.results import RunInfo, ability_score, make_summary, write_summary
 from jaxtune.study.findings import findings, format_findings
-
-pytestmark = pytest.mark.long  # minutes: scheduled first (tests/conftest.py)
 
 VOLUMES = [10, 40, 160, 640, 2560]
 CURVES = {  # records in all -> score; chance 25 / 0 / 0
@@ -68,41 +62,6 @@ def test_findings_that_do_not_show_say_so(tmp_path: Path) -> None:
     _, source, size = findings([tmp_path])
     assert not source.shown and not size.shown
     assert "finding: size: NOT shown" in format_findings([size])
-
-
-def test_the_findings_on_the_quickstarts_own_grid(tmp_path: Path) -> None:
-    """The quickstart itself (its sizes, corpus, recipe and budget step) on a subset of its grid: four of its seven
-    data types, and 10 of the 40 test items per ability (evaluation is most of a run's cost). Each finding shows as
-    the full quickstart prints it; the budget sums to the total and, from curves of 1 and 16 records per ability,
-    keeps the uniform counts (the caps allow no more than 64 per ability), so curated-640 is its run."""
-    out = tmp_path / "qs"
-    data = write_demo_dataset(out / "data")  # the quickstart's own corpus, as it writes it
-    for f in (data / "curated" / "test").glob("*.json"):
-        f.write_text("".join(f.read_text(encoding="utf-8").splitlines(keepends=True)[:10]), encoding="utf-8")
-    write_demo_ceval(data / "ceval", dev=3, val=2)
-    lines: list[str] = []
-    outputs = quickstart(out, selections="curated-10,curated-160,curated-640,synthetic-160", print_fn=lines.append)
-    text = "\n".join(lines)
-    pace, source, size = outputs.findings.findings
-    assert "finding: pace: shown" in text and "finding: data source: shown" in text and "finding: size: shown" in text
-    # pace: code reaches 90% of its best by 160 examples, Chinese cloze only at 640 (0.66M).
-    assert pace.numbers["0.66m"]["code"] == 160 and pace.numbers["0.66m"]["chinese"] == 640
-    assert "0.66m: 90% of best at" in text and "code 160" in text
-    # data source: curated beats synthetic at equal volume, for both sizes.
-    assert set(source.numbers) == {"0.09m", "0.66m"} and all(d[160] > 5 for d in source.numbers.values())
-    # size: the larger model beats the smaller where the quickstart's sizes separate (160 and 640 examples).
-    assert (size.numbers["larger"], size.numbers["smaller"]) == ("0.66m", "0.09m")
-    assert size.numbers["differences"][160] > 5 and size.numbers["differences"][640] > 5
-    assert "0.66m - 0.09m overall (curated) at" in text
-
-    result = outputs.findings.budget
-    saved = json.loads((out / "budget" / "budget.json").read_text())
-    assert result["total"] == 640 and sum(saved["counts"].values()) == 640 and saved["counts"] == result["counts"]
-    assert [v for v, _ in result["abilities"]["code"]["points"]] == [1.0, 16.0]  # the curves of 10 and 160 only
-    assert result["chosen"] == "uniform" and set(result["counts"].values()) == {64}
-    assert result["measured_overall"] == result["uniform_overall"]
-    assert "chosen: uniform (kept uniform:" in text and "its run is that run" in text
-    assert not list((out / "runs" / "0.66m").glob("budget-*"))  # uniform kept: nothing trained for it
 
 
 def test_an_optimised_budget_is_printed_against_uniform() -> None:
