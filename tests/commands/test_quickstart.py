@@ -25,7 +25,7 @@ def test_the_quickstart_on_a_subset_of_its_grid(tmp_path: Path) -> None:
     its seven data types, and 10 of the 40 test items per ability (evaluation is most of a run's cost). The cells,
     the report and the HF export of the best run; each finding shows as the full quickstart prints it; the budget
     sums to the total and, from curves of 1 and 16 records per ability, keeps the uniform counts (the caps allow no
-    more than 64 per ability), so curated-640 is its run; a rerun runs nothing."""
+    more than 64 per ability), so curated-640 is its run. (A rerun skipping done cells: tests/study/test_grid.py.)"""
     out = tmp_path / "qs"
     data = write_demo_dataset(out / "data")  # the quickstart's own corpus, as it writes it
     for f in (data / "curated" / "test").glob("*.json"):
@@ -80,8 +80,3 @@ def test_the_quickstart_on_a_subset_of_its_grid(tmp_path: Path) -> None:
     assert f"AutoModelForCausalLM.from_pretrained({str(out / 'hf')!r})" in summary
     check = check_hf(out / "hf", num_tokens=8, max_new_tokens=2, tolerance=1e-4)
     assert check.ok, check.summary()
-
-    # A rerun trains and evaluates nothing: it reports, finds, budgets and exports again.
-    lines.clear()
-    quickstart(out, selections="curated-10,curated-160,curated-640,synthetic-160", print_fn=lines.append)
-    assert any("8 runs, 8 already done, 0 to run" in line for line in lines)
