@@ -5,8 +5,8 @@ general-instruction file) and a generated C-Eval-format out-of-domain suite (:mo
 ``out/data``, then runs the grid of ``jaxtune/demo/sweep.yaml`` (:mod:`jaxtune.study.grid`): two tiny LLaMA sizes x
 curated and synthetic data at several volumes, each run scored per ability and on the OOD suite, and the report
 drawn under ``out/runs/report`` (curated solid, synthetic dashed, one colour per size). It then prints the study's
-three findings with their numbers and trains a data budget chosen from the curves
-(:mod:`jaxtune.commands.quickstart_findings`). It ends by exporting the run
+three findings with their numbers and chooses a data budget from the curves, trained when it leaves the uniform
+counts (:mod:`jaxtune.commands.quickstart_findings`). It ends by exporting the run
 with the best overall ability score to a Hugging Face folder ``out/hf`` and printing the transformers code that
 loads it. Rerunning continues where it stopped: finished runs and evaluations are reused.
 """

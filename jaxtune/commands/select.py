@@ -17,7 +17,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "data_type",
         help="curated-10 ... curated-10000, synthetic-10 ... synthetic-40960, baseline, "
-        "reconstruct, maximum, mix-0, mix-2560, mix-40960",
+        "reconstruct, maximum, mix-0, mix-2560, mix-40960, or budget:PATH (a budget.json of jaxtune budget)",
     )
     p.add_argument("out_dir", help="folder for the output files (one per input file)")
     p.add_argument("--seed", type=int, default=0, help="the random.seed of the selection (the study: 0)")

@@ -27,7 +27,8 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument(
         "--selections",
-        help="run config only: e.g. curated-10,curated-40,synthetic-160 or belle-200k+alpaca,belle-600k+alpaca",
+        help="run config only: e.g. curated-10,curated-40,synthetic-160, budget:OUT/budget.json (jaxtune budget's "
+        "counts) or belle-200k+alpaca,belle-600k+alpaca",
     )
     p.add_argument(
         "--eval-epochs",

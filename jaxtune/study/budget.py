@@ -4,30 +4,38 @@ Per ability it fits a growth curve (score against the ability's records, :mod:`j
 model size and data source of a grid (:mod:`jaxtune.study.budget_data`), with a band from a bootstrap over test
 items (each replicate resamples an ability's test items with replacement, the same draw at every volume, and
 refits); checks it by fitting without the largest volume and predicting it; chooses the counts that maximise the
-predicted (weighted) overall score for the total (:mod:`jaxtune.study.budget_alloc`, exact); and writes into
-``OUT``:
+predicted (weighted) overall score for the total (:mod:`jaxtune.study.budget_alloc`, exact) with each ability capped
+at 4x its largest fitted volume unless its curve is saturated, and given at least its smallest fitted volume; predicts the uniform allocation of the same total
+beside it, and keeps the uniform counts unless the optimum's gain clears the bootstrap and the hold-out error
+(:mod:`jaxtune.study.budget_guard`: the cap, the guard and why); and writes into ``OUT``:
 
 - ``budget.json`` (schema below), which ``data.selection: budget:OUT/budget.json`` trains on;
 - ``rule.json``: the study's ``reconstruct`` rule scaled to the total, as counts (``budget:OUT/rule.json``);
-- ``budget.md``: per ability the chance level, the measured points, the hold-out check, the chosen count and its
-  prediction with band, beside the uniform allocation;
+- ``budget.md``: per ability the chance level, the measured points, the hold-out check, the cap, the chosen count
+  and its prediction with band; then the optimised and uniform predictions and the decision;
 - ``budget.png`` / ``.svg``: one panel per ability: the points, the fitted curve and its band, the chosen count.
 
-``budget.json`` (``schema_version`` 1)::
+``budget.json`` (``schema_version`` 2)::
 
-    {"schema_version": 1, "total": 640, "model_size": "0.23m", "source": "curated", "suite": "doit-test",
+    {"schema_version": 2, "total": 640, "model_size": "0.66m", "source": "curated", "suite": "doit-test",
      "curve": "logistic in log-volume, chance..100, soft-L1", "bootstrap": 100, "band": [5, 95],
      "weights": {"code": 1.0, ...},
-     "counts": {"biology": 80, ...},                      # what budget:PATH trains on (sums to total)
+     "chosen": "uniform",                                  # or "optimised"
+     "decision": "kept uniform: predicted gain +0.0 is under 0.5 point; ...",
+     "counts": {"biology": 64, ...},                      # the chosen counts: what budget:PATH trains on (sum: total)
      "available": {"biology": 1000, ...} | null,
-     "predicted": {"overall": 61.2, "overall_band": [58.0, 64.1],
-                   "uniform_overall": 57.5, "uniform_counts": {...} | null},
+     "predicted": {"overall": 38.1, "overall_band": [35.4, 42.3]},          # of the chosen counts
+     "optimised": {"counts": {...}, "overall": 38.1, "overall_band": [...] | null},
+     "uniform": {"counts": {...}, "overall": 38.1, "overall_band": [...] | null},
+     "gain": {"predicted": 0.0, "band": [-1.2, 1.4] | null},                # optimised minus uniform (paired)
      "abilities": {"biology": {"chance": 25.0, "points": [[1, 26.0], [4, 30.0], ...],
                                "fit": {"chance": ..., "upper": ..., "midpoint_log": ..., "scale": ...},
-                               "count": 80, "predicted": 70.1, "band": [66.0, 73.5],
-                               "holdout": {"volume": 64, "measured": 71.0, "predicted": 68.2, "error": -2.8},
+                               "cap": 64 | null,                             # null: saturated, uncapped
+                               "floor": 1,                                   # the least it was given
+                               "count": 64, "predicted": 70.1, "band": [66.0, 73.5],
+                               "holdout": {"volume": 16, "measured": 71.0, "predicted": 68.2, "error": -2.8},
                                "curve_band": {"volumes": [...], "low": [...], "high": [...]}}},
-     "holdout": {"run_volume": 640, "mean_abs_error": 6.1, "overall_measured": 50.2, "overall_predicted": 47.0,
+     "holdout": {"run_volume": 160, "mean_abs_error": 6.1, "overall_measured": 50.2, "overall_predicted": 47.0,
                  "overall_error": -3.2}}
 
 Bands are null without per-item results; a hold-out is null with fewer than three volumes.
@@ -46,10 +54,11 @@ from jaxtune.paths import as_path, write_text_atomic
 from jaxtune.study.budget_alloc import allocate, parse_weights, scaled_rule, weighted_mean
 from jaxtune.study.budget_data import AbilityPoints, BudgetError, GridPoints, count_available, load_grid_points
 from jaxtune.study.budget_figure import write_budget_figure
+from jaxtune.study.budget_guard import extrapolation_caps, extrapolation_floors, guard, uniform_counts
 from jaxtune.study.growth_fit import GrowthCurve, fit_growth, holdout_check
 from jaxtune.study.report import EpochChoice
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BAND = (5.0, 95.0)
 CURVE = "logistic in log-volume between chance and 100, soft-L1 loss"
 
@@ -126,6 +135,25 @@ def holdout_summary(grid: GridPoints) -> tuple[dict[str, dict | None], dict | No
     return per, overall
 
 
+def _prediction(
+    fits: dict[str, GrowthCurve],
+    boot: dict[str, list[GrowthCurve]],
+    counts: dict[str, int],
+    weights: dict[str, float] | None,
+    replicates: int,
+) -> dict:
+    """The predicted overall of ``counts``, its band, and the bootstrap replicates' overall scores (``draws``,
+    empty without per-item results)."""
+    fitted = {a: float(fits[a](n)) for a, n in counts.items()}
+    draws = []
+    if any(boot.values()):
+        draws = [
+            weighted_mean({a: float(boot[a][b](n)) if boot[a] else fitted[a] for a, n in counts.items()}, weights)
+            for b in range(replicates)
+        ]
+    return {"counts": counts, "overall": weighted_mean(fitted, weights), "overall_band": _band(draws), "draws": draws}
+
+
 def decide(
     grid: GridPoints,
     total: int,
@@ -142,24 +170,32 @@ def decide(
         if missing:
             raise BudgetError(f"--data: no curated/1000 file for the abilities {missing} of the grid")
     fits = {a: fit_growth(p.volumes, p.scores, p.chance) for a, p in grid.abilities.items()}
-    counts = allocate(fits, total, available, weights)
+    volumes = {a: p.volumes for a, p in grid.abilities.items()}
+    caps = extrapolation_caps(volumes, fits, total, available)
+    floors = extrapolation_floors(volumes, total, available)
+    limits = {a: min((available or {}).get(a, total), total if caps[a] is None else caps[a]) for a in names}
     boot = bootstrap_curves(grid.abilities, fits, replicates, seed)
     per_holdout, overall_holdout = holdout_summary(grid)
-    uniform = {a: total // len(names) for a in names} if total % len(names) == 0 else None
-    if uniform is not None and available is not None and any(uniform[a] > available[a] for a in names):
-        uniform = None
-    predicted = {a: float(fits[a](counts[a])) for a in names}
-    overall_draws = [
-        weighted_mean({a: float(boot[a][b](counts[a])) if boot[a] else predicted[a] for a in names}, weights)
-        for b in range(replicates)
-    ]
+    opt = _prediction(fits, boot, allocate(fits, total, limits, weights, floors), weights, replicates)
+    uni = _prediction(fits, boot, uniform_counts(names, total, available), weights, replicates)
+    decision = guard(
+        opt["overall"],
+        uni["overall"],
+        [o - u for o, u in zip(opt.pop("draws"), uni.pop("draws"))],
+        None if overall_holdout is None else overall_holdout["overall_error"],
+        BAND,
+    )
+    chosen = opt if decision.chosen == "optimised" else uni
+    counts = chosen["counts"]
     abilities = {
         a: {
             "chance": p.chance,
             "points": [[v, s] for v, s in zip(p.volumes, p.scores)],
             "fit": fits[a].to_dict(),
+            "cap": caps[a],
+            "floor": floors[a],
             "count": counts[a],
-            "predicted": predicted[a],
+            "predicted": float(fits[a](counts[a])),
             "band": _band([float(c(counts[a])) for c in boot[a]]),
             "holdout": per_holdout[a],
             "curve_band": _curve_band(boot[a], max(max(p.volumes), total)),
@@ -176,58 +212,63 @@ def decide(
         "bootstrap": replicates if any(boot.values()) else 0,
         "band": list(BAND),
         "weights": {a: float((weights or {}).get(a, 1.0)) for a in names},
+        "chosen": decision.chosen,
+        "decision": decision.reason,
         "counts": counts,
         "available": available,
-        "predicted": {
-            "overall": weighted_mean(predicted, weights),
-            "overall_band": _band(overall_draws) if any(boot.values()) else None,
-            "uniform_overall": None
-            if uniform is None
-            else weighted_mean({a: float(fits[a](uniform[a])) for a in names}, weights),
-            "uniform_counts": uniform,
-        },
+        "predicted": {"overall": chosen["overall"], "overall_band": chosen["overall_band"]},
+        "optimised": opt,
+        "uniform": uni,
+        "gain": {"predicted": decision.gain, "band": decision.gain_band},
         "abilities": abilities,
         "holdout": overall_holdout,
     }
 
 
-def _fmt(v: float | None, digits: int = 1) -> str:
-    return "" if v is None else f"{v:.{digits}f}"
-
-
 def budget_table(result: dict) -> str:
-    """``budget.md``: one row per ability, then the overall."""
-    header = "| ability | chance | measured (records: score) | hold-out pred / meas | count | predicted [band] |"
+    """``budget.md``: one row per ability, then the overall, the two allocations' predictions and the decision."""
+    header = "| ability | chance | measured (records: score) | hold-out pred / meas | cap | count | predicted [band] |"
     lines = [
         f"Budget of {result['total']} records for {result['model_size']} ({result['source']} curves, "
         f"{result['suite']}; {result['curve']})",
         "",
         header,
-        "|---|---:|---|---:|---:|---:|",
+        "|---|---:|---|---:|---:|---:|---:|",
     ]
     for a, r in result["abilities"].items():
         pts = ", ".join(f"{v:g}: {s:.1f}" for v, s in r["points"])
         h = r["holdout"]
         hold = "" if h is None else f"{h['predicted']:.1f} / {h['measured']:.1f}"
-        band = "" if r["band"] is None else f" [{r['band'][0]:.1f}, {r['band'][1]:.1f}]"
-        lines.append(f"| {a} | {r['chance']:.1f} | {pts} | {hold} | {r['count']} | {r['predicted']:.1f}{band} |")
+        cap = "none" if r["cap"] is None else str(r["cap"])
+        lines.append(
+            f"| {a} | {r['chance']:.1f} | {pts} | {hold} | {cap} | {r['count']} | {r['predicted']:.1f}"
+            f"{_band_text(r['band'])} |"
+        )
     p = result["predicted"]
-    band = "" if p["overall_band"] is None else f" [{p['overall_band'][0]:.1f}, {p['overall_band'][1]:.1f}]"
     h = result["holdout"]
     hold = "" if h is None else f"{h['overall_predicted']:.1f} / {h['overall_measured']:.1f}"
-    lines.append(f"| **overall** | | | {hold} | {result['total']} | {p['overall']:.1f}{band} |")
-    if p["uniform_overall"] is not None:
-        lines += [
-            "",
-            f"uniform allocation ({result['total'] // len(result['counts'])} each): predicted overall "
-            f"{p['uniform_overall']:.1f}",
-        ]
+    overall = f"{p['overall']:.1f}{_band_text(p['overall_band'])}"
+    lines += [f"| **overall** | | | {hold} | | {result['total']} | {overall} |", ""]
+    for name in ("optimised", "uniform"):
+        a = result[name]
+        counts = ", ".join(f"{k} {n}" for k, n in a["counts"].items())
+        lines.append(f"{name}: predicted overall {a['overall']:.1f}{_band_text(a['overall_band'])} ({counts})")
+    g = result["gain"]
+    lines.append(f"gain optimised - uniform: {g['predicted']:+.1f}{_band_text(g['band'], sign=True)}")
+    lines.append(f"chosen: {result['chosen']} ({result['decision']})")
     if h is not None:
         lines.append(
             f"hold-out (fit without the run of {h['run_volume']} records, predict it): mean |error| per ability "
             f"{h['mean_abs_error']:.1f} points, overall error {h['overall_error']:+.1f}"
         )
     return "\n".join(lines) + "\n"
+
+
+def _band_text(band: list[float] | None, sign: bool = False) -> str:
+    if band is None:
+        return ""
+    f = "+.1f" if sign else ".1f"
+    return f" [{band[0]:{f}}, {band[1]:{f}}]"
 
 
 def budget(

@@ -35,11 +35,12 @@ class AllocationError(JaxtuneError, ValueError):
     """A total the available records cannot make up, or a bad weight."""
 
 
-def candidate_counts(cap: int, total: int) -> np.ndarray:
-    """The counts one ability may take (see the module docstring), ascending."""
+def candidate_counts(cap: int, total: int, floor: int = 0) -> np.ndarray:
+    """The counts one ability may take (see the module docstring), ascending, from ``floor`` up to ``cap``."""
     step = 1 if total <= EXACT_LIMIT else math.ceil(total / EXACT_LIMIT)
     counts = set(range(0, min(step, cap + 1))) | set(range(0, cap + 1, step)) | {cap}
-    return np.array(sorted(counts), dtype=int)
+    floor = min(floor, cap)
+    return np.array(sorted({floor} | {k for k in counts if k >= floor}), dtype=int)
 
 
 def allocate(
@@ -47,10 +48,11 @@ def allocate(
     total: int,
     available: Mapping[str, int] | None = None,
     weights: Mapping[str, float] | None = None,
+    floors: Mapping[str, int] | None = None,
 ) -> dict[str, int]:
     """Counts per ability (keys of ``curves``) summing to ``total`` that maximise the weighted mean predicted score;
-    ``available`` caps each ability (default: no cap), ``weights`` default to 1. Ties (see :data:`TIE_POINTS`) go
-    to the allocation closest to uniform."""
+    ``available`` caps each ability (default: no cap), ``floors`` are the least each takes (default 0, never above
+    its cap), ``weights`` default to 1. Ties (see :data:`TIE_POINTS`) go to the allocation closest to uniform."""
     names = list(curves)
     available = dict(available or {})
     weights = dict(weights or {})
@@ -63,7 +65,7 @@ def allocate(
     best[0] = 0.0
     choices = []
     for a in names:
-        ks = candidate_counts(caps[a], total)
+        ks = candidate_counts(caps[a], total, int((floors or {}).get(a, 0)))
         values = float(weights.get(a, 1.0)) * np.asarray(curves[a](ks), dtype=float)
         values -= TIE_POINTS * ((ks - total / len(names)) / max(total, 1)) ** 2
         new = np.full(total + 1, -np.inf)

@@ -2,8 +2,9 @@
 total and the study's rule scaled to it.
 
 A budget run's summaries carry ``run.data_source`` :data:`BUDGET_SOURCE` (``budget``) and the scaled rule's
-(``budget:OUT/rule.json`` of :mod:`jaxtune.study.budget`) :data:`RULE_SOURCE` (``reconstruct-scaled``), each with its
-total as ``data_volume``. Neither is a point of a volume series, so the report leaves them off the curves and writes
+(``budget:OUT/rule.json`` of :mod:`jaxtune.study.budget`, told apart by its ``rule`` key) :data:`RULE_SOURCE`
+(``reconstruct-scaled``), each with its total as ``data_volume`` (:func:`jaxtune.study.budget_run.budget_run_label`, which
+the sweep labels such a run with). Neither is a point of a volume series, so the report leaves them off the curves and writes
 ``{stem}.budget.md`` / ``.csv``: per model size and total holding a budget run, one column for the budget run, one
 for ``curated`` at the same total and one for the scaled rule when they exist; rows are the abilities and the overall
 mean. Runs sharing a column are averaged.

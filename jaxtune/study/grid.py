@@ -9,7 +9,8 @@ A sweep file is a YAML mapping with the single top-level key ``sweep`` (a run co
         7b: ../doit-7b.yaml              # a path, relative to this file
         33b: {config: ../doit-33b.yaml, overrides: [mesh.fsdp=8]}
       data_types: all                    # or a list: curated-10, synthetic-40960, reconstruct, mix-2560, ...
-                                         # (a count map such as biology:16,math:64 as one list item)
+                                         # (a count map such as biology:16,math:64 as one list item;
+                                         # budget:PATH, a jaxtune budget's budget.json relative to this file)
       eval_epochs: "10"                  # last | all | comma-separated epochs (or a YAML list of integers)
       suites: [doit]                     # eval.suites of every cell (default: each config's own)
       overrides: [train.epochs=15]       # key=value applied to every model's config (before its own)
@@ -52,9 +53,10 @@ from typing import Any
 from jaxtune.checkpoint.layout import COMMIT_MARKER, COMPLETED_FILE, train_checkpoint_dir
 from jaxtune.config.loading import load_config, load_yaml
 from jaxtune.config.schema import Config, ConfigError
-from jaxtune.data.mixtures import STUDY_ALIASES, STUDY_DATA_TYPES
+from jaxtune.data.mixtures import BUDGET_PREFIX, STUDY_ALIASES, STUDY_DATA_TYPES, SelectionError
 from jaxtune.errors import JaxtuneError
 from jaxtune.paths import as_path
+from jaxtune.study.budget_run import selection_folder
 
 DATA_TYPES = STUDY_DATA_TYPES
 """The study's 19 data types (the choices of its ``make_data.py``), in its order."""
@@ -257,6 +259,13 @@ def _data_type(name: str, where: Path) -> str:
 
     if name in DATA_TYPES or re.fullmatch(r"(curated|synthetic|mix)-\d+", name) or name == "all":
         return name
+    if name.startswith(BUDGET_PREFIX):  # budget:PATH, PATH relative to the sweep file
+        resolved = f"{BUDGET_PREFIX}{where.parent / name[len(BUDGET_PREFIX) :]}"
+        try:
+            selection_folder(resolved)
+        except SelectionError as e:
+            raise GridError(f"{where}: sweep.data_types: {e}") from None
+        return resolved
     if ":" in name:
         parse_count_map(name)  # a count map (raises naming what is wrong)
         return name
@@ -343,7 +352,7 @@ def load_grid(path: str | Path) -> GridSpec:
 def cells(spec: GridSpec) -> list[Cell]:
     """Every (model, data type) in the file's order: models outer, data types inner."""
     return [
-        Cell(m, d, STUDY_ALIASES.get(d, d), spec.run_dir / m.label / STUDY_ALIASES.get(d, d))
+        Cell(m, d, STUDY_ALIASES.get(d, d), spec.run_dir / m.label / selection_folder(STUDY_ALIASES.get(d, d)))
         for m in spec.models
         for d in spec.data_types
     ]

@@ -7,6 +7,11 @@
 finished is resumed from its checkpoints (nothing is trained twice) and an evaluation that already wrote its
 summaries is read back rather than recomputed, so an interrupted sweep continues where it stopped.
 
+A budget (``--selections budget:OUT/budget.json``, or ``budget:OUT/rule.json``; :mod:`jaxtune.study.budget`) trains
+on exactly its counts under ``run_dir/budget-<total>-<digest>`` (:mod:`jaxtune.study.budget_run`), recorded as data source
+``budget`` (``reconstruct-scaled`` for a rule) with its total as the data volume, which the report tables beside the
+uniform curated run of that total (:mod:`jaxtune.study.budget_report`).
+
 BELLE volumes (``--selections belle-200k+alpaca,belle-600k+alpaca,belle-1m+alpaca,belle-2m+alpaca``, see
 :mod:`jaxtune.data.belle_volumes`) are recorded as data source ``belle`` or ``belle+alpaca`` with the BELLE record
 count as the data volume (the study's x axis; the Alpaca mix is the same at every volume); ``belle-all`` counts the
@@ -25,9 +30,10 @@ from typing import Callable, Sequence
 from jaxtune.checkpoint.epochs import epoch_checkpoint_path
 from jaxtune.config.schema import Config, ConfigError
 from jaxtune.data.belle_volumes import ALPACA_LABEL, is_belle_selection, parse_belle_selection
-from jaxtune.data.mixtures import STUDY_ALIASES, read_manifest
+from jaxtune.data.mixtures import BUDGET_PREFIX, STUDY_ALIASES, read_manifest
 from jaxtune.paths import as_path, write_text_atomic
 from jaxtune.results import parse_selection
+from jaxtune.study.budget_run import budget_run_label, selection_folder
 
 
 @dataclass
@@ -88,8 +94,12 @@ def epochs_to_evaluate(spec: str, epochs: int) -> list[int]:
 
 def selection_source_and_volume(selection: str, run_dir: Path) -> tuple[str, int | None]:
     """The data source and volume a run's results are plotted under (``belle-600k+alpaca`` -> ("belle+alpaca",
-    600000)); a volume that depends on the data (``maximum``, ``reconstruct``, ``mix-N``, ``belle-all``) is the
-    number of records in the run's manifest (None before the run wrote one)."""
+    600000); ``budget:PATH`` -> ("budget", its total)); a volume that depends on the data (``maximum``,
+    ``reconstruct``, ``mix-N``, ``belle-all``) is the number of records in the run's manifest (None before the run
+    wrote one)."""
+    if selection.startswith(BUDGET_PREFIX):
+        source, total, _ = budget_run_label(selection[len(BUDGET_PREFIX) :])
+        return source, total
     manifest = run_dir / "manifest.jsonl"
     if not is_belle_selection(selection):
         source, volume = parse_selection(STUDY_ALIASES.get(selection, selection))
@@ -149,9 +159,10 @@ def sweep(
             "unset it and choose train.epochs"
         )
     epochs = epochs_to_evaluate(epochs_to_eval, cfg.train.epochs)
-    for selection in selections:  # a misspelt volume fails now, not after the runs before it
+    for selection in selections:  # a misspelt volume (or a missing budget file) fails now, not after the runs before it
         if is_belle_selection(selection):
             parse_belle_selection(selection)
+        selection_folder(selection)
     root = as_path(cfg.run_dir)
     size = model_size or model_size_label(cfg)
     runs: list[SweepRun] = []
@@ -162,7 +173,7 @@ def sweep(
         cfg.train, compilation_cache_dir=run_cache_dir(cfg.train.compilation_cache_dir, str(root))
     )
     for i, selection in enumerate(selections):
-        run_dir = root / selection
+        run_dir = root / selection_folder(selection)
         data = dataclasses.replace(cfg.data, selection=selection)
         run_cfg = dataclasses.replace(cfg, run_dir=str(run_dir), data=data, train=cell_train)
         print_fn(f"[{i + 1}/{len(selections)}] {selection}: training ({_eta(started, i, len(selections))})")
@@ -184,7 +195,7 @@ def sweep(
                     epoch_checkpoint_path(run_dir, epoch, step),
                     cfg.eval,
                     out_dir=eval_dir,
-                    metadata=_eval_metadata(selection, size, source, volume, epoch, step),
+                    metadata=_eval_metadata(selection_folder(selection), size, source, volume, epoch, step),
                     mesh=eval_mesh_config(cfg),
                 )
                 print_fn(evaluation.table())
@@ -209,10 +220,10 @@ def sweep(
     return outputs
 
 
-def _eval_metadata(selection: str, size: str, source: str, volume: int | None, epoch: int, step: int) -> dict:
+def _eval_metadata(run_name: str, size: str, source: str, volume: int | None, epoch: int, step: int) -> dict:
     """The run metadata an epoch's evaluation records (the report's labels and x axis)."""
     metadata = {
-        "run_name": selection,
+        "run_name": run_name,
         "model_size": size,
         "data_source": source,
         "epoch": str(epoch),

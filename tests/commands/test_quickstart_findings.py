@@ -1,24 +1,17 @@
-"""The quickstart's findings (pace, data source, size) on a seeded grid of summaries with known numbers, and its
-budget step end to end on a small grid: budget.json sums to the total, the budget run is trained on exactly those
-counts (its manifest), evaluated, and tabled beside the uniform curated run."""
+"""The quickstart's findings (pace, data source, size) on a seeded grid of summaries with known numbers, and what it
+prints of a budget. The findings and the budget step on the quickstart's own grid are in test_quickstart.py;
+training a budget's counts is tested with the sweep (tests/study/test_sweep.py)."""
 
 from __future__ import annotations
 
-import json
 import random
-from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from jaxtune.commands.quickstart import quickstart
-from jaxtune.data.mixtures import read_manifest
-from jaxtune.demo.abilities import write_demo_dataset
-from jaxtune.demo.ceval_ood import write_demo_ceval
+from jaxtune.commands.quickstart_findings import budget_lines
 from jaxtune.results import RunInfo, ability_score, make_summary, write_summary
 from jaxtune.study.findings import findings, format_findings
-
-pytestmark = pytest.mark.long  # minutes: scheduled first (tests/conftest.py)
 
 VOLUMES = [10, 40, 160, 640, 2560]
 CURVES = {  # records in all -> score; chance 25 / 0 / 0
@@ -71,29 +64,19 @@ def test_findings_that_do_not_show_say_so(tmp_path: Path) -> None:
     assert "finding: size: NOT shown" in format_findings([size])
 
 
-def test_quickstart_budget_step_in_small(tmp_path: Path) -> None:
-    out = tmp_path / "qs"
-    write_demo_dataset(out / "data", per_ability=6, eval_per_ability=2, synthetic=20)
-    write_demo_ceval(out / "data" / "ceval", dev=3, val=2)
-    lines: list[str] = []
-    outputs = quickstart(
-        out,
-        overrides=["train.epochs=1", "eval.max_new_tokens=4", "eval.batch_size=8", "eval.suites=doit"],
-        selections="curated-10,curated-20,curated-30",
-        print_fn=lines.append,
-    )
-    text = "\n".join(lines)
-    assert "finding: pace:" in text and "finding: data source:" in text and "finding: size:" in text
-    result = outputs.findings.budget
-    assert result["total"] == 30 and sum(result["counts"].values()) == 30
-    assert all(n <= 6 for n in result["counts"].values())
-    assert [v for v, _ in result["abilities"]["code"]["points"]] == [1.0, 2.0]  # the curves of 10 and 20 only
-    saved = json.loads((out / "budget" / "budget.json").read_text())
-    assert saved["counts"] == result["counts"]
-    size = result["model_size"]
-    assert size == "0.66m"  # the larger size's curves choose the budget
-    manifest = read_manifest(out / "runs" / size / "budget-30" / "manifest.jsonl")
-    assert Counter(e["ability"] for e in manifest) == Counter({a: n for a, n in result["counts"].items() if n})
-    assert "budget run: overall predicted" in text and "uniform curated-30" in text
-    table = (out / "runs" / "report" / "doit-test.budget.md").read_text()
-    assert table.splitlines()[0] == f"| ability | {size} budget-30 | {size} curated-30 |"
+def test_an_optimised_budget_is_printed_against_uniform() -> None:
+    r = {
+        "total": 30,
+        "holdout": None,
+        "chosen": "optimised",
+        "decision": "optimised: gain +4.0 clears bootstrap",
+        "optimised": {"counts": {"a": 20, "b": 10}, "overall": 60.0, "overall_band": [58.0, 62.0]},
+        "uniform": {"counts": {"a": 15, "b": 15}, "overall": 56.0, "overall_band": None},
+        "predicted": {"overall": 60.0, "overall_band": [58.0, 62.0]},
+        "measured_overall": 57.0,
+        "uniform_overall": 59.5,
+    }
+    text = budget_lines(r, "1m")
+    assert "  optimised: predicted overall 60.0 [58.0, 62.0] (a 20, b 10)" in text
+    assert "  uniform: predicted overall 56.0 (a 15, b 15)" in text
+    assert "measured 57.0; uniform curated-30: 59.5 (budget -2.5)" in text
