@@ -146,7 +146,6 @@ def sweep(
     the results (default :func:`model_size_label`); ``write_report=False`` leaves the report to the caller (the grid
     draws one over all its models)."""
     from jaxtune.eval.distributed import agree, eval_mesh_config, is_writer
-    from jaxtune.eval.judge import JudgeGaveUp
     from jaxtune.eval.runner import evaluate
     from jaxtune.runtime.compiles import run_cache_dir
     from jaxtune.study.report import report
@@ -211,13 +210,21 @@ def sweep(
     if write_report and is_writer():  # the evaluations' files and the report are process 0's
         files = report([d for r in runs for d in r.eval_dirs.values()], report_dir)
         outputs = dataclasses.replace(outputs, report_files=list(files), table=final_table(report_dir))
-    if gave_up:  # every cell done and reported first; then exit 75: the sweep's next run judges only those items
+    judge_gave_up(gave_up)  # every cell done and reported first
+    return outputs
+
+
+def judge_gave_up(gave_up: Sequence[tuple[str, dict]]) -> None:
+    """:class:`jaxtune.eval.judge.JudgeGaveUp` (exit 75) naming each evaluation (``where``) and its items the judge
+    gave up on (by suite), if any: the sweep's next run judges only those items."""
+    from jaxtune.eval.judge import JudgeGaveUp
+
+    if gave_up:
         raise JudgeGaveUp(
             f"the judge gave up on items of {len(gave_up)} evaluations ("
             + "; ".join(f"{where}: " + ", ".join(f"{len(v)} in {k}" for k, v in by.items()) for where, by in gave_up)
             + "; listed in each summary's judge_failed, left out of the scores): run the sweep again to judge them"
         )
-    return outputs
 
 
 def _eval_metadata(run_name: str, size: str, source: str, volume: int | None, epoch: int, step: int) -> dict:
