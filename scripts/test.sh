@@ -11,8 +11,9 @@ export JAX_PLATFORMS=cpu
 set +e
 # Two worker processes, one test file each at a time (module fixtures built once): most tests wait on XLA's
 # single-threaded compiler, so two cores run two files side by side. JAXTUNE_TEST_WORKERS=0 runs in one process.
+# Files in collection order (tests/conftest.py puts the long ones first), not xdist's largest-count-first.
 .venv/bin/python -m pytest tests -q -p no:cacheprovider --timeout=600 \
-  -n "${JAXTUNE_TEST_WORKERS:-2}" --dist loadfile --junitxml=.pytest-report.xml "$@"
+  -n "${JAXTUNE_TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder --junitxml=.pytest-report.xml "$@"
 status=$?
 set -e
 if [ "$status" -eq 5 ]; then

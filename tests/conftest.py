@@ -1,8 +1,11 @@
-"""Test-session setup: eight simulated CPU devices (the sharded and multi-device paths run on any machine)."""
+"""Test-session setup: eight simulated CPU devices (the sharded and multi-device paths run on any machine), and one
+compilation cache for the whole suite."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 # Must happen before jax is imported anywhere: XLA reads the flag when the CPU backend starts.
@@ -10,6 +13,16 @@ _flag = "--xla_force_host_platform_device_count=8"
 if _flag not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+# One persistent compilation cache for the suite: its processes (pytest-xdist's workers inherit the variable from
+# the controller, which loads this file first) and every jaxtune process a test starts. The same tiny programs
+# compile in many tests; a run reads them from here instead (jaxtune.runtime.compiles.run_cache_dir honours the
+# variable). Tests about the cache itself or counting compiles take their own: the ``own_compilation_cache`` fixture.
+SHARED_CACHE_VARIABLE = "JAXTUNE_TEST_SHARED_CACHE"
+if SHARED_CACHE_VARIABLE not in os.environ:
+    os.environ[SHARED_CACHE_VARIABLE] = os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(
+        prefix="jaxtune-tests-compilation-cache-"
+    )
 
 import pytest  # noqa: E402
 
@@ -19,6 +32,11 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "long: a test of minutes; its file is scheduled first (see below)")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):  # the controller (or the only process), after every worker ended
+        shutil.rmtree(os.environ[SHARED_CACHE_VARIABLE], ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -34,3 +52,19 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} is not present (the shared data folder lives beside the checkout)")
     return SHARED_DATA
+
+
+@pytest.fixture
+def own_compilation_cache(monkeypatch: pytest.MonkeyPatch):
+    """No suite-wide cache for this test: runs pick their own default (RUN_DIR/compilation_cache), as outside the
+    suite, so counts of compiles and cache hits are this test's alone."""
+    import jax
+
+    from jaxtune.runtime import compiles
+
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
+    monkeypatch.setattr(compiles, "_RUN_FOLDERS", set())
+    before = jax.config.jax_compilation_cache_dir
+    compiles.use_compilation_cache(None)
+    yield
+    compiles.use_compilation_cache(before)

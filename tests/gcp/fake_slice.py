@@ -62,7 +62,7 @@ from pathlib import Path
 CLUSTER_VARIABLES = ("JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS", "PYTHONPATH")
 CLUSTER_PREFIXES = ("SLURM_", "OMPI_", "PMI_")
 WATCH_LIMIT_S = 600
-TICK_S = 0.03
+TICK_S = 0.1  # a save to the emulator takes a second or more; steps between saves are what the plans wait for
 
 # The worker image's python3.11: `-m venv .venv` makes the venv described in the module docstring.
 PYTHON311 = """#!/usr/bin/env bash

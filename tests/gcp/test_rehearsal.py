@@ -9,6 +9,9 @@
   overrides, which a sweep file does not take): preempted once its first cell is evaluated, as its second starts;
   it must resume and finish every cell. Its second cell, trained uninterrupted, is the train run's reference.
 
+The two run at once, each supervised on its own slice (as a lab with two slices would), sharing the bucket and its
+compilation cache.
+
 The coordinator settings the workers' entry point adds stand in for the TPU metadata (see fake_slice.py).
 """
 
@@ -19,6 +22,7 @@ import os
 import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import fake_slice
@@ -53,7 +57,7 @@ RUN_ARGS = [
     "eval.max_new_tokens=4",
 ]
 SETTINGS = {
-    "POLL_SECONDS": "1",
+    "POLL_SECONDS": "2",
     # A step takes milliseconds, a save to the emulator a second or two; on a loaded 2-core machine a save with its
     # first compile (the epoch checkpoint's cast) took 12 s.
     "HANG_SECONDS": "30",
@@ -122,25 +126,44 @@ def log(result: subprocess.CompletedProcess) -> str:
     return f"stdout:\n{result.stdout[-6000:]}\nstderr:\n{result.stderr[-3000:]}"
 
 
+SWEEP_JOB = [
+    "bash",
+    "scripts/sweep.sh",
+    *RUN_ARGS,
+    "--selections",
+    "curated-40,curated-160",
+    f"run_dir=gs://{BUCKET}/sweep",
+]
+# Preempted once its first cell is evaluated, as the second starts; the second cell trains uninterrupted: the
+# reference of the train run.
+SWEEP_PLAN = [
+    {"start": 1, "when": {"exists": f"gs://{BUCKET}/sweep/curated-40/eval/epoch-2/evaluated.json"}, "do": "preempt"}
+]
+TRAIN_RUN = f"gs://{BUCKET}/train"
+TRAIN_JOB = ["bash", "scripts/train.sh", *RUN_ARGS, "data.selection=curated-160", f"run_dir={TRAIN_RUN}"]
+TRAIN_PLAN = [
+    {"start": 1, "when": {"phase": "starting", "run_dir": TRAIN_RUN}, "do": "preempt"},  # during start-up
+    {"start": 2, "when": {"saving": TRAIN_RUN}, "do": "preempt"},  # a step folder without its commit marker
+    {"start": 3, "when": {"step": 7, "run_dir": TRAIN_RUN}, "do": "hang", "worker": 1},  # mid-epoch, between saves
+    {"start": 4, "when": {"step": 8, "run_dir": TRAIN_RUN}, "do": "fail", "worker": 0},
+]
+
+
 @pytest.fixture(scope="module")
-def supervised_sweep(slice_env, gcs, tmp_path_factory):  # noqa: F811
-    """A 2-cell sweep (curated-40, then curated-160) preempted once its first cell is evaluated, as the second
-    starts. Its second cell trains uninterrupted: the reference of the train run below."""
-    job = [
-        "bash",
-        "scripts/sweep.sh",
-        *RUN_ARGS,
-        "--selections",
-        "curated-40,curated-160",
-        f"run_dir=gs://{BUCKET}/sweep",
-    ]
-    first_done = f"gs://{BUCKET}/sweep/curated-40/eval/epoch-2/evaluated.json"
-    plan = [{"start": 1, "when": {"exists": first_done}, "do": "preempt"}]
-    return supervise(slice_env, "sweep", job, plan, tmp_path_factory.mktemp("sweep"))
+def supervised(slice_env, tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
+    """The 2-cell sweep and the train run, each supervised on its own slice, both at once (as a lab runs several
+    slices; the emulation keeps each slice's workers, ports and faults apart)."""
+    jobs = {"sweep": (SWEEP_JOB, SWEEP_PLAN), "train": (TRAIN_JOB, TRAIN_PLAN)}
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        futures = {
+            name: pool.submit(supervise, slice_env, name, job, plan, tmp_path_factory.mktemp(name))
+            for name, (job, plan) in jobs.items()
+        }
+        return {name: future.result() for name, future in futures.items()}
 
 
-def test_a_preempted_sweep_resumes_and_finishes(supervised_sweep, gcs):  # noqa: F811
-    swept = supervised_sweep
+def test_a_preempted_sweep_resumes_and_finishes(supervised, gcs):  # noqa: F811
+    swept = supervised["sweep"]
     print(swept.stdout)  # the supervisor's log, shown by pytest -rP
     assert swept.returncode == 0, log(swept)
     assert restarts(swept.stdout) == [("preemption", "slice sweep is PREEMPTED; recreating it")], log(swept)
@@ -152,21 +175,8 @@ def test_a_preempted_sweep_resumes_and_finishes(supervised_sweep, gcs):  # noqa:
         assert f"sweep/{cell}/eval/epoch-2/doit-test.summary.json" in names
 
 
-def test_a_train_run_through_preemptions_a_hang_and_a_crash_ends_bitwise_equal(
-    supervised_sweep,
-    slice_env,
-    gcs,  # noqa: F811
-    tmp_path,
-):
-    run = f"gs://{BUCKET}/train"
-    plan = [
-        {"start": 1, "when": {"phase": "compiling", "run_dir": run}, "do": "preempt"},  # during start-up
-        {"start": 2, "when": {"saving": run}, "do": "preempt"},  # a step folder without its commit marker
-        {"start": 3, "when": {"step": 7, "run_dir": run}, "do": "hang", "worker": 1},  # mid-epoch, between saves
-        {"start": 4, "when": {"step": 8, "run_dir": run}, "do": "fail", "worker": 0},
-    ]
-    job = ["bash", "scripts/train.sh", *RUN_ARGS, "data.selection=curated-160", f"run_dir={run}"]
-    result = supervise(slice_env, "train", job, plan, tmp_path)
+def test_a_train_run_through_preemptions_a_hang_and_a_crash_ends_bitwise_equal(supervised, gcs, tmp_path):  # noqa: F811
+    result = supervised["train"]
     print(result.stdout)  # the supervisor's log, shown by pytest -rP
     assert result.returncode == 0, log(result)
     got = restarts(result.stdout)

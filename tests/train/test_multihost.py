@@ -17,6 +17,8 @@ from jaxtune.train.trainer import train
 from . import subprocess_runs as runs
 from .synthetic_stream import synthetic_data, tiny_config
 
+pytestmark = pytest.mark.long  # two minutes of processes: scheduled first (tests/conftest.py)
+
 DATA = dict(num_rows=96, seq_len=32, global_batch=8, epochs=1, valid_rows=16)
 CONFIG = dict(train=dict(epochs=1, eval_every=6), checkpoint=dict(save_every=4, max_to_keep=2, async_save=True))
 

@@ -66,7 +66,7 @@ def _heartbeat_phases(monkeypatch) -> list[tuple[str, int]]:
     return seen
 
 
-def test_a_run_logs_evaluates_checkpoints_and_exports_params(tmp_path, monkeypatch):
+def test_a_run_logs_evaluates_checkpoints_and_exports_params(tmp_path, monkeypatch, own_compilation_cache):
     cfg = tiny_config(
         tmp_path,
         train=dict(epochs=2, eval_every=2),
