@@ -62,7 +62,7 @@ def own_compilation_cache(monkeypatch: pytest.MonkeyPatch):
 
     from jaxtune.runtime import compiles
 
-    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
     monkeypatch.setattr(compiles, "_RUN_FOLDERS", set())
     before = jax.config.jax_compilation_cache_dir
     compiles.use_compilation_cache(None)
