@@ -25,7 +25,7 @@ from jaxtune.sharding import LayoutError, build_mesh
 
 from .test_runner import data_dir  # noqa: F401  (the suites' fixture data folder)
 
-WORKER = Path(__file__).with_name("eval_worker.py")
+WORKER = Path(__file__).parents[1] / "cli_worker.py"
 TIMEOUT_S = 300
 SUITES = ("doit", "ceval", "cmmlu")
 SETTINGS = dict(max_new_tokens=6, batch_size=16, num_shots=2)
@@ -96,10 +96,10 @@ def test_sharded_and_two_process_evaluations_equal_the_single_device_run(jaxtune
         with open(logs[i], "w") as log:
             procs.append(
                 subprocess.Popen(
-                    [sys.executable, str(WORKER), "4", *args],
+                    [sys.executable, str(WORKER), "4", "eval", *args],
                     stdout=log,
                     stderr=subprocess.STDOUT,
-                    cwd=str(WORKER.parents[2]),
+                    cwd=str(WORKER.parents[1]),
                 )
             )
     try:

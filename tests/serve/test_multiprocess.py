@@ -22,7 +22,7 @@ from .conftest import CONTEXT, ROWS
 
 pytestmark = pytest.mark.timeout(300)
 
-WORKER = Path(__file__).with_name("serve_worker.py")
+WORKER = Path(__file__).parents[1] / "cli_worker.py"
 START_TIMEOUT_S = 180
 QUESTIONS = ["what is two plus two", "name a colour", "write one word", "say hello"]
 
@@ -65,8 +65,8 @@ def test_two_processes_serve_the_single_process_replies(server, random_checkpoin
     try:
         for i, log in enumerate(logs):
             with open(log, "w") as out:
-                procs.append(subprocess.Popen([sys.executable, str(WORKER), "2", *args, f"mesh.process_id={i}"],
-                                              stdout=out, stderr=subprocess.STDOUT, cwd=str(WORKER.parents[2])))  # fmt: skip
+                procs.append(subprocess.Popen([sys.executable, str(WORKER), "2", "serve", *args, f"mesh.process_id={i}"],
+                                              stdout=out, stderr=subprocess.STDOUT, cwd=str(WORKER.parents[1])))  # fmt: skip
         _up(port, procs, logs)
         (model,) = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused").models.list().data
         assert model.id == server.loaded.model.id  # the same checkpoint, path and hash

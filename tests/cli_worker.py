@@ -1,10 +1,10 @@
-"""Runs ``jaxtune eval`` (the command-line entry point) in a fresh process with its own CPU device count.
+"""Runs a ``jaxtune`` command (the command-line entry point) in a fresh process with its own CPU device count.
 
-    python eval_worker.py DEVICES ARG...
+    python cli_worker.py DEVICES COMMAND ARG...
 
-DEVICES: this process's simulated CPU devices; ARG...: the ``jaxtune eval`` arguments. Multi-process runs pass
-mesh.coordinator_address, mesh.num_processes and mesh.process_id as overrides, as a user on a pod would (or let
-JAX read them from the environment).
+DEVICES: this process's simulated CPU devices; COMMAND ARG...: the ``jaxtune`` command and its arguments.
+Multi-process runs (``eval``, ``serve`` on a pod slice) pass mesh.coordinator_address, mesh.num_processes and
+mesh.process_id as overrides, as a user on a pod would (or let JAX read them from the environment).
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import os
 import sys
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 def main(devices: int, args: list[str]) -> int:
     # Before jax is imported: the test session's XLA_FLAGS may say another device count.
@@ -20,11 +22,11 @@ def main(devices: int, args: list[str]) -> int:
     flags.append(f"--xla_force_host_platform_device_count={devices}")
     os.environ["XLA_FLAGS"] = " ".join(flags)
     os.environ["JAX_PLATFORMS"] = "cpu"
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    sys.path.insert(0, str(REPO))
 
     from jaxtune.cli import main as jaxtune_main
 
-    return jaxtune_main(["eval", *args])
+    return jaxtune_main(args)
 
 
 if __name__ == "__main__":
