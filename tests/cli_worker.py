@@ -9,6 +9,7 @@ mesh.process_id as overrides, as a user on a pod would (or let JAX read them fro
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -23,6 +24,8 @@ def main(devices: int, args: list[str]) -> int:
     os.environ["XLA_FLAGS"] = " ".join(flags)
     os.environ["JAX_PLATFORMS"] = "cpu"
     sys.path.insert(0, str(REPO))
+    sys.path.insert(0, str(REPO / "tests" / "cpu_slice"))
+    importlib.import_module("sitecustomize")  # before JAX: processes share compilation-cache entries, as on TPU
 
     from jaxtune.cli import main as jaxtune_main
 

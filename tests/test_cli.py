@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 from tiny_demo_run import TINY_DEMO_MODEL
@@ -32,6 +34,16 @@ def test_every_subcommand_is_registered():
         "info",
         "validate",
     }
+
+
+def test_the_command_line_parses_without_the_numerical_libraries():
+    """Each worker of a slice starts a `jaxtune` process at every (re)start: parsing the command imports only what
+    the chosen command needs (in a fresh process; this one has them all loaded)."""
+    code = "import sys, jaxtune.cli; print(*sorted(m for m in HEAVY if m in sys.modules))"
+    heavy = "jax flax orbax matplotlib scipy torch transformers grain".split()
+    done = subprocess.run([sys.executable, "-c", f"HEAVY = {heavy!r}; {code}"], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 0 and done.stdout.split() == [], done.stdout + done.stderr[-2000:]
 
 
 def test_unknown_override_key_names_it_and_the_closest_key(capsys, tmp_path):

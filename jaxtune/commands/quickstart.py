@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jaxtune.commands.arguments import add_command
-from jaxtune.commands.quickstart_findings import FindingsOutputs, findings_and_budget
 from jaxtune.demo import DEMO_DIR, DEMO_TOKENIZER
 from jaxtune.demo.abilities import write_demo_dataset
 from jaxtune.demo.ceval_ood import write_demo_ceval
@@ -29,6 +28,7 @@ from jaxtune.paths import local_path
 from jaxtune.results import find_summaries, read_summary
 
 if TYPE_CHECKING:
+    from jaxtune.commands.quickstart_findings import FindingsOutputs
     from jaxtune.study.grid import GridOutputs
 
 QUICKSTART_SWEEP = DEMO_DIR / "sweep.yaml"
@@ -84,6 +84,7 @@ def quickstart(
     types, default the sweep file's), export the best checkpoint to ``out/hf``; ``overrides`` apply to every run."""
     import jax
 
+    from jaxtune.commands.quickstart_findings import findings_and_budget
     from jaxtune.convert.hf import export_hf
     from jaxtune.study.grid import load_grid, run_grid  # imported when run: the CLI imports this module to parse
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
@@ -103,6 +104,24 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def summary_writer_class() -> type:
+    """tensorboardX's ``SummaryWriter``, imported without torch when torch is not loaded yet.
+
+    tensorboardX imports torch whenever it is installed, only to accept torch tensors (2.7 s and several hundred
+    MB at each run start on a 2-core machine); jaxtune passes it floats. ``sys.modules["torch"] = None`` makes
+    that import fail the way a missing torch would, for the time of this import only."""
+    if "tensorboardX" in sys.modules or "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+
+        return SummaryWriter
+    sys.modules["torch"] = None  # type: ignore[assignment]
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
+
+
 class MetricsWriter:
     """Writes scalars as TensorBoard events and JSON lines, and prints progress lines; inactive (writes nothing)
     unless ``enabled`` (process 0 only).
@@ -129,8 +148,7 @@ class MetricsWriter:
         self._open_tensorboard(purge_step=step + 1 if step > 0 else None)
 
     def _open_tensorboard(self, purge_step: Optional[int]) -> None:
-        from tensorboardX import SummaryWriter
-
+        SummaryWriter = summary_writer_class()
         if self._tb is not None:
             self._tb.close()
         # tensorboardX writes gs:// itself (google-cloud-storage), re-uploading the event file on each flush.

@@ -83,7 +83,8 @@ args = sys.argv[1:]
 if args and args[0] in ("train", "sweep"):
     args += ["mesh.coordinator_address=" + os.environ["FAKE_SLICE_COORDINATOR"],
              "mesh.num_processes=" + os.environ["FAKE_SLICE_WORKERS"], "mesh.process_id=" + os.environ["FAKE_SLICE_WORKER"]]
-env = dict(os.environ, PYTHONPATH=os.path.expanduser("~/jaxtune"))
+# tests/cpu_slice: the workers share compilation-cache entries, as a TPU slice's do (see its sitecustomize).
+env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.expanduser("~/jaxtune"), %(cpu_slice)r]))
 child = subprocess.Popen([%(python)r, "-m", "jaxtune.cli", *args], env=env)
 with open(os.path.expanduser("~/.entry.pid"), "w") as f:
     f.write(str(os.getpid()))
@@ -210,7 +211,9 @@ def vm_create(slices: Slices, name: str, args: list[str]) -> int:
         image.mkdir(parents=True, exist_ok=True)
         (image / "hostname").write_text(f"#!/bin/sh\necho {name}-w-{w}\n")
         entry = slices.image(name, w) / "entry.py"
-        entry.write_text(ENTRY % {"python": sys.executable})
+        entry.write_text(
+            ENTRY % {"python": sys.executable, "cpu_slice": str(Path(__file__).resolve().parent.parent / "cpu_slice")}
+        )
         (image / "python3.11").write_text(PYTHON311 % {"python": sys.executable, "entry": str(entry)})
         for tool in ("hostname", "python3.11"):
             (image / tool).chmod(0o755)

@@ -196,7 +196,8 @@ def test_a_grid_on_two_slices_survives_a_preemption_a_failure_and_a_second_drive
     serial, on_ray = _grids(tmp_path)
     env = {
         **os.environ,
-        "PYTHONPATH": str(REPO),
+        # tests/cpu_slice: the hosts of a slice share compilation-cache entries, as on TPU (see its sitecustomize)
+        "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests" / "cpu_slice")]),
         "JAX_PLATFORMS": "cpu",
         "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
     }

@@ -9,6 +9,7 @@ mesh.process_id as overrides, which is how the trainer itself initialises jax.di
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -24,6 +25,8 @@ def main(spec: dict) -> int:
     here = Path(__file__).resolve()
     sys.path.insert(0, str(here.parent))
     sys.path.insert(0, str(here.parents[2]))
+    sys.path.insert(0, str(here.parents[1] / "cpu_slice"))
+    importlib.import_module("sitecustomize")  # before JAX: processes share compilation-cache entries, as on TPU
 
     import jax
     from synthetic_stream import synthetic_data, tiny_config

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 import types
 
 import jax
@@ -61,6 +63,26 @@ def test_writer_appends_json_lines_and_tensorboard_scalars_and_truncates(tmp_pat
     writer.truncate_after(2)  # a run resumed from step 2 redoes step 3
     assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2]
     writer.close()
+
+
+def test_the_tensorboard_writer_opens_without_loading_torch_which_still_imports_afterwards(tmp_path):
+    """tensorboardX imports torch when installed (seconds at each run start); the writer keeps it out, and torch
+    imports normally afterwards. In a fresh process: this one has torch loaded by other tests."""
+    pytest.importorskip("torch")
+    code = f"""
+import sys
+from jaxtune.train.metrics import MetricsWriter
+writer = MetricsWriter({str(tmp_path)!r}, enabled=True)
+writer.start_at(0)
+writer.write(1, "train", {{"loss": 0.5}})
+writer.close()
+assert "torch" not in sys.modules, "tensorboardX loaded torch"
+import torch
+assert torch.zeros(2).sum().item() == 0.0
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert ("train/loss", 1, 0.5) in scalar_events(tmp_path / "tensorboard")
 
 
 def _steps_in(path) -> list[int]:
