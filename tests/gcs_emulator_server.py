@@ -1,4 +1,5 @@
-"""Runs gcp-storage-emulator in memory on 127.0.0.1 with one gap filled, for tests/gcs_emulator.py:
+"""Runs gcp-storage-emulator in memory on 127.0.0.1 with two gaps filled and one cost removed, for
+tests/gcs_emulator.py:
 
     python gcs_emulator_server.py PORT
 
@@ -18,6 +19,7 @@ from http import HTTPStatus
 
 from gcp_storage_emulator.exceptions import NotFound
 from gcp_storage_emulator.handlers import objects
+from gcp_storage_emulator.storage import Storage
 
 _download = objects.download
 
@@ -60,6 +62,7 @@ from gcp_storage_emulator.server import create_server  # noqa: E402
 
 
 def main(port: int) -> None:
+    Storage._write_config_to_file = lambda self: None  # in memory: a file nothing reads (see above)
     server = create_server("127.0.0.1", port, in_memory=True)
     server.run()
 
