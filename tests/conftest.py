@@ -1,5 +1,5 @@
-"""Test-session setup: eight simulated CPU devices (the sharded and multi-device paths run on any machine), and one
-compilation cache for the whole suite."""
+"""Test-session setup: eight simulated CPU devices (the sharded and multi-device paths run on any machine), programs
+compiled at LLVM's lowest level (tests/compile_level.py), and one compilation cache for the whole suite."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
-# Must happen before jax is imported anywhere: XLA reads the flag when the CPU backend starts.
-_flag = "--xla_force_host_platform_device_count=8"
-if _flag not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
+from compile_level import SUITE_FLAG  # noqa: E402  (tests/ is on sys.path: pytest's rootdir conftest)
+
+# Must happen before jax is imported anywhere: XLA reads the flags when the CPU backend starts.
+for _flag in ("--xla_force_host_platform_device_count=8", SUITE_FLAG):
+    if _flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 # One persistent compilation cache for the suite: its processes (pytest-xdist's workers inherit the variable from

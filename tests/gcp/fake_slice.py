@@ -272,7 +272,17 @@ def worker_env(slices: Slices, name: str, worker: int, workers: int, coordinator
         HOME=str(slices.home(name, worker)),
         PATH=f"{slices.image(name, worker) / 'bin'}:{os.environ['PATH']}",
         JAX_PLATFORMS="cpu",
-        XLA_FLAGS="--xla_force_host_platform_device_count=4",
+        # the device count of a worker; the suite's other flags kept (tests/compile_level.py)
+        XLA_FLAGS=" ".join(
+            [
+                *(
+                    f
+                    for f in os.environ.get("XLA_FLAGS", "").split()
+                    if "xla_force_host_platform_device_count" not in f
+                ),
+                "--xla_force_host_platform_device_count=4",
+            ]
+        ),
         FAKE_SLICE_TAG=slices.tag(name, worker),
         FAKE_SLICE_WORKER=str(worker),
         FAKE_SLICE_WORKERS=str(workers),

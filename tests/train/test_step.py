@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from compile_level import DEFAULT_LEVEL
 from flax import nnx
 
 from jaxtune.config.loading import model_config_from_dict
@@ -183,6 +184,7 @@ def test_the_select_form_of_the_guard_matches_the_cond_form(cfg, initial_params)
     run = jax.jit(
         lambda st, b, sel: train_step(st, b, graphdef=graphdef, tx=tx, schedule=schedule, select_update=sel)[0],
         static_argnums=2,
+        compiler_options=DEFAULT_LEVEL,  # two programs bit for bit: as jaxtune compiles them
     )
     for batch in (good, bad):
         by_cond, by_select = _host(run(state, batch, False)), _host(run(state, batch, True))

@@ -1,0 +1,14 @@
+"""The suite compiles at LLVM's lowest optimisation level (tests/conftest.py adds :data:`SUITE_FLAG` to
+``XLA_FLAGS``, which every process of the suite inherits).
+
+The suite's programs are tiny: compiling them is most of their cost, and at level 0 a compile-bound test file used a
+fifth less CPU (tests/models/test_attention.py: 77 s -> 61 s). What the tests check holds at any level: results
+are compared with references within tolerances, and bit-for-bit checks compare runs of the same program (a resumed
+run with an uninterrupted one). A test comparing two different programs bit for bit compiles them at XLA's default
+level, as jaxtune does: ``jax.jit(..., compiler_options=DEFAULT_LEVEL)``.
+"""
+
+SUITE_FLAG = "--xla_backend_optimization_level=0"
+
+DEFAULT_LEVEL = {"xla_backend_optimization_level": 3}
+"""XLA's default (xla/debug_options_flags.cc), for a program compiled as outside the suite."""
