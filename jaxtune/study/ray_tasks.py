@@ -27,6 +27,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from typing import Any, Iterator, Optional
 
@@ -69,6 +70,14 @@ def _stop_group(proc: subprocess.Popen, grace_s: float) -> None:
             return
 
 
+def _listen_for_cancel() -> None:
+    """Make ``ray.cancel`` reach this task. Ray interrupts a task with ``_thread.interrupt_main()``, which does
+    nothing while SIGINT is ignored, and a worker inherits that from the process that started its node (seen: a
+    local cluster started from a background job of a shell script, whose SIGINT is ignored; the task ran on)."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def _wait(proc: subprocess.Popen) -> int:
     """The subprocess's exit status. Polled: Ray's cancel raises its KeyboardInterrupt between Python bytecodes, so
     a plain ``wait()`` blocked in ``waitpid`` never sees it (measured: the task stayed alive)."""
@@ -87,6 +96,7 @@ def _tail(path: str, lines: int = 40) -> list[str]:
 def host_task(argv: list[str], env: dict[str, str], grace_s: float) -> dict[str, Any]:
     """Run ``python ARGV...`` (this worker's Python) on this host; ``{"exit", "log_tail", "log"}`` (see the module
     docstring)."""
+    _listen_for_cancel()
     fd, log = tempfile.mkstemp(prefix="jaxtune-cell-", suffix=".log")
     with os.fdopen(fd, "w") as out:
         proc = subprocess.Popen(

@@ -297,14 +297,20 @@ def _processes_with(marker: str) -> list[int]:
     return pids
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(120)
 def test_a_cancelled_host_task_stops_its_whole_process_group():
-    """What a slice task does to the other hosts when one fails: ray.cancel; the command and its children go."""
+    """What a slice task does to the other hosts when one fails: ray.cancel; the command and its children go. The
+    node is started with SIGINT ignored (as from a background job of a script), which Ray's workers inherit: the
+    task must listen to the cancel all the same."""
     from jaxtune.study.ray_tasks import host_task
 
     marker = f"{time.time():.6f}"  # a child's argument no other process has
     code = f"import subprocess, time; subprocess.Popen(['sleep', '300', '{marker}']); time.sleep(300)"
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     try:
         ref = host_task.remote(["-c", code], {}, 2.0)
         deadline = time.time() + 60
@@ -313,9 +319,9 @@ def test_a_cancelled_host_task_stops_its_whole_process_group():
         assert len(_processes_with(marker)) == 2
         started = time.time()
         ray.cancel(ref)
-        with pytest.raises(ray.exceptions.TaskCancelledError):  # over 30 s once, in the suite at a load of 8
-            ray.get(ref, timeout=90)
-        assert time.time() - started < 90
+        with pytest.raises(ray.exceptions.TaskCancelledError):
+            ray.get(ref, timeout=30)
+        assert time.time() - started < 10
         deadline = time.time() + 10
         while _processes_with(marker) and time.time() < deadline:
             time.sleep(0.2)
