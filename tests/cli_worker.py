@@ -14,14 +14,14 @@ import os
 import sys
 from pathlib import Path
 
+from compile_level import xla_flags  # tests/: this script's folder
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def main(devices: int, args: list[str]) -> int:
     # Before jax is imported: the test session's XLA_FLAGS may say another device count.
-    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
-    flags.append(f"--xla_force_host_platform_device_count={devices}")
-    os.environ["XLA_FLAGS"] = " ".join(flags)
+    os.environ["XLA_FLAGS"] = xla_flags(devices)
     os.environ["JAX_PLATFORMS"] = "cpu"
     sys.path.insert(0, str(REPO))
     sys.path.insert(0, str(REPO / "tests" / "cpu_slice"))

@@ -12,3 +12,11 @@ SUITE_FLAG = "--xla_backend_optimization_level=0"
 
 DEFAULT_LEVEL = {"xla_backend_optimization_level": 3}
 """XLA's default (xla/debug_options_flags.cc), for a program compiled as outside the suite."""
+
+
+def xla_flags(devices: int) -> str:
+    """``XLA_FLAGS`` for a child process with ``devices`` CPU devices, keeping the suite's other flags (this level)."""
+    import os
+
+    kept = [f for f in os.environ.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
+    return " ".join([*kept, f"--xla_force_host_platform_device_count={devices}"])

@@ -107,8 +107,8 @@ def _jsonable(value: Any) -> Any:
 def summary_writer_class() -> type:
     """tensorboardX's ``SummaryWriter``, imported without torch when torch is not loaded yet.
 
-    tensorboardX imports torch whenever it is installed, only to accept torch tensors (2.7 s and several hundred
-    MB at each run start on a 2-core machine); jaxtune passes it floats. ``sys.modules["torch"] = None`` makes
+    tensorboardX imports torch whenever it is installed, only to accept torch tensors (2.7 s and 200 MB at each run
+    start on a 2-core machine); jaxtune passes it floats. ``sys.modules["torch"] = None`` makes
     that import fail the way a missing torch would, for the time of this import only."""
     if "tensorboardX" in sys.modules or "torch" in sys.modules:
         from tensorboardX import SummaryWriter

@@ -59,6 +59,9 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: run as the stand-in gcloud too
+from compile_level import xla_flags  # noqa: E402
+
 CLUSTER_VARIABLES = ("JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS", "PYTHONPATH")
 CLUSTER_PREFIXES = ("SLURM_", "OMPI_", "PMI_")
 WATCH_LIMIT_S = 600
@@ -272,17 +275,7 @@ def worker_env(slices: Slices, name: str, worker: int, workers: int, coordinator
         HOME=str(slices.home(name, worker)),
         PATH=f"{slices.image(name, worker) / 'bin'}:{os.environ['PATH']}",
         JAX_PLATFORMS="cpu",
-        # the device count of a worker; the suite's other flags kept (tests/compile_level.py)
-        XLA_FLAGS=" ".join(
-            [
-                *(
-                    f
-                    for f in os.environ.get("XLA_FLAGS", "").split()
-                    if "xla_force_host_platform_device_count" not in f
-                ),
-                "--xla_force_host_platform_device_count=4",
-            ]
-        ),
+        XLA_FLAGS=xla_flags(4),  # the device count of a worker; the suite's other flags kept
         FAKE_SLICE_TAG=slices.tag(name, worker),
         FAKE_SLICE_WORKER=str(worker),
         FAKE_SLICE_WORKERS=str(workers),

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from compile_level import xla_flags
 from eval.judge_server import JudgeServer, judge_like  # tests/ is on sys.path (rootdir conftest)
 
 from jaxtune.cli import main
@@ -147,16 +148,7 @@ def test_belle_study_in_miniature(model: str, tmp_path: Path) -> None:
         assert (cfg.train.epochs, cfg.optim.schedule, cfg.data.template) == (2, "constant", "belle")  # the paper's
         env = {
             "MINI_JUDGE_KEY": "sk-mini",
-            "XLA_FLAGS": " ".join(
-                [
-                    *(
-                        f
-                        for f in os.environ.get("XLA_FLAGS", "").split()
-                        if "xla_force_host_platform_device_count" not in f
-                    ),
-                    "--xla_force_host_platform_device_count=1",
-                ]
-            ),
+            "XLA_FLAGS": xla_flags(1),
             "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax-cache"),
             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
             "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",

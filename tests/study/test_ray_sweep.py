@@ -20,6 +20,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
+from compile_level import xla_flags  # noqa: E402  (tests/ is on sys.path: the rootdir conftest)
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from jaxtune.demo.abilities import write_demo_dataset  # noqa: E402
@@ -199,16 +200,7 @@ def test_a_grid_on_two_slices_survives_a_preemption_a_failure_and_a_second_drive
         # tests/cpu_slice: the hosts of a slice share compilation-cache entries, as on TPU (see its sitecustomize)
         "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests" / "cpu_slice")]),
         "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": " ".join(
-            [
-                *(
-                    f
-                    for f in os.environ.get("XLA_FLAGS", "").split()
-                    if "xla_force_host_platform_device_count" not in f
-                ),
-                "--xla_force_host_platform_device_count=2",
-            ]
-        ),
+        "XLA_FLAGS": xla_flags(2),
     }
     for key in ("PYTHONPATH", "JAX_PLATFORMS", "XLA_FLAGS"):
         monkeypatch.setenv(key, env[key])  # the Ray nodes (and so every host's jaxtune) inherit them

@@ -18,11 +18,12 @@ from pathlib import Path
 
 def main(spec: dict) -> int:
     # Before jax is imported: this process's CPU device count (the test session's XLA_FLAGS may say otherwise).
-    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
-    flags.append(f"--xla_force_host_platform_device_count={spec.get('devices', 8)}")
-    os.environ["XLA_FLAGS"] = " ".join(flags)
-    os.environ["JAX_PLATFORMS"] = "cpu"
     here = Path(__file__).resolve()
+    sys.path.insert(0, str(here.parents[1]))
+    from compile_level import xla_flags
+
+    os.environ["XLA_FLAGS"] = xla_flags(spec.get("devices", 8))
+    os.environ["JAX_PLATFORMS"] = "cpu"
     sys.path.insert(0, str(here.parent))
     sys.path.insert(0, str(here.parents[2]))
     sys.path.insert(0, str(here.parents[1] / "cpu_slice"))
