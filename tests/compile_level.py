@@ -8,6 +8,8 @@ run with an uninterrupted one). A test comparing two different programs bit for 
 level, as jaxtune does: ``jax.jit(..., compiler_options=DEFAULT_LEVEL)``.
 """
 
+import os
+
 SUITE_FLAG = "--xla_backend_optimization_level=0"
 
 DEFAULT_LEVEL = {"xla_backend_optimization_level": 3}
@@ -16,7 +18,5 @@ DEFAULT_LEVEL = {"xla_backend_optimization_level": 3}
 
 def xla_flags(devices: int) -> str:
     """``XLA_FLAGS`` for a child process with ``devices`` CPU devices, keeping the suite's other flags (this level)."""
-    import os
-
     kept = [f for f in os.environ.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
     return " ".join([*kept, f"--xla_force_host_platform_device_count={devices}"])
