@@ -9,23 +9,17 @@ mesh.process_id as overrides, as a user on a pod would (or let JAX read them fro
 
 from __future__ import annotations
 
-import importlib
-import os
 import sys
 from pathlib import Path
 
-from compile_level import xla_flags  # tests/: this script's folder
+from compile_level import start_cpu_process  # tests/: this script's folder
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def main(devices: int, args: list[str]) -> int:
-    # Before jax is imported: the test session's XLA_FLAGS may say another device count.
-    os.environ["XLA_FLAGS"] = xla_flags(devices)
-    os.environ["JAX_PLATFORMS"] = "cpu"
+    start_cpu_process(devices)  # before jax is imported: the test session's XLA_FLAGS may say another device count
     sys.path.insert(0, str(REPO))
-    sys.path.insert(0, str(REPO / "tests" / "cpu_slice"))
-    importlib.import_module("sitecustomize")  # before JAX: processes share compilation-cache entries, as on TPU
 
     from jaxtune.cli import main as jaxtune_main
 

@@ -60,7 +60,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: run as the stand-in gcloud too
-from compile_level import xla_flags  # noqa: E402
+from compile_level import CPU_SLICE, xla_flags  # noqa: E402
 
 CLUSTER_VARIABLES = ("JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS", "PYTHONPATH")
 CLUSTER_PREFIXES = ("SLURM_", "OMPI_", "PMI_")
@@ -214,9 +214,7 @@ def vm_create(slices: Slices, name: str, args: list[str]) -> int:
         image.mkdir(parents=True, exist_ok=True)
         (image / "hostname").write_text(f"#!/bin/sh\necho {name}-w-{w}\n")
         entry = slices.image(name, w) / "entry.py"
-        entry.write_text(
-            ENTRY % {"python": sys.executable, "cpu_slice": str(Path(__file__).resolve().parent.parent / "cpu_slice")}
-        )
+        entry.write_text(ENTRY % {"python": sys.executable, "cpu_slice": CPU_SLICE})
         (image / "python3.11").write_text(PYTHON311 % {"python": sys.executable, "entry": str(entry)})
         for tool in ("hostname", "python3.11"):
             (image / tool).chmod(0o755)

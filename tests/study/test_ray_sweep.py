@@ -20,7 +20,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from compile_level import xla_flags  # noqa: E402  (tests/ is on sys.path: the rootdir conftest)
+from compile_level import CPU_SLICE, xla_flags  # noqa: E402  (tests/ is on sys.path: the rootdir conftest)
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from jaxtune.demo.abilities import write_demo_dataset  # noqa: E402
@@ -198,7 +198,7 @@ def test_a_grid_on_two_slices_survives_a_preemption_a_failure_and_a_second_drive
     env = {
         **os.environ,
         # tests/cpu_slice: the hosts of a slice share compilation-cache entries, as on TPU (see its sitecustomize)
-        "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests" / "cpu_slice")]),
+        "PYTHONPATH": os.pathsep.join([str(REPO), CPU_SLICE]),
         "JAX_PLATFORMS": "cpu",
         "XLA_FLAGS": xla_flags(2),
     }

@@ -9,9 +9,7 @@ mesh.process_id as overrides, which is how the trainer itself initialises jax.di
 
 from __future__ import annotations
 
-import importlib
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -19,15 +17,10 @@ from pathlib import Path
 def main(spec: dict) -> int:
     # Before jax is imported: this process's CPU device count (the test session's XLA_FLAGS may say otherwise).
     here = Path(__file__).resolve()
-    sys.path.insert(0, str(here.parents[1]))
-    from compile_level import xla_flags
+    sys.path[:0] = [str(here.parent), str(here.parents[1]), str(here.parents[2])]  # tests/train, tests/, the repo
+    from compile_level import start_cpu_process
 
-    os.environ["XLA_FLAGS"] = xla_flags(spec.get("devices", 8))
-    os.environ["JAX_PLATFORMS"] = "cpu"
-    sys.path.insert(0, str(here.parent))
-    sys.path.insert(0, str(here.parents[2]))
-    sys.path.insert(0, str(here.parents[1] / "cpu_slice"))
-    importlib.import_module("sitecustomize")  # before JAX: processes share compilation-cache entries, as on TPU
+    start_cpu_process(spec.get("devices", 8))
 
     import jax
     from synthetic_stream import synthetic_data, tiny_config
