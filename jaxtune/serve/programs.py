@@ -1,8 +1,9 @@
 """The serving engine's device programs: prefill prompts into rows of a fixed batch, and decode a few tokens for
 every live row, each row with its own sampling settings.
 
-Layout (B rows, L cache slots, V the vocabulary; both B and L fixed for the server's life, so the decoding program
-is compiled once and a prefill once per (rows, bucket length) pair):
+Layout (B rows, L cache slots, V the vocabulary; B fixed for the server's life, L grown and cut between calls to what
+the live rows need next, as :mod:`jaxtune.eval.generate` does, so the decoding program is compiled once per cache
+size and a prefill once per (rows, bucket length, cache size)):
 
 - :class:`ServeRows` is the device state: the model's KV cache (a row's tokens at slots 0, 1, ...), each row's
   latest token, its count of produced tokens and the tokens it has seen (prompt and reply: the repetition penalty).
@@ -75,6 +76,12 @@ def empty_rows(graphdef: nnx.GraphDef, state: Any, *, rows: int, length: int) ->
         count=jnp.zeros((rows,), jnp.int32),
         seen=jnp.zeros((rows, vocab), bool),
     )
+
+
+def resize_rows(rows: ServeRows, *, length: int) -> ServeRows:
+    """The batch in a cache of ``length`` slots (cut at the end, or padded with empty slots): the caller keeps every
+    live row's filled slots within it."""
+    return rows._replace(cache=rows.cache.resized(length))
 
 
 def _top_k_rows(logits: jnp.ndarray, k: jnp.ndarray) -> jnp.ndarray:
@@ -156,16 +163,18 @@ def decode(
     mesh: Optional[Mesh] = None,
 ) -> tuple[ServeRows, jnp.ndarray, jnp.ndarray]:
     """Up to ``max_steps`` (a scalar, at most the static ``steps``) tokens for each row in ``alive`` (B,); a row
-    stops on a token of ``stop_ids`` or at its ``settings.limit``. Leaves early once no row is alive or, with ``exit_on_finish``, as soon as a row stops (so
-    a waiting request takes its place). Returns the batch, the tokens (B, steps; NO_TOKEN where none) and which
-    rows stopped (B,). ``known_ids``: as for :func:`select_rows`."""
+    stops on a token of ``stop_ids`` or at its ``settings.limit``. Leaves early once no row is alive, when a live row's
+    cache is full (the host sizes it for the call: see :class:`jaxtune.serve.engine.Batch`) or, with
+    ``exit_on_finish``, as soon as a row stops (so a waiting request takes its place). Returns the batch, the tokens
+    (B, steps; NO_TOKEN where none) and which rows stopped (B,). ``known_ids``: as for :func:`select_rows`."""
     model = nnx.merge(graphdef, state)
     b = alive.shape[0]
     every_row = jnp.arange(b)
 
     def cond(loop):
         step, r, out, live, stopped = loop
-        return (step < jnp.minimum(max_steps, steps)) & jnp.any(live) & ~(exit_on_finish & jnp.any(stopped))
+        room = jnp.all(jnp.where(live, r.cache.index < r.cache.length, True))
+        return (step < jnp.minimum(max_steps, steps)) & jnp.any(live) & room & ~(exit_on_finish & jnp.any(stopped))
 
     def body(loop):
         step, r, out, live, stopped = loop
@@ -187,8 +196,6 @@ def decode(
         out = out.at[:, step].set(jnp.where(live, token, NO_TOKEN))
         return step + 1, ServeRows(cache, token, count, seen), out, live & ~ends, stopped | ends
 
-    # A row whose cache is full cannot take another token (admission keeps prompt + max_tokens within it).
-    live = alive & (rows.cache.index < rows.cache.length)
     out = jnp.full((b, steps), NO_TOKEN, jnp.int32)
-    _, rows, out, _, stopped = jax.lax.while_loop(cond, body, (jnp.int32(0), rows, out, live, jnp.zeros((b,), bool)))
+    _, rows, out, _, stopped = jax.lax.while_loop(cond, body, (jnp.int32(0), rows, out, alive, jnp.zeros((b,), bool)))
     return rows, out, stopped

@@ -13,8 +13,10 @@ from flax import nnx
 
 from jaxtune.serve import engine as engine_module
 from jaxtune.serve.engine import Batch, Engine
-from jaxtune.serve.plan import Plan
+from jaxtune.serve.plan import Admission, Plan
 from jaxtune.serve.request import Decoding, ServeRequest
+
+from .conftest import CONTEXT
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -130,3 +132,36 @@ def test_long_device_calls_only_when_nobody_could_join_sooner_or_reads_the_token
     assert _plan_steps([request()]) == (8, False)  # a free row: a request arriving soon joins within 8 tokens
     assert _plan_steps([request(), request(stream=True)]) == (8, False)  # a stream reads every 8 tokens
     assert _plan_steps([request(), request(), request()]) == (8, True)  # one waits for a row to free
+
+
+def test_the_cache_grows_with_the_longest_row_and_is_cut_when_it_ends(random_checkpoint):
+    # Rows admitted at different times, one reaching past 128 slots: every reply equals the generator's (whose cache
+    # grows its own way), the cache grows through the sizes the live rows need and is cut once the long row ends.
+    from jaxtune.eval.generate import Generator
+    from jaxtune.eval.loading import load_model
+
+    model = load_model(random_checkpoint, compute_dtype="float32")
+    batch = Batch(model, rows=2, context=CONTEXT, steps=8, max_steps=32, bucket_multiple=32, stop_ids=[])
+    long, short = tuple(range(3, 43)), (5, 6, 7)  # 40 and 3 prompt tokens
+    admitted = {0: (long, 110), 1: (short, 20)}  # slot: (prompt, max_tokens); row 0 fills 40 + 110 - 1 = 149 slots
+    replies, lengths = {0: [], 1: []}, []
+
+    def run(plan: Plan) -> None:
+        for slot, (tokens, _) in batch.run(plan).items():
+            replies[slot] += tokens
+        lengths.append(batch.device.cache.length)
+
+    run(Plan(admit=(Admission(0, long, 0.0, 0, 1.0, 1.0, 0, 110),), steps=8))
+    run(Plan(steps=32))
+    run(Plan(admit=(Admission(1, short, 0.0, 0, 1.0, 1.0, 0, 20),), steps=8))
+    while batch.alive.any():
+        run(Plan(steps=32))
+    generator = Generator(model, batch_size=2, pad_id=0)
+    for slot, (prompt, max_tokens) in admitted.items():
+        assert replies[slot] == list(generator.generate([prompt], max_tokens, [])[0].tokens), slot
+    assert lengths[0] == 64 and 96 in lengths and 128 in lengths and max(lengths) == 192, lengths
+    grown = lengths[: lengths.index(192) + 1]
+    assert grown == sorted(grown), lengths
+    before = len(replies[1])
+    run(Plan(admit=(Admission(1, short, 0.0, 0, 1.0, 1.0, 0, 20),), steps=8))  # the long row has ended
+    assert batch.device.cache.length == 64 and replies[1][before:] == replies[1][: len(replies[1]) - before]
