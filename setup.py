@@ -38,6 +38,7 @@ TEST = (
         "gcp-storage-emulator==2026.7.19",
         "ruff==0.17.5",
         "openai==3.51.0",  # the official client the serving tests talk to jaxtune serve with
+        "aiohttp==3.14.5",  # benchmarks/serve.py's concurrent clients (also gcsfs's transport)
         "gguf==0.19.0",  # tests/convert/test_smollm2.py: transformers dequantizes the pretrained GGUF with it
         "accelerate==1.15.0",  # transformers' GGUF loading needs it
     ]
