@@ -62,7 +62,8 @@ model: {{vocab_size: 1004, hidden_size: 32, intermediate_size: 64, num_layers: 1
          max_position_embeddings: 128, param_dtype: float32, compute_dtype: float32}}
 data: {{format: doit, path: {data}, tokenizer: {REPO / "jaxtune" / "demo" / "tokenizer"}, template: doit, max_len: 64}}
 optim: {{learning_rate: 1.0e-3}}
-train: {{global_batch_size: 8, epochs: 2, log_every: 1, compilation_cache_dir: {tmp_path / "cache"}}}
+train: {{global_batch_size: 8, epochs: 2, log_every: 1, compilation_cache_dir: {tmp_path / "cache"},
+        compilation_cache_min_secs: 0}}
 checkpoint: {{save_every: null, max_to_keep: 2, async_save: false, keep_train_state_when_done: false}}
 eval: {{data_dir: {data}, split: test, batch_size: 16, max_new_tokens: 2, max_prompt_len: 128}}
 """,
