@@ -1,22 +1,27 @@
 """jaxtune/commands/quickstart.py on a subset of its grid (two tiny sizes x curated and synthetic data, the DoIT
 abilities and the generated C-Eval-format OOD suite): its report, the three findings and the budget step
 (:mod:`jaxtune.commands.quickstart_findings`) as printed, and the best run exported to a Hugging Face folder that
-transformers loads with the same logits (check-hf)."""
+transformers loads with the same logits (check-hf). The quickstart runs in a process of its own with one CPU device
+(tests/commands/quickstart_worker.py), as on a newcomer's machine."""
 
 from __future__ import annotations
 
 import csv
 import json
+import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from jaxtune.commands.quickstart import quickstart
 from jaxtune.demo.abilities import write_demo_dataset
 from jaxtune.demo.ceval_ood import SUBJECTS, write_demo_ceval
 from jaxtune.eval.parity import check_hf
 from jaxtune.results import find_summaries, read_summary
 from jaxtune.study.report import draw_group
+
+WORKER = Path(__file__).with_name("quickstart_worker.py")  # one CPU device, as on a newcomer's machine
 
 
 @pytest.mark.long  # minutes: scheduled first (tests/conftest.py)
@@ -31,8 +36,13 @@ def test_the_quickstart_on_a_subset_of_its_grid(tmp_path: Path) -> None:
     for f in (data / "curated" / "test").glob("*.json"):
         f.write_text("".join(f.read_text(encoding="utf-8").splitlines(keepends=True)[:10]), encoding="utf-8")
     write_demo_ceval(data / "ceval", dev=3, val=2)
-    lines: list[str] = []
-    outputs = quickstart(out, selections="curated-10,curated-160,curated-640,synthetic-160", print_fn=lines.append)
+    result = tmp_path / "quickstart.pkl"
+    run = subprocess.run(
+        [sys.executable, str(WORKER), str(out), "curated-10,curated-160,curated-640,synthetic-160", str(result)],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    outputs, lines = pickle.loads(result.read_bytes())
     text = "\n".join(lines)
     pace, source, size = outputs.findings.findings
     assert "finding: pace: shown" in text and "finding: data source: shown" in text and "finding: size: shown" in text

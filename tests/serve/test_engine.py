@@ -135,7 +135,7 @@ def test_long_device_calls_only_when_nobody_could_join_sooner_or_reads_the_token
 
 
 def test_the_cache_grows_with_the_longest_row_and_is_cut_when_it_ends(random_checkpoint):
-    # Rows admitted at different times, one reaching past 128 slots: every reply equals the generator's (whose cache
+    # Rows admitted at different times, one reaching past 96 slots: every reply equals the generator's (whose cache
     # grows its own way), the cache grows through the sizes the live rows need and is cut once the long row ends.
     from jaxtune.eval.generate import Generator
     from jaxtune.eval.loading import load_model
@@ -143,7 +143,7 @@ def test_the_cache_grows_with_the_longest_row_and_is_cut_when_it_ends(random_che
     model = load_model(random_checkpoint, compute_dtype="float32")
     batch = Batch(model, rows=2, context=CONTEXT, steps=8, max_steps=32, bucket_multiple=32, stop_ids=[])
     long, short = tuple(range(3, 43)), (5, 6, 7)  # 40 and 3 prompt tokens
-    admitted = {0: (long, 110), 1: (short, 20)}  # slot: (prompt, max_tokens); row 0 fills 40 + 110 - 1 = 149 slots
+    admitted = {0: (long, 70), 1: (short, 20)}  # slot: (prompt, max_tokens); row 0 fills 40 + 70 - 1 = 109 slots
     replies, lengths = {0: [], 1: []}, []
 
     def run(plan: Plan) -> None:
@@ -151,7 +151,7 @@ def test_the_cache_grows_with_the_longest_row_and_is_cut_when_it_ends(random_che
             replies[slot] += tokens
         lengths.append(batch.device.cache.length)
 
-    run(Plan(admit=(Admission(0, long, 0.0, 0, 1.0, 1.0, 0, 110),), steps=8))
+    run(Plan(admit=(Admission(0, long, 0.0, 0, 1.0, 1.0, 0, 70),), steps=8))
     run(Plan(steps=32))
     run(Plan(admit=(Admission(1, short, 0.0, 0, 1.0, 1.0, 0, 20),), steps=8))
     while batch.alive.any():
@@ -159,8 +159,8 @@ def test_the_cache_grows_with_the_longest_row_and_is_cut_when_it_ends(random_che
     generator = Generator(model, batch_size=2, pad_id=0)
     for slot, (prompt, max_tokens) in admitted.items():
         assert replies[slot] == list(generator.generate([prompt], max_tokens, [])[0].tokens), slot
-    assert lengths[0] == 64 and 96 in lengths and 128 in lengths and max(lengths) == 192, lengths
-    grown = lengths[: lengths.index(192) + 1]
+    assert lengths[0] == 64 and 96 in lengths and max(lengths) == 128, lengths
+    grown = lengths[: lengths.index(128) + 1]
     assert grown == sorted(grown), lengths
     before = len(replies[1])
     run(Plan(admit=(Admission(1, short, 0.0, 0, 1.0, 1.0, 0, 20),), steps=8))  # the long row has ended
