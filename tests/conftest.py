@@ -45,8 +45,9 @@ FIRST_FILES = ("study/test_ray_sweep.py", "train/test_trainer.py", "gcp/test_reh
 """The long files that start the run, in this order. pytest-xdist (``--dist loadfile``) hands the first file to
 worker 0 and the second to worker 1, then another file to each worker holding two tests or fewer: the Ray grid's
 file (two tests) takes the rehearsal's after it on worker 0. The two emulations of multi-host slices, four or more
-processes each, so run one after the other while worker 1 runs in-process tests (the trainer's file first, more than
-two tests), instead of side by side or beside the quickstart's grid (each took 1.2-2.4 times its time alone)."""
+processes each, so run one after the other while worker 1 runs the trainer's tests (more than two, most of them in
+its own process), instead of side by side or beside the quickstart's grid (there they took 1.4-2.4 times their time
+alone)."""
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -117,8 +117,9 @@ class Batch:
             self.device = self._resize(self.device, length=length)
 
     def warm_up(self) -> None:
-        """Compile the decoding program and the one-row prefill of the shortest bucket (twice through: the batch's
-        arrays come back from the first calls in the layout later calls see)."""
+        """Compile the decoding program of the smallest cache and the one-row prefill of the shortest bucket (twice
+        through: the batch's arrays come back from the first calls in the layout later calls see); larger caches
+        compile when a request first needs them."""
         for _ in range(2):
             self.run(Plan(admit=(Admission(0, (self.pad_id,), 0.0, 0, 1.0, 1.0, 0, 2),)))
             self.run(Plan(release=(0,)))
