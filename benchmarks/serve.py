@@ -68,12 +68,10 @@ def client_set(base_url: str, model: str, questions: list[str], max_tokens: int,
     import asyncio
     import time
 
-    import aiohttp
-
     if base_url not in _CLIENTS:
         loop = asyncio.new_event_loop()
         # Made on the loop it runs on: its pool of kept-alive connections belongs to that loop.
-        _CLIENTS[base_url] = loop, loop.run_until_complete(_async(lambda: aiohttp.ClientSession()))
+        _CLIENTS[base_url] = loop, loop.run_until_complete(_session())
     loop, session = _CLIENTS[base_url]
 
     async def ask(q: str):
@@ -94,8 +92,10 @@ def client_set(base_url: str, model: str, questions: list[str], max_tokens: int,
     return time.perf_counter() - start, list(out)
 
 
-async def _async(make):
-    return make()
+async def _session():
+    import aiohttp
+
+    return aiohttp.ClientSession()
 
 
 def close_clients() -> None:

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Collection, Sequence
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -313,7 +313,12 @@ def _take(rows: Rows, slots: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
     return rows.tokens[slots], rows.last_logits[slots]
 
 
-def _resize(rows: Rows, *, length: int) -> Rows:
+RowsWithCache = TypeVar("RowsWithCache", bound=NamedTuple)
+
+
+def resize_cache(rows: RowsWithCache, *, length: int) -> RowsWithCache:
+    """A batch's state (any NamedTuple with a ``cache`` field: :class:`Rows`, the server's rows) with its KV cache in
+    ``length`` slots, cut at the end or padded with empty slots: the caller keeps every live row's slots within it."""
     return rows._replace(cache=rows.cache.resized(length))
 
 
@@ -386,7 +391,7 @@ class Generator:
             sizes.add(min(sizes) // 2)
         self._group_sizes = sorted(sizes)
         self._empty, self._prefill, self._steps = generation_programs(self.graphdef, self.cfg, mesh)
-        self._resize = jax.jit(_resize, static_argnames=("length",))
+        self._resize = jax.jit(resize_cache, static_argnames=("length",))
         self._take = jax.jit(_take, out_shardings=replicated(mesh))
 
     def _group(self, n: int) -> int:

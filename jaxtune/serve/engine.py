@@ -39,7 +39,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from jaxtune.eval.batching import bucket_length, jitted, model_context, put_rows, replicated
-from jaxtune.eval.generate import cache_length
+from jaxtune.eval.generate import cache_length, resize_cache
 from jaxtune.eval.likelihood import right_pad
 from jaxtune.serve import programs
 from jaxtune.serve.plan import Admission, Plan, share_plan
@@ -90,7 +90,7 @@ class Batch:
         self._prefill = jitted(programs.prefill, self.graphdef, self.cfg, mesh, ("known_ids", "mesh"), ("rows",), keep)
         self._decode = jitted(programs.decode, self.graphdef, self.cfg, mesh, ("steps", "known_ids", "mesh"), ("rows",),
                               (None, replicated(mesh), replicated(mesh)))  # fmt: skip
-        self._resize = jax.jit(programs.resize_rows, static_argnames=("length",))
+        self._resize = jax.jit(resize_cache, static_argnames=("length",))
         self.alive = np.zeros((rows,), bool)
         self.index = np.zeros((rows,), np.int64)  # each row's next cache slot (prompt + tokens fed back)
         self.last_slot = np.zeros((rows,), np.int64)  # the slots a row fills at most: prompt + max_tokens - 1

@@ -78,12 +78,6 @@ def empty_rows(graphdef: nnx.GraphDef, state: Any, *, rows: int, length: int) ->
     )
 
 
-def resize_rows(rows: ServeRows, *, length: int) -> ServeRows:
-    """The batch in a cache of ``length`` slots (cut at the end, or padded with empty slots): the caller keeps every
-    live row's filled slots within it."""
-    return rows._replace(cache=rows.cache.resized(length))
-
-
 def _top_k_rows(logits: jnp.ndarray, k: jnp.ndarray) -> jnp.ndarray:
     """:func:`jaxtune.eval.sampling.top_k_filter` with one k per row (0: the row is left as it is)."""
     ordered = jnp.sort(logits, axis=-1)[:, ::-1]
